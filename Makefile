@@ -1,0 +1,179 @@
+# vramguard — plain GNU make. `make` builds, `make test` builds and runs every test.
+#
+#   make test SAN=address,undefined   the suite under ASan + UBSan (own build folder)
+#   make test SAN=thread              the suite under TSan
+#   make bench                        benchmarks (ns per operation, median and spread)
+#   make gpu-test                     on a machine with an NVIDIA GPU (builds nothing)
+#   make install PREFIX=/usr/local DESTDIR=
+#
+# Everything is written under $(BUILD) (build/, or build/san-<list> with SAN).
+
+CUDA_HOME ?= /usr/local/cuda
+PREFIX    ?= /usr/local
+DESTDIR   ?=
+CC        ?= cc
+SAN       ?=
+
+VERSION := 0.1.0
+SONAME  := libvramguard.so.0
+
+ifeq ($(SAN),)
+BUILD ?= build
+SANFLAGS :=
+else
+BUILD ?= build/san-$(subst $(comma),-,$(SAN))
+SANFLAGS := -fsanitize=$(SAN) -fno-omit-frame-pointer -fno-sanitize-recover=all
+endif
+comma := ,
+
+OPT      ?= -O2 -g
+WARN     := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes
+CPPFLAGS := -D_GNU_SOURCE -Iinclude -Ilib -I$(CUDA_HOME)/include
+CFLAGS   := -std=c11 $(OPT) $(WARN) -fPIC $(SANFLAGS) $(EXTRA_CFLAGS)
+LDFLAGS  := $(SANFLAGS)
+LIBS     := -ldl -lpthread
+
+# Criterion cannot start under TSan (Snaipe/Criterion#274, "Could not
+# initialize inheritable arena"), so the TSan suite runs on a small
+# criterion-compatible harness: same test sources, one process per test.
+ifneq ($(findstring thread,$(SAN)),)
+TEST_INC   := -Itests/criterion-compat
+TEST_RUNNER:= $(BUILD)/obj/tests/criterion-compat/runner.o
+TEST_LIBS  := $(TEST_RUNNER)
+else
+TEST_INC   :=
+TEST_RUNNER:=
+TEST_LIBS  := -lcriterion
+endif
+
+LIB_SRCS   := $(wildcard lib/*.c)
+LIB_OBJS   := $(LIB_SRCS:%.c=$(BUILD)/obj/%.o)
+SHIM_SRCS  := $(wildcard shim/*.c)
+SHIM_OBJS  := $(SHIM_SRCS:%.c=$(BUILD)/obj/%.o)
+CLI_SRCS   := $(wildcard tools/cli*.c)
+CLI_OBJS   := $(CLI_SRCS:%.c=$(BUILD)/obj/%.o)
+FAKE_SRCS  := $(wildcard tests/fakecuda/*.c)
+TEST_SRCS  := $(wildcard tests/test_*.c)
+TESTS      := $(TEST_SRCS:tests/%.c=$(BUILD)/tests/%)
+CLIENT_SRCS:= $(wildcard tests/clients/*.c)
+CLIENTS    := $(CLIENT_SRCS:tests/clients/%.c=$(BUILD)/clients/%)
+
+LIB_SO     := $(BUILD)/libvramguard.so
+LIB_A      := $(BUILD)/libvramguard.a
+FAKECUDA   := $(BUILD)/fakecuda/libcuda.so.1
+PRELOAD    := $(if $(SHIM_SRCS),$(BUILD)/libvramguard-preload.so)
+CLI        := $(if $(CLI_SRCS),$(BUILD)/vramguard)
+BENCH      := $(BUILD)/vg-bench
+
+.PHONY: all test check-deps gpu-test bench install uninstall clean
+all: $(LIB_SO) $(LIB_A) $(FAKECUDA) $(PRELOAD) $(CLI)
+
+$(BUILD)/obj/%.o: %.c $(wildcard include/*.h lib/*.h shim/*.h tools/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) -fvisibility=hidden -c $< -o $@
+
+$(LIB_SO): $(LIB_OBJS)
+	$(CC) -shared $(LDFLAGS) -Wl,-soname,$(SONAME) -Wl,--no-undefined $^ $(LIBS) -o $@
+	ln -sf libvramguard.so $(BUILD)/$(SONAME)
+
+$(LIB_A): $(LIB_OBJS)
+	rm -f $@ && ar rcs $@ $^
+
+# The preload shim holds its own copy of the engine (one engine per process:
+# it also exports the public API, so a program that links libvramguard.so and
+# is preloaded reaches the shim's engine through both doors).
+$(BUILD)/libvramguard-preload.so: $(SHIM_OBJS) $(LIB_OBJS) $(wildcard shim/*.map)
+	$(CC) -shared $(LDFLAGS) -Wl,-soname,libvramguard-preload.so -Wl,--no-undefined \
+	  $(addprefix -Wl$(comma)--version-script=,$(wildcard shim/*.map)) \
+	  $(SHIM_OBJS) $(LIB_OBJS) $(LIBS) -o $@
+
+$(BUILD)/vramguard: $(CLI_OBJS) $(LIB_A)
+	$(CC) $(LDFLAGS) $^ $(LIBS) -lm -o $@
+
+# The test driver: tests only, never installed, never linked by product code.
+$(FAKECUDA): $(FAKE_SRCS) $(wildcard tests/fakecuda/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) -fvisibility=default -shared $(FAKE_SRCS) \
+	  -Wl,-soname,libcuda.so.1 $(LDFLAGS) -lpthread -o $@
+
+# Unit tests link the engine statically so they can call vg__ internals.
+$(BUILD)/obj/tests/criterion-compat/runner.o: tests/criterion-compat/runner.c $(wildcard tests/criterion-compat/criterion/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(TEST_INC) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/tests/test_fakecuda: tests/test_fakecuda.c $(FAKECUDA) $(TEST_RUNNER)
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(TEST_INC) -Itests $(CFLAGS) $< -L$(BUILD)/fakecuda -l:libcuda.so.1 \
+	  -Wl,-rpath,'$$ORIGIN/../fakecuda' $(LDFLAGS) $(TEST_LIBS) $(LIBS) -o $@
+
+$(BUILD)/tests/%: tests/%.c $(LIB_A) $(TEST_RUNNER) $(wildcard tests/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(TEST_INC) -Itests -Ishim $(CFLAGS) $< $(LIB_A) $(LDFLAGS) $(TEST_LIBS) $(LIBS) -lm -o $@
+
+# Client programs reach the driver the ways real programs do.
+$(BUILD)/clients/%: tests/clients/%.c $(FAKECUDA)
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) -Itests $(CFLAGS) $< -L$(BUILD)/fakecuda -l:libcuda.so.1 \
+	  $(LDFLAGS) $(LIBS) -o $@
+
+# Fuzz targets: libFuzzer entry points driven by a small standalone loop, so
+# CI needs no libFuzzer; each runs for FUZZ_SECONDS inside `make test`.
+FUZZ_SECONDS ?= 5
+FUZZERS := $(patsubst tests/fuzz/%.c,$(BUILD)/fuzz/%,$(filter-out tests/fuzz/fuzz_main.c,$(wildcard tests/fuzz/*.c)))
+$(BUILD)/fuzz/%: tests/fuzz/%.c tests/fuzz/fuzz_main.c $(LIB_A)
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $^ $(LDFLAGS) $(LIBS) -lm -o $@
+
+$(BENCH): tools/bench.c $(LIB_A) $(FAKECUDA)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $< $(LIB_A) $(LDFLAGS) $(LIBS) -lm -o $@
+
+# Debian packages the build needs; installed when root, else one line to run.
+DEPS_CHECK := test -f /usr/include/uthash.h && test -f /usr/include/criterion/criterion.h
+check-deps:
+	@if ! $(DEPS_CHECK); then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing uthash-dev libcriterion-dev"; \
+	    apt-get update -qq && apt-get install -y -qq uthash-dev libcriterion-dev >/dev/null; \
+	  else \
+	    echo "missing build dependencies; run: sudo apt-get install -y uthash-dev libcriterion-dev"; exit 1; \
+	  fi; \
+	fi
+	@test -f $(CUDA_HOME)/include/cuda.h || { echo "no cuda.h under CUDA_HOME=$(CUDA_HOME); set CUDA_HOME"; exit 1; }
+
+# Each test binary runs with the test driver first on the library path.
+# TSan needs ASLR off on some kernels (setarch -R); it is harmless elsewhere.
+test: check-deps
+	@$(MAKE) --no-print-directory all $(TESTS) $(CLIENTS) $(FUZZERS)
+	@for f in $(FUZZERS); do $$f $(FUZZ_SECONDS) || exit 1; done
+	@BUILD=$(BUILD) SAN=$(SAN) tests/run-tests.sh $(TESTS)
+
+gpu-test:
+	@tests/gpu/run.sh $(BUILD)
+
+bench: check-deps
+	@$(MAKE) --no-print-directory OPT="-O2 -g -DNDEBUG" $(BENCH) $(FAKECUDA)
+	@LD_LIBRARY_PATH=$(BUILD)/fakecuda $(BENCH)
+
+vramguard.pc: Makefile
+	@printf 'prefix=%s\nlibdir=$${prefix}/lib\nincludedir=$${prefix}/include\n\nName: vramguard\nDescription: VRAM budgets for CUDA processes\nVersion: %s\nLibs: -L$${libdir} -lvramguard\nLibs.private: -ldl -lpthread\nCflags: -I$${includedir}\n' \
+	  '$(PREFIX)' '$(VERSION)' > $(BUILD)/vramguard.pc
+
+install: all vramguard.pc
+	install -d $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include \
+	  $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/bin
+	install -m 0644 include/vramguard.h $(DESTDIR)$(PREFIX)/include/
+	install -m 0755 $(LIB_SO) $(DESTDIR)$(PREFIX)/lib/libvramguard.so.$(VERSION)
+	ln -sf libvramguard.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/$(SONAME)
+	ln -sf $(SONAME) $(DESTDIR)$(PREFIX)/lib/libvramguard.so
+	install -m 0644 $(LIB_A) $(DESTDIR)$(PREFIX)/lib/
+	install -m 0644 $(BUILD)/vramguard.pc $(DESTDIR)$(PREFIX)/lib/pkgconfig/
+	$(if $(PRELOAD),install -m 0755 $(PRELOAD) $(DESTDIR)$(PREFIX)/lib/)
+	$(if $(CLI),install -m 0755 $(CLI) $(DESTDIR)$(PREFIX)/bin/)
+
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/include/vramguard.h $(DESTDIR)$(PREFIX)/lib/libvramguard.* \
+	  $(DESTDIR)$(PREFIX)/lib/libvramguard-preload.so $(DESTDIR)$(PREFIX)/lib/pkgconfig/vramguard.pc \
+	  $(DESTDIR)$(PREFIX)/bin/vramguard
+
+clean:
+	rm -rf build

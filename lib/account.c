@@ -1,0 +1,296 @@
+/*
+ * account.c — charging allocations intercepted in an unmodified process.
+ *
+ * The shim calls in here around each driver allocation: reserve before,
+ * commit or cancel after, release on free. The reservation is a
+ * compare-and-swap on the device budget (budget.c), so racing threads can
+ * never push use past the limit, and a refused request charges nothing.
+ * Stream-ordered pools are charged by what they reserve, which is what the
+ * card really gives up (a pool keeps freed memory until trimmed).
+ *
+ * Hot path (plain alloc/free): engine-ready check, one CAS on the budget,
+ * one ledger insert or remove. No syscalls, no getenv, no locks held across
+ * driver calls. Refusal messages and pool bookkeeping are out of line.
+ */
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "vg_internal.h"
+
+#define REFUSAL_LOG_INTERVAL_NS 1000000000ull /* at most one line a second */
+
+static _Atomic uint64_t last_refusal_log_ns;
+static _Atomic uint64_t refusals_unlogged;
+
+__attribute__((noinline, cold)) static void log_refusal(const vg__ticket_t *t,
+                                                        const vg__budget_t *b)
+{
+    uint64_t now = vg__mono_ns();
+    uint64_t last = atomic_load_explicit(&last_refusal_log_ns, memory_order_relaxed);
+    if (last && now - last < REFUSAL_LOG_INTERVAL_NS) {
+        atomic_fetch_add_explicit(&refusals_unlogged, 1, memory_order_relaxed);
+        return;
+    }
+    if (!atomic_compare_exchange_strong_explicit(&last_refusal_log_ns, &last, now,
+                                                 memory_order_relaxed, memory_order_relaxed))
+        return; /* another thread is logging this second */
+    uint64_t quiet = atomic_exchange_explicit(&refusals_unlogged, 0, memory_order_relaxed);
+    char req[32], used[32], lim[32];
+    vg__log("refused %s of %s on device %d: %s of the %s budget in use "
+            "(CUDA_ERROR_OUT_OF_MEMORY)%s",
+            t->api, vg__fmt_bytes(t->bytes, req, sizeof req), t->device,
+            vg__fmt_bytes(atomic_load_explicit(&b->used, memory_order_relaxed), used, sizeof used),
+            vg__fmt_bytes(atomic_load_explicit(&b->limit, memory_order_relaxed), lim, sizeof lim),
+            quiet ? " (more refusals since the last line)" : "");
+}
+
+__attribute__((noinline, cold)) static int refuse_closed(void)
+{
+    static _Atomic int said;
+    if (!atomic_exchange_explicit(&said, 1, memory_order_relaxed))
+        vg__log("%s; refusing every device allocation (fail closed)",
+                vg__engine_error());
+    return VG_ESETTING;
+}
+
+/* Applies VRAMGUARD_MANAGED to a managed request. */
+static int managed_policy(vg__ticket_t *t)
+{
+    switch (vg__engine_settings()->managed) {
+    case VG__MANAGED_IGNORE:
+        t->bytes = 0;
+        return VG_OK;
+    case VG__MANAGED_DENY:
+        vg__log("refused %s: VRAMGUARD_MANAGED=deny", t->api);
+        return VG_EDENIED;
+    default:
+        return VG_OK;
+    }
+}
+
+int vg__acct_reserve(vg__ticket_t *t)
+{
+    if (vg__unlikely(vg__engine_init() != VG_OK))
+        return refuse_closed();
+    if (vg__unlikely(t->kind == VG_KIND_MANAGED)) {
+        int rc = managed_policy(t);
+        if (rc != VG_OK)
+            return rc;
+    }
+    vg__budget_t *b = vg__engine_budget(t->device);
+    if (vg__unlikely(!b))
+        return VG_EINVAL;
+    if (vg__likely(vg__budget_reserve(b, t->bytes) == VG_OK))
+        return VG_OK;
+    /* Cached pool memory is ours to give back before we say no. */
+    if (vg__acct_pool_trim(t->device) && vg__budget_reserve(b, t->bytes) == VG_OK)
+        return VG_OK;
+    log_refusal(t, b);
+    return VG_ENOMEM;
+}
+
+int vg__acct_resize(vg__ticket_t *t, uint64_t bytes)
+{
+    vg__budget_t *b = vg__engine_budget(t->device);
+    if (bytes > t->bytes) {
+        uint64_t more = bytes - t->bytes;
+        if (vg__budget_reserve(b, more) != VG_OK) {
+            vg__ticket_t grown = *t;
+            grown.bytes = bytes;
+            log_refusal(&grown, b);
+            return VG_ENOMEM;
+        }
+    } else {
+        vg__budget_rollback(b, t->bytes - bytes);
+    }
+    t->bytes = bytes;
+    return VG_OK;
+}
+
+/* The driver handed out an address we still hold: the old allocation was
+ * freed behind our back (its context was destroyed), so drop its charge. */
+__attribute__((noinline, cold)) static void replace_stale(const vg__alloc_t *a)
+{
+    vg__alloc_t old;
+    if (vg__ledger_remove(a->ptr, VG__ANY_OWNER, &old) == VG_OK)
+        vg__budget_release(vg__engine_budget(old.device), old.charged);
+    vg__ledger_insert(a);
+}
+
+void vg__acct_commit(vg__ticket_t *t, uint64_t key, uint64_t size, uint64_t pool)
+{
+    vg__budget_commit(vg__engine_budget(t->device), t->bytes);
+    vg__alloc_t a = {
+        .ptr = key,
+        .base = key,
+        .size = size,
+        .charged = t->bytes,
+        .handle = pool,
+        .time_ns = vg__now_ns(),
+        .seq = vg__ledger_next_seq(),
+        .tid = vg__tid(),
+        .device = (int16_t)t->device,
+        .kind = (uint8_t)t->kind,
+    };
+    if (vg__unlikely(vg__ledger_insert(&a) != VG_OK))
+        replace_stale(&a);
+}
+
+void vg__acct_cancel(vg__ticket_t *t)
+{
+    vg__budget_rollback(vg__engine_budget(t->device), t->bytes);
+    t->bytes = 0;
+}
+
+int vg__acct_release(uint64_t key, vg__alloc_t *out)
+{
+    vg__alloc_t a;
+    if (vg__ledger_remove(key, NULL, &a) != VG_OK)
+        return VG_ENOTFOUND;
+    vg__budget_release(vg__engine_budget(a.device), a.charged);
+    if (out)
+        *out = a;
+    return VG_OK;
+}
+
+void vg__acct_restore(const vg__alloc_t *a)
+{
+    vg__budget_force(vg__engine_budget(a->device), a->charged);
+    vg__ledger_insert(a);
+}
+
+void vg__acct_meminfo(int device, uint64_t *free_bytes, uint64_t *total_bytes)
+{
+    if (vg__unlikely(vg__engine_init() != VG_OK)) {
+        *free_bytes = 0; /* fail closed: nothing is available */
+        return;
+    }
+    const vg__budget_t *b = vg__engine_budget(device);
+    if (!b)
+        return;
+    uint64_t limit = atomic_load_explicit(&b->limit, memory_order_relaxed);
+    if (limit == VG__UNLIMITED)
+        return;
+    uint64_t used = atomic_load_explicit(&b->used, memory_order_relaxed);
+    uint64_t total = limit < *total_bytes ? limit : *total_bytes;
+    uint64_t free_b = used >= total ? 0 : total - used;
+    *free_bytes = free_b < *free_bytes ? free_b : *free_bytes;
+    *total_bytes = total;
+}
+
+/* ---------------------------------------------- stream-ordered pools */
+
+#define POOL_SLOTS 64
+
+/* Every pool this process allocated from, with the bytes charged for it.
+ * The lock is never held across a driver call. */
+static pthread_mutex_t pools_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct pool_slot {
+    CUmemoryPool pool;
+    int device;
+    uint64_t charged;
+} pools[POOL_SLOTS];
+
+static struct pool_slot *slot_of(CUmemoryPool pool, int device)
+{
+    struct pool_slot *free_slot = NULL;
+    for (int i = 0; i < POOL_SLOTS; i++) {
+        if (pools[i].pool == pool)
+            return &pools[i];
+        if (!pools[i].pool && !free_slot)
+            free_slot = &pools[i];
+    }
+    if (free_slot) {
+        free_slot->pool = pool;
+        free_slot->device = device;
+        free_slot->charged = 0;
+    }
+    return free_slot; /* NULL when full: that pool goes uncharged */
+}
+
+static uint64_t pool_reserved(CUmemoryPool pool)
+{
+    cuuint64_t v = 0;
+    vg__driver()->cuMemPoolGetAttribute(pool, CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT, &v);
+    return v;
+}
+
+void vg__acct_pool_sync(int device, CUmemoryPool pool)
+{
+    uint64_t now = pool_reserved(pool);
+    vg__budget_t *b = vg__engine_budget(device);
+    pthread_mutex_lock(&pools_lock);
+    struct pool_slot *s = slot_of(pool, device);
+    if (s && now > s->charged)
+        vg__budget_force(b, now - s->charged);
+    else if (s && now < s->charged)
+        vg__budget_release(b, s->charged - now);
+    if (s)
+        s->charged = now;
+    pthread_mutex_unlock(&pools_lock);
+}
+
+int vg__acct_pool_settle(vg__ticket_t *t, CUmemoryPool pool)
+{
+    uint64_t now = pool_reserved(pool);
+    vg__budget_t *b = vg__engine_budget(t->device);
+    int rc = VG_OK;
+    pthread_mutex_lock(&pools_lock);
+    struct pool_slot *s = slot_of(pool, t->device);
+    uint64_t before = s ? s->charged : now;
+    uint64_t growth = now > before ? now - before : 0;
+    if (s)
+        s->charged = now;
+    if (now < before)
+        vg__budget_release(b, before - now);
+    if (growth <= t->bytes) {
+        vg__budget_commit(b, growth);
+        vg__budget_rollback(b, t->bytes - growth);
+    } else {
+        /* The pool grew by a whole chunk more than was asked: it is real
+         * use, so it is charged; if it does not fit, the caller undoes. */
+        vg__budget_commit(b, t->bytes);
+        if (vg__budget_reserve(b, growth - t->bytes) == VG_OK)
+            vg__budget_commit(b, growth - t->bytes);
+        else {
+            vg__budget_force(b, growth - t->bytes);
+            rc = VG_ENOMEM;
+        }
+    }
+    pthread_mutex_unlock(&pools_lock);
+    t->bytes = 0;
+    return rc;
+}
+
+bool vg__acct_pool_trim(int device)
+{
+    CUmemoryPool mine[POOL_SLOTS];
+    int n = 0;
+    if (!vg__driver())
+        return false;
+    pthread_mutex_lock(&pools_lock);
+    for (int i = 0; i < POOL_SLOTS; i++)
+        if (pools[i].pool && pools[i].device == device && pools[i].charged)
+            mine[n++] = pools[i].pool;
+    pthread_mutex_unlock(&pools_lock);
+    const vg__budget_t *b = vg__engine_budget(device);
+    uint64_t before = atomic_load_explicit(&b->used, memory_order_relaxed);
+    for (int i = 0; i < n; i++) {
+        vg__driver()->cuMemPoolTrimTo(mine[i], 0);
+        vg__acct_pool_sync(device, mine[i]);
+    }
+    return atomic_load_explicit(&b->used, memory_order_relaxed) < before;
+}
+
+void vg__acct_pool_forget(CUmemoryPool pool)
+{
+    pthread_mutex_lock(&pools_lock);
+    for (int i = 0; i < POOL_SLOTS; i++) {
+        if (pools[i].pool != pool)
+            continue;
+        vg__budget_release(vg__engine_budget(pools[i].device), pools[i].charged);
+        pools[i] = (struct pool_slot){0};
+    }
+    pthread_mutex_unlock(&pools_lock);
+}

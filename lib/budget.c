@@ -1,0 +1,231 @@
+/*
+ * budget.c — a byte limit, its exact use, and the pressure level.
+ *
+ * One vg__budget_t per device (the process budget) and one per pool. The hot
+ * path is reserve + commit on allocation and release on free: one CAS (or one
+ * fetch_sub) on `used`, a few relaxed loads, and a 128-bit compare or two for
+ * the level. No locks, no syscalls, no division. Measured by tools/bench.c.
+ *
+ * Memory orders. A budget is a counter, not a lock: it publishes no other
+ * memory (the driver orders the device memory itself), so `used`, `limit`,
+ * `peak` and `refusals` are read and written relaxed. The invariant
+ * "used <= limit after any reserve" needs only that all read-modify-writes on
+ * `used` are totally ordered, which every atomic RMW is, whatever its order.
+ * The exceptions are the level hooks: the hook table is published with a
+ * release store of `hook_count` and read with an acquire load, so a thread
+ * that sees the count sees the slots below it.
+ */
+#include <pthread.h>
+
+#include "vg_internal.h"
+
+/* Entry thresholds in percent of the limit: Medium, High, Critical. Leaving
+ * a level downwards needs use below (threshold - VG__HYSTERESIS_PCT). */
+#define VG__MEDIUM_PCT 50u
+#define VG__HIGH_PCT 80u
+#define VG__CRITICAL_PCT 95u
+#define VG__HYSTERESIS_PCT 2u
+
+__extension__ typedef unsigned __int128 vg__u128;
+
+/* Registration of hooks is rare; a mutex keeps two registrars from taking
+ * the same slot. The hooks are run without it. */
+static pthread_mutex_t hook_lock = PTHREAD_MUTEX_INITIALIZER;
+
+void vg__budget_init(vg__budget_t *b, uint64_t limit, void *owner)
+{
+    atomic_init(&b->limit, limit);
+    atomic_init(&b->used, 0);
+    atomic_init(&b->peak, 0);
+    atomic_init(&b->refusals, 0);
+    atomic_init(&b->level, VG_PRESSURE_LOW);
+    atomic_init(&b->hook_count, 0);
+    b->owner = owner;
+    for (int i = 0; i < VG__LEVEL_HOOKS; i++) {
+        b->hooks[i].fn = NULL;
+        b->hooks[i].user = NULL;
+    }
+}
+
+/* Exact "used >= pct% of limit": used*100 >= limit*pct in 128 bits, so no
+ * rounding and no overflow for any 64-bit pair (two multiplies). */
+static inline bool at_least_pct(uint64_t used, uint64_t limit, unsigned pct)
+{
+    return (vg__u128)used * 100u >= (vg__u128)limit * pct;
+}
+
+/* The level with entry thresholds shifted down by `minus` points. */
+static inline vg_pressure_t raw_level(uint64_t used, uint64_t limit,
+                                      unsigned minus)
+{
+    if (at_least_pct(used, limit, VG__CRITICAL_PCT - minus))
+        return VG_PRESSURE_CRITICAL;
+    if (at_least_pct(used, limit, VG__HIGH_PCT - minus))
+        return VG_PRESSURE_HIGH;
+    if (at_least_pct(used, limit, VG__MEDIUM_PCT - minus))
+        return VG_PRESSURE_MEDIUM;
+    return VG_PRESSURE_LOW;
+}
+
+/*
+ * Hysteresis: rising uses the plain thresholds (50/80/95). Falling, each
+ * boundary sits 2 points lower (48/78/93), and the level never rises on the
+ * way down. So with current = High, 79% stays High and 77% becomes Medium;
+ * from Critical, 79% lands on High (below 93, above 78). A limit of 0 is
+ * always Critical (nothing fits); unlimited is always Low.
+ */
+vg_pressure_t vg__pressure_for(uint64_t used, uint64_t limit,
+                               vg_pressure_t current)
+{
+    if (limit == VG__UNLIMITED)
+        return VG_PRESSURE_LOW;
+    vg_pressure_t up = raw_level(used, limit, 0);
+    if (up >= current)
+        return up;
+    vg_pressure_t down = raw_level(used, limit, VG__HYSTERESIS_PCT);
+    return down < current ? down : current;
+}
+
+/* Out of line: level changes are rare, and hooks are arbitrary user code. */
+__attribute__((noinline)) static void run_hooks(vg__budget_t *b,
+                                                vg_pressure_t old_level,
+                                                vg_pressure_t new_level)
+{
+    int n = atomic_load_explicit(&b->hook_count, memory_order_acquire);
+    for (int i = 0; i < n; i++)
+        b->hooks[i].fn(b->owner, old_level, new_level, b->hooks[i].user);
+}
+
+static inline vg_pressure_t level_now(const vg__budget_t *b, int cur)
+{
+    uint64_t used = atomic_load_explicit(&b->used, memory_order_relaxed);
+    uint64_t limit = atomic_load_explicit(&b->limit, memory_order_relaxed);
+    return vg__pressure_for(used, limit, (vg_pressure_t)cur);
+}
+
+/* The level moved. Exactly one thread wins the CAS from the level it read
+ * and runs the hooks with (old, new). The winner then looks again (use may
+ * have moved while it ran the hooks) so the recorded level settles on the
+ * current use; the loop is bounded because each turn is some thread's
+ * progress and a flapping use is exactly what hysteresis absorbs. */
+__attribute__((noinline)) static void level_changed(vg__budget_t *b, int cur)
+{
+    for (int turn = 0; turn < 4; turn++) {
+        vg_pressure_t next = level_now(b, cur);
+        if ((int)next == cur)
+            return;
+        if (atomic_compare_exchange_strong_explicit(&b->level, &cur, (int)next,
+                                                    memory_order_relaxed,
+                                                    memory_order_relaxed)) {
+            run_hooks(b, (vg_pressure_t)cur, next);
+            cur = (int)next;
+        }
+        /* On failure cur now holds the level another thread recorded. */
+    }
+}
+
+/* Hot path: two relaxed loads and the 128-bit compares; nothing else unless
+ * the level changed. */
+static inline void update_level(vg__budget_t *b)
+{
+    int cur = atomic_load_explicit(&b->level, memory_order_relaxed);
+    if (vg__likely((int)level_now(b, cur) == cur))
+        return;
+    level_changed(b, cur);
+}
+
+static inline void update_peak(vg__budget_t *b)
+{
+    uint64_t used = atomic_load_explicit(&b->used, memory_order_relaxed);
+    uint64_t peak = atomic_load_explicit(&b->peak, memory_order_relaxed);
+    while (used > peak &&
+           !atomic_compare_exchange_weak_explicit(&b->peak, &peak, used,
+                                                  memory_order_relaxed,
+                                                  memory_order_relaxed))
+        ;
+}
+
+void vg__budget_set_limit(vg__budget_t *b, uint64_t limit)
+{
+    atomic_store_explicit(&b->limit, limit, memory_order_relaxed);
+    update_level(b);
+}
+
+/* A reserve racing with set_limit may still be judged against the old limit:
+ * the new limit holds for every reserve that reads it. */
+int vg__budget_reserve(vg__budget_t *b, uint64_t n)
+{
+    uint64_t limit = atomic_load_explicit(&b->limit, memory_order_relaxed);
+    uint64_t used = atomic_load_explicit(&b->used, memory_order_relaxed);
+    do {
+        /* used may exceed limit after set_limit lowered it: check first so
+         * that limit - used cannot wrap; n > limit - used cannot overflow. */
+        if (vg__unlikely(used > limit || n > limit - used)) {
+            atomic_fetch_add_explicit(&b->refusals, 1, memory_order_relaxed);
+            return VG_ENOMEM;
+        }
+    } while (!atomic_compare_exchange_weak_explicit(&b->used, &used, used + n,
+                                                    memory_order_relaxed,
+                                                    memory_order_relaxed));
+    return VG_OK;
+}
+
+void vg__budget_commit(vg__budget_t *b, uint64_t n)
+{
+    (void)n; /* already in `used` since reserve */
+    update_peak(b);
+    update_level(b);
+}
+
+void vg__budget_rollback(vg__budget_t *b, uint64_t n)
+{
+    /* The reserve never reached the level, so neither does its undo. */
+    atomic_fetch_sub_explicit(&b->used, n, memory_order_relaxed);
+}
+
+/* n must be bytes this budget holds (committed or forced). */
+void vg__budget_release(vg__budget_t *b, uint64_t n)
+{
+    atomic_fetch_sub_explicit(&b->used, n, memory_order_relaxed);
+    update_level(b);
+}
+
+void vg__budget_force(vg__budget_t *b, uint64_t n)
+{
+    atomic_fetch_add_explicit(&b->used, n, memory_order_relaxed);
+    update_peak(b);
+    update_level(b);
+}
+
+uint64_t vg__budget_available(const vg__budget_t *b)
+{
+    uint64_t limit = atomic_load_explicit(&b->limit, memory_order_relaxed);
+    uint64_t used = atomic_load_explicit(&b->used, memory_order_relaxed);
+    return used >= limit ? 0 : limit - used;
+}
+
+vg_pressure_t vg__budget_level(const vg__budget_t *b)
+{
+    return (vg_pressure_t)atomic_load_explicit(&b->level,
+                                               memory_order_relaxed);
+}
+
+int vg__budget_on_level(vg__budget_t *b, vg__level_fn fn, void *user)
+{
+    if (!b || !fn)
+        return VG_EINVAL;
+    int rc = VG_OK;
+    pthread_mutex_lock(&hook_lock);
+    int n = atomic_load_explicit(&b->hook_count, memory_order_relaxed);
+    if (n >= VG__LEVEL_HOOKS) {
+        rc = VG_ENOMEM;
+        goto out;
+    }
+    b->hooks[n].fn = fn;
+    b->hooks[n].user = user;
+    /* Release: a reader that sees n + 1 sees the slot written above. */
+    atomic_store_explicit(&b->hook_count, n + 1, memory_order_release);
+out:
+    pthread_mutex_unlock(&hook_lock);
+    return rc;
+}

@@ -1,0 +1,123 @@
+/*
+ * driver.c — the real CUDA driver, loaded once at run time.
+ *
+ * The engine calls the driver only through this table. Every entry point is
+ * resolved with libc's own dlsym on the libcuda handle, so the engine's calls
+ * never pass through the preload shim's hooks (no double counting), even
+ * when the shim has replaced dlsym for the rest of the process.
+ */
+#include <dlfcn.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "vg_internal.h"
+
+typedef void *(*dlsym_fn)(void *, const char *);
+
+static pthread_once_t dlsym_once = PTHREAD_ONCE_INIT;
+static dlsym_fn libc_dlsym;
+
+/* RTLD_NEXT from here skips the preload shim (which exports its own dlsym)
+ * whichever object holds this code. glibc >= 2.34 versions dlsym
+ * GLIBC_2.34; older ones only GLIBC_2.2.5 (in libdl). */
+static void find_libc_dlsym(void)
+{
+    libc_dlsym = (dlsym_fn)dlvsym(RTLD_NEXT, "dlsym", "GLIBC_2.34");
+    if (!libc_dlsym)
+        libc_dlsym = (dlsym_fn)dlvsym(RTLD_NEXT, "dlsym", "GLIBC_2.2.5");
+}
+
+void *vg__real_dlsym(void *handle, const char *name)
+{
+    pthread_once(&dlsym_once, find_libc_dlsym);
+    if (vg__unlikely(!libc_dlsym))
+        return NULL;
+    return libc_dlsym(handle, name);
+}
+
+static pthread_mutex_t load_lock = PTHREAD_MUTEX_INITIALIZER;
+static vg__driver_t table;
+static _Atomic int load_state; /* 0 not tried, 1 loaded, -1 failed */
+static char load_error[512];
+
+static int resolve_all(void *handle)
+{
+#define VG__RESOLVE_(name, params)                                             \
+    table.name = (CUresult(*) params)vg__real_dlsym(handle, #name);            \
+    if (!table.name) {                                                         \
+        snprintf(load_error, sizeof load_error,                                \
+                 "the CUDA driver lacks the entry point %s", #name);           \
+        return VG_ENODRIVER;                                                   \
+    }
+    VG__DRIVER_FNS(VG__RESOLVE_)
+#undef VG__RESOLVE_
+    return VG_OK;
+}
+
+static int load_locked(const char *path)
+{
+    if (!path || !*path)
+        path = "libcuda.so.1";
+    void *handle = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (!handle) {
+        const char *why = dlerror();
+        snprintf(load_error, sizeof load_error,
+                 "cannot load the CUDA driver '%s': %s (set VRAMGUARD_LIBCUDA "
+                 "to its path)", path, why ? why : "unknown error");
+        return VG_ENODRIVER;
+    }
+    int rc = resolve_all(handle);
+    if (rc != VG_OK) {
+        memset(&table, 0, sizeof table);
+        dlclose(handle);
+        return rc;
+    }
+    table.handle = handle;
+    return VG_OK;
+}
+
+int vg__driver_load(const char *path)
+{
+    int state = atomic_load_explicit(&load_state, memory_order_acquire);
+    if (vg__likely(state != 0))
+        return state > 0 ? VG_OK : VG_ENODRIVER;
+    pthread_mutex_lock(&load_lock);
+    state = atomic_load_explicit(&load_state, memory_order_relaxed);
+    if (state == 0) {
+        state = load_locked(path) == VG_OK ? 1 : -1;
+        /* release: the table is complete before anyone sees state 1 */
+        atomic_store_explicit(&load_state, state, memory_order_release);
+    }
+    pthread_mutex_unlock(&load_lock);
+    return state > 0 ? VG_OK : VG_ENODRIVER;
+}
+
+const vg__driver_t *vg__driver(void)
+{
+    if (atomic_load_explicit(&load_state, memory_order_acquire) > 0)
+        return &table;
+    return NULL;
+}
+
+const char *vg__driver_error(void)
+{
+    if (atomic_load_explicit(&load_state, memory_order_acquire) < 0)
+        return load_error;
+    return "";
+}
+
+const char *vg__cu_name(CUresult rc)
+{
+    const vg__driver_t *d = vg__driver();
+    const char *name = NULL;
+    if (d && d->cuGetErrorName(rc, &name) == CUDA_SUCCESS && name)
+        return name;
+    switch (rc) {
+    case CUDA_SUCCESS: return "CUDA_SUCCESS";
+    case CUDA_ERROR_INVALID_VALUE: return "CUDA_ERROR_INVALID_VALUE";
+    case CUDA_ERROR_OUT_OF_MEMORY: return "CUDA_ERROR_OUT_OF_MEMORY";
+    case CUDA_ERROR_NOT_INITIALIZED: return "CUDA_ERROR_NOT_INITIALIZED";
+    default: return "CUDA_ERROR_UNKNOWN_CODE";
+    }
+}

@@ -1,0 +1,120 @@
+/*
+ * engine.c — the one engine of a process: settings parsed once, the real
+ * driver loaded once, and the process budget of each device (from
+ * VRAMGUARD_BUDGET) resolved on first use. Both doors, the preload shim and
+ * the public API, reach the same state here.
+ */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "vg_internal.h"
+
+static pthread_once_t init_once = PTHREAD_ONCE_INIT;
+static int init_status = VG_ENODRIVER;
+static vg__settings_t settings;
+static char init_error[1024];
+
+static const char *env_get(const char *name, void *ctx)
+{
+    (void)ctx;
+    return getenv(name);
+}
+
+static void on_fork_child(void)
+{
+    vg__tid_reset();
+}
+
+static void engine_init_once(void)
+{
+    pthread_atfork(NULL, NULL, on_fork_child);
+    int rc = vg__settings_parse(env_get, NULL, &settings, init_error,
+                                sizeof init_error);
+    if (rc != VG_OK) {
+        init_status = rc;
+        return;
+    }
+    rc = vg__driver_load(settings.libcuda);
+    if (rc != VG_OK) {
+        snprintf(init_error, sizeof init_error, "%s", vg__driver_error());
+        init_status = rc;
+        return;
+    }
+    init_status = VG_OK;
+}
+
+int vg__engine_init(void)
+{
+    pthread_once(&init_once, engine_init_once);
+    return init_status;
+}
+
+const char *vg__engine_error(void)
+{
+    vg__engine_init();
+    return init_error;
+}
+
+const vg__settings_t *vg__engine_settings(void)
+{
+    vg__engine_init();
+    return &settings;
+}
+
+/* ------------------------------------------------ per-device budgets */
+
+static vg__budget_t budgets[VG__MAX_DEVICES];
+static _Atomic uint8_t resolved[VG__MAX_DEVICES];
+static pthread_mutex_t resolve_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static bool spec_needs_device(const vg__budget_spec_t *spec)
+{
+    if (spec->all.unit == VG__BUDGET_PERCENT)
+        return true;
+    for (int i = 0; i < spec->count; i++)
+        if (spec->entry[i].uuid[0] ||
+            spec->entry[i].value.unit == VG__BUDGET_PERCENT)
+            return true;
+    return false;
+}
+
+/* Fails closed: a budget that names the device by UUID or percent but whose
+ * device cannot be read becomes a limit of 0, never unlimited. */
+static uint64_t resolve_limit(int device)
+{
+    const vg__budget_spec_t *spec = &settings.budget;
+    char uuid[48] = "";
+    uint64_t total = 0;
+    if (vg__engine_init() != VG_OK)
+        return 0;
+    if (spec_needs_device(spec) &&
+        (vg__device_uuid(device, uuid) != VG_OK ||
+         vg__device_total(device, &total) != VG_OK)) {
+        vg__log("cannot read device %d to resolve VRAMGUARD_BUDGET; "
+                "refusing its allocations", device);
+        return 0;
+    }
+    return vg__budget_spec_limit(spec, device, uuid, total);
+}
+
+static void resolve_budget(int device)
+{
+    pthread_mutex_lock(&resolve_lock);
+    if (!atomic_load_explicit(&resolved[device], memory_order_relaxed)) {
+        vg__budget_init(&budgets[device], resolve_limit(device), NULL);
+        atomic_store_explicit(&resolved[device], 1, memory_order_release);
+    }
+    pthread_mutex_unlock(&resolve_lock);
+}
+
+vg__budget_t *vg__engine_budget(int device)
+{
+    if (vg__unlikely(device < 0 || device >= VG__MAX_DEVICES))
+        return NULL;
+    if (vg__unlikely(!atomic_load_explicit(&resolved[device],
+                                           memory_order_acquire)))
+        resolve_budget(device);
+    return &budgets[device];
+}

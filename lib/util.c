@@ -1,0 +1,77 @@
+/*
+ * util.c — small services every engine file uses: clocks, the cached thread
+ * id, human-readable sizes and the one stderr logger.
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "vg_internal.h"
+
+uint64_t vg__now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts); /* vDSO: no syscall */
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+uint64_t vg__mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* gettid is a syscall; pay it once per thread. A forked child's main thread
+ * inherits the parent's cached value, so the atfork handler in engine.c
+ * resets it through vg__tid_reset(). */
+static _Thread_local uint32_t cached_tid;
+
+uint32_t vg__tid(void)
+{
+    if (vg__unlikely(cached_tid == 0))
+        cached_tid = (uint32_t)syscall(SYS_gettid);
+    return cached_tid;
+}
+
+void vg__tid_reset(void)
+{
+    cached_tid = 0;
+}
+
+char *vg__fmt_bytes(uint64_t bytes, char *buf, size_t len)
+{
+    static const char *const units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
+    if (bytes < 1024) {
+        snprintf(buf, len, "%llu B", (unsigned long long)bytes);
+        return buf;
+    }
+    double v = (double)bytes;
+    int u = 0;
+    while (v >= 1024.0 && u < 6) {
+        v /= 1024.0;
+        u++;
+    }
+    snprintf(buf, len, "%.2f %s", v, units[u]);
+    return buf;
+}
+
+void vg__log(const char *fmt, ...)
+{
+    char line[512];
+    int n = snprintf(line, sizeof line, "vramguard: ");
+    va_list ap;
+    va_start(ap, fmt);
+    int m = vsnprintf(line + n, sizeof line - (size_t)n - 1, fmt, ap);
+    va_end(ap);
+    size_t len = (size_t)n + (m < 0 ? 0 : (size_t)m);
+    if (len > sizeof line - 2)
+        len = sizeof line - 2;
+    line[len++] = '\n';
+    /* One write(2) per line so lines from several threads never interleave. */
+    ssize_t w = write(STDERR_FILENO, line, len);
+    (void)w;
+}

@@ -1,0 +1,155 @@
+/*
+ * hooks_async.c — stream-ordered allocation (cuMemAllocAsync,
+ * cuMemAllocFromPoolAsync, cuMemFreeAsync and their _ptsz twins).
+ *
+ * A stream-ordered pool keeps freed memory reserved, so the budget carries
+ * what each pool reserves, not what was asked for: the engine syncs the
+ * pool's charge before the request, reserves the request, and afterwards
+ * converts the reservation into the pool's real growth (account.c). A
+ * refusal first trims our pools and retries (inside vg__acct_reserve).
+ */
+#include "shim.h"
+
+typedef CUresult (*free_async_fn)(CUdeviceptr, CUstream);
+
+/* The pool cuMemAllocAsync draws from: the device's current pool. */
+static CUmemoryPool current_pool(int device)
+{
+    CUmemoryPool pool = NULL;
+    vg__driver()->cuDeviceGetMemPool(&pool, (CUdevice)device);
+    return pool;
+}
+
+static CUresult after_async(vg__ticket_t *t, CUresult cr, CUdeviceptr *dptr,
+                            size_t size, CUmemoryPool pool, free_async_fn undo,
+                            CUstream stream)
+{
+    if (cr != CUDA_SUCCESS) {
+        vg__acct_cancel(t);
+        return cr;
+    }
+    if (vg__acct_pool_settle(t, pool) != VG_OK) {
+        /* the pool grew past the budget: give it all back */
+        undo(*dptr, stream);
+        vg__driver()->cuMemPoolTrimTo(pool, 0);
+        vg__acct_pool_sync(t->device, pool);
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    vg__acct_commit(t, *dptr, size, (uint64_t)(uintptr_t)pool);
+    return CUDA_SUCCESS;
+}
+
+static CUresult alloc_async(CUresult (*real)(CUdeviceptr *, size_t, CUstream),
+                            free_async_fn undo, CUdeviceptr *dptr, size_t size,
+                            CUstream stream, const char *api)
+{
+    int device = vg__shim_device();
+    CUmemoryPool pool = current_pool(device);
+    if (pool)
+        vg__acct_pool_sync(device, pool);
+    vg__ticket_t t = {device, VG_KIND_ASYNC, size, api};
+    int rc = vg__acct_reserve(&t);
+    if (rc != VG_OK)
+        return vg__shim_cu_status(rc);
+    CUresult cr = real(dptr, size, stream);
+    if (!pool) { /* no pool to read: charge what was asked */
+        vg__shim_settle(&t, cr, cr == CUDA_SUCCESS ? *dptr : 0, size);
+        return cr;
+    }
+    return after_async(&t, cr, dptr, size, pool, undo, stream);
+}
+
+CUresult cuMemAllocAsync(CUdeviceptr *dptr, size_t bytesize, CUstream hStream)
+{
+    if (!vg__shim_started())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    return alloc_async(vg__real.cuMemAllocAsync, vg__real.cuMemFreeAsync, dptr,
+                       bytesize, hStream, "cuMemAllocAsync");
+}
+
+CUresult cuMemAllocAsync_ptsz(CUdeviceptr *dptr, size_t bytesize, CUstream hStream)
+{
+    if (!vg__shim_started())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    if (!vg__real.cuMemAllocAsync_ptsz || !vg__real.cuMemFreeAsync_ptsz)
+        return CUDA_ERROR_NOT_FOUND;
+    return alloc_async(vg__real.cuMemAllocAsync_ptsz, vg__real.cuMemFreeAsync_ptsz,
+                       dptr, bytesize, hStream, "cuMemAllocAsync_ptsz");
+}
+
+static CUresult alloc_from_pool(CUresult (*real)(CUdeviceptr *, size_t, CUmemoryPool, CUstream),
+                                free_async_fn undo, CUdeviceptr *dptr, size_t size,
+                                CUmemoryPool pool, CUstream stream, const char *api)
+{
+    int device = vg__shim_device();
+    if (pool)
+        vg__acct_pool_sync(device, pool);
+    vg__ticket_t t = {device, VG_KIND_POOL, size, api};
+    int rc = vg__acct_reserve(&t);
+    if (rc != VG_OK)
+        return vg__shim_cu_status(rc);
+    CUresult cr = real(dptr, size, pool, stream);
+    if (!pool) { /* the driver refuses a NULL pool; nothing to settle */
+        vg__shim_settle(&t, cr, cr == CUDA_SUCCESS ? *dptr : 0, size);
+        return cr;
+    }
+    return after_async(&t, cr, dptr, size, pool, undo, stream);
+}
+
+CUresult cuMemAllocFromPoolAsync(CUdeviceptr *dptr, size_t bytesize,
+                                 CUmemoryPool pool, CUstream hStream)
+{
+    if (!vg__shim_started())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    return alloc_from_pool(vg__real.cuMemAllocFromPoolAsync, vg__real.cuMemFreeAsync,
+                           dptr, bytesize, pool, hStream, "cuMemAllocFromPoolAsync");
+}
+
+CUresult cuMemAllocFromPoolAsync_ptsz(CUdeviceptr *dptr, size_t bytesize,
+                                      CUmemoryPool pool, CUstream hStream)
+{
+    if (!vg__shim_started())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    if (!vg__real.cuMemAllocFromPoolAsync_ptsz || !vg__real.cuMemFreeAsync_ptsz)
+        return CUDA_ERROR_NOT_FOUND;
+    return alloc_from_pool(vg__real.cuMemAllocFromPoolAsync_ptsz,
+                           vg__real.cuMemFreeAsync_ptsz, dptr, bytesize, pool,
+                           hStream, "cuMemAllocFromPoolAsync_ptsz");
+}
+
+/* The pool keeps the memory after a stream-ordered free, so the pool's
+ * charge stays; it is re-synced on the pool's next allocation or trim. */
+static CUresult free_async(free_async_fn real, CUdeviceptr dptr, CUstream stream)
+{
+    vg__alloc_t a;
+    bool ours = dptr && vg__acct_release(dptr, &a) == VG_OK;
+    CUresult cr = real(dptr, stream);
+    vg__shim_unfree(ours, &a, cr);
+    return cr;
+}
+
+CUresult cuMemFreeAsync(CUdeviceptr dptr, CUstream hStream)
+{
+    if (!vg__shim_started())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    return free_async(vg__real.cuMemFreeAsync, dptr, hStream);
+}
+
+CUresult cuMemFreeAsync_ptsz(CUdeviceptr dptr, CUstream hStream)
+{
+    if (!vg__shim_started())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    if (!vg__real.cuMemFreeAsync_ptsz)
+        return CUDA_ERROR_NOT_FOUND;
+    return free_async(vg__real.cuMemFreeAsync_ptsz, dptr, hStream);
+}
+
+CUresult cuMemPoolDestroy(CUmemoryPool pool)
+{
+    if (!vg__shim_started())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    CUresult cr = vg__real.cuMemPoolDestroy(pool);
+    if (cr == CUDA_SUCCESS)
+        vg__acct_pool_forget(pool);
+    return cr;
+}

@@ -1,0 +1,195 @@
+/*
+ * hooks_mem.c — plain, pitched and managed allocations, their frees, and
+ * the memory views (cuMemGetInfo, cuDeviceTotalMem) that make a process see
+ * its budget as its card. Each hook: started? ask the engine, call the real
+ * driver, tell the engine, return the driver's result.
+ */
+#include "shim.h"
+
+#define PITCH_ALIGN 512u /* the pitch the driver picks on every GPU we know */
+
+CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytesize)
+{
+    if (!vg__shim_started())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    vg__ticket_t t = {vg__shim_device(), VG_KIND_PLAIN, bytesize, "cuMemAlloc_v2"};
+    int rc = vg__acct_reserve(&t);
+    if (rc != VG_OK)
+        return vg__shim_cu_status(rc);
+    CUresult cr = vg__real.cuMemAlloc_v2(dptr, bytesize);
+    vg__shim_settle(&t, cr, cr == CUDA_SUCCESS ? *dptr : 0, bytesize);
+    return cr;
+}
+
+CUresult cuMemAlloc(CUdeviceptr_v1 *dptr, unsigned int bytesize)
+{
+    if (!vg__shim_started())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    if (!vg__real.cuMemAlloc)
+        return CUDA_ERROR_NOT_FOUND;
+    vg__ticket_t t = {vg__shim_device(), VG_KIND_PLAIN, bytesize, "cuMemAlloc"};
+    int rc = vg__acct_reserve(&t);
+    if (rc != VG_OK)
+        return vg__shim_cu_status(rc);
+    CUresult cr = vg__real.cuMemAlloc(dptr, bytesize);
+    vg__shim_settle(&t, cr, cr == CUDA_SUCCESS ? *dptr : 0, bytesize);
+    return cr;
+}
+
+CUresult cuMemFree_v2(CUdeviceptr dptr)
+{
+    if (!vg__shim_started())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    vg__alloc_t a;
+    bool ours = dptr && vg__acct_release(dptr, &a) == VG_OK;
+    CUresult cr = vg__real.cuMemFree_v2(dptr);
+    vg__shim_unfree(ours, &a, cr);
+    return cr;
+}
+
+CUresult cuMemFree(CUdeviceptr_v1 dptr)
+{
+    if (!vg__shim_started())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    if (!vg__real.cuMemFree)
+        return CUDA_ERROR_NOT_FOUND;
+    vg__alloc_t a;
+    bool ours = dptr && vg__acct_release(dptr, &a) == VG_OK;
+    CUresult cr = vg__real.cuMemFree(dptr);
+    vg__shim_unfree(ours, &a, cr);
+    return cr;
+}
+
+/* Reserve what the pitch will most likely be, then settle on the pitch the
+ * driver chose; a larger one must still fit or the allocation is undone. */
+static uint64_t pitch_estimate(uint64_t width, uint64_t height)
+{
+    uint64_t pitch = (width + PITCH_ALIGN - 1) / PITCH_ALIGN * PITCH_ALIGN;
+    if (pitch < width || (height && pitch > UINT64_MAX / height))
+        return UINT64_MAX; /* the driver will refuse it anyway */
+    return pitch * height;
+}
+
+static CUresult pitch_settle(vg__ticket_t *t, CUresult cr, CUdeviceptr ptr,
+                             uint64_t pitch, uint64_t height)
+{
+    if (cr != CUDA_SUCCESS) {
+        vg__acct_cancel(t);
+        return cr;
+    }
+    if (vg__acct_resize(t, pitch * height) != VG_OK) {
+        vg__real.cuMemFree_v2(ptr);
+        vg__acct_cancel(t);
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    vg__acct_commit(t, ptr, pitch * height, 0);
+    return CUDA_SUCCESS;
+}
+
+CUresult cuMemAllocPitch_v2(CUdeviceptr *dptr, size_t *pPitch, size_t WidthInBytes,
+                            size_t Height, unsigned int ElementSizeBytes)
+{
+    if (!vg__shim_started())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    vg__ticket_t t = {vg__shim_device(), VG_KIND_PITCH,
+                      pitch_estimate(WidthInBytes, Height), "cuMemAllocPitch_v2"};
+    int rc = vg__acct_reserve(&t);
+    if (rc != VG_OK)
+        return vg__shim_cu_status(rc);
+    CUresult cr = vg__real.cuMemAllocPitch_v2(dptr, pPitch, WidthInBytes, Height,
+                                              ElementSizeBytes);
+    return pitch_settle(&t, cr, cr == CUDA_SUCCESS ? *dptr : 0,
+                        cr == CUDA_SUCCESS ? *pPitch : 0, Height);
+}
+
+CUresult cuMemAllocPitch(CUdeviceptr_v1 *dptr, unsigned int *pPitch,
+                         unsigned int WidthInBytes, unsigned int Height,
+                         unsigned int ElementSizeBytes)
+{
+    if (!vg__shim_started())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    if (!vg__real.cuMemAllocPitch)
+        return CUDA_ERROR_NOT_FOUND;
+    vg__ticket_t t = {vg__shim_device(), VG_KIND_PITCH,
+                      pitch_estimate(WidthInBytes, Height), "cuMemAllocPitch"};
+    int rc = vg__acct_reserve(&t);
+    if (rc != VG_OK)
+        return vg__shim_cu_status(rc);
+    CUresult cr = vg__real.cuMemAllocPitch(dptr, pPitch, WidthInBytes, Height,
+                                           ElementSizeBytes);
+    return pitch_settle(&t, cr, cr == CUDA_SUCCESS ? *dptr : 0,
+                        cr == CUDA_SUCCESS ? *pPitch : 0, Height);
+}
+
+CUresult cuMemAllocManaged(CUdeviceptr *dptr, size_t bytesize, unsigned int flags)
+{
+    if (!vg__shim_started())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    vg__ticket_t t = {vg__shim_device(), VG_KIND_MANAGED, bytesize, "cuMemAllocManaged"};
+    int rc = vg__acct_reserve(&t);
+    if (rc != VG_OK)
+        return vg__shim_cu_status(rc);
+    CUresult cr = vg__real.cuMemAllocManaged(dptr, bytesize, flags);
+    vg__shim_settle(&t, cr, cr == CUDA_SUCCESS ? *dptr : 0, bytesize);
+    return cr;
+}
+
+/* ---------------------------------------------------- memory views */
+
+CUresult cuMemGetInfo_v2(size_t *free, size_t *total)
+{
+    if (!vg__shim_started())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    CUresult cr = vg__real.cuMemGetInfo_v2(free, total);
+    if (cr != CUDA_SUCCESS || !free || !total)
+        return cr;
+    uint64_t f = *free, t = *total;
+    vg__acct_meminfo(vg__shim_device(), &f, &t);
+    *free = f;
+    *total = t;
+    return cr;
+}
+
+CUresult cuMemGetInfo(unsigned int *free, unsigned int *total)
+{
+    if (!vg__shim_started())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    if (!vg__real.cuMemGetInfo)
+        return CUDA_ERROR_NOT_FOUND;
+    CUresult cr = vg__real.cuMemGetInfo(free, total);
+    if (cr != CUDA_SUCCESS || !free || !total)
+        return cr;
+    uint64_t f = *free, t = *total;
+    vg__acct_meminfo(vg__shim_device(), &f, &t);
+    *free = (unsigned int)f; /* never larger than what the driver said */
+    *total = (unsigned int)t;
+    return cr;
+}
+
+CUresult cuDeviceTotalMem_v2(size_t *bytes, CUdevice dev)
+{
+    if (!vg__shim_started())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    CUresult cr = vg__real.cuDeviceTotalMem_v2(bytes, dev);
+    if (cr != CUDA_SUCCESS || !bytes)
+        return cr;
+    uint64_t t = *bytes, f = *bytes;
+    vg__acct_meminfo((int)dev, &f, &t);
+    *bytes = t;
+    return cr;
+}
+
+CUresult cuDeviceTotalMem(unsigned int *bytes, CUdevice dev)
+{
+    if (!vg__shim_started())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    if (!vg__real.cuDeviceTotalMem)
+        return CUDA_ERROR_NOT_FOUND;
+    CUresult cr = vg__real.cuDeviceTotalMem(bytes, dev);
+    if (cr != CUDA_SUCCESS || !bytes)
+        return cr;
+    uint64_t t = *bytes, f = *bytes;
+    vg__acct_meminfo((int)dev, &f, &t);
+    *bytes = (unsigned int)t;
+    return cr;
+}

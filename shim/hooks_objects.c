@@ -1,0 +1,298 @@
+/*
+ * hooks_objects.c — device memory that comes as an object rather than a
+ * pointer: VMM physical allocations (cuMemCreate), CUDA arrays and
+ * mipmapped arrays, and graph memory nodes.
+ *
+ * Objects are recorded under their handle with VG__KEY_HANDLE set, so a
+ * handle can never be mistaken for a device address. Arrays are charged
+ * the size the driver reports (cuArrayGetMemoryRequirements), after a
+ * reservation estimated from the descriptor.
+ */
+#include "shim.h"
+
+#define ARRAY_ALIGN 512u
+
+static uint64_t key_of(const void *handle)
+{
+    return (uint64_t)(uintptr_t)handle | VG__KEY_HANDLE;
+}
+
+/* --------------------------------------------------------------- VMM */
+
+/* Only device-located physical memory is VRAM; host-located VMM memory
+ * passes through uncharged. The charge is returned when the handle is
+ * released (see docs: a handle released while still mapped frees its
+ * memory only at the last unmap; we return the charge at release). */
+CUresult cuMemCreate(CUmemGenericAllocationHandle *handle, size_t size,
+                     const CUmemAllocationProp *prop, unsigned long long flags)
+{
+    if (!vg__shim_started())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    if (!prop || prop->location.type != CU_MEM_LOCATION_TYPE_DEVICE)
+        return vg__real.cuMemCreate(handle, size, prop, flags);
+    vg__ticket_t t = {prop->location.id, VG_KIND_VMM, size, "cuMemCreate"};
+    int rc = vg__acct_reserve(&t);
+    if (rc != VG_OK)
+        return vg__shim_cu_status(rc);
+    CUresult cr = vg__real.cuMemCreate(handle, size, prop, flags);
+    vg__shim_settle(&t, cr, cr == CUDA_SUCCESS ? *handle | VG__KEY_HANDLE : 0, size);
+    return cr;
+}
+
+CUresult cuMemRelease(CUmemGenericAllocationHandle handle)
+{
+    if (!vg__shim_started())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    vg__alloc_t a;
+    bool ours = vg__acct_release(handle | VG__KEY_HANDLE, &a) == VG_OK;
+    CUresult cr = vg__real.cuMemRelease(handle);
+    vg__shim_unfree(ours, &a, cr);
+    return cr;
+}
+
+/* ------------------------------------------------------------ arrays */
+
+static uint64_t element_bytes(CUarray_format f)
+{
+    switch (f) {
+    case CU_AD_FORMAT_UNSIGNED_INT8: case CU_AD_FORMAT_SIGNED_INT8:
+    case CU_AD_FORMAT_UNORM_INT8X1: case CU_AD_FORMAT_SNORM_INT8X1:
+        return 1;
+    case CU_AD_FORMAT_UNSIGNED_INT16: case CU_AD_FORMAT_SIGNED_INT16:
+    case CU_AD_FORMAT_HALF: case CU_AD_FORMAT_UNORM_INT8X2:
+    case CU_AD_FORMAT_SNORM_INT8X2: case CU_AD_FORMAT_UNORM_INT16X1:
+    case CU_AD_FORMAT_SNORM_INT16X1:
+        return 2;
+    case CU_AD_FORMAT_UNORM_INT16X4: case CU_AD_FORMAT_SNORM_INT16X4:
+        return 8;
+    default: /* 32-bit formats; packed video and BC formats are smaller */
+        return 4;
+    }
+}
+
+/* An estimate to reserve before the driver is asked; the charge is then
+ * settled on the driver's own figure. Saturates instead of wrapping. */
+static uint64_t array_estimate(uint64_t w, uint64_t h, uint64_t d,
+                               CUarray_format f, unsigned channels)
+{
+    uint64_t n = element_bytes(f) * (channels ? channels : 1);
+    uint64_t dims[3] = {w, h ? h : 1, d ? d : 1};
+    for (int i = 0; i < 3; i++) {
+        if (dims[i] && n > UINT64_MAX / dims[i])
+            return UINT64_MAX;
+        n *= dims[i];
+    }
+    return (n + ARRAY_ALIGN - 1) / ARRAY_ALIGN * ARRAY_ALIGN;
+}
+
+static CUresult array_settle(vg__ticket_t *t, CUresult cr, CUarray arr)
+{
+    CUDA_ARRAY_MEMORY_REQUIREMENTS req = {0};
+    if (cr != CUDA_SUCCESS) {
+        vg__acct_cancel(t);
+        return cr;
+    }
+    if (vg__driver()->cuArrayGetMemoryRequirements(&req, arr, t->device) == CUDA_SUCCESS &&
+        vg__acct_resize(t, req.size) != VG_OK) {
+        vg__real.cuArrayDestroy(arr);
+        vg__acct_cancel(t);
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    vg__acct_commit(t, key_of(arr), t->bytes, 0);
+    return CUDA_SUCCESS;
+}
+
+CUresult cuArrayCreate_v2(CUarray *pHandle, const CUDA_ARRAY_DESCRIPTOR *d)
+{
+    if (!vg__shim_started())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    if (!d || !pHandle)
+        return vg__real.cuArrayCreate_v2(pHandle, d);
+    vg__ticket_t t = {vg__shim_device(), VG_KIND_ARRAY,
+                      array_estimate(d->Width, d->Height, 1, d->Format, d->NumChannels),
+                      "cuArrayCreate_v2"};
+    int rc = vg__acct_reserve(&t);
+    if (rc != VG_OK)
+        return vg__shim_cu_status(rc);
+    CUresult cr = vg__real.cuArrayCreate_v2(pHandle, d);
+    return array_settle(&t, cr, cr == CUDA_SUCCESS ? *pHandle : NULL);
+}
+
+CUresult cuArrayCreate(CUarray *pHandle, const CUDA_ARRAY_DESCRIPTOR_v1 *d)
+{
+    if (!vg__shim_started())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    if (!vg__real.cuArrayCreate)
+        return CUDA_ERROR_NOT_FOUND;
+    if (!d || !pHandle)
+        return vg__real.cuArrayCreate(pHandle, d);
+    vg__ticket_t t = {vg__shim_device(), VG_KIND_ARRAY,
+                      array_estimate(d->Width, d->Height, 1, d->Format, d->NumChannels),
+                      "cuArrayCreate"};
+    int rc = vg__acct_reserve(&t);
+    if (rc != VG_OK)
+        return vg__shim_cu_status(rc);
+    CUresult cr = vg__real.cuArrayCreate(pHandle, d);
+    return array_settle(&t, cr, cr == CUDA_SUCCESS ? *pHandle : NULL);
+}
+
+CUresult cuArray3DCreate_v2(CUarray *pHandle, const CUDA_ARRAY3D_DESCRIPTOR *d)
+{
+    if (!vg__shim_started())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    if (!d || !pHandle)
+        return vg__real.cuArray3DCreate_v2(pHandle, d);
+    vg__ticket_t t = {vg__shim_device(), VG_KIND_ARRAY,
+                      array_estimate(d->Width, d->Height, d->Depth, d->Format, d->NumChannels),
+                      "cuArray3DCreate_v2"};
+    int rc = vg__acct_reserve(&t);
+    if (rc != VG_OK)
+        return vg__shim_cu_status(rc);
+    CUresult cr = vg__real.cuArray3DCreate_v2(pHandle, d);
+    return array_settle(&t, cr, cr == CUDA_SUCCESS ? *pHandle : NULL);
+}
+
+CUresult cuArray3DCreate(CUarray *pHandle, const CUDA_ARRAY3D_DESCRIPTOR_v1 *d)
+{
+    if (!vg__shim_started())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    if (!vg__real.cuArray3DCreate)
+        return CUDA_ERROR_NOT_FOUND;
+    if (!d || !pHandle)
+        return vg__real.cuArray3DCreate(pHandle, d);
+    vg__ticket_t t = {vg__shim_device(), VG_KIND_ARRAY,
+                      array_estimate(d->Width, d->Height, d->Depth, d->Format, d->NumChannels),
+                      "cuArray3DCreate"};
+    int rc = vg__acct_reserve(&t);
+    if (rc != VG_OK)
+        return vg__shim_cu_status(rc);
+    CUresult cr = vg__real.cuArray3DCreate(pHandle, d);
+    return array_settle(&t, cr, cr == CUDA_SUCCESS ? *pHandle : NULL);
+}
+
+CUresult cuArrayDestroy(CUarray hArray)
+{
+    if (!vg__shim_started())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    vg__alloc_t a;
+    bool ours = vg__acct_release(key_of(hArray), &a) == VG_OK;
+    CUresult cr = vg__real.cuArrayDestroy(hArray);
+    vg__shim_unfree(ours, &a, cr);
+    return cr;
+}
+
+static uint64_t mipmap_estimate(const CUDA_ARRAY3D_DESCRIPTOR *d, unsigned levels)
+{
+    uint64_t total = 0, w = d->Width, h = d->Height, z = d->Depth;
+    for (unsigned i = 0; i < levels && i < 64; i++) {
+        uint64_t one = array_estimate(w, h, z, d->Format, d->NumChannels);
+        total = one > UINT64_MAX - total ? UINT64_MAX : total + one;
+        w = w > 1 ? w / 2 : 1;
+        h = h > 1 ? h / 2 : h;
+        z = z > 1 ? z / 2 : z;
+    }
+    return total;
+}
+
+CUresult cuMipmappedArrayCreate(CUmipmappedArray *pHandle, const CUDA_ARRAY3D_DESCRIPTOR *d,
+                                unsigned int numMipmapLevels)
+{
+    if (!vg__shim_started())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    if (!d || !pHandle)
+        return vg__real.cuMipmappedArrayCreate(pHandle, d, numMipmapLevels);
+    vg__ticket_t t = {vg__shim_device(), VG_KIND_ARRAY,
+                      mipmap_estimate(d, numMipmapLevels), "cuMipmappedArrayCreate"};
+    int rc = vg__acct_reserve(&t);
+    if (rc != VG_OK)
+        return vg__shim_cu_status(rc);
+    CUresult cr = vg__real.cuMipmappedArrayCreate(pHandle, d, numMipmapLevels);
+    if (cr != CUDA_SUCCESS) {
+        vg__acct_cancel(&t);
+        return cr;
+    }
+    CUDA_ARRAY_MEMORY_REQUIREMENTS req = {0};
+    if (vg__driver()->cuMipmappedArrayGetMemoryRequirements(&req, *pHandle, t.device) == CUDA_SUCCESS &&
+        vg__acct_resize(&t, req.size) != VG_OK) {
+        vg__real.cuMipmappedArrayDestroy(*pHandle);
+        vg__acct_cancel(&t);
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    vg__acct_commit(&t, key_of(*pHandle), t.bytes, 0);
+    return CUDA_SUCCESS;
+}
+
+CUresult cuMipmappedArrayDestroy(CUmipmappedArray hMipmappedArray)
+{
+    if (!vg__shim_started())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    vg__alloc_t a;
+    bool ours = vg__acct_release(key_of(hMipmappedArray), &a) == VG_OK;
+    CUresult cr = vg__real.cuMipmappedArrayDestroy(hMipmappedArray);
+    vg__shim_unfree(ours, &a, cr);
+    return cr;
+}
+
+/* ------------------------------------------------------------ graphs */
+
+/* A graph memory node is charged from its creation until its graph is
+ * destroyed: the graph's memory pool keeps the memory between launches, so
+ * this is what the card gives up (docs/shim.md). */
+CUresult cuGraphAddMemAllocNode(CUgraphNode *phGraphNode, CUgraph hGraph,
+                                const CUgraphNode *dependencies, size_t numDependencies,
+                                CUDA_MEM_ALLOC_NODE_PARAMS *nodeParams)
+{
+    if (!vg__shim_started())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    if (!nodeParams || nodeParams->poolProps.location.type != CU_MEM_LOCATION_TYPE_DEVICE)
+        return vg__real.cuGraphAddMemAllocNode(phGraphNode, hGraph, dependencies,
+                                               numDependencies, nodeParams);
+    vg__ticket_t t = {nodeParams->poolProps.location.id, VG_KIND_ASYNC,
+                      nodeParams->bytesize, "cuGraphAddMemAllocNode"};
+    int rc = vg__acct_reserve(&t);
+    if (rc != VG_OK)
+        return vg__shim_cu_status(rc);
+    CUresult cr = vg__real.cuGraphAddMemAllocNode(phGraphNode, hGraph, dependencies,
+                                                  numDependencies, nodeParams);
+    if (cr == CUDA_SUCCESS)
+        vg__acct_commit(&t, nodeParams->dptr, nodeParams->bytesize, key_of(hGraph));
+    else
+        vg__acct_cancel(&t);
+    return cr;
+}
+
+struct graph_keys {
+    uint64_t graph;
+    uint64_t keys[64];
+    int n;
+    bool more;
+};
+
+static void collect_graph(const vg__alloc_t *a, void *ctx)
+{
+    struct graph_keys *g = ctx;
+    if (a->handle != g->graph)
+        return;
+    if (g->n < 64)
+        g->keys[g->n++] = a->ptr;
+    else
+        g->more = true;
+}
+
+CUresult cuGraphDestroy(CUgraph hGraph)
+{
+    if (!vg__shim_started())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    CUresult cr = vg__real.cuGraphDestroy(hGraph);
+    if (cr != CUDA_SUCCESS)
+        return cr;
+    struct graph_keys g = {.graph = key_of(hGraph)};
+    do { /* rare path: a scan of the ledger per 64 nodes */
+        g.n = 0;
+        g.more = false;
+        vg__ledger_foreach(NULL, collect_graph, &g);
+        for (int i = 0; i < g.n; i++)
+            vg__acct_release(g.keys[i], NULL);
+    } while (g.more);
+    return cr;
+}

@@ -1,0 +1,219 @@
+/*
+ * shim.c — how calls reach the hooks: start-up, the routing table, the
+ * dlsym override and the cuGetProcAddress wrappers.
+ *
+ * Real programs find driver functions three ways (DESIGN.md, measured on an
+ * H100): linking -lcuda (our exported names win, being preloaded), dlsym on
+ * the libcuda handle (JAX), and cudart's cuGetProcAddress (PyTorch, CuPy,
+ * static cudart). For the last two the shim asks the real driver first and
+ * then swaps the answer for our hook when it is the real function of one we
+ * hook: routing is by pointer identity, never by the requested name, since
+ * a base name maps to different ABIs by version.
+ */
+#include <dlfcn.h>
+#include <link.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "shim.h"
+
+vg_shim_real_t vg__real;
+
+static _Atomic int ready;
+static pthread_once_t start_once = PTHREAD_ONCE_INIT;
+static CUresult start_status = CUDA_ERROR_NOT_INITIALIZED;
+
+/* Set while this thread is inside shim start-up: a dlsym from a library
+ * constructor that dlopen runs must not re-enter start-up. */
+static _Thread_local int starting;
+
+struct route {
+    void *real;
+    void *hook;
+};
+
+#define VG_SHIM_COUNT_(name, params) +1
+enum { HOOK_COUNT = 0 VG_HOOKS(VG_SHIM_COUNT_) };
+#undef VG_SHIM_COUNT_
+
+static struct route routes[HOOK_COUNT];
+static size_t route_count;
+
+static int route_cmp(const void *a, const void *b)
+{
+    uintptr_t x = (uintptr_t)((const struct route *)a)->real;
+    uintptr_t y = (uintptr_t)((const struct route *)b)->real;
+    return (x > y) - (x < y);
+}
+
+/* Resolves every hooked name in the driver the engine loaded. Names this
+ * driver lacks stay NULL: their hooks are never handed out through lookups,
+ * and a program linked against one gets CUDA_ERROR_NOT_FOUND. */
+static void resolve_real(void *handle)
+{
+#define VG_SHIM_RESOLVE_(name, params)                                         \
+    vg__real.name = (CUresult(*) params)vg__real_dlsym(handle, #name);         \
+    if (vg__real.name) {                                                       \
+        routes[route_count].real = (void *)vg__real.name;                      \
+        routes[route_count].hook = (void *)&name;                              \
+        route_count++;                                                         \
+    }
+    VG_HOOKS(VG_SHIM_RESOLVE_)
+#undef VG_SHIM_RESOLVE_
+    qsort(routes, route_count, sizeof routes[0], route_cmp);
+}
+
+static void start_once_fn(void)
+{
+    starting = 1;
+    int rc = vg__engine_init();
+    if (rc == VG_ESETTING) {
+        /* Fail closed: hooks refuse every allocation; the engine says why
+         * once, on the first refusal. The driver is still reachable. */
+        rc = vg__driver_load(getenv("VRAMGUARD_LIBCUDA"));
+    }
+    if (rc == VG_OK) {
+        resolve_real(vg__driver()->handle);
+        start_status = CUDA_SUCCESS;
+    } else {
+        vg__log("%s", vg__driver_error());
+    }
+    atomic_store_explicit(&ready, 1, memory_order_release);
+    starting = 0;
+}
+
+CUresult vg__shim_start(void)
+{
+    pthread_once(&start_once, start_once_fn);
+    return start_status;
+}
+
+bool vg__shim_ready(void)
+{
+    return atomic_load_explicit(&ready, memory_order_acquire) &&
+           start_status == CUDA_SUCCESS;
+}
+
+void *vg__shim_route(void *fn)
+{
+    size_t lo = 0, hi = route_count;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (routes[mid].real == fn)
+            return routes[mid].hook;
+        if ((uintptr_t)routes[mid].real < (uintptr_t)fn)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return fn;
+}
+
+int vg__shim_device(void)
+{
+    CUdevice dev = 0;
+    if (vg__driver()->cuCtxGetDevice(&dev) != CUDA_SUCCESS)
+        return 0;
+    return (int)dev;
+}
+
+CUresult vg__shim_cu_status(int vg_status)
+{
+    switch (vg_status) {
+    case VG_OK: return CUDA_SUCCESS;
+    case VG_ENOMEM: return CUDA_ERROR_OUT_OF_MEMORY;
+    case VG_ESETTING: return CUDA_ERROR_OUT_OF_MEMORY; /* fail closed */
+    case VG_EDENIED: return CUDA_ERROR_NOT_SUPPORTED;
+    case VG_ENODRIVER: return CUDA_ERROR_NOT_INITIALIZED;
+    case VG_ENODEV: return CUDA_ERROR_INVALID_DEVICE;
+    default: return CUDA_ERROR_INVALID_VALUE;
+    }
+}
+
+/* ------------------------------------------------- cuGetProcAddress */
+
+CUresult cuGetProcAddress_v2(const char *symbol, void **pfn, int cudaVersion,
+                             cuuint64_t flags,
+                             CUdriverProcAddressQueryResult *symbolStatus)
+{
+    if (vg__unlikely(!vg__shim_ready()) && vg__shim_start() != CUDA_SUCCESS)
+        return CUDA_ERROR_NOT_INITIALIZED;
+    CUresult rc = vg__real.cuGetProcAddress_v2(symbol, pfn, cudaVersion, flags,
+                                               symbolStatus);
+    if (rc == CUDA_SUCCESS && pfn && *pfn)
+        *pfn = vg__shim_route(*pfn);
+    return rc;
+}
+
+CUresult cuGetProcAddress(const char *symbol, void **pfn, int cudaVersion,
+                          cuuint64_t flags)
+{
+    if (vg__unlikely(!vg__shim_ready()) && vg__shim_start() != CUDA_SUCCESS)
+        return CUDA_ERROR_NOT_INITIALIZED;
+    if (!vg__real.cuGetProcAddress)
+        return CUDA_ERROR_NOT_FOUND;
+    CUresult rc = vg__real.cuGetProcAddress(symbol, pfn, cudaVersion, flags);
+    if (rc == CUDA_SUCCESS && pfn && *pfn)
+        *pfn = vg__shim_route(*pfn);
+    return rc;
+}
+
+/* ------------------------------------------------------------- dlsym */
+
+/* Only names that can be driver entry points start the shim, so the
+ * thousands of dlsym calls a Python process makes cost one compare. */
+static bool may_be_driver_name(const char *name)
+{
+    return name && name[0] == 'c' && name[1] == 'u';
+}
+
+/* dlsym(RTLD_NEXT) means "after the caller's object"; calling libc's dlsym
+ * from here would mean "after the shim". So walk the link map from the
+ * caller's object on and take the first object that defines the name. */
+static void *next_after(const void *caller, const char *name)
+{
+    struct link_map *lm = NULL;
+    Dl_info info;
+    if (!dladdr1(caller, &info, (void **)&lm, RTLD_DL_LINKMAP) || !lm)
+        return NULL;
+    for (struct link_map *l = lm->l_next; l; l = l->l_next) {
+        void *h = dlopen(l->l_name[0] ? l->l_name : NULL, RTLD_LAZY | RTLD_NOLOAD);
+        if (!h)
+            continue;
+        void *p = vg__real_dlsym(h, name);
+        struct link_map *owner = NULL;
+        dlclose(h);
+        if (p && dladdr1(p, &info, (void **)&owner, RTLD_DL_LINKMAP) && owner == l)
+            return p;
+    }
+    return NULL;
+}
+
+static void *lookup(void *handle, const char *name, const void *caller)
+{
+    void *p = handle == RTLD_NEXT ? next_after(caller, name)
+                                  : vg__real_dlsym(handle, name);
+    if (!p || starting || !may_be_driver_name(name))
+        return p;
+    if (vg__unlikely(!vg__shim_ready()) && vg__shim_start() != CUDA_SUCCESS)
+        return p;
+    return vg__shim_route(p);
+}
+
+/* Exported as dlsym@@GLIBC_2.34 and dlsym@GLIBC_2.2.5 (see the version
+ * script), so programs linked against either glibc reach it. */
+VG_EXPORT void *shim_dlsym_234(void *handle, const char *name);
+VG_EXPORT void *shim_dlsym_225(void *handle, const char *name);
+__asm__(".symver shim_dlsym_234, dlsym@@GLIBC_2.34");
+__asm__(".symver shim_dlsym_225, dlsym@GLIBC_2.2.5");
+
+void *shim_dlsym_234(void *handle, const char *name)
+{
+    return lookup(handle, name, __builtin_return_address(0));
+}
+
+void *shim_dlsym_225(void *handle, const char *name)
+{
+    return lookup(handle, name, __builtin_return_address(0));
+}

@@ -1,0 +1,176 @@
+/*
+ * shim.h — the preload shim's one list of hooked driver entry points, and
+ * the few internals its files share.
+ *
+ * The shim holds no policy: each hook checks that the shim is started,
+ * asks the engine (lib/account.c) to charge, calls the real driver, tells
+ * the engine what happened, and returns the driver's own result.
+ *
+ * cuda.h is included with __CUDA_API_VERSION_INTERNAL so that every real ABI
+ * name is declared as the driver exports it (legacy 32-bit cuMemAlloc, the
+ * _v2 names, the _ptsz twins); the compiler then checks every hook's
+ * prototype against NVIDIA's.
+ */
+#ifndef VG_SHIM_H
+#define VG_SHIM_H
+
+#define __CUDA_API_VERSION_INTERNAL 1
+#include <cuda.h>
+
+#include "vg_internal.h"
+
+#define VG_EXPORT __attribute__((visibility("default")))
+
+/* X(name, params): every driver entry point the shim replaces, exactly as
+ * libcuda exports it. This list generates the real-pointer table, the
+ * routing table that cuGetProcAddress and dlsym consult, the export
+ * declarations, and the routing-coverage test. */
+#define VG_HOOKS(X)                                                            \
+    X(cuGetProcAddress, (const char *symbol, void **pfn, int cudaVersion,     \
+                         cuuint64_t flags))                                    \
+    X(cuGetProcAddress_v2,                                                     \
+      (const char *symbol, void **pfn, int cudaVersion, cuuint64_t flags,      \
+       CUdriverProcAddressQueryResult *symbolStatus))                          \
+    X(cuMemAlloc, (CUdeviceptr_v1 *dptr, unsigned int bytesize))               \
+    X(cuMemAlloc_v2, (CUdeviceptr *dptr, size_t bytesize))                     \
+    X(cuMemFree, (CUdeviceptr_v1 dptr))                                        \
+    X(cuMemFree_v2, (CUdeviceptr dptr))                                        \
+    X(cuMemAllocPitch,                                                         \
+      (CUdeviceptr_v1 *dptr, unsigned int *pPitch, unsigned int WidthInBytes,  \
+       unsigned int Height, unsigned int ElementSizeBytes))                    \
+    X(cuMemAllocPitch_v2,                                                      \
+      (CUdeviceptr *dptr, size_t *pPitch, size_t WidthInBytes, size_t Height,  \
+       unsigned int ElementSizeBytes))                                         \
+    X(cuMemAllocManaged,                                                       \
+      (CUdeviceptr *dptr, size_t bytesize, unsigned int flags))                \
+    X(cuMemAllocAsync, (CUdeviceptr *dptr, size_t bytesize, CUstream hStream)) \
+    X(cuMemAllocAsync_ptsz,                                                    \
+      (CUdeviceptr *dptr, size_t bytesize, CUstream hStream))                  \
+    X(cuMemAllocFromPoolAsync, (CUdeviceptr *dptr, size_t bytesize,            \
+                                CUmemoryPool pool, CUstream hStream))          \
+    X(cuMemAllocFromPoolAsync_ptsz, (CUdeviceptr *dptr, size_t bytesize,       \
+                                     CUmemoryPool pool, CUstream hStream))     \
+    X(cuMemFreeAsync, (CUdeviceptr dptr, CUstream hStream))                    \
+    X(cuMemFreeAsync_ptsz, (CUdeviceptr dptr, CUstream hStream))               \
+    X(cuMemPoolDestroy, (CUmemoryPool pool))                                   \
+    X(cuMemCreate, (CUmemGenericAllocationHandle *handle, size_t size,         \
+                    const CUmemAllocationProp *prop, unsigned long long flags)) \
+    X(cuMemRelease, (CUmemGenericAllocationHandle handle))                     \
+    X(cuArrayCreate,                                                           \
+      (CUarray *pHandle, const CUDA_ARRAY_DESCRIPTOR_v1 *pAllocateArray))      \
+    X(cuArrayCreate_v2,                                                        \
+      (CUarray *pHandle, const CUDA_ARRAY_DESCRIPTOR *pAllocateArray))         \
+    X(cuArray3DCreate,                                                         \
+      (CUarray *pHandle, const CUDA_ARRAY3D_DESCRIPTOR_v1 *pAllocateArray))    \
+    X(cuArray3DCreate_v2,                                                      \
+      (CUarray *pHandle, const CUDA_ARRAY3D_DESCRIPTOR *pAllocateArray))       \
+    X(cuArrayDestroy, (CUarray hArray))                                        \
+    X(cuMipmappedArrayCreate,                                                  \
+      (CUmipmappedArray *pHandle, const CUDA_ARRAY3D_DESCRIPTOR *pDesc,        \
+       unsigned int numMipmapLevels))                                          \
+    X(cuMipmappedArrayDestroy, (CUmipmappedArray hMipmappedArray))             \
+    X(cuGraphAddMemAllocNode,                                                  \
+      (CUgraphNode *phGraphNode, CUgraph hGraph,                               \
+       const CUgraphNode *dependencies, size_t numDependencies,                \
+       CUDA_MEM_ALLOC_NODE_PARAMS *nodeParams))                                \
+    X(cuGraphDestroy, (CUgraph hGraph))                                        \
+    X(cuMemGetInfo, (unsigned int *free, unsigned int *total))                 \
+    X(cuMemGetInfo_v2, (size_t *free, size_t *total))                          \
+    X(cuDeviceTotalMem, (unsigned int *bytes, CUdevice dev))                   \
+    X(cuDeviceTotalMem_v2, (size_t *bytes, CUdevice dev))
+
+/* X(name): memory-related entry points the shim deliberately passes
+ * through untouched: they move, map or describe memory that a hook above
+ * already charged, or memory that is not this process's device memory
+ * (host allocations, imports from other processes). The routing test fails
+ * when the test driver exports a memory entry point found in neither list. */
+#define VG_PASSTHROUGH(X)                                                      \
+    X(cuMemAddressReserve) X(cuMemAddressFree) X(cuMemMap) X(cuMemUnmap)      \
+    X(cuMemSetAccess) X(cuMemGetAccess) X(cuMemGetAllocationGranularity)      \
+    X(cuMemRetainAllocationHandle) X(cuMemGetAllocationPropertiesFromHandle)  \
+    X(cuMemExportToShareableHandle) X(cuMemImportFromShareableHandle)         \
+    X(cuMemMapArrayAsync) X(cuMemMapArrayAsync_ptsz)                          \
+    X(cuMemPoolCreate) X(cuMemPoolTrimTo) X(cuMemPoolSetAttribute)            \
+    X(cuMemPoolGetAttribute) X(cuMemPoolSetAccess) X(cuMemPoolGetAccess)      \
+    X(cuMemPoolExportToShareableHandle) X(cuMemPoolImportFromShareableHandle) \
+    X(cuMemPoolExportPointer) X(cuMemPoolImportPointer)                       \
+    X(cuDeviceGetDefaultMemPool) X(cuDeviceGetMemPool) X(cuDeviceSetMemPool)  \
+    X(cuMemGetAddressRange) X(cuMemGetAddressRange_v2)                        \
+    X(cuPointerGetAttribute) X(cuPointerGetAttributes) X(cuPointerSetAttribute) \
+    X(cuMemHostAlloc) X(cuMemAllocHost) X(cuMemAllocHost_v2) X(cuMemFreeHost) \
+    X(cuMemHostRegister) X(cuMemHostRegister_v2) X(cuMemHostUnregister)       \
+    X(cuMemHostGetDevicePointer) X(cuMemHostGetDevicePointer_v2)              \
+    X(cuMemHostGetFlags) X(cuMemPrefetchAsync) X(cuMemPrefetchAsync_v2)       \
+    X(cuMemAdvise) X(cuMemAdvise_v2) X(cuMemRangeGetAttribute)                \
+    X(cuMemRangeGetAttributes) X(cuArrayGetDescriptor)                        \
+    X(cuArrayGetDescriptor_v2) X(cuArray3DGetDescriptor)                      \
+    X(cuArray3DGetDescriptor_v2) X(cuArrayGetMemoryRequirements)              \
+    X(cuMipmappedArrayGetMemoryRequirements) X(cuMipmappedArrayGetLevel)      \
+    X(cuArrayGetSparseProperties) X(cuArrayGetPlane)                          \
+    X(cuGraphAddMemFreeNode) X(cuGraphMemAllocNodeGetParams)                  \
+    X(cuGraphMemFreeNodeGetParams) X(cuDeviceGraphMemTrim)                    \
+    X(cuDeviceGetGraphMemAttribute) X(cuDeviceSetGraphMemAttribute)           \
+    X(cuIpcGetMemHandle) X(cuIpcOpenMemHandle) X(cuIpcOpenMemHandle_v2)       \
+    X(cuIpcCloseMemHandle)
+
+/* X(prefix): whole families passed through: they copy or fill memory that
+ * an allocation hook already charged, in every versioned and _ptsz/_ptds
+ * variant the driver exports. */
+#define VG_PASSTHROUGH_FAMILIES(X) X("cuMemcpy") X("cuMemset")
+
+/* The real entry points, resolved once from the driver the engine loaded. */
+typedef struct vg_shim_real {
+#define VG_SHIM_FIELD_(name, params) CUresult (*name) params;
+    VG_HOOKS(VG_SHIM_FIELD_)
+#undef VG_SHIM_FIELD_
+} vg_shim_real_t;
+
+/* Our hooks, exported under the driver's names. */
+#define VG_SHIM_DECLARE_(name, params) VG_EXPORT CUresult name params;
+VG_HOOKS(VG_SHIM_DECLARE_)
+#undef VG_SHIM_DECLARE_
+
+/* ------------------------------------------------------------ shim.c */
+
+/* The real driver's functions; valid once vg__shim_ready() is true. */
+extern vg_shim_real_t vg__real;
+
+/* True once the shim has started. The only check on the hot path. */
+bool vg__shim_ready(void);
+/* Starts the shim (engine settings, real driver, routing). Thread-safe,
+ * idempotent, never calls cuInit. Returns CUDA_SUCCESS or the CUresult a
+ * hook should return when the driver cannot be reached. */
+CUresult vg__shim_start(void);
+/* The check every hook starts with: true when the shim is running (one
+ * acquire load once started). */
+static inline bool vg__shim_started(void)
+{
+    return vg__likely(vg__shim_ready()) || vg__shim_start() == CUDA_SUCCESS;
+}
+/* Ends an allocation hook: commits the ticket under `key` when the driver
+ * succeeded, else gives the reservation back. */
+static inline void vg__shim_settle(vg__ticket_t *t, CUresult cr, uint64_t key,
+                                   uint64_t size)
+{
+    if (cr == CUDA_SUCCESS)
+        vg__acct_commit(t, key, size, 0);
+    else
+        vg__acct_cancel(t);
+}
+/* Ends a free hook: the engine took `key` out first (so an address the
+ * driver reuses at once can be recorded again); put it back if the
+ * driver's free failed. */
+static inline void vg__shim_unfree(bool ours, const vg__alloc_t *a, CUresult cr)
+{
+    if (ours && cr != CUDA_SUCCESS)
+        vg__acct_restore(a);
+}
+/* The hook for a real driver function, or `fn` itself when we do not hook
+ * it. Bisection over the routing table: no string compares. */
+void *vg__shim_route(void *fn);
+/* The ordinal of the calling thread's current device (0 without one). */
+int vg__shim_device(void);
+/* The one place a vg status becomes a CUresult. */
+CUresult vg__shim_cu_status(int vg_status);
+
+#endif /* VG_SHIM_H */

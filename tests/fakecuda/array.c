@@ -1,0 +1,333 @@
+/*
+ * array.c: CUDA arrays and mipmapped arrays. They hold no host memory here
+ * (nothing copies into them); what matters is that they are charged to
+ * device capacity, because peers forget that arrays consume VRAM.
+ * Size = width x max(height,1) x max(depth,1) x element size x channels,
+ * rounded up to 512 bytes; a mipmapped array is the sum over its levels.
+ * Supported formats: the eight classic integer / half / float formats.
+ * As measured on the real driver: an array created with
+ * CUDA_ARRAY3D_DEFERRED_MAPPING has no memory of its own (it is mapped
+ * later), so it is not charged, and only such arrays answer
+ * cu*GetMemoryRequirements (others: CUDA_ERROR_INVALID_VALUE); a mipmap level
+ * count of 0 or above 1 + log2(largest dimension) is clamped, not refused.
+ * (The real driver charged 2 MiB for a 16000-byte array; we charge the size.)
+ */
+#include "fakecuda.h"
+
+#include <stdlib.h>
+
+struct CUarray_st {
+    int dev;
+    CUDA_ARRAY3D_DESCRIPTOR desc;
+    size_t bytes;
+};
+
+struct CUmipmappedArray_st {
+    int dev;
+    CUDA_ARRAY3D_DESCRIPTOR desc;
+    unsigned int levels;
+    size_t bytes;
+};
+
+static size_t format_bytes(CUarray_format f)
+{
+    switch (f) {
+    case CU_AD_FORMAT_UNSIGNED_INT8: case CU_AD_FORMAT_SIGNED_INT8: return 1;
+    case CU_AD_FORMAT_UNSIGNED_INT16: case CU_AD_FORMAT_SIGNED_INT16:
+    case CU_AD_FORMAT_HALF: return 2;
+    case CU_AD_FORMAT_UNSIGNED_INT32: case CU_AD_FORMAT_SIGNED_INT32:
+    case CU_AD_FORMAT_FLOAT: return 4;
+    default: return 0;
+    }
+}
+
+static size_t at_least_1(size_t v) { return v ? v : 1; }
+
+static bool deferred(const CUDA_ARRAY3D_DESCRIPTOR *d)
+{
+    return (d->Flags & CUDA_ARRAY3D_DEFERRED_MAPPING) != 0;
+}
+
+/* Bytes of one array level; 0 for an invalid descriptor. */
+static size_t desc_bytes(const CUDA_ARRAY3D_DESCRIPTOR *d)
+{
+    size_t elem = format_bytes(d->Format);
+    unsigned ch = d->NumChannels;
+    if (!elem || d->Width == 0 || (ch != 1 && ch != 2 && ch != 4) || (d->Depth && !d->Height))
+        return 0;
+    size_t n = elem * ch, dims[3] = { d->Width, at_least_1(d->Height), at_least_1(d->Depth) };
+    for (int i = 0; i < 3; i++) {
+        if (n > SIZE_MAX / 2 / dims[i])
+            return 0;
+        n *= dims[i];
+    }
+    return fc_round_up(n, FC_ALIGN);
+}
+
+/* Lock held: context, fault injection, capacity, statistics. A deferred
+ * array allocates nothing: no fault injection, no charge. */
+static CUresult charge_array(size_t bytes, bool is_deferred, int *dev)
+{
+    CUcontext ctx;
+    CUresult rc = fc_ctx_current(&ctx);
+    if (rc == CUDA_SUCCESS && bytes == 0)
+        rc = CUDA_ERROR_INVALID_VALUE;
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    *dev = ctx->dev;
+    if (is_deferred)
+        return CUDA_SUCCESS;
+    rc = fc_gate();
+    if (rc == CUDA_SUCCESS)
+        rc = fc_charge(ctx->dev, bytes);
+    if (rc == CUDA_SUCCESS)
+        fc_count_alloc();
+    return rc;
+}
+
+
+static CUresult array_create(CUarray *pHandle, const CUDA_ARRAY3D_DESCRIPTOR *d)
+{
+    int dev;
+    size_t bytes = pHandle && d ? desc_bytes(d) : 0;
+    fc_lock();
+    CUresult rc = charge_array(bytes, d && deferred(d), &dev);
+    if (rc == CUDA_SUCCESS) {
+        CUarray a = calloc(1, sizeof *a);
+        if (!a)
+            abort();
+        a->dev = dev;
+        a->desc = *d;
+        a->bytes = bytes;
+        fc_handle_add(a, FC_H_ARRAY);
+        *pHandle = a;
+    }
+    fc_unlock();
+    return rc;
+}
+
+static CUDA_ARRAY3D_DESCRIPTOR from_2d(size_t w, size_t h, CUarray_format f, unsigned ch)
+{
+    CUDA_ARRAY3D_DESCRIPTOR d = { .Width = w, .Height = h, .Format = f, .NumChannels = ch };
+    return d;
+}
+
+CUresult cuArrayCreate_v2(CUarray *pHandle, const CUDA_ARRAY_DESCRIPTOR *p)
+{
+    CUDA_ARRAY3D_DESCRIPTOR d = p ? from_2d(p->Width, p->Height, p->Format, p->NumChannels)
+                                  : from_2d(0, 0, 0, 0);
+    return array_create(pHandle, &d);
+}
+
+CUresult cuArrayCreate(CUarray *pHandle, const CUDA_ARRAY_DESCRIPTOR_v1 *p)
+{
+    CUDA_ARRAY3D_DESCRIPTOR d = p ? from_2d(p->Width, p->Height, p->Format, p->NumChannels)
+                                  : from_2d(0, 0, 0, 0);
+    return array_create(pHandle, &d);
+}
+
+CUresult cuArray3DCreate_v2(CUarray *pHandle, const CUDA_ARRAY3D_DESCRIPTOR *p)
+{
+    CUDA_ARRAY3D_DESCRIPTOR zero = { 0 };
+    return array_create(pHandle, p ? p : &zero);
+}
+
+CUresult cuArray3DCreate(CUarray *pHandle, const CUDA_ARRAY3D_DESCRIPTOR_v1 *p)
+{
+    CUDA_ARRAY3D_DESCRIPTOR d = { 0 };
+    if (p)
+        d = (CUDA_ARRAY3D_DESCRIPTOR){ p->Width, p->Height, p->Depth, p->Format, p->NumChannels, p->Flags };
+    return array_create(pHandle, &d);
+}
+
+CUresult cuArrayDestroy(CUarray hArray)
+{
+    if (!fc_initialized())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    fc_lock();
+    bool ok = fc_handle_ok(hArray, FC_H_ARRAY);
+    if (ok) {
+        fc_handle_del(hArray);
+        if (!deferred(&hArray->desc)) {
+            fc_uncharge(hArray->dev, hArray->bytes);
+            fc_count_free();
+        }
+    }
+    fc_unlock();
+    if (!ok)
+        return CUDA_ERROR_INVALID_HANDLE;
+    free(hArray);
+    return CUDA_SUCCESS;
+}
+
+/* Copies the descriptor of a live array (lock taken here). */
+static CUresult array_desc(CUarray a, CUDA_ARRAY3D_DESCRIPTOR *out)
+{
+    if (!fc_initialized())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    fc_lock();
+    bool ok = fc_handle_ok(a, FC_H_ARRAY);
+    if (ok)
+        *out = a->desc;
+    fc_unlock();
+    return ok ? CUDA_SUCCESS : CUDA_ERROR_INVALID_HANDLE;
+}
+
+CUresult cuArrayGetDescriptor_v2(CUDA_ARRAY_DESCRIPTOR *pArrayDescriptor, CUarray hArray)
+{
+    CUDA_ARRAY3D_DESCRIPTOR d;
+    if (!pArrayDescriptor)
+        return CUDA_ERROR_INVALID_VALUE;
+    CUresult rc = array_desc(hArray, &d);
+    if (rc == CUDA_SUCCESS)
+        *pArrayDescriptor = (CUDA_ARRAY_DESCRIPTOR){ d.Width, d.Height, d.Format, d.NumChannels };
+    return rc;
+}
+
+/* Legacy 32-bit descriptors (before CUDA 3.2). */
+CUresult cuArrayGetDescriptor(CUDA_ARRAY_DESCRIPTOR_v1 *pArrayDescriptor, CUarray hArray)
+{
+    CUDA_ARRAY3D_DESCRIPTOR d;
+    if (!pArrayDescriptor)
+        return CUDA_ERROR_INVALID_VALUE;
+    CUresult rc = array_desc(hArray, &d);
+    if (rc == CUDA_SUCCESS)
+        *pArrayDescriptor = (CUDA_ARRAY_DESCRIPTOR_v1){ (unsigned)d.Width, (unsigned)d.Height, d.Format,
+                                                        d.NumChannels };
+    return rc;
+}
+
+CUresult cuArray3DGetDescriptor(CUDA_ARRAY3D_DESCRIPTOR_v1 *pArrayDescriptor, CUarray hArray)
+{
+    CUDA_ARRAY3D_DESCRIPTOR d;
+    if (!pArrayDescriptor)
+        return CUDA_ERROR_INVALID_VALUE;
+    CUresult rc = array_desc(hArray, &d);
+    if (rc == CUDA_SUCCESS)
+        *pArrayDescriptor = (CUDA_ARRAY3D_DESCRIPTOR_v1){ (unsigned)d.Width, (unsigned)d.Height,
+                                                          (unsigned)d.Depth, d.Format, d.NumChannels,
+                                                          d.Flags };
+    return rc;
+}
+
+CUresult cuArray3DGetDescriptor_v2(CUDA_ARRAY3D_DESCRIPTOR *pArrayDescriptor, CUarray hArray)
+{
+    return pArrayDescriptor ? array_desc(hArray, pArrayDescriptor) : CUDA_ERROR_INVALID_VALUE;
+}
+
+CUresult cuArrayGetMemoryRequirements(CUDA_ARRAY_MEMORY_REQUIREMENTS *memoryRequirements, CUarray array,
+                                      CUdevice device)
+{
+    CUDA_ARRAY3D_DESCRIPTOR d;
+    if (!memoryRequirements)
+        return CUDA_ERROR_INVALID_VALUE;
+    CUresult rc = array_desc(array, &d);
+    if (rc == CUDA_SUCCESS && !fc_device_valid(device))
+        rc = CUDA_ERROR_INVALID_DEVICE;
+    if (rc == CUDA_SUCCESS && !deferred(&d))
+        rc = CUDA_ERROR_INVALID_VALUE;
+    if (rc == CUDA_SUCCESS)
+        *memoryRequirements = (CUDA_ARRAY_MEMORY_REQUIREMENTS){ .size = desc_bytes(&d), .alignment = FC_ALIGN };
+    return rc;
+}
+
+/* ---- mipmapped arrays ---- */
+
+static size_t level_dim(size_t v, unsigned int level)
+{
+    return v ? at_least_1(v >> level) : 0;
+}
+
+/* 1 + log2(largest dimension). */
+static unsigned int max_levels(const CUDA_ARRAY3D_DESCRIPTOR *d)
+{
+    size_t maxdim = d->Width > d->Height ? d->Width : d->Height;
+    maxdim = maxdim > d->Depth ? maxdim : d->Depth;
+    unsigned int n = 0;
+    for (; maxdim; maxdim >>= 1)
+        n++;
+    return n;
+}
+
+static unsigned int clamp_levels(const CUDA_ARRAY3D_DESCRIPTOR *d, unsigned int levels)
+{
+    unsigned int max = max_levels(d);
+    return levels == 0 ? 1 : levels > max ? max : levels;
+}
+
+/* Sum of the level sizes (levels already clamped); 0 if invalid. */
+static size_t mipmap_bytes(const CUDA_ARRAY3D_DESCRIPTOR *d, unsigned int levels)
+{
+    size_t total = 0;
+    for (unsigned int l = 0; l < levels; l++) {
+        CUDA_ARRAY3D_DESCRIPTOR ld = *d;
+        ld.Width = level_dim(d->Width, l);
+        ld.Height = level_dim(d->Height, l);
+        ld.Depth = level_dim(d->Depth, l);
+        size_t b = desc_bytes(&ld);
+        if (b == 0 || b > SIZE_MAX / 2 - total)
+            return 0;
+        total += b;
+    }
+    return total;
+}
+
+CUresult cuMipmappedArrayCreate(CUmipmappedArray *pHandle, const CUDA_ARRAY3D_DESCRIPTOR *pMipmappedArrayDesc,
+                                unsigned int numMipmapLevels)
+{
+    int dev;
+    const CUDA_ARRAY3D_DESCRIPTOR *d = pMipmappedArrayDesc;
+    unsigned int levels = d ? clamp_levels(d, numMipmapLevels) : 0;
+    size_t bytes = pHandle && d ? mipmap_bytes(d, levels) : 0;
+    fc_lock();
+    CUresult rc = charge_array(bytes, d && deferred(d), &dev);
+    if (rc == CUDA_SUCCESS) {
+        CUmipmappedArray m = calloc(1, sizeof *m);
+        if (!m)
+            abort();
+        *m = (struct CUmipmappedArray_st){ dev, *d, levels, bytes };
+        fc_handle_add(m, FC_H_MIPMAP);
+        *pHandle = m;
+    }
+    fc_unlock();
+    return rc;
+}
+
+CUresult cuMipmappedArrayDestroy(CUmipmappedArray hMipmappedArray)
+{
+    if (!fc_initialized())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    fc_lock();
+    bool ok = fc_handle_ok(hMipmappedArray, FC_H_MIPMAP);
+    if (ok) {
+        fc_handle_del(hMipmappedArray);
+        if (!deferred(&hMipmappedArray->desc)) {
+            fc_uncharge(hMipmappedArray->dev, hMipmappedArray->bytes);
+            fc_count_free();
+        }
+    }
+    fc_unlock();
+    if (!ok)
+        return CUDA_ERROR_INVALID_HANDLE;
+    free(hMipmappedArray);
+    return CUDA_SUCCESS;
+}
+
+CUresult cuMipmappedArrayGetMemoryRequirements(CUDA_ARRAY_MEMORY_REQUIREMENTS *memoryRequirements,
+                                               CUmipmappedArray mipmap, CUdevice device)
+{
+    if (!fc_initialized())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    if (!memoryRequirements)
+        return CUDA_ERROR_INVALID_VALUE;
+    if (!fc_device_valid(device))
+        return CUDA_ERROR_INVALID_DEVICE;
+    fc_lock();
+    bool ok = fc_handle_ok(mipmap, FC_H_MIPMAP);
+    CUresult rc = !ok ? CUDA_ERROR_INVALID_HANDLE
+                : !deferred(&mipmap->desc) ? CUDA_ERROR_INVALID_VALUE : CUDA_SUCCESS;
+    if (rc == CUDA_SUCCESS)
+        *memoryRequirements = (CUDA_ARRAY_MEMORY_REQUIREMENTS){ .size = mipmap->bytes, .alignment = FC_ALIGN };
+    fc_unlock();
+    return rc;
+}

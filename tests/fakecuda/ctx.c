@@ -1,0 +1,470 @@
+/*
+ * ctx.c: contexts (primary and created), the per-thread context stack,
+ * streams and events. Work is synchronous in the test driver, so streams and
+ * events only validate handles; their synchronize calls are the sync points
+ * at which memory pools give unused reserve back (fc_pool_sync).
+ */
+#include "fakecuda.h"
+
+#include <stdlib.h>
+
+#define FC_CTX_STACK 64
+
+struct CUstream_st {
+    int dev;
+    unsigned int flags;
+};
+
+struct CUevent_st {
+    int dev;
+    unsigned int flags;
+};
+
+static struct CUctx_st g_primary[FC_MAX_DEVICES];
+/* The calling thread's context stack; the top is the current context. */
+static _Thread_local CUcontext t_stack[FC_CTX_STACK];
+static _Thread_local int t_depth;
+
+static bool is_primary(CUcontext c)
+{
+    return c >= &g_primary[0] && c < &g_primary[FC_MAX_DEVICES];
+}
+
+/* A primary context lives while retained; a created one until destroyed. */
+static bool ctx_live(CUcontext c)
+{
+    if (is_primary(c))
+        return c->retain > 0;
+    return c && fc_handle_ok(c, FC_H_CTX);
+}
+
+CUresult fc_ctx_current(CUcontext *ctx)
+{
+    if (!fc_initialized())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    if (t_depth == 0 || !ctx_live(t_stack[t_depth - 1]))
+        return CUDA_ERROR_INVALID_CONTEXT;
+    *ctx = t_stack[t_depth - 1];
+    return CUDA_SUCCESS;
+}
+
+CUresult fc_stream_device(CUstream s, int *dev)
+{
+    if (s == NULL || s == CU_STREAM_LEGACY || s == CU_STREAM_PER_THREAD) {
+        CUcontext ctx;
+        CUresult rc = fc_ctx_current(&ctx);
+        if (rc == CUDA_SUCCESS)
+            *dev = ctx->dev;
+        return rc;
+    }
+    if (!fc_handle_ok(s, FC_H_STREAM))
+        return CUDA_ERROR_INVALID_HANDLE;
+    *dev = s->dev;
+    return CUDA_SUCCESS;
+}
+
+/* Removes every occurrence of ctx from the calling thread's stack. */
+static void unstack(CUcontext ctx)
+{
+    int j = 0;
+    for (int i = 0; i < t_depth; i++)
+        if (t_stack[i] != ctx)
+            t_stack[j++] = t_stack[i];
+    t_depth = j;
+}
+
+/* ---- primary contexts ---- */
+
+CUresult cuDevicePrimaryCtxRetain(CUcontext *pctx, CUdevice dev)
+{
+    if (!fc_initialized())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    if (!pctx)
+        return CUDA_ERROR_INVALID_VALUE;
+    if (!fc_device_valid(dev))
+        return CUDA_ERROR_INVALID_DEVICE;
+    fc_lock();
+    g_primary[dev].dev = dev;
+    g_primary[dev].primary = true;
+    g_primary[dev].retain++;
+    *pctx = &g_primary[dev];
+    fc_unlock();
+    return CUDA_SUCCESS;
+}
+
+/* The last release destroys the primary context and the memory it owned. */
+CUresult cuDevicePrimaryCtxRelease_v2(CUdevice dev)
+{
+    if (!fc_initialized())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    if (!fc_device_valid(dev))
+        return CUDA_ERROR_INVALID_DEVICE;
+    CUresult rc = CUDA_SUCCESS;
+    fc_lock();
+    if (g_primary[dev].retain == 0)
+        rc = CUDA_ERROR_INVALID_CONTEXT;
+    else if (--g_primary[dev].retain == 0)
+        fc_mem_release_ctx(&g_primary[dev]);
+    fc_unlock();
+    return rc;
+}
+
+CUresult cuDevicePrimaryCtxRelease(CUdevice dev)
+{
+    return cuDevicePrimaryCtxRelease_v2(dev);
+}
+
+CUresult cuDevicePrimaryCtxGetState(CUdevice dev, unsigned int *flags, int *active)
+{
+    if (!fc_initialized())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    if (!flags || !active)
+        return CUDA_ERROR_INVALID_VALUE;
+    if (!fc_device_valid(dev))
+        return CUDA_ERROR_INVALID_DEVICE;
+    fc_lock();
+    *flags = 0;
+    *active = g_primary[dev].retain > 0;
+    fc_unlock();
+    return CUDA_SUCCESS;
+}
+
+/* ---- created contexts (every ABI generation cuda.h still declares) ---- */
+
+static CUresult ctx_create(CUcontext *pctx, CUdevice dev)
+{
+    if (!fc_initialized())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    if (!pctx)
+        return CUDA_ERROR_INVALID_VALUE;
+    if (!fc_device_valid(dev))
+        return CUDA_ERROR_INVALID_DEVICE;
+    if (t_depth == FC_CTX_STACK)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    CUcontext c = calloc(1, sizeof *c);
+    if (!c)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    c->dev = dev;
+    fc_lock();
+    fc_handle_add(c, FC_H_CTX);
+    fc_unlock();
+    t_stack[t_depth++] = c;   /* a new context is pushed on the caller's stack */
+    *pctx = c;
+    return CUDA_SUCCESS;
+}
+
+CUresult cuCtxCreate(CUcontext *pctx, unsigned int flags, CUdevice dev)
+{
+    (void)flags;
+    return ctx_create(pctx, dev);
+}
+
+CUresult cuCtxCreate_v2(CUcontext *pctx, unsigned int flags, CUdevice dev)
+{
+    (void)flags;
+    return ctx_create(pctx, dev);
+}
+
+CUresult cuCtxCreate_v3(CUcontext *pctx, CUexecAffinityParam *paramsArray, int numParams,
+                        unsigned int flags, CUdevice dev)
+{
+    (void)paramsArray, (void)numParams, (void)flags;
+    return ctx_create(pctx, dev);
+}
+
+CUresult cuCtxCreate_v4(CUcontext *pctx, CUctxCreateParams *ctxCreateParams, unsigned int flags,
+                        CUdevice dev)
+{
+    (void)ctxCreateParams, (void)flags;
+    return ctx_create(pctx, dev);
+}
+
+/* Destroying frees what the context still owned; a primary context is
+ * refused (it goes away through cuDevicePrimaryCtxRelease). */
+CUresult cuCtxDestroy_v2(CUcontext ctx)
+{
+    if (!fc_initialized())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    fc_lock();
+    if (!ctx || is_primary(ctx) || !fc_handle_ok(ctx, FC_H_CTX)) {
+        fc_unlock();
+        return CUDA_ERROR_INVALID_CONTEXT;
+    }
+    fc_mem_release_ctx(ctx);
+    fc_handle_del(ctx);
+    fc_unlock();
+    unstack(ctx);
+    free(ctx);
+    return CUDA_SUCCESS;
+}
+
+CUresult cuCtxDestroy(CUcontext ctx) { return cuCtxDestroy_v2(ctx); }
+
+CUresult cuCtxGetCurrent(CUcontext *pctx)
+{
+    if (!fc_initialized())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    if (!pctx)
+        return CUDA_ERROR_INVALID_VALUE;
+    *pctx = t_depth ? t_stack[t_depth - 1] : NULL;
+    return CUDA_SUCCESS;
+}
+
+/* Replaces the top of the stack; NULL unbinds (pops) the current one. */
+CUresult cuCtxSetCurrent(CUcontext ctx)
+{
+    if (!fc_initialized())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    if (!ctx) {
+        if (t_depth)
+            t_depth--;
+        return CUDA_SUCCESS;
+    }
+    fc_lock();
+    bool ok = ctx_live(ctx);
+    fc_unlock();
+    if (!ok)
+        return CUDA_ERROR_INVALID_CONTEXT;
+    if (t_depth == 0)
+        t_depth = 1;
+    t_stack[t_depth - 1] = ctx;
+    return CUDA_SUCCESS;
+}
+
+CUresult cuCtxPushCurrent_v2(CUcontext ctx)
+{
+    if (!fc_initialized())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    if (!ctx)
+        return CUDA_ERROR_INVALID_VALUE;
+    fc_lock();
+    bool ok = ctx_live(ctx);
+    fc_unlock();
+    if (!ok)
+        return CUDA_ERROR_INVALID_CONTEXT;
+    if (t_depth == FC_CTX_STACK)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    t_stack[t_depth++] = ctx;
+    return CUDA_SUCCESS;
+}
+
+CUresult cuCtxPushCurrent(CUcontext ctx) { return cuCtxPushCurrent_v2(ctx); }
+
+CUresult cuCtxPopCurrent_v2(CUcontext *pctx)
+{
+    if (!fc_initialized())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    if (t_depth == 0)
+        return CUDA_ERROR_INVALID_CONTEXT;
+    CUcontext c = t_stack[--t_depth];
+    if (pctx)
+        *pctx = c;
+    return CUDA_SUCCESS;
+}
+
+CUresult cuCtxPopCurrent(CUcontext *pctx) { return cuCtxPopCurrent_v2(pctx); }
+
+CUresult cuCtxGetDevice(CUdevice *device)
+{
+    if (fc_initialized() && !device)
+        return CUDA_ERROR_INVALID_VALUE;
+    CUcontext ctx;
+    fc_lock();
+    CUresult rc = fc_ctx_current(&ctx);
+    if (rc == CUDA_SUCCESS)
+        *device = ctx->dev;
+    fc_unlock();
+    return rc;
+}
+
+/* CUDA 13: the context is named (NULL: the current one). */
+CUresult cuCtxGetDevice_v2(CUdevice *device, CUcontext ctx)
+{
+    if (!ctx)
+        return cuCtxGetDevice(device);
+    if (!fc_initialized())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    if (!device)
+        return CUDA_ERROR_INVALID_VALUE;
+    fc_lock();
+    bool ok = ctx_live(ctx);
+    if (ok)
+        *device = ctx->dev;
+    fc_unlock();
+    return ok ? CUDA_SUCCESS : CUDA_ERROR_INVALID_CONTEXT;
+}
+
+CUresult cuCtxSynchronize_v2(CUcontext ctx)
+{
+    if (!ctx)
+        return cuCtxSynchronize();
+    if (!fc_initialized())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    fc_lock();
+    bool ok = ctx_live(ctx);
+    if (ok)
+        fc_pool_sync();
+    fc_unlock();
+    return ok ? CUDA_SUCCESS : CUDA_ERROR_INVALID_CONTEXT;
+}
+
+CUresult cuCtxSynchronize(void)
+{
+    CUcontext ctx;
+    fc_lock();
+    CUresult rc = fc_ctx_current(&ctx);
+    if (rc == CUDA_SUCCESS)
+        fc_pool_sync();
+    fc_unlock();
+    return rc;
+}
+
+/* ---- streams ---- */
+
+CUresult cuStreamCreate(CUstream *phStream, unsigned int Flags)
+{
+    if (fc_initialized() && (!phStream || (Flags & ~(unsigned)CU_STREAM_NON_BLOCKING)))
+        return CUDA_ERROR_INVALID_VALUE;
+    CUcontext ctx;
+    fc_lock();
+    CUresult rc = fc_ctx_current(&ctx);
+    if (rc == CUDA_SUCCESS) {
+        CUstream s = calloc(1, sizeof *s);
+        if (!s)
+            abort();
+        s->dev = ctx->dev;
+        s->flags = Flags;
+        fc_handle_add(s, FC_H_STREAM);
+        *phStream = s;
+    }
+    fc_unlock();
+    return rc;
+}
+
+CUresult cuStreamCreateWithPriority(CUstream *phStream, unsigned int flags, int priority)
+{
+    (void)priority;
+    return cuStreamCreate(phStream, flags);
+}
+
+CUresult cuStreamDestroy_v2(CUstream hStream)
+{
+    if (!fc_initialized())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    fc_lock();
+    bool ok = fc_handle_ok(hStream, FC_H_STREAM);
+    if (ok)
+        fc_handle_del(hStream);
+    fc_unlock();
+    if (!ok)
+        return CUDA_ERROR_INVALID_HANDLE;
+    free(hStream);
+    return CUDA_SUCCESS;
+}
+
+CUresult cuStreamDestroy(CUstream hStream) { return cuStreamDestroy_v2(hStream); }
+
+CUresult cuStreamSynchronize(CUstream hStream)
+{
+    int dev;
+    if (!fc_initialized())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    fc_lock();
+    CUresult rc = fc_stream_device(hStream, &dev);
+    if (rc == CUDA_SUCCESS)
+        fc_pool_sync();
+    fc_unlock();
+    return rc;
+}
+
+CUresult cuStreamSynchronize_ptsz(CUstream hStream) { return cuStreamSynchronize(hStream); }
+
+/* All work is already done when a call returns. */
+CUresult cuStreamQuery(CUstream hStream)
+{
+    int dev;
+    if (!fc_initialized())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    fc_lock();
+    CUresult rc = fc_stream_device(hStream, &dev);
+    fc_unlock();
+    return rc;
+}
+
+CUresult cuStreamQuery_ptsz(CUstream hStream) { return cuStreamQuery(hStream); }
+
+/* ---- events ---- */
+
+CUresult cuEventCreate(CUevent *phEvent, unsigned int Flags)
+{
+    const unsigned int known = CU_EVENT_BLOCKING_SYNC | CU_EVENT_DISABLE_TIMING | CU_EVENT_INTERPROCESS;
+    if (fc_initialized() && (!phEvent || (Flags & ~known)))
+        return CUDA_ERROR_INVALID_VALUE;
+    CUcontext ctx;
+    fc_lock();
+    CUresult rc = fc_ctx_current(&ctx);
+    if (rc == CUDA_SUCCESS) {
+        CUevent e = calloc(1, sizeof *e);
+        if (!e)
+            abort();
+        e->dev = ctx->dev;
+        e->flags = Flags;
+        fc_handle_add(e, FC_H_EVENT);
+        *phEvent = e;
+    }
+    fc_unlock();
+    return rc;
+}
+
+CUresult cuEventRecord(CUevent hEvent, CUstream hStream)
+{
+    int dev;
+    if (!fc_initialized())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    fc_lock();
+    CUresult rc = fc_handle_ok(hEvent, FC_H_EVENT) ? fc_stream_device(hStream, &dev)
+                                                    : CUDA_ERROR_INVALID_HANDLE;
+    fc_unlock();
+    return rc;
+}
+
+CUresult cuEventRecord_ptsz(CUevent hEvent, CUstream hStream) { return cuEventRecord(hEvent, hStream); }
+
+CUresult cuEventSynchronize(CUevent hEvent)
+{
+    if (!fc_initialized())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    fc_lock();
+    bool ok = fc_handle_ok(hEvent, FC_H_EVENT);
+    if (ok)
+        fc_pool_sync();
+    fc_unlock();
+    return ok ? CUDA_SUCCESS : CUDA_ERROR_INVALID_HANDLE;
+}
+
+CUresult cuEventQuery(CUevent hEvent)
+{
+    if (!fc_initialized())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    fc_lock();
+    bool ok = fc_handle_ok(hEvent, FC_H_EVENT);
+    fc_unlock();
+    return ok ? CUDA_SUCCESS : CUDA_ERROR_INVALID_HANDLE;
+}
+
+CUresult cuEventDestroy_v2(CUevent hEvent)
+{
+    if (!fc_initialized())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    fc_lock();
+    bool ok = fc_handle_ok(hEvent, FC_H_EVENT);
+    if (ok)
+        fc_handle_del(hEvent);
+    fc_unlock();
+    if (!ok)
+        return CUDA_ERROR_INVALID_HANDLE;
+    free(hEvent);
+    return CUDA_SUCCESS;
+}
+
+CUresult cuEventDestroy(CUevent hEvent) { return cuEventDestroy_v2(hEvent); }

@@ -1,0 +1,127 @@
+/*
+ * fakecuda.h: internal declarations shared by the files of the test driver
+ * (the .c files of tests/fakecuda), grouped under the file that defines them.
+ *
+ * The test driver is built as libcuda.so.1. Like NVIDIA's own driver build we
+ * define __CUDA_API_VERSION_INTERNAL before including cuda.h: the header then
+ * declares every exported ABI under its real name (cuMemAlloc with the old
+ * 32-bit prototype, cuMemAlloc_v2, cuStreamSynchronize_ptsz, cuMemcpy_ptds ...),
+ * so each definition here is checked against the official prototype.
+ *
+ * Locking: one process-wide mutex (fc_lock/fc_unlock) guards all state. Every
+ * exported entry point takes it; every fc_ helper below expects it held unless
+ * its comment says otherwise.
+ */
+#ifndef FAKECUDA_INTERNAL_H
+#define FAKECUDA_INTERNAL_H
+
+#define __CUDA_API_VERSION_INTERNAL 1
+#include <cuda.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uthash.h>
+
+#define FC_MAX_DEVICES 16
+#define FC_ALIGN 512u                    /* every returned pointer, bytes */
+#define FC_GRANULARITY (2u << 20)        /* VMM granularity, bytes */
+#define FC_DRIVER_VERSION 13000
+
+static inline size_t fc_round_up(size_t n, size_t a) { return (n + a - 1) / a * a; }
+
+/* ---- core.c: init, devices, capacity, statistics, handle registry ---- */
+void fc_lock(void);
+void fc_unlock(void);
+bool fc_initialized(void);           /* lock-free; acquire load */
+int fc_device_count(void);
+bool fc_device_valid(CUdevice dev);
+size_t fc_device_total(int dev);
+size_t fc_device_used(int dev);
+/* Every device-memory-allocating call that passed its argument checks calls
+ * fc_gate first: FAKECUDA_FAIL_NTH turns the Nth such call into OOM. */
+CUresult fc_gate(void);
+/* Charges n bytes against dev's capacity; OOM (counted as failed) if short. */
+CUresult fc_charge(int dev, size_t n);
+void fc_uncharge(int dev, size_t n);
+void fc_count_alloc(void);
+void fc_count_free(void);
+
+typedef enum {
+    FC_H_CTX = 1, FC_H_STREAM, FC_H_EVENT, FC_H_POOL, FC_H_ARRAY,
+    FC_H_MIPMAP, FC_H_GRAPH, FC_H_NODE, FC_H_EXEC
+} fc_htype;
+/* Registry of live opaque handles, so that a stale or made-up handle is
+ * answered with an error code instead of a use-after-free. */
+void fc_handle_add(const void *h, fc_htype type);
+bool fc_handle_ok(const void *h, fc_htype type);
+void fc_handle_del(const void *h);
+
+/* ---- ctx.c: contexts, streams, events ---- */
+struct CUctx_st {
+    int dev;
+    bool primary;
+    int retain;          /* primary only: cuDevicePrimaryCtxRetain count */
+};
+/* Current context of the calling thread, checked: NOT_INITIALIZED before
+ * cuInit, INVALID_CONTEXT when none is current or it was destroyed. */
+CUresult fc_ctx_current(CUcontext *ctx);
+/* Validates a stream handle (0, CU_STREAM_LEGACY, CU_STREAM_PER_THREAD or a
+ * live stream) and returns the device it runs on. */
+CUresult fc_stream_device(CUstream s, int *dev);
+
+/* ---- mem.c: allocation table, backing memory, plain allocations ---- */
+typedef enum {
+    FC_KIND_DEVICE, FC_KIND_PITCH, FC_KIND_MANAGED, FC_KIND_POOL,
+    FC_KIND_VMM, FC_KIND_GRAPH
+} fc_kind;
+
+typedef enum { FC_BACK_NONE, FC_BACK_HEAP, FC_BACK_MMAP } fc_backing;
+
+typedef struct fc_alloc {
+    CUdeviceptr base;
+    size_t size;             /* the range cuMemGetAddressRange reports */
+    size_t charged;          /* bytes charged against capacity for it */
+    size_t mapped;           /* bytes of host mapping behind base */
+    fc_kind kind;
+    fc_backing backing;
+    int dev;
+    CUcontext ctx;
+    void *owner;             /* pool, VMM physical allocation, graph node */
+    unsigned long long id;   /* CU_POINTER_ATTRIBUTE_BUFFER_ID */
+    bool live;               /* pool blocks: handed out, not in the free list */
+    bool low32;              /* legacy 32-bit ABI: mapped below 4 GiB */
+    struct fc_alloc *next_free;   /* pool blocks: the pool's free list */
+    UT_hash_handle hh;       /* keyed by base */
+} fc_alloc;
+
+fc_alloc *fc_alloc_new(size_t size, fc_kind kind, int dev);
+/* Backs a with host memory: aligned_alloc for small sizes, NORESERVE mmap
+ * for large ones (untouched pages cost nothing). */
+CUresult fc_alloc_back(fc_alloc *a);
+void fc_alloc_unback(fc_alloc *a);
+void fc_alloc_insert(fc_alloc *a);   /* into the hash and the range tree */
+void fc_alloc_remove(fc_alloc *a);
+fc_alloc *fc_alloc_find(CUdeviceptr base);        /* exact base, O(1) */
+fc_alloc *fc_alloc_containing(CUdeviceptr p);     /* interior, O(log n) */
+/* Checks that [p, p+n) lies in live device memory (possibly several
+ * adjacent VMM mappings). */
+bool fc_range_ok(CUdeviceptr p, size_t n);
+/* Frees the allocation based at dptr, whatever its family (cuMemFree and
+ * cuMemFreeAsync both accept all of them). Only the base of a live
+ * allocation may be freed; anything else (interior, unknown, already freed,
+ * a VMM mapping) is INVALID_VALUE. */
+CUresult fc_mem_free(CUdeviceptr dptr);
+/* Frees everything a destroyed or reset context still owned. */
+void fc_mem_release_ctx(CUcontext ctx);
+
+/* ---- pool.c: stream-ordered allocator and memory pools ---- */
+/* Sync point: each pool releases unused reserve above its threshold. */
+void fc_pool_sync(void);
+/* Returns a pool block to its pool (cuMemFree / cuMemFreeAsync). */
+void fc_pool_block_free(fc_alloc *a);
+
+/* ---- graph.c: graph memory nodes ---- */
+/* Frees a graph allocation released by cuMemFree / cuMemFreeAsync. */
+void fc_graph_alloc_free(fc_alloc *a);
+
+#endif /* FAKECUDA_INTERNAL_H */

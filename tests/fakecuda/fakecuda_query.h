@@ -1,0 +1,33 @@
+/*
+ * fakecuda_query.h: what the test driver (tests/fakecuda, built as
+ * libcuda.so.1) tells in-process tests about its capacity ledger.
+ * Link against the driver or dlsym these names. All are thread-safe, work
+ * before cuInit (returning 0) and take a device ordinal; an ordinal out of
+ * range reads as 0 and resets nothing.
+ *
+ * "Used" bytes are the bytes charged against the device's capacity
+ * (FAKECUDA_TOTAL_BYTES): live allocations of every family, plus memory that
+ * memory pools keep reserved after cuMemFreeAsync, plus VMM physical memory
+ * that is still handed out or mapped.
+ */
+#ifndef FAKECUDA_QUERY_H
+#define FAKECUDA_QUERY_H
+
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* High-water mark of used bytes on dev since start or the last reset. */
+size_t fakecuda_peak_bytes(int dev);
+/* Bytes charged against dev's capacity now. */
+size_t fakecuda_used_bytes(int dev);
+/* Sets dev's high-water mark to its current use. */
+void fakecuda_reset_peak(int dev);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* FAKECUDA_QUERY_H */

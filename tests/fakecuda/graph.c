@@ -1,0 +1,241 @@
+/*
+ * graph.c: CUDA graphs, only as far as memory nodes go.
+ * Simplifications (documented because tests rely on them):
+ * - cuGraphAddMemAllocNode allocates and charges the memory when the node is
+ *   created (the real driver reserves address space then and commits at
+ *   launch); params->dptr is valid at once and OOM is reported there;
+ * - launching runs nothing; a free node does not free at launch, so the
+ *   graph may be launched again with the same addresses;
+ * - a graph allocation is freed by cuMemFree / cuMemFreeAsync on its address,
+ *   or else when its graph is destroyed;
+ * - dependencies are validated but not recorded; no other node kinds exist.
+ */
+#include "fakecuda.h"
+
+#include <stdlib.h>
+
+typedef enum { FC_NODE_ALLOC, FC_NODE_FREE } fc_node_kind;
+
+struct CUgraphNode_st {
+    CUgraph graph;
+    fc_node_kind kind;
+    fc_alloc *alloc;                 /* alloc node: its memory, NULL once freed */
+    struct CUgraphNode_st *next;
+};
+
+struct CUgraph_st {
+    struct CUgraphNode_st *nodes;
+};
+
+struct CUgraphExec_st {
+    int unused;
+};
+
+CUresult cuGraphCreate(CUgraph *phGraph, unsigned int flags)
+{
+    if (!fc_initialized())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    if (!phGraph || flags != 0)
+        return CUDA_ERROR_INVALID_VALUE;
+    CUgraph g = calloc(1, sizeof *g);
+    if (!g)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    fc_lock();
+    fc_handle_add(g, FC_H_GRAPH);
+    fc_unlock();
+    *phGraph = g;
+    return CUDA_SUCCESS;
+}
+
+static void release_alloc(fc_alloc *a)
+{
+    struct CUgraphNode_st *n = a->owner;
+    n->alloc = NULL;
+    fc_alloc_remove(a);
+    fc_uncharge(a->dev, a->charged);
+    fc_alloc_unback(a);
+    free(a);
+}
+
+void fc_graph_alloc_free(fc_alloc *a) { release_alloc(a); }
+
+CUresult cuGraphDestroy(CUgraph hGraph)
+{
+    if (!fc_initialized())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    fc_lock();
+    bool ok = fc_handle_ok(hGraph, FC_H_GRAPH);
+    if (ok) {
+        fc_handle_del(hGraph);
+        for (struct CUgraphNode_st *n = hGraph->nodes, *next; n; n = next) {
+            next = n->next;
+            if (n->alloc) {
+                release_alloc(n->alloc);
+                fc_count_free();
+            }
+            fc_handle_del(n);
+            free(n);
+        }
+    }
+    fc_unlock();
+    if (!ok)
+        return CUDA_ERROR_INVALID_VALUE;
+    free(hGraph);
+    return CUDA_SUCCESS;
+}
+
+/* Lock held: the graph and each dependency must be live, deps of that graph. */
+static bool node_args_ok(CUgraphNode *ph, CUgraph g, const CUgraphNode *deps, size_t ndeps)
+{
+    if (!ph || !fc_handle_ok(g, FC_H_GRAPH) || (ndeps && !deps))
+        return false;
+    for (size_t i = 0; i < ndeps; i++)
+        if (!fc_handle_ok(deps[i], FC_H_NODE) || deps[i]->graph != g)
+            return false;
+    return true;
+}
+
+static CUgraphNode add_node(CUgraph g, fc_node_kind kind)
+{
+    CUgraphNode n = calloc(1, sizeof *n);
+    if (!n)
+        abort();
+    n->graph = g;
+    n->kind = kind;
+    n->next = g->nodes;
+    g->nodes = n;
+    fc_handle_add(n, FC_H_NODE);
+    return n;
+}
+
+/* Lock held; arguments checked. */
+static CUresult graph_alloc(CUgraph g, size_t size, int dev, CUgraphNode *out)
+{
+    CUresult rc = fc_gate();
+    if (rc == CUDA_SUCCESS)
+        rc = fc_charge(dev, size);
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    fc_alloc *a = fc_alloc_new(size, FC_KIND_GRAPH, dev);
+    a->charged = size;
+    if (fc_alloc_back(a) != CUDA_SUCCESS) {
+        fc_uncharge(dev, size);
+        free(a);
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    CUgraphNode n = add_node(g, FC_NODE_ALLOC);
+    n->alloc = a;
+    a->owner = n;
+    fc_alloc_insert(a);
+    fc_count_alloc();
+    *out = n;
+    return CUDA_SUCCESS;
+}
+
+CUresult cuGraphAddMemAllocNode(CUgraphNode *phGraphNode, CUgraph hGraph, const CUgraphNode *dependencies,
+                                size_t numDependencies, CUDA_MEM_ALLOC_NODE_PARAMS *nodeParams)
+{
+    if (!fc_initialized())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    const CUmemPoolProps *pp = nodeParams ? &nodeParams->poolProps : NULL;
+    if (!pp || nodeParams->bytesize == 0 || pp->allocType != CU_MEM_ALLOCATION_TYPE_PINNED ||
+        pp->location.type != CU_MEM_LOCATION_TYPE_DEVICE || !fc_device_valid(pp->location.id))
+        return CUDA_ERROR_INVALID_VALUE;
+    fc_lock();
+    CUresult rc = CUDA_ERROR_INVALID_VALUE;
+    if (node_args_ok(phGraphNode, hGraph, dependencies, numDependencies))
+        rc = graph_alloc(hGraph, nodeParams->bytesize, pp->location.id, phGraphNode);
+    if (rc == CUDA_SUCCESS)
+        nodeParams->dptr = (*phGraphNode)->alloc->base;
+    fc_unlock();
+    return rc;
+}
+
+/* dptr must be the address of a live graph allocation. */
+CUresult cuGraphAddMemFreeNode(CUgraphNode *phGraphNode, CUgraph hGraph, const CUgraphNode *dependencies,
+                               size_t numDependencies, CUdeviceptr dptr)
+{
+    if (!fc_initialized())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    fc_lock();
+    fc_alloc *a = fc_alloc_find(dptr);
+    bool ok = node_args_ok(phGraphNode, hGraph, dependencies, numDependencies) && a &&
+              a->kind == FC_KIND_GRAPH;
+    if (ok)
+        *phGraphNode = add_node(hGraph, FC_NODE_FREE);
+    fc_unlock();
+    return ok ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
+}
+
+static CUresult instantiate(CUgraphExec *phGraphExec, CUgraph hGraph)
+{
+    if (!fc_initialized())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    if (!phGraphExec)
+        return CUDA_ERROR_INVALID_VALUE;
+    fc_lock();
+    bool ok = fc_handle_ok(hGraph, FC_H_GRAPH);
+    if (ok) {
+        CUgraphExec e = calloc(1, sizeof *e);
+        if (!e)
+            abort();
+        fc_handle_add(e, FC_H_EXEC);
+        *phGraphExec = e;
+    }
+    fc_unlock();
+    return ok ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
+}
+
+CUresult cuGraphInstantiateWithFlags(CUgraphExec *phGraphExec, CUgraph hGraph, unsigned long long flags)
+{
+    (void)flags;
+    return instantiate(phGraphExec, hGraph);
+}
+
+/* The CUDA 10 / 11 ABI with an error node and a log buffer. */
+CUresult cuGraphInstantiate(CUgraphExec *phGraphExec, CUgraph hGraph, CUgraphNode *phErrorNode,
+                            char *logBuffer, size_t bufferSize)
+{
+    (void)phErrorNode;
+    if (logBuffer && bufferSize)
+        logBuffer[0] = '\0';
+    return instantiate(phGraphExec, hGraph);
+}
+
+CUresult cuGraphInstantiate_v2(CUgraphExec *phGraphExec, CUgraph hGraph, CUgraphNode *phErrorNode,
+                               char *logBuffer, size_t bufferSize)
+{
+    return cuGraphInstantiate(phGraphExec, hGraph, phErrorNode, logBuffer, bufferSize);
+}
+
+CUresult cuGraphLaunch(CUgraphExec hGraphExec, CUstream hStream)
+{
+    int dev;
+    if (!fc_initialized())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    fc_lock();
+    CUresult rc = fc_handle_ok(hGraphExec, FC_H_EXEC) ? fc_stream_device(hStream, &dev)
+                                                       : CUDA_ERROR_INVALID_VALUE;
+    fc_unlock();
+    return rc;
+}
+
+CUresult cuGraphLaunch_ptsz(CUgraphExec hGraphExec, CUstream hStream)
+{
+    return cuGraphLaunch(hGraphExec, hStream);
+}
+
+CUresult cuGraphExecDestroy(CUgraphExec hGraphExec)
+{
+    if (!fc_initialized())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    fc_lock();
+    bool ok = fc_handle_ok(hGraphExec, FC_H_EXEC);
+    if (ok)
+        fc_handle_del(hGraphExec);
+    fc_unlock();
+    if (!ok)
+        return CUDA_ERROR_INVALID_VALUE;
+    free(hGraphExec);
+    return CUDA_SUCCESS;
+}

@@ -1,0 +1,284 @@
+/*
+ * test_ledger.c — the process ledger: insert/find/remove, owner filters, the
+ * bounded quarantine, foreach, concurrency and fork. Criterion runs each test
+ * in its own process, so every test starts with an empty ledger.
+ */
+#include <criterion/criterion.h>
+#include <pthread.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "vg_internal.h"
+
+static vg__alloc_t rec(vg_devptr_t ptr, uint64_t size, const void *owner)
+{
+    vg__alloc_t a;
+    memset(&a, 0, sizeof a);
+    a.ptr = ptr;
+    a.base = ptr;
+    a.size = size;
+    a.charged = size;
+    a.owner = owner;
+    a.seq = vg__ledger_next_seq();
+    a.kind = VG_KIND_PLAIN;
+    a.device = 0;
+    strcpy(a.tag, "test");
+    return a;
+}
+
+Test(ledger, insert_find_remove)
+{
+    vg__alloc_t a = rec(0x7f0000001000, 4096, NULL), got;
+    cr_assert_eq(vg__ledger_insert(&a), VG_OK);
+    cr_assert_eq(vg__ledger_count(), 1);
+    cr_assert_eq(vg__ledger_find(a.ptr, &got), VG_OK);
+    cr_assert_eq(got.size, 4096);
+    cr_assert_str_eq(got.tag, "test");
+    cr_assert_eq(vg__ledger_find(a.ptr + 1, &got), VG_ENOTFOUND);
+    memset(&got, 0, sizeof got);
+    cr_assert_eq(vg__ledger_remove(a.ptr, VG__ANY_OWNER, &got), VG_OK);
+    cr_assert_eq(got.seq, a.seq);
+    cr_assert_eq(vg__ledger_count(), 0);
+    cr_assert_eq(vg__ledger_find(a.ptr, NULL), VG_ENOTFOUND);
+    cr_assert_eq(vg__ledger_remove(a.ptr, VG__ANY_OWNER, NULL), VG_ENOTFOUND);
+}
+
+Test(ledger, null_pointer_is_never_live)
+{
+    vg__alloc_t a = rec(0, 16, NULL);
+    cr_assert_eq(vg__ledger_insert(&a), VG_EINVAL);
+    cr_assert_eq(vg__ledger_find(0, NULL), VG_ENOTFOUND);
+    cr_assert_eq(vg__ledger_remove(0, VG__ANY_OWNER, NULL), VG_ENOTFOUND);
+    /* the sentinel that keeps each table alive is not counted or visible */
+    vg__alloc_t b = rec(0x1000, 16, NULL);
+    cr_assert_eq(vg__ledger_insert(&b), VG_OK);
+    cr_assert_eq(vg__ledger_find(0, NULL), VG_ENOTFOUND);
+    cr_assert_eq(vg__ledger_count(), 1);
+}
+
+Test(ledger, duplicate_insert_keeps_the_old_record)
+{
+    vg__alloc_t a = rec(0x5000, 100, NULL), b = rec(0x5000, 200, NULL), got;
+    cr_assert_eq(vg__ledger_insert(&a), VG_OK);
+    cr_assert_eq(vg__ledger_insert(&b), VG_EINVAL);
+    cr_assert_eq(vg__ledger_find(0x5000, &got), VG_OK);
+    cr_assert_eq(got.size, 100);
+    cr_assert_eq(vg__ledger_count(), 1);
+}
+
+Test(ledger, remove_with_owner_filter)
+{
+    int pool_a = 0, pool_b = 0;
+    vg__alloc_t a = rec(0x9000, 64, &pool_a);
+    cr_assert_eq(vg__ledger_insert(&a), VG_OK);
+    cr_assert_eq(vg__ledger_remove(0x9000, &pool_b, NULL), VG_ENOTFOUND);
+    cr_assert_eq(vg__ledger_remove(0x9000, NULL, NULL), VG_ENOTFOUND);
+    cr_assert_eq(vg__ledger_count(), 1, "a refused remove keeps the record");
+    cr_assert_eq(vg__ledger_remove(0x9000, &pool_a, NULL), VG_OK);
+    cr_assert_eq(vg__ledger_count(), 0);
+}
+
+Test(ledger, sequence_numbers_start_at_one_and_increase)
+{
+    uint64_t a = vg__ledger_next_seq();
+    uint64_t b = vg__ledger_next_seq();
+    cr_assert_geq(a, 1);
+    cr_assert_eq(b, a + 1);
+}
+
+Test(ledger, find_freed_exact_and_interior)
+{
+    vg__alloc_t a = rec(0x200000, 1 << 20, NULL), got;
+    a.kind = VG_KIND_ASYNC;
+    cr_assert_eq(vg__ledger_insert(&a), VG_OK);
+    cr_assert_eq(vg__ledger_find_freed(0x200000, &got), VG_ENOTFOUND,
+                 "live is not freed");
+    cr_assert_eq(vg__ledger_remove(0x200000, VG__ANY_OWNER, NULL), VG_OK);
+    cr_assert_eq(vg__ledger_find_freed(0x200000, &got), VG_OK);
+    cr_assert_eq(got.ptr, 0x200000);
+    cr_assert_eq(got.kind, VG_KIND_ASYNC);
+    memset(&got, 0, sizeof got);
+    cr_assert_eq(vg__ledger_find_freed(0x200000 + 12345, &got), VG_OK);
+    cr_assert_eq(got.ptr, 0x200000);
+    cr_assert_eq(got.size, 1 << 20);
+    cr_assert_eq(vg__ledger_find_freed(0x200000 + (1 << 20), &got),
+                 VG_ENOTFOUND, "one past the end is outside");
+    cr_assert_eq(vg__ledger_find_freed(0x1ff000, &got), VG_ENOTFOUND);
+}
+
+Test(ledger, find_freed_returns_the_newest_of_a_reused_address)
+{
+    vg__alloc_t a = rec(0x400000, 100, NULL), got;
+    cr_assert_eq(vg__ledger_insert(&a), VG_OK);
+    cr_assert_eq(vg__ledger_remove(a.ptr, VG__ANY_OWNER, NULL), VG_OK);
+    vg__alloc_t b = rec(0x400000, 300, NULL);
+    cr_assert_eq(vg__ledger_insert(&b), VG_OK);
+    cr_assert_eq(vg__ledger_remove(b.ptr, VG__ANY_OWNER, NULL), VG_OK);
+    cr_assert_eq(vg__ledger_find_freed(0x400000, &got), VG_OK);
+    cr_assert_eq(got.size, 300);
+    cr_assert_eq(vg__ledger_find_freed(0x400000 + 200, &got), VG_OK);
+    cr_assert_eq(got.seq, b.seq);
+}
+
+Test(ledger, quarantine_is_bounded_and_old_entries_age_out)
+{
+    /* 20000 frees spread over all shards: far more than 64 per shard */
+    const vg_devptr_t base = 0x10000000;
+    for (uint64_t i = 0; i < 20000; i++) {
+        vg__alloc_t a = rec(base + i * 0x1000, 0x1000, NULL);
+        cr_assert_eq(vg__ledger_insert(&a), VG_OK);
+        cr_assert_eq(vg__ledger_remove(a.ptr, VG__ANY_OWNER, NULL), VG_OK);
+    }
+    cr_assert_eq(vg__ledger_find_freed(base, NULL), VG_ENOTFOUND,
+                 "the oldest free aged out");
+    cr_assert_eq(vg__ledger_find_freed(base + 19999 * 0x1000, NULL), VG_OK,
+                 "the newest free is still quarantined");
+    int found = 0;
+    for (uint64_t i = 0; i < 20000; i++)
+        found += vg__ledger_find_freed(base + i * 0x1000, NULL) == VG_OK;
+    cr_assert_leq(found, 4096);
+    cr_assert_gt(found, 1000, "the rings hold many recent frees");
+}
+
+typedef struct visit {
+    int n;
+    uint64_t bytes;
+    const void *want_owner;
+    bool wrong_owner;
+} visit_t;
+
+static void count_visit(const vg__alloc_t *a, void *ctx)
+{
+    visit_t *v = ctx;
+    v->n++;
+    v->bytes += a->size;
+    if (v->want_owner != VG__ANY_OWNER && a->owner != v->want_owner)
+        v->wrong_owner = true;
+}
+
+Test(ledger, foreach_by_owner)
+{
+    int pa = 0, pb = 0;
+    for (uint64_t i = 1; i <= 300; i++) {
+        vg__alloc_t a = rec(i * 0x10000, i, i % 3 == 0 ? (void *)&pa : &pb);
+        cr_assert_eq(vg__ledger_insert(&a), VG_OK);
+    }
+    visit_t all = {.want_owner = VG__ANY_OWNER};
+    vg__ledger_foreach(VG__ANY_OWNER, count_visit, &all);
+    cr_assert_eq(all.n, 300);
+    cr_assert_eq(all.bytes, 300 * 301 / 2);
+    visit_t a = {.want_owner = &pa};
+    vg__ledger_foreach(&pa, count_visit, &a);
+    cr_assert_eq(a.n, 100);
+    cr_assert_not(a.wrong_owner);
+    visit_t none = {.want_owner = &none};
+    vg__ledger_foreach(&none, count_visit, &none);
+    cr_assert_eq(none.n, 0);
+}
+
+static void remove_visited(const vg__alloc_t *a, void *ctx)
+{
+    (void)ctx;
+    /* fn runs with no ledger lock held, so it may change the ledger */
+    cr_assert_eq(vg__ledger_remove(a->ptr, VG__ANY_OWNER, NULL), VG_OK);
+}
+
+Test(ledger, foreach_callback_may_remove_records)
+{
+    for (uint64_t i = 1; i <= 500; i++) {
+        vg__alloc_t a = rec(i * 0x100, 8, NULL);
+        cr_assert_eq(vg__ledger_insert(&a), VG_OK);
+    }
+    vg__ledger_foreach(VG__ANY_OWNER, remove_visited, NULL);
+    cr_assert_eq(vg__ledger_count(), 0);
+}
+
+Test(ledger, count_tracks_inserts_and_removes)
+{
+    for (uint64_t i = 1; i <= 1000; i++) {
+        vg__alloc_t a = rec(i << 12, 1, NULL);
+        cr_assert_eq(vg__ledger_insert(&a), VG_OK);
+    }
+    cr_assert_eq(vg__ledger_count(), 1000);
+    for (uint64_t i = 1; i <= 1000; i += 2)
+        cr_assert_eq(vg__ledger_remove(i << 12, VG__ANY_OWNER, NULL), VG_OK);
+    cr_assert_eq(vg__ledger_count(), 500);
+}
+
+#define LEDGER_THREADS 16
+#define LEDGER_PER_THREAD 5000
+
+static void *churn(void *arg)
+{
+    uint64_t id = (uint64_t)(uintptr_t)arg;
+    vg_devptr_t base = (id + 1) << 36; /* distinct per thread */
+    for (int round = 0; round < 3; round++) {
+        for (uint64_t i = 0; i < LEDGER_PER_THREAD; i++) {
+            vg__alloc_t a = rec(base + i * 256, 256, NULL);
+            if (vg__ledger_insert(&a) != VG_OK)
+                return (void *)1;
+        }
+        for (uint64_t i = 0; i < LEDGER_PER_THREAD; i++) {
+            vg__alloc_t got;
+            if (vg__ledger_remove(base + i * 256, VG__ANY_OWNER, &got) !=
+                    VG_OK ||
+                got.ptr != base + i * 256)
+                return (void *)2;
+        }
+    }
+    return NULL;
+}
+
+Test(ledger, sixteen_threads_insert_and_remove_distinct_pointers_end_empty)
+{
+    pthread_t t[LEDGER_THREADS];
+    for (uintptr_t i = 0; i < LEDGER_THREADS; i++)
+        cr_assert_eq(pthread_create(&t[i], NULL, churn, (void *)i), 0);
+    for (int i = 0; i < LEDGER_THREADS; i++) {
+        void *rc;
+        pthread_join(t[i], &rc);
+        cr_assert_null(rc, "thread %d failed at step %p", i, rc);
+    }
+    cr_assert_eq(vg__ledger_count(), 0);
+}
+
+static void *insert_forever(void *arg)
+{
+    _Atomic int *stop = arg;
+    for (uint64_t i = 1; !atomic_load(stop); i++) {
+        vg__alloc_t a = rec(0x55500000000 + (i % 1000) * 64, 64, NULL);
+        vg__ledger_insert(&a);
+        vg__ledger_remove(a.ptr, VG__ANY_OWNER, NULL);
+    }
+    return NULL;
+}
+
+Test(ledger, fork_child_can_insert_while_another_thread_churns)
+{
+    _Atomic int stop = 0;
+    pthread_t t;
+    cr_assert_eq(pthread_create(&t, NULL, insert_forever, &stop), 0);
+    for (int i = 0; i < 20; i++) {
+        pid_t pid = fork();
+        cr_assert_geq(pid, 0);
+        if (pid == 0) {
+            /* in the child, a lock held by the parent's other thread would
+             * hang here forever; alarm turns a hang into a failure */
+            alarm(5);
+            int ok = 1;
+            for (uint64_t j = 1; j <= 64; j++) {
+                vg__alloc_t a = rec(0x66600000000 + j * 64, 64, NULL);
+                ok &= vg__ledger_insert(&a) == VG_OK;
+                ok &= vg__ledger_remove(a.ptr, VG__ANY_OWNER, NULL) == VG_OK;
+            }
+            _exit(ok ? 0 : 3);
+        }
+        int status = 0;
+        cr_assert_eq(waitpid(pid, &status, 0), pid);
+        cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+                  "child %d: status 0x%x", i, status);
+    }
+    atomic_store(&stop, 1);
+    pthread_join(t, NULL);
+}

@@ -1,0 +1,151 @@
+/*
+ * bench.c — vg-bench: what the engine's hot paths cost, in ns per operation.
+ *
+ * Each case runs R rounds of N operations per thread (after one warm-up round
+ * that is not counted) and prints the median and the p10/p90 of the rounds.
+ * With T threads all threads start together on a barrier and one round's
+ * figure is the slowest thread's wall time / N: the latency one thread sees
+ * while the others hammer the same structure (not the aggregate throughput).
+ *
+ * Run with `make bench` (the test driver first on LD_LIBRARY_PATH).
+ */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "vg_internal.h"
+
+#define ROUNDS 15
+#define MAX_THREADS 8
+
+typedef struct bench_case {
+    const char *name;
+    int threads;
+    uint64_t ops; /* per thread per round */
+    /* Runs `ops` operations as thread `tid` of the case. */
+    void (*run)(struct bench_case *c, int tid, uint64_t ops);
+    void *state;
+} bench_case_t;
+
+/* ------------------------------------------------------- cases */
+
+static vg__budget_t bench_budget;
+
+static void run_budget(bench_case_t *c, int tid, uint64_t ops)
+{
+    (void)c;
+    (void)tid;
+    for (uint64_t i = 0; i < ops; i++) {
+        if (vg__budget_reserve(&bench_budget, 4096) != VG_OK)
+            abort(); /* the limit is far above T * 4096 */
+        vg__budget_commit(&bench_budget, 4096);
+        vg__budget_release(&bench_budget, 4096);
+    }
+}
+
+static void run_ledger(bench_case_t *c, int tid, uint64_t ops)
+{
+    (void)c;
+    vg__alloc_t a;
+    memset(&a, 0, sizeof a);
+    a.size = a.charged = 4096;
+    a.kind = VG_KIND_PLAIN;
+    vg_devptr_t base = ((vg_devptr_t)tid + 1) << 40; /* distinct per thread */
+    for (uint64_t i = 0; i < ops; i++) {
+        a.ptr = a.base = base + (i & 0xffff) * 4096;
+        a.seq = vg__ledger_next_seq();
+        if (vg__ledger_insert(&a) != VG_OK ||
+            vg__ledger_remove(a.ptr, VG__ANY_OWNER, NULL) != VG_OK)
+            abort();
+    }
+}
+
+/* >>> LEAD: API alloc+free case goes here. Write
+ *   static void run_api(bench_case_t *c, int tid, uint64_t ops)
+ * (vg_pool_alloc + vg_pool_free of 4 KiB against the test driver, pool in
+ * c->state, created in main before the table runs) and add a row to
+ * `cases` below. <<< */
+
+/* ---------------------------------------------------- harness */
+
+typedef struct worker {
+    bench_case_t *c;
+    int tid;
+    pthread_barrier_t *start;
+    uint64_t elapsed_ns;
+} worker_t;
+
+static void *worker_main(void *arg)
+{
+    worker_t *w = arg;
+    pthread_barrier_wait(w->start);
+    uint64_t t0 = vg__mono_ns();
+    w->c->run(w->c, w->tid, w->c->ops);
+    w->elapsed_ns = vg__mono_ns() - t0;
+    return NULL;
+}
+
+/* One round: ns per op for the slowest thread. */
+static double run_round(bench_case_t *c)
+{
+    pthread_t th[MAX_THREADS];
+    worker_t w[MAX_THREADS];
+    pthread_barrier_t start;
+    pthread_barrier_init(&start, NULL, (unsigned)c->threads);
+    for (int i = 0; i < c->threads; i++) {
+        w[i] = (worker_t){.c = c, .tid = i, .start = &start};
+        if (pthread_create(&th[i], NULL, worker_main, &w[i]) != 0)
+            abort();
+    }
+    uint64_t worst = 0;
+    for (int i = 0; i < c->threads; i++) {
+        pthread_join(th[i], NULL);
+        if (w[i].elapsed_ns > worst)
+            worst = w[i].elapsed_ns;
+    }
+    pthread_barrier_destroy(&start);
+    return (double)worst / (double)c->ops;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* Nearest-rank percentile of a sorted sample. */
+static double pct(const double *sorted, int n, double p)
+{
+    return sorted[(int)(p * (n - 1) + 0.5)];
+}
+
+static void run_case(bench_case_t *c)
+{
+    double ns[ROUNDS];
+    run_round(c); /* warm-up: fills free lists, faults pages in */
+    for (int r = 0; r < ROUNDS; r++)
+        ns[r] = run_round(c);
+    qsort(ns, ROUNDS, sizeof ns[0], cmp_double);
+    printf("%-36s | %7d | %12.1f | %6.1f | %6.1f\n", c->name, c->threads,
+           pct(ns, ROUNDS, 0.5), pct(ns, ROUNDS, 0.1), pct(ns, ROUNDS, 0.9));
+}
+
+int main(void)
+{
+    vg__budget_init(&bench_budget, VG__UNLIMITED - 1, NULL);
+    bench_case_t cases[] = {
+        {"budget reserve+commit+release", 1, 2000000, run_budget, NULL},
+        {"budget reserve+commit+release", 2, 2000000, run_budget, NULL},
+        {"ledger insert+remove", 1, 1000000, run_ledger, NULL},
+        {"ledger insert+remove", 2, 1000000, run_ledger, NULL},
+        /* >>> LEAD: {"api vg_pool_alloc+free 4 KiB", 1, ..., run_api, pool}, */
+    };
+    printf("vg-bench: %d rounds per case, ns per operation (per thread)\n",
+           ROUNDS);
+    printf("%-36s | %7s | %12s | %6s | %6s\n", "case", "threads",
+           "median ns/op", "p10", "p90");
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        run_case(&cases[i]);
+    return 0;
+}
