@@ -229,6 +229,25 @@ typedef struct vg_refusal {
 VG_API int vg_pool_explain(vg_pool_t *pool, uint64_t requested,
                            vg_refusal_t *why, char *buf, size_t buflen);
 
+/* The process's use of one device as the engine sees it: every allocation
+ * made through vramguard (the preload shim's intercepted calls and every
+ * pool), charged against the device budget (VRAMGUARD_BUDGET). */
+typedef struct vg_device_stats {
+    uint64_t budget;        /* UINT64_MAX when no budget is set */
+    uint64_t used;          /* bytes charged now, overhead included */
+    uint64_t peak;
+    uint64_t refusals;
+    uint64_t overhead;      /* measured memory no call shows (context,
+                               modules, library workspaces); 0 if unknown */
+    uint64_t live_count;    /* live allocations */
+    uint64_t count_by_kind[VG_KIND_COUNT]; /* live allocations, by kind */
+    uint64_t bytes_by_kind[VG_KIND_COUNT]; /* their bytes, by kind */
+} vg_device_stats_t;
+
+/* Out: *stats for `device`. Walks the live allocations (not for hot
+ * loops). VG_EINVAL for a bad ordinal or NULL. */
+VG_API int vg_device_stats(int device, vg_device_stats_t *stats);
+
 /* ----------------------------------------------------------- buffers */
 
 /* A buffer owns one allocation (unique ownership). */

@@ -294,3 +294,58 @@ void vg__acct_pool_forget(CUmemoryPool pool)
     }
     pthread_mutex_unlock(&pools_lock);
 }
+
+/* ------------------------------------------------- overhead and stats */
+
+static _Atomic uint64_t overhead[VG__MAX_DEVICES];
+
+void vg__acct_overhead_set(int device, uint64_t bytes)
+{
+    vg__budget_t *b = vg__engine_budget(device);
+    if (!b)
+        return;
+    uint64_t old = atomic_exchange_explicit(&overhead[device], bytes, memory_order_relaxed);
+    if (bytes > old)
+        vg__budget_force(b, bytes - old);
+    else if (old > bytes)
+        vg__budget_release(b, old - bytes);
+}
+
+uint64_t vg__acct_overhead(int device)
+{
+    if (device < 0 || device >= VG__MAX_DEVICES)
+        return 0;
+    return atomic_load_explicit(&overhead[device], memory_order_relaxed);
+}
+
+struct kind_tally {
+    int device;
+    vg_device_stats_t *s;
+};
+
+static void tally(const vg__alloc_t *a, void *ctx)
+{
+    struct kind_tally *t = ctx;
+    if (a->device != t->device || a->kind >= VG_KIND_COUNT)
+        return;
+    t->s->live_count++;
+    t->s->count_by_kind[a->kind]++;
+    t->s->bytes_by_kind[a->kind] += a->size;
+}
+
+int vg_device_stats(int device, vg_device_stats_t *stats)
+{
+    if (!stats || device < 0 || device >= VG__MAX_DEVICES)
+        return VG_EINVAL;
+    const vg__budget_t *b = vg__engine_budget(device);
+    vg_device_stats_t s = {0};
+    s.budget = atomic_load_explicit(&b->limit, memory_order_relaxed);
+    s.used = atomic_load_explicit(&b->used, memory_order_relaxed);
+    s.peak = atomic_load_explicit(&b->peak, memory_order_relaxed);
+    s.refusals = atomic_load_explicit(&b->refusals, memory_order_relaxed);
+    s.overhead = vg__acct_overhead(device);
+    struct kind_tally t = {device, &s};
+    vg__ledger_foreach(VG__ANY_OWNER, tally, &t);
+    *stats = s;
+    return VG_OK;
+}

