@@ -5,12 +5,16 @@
  *
  * Objects are recorded under their handle with VG__KEY_HANDLE set, so a
  * handle can never be mistaken for a device address. Arrays are charged
- * the size the driver reports (cuArrayGetMemoryRequirements), after a
- * reservation estimated from the descriptor.
+ * their descriptor's size in 2 MiB granules, or the size the driver
+ * reports where it answers cuArrayGetMemoryRequirements.
  */
 #include "shim.h"
 
-#define ARRAY_ALIGN 512u
+/* The real driver backs arrays in 2 MiB granules: on an H100 (driver 580,
+ * 2026-11-22) a 16,000-byte array took 2 MiB of free memory. It answers
+ * cuArrayGetMemoryRequirements only for CUDA_ARRAY3D_DEFERRED_MAPPING
+ * arrays, so the charge is the descriptor's size rounded up to a granule. */
+#define ARRAY_GRANULE (2u << 20)
 
 static uint64_t key_of(const void *handle)
 {
@@ -82,7 +86,9 @@ static uint64_t array_estimate(uint64_t w, uint64_t h, uint64_t d,
             return UINT64_MAX;
         n *= dims[i];
     }
-    return (n + ARRAY_ALIGN - 1) / ARRAY_ALIGN * ARRAY_ALIGN;
+    if (n > UINT64_MAX - ARRAY_GRANULE)
+        return UINT64_MAX;
+    return (n + ARRAY_GRANULE - 1) / ARRAY_GRANULE * ARRAY_GRANULE;
 }
 
 static CUresult array_settle(vg__ticket_t *t, CUresult cr, CUarray arr)

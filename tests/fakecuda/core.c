@@ -9,7 +9,6 @@
 #include "fakecuda_query.h"
 
 #include <errno.h>
-#include <inttypes.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>

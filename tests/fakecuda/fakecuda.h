@@ -22,6 +22,10 @@
 #include <stdint.h>
 #include <uthash.h>
 
+/* The fc_ names are internal: keep them out of the library's dynamic
+ * symbol table (it is built with -fvisibility=default for the CUDA API). */
+#pragma GCC visibility push(hidden)
+
 #define FC_MAX_DEVICES 16
 #define FC_ALIGN 512u                    /* every returned pointer, bytes */
 #define FC_GRANULARITY (2u << 20)        /* VMM granularity, bytes */
@@ -103,8 +107,8 @@ void fc_alloc_insert(fc_alloc *a);   /* into the hash and the range tree */
 void fc_alloc_remove(fc_alloc *a);
 fc_alloc *fc_alloc_find(CUdeviceptr base);        /* exact base, O(1) */
 fc_alloc *fc_alloc_containing(CUdeviceptr p);     /* interior, O(log n) */
-/* Checks that [p, p+n) lies in live device memory (possibly several
- * adjacent VMM mappings). */
+/* Checks that [p, p+n) lies in one live allocation, or in adjacent VMM
+ * mappings. */
 bool fc_range_ok(CUdeviceptr p, size_t n);
 /* Frees the allocation based at dptr, whatever its family (cuMemFree and
  * cuMemFreeAsync both accept all of them). Only the base of a live
@@ -123,5 +127,7 @@ void fc_pool_block_free(fc_alloc *a);
 /* ---- graph.c: graph memory nodes ---- */
 /* Frees a graph allocation released by cuMemFree / cuMemFreeAsync. */
 void fc_graph_alloc_free(fc_alloc *a);
+
+#pragma GCC visibility pop
 
 #endif /* FAKECUDA_INTERNAL_H */

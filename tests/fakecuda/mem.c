@@ -103,6 +103,9 @@ fc_alloc *fc_alloc_containing(CUdeviceptr p)
     return node ? *(fc_alloc **)node : NULL;
 }
 
+/* Only VMM mappings may be crossed: adjacent mappings of one reservation
+ * form one device range, while two cuMemAlloc blocks that happen to be
+ * adjacent in host memory do not. */
 bool fc_range_ok(CUdeviceptr p, size_t n)
 {
     while (n > 0) {
@@ -112,6 +115,8 @@ bool fc_range_ok(CUdeviceptr p, size_t n)
         size_t room = a->base + a->size - p;
         if (room >= n)
             return true;
+        if (a->kind != FC_KIND_VMM)
+            return false;
         p += room;
         n -= room;
     }
