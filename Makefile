@@ -53,6 +53,7 @@ SHIM_OBJS  := $(SHIM_SRCS:%.c=$(BUILD)/obj/%.o)
 CLI_SRCS   := $(wildcard tools/cli*.c)
 CLI_OBJS   := $(CLI_SRCS:%.c=$(BUILD)/obj/%.o)
 FAKE_SRCS  := $(wildcard tests/fakecuda/*.c)
+FAKENVML_SRCS := $(wildcard tests/fakenvml/*.c)
 TEST_SRCS  := $(wildcard tests/test_*.c)
 TESTS      := $(TEST_SRCS:tests/%.c=$(BUILD)/tests/%)
 CLIENT_SRCS:= $(wildcard tests/clients/*.c)
@@ -61,6 +62,8 @@ CLIENTS    := $(CLIENT_SRCS:tests/clients/%.c=$(BUILD)/clients/%)
 LIB_SO     := $(BUILD)/libvramguard.so
 LIB_A      := $(BUILD)/libvramguard.a
 FAKECUDA   := $(BUILD)/fakecuda/libcuda.so.1
+FAKENVML   := $(BUILD)/fakenvml/libnvidia-ml.so.1
+NVML_CLIENT:= $(BUILD)/clients/nvml_client
 PRELOAD    := $(if $(SHIM_SRCS),$(BUILD)/libvramguard-preload.so)
 CLI        := $(if $(CLI_SRCS),$(BUILD)/vramguard)
 BENCH      := $(BUILD)/vg-bench
@@ -96,6 +99,12 @@ $(FAKECUDA): $(FAKE_SRCS) $(wildcard tests/fakecuda/*.h)
 	$(CC) $(CPPFLAGS) $(CFLAGS) -fvisibility=default -shared $(FAKE_SRCS) \
 	  -Wl,-soname,libcuda.so.1 $(LDFLAGS) -lpthread -o $@
 
+# The NVML test double, beside it (tests only, like the test driver).
+$(FAKENVML): $(FAKENVML_SRCS) $(wildcard tests/fakenvml/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) -fvisibility=default -shared $(FAKENVML_SRCS) \
+	  -Wl,-soname,libnvidia-ml.so.1 $(LDFLAGS) -ldl -lpthread -o $@
+
 # Unit tests link the engine statically so they can call vg__ internals.
 $(BUILD)/obj/tests/criterion-compat/runner.o: tests/criterion-compat/runner.c $(wildcard tests/criterion-compat/criterion/*.h)
 	@mkdir -p $(dir $@)
@@ -111,10 +120,16 @@ $(BUILD)/tests/%: tests/%.c $(LIB_A) $(TEST_RUNNER) $(wildcard tests/*.h)
 	$(CC) $(CPPFLAGS) $(TEST_INC) -Itests -Ishim $(CFLAGS) $< $(LIB_A) $(LDFLAGS) $(TEST_LIBS) $(LIBS) -lm -o $@
 
 # Client programs reach the driver the ways real programs do.
-$(BUILD)/clients/%: tests/clients/%.c $(FAKECUDA)
+$(BUILD)/clients/%: tests/clients/%.c $(wildcard tests/clients/*.h) $(FAKECUDA)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) -Itests $(CFLAGS) $< -L$(BUILD)/fakecuda -l:libcuda.so.1 \
 	  $(LDFLAGS) $(LIBS) -o $@
+
+# Reaches NVML and the driver through dlopen only, so it also runs where
+# there is no NVML at all (tests/test_nvml.c).
+$(NVML_CLIENT): tests/nvml_client.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $< $(LDFLAGS) -ldl -o $@
 
 # Fuzz targets: libFuzzer entry points driven by a small standalone loop, so
 # CI needs no libFuzzer; each runs for FUZZ_SECONDS inside `make test`.
@@ -143,7 +158,7 @@ check-deps:
 # Each test binary runs with the test driver first on the library path.
 # TSan needs ASLR off on some kernels (setarch -R); it is harmless elsewhere.
 test: check-deps
-	@$(MAKE) --no-print-directory all $(TESTS) $(CLIENTS) $(FUZZERS)
+	@$(MAKE) --no-print-directory all $(TESTS) $(CLIENTS) $(FAKENVML) $(NVML_CLIENT) $(FUZZERS)
 	@for f in $(FUZZERS); do $$f $(FUZZ_SECONDS) || exit 1; done
 	@BUILD=$(BUILD) SAN=$(SAN) tests/run-tests.sh $(TESTS)
 

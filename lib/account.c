@@ -86,6 +86,7 @@ int vg__acct_reserve(vg__ticket_t *t)
     /* Cached pool memory is ours to give back before we say no. */
     if (vg__acct_pool_trim(t->device) && vg__budget_reserve(b, t->bytes) == VG_OK)
         return VG_OK;
+    vg__overhead_refresh(t->device); /* charge what no call showed */
     log_refusal(t, b);
     return VG_ENOMEM;
 }
@@ -118,8 +119,20 @@ __attribute__((noinline, cold)) static void replace_stale(const vg__alloc_t *a)
     vg__ledger_insert(a);
 }
 
+/* The first allocation on a device measures what its context and modules
+ * use (overhead.c); later ones cost one relaxed load here. */
+static _Atomic uint8_t device_used[VG__MAX_DEVICES];
+
+__attribute__((noinline, cold)) static void first_commit(int device)
+{
+    if (!atomic_exchange_explicit(&device_used[device], 1, memory_order_relaxed))
+        vg__overhead_refresh(device);
+}
+
 void vg__acct_commit(vg__ticket_t *t, uint64_t key, uint64_t size, uint64_t pool)
 {
+    if (vg__unlikely(!atomic_load_explicit(&device_used[t->device], memory_order_relaxed)))
+        first_commit(t->device);
     vg__budget_commit(vg__engine_budget(t->device), t->bytes);
     vg__alloc_t a = {
         .ptr = key,
@@ -191,6 +204,17 @@ static struct pool_slot {
     int device;
     uint64_t charged;
 } pools[POOL_SLOTS];
+
+static void pools_lock_take(void) { pthread_mutex_lock(&pools_lock); }
+static void pools_lock_drop(void) { pthread_mutex_unlock(&pools_lock); }
+
+/* A fork while another thread holds the lock must not leave it held in the
+ * child (every stream-ordered allocation takes it). Registered at load,
+ * before the lock can be held; touches no driver. */
+__attribute__((constructor)) static void pools_atfork(void)
+{
+    pthread_atfork(pools_lock_take, pools_lock_drop, pools_lock_drop);
+}
 
 static struct pool_slot *slot_of(CUmemoryPool pool, int device)
 {

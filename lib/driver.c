@@ -13,27 +13,33 @@
 
 #include "vg_internal.h"
 
-typedef void *(*dlsym_fn)(void *, const char *);
-
-static pthread_once_t dlsym_once = PTHREAD_ONCE_INIT;
-static dlsym_fn libc_dlsym;
-
-/* RTLD_NEXT from here skips the preload shim (which exports its own dlsym)
+/* libc's dlsym, found once. This runs inside dlsym calls that a sanitizer
+ * runtime makes while it starts (before its shadow memory, TLS handling
+ * and interceptors exist), so it is not instrumented and uses neither
+ * pthread_once nor thread-local storage: a racing first lookup is harmless,
+ * since every thread finds the same function.
+ *
+ * RTLD_NEXT from here skips the preload shim (which exports its own dlsym)
  * whichever object holds this code. glibc >= 2.34 versions dlsym
  * GLIBC_2.34; older ones only GLIBC_2.2.5 (in libdl). */
-static void find_libc_dlsym(void)
+static _Atomic(vg__dlsym_fn) libc_dlsym;
+
+VG__NO_SANITIZE vg__dlsym_fn vg__libc_dlsym(void)
 {
-    libc_dlsym = (dlsym_fn)dlvsym(RTLD_NEXT, "dlsym", "GLIBC_2.34");
-    if (!libc_dlsym)
-        libc_dlsym = (dlsym_fn)dlvsym(RTLD_NEXT, "dlsym", "GLIBC_2.2.5");
+    vg__dlsym_fn f = atomic_load_explicit(&libc_dlsym, memory_order_acquire);
+    if (vg__likely(f))
+        return f;
+    f = (vg__dlsym_fn)dlvsym(RTLD_NEXT, "dlsym", "GLIBC_2.34");
+    if (!f)
+        f = (vg__dlsym_fn)dlvsym(RTLD_NEXT, "dlsym", "GLIBC_2.2.5");
+    atomic_store_explicit(&libc_dlsym, f, memory_order_release);
+    return f;
 }
 
-void *vg__real_dlsym(void *handle, const char *name)
+VG__NO_SANITIZE void *vg__real_dlsym(void *handle, const char *name)
 {
-    pthread_once(&dlsym_once, find_libc_dlsym);
-    if (vg__unlikely(!libc_dlsym))
-        return NULL;
-    return libc_dlsym(handle, name);
+    vg__dlsym_fn f = vg__libc_dlsym();
+    return f ? f(handle, name) : NULL;
 }
 
 static pthread_mutex_t load_lock = PTHREAD_MUTEX_INITIALIZER;

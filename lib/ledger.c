@@ -30,7 +30,7 @@
 #include "vg_internal.h"
 
 /* uthash configuration: the bucket hash is bits 32.. of the same 64-bit
- * multiplicative hash whose top 6 bits pick the shard (independent bits),
+ * multiplicative hash whose top bits pick the shard (independent bits),
  * and out-of-memory is reported (rec->hh.tbl == NULL), never exit(). */
 #define VG__GOLDEN 0x9E3779B97F4A7C15ull
 #define HASH_FUNCTION(keyptr, keylen, hashv)                                   \
@@ -38,9 +38,12 @@
 #define HASH_NONFATAL_OOM 1
 #include <uthash.h>
 
-#define VG__SHARD_BITS 6
+/* 32 shards: two of 16 threads share one 1 time in 32. Fork takes every
+ * shard lock, and more than 64 locks held at once also overflow
+ * ThreadSanitizer's deadlock detector (a hard CHECK), so stay well below. */
+#define VG__SHARD_BITS 5
 #define VG__SHARDS (1u << VG__SHARD_BITS)
-#define VG__RING 64u          /* quarantined records per shard */
+#define VG__RING 128u         /* quarantined records per shard (4096 in all) */
 #define VG__SLAB 64u          /* records per free-list refill */
 
 typedef struct vg__rec {

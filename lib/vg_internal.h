@@ -192,7 +192,15 @@ typedef struct vg__driver {
 #undef VG__DRIVER_FIELD_
 } vg__driver_t;
 
-/* libc's own dlsym, never an interposed one (the shim overrides dlsym). */
+/* Code that may run inside a sanitizer runtime's own start-up (its dlsym
+ * calls reach the shim's dlsym) must not be instrumented. */
+#define VG__NO_SANITIZE __attribute__((no_sanitize("address", "undefined", "thread")))
+
+typedef void *(*vg__dlsym_fn)(void *, const char *);
+/* libc's own dlsym, never an interposed one (the shim overrides dlsym);
+ * NULL only if glibc has none. Safe before any sanitizer has started. */
+vg__dlsym_fn vg__libc_dlsym(void);
+/* vg__libc_dlsym()(handle, name), or NULL. */
 void *vg__real_dlsym(void *handle, const char *name);
 
 /* Loads the real driver once from `path` (NULL or "" = libcuda.so.1) and
@@ -395,6 +403,16 @@ void vg__acct_pool_forget(CUmemoryPool pool);
  * limit check: it is already spent. */
 void vg__acct_overhead_set(int device, uint64_t bytes);
 uint64_t vg__acct_overhead(int device);
+
+/* -------------------------------------------------------- overhead.c */
+
+/* Memory no call shows (context, module images, library workspaces):
+ * NVML's figure for this process on the device minus what the calls
+ * showed, charged through vg__acct_overhead_set(). Re-measures `device`
+ * unless it was measured less than a second ago or has no budget. Slow
+ * paths only (the first allocation on a device, refusals): it may load
+ * NVML and call it. Thread-safe; a thread that loses the race returns. */
+void vg__overhead_refresh(int device);
 
 /* ---------------------------------------------------------- engine.c */
 

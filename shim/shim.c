@@ -11,11 +11,11 @@
  * a base name maps to different ABIs by version.
  */
 #include <dlfcn.h>
-#include <link.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "nvml.h"
 #include "shim.h"
 
 vg_shim_real_t vg__real;
@@ -25,8 +25,10 @@ static pthread_once_t start_once = PTHREAD_ONCE_INIT;
 static CUresult start_status = CUDA_ERROR_NOT_INITIALIZED;
 
 /* Set while this thread is inside shim start-up: a dlsym from a library
- * constructor that dlopen runs must not re-enter start-up. */
-static _Thread_local int starting;
+ * constructor that dlopen runs must not re-enter start-up. Initial-exec:
+ * a plain %fs access, safe before a sanitizer runtime has started (the
+ * shim is only ever preloaded, so static TLS is there for it). */
+static _Thread_local int starting __attribute__((tls_model("initial-exec")));
 
 struct route {
     void *real;
@@ -163,57 +165,60 @@ CUresult cuGetProcAddress(const char *symbol, void **pfn, int cudaVersion,
 
 /* Only names that can be driver entry points start the shim, so the
  * thousands of dlsym calls a Python process makes cost one compare. */
-static bool may_be_driver_name(const char *name)
+VG__NO_SANITIZE static inline bool may_be_driver_name(const char *name)
 {
     return name && name[0] == 'c' && name[1] == 'u';
 }
 
-/* dlsym(RTLD_NEXT) means "after the caller's object"; calling libc's dlsym
- * from here would mean "after the shim". So walk the link map from the
- * caller's object on and take the first object that defines the name. */
-static void *next_after(const void *caller, const char *name)
+/* NVML's memory views are hooked too (nvml.c). Plain compares, no libc:
+ * this runs wherever may_be_driver_name does. */
+VG__NO_SANITIZE static inline bool is_nvml_name(const char *name)
 {
-    struct link_map *lm = NULL;
-    Dl_info info;
-    if (!dladdr1(caller, &info, (void **)&lm, RTLD_DL_LINKMAP) || !lm)
-        return NULL;
-    for (struct link_map *l = lm->l_next; l; l = l->l_next) {
-        void *h = dlopen(l->l_name[0] ? l->l_name : NULL, RTLD_LAZY | RTLD_NOLOAD);
-        if (!h)
-            continue;
-        void *p = vg__real_dlsym(h, name);
-        struct link_map *owner = NULL;
-        dlclose(h);
-        if (p && dladdr1(p, &info, (void **)&owner, RTLD_DL_LINKMAP) && owner == l)
-            return p;
-    }
-    return NULL;
+    return name && name[0] == 'n' && name[1] == 'v' && name[2] == 'm' && name[3] == 'l';
 }
 
-static void *lookup(void *handle, const char *name, const void *caller)
+/* dlsym with an ordinary handle: ask libc, then hand back our hook when the
+ * answer is the real function of one we hook. The name is checked before
+ * anything else: a sanitizer runtime calls dlsym while it starts (for libc
+ * names), when neither thread-local storage nor instrumented code may run. */
+VG__NO_SANITIZE static void *lookup(void *handle, const char *name)
 {
-    void *p = handle == RTLD_NEXT ? next_after(caller, name)
-                                  : vg__real_dlsym(handle, name);
-    if (!p || starting || !may_be_driver_name(name))
-        return p;
+    void *p = vg__real_dlsym(handle, name);
+    if (!p || !may_be_driver_name(name) || starting)
+        return p && is_nvml_name(name) ? vg__nvml_route(p) : p;
     if (vg__unlikely(!vg__shim_ready()) && vg__shim_start() != CUDA_SUCCESS)
         return p;
     return vg__shim_route(p);
 }
 
 /* Exported as dlsym@@GLIBC_2.34 and dlsym@GLIBC_2.2.5 (see the version
- * script), so programs linked against either glibc reach it. */
+ * script), so programs linked against either glibc reach it.
+ *
+ * dlsym(RTLD_NEXT, ...) means "after the caller's object", and libc finds
+ * the caller from its return address. So RTLD_NEXT goes to libc's dlsym as
+ * a tail call: libc sees the original caller and answers exactly as without
+ * the shim. Its answer is not routed: a library that asks for the *next*
+ * definition of a driver function is chaining past the shim on purpose
+ * (docs/shim.md). tests/test_shim.c checks the semantics. */
 VG_EXPORT void *shim_dlsym_234(void *handle, const char *name);
 VG_EXPORT void *shim_dlsym_225(void *handle, const char *name);
 __asm__(".symver shim_dlsym_234, dlsym@@GLIBC_2.34");
 __asm__(".symver shim_dlsym_225, dlsym@GLIBC_2.2.5");
 
-void *shim_dlsym_234(void *handle, const char *name)
+/* The tail call must survive any build's optimisation level (at -O0 GCC
+ * makes none, and RTLD_NEXT then answered relative to the shim). */
+#define TAIL_CALLS __attribute__((optimize("O2", "optimize-sibling-calls")))
+
+VG__NO_SANITIZE TAIL_CALLS void *shim_dlsym_234(void *handle, const char *name)
 {
-    return lookup(handle, name, __builtin_return_address(0));
+    if (handle == RTLD_NEXT)
+        return vg__libc_dlsym()(handle, name); /* tail call: keep it one */
+    return lookup(handle, name);
 }
 
-void *shim_dlsym_225(void *handle, const char *name)
+VG__NO_SANITIZE TAIL_CALLS void *shim_dlsym_225(void *handle, const char *name)
 {
-    return lookup(handle, name, __builtin_return_address(0));
+    if (handle == RTLD_NEXT)
+        return vg__libc_dlsym()(handle, name); /* tail call: keep it one */
+    return lookup(handle, name);
 }

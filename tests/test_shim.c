@@ -1,0 +1,532 @@
+/*
+ * test_shim.c — the preload shim seen from outside, as a user meets it: each
+ * test starts a client program (tests/clients) with LD_PRELOAD set for that
+ * child only, then reads the client's one-line answer and the test driver's
+ * exit report (FAKECUDA_REPORT: peak_bytes live_bytes allocs frees failed).
+ *
+ * The driver's peak is the proof that a budget held: it counts what really
+ * reached the (test) driver, whatever the shim believed. Its `failed` count
+ * tells a shim refusal (the driver never saw the call, failed=0) from a
+ * driver OUT_OF_MEMORY.
+ *
+ * Needs VG_TEST_BUILD (tests/run-tests.sh exports it): the build folder with
+ * libvramguard-preload.so, fakecuda/libcuda.so.1 and clients/.
+ */
+#include <criterion/criterion.h>
+
+#include <dlfcn.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "testutil.h"
+
+extern char **environ;
+
+#define BUDGET (2 * GiB)
+#define CHUNK (64 * MiB)
+#define CHUNK_TEXT "64MiB"
+#define OUT_OF_MEMORY 2    /* CUDA_ERROR_OUT_OF_MEMORY */
+#define RUN_TIMEOUT_S 120  /* per client; sanitizer builds are slow */
+
+static const char *const methods[] = {"linked", "dlsym", "default", "cudart"};
+static const char *const paths[] = {"plain", "pitch", "managed", "async", "async_ptsz", "pool",
+                                    "vmm", "array", "array3d", "mipmap", "graph"};
+#define NMETHODS (sizeof methods / sizeof methods[0])
+#define NPATHS (sizeof paths / sizeof paths[0])
+
+/* Bytes one CHUNK-sized object of `path` holds: a mipmap adds a quarter-size
+ * second level (tests/clients/client.h). */
+static uint64_t object_bytes(const char *path)
+{
+    return strcmp(path, "mipmap") ? CHUNK : CHUNK + CHUNK / 4;
+}
+
+/* ------------------------------------------------------ running a client */
+
+typedef struct run_opts {
+    const char *method, *path, *chunk, *max, *failures; /* failures may be NULL */
+    const char *budget;        /* VRAMGUARD_BUDGET; NULL leaves it unset */
+    const char *env[4];        /* more "NAME=value" entries, NULL-terminated */
+} run_opts_t;
+
+typedef struct run_result {
+    int status;                /* exit code; 128+N for signal N; -1 not run */
+    char out[16384], err[16384];
+    char report[512], child_report[512]; /* FAKECUDA_REPORT contents */
+} run_result_t;
+
+static const char *build_dir(void)
+{
+    const char *b = getenv("VG_TEST_BUILD");
+    cr_assert(b && *b, "VG_TEST_BUILD is not set (run through tests/run-tests.sh)");
+    return b;
+}
+
+static char *str_printf(const char *fmt, const char *a, const char *b)
+{
+    size_t n = strlen(fmt) + strlen(a) + strlen(b) + 1;
+    char *s = malloc(n);
+    cr_assert_not_null(s);
+    snprintf(s, n, fmt, a, b);
+    return s;
+}
+
+/* Settings that must come only from the test: dropped from the copy of
+ * the runner's environment. */
+static bool env_reserved(const char *e)
+{
+    static const char *const prefixes[] = {"LD_PRELOAD=", "LD_LIBRARY_PATH=", "VRAMGUARD_",
+                                           "CUDA_DEVICE_MEMORY_LIMIT", "FAKECUDA_",
+                                           "ASAN_OPTIONS="};
+    for (size_t i = 0; i < sizeof prefixes / sizeof prefixes[0]; i++)
+        if (!strncmp(e, prefixes[i], strlen(prefixes[i])))
+            return true;
+    return false;
+}
+
+/* The child's environment: the runner's, minus reserved names, plus the
+ * shim, the test driver, the budget and the report. Free with env_free(). */
+static char **env_build(const run_opts_t *o, const char *report)
+{
+    size_t n = 0, k = 0;
+    while (environ[n])
+        n++;
+    char **env = calloc(n + 16, sizeof *env);
+    cr_assert_not_null(env);
+    for (size_t i = 0; i < n; i++)
+        if (!env_reserved(environ[i]))
+            env[k++] = strdup(environ[i]);
+    const char *b = build_dir(), *asan = getenv("ASAN_OPTIONS");
+    env[k++] = str_printf("LD_PRELOAD=%s%s", b, "/libvramguard-preload.so");
+    env[k++] = str_printf("LD_LIBRARY_PATH=%s%s", b, "/fakecuda");
+    env[k++] = str_printf("FAKECUDA_REPORT=%s%s", report, "");
+    /* The shim is loaded before an instrumented client's ASan runtime. */
+    env[k++] = str_printf("ASAN_OPTIONS=%s%sverify_asan_link_order=0", asan ? asan : "",
+                          asan && *asan ? ":" : "");
+    if (o->budget)
+        env[k++] = str_printf("VRAMGUARD_BUDGET=%s%s", o->budget, "");
+    for (size_t i = 0; i < 4 && o->env[i]; i++)
+        env[k++] = strdup(o->env[i]);
+    return env;
+}
+
+static void env_free(char **env)
+{
+    for (size_t i = 0; env[i]; i++)
+        free(env[i]);
+    free(env);
+}
+
+/* Appends what is readable on fd to buf (keeping it NUL-terminated; the
+ * excess is dropped). Returns false at end of file. */
+static bool drain(int fd, char *buf, size_t cap)
+{
+    char tmp[4096];
+    ssize_t got = read(fd, tmp, sizeof tmp);
+    if (got <= 0)
+        return false;
+    size_t len = strlen(buf), room = cap - 1 - len;
+    size_t n = (size_t)got < room ? (size_t)got : room;
+    memcpy(buf + len, tmp, n);
+    buf[len + n] = '\0';
+    return true;
+}
+
+/* Reads the child's stdout and stderr until both close or the deadline
+ * passes (then the child is killed). */
+static void collect(pid_t pid, int out_fd, int err_fd, run_result_t *r)
+{
+    struct pollfd fds[2] = {{.fd = out_fd, .events = POLLIN}, {.fd = err_fd, .events = POLLIN}};
+    time_t deadline = time(NULL) + RUN_TIMEOUT_S;
+    int open_fds = 2;
+    while (open_fds > 0) {
+        if (time(NULL) > deadline) {
+            kill(pid, SIGKILL);
+            strncat(r->err, "\n[test: client timed out]\n", sizeof r->err - strlen(r->err) - 1);
+            break;
+        }
+        if (poll(fds, 2, 1000) <= 0)
+            continue;
+        for (int i = 0; i < 2; i++)
+            if (fds[i].fd >= 0 && (fds[i].revents & (POLLIN | POLLHUP | POLLERR)) &&
+                !drain(fds[i].fd, i ? r->err : r->out, i ? sizeof r->err : sizeof r->out)) {
+                fds[i].fd = -1;
+                open_fds--;
+            }
+    }
+}
+
+static void read_small_file(const char *path, char *buf, size_t cap)
+{
+    buf[0] = '\0';
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return;
+    size_t n = fread(buf, 1, cap - 1, f);
+    buf[n] = '\0';
+    fclose(f);
+}
+
+/* Runs one client under the shim and fills *r. */
+static void run_client(const run_opts_t *o, run_result_t *r)
+{
+    memset(r, 0, sizeof *r);
+    r->status = -1;
+    char report[] = "/tmp/vg-shim-report-XXXXXX";
+    int rfd = mkstemp(report);
+    cr_assert_geq(rfd, 0, "mkstemp");
+    close(rfd);
+    char *exe = str_printf("%s/clients/client_%s", build_dir(), o->method);
+    char *argv[] = {exe, (char *)o->path, (char *)o->chunk, (char *)o->max,
+                    (char *)o->failures, NULL};
+    char **env = env_build(o, report);
+    int out[2], err[2];
+    cr_assert_eq(pipe2(out, O_CLOEXEC), 0);
+    cr_assert_eq(pipe2(err, O_CLOEXEC), 0);
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, out[1], 1);
+    posix_spawn_file_actions_adddup2(&fa, err[1], 2);
+    pid_t pid;
+    int rc = posix_spawn(&pid, exe, &fa, NULL, argv, env);
+    posix_spawn_file_actions_destroy(&fa);
+    close(out[1]);
+    close(err[1]);
+    cr_assert_eq(rc, 0, "posix_spawn %s: %s", exe, strerror(rc));
+    collect(pid, out[0], err[0], r);
+    close(out[0]);
+    close(err[0]);
+    int st = 0;
+    cr_assert_eq(waitpid(pid, &st, 0), pid);
+    r->status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    read_small_file(report, r->report, sizeof r->report);
+    char *child = str_printf("%s%s", report, ".child");
+    read_small_file(child, r->child_report, sizeof r->child_report);
+    unlink(child);
+    unlink(report);
+    free(child);
+    env_free(env);
+    free(exe);
+}
+
+/* ------------------------------------------------------ reading answers */
+
+/* The client's line for `path` ("path=NAME ..."), or NULL. */
+static const char *line_for(const char *out, const char *path)
+{
+    size_t n = strlen(path);
+    for (const char *l = out; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL)
+        if (!strncmp(l, "path=", 5) && !strncmp(l + 5, path, n) && (l[5 + n] == ' '))
+            return l;
+    return NULL;
+}
+
+/* The number after " key=" (or "key=" at the start) on the first line of
+ * `text`; -1 when absent. */
+static long long field(const char *text, const char *key)
+{
+    size_t n = strlen(key);
+    const char *end = strchr(text, '\n');
+    for (const char *p = text; p && *p && (!end || p < end); p = strchr(p, ' ')) {
+        p += *p == ' ';
+        if (!strncmp(p, key, n) && p[n] == '=')
+            return strtoll(p + n + 1, NULL, 10);
+    }
+    return -1;
+}
+
+typedef struct answer {
+    long long allocs, bytes, rc;
+    long long peak, live, failed; /* from the test driver's report */
+} answer_t;
+
+/* Parses the client's line for `path` and the report; false (after
+ * saying why) when either is missing. */
+static bool answer_of(const run_result_t *r, const char *what, const char *path, answer_t *a)
+{
+    const char *l = line_for(r->out, path);
+    cr_expect_eq(r->status, 0, "%s: client exited %d\nstdout: %s\nstderr: %s", what, r->status,
+                 r->out, r->err);
+    cr_expect_null(strstr(r->out, "free_failed="), "%s: a free failed: %s", what, r->out);
+    if (!l || !r->report[0]) {
+        cr_expect_fail("%s: no answer (line %s, report '%s')\nstdout: %s\nstderr: %s", what,
+                       l ? "found" : "missing", r->report, r->out, r->err);
+        return false;
+    }
+    *a = (answer_t){field(l, "allocs"), field(l, "bytes"), field(l, "rc"),
+                    field(r->report, "peak_bytes"), field(r->report, "live_bytes"),
+                    field(r->report, "failed")};
+    return true;
+}
+
+static void run_one(const char *method, const char *path, const char *budget, const char *max,
+                    run_result_t *r)
+{
+    run_opts_t o = {.method = method, .path = path, .chunk = CHUNK_TEXT, .max = max,
+                    .budget = budget};
+    run_client(&o, r);
+}
+
+/* ------------------------------------------------ budget on every path */
+
+/* The first thing that must work: a preloaded client starts, reaches the
+ * driver and exits cleanly (every other test builds on this). */
+Test(shim, a_preloaded_client_starts_and_exits_cleanly)
+{
+    static run_result_t r;
+    for (size_t i = 0; i < NMETHODS; i++) {
+        run_opts_t o = {.method = methods[i], .path = "meminfo", .chunk = "1", .max = "1"};
+        run_client(&o, &r);
+        cr_expect_eq(r.status, 0, "%s: client exited %d\nstdout: %s\nstderr: %s", methods[i],
+                     r.status, r.out, r.err);
+        cr_expect_not_null(line_for(r.out, "meminfo"), "%s: no answer", methods[i]);
+    }
+}
+
+/* With a 2 GiB budget the client fills exactly the budget, and the refusal
+ * is the shim's (the driver failed nothing) with the driver's own code. */
+static void expect_capped(const char *method)
+{
+    static run_result_t r;
+    for (size_t i = 0; i < NPATHS; i++) {
+        const char *p = paths[i];
+        char what[64];
+        answer_t a;
+        snprintf(what, sizeof what, "%s/%s", method, p);
+        run_one(method, p, "2GiB", "10000", &r);
+        if (!answer_of(&r, what, p, &a))
+            continue;
+        long long want = (long long)(BUDGET / object_bytes(p));
+        cr_expect_eq(a.rc, OUT_OF_MEMORY, "%s: first failure %lld, want OUT_OF_MEMORY", what, a.rc);
+        cr_expect_eq(a.allocs, want, "%s: %lld allocations under the budget, want %lld", what,
+                     a.allocs, want);
+        cr_expect_leq(a.bytes, (long long)BUDGET, "%s: %lld bytes allocated", what, a.bytes);
+        cr_expect_leq(a.peak, (long long)BUDGET, "%s: driver peak %lld over budget", what, a.peak);
+        cr_expect_eq(a.failed, 0, "%s: the driver refused %lld calls (shim let them through)",
+                     what, a.failed);
+        cr_expect_eq(a.live, 0, "%s: %lld bytes still live at exit", what, a.live);
+    }
+}
+
+Test(shim, linked_calls_are_capped_on_every_path) { expect_capped("linked"); }
+Test(shim, dlsym_on_the_driver_handle_is_capped_on_every_path) { expect_capped("dlsym"); }
+Test(shim, dlsym_rtld_default_is_capped_on_every_path) { expect_capped("default"); }
+Test(shim, cudart_get_proc_address_is_capped_on_every_path) { expect_capped("cudart"); }
+
+/* Without a budget the same clients go past 2 GiB: the cap is the shim's. */
+static void expect_uncapped(const char *method)
+{
+    static run_result_t r;
+    for (size_t i = 0; i < NPATHS; i++) {
+        const char *p = paths[i];
+        char what[64];
+        answer_t a;
+        snprintf(what, sizeof what, "%s/%s (no budget)", method, p);
+        run_one(method, p, NULL, "40", &r);
+        if (!answer_of(&r, what, p, &a))
+            continue;
+        cr_expect_eq(a.rc, 0, "%s: refused with %lld", what, a.rc);
+        cr_expect_eq(a.allocs, 40, "%s: %lld allocations, want 40", what, a.allocs);
+        cr_expect_eq(a.peak, (long long)(40 * object_bytes(p)), "%s: driver peak %lld", what,
+                     a.peak);
+    }
+}
+
+Test(shim, linked_calls_without_budget_are_not_capped) { expect_uncapped("linked"); }
+Test(shim, dlsym_without_budget_is_not_capped) { expect_uncapped("dlsym"); }
+Test(shim, dlsym_rtld_default_without_budget_is_not_capped) { expect_uncapped("default"); }
+Test(shim, cudart_without_budget_is_not_capped) { expect_uncapped("cudart"); }
+
+/* --------------------------------------------------------- single cases */
+
+Test(shim, free_and_reuse_leaves_no_charge_behind)
+{
+    static run_result_t r;
+    run_opts_t o = {.method = "linked", .path = "freeloop", .chunk = "1GiB", .max = "1",
+                    .budget = "2GiB"};
+    answer_t a;
+    run_client(&o, &r);
+    if (!answer_of(&r, "freeloop", "freeloop", &a))
+        return;
+    cr_expect_eq(a.rc, 0, "refused after %lld rounds with %lld", a.allocs, a.rc);
+    cr_expect_eq(a.allocs, 1000);
+    cr_expect_eq(a.peak, (long long)GiB);
+}
+
+/* Out: total, free and cuDeviceTotalMem as the client saw them. */
+static void meminfo(const char *method, const char *budget, const char *fake_total,
+                    long long seen[3])
+{
+    static run_result_t r;
+    run_opts_t o = {.method = method, .path = "meminfo", .chunk = "1", .max = "1",
+                    .budget = budget, .env = {fake_total}};
+    run_client(&o, &r);
+    const char *l = line_for(r.out, "meminfo");
+    cr_assert_eq(r.status, 0, "%s: exited %d: %s", method, r.status, r.err);
+    cr_assert_not_null(l, "%s: no answer: %s %s", method, r.out, r.err);
+    cr_expect_eq(field(l, "rc"), 0, "%s: %s", method, l);
+    seen[0] = field(l, "total");
+    seen[1] = field(l, "free");
+    seen[2] = field(l, "device_total");
+}
+
+static void expect_meminfo(const char *budget, const char *fake_total, long long want)
+{
+    for (size_t i = 0; i < NMETHODS; i++) {
+        long long s[3];
+        meminfo(methods[i], budget, fake_total, s);
+        cr_expect_eq(s[0], want, "%s: total %lld, want %lld", methods[i], s[0], want);
+        cr_expect_eq(s[1], want, "%s: free %lld, want %lld", methods[i], s[1], want);
+        cr_expect_eq(s[2], want, "%s: cuDeviceTotalMem %lld, want %lld", methods[i], s[2], want);
+    }
+}
+
+Test(shim, meminfo_reports_the_budget_as_the_card)
+{
+    expect_meminfo("2GiB", NULL, (long long)BUDGET);
+}
+
+Test(shim, meminfo_without_budget_reports_the_driver)
+{
+    expect_meminfo(NULL, NULL, (long long)(80 * GiB));
+}
+
+Test(shim, meminfo_total_is_the_smaller_of_budget_and_card)
+{
+    expect_meminfo("2GiB", "FAKECUDA_TOTAL_BYTES=1073741824", (long long)GiB);
+}
+
+/* A budget that does not parse fails closed: every allocation is refused
+ * with the driver's OUT_OF_MEMORY and stderr says why, once. */
+Test(shim, malformed_budget_refuses_and_names_the_setting_once)
+{
+    static run_result_t r;
+    for (size_t i = 0; i < NMETHODS; i++) {
+        answer_t a;
+        run_opts_t o = {.method = methods[i], .path = "plain", .chunk = CHUNK_TEXT, .max = "4",
+                        .failures = "3", .budget = "8XB"};
+        run_client(&o, &r);
+        if (!answer_of(&r, methods[i], "plain", &a))
+            continue;
+        cr_expect_eq(a.rc, OUT_OF_MEMORY, "%s: %lld", methods[i], a.rc);
+        cr_expect_eq(a.allocs, 0, "%s: %lld allocations got through", methods[i], a.allocs);
+        cr_expect_eq(a.peak, 0, "%s", methods[i]);
+        int lines = 0;
+        for (const char *p = r.err; (p = strstr(p, "VRAMGUARD_BUDGET='8XB'")); p++)
+            lines++;
+        cr_expect_eq(lines, 1, "%s: %d lines name the setting:\n%s", methods[i], lines, r.err);
+    }
+}
+
+/* 16 threads allocate until each is refused, then hold: exactly the
+ * budget gets allocated, never more. */
+Test(shim, racing_threads_never_exceed_the_budget)
+{
+    static run_result_t r;
+    const char *race_methods[] = {"linked", "cudart"};
+    for (int round = 0; round < 3; round++)
+        for (size_t i = 0; i < 2; i++) {
+            answer_t a;
+            run_one(race_methods[i], "race", "2GiB", "10000", &r);
+            if (!answer_of(&r, race_methods[i], "race", &a))
+                continue;
+            cr_expect_eq(a.allocs, 32, "%s: %lld allocations", race_methods[i], a.allocs);
+            cr_expect_leq(a.bytes, (long long)BUDGET, "%s", race_methods[i]);
+            cr_expect_leq(a.peak, (long long)BUDGET, "%s: driver peak %lld", race_methods[i],
+                          a.peak);
+            cr_expect_eq(a.rc, OUT_OF_MEMORY, "%s", race_methods[i]);
+        }
+}
+
+/* The parent holds 10 chunks and forks; the child inherits that charge,
+ * allocates the rest (22) and frees it; the parent then fills the budget. */
+Test(shim, a_forked_child_stays_within_the_budget)
+{
+    static run_result_t r;
+    answer_t a;
+    run_one("linked", "fork", "2GiB", "40", &r);
+    if (!answer_of(&r, "fork", "fork", &a))
+        return;
+    const char *child = line_for(r.out, "fork-child");
+    const char *parent = line_for(r.out, "fork");
+    cr_assert_not_null(child, "no child line: %s %s", r.out, r.err);
+    long long first = field(parent, "first_allocs"), child_allocs = field(child, "allocs");
+    cr_expect_eq(field(parent, "child_status"), 0, "%s", parent);
+    cr_expect_eq(first, 10);
+    cr_expect_eq(field(child, "rc"), OUT_OF_MEMORY, "%s", child);
+    cr_expect_eq(first + child_allocs, 32, "child allocated %lld beside the parent's %lld",
+                 child_allocs, first);
+    cr_expect_eq(a.allocs, 32, "parent: %s", parent);
+    cr_expect_eq(a.rc, OUT_OF_MEMORY);
+    cr_expect_leq(a.peak, (long long)BUDGET, "parent's driver peak %lld", a.peak);
+    cr_assert(r.child_report[0], "no child report");
+    long long child_peak = field(r.child_report, "peak_bytes");
+    cr_expect_leq(child_peak, (long long)BUDGET, "child's driver peak %lld", child_peak);
+    cr_expect_eq(field(r.child_report, "live_bytes"), 10 * (long long)CHUNK,
+                 "child left %s", r.child_report);
+}
+
+/* The driver fails the third allocation (FAKECUDA_FAIL_NTH=3); the run goes
+ * on to the budget's refusal. The failed call must leave no charge: the
+ * client still gets exactly the budget. */
+static void expect_exact_after_driver_failure(const char *method)
+{
+    static run_result_t r;
+    for (size_t i = 0; i < NPATHS; i++) {
+        const char *p = paths[i];
+        char what[64];
+        answer_t a;
+        snprintf(what, sizeof what, "%s/%s (fail 3rd)", method, p);
+        run_opts_t o = {.method = method, .path = p, .chunk = CHUNK_TEXT, .max = "10000",
+                        .failures = "2", .budget = "2GiB", .env = {"FAKECUDA_FAIL_NTH=3"}};
+        run_client(&o, &r);
+        if (!answer_of(&r, what, p, &a))
+            continue;
+        const char *l = line_for(r.out, p);
+        long long want = (long long)(BUDGET / object_bytes(p));
+        cr_expect_eq(a.rc, OUT_OF_MEMORY, "%s: %s", what, l);
+        cr_expect_eq(field(l, "last_rc"), OUT_OF_MEMORY, "%s: %s", what, l);
+        cr_expect_eq(a.failed, 1, "%s: the driver failed %lld calls", what, a.failed);
+        cr_expect_eq(a.allocs, want, "%s: %lld allocations, want %lld", what, a.allocs, want);
+        cr_expect_leq(a.peak, (long long)BUDGET, "%s: driver peak %lld", what, a.peak);
+    }
+}
+
+Test(shim, a_driver_failure_leaves_no_charge_linked) { expect_exact_after_driver_failure("linked"); }
+Test(shim, a_driver_failure_leaves_no_charge_cudart) { expect_exact_after_driver_failure("cudart"); }
+
+/* The shim is preloaded into clients only, never into the runner. */
+Test(shim, the_test_runner_itself_is_not_preloaded)
+{
+    cr_expect_null(getenv("LD_PRELOAD"), "LD_PRELOAD=%s", getenv("LD_PRELOAD"));
+    Dl_info where;
+    cr_assert(dladdr((void *)dlsym, &where) && where.dli_fname, "dladdr(dlsym)");
+    cr_expect_null(strstr(where.dli_fname, "vramguard"), "dlsym comes from %s", where.dli_fname);
+    FILE *maps = fopen("/proc/self/maps", "r");
+    char line[4096];
+    cr_assert_not_null(maps);
+    while (fgets(line, sizeof line, maps))
+        cr_expect_null(strstr(line, "libvramguard-preload"), "mapped: %s", line);
+    fclose(maps);
+}
+
+/* RTLD_NEXT keeps its meaning under the shim: the next dlsym after the
+ * program is the shim's own (libc answers relative to the true caller,
+ * because the shim hands RTLD_NEXT over as a tail call). */
+Test(shim, rtld_next_lookups_keep_their_meaning)
+{
+    static run_result_t r;
+    run_opts_t o = {.method = "linked", .path = "rtldnext", .chunk = "1", .max = "1"};
+    run_client(&o, &r);
+    cr_assert_eq(r.status, 0, "client exited %d\nstderr: %s", r.status, r.err);
+    cr_expect(strstr(r.out, "next_dlsym=libvramguard-preload.so") != NULL, "%s", r.out);
+}
