@@ -173,6 +173,8 @@ void vg__acct_restore(const vg__alloc_t *a)
     vg__ledger_insert(a);
 }
 
+static void pools_sync_device(int device);
+
 void vg__acct_meminfo(int device, uint64_t *free_bytes, uint64_t *total_bytes)
 {
     if (vg__unlikely(vg__engine_init() != VG_OK)) {
@@ -182,6 +184,10 @@ void vg__acct_meminfo(int device, uint64_t *free_bytes, uint64_t *total_bytes)
     const vg__budget_t *b = vg__engine_budget(device);
     if (!b)
         return;
+    /* Pools shrink at synchronisation points the shim never sees (and on
+     * the program's own cuMemPoolTrimTo): bring their charges up to date
+     * before saying what is free. */
+    pools_sync_device(device);
     uint64_t limit = atomic_load_explicit(&b->limit, memory_order_relaxed);
     if (limit == VG__UNLIMITED)
         return;
@@ -204,6 +210,7 @@ static struct pool_slot {
     int device;
     uint64_t charged;
 } pools[POOL_SLOTS];
+static _Atomic int pool_count; /* slots in use: lets devices without pools skip the lock */
 
 static void pools_lock_take(void) { pthread_mutex_lock(&pools_lock); }
 static void pools_lock_drop(void) { pthread_mutex_unlock(&pools_lock); }
@@ -229,6 +236,7 @@ static struct pool_slot *slot_of(CUmemoryPool pool, int device)
         free_slot->pool = pool;
         free_slot->device = device;
         free_slot->charged = 0;
+        atomic_fetch_add_explicit(&pool_count, 1, memory_order_relaxed);
     }
     return free_slot; /* NULL when full: that pool goes uncharged */
 }
@@ -287,17 +295,34 @@ int vg__acct_pool_settle(vg__ticket_t *t, CUmemoryPool pool)
     return rc;
 }
 
-bool vg__acct_pool_trim(int device)
+
+/* The pools of `device` that hold a charge, copied out so no driver call
+ * runs under the lock. */
+static int charged_pools(int device, CUmemoryPool out[POOL_SLOTS])
 {
-    CUmemoryPool mine[POOL_SLOTS];
     int n = 0;
-    if (!vg__driver())
-        return false;
+    if (!vg__driver() || !atomic_load_explicit(&pool_count, memory_order_relaxed))
+        return 0;
     pthread_mutex_lock(&pools_lock);
     for (int i = 0; i < POOL_SLOTS; i++)
         if (pools[i].pool && pools[i].device == device && pools[i].charged)
-            mine[n++] = pools[i].pool;
+            out[n++] = pools[i].pool;
     pthread_mutex_unlock(&pools_lock);
+    return n;
+}
+
+static void pools_sync_device(int device)
+{
+    CUmemoryPool mine[POOL_SLOTS];
+    int n = charged_pools(device, mine);
+    for (int i = 0; i < n; i++)
+        vg__acct_pool_sync(device, mine[i]);
+}
+
+bool vg__acct_pool_trim(int device)
+{
+    CUmemoryPool mine[POOL_SLOTS];
+    int n = charged_pools(device, mine);
     const vg__budget_t *b = vg__engine_budget(device);
     uint64_t before = atomic_load_explicit(&b->used, memory_order_relaxed);
     for (int i = 0; i < n; i++) {
@@ -315,6 +340,7 @@ void vg__acct_pool_forget(CUmemoryPool pool)
             continue;
         vg__budget_release(vg__engine_budget(pools[i].device), pools[i].charged);
         pools[i] = (struct pool_slot){0};
+        atomic_fetch_sub_explicit(&pool_count, 1, memory_order_relaxed);
     }
     pthread_mutex_unlock(&pools_lock);
 }

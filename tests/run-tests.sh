@@ -5,7 +5,7 @@
 # Criterion runs every test in its own process, so no test depends on order.
 set -u
 build=${BUILD:-build}
-export LD_LIBRARY_PATH="$PWD/$build/fakecuda${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export LD_LIBRARY_PATH="$PWD/$build/fakecuda:$PWD/$build/fakenvml${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export VG_TEST_BUILD="$PWD/$build"
 # TSan cannot map its shadow under high ASLR entropy on some kernels.
 wrap=()

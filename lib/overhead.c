@@ -1,0 +1,177 @@
+/*
+ * overhead.c — device memory this process uses that no call shows: the
+ * CUDA context, module images, library workspaces (cuBLAS, cuDNN, NCCL).
+ *
+ * Method: NVML's figure for this process on the device
+ * (nvmlDeviceGetComputeRunningProcesses, usedGpuMemory for our pid) minus
+ * what the calls showed (the device budget's use, less the overhead charged
+ * before, plus managed memory the policy chose not to charge), never below
+ * zero. The result is charged with vg__acct_overhead_set(). docs/shim.md
+ * gives the error of this method.
+ *
+ * Only slow paths call in here (the first allocation on a device, and
+ * refusals), at most once a second per device. This is the one place the
+ * engine loads NVML (dlopen, once); without it the overhead stays 0.
+ */
+#include <dlfcn.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "vg_internal.h"
+
+#define REFRESH_INTERVAL_NS 1000000000ull /* at most one measurement a second */
+#define PROC_SLOTS 64                     /* processes read without malloc */
+
+/* The slice of NVML's stable ABI used here (nvml.h: nvmlProcessInfo_v1_st
+ * {pid, usedGpuMemory}; nvmlProcessInfo_v2_st and nvmlProcessInfo_st add
+ * gpuInstanceId, computeInstanceId; _v2 and _v3 of the query take the
+ * latter layout). */
+typedef int nvml_rc_t;
+typedef struct nvml_device *nvml_device_t;
+#define NVML_OK 0
+#define NVML_INSUFFICIENT_SIZE 7
+#define NVML_VALUE_NOT_AVAILABLE (~0ull)
+
+typedef struct {
+    unsigned int pid;
+    unsigned long long used;
+} nvml_proc_v1_t;
+
+typedef struct {
+    unsigned int pid;
+    unsigned long long used;
+    unsigned int gpu_instance;
+    unsigned int compute_instance;
+} nvml_proc_v2_t;
+
+typedef nvml_rc_t (*procs_fn)(nvml_device_t dev, unsigned int *count, void *infos);
+
+static struct {
+    bool ok;
+    procs_fn procs;
+    size_t proc_size; /* sizeof the layout `procs` fills */
+    nvml_rc_t (*by_uuid)(const char *uuid, nvml_device_t *dev);
+} nvml;
+
+static pthread_once_t nvml_once = PTHREAD_ONCE_INIT;
+static _Atomic uint64_t next_ns[VG__MAX_DEVICES];
+
+/* Loads NVML once and initialises it (nvmlInit is reference-counted: the
+ * program's own init and shutdown are unaffected). The newest process
+ * query wins: _v3, then _v2, then the unversioned one. */
+static void nvml_load(void)
+{
+    void *h = dlopen("libnvidia-ml.so.1", RTLD_NOW | RTLD_LOCAL);
+    if (!h)
+        return;
+    nvml_rc_t (*init)(void) = (nvml_rc_t(*)(void))vg__real_dlsym(h, "nvmlInit_v2");
+    nvml.by_uuid = (nvml_rc_t(*)(const char *, nvml_device_t *))
+        vg__real_dlsym(h, "nvmlDeviceGetHandleByUUID");
+    static const char *const names[] = {
+        "nvmlDeviceGetComputeRunningProcesses_v3",
+        "nvmlDeviceGetComputeRunningProcesses_v2",
+        "nvmlDeviceGetComputeRunningProcesses",
+    };
+    for (int i = 0; i < 3 && !nvml.procs; i++) {
+        nvml.procs = (procs_fn)vg__real_dlsym(h, names[i]);
+        nvml.proc_size = i < 2 ? sizeof(nvml_proc_v2_t) : sizeof(nvml_proc_v1_t);
+    }
+    if (!init || !nvml.by_uuid || !nvml.procs || init() != NVML_OK) {
+        vg__log("NVML is present but unusable; memory no call shows is not charged");
+        dlclose(h);
+        return;
+    }
+    nvml.ok = true;
+}
+
+/* Entry i of an array of the layout nvml.procs fills. */
+static void proc_at(const void *infos, unsigned int i, unsigned int *pid,
+                    unsigned long long *used)
+{
+    if (nvml.proc_size == sizeof(nvml_proc_v2_t)) {
+        const nvml_proc_v2_t *p = (const nvml_proc_v2_t *)infos + i;
+        *pid = p->pid, *used = p->used;
+    } else {
+        const nvml_proc_v1_t *p = (const nvml_proc_v1_t *)infos + i;
+        *pid = p->pid, *used = p->used;
+    }
+}
+
+/* This process's device memory on `dev` as NVML counts it. VG_ENOTFOUND
+ * when NVML does not list us (no context yet, or a PID namespace: NVML
+ * reports the host's PIDs). */
+static int process_bytes(nvml_device_t dev, uint64_t *bytes)
+{
+    nvml_proc_v2_t stack[PROC_SLOTS];
+    void *infos = stack, *heap = NULL;
+    unsigned int count = PROC_SLOTS;
+    nvml_rc_t rc = nvml.procs(dev, &count, infos);
+    if (rc == NVML_INSUFFICIENT_SIZE && (heap = calloc(count + 8u, sizeof stack[0]))) {
+        infos = heap;
+        count += 8u;
+        rc = nvml.procs(dev, &count, infos);
+    }
+    int status = rc == NVML_OK ? VG_ENOTFOUND : VG_EDRIVER;
+    unsigned int me = (unsigned int)getpid();
+    for (unsigned int i = 0; rc == NVML_OK && i < count; i++) {
+        unsigned int pid;
+        unsigned long long used;
+        proc_at(infos, i, &pid, &used);
+        if (pid == me && used != NVML_VALUE_NOT_AVAILABLE) {
+            *bytes = used;
+            status = VG_OK;
+            break;
+        }
+    }
+    free(heap);
+    return status;
+}
+
+struct managed_tally {
+    int device;
+    uint64_t bytes;
+};
+
+/* Managed memory the policy left uncharged (VRAMGUARD_MANAGED=ignore) was
+ * shown by a call, so it is not overhead even when NVML counts it. */
+static void tally_uncharged(const vg__alloc_t *a, void *ctx)
+{
+    struct managed_tally *t = ctx;
+    if (a->device == t->device && a->kind == VG_KIND_MANAGED && a->size > a->charged)
+        t->bytes += a->size - a->charged;
+}
+
+static void measure(int device, vg__budget_t *b)
+{
+    char uuid[48];
+    nvml_device_t dev;
+    uint64_t nvml_bytes;
+    if (vg__device_uuid(device, uuid) != VG_OK || nvml.by_uuid(uuid, &dev) != NVML_OK ||
+        process_bytes(dev, &nvml_bytes) != VG_OK)
+        return; /* nothing measured: the last figure stands */
+    struct managed_tally t = {device, 0};
+    vg__ledger_foreach(VG__ANY_OWNER, tally_uncharged, &t);
+    uint64_t used = atomic_load_explicit(&b->used, memory_order_relaxed);
+    uint64_t old = vg__acct_overhead(device);
+    uint64_t shown = (used > old ? used - old : 0) + t.bytes;
+    vg__acct_overhead_set(device, nvml_bytes > shown ? nvml_bytes - shown : 0);
+}
+
+void vg__overhead_refresh(int device)
+{
+    vg__budget_t *b = vg__engine_budget(device);
+    if (!b || atomic_load_explicit(&b->limit, memory_order_relaxed) == VG__UNLIMITED)
+        return; /* nothing to enforce: spare the process NVML's start-up */
+    uint64_t now = vg__mono_ns();
+    uint64_t next = atomic_load_explicit(&next_ns[device], memory_order_relaxed);
+    if (now < next ||
+        !atomic_compare_exchange_strong_explicit(&next_ns[device], &next,
+                                                 now + REFRESH_INTERVAL_NS,
+                                                 memory_order_relaxed,
+                                                 memory_order_relaxed))
+        return; /* measured within the last second, or another thread is */
+    pthread_once(&nvml_once, nvml_load);
+    if (nvml.ok)
+        measure(device, b);
+}

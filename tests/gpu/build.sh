@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# tests/gpu/build.sh — builds everything the GPU checks need into one folder
+# (default build/gpu), on a machine WITHOUT a GPU. The GPU machine builds
+# nothing: carry the folder there and run tests/gpu/run.sh on it.
+#
+#   tests/gpu/build.sh [OUT_DIR]      env: CUDA_HOME (/usr/local/cuda), CC, NVCC,
+#                                     ENGINE (build/gpu-engine: the engine's own build)
+#
+# The programs linked with -lcuda are linked against the toolkit's stub and
+# carry no rpath, so at run time they load whatever libcuda.so.1 the loader
+# finds: the real driver on the GPU machine, tests/fakecuda's build here.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$ROOT"
+OUT=${1:-build/gpu}
+CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
+CC=${CC:-cc}
+NVCC=${NVCC:-$CUDA_HOME/bin/nvcc}
+ENGINE=${ENGINE:-build/gpu-engine}  # the engine, by the project's Makefile (not carried)
+
+CFLAGS="-std=c11 -O2 -g -Wall -Wextra -Werror -D_GNU_SOURCE -Iinclude -Itests/gpu -I$CUDA_HOME/include"
+STUB="-L$CUDA_HOME/lib64/stubs -lcuda"
+
+mkdir -p "$OUT"
+echo "== engine (make BUILD=$ENGINE)"
+make --no-print-directory BUILD="$ENGINE" \
+    "$ENGINE/libvramguard.a" "$ENGINE/libvramguard.so" "$ENGINE/libvramguard-preload.so" >/dev/null
+
+echo "== gpu_api"
+$CC $CFLAGS tests/gpu/gpu_api.c "$ENGINE/libvramguard.a" -ldl -lpthread -o "$OUT/gpu_api"
+echo "== bench_pairs"
+$CC $CFLAGS tests/gpu/bench_pairs.c $STUB -lpthread -o "$OUT/bench_pairs"
+echo "== driver_paths"
+$CC $CFLAGS tests/gpu/driver_paths.c $STUB -o "$OUT/driver_paths"
+echo "== static_cudart"
+"$NVCC" -O2 -cudart static -Itests/gpu -o "$OUT/static_cudart" tests/gpu/static_cudart.cu
+
+cp "$ENGINE/libvramguard-preload.so" "$ENGINE/libvramguard.so" "$OUT/"
+# The test driver, beside the engine and never in the carried folder, for a
+# dry run without a GPU: LIBCUDA_DIR=$ENGINE/fakecuda tests/gpu/run.sh $OUT
+make --no-print-directory BUILD="$ENGINE" "$ENGINE/fakecuda/libcuda.so.1" >/dev/null 2>&1 ||
+    echo "(no test driver: uthash-dev missing? only the dry run needs it)"
+# nothing in the carried folder may depend on the stub at run time
+for f in gpu_api bench_pairs driver_paths static_cudart; do
+    if readelf -d "$OUT/$f" | grep -q 'R.*PATH'; then
+        echo "build.sh: $f has an rpath/runpath; it must not" >&2
+        exit 1
+    fi
+done
+echo "built into $OUT:"
+ls -la "$OUT"

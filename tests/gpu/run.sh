@@ -1,0 +1,226 @@
+#!/usr/bin/env bash
+# tests/gpu/run.sh — every GPU check, on the machine with the GPU; builds
+# nothing (tests/gpu/build.sh made BUILD_DIR elsewhere). Each scenario runs
+# under its own timeout, natively and under the preload shim with
+# VRAMGUARD_BUDGET=2GiB; the whole suite stops starting scenarios after
+# SUITE_DEADLINE seconds (default 440). The summary table comes last.
+#
+#   tests/gpu/run.sh [BUILD_DIR]      BUILD_DIR: build/gpu, or build (then build/gpu)
+#
+# env: OUT      when set, gpu.log (everything) and table.md are written there
+#      LIBCUDA_DIR  folder holding libcuda.so.1 (default /usr/local/nvidia/lib64
+#               when it exists; point it at a tests/fakecuda build to try the
+#               suite without a GPU)
+#      PYTHON   (python3)    SUITE_DEADLINE (440)
+set -uo pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+B=${1:-build/gpu}
+[ -x "$B/gpu_api" ] || { [ -x "$B/gpu/gpu_api" ] && B=$B/gpu; }
+if [ ! -x "$B/gpu_api" ] || [ ! -f "$B/libvramguard-preload.so" ]; then
+    echo "run.sh: no GPU build in '$B' (run tests/gpu/build.sh on the build machine and carry it)" >&2
+    exit 2
+fi
+B=$(cd "$B" && pwd)
+PRELOAD=$B/libvramguard-preload.so
+PYTHON=${PYTHON:-python3}
+DEADLINE=${SUITE_DEADLINE:-440}
+BUDGET_TEXT=2GiB
+BUDGET=$((2 << 30))
+CAP=$((3 << 30))   # native runs stop here: the budget, not the card, must be what stops a shim run
+
+LIBCUDA_DIR=${LIBCUDA_DIR:-}
+[ -z "$LIBCUDA_DIR" ] && [ -d /usr/local/nvidia/lib64 ] && LIBCUDA_DIR=/usr/local/nvidia/lib64
+[ -n "$LIBCUDA_DIR" ] && export LD_LIBRARY_PATH=$LIBCUDA_DIR${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+unset LD_PRELOAD VRAMGUARD_BUDGET CUDA_DEVICE_MEMORY_LIMIT PYTORCH_CUDA_ALLOC_CONF \
+      XLA_PYTHON_CLIENT_PREALLOCATE
+
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+LOGDIR=${OUT:-$WORK}
+mkdir -p "$LOGDIR"
+LOG=$LOGDIR/gpu.log
+ROWS=$WORK/rows       # scenario|mode|result|detail
+BENCH=$WORK/bench     # benchmark table rows
+: >"$LOG"; : >"$ROWS"; : >"$BENCH"
+START=$SECONDS
+
+say() { echo "$@" | tee -a "$LOG"; }
+row() { printf '%s|%s|%s|%s\n' "$1" "$2" "$3" "$4" >>"$ROWS"; }
+
+say "# vramguard GPU checks"
+say "date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+say "build: $B   libcuda from: ${LIBCUDA_DIR:-the default library path}"
+if command -v nvidia-smi >/dev/null; then
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 | tee -a "$LOG"
+else
+    say "nvidia-smi: not found"
+fi
+GPU_LINE=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -1)
+
+# run_scn NAME MODE TIMEOUT CMD... : runs one scenario, files its RESULT rows.
+# MODE native: no preload, no budget; shim: the preload and VRAMGUARD_BUDGET;
+# shim-nobudget: the preload alone (must behave as native); anything else
+# (e.g. sanitizer): the environment as it is.
+run_scn() {
+    local name=$1 mode=$2 tmo=$3
+    shift 3
+    local left=$((DEADLINE - (SECONDS - START)))
+    if [ "$left" -lt 15 ]; then
+        row "$name" "$mode" FAIL "not run: suite deadline (${DEADLINE}s) reached"
+        say "[$((SECONDS - START))s] $name [$mode]: SKIPPED (deadline)"
+        return
+    fi
+    [ "$tmo" -gt "$left" ] && tmo=$left
+    local out=$WORK/out.$name.$mode envs=()
+    case $mode in
+    native) envs=(env -u LD_PRELOAD -u VRAMGUARD_BUDGET) ;;
+    shim) envs=(env LD_PRELOAD="$PRELOAD" VRAMGUARD_BUDGET=$BUDGET_TEXT) ;;
+    shim-nobudget) envs=(env -u VRAMGUARD_BUDGET LD_PRELOAD="$PRELOAD") ;;
+    *) envs=(env) ;;
+    esac
+    echo "### $name [$mode] (timeout ${tmo}s): $*" >>"$LOG"
+    local t0=$SECONDS rc
+    timeout -k 5 "$tmo" "${envs[@]}" "$@" >"$out" 2>&1
+    rc=$?
+    cat "$out" >>"$LOG"
+    echo "### exit $rc after $((SECONDS - t0))s" >>"$LOG"
+    local n=0 fails=0 check status detail
+    while IFS='|' read -r _ check status detail; do
+        [ "$check" = "$name" ] && row "$name" "$mode" "$status" "$detail" ||
+            row "$name/$check" "$mode" "$status" "$detail"
+        n=$((n + 1))
+        [ "$status" = FAIL ] && fails=$((fails + 1))
+    done < <(grep -a '^RESULT|' "$out")
+    if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
+        row "$name" "$mode" FAIL "timed out after ${tmo}s ($n rows before)"
+        fails=$((fails + 1))
+    elif [ "$rc" != 0 ] && [ "$fails" = 0 ]; then
+        row "$name" "$mode" FAIL "exit $rc with no FAIL row: $(grep -av '^RESULT|' "$out" | tail -1 | cut -c1-150)"
+        fails=$((fails + 1))
+    elif [ "$n" = 0 ]; then
+        row "$name" "$mode" FAIL "no RESULT rows (exit $rc)"
+        fails=$((fails + 1))
+    fi
+    grep -a '^BENCH|' "$out" | cut -d'|' -f2- >>"$BENCH"
+    say "[$((SECONDS - START))s] $name [$mode]: $n rows, $fails failed, $((SECONDS - t0))s"
+}
+
+# ------------------------------------------------------------ C programs
+run_scn gpu_api native 90 "$B/gpu_api"
+run_scn driver_paths native 60 "$B/driver_paths" --cap 48
+run_scn driver_paths shim 60 "$B/driver_paths" --cap 48 --budget $BUDGET
+run_scn driver_paths shim-nobudget 60 "$B/driver_paths" --cap 48
+run_scn static_cudart_oom native 60 "$B/static_cudart" oom 48 0
+run_scn static_cudart_oom shim 60 "$B/static_cudart" oom 48 $BUDGET
+run_scn bench_pairs native+shim 150 "$B/bench_pairs" --preload "$PRELOAD" --rounds 15 --budget 70GiB
+
+# static cudart alternating 4 KiB pairs: A B A B, one process per run
+for i in 1 2; do
+    for m in native shim; do
+        run_scn static_cudart_pairs$i $m 30 "$B/static_cudart" pairs 2000
+    done
+done
+cudart_pairs_row() {
+    local f med lo hi
+    for m in native shim; do
+        med=0 lo=0 hi=0
+        for i in 1 2; do
+            f=$WORK/out.static_cudart_pairs$i.$m
+            IFS='|' read -r _ a b c < <(grep -a '^PAIRS|' "$f" 2>/dev/null || echo "PAIRS|0|0|0")
+            med=$((med + a / 2)) lo=$((lo + b / 2)) hi=$((hi + c / 2))
+        done
+        eval "${m}_med=$med ${m}_lo=$lo ${m}_hi=$hi"
+    done
+    local ratio
+    ratio=$(awk -v a="$native_med" -v b="$shim_med" 'BEGIN { printf (a ? "%.3f" : "-"), (a ? b / a : 0) }')
+    local diff=$((shim_med - native_med))
+    [ "$diff" -ge 0 ] && diff=+$diff
+    echo "static cudart cudaMalloc+cudaFree 4 KiB, 2 x 2000 A B A B | ${native_med} | ${shim_med} | ${ratio} | ${diff} | | | ${native_lo}–${native_hi} | ${shim_lo}–${shim_hi}" >>"$BENCH"
+}
+cudart_pairs_row
+
+# ------------------------------------------------------------ frameworks
+py() { # py NAME SCRIPT MODE ARGS... : native and under the shim
+    local name=$1 script=$2 mode=$3
+    run_scn "$name" native 60 "$PYTHON" "$HERE/$script" "$mode" --cap $CAP
+    run_scn "$name" shim 60 "$PYTHON" "$HERE/$script" "$mode" --cap $CAP --budget $BUDGET
+}
+py torch_default torch_oom.py default
+run_scn torch_default shim-nobudget 60 "$PYTHON" "$HERE/torch_oom.py" default --cap $CAP
+py torch_expandable torch_oom.py expandable
+py torch_async torch_oom.py async
+py cupy_default cupy_oom.py default
+py cupy_async cupy_oom.py async
+py jax_prealloc jax_prealloc.py prealloc
+py jax_noprealloc jax_prealloc.py noprealloc
+py nvml_view nvml_view.py view
+
+# ------------------------------------------------------ compute-sanitizer
+SAN=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+if [ -x "$SAN" ]; then
+    run_scn gpu_api sanitizer 120 "$SAN" --leak-check full "$B/gpu_api" --quick
+    f=$WORK/out.gpu_api.sanitizer
+    errs=$(grep -a 'ERROR SUMMARY:' "$f" 2>/dev/null | tail -1 | grep -o '[0-9]\+ error' | grep -o '[0-9]\+')
+    leaks=$(grep -ac 'Leaked [0-9,]* bytes' "$f" 2>/dev/null)
+    if [ ! -f "$f" ]; then
+        : # not run (deadline): run_scn has filed the row
+    elif [ -z "$errs" ]; then
+        row compute-sanitizer "leak-check full" FAIL "no ERROR SUMMARY line (see gpu.log)"
+    else
+        row compute-sanitizer "leak-check full" "$([ "$errs" = 0 ] && echo PASS || echo FAIL)" \
+            "gpu_api --quick: $errs errors, $leaks leak reports"
+    fi
+else
+    row compute-sanitizer "leak-check full" FAIL "compute-sanitizer not found"
+fi
+
+# ------------------------------------------------------------ the table
+# Results first, then benchmarks, then the failures again and the count: the
+# end of the output is what a caller reading only its tail sees.
+TABLE=$WORK/table.md
+table_row() { # one results row, detail shortened for the table (full text in gpu.log)
+    local d=$4
+    [ ${#d} -gt 170 ] && d="${d:0:167}..."
+    echo "| $1 | $2 | $3 | $d |"
+}
+{
+    echo
+    echo "## vramguard GPU checks: $(date -u '+%Y-%m-%d') ${GPU_LINE:-(no nvidia-smi)}"
+    echo
+    echo "Command: tests/gpu/run.sh ${1:-build/gpu} (budget under the shim: $BUDGET_TEXT; native runs stop at $((CAP >> 30)) GiB)"
+    echo
+    echo "### Results"
+    echo
+    echo "| scenario | mode | result | detail |"
+    echo "|---|---|---|---|"
+    while IFS='|' read -r s m r d; do table_row "$s" "$m" "$r" "$d"; done <"$ROWS"
+    echo
+    echo "### Benchmarks (ns per alloc+free pair, medians over all pairs; thread rows: pairs/s)"
+    echo
+    if [ -s "$BENCH" ]; then
+        echo "| case | native median | shim median | ratio | shim − native | shim + 70GiB budget | ratio | native p10–p90 | shim p10–p90 |"
+        echo "|---|---|---|---|---|---|---|---|---|"
+        sed 's/^/| /; s/$/ |/' "$BENCH"
+    else
+        echo "(no benchmark rows)"
+    fi
+    echo
+    if grep -q '|FAIL|' "$ROWS"; then
+        echo "### Failures (again)"
+        echo
+        echo "| scenario | mode | result | detail |"
+        echo "|---|---|---|---|"
+        while IFS='|' read -r s m r d; do
+            [ "$r" = FAIL ] && table_row "$s" "$m" "$r" "$d"
+        done <"$ROWS"
+        echo
+    fi
+    p=$(grep -c '|PASS|' "$ROWS"); f=$(grep -c '|FAIL|' "$ROWS"); i=$(grep -c '|info|' "$ROWS")
+    echo "**$p PASS, $f FAIL, $i info** in $((SECONDS - START)) s (full log: ${OUT:+$OUT/}gpu.log)"
+} >"$TABLE"
+cat "$TABLE" >>"$LOG"
+[ -n "${OUT:-}" ] && cp "$TABLE" "$OUT/table.md"
+cat "$TABLE"
+grep -q '|FAIL|' "$ROWS" && exit 1
+exit 0
