@@ -90,6 +90,9 @@ $(BUILD)/libvramguard-preload.so: $(SHIM_OBJS) $(LIB_OBJS) $(wildcard shim/*.map
 	  $(addprefix -Wl$(comma)--version-script=,$(wildcard shim/*.map)) \
 	  $(SHIM_OBJS) $(LIB_OBJS) $(LIBS) -o $@
 
+# The CLI looks for the shim in $(PREFIX)/lib after its own folder.
+$(CLI_OBJS): CPPFLAGS += -DVG_PREFIX='"$(PREFIX)"'
+
 $(BUILD)/vramguard: $(CLI_OBJS) $(LIB_A)
 	$(CC) $(LDFLAGS) $^ $(LIBS) -lm -o $@
 

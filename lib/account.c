@@ -81,19 +81,20 @@ int vg__acct_reserve(vg__ticket_t *t)
     vg__budget_t *b = vg__engine_budget(t->device);
     if (vg__unlikely(!b))
         return VG_EINVAL;
+    t->budget = b;
     if (vg__likely(vg__budget_reserve(b, t->bytes) == VG_OK))
         return VG_OK;
     /* Cached pool memory is ours to give back before we say no. */
     if (vg__acct_pool_trim(t->device) && vg__budget_reserve(b, t->bytes) == VG_OK)
         return VG_OK;
-    vg__overhead_refresh(t->device); /* charge what no call showed */
+    vg__overhead_refresh(t->device, VG__REFRESH_RATE_LIMITED); /* charge what no call showed */
     log_refusal(t, b);
     return VG_ENOMEM;
 }
 
 int vg__acct_resize(vg__ticket_t *t, uint64_t bytes)
 {
-    vg__budget_t *b = vg__engine_budget(t->device);
+    vg__budget_t *b = t->budget;
     if (bytes > t->bytes) {
         uint64_t more = bytes - t->bytes;
         if (vg__budget_reserve(b, more) != VG_OK) {
@@ -126,21 +127,21 @@ static _Atomic uint8_t device_used[VG__MAX_DEVICES];
 __attribute__((noinline, cold)) static void first_commit(int device)
 {
     if (!atomic_exchange_explicit(&device_used[device], 1, memory_order_relaxed))
-        vg__overhead_refresh(device);
+        vg__overhead_refresh(device, VG__REFRESH_NOW);
 }
 
 void vg__acct_commit(vg__ticket_t *t, uint64_t key, uint64_t size, uint64_t pool)
 {
     if (vg__unlikely(!atomic_load_explicit(&device_used[t->device], memory_order_relaxed)))
         first_commit(t->device);
-    vg__budget_commit(vg__engine_budget(t->device), t->bytes);
+    vg__budget_commit(t->budget, t->bytes);
     vg__alloc_t a = {
         .ptr = key,
         .base = key,
         .size = size,
         .charged = t->bytes,
         .handle = pool,
-        .time_ns = vg__now_ns(),
+        .time_ns = vg__now_coarse_ns(), /* ms resolution is enough here */
         .seq = vg__ledger_next_seq(),
         .tid = vg__tid(),
         .device = (int16_t)t->device,
@@ -152,7 +153,7 @@ void vg__acct_commit(vg__ticket_t *t, uint64_t key, uint64_t size, uint64_t pool
 
 void vg__acct_cancel(vg__ticket_t *t)
 {
-    vg__budget_rollback(vg__engine_budget(t->device), t->bytes);
+    vg__budget_rollback(t->budget, t->bytes);
     t->bytes = 0;
 }
 
@@ -188,6 +189,10 @@ void vg__acct_meminfo(int device, uint64_t *free_bytes, uint64_t *total_bytes)
      * the program's own cuMemPoolTrimTo): bring their charges up to date
      * before saying what is free. */
     pools_sync_device(device);
+    /* What the process sees includes the memory no call shows (its
+     * context), from the first query on, not only after an allocation.
+     * Measured at most once a second; nothing without a budget. */
+    vg__overhead_refresh(device, VG__REFRESH_RATE_LIMITED);
     uint64_t limit = atomic_load_explicit(&b->limit, memory_order_relaxed);
     if (limit == VG__UNLIMITED)
         return;
@@ -266,7 +271,7 @@ void vg__acct_pool_sync(int device, CUmemoryPool pool)
 int vg__acct_pool_settle(vg__ticket_t *t, CUmemoryPool pool)
 {
     uint64_t now = pool_reserved(pool);
-    vg__budget_t *b = vg__engine_budget(t->device);
+    vg__budget_t *b = t->budget;
     int rc = VG_OK;
     pthread_mutex_lock(&pools_lock);
     struct pool_slot *s = slot_of(pool, t->device);

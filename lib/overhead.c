@@ -142,36 +142,42 @@ static void tally_uncharged(const vg__alloc_t *a, void *ctx)
         t->bytes += a->size - a->charged;
 }
 
-static void measure(int device, vg__budget_t *b)
+static bool measure(int device, vg__budget_t *b)
 {
     char uuid[48];
     nvml_device_t dev;
     uint64_t nvml_bytes;
     if (vg__device_uuid(device, uuid) != VG_OK || nvml.by_uuid(uuid, &dev) != NVML_OK ||
         process_bytes(dev, &nvml_bytes) != VG_OK)
-        return; /* nothing measured: the last figure stands */
+        return false; /* nothing measured: the last figure stands */
     struct managed_tally t = {device, 0};
     vg__ledger_foreach(VG__ANY_OWNER, tally_uncharged, &t);
     uint64_t used = atomic_load_explicit(&b->used, memory_order_relaxed);
     uint64_t old = vg__acct_overhead(device);
     uint64_t shown = (used > old ? used - old : 0) + t.bytes;
     vg__acct_overhead_set(device, nvml_bytes > shown ? nvml_bytes - shown : 0);
+    return true;
 }
 
-void vg__overhead_refresh(int device)
+void vg__overhead_refresh(int device, vg__refresh_t when)
 {
     vg__budget_t *b = vg__engine_budget(device);
     if (!b || atomic_load_explicit(&b->limit, memory_order_relaxed) == VG__UNLIMITED)
         return; /* nothing to enforce: spare the process NVML's start-up */
     uint64_t now = vg__mono_ns();
     uint64_t next = atomic_load_explicit(&next_ns[device], memory_order_relaxed);
-    if (now < next ||
-        !atomic_compare_exchange_strong_explicit(&next_ns[device], &next,
-                                                 now + REFRESH_INTERVAL_NS,
-                                                 memory_order_relaxed,
-                                                 memory_order_relaxed))
+    if (when == VG__REFRESH_RATE_LIMITED &&
+        (now < next ||
+         !atomic_compare_exchange_strong_explicit(&next_ns[device], &next,
+                                                  now + REFRESH_INTERVAL_NS,
+                                                  memory_order_relaxed,
+                                                  memory_order_relaxed)))
         return; /* measured within the last second, or another thread is */
+    if (when == VG__REFRESH_NOW)
+        atomic_store_explicit(&next_ns[device], now + REFRESH_INTERVAL_NS, memory_order_relaxed);
     pthread_once(&nvml_once, nvml_load);
-    if (nvml.ok)
-        measure(device, b);
+    /* NVML lists a process only some time after its context exists: a miss
+     * must not use up the second, or the first real figure comes late. */
+    if (!nvml.ok || !measure(device, b))
+        atomic_store_explicit(&next_ns[device], 0, memory_order_relaxed);
 }

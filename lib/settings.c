@@ -2,9 +2,9 @@
  * settings.c — every VRAMGUARD_* setting, parsed from the environment.
  *
  * VG__SETTINGS below is the one list of settings: it drives parsing
- * (vg__settings_parse), the CLI's --help (vg__settings_describe) and the
- * table in docs/settings.md (kept in sync by hand; a unit test fails when a
- * name is missing there). Everything here is pure: no globals, no malloc, no
+ * (vg__settings_parse), the `vramguard run` flags and --help (through
+ * vg__settings_describe) and the table in docs/settings.md (kept in sync by
+ * hand; a unit test fails when a name or a flag is missing there). Everything here is pure: no globals, no malloc, no
  * locale, no getenv of its own (the caller passes the lookup), so it is
  * thread-safe and fuzzable.
  *
@@ -32,40 +32,49 @@ typedef enum vg__set_type {
     "SIZE like 8GiB, 512MiB, 1.5G, 10GB; N% of the device; or DEV=SIZE,... "   \
     "with DEV an index or GPU-uuid"
 
-/* X(field, env, type, default, accepted, help). A NULL default leaves the
- * field zeroed (no budget, no shared ledger, no audit log). For ENUM rows the
- * accepted text is the list of words, and word i is enum value i. */
+/* X(field, env, type, default, flag, accepted, help). A NULL default leaves
+ * the field zeroed (no budget, no shared ledger, no audit log). `flag` is the
+ * `vramguard run` option that sets the variable for the child (NULL for a
+ * setting with no flag); the CLI generates its parsing and --help from it.
+ * For ENUM rows the accepted text is the list of words, and word i is enum
+ * value i. */
 #define VG__SETTINGS(X)                                                        \
-    X(budget, "VRAMGUARD_BUDGET", VG__SET_BUDGET, NULL, VG__BUDGET_ACCEPTED,  \
+    X(budget, "VRAMGUARD_BUDGET", VG__SET_BUDGET, NULL, "--budget",           \
+      VG__BUDGET_ACCEPTED,                                                    \
       "Device memory budget; unset means no limit. Plain numbers are "        \
       "bytes. When unset, HAMi's CUDA_DEVICE_MEMORY_LIMIT and "               \
       "CUDA_DEVICE_MEMORY_LIMIT_<i> are read instead.")                       \
-    X(libcuda, "VRAMGUARD_LIBCUDA", VG__SET_PATH, "libcuda.so.1",             \
+    X(libcuda, "VRAMGUARD_LIBCUDA", VG__SET_PATH, "libcuda.so.1", "--libcuda", \
       "a library file name or path", "The real CUDA driver to load.")        \
-    X(shared, "VRAMGUARD_SHARED", VG__SET_NAME, NULL,                         \
+    X(shared, "VRAMGUARD_SHARED", VG__SET_NAME, NULL, "--shared",             \
       "1-200 of A-Z a-z 0-9 . _ -",                                           \
       "Name of a ledger shared by every process that sets the same name, "    \
-      "so they draw on one budget; unset means a per-process budget.")        \
-    X(audit, "VRAMGUARD_AUDIT", VG__SET_PATH, NULL, "a file path",            \
+      "so they draw on one budget; unset means a per-process budget. "        \
+      "NOT IMPLEMENTED YET (issue 5): no effect, said once on stderr.")       \
+    X(audit, "VRAMGUARD_AUDIT", VG__SET_PATH, NULL, "--audit", "a file path", \
       "Append every allocation, free and refusal to this file; unset "        \
-      "means no audit log.")                                                  \
+      "means no audit log. NOT IMPLEMENTED YET (issue 4): no effect, said "   \
+      "once on stderr.")                                                      \
     X(on_bad_pointer, "VRAMGUARD_ON_BAD_POINTER", VG__SET_ENUM, "warn",       \
-      "warn|reject|abort",                                                    \
+      "--on-bad-pointer", "warn|reject|abort",                                \
       "What to do when a pointer we never handed out is freed or used: "      \
       "log and pass it on, refuse it with CUDA_ERROR_INVALID_VALUE, or "      \
-      "abort the process.")                                                   \
-    X(managed, "VRAMGUARD_MANAGED", VG__SET_ENUM, "count",                    \
+      "abort the process. NOT IMPLEMENTED YET (issue 4): warn's pass-on "     \
+      "is what happens; a non-default value is said once on stderr.")         \
+    X(managed, "VRAMGUARD_MANAGED", VG__SET_ENUM, "count", "--managed",       \
       "count|ignore|deny",                                                    \
       "Managed (unified) memory: charge it to the budget, let it through "    \
       "uncharged, or refuse it.")                                             \
-    X(pool, "VRAMGUARD_POOL", VG__SET_ENUM, "off", "off|cache",               \
+    X(pool, "VRAMGUARD_POOL", VG__SET_ENUM, "off", "--pool", "off|cache",     \
       "Keep freed blocks for reuse (cache) or return them to the driver at "  \
-      "once (off).")                                                          \
-    X(log_level, "VRAMGUARD_LOG", VG__SET_ENUM, "warn",                       \
+      "once (off). NOT IMPLEMENTED YET (issue 6): off is what happens; "      \
+      "cache is said once on stderr.")                                        \
+    X(log_level, "VRAMGUARD_LOG", VG__SET_ENUM, "warn", "--log",              \
       "error|warn|info|debug", "Least severe message written to stderr.")
 
 typedef struct vg__setting_row {
     const char *env;
+    const char *flag;
     vg__set_type_t type;
     const char *deflt;
     const char *accepted;
@@ -73,15 +82,15 @@ typedef struct vg__setting_row {
     size_t offset, size;
 } vg__setting_row_t;
 
-#define VG__ROW_(field, env, type, deflt, accepted, help)                      \
-    {env, type, deflt, accepted, help " Accepted: " accepted ".",             \
+#define VG__ROW_(field, env, type, deflt, flag, accepted, help)                \
+    {env, flag, type, deflt, accepted, help " Accepted: " accepted ".",      \
      offsetof(vg__settings_t, field), sizeof(((vg__settings_t *)0)->field)},
 static const vg__setting_row_t rows[] = {VG__SETTINGS(VG__ROW_)};
 #undef VG__ROW_
 
 /* Rows are stored through their offset: an ENUM field must be an int-sized
  * enum and a BUDGET field a whole vg__budget_spec_t. */
-#define VG__ROW_CHECK_(field, env, type, deflt, accepted, help)                \
+#define VG__ROW_CHECK_(field, env, type, deflt, flag, accepted, help)          \
     _Static_assert((type) != VG__SET_ENUM ||                                   \
                        sizeof(((vg__settings_t *)0)->field) == sizeof(int),   \
                    "enum setting " env " must be int-sized");                  \
@@ -672,8 +681,34 @@ int vg__settings_parse(vg__getenv_fn get, void *ctx, vg__settings_t *out,
     return VG_OK;
 }
 
+/* What a flag's value looks like in --help: ENUM rows list their words. */
+static const char *row_metavar(const vg__setting_row_t *r)
+{
+    switch (r->type) {
+    case VG__SET_BUDGET:
+        return "SIZE|N%";
+    case VG__SET_PATH:
+        return "PATH";
+    case VG__SET_NAME:
+        return "NAME";
+    case VG__SET_ENUM:
+        return r->accepted;
+    }
+    return "VALUE";
+}
+
 void vg__settings_describe(vg__setting_visit_fn fn, void *ctx)
 {
-    for (size_t i = 0; fn && i < VG__ROW_COUNT; i++)
-        fn(rows[i].env, rows[i].deflt ? rows[i].deflt : "", rows[i].help, ctx);
+    for (size_t i = 0; fn && i < VG__ROW_COUNT; i++) {
+        const vg__setting_row_t *r = &rows[i];
+        vg__setting_info_t info = {
+            .env = r->env,
+            .flag = r->flag,
+            .metavar = row_metavar(r),
+            .deflt = r->deflt ? r->deflt : "",
+            .accepted = r->accepted,
+            .help = r->help,
+        };
+        fn(&info, ctx);
+    }
 }

@@ -30,6 +30,9 @@
 
 /* Wall-clock nanoseconds (CLOCK_REALTIME, vDSO: no syscall). */
 uint64_t vg__now_ns(void);
+/* Wall-clock nanoseconds at the kernel tick's resolution (1-4 ms): a
+ * quarter of vg__now_ns's cost, for the hot path's allocation records. */
+uint64_t vg__now_coarse_ns(void);
 /* Monotonic nanoseconds, for benchmarks and rate limits. */
 uint64_t vg__mono_ns(void);
 /* The calling thread's kernel tid, cached per thread after the first call. */
@@ -354,6 +357,7 @@ typedef struct vg__ticket {
     vg_kind_t kind;
     uint64_t bytes;   /* reserved against the device budget */
     const char *api;  /* the hooked entry point, for messages */
+    vg__budget_t *budget; /* set by vg__acct_reserve, used by the rest */
 } vg__ticket_t;
 
 /* Reserves t->bytes on t->device for an allocation of kind t->kind.
@@ -412,7 +416,11 @@ uint64_t vg__acct_overhead(int device);
  * unless it was measured less than a second ago or has no budget. Slow
  * paths only (the first allocation on a device, refusals): it may load
  * NVML and call it. Thread-safe; a thread that loses the race returns. */
-void vg__overhead_refresh(int device);
+typedef enum vg__refresh {
+    VG__REFRESH_RATE_LIMITED = 0, /* at most once a second per device */
+    VG__REFRESH_NOW,              /* the first allocation of a device */
+} vg__refresh_t;
+void vg__overhead_refresh(int device, vg__refresh_t when);
 
 /* ---------------------------------------------------------- engine.c */
 

@@ -47,7 +47,8 @@ static CUresult alloc_async(CUresult (*real)(CUdeviceptr *, size_t, CUstream),
     CUmemoryPool pool = current_pool(device);
     if (pool)
         vg__acct_pool_sync(device, pool);
-    vg__ticket_t t = {device, VG_KIND_ASYNC, size, api};
+    vg__ticket_t t = {.device = device, .kind = VG_KIND_ASYNC,
+                      .bytes = size, .api = api};
     int rc = vg__acct_reserve(&t);
     if (rc != VG_OK)
         return vg__shim_cu_status(rc);
@@ -84,7 +85,8 @@ static CUresult alloc_from_pool(CUresult (*real)(CUdeviceptr *, size_t, CUmemory
     int device = vg__shim_device();
     if (pool)
         vg__acct_pool_sync(device, pool);
-    vg__ticket_t t = {device, VG_KIND_POOL, size, api};
+    vg__ticket_t t = {.device = device, .kind = VG_KIND_POOL,
+                      .bytes = size, .api = api};
     int rc = vg__acct_reserve(&t);
     if (rc != VG_OK)
         return vg__shim_cu_status(rc);

@@ -12,7 +12,8 @@ CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytesize)
 {
     if (!vg__shim_started())
         return CUDA_ERROR_NOT_INITIALIZED;
-    vg__ticket_t t = {vg__shim_device(), VG_KIND_PLAIN, bytesize, "cuMemAlloc_v2"};
+    vg__ticket_t t = {.device = vg__shim_device(), .kind = VG_KIND_PLAIN,
+                      .bytes = bytesize, .api = "cuMemAlloc_v2"};
     int rc = vg__acct_reserve(&t);
     if (rc != VG_OK)
         return vg__shim_cu_status(rc);
@@ -27,7 +28,8 @@ CUresult cuMemAlloc(CUdeviceptr_v1 *dptr, unsigned int bytesize)
         return CUDA_ERROR_NOT_INITIALIZED;
     if (!vg__real.cuMemAlloc)
         return CUDA_ERROR_NOT_FOUND;
-    vg__ticket_t t = {vg__shim_device(), VG_KIND_PLAIN, bytesize, "cuMemAlloc"};
+    vg__ticket_t t = {.device = vg__shim_device(), .kind = VG_KIND_PLAIN,
+                      .bytes = bytesize, .api = "cuMemAlloc"};
     int rc = vg__acct_reserve(&t);
     if (rc != VG_OK)
         return vg__shim_cu_status(rc);
@@ -91,8 +93,8 @@ CUresult cuMemAllocPitch_v2(CUdeviceptr *dptr, size_t *pPitch, size_t WidthInByt
 {
     if (!vg__shim_started())
         return CUDA_ERROR_NOT_INITIALIZED;
-    vg__ticket_t t = {vg__shim_device(), VG_KIND_PITCH,
-                      pitch_estimate(WidthInBytes, Height), "cuMemAllocPitch_v2"};
+    vg__ticket_t t = {.device = vg__shim_device(), .kind = VG_KIND_PITCH,
+                      .bytes = pitch_estimate(WidthInBytes, Height), .api = "cuMemAllocPitch_v2"};
     int rc = vg__acct_reserve(&t);
     if (rc != VG_OK)
         return vg__shim_cu_status(rc);
@@ -110,8 +112,8 @@ CUresult cuMemAllocPitch(CUdeviceptr_v1 *dptr, unsigned int *pPitch,
         return CUDA_ERROR_NOT_INITIALIZED;
     if (!vg__real.cuMemAllocPitch)
         return CUDA_ERROR_NOT_FOUND;
-    vg__ticket_t t = {vg__shim_device(), VG_KIND_PITCH,
-                      pitch_estimate(WidthInBytes, Height), "cuMemAllocPitch"};
+    vg__ticket_t t = {.device = vg__shim_device(), .kind = VG_KIND_PITCH,
+                      .bytes = pitch_estimate(WidthInBytes, Height), .api = "cuMemAllocPitch"};
     int rc = vg__acct_reserve(&t);
     if (rc != VG_OK)
         return vg__shim_cu_status(rc);
@@ -125,7 +127,8 @@ CUresult cuMemAllocManaged(CUdeviceptr *dptr, size_t bytesize, unsigned int flag
 {
     if (!vg__shim_started())
         return CUDA_ERROR_NOT_INITIALIZED;
-    vg__ticket_t t = {vg__shim_device(), VG_KIND_MANAGED, bytesize, "cuMemAllocManaged"};
+    vg__ticket_t t = {.device = vg__shim_device(), .kind = VG_KIND_MANAGED,
+                      .bytes = bytesize, .api = "cuMemAllocManaged"};
     int rc = vg__acct_reserve(&t);
     if (rc != VG_OK)
         return vg__shim_cu_status(rc);

@@ -34,7 +34,8 @@ CUresult cuMemCreate(CUmemGenericAllocationHandle *handle, size_t size,
         return CUDA_ERROR_NOT_INITIALIZED;
     if (!prop || prop->location.type != CU_MEM_LOCATION_TYPE_DEVICE)
         return vg__real.cuMemCreate(handle, size, prop, flags);
-    vg__ticket_t t = {prop->location.id, VG_KIND_VMM, size, "cuMemCreate"};
+    vg__ticket_t t = {.device = prop->location.id, .kind = VG_KIND_VMM,
+                      .bytes = size, .api = "cuMemCreate"};
     int rc = vg__acct_reserve(&t);
     if (rc != VG_OK)
         return vg__shim_cu_status(rc);
@@ -114,9 +115,8 @@ CUresult cuArrayCreate_v2(CUarray *pHandle, const CUDA_ARRAY_DESCRIPTOR *d)
         return CUDA_ERROR_NOT_INITIALIZED;
     if (!d || !pHandle)
         return vg__real.cuArrayCreate_v2(pHandle, d);
-    vg__ticket_t t = {vg__shim_device(), VG_KIND_ARRAY,
-                      array_estimate(d->Width, d->Height, 1, d->Format, d->NumChannels),
-                      "cuArrayCreate_v2"};
+    vg__ticket_t t = {.device = vg__shim_device(), .kind = VG_KIND_ARRAY,
+                      .bytes = array_estimate(d->Width, d->Height, 1, d->Format, d->NumChannels), .api = "cuArrayCreate_v2"};
     int rc = vg__acct_reserve(&t);
     if (rc != VG_OK)
         return vg__shim_cu_status(rc);
@@ -132,9 +132,8 @@ CUresult cuArrayCreate(CUarray *pHandle, const CUDA_ARRAY_DESCRIPTOR_v1 *d)
         return CUDA_ERROR_NOT_FOUND;
     if (!d || !pHandle)
         return vg__real.cuArrayCreate(pHandle, d);
-    vg__ticket_t t = {vg__shim_device(), VG_KIND_ARRAY,
-                      array_estimate(d->Width, d->Height, 1, d->Format, d->NumChannels),
-                      "cuArrayCreate"};
+    vg__ticket_t t = {.device = vg__shim_device(), .kind = VG_KIND_ARRAY,
+                      .bytes = array_estimate(d->Width, d->Height, 1, d->Format, d->NumChannels), .api = "cuArrayCreate"};
     int rc = vg__acct_reserve(&t);
     if (rc != VG_OK)
         return vg__shim_cu_status(rc);
@@ -148,9 +147,8 @@ CUresult cuArray3DCreate_v2(CUarray *pHandle, const CUDA_ARRAY3D_DESCRIPTOR *d)
         return CUDA_ERROR_NOT_INITIALIZED;
     if (!d || !pHandle)
         return vg__real.cuArray3DCreate_v2(pHandle, d);
-    vg__ticket_t t = {vg__shim_device(), VG_KIND_ARRAY,
-                      array_estimate(d->Width, d->Height, d->Depth, d->Format, d->NumChannels),
-                      "cuArray3DCreate_v2"};
+    vg__ticket_t t = {.device = vg__shim_device(), .kind = VG_KIND_ARRAY,
+                      .bytes = array_estimate(d->Width, d->Height, d->Depth, d->Format, d->NumChannels), .api = "cuArray3DCreate_v2"};
     int rc = vg__acct_reserve(&t);
     if (rc != VG_OK)
         return vg__shim_cu_status(rc);
@@ -166,9 +164,8 @@ CUresult cuArray3DCreate(CUarray *pHandle, const CUDA_ARRAY3D_DESCRIPTOR_v1 *d)
         return CUDA_ERROR_NOT_FOUND;
     if (!d || !pHandle)
         return vg__real.cuArray3DCreate(pHandle, d);
-    vg__ticket_t t = {vg__shim_device(), VG_KIND_ARRAY,
-                      array_estimate(d->Width, d->Height, d->Depth, d->Format, d->NumChannels),
-                      "cuArray3DCreate"};
+    vg__ticket_t t = {.device = vg__shim_device(), .kind = VG_KIND_ARRAY,
+                      .bytes = array_estimate(d->Width, d->Height, d->Depth, d->Format, d->NumChannels), .api = "cuArray3DCreate"};
     int rc = vg__acct_reserve(&t);
     if (rc != VG_OK)
         return vg__shim_cu_status(rc);
@@ -207,8 +204,8 @@ CUresult cuMipmappedArrayCreate(CUmipmappedArray *pHandle, const CUDA_ARRAY3D_DE
         return CUDA_ERROR_NOT_INITIALIZED;
     if (!d || !pHandle)
         return vg__real.cuMipmappedArrayCreate(pHandle, d, numMipmapLevels);
-    vg__ticket_t t = {vg__shim_device(), VG_KIND_ARRAY,
-                      mipmap_estimate(d, numMipmapLevels), "cuMipmappedArrayCreate"};
+    vg__ticket_t t = {.device = vg__shim_device(), .kind = VG_KIND_ARRAY,
+                      .bytes = mipmap_estimate(d, numMipmapLevels), .api = "cuMipmappedArrayCreate"};
     int rc = vg__acct_reserve(&t);
     if (rc != VG_OK)
         return vg__shim_cu_status(rc);
@@ -253,8 +250,8 @@ CUresult cuGraphAddMemAllocNode(CUgraphNode *phGraphNode, CUgraph hGraph,
     if (!nodeParams || nodeParams->poolProps.location.type != CU_MEM_LOCATION_TYPE_DEVICE)
         return vg__real.cuGraphAddMemAllocNode(phGraphNode, hGraph, dependencies,
                                                numDependencies, nodeParams);
-    vg__ticket_t t = {nodeParams->poolProps.location.id, VG_KIND_ASYNC,
-                      nodeParams->bytesize, "cuGraphAddMemAllocNode"};
+    vg__ticket_t t = {.device = nodeParams->poolProps.location.id, .kind = VG_KIND_ASYNC,
+                      .bytes = nodeParams->bytesize, .api = "cuGraphAddMemAllocNode"};
     int rc = vg__acct_reserve(&t);
     if (rc != VG_OK)
         return vg__shim_cu_status(rc);

@@ -605,19 +605,23 @@ static const char *const all_names[] = {
 };
 #define NAMES (sizeof all_names / sizeof all_names[0])
 
+static const char *const all_flags[] = {
+    "--budget", "--libcuda", "--shared", "--audit",
+    "--on-bad-pointer", "--managed", "--pool", "--log",
+};
+_Static_assert(sizeof all_flags / sizeof all_flags[0] == NAMES,
+               "one flag per setting");
+
 typedef struct seen {
     int count;
-    const char *env[32], *deflt[32], *help[32];
+    vg__setting_info_t row[32];
 } seen_t;
 
-static void remember(const char *env, const char *deflt, const char *help,
-                     void *ctx)
+static void remember(const vg__setting_info_t *info, void *ctx)
 {
     seen_t *s = ctx;
     cr_assert_lt(s->count, 32);
-    s->env[s->count] = env;
-    s->deflt[s->count] = deflt;
-    s->help[s->count++] = help;
+    s->row[s->count++] = *info;
 }
 
 Test(settings, describe_covers_every_row_in_table_order)
@@ -626,17 +630,33 @@ Test(settings, describe_covers_every_row_in_table_order)
     vg__settings_describe(remember, &seen);
     cr_assert_eq(seen.count, (int)NAMES);
     for (size_t i = 0; i < NAMES; i++) {
-        cr_expect_str_eq(seen.env[i], all_names[i]);
-        cr_expect_not_null(seen.deflt[i]);
-        cr_expect_gt(strlen(seen.help[i]), 20, "%s has no help", seen.env[i]);
-        cr_expect_not_null(strstr(seen.help[i], "Accepted: "), "%s",
-                           seen.env[i]);
+        const vg__setting_info_t *r = &seen.row[i];
+        cr_expect_str_eq(r->env, all_names[i]);
+        cr_expect_not_null(r->deflt);
+        cr_expect_gt(strlen(r->help), 20, "%s has no help", r->env);
+        cr_expect_not_null(strstr(r->help, "Accepted: "), "%s", r->env);
+        cr_expect_not_null(strstr(r->help, r->accepted), "%s", r->env);
+        cr_expect_gt(strlen(r->metavar), 0, "%s has no metavar", r->env);
     }
-    cr_expect_str_eq(seen.deflt[1], "libcuda.so.1");
-    cr_expect_str_eq(seen.deflt[4], "warn");
-    cr_expect_str_eq(seen.deflt[0], "");
-    cr_expect_not_null(strstr(seen.help[4], "warn|reject|abort"));
+    cr_expect_str_eq(seen.row[1].deflt, "libcuda.so.1");
+    cr_expect_str_eq(seen.row[4].deflt, "warn");
+    cr_expect_str_eq(seen.row[0].deflt, "");
+    cr_expect_not_null(strstr(seen.row[4].help, "warn|reject|abort"));
+    cr_expect_str_eq(seen.row[4].metavar, "warn|reject|abort");
     vg__settings_describe(NULL, NULL); /* harmless */
+}
+
+Test(settings, describe_gives_every_setting_its_run_flag)
+{
+    seen_t seen = {0};
+    vg__settings_describe(remember, &seen);
+    cr_assert_eq(seen.count, (int)NAMES);
+    for (size_t i = 0; i < NAMES; i++) {
+        cr_assert_not_null(seen.row[i].flag, "%s has no flag", all_names[i]);
+        cr_expect_str_eq(seen.row[i].flag, all_flags[i]);
+        for (size_t j = 0; j < i; j++) /* flags are unique */
+            cr_expect_str_neq(seen.row[i].flag, seen.row[j].flag);
+    }
 }
 
 /* Every name the table (and the alias code) reads is documented. The doc
@@ -677,14 +697,20 @@ Test(settings, docs_list_every_setting)
     vg__settings_describe(remember, &seen);
     const char *doc = read_doc();
     for (int i = 0; i < seen.count; i++) {
+        const vg__setting_info_t *r = &seen.row[i];
         char tick[64];
-        snprintf(tick, sizeof tick, "`%s`", seen.env[i]);
+        snprintf(tick, sizeof tick, "`%s`", r->env);
         cr_expect_not_null(strstr(doc, tick), "docs/settings.md lacks %s",
-                           seen.env[i]);
-        if (seen.deflt[i][0]) {
-            snprintf(tick, sizeof tick, "`%s`", seen.deflt[i]);
+                           r->env);
+        if (r->deflt[0]) {
+            snprintf(tick, sizeof tick, "`%s`", r->deflt);
             cr_expect_not_null(strstr(doc, tick), "default of %s undocumented",
-                               seen.env[i]);
+                               r->env);
+        }
+        if (r->flag) {
+            snprintf(tick, sizeof tick, "`%s`", r->flag);
+            cr_expect_not_null(strstr(doc, tick), "flag %s undocumented",
+                               r->flag);
         }
     }
     cr_expect_not_null(strstr(doc, "`CUDA_DEVICE_MEMORY_LIMIT`"));

@@ -41,6 +41,11 @@ cp "$ENGINE/libvramguard-preload.so" "$ENGINE/libvramguard.so" "$OUT/"
 # dry run without a GPU: LIBCUDA_DIR=$ENGINE/fakecuda tests/gpu/run.sh $OUT
 make --no-print-directory BUILD="$ENGINE" "$ENGINE/fakecuda/libcuda.so.1" >/dev/null 2>&1 ||
     echo "(no test driver: uthash-dev missing? only the dry run needs it)"
+# ... and a copy in the carried folder, so the hooked-call benchmark can also
+# run over it on the GPU machine's 16 cores (run.sh's test-driver mode).
+if [ -f "$ENGINE/fakecuda/libcuda.so.1" ]; then
+    mkdir -p "$OUT/fakecuda" && cp "$ENGINE/fakecuda/libcuda.so.1" "$OUT/fakecuda/"
+fi
 # nothing in the carried folder may depend on the stub at run time
 for f in gpu_api bench_pairs driver_paths static_cudart; do
     if readelf -d "$OUT/$f" | grep -q 'R.*PATH'; then

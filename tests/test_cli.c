@@ -1,0 +1,394 @@
+/*
+ * test_cli.c — the `vramguard` command seen from outside: each test starts
+ * build/vramguard as a child process and reads its exit status, stdout and
+ * stderr. `run` is checked through `sh -c 'echo ...'` (what the command
+ * would see); `check` runs over the test driver and its self-test preloads
+ * the real shim.
+ *
+ * Needs VG_TEST_BUILD (tests/run-tests.sh exports it), the build folder with
+ * vramguard, libvramguard-preload.so and fakecuda/libcuda.so.1, which
+ * LD_LIBRARY_PATH already points at.
+ */
+#include <criterion/criterion.h>
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "vg_internal.h"
+
+extern char **environ;
+
+#define CLI_TIMEOUT_S 120 /* sanitizer builds are slow */
+#define MAX_ENV 8
+
+typedef struct cli_result {
+    int status; /* exit code; 128+N for signal N */
+    char out[16384], err[16384];
+} cli_result_t;
+
+static const char *build_dir(void)
+{
+    const char *b = getenv("VG_TEST_BUILD");
+    cr_assert(b && *b, "VG_TEST_BUILD is not set (run through tests/run-tests.sh)");
+    return b;
+}
+
+/* The shim's path as the CLI finds it (beside its own resolved path). */
+static void shim_path(char *out, size_t len)
+{
+    char p[4096];
+    snprintf(p, sizeof p, "%s/libvramguard-preload.so", build_dir());
+    cr_assert_not_null(realpath(p, out), "no %s", p);
+    cr_assert_lt(strlen(out), len);
+}
+
+/* True when the entry "NAME=..." is replaced or removed by `set`. */
+static bool env_overridden(const char *e, const char *const *set)
+{
+    static const char *const reserved[] = {"LD_PRELOAD=", "VRAMGUARD_",
+                                           "CUDA_DEVICE_MEMORY_LIMIT", "FAKECUDA_",
+                                           "ASAN_OPTIONS="};
+    for (size_t i = 0; i < sizeof reserved / sizeof reserved[0]; i++)
+        if (!strncmp(e, reserved[i], strlen(reserved[i])))
+            return true;
+    for (size_t i = 0; set && set[i]; i++) {
+        size_t n = strcspn(set[i], "=");
+        if (!strncmp(e, set[i], n) && e[n] == '=')
+            return true;
+    }
+    return false;
+}
+
+/* The runner's environment without settings the test must decide, plus
+ * `set` ("NAME=value"). The ASan runtime of an instrumented CLI or client
+ * loads after the preloaded (instrumented) shim, which ASan's link-order
+ * check would refuse. Test environment only. */
+static char **env_build(const char *const *set)
+{
+    static char asan[1024];
+    size_t n = 0, k = 0;
+    while (environ[n])
+        n++;
+    char **env = calloc(n + MAX_ENV + 2, sizeof *env);
+    cr_assert_not_null(env);
+    for (size_t i = 0; i < n; i++)
+        if (!env_overridden(environ[i], set))
+            env[k++] = environ[i];
+    const char *old = getenv("ASAN_OPTIONS");
+    snprintf(asan, sizeof asan, "ASAN_OPTIONS=%s%sverify_asan_link_order=0",
+             old ? old : "", old && *old ? ":" : "");
+    env[k++] = asan;
+    for (size_t i = 0; set && set[i] && i < MAX_ENV; i++)
+        env[k++] = (char *)set[i];
+    return env;
+}
+
+/* Appends what is readable on fd to buf; false at end of file. */
+static bool drain(int fd, char *buf, size_t cap)
+{
+    char tmp[4096];
+    ssize_t got = read(fd, tmp, sizeof tmp);
+    if (got <= 0)
+        return false;
+    size_t len = strlen(buf), room = cap - 1 - len;
+    size_t n = (size_t)got < room ? (size_t)got : room;
+    memcpy(buf + len, tmp, n);
+    buf[len + n] = '\0';
+    return true;
+}
+
+static void collect(pid_t pid, int out_fd, int err_fd, cli_result_t *r)
+{
+    struct pollfd fds[2] = {{.fd = out_fd, .events = POLLIN}, {.fd = err_fd, .events = POLLIN}};
+    time_t deadline = time(NULL) + CLI_TIMEOUT_S;
+    int open_fds = 2;
+    while (open_fds > 0) {
+        if (time(NULL) > deadline) {
+            kill(pid, SIGKILL);
+            cr_log_error("vramguard timed out");
+            break;
+        }
+        if (poll(fds, 2, 1000) <= 0)
+            continue;
+        for (int i = 0; i < 2; i++)
+            if (fds[i].fd >= 0 && (fds[i].revents & (POLLIN | POLLHUP | POLLERR)) &&
+                !drain(fds[i].fd, i ? r->err : r->out, i ? sizeof r->err : sizeof r->out)) {
+                fds[i].fd = -1;
+                open_fds--;
+            }
+    }
+}
+
+/* Runs build/vramguard with argv (NULL-terminated, without argv[0]) and the
+ * extra environment `set` (NULL-terminated "NAME=value", may be NULL). */
+static void cli(cli_result_t *r, const char *const *set, const char *const *args)
+{
+    char exe[4096];
+    char *argv[32] = {exe};
+    size_t a = 1;
+    memset(r, 0, sizeof *r);
+    snprintf(exe, sizeof exe, "%s/vramguard", build_dir());
+    for (; args[a - 1] && a < 31; a++)
+        argv[a] = (char *)args[a - 1];
+    argv[a] = NULL;
+    char **env = env_build(set);
+    int out[2], err[2];
+    cr_assert_eq(pipe2(out, O_CLOEXEC), 0);
+    cr_assert_eq(pipe2(err, O_CLOEXEC), 0);
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, out[1], 1);
+    posix_spawn_file_actions_adddup2(&fa, err[1], 2);
+    pid_t pid;
+    int rc = posix_spawn(&pid, exe, &fa, NULL, argv, env);
+    posix_spawn_file_actions_destroy(&fa);
+    close(out[1]);
+    close(err[1]);
+    free(env);
+    cr_assert_eq(rc, 0, "posix_spawn %s: %s", exe, strerror(rc));
+    collect(pid, out[0], err[0], r);
+    close(out[0]);
+    close(err[0]);
+    int st = 0;
+    cr_assert_eq(waitpid(pid, &st, 0), pid);
+    r->status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+#define ARGS(...) ((const char *const[]){__VA_ARGS__, NULL})
+#define ENV(...) ((const char *const[]){__VA_ARGS__, NULL})
+
+static int lines(const char *s)
+{
+    int n = 0;
+    for (; *s; s++)
+        n += *s == '\n';
+    return n;
+}
+
+/* An error of vramguard itself: exit 2, one line on stderr naming `name`. */
+static void expect_usage_error(const cli_result_t *r, const char *name)
+{
+    cr_expect_eq(r->status, 2, "status %d, stderr: %s", r->status, r->err);
+    cr_expect_eq(lines(r->err), 1, "one line: %s", r->err);
+    cr_expect_not_null(strstr(r->err, name), "names %s: %s", name, r->err);
+    cr_expect_str_eq(r->out, "");
+}
+
+/* ---------------------------------------------------------------- help */
+
+typedef struct flags {
+    int count;
+    const char *flag[32];
+} flags_t;
+
+static void add_flag(const vg__setting_info_t *info, void *ctx)
+{
+    flags_t *f = ctx;
+    if (info->flag && f->count < 32)
+        f->flag[f->count++] = info->flag;
+}
+
+Test(cli, help_of_every_command_exits_0_and_run_lists_every_setting_flag)
+{
+    cli_result_t r;
+    flags_t f = {0};
+    vg__settings_describe(add_flag, &f);
+    cr_assert_eq(f.count, 8, "every setting has a flag");
+    cli(&r, NULL, ARGS("--help"));
+    cr_expect_eq(r.status, 0);
+    cr_expect_not_null(strstr(r.out, "run"));
+    cr_expect_not_null(strstr(r.out, "check"));
+    cr_expect_null(strstr(r.out, "__selftest"), "the self-test command is hidden");
+    cli(&r, NULL, ARGS("run", "--help"));
+    cr_expect_eq(r.status, 0, "%s", r.err);
+    for (int i = 0; i < f.count; i++)
+        cr_expect_not_null(strstr(r.out, f.flag[i]), "run --help lacks %s", f.flag[i]);
+    cr_expect_not_null(strstr(r.out, "--device-budget"));
+    cr_expect_not_null(strstr(r.out, "VRAMGUARD_BUDGET"));
+    cli(&r, NULL, ARGS("check", "--help"));
+    cr_expect_eq(r.status, 0);
+    cr_expect_not_null(strstr(r.out, "--json"));
+}
+
+Test(cli, version_prints_the_library_version)
+{
+    cli_result_t r;
+    char want[64];
+    snprintf(want, sizeof want, "vramguard %d.%d.%d\n", VG_VERSION_MAJOR, VG_VERSION_MINOR,
+             VG_VERSION_PATCH);
+    cli(&r, NULL, ARGS("--version"));
+    cr_expect_eq(r.status, 0);
+    cr_expect_str_eq(r.out, want);
+}
+
+Test(cli, unknown_commands_and_options_exit_2_naming_them)
+{
+    cli_result_t r;
+    cli(&r, NULL, ARGS("frobnicate"));
+    expect_usage_error(&r, "'frobnicate'");
+    cr_expect_not_null(strstr(r.err, "--help"), "a usage hint: %s", r.err);
+    cli(&r, NULL, ARGS("--frobnicate"));
+    expect_usage_error(&r, "'--frobnicate'");
+    cli(&r, NULL, ARGS("run", "--frobnicate", "1", "--", "true"));
+    expect_usage_error(&r, "'--frobnicate'");
+    cli(&r, NULL, ARGS("check", "--frobnicate"));
+    expect_usage_error(&r, "'--frobnicate'");
+    cli(&r, NULL, ARGS("run", "--budget"));
+    expect_usage_error(&r, "'--budget' needs a value");
+    cli(&r, NULL, ARGS("run", "--budget", "1GiB"));
+    expect_usage_error(&r, "no command");
+}
+
+/* ------------------------------------------------------------------ run */
+
+#define SHOW "echo \"$LD_PRELOAD|$VRAMGUARD_BUDGET\""
+
+Test(cli, run_refuses_a_bad_budget_and_never_starts_the_command)
+{
+    cli_result_t r;
+    cli(&r, NULL, ARGS("run", "--budget", "8XB", "--", "true"));
+    expect_usage_error(&r, "--budget");
+    cr_expect_not_null(strstr(r.err, "'8XB'"), "%s", r.err);
+    cli(&r, NULL, ARGS("run", "--budget=8XB", "--", "sh", "-c", "echo ran"));
+    expect_usage_error(&r, "'8XB'");
+    cli(&r, NULL, ARGS("run", "--managed", "sometimes", "--", "sh", "-c", "echo ran"));
+    expect_usage_error(&r, "--managed");
+    cr_expect_not_null(strstr(r.err, "'sometimes'"), "%s", r.err);
+    cli(&r, NULL, ARGS("run", "--device-budget", "4GiB", "--", "true"));
+    expect_usage_error(&r, "--device-budget");
+    cli(&r, ENV("VRAMGUARD_LOG=loud"), ARGS("run", "--", "sh", "-c", "echo ran"));
+    expect_usage_error(&r, "VRAMGUARD_LOG='loud'");
+}
+
+Test(cli, run_preloads_the_shim_first_and_sets_the_budget)
+{
+    cli_result_t r;
+    char shim[4096], want[8192];
+    shim_path(shim, sizeof shim);
+    cli(&r, NULL, ARGS("run", "--budget", "1GiB", "--", "sh", "-c", SHOW));
+    cr_expect_eq(r.status, 0, "%s", r.err);
+    snprintf(want, sizeof want, "%s|1GiB\n", shim);
+    cr_expect_str_eq(r.out, want);
+}
+
+Test(cli, run_keeps_an_earlier_preload_after_the_shim_and_never_adds_it_twice)
+{
+    cli_result_t r;
+    char shim[4096], want[8192], twice[8192];
+    shim_path(shim, sizeof shim);
+    snprintf(want, sizeof want, "%s:/x.so|1GiB\n", shim);
+    cli(&r, ENV("LD_PRELOAD=/x.so"), ARGS("run", "--budget", "1GiB", "--", "sh", "-c", SHOW));
+    cr_expect_eq(r.status, 0, "%s", r.err);
+    cr_expect_str_eq(r.out, want);
+    snprintf(twice, sizeof twice, "LD_PRELOAD=/x.so:%s", shim);
+    cli(&r, ENV(twice), ARGS("run", "--budget", "1GiB", "--", "sh", "-c", SHOW));
+    cr_expect_eq(r.status, 0, "%s", r.err);
+    cr_expect_str_eq(r.out, want);
+}
+
+Test(cli, run_combines_budget_and_device_budget)
+{
+    cli_result_t r;
+    cli(&r, NULL,
+        ARGS("run", "--budget", "8GiB", "--device-budget", "1=4GiB", "--", "sh", "-c", SHOW));
+    cr_expect_eq(r.status, 0, "%s", r.err);
+    cr_expect_not_null(strstr(r.out, "|8GiB,1=4GiB\n"), "%s", r.out);
+    cli(&r, NULL, ARGS("run", "--device-budget", "1=4GiB", "--", "sh", "-c", SHOW));
+    cr_expect_eq(r.status, 0, "%s", r.err);
+    cr_expect_not_null(strstr(r.out, "|1=4GiB\n"), "%s", r.out);
+    cli(&r, NULL,
+        ARGS("run", "--budget", "8GiB,1=2GiB", "--device-budget", "1=4GiB", "--", "true"));
+    expect_usage_error(&r, "device given twice");
+}
+
+Test(cli, run_sets_every_table_flag_in_the_environment)
+{
+    cli_result_t r;
+    cli(&r, NULL,
+        ARGS("run", "--managed", "deny", "--pool=cache", "--log", "info", "--on-bad-pointer",
+             "reject", "--shared", "job-1", "--audit", "/tmp/vg-audit.log", "--libcuda",
+             "libcuda.so.1", "--",
+             "sh", "-c",
+             "echo \"$VRAMGUARD_MANAGED $VRAMGUARD_POOL $VRAMGUARD_LOG "
+             "$VRAMGUARD_ON_BAD_POINTER $VRAMGUARD_SHARED $VRAMGUARD_AUDIT $VRAMGUARD_LIBCUDA\""));
+    cr_expect_eq(r.status, 0, "%s", r.err);
+    cr_expect_str_eq(r.out, "deny cache info reject job-1 /tmp/vg-audit.log libcuda.so.1\n");
+}
+
+Test(cli, run_exits_with_the_commands_status)
+{
+    cli_result_t r;
+    cli(&r, NULL, ARGS("run", "--", "sh", "-c", "exit 7"));
+    cr_expect_eq(r.status, 7, "%s", r.err);
+    cli(&r, NULL, ARGS("run", "--budget", "1GiB", "sh", "-c", "exit 3"));
+    cr_expect_eq(r.status, 3, "the command may follow the options without --");
+}
+
+Test(cli, run_of_a_missing_command_exits_127_like_a_shell)
+{
+    cli_result_t r;
+    cli(&r, NULL, ARGS("run", "--", "vg-no-such-command"));
+    cr_expect_eq(r.status, 127, "%s", r.err);
+    cr_expect_not_null(strstr(r.err, "vramguard: cannot run 'vg-no-such-command': "), "%s",
+                       r.err);
+    cr_expect_eq(lines(r.err), 1, "%s", r.err);
+    cli(&r, NULL, ARGS("run", "--", "/dev/null"));
+    cr_expect_eq(r.status, 126, "not executable: %s", r.err);
+}
+
+Test(cli, run_holds_a_cudart_client_to_the_budget)
+{
+    cli_result_t r;
+    char client[4096];
+    snprintf(client, sizeof client, "%s/clients/client_cudart", build_dir());
+    cli(&r, NULL, ARGS("run", "--budget", "64MiB", "--", client, "plain", "16MiB"));
+    cr_expect_eq(r.status, 0, "%s", r.err);
+    cr_expect_not_null(strstr(r.out, "path=plain allocs=4 "), "%s", r.out);
+    cr_expect_not_null(strstr(r.out, " rcname=CUDA_ERROR_OUT_OF_MEMORY"), "%s", r.out);
+}
+
+/* ---------------------------------------------------------------- check */
+
+Test(cli, check_lists_the_test_device_and_the_self_test_passes)
+{
+    cli_result_t r;
+    cli(&r, NULL, ARGS("check"));
+    cr_expect_eq(r.status, 0, "stdout: %s\nstderr: %s", r.out, r.err);
+    cr_expect_not_null(strstr(r.out, "CUDA 13.0"), "%s", r.out);
+    cr_expect_not_null(strstr(r.out, "devices:   1\n"), "%s", r.out);
+    cr_expect_not_null(strstr(r.out, " GPU-"), "%s", r.out);
+    cr_expect_not_null(strstr(r.out, "80.00 GiB"), "%s", r.out);
+    cr_expect_not_null(strstr(r.out, "self-test: PASS (the shim refused 128.00 MiB over a "
+                                     "64.00 MiB budget via cuGetProcAddress)\n"),
+                       "%s", r.out);
+}
+
+Test(cli, check_json_reports_the_same)
+{
+    cli_result_t r;
+    cli(&r, NULL, ARGS("check", "--json"));
+    cr_expect_eq(r.status, 0, "stdout: %s\nstderr: %s", r.out, r.err);
+    cr_expect_not_null(strstr(r.out, "\"ok\": true"), "%s", r.out);
+    cr_expect_not_null(strstr(r.out, "\"version\": \"13.0\""), "%s", r.out);
+    cr_expect_not_null(strstr(r.out, "\"uuid\": \"GPU-"), "%s", r.out);
+    cr_expect_not_null(strstr(r.out, "\"total_bytes\": 85899345920"), "%s", r.out);
+    cr_expect_not_null(strstr(r.out, "\"result\": \"PASS\""), "%s", r.out);
+}
+
+Test(cli, check_without_a_driver_says_why_and_exits_1)
+{
+    cli_result_t r;
+    cli(&r, ENV("VRAMGUARD_LIBCUDA=/nonexistent/libcuda.so.1"), ARGS("check"));
+    cr_expect_eq(r.status, 1, "%s", r.out);
+    cr_expect_not_null(strstr(r.out, "/nonexistent/libcuda.so.1"), "%s", r.out);
+    cr_expect_not_null(strstr(r.out, "self-test: SKIP"), "%s", r.out);
+}

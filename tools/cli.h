@@ -1,0 +1,84 @@
+/*
+ * cli.h — what the files of the `vramguard` command share: the command
+ * table's entry points, exit statuses, the way usage errors are reported,
+ * and finding the preload shim.
+ *
+ * cli.c dispatches; cli_run.c runs a command under the shim; cli_check.c
+ * checks the driver, the devices and the shim; cli_selftest.c is the hidden
+ * child that check starts. The CLI reaches the engine only through
+ * vramguard.h and vg_internal.h (tools/ -> lib/).
+ */
+#ifndef VG_CLI_H
+#define VG_CLI_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+
+/* Where `vramguard run` and `check` look for the shim after the folder of
+ * the executable: $(PREFIX)/lib. The Makefile passes PREFIX for the CLI's
+ * objects; a build without it looks in /usr/local/lib. */
+#ifndef VG_PREFIX
+#define VG_PREFIX "/usr/local"
+#endif
+
+#define CLI_SHIM_NAME "libvramguard-preload.so"
+
+/* Exit statuses of vramguard itself (run otherwise exits with CMD's). The
+ * 125/126/127 trio is what env(1) and POSIX shells use. */
+enum {
+    CLI_EXIT_OK = 0,
+    CLI_EXIT_FAIL = 1,     /* check found a problem */
+    CLI_EXIT_USAGE = 2,    /* bad command line or setting value */
+    CLI_EXIT_INTERNAL = 125, /* vramguard could not start the command */
+    CLI_EXIT_NOEXEC = 126, /* the command exists but cannot run */
+    CLI_EXIT_NOTFOUND = 127, /* the command was not found */
+};
+
+#define CLI_PATH_MAX 4096
+
+/* ------------------------------------------------------------ cli.c */
+
+/* Writes "vramguard[ cmd]: <message> (try 'vramguard[ cmd] --help')" as one
+ * line to stderr and returns CLI_EXIT_USAGE. `cmd` may be NULL. */
+int cli_usage_error(const char *cmd, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+/* Writes "vramguard[ cmd]: <message>" as one line to stderr. */
+void cli_error(const char *cmd, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+/* Writes `text` to f in lines of at most `width` columns, each indented by
+ * `indent` spaces. */
+void cli_wrap(FILE *f, int indent, int width, const char *text);
+/* The absolute path of the running executable (/proc/self/exe). Returns 0,
+ * or -1 with errno set. */
+int cli_self_exe(char *out, size_t len);
+/* Finds the shim: first beside the executable, then in VG_PREFIX/lib.
+ * Returns 0 with the absolute path in out, or -1 with a one-line reason in
+ * why (naming every place looked at). */
+int cli_find_shim(char *out, size_t len, char *why, size_t whylen);
+/* Joins the shim and an old LD_PRELOAD value as "shim:old...", dropping
+ * every earlier copy of the shim (any path whose file name is
+ * CLI_SHIM_NAME: two shims would mean two engines in one process) and
+ * empty entries. `old` may be NULL. Returns 0, or -1 when out is too small. */
+int cli_preload_join(const char *shim, const char *old, char *out, size_t len);
+
+/* -------------------------------------------------------- commands */
+
+int cli_run_main(int argc, char **argv);
+void cli_run_help(FILE *f);
+int cli_check_main(int argc, char **argv);
+void cli_check_help(FILE *f);
+
+/* ---------------------------------------------------- cli_selftest.c */
+
+#define CLI_SELFTEST_CMD "__selftest"
+
+/* The hidden `__selftest` command: the child half of the self-test, started
+ * with the shim preloaded. Prints one result line on stdout. */
+int cli_selftest_main(int argc, char **argv);
+/* The parent half: re-executes this binary as `__selftest` under the shim
+ * with a small budget. Returns 0 when the shim refused what it must, else
+ * -1; either way a one-line account goes into detail. */
+int cli_selftest_run(char *detail, size_t len);
+
+#endif /* VG_CLI_H */

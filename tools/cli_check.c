@@ -1,0 +1,233 @@
+/*
+ * cli_check.c — `vramguard check`: does the driver load and which version
+ * is it, which devices are there and how much memory they have, and does
+ * the shim catch an allocation made the way cudart makes it (the self-test
+ * in cli_selftest.c). Everything is gathered into one report first, then
+ * printed as a small table for humans or as one JSON object (--json).
+ * Exit status 0 when all is well, 1 otherwise.
+ */
+#include <stdbool.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+#include "vg_internal.h"
+
+#define CHECK "check"
+
+typedef enum check_verdict {
+    CHECK_PASS,
+    CHECK_FAIL,
+    CHECK_SKIP,
+} check_verdict_t;
+
+static const char *const verdict_names[] = {"PASS", "FAIL", "SKIP"};
+
+typedef struct check_report {
+    bool driver_ok;          /* loaded, cuInit worked, at least one device */
+    char library[4096];      /* VRAMGUARD_LIBCUDA */
+    char version[16];        /* "13.0"; "" when unknown */
+    char error[1024];        /* why the driver is not usable; "" when it is */
+    int count;               /* devices listed */
+    vg_device_info_t dev[VG__MAX_DEVICES];
+    check_verdict_t selftest;
+    char detail[1024];       /* the self-test's one-line account */
+} check_report_t;
+
+void cli_check_help(FILE *f)
+{
+    fprintf(f, "Usage: vramguard check [--json]\n\n");
+    cli_wrap(f, 0, 78,
+             "Checks that the CUDA driver loads (and which version it is), "
+             "lists the devices with their memory, and self-tests the shim: "
+             "a child process with " CLI_SHIM_NAME " preloaded and a 64 MiB "
+             "budget allocates the way cudart does (through "
+             "cuGetProcAddress) and must see 128 MiB refused.");
+    fprintf(f, "\nOptions:\n"
+               "  --json      Print one JSON object instead of the table.\n"
+               "  -h, --help  Show this help and exit.\n\n");
+    cli_wrap(f, 0, 78,
+             "Exit status: 0 when everything passed; 1 when the driver, the "
+             "devices or the self-test failed; 2 for a usage error.");
+}
+
+/* ------------------------------------------------------- gathering */
+
+/* Why vg_available() said no, in the engine's or the driver's words. */
+static void driver_error(int rc, check_report_t *r)
+{
+    const vg__driver_t *d = vg__driver();
+    const char *engine = vg__engine_error();
+    if (engine[0]) {
+        snprintf(r->error, sizeof r->error, "%s", engine);
+    } else if (rc == VG_ENODEV) {
+        snprintf(r->error, sizeof r->error, "the driver sees no device");
+    } else if (d) {
+        CUresult cr = d->cuInit(0);
+        snprintf(r->error, sizeof r->error, "cuInit failed: %s (%d)",
+                 vg__cu_name(cr), (int)cr);
+    } else {
+        snprintf(r->error, sizeof r->error, "%s", vg_strerror(rc));
+    }
+}
+
+static void check_driver(check_report_t *r)
+{
+    int rc = vg_available();
+    const char *lib = vg__engine_settings()->libcuda;
+    const vg__driver_t *d = vg__driver();
+    int v = 0;
+    snprintf(r->library, sizeof r->library, "%s",
+             lib[0] ? lib : "libcuda.so.1");
+    /* cuDriverGetVersion works before cuInit on the real driver. */
+    if (d && d->cuDriverGetVersion(&v) == CUDA_SUCCESS && v > 0)
+        snprintf(r->version, sizeof r->version, "%d.%d", v / 1000,
+                 (v % 1000) / 10);
+    r->driver_ok = rc == VG_OK;
+    if (!r->driver_ok)
+        driver_error(rc, r);
+}
+
+static void check_devices(check_report_t *r)
+{
+    int count = 0;
+    if (vg_device_count(&count) != VG_OK)
+        return;
+    for (int i = 0; i < count && i < VG__MAX_DEVICES; i++) {
+        int rc = vg_device_info(i, &r->dev[r->count]);
+        if (rc != VG_OK) {
+            snprintf(r->error, sizeof r->error, "device %d: %s", i,
+                     vg_strerror(rc));
+            r->driver_ok = false;
+            return;
+        }
+        r->count++;
+    }
+}
+
+static void check_gather(check_report_t *r)
+{
+    memset(r, 0, sizeof *r);
+    check_driver(r);
+    if (r->driver_ok)
+        check_devices(r);
+    if (!r->driver_ok) {
+        r->selftest = CHECK_SKIP;
+        snprintf(r->detail, sizeof r->detail, "the driver is not usable");
+        return;
+    }
+    r->selftest = cli_selftest_run(r->detail, sizeof r->detail) == 0
+                      ? CHECK_PASS
+                      : CHECK_FAIL;
+}
+
+/* ----------------------------------------------------- for humans */
+
+static void print_devices(const check_report_t *r)
+{
+    int w = 4; /* the name column fits the longest name */
+    for (int i = 0; i < r->count; i++)
+        if ((int)strlen(r->dev[i].name) > w)
+            w = (int)strlen(r->dev[i].name);
+    printf("devices:   %d\n", r->count);
+    if (r->count == 0)
+        return;
+    printf("  %3s  %-*s  %-40s  %10s  %10s\n", "#", w, "NAME", "UUID",
+           "TOTAL", "FREE");
+    for (int i = 0; i < r->count; i++) {
+        const vg_device_info_t *d = &r->dev[i];
+        char total[32], free_b[32];
+        printf("  %3d  %-*s  %-40s  %10s  %10s\n", d->ordinal, w, d->name,
+               d->uuid, vg__fmt_bytes(d->total_bytes, total, sizeof total),
+               vg__fmt_bytes(d->free_bytes, free_b, sizeof free_b));
+    }
+}
+
+static void print_human(const check_report_t *r)
+{
+    printf("driver:    %s", r->library);
+    if (r->version[0])
+        printf(", CUDA %s", r->version);
+    if (r->error[0])
+        printf(": not usable: %s", r->error);
+    printf("\n");
+    if (r->driver_ok)
+        print_devices(r);
+    printf("self-test: %s (%s)\n", verdict_names[r->selftest], r->detail);
+}
+
+/* ---------------------------------------------------------- JSON */
+
+static void json_str(const char *s)
+{
+    putchar('"');
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\')
+            printf("\\%c", c);
+        else if (c < 0x20)
+            printf("\\u%04x", c);
+        else
+            putchar(c);
+    }
+    putchar('"');
+}
+
+static void json_device(const vg_device_info_t *d)
+{
+    printf("{\"index\": %d, \"name\": ", d->ordinal);
+    json_str(d->name);
+    printf(", \"uuid\": ");
+    json_str(d->uuid);
+    printf(", \"total_bytes\": %llu, \"free_bytes\": %llu}",
+           (unsigned long long)d->total_bytes,
+           (unsigned long long)d->free_bytes);
+}
+
+static void print_json(const check_report_t *r)
+{
+    printf("{\"driver\": {\"ok\": %s, \"library\": ",
+           r->driver_ok ? "true" : "false");
+    json_str(r->library);
+    printf(", \"version\": ");
+    json_str(r->version);
+    printf(", \"error\": ");
+    json_str(r->error);
+    printf("},\n \"devices\": [");
+    for (int i = 0; i < r->count; i++) {
+        printf(i ? ",\n   " : "\n   ");
+        json_device(&r->dev[i]);
+    }
+    printf("],\n \"selftest\": {\"result\": \"%s\", \"detail\": ",
+           verdict_names[r->selftest]);
+    json_str(r->detail);
+    printf("}}\n");
+}
+
+/* ---------------------------------------------------------- main */
+
+int cli_check_main(int argc, char **argv)
+{
+    static check_report_t report; /* large: device names and UUIDs */
+    bool json = false;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--json") == 0) {
+            json = true;
+        } else if (strcmp(argv[i], "--help") == 0 ||
+                   strcmp(argv[i], "-h") == 0) {
+            cli_check_help(stdout);
+            return CLI_EXIT_OK;
+        } else {
+            return cli_usage_error(CHECK, "unknown %s '%s'",
+                                   argv[i][0] == '-' ? "option" : "argument",
+                                   argv[i]);
+        }
+    }
+    check_gather(&report);
+    if (json)
+        print_json(&report);
+    else
+        print_human(&report);
+    return report.driver_ok && report.selftest == CHECK_PASS ? CLI_EXIT_OK
+                                                             : CLI_EXIT_FAIL;
+}
