@@ -56,6 +56,8 @@ FAKE_SRCS  := $(wildcard tests/fakecuda/*.c)
 FAKENVML_SRCS := $(wildcard tests/fakenvml/*.c)
 TEST_SRCS  := $(wildcard tests/test_*.c)
 TESTS      := $(TEST_SRCS:tests/%.c=$(BUILD)/tests/%)
+EXAMPLE_SRCS:= $(wildcard tests/examples/*.c)
+EXAMPLES   := $(EXAMPLE_SRCS:tests/examples/%.c=$(BUILD)/examples/%)
 CLIENT_SRCS:= $(wildcard tests/clients/*.c)
 CLIENTS    := $(CLIENT_SRCS:tests/clients/%.c=$(BUILD)/clients/%)
 
@@ -63,6 +65,8 @@ LIB_SO     := $(BUILD)/libvramguard.so
 LIB_A      := $(BUILD)/libvramguard.a
 FAKECUDA   := $(BUILD)/fakecuda/libcuda.so.1
 FAKENVML   := $(BUILD)/fakenvml/libnvidia-ml.so.1
+NULLDRV    := $(BUILD)/nulldriver/libcuda.so.1
+BENCH_PAIRS:= $(BUILD)/bench_pairs
 NVML_CLIENT:= $(BUILD)/clients/nvml_client
 PRELOAD    := $(if $(SHIM_SRCS),$(BUILD)/libvramguard-preload.so)
 CLI        := $(if $(CLI_SRCS),$(BUILD)/vramguard)
@@ -101,6 +105,12 @@ $(FAKECUDA): $(FAKE_SRCS) $(wildcard tests/fakecuda/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) -fvisibility=default -shared $(FAKE_SRCS) \
 	  -Wl,-soname,libcuda.so.1 $(LDFLAGS) -lpthread -o $@
+
+# The null driver: benchmarks only (the shim's own cost, nothing in the way).
+$(NULLDRV): tests/nulldriver/nulldriver.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) -fvisibility=default -shared $< \
+	  -Wl,-soname,libcuda.so.1 $(LDFLAGS) -o $@
 
 # The NVML test double, beside it (tests only, like the test driver).
 $(FAKENVML): $(FAKENVML_SRCS) $(wildcard tests/fakenvml/*.h)
@@ -142,8 +152,23 @@ $(BUILD)/fuzz/%: tests/fuzz/%.c tests/fuzz/fuzz_main.c $(LIB_A)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $^ $(LDFLAGS) $(LIBS) -lm -o $@
 
+# Example programs (docs/pool.md): the model-slot eviction example runs in
+# `make test`; pool_bench is a benchmark.
+$(BUILD)/examples/%: tests/examples/%.c $(LIB_A)
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $< $(LIB_A) $(LDFLAGS) $(LIBS) -lm -o $@
+
+# The audit reader lives in tools/; its fuzz target links it.
+$(BUILD)/fuzz/fuzz_audit_reader: tools/cli_audit_parse.c
+
 $(BENCH): tools/bench.c $(LIB_A) $(FAKECUDA)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $< $(LIB_A) $(LDFLAGS) $(LIBS) -lm -o $@
+
+# tests/gpu/bench_pairs, linked against the null driver (no rpath): runs
+# over whichever libcuda.so.1 LD_LIBRARY_PATH names.
+$(BENCH_PAIRS): tests/gpu/bench_pairs.c tests/gpu/gpu_common.h $(NULLDRV)
+	$(CC) $(CPPFLAGS) -Itests/gpu $(CFLAGS) $< -L$(BUILD)/nulldriver -l:libcuda.so.1 \
+	  $(LDFLAGS) -lpthread -o $@
 
 # Debian packages the build needs; installed when root, else one line to run.
 DEPS_CHECK := test -f /usr/include/uthash.h && test -f /usr/include/criterion/criterion.h
@@ -161,16 +186,19 @@ check-deps:
 # Each test binary runs with the test driver first on the library path.
 # TSan needs ASLR off on some kernels (setarch -R); it is harmless elsewhere.
 test: check-deps
-	@$(MAKE) --no-print-directory all $(TESTS) $(CLIENTS) $(FAKENVML) $(NVML_CLIENT) $(FUZZERS)
+	@$(MAKE) --no-print-directory all $(TESTS) $(CLIENTS) $(FAKENVML) $(NVML_CLIENT) $(FUZZERS) $(EXAMPLES)
 	@for f in $(FUZZERS); do $$f $(FUZZ_SECONDS) || exit 1; done
+	@echo "example: model_slots (13 models in an 8 GiB pool, evicted under pressure)"
+	@LD_LIBRARY_PATH=$(BUILD)/fakecuda $(BUILD)/examples/model_slots >/dev/null
 	@BUILD=$(BUILD) SAN=$(SAN) tests/run-tests.sh $(TESTS)
 
 gpu-test:
 	@tests/gpu/run.sh $(BUILD)
 
 bench: check-deps
-	@$(MAKE) --no-print-directory OPT="-O2 -g -DNDEBUG" $(BENCH) $(FAKECUDA)
+	@$(MAKE) --no-print-directory OPT="-O2 -g -DNDEBUG" $(BENCH) $(FAKECUDA) $(PRELOAD) $(BENCH_PAIRS)
 	@LD_LIBRARY_PATH=$(BUILD)/fakecuda $(BENCH)
+	@LD_LIBRARY_PATH=$(BUILD)/nulldriver $(BENCH_PAIRS) --hooked --preload $(PRELOAD) | grep -a '^RESULT|'
 
 vramguard.pc: Makefile
 	@printf 'prefix=%s\nlibdir=$${prefix}/lib\nincludedir=$${prefix}/include\n\nName: vramguard\nDescription: VRAM budgets for CUDA processes\nVersion: %s\nLibs: -L$${libdir} -lvramguard\nLibs.private: -ldl -lpthread\nCflags: -I$${includedir}\n' \

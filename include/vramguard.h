@@ -140,8 +140,22 @@ VG_API int vg_device_info(int ordinal, vg_device_info_t *info);
 
 /* ------------------------------------------------------------- pools */
 
-/* A pool charges every allocation it hands out to its own byte limit (and to
- * the process's device budget, VRAMGUARD_BUDGET, when one is set). */
+/* A pool charges every byte it holds from the driver to its own byte limit
+ * (and to the process's device budget, VRAMGUARD_BUDGET, when one is set).
+ *
+ * Caching (docs/pool.md): requests up to 1 MiB are rounded up to a size
+ * class (at most 20% larger) and carved out of 2 MiB or 8 MiB driver chunks;
+ * a freed block stays cached for reuse. Larger requests, requests aligned to
+ * more than 256 bytes and evictable ones go to the driver directly and are
+ * freed to it at once. Cached memory counts as used: the pool's `used` is
+ * what it holds from the driver, so the budget stays true. Before any
+ * request is refused the pool trims its cache (empty chunks, largest and
+ * least recently used first), then evicts (VG_ALLOC_EVICTABLE).
+ *
+ * Pressure is acted on: when the pool's level reaches High, empty chunks are
+ * released until it falls below High (and a chunk that empties at High or
+ * above is released at once); at Critical, evictable allocations are
+ * evicted, lowest priority first, until the level falls below Critical. */
 typedef struct vg_pool vg_pool_t;
 
 /* Creates a pool on `device` that may hold at most `limit_bytes` (> 0).
@@ -159,28 +173,70 @@ typedef struct vg_leak_report {
 VG_API int vg_pool_destroy(vg_pool_t *pool, vg_leak_report_t *leaks);
 
 enum {
-    VG_ALLOC_ZERO = 1u << 0, /* fill the allocation with zero bytes */
+    VG_ALLOC_ZERO = 1u << 0,      /* fill the allocation with zero bytes */
+    VG_ALLOC_EVICTABLE = 1u << 1, /* the pool may evict it (see below) */
 };
 
+/* Called when the pool evicts an allocation made with VG_ALLOC_EVICTABLE:
+ * the owner must give the memory up (copy out what it needs, or drop it)
+ * and forget `ptr`. The memory is still valid during the call; the pool
+ * frees it when the call returns. From the moment of the call `ptr` is no
+ * longer a live allocation: vg_pool_free(ptr) returns VG_ENOTFOUND and
+ * vg_pool_touch(ptr) too. Runs on the thread whose request or pressure
+ * change caused the eviction, with no vramguard lock held; it may call any
+ * vg_ function (an allocation it makes is never evicted to satisfy itself
+ * recursively: nested requests that do not fit fail with VG_ENOMEM). */
+typedef void (*vg_evict_cb)(vg_pool_t *pool, vg_devptr_t ptr, size_t size,
+                            void *user);
+
+/* ABI: fields are only ever added at the end. `priority`, `evict` and
+ * `evict_user` (0.2) are read only when `flags` has VG_ALLOC_EVICTABLE, so a
+ * caller built against the 0.1 struct, which cannot set that flag, is never
+ * read past its end. */
 typedef struct vg_alloc_opts {
     size_t align;      /* 0 = driver default; else a power of two >= 256 */
     unsigned flags;    /* VG_ALLOC_* */
     const char *tag;   /* purpose, copied (first 31 bytes); may be NULL */
+    int priority;      /* evictable: lower priorities are evicted first */
+    vg_evict_cb evict; /* evictable: required (VG_EINVAL without it) */
+    void *evict_user;  /* evictable: passed to `evict` */
 } vg_alloc_opts_t;
 
 /* Allocates `size` bytes of device memory. `opts` may be NULL.
- * Out: *ptr, a real driver allocation that the driver has confirmed to be
- * device memory of at least `size` bytes.
- * VG_EINVAL: size 0, bad alignment, NULL ptr. VG_ENOMEM: over the pool limit
- * or the device budget, or the driver is out of memory; nothing is charged.
+ * Out: *ptr, device memory of at least `size` bytes, 256-byte aligned (or
+ * `opts->align`), inside a driver allocation that the driver has confirmed
+ * to be device memory (a small request's block lies in a verified chunk).
+ * A request that does not fit first trims the cache, then evicts (lowest
+ * priority first, least recently used within a priority).
+ * VG_EINVAL: size 0, bad alignment, NULL ptr, VG_ALLOC_EVICTABLE without a
+ * callback. VG_ENOMEM: over the pool limit or the device budget even after
+ * trimming and evicting, or the driver is out of memory.
  * VG_EBADPTR: the driver returned memory that failed verification (it has
- * been freed again). */
+ * been freed again). VG_ESYS: no host memory for the bookkeeping. */
 VG_API int vg_pool_alloc(vg_pool_t *pool, size_t size,
                          const vg_alloc_opts_t *opts, vg_devptr_t *ptr);
 
 /* Frees an allocation of this pool. VG_ENOTFOUND when `ptr` is not a live
- * allocation of the pool (nothing is freed). */
+ * allocation of the pool (nothing is freed).
+ * Synchronous, like cuMemFree: the caller may reuse nothing of it, and work
+ * queued before the call may still read or write it. The pool guarantees
+ * the block is not handed out again until it has synchronised the pool's
+ * context (cuCtxSynchronize) after this free; one synchronisation serves a
+ * whole batch of frees (docs/pool.md). */
 VG_API int vg_pool_free(vg_pool_t *pool, vg_devptr_t ptr);
+
+/* Marks a live allocation as used now, for the eviction order (least
+ * recently used first within a priority). An allocation counts as used
+ * when it is made and at each touch; nothing else (the pool cannot see
+ * kernels). VG_OK for any live allocation of the pool (a no-op unless it is
+ * evictable), VG_ENOTFOUND otherwise, VG_EINVAL for a NULL pool. */
+VG_API int vg_pool_touch(vg_pool_t *pool, vg_devptr_t ptr);
+
+/* Releases cached memory (empty chunks, largest and least recently used
+ * first) until the pool caches at most `keep_bytes`, or nothing more can be
+ * released. Optional out: *released, the bytes given back to the driver. */
+VG_API int vg_pool_trim(vg_pool_t *pool, uint64_t keep_bytes,
+                        uint64_t *released);
 
 /* Out: *bytes the pool may still allocate (limit - use, 0 when over). */
 VG_API int vg_pool_available(vg_pool_t *pool, uint64_t *bytes);
@@ -188,14 +244,24 @@ VG_API int vg_pool_available(vg_pool_t *pool, uint64_t *bytes);
 /* The pool's current pressure level. LOW for a NULL pool. */
 VG_API vg_pressure_t vg_pool_pressure(vg_pool_t *pool);
 
+/* ABI: fields are only ever added at the end (0.2 added everything from
+ * `cached`). */
 typedef struct vg_pool_stats {
     uint64_t limit;
-    uint64_t used;
+    uint64_t used;       /* bytes held from the driver, cache included */
     uint64_t peak;
     uint64_t live_count;
-    uint64_t allocs, frees, refusals;
+    uint64_t allocs, frees, refusals; /* frees include evictions */
     uint64_t count_by_kind[VG_KIND_COUNT]; /* allocations made, by kind */
     uint64_t bytes_by_kind[VG_KIND_COUNT]; /* bytes allocated, by kind */
+    uint64_t cached;     /* bytes held in chunks but not handed out */
+    uint64_t live_bytes; /* bytes the live allocations asked for */
+    uint64_t hits;       /* small requests served from held memory */
+    uint64_t misses;     /* small requests that needed the driver */
+    uint64_t trims;      /* chunks released from the cache */
+    uint64_t evictions;  /* allocations evicted */
+    uint64_t reuse_syncs; /* context synchronisations before reuse */
+    double fragmentation; /* 1 - live_bytes / used; 0 when used is 0 */
 } vg_pool_stats_t;
 
 /* Out: *stats, a consistent-enough snapshot (each field exact; fields read
@@ -221,7 +287,8 @@ typedef struct vg_refusal {
         vg_devptr_t ptr;
         uint64_t size;
         char tag[32];
-    } recent[VG_EXPLAIN_RECENT]; /* the pool's last allocations, newest first */
+    } recent[VG_EXPLAIN_RECENT]; /* the pool's newest live allocations,
+                                    newest first */
 } vg_refusal_t;
 
 /* Explains whether and why a request of `requested` bytes would be refused
@@ -313,6 +380,29 @@ typedef struct vg_ptr_info {
 /* Classifies any address against every allocation this process made through
  * vramguard (pools and the preload shim alike). Out: *info. */
 VG_API int vg_ptr_check(vg_devptr_t ptr, vg_ptr_info_t *info);
+
+#define VG_VERIFY_SHOW 8
+
+typedef struct vg_verify_report {
+    uint64_t checked; /* live allocations asked about */
+    uint64_t skipped; /* live objects that are not addresses (VMM handles,
+                         arrays) or not mapped yet (graph memory) */
+    uint64_t bad;     /* allocations the driver does not confirm as device
+                         memory of their full size */
+    int shown;        /* entries filled in ptrs[], <= VG_VERIFY_SHOW */
+    vg_devptr_t ptrs[VG_VERIFY_SHOW]; /* the first bad ones */
+} vg_verify_report_t;
+
+/* Re-checks every live allocation this process made through vramguard
+ * (pools and the preload shim alike) against the driver: each must be
+ * device or managed memory covering its whole size (cuPointerGetAttribute
+ * and cuMemGetAddressRange, ~200 ns each; walks the ledger, so not for hot
+ * loops). Uses the current context, or borrows the primary context of the
+ * first allocation's device when there is none. Out: *out, always filled.
+ * VG_OK when every allocation checked is real, VG_EBADPTR when at least
+ * one is not, VG_ENODRIVER without a driver, VG_EINVAL for NULL. Frees
+ * nothing and changes no charge. */
+VG_API int vg_verify_all(vg_verify_report_t *out);
 
 #ifdef __cplusplus
 }

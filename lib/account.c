@@ -63,6 +63,7 @@ static int managed_policy(vg__ticket_t *t)
         return VG_OK;
     case VG__MANAGED_DENY:
         vg__log("refused %s: VRAMGUARD_MANAGED=deny", t->api);
+        vg__audit_refuse(t, VG_EDENIED);
         return VG_EDENIED;
     default:
         return VG_OK;
@@ -89,6 +90,7 @@ int vg__acct_reserve(vg__ticket_t *t)
         return VG_OK;
     vg__overhead_refresh(t->device, VG__REFRESH_RATE_LIMITED); /* charge what no call showed */
     log_refusal(t, b);
+    vg__audit_refuse(t, VG_ENOMEM);
     return VG_ENOMEM;
 }
 
@@ -101,6 +103,7 @@ int vg__acct_resize(vg__ticket_t *t, uint64_t bytes)
             vg__ticket_t grown = *t;
             grown.bytes = bytes;
             log_refusal(&grown, b);
+            vg__audit_refuse(&grown, VG_ENOMEM);
             return VG_ENOMEM;
         }
     } else {
@@ -135,6 +138,8 @@ void vg__acct_commit(vg__ticket_t *t, uint64_t key, uint64_t size, uint64_t pool
     if (vg__unlikely(!atomic_load_explicit(&device_used[t->device], memory_order_relaxed)))
         first_commit(t->device);
     vg__budget_commit(t->budget, t->bytes);
+    if (vg__unlikely(t->budget->shared))
+        vg__shared_live(t->budget, 1); /* for `vramguard status` */
     vg__alloc_t a = {
         .ptr = key,
         .base = key,
@@ -147,6 +152,8 @@ void vg__acct_commit(vg__ticket_t *t, uint64_t key, uint64_t size, uint64_t pool
         .device = (int16_t)t->device,
         .kind = (uint8_t)t->kind,
     };
+    if (vg__unlikely(vg__diag_on())) /* audit log, call sites, checks */
+        vg__diag_commit(t, &a);
     if (vg__unlikely(vg__ledger_insert(&a) != VG_OK))
         replace_stale(&a);
 }
@@ -162,7 +169,10 @@ int vg__acct_release(uint64_t key, vg__alloc_t *out)
     vg__alloc_t a;
     if (vg__ledger_remove(key, NULL, &a) != VG_OK)
         return VG_ENOTFOUND;
-    vg__budget_release(vg__engine_budget(a.device), a.charged);
+    vg__budget_t *b = vg__engine_budget(a.device);
+    vg__budget_release(b, a.charged);
+    if (vg__unlikely(b->shared))
+        vg__shared_live(b, -1);
     if (out)
         *out = a;
     return VG_OK;
@@ -172,6 +182,25 @@ void vg__acct_restore(const vg__alloc_t *a)
 {
     vg__budget_force(vg__engine_budget(a->device), a->charged);
     vg__ledger_insert(a);
+}
+
+/* The free path's rare ends (vg__acct_free_begin and _end, inline in the
+ * hooks, handle the common case): a failed driver free, the audit log, a
+ * key that was not ours. */
+void vg__acct_free_settle(vg__free_t *f, CUresult cr)
+{
+    switch (f->state) {
+    case VG__FREE_OURS:
+        if (cr != CUDA_SUCCESS)
+            vg__acct_restore(&f->a);
+        vg__audit_free(&f->a, f->api, cr);
+        break;
+    case VG__FREE_BAD:
+        vg__badptr_end(f, cr);
+        break;
+    default:
+        break;
+    }
 }
 
 static void pools_sync_device(int device);
@@ -193,10 +222,10 @@ void vg__acct_meminfo(int device, uint64_t *free_bytes, uint64_t *total_bytes)
      * context), from the first query on, not only after an allocation.
      * Measured at most once a second; nothing without a budget. */
     vg__overhead_refresh(device, VG__REFRESH_RATE_LIMITED);
-    uint64_t limit = atomic_load_explicit(&b->limit, memory_order_relaxed);
+    uint64_t limit, used;
+    vg__budget_read(b, &limit, &used); /* a shared budget's, fresh */
     if (limit == VG__UNLIMITED)
         return;
-    uint64_t used = atomic_load_explicit(&b->used, memory_order_relaxed);
     uint64_t total = limit < *total_bytes ? limit : *total_bytes;
     uint64_t free_b = used >= total ? 0 : total - used;
     *free_bytes = free_b < *free_bytes ? free_b : *free_bytes;
@@ -296,6 +325,8 @@ int vg__acct_pool_settle(vg__ticket_t *t, CUmemoryPool pool)
         }
     }
     pthread_mutex_unlock(&pools_lock);
+    if (rc != VG_OK)
+        vg__audit_refuse(t, rc);
     t->bytes = 0;
     return rc;
 }
@@ -364,6 +395,8 @@ void vg__acct_overhead_set(int device, uint64_t bytes)
         vg__budget_force(b, bytes - old);
     else if (old > bytes)
         vg__budget_release(b, old - bytes);
+    if (b->shared)
+        vg__shared_overhead(b, bytes);
 }
 
 uint64_t vg__acct_overhead(int device)

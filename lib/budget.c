@@ -14,6 +14,13 @@
  * The exceptions are the level hooks: the hook table is published with a
  * release store of `hook_count` and read with an acquire load, so a thread
  * that sees the count sees the slots below it.
+ *
+ * Shared budgets (VRAMGUARD_SHARED): when b->shared is set, every operation
+ * goes to shared.c (the region's lock, across processes) and the atomics here
+ * become a mirror of the region's entry; the level is computed there. A
+ * per-process budget pays one predictable, not-taken branch per operation.
+ * Level hooks are not run for shared budgets (only pools register hooks,
+ * and pools are never shared).
  */
 #include <pthread.h>
 
@@ -40,6 +47,8 @@ void vg__budget_init(vg__budget_t *b, uint64_t limit, void *owner)
     atomic_init(&b->refusals, 0);
     atomic_init(&b->level, VG_PRESSURE_LOW);
     atomic_init(&b->hook_count, 0);
+    b->shared = NULL;
+    b->shared_dev = 0;
     b->owner = owner;
     for (int i = 0; i < VG__LEVEL_HOOKS; i++) {
         b->hooks[i].fn = NULL;
@@ -147,6 +156,8 @@ static inline void update_peak(vg__budget_t *b)
 
 void vg__budget_set_limit(vg__budget_t *b, uint64_t limit)
 {
+    if (vg__unlikely(b->shared))
+        return vg__shared_set_limit(b, limit);
     atomic_store_explicit(&b->limit, limit, memory_order_relaxed);
     update_level(b);
 }
@@ -155,6 +166,8 @@ void vg__budget_set_limit(vg__budget_t *b, uint64_t limit)
  * the new limit holds for every reserve that reads it. */
 int vg__budget_reserve(vg__budget_t *b, uint64_t n)
 {
+    if (vg__unlikely(b->shared))
+        return vg__shared_reserve(b, n);
     uint64_t limit = atomic_load_explicit(&b->limit, memory_order_relaxed);
     uint64_t used = atomic_load_explicit(&b->used, memory_order_relaxed);
     do {
@@ -173,12 +186,16 @@ int vg__budget_reserve(vg__budget_t *b, uint64_t n)
 void vg__budget_commit(vg__budget_t *b, uint64_t n)
 {
     (void)n; /* already in `used` since reserve */
+    if (vg__unlikely(b->shared))
+        return; /* peak and level were settled by the reserve */
     update_peak(b);
     update_level(b);
 }
 
 void vg__budget_rollback(vg__budget_t *b, uint64_t n)
 {
+    if (vg__unlikely(b->shared))
+        return vg__shared_release(b, n);
     /* The reserve never reached the level, so neither does its undo. */
     atomic_fetch_sub_explicit(&b->used, n, memory_order_relaxed);
 }
@@ -186,12 +203,16 @@ void vg__budget_rollback(vg__budget_t *b, uint64_t n)
 /* n must be bytes this budget holds (committed or forced). */
 void vg__budget_release(vg__budget_t *b, uint64_t n)
 {
+    if (vg__unlikely(b->shared))
+        return vg__shared_release(b, n);
     atomic_fetch_sub_explicit(&b->used, n, memory_order_relaxed);
     update_level(b);
 }
 
 void vg__budget_force(vg__budget_t *b, uint64_t n)
 {
+    if (vg__unlikely(b->shared))
+        return vg__shared_force(b, n);
     atomic_fetch_add_explicit(&b->used, n, memory_order_relaxed);
     update_peak(b);
     update_level(b);
@@ -199,9 +220,17 @@ void vg__budget_force(vg__budget_t *b, uint64_t n)
 
 uint64_t vg__budget_available(const vg__budget_t *b)
 {
-    uint64_t limit = atomic_load_explicit(&b->limit, memory_order_relaxed);
-    uint64_t used = atomic_load_explicit(&b->used, memory_order_relaxed);
+    uint64_t limit, used;
+    vg__budget_read(b, &limit, &used);
     return used >= limit ? 0 : limit - used;
+}
+
+void vg__budget_read(const vg__budget_t *b, uint64_t *limit, uint64_t *used)
+{
+    *limit = atomic_load_explicit(&b->limit, memory_order_relaxed);
+    *used = atomic_load_explicit(&b->used, memory_order_relaxed);
+    if (vg__unlikely(b->shared))
+        vg__shared_read(b, limit, used); /* fresh: other processes move it */
 }
 
 vg_pressure_t vg__budget_level(const vg__budget_t *b)

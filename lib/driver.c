@@ -127,3 +127,18 @@ const char *vg__cu_name(CUresult rc)
     default: return "CUDA_ERROR_UNKNOWN_CODE";
     }
 }
+
+/* The one place a vg status becomes the CUresult a hooked call returns, so
+ * a hook can only ever return a valid driver code (never -1). */
+CUresult vg__cu_status(int vg_status)
+{
+    switch (vg_status) {
+    case VG_OK: return CUDA_SUCCESS;
+    case VG_ENOMEM: return CUDA_ERROR_OUT_OF_MEMORY;
+    case VG_ESETTING: return CUDA_ERROR_OUT_OF_MEMORY; /* fail closed */
+    case VG_EDENIED: return CUDA_ERROR_NOT_SUPPORTED;
+    case VG_ENODRIVER: return CUDA_ERROR_NOT_INITIALIZED;
+    case VG_ENODEV: return CUDA_ERROR_INVALID_DEVICE;
+    default: return CUDA_ERROR_INVALID_VALUE;
+    }
+}

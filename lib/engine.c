@@ -35,9 +35,6 @@ static void warn_unimplemented(void)
     static const struct {
         const char *env, *deflt, *issue;
     } pending[] = {
-        {"VRAMGUARD_SHARED", NULL, "shared budgets (issue 5)"},
-        {"VRAMGUARD_AUDIT", NULL, "the audit log (issue 4)"},
-        {"VRAMGUARD_ON_BAD_POINTER", "warn", "bad-pointer policies (issue 4)"},
         {"VRAMGUARD_POOL", "off", "the caching pool (issue 6)"},
     };
     for (size_t i = 0; i < sizeof pending / sizeof pending[0]; i++) {
@@ -64,7 +61,9 @@ static void engine_init_once(void)
         init_status = rc;
         return;
     }
-    init_status = VG_OK;
+    /* The audit log opens here, at start: a log that cannot be written is
+     * a bad setting (fail closed), not a silent no-op. */
+    init_status = vg__diag_start(&settings, init_error, sizeof init_error);
 }
 
 int vg__engine_init(void)
@@ -125,7 +124,13 @@ static void resolve_budget(int device)
 {
     pthread_mutex_lock(&resolve_lock);
     if (!atomic_load_explicit(&resolved[device], memory_order_relaxed)) {
-        vg__budget_init(&budgets[device], resolve_limit(device), NULL);
+        uint64_t limit = resolve_limit(device);
+        vg__budget_init(&budgets[device], limit, NULL);
+        /* 0 is a failure resolve_limit already reported: fail closed
+         * here, never write it into a region other processes share. */
+        if ((settings.shared[0] || settings.shared_cache[0]) && limit != 0)
+            vg__shared_bind(&budgets[device], device, limit);
+        vg__audit_watch(&budgets[device], device); /* `pressure` events */
         atomic_store_explicit(&resolved[device], 1, memory_order_release);
     }
     pthread_mutex_unlock(&resolve_lock);

@@ -127,10 +127,24 @@ static inline vg__rec_t *shard_find(vg__shard_t *s, vg_devptr_t ptr)
     return r;
 }
 
+/* Each thread takes sequence numbers from the shared counter a block at a
+ * time, so 16 threads allocating at once do not all write one cache line
+ * (measured: that one increment alone held two threads to x1.1 of one).
+ * Numbers stay unique and increase within a thread; across threads, `ts`
+ * orders events. A forked child keeps its parent's block: its numbers are
+ * unique within the child, which is a process of its own. */
+#define VG__SEQ_BLOCK 64u
+
+static _Thread_local uint64_t seq_next, seq_end;
+
 uint64_t vg__ledger_next_seq(void)
 {
-    return atomic_fetch_add_explicit(&seq_counter, 1, memory_order_relaxed) +
-           1;
+    if (vg__unlikely(seq_next == seq_end)) {
+        seq_next = atomic_fetch_add_explicit(&seq_counter, VG__SEQ_BLOCK,
+                                             memory_order_relaxed) + 1;
+        seq_end = seq_next + VG__SEQ_BLOCK;
+    }
+    return seq_next++;
 }
 
 static int insert_locked(vg__shard_t *s, const vg__alloc_t *a)

@@ -1,11 +1,23 @@
 /*
- * pool.c — the public pool API: budgeted allocation on one device.
+ * pool.c — the public pool API: budgeted, caching allocation on one device.
  *
- * Every allocation is charged first to the pool's own budget, then to the
- * process budget of its device (VRAMGUARD_BUDGET), before the driver is
- * asked; a failure at any step rolls back what was charged, so a refused
- * request leaves nothing behind. Each pointer handed out is a real driver
- * allocation, verified with the driver's own pointer queries.
+ * Every byte the pool holds from the driver is charged first to the pool's
+ * own budget, then to the process budget of its device (VRAMGUARD_BUDGET),
+ * before the driver is asked; a failure at any step rolls back what was
+ * charged. Small requests are served from size classes carved out of chunks
+ * (cache.c); large, over-aligned and evictable ones go to the driver
+ * directly. Chunks and direct allocations are verified with the driver's own
+ * pointer queries; each allocation handed out is recorded in the ledger, so
+ * vg_ptr_check sees every block as the caller made it.
+ *
+ * Making room, in order (make_room): trim empty chunks (largest, least
+ * recently used first), then evict (evict.c), and only then refuse. The
+ * pressure hook acts too: at High it trims until the level falls, at
+ * Critical it evicts until the level falls below Critical.
+ *
+ * Fast path (a cached 4 KiB block): no budget call, no pool-wide lock, no
+ * driver call: the class spinlock twice (take, give) and the ledger insert
+ * and remove (one shard mutex each). Measured in docs/pool.md.
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -18,25 +30,28 @@
 #define DRIVER_ALIGN 256u /* cuMemAlloc guarantees at least this */
 
 struct vg_pool {
+    vg__cache_t cache; /* first: its classes are cache-line aligned */
     int device;
     CUdevice cudev;
     CUcontext ctx;
     vg__budget_t budget;
-    _Atomic uint64_t allocs, frees;
-    _Atomic uint64_t bytes_allocated;
-    pthread_mutex_t lock; /* callbacks and the recent ring; never held across driver calls */
+    vg__evict_set_t evict;
+    /* Direct allocations (the cache counts its own blocks). */
+    _Atomic uint64_t allocs, frees, bytes_allocated, live_bytes;
+    _Atomic uint64_t trims, evictions;
+    _Atomic int acting;   /* a pressure action is running: no nesting */
+    _Atomic bool closing; /* vg_pool_destroy has begun */
+    pthread_mutex_t lock; /* the callback list; never held across calls out */
     int callback_count;
     struct {
         vg_pressure_cb fn;
         void *user;
     } callbacks[POOL_CALLBACKS];
-    int recent_head, recent_count;
-    struct {
-        vg_devptr_t ptr;
-        uint64_t size;
-        char tag[VG__TAG_LEN];
-    } recent[VG_EXPLAIN_RECENT];
 };
+
+/* Set while this thread runs an eviction callback: a request the callback
+ * makes may trim, but never evicts (no eviction inside an eviction). */
+static _Thread_local int in_evict_cb;
 
 void vg__pool_ctx_enter(const vg_pool_t *pool, vg__ctx_guard_t *g)
 {
@@ -54,48 +69,18 @@ void vg__pool_ctx_leave(vg__ctx_guard_t *g)
         vg__driver()->cuCtxSetCurrent(g->prev);
 }
 
-/* Runs the user's callbacks on a level change of the pool's budget. The
- * list is copied under the lock and called without it. */
-static void pool_level_hook(void *owner, vg_pressure_t old_level,
-                            vg_pressure_t new_level, void *user)
+/* The reuse barrier of the cache: work queued in the pool's context before
+ * this call is finished when it returns. */
+static void pool_sync(void *ctx)
 {
-    vg_pool_t *pool = owner;
-    (void)user;
-    pthread_mutex_lock(&pool->lock);
-    int n = pool->callback_count;
-    __typeof__(pool->callbacks) cbs;
-    memcpy(cbs, pool->callbacks, sizeof cbs);
-    pthread_mutex_unlock(&pool->lock);
-    for (int i = 0; i < n; i++)
-        cbs[i].fn(pool, old_level, new_level, cbs[i].user);
+    vg_pool_t *pool = ctx;
+    vg__ctx_guard_t g;
+    vg__pool_ctx_enter(pool, &g);
+    vg__driver()->cuCtxSynchronize();
+    vg__pool_ctx_leave(&g);
 }
 
-int vg_pool_create(int device, uint64_t limit_bytes, vg_pool_t **pool)
-{
-    if (!pool || limit_bytes == 0)
-        return VG_EINVAL;
-    int count = 0;
-    int rc = vg_device_count(&count);
-    if (rc != VG_OK)
-        return rc;
-    if (device < 0 || device >= count)
-        return VG_ENODEV;
-    const vg__driver_t *d = vg__driver();
-    vg_pool_t *p = calloc(1, sizeof *p);
-    if (!p)
-        return VG_ESYS;
-    p->device = device;
-    if (d->cuDeviceGet(&p->cudev, device) != CUDA_SUCCESS ||
-        d->cuDevicePrimaryCtxRetain(&p->ctx, p->cudev) != CUDA_SUCCESS) {
-        free(p);
-        return VG_EDRIVER;
-    }
-    pthread_mutex_init(&p->lock, NULL);
-    vg__budget_init(&p->budget, limit_bytes, p);
-    vg__budget_on_level(&p->budget, pool_level_hook, NULL);
-    *pool = p;
-    return VG_OK;
-}
+/* ------------------------------------------------------------ budgets */
 
 /* Charges the pool, then the device budget; all or nothing. */
 static int charge(vg_pool_t *pool, uint64_t n)
@@ -120,6 +105,178 @@ static void uncharge(vg_pool_t *pool, uint64_t n, bool committed)
         vg__budget_rollback(&pool->budget, n);
     }
 }
+
+static void commit(vg_pool_t *pool, uint64_t n)
+{
+    vg__budget_commit(vg__engine_budget(pool->device), n);
+    vg__budget_commit(&pool->budget, n);
+}
+
+/* Would n fit both budgets now? (A look, not a reserve: no refusal is
+ * counted for a request that trimming or eviction then satisfies.) */
+static bool fits(vg_pool_t *pool, uint64_t n)
+{
+    return n <= vg__budget_available(&pool->budget) &&
+           n <= vg__budget_available(vg__engine_budget(pool->device));
+}
+
+/* ------------------------------------------------------- giving back */
+
+static void release_span(vg_pool_t *pool, const vg__span_t *s)
+{
+    vg__ctx_guard_t g;
+    vg__pool_ctx_enter(pool, &g);
+    vg__driver()->cuMemFree_v2(s->base);
+    vg__pool_ctx_leave(&g);
+    uncharge(pool, s->bytes, true);
+}
+
+static void release_span_cb(const vg__span_t *s, void *ctx)
+{
+    release_span(ctx, s);
+}
+
+/* Frees a direct allocation already taken out of the ledger. */
+static void free_direct(vg_pool_t *pool, const vg__alloc_t *a)
+{
+    vg__span_t s = {a->base, a->charged};
+    release_span(pool, &s);
+    atomic_fetch_add_explicit(&pool->frees, 1, memory_order_relaxed);
+    atomic_fetch_sub_explicit(&pool->live_bytes, a->size, memory_order_relaxed);
+}
+
+/* Releases one empty chunk; returns its bytes (0 when none was empty). */
+static uint64_t trim_one(vg_pool_t *pool)
+{
+    vg__span_t s;
+    if (!vg__cache_trim_one(&pool->cache, &s))
+        return 0;
+    release_span(pool, &s);
+    atomic_fetch_add_explicit(&pool->trims, 1, memory_order_relaxed);
+    return s.bytes;
+}
+
+/* Evicts one allocation: the callback gives it up, then it is freed. */
+static bool evict_one(vg_pool_t *pool)
+{
+    vg__alloc_t rec;
+    if (in_evict_cb)
+        return false;
+    vg__evictable_t *e = vg__evict_pick(&pool->evict, pool, &rec);
+    if (!e)
+        return false;
+    in_evict_cb++;
+    e->fn(pool, e->ptr, (size_t)e->size, e->user);
+    in_evict_cb--;
+    free(e);
+    free_direct(pool, &rec);
+    atomic_fetch_add_explicit(&pool->evictions, 1, memory_order_relaxed);
+    return true;
+}
+
+typedef enum { MAY_TRIM, MAY_TRIM_AND_EVICT } room_policy_t;
+
+/* Could evicting everything evictable make n fit? Evicting is not undone,
+ * so a request that cannot fit anyway evicts nothing. */
+static bool eviction_could_help(vg_pool_t *pool, uint64_t n)
+{
+    uint64_t mine = vg__budget_available(&pool->budget);
+    uint64_t dev = vg__budget_available(vg__engine_budget(pool->device));
+    uint64_t avail = mine < dev ? mine : dev;
+    return avail + vg__evict_bytes(&pool->evict) >= n;
+}
+
+/* Reserves n bytes, trimming and then (if allowed) evicting until they fit.
+ * VG_ENOMEM (one refusal counted) when nothing more can be given up. */
+static int make_room(vg_pool_t *pool, uint64_t n, room_policy_t policy)
+{
+    for (;;) {
+        if (fits(pool, n) && charge(pool, n) == VG_OK)
+            return VG_OK;
+        if (trim_one(pool))
+            continue;
+        if (policy == MAY_TRIM_AND_EVICT && eviction_could_help(pool, n) &&
+            evict_one(pool))
+            continue;
+        return charge(pool, n);
+    }
+}
+
+/* ------------------------------------------------------------ pressure */
+
+/* Rising to High trims the cache until the level falls below High; at
+ * Critical evictions follow until it falls below Critical. One action at a
+ * time per pool: the releases it makes change the level again, and those
+ * nested hooks only notify. */
+static void act_on_pressure(vg_pool_t *pool)
+{
+    int idle = 0;
+    if (atomic_load_explicit(&pool->closing, memory_order_relaxed) ||
+        !atomic_compare_exchange_strong_explicit(&pool->acting, &idle, 1,
+                                                 memory_order_acquire,
+                                                 memory_order_relaxed))
+        return;
+    while (vg__budget_level(&pool->budget) >= VG_PRESSURE_HIGH &&
+           trim_one(pool))
+        ;
+    while (vg__budget_level(&pool->budget) == VG_PRESSURE_CRITICAL &&
+           evict_one(pool))
+        ;
+    atomic_store_explicit(&pool->acting, 0, memory_order_release);
+}
+
+/* Runs the user's callbacks on a level change of the pool's budget (the
+ * list is copied under the lock and called without it), then acts. */
+static void pool_level_hook(void *owner, vg_pressure_t old_level,
+                            vg_pressure_t new_level, void *user)
+{
+    vg_pool_t *pool = owner;
+    (void)user;
+    pthread_mutex_lock(&pool->lock);
+    int n = pool->callback_count;
+    __typeof__(pool->callbacks) cbs;
+    memcpy(cbs, pool->callbacks, sizeof cbs);
+    pthread_mutex_unlock(&pool->lock);
+    for (int i = 0; i < n; i++)
+        cbs[i].fn(pool, old_level, new_level, cbs[i].user);
+    if (new_level > old_level && new_level >= VG_PRESSURE_HIGH)
+        act_on_pressure(pool);
+}
+
+/* ------------------------------------------------------------ create */
+
+int vg_pool_create(int device, uint64_t limit_bytes, vg_pool_t **pool)
+{
+    if (!pool || limit_bytes == 0)
+        return VG_EINVAL;
+    int count = 0;
+    int rc = vg_device_count(&count);
+    if (rc != VG_OK)
+        return rc;
+    if (device < 0 || device >= count)
+        return VG_ENODEV;
+    const vg__driver_t *d = vg__driver();
+    size_t bytes = (sizeof(vg_pool_t) + 63) & ~(size_t)63;
+    vg_pool_t *p = aligned_alloc(64, bytes);
+    if (!p)
+        return VG_ESYS;
+    memset(p, 0, bytes);
+    p->device = device;
+    if (d->cuDeviceGet(&p->cudev, device) != CUDA_SUCCESS ||
+        d->cuDevicePrimaryCtxRetain(&p->ctx, p->cudev) != CUDA_SUCCESS) {
+        free(p);
+        return VG_EDRIVER;
+    }
+    pthread_mutex_init(&p->lock, NULL);
+    vg__cache_init(&p->cache, pool_sync, p);
+    vg__evict_init(&p->evict);
+    vg__budget_init(&p->budget, limit_bytes, p);
+    vg__budget_on_level(&p->budget, pool_level_hook, NULL);
+    *pool = p;
+    return VG_OK;
+}
+
+/* ------------------------------------------------------------ alloc */
 
 /* The driver must confirm device memory covering [ptr, ptr + size). */
 static bool verify_device_range(const vg__driver_t *d, CUdeviceptr ptr,
@@ -150,46 +307,184 @@ static int check_alloc_args(const vg_pool_t *pool, size_t size,
     /* over-allocation for alignment must not wrap */
     if (align > DRIVER_ALIGN && size > SIZE_MAX - align)
         return VG_EINVAL;
+    if (opts && (opts->flags & VG_ALLOC_EVICTABLE) && !opts->evict)
+        return VG_EINVAL;
     return VG_OK;
 }
 
-static void remember(vg_pool_t *pool, const vg__alloc_t *a)
-{
-    pthread_mutex_lock(&pool->lock);
-    int i = pool->recent_head;
-    pool->recent[i].ptr = a->ptr;
-    pool->recent[i].size = a->size;
-    memcpy(pool->recent[i].tag, a->tag, VG__TAG_LEN);
-    pool->recent_head = (i + 1) % VG_EXPLAIN_RECENT;
-    if (pool->recent_count < VG_EXPLAIN_RECENT)
-        pool->recent_count++;
-    pthread_mutex_unlock(&pool->lock);
-}
-
-/* Asks the driver for `a->charged` bytes and fills in base and ptr. Runs
- * with the pool's context current; frees what it got on any failure. */
-static int driver_alloc(vg_pool_t *pool, const vg_alloc_opts_t *opts,
-                        vg__alloc_t *a)
+/* Asks the driver for `a->charged` bytes and fills in base and ptr, with
+ * the pool's context current; frees what it got on any failure. A driver
+ * out of memory is given the pool's cache once before the answer stands. */
+static int driver_alloc(vg_pool_t *pool, size_t align, vg__alloc_t *a)
 {
     const vg__driver_t *d = vg__driver();
     CUdeviceptr base = 0;
-    size_t align = opts ? opts->align : 0;
+    vg__ctx_guard_t g;
+    vg__pool_ctx_enter(pool, &g);
     CUresult cr = d->cuMemAlloc_v2(&base, a->charged);
+    vg__pool_ctx_leave(&g);
+    if (cr == CUDA_ERROR_OUT_OF_MEMORY && trim_one(pool)) {
+        while (trim_one(pool))
+            ;
+        vg__pool_ctx_enter(pool, &g);
+        cr = d->cuMemAlloc_v2(&base, a->charged);
+        vg__pool_ctx_leave(&g);
+    }
     if (cr != CUDA_SUCCESS)
         return cr == CUDA_ERROR_OUT_OF_MEMORY ? VG_ENOMEM : VG_EDRIVER;
     a->base = base;
     a->ptr = align > DRIVER_ALIGN ? (base + align - 1) & ~(CUdeviceptr)(align - 1)
                                   : base;
-    int rc = VG_OK;
-    if (!verify_device_range(d, a->ptr, a->size))
-        rc = VG_EBADPTR;
-    else if (opts && (opts->flags & VG_ALLOC_ZERO) &&
-             d->cuMemsetD8_v2(a->ptr, 0, a->size) != CUDA_SUCCESS)
-        rc = VG_EDRIVER;
-    if (rc != VG_OK)
+    vg__pool_ctx_enter(pool, &g);
+    bool real = verify_device_range(d, a->ptr, a->size);
+    if (!real)
         d->cuMemFree_v2(base);
-    (void)pool;
+    vg__pool_ctx_leave(&g);
+    return real ? VG_OK : VG_EBADPTR;
+}
+
+static int zero_fill(vg_pool_t *pool, const vg_alloc_opts_t *opts,
+                     vg_devptr_t ptr, size_t size)
+{
+    if (!opts || !(opts->flags & VG_ALLOC_ZERO))
+        return VG_OK;
+    vg__ctx_guard_t g;
+    vg__pool_ctx_enter(pool, &g);
+    CUresult cr = vg__driver()->cuMemsetD8_v2(ptr, 0, size);
+    vg__pool_ctx_leave(&g);
+    return cr == CUDA_SUCCESS ? VG_OK : VG_EDRIVER;
+}
+
+/* Fills in the record's bookkeeping and puts it in the ledger. */
+static int record(vg_pool_t *pool, const vg_alloc_opts_t *opts,
+                  vg__alloc_t *a)
+{
+    a->owner = pool;
+    a->device = (int16_t)pool->device;
+    a->kind = VG_KIND_API;
+    a->time_ns = vg__now_coarse_ns();
+    a->seq = vg__ledger_next_seq();
+    a->tid = vg__tid();
+    if (opts && opts->tag)
+        snprintf(a->tag, sizeof a->tag, "%s", opts->tag);
+    return vg__ledger_insert(a);
+}
+
+/* A direct allocation: its own driver allocation, freed to the driver. */
+static int alloc_direct(vg_pool_t *pool, size_t size,
+                        const vg_alloc_opts_t *opts, vg_devptr_t *ptr)
+{
+    size_t align = opts ? opts->align : 0;
+    bool evictable = opts && (opts->flags & VG_ALLOC_EVICTABLE);
+    vg__alloc_t a = {
+        .size = size,
+        .charged = size + (align > DRIVER_ALIGN ? align - DRIVER_ALIGN : 0),
+    };
+    int rc = make_room(pool, a.charged, MAY_TRIM_AND_EVICT);
+    if (rc != VG_OK)
+        return rc;
+    if ((rc = driver_alloc(pool, align, &a)) != VG_OK) {
+        uncharge(pool, a.charged, false);
+        return rc;
+    }
+    commit(pool, a.charged);
+    vg__evictable_t *e = NULL;
+    if ((rc = zero_fill(pool, opts, a.ptr, size)) != VG_OK)
+        goto undo;
+    if (evictable && !(e = vg__evict_new(opts, a.ptr, size))) {
+        rc = VG_ESYS;
+        goto undo;
+    }
+    a.handle = e ? (uint64_t)(uintptr_t)e | VG__HANDLE_EVICTABLE : 0;
+    if ((rc = record(pool, opts, &a)) != VG_OK)
+        goto undo;
+    if (e)
+        vg__evict_link(&pool->evict, e);
+    atomic_fetch_add_explicit(&pool->allocs, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&pool->bytes_allocated, size, memory_order_relaxed);
+    atomic_fetch_add_explicit(&pool->live_bytes, size, memory_order_relaxed);
+    *ptr = a.ptr;
+    return VG_OK;
+undo:
+    free(e);
+    release_span(pool, &(vg__span_t){a.base, a.charged});
     return rc;
+}
+
+/* A cache miss: a new chunk for class cls, its first block for the caller.
+ * Trims to make room but never evicts: VG_ENOMEM sends the request to the
+ * direct path, which needs fewer bytes and may evict. */
+__attribute__((noinline)) static int grow(vg_pool_t *pool, int cls,
+                                          size_t size, vg__block_t *b)
+{
+    const vg__class_t *k = &pool->cache.cls[cls];
+    vg__alloc_t a = {.size = k->chunk_bytes, .charged = k->chunk_bytes};
+    int rc = make_room(pool, a.charged, MAY_TRIM);
+    if (rc != VG_OK)
+        return rc;
+    if ((rc = driver_alloc(pool, 0, &a)) != VG_OK) {
+        uncharge(pool, a.charged, false);
+        return rc;
+    }
+    commit(pool, a.charged);
+    vg__span_t chunk = {a.base, a.charged};
+    if ((rc = vg__cache_add_chunk(&pool->cache, cls, &chunk, size, b)) != VG_OK)
+        release_span(pool, &chunk);
+    return rc;
+}
+
+/* Takes a small block back after a failed allocation or a free. */
+static void give_block(vg_pool_t *pool, const vg__block_t *b, size_t size)
+{
+    /* At High pressure or above an emptied chunk is not kept. */
+    uint32_t keep = vg__budget_level(&pool->budget) >= VG_PRESSURE_HIGH
+                        ? 0
+                        : VG__EMPTY_KEEP;
+    vg__span_t s;
+    if (vg__unlikely(vg__cache_give(&pool->cache, b, size, keep, &s))) {
+        release_span(pool, &s);
+        atomic_fetch_add_explicit(&pool->trims, 1, memory_order_relaxed);
+    }
+}
+
+static int alloc_small(vg_pool_t *pool, int cls, size_t size,
+                       const vg_alloc_opts_t *opts, vg_devptr_t *ptr)
+{
+    vg__block_t b;
+    int rc = vg__cache_take(&pool->cache, cls, size, &b);
+    if (vg__unlikely(rc != VG_OK)) {
+        rc = grow(pool, cls, size, &b);
+        if (rc == VG_ENOMEM)
+            return alloc_direct(pool, size, opts, ptr);
+        if (rc != VG_OK)
+            return rc;
+    }
+    vg__alloc_t a = {
+        .ptr = b.ptr,
+        .base = b.ptr,
+        .size = size,
+        .charged = vg__class_size(cls),
+        .handle = (uint64_t)(uintptr_t)b.chunk,
+    };
+    if (vg__unlikely(opts != NULL) &&
+        (rc = zero_fill(pool, opts, b.ptr, size)) != VG_OK)
+        goto undo;
+    if (vg__unlikely((rc = record(pool, opts, &a)) != VG_OK))
+        goto undo;
+    *ptr = b.ptr;
+    return VG_OK;
+undo:
+    give_block(pool, &b, size);
+    return rc;
+}
+
+/* Small requests with no special needs are cached; -1 sends to the driver. */
+static inline int class_for(size_t size, const vg_alloc_opts_t *opts)
+{
+    if (opts && (opts->align > DRIVER_ALIGN ||
+                 (opts->flags & VG_ALLOC_EVICTABLE)))
+        return -1;
+    return vg__class_of(size);
 }
 
 int vg_pool_alloc(vg_pool_t *pool, size_t size, const vg_alloc_opts_t *opts,
@@ -198,48 +493,26 @@ int vg_pool_alloc(vg_pool_t *pool, size_t size, const vg_alloc_opts_t *opts,
     int rc = check_alloc_args(pool, size, opts, ptr);
     if (rc != VG_OK)
         return rc;
-    size_t align = opts ? opts->align : 0;
-    vg__alloc_t a = {
-        .size = size,
-        .charged = size + (align > DRIVER_ALIGN ? align - DRIVER_ALIGN : 0),
-        .owner = pool,
-        .device = (int16_t)pool->device,
-        .kind = VG_KIND_API,
-    };
-    if ((rc = charge(pool, a.charged)) != VG_OK)
-        return rc;
-    vg__ctx_guard_t g;
-    vg__pool_ctx_enter(pool, &g);
-    rc = driver_alloc(pool, opts, &a);
-    vg__pool_ctx_leave(&g);
-    if (rc != VG_OK) {
-        uncharge(pool, a.charged, false);
-        return rc;
-    }
-    vg__budget_commit(vg__engine_budget(pool->device), a.charged);
-    vg__budget_commit(&pool->budget, a.charged);
-    a.time_ns = vg__now_ns();
-    a.seq = vg__ledger_next_seq();
-    a.tid = vg__tid();
-    if (opts && opts->tag)
-        snprintf(a.tag, sizeof a.tag, "%s", opts->tag);
-    vg__ledger_insert(&a);
-    remember(pool, &a);
-    atomic_fetch_add_explicit(&pool->allocs, 1, memory_order_relaxed);
-    atomic_fetch_add_explicit(&pool->bytes_allocated, a.size, memory_order_relaxed);
-    *ptr = a.ptr;
-    return VG_OK;
+    int cls = class_for(size, opts);
+    if (vg__likely(cls >= 0))
+        return alloc_small(pool, cls, size, opts, ptr);
+    return alloc_direct(pool, size, opts, ptr);
 }
 
-/* Frees a record already taken out of the ledger. */
+/* ------------------------------------------------------------ free */
+
+/* Frees a record already taken out of the ledger, whatever its kind. */
 static void free_record(vg_pool_t *pool, const vg__alloc_t *a)
 {
-    vg__ctx_guard_t g;
-    vg__pool_ctx_enter(pool, &g);
-    vg__driver()->cuMemFree_v2(a->base);
-    vg__pool_ctx_leave(&g);
-    uncharge(pool, a->charged, true);
-    atomic_fetch_add_explicit(&pool->frees, 1, memory_order_relaxed);
+    if (a->handle && !(a->handle & VG__HANDLE_EVICTABLE)) {
+        vg__block_t b = {a->ptr, (vg__chunk_t *)(uintptr_t)a->handle};
+        give_block(pool, &b, a->size);
+        return;
+    }
+    if (a->handle & VG__HANDLE_EVICTABLE)
+        vg__evict_forget(&pool->evict, (vg__evictable_t *)(uintptr_t)(
+                                           a->handle & ~VG__HANDLE_EVICTABLE));
+    free_direct(pool, a);
 }
 
 int vg_pool_free(vg_pool_t *pool, vg_devptr_t ptr)
@@ -253,11 +526,37 @@ int vg_pool_free(vg_pool_t *pool, vg_devptr_t ptr)
     return VG_OK;
 }
 
+int vg_pool_touch(vg_pool_t *pool, vg_devptr_t ptr)
+{
+    if (!pool)
+        return VG_EINVAL;
+    return vg__evict_touch(&pool->evict, pool, ptr);
+}
+
+int vg_pool_trim(vg_pool_t *pool, uint64_t keep_bytes, uint64_t *released)
+{
+    if (!pool)
+        return VG_EINVAL;
+    vg__cache_stats_t cs;
+    vg__cache_stats(&pool->cache, &cs);
+    uint64_t cached = cs.cached, freed = 0, n;
+    while (cached > keep_bytes && (n = trim_one(pool)) != 0) {
+        freed += n;
+        cached = cached > n ? cached - n : 0;
+    }
+    if (released)
+        *released = freed;
+    return VG_OK;
+}
+
+/* ------------------------------------------------------------ destroy */
+
 struct destroy_ctx {
     vg_pool_t *pool;
     vg_leak_report_t leaks;
 };
 
+/* Blocks of the cache die with their chunks (drained below). */
 static void destroy_one(const vg__alloc_t *a, void *ctx)
 {
     struct destroy_ctx *dc = ctx;
@@ -266,7 +565,8 @@ static void destroy_one(const vg__alloc_t *a, void *ctx)
         return; /* freed concurrently: not a leak */
     dc->leaks.count++;
     dc->leaks.bytes += taken.size;
-    free_record(dc->pool, &taken);
+    if (!taken.handle || (taken.handle & VG__HANDLE_EVICTABLE))
+        free_record(dc->pool, &taken);
 }
 
 int vg_pool_destroy(vg_pool_t *pool, vg_leak_report_t *leaks)
@@ -276,8 +576,11 @@ int vg_pool_destroy(vg_pool_t *pool, vg_leak_report_t *leaks)
             *leaks = (vg_leak_report_t){0};
         return VG_OK;
     }
+    atomic_store_explicit(&pool->closing, true, memory_order_relaxed);
     struct destroy_ctx dc = {.pool = pool};
     vg__ledger_foreach(pool, destroy_one, &dc);
+    vg__cache_drain(&pool->cache, release_span_cb, pool);
+    vg__evict_fini(&pool->evict);
     vg__driver()->cuDevicePrimaryCtxRelease_v2(pool->cudev);
     pthread_mutex_destroy(&pool->lock);
     free(pool);
@@ -285,6 +588,8 @@ int vg_pool_destroy(vg_pool_t *pool, vg_leak_report_t *leaks)
         *leaks = dc.leaks;
     return VG_OK;
 }
+
+/* ------------------------------------------------------------ queries */
 
 int vg_pool_available(vg_pool_t *pool, uint64_t *bytes)
 {
@@ -301,22 +606,36 @@ vg_pressure_t vg_pool_pressure(vg_pool_t *pool)
     return pool ? vg__budget_level(&pool->budget) : VG_PRESSURE_LOW;
 }
 
+static uint64_t load(_Atomic uint64_t *v)
+{
+    return atomic_load_explicit(v, memory_order_relaxed);
+}
+
 int vg_pool_stats(vg_pool_t *pool, vg_pool_stats_t *stats)
 {
     if (!pool || !stats)
         return VG_EINVAL;
+    vg__cache_stats_t cs;
+    vg__cache_stats(&pool->cache, &cs);
     vg_pool_stats_t s = {0};
-    s.limit = atomic_load_explicit(&pool->budget.limit, memory_order_relaxed);
-    s.used = atomic_load_explicit(&pool->budget.used, memory_order_relaxed);
-    s.peak = atomic_load_explicit(&pool->budget.peak, memory_order_relaxed);
-    s.refusals = atomic_load_explicit(&pool->budget.refusals, memory_order_relaxed);
-    s.allocs = atomic_load_explicit(&pool->allocs, memory_order_relaxed);
-    s.frees = atomic_load_explicit(&pool->frees, memory_order_relaxed);
+    s.limit = load(&pool->budget.limit);
+    s.used = load(&pool->budget.used);
+    s.peak = load(&pool->budget.peak);
+    s.refusals = load(&pool->budget.refusals);
+    s.allocs = load(&pool->allocs) + cs.allocs;
+    s.frees = load(&pool->frees) + cs.frees;
     s.live_count = s.allocs - s.frees;
     /* a pool hands out one kind; the array keeps the shape the shim fills */
     s.count_by_kind[VG_KIND_API] = s.allocs;
-    s.bytes_by_kind[VG_KIND_API] =
-        atomic_load_explicit(&pool->bytes_allocated, memory_order_relaxed);
+    s.bytes_by_kind[VG_KIND_API] = load(&pool->bytes_allocated) + cs.bytes_allocated;
+    s.cached = cs.cached;
+    s.live_bytes = load(&pool->live_bytes) + cs.live_bytes;
+    s.hits = cs.hits;
+    s.misses = cs.misses;
+    s.trims = load(&pool->trims);
+    s.evictions = load(&pool->evictions);
+    s.reuse_syncs = cs.syncs;
+    s.fragmentation = s.used ? 1.0 - (double)s.live_bytes / (double)s.used : 0.0;
     *stats = s;
     return VG_OK;
 }
@@ -348,17 +667,37 @@ static uint64_t driver_free_bytes(vg_pool_t *pool)
     return free_b;
 }
 
+/* The pool's newest live allocations, newest first (insertion into a
+ * small sorted array; the ledger walk is the slow part). */
+struct newest {
+    vg_refusal_t *w;
+    uint64_t seq[VG_EXPLAIN_RECENT];
+};
+
+static void keep_newest(const vg__alloc_t *a, void *ctx)
+{
+    struct newest *r = ctx;
+    vg_refusal_t *w = r->w;
+    int i = w->recent_count < VG_EXPLAIN_RECENT ? w->recent_count++
+                                                : VG_EXPLAIN_RECENT - 1;
+    if (i == VG_EXPLAIN_RECENT - 1 && w->recent_count == VG_EXPLAIN_RECENT &&
+        r->seq[i] > a->seq)
+        return;
+    for (; i > 0 && r->seq[i - 1] < a->seq; i--) {
+        r->seq[i] = r->seq[i - 1];
+        w->recent[i] = w->recent[i - 1];
+    }
+    r->seq[i] = a->seq;
+    w->recent[i].ptr = a->ptr;
+    w->recent[i].size = a->size;
+    memcpy(w->recent[i].tag, a->tag, VG__TAG_LEN);
+}
+
 static void copy_recent(vg_pool_t *pool, vg_refusal_t *why)
 {
-    pthread_mutex_lock(&pool->lock);
-    why->recent_count = pool->recent_count;
-    for (int k = 0; k < pool->recent_count; k++) {
-        int i = (pool->recent_head - 1 - k + VG_EXPLAIN_RECENT) % VG_EXPLAIN_RECENT;
-        why->recent[k].ptr = pool->recent[i].ptr;
-        why->recent[k].size = pool->recent[i].size;
-        memcpy(why->recent[k].tag, pool->recent[i].tag, VG__TAG_LEN);
-    }
-    pthread_mutex_unlock(&pool->lock);
+    struct newest r = {why, {0}};
+    why->recent_count = 0;
+    vg__ledger_foreach(pool, keep_newest, &r);
 }
 
 static void explain_line(const vg_refusal_t *w, uint64_t dev_avail, char *buf,

@@ -26,7 +26,11 @@ typedef enum vg__set_type {
     VG__SET_PATH,   /* char[]: any non-empty text that fits */
     VG__SET_NAME,   /* char[]: [A-Za-z0-9._-]{1,200} */
     VG__SET_ENUM,   /* an enum whose values are the accepted words, in order */
+    VG__SET_MS,     /* int: milliseconds, 0..VG__MS_MAX */
+    VG__SET_FRAMES, /* int: call-site frames, 0..VG__MAX_FRAMES */
 } vg__set_type_t;
+
+#define VG__MS_MAX 3600000 /* one hour */
 
 #define VG__BUDGET_ACCEPTED                                                    \
     "SIZE like 8GiB, 512MiB, 1.5G, 10GB; N% of the device; or DEV=SIZE,... "   \
@@ -49,18 +53,33 @@ typedef enum vg__set_type {
     X(shared, "VRAMGUARD_SHARED", VG__SET_NAME, NULL, "--shared",             \
       "1-200 of A-Z a-z 0-9 . _ -",                                           \
       "Name of a ledger shared by every process that sets the same name, "    \
-      "so they draw on one budget; unset means a per-process budget. "        \
-      "NOT IMPLEMENTED YET (issue 5): no effect, said once on stderr.")       \
+      "so they draw on one budget (a region in /dev/shm); unset means a "      \
+      "per-process budget. See docs/shared-budgets.md.")                      \
+    X(shared_cache, "CUDA_DEVICE_MEMORY_SHARED_CACHE", VG__SET_PATH, NULL,    \
+      NULL, "an absolute file path",                                          \
+      "HAMi alias: the shared region at this path instead of "                \
+      "/dev/shm/vramguard.NAME; read when VRAMGUARD_SHARED is unset.")        \
+    X(shared_group, "VRAMGUARD_SHARED_GROUP", VG__SET_ENUM, "off",            \
+      "--shared-group", "off|on",                                             \
+      "Create the shared region group-readable and -writable (0660) and "     \
+      "attach to one owned by another user of its group; off means "          \
+      "owner-only (0600).")                                                   \
+    X(wait_ms, "VRAMGUARD_WAIT_MS", VG__SET_MS, "0", "--wait-ms",             \
+      "0 to 3600000 milliseconds",                                            \
+      "With a shared budget, a refused request waits up to this long, "       \
+      "first come first served, for other processes to free before it "       \
+      "returns CUDA_ERROR_OUT_OF_MEMORY; 0 refuses at once.")                 \
     X(audit, "VRAMGUARD_AUDIT", VG__SET_PATH, NULL, "--audit", "a file path", \
-      "Append every allocation, free and refusal to this file; unset "        \
-      "means no audit log. NOT IMPLEMENTED YET (issue 4): no effect, said "   \
-      "once on stderr.")                                                      \
+      "Append every allocation, free, refusal, bad pointer and pressure "     \
+      "change to this file, one JSON object per line (docs/audit-log.md); "   \
+      "unset means no audit log. A file that cannot be opened refuses "       \
+      "every allocation (fail closed).")                                      \
     X(on_bad_pointer, "VRAMGUARD_ON_BAD_POINTER", VG__SET_ENUM, "warn",       \
       "--on-bad-pointer", "warn|reject|abort",                                \
       "What to do when a pointer we never handed out is freed or used: "      \
       "log and pass it on, refuse it with CUDA_ERROR_INVALID_VALUE, or "      \
-      "abort the process. NOT IMPLEMENTED YET (issue 4): warn's pass-on "     \
-      "is what happens; a non-default value is said once on stderr.")         \
+      "abort the process. Memory that may be real (foreign pointers, "        \
+      "unknown handles) is always passed on.")                                \
     X(managed, "VRAMGUARD_MANAGED", VG__SET_ENUM, "count", "--managed",       \
       "count|ignore|deny",                                                    \
       "Managed (unified) memory: charge it to the budget, let it through "    \
@@ -70,7 +89,19 @@ typedef enum vg__set_type {
       "once (off). NOT IMPLEMENTED YET (issue 6): off is what happens; "      \
       "cache is said once on stderr.")                                        \
     X(log_level, "VRAMGUARD_LOG", VG__SET_ENUM, "warn", "--log",              \
-      "error|warn|info|debug", "Least severe message written to stderr.")
+      "error|warn|info|debug", "Least severe message written to stderr.")    \
+    X(backtrace, "VRAMGUARD_BACKTRACE", VG__SET_FRAMES, "0", "--backtrace",   \
+      "0 to 32 frames",                                                       \
+      "Call-site frames recorded with each audited allocation, refusal and "  \
+      "bad pointer, and used to group the leak report; 0 records none "      \
+      "(each frame costs an unwind, about 1 us for a few).")                 \
+    X(leaks, "VRAMGUARD_LEAKS", VG__SET_ENUM, "0", "--leaks-report", "0|1",   \
+      "1: at exit, report the allocations still live, grouped by call site, " \
+      "on stderr (always done when the audit log is on).")                  \
+    X(verify, "VRAMGUARD_VERIFY", VG__SET_ENUM, "0", "--verify", "0|1",       \
+      "1: ask the driver whether each allocation it returns is device "       \
+      "memory of at least the requested size (about 200 ns per "             \
+      "allocation, more than the rest of the shim); 0 trusts the driver.")
 
 typedef struct vg__setting_row {
     const char *env;
@@ -94,6 +125,12 @@ static const vg__setting_row_t rows[] = {VG__SETTINGS(VG__ROW_)};
     _Static_assert((type) != VG__SET_ENUM ||                                   \
                        sizeof(((vg__settings_t *)0)->field) == sizeof(int),   \
                    "enum setting " env " must be int-sized");                  \
+    _Static_assert((type) != VG__SET_MS ||                                     \
+                       sizeof(((vg__settings_t *)0)->field) == sizeof(int),   \
+                   "ms setting " env " must be an int");                       \
+    _Static_assert((type) != VG__SET_FRAMES ||                                 \
+                       sizeof(((vg__settings_t *)0)->field) == sizeof(int),   \
+                   "frames setting " env " must be an int");                   \
     _Static_assert((type) != VG__SET_BUDGET ||                                 \
                        sizeof(((vg__settings_t *)0)->field) ==                 \
                            sizeof(vg__budget_spec_t),                          \
@@ -631,6 +668,40 @@ static int enum_index(const char *accepted, const char *text, int *index,
     }
 }
 
+/* Milliseconds: decimal digits only, 0..VG__MS_MAX. */
+static int ms_parse(const char *text, int *ms, vg__err_t e)
+{
+    if (*text == '\0')
+        return fail(e, "empty");
+    long v = 0;
+    for (const char *p = text; *p; p++) {
+        if (!is_digit(*p))
+            return fail(e, "not a whole number of milliseconds");
+        v = v * 10 + (*p - '0');
+        if (v > VG__MS_MAX)
+            return fail(e, "too large (at most 3600000)");
+    }
+    *ms = (int)v;
+    return VG_OK;
+}
+
+/* A frame count: decimal digits only, 0..VG__MAX_FRAMES. */
+static int frames_parse(const char *text, int *frames, vg__err_t e)
+{
+    if (*text == '\0')
+        return fail(e, "empty");
+    int v = 0;
+    for (const char *p = text; *p; p++) {
+        if (!is_digit(*p))
+            return fail(e, "not a whole number of frames");
+        v = v * 10 + (*p - '0');
+        if (v > VG__MAX_FRAMES)
+            return fail(e, "too many frames (at most 32)");
+    }
+    *frames = v;
+    return VG_OK;
+}
+
 /* Parses one row's text into its field of *s; a reason in why on failure. */
 static int row_store(const vg__setting_row_t *r, const char *text,
                      vg__settings_t *s, vg__err_t why)
@@ -646,6 +717,16 @@ static int row_store(const vg__setting_row_t *r, const char *text,
         return text_store(r, text, field, why);
     case VG__SET_ENUM:
         rc = enum_index(r->accepted, text, &index, why);
+        if (rc == VG_OK)
+            memcpy(field, &index, sizeof index);
+        return rc;
+    case VG__SET_MS:
+        rc = ms_parse(text, &index, why);
+        if (rc == VG_OK)
+            memcpy(field, &index, sizeof index);
+        return rc;
+    case VG__SET_FRAMES:
+        rc = frames_parse(text, &index, why);
         if (rc == VG_OK)
             memcpy(field, &index, sizeof index);
         return rc;
@@ -693,6 +774,10 @@ static const char *row_metavar(const vg__setting_row_t *r)
         return "NAME";
     case VG__SET_ENUM:
         return r->accepted;
+    case VG__SET_MS:
+        return "MS";
+    case VG__SET_FRAMES:
+        return "N";
     }
     return "VALUE";
 }

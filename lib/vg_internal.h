@@ -9,6 +9,7 @@
 #ifndef VG_INTERNAL_H
 #define VG_INTERNAL_H
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -106,16 +107,27 @@ typedef enum vg__log_level {
     VG__LOG_DEBUG,
 } vg__log_level_t;
 
+typedef enum vg__shared_group {
+    VG__SHARED_OWNER = 0, /* the region is mode 0600 */
+    VG__SHARED_GROUP,     /* mode 0660: the file's group may attach */
+} vg__shared_group_t;
+
 /* Every setting, resolved. */
 typedef struct vg__settings {
     vg__budget_spec_t budget;
     char libcuda[4096];
     char shared[256];
+    char shared_cache[4096];  /* HAMi's CUDA_DEVICE_MEMORY_SHARED_CACHE */
+    vg__shared_group_t shared_group;
+    int wait_ms;              /* VRAMGUARD_WAIT_MS: 0 = refuse at once */
     char audit[4096];
     vg__bad_ptr_policy_t on_bad_pointer;
     vg__managed_mode_t managed;
     vg__pool_mode_t pool;
     vg__log_level_t log_level;
+    int backtrace;   /* call-site frames per audited event, 0..VG__MAX_FRAMES */
+    int leaks;       /* 1: leak report at exit even without the audit log */
+    int verify;      /* 1: ask the driver about every intercepted allocation */
 } vg__settings_t;
 
 /* Looks up an environment variable; returns NULL when unset. */
@@ -166,6 +178,7 @@ void vg__settings_describe(vg__setting_visit_fn fn, void *ctx);
     X(cuCtxGetCurrent, (CUcontext *pctx))                                      \
     X(cuCtxSetCurrent, (CUcontext ctx))                                        \
     X(cuCtxGetDevice, (CUdevice *device))                                      \
+    X(cuCtxSynchronize, (void))                                                \
     X(cuMemAlloc_v2, (CUdeviceptr *dptr, size_t bytesize))                     \
     X(cuMemFree_v2, (CUdeviceptr dptr))                                        \
     X(cuMemGetInfo_v2, (size_t *free, size_t *total))                          \
@@ -215,6 +228,10 @@ int vg__driver_load(const char *path);
 const vg__driver_t *vg__driver(void);
 /* One line saying why the driver could not be loaded ("" when it could). */
 const char *vg__driver_error(void);
+/* The CUresult for a vg status: the one mapping, used by every hook and by
+ * the audit log (VG_ENOMEM and a fail-closed VG_ESETTING are
+ * CUDA_ERROR_OUT_OF_MEMORY, VG_EDENIED is CUDA_ERROR_NOT_SUPPORTED, ...). */
+CUresult vg__cu_status(int vg_status);
 /* A driver status as "CUDA_ERROR_X" (static text, never NULL). */
 const char *vg__cu_name(CUresult rc);
 
@@ -238,7 +255,15 @@ typedef void (*vg__level_fn)(void *owner, vg_pressure_t old_level,
 /* A byte limit and its use. used never exceeds limit through reserve(), no
  * matter how many threads race (compare-and-swap). Lowering the limit below
  * use is allowed: reserves then fail until frees bring use down. */
+struct vg__shm;
+
 typedef struct vg__budget {
+    /* Set when the budget lives in a shared region (VRAMGUARD_SHARED): every
+     * operation then goes to shared.c, and the fields below mirror the
+     * region's device entry as of this process's last operation on it. NULL
+     * for per-process budgets and pools: one predictable branch. */
+    struct vg__shm *shared;
+    int shared_dev;         /* the region's device entry */
     _Atomic uint64_t limit; /* VG__UNLIMITED when none */
     _Atomic uint64_t used;
     _Atomic uint64_t peak;
@@ -268,12 +293,172 @@ void vg__budget_release(vg__budget_t *b, uint64_t n);
 void vg__budget_force(vg__budget_t *b, uint64_t n);
 /* limit - used, or 0 when over. */
 uint64_t vg__budget_available(const vg__budget_t *b);
+/* The limit and use now (a shared budget's are read from its region:
+ * slow path, takes its lock). */
+void vg__budget_read(const vg__budget_t *b, uint64_t *limit, uint64_t *used);
 vg_pressure_t vg__budget_level(const vg__budget_t *b);
 /* The level for a use/limit pair given the current level (hysteresis). Pure. */
 vg_pressure_t vg__pressure_for(uint64_t used, uint64_t limit,
                                vg_pressure_t current);
 /* Registers a level hook; VG_ENOMEM when VG__LEVEL_HOOKS are taken. */
 int vg__budget_on_level(vg__budget_t *b, vg__level_fn fn, void *user);
+
+/* ---------------------------------------------------------- shared.c */
+
+/* A budget shared by every process that names the same region
+ * (VRAMGUARD_SHARED=NAME -> /dev/shm/vramguard.NAME, or HAMi's
+ * CUDA_DEVICE_MEMORY_SHARED_CACHE=PATH). The layout is fixed: after
+ * vg__shm_validate() accepts a region, every index is bounded by the
+ * constants below, never by a count read from the file. Every field below
+ * the header's magic is read and written under the header's robust,
+ * process-shared mutex (the CLI copies a snapshot under it). */
+#define VG__SHM_MAGIC 0x314d485347524756ull /* "VGRGSHM1" */
+#define VG__SHM_VERSION 1u
+#define VG__SHM_DEVICES 64
+#define VG__SHM_SLOTS 256
+#define VG__SHM_WAITERS 64
+#define VG__SHM_CMD 64
+#define VG__SHM_PREFIX "/dev/shm/vramguard."
+
+_Static_assert(VG__SHM_DEVICES == VG__MAX_DEVICES,
+               "a region has one entry per engine device");
+
+typedef struct vg__shm_device {
+    uint64_t limit;     /* VG__UNLIMITED when none */
+    uint64_t used;      /* sum of the live slots' used[] for this entry */
+    uint64_t peak;      /* highest `used` ever reserved */
+    uint64_t refusals;
+    int32_t level;      /* vg_pressure_t */
+    int32_t ordinal;    /* the CUDA ordinal of the first process; -1 free */
+    char uuid[48];      /* "GPU-..." when known: the entry's key */
+} vg__shm_device_t;
+
+typedef struct vg__shm_slot {
+    int32_t pid;        /* 0: free */
+    uint32_t uid;
+    uint64_t start;     /* field 22 of /proc/PID/stat: pid + start = identity */
+    char cmd[VG__SHM_CMD];
+    uint64_t used[VG__SHM_DEVICES];     /* bytes charged, overhead included */
+    uint64_t live[VG__SHM_DEVICES];     /* live allocations */
+    uint64_t overhead[VG__SHM_DEVICES]; /* memory no call shows */
+} vg__shm_slot_t;
+
+/* A request waiting for memory (VRAMGUARD_WAIT_MS): the live waiter with
+ * the smallest ticket is the only one that may retry (first come, first
+ * served); dead or timed-out ones are dropped. */
+typedef struct vg__shm_waiter {
+    int32_t pid;        /* 0: free */
+    int32_t pad;
+    uint64_t start;
+    uint64_t ticket;
+    uint64_t deadline_ns; /* CLOCK_MONOTONIC (system-wide) */
+} vg__shm_waiter_t;
+
+typedef struct vg__shm_header {
+    uint64_t magic;
+    uint32_t version;
+    uint32_t header_size;  /* sizeof(vg__shm_header_t) */
+    uint64_t total_size;   /* sizeof(vg__shm_t) */
+    uint32_t device_count, slot_count, waiter_count, cmd_len;
+    uint32_t creator_uid;
+    uint32_t pad;
+    uint64_t pidns;        /* inode of the creator's PID namespace */
+    uint64_t default_limit; /* for device entries not claimed yet */
+    uint64_t last_reap_ns; /* CLOCK_MONOTONIC */
+    uint64_t generation;   /* bumped whenever a slot is dropped */
+    uint64_t ticket_next;
+    union {
+        pthread_mutex_t m; /* robust, process-shared */
+        unsigned char bytes[64];
+    } lock;
+    vg__shm_waiter_t waiters[VG__SHM_WAITERS];
+} vg__shm_header_t;
+
+typedef struct vg__shm {
+    vg__shm_header_t h;
+    vg__shm_device_t dev[VG__SHM_DEVICES];
+    vg__shm_slot_t slot[VG__SHM_SLOTS];
+} vg__shm_t;
+
+/* Checks that buf[0..len) is a region of this layout: length, magic,
+ * version, header size, total size and every count. Pure; reads nothing
+ * past len. VG_EINVAL with a reason in err otherwise. */
+int vg__shm_validate(const void *buf, size_t len, char *err, size_t errlen);
+
+/* Checks a region file's stat facts: a regular file of exactly the
+ * region's size, mode 0600 (or 0660 when `group` and the caller is in the
+ * file's group), owned by `euid`, or, only for a 0660 region with `group`
+ * set, by anyone whose group the caller is in. Pure. */
+typedef struct vg__shm_file {
+    unsigned mode;      /* st_mode */
+    uint32_t uid, gid;
+    uint64_t size;
+} vg__shm_file_t;
+typedef struct vg__shm_who {
+    uint32_t euid;
+    bool group;         /* VRAMGUARD_SHARED_GROUP=on */
+    bool in_group;      /* the caller is in the file's group */
+} vg__shm_who_t;
+int vg__shm_check_file(const vg__shm_file_t *f, const vg__shm_who_t *who,
+                       char *err, size_t errlen);
+
+/* The region's path for a name ("/dev/shm/vramguard.NAME"); a name that
+ * starts with '/' is taken as the path itself (HAMi's shared cache). */
+int vg__shm_path(const char *name, char *out, size_t len);
+
+typedef enum vg__shm_open_mode {
+    VG__SHM_ATTACH = 0, /* an existing region only */
+    VG__SHM_CREATE,     /* create it when missing (linked into place whole) */
+} vg__shm_open_mode_t;
+
+/* Maps the region at `path`, checked as above. Out: *out. VG_ENOTFOUND
+ * when missing (ATTACH), VG_EDENIED for a foreign or badly permissioned
+ * file, VG_EINVAL for a corrupt one, VG_ESYS otherwise; one line in err. */
+int vg__shm_open(const char *path, vg__shm_open_mode_t mode, bool group,
+                 vg__shm_t **out, char *err, size_t errlen);
+void vg__shm_close(vg__shm_t *r);
+
+/* Takes the region lock, repairing the region when its last holder died
+ * (EOWNERDEAD: every device's use is recomputed from the live slots). */
+int vg__shm_lock(vg__shm_t *r);
+void vg__shm_unlock(vg__shm_t *r);
+/* Under the lock: copies the region into *copy. */
+int vg__shm_snapshot(vg__shm_t *r, vg__shm_t *copy);
+/* Under the lock: sets the limit of one entry (dev >= 0) or of every
+ * entry and the default for new ones (dev < 0); levels are recomputed. */
+int vg__shm_set_limit(vg__shm_t *r, int dev, uint64_t limit);
+/* Whether the slot's process is alive (kill(pid, 0), EPERM counts as
+ * alive, and the same start time). */
+bool vg__shm_slot_alive(const vg__shm_slot_t *s);
+/* Recomputes every device's `used` as the sum over slots that `alive`
+ * accepts, dropping the others. Pure but for `alive`. */
+typedef bool (*vg__shm_alive_fn)(const vg__shm_slot_t *s, void *ctx);
+void vg__shm_recount(vg__shm_t *r, vg__shm_alive_fn alive, void *ctx);
+
+/* The engine's side. vg__shared_bind() attaches this process to the
+ * region named by the settings (once), claims a slot, finds or claims the
+ * entry of `device` (by UUID), applies `limit` when it is explicit (not
+ * VG__UNLIMITED: last writer wins, one stderr line when it changes another
+ * value), and points `b` at it. On failure `b` stays per-process with a
+ * limit of 0 (fail closed) and one line says why. */
+void vg__shared_bind(vg__budget_t *b, int device, uint64_t limit);
+/* The budget.c operations for a budget with b->shared set. */
+int vg__shared_reserve(vg__budget_t *b, uint64_t n);
+void vg__shared_release(vg__budget_t *b, uint64_t n);
+void vg__shared_force(vg__budget_t *b, uint64_t n);
+void vg__shared_set_limit(vg__budget_t *b, uint64_t limit);
+/* Fresh limit and use of the region's entry (under the lock). */
+void vg__shared_read(const vg__budget_t *b, uint64_t *limit, uint64_t *used);
+/* Per-process figures shown by `vramguard status`. */
+void vg__shared_live(const vg__budget_t *b, int delta);
+void vg__shared_overhead(const vg__budget_t *b, uint64_t bytes);
+
+/* A test-only pause point inside the critical section: a weak, hidden
+ * symbol that no product build defines, so the call is never made there
+ * (the shared libraries resolve it to NULL at link time). A test that
+ * links the engine statically defines it to stop a process while it holds
+ * the region lock (tests/test_shared.c). */
+void vg__shared_test_pause(void) __attribute__((weak, visibility("hidden")));
 
 /* ---------------------------------------------------------- ledger.c */
 
@@ -290,6 +475,7 @@ typedef struct vg__alloc {
     uint32_t tid;
     int16_t device;
     uint8_t kind;        /* vg_kind_t */
+    uint32_t site;       /* call-site id (audit.c), 0 when none was taken */
     char tag[VG__TAG_LEN];
 } vg__alloc_t;
 
@@ -298,7 +484,8 @@ typedef struct vg__alloc {
  * are recycled from per-shard free lists: after warm-up, insert and remove
  * do not call malloc. */
 
-/* Next sequence number (starts at 1). */
+/* Next sequence number: unique in the process, increasing within a thread
+ * (threads take blocks of 64), never 0. */
 uint64_t vg__ledger_next_seq(void);
 /* Inserts a copy of *a. VG_EINVAL if ptr is already live (the old record is
  * kept), VG_ESYS if no memory for records. */
@@ -338,6 +525,172 @@ typedef struct vg__ctx_guard {
 } vg__ctx_guard_t;
 void vg__pool_ctx_enter(const vg_pool_t *pool, vg__ctx_guard_t *g);
 void vg__pool_ctx_leave(vg__ctx_guard_t *g);
+
+/* ----------------------------------------------------------- cache.c */
+
+/* The pool's cache of small blocks (docs/pool.md has the rules and the
+ * measurements behind the numbers). Requests up to VG__SMALL_MAX bytes are
+ * rounded up to a size class and carved out of chunks, each one driver
+ * allocation; larger requests go to the driver directly. Classes: 256 B
+ * steps up to 1 KiB, then four classes per doubling (a block wastes at most
+ * 20% of itself). All class sizes are multiples of 256, so every block keeps
+ * the driver's 256-byte alignment.
+ *
+ * The cache is host-side bookkeeping only: it never calls the driver or
+ * touches a budget. The pool (pool.c) charges and allocates chunks, hands
+ * them in, and frees the spans the cache gives back.
+ *
+ * Reuse rule: a freed block goes to its class's pending list, never straight
+ * back out. It is handed out again only after one context synchronisation
+ * (the `sync` function given to vg__cache_init) that began after the free.
+ * Fresh blocks of a new chunk need none, so one synchronisation serves a
+ * whole batch of frees (the pending list is taken only when the class has
+ * neither ready nor fresh blocks left).
+ *
+ * Locks: one spinlock per class, held for a few list operations, never
+ * across a driver call, a budget call or `sync`. No pool-wide lock. */
+#define VG__CLASS_GRAIN 256u
+#define VG__SMALL_MAX (1u << 20)         /* bytes; larger goes direct */
+#define VG__CLASSES 44                   /* 256 B .. 1 MiB */
+#define VG__CHUNK_SMALL (2ull << 20)     /* chunk of classes <= 256 KiB */
+#define VG__CHUNK_LARGE (8ull << 20)     /* chunk of larger classes */
+#define VG__CLASS_SMALL_CHUNK_MAX (256u << 10)
+/* Empty chunks a class keeps cached (below High pressure) before releasing
+ * the next one that empties. */
+#define VG__EMPTY_KEEP 1u
+
+typedef struct vg__chunk vg__chunk_t; /* cache.c */
+
+/* One block as the cache hands it out and takes it back. */
+typedef struct vg__block {
+    vg_devptr_t ptr;
+    vg__chunk_t *chunk;
+} vg__block_t;
+
+/* A driver allocation the caller must free (and uncharge). */
+typedef struct vg__span {
+    vg_devptr_t base;
+    uint64_t bytes;
+} vg__span_t;
+
+typedef struct vg__block_stack {
+    vg__block_t *v;
+    uint32_t n, cap;
+} vg__block_stack_t;
+
+typedef struct vg__class {
+    _Atomic int lock;       /* spinlock: 0 free, 1 held */
+    uint32_t size;          /* block bytes */
+    uint32_t per_chunk;     /* blocks in one chunk */
+    uint64_t chunk_bytes;
+    vg__chunk_t *chunks;    /* every chunk of the class (doubly linked) */
+    vg__chunk_t *carve;     /* the chunk with never-used blocks, or NULL */
+    vg__block_stack_t ready;   /* freed and synchronised since: reusable */
+    vg__block_stack_t pending; /* freed, not yet synchronised */
+    bool syncing;           /* a thread is synchronising `pending` */
+    uint32_t empty_chunks;  /* chunks with no live block */
+    /* Counters, written under the lock. */
+    uint64_t hits, misses, allocs, frees, bytes_allocated;
+    uint64_t live_blocks, live_bytes; /* requested bytes of live blocks */
+} __attribute__((aligned(64))) vg__class_t;
+
+typedef void (*vg__sync_fn)(void *ctx);
+
+typedef struct vg__cache {
+    vg__class_t cls[VG__CLASSES];
+    vg__sync_fn sync;
+    void *sync_ctx;
+    _Atomic uint64_t held;  /* bytes of every chunk */
+    _Atomic uint64_t syncs;
+} vg__cache_t;
+
+/* The class of a request, or -1 when it is larger than VG__SMALL_MAX. */
+int vg__class_of(size_t size);
+/* The block size of class `cls` (0 <= cls < VG__CLASSES). */
+uint32_t vg__class_size(int cls);
+
+void vg__cache_init(vg__cache_t *c, vg__sync_fn sync, void *ctx);
+/* Frees the cache's host memory and hands every chunk to `release` (the
+ * pool is being destroyed: live blocks die with their chunks). */
+void vg__cache_drain(vg__cache_t *c, void (*release)(const vg__span_t *s,
+                                                     void *ctx), void *ctx);
+/* Hands out a block of class `cls` for a request of `size` bytes: a ready
+ * block, a fresh one, or a pending one after a synchronisation. VG_ENOMEM
+ * when the class has none (a miss: the caller adds a chunk). */
+int vg__cache_take(vg__cache_t *c, int cls, size_t size, vg__block_t *out);
+/* Adds a chunk the caller allocated, charged and verified, and hands its
+ * first block out for `size` bytes. VG_ESYS when host memory runs out (the
+ * caller still owns the chunk). */
+int vg__cache_add_chunk(vg__cache_t *c, int cls, const vg__span_t *chunk,
+                        size_t size, vg__block_t *out);
+/* Takes a block back (`size` as it was taken). When its chunk becomes empty
+ * and the class already keeps `keep_empty` empty chunks, the chunk leaves
+ * the cache: *release is filled and true returned (the caller frees it). */
+bool vg__cache_give(vg__cache_t *c, const vg__block_t *b, size_t size,
+                    uint32_t keep_empty, vg__span_t *release);
+/* Detaches the best empty chunk to trim (the largest, then the longest
+ * idle) into *release. false when no chunk is empty. */
+bool vg__cache_trim_one(vg__cache_t *c, vg__span_t *release);
+
+typedef struct vg__cache_stats {
+    uint64_t held, cached, live_bytes, live_blocks;
+    uint64_t hits, misses, allocs, frees, bytes_allocated, syncs;
+} vg__cache_stats_t;
+void vg__cache_stats(vg__cache_t *c, vg__cache_stats_t *s);
+
+/* ----------------------------------------------------------- evict.c */
+
+/* Evictable allocations of one pool (VG_ALLOC_EVICTABLE): the candidates,
+ * their priority and when each was last used, behind one mutex (these are
+ * large, rarely made allocations; the cache's fast path never comes here).
+ *
+ * Ownership: the ledger decides who frees an allocation. The evictor takes
+ * the record out of the ledger under this set's mutex before it calls the
+ * callback; a vg_pool_free that got there first owns it instead, and the
+ * evictor skips it. An entry is freed by whoever owns its allocation, after
+ * it is unlinked under the mutex. Lock order: set mutex, then ledger. */
+typedef struct vg__evictable {
+    vg_devptr_t ptr;
+    uint64_t size;
+    int priority;
+    uint64_t touched; /* the set's tick when allocated or last touched */
+    vg_evict_cb fn;
+    void *user;
+    bool linked;
+    struct vg__evictable *prev, *next;
+} vg__evictable_t;
+
+typedef struct vg__evict_set {
+    pthread_mutex_t mu;
+    vg__evictable_t *head;
+    uint64_t tick;
+    _Atomic uint64_t bytes; /* of the linked entries */
+} vg__evict_set_t;
+
+/* Ledger records of a pool's evictable allocations carry their entry in
+ * vg__alloc_t.handle with this bit set; a block of the cache carries its
+ * chunk (bit clear); a plain direct allocation carries 0. */
+#define VG__HANDLE_EVICTABLE 1ull
+
+void vg__evict_init(vg__evict_set_t *s);
+void vg__evict_fini(vg__evict_set_t *s); /* frees the entries left */
+/* A new, not yet linked entry for an allocation made with `opts`. */
+vg__evictable_t *vg__evict_new(const vg_alloc_opts_t *opts, vg_devptr_t ptr,
+                               uint64_t size);
+/* Makes an entry a candidate (after its ledger record exists). */
+void vg__evict_link(vg__evict_set_t *s, vg__evictable_t *e);
+/* The owner freed the allocation (its record is out of the ledger). */
+void vg__evict_forget(vg__evict_set_t *s, vg__evictable_t *e);
+/* Marks a live allocation of `owner` as used now. VG_ENOTFOUND when ptr is
+ * not one; VG_OK (and nothing else) for a live non-evictable one. */
+int vg__evict_touch(vg__evict_set_t *s, const void *owner, vg_devptr_t ptr);
+/* Bytes eviction could give back now (a hint: it may change at once). */
+uint64_t vg__evict_bytes(vg__evict_set_t *s);
+/* Picks the victim (lowest priority, least recently used within it), takes
+ * its record out of the ledger into *rec and returns its entry, which the
+ * caller now owns. NULL when there is no candidate. */
+vg__evictable_t *vg__evict_pick(vg__evict_set_t *s, const void *owner,
+                                vg__alloc_t *rec);
 
 /* --------------------------------------------------------- account.c */
 
@@ -433,5 +786,143 @@ const vg__settings_t *vg__engine_settings(void);
 /* The process budget of a device (VRAMGUARD_BUDGET), resolved on first use;
  * unlimited when no budget is set. NULL for a bad ordinal. */
 vg__budget_t *vg__engine_budget(int device);
+
+/* ------------------------------------- audit.c, sites.c, badptr.c */
+
+/* Diagnostics, all off unless a setting asks: the audit log (audit.c), call
+ * sites and the leak report (sites.c), the bad-pointer policy and the
+ * allocation check (badptr.c). With all of them off, an allocation or a
+ * free pays one relaxed load and one predictable branch (vg__diag_on). */
+
+#define VG__MAX_FRAMES 32 /* VRAMGUARD_BACKTRACE's upper bound */
+
+enum {
+    VG__DIAG_LOG = 1u << 0,    /* VRAMGUARD_AUDIT: the log is open */
+    VG__DIAG_SITES = 1u << 1,  /* allocations record their call site */
+    VG__DIAG_VERIFY = 1u << 2, /* VRAMGUARD_VERIFY=1 */
+};
+
+/* Set once while the engine starts, before any hook sees it started; read
+ * relaxed on every allocation and free. The one mutable global read
+ * outside its file (audit.c): a call would cost more than the check. */
+extern _Atomic unsigned vg__diag_flags;
+
+static inline bool vg__diag_on(void)
+{
+    return atomic_load_explicit(&vg__diag_flags, memory_order_relaxed) != 0;
+}
+
+static inline bool vg__diag_has(unsigned bit)
+{
+    return (atomic_load_explicit(&vg__diag_flags, memory_order_relaxed) & bit) != 0;
+}
+
+/* audit.c. Starts diagnostics from the parsed settings, once, from the
+ * engine's start-up: opens VRAMGUARD_AUDIT (O_WRONLY|O_APPEND|O_CREAT|
+ * O_NOFOLLOW|O_CLOEXEC, mode 0600), registers the exit, fork and
+ * fatal-signal flushes and writes `start`. VG_ESETTING with
+ * "VRAMGUARD_AUDIT='path': reason" in err when the log cannot be opened:
+ * the engine then fails closed. */
+int vg__diag_start(const vg__settings_t *s, char *err, size_t errlen);
+/* Writes `pressure` events for a device budget's level changes (nothing
+ * while the log is closed). Call after vg__budget_init. */
+void vg__audit_watch(vg__budget_t *b, int device);
+
+/* Events. Each formats one line into the calling thread's buffer: no
+ * malloc after the thread's first event, no lock another thread holds
+ * except while it flushes this buffer (exit, fork), and a write(2) only
+ * when the buffer is full. All are no-ops while the log is closed. */
+/* An allocation about to be recorded: checks it (VRAMGUARD_VERIFY), sets
+ * a->site (VRAMGUARD_BACKTRACE) and writes `alloc`. Call when
+ * vg__diag_on(), before the ledger insert. */
+void vg__diag_commit(const vg__ticket_t *t, vg__alloc_t *a);
+/* `free` of a ledger record, with the driver's answer. */
+void vg__audit_free(const vg__alloc_t *a, const char *api, CUresult rc);
+/* `refuse`: t->bytes on t->device refused with `status` (VG_ENOMEM,
+ * VG_EDENIED). Captures the call site itself. */
+void vg__audit_refuse(const vg__ticket_t *t, int status);
+/* `bad_ptr`. info NULL for a handle ("handle" class). rc NULL when the
+ * program gets none (abort). */
+void vg__audit_bad_ptr(const char *api, uint64_t key, const vg_ptr_info_t *info,
+                       vg__bad_ptr_policy_t policy, const CUresult *rc);
+/* `leak`: one call site's allocations still live at exit. */
+void vg__audit_leak(int device, uint64_t count, uint64_t bytes, uint32_t site);
+/* Writes every thread's buffer out now (abort, tests). */
+void vg__audit_flush_all(void);
+
+/* sites.c. Call sites: up to VRAMGUARD_BACKTRACE return addresses outside
+ * vramguard, innermost first, interned so a record keeps a 32-bit id. */
+/* Loads the unwinder (glibc's backtrace() may malloc on first use) and
+ * finds vramguard's own code. frames 0 turns capture off. */
+void vg__site_setup(int frames);
+/* The caller's frames outside vramguard. Out: frames[]. Returns the count
+ * (0 when capture is off). Costs one unwind (~1 us for a few frames). */
+int vg__site_capture(uintptr_t frames[VG__MAX_FRAMES]);
+/* The id of a frame list (1...), 0 when n is 0 or the table is full. */
+uint32_t vg__site_intern(const uintptr_t *frames, int n);
+/* The frames of an id. Out: frames[]. Returns the count (0 for id 0). */
+int vg__site_frames(uint32_t id, uintptr_t frames[VG__MAX_FRAMES]);
+/* The leak report: live allocations grouped by device and call site, on
+ * stderr ending with one summary line, and as `leak` events. Exit only. */
+void vg__leaks_report(void);
+
+/* badptr.c and account.c: the free path. A free hook asks
+ * vg__acct_free_begin before the driver and calls vg__acct_free_end with
+ * the driver's answer; begin's status other than VG_OK means "do not call
+ * the driver, return this" (VRAMGUARD_ON_BAD_POINTER=reject). */
+typedef enum vg__free_state {
+    VG__FREE_PASS = 0, /* NULL: nothing to record, the driver answers */
+    VG__FREE_OURS,     /* a ledger record was taken out (f->a) */
+    VG__FREE_BAD,      /* not ours: classified into f->bad, policy applied */
+} vg__free_state_t;
+
+typedef struct vg__free {
+    uint64_t key;         /* device pointer, or handle | VG__KEY_HANDLE */
+    const char *api;      /* the hooked entry point */
+    vg__free_state_t state;
+    vg__alloc_t a;        /* VG__FREE_OURS: the record */
+    vg_ptr_info_t bad;    /* VG__FREE_BAD: the classification */
+} vg__free_t;
+
+int vg__badptr_begin(vg__free_t *f);
+/* account.c, out of line: restores a record whose driver free failed,
+ * writes `free` and finishes a bad pointer (vg__badptr_end). */
+void vg__acct_free_settle(vg__free_t *f, CUresult cr);
+
+/* Takes `key` out of the ledger (and its charge back) or hands it to
+ * vg__badptr_begin. Fills *f; nothing in it needs initialising. Inline:
+ * the common case costs what the bare release did, plus three stores. */
+static inline int vg__acct_free_begin(vg__free_t *f, uint64_t key, const char *api)
+{
+    f->key = key;
+    f->api = api;
+    if (vg__likely(vg__acct_release(key, &f->a) == VG_OK)) {
+        f->state = VG__FREE_OURS;
+        return VG_OK;
+    }
+    return vg__badptr_begin(f);
+}
+
+static inline void vg__acct_free_end(vg__free_t *f, CUresult cr)
+{
+    if (vg__likely(f->state == VG__FREE_OURS && cr == CUDA_SUCCESS) &&
+        !vg__diag_on())
+        return;
+    vg__acct_free_settle(f, cr);
+}
+
+/* badptr.c. A free of a key the ledger does not hold. Pointers are
+ * classified (vg__ptr_classify) and VRAMGUARD_ON_BAD_POINTER applied:
+ * VG_OK = forward to the driver (warn; and always for real memory we did
+ * not see: foreign pointers, unknown handles), VG_ENOTFOUND = reject, or a
+ * report and abort(). Handles are judged after the driver answers.
+ * (Declared above, beside its caller vg__acct_free_begin.) */
+/* After the driver answered a VG__FREE_BAD free: `bad_ptr` event, one
+ * rate-limited stderr line, abort() under that policy. */
+void vg__badptr_end(const vg__free_t *f, CUresult cr);
+/* VRAMGUARD_VERIFY: the driver must know a->ptr as device memory of at
+ * least a->size bytes. A failure is a `bad_ptr` and a stderr line (and
+ * abort() under that policy); the allocation stays recorded. */
+void vg__badptr_verify(const vg__ticket_t *t, const vg__alloc_t *a);
 
 #endif /* VG_INTERNAL_H */

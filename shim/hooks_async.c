@@ -51,7 +51,7 @@ static CUresult alloc_async(CUresult (*real)(CUdeviceptr *, size_t, CUstream),
                       .bytes = size, .api = api};
     int rc = vg__acct_reserve(&t);
     if (rc != VG_OK)
-        return vg__shim_cu_status(rc);
+        return vg__cu_status(rc);
     CUresult cr = real(dptr, size, stream);
     if (!pool) { /* no pool to read: charge what was asked */
         vg__shim_settle(&t, cr, cr == CUDA_SUCCESS ? *dptr : 0, size);
@@ -89,7 +89,7 @@ static CUresult alloc_from_pool(CUresult (*real)(CUdeviceptr *, size_t, CUmemory
                       .bytes = size, .api = api};
     int rc = vg__acct_reserve(&t);
     if (rc != VG_OK)
-        return vg__shim_cu_status(rc);
+        return vg__cu_status(rc);
     CUresult cr = real(dptr, size, pool, stream);
     if (!pool) { /* the driver refuses a NULL pool; nothing to settle */
         vg__shim_settle(&t, cr, cr == CUDA_SUCCESS ? *dptr : 0, size);
@@ -121,12 +121,15 @@ CUresult cuMemAllocFromPoolAsync_ptsz(CUdeviceptr *dptr, size_t bytesize,
 
 /* The pool keeps the memory after a stream-ordered free, so the pool's
  * charge stays; it is re-synced on the pool's next allocation or trim. */
-static CUresult free_async(free_async_fn real, CUdeviceptr dptr, CUstream stream)
+static CUresult free_async(free_async_fn real, CUdeviceptr dptr, CUstream stream,
+                           const char *api)
 {
-    vg__alloc_t a;
-    bool ours = dptr && vg__acct_release(dptr, &a) == VG_OK;
+    vg__free_t f;
+    int rc = vg__acct_free_begin(&f, dptr, api);
+    if (rc != VG_OK)
+        return vg__cu_status(rc);
     CUresult cr = real(dptr, stream);
-    vg__shim_unfree(ours, &a, cr);
+    vg__acct_free_end(&f, cr);
     return cr;
 }
 
@@ -134,7 +137,7 @@ CUresult cuMemFreeAsync(CUdeviceptr dptr, CUstream hStream)
 {
     if (!vg__shim_started())
         return CUDA_ERROR_NOT_INITIALIZED;
-    return free_async(vg__real.cuMemFreeAsync, dptr, hStream);
+    return free_async(vg__real.cuMemFreeAsync, dptr, hStream, "cuMemFreeAsync");
 }
 
 CUresult cuMemFreeAsync_ptsz(CUdeviceptr dptr, CUstream hStream)
@@ -143,7 +146,7 @@ CUresult cuMemFreeAsync_ptsz(CUdeviceptr dptr, CUstream hStream)
         return CUDA_ERROR_NOT_INITIALIZED;
     if (!vg__real.cuMemFreeAsync_ptsz)
         return CUDA_ERROR_NOT_FOUND;
-    return free_async(vg__real.cuMemFreeAsync_ptsz, dptr, hStream);
+    return free_async(vg__real.cuMemFreeAsync_ptsz, dptr, hStream, "cuMemFreeAsync_ptsz");
 }
 
 CUresult cuMemPoolDestroy(CUmemoryPool pool)

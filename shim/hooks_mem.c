@@ -16,7 +16,7 @@ CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytesize)
                       .bytes = bytesize, .api = "cuMemAlloc_v2"};
     int rc = vg__acct_reserve(&t);
     if (rc != VG_OK)
-        return vg__shim_cu_status(rc);
+        return vg__cu_status(rc);
     CUresult cr = vg__real.cuMemAlloc_v2(dptr, bytesize);
     vg__shim_settle(&t, cr, cr == CUDA_SUCCESS ? *dptr : 0, bytesize);
     return cr;
@@ -32,7 +32,7 @@ CUresult cuMemAlloc(CUdeviceptr_v1 *dptr, unsigned int bytesize)
                       .bytes = bytesize, .api = "cuMemAlloc"};
     int rc = vg__acct_reserve(&t);
     if (rc != VG_OK)
-        return vg__shim_cu_status(rc);
+        return vg__cu_status(rc);
     CUresult cr = vg__real.cuMemAlloc(dptr, bytesize);
     vg__shim_settle(&t, cr, cr == CUDA_SUCCESS ? *dptr : 0, bytesize);
     return cr;
@@ -42,10 +42,12 @@ CUresult cuMemFree_v2(CUdeviceptr dptr)
 {
     if (!vg__shim_started())
         return CUDA_ERROR_NOT_INITIALIZED;
-    vg__alloc_t a;
-    bool ours = dptr && vg__acct_release(dptr, &a) == VG_OK;
+    vg__free_t f;
+    int rc = vg__acct_free_begin(&f, dptr, "cuMemFree_v2");
+    if (rc != VG_OK)
+        return vg__cu_status(rc);
     CUresult cr = vg__real.cuMemFree_v2(dptr);
-    vg__shim_unfree(ours, &a, cr);
+    vg__acct_free_end(&f, cr);
     return cr;
 }
 
@@ -55,10 +57,12 @@ CUresult cuMemFree(CUdeviceptr_v1 dptr)
         return CUDA_ERROR_NOT_INITIALIZED;
     if (!vg__real.cuMemFree)
         return CUDA_ERROR_NOT_FOUND;
-    vg__alloc_t a;
-    bool ours = dptr && vg__acct_release(dptr, &a) == VG_OK;
+    vg__free_t f;
+    int rc = vg__acct_free_begin(&f, dptr, "cuMemFree");
+    if (rc != VG_OK)
+        return vg__cu_status(rc);
     CUresult cr = vg__real.cuMemFree(dptr);
-    vg__shim_unfree(ours, &a, cr);
+    vg__acct_free_end(&f, cr);
     return cr;
 }
 
@@ -97,7 +101,7 @@ CUresult cuMemAllocPitch_v2(CUdeviceptr *dptr, size_t *pPitch, size_t WidthInByt
                       .bytes = pitch_estimate(WidthInBytes, Height), .api = "cuMemAllocPitch_v2"};
     int rc = vg__acct_reserve(&t);
     if (rc != VG_OK)
-        return vg__shim_cu_status(rc);
+        return vg__cu_status(rc);
     CUresult cr = vg__real.cuMemAllocPitch_v2(dptr, pPitch, WidthInBytes, Height,
                                               ElementSizeBytes);
     return pitch_settle(&t, cr, cr == CUDA_SUCCESS ? *dptr : 0,
@@ -116,7 +120,7 @@ CUresult cuMemAllocPitch(CUdeviceptr_v1 *dptr, unsigned int *pPitch,
                       .bytes = pitch_estimate(WidthInBytes, Height), .api = "cuMemAllocPitch"};
     int rc = vg__acct_reserve(&t);
     if (rc != VG_OK)
-        return vg__shim_cu_status(rc);
+        return vg__cu_status(rc);
     CUresult cr = vg__real.cuMemAllocPitch(dptr, pPitch, WidthInBytes, Height,
                                            ElementSizeBytes);
     return pitch_settle(&t, cr, cr == CUDA_SUCCESS ? *dptr : 0,
@@ -131,7 +135,7 @@ CUresult cuMemAllocManaged(CUdeviceptr *dptr, size_t bytesize, unsigned int flag
                       .bytes = bytesize, .api = "cuMemAllocManaged"};
     int rc = vg__acct_reserve(&t);
     if (rc != VG_OK)
-        return vg__shim_cu_status(rc);
+        return vg__cu_status(rc);
     CUresult cr = vg__real.cuMemAllocManaged(dptr, bytesize, flags);
     vg__shim_settle(&t, cr, cr == CUDA_SUCCESS ? *dptr : 0, bytesize);
     return cr;

@@ -38,7 +38,7 @@ CUresult cuMemCreate(CUmemGenericAllocationHandle *handle, size_t size,
                       .bytes = size, .api = "cuMemCreate"};
     int rc = vg__acct_reserve(&t);
     if (rc != VG_OK)
-        return vg__shim_cu_status(rc);
+        return vg__cu_status(rc);
     CUresult cr = vg__real.cuMemCreate(handle, size, prop, flags);
     vg__shim_settle(&t, cr, cr == CUDA_SUCCESS ? *handle | VG__KEY_HANDLE : 0, size);
     return cr;
@@ -48,10 +48,12 @@ CUresult cuMemRelease(CUmemGenericAllocationHandle handle)
 {
     if (!vg__shim_started())
         return CUDA_ERROR_NOT_INITIALIZED;
-    vg__alloc_t a;
-    bool ours = vg__acct_release(handle | VG__KEY_HANDLE, &a) == VG_OK;
+    vg__free_t f;
+    int rc = vg__acct_free_begin(&f, handle | VG__KEY_HANDLE, "cuMemRelease");
+    if (rc != VG_OK)
+        return vg__cu_status(rc);
     CUresult cr = vg__real.cuMemRelease(handle);
-    vg__shim_unfree(ours, &a, cr);
+    vg__acct_free_end(&f, cr);
     return cr;
 }
 
@@ -119,7 +121,7 @@ CUresult cuArrayCreate_v2(CUarray *pHandle, const CUDA_ARRAY_DESCRIPTOR *d)
                       .bytes = array_estimate(d->Width, d->Height, 1, d->Format, d->NumChannels), .api = "cuArrayCreate_v2"};
     int rc = vg__acct_reserve(&t);
     if (rc != VG_OK)
-        return vg__shim_cu_status(rc);
+        return vg__cu_status(rc);
     CUresult cr = vg__real.cuArrayCreate_v2(pHandle, d);
     return array_settle(&t, cr, cr == CUDA_SUCCESS ? *pHandle : NULL);
 }
@@ -136,7 +138,7 @@ CUresult cuArrayCreate(CUarray *pHandle, const CUDA_ARRAY_DESCRIPTOR_v1 *d)
                       .bytes = array_estimate(d->Width, d->Height, 1, d->Format, d->NumChannels), .api = "cuArrayCreate"};
     int rc = vg__acct_reserve(&t);
     if (rc != VG_OK)
-        return vg__shim_cu_status(rc);
+        return vg__cu_status(rc);
     CUresult cr = vg__real.cuArrayCreate(pHandle, d);
     return array_settle(&t, cr, cr == CUDA_SUCCESS ? *pHandle : NULL);
 }
@@ -151,7 +153,7 @@ CUresult cuArray3DCreate_v2(CUarray *pHandle, const CUDA_ARRAY3D_DESCRIPTOR *d)
                       .bytes = array_estimate(d->Width, d->Height, d->Depth, d->Format, d->NumChannels), .api = "cuArray3DCreate_v2"};
     int rc = vg__acct_reserve(&t);
     if (rc != VG_OK)
-        return vg__shim_cu_status(rc);
+        return vg__cu_status(rc);
     CUresult cr = vg__real.cuArray3DCreate_v2(pHandle, d);
     return array_settle(&t, cr, cr == CUDA_SUCCESS ? *pHandle : NULL);
 }
@@ -168,7 +170,7 @@ CUresult cuArray3DCreate(CUarray *pHandle, const CUDA_ARRAY3D_DESCRIPTOR_v1 *d)
                       .bytes = array_estimate(d->Width, d->Height, d->Depth, d->Format, d->NumChannels), .api = "cuArray3DCreate"};
     int rc = vg__acct_reserve(&t);
     if (rc != VG_OK)
-        return vg__shim_cu_status(rc);
+        return vg__cu_status(rc);
     CUresult cr = vg__real.cuArray3DCreate(pHandle, d);
     return array_settle(&t, cr, cr == CUDA_SUCCESS ? *pHandle : NULL);
 }
@@ -177,10 +179,12 @@ CUresult cuArrayDestroy(CUarray hArray)
 {
     if (!vg__shim_started())
         return CUDA_ERROR_NOT_INITIALIZED;
-    vg__alloc_t a;
-    bool ours = vg__acct_release(key_of(hArray), &a) == VG_OK;
+    vg__free_t f;
+    int rc = vg__acct_free_begin(&f, key_of(hArray), "cuArrayDestroy");
+    if (rc != VG_OK)
+        return vg__cu_status(rc);
     CUresult cr = vg__real.cuArrayDestroy(hArray);
-    vg__shim_unfree(ours, &a, cr);
+    vg__acct_free_end(&f, cr);
     return cr;
 }
 
@@ -208,7 +212,7 @@ CUresult cuMipmappedArrayCreate(CUmipmappedArray *pHandle, const CUDA_ARRAY3D_DE
                       .bytes = mipmap_estimate(d, numMipmapLevels), .api = "cuMipmappedArrayCreate"};
     int rc = vg__acct_reserve(&t);
     if (rc != VG_OK)
-        return vg__shim_cu_status(rc);
+        return vg__cu_status(rc);
     CUresult cr = vg__real.cuMipmappedArrayCreate(pHandle, d, numMipmapLevels);
     if (cr != CUDA_SUCCESS) {
         vg__acct_cancel(&t);
@@ -229,10 +233,12 @@ CUresult cuMipmappedArrayDestroy(CUmipmappedArray hMipmappedArray)
 {
     if (!vg__shim_started())
         return CUDA_ERROR_NOT_INITIALIZED;
-    vg__alloc_t a;
-    bool ours = vg__acct_release(key_of(hMipmappedArray), &a) == VG_OK;
+    vg__free_t f;
+    int rc = vg__acct_free_begin(&f, key_of(hMipmappedArray), "cuMipmappedArrayDestroy");
+    if (rc != VG_OK)
+        return vg__cu_status(rc);
     CUresult cr = vg__real.cuMipmappedArrayDestroy(hMipmappedArray);
-    vg__shim_unfree(ours, &a, cr);
+    vg__acct_free_end(&f, cr);
     return cr;
 }
 
@@ -254,7 +260,7 @@ CUresult cuGraphAddMemAllocNode(CUgraphNode *phGraphNode, CUgraph hGraph,
                       .bytes = nodeParams->bytesize, .api = "cuGraphAddMemAllocNode"};
     int rc = vg__acct_reserve(&t);
     if (rc != VG_OK)
-        return vg__shim_cu_status(rc);
+        return vg__cu_status(rc);
     CUresult cr = vg__real.cuGraphAddMemAllocNode(phGraphNode, hGraph, dependencies,
                                                   numDependencies, nodeParams);
     if (cr == CUDA_SUCCESS)
@@ -294,8 +300,11 @@ CUresult cuGraphDestroy(CUgraph hGraph)
         g.n = 0;
         g.more = false;
         vg__ledger_foreach(NULL, collect_graph, &g);
-        for (int i = 0; i < g.n; i++)
-            vg__acct_release(g.keys[i], NULL);
+        for (int i = 0; i < g.n; i++) {
+            vg__alloc_t a;
+            if (vg__acct_release(g.keys[i], &a) == VG_OK)
+                vg__audit_free(&a, "cuGraphDestroy", cr);
+        }
     } while (g.more);
     return cr;
 }

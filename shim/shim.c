@@ -120,18 +120,6 @@ int vg__shim_device(void)
     return (int)dev;
 }
 
-CUresult vg__shim_cu_status(int vg_status)
-{
-    switch (vg_status) {
-    case VG_OK: return CUDA_SUCCESS;
-    case VG_ENOMEM: return CUDA_ERROR_OUT_OF_MEMORY;
-    case VG_ESETTING: return CUDA_ERROR_OUT_OF_MEMORY; /* fail closed */
-    case VG_EDENIED: return CUDA_ERROR_NOT_SUPPORTED;
-    case VG_ENODRIVER: return CUDA_ERROR_NOT_INITIALIZED;
-    case VG_ENODEV: return CUDA_ERROR_INVALID_DEVICE;
-    default: return CUDA_ERROR_INVALID_VALUE;
-    }
-}
 
 /* ------------------------------------------------- cuGetProcAddress */
 

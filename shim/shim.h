@@ -157,20 +157,10 @@ static inline void vg__shim_settle(vg__ticket_t *t, CUresult cr, uint64_t key,
     else
         vg__acct_cancel(t);
 }
-/* Ends a free hook: the engine took `key` out first (so an address the
- * driver reuses at once can be recorded again); put it back if the
- * driver's free failed. */
-static inline void vg__shim_unfree(bool ours, const vg__alloc_t *a, CUresult cr)
-{
-    if (ours && cr != CUDA_SUCCESS)
-        vg__acct_restore(a);
-}
 /* The hook for a real driver function, or `fn` itself when we do not hook
  * it. Bisection over the routing table: no string compares. */
 void *vg__shim_route(void *fn);
 /* The ordinal of the calling thread's current device (0 without one). */
 int vg__shim_device(void);
-/* The one place a vg status becomes a CUresult. */
-CUresult vg__shim_cu_status(int vg_status);
 
 #endif /* VG_SHIM_H */

@@ -552,6 +552,12 @@ Test(settings, every_enum_word_maps_to_its_value)
         C("VRAMGUARD_LOG", "warn", log_level, VG__LOG_WARN),
         C("VRAMGUARD_LOG", "info", log_level, VG__LOG_INFO),
         C("VRAMGUARD_LOG", "debug", log_level, VG__LOG_DEBUG),
+        C("VRAMGUARD_LEAKS", "0", leaks, 0),
+        C("VRAMGUARD_LEAKS", "1", leaks, 1),
+        C("VRAMGUARD_VERIFY", "1", verify, 1),
+        C("VRAMGUARD_BACKTRACE", "0", backtrace, 0),
+        C("VRAMGUARD_BACKTRACE", "8", backtrace, 8),
+        C("VRAMGUARD_BACKTRACE", "32", backtrace, 32),
 #undef C
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
@@ -565,6 +571,34 @@ Test(settings, every_enum_word_maps_to_its_value)
         cr_expect_eq(got, cases[i].want, "%s=%s", cases[i].name,
                      cases[i].value);
     }
+}
+
+Test(settings, backtrace_takes_0_to_32_frames)
+{
+    static const struct {
+        const char *text, *msg;
+    } bad[] = {
+        {"33", "VRAMGUARD_BACKTRACE='33': too many frames (at most 32) (accepted: 0 to 32 "
+               "frames)"},
+        {"-1", "VRAMGUARD_BACKTRACE='-1': not a whole number of frames (accepted: 0 to 32 "
+               "frames)"},
+        {"", "VRAMGUARD_BACKTRACE='': empty (accepted: 0 to 32 frames)"},
+        {"4 ", "VRAMGUARD_BACKTRACE='4 ': not a whole number of frames (accepted: 0 to 32 "
+               "frames)"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        vg__settings_t s;
+        char err[256] = "";
+        cr_expect_eq(parse_env(ENV({"VRAMGUARD_BACKTRACE", bad[i].text}), &s, err, sizeof err),
+                     VG_ESETTING);
+        cr_expect_str_eq(err, bad[i].msg);
+    }
+    vg__settings_t s;
+    char err[256] = "";
+    cr_assert_eq(parse_env(ENV({"X", "1"}), &s, err, sizeof err), VG_OK, "%s", err);
+    cr_expect_eq(s.backtrace, 0);
+    cr_expect_eq(s.leaks, 0);
+    cr_expect_eq(s.verify, 0);
 }
 
 Test(settings, text_settings_are_copied)
@@ -600,14 +634,18 @@ Test(settings, longest_allowed_texts_fit)
 
 static const char *const all_names[] = {
     "VRAMGUARD_BUDGET",  "VRAMGUARD_LIBCUDA",        "VRAMGUARD_SHARED",
+    "CUDA_DEVICE_MEMORY_SHARED_CACHE", "VRAMGUARD_SHARED_GROUP", "VRAMGUARD_WAIT_MS",
     "VRAMGUARD_AUDIT",   "VRAMGUARD_ON_BAD_POINTER", "VRAMGUARD_MANAGED",
-    "VRAMGUARD_POOL",    "VRAMGUARD_LOG",
+    "VRAMGUARD_POOL",    "VRAMGUARD_LOG",            "VRAMGUARD_BACKTRACE",
+    "VRAMGUARD_LEAKS",   "VRAMGUARD_VERIFY",
 };
 #define NAMES (sizeof all_names / sizeof all_names[0])
 
+/* NULL: a HAMi alias, which has no flag of its own. */
 static const char *const all_flags[] = {
-    "--budget", "--libcuda", "--shared", "--audit",
-    "--on-bad-pointer", "--managed", "--pool", "--log",
+    "--budget", "--libcuda", "--shared", NULL, "--shared-group", "--wait-ms", "--audit",
+    "--on-bad-pointer", "--managed", "--pool", "--log", "--backtrace", "--leaks-report",
+    "--verify",
 };
 _Static_assert(sizeof all_flags / sizeof all_flags[0] == NAMES,
                "one flag per setting");
@@ -638,11 +676,14 @@ Test(settings, describe_covers_every_row_in_table_order)
         cr_expect_not_null(strstr(r->help, r->accepted), "%s", r->env);
         cr_expect_gt(strlen(r->metavar), 0, "%s has no metavar", r->env);
     }
+    const vg__setting_info_t *bad = &seen.row[7], *frames = &seen.row[11];
     cr_expect_str_eq(seen.row[1].deflt, "libcuda.so.1");
-    cr_expect_str_eq(seen.row[4].deflt, "warn");
+    cr_expect_str_eq(bad->deflt, "warn");
     cr_expect_str_eq(seen.row[0].deflt, "");
-    cr_expect_not_null(strstr(seen.row[4].help, "warn|reject|abort"));
-    cr_expect_str_eq(seen.row[4].metavar, "warn|reject|abort");
+    cr_expect_not_null(strstr(bad->help, "warn|reject|abort"));
+    cr_expect_str_eq(bad->metavar, "warn|reject|abort");
+    cr_expect_str_eq(frames->deflt, "0");
+    cr_expect_str_eq(frames->metavar, "N");
     vg__settings_describe(NULL, NULL); /* harmless */
 }
 
@@ -652,10 +693,14 @@ Test(settings, describe_gives_every_setting_its_run_flag)
     vg__settings_describe(remember, &seen);
     cr_assert_eq(seen.count, (int)NAMES);
     for (size_t i = 0; i < NAMES; i++) {
+        if (!all_flags[i]) {
+            cr_expect_null(seen.row[i].flag, "%s has a flag", all_names[i]);
+            continue;
+        }
         cr_assert_not_null(seen.row[i].flag, "%s has no flag", all_names[i]);
         cr_expect_str_eq(seen.row[i].flag, all_flags[i]);
         for (size_t j = 0; j < i; j++) /* flags are unique */
-            cr_expect_str_neq(seen.row[i].flag, seen.row[j].flag);
+            cr_expect(!seen.row[j].flag || strcmp(seen.row[i].flag, seen.row[j].flag));
     }
 }
 

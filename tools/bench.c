@@ -6,10 +6,14 @@
  * With T threads all threads start together on a barrier and one round's
  * figure is the slowest thread's wall time / N: the latency one thread sees
  * while the others hammer the same structure (not the aggregate throughput).
+ * Thread i runs on the i-th CPU the process may use, so on a machine with 16
+ * cores a flat column from 1 to 16 threads is perfect scaling; with fewer
+ * cores than threads the figure grows with oversubscription too.
  *
  * Run with `make bench` (the test driver first on LD_LIBRARY_PATH).
  */
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,7 +21,7 @@
 #include "vg_internal.h"
 
 #define ROUNDS 15
-#define MAX_THREADS 8
+#define MAX_THREADS 16
 
 typedef struct bench_case {
     const char *name;
@@ -61,6 +65,18 @@ static void run_ledger(bench_case_t *c, int tid, uint64_t ops)
     }
 }
 
+/* The process-wide sequence counter alone (one atomic add per commit). */
+static void run_seq(bench_case_t *c, int tid, uint64_t ops)
+{
+    (void)c;
+    (void)tid;
+    uint64_t sum = 0;
+    for (uint64_t i = 0; i < ops; i++)
+        sum += vg__ledger_next_seq();
+    if (sum == 0)
+        abort();
+}
+
 /* The public API over the driver: vg_pool_alloc + vg_pool_free of 4 KiB.
  * Measured next to the bare driver pair so the engine's share shows. */
 static void run_api(bench_case_t *c, int tid, uint64_t ops)
@@ -98,9 +114,33 @@ typedef struct worker {
     uint64_t elapsed_ns;
 } worker_t;
 
+static int cpus[CPU_SETSIZE]; /* the CPUs this process may use */
+static int ncpus;
+
+static void cpus_load(void)
+{
+    cpu_set_t s;
+    CPU_ZERO(&s);
+    if (sched_getaffinity(0, sizeof s, &s) == 0)
+        for (int i = 0; i < CPU_SETSIZE; i++)
+            if (CPU_ISSET(i, &s))
+                cpus[ncpus++] = i;
+}
+
+static void pin(int tid)
+{
+    if (ncpus == 0)
+        return;
+    cpu_set_t s;
+    CPU_ZERO(&s);
+    CPU_SET(cpus[tid % ncpus], &s);
+    sched_setaffinity(0, sizeof s, &s);
+}
+
 static void *worker_main(void *arg)
 {
     worker_t *w = arg;
+    pin(w->tid);
     pthread_barrier_wait(w->start);
     uint64_t t0 = vg__mono_ns();
     w->c->run(w->c, w->tid, w->c->ops);
@@ -155,6 +195,7 @@ static void run_case(bench_case_t *c)
 
 int main(void)
 {
+    cpus_load();
     vg__budget_init(&bench_budget, VG__UNLIMITED - 1, NULL);
     vg_pool_t *pool = NULL;
     if (vg_available() != VG_OK || vg_pool_create(0, 1ull << 30, &pool) != VG_OK ||
@@ -163,16 +204,24 @@ int main(void)
         return 1;
     }
     bench_case_t cases[] = {
-        {"budget reserve+commit+release", 1, 2000000, run_budget, NULL},
-        {"budget reserve+commit+release", 2, 2000000, run_budget, NULL},
-        {"ledger insert+remove", 1, 1000000, run_ledger, NULL},
-        {"ledger insert+remove", 2, 1000000, run_ledger, NULL},
+        {"budget reserve+commit+release", 1, 1000000, run_budget, NULL},
+        {"budget reserve+commit+release", 2, 1000000, run_budget, NULL},
+        {"budget reserve+commit+release", 4, 1000000, run_budget, NULL},
+        {"budget reserve+commit+release", 8, 1000000, run_budget, NULL},
+        {"budget reserve+commit+release", 16, 1000000, run_budget, NULL},
+        {"ledger insert+remove", 1, 500000, run_ledger, NULL},
+        {"ledger insert+remove", 2, 500000, run_ledger, NULL},
+        {"ledger insert+remove", 4, 500000, run_ledger, NULL},
+        {"ledger insert+remove", 8, 500000, run_ledger, NULL},
+        {"ledger insert+remove", 16, 500000, run_ledger, NULL},
+        {"ledger sequence number", 1, 2000000, run_seq, NULL},
+        {"ledger sequence number", 16, 2000000, run_seq, NULL},
         {"driver cuMemAlloc+cuMemFree 4 KiB", 1, 20000, run_driver, NULL},
         {"api vg_pool_alloc+free 4 KiB", 1, 20000, run_api, pool},
         {"api vg_pool_alloc+free 4 KiB", 2, 20000, run_api, pool},
     };
-    printf("vg-bench: %d rounds per case, ns per operation (per thread)\n",
-           ROUNDS);
+    printf("vg-bench: %d rounds per case, ns per operation (per thread), %d CPUs\n",
+           ROUNDS, ncpus);
     printf("%-36s | %7s | %12s | %6s | %6s\n", "case", "threads",
            "median ns/op", "p10", "p90");
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)

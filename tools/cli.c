@@ -29,6 +29,16 @@ static const cli_command_t commands[] = {
      "run a command with a VRAM budget (the shim preloaded)"},
     {"check", cli_check_main, cli_check_help,
      "check the driver, list the devices, self-test the shim"},
+    {"audit", cli_audit_main, cli_audit_help,
+     "summarise audit logs: use, refusals, leaks, timeline, CSV"},
+    {"replay", cli_replay_main, cli_replay_help,
+     "re-run a logged allocation sequence against the driver"},
+    {"status", cli_status_main, cli_status_help,
+     "show shared budgets: devices, processes (--watch, --json)"},
+    {"metrics", cli_metrics_main, cli_metrics_help,
+     "shared budgets as Prometheus metrics (HTTP or textfile)"},
+    {"budget", cli_budget_main, cli_budget_help,
+     "change a shared budget live"},
     {CLI_SELFTEST_CMD, cli_selftest_main, NULL, NULL},
 };
 #define COMMAND_COUNT (sizeof commands / sizeof commands[0])

@@ -68,6 +68,27 @@ int cli_run_main(int argc, char **argv);
 void cli_run_help(FILE *f);
 int cli_check_main(int argc, char **argv);
 void cli_check_help(FILE *f);
+int cli_audit_main(int argc, char **argv);   /* cli_audit.c */
+void cli_audit_help(FILE *f);
+int cli_replay_main(int argc, char **argv);  /* cli_replay.c */
+void cli_replay_help(FILE *f);
+int cli_status_main(int argc, char **argv);  /* cli_status.c */
+void cli_status_help(FILE *f);
+int cli_metrics_main(int argc, char **argv); /* cli_metrics.c */
+void cli_metrics_help(FILE *f);
+int cli_budget_main(int argc, char **argv);  /* cli_budget.c */
+void cli_budget_help(FILE *f);
+
+/* ------------------------------------------------------ cli_status.c */
+
+struct vg__shm;
+/* Calls fn for the region NAME, or (NAME NULL) for every
+ * /dev/shm/vramguard.* region, with a snapshot taken under its lock and
+ * per-slot liveness; a region that cannot be opened gets one stderr line.
+ * Returns CLI_EXIT_OK, or CLI_EXIT_FAIL when NAME could not be read. */
+typedef void (*cli_region_fn)(const char *name, const struct vg__shm *snap,
+                              const unsigned char *alive, void *ctx);
+int cli_regions(const char *cmd, const char *name, cli_region_fn fn, void *ctx);
 
 /* ---------------------------------------------------- cli_selftest.c */
 

@@ -24,6 +24,7 @@
 #include <cudaTypedefs.h>
 
 #include <pthread.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -578,6 +579,117 @@ static int client_rtldnext(client_t *c)
     return 0;
 }
 
+/* ------------------------------------------ bad pointers, leaks, crash */
+
+/* One bad free per class; each prints "path=badptr_CLASS ... rc=RC".
+ * Whatever was really allocated is freed again afterwards. */
+static CUresult bad_fake(client_t *c)
+{
+    return c->api.mem_free((CUdeviceptr)0x7f8000000000ull);
+}
+
+static CUresult bad_freed(client_t *c)
+{
+    CUdeviceptr p;
+    CUresult r = c->api.mem_alloc(&p, c->chunk);
+    if (r != CUDA_SUCCESS || (r = c->api.mem_free(p)) != CUDA_SUCCESS)
+        return r == CUDA_SUCCESS ? CUDA_ERROR_UNKNOWN : r;
+    return c->api.mem_free(p); /* the double free */
+}
+
+static CUresult bad_host(client_t *c)
+{
+    (void)c;
+    static char host[4096];
+    return c->api.mem_free((CUdeviceptr)(uintptr_t)host);
+}
+
+static CUresult bad_interior(client_t *c)
+{
+    CUdeviceptr p;
+    CUresult r = c->api.mem_alloc(&p, c->chunk);
+    if (r != CUDA_SUCCESS)
+        return CUDA_ERROR_UNKNOWN;
+    r = c->api.mem_free(p + 256);
+    if (c->api.mem_free(p) != CUDA_SUCCESS)
+        fprintf(stderr, "client: the real free after an interior free failed\n");
+    return r;
+}
+
+/* Device memory the shim never saw: a mapped VMM address range. */
+static CUresult bad_foreign(client_t *c)
+{
+    client_obj_t o = {0};
+    CUmemAllocationProp prop = vmm_prop();
+    if (c->api.vmm_granularity(&c->granularity, &prop, CU_MEM_ALLOC_GRANULARITY_RECOMMENDED) ||
+        alloc_vmm(c, &o) != CUDA_SUCCESS)
+        return CUDA_ERROR_UNKNOWN;
+    CUresult r = c->api.mem_free(o.ptr);
+    if (free_vmm(c, &o) != CUDA_SUCCESS)
+        fprintf(stderr, "client: the VMM teardown after a foreign free failed\n");
+    return r;
+}
+
+static CUresult bad_handle(client_t *c)
+{
+    return c->api.array_destroy((CUarray)(uintptr_t)0x1234);
+}
+
+static CUresult bad_null(client_t *c)
+{
+    return c->api.mem_free(0);
+}
+
+static const struct {
+    const char *name;
+    CUresult (*run)(client_t *c);
+} client_bad[] = {
+    {"fake", bad_fake}, {"freed", bad_freed}, {"host", bad_host}, {"interior", bad_interior},
+    {"foreign", bad_foreign}, {"handle", bad_handle}, {"null", bad_null},
+};
+
+/* $CLIENT_BADPTR names one class (default: every class in turn). */
+static int client_badptr(client_t *c)
+{
+    const char *only = getenv("CLIENT_BADPTR");
+    for (size_t i = 0; i < sizeof client_bad / sizeof client_bad[0]; i++) {
+        if (only && *only && strcmp(only, client_bad[i].name))
+            continue;
+        client_tally_t t = {0};
+        char name[64];
+        snprintf(name, sizeof name, "badptr_%s", client_bad[i].name);
+        fflush(stdout);
+        t.first = client_bad[i].run(c);
+        client_print(c, name, &t, NULL);
+        fflush(stdout);
+    }
+    return 0;
+}
+
+/* Allocates MAX_CHUNKS plain chunks and exits without freeing them. */
+static int client_leak(client_t *c)
+{
+    client_tally_t t = {0};
+    for (size_t i = 0; i < c->max; i++) {
+        CUdeviceptr p;
+        if (c->api.mem_alloc(&p, c->chunk) != CUDA_SUCCESS)
+            break;
+        t.allocs++;
+        t.bytes += c->chunk;
+    }
+    client_print(c, "leak", &t, NULL);
+    fflush(stdout);
+    return 0;
+}
+
+/* Allocates MAX_CHUNKS plain chunks, then dies of SIGSEGV. */
+static int client_segv(client_t *c)
+{
+    client_leak(c);
+    raise(SIGSEGV);
+    return 4; /* not reached unless SIGSEGV is ignored */
+}
+
 static const struct {
     const char *name;
     int (*run)(client_t *c);
@@ -587,6 +699,9 @@ static const struct {
     {"freeloop", client_freeloop},
     {"race", client_race},
     {"fork", client_fork},
+    {"badptr", client_badptr},
+    {"leak", client_leak},
+    {"segv", client_segv},
 };
 
 /* ---------------------------------------------------------------- main */
@@ -608,7 +723,7 @@ static int client_usage(void)
 {
     fprintf(stderr, "usage: client PATH CHUNK [MAX_CHUNKS [FAILURES]]\n"
                     "  PATH: plain pitch managed async async_ptsz pool vmm array array3d mipmap\n"
-                    "        graph meminfo freeloop race fork\n");
+                    "        graph meminfo freeloop race fork badptr leak segv\n");
     return 2;
 }
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # tests/gpu/build.sh — builds everything the GPU checks need into one folder
 # (default build/gpu), on a machine WITHOUT a GPU. The GPU machine builds
-# nothing: carry the folder there and run tests/gpu/run.sh on it.
+# nothing: carry the folder there and run tests/gpu/run.sh (and run_more.sh) on it.
 #
 #   tests/gpu/build.sh [OUT_DIR]      env: CUDA_HOME (/usr/local/cuda), CC, NVCC,
 #                                     ENGINE (build/gpu-engine: the engine's own build)
@@ -33,10 +33,18 @@ echo "== bench_pairs"
 $CC $CFLAGS tests/gpu/bench_pairs.c $STUB -lpthread -o "$OUT/bench_pairs"
 echo "== driver_paths"
 $CC $CFLAGS tests/gpu/driver_paths.c $STUB -o "$OUT/driver_paths"
+echo "== badptr_gpu"
+$CC $CFLAGS tests/gpu/badptr_gpu.c $STUB -o "$OUT/badptr_gpu"
 echo "== static_cudart"
 "$NVCC" -O2 -cudart static -Itests/gpu -o "$OUT/static_cudart" tests/gpu/static_cudart.cu
 
 cp "$ENGINE/libvramguard-preload.so" "$ENGINE/libvramguard.so" "$OUT/"
+# run_more.sh (issues 4-6): the CLI (it finds the shim beside itself) and the
+# pool's example and benchmark, from the same engine build.
+echo "== vramguard, examples/model_slots, examples/pool_bench"
+make --no-print-directory BUILD="$ENGINE" "$ENGINE/vramguard" "$ENGINE/examples/model_slots" \
+    "$ENGINE/examples/pool_bench" >/dev/null
+cp "$ENGINE/vramguard" "$ENGINE/examples/model_slots" "$ENGINE/examples/pool_bench" "$OUT/"
 # The test driver, beside the engine and never in the carried folder, for a
 # dry run without a GPU: LIBCUDA_DIR=$ENGINE/fakecuda tests/gpu/run.sh $OUT
 make --no-print-directory BUILD="$ENGINE" "$ENGINE/fakecuda/libcuda.so.1" >/dev/null 2>&1 ||
@@ -46,8 +54,12 @@ make --no-print-directory BUILD="$ENGINE" "$ENGINE/fakecuda/libcuda.so.1" >/dev/
 if [ -f "$ENGINE/fakecuda/libcuda.so.1" ]; then
     mkdir -p "$OUT/fakecuda" && cp "$ENGINE/fakecuda/libcuda.so.1" "$OUT/fakecuda/"
 fi
+# The null driver (tests/nulldriver), carried too: the shim's own cost and
+# thread scaling with no driver work in the way (run.sh's null-driver mode).
+make --no-print-directory BUILD="$ENGINE" "$ENGINE/nulldriver/libcuda.so.1" >/dev/null
+mkdir -p "$OUT/nulldriver" && cp "$ENGINE/nulldriver/libcuda.so.1" "$OUT/nulldriver/"
 # nothing in the carried folder may depend on the stub at run time
-for f in gpu_api bench_pairs driver_paths static_cudart; do
+for f in gpu_api bench_pairs driver_paths static_cudart badptr_gpu vramguard model_slots pool_bench; do
     if readelf -d "$OUT/$f" | grep -q 'R.*PATH'; then
         echo "build.sh: $f has an rpath/runpath; it must not" >&2
         exit 1

@@ -1,0 +1,395 @@
+/*
+ * nulldriver.c — a CUDA driver that does nothing, fast: the floor under
+ * the shim's own cost. Benchmarks only (tests/gpu/bench_pairs --hooked,
+ * run with LD_LIBRARY_PATH at $(BUILD)/nulldriver); product code never
+ * names it, and the test suite uses tests/fakecuda instead.
+ *
+ * One device, one context, no memory. cuMemAlloc_v2 is a per-thread bump
+ * pointer in a range of its own (64 GiB per thread, 512-byte aligned), with
+ * no lock, no atomic and no syscall after a thread's first call;
+ * cuMemFree_v2 keeps no books and always succeeds. So a native alloc+free
+ * pair costs a few ns on any number of threads, and whatever the shim adds
+ * on top, and however it scales, is the shim's own.
+ *
+ * It exports exactly what the engine resolves (lib/vg_internal.h,
+ * VG__DRIVER_FNS: the engine refuses a driver that lacks one), plus the
+ * legacy cuGetProcAddress; the shim's other hooks find no real function
+ * here and stay unreachable, as with any driver that lacks them.
+ */
+#define __CUDA_API_VERSION_INTERNAL 1
+#include <cuda.h>
+
+#include <stdatomic.h>
+#include <stdint.h>
+#include <string.h>
+
+#define NULLDRV_TOTAL (80ull << 30)   /* what the device reports, bytes */
+#define RANGE_BITS 36                  /* 64 GiB of addresses per thread */
+#define RANGES ((1u << (48 - RANGE_BITS)) - 1) /* below 2^48: canonical */
+#define ALIGN 512u                     /* cuMemAlloc's documented minimum */
+
+/* Something non-NULL to hand out; never dereferenced by anyone. */
+static int ctx_token, pool_token;
+#define NULL_CTX ((CUcontext)&ctx_token)
+#define NULL_POOL ((CUmemoryPool)&pool_token)
+
+static _Atomic int inited;
+static _Atomic unsigned next_range; /* touched once per thread */
+
+static _Thread_local CUcontext current;
+static _Thread_local CUdeviceptr bump, bump_base, bump_end;
+
+/* ------------------------------------------------ init and devices */
+
+CUresult cuInit(unsigned int flags)
+{
+    (void)flags;
+    atomic_store_explicit(&inited, 1, memory_order_relaxed);
+    return CUDA_SUCCESS;
+}
+
+static CUresult need_init(void)
+{
+    return atomic_load_explicit(&inited, memory_order_relaxed) ? CUDA_SUCCESS
+                                                               : CUDA_ERROR_NOT_INITIALIZED;
+}
+
+static CUresult need_dev(CUdevice dev)
+{
+    CUresult rc = need_init();
+    return rc != CUDA_SUCCESS ? rc : dev == 0 ? CUDA_SUCCESS : CUDA_ERROR_INVALID_DEVICE;
+}
+
+CUresult cuDriverGetVersion(int *version)
+{
+    if (!version)
+        return CUDA_ERROR_INVALID_VALUE;
+    *version = CUDA_VERSION;
+    return CUDA_SUCCESS;
+}
+
+CUresult cuDeviceGetCount(int *count)
+{
+    CUresult rc = need_init();
+    if (rc == CUDA_SUCCESS && count)
+        *count = 1;
+    return count ? rc : CUDA_ERROR_INVALID_VALUE;
+}
+
+CUresult cuDeviceGet(CUdevice *device, int ordinal)
+{
+    if (!device)
+        return CUDA_ERROR_INVALID_VALUE;
+    CUresult rc = need_dev(ordinal);
+    if (rc == CUDA_SUCCESS)
+        *device = 0;
+    return rc;
+}
+
+CUresult cuDeviceGetName(char *name, int len, CUdevice dev)
+{
+    CUresult rc = need_dev(dev);
+    if (rc == CUDA_SUCCESS && name && len > 0) {
+        strncpy(name, "vramguard null driver", (size_t)len - 1);
+        name[len - 1] = '\0';
+    }
+    return rc;
+}
+
+CUresult cuDeviceGetUuid_v2(CUuuid *uuid, CUdevice dev)
+{
+    CUresult rc = need_dev(dev);
+    if (rc == CUDA_SUCCESS && uuid)
+        memcpy(uuid->bytes, "vg-null-driver-0", 16);
+    return rc;
+}
+
+CUresult cuDeviceGetAttribute(int *pi, CUdevice_attribute attrib, CUdevice dev)
+{
+    CUresult rc = need_dev(dev);
+    if (rc != CUDA_SUCCESS || !pi)
+        return pi ? rc : CUDA_ERROR_INVALID_VALUE;
+    switch (attrib) {
+    case CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR: *pi = 9; break;
+    case CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR: *pi = 0; break;
+    case CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT: *pi = 132; break;
+    case CU_DEVICE_ATTRIBUTE_UNIFIED_ADDRESSING: *pi = 1; break;
+    default: *pi = 0; break;
+    }
+    return CUDA_SUCCESS;
+}
+
+CUresult cuDeviceTotalMem_v2(size_t *bytes, CUdevice dev)
+{
+    CUresult rc = need_dev(dev);
+    if (rc == CUDA_SUCCESS && bytes)
+        *bytes = NULLDRV_TOTAL;
+    return bytes ? rc : CUDA_ERROR_INVALID_VALUE;
+}
+
+/* ------------------------------------------------------ contexts */
+
+CUresult cuDevicePrimaryCtxRetain(CUcontext *pctx, CUdevice dev)
+{
+    CUresult rc = need_dev(dev);
+    if (rc == CUDA_SUCCESS && pctx)
+        *pctx = NULL_CTX;
+    return pctx ? rc : CUDA_ERROR_INVALID_VALUE;
+}
+
+CUresult cuDevicePrimaryCtxRelease_v2(CUdevice dev)
+{
+    return need_dev(dev);
+}
+
+CUresult cuCtxGetCurrent(CUcontext *pctx)
+{
+    if (!pctx)
+        return CUDA_ERROR_INVALID_VALUE;
+    *pctx = current;
+    return CUDA_SUCCESS;
+}
+
+CUresult cuCtxSetCurrent(CUcontext ctx)
+{
+    if (ctx && ctx != NULL_CTX)
+        return CUDA_ERROR_INVALID_CONTEXT;
+    current = ctx;
+    return CUDA_SUCCESS;
+}
+
+/* On the shim's hot path (vg__shim_device, every allocation): one TLS load. */
+CUresult cuCtxGetDevice(CUdevice *device)
+{
+    if (!current)
+        return CUDA_ERROR_INVALID_CONTEXT;
+    *device = 0;
+    return CUDA_SUCCESS;
+}
+
+/* ------------------------------------------------------- memory */
+
+/* A thread's first allocation claims its address range: the only shared
+ * write, once per thread. Ranges are reused after RANGES threads. */
+__attribute__((noinline)) static void bump_claim(void)
+{
+    unsigned r = atomic_fetch_add_explicit(&next_range, 1, memory_order_relaxed) % RANGES;
+    bump_base = bump = (CUdeviceptr)(r + 1) << RANGE_BITS;
+    bump_end = bump_base + (1ull << RANGE_BITS);
+}
+
+/* Hot path: a TLS check, a round-up and an add. A range that runs out
+ * starts over (nothing is tracked, so nothing collides that is not
+ * 64 GiB of live allocations old). */
+CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytesize)
+{
+    if (__builtin_expect(!current, 0))
+        return CUDA_ERROR_INVALID_CONTEXT;
+    if (!dptr || bytesize == 0)
+        return CUDA_ERROR_INVALID_VALUE;
+    if (bytesize > NULLDRV_TOTAL)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    if (__builtin_expect(!bump_end, 0))
+        bump_claim();
+    size_t need = (bytesize + ALIGN - 1) & ~(size_t)(ALIGN - 1);
+    if (__builtin_expect(bump_end - bump < need, 0))
+        bump = bump_base;
+    *dptr = bump;
+    bump += need;
+    return CUDA_SUCCESS;
+}
+
+CUresult cuMemFree_v2(CUdeviceptr dptr)
+{
+    (void)dptr;
+    return CUDA_SUCCESS;
+}
+
+CUresult cuMemGetInfo_v2(size_t *free, size_t *total)
+{
+    if (!free || !total)
+        return CUDA_ERROR_INVALID_VALUE;
+    *free = *total = NULLDRV_TOTAL;
+    return CUDA_SUCCESS;
+}
+
+/* There is no memory: fills and host-to-device copies do nothing, and
+ * device-to-host copies read zeros. */
+CUresult cuMemsetD8_v2(CUdeviceptr dst, unsigned char uc, size_t n)
+{
+    (void)dst, (void)uc, (void)n;
+    return CUDA_SUCCESS;
+}
+
+CUresult cuMemcpyHtoD_v2(CUdeviceptr dst, const void *src, size_t bytes)
+{
+    (void)dst, (void)src, (void)bytes;
+    return CUDA_SUCCESS;
+}
+
+CUresult cuMemcpyDtoH_v2(void *dst, CUdeviceptr src, size_t bytes)
+{
+    (void)src;
+    if (dst)
+        memset(dst, 0, bytes);
+    return CUDA_SUCCESS;
+}
+
+static int is_ours(CUdeviceptr p)
+{
+    return p >= (1ull << RANGE_BITS) && p < (1ull << 48);
+}
+
+CUresult cuPointerGetAttribute(void *data, CUpointer_attribute attribute, CUdeviceptr ptr)
+{
+    if (!data)
+        return CUDA_ERROR_INVALID_VALUE;
+    if (!is_ours(ptr))
+        return CUDA_ERROR_INVALID_VALUE;
+    switch (attribute) {
+    case CU_POINTER_ATTRIBUTE_CONTEXT: *(CUcontext *)data = NULL_CTX; return CUDA_SUCCESS;
+    case CU_POINTER_ATTRIBUTE_MEMORY_TYPE:
+        *(unsigned int *)data = CU_MEMORYTYPE_DEVICE;
+        return CUDA_SUCCESS;
+    case CU_POINTER_ATTRIBUTE_DEVICE_POINTER: *(CUdeviceptr *)data = ptr; return CUDA_SUCCESS;
+    case CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL: *(int *)data = 0; return CUDA_SUCCESS;
+    default: return CUDA_ERROR_NOT_SUPPORTED;
+    }
+}
+
+/* No books are kept, so no allocation's extent is known. */
+CUresult cuMemGetAddressRange_v2(CUdeviceptr *base, size_t *size, CUdeviceptr dptr)
+{
+    (void)base, (void)size, (void)dptr;
+    return CUDA_ERROR_NOT_FOUND;
+}
+
+/* ------------------------------------- pools and arrays: empty */
+
+CUresult cuDeviceGetMemPool(CUmemoryPool *pool, CUdevice dev)
+{
+    CUresult rc = need_dev(dev);
+    if (rc == CUDA_SUCCESS && pool)
+        *pool = NULL_POOL;
+    return pool ? rc : CUDA_ERROR_INVALID_VALUE;
+}
+
+CUresult cuMemPoolGetAttribute(CUmemoryPool pool, CUmemPool_attribute attr, void *value)
+{
+    if (pool != NULL_POOL || !value)
+        return CUDA_ERROR_INVALID_VALUE;
+    switch (attr) {
+    case CU_MEMPOOL_ATTR_REUSE_FOLLOW_EVENT_DEPENDENCIES:
+    case CU_MEMPOOL_ATTR_REUSE_ALLOW_OPPORTUNISTIC:
+    case CU_MEMPOOL_ATTR_REUSE_ALLOW_INTERNAL_DEPENDENCIES:
+        *(int *)value = 0;
+        break;
+    default: /* the byte counts: nothing reserved, nothing used */
+        *(cuuint64_t *)value = 0;
+        break;
+    }
+    return CUDA_SUCCESS;
+}
+
+CUresult cuMemPoolTrimTo(CUmemoryPool pool, size_t minBytesToKeep)
+{
+    (void)minBytesToKeep;
+    return pool == NULL_POOL ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
+}
+
+CUresult cuArrayGetMemoryRequirements(CUDA_ARRAY_MEMORY_REQUIREMENTS *req, CUarray array,
+                                      CUdevice device)
+{
+    (void)req, (void)array, (void)device;
+    return CUDA_ERROR_NOT_SUPPORTED;
+}
+
+CUresult cuMipmappedArrayGetMemoryRequirements(CUDA_ARRAY_MEMORY_REQUIREMENTS *req,
+                                               CUmipmappedArray mipmap, CUdevice device)
+{
+    (void)req, (void)mipmap, (void)device;
+    return CUDA_ERROR_NOT_SUPPORTED;
+}
+
+/* --------------------------------------------- names and lookups */
+
+CUresult cuGetErrorName(CUresult error, const char **str)
+{
+    if (!str)
+        return CUDA_ERROR_INVALID_VALUE;
+    switch (error) {
+    case CUDA_SUCCESS: *str = "CUDA_SUCCESS"; break;
+    case CUDA_ERROR_INVALID_VALUE: *str = "CUDA_ERROR_INVALID_VALUE"; break;
+    case CUDA_ERROR_OUT_OF_MEMORY: *str = "CUDA_ERROR_OUT_OF_MEMORY"; break;
+    case CUDA_ERROR_NOT_INITIALIZED: *str = "CUDA_ERROR_NOT_INITIALIZED"; break;
+    case CUDA_ERROR_INVALID_DEVICE: *str = "CUDA_ERROR_INVALID_DEVICE"; break;
+    case CUDA_ERROR_INVALID_CONTEXT: *str = "CUDA_ERROR_INVALID_CONTEXT"; break;
+    case CUDA_ERROR_NOT_FOUND: *str = "CUDA_ERROR_NOT_FOUND"; break;
+    case CUDA_ERROR_NOT_SUPPORTED: *str = "CUDA_ERROR_NOT_SUPPORTED"; break;
+    default: *str = NULL; return CUDA_ERROR_INVALID_VALUE;
+    }
+    return CUDA_SUCCESS;
+}
+
+CUresult cuGetProcAddress_v2(const char *symbol, void **pfn, int cudaVersion, cuuint64_t flags,
+                             CUdriverProcAddressQueryResult *symbolStatus);
+CUresult cuGetProcAddress(const char *symbol, void **pfn, int cudaVersion, cuuint64_t flags);
+
+/* Base names (what cudart asks for) to this file's functions, whatever the
+ * version asked: there is one ABI of each here. */
+#define NULLDRV_PROCS(X)                                                       \
+    X("cuInit", cuInit) X("cuDriverGetVersion", cuDriverGetVersion)            \
+    X("cuGetErrorName", cuGetErrorName) X("cuDeviceGetCount", cuDeviceGetCount) \
+    X("cuDeviceGet", cuDeviceGet) X("cuDeviceGetName", cuDeviceGetName)        \
+    X("cuDeviceGetUuid", cuDeviceGetUuid_v2)                                   \
+    X("cuDeviceGetAttribute", cuDeviceGetAttribute)                            \
+    X("cuDeviceTotalMem", cuDeviceTotalMem_v2)                                 \
+    X("cuDevicePrimaryCtxRetain", cuDevicePrimaryCtxRetain)                    \
+    X("cuDevicePrimaryCtxRelease", cuDevicePrimaryCtxRelease_v2)               \
+    X("cuCtxGetCurrent", cuCtxGetCurrent) X("cuCtxSetCurrent", cuCtxSetCurrent) \
+    X("cuCtxGetDevice", cuCtxGetDevice) X("cuMemAlloc", cuMemAlloc_v2)         \
+    X("cuMemFree", cuMemFree_v2) X("cuMemGetInfo", cuMemGetInfo_v2)            \
+    X("cuMemsetD8", cuMemsetD8_v2) X("cuMemcpyHtoD", cuMemcpyHtoD_v2)          \
+    X("cuMemcpyDtoH", cuMemcpyDtoH_v2)                                         \
+    X("cuMemGetAddressRange", cuMemGetAddressRange_v2)                         \
+    X("cuPointerGetAttribute", cuPointerGetAttribute)                          \
+    X("cuDeviceGetMemPool", cuDeviceGetMemPool)                                \
+    X("cuMemPoolGetAttribute", cuMemPoolGetAttribute)                          \
+    X("cuMemPoolTrimTo", cuMemPoolTrimTo)                                      \
+    X("cuArrayGetMemoryRequirements", cuArrayGetMemoryRequirements)            \
+    X("cuMipmappedArrayGetMemoryRequirements",                                 \
+      cuMipmappedArrayGetMemoryRequirements)                                   \
+    X("cuGetProcAddress", cuGetProcAddress_v2)
+
+CUresult cuGetProcAddress_v2(const char *symbol, void **pfn, int cudaVersion, cuuint64_t flags,
+                             CUdriverProcAddressQueryResult *symbolStatus)
+{
+    (void)cudaVersion, (void)flags;
+    if (!symbol || !pfn)
+        return CUDA_ERROR_INVALID_VALUE;
+    static const struct {
+        const char *name;
+        void *fn;
+    } procs[] = {
+#define NULLDRV_ENTRY_(name, fn) {name, (void *)fn},
+        NULLDRV_PROCS(NULLDRV_ENTRY_)
+#undef NULLDRV_ENTRY_
+    };
+    for (size_t i = 0; i < sizeof procs / sizeof procs[0]; i++) {
+        if (strcmp(procs[i].name, symbol) == 0) {
+            *pfn = procs[i].fn;
+            if (symbolStatus)
+                *symbolStatus = CU_GET_PROC_ADDRESS_SUCCESS;
+            return CUDA_SUCCESS;
+        }
+    }
+    *pfn = NULL;
+    if (symbolStatus)
+        *symbolStatus = CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND;
+    return CUDA_ERROR_NOT_FOUND;
+}
+
+CUresult cuGetProcAddress(const char *symbol, void **pfn, int cudaVersion, cuuint64_t flags)
+{
+    return cuGetProcAddress_v2(symbol, pfn, cudaVersion, flags, NULL);
+}

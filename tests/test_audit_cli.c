@@ -1,0 +1,451 @@
+/*
+ * test_audit_cli.c — `vramguard audit` and `vramguard replay` seen from
+ * outside: each test starts build/vramguard as a child on hand-written
+ * fixtures (tests/data/audit/, schema v1 of docs/audit-log.md) and reads its
+ * exit status, stdout and stderr. Replay runs over the test driver.
+ *
+ * Needs VG_TEST_BUILD (tests/run-tests.sh exports it) and the repository
+ * root as the working folder (for the fixtures).
+ */
+#include <criterion/criterion.h>
+
+#include <ctype.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <dirent.h>
+#include <unistd.h>
+
+extern char **environ;
+
+#define DATA "tests/data/audit/"
+#define CLI_TIMEOUT_S 120
+#define OUT_MAX (64 * 1024)
+
+typedef struct cli_result {
+    int status; /* exit code; 128+N for signal N */
+    char out[OUT_MAX], err[OUT_MAX];
+} cli_result_t;
+
+static const char *build_dir(void)
+{
+    const char *b = getenv("VG_TEST_BUILD");
+    cr_assert(b && *b, "VG_TEST_BUILD is not set (run through tests/run-tests.sh)");
+    return b;
+}
+
+/* The runner's environment with TZ=UTC (times in reports are local) and
+ * without VRAMGUARD_* (a budget would change replay). */
+static char **env_build(void)
+{
+    size_t n = 0, k = 0;
+    while (environ[n])
+        n++;
+    char **env = calloc(n + 2, sizeof *env);
+    cr_assert_not_null(env);
+    for (size_t i = 0; i < n; i++)
+        if (strncmp(environ[i], "VRAMGUARD_", 10) && strncmp(environ[i], "TZ=", 3) &&
+            strncmp(environ[i], "LD_PRELOAD=", 11))
+            env[k++] = environ[i];
+    env[k++] = "TZ=UTC";
+    return env;
+}
+
+static bool drain(int fd, char *buf, size_t cap)
+{
+    char tmp[4096];
+    ssize_t got = read(fd, tmp, sizeof tmp);
+    if (got <= 0)
+        return false;
+    size_t len = strlen(buf), room = cap - 1 - len;
+    size_t n = (size_t)got < room ? (size_t)got : room;
+    memcpy(buf + len, tmp, n);
+    buf[len + n] = '\0';
+    return true;
+}
+
+static void collect(pid_t pid, int out_fd, int err_fd, cli_result_t *r)
+{
+    struct pollfd fds[2] = {{.fd = out_fd, .events = POLLIN}, {.fd = err_fd, .events = POLLIN}};
+    time_t deadline = time(NULL) + CLI_TIMEOUT_S;
+    int open_fds = 2;
+    while (open_fds > 0) {
+        if (time(NULL) > deadline) {
+            kill(pid, SIGKILL);
+            cr_log_error("vramguard timed out");
+            break;
+        }
+        if (poll(fds, 2, 1000) <= 0)
+            continue;
+        for (int i = 0; i < 2; i++)
+            if (fds[i].fd >= 0 && (fds[i].revents & (POLLIN | POLLHUP | POLLERR)) &&
+                !drain(fds[i].fd, i ? r->err : r->out, i ? sizeof r->err : sizeof r->out)) {
+                fds[i].fd = -1;
+                open_fds--;
+            }
+    }
+}
+
+/* Runs build/vramguard with args (NULL-terminated, without argv[0]). */
+static void cli(cli_result_t *r, const char *const *args)
+{
+    char exe[4096];
+    char *argv[32] = {exe};
+    size_t a = 1;
+    memset(r, 0, sizeof *r);
+    snprintf(exe, sizeof exe, "%s/vramguard", build_dir());
+    for (; args[a - 1] && a < 31; a++)
+        argv[a] = (char *)args[a - 1];
+    argv[a] = NULL;
+    char **env = env_build();
+    int out[2], err[2];
+    cr_assert_eq(pipe2(out, O_CLOEXEC), 0);
+    cr_assert_eq(pipe2(err, O_CLOEXEC), 0);
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, out[1], 1);
+    posix_spawn_file_actions_adddup2(&fa, err[1], 2);
+    pid_t pid;
+    int rc = posix_spawn(&pid, exe, &fa, NULL, argv, env);
+    posix_spawn_file_actions_destroy(&fa);
+    close(out[1]);
+    close(err[1]);
+    free(env);
+    cr_assert_eq(rc, 0, "posix_spawn %s: %s", exe, strerror(rc));
+    collect(pid, out[0], err[0], r);
+    close(out[0]);
+    close(err[0]);
+    int st = 0;
+    cr_assert_eq(waitpid(pid, &st, 0), pid);
+    r->status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+#define ARGS(...) ((const char *const[]){__VA_ARGS__, NULL})
+
+static int lines(const char *s)
+{
+    int n = 0;
+    for (; *s; s++)
+        n += *s == '\n';
+    return n;
+}
+
+#define EXPECT_IN(hay, needle)                                                 \
+    cr_expect_not_null(strstr((hay), (needle)), "missing \"%s\" in:\n%s", (needle), (hay))
+
+/* A private folder under /tmp, removed by rm_tree. */
+static void tmp_dir(char *out, size_t len)
+{
+    snprintf(out, len, "/tmp/vg-audit-test.XXXXXX");
+    cr_assert_not_null(mkdtemp(out));
+}
+
+static void rm_tree(const char *dir)
+{
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    char p[4096];
+    while (d && (e = readdir(d)))
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
+            snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+            unlink(p);
+        }
+    if (d)
+        closedir(d);
+    rmdir(dir);
+}
+
+static char *slurp(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    cr_assert_not_null(f, "cannot open %s", path);
+    static char buf[1 << 20];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    buf[n] = '\0';
+    fclose(f);
+    return buf;
+}
+
+/* ---------------------------------------------------------- help, errors */
+
+Test(audit_cli, help_of_audit_and_replay_exits_0_and_lists_the_options)
+{
+    cli_result_t r;
+    cli(&r, ARGS("--help"));
+    EXPECT_IN(r.out, "audit");
+    EXPECT_IN(r.out, "replay");
+    cli(&r, ARGS("audit", "--help"));
+    cr_expect_eq(r.status, 0);
+    for (const char *const *o = ARGS("--leaks", "--top", "--svg", "--csv"); *o; o++)
+        EXPECT_IN(r.out, *o);
+    cli(&r, ARGS("replay", "--help"));
+    cr_expect_eq(r.status, 0);
+    EXPECT_IN(r.out, "--budget");
+}
+
+Test(audit_cli, bad_input_exits_2_and_a_missing_file_exits_1_each_in_one_line)
+{
+    cli_result_t r;
+    cli(&r, ARGS("audit", DATA "not_a_log.txt"));
+    cr_expect_eq(r.status, 2, "%s", r.err);
+    cr_expect_eq(lines(r.err), 1, "%s", r.err);
+    EXPECT_IN(r.err, DATA "not_a_log.txt:1: not a vramguard audit log");
+    cli(&r, ARGS("audit", DATA "no-such-log.jsonl"));
+    cr_expect_eq(r.status, 1, "%s", r.err);
+    cr_expect_eq(lines(r.err), 1, "%s", r.err);
+    EXPECT_IN(r.err, "'" DATA "no-such-log.jsonl'");
+    cli(&r, ARGS("audit", "--top", "many", DATA "basic.jsonl"));
+    cr_expect_eq(r.status, 2);
+    EXPECT_IN(r.err, "'many'");
+    cli(&r, ARGS("audit"));
+    cr_expect_eq(r.status, 2);
+    cli(&r, ARGS("replay", "--budget", "8XB", DATA "basic.jsonl"));
+    cr_expect_eq(r.status, 2);
+    EXPECT_IN(r.err, "'8XB'");
+    cli(&r, ARGS("replay", DATA "no-such-log.jsonl"));
+    cr_expect_eq(r.status, 1);
+}
+
+/* -------------------------------------------------------------- summary */
+
+Test(audit_cli, summary_numbers_are_exact_for_the_fixture)
+{
+    cli_result_t r;
+    cli(&r, ARGS("audit", DATA "basic.jsonl"));
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    cr_expect_str_eq(r.err, "", "nothing skipped");
+    EXPECT_IN(r.out, "1 log, 12 events, 1 process, 500.0 ms from 2026-09-21 14:13:20.000\n");
+    EXPECT_IN(r.out, "  4242     2026-09-21 14:13:20.000 500.0 ms   python train.py --epochs 1\n");
+    EXPECT_IN(r.out, "exit: 4 allocs, 1 frees, 1 refusals, 2 bad pointers, 3 live (641.00 MiB)");
+    EXPECT_IN(r.out, "  0    896.00 MiB   1.00 GiB     87.5%      40.0 ms    1\n");
+    EXPECT_IN(r.out, "  1    1.00 MiB     none         -          70.0 ms    0\n");
+    EXPECT_IN(r.out, "  cuMemAlloc_v2                       3        0         0  769.00 MiB\n");
+    EXPECT_IN(r.out, "  cuMemAllocAsync                     1        0         1  128.00 MiB\n");
+    EXPECT_IN(r.out, "  cuMemFree_v2                        0        1         0  0 B\n");
+    EXPECT_IN(r.out, "  plain                               3        1         0  769.00 MiB\n");
+    EXPECT_IN(r.out, "  async                               1        0         1  128.00 MiB\n");
+    EXPECT_IN(r.out, "Bad pointers by class: 2\n  fake       1\n  freed      1\n");
+    EXPECT_IN(r.out, "Pressure level changes: 2\n");
+}
+
+Test(audit_cli, leaks_group_live_allocations_by_symbolised_call_site)
+{
+    cli_result_t r;
+    cli(&r, ARGS("audit", "--leaks", DATA "basic.jsonl"));
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    EXPECT_IN(r.out, "Live at exit: 3 allocations, 641.00 MiB, from 3 call sites\n");
+    const char *a = strstr(r.out, "1. 512.00 MiB in 1 allocation\n"
+                                  "         #0 /usr/bin/python3.11+0x1300\n"
+                                  "         #1 /usr/lib/x86_64-linux-gnu/libtorch_cuda.so+0x12345\n");
+    const char *b = strstr(r.out, "2. 128.00 MiB in 1 allocation\n"
+                                  "         #0 /usr/bin/python3.11+0x1234\n");
+    const char *c = strstr(r.out, "3. 1.00 MiB in 1 allocation\n"
+                                  "         (no call site recorded");
+    cr_expect(a && b && c && a < b && b < c, "sites by bytes, symbolised:\n%s", r.out);
+}
+
+Test(audit_cli, leaks_use_the_processes_own_leak_events_when_there_are_any)
+{
+    cli_result_t r;
+    cli(&r, ARGS("audit", "--leaks", DATA "leak_events.jsonl"));
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    EXPECT_IN(r.out, "Live at exit: 1 allocation, 8.00 KiB, from 1 call site\n");
+    EXPECT_IN(r.out, "#0 /opt/leaky+0x20\n");
+    cr_expect_null(strstr(r.out, "+0x10"), "the computed 4 KiB leak is not reported:\n%s", r.out);
+}
+
+Test(audit_cli, top_orders_call_sites_by_bytes_allocated)
+{
+    cli_result_t r;
+    cli(&r, ARGS("audit", "--top", "2", DATA "basic.jsonl"));
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    const char *a = strstr(r.out, "1. 512.00 MiB in 1 allocation\n         #0 /usr/bin/python3.11+0x1300");
+    const char *b = strstr(r.out, "2. 384.00 MiB in 2 allocations\n         #0 /usr/bin/python3.11+0x1234");
+    cr_expect(a && b && a < b, "%s", r.out);
+    cr_expect_null(strstr(r.out, "   3. "), "only 2 rows:\n%s", r.out);
+}
+
+/* ------------------------------------------------------------ bad lines */
+
+Test(audit_cli, truncated_garbled_and_other_version_lines_are_counted_skipped_and_reported)
+{
+    cli_result_t r;
+    cli(&r, ARGS("audit", DATA "garbled.jsonl"));
+    cr_expect_eq(r.status, 0, "%s", r.err);
+    cr_expect_str_eq(r.err, "vramguard audit: skipped 8 lines (first at " DATA
+                            "garbled.jsonl:3): 3 not JSON, 2 truncated, 1 unknown version, "
+                            "1 unknown op, 1 bad or missing field\n");
+    EXPECT_IN(r.out, "1 log, 3 events, 1 process");
+    EXPECT_IN(r.out, "  cuMemAlloc_v2                       1        0         0  1.00 KiB\n");
+    EXPECT_IN(r.out, "  cuMemFree_v2                        0        1         0  0 B\n");
+}
+
+/* ------------------------------------------------------------------ csv */
+
+Test(audit_cli, csv_has_rmms_columns_and_round_trips)
+{
+    cli_result_t r;
+    cli(&r, ARGS("audit", "--csv", DATA "basic.jsonl"));
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    cr_assert_eq(strncmp(r.out, "Thread,Time,Action,Pointer,Size,Stream\n", 39), 0, "%s", r.out);
+    EXPECT_IN(r.out, "4243,14:13:20.020000,allocate,0x7f0010000000,536870912,0x0\n");
+    int allocs = 0, frees = 0, failures = 0;
+    unsigned long long alloc_bytes = 0, free_bytes = 0;
+    char *save = NULL;
+    for (char *l = strtok_r(r.out + 39, "\n", &save); l; l = strtok_r(NULL, "\n", &save)) {
+        unsigned tid, hh, mm, ss, us;
+        char action[32];
+        unsigned long long ptr, size, stream;
+        int n = sscanf(l, "%u,%u:%u:%u.%u,%31[^,],%llx,%llu,%llx", &tid, &hh, &mm, &ss, &us,
+                       action, &ptr, &size, &stream);
+        cr_assert_eq(n, 9, "row '%s'", l);
+        cr_expect_eq(strcspn(strchr(l, '.') + 1, ","), 6, "microseconds in 6 digits: '%s'", l);
+        if (strcmp(action, "allocate") == 0) {
+            allocs++;
+            alloc_bytes += size;
+        } else if (strcmp(action, "free") == 0) {
+            frees++;
+            free_bytes += size;
+        } else {
+            cr_expect_str_eq(action, "allocate failure");
+            cr_expect_eq(ptr, 0);
+            failures++;
+        }
+    }
+    cr_expect_eq(allocs, 4);
+    cr_expect_eq(frees, 1);
+    cr_expect_eq(failures, 1);
+    cr_expect_eq(alloc_bytes, (256 + 512 + 128 + 1) << 20);
+    cr_expect_eq(free_bytes, 256 << 20);
+}
+
+/* ------------------------------------------------------------------ svg */
+
+/* A tiny XML well-formedness check: balanced tags, quoted attributes,
+ * known entities, no stray '<' or '&'. Returns NULL or what is wrong. */
+static const char *xml_check(const char *s)
+{
+    const char *stack[64];
+    size_t lens[64];
+    int depth = 0, roots = 0;
+    if (strncmp(s, "<?xml", 5) == 0 && !(s = strstr(s, "?>")))
+        return "unterminated declaration";
+    s += s[0] == '?' ? 2 : 0;
+    while (*s) {
+        if (*s == '&') {
+            static const char *const ents[] = {"&amp;", "&lt;", "&gt;", "&quot;", "&apos;"};
+            bool ok = false;
+            for (size_t i = 0; i < 5; i++)
+                ok |= strncmp(s, ents[i], strlen(ents[i])) == 0;
+            if (!ok)
+                return "bad entity";
+            s++;
+            continue;
+        }
+        if (*s != '<') {
+            if (depth == 0 && !isspace((unsigned char)*s))
+                return "text outside the root";
+            s++;
+            continue;
+        }
+        bool closing = s[1] == '/';
+        const char *name = s + 1 + closing;
+        size_t n = strspn(name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789:-_");
+        if (n == 0)
+            return "bad tag name";
+        const char *p = name + n;
+        while (*p && *p != '>' && !(p[0] == '/' && p[1] == '>')) {
+            if (*p == '<' || *p == '&')
+                return "'<' or '&' inside a tag";
+            if (*p == '"') {
+                const char *q = strchr(p + 1, '"');
+                if (!q || memchr(p + 1, '<', (size_t)(q - p - 1)))
+                    return "bad attribute value";
+                p = q;
+            }
+            p++;
+        }
+        if (!*p)
+            return "unterminated tag";
+        bool self = *p == '/';
+        if (closing) {
+            if (depth == 0 || lens[depth - 1] != n || strncmp(stack[depth - 1], name, n))
+                return "mismatched closing tag";
+            depth--;
+        } else if (!self) {
+            if (depth == 0 && roots++)
+                return "two roots";
+            if (depth == 64)
+                return "too deep";
+            stack[depth] = name;
+            lens[depth++] = n;
+        }
+        s = p + 1 + self;
+    }
+    return depth ? "unclosed tag" : roots == 1 ? NULL : "no root";
+}
+
+Test(audit_cli, svg_is_well_formed_xml_shows_the_budget_and_is_written_atomically)
+{
+    char dir[64], svg[128], log[128], cmd[512];
+    tmp_dir(dir, sizeof dir);
+    snprintf(svg, sizeof svg, "%s/use.svg", dir);
+    /* A log whose names need escaping, in a file whose name does too. */
+    snprintf(log, sizeof log, "%s/a&b<c>.jsonl", dir);
+    FILE *f = fopen(log, "w");
+    cr_assert_not_null(f);
+    fputs(slurp(DATA "basic.jsonl"), f);
+    fputs("{\"v\":1,\"ts\":1790000000080000000,\"pid\":4242,\"tid\":1,\"op\":\"refuse\","
+          "\"dev\":0,\"api\":\"cu<Mem>&\\\"x\\\"\",\"kind\":\"plain\",\"size\":2147483648,"
+          "\"rc\":2,\"used\":671088640,\"budget\":1073741824}\n", f);
+    fclose(f);
+    cli_result_t r;
+    cli(&r, ARGS("audit", "--svg", svg, log));
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    const char *text = slurp(svg);
+    const char *bad = xml_check(text);
+    cr_expect_null(bad, "not well-formed XML: %s", bad ? bad : "");
+    EXPECT_IN(text, "class=\"budget\"");
+    EXPECT_IN(text, ">budget 1 GiB</text>");
+    EXPECT_IN(text, "class=\"p95\"");
+    EXPECT_IN(text, "class=\"refusal\"");
+    EXPECT_IN(text, "a&amp;b&lt;c&gt;.jsonl");
+    EXPECT_IN(text, "cu&lt;Mem&gt;&amp;&quot;x&quot;");
+    snprintf(cmd, sizeof cmd, "command -v xmllint >/dev/null 2>&1 || exit 0; xmllint --noout '%s'", svg);
+    cr_expect_eq(system(cmd), 0, "xmllint rejects %s", svg);
+    /* Only the SVG and the log are left: the temporary file was renamed. */
+    int entries = 0;
+    DIR *d = opendir(dir);
+    for (struct dirent *e; d && (e = readdir(d));)
+        entries += e->d_name[0] != '.';
+    closedir(d);
+    cr_expect_eq(entries, 2);
+    rm_tree(dir);
+}
+
+/* --------------------------------------------------------------- replay */
+
+Test(audit_cli, replay_reproduces_a_refusal_under_a_smaller_budget)
+{
+    cli_result_t r;
+    cli(&r, ARGS("replay", "--budget", "1GiB", DATA "replay_3x400MiB.jsonl"));
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    EXPECT_IN(r.out, "pid 900 (./three) on device 0, budget 1.00 GiB\n");
+    EXPECT_IN(r.out, "allocations: 2 of 3 succeeded, 1 refused");
+    EXPECT_IN(r.out, "first refusal: allocation 3 (seq 3, cuMemAlloc_v2, 400.00 MiB) with "
+                     "800.00 MiB in use: request exceeds the memory budget\n");
+    EXPECT_IN(r.out, "frees: 2 replayed, 1 skipped");
+    EXPECT_IN(r.out, "timings (median): alloc ");
+    cli(&r, ARGS("replay", DATA "replay_3x400MiB.jsonl"));
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    EXPECT_IN(r.out, "allocations: 3 of 3 succeeded, 0 refused");
+    EXPECT_IN(r.out, "first refusal: none\n");
+}

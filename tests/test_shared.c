@@ -1,0 +1,633 @@
+/*
+ * test_shared.c — one budget for many processes (lib/shared.c).
+ *
+ * Pure checks (validation, permissions) call the engine directly. Process
+ * tests start tests/clients/client_shared with LD_PRELOAD set for that child
+ * only and read the region afterwards: its device `peak` is the high-water
+ * mark of everything every process reserved, so "peak <= budget" proves no
+ * overshoot across processes (each child's own test driver only sees its own
+ * share). The SIGKILL-inside-the-lock test forks the test binary itself,
+ * which links the engine statically and so may define the pause point.
+ *
+ * Every test uses its own region name (pid-based) and removes its files.
+ */
+#include <criterion/criterion.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "testutil.h"
+#include "vg_internal.h"
+
+extern char **environ;
+
+/* ------------------------------------------------------------ regions */
+
+static char region_name[64], region_file[128];
+
+static void name_region(const char *tag)
+{
+    snprintf(region_name, sizeof region_name, "vgtest-%d-%s", (int)getpid(), tag);
+    snprintf(region_file, sizeof region_file, VG__SHM_PREFIX "%s", region_name);
+    unlink(region_file);
+}
+
+static void drop_region(void) { unlink(region_file); }
+
+/* A snapshot of the test's region; the caller frees it. */
+static vg__shm_t *snap(void)
+{
+    vg__shm_t *r = NULL, *copy = malloc(sizeof *copy);
+    char err[512];
+    cr_assert_not_null(copy);
+    cr_assert_eq(vg__shm_open(region_file, VG__SHM_ATTACH, false, &r, err, sizeof err), VG_OK,
+                 "%s", err);
+    cr_assert_eq(vg__shm_snapshot(r, copy), VG_OK);
+    vg__shm_close(r);
+    return copy;
+}
+
+/* The entry the clients use: they all see one device, ordinal 0. */
+static const vg__shm_device_t *dev0(const vg__shm_t *r)
+{
+    for (int d = 0; d < VG__SHM_DEVICES; d++)
+        if (r->dev[d].ordinal == 0)
+            return &r->dev[d];
+    cr_assert_fail("no device entry for ordinal 0");
+    return NULL;
+}
+
+/* ------------------------------------------------------------ clients */
+
+typedef struct child {
+    pid_t pid;
+    int in, out;          /* its stdin (write end), its stdout (read end) */
+    char err_path[64];    /* its stderr, in a file */
+    char out_buf[4096];
+} child_t;
+
+static const char *build_dir(void)
+{
+    const char *b = getenv("VG_TEST_BUILD");
+    cr_assert(b && *b, "VG_TEST_BUILD is not set (run through tests/run-tests.sh)");
+    return b;
+}
+
+static bool reserved_env(const char *e)
+{
+    static const char *const p[] = {"LD_PRELOAD=", "LD_LIBRARY_PATH=", "VRAMGUARD_",
+                                    "CUDA_DEVICE_MEMORY_", "FAKECUDA_", "ASAN_OPTIONS=",
+                                    "HOLD_MS="};
+    for (size_t i = 0; i < sizeof p / sizeof p[0]; i++)
+        if (!strncmp(e, p[i], strlen(p[i])))
+            return true;
+    return false;
+}
+
+static char *fmt(const char *f, const char *a)
+{
+    char *s = NULL;
+    cr_assert_geq(asprintf(&s, f, a), 0);
+    return s;
+}
+
+/* Starts client_shared with `args` under the shim, sharing the test's
+ * region; `extra` adds "NAME=value" entries (NULL-terminated, may be NULL). */
+static void child_start(child_t *c, const char *const *args, const char *const *extra)
+{
+    memset(c, 0, sizeof *c);
+    size_t n = 0, k = 0;
+    while (environ[n])
+        n++;
+    char **env = calloc(n + 24, sizeof *env);
+    for (size_t i = 0; i < n; i++)
+        if (!reserved_env(environ[i]))
+            env[k++] = strdup(environ[i]);
+    const char *asan = getenv("ASAN_OPTIONS");
+    env[k++] = fmt("LD_PRELOAD=%s/libvramguard-preload.so", build_dir());
+    env[k++] = fmt("LD_LIBRARY_PATH=%s/fakecuda", build_dir());
+    env[k++] = fmt("VRAMGUARD_SHARED=%s", region_name);
+    env[k++] = fmt("ASAN_OPTIONS=%s:verify_asan_link_order=0:detect_leaks=0", asan ? asan : "");
+    for (size_t i = 0; extra && extra[i]; i++)
+        env[k++] = strdup(extra[i]);
+    char exe[4096];
+    snprintf(exe, sizeof exe, "%s/clients/client_shared", build_dir());
+    char *argv[8] = {exe};
+    for (int i = 0; args[i] && i < 6; i++)
+        argv[i + 1] = (char *)args[i];
+    int in[2], out[2];
+    cr_assert_eq(pipe2(in, O_CLOEXEC), 0);
+    cr_assert_eq(pipe2(out, O_CLOEXEC), 0);
+    snprintf(c->err_path, sizeof c->err_path, "/tmp/vg-shared-err-XXXXXX");
+    int efd = mkstemp(c->err_path);
+    cr_assert_geq(efd, 0);
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, in[0], 0);
+    posix_spawn_file_actions_adddup2(&fa, out[1], 1);
+    posix_spawn_file_actions_adddup2(&fa, efd, 2);
+    int rc = posix_spawn(&c->pid, exe, &fa, NULL, argv, env);
+    posix_spawn_file_actions_destroy(&fa);
+    close(in[0]);
+    close(out[1]);
+    close(efd);
+    cr_assert_eq(rc, 0, "posix_spawn %s: %s", exe, strerror(rc));
+    c->in = in[1];
+    c->out = out[0];
+    for (size_t i = 0; env[i]; i++)
+        free(env[i]);
+    free(env);
+}
+
+/* Reads the child's stdout until a newline arrives (or 60 s pass). */
+static const char *child_line(child_t *c)
+{
+    size_t len = strlen(c->out_buf);
+    for (int waited = 0; !strchr(c->out_buf, '\n') && waited < 60000; waited += 100) {
+        struct pollfd p = {.fd = c->out, .events = POLLIN};
+        if (poll(&p, 1, 100) <= 0)
+            continue;
+        ssize_t got = read(c->out, c->out_buf + len, sizeof c->out_buf - 1 - len);
+        if (got <= 0)
+            break;
+        len += (size_t)got;
+        c->out_buf[len] = '\0';
+    }
+    return c->out_buf;
+}
+
+static void read_file(const char *path, char *buf, size_t cap)
+{
+    buf[0] = '\0';
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return;
+    size_t n = fread(buf, 1, cap - 1, f);
+    buf[n] = '\0';
+    fclose(f);
+}
+
+/* Closes its stdin, waits for it, collects the rest of stdout. Returns the
+ * exit status (128+N for signal N); stderr goes into err (may be NULL). */
+static int child_finish(child_t *c, char *err, size_t errlen)
+{
+    close(c->in);
+    size_t len = strlen(c->out_buf);
+    ssize_t got;
+    while ((got = read(c->out, c->out_buf + len, sizeof c->out_buf - 1 - len)) > 0)
+        len += (size_t)got;
+    c->out_buf[len] = '\0';
+    close(c->out);
+    int st = 0;
+    cr_assert_eq(waitpid(c->pid, &st, 0), c->pid);
+    if (err)
+        read_file(c->err_path, err, errlen);
+    unlink(c->err_path);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+static long long field(const char *text, const char *key)
+{
+    char k[64];
+    snprintf(k, sizeof k, "%s=", key);
+    const char *p = strstr(text, k);
+    return p ? strtoll(p + strlen(k), NULL, 10) : -1;
+}
+
+static void copy_text(char *dst, size_t cap, const char *src)
+{
+    size_t n = strnlen(src, cap - 1);
+    memcpy(dst, src, n);
+    dst[n] = '\0';
+}
+
+/* Runs `try BYTES` to the end; returns its rc (CUresult). */
+static int try_alloc(uint64_t bytes, const char *const *extra, char *out, size_t outlen)
+{
+    char b[32];
+    snprintf(b, sizeof b, "%llu", (unsigned long long)bytes);
+    const char *args[] = {"try", b, NULL};
+    child_t c;
+    child_start(&c, args, extra);
+    char err[4096];
+    int st = child_finish(&c, err, sizeof err);
+    cr_assert_eq(st, 0, "client exited %d: %s / %s", st, c.out_buf, err);
+    if (out)
+        copy_text(out, outlen, c.out_buf);
+    return (int)field(c.out_buf, "rc");
+}
+
+#define OOM 2 /* CUDA_ERROR_OUT_OF_MEMORY */
+#define BUDGET_ENV "VRAMGUARD_BUDGET=2GiB"
+
+static void hold_start(child_t *c, uint64_t bytes, const char *const *extra)
+{
+    char b[32];
+    snprintf(b, sizeof b, "%llu", (unsigned long long)bytes);
+    const char *args[] = {"hold", b, NULL};
+    child_start(c, args, extra);
+    const char *l = child_line(c);
+    cr_assert_eq(field(l, "rc"), 0, "holder: '%s'", l);
+}
+
+/* --------------------------------------------------------- pure checks */
+
+/* A valid region image, built the way a process builds one. */
+static vg__shm_t *valid_image(void)
+{
+    name_region("img");
+    vg__shm_t *r = NULL;
+    char err[512];
+    cr_assert_eq(vg__shm_open(region_file, VG__SHM_CREATE, false, &r, err, sizeof err), VG_OK,
+                 "%s", err);
+    vg__shm_t *copy = malloc(sizeof *copy);
+    memcpy(copy, r, sizeof *copy);
+    vg__shm_close(r);
+    drop_region();
+    return copy;
+}
+
+Test(shared, validate_accepts_a_fresh_region_and_refuses_damage)
+{
+    vg__shm_t *img = valid_image();
+    char err[256];
+    cr_assert_eq(vg__shm_validate(img, sizeof *img, err, sizeof err), VG_OK, "%s", err);
+    cr_expect_eq(vg__shm_validate(img, sizeof *img - 1, err, sizeof err), VG_EINVAL);
+    cr_expect_eq(vg__shm_validate(img, 8, err, sizeof err), VG_EINVAL);
+    cr_expect_eq(vg__shm_validate(NULL, 0, err, sizeof err), VG_EINVAL);
+    struct {
+        size_t off;
+        const char *why;
+    } cases[] = {
+        {offsetof(vg__shm_header_t, magic), "magic"},
+        {offsetof(vg__shm_header_t, version), "version"},
+        {offsetof(vg__shm_header_t, header_size), "size"},
+        {offsetof(vg__shm_header_t, total_size), "size"},
+        {offsetof(vg__shm_header_t, device_count), "counts"},
+        {offsetof(vg__shm_header_t, slot_count), "counts"},
+        {offsetof(vg__shm_header_t, waiter_count), "counts"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        vg__shm_t *bad = malloc(sizeof *bad);
+        memcpy(bad, img, sizeof *bad);
+        ((unsigned char *)bad)[cases[i].off] ^= 0x40;
+        err[0] = '\0';
+        cr_expect_eq(vg__shm_validate(bad, sizeof *bad, err, sizeof err), VG_EINVAL,
+                     "damage at %zu accepted", cases[i].off);
+        cr_expect_not_null(strstr(err, cases[i].why), "'%s' lacks '%s'", err, cases[i].why);
+        free(bad);
+    }
+    free(img);
+}
+
+Test(shared, file_checks_want_owner_and_private_mode)
+{
+    char err[256];
+    vg__shm_who_t me = {.euid = 1000, .group = false, .in_group = true};
+    vg__shm_who_t grp = {.euid = 1000, .group = true, .in_group = true};
+    uint64_t size = sizeof(vg__shm_t);
+    vg__shm_file_t ok = {S_IFREG | 0600, 1000, 100, size};
+    cr_expect_eq(vg__shm_check_file(&ok, &me, err, sizeof err), VG_OK);
+    vg__shm_file_t foreign = {S_IFREG | 0600, 1001, 100, size};
+    cr_expect_eq(vg__shm_check_file(&foreign, &me, err, sizeof err), VG_EDENIED);
+    cr_expect_not_null(strstr(err, "owned by uid 1001"), "%s", err);
+    vg__shm_file_t world = {S_IFREG | 0666, 1000, 100, size};
+    cr_expect_eq(vg__shm_check_file(&world, &me, err, sizeof err), VG_EDENIED);
+    cr_expect_eq(vg__shm_check_file(&world, &grp, err, sizeof err), VG_EDENIED);
+    vg__shm_file_t group = {S_IFREG | 0660, 1001, 100, size};
+    cr_expect_eq(vg__shm_check_file(&group, &me, err, sizeof err), VG_EDENIED);
+    cr_expect_eq(vg__shm_check_file(&group, &grp, err, sizeof err), VG_OK);
+    vg__shm_who_t outsider = {.euid = 1000, .group = true, .in_group = false};
+    cr_expect_eq(vg__shm_check_file(&group, &outsider, err, sizeof err), VG_EDENIED);
+    vg__shm_file_t dir = {S_IFDIR | 0600, 1000, 100, size};
+    cr_expect_eq(vg__shm_check_file(&dir, &me, err, sizeof err), VG_EDENIED);
+    vg__shm_file_t small = {S_IFREG | 0600, 1000, 100, 4096};
+    cr_expect_eq(vg__shm_check_file(&small, &me, err, sizeof err), VG_EINVAL);
+}
+
+Test(shared, open_refuses_links_loose_modes_foreign_owners_and_garbage)
+{
+    vg__shm_t *r = NULL;
+    char err[512];
+    name_region("perm");
+    cr_assert_eq(vg__shm_open(region_file, VG__SHM_CREATE, false, &r, err, sizeof err), VG_OK,
+                 "%s", err);
+    vg__shm_close(r);
+    struct stat st;
+    cr_assert_eq(stat(region_file, &st), 0);
+    cr_expect_eq(st.st_mode & 0777, 0600, "created with mode %o", st.st_mode & 0777);
+
+    cr_assert_eq(chmod(region_file, 0644), 0);
+    cr_expect_eq(vg__shm_open(region_file, VG__SHM_ATTACH, false, &r, err, sizeof err),
+                 VG_EDENIED);
+    cr_expect_not_null(strstr(err, "mode 0644"), "%s", err);
+    cr_assert_eq(chmod(region_file, 0600), 0);
+
+    if (geteuid() == 0) { /* a crafted foreign file needs chown */
+        cr_assert_eq(chown(region_file, 12345, 12345), 0);
+        cr_expect_eq(vg__shm_open(region_file, VG__SHM_ATTACH, false, &r, err, sizeof err),
+                     VG_EDENIED);
+        cr_expect_not_null(strstr(err, "owned by uid 12345"), "%s", err);
+        cr_assert_eq(chown(region_file, 0, 0), 0);
+    } else {
+        cr_log_warn("SKIP foreign-owner file: needs root to chown (pure check covers it)");
+    }
+
+    char link_path[160];
+    snprintf(link_path, sizeof link_path, "%s.link", region_file);
+    cr_assert_eq(symlink(region_file, link_path), 0);
+    cr_expect_eq(vg__shm_open(link_path, VG__SHM_ATTACH, false, &r, err, sizeof err),
+                 VG_EDENIED);
+    cr_expect_not_null(strstr(err, "symbolic link"), "%s", err);
+    unlink(link_path);
+
+    /* Garbage of the right size and mode: refused by the header check. */
+    int fd = open(region_file, O_WRONLY);
+    cr_assert_geq(fd, 0);
+    char junk[4096];
+    memset(junk, 0x5a, sizeof junk);
+    cr_assert_eq(pwrite(fd, junk, sizeof junk, 0), (ssize_t)sizeof junk);
+    close(fd);
+    cr_expect_eq(vg__shm_open(region_file, VG__SHM_ATTACH, false, &r, err, sizeof err),
+                 VG_EINVAL);
+    cr_expect_not_null(strstr(err, "not a vramguard region"), "%s", err);
+    drop_region();
+}
+
+Test(shared, a_corrupt_region_fails_closed_with_one_clear_line)
+{
+    name_region("corrupt");
+    int fd = open(region_file, O_RDWR | O_CREAT | O_EXCL, 0600);
+    cr_assert_geq(fd, 0);
+    cr_assert_eq(ftruncate(fd, sizeof(vg__shm_t)), 0);
+    close(fd);
+    char out[512];
+    const char *env[] = {BUDGET_ENV, NULL};
+    char b[32];
+    snprintf(b, sizeof b, "%llu", (unsigned long long)(64 * MiB));
+    const char *args[] = {"try", b, NULL};
+    child_t c;
+    child_start(&c, args, env);
+    char err[4096];
+    cr_assert_eq(child_finish(&c, err, sizeof err), 0);
+    copy_text(out, sizeof out, c.out_buf);
+    cr_expect_eq(field(out, "rc"), OOM, "allocated through a corrupt region: %s", out);
+    cr_expect_not_null(strstr(err, "not a vramguard region"), "stderr: %s", err);
+    drop_region();
+}
+
+/* ------------------------------------------------------ process tests */
+
+Test(shared, racing_processes_never_overshoot_the_budget)
+{
+    name_region("race");
+    enum { PROCS = 16 };
+    const uint64_t chunk = 96 * MiB; /* 2 GiB is not a multiple: an overshoot shows */
+    char cs[32];
+    snprintf(cs, sizeof cs, "%llu", (unsigned long long)chunk);
+    const char *args[] = {"race", "4", "300", cs, NULL};
+    const char *env[] = {BUDGET_ENV, NULL};
+    child_t c[PROCS];
+    for (int i = 0; i < PROCS; i++)
+        child_start(&c[i], args, env);
+    long ok = 0, refused = 0;
+    for (int i = 0; i < PROCS; i++) {
+        char err[4096];
+        int st = child_finish(&c[i], err, sizeof err);
+        cr_assert_eq(st, 0, "child %d exited %d: %s", i, st, err);
+        cr_expect_eq(field(c[i].out_buf, "other"), 0, "child %d: %s", i, c[i].out_buf);
+        ok += field(c[i].out_buf, "ok");
+        refused += field(c[i].out_buf, "refused");
+    }
+    vg__shm_t *r = snap();
+    const vg__shm_device_t *d = dev0(r);
+    cr_expect_leq(d->peak, 2 * GiB, "peak %llu over the budget", (unsigned long long)d->peak);
+    cr_expect_gt(d->peak, 2 * GiB - chunk, "the budget was never filled (peak %llu)",
+                 (unsigned long long)d->peak);
+    cr_expect_eq(d->used, 0, "%llu bytes still charged after every process exited",
+                 (unsigned long long)d->used);
+    cr_expect_gt(ok, 0);
+    cr_expect_gt(refused, 0, "no contention: the test proves nothing");
+    cr_expect_eq(d->refusals, (uint64_t)refused);
+    free(r);
+    drop_region();
+}
+
+Test(shared, a_normal_exit_releases_its_share_at_once)
+{
+    name_region("exit");
+    const char *env[] = {BUDGET_ENV, NULL};
+    child_t h;
+    hold_start(&h, 1536 * MiB, env);
+    vg__shm_t *r = snap();
+    cr_expect_geq(dev0(r)->used, 1536 * MiB);
+    free(r);
+    cr_expect_eq(try_alloc(1 * GiB, env, NULL, 0), OOM, "the holder's share was not charged");
+    cr_assert_eq(child_finish(&h, NULL, 0), 0);
+    r = snap();
+    cr_expect_eq(dev0(r)->used, 0, "exit left %llu bytes", (unsigned long long)dev0(r)->used);
+    for (int s = 0; s < VG__SHM_SLOTS; s++)
+        cr_expect_eq(r->slot[s].pid, 0, "slot %d still taken by %d", s, r->slot[s].pid);
+    free(r);
+    cr_expect_eq(try_alloc(2 * GiB, env, NULL, 0), 0);
+    drop_region();
+}
+
+Test(shared, a_sigkilled_holder_loses_its_share_by_the_next_allocation)
+{
+    name_region("kill");
+    const char *env[] = {BUDGET_ENV, NULL};
+    for (int round = 0; round < 3; round++) {
+        child_t h;
+        hold_start(&h, 1536 * MiB, env);
+        kill(h.pid, SIGKILL);
+        cr_assert_eq(child_finish(&h, NULL, 0), 128 + SIGKILL);
+        char out[256];
+        cr_expect_eq(try_alloc(2 * GiB, env, out, sizeof out), 0, "round %d: %s", round, out);
+        cr_expect_lt(field(out, "ms"), 1000, "took %lld ms", field(out, "ms"));
+    }
+    drop_region();
+}
+
+/* The pause point: a forked child of this binary stops here, holding the
+ * region lock, until it is killed. */
+static int pause_fd = -1;
+
+void vg__shared_test_pause(void)
+{
+    if (pause_fd < 0)
+        return;
+    char c = 'p';
+    (void)!write(pause_fd, &c, 1);
+    for (;;)
+        pause();
+}
+
+/* Forks a child that reserves `bytes` through the statically linked engine
+ * and is SIGKILLed, either inside the critical section (paused) or at a
+ * random moment of a reserve/release loop. */
+static void kill_child(bool in_lock, unsigned delay_us)
+{
+    int p[2];
+    cr_assert_eq(pipe(p), 0);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        close(p[0]);
+        if (vg_available() != VG_OK)
+            _exit(3);
+        vg__budget_t *b = vg__engine_budget(0);
+        if (!b || !b->shared)
+            _exit(4);
+        if (in_lock)
+            pause_fd = p[1];
+        else
+            (void)!write(p[1], "r", 1);
+        for (;;) {
+            if (vg__budget_reserve(b, 512 * MiB) == VG_OK) {
+                vg__budget_commit(b, 512 * MiB);
+                if (vg__budget_reserve(b, 1 * GiB) == VG_OK)
+                    vg__budget_release(b, 1 * GiB);
+                vg__budget_release(b, 512 * MiB);
+            }
+        }
+    }
+    close(p[1]);
+    char c;
+    cr_assert_eq(read(p[0], &c, 1), 1, "the child never started");
+    close(p[0]);
+    usleep(delay_us);
+    kill(pid, SIGKILL);
+    int st;
+    cr_assert_eq(waitpid(pid, &st, 0), pid);
+    cr_assert(WIFSIGNALED(st), "child exited %d", WEXITSTATUS(st));
+}
+
+Test(shared, sigkill_inside_the_critical_section_and_at_random_points)
+{
+    name_region("crit");
+    setenv("VRAMGUARD_SHARED", region_name, 1);
+    setenv("VRAMGUARD_BUDGET", "2GiB", 1);
+    kill_child(true, 0);
+    /* The lock's holder is dead: the next taker repairs the region. */
+    uint64_t t0 = vg__mono_ns();
+    cr_assert_eq(vg_available(), VG_OK);
+    vg__budget_t *b = vg__engine_budget(0);
+    cr_assert_not_null(b->shared, "not attached to the shared region");
+    cr_expect_eq(vg__budget_reserve(b, 2 * GiB), VG_OK, "the dead holder's share is still charged");
+    cr_expect_lt(vg__mono_ns() - t0, 1000000000ull);
+    vg__budget_release(b, 2 * GiB);
+    uint64_t seed = (uint64_t)getpid();
+    for (int round = 0; round < 12; round++) {
+        kill_child(round % 3 == 0, (unsigned)(test_rand(&seed) % 3000));
+        cr_expect_eq(vg__budget_reserve(b, 2 * GiB), VG_OK, "round %d: share not returned",
+                     round);
+        vg__budget_release(b, 2 * GiB);
+    }
+    vg__shm_t *r = snap();
+    cr_expect_leq(dev0(r)->peak, 2 * GiB);
+    cr_expect_eq(dev0(r)->used, 0);
+    free(r);
+    drop_region();
+}
+
+Test(shared, a_live_budget_change_and_a_shrink_below_use)
+{
+    name_region("live");
+    const char *env[] = {BUDGET_ENV, NULL};
+    const char *none[] = {NULL};
+    child_t h;
+    hold_start(&h, 1 * GiB, env);
+    vg__shm_t *r = NULL;
+    char err[512];
+    cr_assert_eq(vg__shm_open(region_file, VG__SHM_ATTACH, false, &r, err, sizeof err), VG_OK);
+    cr_assert_eq(vg__shm_set_limit(r, -1, 512 * MiB), VG_OK);
+    vg__shm_t *s = snap();
+    cr_expect_eq(dev0(s)->limit, 512 * MiB);
+    cr_expect_eq(dev0(s)->used, 1 * GiB, "a shrink must not touch live memory");
+    cr_expect_eq(dev0(s)->level, VG_PRESSURE_CRITICAL);
+    free(s);
+    cr_expect_eq(try_alloc(1 * MiB, none, NULL, 0), OOM, "allowed over a shrunk budget");
+    cr_assert_eq(vg__shm_set_limit(r, -1, 4 * GiB), VG_OK);
+    cr_expect_eq(try_alloc(2 * GiB, none, NULL, 0), 0, "the raised budget is not in effect");
+    vg__shm_close(r);
+    cr_assert_eq(child_finish(&h, NULL, 0), 0);
+    drop_region();
+}
+
+Test(shared, mismatched_settings_last_explicit_budget_wins_and_says_so)
+{
+    name_region("mismatch");
+    const char *two[] = {BUDGET_ENV, NULL};
+    const char *one[] = {"VRAMGUARD_BUDGET=1GiB", NULL};
+    const char *none[] = {NULL};
+    cr_expect_eq(try_alloc(64 * MiB, two, NULL, 0), 0);
+    vg__shm_t *r = snap();
+    cr_expect_eq(dev0(r)->limit, 2 * GiB);
+    free(r);
+    char b[32];
+    snprintf(b, sizeof b, "%llu", (unsigned long long)(1536 * MiB));
+    const char *args[] = {"try", b, NULL};
+    child_t c;
+    child_start(&c, args, one);
+    char err[4096];
+    cr_assert_eq(child_finish(&c, err, sizeof err), 0);
+    cr_expect_eq(field(c.out_buf, "rc"), OOM, "1 GiB budget let 1.5 GiB through");
+    cr_expect_not_null(strstr(err, "limit changed from 2.00 GiB to 1.00 GiB"), "stderr: %s", err);
+    /* A process without a budget uses the region's. */
+    cr_expect_eq(try_alloc(1536 * MiB, none, NULL, 0), OOM);
+    cr_expect_eq(try_alloc(512 * MiB, none, NULL, 0), 0);
+    drop_region();
+}
+
+Test(shared, waiting_is_first_come_first_served_and_times_out)
+{
+    name_region("wait");
+    const char *env[] = {BUDGET_ENV, NULL};
+    const char *w300[] = {BUDGET_ENV, "VRAMGUARD_WAIT_MS=300", NULL};
+    child_t h;
+    hold_start(&h, 2 * GiB, env);
+    char out[256];
+    cr_expect_eq(try_alloc(1 * GiB, w300, out, sizeof out), OOM, "%s", out);
+    cr_expect_geq(field(out, "ms"), 290, "gave up early: %s", out);
+    cr_expect_lt(field(out, "ms"), 3000, "waited far too long: %s", out);
+
+    /* Two waiters for the whole budget: the first in line gets it first. */
+    const char *wa[] = {BUDGET_ENV, "VRAMGUARD_WAIT_MS=20000", "HOLD_MS=300", NULL};
+    char b[32];
+    snprintf(b, sizeof b, "%llu", (unsigned long long)(2 * GiB));
+    const char *args[] = {"try", b, NULL};
+    child_t first, second;
+    child_start(&first, args, wa);
+    for (int i = 0; i < 2000; i++) { /* until it stands in line */
+        vg__shm_t *r = snap();
+        int n = 0;
+        for (int w = 0; w < VG__SHM_WAITERS; w++)
+            n += r->h.waiters[w].pid == first.pid;
+        free(r);
+        if (n)
+            break;
+        usleep(5000);
+    }
+    child_start(&second, args, wa);
+    usleep(200000);
+    cr_assert_eq(child_finish(&h, NULL, 0), 0); /* frees the budget */
+    char e1[4096], e2[4096];
+    cr_assert_eq(child_finish(&first, e1, sizeof e1), 0);
+    cr_assert_eq(child_finish(&second, e2, sizeof e2), 0);
+    cr_expect_eq(field(first.out_buf, "rc"), 0, "first: %s %s", first.out_buf, e1);
+    cr_expect_eq(field(second.out_buf, "rc"), 0, "second: %s %s", second.out_buf, e2);
+    cr_expect_lt(field(first.out_buf, "at"), field(second.out_buf, "at"),
+                 "served out of order: first %s second %s", first.out_buf, second.out_buf);
+    drop_region();
+}

@@ -1,0 +1,311 @@
+/*
+ * test_status_cli.c — `vramguard status`, `metrics` and `budget` against a
+ * live shared region: a holder (tests/clients/client_shared under the shim,
+ * LD_PRELOAD for that child only) keeps memory, and what the commands print
+ * is parsed and checked against the region's own snapshot.
+ */
+#include <criterion/criterion.h>
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "testutil.h"
+#include "vg_internal.h"
+
+extern char **environ;
+
+static char name[64], file[128];
+
+static const char *build_dir(void)
+{
+    const char *b = getenv("VG_TEST_BUILD");
+    cr_assert(b && *b, "VG_TEST_BUILD is not set (run through tests/run-tests.sh)");
+    return b;
+}
+
+static void name_region(const char *tag)
+{
+    snprintf(name, sizeof name, "vgtest-%d-%s", (int)getpid(), tag);
+    snprintf(file, sizeof file, VG__SHM_PREFIX "%s", name);
+    unlink(file);
+}
+
+/* Spawns argv with stdout on a pipe (and stdin on one when `in` is set);
+ * `preload` puts the shim, the test driver and the region in its env. */
+static pid_t spawn(char *const argv[], bool preload, int *out, int *in)
+{
+    size_t n = 0, k = 0;
+    while (environ[n])
+        n++;
+    char **env = calloc(n + 8, sizeof *env);
+    for (size_t i = 0; i < n; i++)
+        if (strncmp(environ[i], "LD_PRELOAD=", 11) && strncmp(environ[i], "VRAMGUARD_", 10) &&
+            (!preload || (strncmp(environ[i], "ASAN_OPTIONS=", 13) &&
+                          strncmp(environ[i], "LD_LIBRARY_PATH=", 16))))
+            env[k++] = environ[i];
+    char pre[4200], lib[4200], shr[128], asan[512];
+    const char *a = getenv("ASAN_OPTIONS");
+    snprintf(pre, sizeof pre, "LD_PRELOAD=%s/libvramguard-preload.so", build_dir());
+    snprintf(lib, sizeof lib, "LD_LIBRARY_PATH=%s/fakecuda", build_dir());
+    snprintf(shr, sizeof shr, "VRAMGUARD_SHARED=%s", name);
+    snprintf(asan, sizeof asan, "ASAN_OPTIONS=%s:verify_asan_link_order=0", a ? a : "");
+    if (preload) {
+        env[k++] = pre;
+        env[k++] = lib;
+        env[k++] = shr;
+        env[k++] = "VRAMGUARD_BUDGET=2GiB";
+        env[k++] = asan;
+    }
+    int o[2], i[2];
+    cr_assert_eq(pipe2(o, O_CLOEXEC), 0);
+    cr_assert_eq(pipe2(i, O_CLOEXEC), 0);
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, o[1], 1);
+    posix_spawn_file_actions_adddup2(&fa, i[0], 0);
+    pid_t pid;
+    int rc = posix_spawn(&pid, argv[0], &fa, NULL, argv, env);
+    posix_spawn_file_actions_destroy(&fa);
+    close(o[1]);
+    close(i[0]);
+    free(env);
+    cr_assert_eq(rc, 0, "spawn %s: %s", argv[0], strerror(rc));
+    *out = o[0];
+    if (in)
+        *in = i[1];
+    else
+        close(i[1]);
+    return pid;
+}
+
+/* Runs the CLI to the end; its stdout in buf, its exit status returned. */
+static int cli(char *buf, size_t cap, const char *a1, const char *a2, const char *a3,
+               const char *a4)
+{
+    char exe[4200];
+    snprintf(exe, sizeof exe, "%s/vramguard", build_dir());
+    char *argv[] = {exe, (char *)a1, (char *)a2, (char *)a3, (char *)a4, NULL};
+    int out;
+    pid_t pid = spawn(argv, false, &out, NULL);
+    size_t len = 0;
+    ssize_t got;
+    while (len + 1 < cap && (got = read(out, buf + len, cap - 1 - len)) > 0)
+        len += (size_t)got;
+    buf[len] = '\0';
+    close(out);
+    int st;
+    cr_assert_eq(waitpid(pid, &st, 0), pid);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+typedef struct holder {
+    pid_t pid;
+    int out, in;
+} holder_t;
+
+static void hold(holder_t *h, uint64_t bytes)
+{
+    char exe[4200], b[32];
+    snprintf(exe, sizeof exe, "%s/clients/client_shared", build_dir());
+    snprintf(b, sizeof b, "%llu", (unsigned long long)bytes);
+    char *argv[] = {exe, "hold", b, NULL};
+    h->pid = spawn(argv, true, &h->out, &h->in);
+    char line[256] = "";
+    size_t len = 0;
+    while (!strchr(line, '\n') && len + 1 < sizeof line) {
+        ssize_t got = read(h->out, line + len, sizeof line - 1 - len);
+        cr_assert_gt(got, 0, "holder died");
+        len += (size_t)got;
+        line[len] = '\0';
+    }
+    cr_assert_not_null(strstr(line, "held rc=0"), "%s", line);
+}
+
+static void release(holder_t *h)
+{
+    close(h->in);
+    close(h->out);
+    int st;
+    waitpid(h->pid, &st, 0);
+}
+
+static vg__shm_t *snap(void)
+{
+    vg__shm_t *r = NULL, *copy = malloc(sizeof *copy);
+    char err[512];
+    cr_assert_eq(vg__shm_open(file, VG__SHM_ATTACH, false, &r, err, sizeof err), VG_OK, "%s", err);
+    cr_assert_eq(vg__shm_snapshot(r, copy), VG_OK);
+    vg__shm_close(r);
+    return copy;
+}
+
+static long long num_after(const char *text, const char *key)
+{
+    const char *p = strstr(text, key);
+    cr_assert_not_null(p, "'%s' not in: %s", key, text);
+    return strtoll(p + strlen(key), NULL, 10);
+}
+
+Test(status_cli, json_matches_the_region)
+{
+    name_region("json");
+    holder_t h;
+    hold(&h, 768 * MiB);
+    static char buf[1 << 16];
+    cr_assert_eq(cli(buf, sizeof buf, "status", name, "--json", NULL), 0);
+    vg__shm_t *r = snap();
+    const vg__shm_device_t *d = &r->dev[0];
+    cr_expect_eq(num_after(buf, "\"budget\":"), (long long)d->limit);
+    cr_expect_eq(num_after(buf, "\"used\":"), (long long)d->used);
+    cr_expect_eq(num_after(buf, "\"peak\":"), (long long)d->peak);
+    cr_expect_eq(num_after(buf, "\"level\":"), d->level);
+    cr_expect_eq(num_after(buf, "\"pid\":"), h.pid);
+    cr_expect_not_null(strstr(buf, "\"command\":\"client_shared\""), "%s", buf);
+    cr_expect_eq(num_after(buf, "\"live\":"), 1);
+    cr_expect_geq(d->used, 768 * MiB);
+    char table[1 << 14];
+    cr_assert_eq(cli(table, sizeof table, "status", name, NULL, NULL), 0);
+    cr_expect_not_null(strstr(table, "2.00 GiB"), "%s", table);
+    cr_expect_not_null(strstr(table, "768.00 MiB"), "%s", table);
+    cr_expect_not_null(strstr(table, "running"), "%s", table);
+    free(r);
+    release(&h);
+    unlink(file);
+}
+
+Test(status_cli, metrics_match_the_region_and_textfile_is_atomic)
+{
+    name_region("prom");
+    holder_t h;
+    hold(&h, 512 * MiB);
+    static char buf[1 << 16];
+    cr_assert_eq(cli(buf, sizeof buf, "metrics", name, NULL, NULL), 0);
+    vg__shm_t *r = snap();
+    char key[256];
+    snprintf(key, sizeof key, "vramguard_used_bytes{region=\"%s\",device=\"0\",uuid=\"%s\"} ",
+             name, r->dev[0].uuid);
+    cr_expect_eq(num_after(buf, key), (long long)r->dev[0].used);
+    snprintf(key, sizeof key, "vramguard_budget_bytes{region=\"%s\",device=\"0\",", name);
+    cr_expect_eq(num_after(strstr(buf, key), "} "), 2 * GiB);
+    snprintf(key, sizeof key, "vramguard_processes{region=\"%s\",device=\"0\",", name);
+    cr_expect_eq(num_after(strstr(buf, key), "} "), 1);
+    cr_expect_not_null(strstr(buf, "# TYPE vramguard_refusals_total counter"));
+    char path[128];
+    snprintf(path, sizeof path, "/tmp/vg-metrics-%d.prom", (int)getpid());
+    cr_assert_eq(cli(buf, sizeof buf, "metrics", name, "--textfile", path), 0);
+    FILE *f = fopen(path, "r");
+    cr_assert_not_null(f);
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    buf[n] = '\0';
+    fclose(f);
+    unlink(path);
+    cr_expect_not_null(strstr(buf, "vramguard_peak_bytes{"), "%s", buf);
+    free(r);
+    release(&h);
+    unlink(file);
+}
+
+Test(status_cli, metrics_http_is_loopback_only_and_serves)
+{
+    name_region("http");
+    holder_t h;
+    hold(&h, 256 * MiB);
+    char buf[4096];
+    cr_expect_eq(cli(buf, sizeof buf, "metrics", name, "--listen", "0.0.0.0:9400"), 2);
+    cr_expect_eq(cli(buf, sizeof buf, "metrics", name, "--listen", "10.1.2.3:9400"), 2);
+    int port = 20000 + getpid() % 20000;
+    char addr[64], exe[4200];
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", port);
+    snprintf(exe, sizeof exe, "%s/vramguard", build_dir());
+    char *argv[] = {exe, "metrics", name, "--listen", addr, NULL};
+    int out;
+    pid_t srv = spawn(argv, false, &out, NULL);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+    int s = -1;
+    for (int i = 0; i < 200; i++) {
+        s = socket(AF_INET, SOCK_STREAM, 0);
+        if (connect(s, (struct sockaddr *)&sa, sizeof sa) == 0)
+            break;
+        close(s);
+        s = -1;
+        usleep(20000);
+    }
+    cr_assert_geq(s, 0, "the server never listened");
+    const char req[] = "GET /metrics HTTP/1.0\r\n\r\n";
+    cr_assert_eq(write(s, req, sizeof req - 1), (ssize_t)sizeof req - 1);
+    static char resp[1 << 16];
+    size_t len = 0;
+    ssize_t got;
+    while ((got = read(s, resp + len, sizeof resp - 1 - len)) > 0)
+        len += (size_t)got;
+    resp[len] = '\0';
+    close(s);
+    cr_expect_not_null(strstr(resp, "200 OK"), "%s", resp);
+    char key[128];
+    snprintf(key, sizeof key, "vramguard_used_bytes{region=\"%s\"", name);
+    cr_expect_geq(num_after(strstr(resp, key), "} "), (long long)(256 * MiB));
+    kill(srv, SIGINT);
+    int st;
+    cr_assert_eq(waitpid(srv, &st, 0), srv);
+    cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 0, "SIGINT did not exit 0");
+    close(out);
+    release(&h);
+    unlink(file);
+}
+
+Test(status_cli, budget_changes_the_region_live)
+{
+    name_region("budget");
+    holder_t h;
+    hold(&h, 1 * GiB);
+    char buf[4096];
+    cr_assert_eq(cli(buf, sizeof buf, "budget", name, "0=512MiB", NULL), 0, "%s", buf);
+    vg__shm_t *r = snap();
+    cr_expect_eq(r->dev[0].limit, 512 * MiB);
+    cr_expect_eq(r->dev[0].used, 1 * GiB);
+    cr_expect_eq(r->dev[0].level, VG_PRESSURE_CRITICAL);
+    free(r);
+    cr_expect_eq(cli(buf, sizeof buf, "budget", name, "7=1GiB", NULL), 1);
+    cr_expect_eq(cli(buf, sizeof buf, "budget", name, "1Gx", NULL), 2);
+    cr_assert_eq(cli(buf, sizeof buf, "budget", name, "4GiB", NULL), 0);
+    r = snap();
+    cr_expect_eq(r->dev[0].limit, 4 * GiB);
+    cr_expect_eq(r->h.default_limit, 4 * GiB);
+    free(r);
+    release(&h);
+    unlink(file);
+}
+
+Test(status_cli, watch_exits_zero_on_sigint)
+{
+    name_region("watch");
+    holder_t h;
+    hold(&h, 1 * MiB);
+    char exe[4200];
+    snprintf(exe, sizeof exe, "%s/vramguard", build_dir());
+    char *argv[] = {exe, "status", name, "--watch", NULL};
+    int out;
+    pid_t pid = spawn(argv, false, &out, NULL);
+    char buf[8192];
+    struct pollfd p = {.fd = out, .events = POLLIN};
+    cr_assert_gt(poll(&p, 1, 10000), 0, "no output from --watch");
+    cr_assert_gt(read(out, buf, sizeof buf), 0);
+    kill(pid, SIGINT);
+    int st;
+    cr_assert_eq(waitpid(pid, &st, 0), pid);
+    cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    close(out);
+    release(&h);
+    unlink(file);
+}
