@@ -152,7 +152,12 @@ static bool measure(int device, vg__budget_t *b)
         return false; /* nothing measured: the last figure stands */
     struct managed_tally t = {device, 0};
     vg__ledger_foreach(VG__ANY_OWNER, tally_uncharged, &t);
-    uint64_t used = atomic_load_explicit(&b->used, memory_order_relaxed);
+    /* What this process has charged, never the whole shared region's use:
+     * with a shared budget, b->used counts every process, and subtracting
+     * it made other processes' memory look like ours (8 processes on one
+     * H100 budget showed ~0 overhead each while their contexts took 4 GiB). */
+    uint64_t used = b->shared ? vg__shared_self_used(b)
+                              : atomic_load_explicit(&b->used, memory_order_relaxed);
     uint64_t old = vg__acct_overhead(device);
     uint64_t shown = (used > old ? used - old : 0) + t.bytes;
     vg__acct_overhead_set(device, nvml_bytes > shown ? nvml_bytes - shown : 0);

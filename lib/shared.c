@@ -597,7 +597,9 @@ typedef enum { COUNT_REFUSAL, QUIET_REFUSAL } refusal_t;
 /* Under the lock: the reserve itself. */
 static int reserve_locked(vg__shm_t *r, int d, uint64_t n, refusal_t count)
 {
-    uint64_t now = vg__mono_ns();
+    /* Coarse: it only decides whether a second has passed since the last
+     * reap (the precise clock cost ~26 ns of a ~70 ns shared reserve). */
+    uint64_t now = vg__mono_coarse_ns();
     int s = slot_of_self(r);
     vg__shm_device_t *e = &r->dev[d];
     if (vg__unlikely(s < 0))
@@ -774,18 +776,29 @@ void vg__shared_read(const vg__budget_t *b, uint64_t *limit, uint64_t *used)
     vg__shm_unlock(r);
 }
 
-/* The slot's informational counters: a lock each, off the budget's path. */
+/* The slot's live-allocation count, for `vramguard status`. Only the
+ * slot's owner writes it (a reaped slot's owner is dead; a new owner
+ * initialises its slot under the lock), so an atomic add without the lock
+ * is enough: no second lock round trip on every allocation and free. */
 void vg__shared_live(const vg__budget_t *b, int delta)
 {
     vg__shm_t *r = b->shared;
-    if (vg__shm_lock(r) != VG_OK)
-        return;
     int s = slot_of_self(r);
-    if (s >= 0) {
-        uint64_t *live = &r->slot[s].live[b->shared_dev];
-        *live = delta < 0 && *live == 0 ? 0 : *live + (uint64_t)(int64_t)delta;
-    }
-    vg__shm_unlock(r);
+    if (s < 0)
+        return;
+    uint64_t *live = &r->slot[s].live[b->shared_dev];
+    __atomic_fetch_add(live, (uint64_t)(int64_t)delta, __ATOMIC_RELAXED);
+}
+
+uint64_t vg__shared_self_used(const vg__budget_t *b)
+{
+    vg__shm_t *r = b->shared;
+    int s = slot_of_self(r);
+    if (s < 0)
+        return 0;
+    /* Only this process writes its slot's use (under the lock); an atomic
+     * read of our own figure needs no lock. */
+    return __atomic_load_n(&r->slot[s].used[b->shared_dev], __ATOMIC_RELAXED);
 }
 
 void vg__shared_overhead(const vg__budget_t *b, uint64_t bytes)

@@ -36,6 +36,9 @@ uint64_t vg__now_ns(void);
 uint64_t vg__now_coarse_ns(void);
 /* Monotonic nanoseconds, for benchmarks and rate limits. */
 uint64_t vg__mono_ns(void);
+/* The same clock at the kernel tick's resolution (1-4 ms), a fraction of
+ * the cost: for once-a-second decisions on a hot path. */
+uint64_t vg__mono_coarse_ns(void);
 /* The calling thread's kernel tid, cached per thread after the first call. */
 uint32_t vg__tid(void);
 /* Forgets the cached tid (a forked child's thread has a new one). */
@@ -452,6 +455,9 @@ void vg__shared_read(const vg__budget_t *b, uint64_t *limit, uint64_t *used);
 /* Per-process figures shown by `vramguard status`. */
 void vg__shared_live(const vg__budget_t *b, int delta);
 void vg__shared_overhead(const vg__budget_t *b, uint64_t bytes);
+/* This process's own share of a shared budget (its slot's use, overhead
+ * included), where vg__budget_t.used mirrors the whole region's. */
+uint64_t vg__shared_self_used(const vg__budget_t *b);
 
 /* A test-only pause point inside the critical section: a weak, hidden
  * symbol that no product build defines, so the call is never made there

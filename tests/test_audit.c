@@ -207,7 +207,7 @@ Test(audit, several_processes_append_to_one_log_and_lose_none)
     }
     long long allocs = 0, frees = 0;
     for (int i = 0; i < PROCS; i++) {
-        cr_expect_eq(wait_status(pid[i]), 0);
+        cr_expect_eq(child_wait(pid[i]), 0);
         read_small_file(reports[i], rep, sizeof rep);
         unlink(reports[i]);
         allocs += field(rep, "allocs");

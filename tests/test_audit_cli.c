@@ -10,132 +10,27 @@
 #include <criterion/criterion.h>
 
 #include <ctype.h>
-#include <fcntl.h>
-#include <poll.h>
-#include <signal.h>
-#include <spawn.h>
+#include <dirent.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
-#include <time.h>
-#include <dirent.h>
 #include <unistd.h>
 
-extern char **environ;
+#include "clientrun.h"
 
 #define DATA "tests/data/audit/"
-#define CLI_TIMEOUT_S 120
-#define OUT_MAX (64 * 1024)
 
-typedef struct cli_result {
-    int status; /* exit code; 128+N for signal N */
-    char out[OUT_MAX], err[OUT_MAX];
-} cli_result_t;
-
-static const char *build_dir(void)
-{
-    const char *b = getenv("VG_TEST_BUILD");
-    cr_assert(b && *b, "VG_TEST_BUILD is not set (run through tests/run-tests.sh)");
-    return b;
-}
-
-/* The runner's environment with TZ=UTC (times in reports are local) and
+/* Runs build/vramguard with args (NULL-terminated, without argv[0]) in the
+ * runner's environment with TZ=UTC (times in reports are local) and
  * without VRAMGUARD_* (a budget would change replay). */
-static char **env_build(void)
-{
-    size_t n = 0, k = 0;
-    while (environ[n])
-        n++;
-    char **env = calloc(n + 2, sizeof *env);
-    cr_assert_not_null(env);
-    for (size_t i = 0; i < n; i++)
-        if (strncmp(environ[i], "VRAMGUARD_", 10) && strncmp(environ[i], "TZ=", 3) &&
-            strncmp(environ[i], "LD_PRELOAD=", 11))
-            env[k++] = environ[i];
-    env[k++] = "TZ=UTC";
-    return env;
-}
-
-static bool drain(int fd, char *buf, size_t cap)
-{
-    char tmp[4096];
-    ssize_t got = read(fd, tmp, sizeof tmp);
-    if (got <= 0)
-        return false;
-    size_t len = strlen(buf), room = cap - 1 - len;
-    size_t n = (size_t)got < room ? (size_t)got : room;
-    memcpy(buf + len, tmp, n);
-    buf[len + n] = '\0';
-    return true;
-}
-
-static void collect(pid_t pid, int out_fd, int err_fd, cli_result_t *r)
-{
-    struct pollfd fds[2] = {{.fd = out_fd, .events = POLLIN}, {.fd = err_fd, .events = POLLIN}};
-    time_t deadline = time(NULL) + CLI_TIMEOUT_S;
-    int open_fds = 2;
-    while (open_fds > 0) {
-        if (time(NULL) > deadline) {
-            kill(pid, SIGKILL);
-            cr_log_error("vramguard timed out");
-            break;
-        }
-        if (poll(fds, 2, 1000) <= 0)
-            continue;
-        for (int i = 0; i < 2; i++)
-            if (fds[i].fd >= 0 && (fds[i].revents & (POLLIN | POLLHUP | POLLERR)) &&
-                !drain(fds[i].fd, i ? r->err : r->out, i ? sizeof r->err : sizeof r->out)) {
-                fds[i].fd = -1;
-                open_fds--;
-            }
-    }
-}
-
-/* Runs build/vramguard with args (NULL-terminated, without argv[0]). */
 static void cli(cli_result_t *r, const char *const *args)
 {
-    char exe[4096];
-    char *argv[32] = {exe};
-    size_t a = 1;
-    memset(r, 0, sizeof *r);
-    snprintf(exe, sizeof exe, "%s/vramguard", build_dir());
-    for (; args[a - 1] && a < 31; a++)
-        argv[a] = (char *)args[a - 1];
-    argv[a] = NULL;
-    char **env = env_build();
-    int out[2], err[2];
-    cr_assert_eq(pipe2(out, O_CLOEXEC), 0);
-    cr_assert_eq(pipe2(err, O_CLOEXEC), 0);
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_adddup2(&fa, out[1], 1);
-    posix_spawn_file_actions_adddup2(&fa, err[1], 2);
-    pid_t pid;
-    int rc = posix_spawn(&pid, exe, &fa, NULL, argv, env);
-    posix_spawn_file_actions_destroy(&fa);
-    close(out[1]);
-    close(err[1]);
-    free(env);
-    cr_assert_eq(rc, 0, "posix_spawn %s: %s", exe, strerror(rc));
-    collect(pid, out[0], err[0], r);
-    close(out[0]);
-    close(err[0]);
-    int st = 0;
-    cr_assert_eq(waitpid(pid, &st, 0), pid);
-    r->status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-}
-
-#define ARGS(...) ((const char *const[]){__VA_ARGS__, NULL})
-
-static int lines(const char *s)
-{
-    int n = 0;
-    for (; *s; s++)
-        n += *s == '\n';
-    return n;
+    static const char *const drop[] = {"VRAMGUARD_", "TZ=", "LD_PRELOAD=", NULL};
+    char **env = env_make(drop, ENV("TZ=UTC"));
+    cli_result_of(r, env, args);
+    env_free(env);
 }
 
 #define EXPECT_IN(hay, needle)                                                 \

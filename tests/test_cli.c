@@ -11,36 +11,14 @@
  */
 #include <criterion/criterion.h>
 
-#include <fcntl.h>
-#include <poll.h>
-#include <signal.h>
-#include <spawn.h>
-#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
-#include <time.h>
-#include <unistd.h>
 
+#include "clientrun.h"
 #include "vg_internal.h"
 
-extern char **environ;
-
-#define CLI_TIMEOUT_S 120 /* sanitizer builds are slow */
 #define MAX_ENV 8
-
-typedef struct cli_result {
-    int status; /* exit code; 128+N for signal N */
-    char out[16384], err[16384];
-} cli_result_t;
-
-static const char *build_dir(void)
-{
-    const char *b = getenv("VG_TEST_BUILD");
-    cr_assert(b && *b, "VG_TEST_BUILD is not set (run through tests/run-tests.sh)");
-    return b;
-}
 
 /* The shim's path as the CLI finds it (beside its own resolved path). */
 static void shim_path(char *out, size_t len)
@@ -51,127 +29,21 @@ static void shim_path(char *out, size_t len)
     cr_assert_lt(strlen(out), len);
 }
 
-/* True when the entry "NAME=..." is replaced or removed by `set`. */
-static bool env_overridden(const char *e, const char *const *set)
-{
-    static const char *const reserved[] = {"LD_PRELOAD=", "VRAMGUARD_",
-                                           "CUDA_DEVICE_MEMORY_LIMIT", "FAKECUDA_",
-                                           "ASAN_OPTIONS="};
-    for (size_t i = 0; i < sizeof reserved / sizeof reserved[0]; i++)
-        if (!strncmp(e, reserved[i], strlen(reserved[i])))
-            return true;
-    for (size_t i = 0; set && set[i]; i++) {
-        size_t n = strcspn(set[i], "=");
-        if (!strncmp(e, set[i], n) && e[n] == '=')
-            return true;
-    }
-    return false;
-}
-
-/* The runner's environment without settings the test must decide, plus
- * `set` ("NAME=value"). The ASan runtime of an instrumented CLI or client
- * loads after the preloaded (instrumented) shim, which ASan's link-order
- * check would refuse. Test environment only. */
-static char **env_build(const char *const *set)
-{
-    static char asan[1024];
-    size_t n = 0, k = 0;
-    while (environ[n])
-        n++;
-    char **env = calloc(n + MAX_ENV + 2, sizeof *env);
-    cr_assert_not_null(env);
-    for (size_t i = 0; i < n; i++)
-        if (!env_overridden(environ[i], set))
-            env[k++] = environ[i];
-    const char *old = getenv("ASAN_OPTIONS");
-    snprintf(asan, sizeof asan, "ASAN_OPTIONS=%s%sverify_asan_link_order=0",
-             old ? old : "", old && *old ? ":" : "");
-    env[k++] = asan;
-    for (size_t i = 0; set && set[i] && i < MAX_ENV; i++)
-        env[k++] = (char *)set[i];
-    return env;
-}
-
-/* Appends what is readable on fd to buf; false at end of file. */
-static bool drain(int fd, char *buf, size_t cap)
-{
-    char tmp[4096];
-    ssize_t got = read(fd, tmp, sizeof tmp);
-    if (got <= 0)
-        return false;
-    size_t len = strlen(buf), room = cap - 1 - len;
-    size_t n = (size_t)got < room ? (size_t)got : room;
-    memcpy(buf + len, tmp, n);
-    buf[len + n] = '\0';
-    return true;
-}
-
-static void collect(pid_t pid, int out_fd, int err_fd, cli_result_t *r)
-{
-    struct pollfd fds[2] = {{.fd = out_fd, .events = POLLIN}, {.fd = err_fd, .events = POLLIN}};
-    time_t deadline = time(NULL) + CLI_TIMEOUT_S;
-    int open_fds = 2;
-    while (open_fds > 0) {
-        if (time(NULL) > deadline) {
-            kill(pid, SIGKILL);
-            cr_log_error("vramguard timed out");
-            break;
-        }
-        if (poll(fds, 2, 1000) <= 0)
-            continue;
-        for (int i = 0; i < 2; i++)
-            if (fds[i].fd >= 0 && (fds[i].revents & (POLLIN | POLLHUP | POLLERR)) &&
-                !drain(fds[i].fd, i ? r->err : r->out, i ? sizeof r->err : sizeof r->out)) {
-                fds[i].fd = -1;
-                open_fds--;
-            }
-    }
-}
-
-/* Runs build/vramguard with argv (NULL-terminated, without argv[0]) and the
- * extra environment `set` (NULL-terminated "NAME=value", may be NULL). */
+/* Runs build/vramguard with args (NULL-terminated, without argv[0]) in the
+ * runner's environment without settings the test must decide, plus `set`
+ * (NULL-terminated "NAME=value", may be NULL). The child's ASan link-order
+ * check is off (asan_entry()). Test environment only. */
 static void cli(cli_result_t *r, const char *const *set, const char *const *args)
 {
-    char exe[4096];
-    char *argv[32] = {exe};
-    size_t a = 1;
-    memset(r, 0, sizeof *r);
-    snprintf(exe, sizeof exe, "%s/vramguard", build_dir());
-    for (; args[a - 1] && a < 31; a++)
-        argv[a] = (char *)args[a - 1];
-    argv[a] = NULL;
-    char **env = env_build(set);
-    int out[2], err[2];
-    cr_assert_eq(pipe2(out, O_CLOEXEC), 0);
-    cr_assert_eq(pipe2(err, O_CLOEXEC), 0);
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_adddup2(&fa, out[1], 1);
-    posix_spawn_file_actions_adddup2(&fa, err[1], 2);
-    pid_t pid;
-    int rc = posix_spawn(&pid, exe, &fa, NULL, argv, env);
-    posix_spawn_file_actions_destroy(&fa);
-    close(out[1]);
-    close(err[1]);
-    free(env);
-    cr_assert_eq(rc, 0, "posix_spawn %s: %s", exe, strerror(rc));
-    collect(pid, out[0], err[0], r);
-    close(out[0]);
-    close(err[0]);
-    int st = 0;
-    cr_assert_eq(waitpid(pid, &st, 0), pid);
-    r->status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-}
-
-#define ARGS(...) ((const char *const[]){__VA_ARGS__, NULL})
-#define ENV(...) ((const char *const[]){__VA_ARGS__, NULL})
-
-static int lines(const char *s)
-{
-    int n = 0;
-    for (; *s; s++)
-        n += *s == '\n';
-    return n;
+    static const char *const drop[] = {"LD_PRELOAD=", "VRAMGUARD_", "CUDA_DEVICE_MEMORY_LIMIT",
+                                       "FAKECUDA_", "ASAN_OPTIONS=", NULL};
+    const char *add[MAX_ENV + 2] = {asan_entry("")};
+    for (size_t i = 0; set && set[i] && i < MAX_ENV; i++)
+        add[i + 1] = set[i];
+    char **env = env_make(drop, add);
+    free((char *)add[0]);
+    cli_result_of(r, env, args);
+    env_free(env);
 }
 
 /* An error of vramguard itself: exit 2, one line on stderr naming `name`. */

@@ -14,22 +14,15 @@
 #include <criterion/criterion.h>
 
 #include <errno.h>
-#include <fcntl.h>
-#include <poll.h>
-#include <signal.h>
-#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
+#include "clientrun.h"
 #include "testutil.h"
 #include "vg_internal.h"
-
-extern char **environ;
 
 /* ------------------------------------------------------------ regions */
 
@@ -76,50 +69,23 @@ typedef struct child {
     char out_buf[4096];
 } child_t;
 
-static const char *build_dir(void)
-{
-    const char *b = getenv("VG_TEST_BUILD");
-    cr_assert(b && *b, "VG_TEST_BUILD is not set (run through tests/run-tests.sh)");
-    return b;
-}
-
-static bool reserved_env(const char *e)
-{
-    static const char *const p[] = {"LD_PRELOAD=", "LD_LIBRARY_PATH=", "VRAMGUARD_",
-                                    "CUDA_DEVICE_MEMORY_", "FAKECUDA_", "ASAN_OPTIONS=",
-                                    "HOLD_MS="};
-    for (size_t i = 0; i < sizeof p / sizeof p[0]; i++)
-        if (!strncmp(e, p[i], strlen(p[i])))
-            return true;
-    return false;
-}
-
-static char *fmt(const char *f, const char *a)
-{
-    char *s = NULL;
-    cr_assert_geq(asprintf(&s, f, a), 0);
-    return s;
-}
-
 /* Starts client_shared with `args` under the shim, sharing the test's
  * region; `extra` adds "NAME=value" entries (NULL-terminated, may be NULL). */
 static void child_start(child_t *c, const char *const *args, const char *const *extra)
 {
+    static const char *const drop[] = {"LD_PRELOAD=", "LD_LIBRARY_PATH=", "VRAMGUARD_",
+                                       "CUDA_DEVICE_MEMORY_", "FAKECUDA_", "ASAN_OPTIONS=",
+                                       "HOLD_MS=", NULL};
     memset(c, 0, sizeof *c);
-    size_t n = 0, k = 0;
-    while (environ[n])
-        n++;
-    char **env = calloc(n + 24, sizeof *env);
-    for (size_t i = 0; i < n; i++)
-        if (!reserved_env(environ[i]))
-            env[k++] = strdup(environ[i]);
-    const char *asan = getenv("ASAN_OPTIONS");
-    env[k++] = fmt("LD_PRELOAD=%s/libvramguard-preload.so", build_dir());
-    env[k++] = fmt("LD_LIBRARY_PATH=%s/fakecuda", build_dir());
-    env[k++] = fmt("VRAMGUARD_SHARED=%s", region_name);
-    env[k++] = fmt("ASAN_OPTIONS=%s:verify_asan_link_order=0:detect_leaks=0", asan ? asan : "");
-    for (size_t i = 0; extra && extra[i]; i++)
-        env[k++] = strdup(extra[i]);
+    const char *add[24] = {cat3("LD_PRELOAD=", build_dir(), "/libvramguard-preload.so"),
+                           cat3("LD_LIBRARY_PATH=", build_dir(), "/fakecuda"),
+                           cat3("VRAMGUARD_SHARED=", region_name, ""),
+                           asan_entry(":detect_leaks=0")};
+    for (size_t i = 0; extra && extra[i] && i < 19; i++)
+        add[i + 4] = extra[i];
+    char **env = env_make(drop, add);
+    for (size_t i = 0; i < 4; i++)
+        free((char *)add[i]);
     char exe[4096];
     snprintf(exe, sizeof exe, "%s/clients/client_shared", build_dir());
     char *argv[8] = {exe};
@@ -131,22 +97,13 @@ static void child_start(child_t *c, const char *const *args, const char *const *
     snprintf(c->err_path, sizeof c->err_path, "/tmp/vg-shared-err-XXXXXX");
     int efd = mkstemp(c->err_path);
     cr_assert_geq(efd, 0);
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_adddup2(&fa, in[0], 0);
-    posix_spawn_file_actions_adddup2(&fa, out[1], 1);
-    posix_spawn_file_actions_adddup2(&fa, efd, 2);
-    int rc = posix_spawn(&c->pid, exe, &fa, NULL, argv, env);
-    posix_spawn_file_actions_destroy(&fa);
+    c->pid = child_spawn(argv, env, (int[3]){in[0], out[1], efd});
     close(in[0]);
     close(out[1]);
     close(efd);
-    cr_assert_eq(rc, 0, "posix_spawn %s: %s", exe, strerror(rc));
     c->in = in[1];
     c->out = out[0];
-    for (size_t i = 0; env[i]; i++)
-        free(env[i]);
-    free(env);
+    env_free(env);
 }
 
 /* Reads the child's stdout until a newline arrives (or 60 s pass). */
@@ -166,17 +123,6 @@ static const char *child_line(child_t *c)
     return c->out_buf;
 }
 
-static void read_file(const char *path, char *buf, size_t cap)
-{
-    buf[0] = '\0';
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return;
-    size_t n = fread(buf, 1, cap - 1, f);
-    buf[n] = '\0';
-    fclose(f);
-}
-
 /* Closes its stdin, waits for it, collects the rest of stdout. Returns the
  * exit status (128+N for signal N); stderr goes into err (may be NULL). */
 static int child_finish(child_t *c, char *err, size_t errlen)
@@ -188,15 +134,14 @@ static int child_finish(child_t *c, char *err, size_t errlen)
         len += (size_t)got;
     c->out_buf[len] = '\0';
     close(c->out);
-    int st = 0;
-    cr_assert_eq(waitpid(c->pid, &st, 0), c->pid);
+    int st = child_wait(c->pid);
     if (err)
-        read_file(c->err_path, err, errlen);
+        read_small_file(c->err_path, err, errlen);
     unlink(c->err_path);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    return st;
 }
 
-static long long field(const char *text, const char *key)
+static long long value_of(const char *text, const char *key)
 {
     char k[64];
     snprintf(k, sizeof k, "%s=", key);
@@ -224,7 +169,7 @@ static int try_alloc(uint64_t bytes, const char *const *extra, char *out, size_t
     cr_assert_eq(st, 0, "client exited %d: %s / %s", st, c.out_buf, err);
     if (out)
         copy_text(out, outlen, c.out_buf);
-    return (int)field(c.out_buf, "rc");
+    return (int)value_of(c.out_buf, "rc");
 }
 
 #define OOM 2 /* CUDA_ERROR_OUT_OF_MEMORY */
@@ -237,7 +182,7 @@ static void hold_start(child_t *c, uint64_t bytes, const char *const *extra)
     const char *args[] = {"hold", b, NULL};
     child_start(c, args, extra);
     const char *l = child_line(c);
-    cr_assert_eq(field(l, "rc"), 0, "holder: '%s'", l);
+    cr_assert_eq(value_of(l, "rc"), 0, "holder: '%s'", l);
 }
 
 /* --------------------------------------------------------- pure checks */
@@ -381,7 +326,7 @@ Test(shared, a_corrupt_region_fails_closed_with_one_clear_line)
     char err[4096];
     cr_assert_eq(child_finish(&c, err, sizeof err), 0);
     copy_text(out, sizeof out, c.out_buf);
-    cr_expect_eq(field(out, "rc"), OOM, "allocated through a corrupt region: %s", out);
+    cr_expect_eq(value_of(out, "rc"), OOM, "allocated through a corrupt region: %s", out);
     cr_expect_not_null(strstr(err, "not a vramguard region"), "stderr: %s", err);
     drop_region();
 }
@@ -405,9 +350,9 @@ Test(shared, racing_processes_never_overshoot_the_budget)
         char err[4096];
         int st = child_finish(&c[i], err, sizeof err);
         cr_assert_eq(st, 0, "child %d exited %d: %s", i, st, err);
-        cr_expect_eq(field(c[i].out_buf, "other"), 0, "child %d: %s", i, c[i].out_buf);
-        ok += field(c[i].out_buf, "ok");
-        refused += field(c[i].out_buf, "refused");
+        cr_expect_eq(value_of(c[i].out_buf, "other"), 0, "child %d: %s", i, c[i].out_buf);
+        ok += value_of(c[i].out_buf, "ok");
+        refused += value_of(c[i].out_buf, "refused");
     }
     vg__shm_t *r = snap();
     const vg__shm_device_t *d = dev0(r);
@@ -454,7 +399,7 @@ Test(shared, a_sigkilled_holder_loses_its_share_by_the_next_allocation)
         cr_assert_eq(child_finish(&h, NULL, 0), 128 + SIGKILL);
         char out[256];
         cr_expect_eq(try_alloc(2 * GiB, env, out, sizeof out), 0, "round %d: %s", round, out);
-        cr_expect_lt(field(out, "ms"), 1000, "took %lld ms", field(out, "ms"));
+        cr_expect_lt(value_of(out, "ms"), 1000, "took %lld ms", value_of(out, "ms"));
     }
     drop_region();
 }
@@ -582,7 +527,7 @@ Test(shared, mismatched_settings_last_explicit_budget_wins_and_says_so)
     child_start(&c, args, one);
     char err[4096];
     cr_assert_eq(child_finish(&c, err, sizeof err), 0);
-    cr_expect_eq(field(c.out_buf, "rc"), OOM, "1 GiB budget let 1.5 GiB through");
+    cr_expect_eq(value_of(c.out_buf, "rc"), OOM, "1 GiB budget let 1.5 GiB through");
     cr_expect_not_null(strstr(err, "limit changed from 2.00 GiB to 1.00 GiB"), "stderr: %s", err);
     /* A process without a budget uses the region's. */
     cr_expect_eq(try_alloc(1536 * MiB, none, NULL, 0), OOM);
@@ -599,8 +544,8 @@ Test(shared, waiting_is_first_come_first_served_and_times_out)
     hold_start(&h, 2 * GiB, env);
     char out[256];
     cr_expect_eq(try_alloc(1 * GiB, w300, out, sizeof out), OOM, "%s", out);
-    cr_expect_geq(field(out, "ms"), 290, "gave up early: %s", out);
-    cr_expect_lt(field(out, "ms"), 3000, "waited far too long: %s", out);
+    cr_expect_geq(value_of(out, "ms"), 290, "gave up early: %s", out);
+    cr_expect_lt(value_of(out, "ms"), 3000, "waited far too long: %s", out);
 
     /* Two waiters for the whole budget: the first in line gets it first. */
     const char *wa[] = {BUDGET_ENV, "VRAMGUARD_WAIT_MS=20000", "HOLD_MS=300", NULL};
@@ -625,9 +570,9 @@ Test(shared, waiting_is_first_come_first_served_and_times_out)
     char e1[4096], e2[4096];
     cr_assert_eq(child_finish(&first, e1, sizeof e1), 0);
     cr_assert_eq(child_finish(&second, e2, sizeof e2), 0);
-    cr_expect_eq(field(first.out_buf, "rc"), 0, "first: %s %s", first.out_buf, e1);
-    cr_expect_eq(field(second.out_buf, "rc"), 0, "second: %s %s", second.out_buf, e2);
-    cr_expect_lt(field(first.out_buf, "at"), field(second.out_buf, "at"),
+    cr_expect_eq(value_of(first.out_buf, "rc"), 0, "first: %s %s", first.out_buf, e1);
+    cr_expect_eq(value_of(second.out_buf, "rc"), 0, "second: %s %s", second.out_buf, e2);
+    cr_expect_lt(value_of(first.out_buf, "at"), value_of(second.out_buf, "at"),
                  "served out of order: first %s second %s", first.out_buf, second.out_buf);
     drop_region();
 }

@@ -15,27 +15,19 @@
 #include <criterion/criterion.h>
 
 #include <dlfcn.h>
-#include <fcntl.h>
-#include <poll.h>
-#include <signal.h>
-#include <spawn.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
+#include "clientrun.h"
 #include "testutil.h"
-
-extern char **environ;
 
 #define BUDGET (2 * GiB)
 #define CHUNK (64 * MiB)
 #define CHUNK_TEXT "64MiB"
 #define OUT_OF_MEMORY 2    /* CUDA_ERROR_OUT_OF_MEMORY */
-#define RUN_TIMEOUT_S 120  /* per client; sanitizer builds are slow */
 
 static const char *const methods[] = {"linked", "dlsym", "default", "cudart"};
 static const char *const paths[] = {"plain", "pitch", "managed", "async", "async_ptsz", "pool",
@@ -50,199 +42,7 @@ static uint64_t object_bytes(const char *path)
     return strcmp(path, "mipmap") ? CHUNK : CHUNK + CHUNK / 4;
 }
 
-/* ------------------------------------------------------ running a client */
-
-typedef struct run_opts {
-    const char *method, *path, *chunk, *max, *failures; /* failures may be NULL */
-    const char *budget;        /* VRAMGUARD_BUDGET; NULL leaves it unset */
-    const char *env[4];        /* more "NAME=value" entries, NULL-terminated */
-} run_opts_t;
-
-typedef struct run_result {
-    int status;                /* exit code; 128+N for signal N; -1 not run */
-    char out[16384], err[16384];
-    char report[512], child_report[512]; /* FAKECUDA_REPORT contents */
-} run_result_t;
-
-static const char *build_dir(void)
-{
-    const char *b = getenv("VG_TEST_BUILD");
-    cr_assert(b && *b, "VG_TEST_BUILD is not set (run through tests/run-tests.sh)");
-    return b;
-}
-
-static char *str_printf(const char *fmt, const char *a, const char *b)
-{
-    size_t n = strlen(fmt) + strlen(a) + strlen(b) + 1;
-    char *s = malloc(n);
-    cr_assert_not_null(s);
-    snprintf(s, n, fmt, a, b);
-    return s;
-}
-
-/* Settings that must come only from the test: dropped from the copy of
- * the runner's environment. */
-static bool env_reserved(const char *e)
-{
-    static const char *const prefixes[] = {"LD_PRELOAD=", "LD_LIBRARY_PATH=", "VRAMGUARD_",
-                                           "CUDA_DEVICE_MEMORY_LIMIT", "FAKECUDA_",
-                                           "ASAN_OPTIONS="};
-    for (size_t i = 0; i < sizeof prefixes / sizeof prefixes[0]; i++)
-        if (!strncmp(e, prefixes[i], strlen(prefixes[i])))
-            return true;
-    return false;
-}
-
-/* The child's environment: the runner's, minus reserved names, plus the
- * shim, the test driver, the budget and the report. Free with env_free(). */
-static char **env_build(const run_opts_t *o, const char *report)
-{
-    size_t n = 0, k = 0;
-    while (environ[n])
-        n++;
-    char **env = calloc(n + 16, sizeof *env);
-    cr_assert_not_null(env);
-    for (size_t i = 0; i < n; i++)
-        if (!env_reserved(environ[i]))
-            env[k++] = strdup(environ[i]);
-    const char *b = build_dir(), *asan = getenv("ASAN_OPTIONS");
-    env[k++] = str_printf("LD_PRELOAD=%s%s", b, "/libvramguard-preload.so");
-    env[k++] = str_printf("LD_LIBRARY_PATH=%s%s", b, "/fakecuda");
-    env[k++] = str_printf("FAKECUDA_REPORT=%s%s", report, "");
-    /* The shim is loaded before an instrumented client's ASan runtime. */
-    env[k++] = str_printf("ASAN_OPTIONS=%s%sverify_asan_link_order=0", asan ? asan : "",
-                          asan && *asan ? ":" : "");
-    if (o->budget)
-        env[k++] = str_printf("VRAMGUARD_BUDGET=%s%s", o->budget, "");
-    for (size_t i = 0; i < 4 && o->env[i]; i++)
-        env[k++] = strdup(o->env[i]);
-    return env;
-}
-
-static void env_free(char **env)
-{
-    for (size_t i = 0; env[i]; i++)
-        free(env[i]);
-    free(env);
-}
-
-/* Appends what is readable on fd to buf (keeping it NUL-terminated; the
- * excess is dropped). Returns false at end of file. */
-static bool drain(int fd, char *buf, size_t cap)
-{
-    char tmp[4096];
-    ssize_t got = read(fd, tmp, sizeof tmp);
-    if (got <= 0)
-        return false;
-    size_t len = strlen(buf), room = cap - 1 - len;
-    size_t n = (size_t)got < room ? (size_t)got : room;
-    memcpy(buf + len, tmp, n);
-    buf[len + n] = '\0';
-    return true;
-}
-
-/* Reads the child's stdout and stderr until both close or the deadline
- * passes (then the child is killed). */
-static void collect(pid_t pid, int out_fd, int err_fd, run_result_t *r)
-{
-    struct pollfd fds[2] = {{.fd = out_fd, .events = POLLIN}, {.fd = err_fd, .events = POLLIN}};
-    time_t deadline = time(NULL) + RUN_TIMEOUT_S;
-    int open_fds = 2;
-    while (open_fds > 0) {
-        if (time(NULL) > deadline) {
-            kill(pid, SIGKILL);
-            strncat(r->err, "\n[test: client timed out]\n", sizeof r->err - strlen(r->err) - 1);
-            break;
-        }
-        if (poll(fds, 2, 1000) <= 0)
-            continue;
-        for (int i = 0; i < 2; i++)
-            if (fds[i].fd >= 0 && (fds[i].revents & (POLLIN | POLLHUP | POLLERR)) &&
-                !drain(fds[i].fd, i ? r->err : r->out, i ? sizeof r->err : sizeof r->out)) {
-                fds[i].fd = -1;
-                open_fds--;
-            }
-    }
-}
-
-static void read_small_file(const char *path, char *buf, size_t cap)
-{
-    buf[0] = '\0';
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return;
-    size_t n = fread(buf, 1, cap - 1, f);
-    buf[n] = '\0';
-    fclose(f);
-}
-
-/* Runs one client under the shim and fills *r. */
-static void run_client(const run_opts_t *o, run_result_t *r)
-{
-    memset(r, 0, sizeof *r);
-    r->status = -1;
-    char report[] = "/tmp/vg-shim-report-XXXXXX";
-    int rfd = mkstemp(report);
-    cr_assert_geq(rfd, 0, "mkstemp");
-    close(rfd);
-    char *exe = str_printf("%s/clients/client_%s", build_dir(), o->method);
-    char *argv[] = {exe, (char *)o->path, (char *)o->chunk, (char *)o->max,
-                    (char *)o->failures, NULL};
-    char **env = env_build(o, report);
-    int out[2], err[2];
-    cr_assert_eq(pipe2(out, O_CLOEXEC), 0);
-    cr_assert_eq(pipe2(err, O_CLOEXEC), 0);
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_adddup2(&fa, out[1], 1);
-    posix_spawn_file_actions_adddup2(&fa, err[1], 2);
-    pid_t pid;
-    int rc = posix_spawn(&pid, exe, &fa, NULL, argv, env);
-    posix_spawn_file_actions_destroy(&fa);
-    close(out[1]);
-    close(err[1]);
-    cr_assert_eq(rc, 0, "posix_spawn %s: %s", exe, strerror(rc));
-    collect(pid, out[0], err[0], r);
-    close(out[0]);
-    close(err[0]);
-    int st = 0;
-    cr_assert_eq(waitpid(pid, &st, 0), pid);
-    r->status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-    read_small_file(report, r->report, sizeof r->report);
-    char *child = str_printf("%s%s", report, ".child");
-    read_small_file(child, r->child_report, sizeof r->child_report);
-    unlink(child);
-    unlink(report);
-    free(child);
-    env_free(env);
-    free(exe);
-}
-
 /* ------------------------------------------------------ reading answers */
-
-/* The client's line for `path` ("path=NAME ..."), or NULL. */
-static const char *line_for(const char *out, const char *path)
-{
-    size_t n = strlen(path);
-    for (const char *l = out; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL)
-        if (!strncmp(l, "path=", 5) && !strncmp(l + 5, path, n) && (l[5 + n] == ' '))
-            return l;
-    return NULL;
-}
-
-/* The number after " key=" (or "key=" at the start) on the first line of
- * `text`; -1 when absent. */
-static long long field(const char *text, const char *key)
-{
-    size_t n = strlen(key);
-    const char *end = strchr(text, '\n');
-    for (const char *p = text; p && *p && (!end || p < end); p = strchr(p, ' ')) {
-        p += *p == ' ';
-        if (!strncmp(p, key, n) && p[n] == '=')
-            return strtoll(p + n + 1, NULL, 10);
-    }
-    return -1;
-}
 
 typedef struct answer {
     long long allocs, bytes, rc;

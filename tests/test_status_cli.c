@@ -7,31 +7,18 @@
 #include <criterion/criterion.h>
 
 #include <arpa/inet.h>
-#include <fcntl.h>
 #include <netinet/in.h>
-#include <poll.h>
-#include <signal.h>
-#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
+#include "clientrun.h"
 #include "testutil.h"
 #include "vg_internal.h"
 
-extern char **environ;
-
 static char name[64], file[128];
-
-static const char *build_dir(void)
-{
-    const char *b = getenv("VG_TEST_BUILD");
-    cr_assert(b && *b, "VG_TEST_BUILD is not set (run through tests/run-tests.sh)");
-    return b;
-}
 
 static void name_region(const char *tag)
 {
@@ -44,42 +31,23 @@ static void name_region(const char *tag)
  * `preload` puts the shim, the test driver and the region in its env. */
 static pid_t spawn(char *const argv[], bool preload, int *out, int *in)
 {
-    size_t n = 0, k = 0;
-    while (environ[n])
-        n++;
-    char **env = calloc(n + 8, sizeof *env);
-    for (size_t i = 0; i < n; i++)
-        if (strncmp(environ[i], "LD_PRELOAD=", 11) && strncmp(environ[i], "VRAMGUARD_", 10) &&
-            (!preload || (strncmp(environ[i], "ASAN_OPTIONS=", 13) &&
-                          strncmp(environ[i], "LD_LIBRARY_PATH=", 16))))
-            env[k++] = environ[i];
-    char pre[4200], lib[4200], shr[128], asan[512];
-    const char *a = getenv("ASAN_OPTIONS");
-    snprintf(pre, sizeof pre, "LD_PRELOAD=%s/libvramguard-preload.so", build_dir());
-    snprintf(lib, sizeof lib, "LD_LIBRARY_PATH=%s/fakecuda", build_dir());
-    snprintf(shr, sizeof shr, "VRAMGUARD_SHARED=%s", name);
-    snprintf(asan, sizeof asan, "ASAN_OPTIONS=%s:verify_asan_link_order=0", a ? a : "");
-    if (preload) {
-        env[k++] = pre;
-        env[k++] = lib;
-        env[k++] = shr;
-        env[k++] = "VRAMGUARD_BUDGET=2GiB";
-        env[k++] = asan;
-    }
+    static const char *const drop[] = {"LD_PRELOAD=", "VRAMGUARD_", NULL};
+    char *pre = cat3("LD_PRELOAD=", build_dir(), "/libvramguard-preload.so");
+    char *lib = cat3("LD_LIBRARY_PATH=", build_dir(), "/fakecuda");
+    char *shr = cat3("VRAMGUARD_SHARED=", name, "");
+    char *asan = asan_entry("");
+    char **env = env_make(drop, preload ? ENV(pre, lib, shr, "VRAMGUARD_BUDGET=2GiB", asan) : NULL);
+    free(pre);
+    free(lib);
+    free(shr);
+    free(asan);
     int o[2], i[2];
     cr_assert_eq(pipe2(o, O_CLOEXEC), 0);
     cr_assert_eq(pipe2(i, O_CLOEXEC), 0);
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_adddup2(&fa, o[1], 1);
-    posix_spawn_file_actions_adddup2(&fa, i[0], 0);
-    pid_t pid;
-    int rc = posix_spawn(&pid, argv[0], &fa, NULL, argv, env);
-    posix_spawn_file_actions_destroy(&fa);
+    pid_t pid = child_spawn(argv, env, (int[3]){i[0], o[1], CHILD_KEEP});
     close(o[1]);
     close(i[0]);
-    free(env);
-    cr_assert_eq(rc, 0, "spawn %s: %s", argv[0], strerror(rc));
+    env_free(env);
     *out = o[0];
     if (in)
         *in = i[1];
@@ -92,20 +60,15 @@ static pid_t spawn(char *const argv[], bool preload, int *out, int *in)
 static int cli(char *buf, size_t cap, const char *a1, const char *a2, const char *a3,
                const char *a4)
 {
+    int out;
     char exe[4200];
     snprintf(exe, sizeof exe, "%s/vramguard", build_dir());
     char *argv[] = {exe, (char *)a1, (char *)a2, (char *)a3, (char *)a4, NULL};
-    int out;
     pid_t pid = spawn(argv, false, &out, NULL);
-    size_t len = 0;
-    ssize_t got;
-    while (len + 1 < cap && (got = read(out, buf + len, cap - 1 - len)) > 0)
-        len += (size_t)got;
-    buf[len] = '\0';
+    buf[0] = '\0';
+    child_collect(pid, out, -1, &(child_out_t){buf, cap, NULL, 0});
     close(out);
-    int st;
-    cr_assert_eq(waitpid(pid, &st, 0), pid);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    return child_wait(pid);
 }
 
 typedef struct holder {

@@ -42,7 +42,7 @@ LIBCUDA_DIR=${LIBCUDA_DIR:-}
 unset LD_PRELOAD CUDA_DEVICE_MEMORY_LIMIT CUDA_DEVICE_MEMORY_SHARED_CACHE PYTORCH_CUDA_ALLOC_CONF \
       XLA_PYTHON_CLIENT_PREALLOCATE
 for v in $(env | sed -n 's/^\(VRAMGUARD_[A-Z_]*\)=.*/\1/p'); do unset "$v"; done
-export PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1  # no __pycache__ in the tree
 
 WORK=$(mktemp -d /tmp/vg456.XXXXXX)
 cleanup() {

@@ -158,6 +158,13 @@ CUresult cuCtxSetCurrent(CUcontext ctx)
     return CUDA_SUCCESS;
 }
 
+/* Nothing is ever in flight here. The engine requires the entry point
+ * (its pools synchronise before reusing a block). */
+CUresult cuCtxSynchronize(void)
+{
+    return current ? CUDA_SUCCESS : CUDA_ERROR_INVALID_CONTEXT;
+}
+
 /* On the shim's hot path (vg__shim_device, every allocation): one TLS load. */
 CUresult cuCtxGetDevice(CUdevice *device)
 {
@@ -347,7 +354,7 @@ CUresult cuGetProcAddress(const char *symbol, void **pfn, int cudaVersion, cuuin
     X("cuDevicePrimaryCtxRetain", cuDevicePrimaryCtxRetain)                    \
     X("cuDevicePrimaryCtxRelease", cuDevicePrimaryCtxRelease_v2)               \
     X("cuCtxGetCurrent", cuCtxGetCurrent) X("cuCtxSetCurrent", cuCtxSetCurrent) \
-    X("cuCtxGetDevice", cuCtxGetDevice) X("cuMemAlloc", cuMemAlloc_v2)         \
+    X("cuCtxGetDevice", cuCtxGetDevice) X("cuCtxSynchronize", cuCtxSynchronize) X("cuMemAlloc", cuMemAlloc_v2)         \
     X("cuMemFree", cuMemFree_v2) X("cuMemGetInfo", cuMemGetInfo_v2)            \
     X("cuMemsetD8", cuMemsetD8_v2) X("cuMemcpyHtoD", cuMemcpyHtoD_v2)          \
     X("cuMemcpyDtoH", cuMemcpyDtoH_v2)                                         \
