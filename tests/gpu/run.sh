@@ -127,7 +127,7 @@ run_scn bench_pairs native+shim 150 "$B/bench_pairs" --preload "$PRELOAD" --roun
 # The same over the test driver (one global mutex: its threads serialise,
 # natively too), comparable with callgrind runs over it.
 [ -f "$B/fakecuda/libcuda.so.1" ] &&
-    run_scn bench_testdriver test-driver 90 "$B/bench_pairs" --hooked --threads 1,16 --preload "$PRELOAD" --budget 70GiB
+    run_scn bench_testdriver test-driver 90 "$B/bench_pairs" --hooked --threads 1,4 --rounds 5 --preload "$PRELOAD" --budget 70GiB
 
 # static cudart alternating 4 KiB pairs: A B A B, one process per run
 for i in 1 2; do
