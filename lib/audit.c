@@ -1,40 +1,23 @@
 /*
- * audit.c — the audit log writer (VRAMGUARD_AUDIT; schema in
+ * audit.c — the audit log's events (VRAMGUARD_AUDIT; schema in
  * docs/audit-log.md): one JSON object per line, appended by many threads
  * and many processes to one file, never torn.
  *
- * Each thread formats its events into its own buffer and writes whole lines
- * with one write(2) on an O_APPEND descriptor when the buffer is full, when
- * the thread ends, at exit, before fork and on fatal signals. A buffer is a
- * malloc'd block adopted by a thread at its first event and kept in a
- * registry for the life of the process (a finished thread's buffer goes to
- * the next new thread), so exit and fork can flush every thread's buffer
- * and no pointer into the registry ever dangles.
- *
- * Ownership of a buffer is one atomic word: its thread takes it (OWNER)
- * around each append, a flusher in another thread (exit, fork) takes it
- * (FLUSHER) around a write. Neither holds it across anything but a
- * write(2), so the hot path never waits in practice.
+ * Each thread formats its events into its own buffer (audit_buf.c), which
+ * is written with one write(2) on an O_APPEND descriptor when it is full,
+ * when the thread ends, at exit, before fork and on fatal signals. Opening
+ * the log, `start` and `exit` are in audit_log.c.
  *
  * Cost with the log on: one clock read (vDSO), ~200 bytes formatted by
- * hand (no snprintf), one CAS and one store; a write(2) per BUF_BYTES.
- * With the log off nothing here runs: hooks test vg__diag_flags.
+ * hand (no snprintf), one CAS and one store; a write(2) per
+ * VG__ABUF_BYTES. With the log off nothing here runs: hooks test
+ * vg__diag_flags.
  *
  * A crash no handler sees (SIGKILL, power loss) loses each thread's
- * unflushed buffer: at most BUF_BYTES of whole lines per thread, never a
- * half line. A fatal signal writes the signalled thread's buffer only
- * (other threads' buffers cannot be touched safely from a handler).
+ * unflushed buffer: at most VG__ABUF_BYTES of whole lines per thread,
+ * never a half line.
  */
-#include <errno.h>
-#include <fcntl.h>
-#include <link.h>
-#include <pthread.h>
-#include <sched.h>
-#include <signal.h>
-#include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -42,56 +25,30 @@
 
 _Atomic unsigned vg__diag_flags;
 
-#define BUF_BYTES 16384u /* per thread: flushed when an event might not fit */
+#define BUF_BYTES VG__ABUF_BYTES
 #define HOT_LINE 768u    /* bound of one hot event line without `site` */
 #define FRAME_BYTES 24u  /* bound of one `site` entry: "0x...", */
-#define CMD_BYTES 1024u  /* `cmd` on `start`, before escaping */
 #define SCHEMA_VERSION 1
 
-enum { FREE = 0, OWNER = 1, FLUSHER = 2 };
-enum { EV_ALLOC, EV_FREE, EV_REFUSE, EV_BAD, EV_OTHER, EV_KINDS };
+enum { OWNER = VG__ABUF_OWNER };
+enum {
+    EV_ALLOC = VG__EV_ALLOC,
+    EV_FREE = VG__EV_FREE,
+    EV_REFUSE = VG__EV_REFUSE,
+    EV_BAD = VG__EV_BAD,
+    EV_OTHER = VG__EV_OTHER,
+};
 
-typedef struct tbuf {
-    _Atomic int busy;         /* FREE, OWNER or FLUSHER */
-    uint32_t len;             /* bytes of whole lines in data */
-    bool adopted;             /* a live thread owns it */
-    struct tbuf *next;        /* registry; never unlinked */
-    uint64_t count[EV_KINDS]; /* events written by its threads */
-    /* What every line of this thread repeats, formatted once: the seconds
-     * of `ts`, and ',"pid":P,"tid":T' (redone when the thread or the
-     * process changes). */
-    int64_t sec;
-    uint32_t id_pid, id_tid;
-    uint8_t sec_len, id_len;
-    char sec_text[24], id_text[48];
-    char data[BUF_BYTES];
-} tbuf_t;
+typedef vg__abuf_t tbuf_t;
 
-static int log_fd = -1;
-static char log_path[4096];
 static _Atomic int direct;      /* after `exit`: each line written at once */
-static _Atomic int exit_done;
-static _Atomic int exit_armed; /* diag_exit is registered with atexit */
 static _Atomic uint32_t cached_pid;
-static _Atomic int write_failed;
-static vg__bad_ptr_policy_t policy_now;
-
-static pthread_mutex_t reg_lock = PTHREAD_MUTEX_INITIALIZER;
-static tbuf_t *reg_head;
-static pthread_key_t buf_key;
-/* Initial-exec: one %fs-relative load (no __tls_get_addr) on every event,
- * and safe in a signal handler. 8 bytes of static TLS, which glibc keeps
- * spare even for a library loaded with dlopen. */
-static _Thread_local tbuf_t *my_buf __attribute__((tls_model("initial-exec")));
 
 /* ------------------------------------------------------ formatting */
 
-/* A line being built: puts stop at `end` and mark the line cut, which the
- * writer then drops (never half a line in the file). */
-typedef struct out {
-    char *p, *end;
-    bool cut;
-} out_t;
+/* A line being built (vg__aline_t): puts stop at `end` and mark the line
+ * cut, which the writer then drops (never half a line in the file). */
+typedef vg__aline_t out_t;
 
 static inline void put_raw(out_t *o, const char *s, size_t n)
 {
@@ -332,96 +289,16 @@ static void put_site(out_t *o, const uintptr_t *frames, int n)
 
 /* --------------------------------------------------------- writing */
 
-__attribute__((noinline, cold)) static void write_error(int err)
-{
-    if (!atomic_exchange_explicit(&write_failed, 1, memory_order_relaxed))
-        vg__log("audit log '%s': write failed: %s; later events may be lost",
-                log_path, strerror(err));
-}
-
-/* One write(2) of whole lines (a short write, which a regular file gives
- * only on a full disk, continues where it stopped). Keeps errno. */
-static void write_all(const char *p, size_t n)
-{
-    int saved = errno;
-    while (n > 0) {
-        ssize_t w = write(log_fd, p, n);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0) {
-            write_error(w < 0 ? errno : ENOSPC);
-            break;
-        }
-        p += w;
-        n -= (size_t)w;
-    }
-    errno = saved;
-}
-
-static void buf_flush_held(tbuf_t *b)
-{
-    if (b->len)
-        write_all(b->data, b->len);
-    b->len = 0;
-}
-
-static void buf_hold(tbuf_t *b, int who)
-{
-    int expect = FREE;
-    while (!atomic_compare_exchange_weak_explicit(&b->busy, &expect, who, memory_order_acquire,
-                                                  memory_order_relaxed)) {
-        expect = FREE;
-        sched_yield(); /* a flusher is writing it out: rare */
-    }
-}
-
-static void buf_drop(tbuf_t *b) { atomic_store_explicit(&b->busy, FREE, memory_order_release); }
-
-/* Thread exit (pthread key destructor): write the buffer out and hand it
- * to the next new thread. */
-static void buf_release(void *p)
-{
-    tbuf_t *b = p;
-    buf_hold(b, OWNER);
-    buf_flush_held(b);
-    buf_drop(b);
-    pthread_mutex_lock(&reg_lock);
-    b->adopted = false;
-    pthread_mutex_unlock(&reg_lock);
-    my_buf = NULL;
-}
-
-/* The thread's first event: a finished thread's buffer, or a new one. */
-__attribute__((noinline, cold)) static tbuf_t *buf_adopt(void)
-{
-    pthread_mutex_lock(&reg_lock);
-    tbuf_t *b = reg_head;
-    while (b && b->adopted)
-        b = b->next;
-    if (!b && (b = calloc(1, sizeof *b)) != NULL) {
-        b->next = reg_head;
-        reg_head = b;
-    }
-    if (b)
-        b->adopted = true;
-    pthread_mutex_unlock(&reg_lock);
-    if (b) {
-        my_buf = b;
-        pthread_setspecific(buf_key, b);
-    }
-    return b;
-}
-
 /* The calling thread's buffer, held, with room for `need` more bytes.
  * NULL when no memory could be had (the event is dropped). */
 static tbuf_t *line_begin(size_t need, out_t *o)
 {
-    tbuf_t *b = my_buf;
-    if (vg__unlikely(!b) && !(b = buf_adopt()))
+    tbuf_t *b = vg__abuf_mine;
+    if (vg__unlikely(!b) && !(b = vg__abuf_adopt()))
         return NULL;
-    buf_hold(b, OWNER);
+    vg__abuf_hold(b, OWNER);
     if (vg__unlikely(b->len + need > BUF_BYTES))
-        buf_flush_held(b);
+        vg__abuf_flush_held(b);
     *o = (out_t){b->data + b->len, b->data + BUF_BYTES, false};
     return b;
 }
@@ -434,26 +311,11 @@ static void line_end(tbuf_t *b, out_t *o, int ev)
         b->count[ev]++;
     }
     if (vg__unlikely(atomic_load_explicit(&direct, memory_order_relaxed)))
-        buf_flush_held(b);
-    buf_drop(b);
+        vg__abuf_flush_held(b);
+    vg__abuf_drop(b);
 }
 
 static inline bool log_open(void) { return vg__diag_has(VG__DIAG_LOG); }
-
-/* A line too long for a thread buffer (start, exit), built in heap
- * memory: the thread's buffer goes first so its lines stay in order. */
-static void write_big(const out_t *o, const char *start)
-{
-    if (o->cut)
-        return;
-    tbuf_t *b = my_buf;
-    if (b) {
-        buf_hold(b, OWNER);
-        buf_flush_held(b);
-        buf_drop(b);
-    }
-    write_all(start, (size_t)(o->p - start));
-}
 
 /* ---------------------------------------------------------- events */
 
@@ -613,340 +475,19 @@ void vg__audit_watch(vg__budget_t *b, int device)
         vg__budget_on_level(b, on_level, (void *)(intptr_t)device);
 }
 
-/* ---------------------------------------------- start, exit, modules */
+/* ------------------------------------- for audit_log.c (slow paths) */
 
-/* Growable heap text for the long lines (start, exit): slow paths only. */
-typedef struct big {
-    char *mem;
-    size_t cap;
-    out_t o;
-} big_t;
+void vg__aline_head(out_t *o, const char *op) { put_head(o, NULL, op); }
+void vg__aline_raw(out_t *o, const char *s, size_t n) { put_raw(o, s, n); }
+void vg__aline_u64(out_t *o, uint64_t v) { put_u64(o, v); }
+void vg__aline_hex(out_t *o, uint64_t v) { put_hex(o, v); }
+void vg__aline_json(out_t *o, const char *s, size_t n) { put_json(o, s, n); }
 
-static bool big_init(big_t *g, size_t cap)
+const char *vg__audit_policy_word(vg__bad_ptr_policy_t p) { return policy_word(p); }
+
+void vg__audit_pid_reset(void)
 {
-    g->mem = malloc(cap);
-    g->cap = cap;
-    g->o = (out_t){g->mem, g->mem ? g->mem + cap : NULL, g->mem == NULL};
-    return g->mem != NULL;
-}
-
-struct modules_ctx {
-    out_t *o;
-    int n;
-};
-
-static int put_module(struct dl_phdr_info *info, size_t size, void *ctx)
-{
-    (void)size;
-    struct modules_ctx *m = ctx;
-    char exe[4096];
-    const char *path = info->dlpi_name;
-    if (m->n == 0 && (!path || !path[0])) { /* the program itself */
-        ssize_t k = readlink("/proc/self/exe", exe, sizeof exe - 1);
-        exe[k > 0 ? k : 0] = '\0';
-        path = exe;
-    }
-    if (!path || !path[0] || strstr(path, "linux-vdso"))
-        return 0;
-    if (m->n++)
-        PUT_LIT(m->o, ",");
-    PUT_LIT(m->o, "{\"base\":");
-    put_hex(m->o, (uint64_t)info->dlpi_addr);
-    PUT_LIT(m->o, ",\"path\":");
-    put_str(m->o, path);
-    PUT_LIT(m->o, "}");
-    return 0;
-}
-
-static void put_modules(out_t *o)
-{
-    struct modules_ctx m = {o, 0};
-    PUT_LIT(o, ",\"modules\":[");
-    dl_iterate_phdr(put_module, &m);
-    PUT_LIT(o, "]");
-}
-
-/* The command line, space-joined, at most CMD_BYTES (cut at a character
- * boundary). */
-static size_t read_cmdline(char *buf, size_t cap)
-{
-    int fd = open("/proc/self/cmdline", O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return 0;
-    ssize_t n = read(fd, buf, cap);
-    close(fd);
-    if (n <= 0)
-        return 0;
-    size_t len = (size_t)n;
-    while (len > 0 && buf[len - 1] == '\0')
-        len--;
-    if ((size_t)n == cap)
-        while (len > 0 && ((unsigned char)buf[len] & 0xc0) == 0x80)
-            len--; /* do not end inside a character */
-    for (size_t i = 0; i < len; i++)
-        if (buf[i] == '\0')
-            buf[i] = ' ';
-    return len;
-}
-
-static const char *budget_text(void)
-{
-    const char *t = getenv("VRAMGUARD_BUDGET");
-    if (!t)
-        t = getenv("CUDA_DEVICE_MEMORY_LIMIT");
-    return t ? t : "";
-}
-
-static void event_start(void)
-{
-    char cmd[CMD_BYTES];
-    big_t g;
-    if (!big_init(&g, 1u << 20))
-        return;
-    size_t n = read_cmdline(cmd, sizeof cmd);
-    put_head(&g.o, NULL, "start");
-    PUT_LIT(&g.o, ",\"cmd\":");
-    put_json(&g.o, cmd, n);
-    PUT_KV_STR(&g.o, "budget_spec", budget_text());
-    PUT_KV_STR(&g.o, "policy", policy_word(policy_now));
-    put_modules(&g.o);
-    PUT_LIT(&g.o, "}\n");
-    write_big(&g.o, g.mem);
-    free(g.mem);
-}
-
-struct live_tally {
-    uint64_t count, bytes;
-};
-
-static void tally_live(const vg__alloc_t *a, void *ctx)
-{
-    struct live_tally *t = ctx;
-    t->count++;
-    t->bytes += a->size;
-}
-
-/* Events written so far by every thread of this process. */
-static void sum_counts(uint64_t out[EV_KINDS])
-{
-    memset(out, 0, sizeof(uint64_t) * EV_KINDS);
-    pthread_mutex_lock(&reg_lock);
-    for (tbuf_t *b = reg_head; b; b = b->next) {
-        buf_hold(b, FLUSHER);
-        for (int i = 0; i < EV_KINDS; i++)
-            out[i] += b->count[i];
-        buf_drop(b);
-    }
-    pthread_mutex_unlock(&reg_lock);
-}
-
-static void event_exit(void)
-{
-    uint64_t c[EV_KINDS];
-    struct live_tally live = {0, 0};
-    big_t g;
-    if (!big_init(&g, 1u << 20))
-        return;
-    sum_counts(c);
-    vg__ledger_foreach(VG__ANY_OWNER, tally_live, &live);
-    put_head(&g.o, NULL, "exit");
-    PUT_KV_U64(&g.o, "allocs", c[EV_ALLOC]);
-    PUT_KV_U64(&g.o, "frees", c[EV_FREE]);
-    PUT_KV_U64(&g.o, "refusals", c[EV_REFUSE]);
-    PUT_KV_U64(&g.o, "bad_ptrs", c[EV_BAD]);
-    PUT_KV_U64(&g.o, "live", live.count);
-    PUT_KV_U64(&g.o, "live_bytes", live.bytes);
-    put_modules(&g.o);
-    PUT_LIT(&g.o, "}\n");
-    write_big(&g.o, g.mem);
-    free(g.mem);
-}
-
-void vg__audit_flush_all(void)
-{
-    if (log_fd < 0)
-        return;
-    pthread_mutex_lock(&reg_lock);
-    for (tbuf_t *b = reg_head; b; b = b->next) {
-        buf_hold(b, FLUSHER);
-        buf_flush_held(b);
-        buf_drop(b);
-    }
-    pthread_mutex_unlock(&reg_lock);
-}
-
-/* atexit, and the destructor for a library unloaded before exit: the leak
- * report, `exit`, then every buffer. Later events (a runtime freeing
- * memory in its own exit handlers) are written one line at a time. */
-static void diag_exit(void)
-{
-    if (atomic_exchange_explicit(&exit_done, 1, memory_order_acq_rel))
-        return;
-    const vg__settings_t *s = vg__engine_settings();
-    if (log_open() || s->leaks)
-        vg__leaks_report();
-    if (!log_open())
-        return;
-    event_exit();
-    atomic_store_explicit(&direct, 1, memory_order_relaxed);
-    vg__audit_flush_all();
-}
-
-__attribute__((destructor)) static void diag_fini(void)
-{
-    if (atomic_load_explicit(&exit_armed, memory_order_relaxed))
-        diag_exit();
-}
-
-/* ------------------------------------------------------------- fork */
-
-static void fork_prepare(void)
-{
-    pthread_mutex_lock(&reg_lock);
-    for (tbuf_t *b = reg_head; b; b = b->next) {
-        buf_hold(b, FLUSHER);
-        buf_flush_held(b);
-    }
-}
-
-static void fork_parent(void)
-{
-    for (tbuf_t *b = reg_head; b; b = b->next)
-        buf_drop(b);
-    pthread_mutex_unlock(&reg_lock);
-}
-
-/* The child has one thread: the others' buffers (flushed in prepare) are
- * free for its new threads, and its own counts start at zero. */
-static void fork_child(void)
-{
-    for (tbuf_t *b = reg_head; b; b = b->next) {
-        memset(b->count, 0, sizeof b->count);
-        b->adopted = b == my_buf;
-        buf_drop(b);
-    }
-    pthread_mutex_unlock(&reg_lock);
     atomic_store_explicit(&cached_pid, (uint32_t)getpid(), memory_order_relaxed);
-    atomic_store_explicit(&exit_done, 0, memory_order_relaxed);
-    event_start();
 }
 
-/* --------------------------------------------------- fatal signals */
-
-static const int fatal_signals[] = {SIGSEGV, SIGBUS, SIGABRT, SIGFPE, SIGILL, SIGTERM, SIGINT};
-#define FATAL_COUNT (sizeof fatal_signals / sizeof fatal_signals[0])
-static struct sigaction previous[FATAL_COUNT];
-
-/* Hands the signal to whoever had it before; the default action is
- * re-raised (delivered when this handler returns). */
-static void chain(size_t i, int sig, siginfo_t *si, void *uc)
-{
-    const struct sigaction *p = &previous[i];
-    if ((p->sa_flags & SA_SIGINFO) && p->sa_sigaction) {
-        p->sa_sigaction(sig, si, uc);
-    } else if (p->sa_handler == SIG_DFL) {
-        struct sigaction dfl = {.sa_handler = SIG_DFL};
-        sigemptyset(&dfl.sa_mask);
-        sigaction(sig, &dfl, NULL);
-        raise(sig);
-    } else if (p->sa_handler != SIG_IGN) {
-        p->sa_handler(sig);
-    }
-}
-
-/* Async-signal-safe: write(2) of this thread's own buffer only. When the
- * signal interrupted this thread's own append, the lines before it are
- * whole (len moves only after a line is complete) and are written; if the
- * process then survives, they may be written twice. */
-static void on_fatal(int sig, siginfo_t *si, void *uc)
-{
-    int saved = errno;
-    tbuf_t *b = my_buf;
-    int expect = FREE;
-    bool held = b && atomic_compare_exchange_strong_explicit(
-                         &b->busy, &expect, FLUSHER, memory_order_acquire, memory_order_relaxed);
-    if (b && (held || expect == OWNER) && b->len) {
-        ssize_t w = write(log_fd, b->data, b->len); /* no stdio, no malloc */
-        (void)w;
-        if (held)
-            b->len = 0;
-    }
-    if (held)
-        buf_drop(b);
-    for (size_t i = 0; i < FATAL_COUNT; i++)
-        if (fatal_signals[i] == sig)
-            chain(i, sig, si, uc);
-    errno = saved;
-}
-
-/* Signals the program ignores stay ignored (an ignored signal is inherited
- * across exec; a caught one is not). */
-static void install_signal_flush(void)
-{
-    struct sigaction sa = {.sa_sigaction = on_fatal,
-                           .sa_flags = SA_SIGINFO | SA_ONSTACK | SA_RESTART};
-    sigemptyset(&sa.sa_mask);
-    for (size_t i = 0; i < FATAL_COUNT; i++) {
-        if (sigaction(fatal_signals[i], NULL, &previous[i]) != 0 ||
-            (!(previous[i].sa_flags & SA_SIGINFO) && previous[i].sa_handler == SIG_IGN))
-            continue;
-        sigaction(fatal_signals[i], &sa, NULL);
-    }
-}
-
-/* ------------------------------------------------------------ start */
-
-static int open_failed(const char *path, int err, char *msg, size_t len)
-{
-    const char *why = err == ELOOP ? "is a symbolic link (refused: the log is opened with "
-                                     "O_NOFOLLOW)"
-                                   : strerror(err);
-    snprintf(msg, len, "VRAMGUARD_AUDIT='%.300s': cannot open the audit log: %s", path, why);
-    return VG_ESETTING;
-}
-
-static int open_log(const char *path, char *err, size_t errlen)
-{
-    int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
-    if (fd < 0)
-        return open_failed(path, errno, err, errlen);
-    struct stat st;
-    if (fstat(fd, &st) != 0 || !(S_ISREG(st.st_mode) || S_ISFIFO(st.st_mode) || S_ISCHR(st.st_mode))) {
-        close(fd);
-        return open_failed(path, EISDIR, err, errlen);
-    }
-    log_fd = fd;
-    snprintf(log_path, sizeof log_path, "%s", path);
-    return VG_OK;
-}
-
-int vg__diag_start(const vg__settings_t *s, char *err, size_t errlen)
-{
-    unsigned flags = 0;
-    policy_now = s->on_bad_pointer;
-    atomic_store_explicit(&cached_pid, (uint32_t)getpid(), memory_order_relaxed);
-    if (s->audit[0]) {
-        int rc = open_log(s->audit, err, errlen);
-        if (rc != VG_OK)
-            return rc;
-        flags |= VG__DIAG_LOG;
-    }
-    vg__site_setup((flags & VG__DIAG_LOG) || s->leaks ? s->backtrace : 0);
-    if (s->backtrace > 0 && ((flags & VG__DIAG_LOG) || s->leaks))
-        flags |= VG__DIAG_SITES;
-    if (s->verify)
-        flags |= VG__DIAG_VERIFY;
-    if (flags & VG__DIAG_LOG) {
-        pthread_key_create(&buf_key, buf_release);
-        pthread_atfork(fork_prepare, fork_parent, fork_child);
-        install_signal_flush();
-    }
-    if ((flags & VG__DIAG_LOG) || s->leaks) {
-        atexit(diag_exit);
-        atomic_store_explicit(&exit_armed, 1, memory_order_relaxed);
-    }
-    atomic_store_explicit(&vg__diag_flags, flags, memory_order_release);
-    if (flags & VG__DIAG_LOG)
-        event_start();
-    return VG_OK;
-}
+void vg__audit_go_direct(void) { atomic_store_explicit(&direct, 1, memory_order_relaxed); }

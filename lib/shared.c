@@ -1,38 +1,25 @@
 /*
- * shared.c — one budget for many processes: a fixed-layout region in
- * /dev/shm that every process with the same VRAMGUARD_SHARED name maps.
+ * shared.c — one budget for many processes: the region lock and the
+ * engine's side of a region in /dev/shm that every process with the same
+ * VRAMGUARD_SHARED name maps (shared_region.c creates and attaches it;
+ * shared_reap.c checks liveness and gives the dead's share back).
  *
  * The region holds, per device, the limit, the use of all processes, the
  * peak, refusals and the pressure level; per process a slot (pid, start
  * time, command, use, live allocations, overhead). Every change happens
  * under one robust, process-shared mutex, so "check, then add" is atomic
  * across processes and threads. An uncontended lock costs ~20-40 ns; the
- * driver call it guards costs microseconds.
+ * driver call it guards costs microseconds. The lock stays in this file so
+ * that it inlines into the budget operations (the hot path).
  *
- * Invariant (under the lock): dev[d].used == the sum of slot[s].used[d] over
- * occupied slots. It is what makes crash recovery exact: a dead process's
- * share is its slot's used[], and a lock whose holder died (EOWNERDEAD) is
- * repaired by recomputing every sum from the live slots.
- *
- * Liveness is kill(pid, 0) (EPERM counts as alive) and the same start time
- * (field 22 of /proc/PID/stat), so a recycled pid is not mistaken for the
- * dead holder. Dead slots are reaped at most once a second on reserve and
- * always before a refusal; a normal exit releases its slot at once.
- *
- * Creation never exposes a half-built file: it is built under a temporary
- * name in the same folder and link(2)ed into place; the loser of a race
- * attaches the winner's. Attach checks owner, mode, size and the header
- * (vg__shm_validate, pure and fuzzed) before anything else is read.
+ * Here: binding a device budget to the region's entry, reserve, release,
+ * force and limit changes under the lock, and VRAMGUARD_WAIT_MS's line of
+ * waiters (first come, first served).
  */
 #include <errno.h>
 #include <fcntl.h>
-#include <inttypes.h>
-#include <signal.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -41,344 +28,12 @@
 #define REAP_INTERVAL_NS 1000000000ull /* at most one scan a second */
 #define WAIT_POLL_NS 1000000L          /* a waiter looks again every 1 ms */
 
-/* ------------------------------------------------ validation (pure) */
-
-static int bad(char *err, size_t n, const char *why)
-{
-    if (err && n)
-        snprintf(err, n, "%s", why);
-    return VG_EINVAL;
-}
-
-int vg__shm_validate(const void *buf, size_t len, char *err, size_t errlen)
-{
-    vg__shm_header_t h;
-    if (!buf || len < sizeof h)
-        return bad(err, errlen, "too small to be a vramguard region");
-    memcpy(&h, buf, sizeof h); /* no alignment assumed */
-    if (h.magic != VG__SHM_MAGIC)
-        return bad(err, errlen, "not a vramguard region (bad magic)");
-    if (h.version != VG__SHM_VERSION)
-        return bad(err, errlen, "region layout version differs from this "
-                                "library's (upgrade every process, or use "
-                                "another name)");
-    if (h.header_size != sizeof(vg__shm_header_t) ||
-        h.total_size != sizeof(vg__shm_t) || len != sizeof(vg__shm_t))
-        return bad(err, errlen, "region size does not match its layout");
-    if (h.device_count != VG__SHM_DEVICES || h.slot_count != VG__SHM_SLOTS ||
-        h.waiter_count != VG__SHM_WAITERS || h.cmd_len != VG__SHM_CMD)
-        return bad(err, errlen, "region counts do not match its layout");
-    return VG_OK;
-}
-
-int vg__shm_check_file(const vg__shm_file_t *f, const vg__shm_who_t *who,
-                       char *err, size_t errlen)
-{
-    unsigned perm = f->mode & 07777;
-    if (!S_ISREG(f->mode)) {
-        bad(err, errlen, "not a regular file");
-        return VG_EDENIED;
-    }
-    if (f->size != sizeof(vg__shm_t)) {
-        bad(err, errlen, "wrong size for a vramguard region");
-        return VG_EINVAL;
-    }
-    bool group_ok = who->group && who->in_group && perm == 0660;
-    if (f->uid != who->euid && !group_ok) {
-        if (err && errlen)
-            snprintf(err, errlen, "owned by uid %" PRIu32 ", not by you (uid "
-                     "%" PRIu32 "); set VRAMGUARD_SHARED_GROUP=on on both "
-                     "sides to share a 0660 region within a group",
-                     f->uid, who->euid);
-        return VG_EDENIED;
-    }
-    if (perm != 0600 && !(who->group && perm == 0660)) {
-        if (err && errlen)
-            snprintf(err, errlen, "mode %04o; a region must be 0600, or 0660 "
-                     "with VRAMGUARD_SHARED_GROUP=on", perm);
-        return VG_EDENIED;
-    }
-    return VG_OK;
-}
-
-int vg__shm_path(const char *name, char *out, size_t len)
-{
-    int n = name[0] == '/' ? snprintf(out, len, "%s", name)
-                           : snprintf(out, len, VG__SHM_PREFIX "%s", name);
-    return n > 0 && (size_t)n < len ? VG_OK : VG_EINVAL;
-}
-
-/* ------------------------------------------------------- liveness */
-
-/* Field 22 (starttime, clock ticks since boot) of /proc/PID/stat; 0 when
- * the process is gone. The command may hold spaces and ')': skip to the
- * last ')'. */
-static uint64_t proc_start(int pid)
-{
-    char path[64], buf[1024];
-    snprintf(path, sizeof path, "/proc/%d/stat", pid);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return 0;
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (n <= 0)
-        return 0;
-    buf[n] = '\0';
-    char *p = strrchr(buf, ')');
-    if (!p)
-        return 0;
-    /* After ")" come fields 3.. ; starttime is field 22, 20 fields on. */
-    for (int field = 2; field < 22 && p; field++)
-        p = strchr(p + 1, ' ');
-    return p ? strtoull(p + 1, NULL, 10) : 0;
-}
-
-static bool pid_alive(int32_t pid, uint64_t start)
-{
-    if (pid <= 0) /* never kill(0) or a group */
-        return false;
-    if (kill(pid, 0) != 0 && errno != EPERM)
-        return false;
-    uint64_t now = proc_start(pid);
-    return now == 0 ? errno == EACCES : now == start;
-}
-
-bool vg__shm_slot_alive(const vg__shm_slot_t *s)
-{
-    return pid_alive(s->pid, s->start);
-}
-
-/* Inode of /proc/self/ns/pid: processes in other PID namespaces see other
- * pids, so their liveness checks would be wrong. 0 when unknown. */
-static uint64_t pid_namespace(void)
-{
-    struct stat st;
-    return stat("/proc/self/ns/pid", &st) == 0 ? (uint64_t)st.st_ino : 0;
-}
-
-/* --------------------------------------------------------- counting */
-
-static void level_update(vg__shm_device_t *d)
-{
-    int cur = d->level;
-    if (cur < VG_PRESSURE_LOW || cur > VG_PRESSURE_CRITICAL)
-        cur = VG_PRESSURE_LOW;
-    d->level = (int32_t)vg__pressure_for(d->used, d->limit, (vg_pressure_t)cur);
-}
-
-/* Drops slot s, handing its share back. */
-static void slot_drop(vg__shm_t *r, int s)
-{
-    vg__shm_slot_t *sl = &r->slot[s];
-    for (int d = 0; d < VG__SHM_DEVICES; d++) {
-        uint64_t u = sl->used[d];
-        r->dev[d].used -= u < r->dev[d].used ? u : r->dev[d].used;
-        level_update(&r->dev[d]);
-    }
-    memset(sl, 0, sizeof *sl);
-    r->h.generation++;
-}
-
-void vg__shm_recount(vg__shm_t *r, vg__shm_alive_fn alive, void *ctx)
-{
-    for (int s = 0; s < VG__SHM_SLOTS; s++)
-        if (r->slot[s].pid != 0 && !alive(&r->slot[s], ctx))
-            memset(&r->slot[s], 0, sizeof r->slot[s]);
-    for (int d = 0; d < VG__SHM_DEVICES; d++) {
-        uint64_t sum = 0;
-        for (int s = 0; s < VG__SHM_SLOTS; s++)
-            if (r->slot[s].pid != 0)
-                sum += r->slot[s].used[d];
-        r->dev[d].used = sum;
-        level_update(&r->dev[d]);
-    }
-    r->h.generation++;
-}
+/* --------------------------------------------------------- the lock */
 
 static bool alive_cb(const vg__shm_slot_t *s, void *ctx)
 {
     (void)ctx;
     return vg__shm_slot_alive(s);
-}
-
-/* Under the lock: drops every slot whose process is gone. */
-static void reap(vg__shm_t *r, uint64_t now)
-{
-    for (int s = 0; s < VG__SHM_SLOTS; s++)
-        if (r->slot[s].pid != 0 && !vg__shm_slot_alive(&r->slot[s]))
-            slot_drop(r, s);
-    for (int w = 0; w < VG__SHM_WAITERS; w++)
-        if (r->h.waiters[w].pid &&
-            !pid_alive(r->h.waiters[w].pid, r->h.waiters[w].start))
-            memset(&r->h.waiters[w], 0, sizeof r->h.waiters[w]);
-    r->h.last_reap_ns = now;
-}
-
-/* ---------------------------------------------------- open and lock */
-
-static int init_lock(vg__shm_t *r)
-{
-    pthread_mutexattr_t a;
-    int rc = pthread_mutexattr_init(&a);
-    if (rc == 0)
-        rc = pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
-    if (rc == 0)
-        rc = pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
-    if (rc == 0)
-        rc = pthread_mutex_init(&r->h.lock.m, &a);
-    pthread_mutexattr_destroy(&a);
-    return rc;
-}
-
-/* Writes a fresh region into r (all devices unclaimed and unlimited). */
-static int format(vg__shm_t *r)
-{
-    memset(r, 0, sizeof *r);
-    r->h.version = VG__SHM_VERSION;
-    r->h.header_size = sizeof r->h;
-    r->h.total_size = sizeof *r;
-    r->h.device_count = VG__SHM_DEVICES;
-    r->h.slot_count = VG__SHM_SLOTS;
-    r->h.waiter_count = VG__SHM_WAITERS;
-    r->h.cmd_len = VG__SHM_CMD;
-    r->h.creator_uid = (uint32_t)geteuid();
-    r->h.pidns = pid_namespace();
-    r->h.default_limit = VG__UNLIMITED;
-    for (int d = 0; d < VG__SHM_DEVICES; d++) {
-        r->dev[d].limit = VG__UNLIMITED;
-        r->dev[d].ordinal = -1;
-    }
-    if (init_lock(r) != 0)
-        return VG_ESYS;
-    /* The magic last: a region is valid only once everything else is. */
-    __atomic_store_n(&r->h.magic, VG__SHM_MAGIC, __ATOMIC_RELEASE);
-    return VG_OK;
-}
-
-static int sys_fail(char *err, size_t n, const char *what, const char *path)
-{
-    if (err && n)
-        snprintf(err, n, "%s %s: %s", what, path, strerror(errno));
-    return VG_ESYS;
-}
-
-/* Builds a complete region under a temporary name beside `path`, then
- * links it into place. VG_OK also when another process won the race (the
- * caller then attaches theirs). */
-static int create_region(const char *path, bool group, char *err, size_t n)
-{
-    char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s.tmp.%d.%" PRIu64, path, (int)getpid(),
-             vg__mono_ns());
-    mode_t mode = group ? 0660 : 0600;
-    int fd = open(tmp, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
-    if (fd < 0)
-        return sys_fail(err, n, "cannot create", tmp);
-    int rc = VG_ESYS;
-    void *m = MAP_FAILED;
-    if (fchmod(fd, mode) != 0 || ftruncate(fd, sizeof(vg__shm_t)) != 0) {
-        sys_fail(err, n, "cannot size", tmp);
-        goto out;
-    }
-    m = mmap(NULL, sizeof(vg__shm_t), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    if (m == MAP_FAILED) {
-        sys_fail(err, n, "cannot map", tmp);
-        goto out;
-    }
-    if (format(m) != VG_OK) {
-        snprintf(err, n, "cannot initialise the region lock");
-        goto out;
-    }
-    if (link(tmp, path) != 0 && errno != EEXIST) {
-        sys_fail(err, n, "cannot create", path);
-        goto out;
-    }
-    rc = VG_OK;
-out:
-    if (m != MAP_FAILED)
-        munmap(m, sizeof(vg__shm_t));
-    unlink(tmp);
-    close(fd);
-    return rc;
-}
-
-static bool in_group(gid_t gid)
-{
-    if (getegid() == gid)
-        return true;
-    gid_t groups[256];
-    int n = getgroups(256, groups);
-    for (int i = 0; i < n; i++)
-        if (groups[i] == gid)
-            return true;
-    return false;
-}
-
-/* Checks and maps an open region file. */
-static int map_region(int fd, const char *path, bool group, vg__shm_t **out,
-                      char *err, size_t n)
-{
-    struct stat st;
-    char why[256];
-    if (fstat(fd, &st) != 0)
-        return sys_fail(err, n, "cannot stat", path);
-    vg__shm_file_t f = {st.st_mode, st.st_uid, st.st_gid, (uint64_t)st.st_size};
-    vg__shm_who_t who = {(uint32_t)geteuid(), group, in_group(st.st_gid)};
-    int rc = vg__shm_check_file(&f, &who, why, sizeof why);
-    if (rc != VG_OK) {
-        snprintf(err, n, "refusing shared region %s: %s", path, why);
-        return rc;
-    }
-    void *m = mmap(NULL, sizeof(vg__shm_t), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    if (m == MAP_FAILED)
-        return sys_fail(err, n, "cannot map", path);
-    rc = vg__shm_validate(m, sizeof(vg__shm_t), why, sizeof why);
-    if (rc == VG_OK && ((vg__shm_t *)m)->h.pidns != pid_namespace()) {
-        snprintf(why, sizeof why, "created in another PID namespace (its "
-                 "processes' liveness cannot be checked from here)");
-        rc = VG_EDENIED;
-    }
-    if (rc != VG_OK) {
-        snprintf(err, n, "refusing shared region %s: %s", path, why);
-        munmap(m, sizeof(vg__shm_t));
-        return rc;
-    }
-    *out = m;
-    return VG_OK;
-}
-
-int vg__shm_open(const char *path, vg__shm_open_mode_t mode, bool group,
-                 vg__shm_t **out, char *err, size_t errlen)
-{
-    for (int attempt = 0; attempt < 3; attempt++) {
-        int fd = open(path, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
-        if (fd >= 0) {
-            int rc = map_region(fd, path, group, out, err, errlen);
-            close(fd);
-            return rc;
-        }
-        if (errno == ELOOP)
-            return snprintf(err, errlen, "refusing shared region %s: it is a "
-                            "symbolic link", path), VG_EDENIED;
-        if (errno != ENOENT)
-            return sys_fail(err, errlen, "cannot open", path);
-        if (mode != VG__SHM_CREATE) {
-            snprintf(err, errlen, "no shared region %s", path);
-            return VG_ENOTFOUND;
-        }
-        int rc = create_region(path, group, err, errlen);
-        if (rc != VG_OK)
-            return rc;
-    }
-    snprintf(err, errlen, "%s keeps disappearing", path);
-    return VG_ESYS;
-}
-
-void vg__shm_close(vg__shm_t *r)
-{
-    if (r)
-        munmap(r, sizeof *r);
 }
 
 int vg__shm_lock(vg__shm_t *r)
@@ -419,7 +74,7 @@ int vg__shm_set_limit(vg__shm_t *r, int dev, uint64_t limit)
         if (d != dev && (dev >= 0 || r->dev[d].ordinal < 0))
             continue;
         r->dev[d].limit = limit;
-        level_update(&r->dev[d]);
+        vg__shm_level_update(&r->dev[d]);
     }
     vg__shm_unlock(r);
     return VG_OK;
@@ -468,7 +123,8 @@ static int slot_of_self(vg__shm_t *r)
             my_slot = s;
             return s;
         }
-        reap(r, vg__mono_ns()); /* full: drop the dead, then look again */
+        /* full: drop the dead, then look again */
+        vg__shm_reap(r, vg__mono_ns());
     }
     return -1;
 }
@@ -476,7 +132,7 @@ static int slot_of_self(vg__shm_t *r)
 static void on_fork_child(void)
 {
     my_slot = -1;
-    my_start = proc_start(getpid());
+    my_start = vg__shm_proc_start(getpid());
 }
 
 /* A normal exit gives the share back at once. */
@@ -486,7 +142,7 @@ __attribute__((destructor)) static void release_at_exit(void)
     if (!r || vg__shm_lock(r) != VG_OK)
         return;
     if (my_slot >= 0 && r->slot[my_slot].pid == (int32_t)getpid())
-        slot_drop(r, my_slot);
+        vg__shm_slot_drop(r, my_slot);
     my_slot = -1;
     vg__shm_unlock(r);
 }
@@ -500,7 +156,7 @@ static void attach(void)
         attach_status = VG_EINVAL;
         return;
     }
-    my_start = proc_start(getpid());
+    my_start = vg__shm_proc_start(getpid());
     pthread_atfork(NULL, NULL, on_fork_child);
     attach_status = vg__shm_open(region_path, VG__SHM_CREATE,
                                  st->shared_group == VG__SHARED_GROUP, &region,
@@ -530,7 +186,7 @@ static int entry_of(vg__shm_t *r, int device, const char *uuid)
         e->ordinal = device;
         e->limit = r->h.default_limit;
         snprintf(e->uuid, sizeof e->uuid, "%s", uuid);
-        level_update(e);
+        vg__shm_level_update(e);
     }
     return free_entry;
 }
@@ -566,7 +222,7 @@ void vg__shared_bind(vg__budget_t *b, int device, uint64_t limit)
     uint64_t old = e >= 0 ? region->dev[e].limit : 0;
     if (e >= 0 && slot >= 0 && limit != VG__UNLIMITED) {
         region->dev[e].limit = limit;
-        level_update(&region->dev[e]);
+        vg__shm_level_update(&region->dev[e]);
     }
     if (e >= 0 && slot >= 0) {
         b->shared_dev = e;
@@ -605,9 +261,9 @@ static int reserve_locked(vg__shm_t *r, int d, uint64_t n, refusal_t count)
     if (vg__unlikely(s < 0))
         return VG_ENOMEM;
     if (now - r->h.last_reap_ns >= REAP_INTERVAL_NS)
-        reap(r, now);
+        vg__shm_reap(r, now);
     if (!fits(e, n)) {
-        reap(r, now); /* a dead holder's share, before saying no */
+        vg__shm_reap(r, now); /* a dead holder's share, before saying no */
         if (!fits(e, n)) {
             e->refusals += count == COUNT_REFUSAL;
             return VG_ENOMEM;
@@ -619,7 +275,7 @@ static int reserve_locked(vg__shm_t *r, int d, uint64_t n, refusal_t count)
     e->used += n;
     if (e->used > e->peak)
         e->peak = e->used;
-    level_update(e);
+    vg__shm_level_update(e);
     return VG_OK;
 }
 
@@ -648,7 +304,7 @@ static bool at_head(vg__shm_t *r, uint64_t ticket, uint64_t now)
         if (!x->pid)
             continue;
         if (x->ticket != ticket &&
-            (now >= x->deadline_ns || !pid_alive(x->pid, x->start))) {
+            (now >= x->deadline_ns || !vg__shm_pid_alive(x->pid, x->start))) {
             memset(x, 0, sizeof *x);
             continue;
         }
@@ -731,7 +387,7 @@ void vg__shared_release(vg__budget_t *b, uint64_t n)
         uint64_t take = n < *mine ? n : *mine;
         *mine -= take;
         r->dev[d].used -= take < r->dev[d].used ? take : r->dev[d].used;
-        level_update(&r->dev[d]);
+        vg__shm_level_update(&r->dev[d]);
     }
     mirror(b, &r->dev[d]);
     vg__shm_unlock(r);
@@ -749,7 +405,7 @@ void vg__shared_force(vg__budget_t *b, uint64_t n)
         r->dev[d].used += n;
         if (r->dev[d].used > r->dev[d].peak)
             r->dev[d].peak = r->dev[d].used;
-        level_update(&r->dev[d]);
+        vg__shm_level_update(&r->dev[d]);
     }
     mirror(b, &r->dev[d]);
     vg__shm_unlock(r);
@@ -761,7 +417,7 @@ void vg__shared_set_limit(vg__budget_t *b, uint64_t limit)
     if (vg__shm_lock(r) != VG_OK)
         return;
     r->dev[b->shared_dev].limit = limit;
-    level_update(&r->dev[b->shared_dev]);
+    vg__shm_level_update(&r->dev[b->shared_dev]);
     mirror(b, &r->dev[b->shared_dev]);
     vg__shm_unlock(r);
 }

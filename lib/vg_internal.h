@@ -10,6 +10,7 @@
 #define VG_INTERNAL_H
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -48,7 +49,26 @@ char *vg__fmt_bytes(uint64_t bytes, char *buf, size_t len);
 /* Writes one line to stderr with the "vramguard: " prefix (no malloc). */
 void vg__log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
-/* -------------------------------------------------------- settings.c */
+/* ----------------------------------------------------------- parse.c */
+
+/* Where a reason goes: a caller's buffer (s may be NULL, n may be 0). */
+typedef struct vg__err {
+    char *s;
+    size_t n;
+} vg__err_t;
+
+#define VG__REASON_LEN 160 /* a reason buffer; longer reasons are cut */
+#define VG__ECHO_MAX 64    /* bytes of a bad value echoed in messages */
+#define VG__MS_MAX 3600000 /* VRAMGUARD_WAIT_MS's upper bound: one hour */
+
+/* Writes `reason` into e (when it has room); returns VG_ESETTING. */
+int vg__fail(vg__err_t e, const char *reason);
+
+/* Copies up to `max` bytes of s[0..len) into out for quoting in a one-line
+ * message: control bytes become '?', and a longer text ends in "...". out
+ * is always NUL-terminated when outlen > 0. */
+void vg__echo(char *out, size_t outlen, const char *s, size_t len,
+              size_t max);
 
 typedef enum vg__budget_unit {
     VG__BUDGET_NONE = 0,  /* no limit */
@@ -88,6 +108,23 @@ int vg__budget_spec_parse(const char *text, vg__budget_spec_t *spec,
 /* The limit for one device: VG__UNLIMITED when the spec sets none. */
 uint64_t vg__budget_spec_limit(const vg__budget_spec_t *spec, int ordinal,
                                const char *uuid, uint64_t device_total);
+
+/* [A-Za-z0-9._-]{1,200}, and not "." or "..". VG_OK or VG_ESETTING with a
+ * reason in e. */
+int vg__name_check(const char *text, vg__err_t e);
+
+/* Out: *index, the position of `text` (ASCII case-insensitive) among the
+ * '|'-separated words of `words`. VG_ESETTING with a reason on no match. */
+int vg__enum_parse(const char *words, const char *text, int *index,
+                   vg__err_t e);
+
+/* Decimal digits only, 0..VG__MS_MAX; out: *ms. */
+int vg__ms_parse(const char *text, int *ms, vg__err_t e);
+
+/* Decimal digits only, 0..VG__MAX_FRAMES; out: *frames. */
+int vg__frames_parse(const char *text, int *frames, vg__err_t e);
+
+/* -------------------------------------------------------- settings.c */
 
 typedef enum vg__bad_ptr_policy {
     VG__BADPTR_WARN = 0,
@@ -306,7 +343,7 @@ vg_pressure_t vg__pressure_for(uint64_t used, uint64_t limit,
 /* Registers a level hook; VG_ENOMEM when VG__LEVEL_HOOKS are taken. */
 int vg__budget_on_level(vg__budget_t *b, vg__level_fn fn, void *user);
 
-/* ---------------------------------------------------------- shared.c */
+/* -------------------------- shared_region.c, shared_reap.c, shared.c */
 
 /* A budget shared by every process that names the same region
  * (VRAMGUARD_SHARED=NAME -> /dev/shm/vramguard.NAME, or HAMi's
@@ -383,6 +420,18 @@ typedef struct vg__shm {
     vg__shm_slot_t slot[VG__SHM_SLOTS];
 } vg__shm_t;
 
+/* Under the lock: an entry's pressure level from its use and limit (a
+ * garbled level counts as low). Inline: every shared reserve runs it. */
+static inline void vg__shm_level_update(vg__shm_device_t *d)
+{
+    int cur = d->level;
+    if (cur < VG_PRESSURE_LOW || cur > VG_PRESSURE_CRITICAL)
+        cur = VG_PRESSURE_LOW;
+    d->level = (int32_t)vg__pressure_for(d->used, d->limit, (vg_pressure_t)cur);
+}
+
+/* shared_region.c: the region's file (path, create, attach, checks). */
+
 /* Checks that buf[0..len) is a region of this layout: length, magic,
  * version, header size, total size and every count. Pure; reads nothing
  * past len. VG_EINVAL with a reason in err otherwise. */
@@ -421,6 +470,29 @@ int vg__shm_open(const char *path, vg__shm_open_mode_t mode, bool group,
                  vg__shm_t **out, char *err, size_t errlen);
 void vg__shm_close(vg__shm_t *r);
 
+/* shared_reap.c: liveness and giving the dead's share back. */
+
+/* Field 22 (starttime, clock ticks since boot) of /proc/PID/stat: with
+ * the pid, a process's identity. 0 when the process is gone. */
+uint64_t vg__shm_proc_start(int pid);
+/* Whether `pid` is alive with that start time (kill(pid, 0), EPERM counts
+ * as alive). Never true for pid <= 0. */
+bool vg__shm_pid_alive(int32_t pid, uint64_t start);
+/* Whether the slot's process is alive (kill(pid, 0), EPERM counts as
+ * alive, and the same start time). */
+bool vg__shm_slot_alive(const vg__shm_slot_t *s);
+/* Under the lock: drops slot s, handing its share back. */
+void vg__shm_slot_drop(vg__shm_t *r, int s);
+/* Recomputes every device's `used` as the sum over slots that `alive`
+ * accepts, dropping the others. Pure but for `alive`. */
+typedef bool (*vg__shm_alive_fn)(const vg__shm_slot_t *s, void *ctx);
+void vg__shm_recount(vg__shm_t *r, vg__shm_alive_fn alive, void *ctx);
+/* Under the lock: drops every slot and waiter whose process is gone and
+ * records `now` (CLOCK_MONOTONIC ns) as the last reap. */
+void vg__shm_reap(vg__shm_t *r, uint64_t now);
+
+/* shared.c: the lock, and the engine's side of a region. */
+
 /* Takes the region lock, repairing the region when its last holder died
  * (EOWNERDEAD: every device's use is recomputed from the live slots). */
 int vg__shm_lock(vg__shm_t *r);
@@ -430,13 +502,6 @@ int vg__shm_snapshot(vg__shm_t *r, vg__shm_t *copy);
 /* Under the lock: sets the limit of one entry (dev >= 0) or of every
  * entry and the default for new ones (dev < 0); levels are recomputed. */
 int vg__shm_set_limit(vg__shm_t *r, int dev, uint64_t limit);
-/* Whether the slot's process is alive (kill(pid, 0), EPERM counts as
- * alive, and the same start time). */
-bool vg__shm_slot_alive(const vg__shm_slot_t *s);
-/* Recomputes every device's `used` as the sum over slots that `alive`
- * accepts, dropping the others. Pure but for `alive`. */
-typedef bool (*vg__shm_alive_fn)(const vg__shm_slot_t *s, void *ctx);
-void vg__shm_recount(vg__shm_t *r, vg__shm_alive_fn alive, void *ctx);
 
 /* The engine's side. vg__shared_bind() attaches this process to the
  * region named by the settings (once), claims a slot, finds or claims the
@@ -793,9 +858,10 @@ const vg__settings_t *vg__engine_settings(void);
  * unlimited when no budget is set. NULL for a bad ordinal. */
 vg__budget_t *vg__engine_budget(int device);
 
-/* ------------------------------------- audit.c, sites.c, badptr.c */
+/* ------------------ audit.c, audit_buf.c, audit_log.c, sites.c, badptr.c */
 
-/* Diagnostics, all off unless a setting asks: the audit log (audit.c), call
+/* Diagnostics, all off unless a setting asks: the audit log (audit.c, with
+ * its buffers in audit_buf.c and its start and exit in audit_log.c), call
  * sites and the leak report (sites.c), the bad-pointer policy and the
  * allocation check (badptr.c). With all of them off, an allocation or a
  * free pays one relaxed load and one predictable branch (vg__diag_on). */
@@ -809,8 +875,9 @@ enum {
 };
 
 /* Set once while the engine starts, before any hook sees it started; read
- * relaxed on every allocation and free. The one mutable global read
- * outside its file (audit.c): a call would cost more than the check. */
+ * relaxed on every allocation and free. Defined in audit.c; with
+ * vg__abuf_mine, one of the two mutable globals read outside their file: a
+ * call would cost more than the check. */
 extern _Atomic unsigned vg__diag_flags;
 
 static inline bool vg__diag_on(void)
@@ -823,15 +890,115 @@ static inline bool vg__diag_has(unsigned bit)
     return (atomic_load_explicit(&vg__diag_flags, memory_order_relaxed) & bit) != 0;
 }
 
-/* audit.c. Starts diagnostics from the parsed settings, once, from the
+/* audit_buf.c. The audit log's per-thread buffers: each thread formats
+ * its events (audit.c) into its own buffer, kept in a registry for the life
+ * of the process so exit, fork and fatal signals can write them out. */
+
+#define VG__ABUF_BYTES 16384u /* per thread: flushed when an event might not fit */
+
+/* Who holds a buffer: its thread around an append, a flusher in another
+ * thread (exit, fork) around a write. Neither holds it across anything but
+ * a write(2). */
+enum { VG__ABUF_FREE = 0, VG__ABUF_OWNER = 1, VG__ABUF_FLUSHER = 2 };
+/* Event counts kept per buffer, summed for `exit`. */
+enum { VG__EV_ALLOC, VG__EV_FREE, VG__EV_REFUSE, VG__EV_BAD, VG__EV_OTHER, VG__EV_KINDS };
+
+typedef struct vg__abuf {
+    _Atomic int busy;            /* VG__ABUF_FREE, _OWNER or _FLUSHER */
+    uint32_t len;                /* bytes of whole lines in data */
+    bool adopted;                /* a live thread owns it */
+    struct vg__abuf *next;       /* registry; never unlinked */
+    uint64_t count[VG__EV_KINDS]; /* events written by its threads */
+    /* What every line of this thread repeats, formatted once: the seconds
+     * of `ts`, and ',"pid":P,"tid":T' (redone when the thread or the
+     * process changes). */
+    int64_t sec;
+    uint32_t id_pid, id_tid;
+    uint8_t sec_len, id_len;
+    char sec_text[24], id_text[48];
+    char data[VG__ABUF_BYTES];
+} vg__abuf_t;
+
+/* The calling thread's buffer, NULL before its first event. Initial-exec:
+ * one %fs-relative load (no __tls_get_addr) on every event, and safe in a
+ * signal handler. 8 bytes of static TLS, which glibc keeps spare even for a
+ * library loaded with dlopen. Read by audit.c's event path (a call would
+ * cost more than the load); written only by audit_buf.c. */
+extern _Thread_local vg__abuf_t *vg__abuf_mine __attribute__((tls_model("initial-exec")));
+
+/* Takes the log's descriptor (already open) and its path for messages. */
+void vg__abuf_attach(int fd, const char *path);
+/* Registers the thread-exit, fork and fatal-signal flushes. Once. */
+void vg__abuf_setup(void);
+/* The thread's first event: a finished thread's buffer, or a new one (sets
+ * vg__abuf_mine). NULL when no memory could be had. */
+__attribute__((noinline, cold)) vg__abuf_t *vg__abuf_adopt(void);
+/* One write(2) of whole lines to the log (a short write continues where it
+ * stopped). Keeps errno. */
+void vg__abuf_write(const char *p, size_t n);
+/* Events written so far by every thread of this process. Out: out[]. */
+void vg__abuf_sum_counts(uint64_t out[VG__EV_KINDS]);
+
+static inline void vg__abuf_hold(vg__abuf_t *b, int who)
+{
+    int expect = VG__ABUF_FREE;
+    while (!atomic_compare_exchange_weak_explicit(&b->busy, &expect, who, memory_order_acquire,
+                                                  memory_order_relaxed)) {
+        expect = VG__ABUF_FREE;
+        sched_yield(); /* a flusher is writing it out: rare */
+    }
+}
+
+static inline void vg__abuf_drop(vg__abuf_t *b)
+{
+    atomic_store_explicit(&b->busy, VG__ABUF_FREE, memory_order_release);
+}
+
+/* Writes a held buffer out and empties it. */
+static inline void vg__abuf_flush_held(vg__abuf_t *b)
+{
+    if (b->len)
+        vg__abuf_write(b->data, b->len);
+    b->len = 0;
+}
+
+/* audit.c. A JSON line being built: appends stop at `end` and mark the line
+ * cut, which the writer then drops (never half a line in the file). The
+ * vg__aline_* functions are audit.c's formatters, out of line, for the
+ * long lines of audit_log.c (start, exit); the events use inline copies. */
+typedef struct vg__aline {
+    char *p, *end;
+    bool cut;
+} vg__aline_t;
+
+/* {"v":1,"ts":...,"pid":...,"tid":...,"op":"<op>" */
+void vg__aline_head(vg__aline_t *o, const char *op);
+void vg__aline_raw(vg__aline_t *o, const char *s, size_t n);
+void vg__aline_u64(vg__aline_t *o, uint64_t v);
+/* "0x1f00", quoted. */
+void vg__aline_hex(vg__aline_t *o, uint64_t v);
+/* A JSON string of n bytes, escaped (invalid UTF-8 becomes U+FFFD). */
+void vg__aline_json(vg__aline_t *o, const char *s, size_t n);
+/* "warn", "reject" or "abort" (static text). */
+const char *vg__audit_policy_word(vg__bad_ptr_policy_t p);
+/* Caches getpid() for every later line (start, and a forked child). */
+void vg__audit_pid_reset(void);
+/* After `exit`: every later line is written at once. */
+void vg__audit_go_direct(void);
+
+/* audit_log.c. A forked child's log restarts: new pid, exit re-armed, a
+ * `start` line. Called by audit_buf.c's fork handler. */
+void vg__audit_restart(void);
+
+/* audit_log.c. Starts diagnostics from the parsed settings, once, from the
  * engine's start-up: opens VRAMGUARD_AUDIT (O_WRONLY|O_APPEND|O_CREAT|
  * O_NOFOLLOW|O_CLOEXEC, mode 0600), registers the exit, fork and
  * fatal-signal flushes and writes `start`. VG_ESETTING with
  * "VRAMGUARD_AUDIT='path': reason" in err when the log cannot be opened:
  * the engine then fails closed. */
 int vg__diag_start(const vg__settings_t *s, char *err, size_t errlen);
-/* Writes `pressure` events for a device budget's level changes (nothing
- * while the log is closed). Call after vg__budget_init. */
+/* audit.c. Writes `pressure` events for a device budget's level changes
+ * (nothing while the log is closed). Call after vg__budget_init. */
 void vg__audit_watch(vg__budget_t *b, int device);
 
 /* Events. Each formats one line into the calling thread's buffer: no
@@ -853,7 +1020,7 @@ void vg__audit_bad_ptr(const char *api, uint64_t key, const vg_ptr_info_t *info,
                        vg__bad_ptr_policy_t policy, const CUresult *rc);
 /* `leak`: one call site's allocations still live at exit. */
 void vg__audit_leak(int device, uint64_t count, uint64_t bytes, uint32_t site);
-/* Writes every thread's buffer out now (abort, tests). */
+/* audit_buf.c. Writes every thread's buffer out now (abort, tests). */
 void vg__audit_flush_all(void);
 
 /* sites.c. Call sites: up to VRAMGUARD_BACKTRACE return addresses outside

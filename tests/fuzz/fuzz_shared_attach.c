@@ -1,12 +1,13 @@
 /*
  * fuzz_shared_attach.c — the shared region's attach checks against damaged
- * regions (lib/shared.c). The input patches a valid region image: pairs of
- * (offset, byte) aimed mostly at the header, the first two bytes choosing
- * how much of the image the validator is shown. vg__shm_validate must never
- * read past the length it is given (ASan in `make test SAN=address`), must
- * refuse every image whose header no longer matches the layout, and on an
- * image it accepts, recounting (what crash recovery does with whatever the
- * slots hold) must keep every device's use equal to the sum of its slots.
+ * regions (lib/shared_region.c; the recount is lib/shared_reap.c's). The
+ * input patches a valid region image: pairs of (offset, byte) aimed mostly
+ * at the header, the first two bytes choosing how much of the image the
+ * validator is shown. vg__shm_validate must never read past the length it
+ * is given (ASan in `make test SAN=address`), must refuse every image whose
+ * header no longer matches the layout, and on an image it accepts,
+ * recounting (what crash recovery does with whatever the slots hold) must
+ * keep every device's use equal to the sum of its slots.
  */
 #include <stdint.h>
 #include <stdlib.h>
