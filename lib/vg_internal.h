@@ -586,17 +586,6 @@ int vg__ptr_classify(vg_devptr_t ptr, vg_ptr_info_t *info);
 /* Names a recognisable synthetic pattern into out ("" if none). Pure. */
 void vg__fake_pattern(vg_devptr_t ptr, char *out, size_t len);
 
-/* ------------------------------------------------------------ pool.c */
-
-/* Makes a pool's context current for a driver call and puts the caller's
- * back afterwards (skipping the switch when it is already current). */
-typedef struct vg__ctx_guard {
-    CUcontext prev;
-    bool swapped;
-} vg__ctx_guard_t;
-void vg__pool_ctx_enter(const vg_pool_t *pool, vg__ctx_guard_t *g);
-void vg__pool_ctx_leave(vg__ctx_guard_t *g);
-
 /* ----------------------------------------------------------- cache.c */
 
 /* The pool's cache of small blocks (docs/pool.md has the rules and the
@@ -762,6 +751,51 @@ uint64_t vg__evict_bytes(vg__evict_set_t *s);
  * caller now owns. NULL when there is no candidate. */
 vg__evictable_t *vg__evict_pick(vg__evict_set_t *s, const void *owner,
                                 vg__alloc_t *rec);
+
+/* ------------------------------------------------------------ pool.c */
+
+/* A pool (the public vg_pool_t). Its allocation path is pool.c; its
+ * reporting and the user's pressure callbacks are pool_info.c. */
+#define VG__POOL_CALLBACKS 8 /* vg_pool_on_pressure's limit */
+
+struct vg_pool {
+    vg__cache_t cache; /* first: its classes are cache-line aligned */
+    int device;
+    CUdevice cudev;
+    CUcontext ctx;
+    vg__budget_t budget;
+    vg__evict_set_t evict;
+    /* Direct allocations (the cache counts its own blocks). */
+    _Atomic uint64_t allocs, frees, bytes_allocated, live_bytes;
+    _Atomic uint64_t trims, evictions;
+    _Atomic int acting;   /* a pressure action is running: no nesting */
+    _Atomic bool closing; /* vg_pool_destroy has begun */
+    pthread_mutex_t lock; /* the callback list; never held across calls out */
+    int callback_count;
+    struct {
+        vg_pressure_cb fn;
+        void *user;
+    } callbacks[VG__POOL_CALLBACKS];
+};
+
+/* Makes a pool's context current for a driver call and puts the caller's
+ * back afterwards (skipping the switch when it is already current). */
+typedef struct vg__ctx_guard {
+    CUcontext prev;
+    bool swapped;
+} vg__ctx_guard_t;
+void vg__pool_ctx_enter(const vg_pool_t *pool, vg__ctx_guard_t *g);
+void vg__pool_ctx_leave(vg__ctx_guard_t *g);
+/* The pool's answer to rising pressure: trims at High, evicts at Critical,
+ * until the level falls. One action at a time; a nested call returns. */
+void vg__pool_act_on_pressure(vg_pool_t *pool);
+
+/* ------------------------------------------------------- pool_info.c */
+
+/* The level hook of every pool's budget: runs the user's callbacks, then
+ * vg__pool_act_on_pressure when the level rose to High or above. */
+void vg__pool_level_hook(void *owner, vg_pressure_t old_level,
+                         vg_pressure_t new_level, void *user);
 
 /* --------------------------------------------------------- account.c */
 

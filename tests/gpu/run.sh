@@ -3,7 +3,8 @@
 # nothing (tests/gpu/build.sh made BUILD_DIR elsewhere). Each scenario runs
 # under its own timeout, natively and under the preload shim with
 # VRAMGUARD_BUDGET=2GiB; the whole suite stops starting scenarios after
-# SUITE_DEADLINE seconds (default 440). The summary table comes last.
+# SUITE_DEADLINE seconds (default 440). The summary table comes last. The
+# runner, the row files and the table parts are in tests/gpu/common.sh.
 #
 #   tests/gpu/run.sh [BUILD_DIR]      BUILD_DIR: build/gpu, or build (then build/gpu)
 #
@@ -15,6 +16,8 @@
 set -uo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=tests/gpu/common.sh
+. "$HERE/common.sh"
 B=${1:-build/gpu}
 [ -x "$B/gpu_api" ] || { [ -x "$B/gpu/gpu_api" ] && B=$B/gpu; }
 if [ ! -x "$B/gpu_api" ] || [ ! -f "$B/libvramguard-preload.so" ]; then
@@ -29,51 +32,22 @@ BUDGET_TEXT=2GiB
 BUDGET=$((2 << 30))
 CAP=$((3 << 30))   # native runs stop here: the budget, not the card, must be what stops a shim run
 
-LIBCUDA_DIR=${LIBCUDA_DIR:-}
-[ -z "$LIBCUDA_DIR" ] && [ -d /usr/local/nvidia/lib64 ] && LIBCUDA_DIR=/usr/local/nvidia/lib64
-[ -n "$LIBCUDA_DIR" ] && export LD_LIBRARY_PATH=$LIBCUDA_DIR${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+find_libcuda
 unset LD_PRELOAD VRAMGUARD_BUDGET CUDA_DEVICE_MEMORY_LIMIT PYTORCH_CUDA_ALLOC_CONF \
       XLA_PYTHON_CLIENT_PREALLOCATE
 
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
-LOGDIR=${OUT:-$WORK}
-mkdir -p "$LOGDIR"
-LOG=$LOGDIR/gpu.log
-ROWS=$WORK/rows       # scenario|mode|result|detail
-BENCH=$WORK/bench     # benchmark table rows
-: >"$LOG"; : >"$ROWS"; : >"$BENCH"
-START=$SECONDS
+init_files gpu.log
+gpu_header "# vramguard GPU checks"
 
-say() { echo "$@" | tee -a "$LOG"; }
-row() { printf '%s|%s|%s|%s\n' "$1" "$2" "$3" "$4" >>"$ROWS"; }
-
-say "# vramguard GPU checks"
-say "date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
-say "build: $B   libcuda from: ${LIBCUDA_DIR:-the default library path}"
-if command -v nvidia-smi >/dev/null; then
-    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 | tee -a "$LOG"
-else
-    say "nvidia-smi: not found"
-fi
-GPU_LINE=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -1)
-
-# run_scn NAME MODE TIMEOUT CMD... : runs one scenario, files its RESULT rows.
-# MODE native: no preload, no budget; shim: the preload and VRAMGUARD_BUDGET;
-# shim-nobudget: the preload alone (must behave as native); anything else
-# (e.g. sanitizer): the environment as it is.
-run_scn() {
-    local name=$1 mode=$2 tmo=$3
-    shift 3
-    local left=$((DEADLINE - (SECONDS - START)))
-    if [ "$left" -lt 15 ]; then
-        row "$name" "$mode" FAIL "not run: suite deadline (${DEADLINE}s) reached"
-        say "[$((SECONDS - START))s] $name [$mode]: SKIPPED (deadline)"
-        return
-    fi
-    [ "$tmo" -gt "$left" ] && tmo=$left
-    local out=$WORK/out.$name.$mode envs=()
-    case $mode in
+# run_scn NAME MODE TIMEOUT CMD... (common.sh): MODE native: no preload, no
+# budget; shim: the preload and VRAMGUARD_BUDGET; shim-nobudget: the preload
+# alone (must behave as native); test-driver, null-driver: the hooked-call
+# benchmark over tests/fakecuda, tests/nulldriver; anything else (e.g.
+# sanitizer): the environment as it is. The whole output goes to the log.
+scn_env() {
+    case $1 in
     native) envs=(env -u LD_PRELOAD -u VRAMGUARD_BUDGET) ;;
     shim) envs=(env LD_PRELOAD="$PRELOAD" VRAMGUARD_BUDGET=$BUDGET_TEXT) ;;
     shim-nobudget) envs=(env -u VRAMGUARD_BUDGET LD_PRELOAD="$PRELOAD") ;;
@@ -81,34 +55,12 @@ run_scn() {
     null-driver) envs=(env LD_LIBRARY_PATH="$B/nulldriver") ;;
     *) envs=(env) ;;
     esac
-    echo "### $name [$mode] (timeout ${tmo}s): $*" >>"$LOG"
-    local t0=$SECONDS rc
-    timeout -k 5 "$tmo" "${envs[@]}" "$@" >"$out" 2>&1
-    rc=$?
-    cat "$out" >>"$LOG"
-    echo "### exit $rc after $((SECONDS - t0))s" >>"$LOG"
-    local n=0 fails=0 check status detail
-    while IFS='|' read -r _ check status detail; do
-        [ "$check" = "$name" ] && row "$name" "$mode" "$status" "$detail" ||
-            row "$name/$check" "$mode" "$status" "$detail"
-        n=$((n + 1))
-        [ "$status" = FAIL ] && fails=$((fails + 1))
-    done < <(grep -a '^RESULT|' "$out")
-    if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
-        row "$name" "$mode" FAIL "timed out after ${tmo}s ($n rows before)"
-        fails=$((fails + 1))
-    elif [ "$rc" != 0 ] && [ "$fails" = 0 ]; then
-        row "$name" "$mode" FAIL "exit $rc with no FAIL row: $(grep -av '^RESULT|' "$out" | tail -1 | cut -c1-150)"
-        fails=$((fails + 1))
-    elif [ "$n" = 0 ]; then
-        row "$name" "$mode" FAIL "no RESULT rows (exit $rc)"
-        fails=$((fails + 1))
-    fi
+}
+scn_collect() { # BENCH rows, tagged with the driver they ran over
     local tag=""
-    [ "$mode" = test-driver ] && tag="[over the test driver] "
-    [ "$mode" = null-driver ] && tag="[over the null driver] "
-    grep -a '^BENCH|' "$out" | cut -d'|' -f2- | sed "s/^/$tag/" >>"$BENCH"
-    say "[$((SECONDS - START))s] $name [$mode]: $n rows, $fails failed, $((SECONDS - t0))s"
+    [ "$1" = test-driver ] && tag="[over the test driver] "
+    [ "$1" = null-driver ] && tag="[over the null driver] "
+    collect BENCH "$BENCH" "$2" "$tag"
 }
 
 # ------------------------------------------------------------ C programs
@@ -196,23 +148,14 @@ fi
 # Results first, then benchmarks, then the failures again and the count: the
 # end of the output is what a caller reading only its tail sees.
 TABLE=$WORK/table.md
-table_row() { # one results row, detail shortened for the table (full text in gpu.log)
-    local d=$4
-    [ ${#d} -gt 170 ] && d="${d:0:167}..."
-    echo "| $1 | $2 | $3 | $d |"
-}
+TABLE_DETAIL_MAX=170
 {
     echo
     echo "## vramguard GPU checks: $(date -u '+%Y-%m-%d') ${GPU_LINE:-(no nvidia-smi)}"
     echo
     echo "Command: tests/gpu/run.sh ${1:-build/gpu} (budget under the shim: $BUDGET_TEXT; native runs stop at $((CAP >> 30)) GiB)"
     echo
-    echo "### Results"
-    echo
-    echo "| scenario | mode | result | detail |"
-    echo "|---|---|---|---|"
-    while IFS='|' read -r s m r d; do table_row "$s" "$m" "$r" "$d"; done <"$ROWS"
-    echo
+    results_section
     echo "### Benchmarks (ns per alloc+free pair; thread rows: pairs/s)"
     echo
     echo "Medians over all pairs; ratio and shim − native are paired per round (rounds rotate their order),"
@@ -220,29 +163,8 @@ table_row() { # one results row, detail shortened for the table (full text in gp
     echo "median pairs/s, paired ratio, p10–p90 of rounds. The native-control process (RESULT rows) shows"
     echo "what two identical processes differ by."
     echo
-    if [ -s "$BENCH" ]; then
-        echo "| case | native median | shim median | ratio | shim − native | shim + 70GiB budget | ratio | native round medians | shim round medians |"
-        echo "|---|---|---|---|---|---|---|---|---|"
-        sed 's/^/| /; s/$/ |/' "$BENCH"
-    else
-        echo "(no benchmark rows)"
-    fi
+    bench_table
     echo
-    if grep -q '|FAIL|' "$ROWS"; then
-        echo "### Failures (again)"
-        echo
-        echo "| scenario | mode | result | detail |"
-        echo "|---|---|---|---|"
-        while IFS='|' read -r s m r d; do
-            [ "$r" = FAIL ] && table_row "$s" "$m" "$r" "$d"
-        done <"$ROWS"
-        echo
-    fi
-    p=$(grep -c '|PASS|' "$ROWS"); f=$(grep -c '|FAIL|' "$ROWS"); i=$(grep -c '|info|' "$ROWS")
-    echo "**$p PASS, $f FAIL, $i info** in $((SECONDS - START)) s (full log: ${OUT:+$OUT/}gpu.log)"
+    table_end
 } >"$TABLE"
-cat "$TABLE" >>"$LOG"
-[ -n "${OUT:-}" ] && cp "$TABLE" "$OUT/table.md"
-cat "$TABLE"
-grep -q '|FAIL|' "$ROWS" && exit 1
-exit 0
+finish "$TABLE"
