@@ -10,6 +10,8 @@
  * LD_LIBRARY_PATH already points at.
  */
 #include <criterion/criterion.h>
+#include <limits.h>
+#include <sys/stat.h>
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -269,4 +271,49 @@ Test(cli, check_without_a_driver_says_why_and_exits_1)
     cr_expect_eq(r.status, 1, "%s", r.out);
     cr_expect_not_null(strstr(r.out, "/nonexistent/libcuda.so.1"), "%s", r.out);
     cr_expect_not_null(strstr(r.out, "self-test: SKIP"), "%s", r.out);
+}
+
+/* Copies build/NAME to DIR/NAME (mode 0755). */
+static void copy_file(const char *name, const char *dir)
+{
+    char from[4096], to[4096], cmd[8400];
+    snprintf(from, sizeof from, "%s/%s", build_dir(), name);
+    snprintf(to, sizeof to, "%s/%s", dir, name);
+    int n = snprintf(cmd, sizeof cmd, "cp '%.4000s' '%.2000s' && chmod 755 '%.2000s'", from, to, to);
+    cr_assert(n > 0 && (size_t)n < sizeof cmd);
+    cr_assert_eq(system(cmd), 0, "%s", cmd);
+}
+
+/* An installed tree (PREFIX/bin/vramguard beside PREFIX/lib/the shim),
+ * moved anywhere: run finds the shim through ../lib from itself. */
+Test(cli, an_installed_tree_finds_its_shim_in_the_sibling_lib)
+{
+    char root[] = "/tmp/vg-cli-prefix-XXXXXX", bin[4200], lib[4200], exe[4300], want[PATH_MAX];
+    cr_assert_not_null(mkdtemp(root));
+    snprintf(bin, sizeof bin, "%s/bin", root);
+    snprintf(lib, sizeof lib, "%s/lib", root);
+    cr_assert_eq(mkdir(bin, 0755), 0);
+    cr_assert_eq(mkdir(lib, 0755), 0);
+    copy_file("vramguard", bin);
+    copy_file("libvramguard-preload.so", lib);
+    snprintf(exe, sizeof exe, "%s/vramguard", bin);
+    char want_path[4300];
+    snprintf(want_path, sizeof want_path, "%s/libvramguard-preload.so", lib);
+    cr_assert_not_null(realpath(want_path, want));
+
+    static const char *const drop[] = {"LD_PRELOAD=", "VRAMGUARD_", NULL};
+    const char *add[] = {asan_entry(""), NULL};
+    char **env = env_make(drop, add);
+    free((char *)add[0]);
+    char *argv[] = {exe, "run", "--", "sh", "-c", "echo \"$LD_PRELOAD\"", NULL};
+    static char out[4096], err[4096];
+    int st = child_run(argv, env, &(child_out_t){out, sizeof out, err, sizeof err});
+    env_free(env);
+    cr_expect_eq(st, 0, "exit %d: %s", st, err);
+    out[strcspn(out, "\n")] = '\0';
+    cr_expect_str_eq(out, want);
+
+    char cmd[4300];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", root);
+    cr_expect_eq(system(cmd), 0);
 }

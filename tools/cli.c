@@ -8,9 +8,11 @@
  * row (and a cli_<name>.c) to add a command.
  */
 #include <errno.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -115,27 +117,37 @@ int cli_self_exe(char *out, size_t len)
     return 0;
 }
 
-/* `dir`/CLI_SHIM_NAME into out if that file exists. */
+/* `dir`/CLI_SHIM_NAME into out, canonical, if that file exists. */
 static bool shim_in(const char *dir, char *out, size_t len)
 {
-    int n = snprintf(out, len, "%s/%s", dir, CLI_SHIM_NAME);
-    return n > 0 && (size_t)n < len && access(out, R_OK) == 0;
+    char path[CLI_PATH_MAX + 64], real[PATH_MAX];
+    int n = snprintf(path, sizeof path, "%s/%s", dir, CLI_SHIM_NAME);
+    if (n <= 0 || (size_t)n >= sizeof path || access(path, R_OK) != 0)
+        return false;
+    const char *best = realpath(path, real) ? real : path;
+    n = snprintf(out, len, "%s", best);
+    return n > 0 && (size_t)n < len;
 }
 
+/* The shim is looked for beside the executable (the build folder), then in
+ * ../lib from it (an installed tree, wherever it was moved or staged), then
+ * in the prefix the CLI was built for. */
 int cli_find_shim(char *out, size_t len, char *why, size_t whylen)
 {
     char exe[CLI_PATH_MAX], dir[CLI_PATH_MAX] = "(unknown: /proc/self/exe)";
+    char lib[CLI_PATH_MAX + 8] = "";
     if (cli_self_exe(exe, sizeof exe) == 0) {
         char *slash = strrchr(exe, '/');
         snprintf(dir, sizeof dir, "%.*s", (int)(slash ? slash - exe : 0),
                  exe);
-        if (shim_in(dir, out, len))
+        snprintf(lib, sizeof lib, "%s/../lib", dir);
+        if (shim_in(dir, out, len) || shim_in(lib, out, len))
             return 0;
     }
     if (shim_in(VG_PREFIX "/lib", out, len))
         return 0;
-    snprintf(why, whylen, "cannot find %s in %s or in %s", CLI_SHIM_NAME,
-             dir, VG_PREFIX "/lib");
+    snprintf(why, whylen, "cannot find %s in %s, in %s or in %s", CLI_SHIM_NAME,
+             dir, lib[0] ? lib : "../lib", VG_PREFIX "/lib");
     return -1;
 }
 
