@@ -88,6 +88,11 @@ int vg__acct_reserve(vg__ticket_t *t)
     /* Cached pool memory is ours to give back before we say no. */
     if (vg__acct_pool_trim(t->device) && vg__budget_reserve(b, t->bytes) == VG_OK)
         return VG_OK;
+    if (vg__cache_mode) {
+        while (vg__acct_pooled_trim(t->device))
+            if (vg__budget_reserve(b, t->bytes) == VG_OK)
+                return VG_OK;
+    }
     vg__overhead_refresh(t->device, VG__REFRESH_RATE_LIMITED); /* charge what no call showed */
     log_refusal(t, b);
     vg__audit_refuse(t, VG_ENOMEM);
@@ -133,10 +138,23 @@ __attribute__((noinline, cold)) static void first_commit(int device)
         vg__overhead_refresh(device, VG__REFRESH_NOW);
 }
 
-void vg__acct_commit(vg__ticket_t *t, uint64_t key, uint64_t size, uint64_t pool)
+void vg__acct_record(const vg__ticket_t *t, vg__alloc_t *a)
 {
     if (vg__unlikely(!atomic_load_explicit(&device_used[t->device], memory_order_relaxed)))
         first_commit(t->device);
+    a->time_ns = vg__now_coarse_ns(); /* ms resolution is enough here */
+    a->seq = vg__ledger_next_seq();
+    a->tid = vg__tid();
+    a->device = (int16_t)t->device;
+    a->kind = (uint8_t)t->kind;
+    if (vg__unlikely(vg__diag_on())) /* audit log, call sites, checks */
+        vg__diag_commit(t, a);
+    if (vg__unlikely(vg__ledger_insert(a) != VG_OK))
+        replace_stale(a);
+}
+
+void vg__acct_commit(vg__ticket_t *t, uint64_t key, uint64_t size, uint64_t pool)
+{
     vg__budget_commit(t->budget, t->bytes);
     if (vg__unlikely(t->budget->shared))
         vg__shared_live(t->budget, 1); /* for `vramguard status` */
@@ -146,16 +164,8 @@ void vg__acct_commit(vg__ticket_t *t, uint64_t key, uint64_t size, uint64_t pool
         .size = size,
         .charged = t->bytes,
         .handle = pool,
-        .time_ns = vg__now_coarse_ns(), /* ms resolution is enough here */
-        .seq = vg__ledger_next_seq(),
-        .tid = vg__tid(),
-        .device = (int16_t)t->device,
-        .kind = (uint8_t)t->kind,
     };
-    if (vg__unlikely(vg__diag_on())) /* audit log, call sites, checks */
-        vg__diag_commit(t, &a);
-    if (vg__unlikely(vg__ledger_insert(&a) != VG_OK))
-        replace_stale(&a);
+    vg__acct_record(t, &a);
 }
 
 void vg__acct_cancel(vg__ticket_t *t)
@@ -169,6 +179,12 @@ int vg__acct_release(uint64_t key, vg__alloc_t *out)
     vg__alloc_t a;
     if (vg__ledger_remove(key, NULL, &a) != VG_OK)
         return VG_ENOTFOUND;
+    if (vg__unlikely(a.pooled)) {
+        vg__acct_pooled_free(&a); /* its chunk carries the charge */
+        if (out)
+            *out = a;
+        return VG_OK;
+    }
     vg__budget_t *b = vg__engine_budget(a.device);
     vg__budget_release(b, a.charged);
     if (vg__unlikely(b->shared))
@@ -194,6 +210,9 @@ void vg__acct_free_settle(vg__free_t *f, CUresult cr)
         if (cr != CUDA_SUCCESS)
             vg__acct_restore(&f->a);
         vg__audit_free(&f->a, f->api, cr);
+        break;
+    case VG__FREE_POOLED:
+        vg__audit_free(&f->a, f->api, CUDA_SUCCESS);
         break;
     case VG__FREE_BAD:
         vg__badptr_end(f, cr);

@@ -147,18 +147,26 @@ int vg__badptr_begin(vg__free_t *f)
     memset(&f->bad, 0, sizeof f->bad);
     if (!(f->key & VG__KEY_HANDLE)) /* handles are not addresses: no class */
         vg__ptr_classify(f->key, &f->bad);
-    if (!(f->key & VG__KEY_HANDLE) && f->bad.cls == VG_PTR_LIVE) { /* recorded meanwhile */
-        f->state = vg__acct_release(f->key, &f->a) == VG_OK ? VG__FREE_OURS : VG__FREE_PASS;
+    if (!(f->key & VG__KEY_HANDLE) && f->bad.cls == VG_PTR_LIVE &&
+        vg__acct_release(f->key, &f->a) == VG_OK) { /* recorded meanwhile */
+        f->state = f->a.pooled ? VG__FREE_POOLED : VG__FREE_OURS;
         return VG_OK;
     }
+    /* A pool chunk is never handed to the driver's free, whatever the
+     * policy: the whole chunk, other blocks included, would go. */
+    vg__chunk_ref_t chunk;
+    bool in_chunk = !(f->key & VG__KEY_HANDLE) && vg__chunk_index_find(f->key, &chunk);
     vg__bad_ptr_policy_t p = policy();
-    if (maybe_real(f) || p == VG__BADPTR_WARN)
+    if (!in_chunk && (maybe_real(f) || p == VG__BADPTR_WARN))
         return VG_OK;
     if (p == VG__BADPTR_ABORT)
         abort_with_report(f, NULL);
     CUresult rc = CUDA_ERROR_INVALID_VALUE;
     vg__audit_bad_ptr(f->api, f->key, &f->bad, p, &rc);
-    say(f, "refused with CUDA_ERROR_INVALID_VALUE, the driver not called (reject)");
+    say(f, in_chunk && p == VG__BADPTR_WARN
+               ? "refused with CUDA_ERROR_INVALID_VALUE: inside a pool chunk, never "
+                 "passed to the driver"
+               : "refused with CUDA_ERROR_INVALID_VALUE, the driver not called (reject)");
     return VG_ENOTFOUND;
 }
 

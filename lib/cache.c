@@ -127,6 +127,7 @@ static void chunk_detach(vg__cache_t *c, vg__class_t *k, vg__chunk_t *ch,
     if (k->carve == ch)
         k->carve = NULL;
     k->empty_chunks--;
+    vg__chunk_index_remove(ch->base);
     out->base = ch->base;
     out->bytes = ch->bytes;
     atomic_fetch_sub_explicit(&c->held, ch->bytes, memory_order_relaxed);
@@ -169,6 +170,7 @@ void vg__cache_drain(vg__cache_t *c,
         while (ch) {
             vg__chunk_t *next = ch->next;
             vg__span_t s = {ch->base, ch->bytes};
+            vg__chunk_index_remove(ch->base);
             atomic_fetch_sub_explicit(&c->held, ch->bytes,
                                       memory_order_relaxed);
             release(&s, ctx);
@@ -285,6 +287,11 @@ int vg__cache_add_chunk(vg__cache_t *c, int cls, const vg__span_t *chunk,
     vg__chunk_t *ch = calloc(1, sizeof *ch);
     if (!ch)
         return VG_ESYS;
+    vg__chunk_ref_t ref = {chunk->base, chunk->bytes, k->size, c};
+    if (vg__chunk_index_add(&ref) != VG_OK) {
+        free(ch);
+        return VG_ESYS;
+    }
     ch->base = chunk->base;
     ch->bytes = chunk->bytes;
     ch->cls = cls;

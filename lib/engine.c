@@ -8,7 +8,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
 #include "vg_internal.h"
 
@@ -28,23 +27,6 @@ static void on_fork_child(void)
     vg__tid_reset();
 }
 
-/* Settings whose issues have not landed yet are accepted (so a cluster's
- * environment does not break) but never silently ignored. */
-static void warn_unimplemented(void)
-{
-    static const struct {
-        const char *env, *deflt, *issue;
-    } pending[] = {
-        {"VRAMGUARD_POOL", "off", "the caching pool (issue 6)"},
-    };
-    for (size_t i = 0; i < sizeof pending / sizeof pending[0]; i++) {
-        const char *v = getenv(pending[i].env);
-        if (v && (!pending[i].deflt || strcasecmp(v, pending[i].deflt) != 0))
-            vg__log("%s='%s' has no effect: %s is not implemented in this "
-                    "version", pending[i].env, v, pending[i].issue);
-    }
-}
-
 static void engine_init_once(void)
 {
     pthread_atfork(NULL, NULL, on_fork_child);
@@ -54,7 +36,7 @@ static void engine_init_once(void)
         init_status = rc;
         return;
     }
-    warn_unimplemented();
+    vg__cache_mode = settings.pool == VG__POOL_CACHE;
     rc = vg__driver_load(settings.libcuda);
     if (rc != VG_OK) {
         snprintf(init_error, sizeof init_error, "%s", vg__driver_error());

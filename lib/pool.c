@@ -440,6 +440,26 @@ undo:
     return rc;
 }
 
+int vg__pool_block_take(vg_pool_t *pool, size_t size, vg__block_t *b)
+{
+    int cls = vg__class_of(size);
+    if (cls < 0 || size == 0)
+        return VG_EINVAL;
+    if (vg__likely(vg__cache_take(&pool->cache, cls, size, b) == VG_OK))
+        return VG_OK;
+    return grow(pool, cls, size, b);
+}
+
+void vg__pool_block_give(vg_pool_t *pool, const vg__block_t *b, size_t size)
+{
+    give_block(pool, b, size);
+}
+
+uint64_t vg__pool_trim_one(vg_pool_t *pool)
+{
+    return trim_one(pool);
+}
+
 /* Small requests with no special needs are cached; -1 sends to the driver. */
 static inline int class_for(size_t size, const vg_alloc_opts_t *opts)
 {

@@ -4,6 +4,8 @@
  *
  * Order, and why:
  *  1. ledger, exact start       -> LIVE      (ours; the cheapest answer)
+ *     pool chunk index          -> INTERIOR, or FREED (a block of a chunk
+ *                                  that no live allocation holds)
  *  2. driver address range      -> INTERIOR  (its base is live in the ledger)
  *                               -> FOREIGN   (the driver knows it, we don't)
  *     The driver comes before the quarantine: a range we freed may since have
@@ -174,6 +176,32 @@ static bool host_readable(uint64_t addr)
     return found;
 }
 
+/* Step 1b: an address inside one of our pool chunks belongs to a block
+ * (live, or freed and cached), never to the driver's view of the chunk.
+ * Exact, and no scan: the chunk index gives the block. */
+static bool classify_by_chunk(vg_devptr_t ptr, vg_ptr_info_t *info)
+{
+    vg__chunk_ref_t ref;
+    if (!vg__chunk_index_find(ptr, &ref))
+        return false;
+    vg_devptr_t block = vg__chunk_block_of(&ref, ptr);
+    vg__alloc_t a;
+    if (vg__ledger_find(block, &a) == VG_OK && ptr - block < a.size) {
+        info_from_alloc(info, ptr == block ? VG_PTR_LIVE : VG_PTR_INTERIOR, &a, ptr);
+        return true;
+    }
+    if (vg__ledger_find_freed(ptr, &a) == VG_OK && a.ptr == block) {
+        info_from_alloc(info, VG_PTR_FREED, &a, ptr);
+        return true;
+    }
+    /* Cached, never handed out, or freed long ago: no record says more. */
+    info->cls = VG_PTR_FREED;
+    info->base = block;
+    info->offset = ptr - block;
+    info->size = ref.block;
+    return true;
+}
+
 int vg__ptr_classify(vg_devptr_t ptr, vg_ptr_info_t *info)
 {
     if (!info)
@@ -185,6 +213,8 @@ int vg__ptr_classify(vg_devptr_t ptr, vg_ptr_info_t *info)
         info_from_alloc(info, VG_PTR_LIVE, &a, ptr);
         return VG_OK;
     }
+    if (ptr != 0 && classify_by_chunk(ptr, info))
+        return VG_OK;
     if (ptr != 0 && classify_by_driver(ptr, info))
         return VG_OK;
     if (ptr != 0 && vg__ledger_find_freed(ptr, &a) == VG_OK) {

@@ -80,9 +80,9 @@ typedef enum vg__set_type {
       "Managed (unified) memory: charge it to the budget, let it through "    \
       "uncharged, or refuse it.")                                             \
     X(pool, "VRAMGUARD_POOL", VG__SET_ENUM, "off", "--pool", "off|cache",     \
-      "Keep freed blocks for reuse (cache) or return them to the driver at "  \
-      "once (off). NOT IMPLEMENTED YET (issue 6): off is what happens; "      \
-      "cache is said once on stderr.")                                        \
+      "cache: serve each cuMemAlloc of up to 1 MiB from a pool that keeps "   \
+      "freed blocks for reuse (docs/pool.md); off: every allocation goes to " \
+      "the driver.")                                                          \
     X(log_level, "VRAMGUARD_LOG", VG__SET_ENUM, "warn", "--log",              \
       "error|warn|info|debug", "Least severe message written to stderr.")    \
     X(backtrace, "VRAMGUARD_BACKTRACE", VG__SET_FRAMES, "0", "--backtrace",   \

@@ -546,6 +546,7 @@ typedef struct vg__alloc {
     uint32_t tid;
     int16_t device;
     uint8_t kind;        /* vg_kind_t */
+    bool pooled;         /* the shim's cache mode served it: handle = chunk */
     uint32_t site;       /* call-site id (audit.c), 0 when none was taken */
     char tag[VG__TAG_LEN];
 } vg__alloc_t;
@@ -752,6 +753,26 @@ uint64_t vg__evict_bytes(vg__evict_set_t *s);
 vg__evictable_t *vg__evict_pick(vg__evict_set_t *s, const void *owner,
                                 vg__alloc_t *rec);
 
+/* ---------------------------------------------------------- chunks.c */
+
+/* Which pool chunk holds an address, process-wide: the cache registers
+ * each chunk it adds and unregisters it before it is freed. Lookups take a
+ * read lock (none while no chunk exists); for rare paths only. */
+typedef struct vg__chunk_ref {
+    vg_devptr_t base;
+    uint64_t bytes;
+    uint32_t block;     /* the block size of the chunk's class */
+    const void *owner;  /* the vg__cache_t (first member of its pool) */
+} vg__chunk_ref_t;
+
+/* VG_ESYS when there is no memory for the entry. */
+int vg__chunk_index_add(const vg__chunk_ref_t *ref);
+void vg__chunk_index_remove(vg_devptr_t base);
+/* The chunk whose range holds ptr. */
+bool vg__chunk_index_find(vg_devptr_t ptr, vg__chunk_ref_t *out);
+/* The start of the block of `ref` that holds ptr. */
+vg_devptr_t vg__chunk_block_of(const vg__chunk_ref_t *ref, vg_devptr_t ptr);
+
 /* ------------------------------------------------------------ pool.c */
 
 /* A pool (the public vg_pool_t). Its allocation path is pool.c; its
@@ -789,6 +810,15 @@ void vg__pool_ctx_leave(vg__ctx_guard_t *g);
 /* The pool's answer to rising pressure: trims at High, evicts at Critical,
  * until the level falls. One action at a time; a nested call returns. */
 void vg__pool_act_on_pressure(vg_pool_t *pool);
+/* A block for `size` bytes (1..VG__SMALL_MAX): a cached one, or the first
+ * of a new chunk, trimming to make room (never evicting). Not recorded in
+ * the ledger: the caller records it as the program's allocation. VG_ENOMEM
+ * when no chunk fits the budgets. */
+int vg__pool_block_take(vg_pool_t *pool, size_t size, vg__block_t *b);
+/* Takes back a block of vg__pool_block_take, freed by the program. */
+void vg__pool_block_give(vg_pool_t *pool, const vg__block_t *b, size_t size);
+/* Releases the best empty chunk; its bytes, 0 when none was empty. */
+uint64_t vg__pool_trim_one(vg_pool_t *pool);
 
 /* ------------------------------------------------------- pool_info.c */
 
@@ -859,6 +889,48 @@ int vg__acct_pool_settle(vg__ticket_t *t, CUmemoryPool pool);
 bool vg__acct_pool_trim(int device);
 /* Forgets a destroyed pool and returns its charge. */
 void vg__acct_pool_forget(CUmemoryPool pool);
+
+/* Records an allocation the driver (or cache mode) just made: measures the
+ * device's context overhead on its first one, fills in the record's
+ * bookkeeping, writes the audit line and inserts it in the ledger (a stale
+ * record at the same address is replaced). */
+void vg__acct_record(const vg__ticket_t *t, vg__alloc_t *a);
+
+/* ------------------------------------------------------ cache_mode.c */
+
+/* VRAMGUARD_POOL=cache: plain allocations of 1..VG__SMALL_MAX bytes made
+ * under a device's primary context are served from that device's process
+ * pool (pool.c, cache.c) and recorded as the program made them (one ledger
+ * record per block, `pooled` set, handle = its chunk, charged 0: the
+ * chunks carry the charge). docs/pool.md has the rules. */
+
+/* Set once the engine has started with VRAMGUARD_POOL=cache. */
+extern bool vg__cache_mode;
+
+/* Serves t (t->bytes = the size asked) from the pool. VG_OK with *ptr and
+ * the record made; VG_ENOTFOUND when the request does not qualify or no
+ * chunk fits (the caller takes the driver's path, whose refusal trims the
+ * pool first). */
+int vg__acct_pooled_alloc(vg__ticket_t *t, uint64_t *ptr);
+/* Gives a pooled record's block back to its pool (reused only after a
+ * synchronisation that follows this call). */
+void vg__acct_pooled_free(const vg__alloc_t *a);
+/* The live pooled allocation holding ptr: VG_OK with *out; VG_EBADPTR when
+ * ptr is inside a cache-mode chunk but in no live allocation (freed, or
+ * never handed out); VG_ENOTFOUND when no cache-mode chunk holds it. */
+int vg__acct_pooled_find(vg_devptr_t ptr, vg__alloc_t *out);
+/* Releases one empty chunk of the device's pool (largest, then the one
+ * idle longest); true if one was. */
+bool vg__acct_pooled_trim(int device);
+/* The device's primary context is about to be reset: its pool's chunks
+ * are released and its blocks forgotten (they die with the context). */
+void vg__acct_pooled_reset(int device);
+/* A synthetic CU_POINTER_ATTRIBUTE_BUFFER_ID for a pooled record: unique
+ * per allocation, never one the driver gives (bit 63). */
+static inline uint64_t vg__pooled_buffer_id(const vg__alloc_t *a)
+{
+    return (1ull << 63) | a->seq;
+}
 
 /* Sets the measured memory of `device` that no call shows (context,
  * module images, library workspaces) and charges the change, with no
@@ -1081,6 +1153,8 @@ typedef enum vg__free_state {
     VG__FREE_PASS = 0, /* NULL: nothing to record, the driver answers */
     VG__FREE_OURS,     /* a ledger record was taken out (f->a) */
     VG__FREE_BAD,      /* not ours: classified into f->bad, policy applied */
+    VG__FREE_POOLED,   /* a cache-mode block, already back in its pool: the
+                          driver must not be called (f->a is the record) */
 } vg__free_state_t;
 
 typedef struct vg__free {
@@ -1104,7 +1178,7 @@ static inline int vg__acct_free_begin(vg__free_t *f, uint64_t key, const char *a
     f->key = key;
     f->api = api;
     if (vg__likely(vg__acct_release(key, &f->a) == VG_OK)) {
-        f->state = VG__FREE_OURS;
+        f->state = vg__likely(!f->a.pooled) ? VG__FREE_OURS : VG__FREE_POOLED;
         return VG_OK;
     }
     return vg__badptr_begin(f);
@@ -1112,7 +1186,7 @@ static inline int vg__acct_free_begin(vg__free_t *f, uint64_t key, const char *a
 
 static inline void vg__acct_free_end(vg__free_t *f, CUresult cr)
 {
-    if (vg__likely(f->state == VG__FREE_OURS && cr == CUDA_SUCCESS) &&
+    if (vg__likely(f->state != VG__FREE_BAD && cr == CUDA_SUCCESS) &&
         !vg__diag_on())
         return;
     vg__acct_free_settle(f, cr);

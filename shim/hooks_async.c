@@ -128,7 +128,9 @@ static CUresult free_async(free_async_fn real, CUdeviceptr dptr, CUstream stream
     int rc = vg__acct_free_begin(&f, dptr, api);
     if (rc != VG_OK)
         return vg__cu_status(rc);
-    CUresult cr = real(dptr, stream);
+    /* A pooled block (cache mode) is back in its pool, reused only after a
+     * synchronisation of its context: that orders it after this stream. */
+    CUresult cr = f.state == VG__FREE_POOLED ? CUDA_SUCCESS : real(dptr, stream);
     vg__acct_free_end(&f, cr);
     return cr;
 }

@@ -2,7 +2,11 @@
  * hooks_mem.c — plain, pitched and managed allocations, their frees, and
  * the memory views (cuMemGetInfo, cuDeviceTotalMem) that make a process see
  * its budget as its card. Each hook: started? ask the engine, call the real
- * driver, tell the engine, return the driver's result.
+ * driver, tell the engine, return the driver's result. With
+ * VRAMGUARD_POOL=cache a small cuMemAlloc_v2 may be served by the engine's
+ * pool instead (lib/cache_mode.c), and its free never reaches the driver.
+ * The legacy 32-bit cuMemAlloc is never pooled: a block's address need not
+ * fit its CUdeviceptr_v1.
  */
 #include "shim.h"
 
@@ -14,6 +18,11 @@ CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytesize)
         return CUDA_ERROR_NOT_INITIALIZED;
     vg__ticket_t t = {.device = vg__shim_device(), .kind = VG_KIND_PLAIN,
                       .bytes = bytesize, .api = "cuMemAlloc_v2"};
+    uint64_t pooled;
+    if (vg__unlikely(vg__cache_mode) && dptr && vg__acct_pooled_alloc(&t, &pooled) == VG_OK) {
+        *dptr = pooled;
+        return CUDA_SUCCESS;
+    }
     int rc = vg__acct_reserve(&t);
     if (rc != VG_OK)
         return vg__cu_status(rc);
@@ -46,7 +55,7 @@ CUresult cuMemFree_v2(CUdeviceptr dptr)
     int rc = vg__acct_free_begin(&f, dptr, "cuMemFree_v2");
     if (rc != VG_OK)
         return vg__cu_status(rc);
-    CUresult cr = vg__real.cuMemFree_v2(dptr);
+    CUresult cr = f.state == VG__FREE_POOLED ? CUDA_SUCCESS : vg__real.cuMemFree_v2(dptr);
     vg__acct_free_end(&f, cr);
     return cr;
 }
@@ -61,7 +70,7 @@ CUresult cuMemFree(CUdeviceptr_v1 dptr)
     int rc = vg__acct_free_begin(&f, dptr, "cuMemFree");
     if (rc != VG_OK)
         return vg__cu_status(rc);
-    CUresult cr = vg__real.cuMemFree(dptr);
+    CUresult cr = f.state == VG__FREE_POOLED ? CUDA_SUCCESS : vg__real.cuMemFree(dptr);
     vg__acct_free_end(&f, cr);
     return cr;
 }

@@ -77,7 +77,17 @@
     X(cuMemGetInfo, (unsigned int *free, unsigned int *total))                 \
     X(cuMemGetInfo_v2, (size_t *free, size_t *total))                          \
     X(cuDeviceTotalMem, (unsigned int *bytes, CUdevice dev))                   \
-    X(cuDeviceTotalMem_v2, (size_t *bytes, CUdevice dev))
+    X(cuDeviceTotalMem_v2, (size_t *bytes, CUdevice dev))                      \
+    X(cuMemGetAddressRange_v2,                                                 \
+      (CUdeviceptr *pbase, size_t *psize, CUdeviceptr dptr))                   \
+    X(cuPointerGetAttribute,                                                   \
+      (void *data, CUpointer_attribute attribute, CUdeviceptr ptr))            \
+    X(cuPointerGetAttributes,                                                  \
+      (unsigned int numAttributes, CUpointer_attribute *attributes,            \
+       void **data, CUdeviceptr ptr))                                          \
+    X(cuIpcGetMemHandle, (CUipcMemHandle *pHandle, CUdeviceptr dptr))          \
+    X(cuDevicePrimaryCtxReset, (CUdevice dev))                                 \
+    X(cuDevicePrimaryCtxReset_v2, (CUdevice dev))
 
 /* X(name): memory-related entry points the shim deliberately passes
  * through untouched: they move, map or describe memory that a hook above
@@ -95,8 +105,7 @@
     X(cuMemPoolExportToShareableHandle) X(cuMemPoolImportFromShareableHandle) \
     X(cuMemPoolExportPointer) X(cuMemPoolImportPointer)                       \
     X(cuDeviceGetDefaultMemPool) X(cuDeviceGetMemPool) X(cuDeviceSetMemPool)  \
-    X(cuMemGetAddressRange) X(cuMemGetAddressRange_v2)                        \
-    X(cuPointerGetAttribute) X(cuPointerGetAttributes) X(cuPointerSetAttribute) \
+    X(cuMemGetAddressRange) X(cuPointerSetAttribute)                          \
     X(cuMemHostAlloc) X(cuMemAllocHost) X(cuMemAllocHost_v2) X(cuMemFreeHost) \
     X(cuMemHostRegister) X(cuMemHostRegister_v2) X(cuMemHostUnregister)       \
     X(cuMemHostGetDevicePointer) X(cuMemHostGetDevicePointer_v2)              \
@@ -110,8 +119,7 @@
     X(cuGraphAddMemFreeNode) X(cuGraphMemAllocNodeGetParams)                  \
     X(cuGraphMemFreeNodeGetParams) X(cuDeviceGraphMemTrim)                    \
     X(cuDeviceGetGraphMemAttribute) X(cuDeviceSetGraphMemAttribute)           \
-    X(cuIpcGetMemHandle) X(cuIpcOpenMemHandle) X(cuIpcOpenMemHandle_v2)       \
-    X(cuIpcCloseMemHandle)
+    X(cuIpcOpenMemHandle) X(cuIpcOpenMemHandle_v2) X(cuIpcCloseMemHandle)
 
 /* X(prefix): whole families passed through: they copy or fill memory that
  * an allocation hook already charged, in every versioned and _ptsz/_ptds

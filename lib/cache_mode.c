@@ -1,0 +1,154 @@
+/*
+ * cache_mode.c — VRAMGUARD_POOL=cache: small allocations intercepted in an
+ * unmodified process are served from a pool, so a program that allocates
+ * and frees in a loop stops paying the driver each time.
+ *
+ * One pool per device (the same pool.c/cache.c as the explicit API), made
+ * on the device's first qualifying allocation, with no limit of its own:
+ * its chunks are charged to the device budget like any allocation, so
+ * cached memory counts as used. A block handed out is recorded in the
+ * ledger as the program's allocation (its address, the size asked, kind
+ * plain, `pooled` set, charged 0 because the chunk carries the charge), so
+ * the audit log, leak report and pointer checks see what the program made.
+ *
+ * What qualifies: cuMemAlloc(_v2) of 1..VG__SMALL_MAX bytes while the
+ * device's primary context is current (the pool's chunks live there; a
+ * block from another context's allocation could not be used by this one).
+ * Everything else takes the driver's path exactly as with the mode off.
+ *
+ * Pressure: the device budget's level hook releases empty chunks while the
+ * level is High or above, and a request that does not fit trims the pool
+ * before it is refused (vg__acct_reserve).
+ */
+#include <pthread.h>
+#include <stdio.h>
+
+#include "vg_internal.h"
+
+bool vg__cache_mode;
+
+static _Atomic(vg_pool_t *) pools[VG__MAX_DEVICES];
+static pthread_mutex_t pools_mu = PTHREAD_MUTEX_INITIALIZER;
+
+/* The device budget rose to High or above: empty chunks go until it falls. */
+static void on_level(void *owner, vg_pressure_t old_level, vg_pressure_t new_level, void *user)
+{
+    (void)owner;
+    int device = (int)(intptr_t)user;
+    if (new_level <= old_level || new_level < VG_PRESSURE_HIGH)
+        return;
+    vg_pool_t *pool = atomic_load_explicit(&pools[device], memory_order_acquire);
+    const vg__budget_t *b = vg__engine_budget(device);
+    while (pool && vg__budget_level(b) >= VG_PRESSURE_HIGH && vg__pool_trim_one(pool))
+        ;
+}
+
+__attribute__((noinline, cold)) static vg_pool_t *pool_create(int device)
+{
+    pthread_mutex_lock(&pools_mu);
+    vg_pool_t *pool = atomic_load_explicit(&pools[device], memory_order_relaxed);
+    static bool watched[VG__MAX_DEVICES];
+    if (!pool && vg_pool_create(device, VG__UNLIMITED, &pool) != VG_OK) {
+        vg__log("VRAMGUARD_POOL=cache: no pool for device %d; its allocations go to the "
+                "driver directly", device);
+        pool = NULL;
+    }
+    if (pool && !watched[device])
+        watched[device] = vg__budget_on_level(vg__engine_budget(device), on_level,
+                                              (void *)(intptr_t)device) == VG_OK;
+    atomic_store_explicit(&pools[device], pool, memory_order_release);
+    pthread_mutex_unlock(&pools_mu);
+    return pool;
+}
+
+/* The device's pool, if the calling thread's current context is the one
+ * its chunks live in (the device's primary context). */
+static vg_pool_t *pool_for(int device)
+{
+    if (device < 0 || device >= VG__MAX_DEVICES)
+        return NULL;
+    vg_pool_t *pool = atomic_load_explicit(&pools[device], memory_order_acquire);
+    if (vg__unlikely(!pool) && !(pool = pool_create(device)))
+        return NULL;
+    CUcontext cur = NULL;
+    if (vg__driver()->cuCtxGetCurrent(&cur) != CUDA_SUCCESS || cur != pool->ctx)
+        return NULL;
+    return pool;
+}
+
+int vg__acct_pooled_alloc(vg__ticket_t *t, uint64_t *ptr)
+{
+    if (t->bytes == 0 || t->bytes > VG__SMALL_MAX || !ptr ||
+        vg__unlikely(vg__engine_init() != VG_OK))
+        return VG_ENOTFOUND;
+    vg_pool_t *pool = pool_for(t->device);
+    vg__block_t b;
+    if (!pool || vg__pool_block_take(pool, (size_t)t->bytes, &b) != VG_OK)
+        return VG_ENOTFOUND;
+    vg__alloc_t a = {
+        .ptr = b.ptr,
+        .base = b.ptr,
+        .size = t->bytes,
+        .handle = (uint64_t)(uintptr_t)b.chunk,
+        .pooled = true,
+    };
+    vg__acct_record(t, &a);
+    *ptr = b.ptr;
+    return VG_OK;
+}
+
+void vg__acct_pooled_free(const vg__alloc_t *a)
+{
+    vg_pool_t *pool = atomic_load_explicit(&pools[a->device], memory_order_acquire);
+    vg__block_t b = {a->ptr, (vg__chunk_t *)(uintptr_t)a->handle};
+    if (pool)
+        vg__pool_block_give(pool, &b, (size_t)a->size);
+}
+
+int vg__acct_pooled_find(vg_devptr_t ptr, vg__alloc_t *out)
+{
+    vg__chunk_ref_t ref;
+    if (!vg__chunk_index_find(ptr, &ref))
+        return VG_ENOTFOUND;
+    bool ours = false;
+    for (int d = 0; d < VG__MAX_DEVICES && !ours; d++)
+        ours = ref.owner == atomic_load_explicit(&pools[d], memory_order_acquire);
+    if (!ours)
+        return VG_ENOTFOUND; /* an explicit-API pool's: the driver's view stands */
+    vg_devptr_t block = vg__chunk_block_of(&ref, ptr);
+    if (vg__ledger_find(block, out) == VG_OK && out->pooled && ptr - block < out->size)
+        return VG_OK;
+    return VG_EBADPTR;
+}
+
+bool vg__acct_pooled_trim(int device)
+{
+    if (device < 0 || device >= VG__MAX_DEVICES)
+        return false;
+    vg_pool_t *pool = atomic_load_explicit(&pools[device], memory_order_acquire);
+    return pool && vg__pool_trim_one(pool) != 0;
+}
+
+/* Drops the ledger records of one device's pooled blocks. */
+static void forget_block(const vg__alloc_t *a, void *ctx)
+{
+    int device = *(const int *)ctx;
+    vg__alloc_t gone;
+    if (a->pooled && a->device == device)
+        vg__ledger_remove(a->ptr, NULL, &gone);
+}
+
+void vg__acct_pooled_reset(int device)
+{
+    if (device < 0 || device >= VG__MAX_DEVICES)
+        return;
+    pthread_mutex_lock(&pools_mu);
+    vg_pool_t *pool = atomic_exchange_explicit(&pools[device], NULL, memory_order_acq_rel);
+    pthread_mutex_unlock(&pools_mu);
+    if (!pool)
+        return;
+    /* The program's blocks die with the context (as its other allocations
+     * do); the chunks are freed and uncharged before the reset. */
+    vg__ledger_foreach(NULL, forget_block, &device);
+    vg_pool_destroy(pool, NULL);
+}

@@ -1,0 +1,152 @@
+/*
+ * hooks_pool.c — what a program can learn about a pointer, kept true in
+ * cache mode (VRAMGUARD_POOL=cache, lib/cache_mode.c).
+ *
+ * A pooled block is a slice of a chunk the driver allocated, so the driver
+ * would describe the chunk. These hooks describe the block instead: its
+ * address range is the allocation the program made, its buffer id is its
+ * own, and it is kept out of legacy IPC (an importer would map the whole
+ * chunk at a different offset). An address inside a chunk but in no live
+ * block is answered as the driver answers for memory it does not know.
+ *
+ * With the mode off (the default) each hook is one predictable branch and a
+ * call of the real entry point: the driver's answer, untouched. The legacy
+ * 32-bit cuMemGetAddressRange stays a pass-through: pooled blocks are only
+ * made through cuMemAlloc_v2 (hooks_mem.c).
+ */
+#include "shim.h"
+
+/* The pooled record holding ptr (VG_OK), VG_EBADPTR for a chunk address
+ * in no live block, VG_ENOTFOUND when the driver's answer stands. */
+static inline int pooled_lookup(CUdeviceptr ptr, vg__alloc_t *a)
+{
+    if (vg__likely(!vg__cache_mode))
+        return VG_ENOTFOUND;
+    return vg__acct_pooled_find(ptr, a);
+}
+
+/* Rewrites one attribute that describes the driver allocation rather than
+ * the program's (types as the driver writes them). */
+static void block_view(CUpointer_attribute attr, const vg__alloc_t *a, void *data)
+{
+    switch (attr) {
+    case CU_POINTER_ATTRIBUTE_RANGE_START_ADDR:
+    case CU_POINTER_ATTRIBUTE_MAPPING_BASE_ADDR:
+        *(CUdeviceptr *)data = a->ptr;
+        break;
+    case CU_POINTER_ATTRIBUTE_RANGE_SIZE:
+    case CU_POINTER_ATTRIBUTE_MAPPING_SIZE:
+        *(size_t *)data = a->size;
+        break;
+    case CU_POINTER_ATTRIBUTE_BUFFER_ID:
+    case CU_POINTER_ATTRIBUTE_MEMORY_BLOCK_ID:
+        *(unsigned long long *)data = vg__pooled_buffer_id(a);
+        break;
+    case CU_POINTER_ATTRIBUTE_IS_LEGACY_CUDA_IPC_CAPABLE:
+        *(unsigned int *)data = 0; /* measured: booleans are 4 bytes */
+        break;
+    default:
+        break;
+    }
+}
+
+CUresult cuMemGetAddressRange_v2(CUdeviceptr *pbase, size_t *psize, CUdeviceptr dptr)
+{
+    if (!vg__shim_started())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    vg__alloc_t a;
+    int rc = pooled_lookup(dptr, &a);
+    if (vg__likely(rc == VG_ENOTFOUND))
+        return vg__real.cuMemGetAddressRange_v2(pbase, psize, dptr);
+    if (rc != VG_OK)
+        return CUDA_ERROR_NOT_FOUND; /* the driver's answer for an unknown address */
+    if (pbase)
+        *pbase = a.ptr;
+    if (psize)
+        *psize = a.size;
+    return CUDA_SUCCESS;
+}
+
+CUresult cuPointerGetAttribute(void *data, CUpointer_attribute attribute, CUdeviceptr ptr)
+{
+    if (!vg__shim_started())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    vg__alloc_t a;
+    int rc = pooled_lookup(ptr, &a);
+    if (vg__likely(rc == VG_ENOTFOUND))
+        return vg__real.cuPointerGetAttribute(data, attribute, ptr);
+    if (rc != VG_OK)
+        return CUDA_ERROR_INVALID_VALUE; /* as for any address it does not know */
+    CUresult cr = vg__real.cuPointerGetAttribute(data, attribute, ptr);
+    if (cr == CUDA_SUCCESS)
+        block_view(attribute, &a, data);
+    return cr;
+}
+
+CUresult cuPointerGetAttributes(unsigned int numAttributes, CUpointer_attribute *attributes,
+                                void **data, CUdeviceptr ptr)
+{
+    if (!vg__shim_started())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    vg__alloc_t a;
+    int rc = pooled_lookup(ptr, &a);
+    if (vg__likely(rc == VG_ENOTFOUND))
+        return vg__real.cuPointerGetAttributes(numAttributes, attributes, data, ptr);
+    /* A freed block: what the driver says of an address it does not know
+     * (not an error for this call: every attribute gets its default). */
+    if (rc != VG_OK)
+        return vg__real.cuPointerGetAttributes(numAttributes, attributes, data, 0);
+    CUresult cr = vg__real.cuPointerGetAttributes(numAttributes, attributes, data, ptr);
+    for (unsigned int i = 0; cr == CUDA_SUCCESS && i < numAttributes; i++)
+        if (data[i])
+            block_view(attributes[i], &a, data[i]);
+    return cr;
+}
+
+/* Pooled blocks are kept out of legacy IPC: the handle would name the whole
+ * chunk, which the importer maps at its own base. Refused, as the driver
+ * refuses memory that is not IPC-capable; the program can run with
+ * VRAMGUARD_POOL=off. */
+CUresult cuIpcGetMemHandle(CUipcMemHandle *pHandle, CUdeviceptr dptr)
+{
+    if (!vg__shim_started())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    vg__alloc_t a;
+    if (vg__unlikely(pooled_lookup(dptr, &a) != VG_ENOTFOUND)) {
+        static _Atomic int said;
+        if (!atomic_exchange_explicit(&said, 1, memory_order_relaxed))
+            vg__log("cuIpcGetMemHandle(0x%llx): a VRAMGUARD_POOL=cache block cannot be "
+                    "shared; refused with CUDA_ERROR_INVALID_VALUE (run with "
+                    "VRAMGUARD_POOL=off to share it)",
+                    (unsigned long long)dptr);
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    if (!vg__real.cuIpcGetMemHandle)
+        return CUDA_ERROR_NOT_FOUND;
+    return vg__real.cuIpcGetMemHandle(pHandle, dptr);
+}
+
+/* A reset destroys every allocation of the primary context, the pool's
+ * chunks included: the pool is released first, then the driver resets. */
+static CUresult primary_reset(CUresult (*real)(CUdevice), CUdevice dev)
+{
+    if (!real)
+        return CUDA_ERROR_NOT_FOUND;
+    if (vg__unlikely(vg__cache_mode))
+        vg__acct_pooled_reset((int)dev);
+    return real(dev);
+}
+
+CUresult cuDevicePrimaryCtxReset(CUdevice dev)
+{
+    if (!vg__shim_started())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    return primary_reset(vg__real.cuDevicePrimaryCtxReset, dev);
+}
+
+CUresult cuDevicePrimaryCtxReset_v2(CUdevice dev)
+{
+    if (!vg__shim_started())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    return primary_reset(vg__real.cuDevicePrimaryCtxReset_v2, dev);
+}
