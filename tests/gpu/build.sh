@@ -35,6 +35,8 @@ echo "== driver_paths"
 $CC $CFLAGS tests/gpu/driver_paths.c $STUB -o "$OUT/driver_paths"
 echo "== badptr_gpu"
 $CC $CFLAGS tests/gpu/badptr_gpu.c $STUB -o "$OUT/badptr_gpu"
+echo "== pool_views"
+$CC $CFLAGS tests/gpu/pool_views.c $STUB -ldl -o "$OUT/pool_views"
 echo "== static_cudart"
 "$NVCC" -O2 -cudart static -Itests/gpu -o "$OUT/static_cudart" tests/gpu/static_cudart.cu
 
@@ -59,7 +61,7 @@ fi
 make --no-print-directory BUILD="$ENGINE" "$ENGINE/nulldriver/libcuda.so.1" >/dev/null
 mkdir -p "$OUT/nulldriver" && cp "$ENGINE/nulldriver/libcuda.so.1" "$OUT/nulldriver/"
 # nothing in the carried folder may depend on the stub at run time
-for f in gpu_api bench_pairs driver_paths static_cudart badptr_gpu vramguard model_slots pool_bench; do
+for f in gpu_api bench_pairs driver_paths static_cudart badptr_gpu pool_views vramguard model_slots pool_bench; do
     if readelf -d "$OUT/$f" | grep -q 'R.*PATH'; then
         echo "build.sh: $f has an rpath/runpath; it must not" >&2
         exit 1
