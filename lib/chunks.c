@@ -9,10 +9,13 @@
  * address in a chunk is a block or cached memory, never "foreign"), and the
  * free hooks (a chunk must never be handed to cuMemFree by a bad free).
  *
- * The index is a sorted array of chunk ranges under a read-write lock:
- * chunks are added and released rarely (a few per MiB of growth), looked up
- * on those rarer paths only. An atomic count lets a process with no pool
- * skip the lock entirely.
+ * The index is a sorted array of chunk ranges under one mutex: chunks are
+ * added and released rarely (a few per MiB of growth) and looked up on
+ * rare paths only. Not a read-write lock: glibc unlocks a write-locked
+ * rwlock only from the thread that took it, so the atfork handler could not
+ * release it in a forked child (whose thread is new) and the child's first
+ * chunk would hang. An atomic count lets a process with no pool skip the
+ * lock entirely.
  */
 #include <pthread.h>
 #include <stdlib.h>
@@ -20,19 +23,19 @@
 
 #include "vg_internal.h"
 
-static pthread_rwlock_t index_lock = PTHREAD_RWLOCK_INITIALIZER;
+static pthread_mutex_t index_lock = PTHREAD_MUTEX_INITIALIZER;
 static vg__chunk_ref_t *refs; /* sorted by base; ranges never overlap */
 static size_t ref_count, ref_cap;
 static _Atomic size_t ref_published; /* ref_count, readable without the lock */
 
-static void index_wrlock(void) { pthread_rwlock_wrlock(&index_lock); }
-static void index_unlock(void) { pthread_rwlock_unlock(&index_lock); }
+static void index_lock_take(void) { pthread_mutex_lock(&index_lock); }
+static void index_unlock(void) { pthread_mutex_unlock(&index_lock); }
 
 /* A fork while another thread holds the lock must not leave it held in the
  * child. Registered at load, before the lock can be held. */
 __attribute__((constructor)) static void chunks_atfork(void)
 {
-    pthread_atfork(index_wrlock, index_unlock, index_unlock);
+    pthread_atfork(index_lock_take, index_unlock, index_unlock);
 }
 
 /* The first index whose base is greater than ptr (under the lock). */
@@ -52,7 +55,7 @@ static size_t upper_bound(vg_devptr_t ptr)
 int vg__chunk_index_add(const vg__chunk_ref_t *ref)
 {
     int rc = VG_OK;
-    index_wrlock();
+    index_lock_take();
     if (ref_count == ref_cap) {
         size_t cap = ref_cap ? ref_cap * 2 : 64;
         vg__chunk_ref_t *v = realloc(refs, cap * sizeof *v);
@@ -75,7 +78,7 @@ out:
 
 void vg__chunk_index_remove(vg_devptr_t base)
 {
-    index_wrlock();
+    index_lock_take();
     size_t at = upper_bound(base);
     if (at > 0 && refs[at - 1].base == base) {
         memmove(&refs[at - 1], &refs[at], (ref_count - at) * sizeof *refs);
@@ -90,13 +93,13 @@ bool vg__chunk_index_find(vg_devptr_t ptr, vg__chunk_ref_t *out)
     if (atomic_load_explicit(&ref_published, memory_order_acquire) == 0)
         return false;
     bool found = false;
-    pthread_rwlock_rdlock(&index_lock);
+    index_lock_take();
     size_t at = upper_bound(ptr);
     if (at > 0 && ptr - refs[at - 1].base < refs[at - 1].bytes) {
         *out = refs[at - 1];
         found = true;
     }
-    pthread_rwlock_unlock(&index_lock);
+    index_unlock();
     return found;
 }
 

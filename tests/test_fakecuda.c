@@ -847,3 +847,66 @@ Test(fakecuda, concurrent_allocations_keep_the_ledger_exact)
     cr_assert_eq(fakecuda_used_bytes(0), 0);
     cr_assert_leq(fakecuda_peak_bytes(0), 262144);
 }
+
+/* ---- primary-context reset, legacy IPC, the driver's own view ---- */
+
+/* A reset frees what the primary context owned and keeps the context: the
+ * retained handle stays current and usable, and must still be released. */
+Test(fakecuda, primary_ctx_reset_frees_its_memory_and_keeps_the_context)
+{
+    CUcontext ctx = start(NULL), again;
+    CUdeviceptr a, b, base;
+    unsigned int flags;
+    int active;
+    EXPECT_CU(cuMemAlloc(&a, 4096), CUDA_SUCCESS);
+    EXPECT_CU(cuMemAlloc(&b, 8 * MiB), CUDA_SUCCESS);
+    cr_assert_eq(fakecuda_live_allocs(0), 2);
+    EXPECT_CU(cuDevicePrimaryCtxReset(0), CUDA_SUCCESS);
+    cr_assert_eq(fakecuda_live_allocs(0), 0);
+    cr_assert_eq(fakecuda_used_bytes(0), 0);
+    EXPECT_CU(cuMemGetAddressRange(&base, NULL, a), CUDA_ERROR_NOT_FOUND);
+    EXPECT_CU(cuMemFree(b), CUDA_ERROR_INVALID_VALUE);
+    EXPECT_CU(cuDevicePrimaryCtxGetState(0, &flags, &active), CUDA_SUCCESS);
+    cr_assert_eq(active, 1);
+    EXPECT_CU(cuMemAlloc(&a, 4096), CUDA_SUCCESS);
+    EXPECT_CU(cuDevicePrimaryCtxRetain(&again, 0), CUDA_SUCCESS);
+    cr_assert_eq(again, ctx);
+    EXPECT_CU(cuDevicePrimaryCtxReset(3), CUDA_ERROR_INVALID_DEVICE);
+}
+
+/* Only cuMemAlloc memory exports an IPC handle, from any address in it. */
+Test(fakecuda, ipc_handles_are_given_for_device_allocations_only)
+{
+    start(NULL);
+    CUipcMemHandle h;
+    CUdeviceptr d, m;
+    EXPECT_CU(cuMemAlloc(&d, 4096), CUDA_SUCCESS);
+    EXPECT_CU(cuMemAllocManaged(&m, 4096, CU_MEM_ATTACH_GLOBAL), CUDA_SUCCESS);
+    EXPECT_CU(cuIpcGetMemHandle(&h, d), CUDA_SUCCESS);
+    EXPECT_CU(cuIpcGetMemHandle(&h, d + 100), CUDA_SUCCESS);
+    EXPECT_CU(cuIpcGetMemHandle(NULL, d), CUDA_ERROR_INVALID_VALUE);
+    EXPECT_CU(cuIpcGetMemHandle(&h, m), CUDA_ERROR_INVALID_VALUE);
+    EXPECT_CU(cuIpcGetMemHandle(&h, FAKE_PTR), CUDA_ERROR_INVALID_VALUE);
+    EXPECT_CU(cuCtxSetCurrent(NULL), CUDA_SUCCESS);
+    EXPECT_CU(cuIpcGetMemHandle(&h, d), CUDA_ERROR_INVALID_CONTEXT);
+}
+
+Test(fakecuda, range_of_and_live_allocs_tell_the_drivers_own_view)
+{
+    start(NULL);
+    CUdeviceptr d, p;
+    size_t pitch, size = 0;
+    unsigned long long base = 0, id = 0, want_id = 0;
+    cr_assert_eq(fakecuda_range_of(FAKE_PTR, &base, &size, &id), 0);
+    EXPECT_CU(cuMemAlloc(&d, 5000), CUDA_SUCCESS);
+    EXPECT_CU(cuMemAllocPitch(&p, &pitch, 100, 4, 4), CUDA_SUCCESS);
+    cr_assert_eq(fakecuda_live_allocs(0), 2);
+    cr_assert_eq(fakecuda_live_allocs(1), 0);
+    EXPECT_CU(cuPointerGetAttribute(&want_id, CU_POINTER_ATTRIBUTE_BUFFER_ID, d), CUDA_SUCCESS);
+    cr_assert_eq(fakecuda_range_of(d + 4999, &base, &size, &id), 1);
+    cr_assert(base == d && size == 5000 && id == want_id);
+    cr_assert_eq(fakecuda_range_of(d, NULL, NULL, NULL), 1);
+    EXPECT_CU(cuMemFree(d), CUDA_SUCCESS);
+    cr_assert_eq(fakecuda_range_of(d, NULL, NULL, NULL), 0);
+    cr_assert_eq(fakecuda_live_allocs(0), 1);
+}

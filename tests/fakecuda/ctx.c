@@ -114,6 +114,27 @@ CUresult cuDevicePrimaryCtxRelease(CUdevice dev)
     return cuDevicePrimaryCtxRelease_v2(dev);
 }
 
+/* Destroys the memory the primary context owned and keeps the context: the
+ * driver's documentation says a reset does not release it, so a program
+ * that retained it goes on using (and must still release) the same handle.
+ * Resetting a context that is not active is not an error. */
+CUresult cuDevicePrimaryCtxReset_v2(CUdevice dev)
+{
+    if (!fc_initialized())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    if (!fc_device_valid(dev))
+        return CUDA_ERROR_INVALID_DEVICE;
+    fc_lock();
+    fc_mem_release_ctx(&g_primary[dev]);
+    fc_unlock();
+    return CUDA_SUCCESS;
+}
+
+CUresult cuDevicePrimaryCtxReset(CUdevice dev)
+{
+    return cuDevicePrimaryCtxReset_v2(dev);
+}
+
 CUresult cuDevicePrimaryCtxGetState(CUdevice dev, unsigned int *flags, int *active)
 {
     if (!fc_initialized())

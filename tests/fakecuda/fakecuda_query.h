@@ -25,6 +25,16 @@ size_t fakecuda_peak_bytes(int dev);
 size_t fakecuda_used_bytes(int dev);
 /* Sets dev's high-water mark to its current use. */
 void fakecuda_reset_peak(int dev);
+/* Live allocations of the cuMemAlloc family (plain, pitch, managed) on
+ * dev: each is one driver allocation, however small. */
+size_t fakecuda_live_allocs(int dev);
+/* The live allocation of any family that holds ptr, as the driver itself
+ * knows it (a caller under a shim that rewrites cuMemGetAddressRange and
+ * cuPointerGetAttribute still sees the truth): 1 with *base, *size and its
+ * CU_POINTER_ATTRIBUTE_BUFFER_ID *id (each optional), 0 when no allocation
+ * holds ptr. */
+int fakecuda_range_of(unsigned long long ptr, unsigned long long *base, size_t *size,
+                      unsigned long long *id);
 
 #ifdef __cplusplus
 }

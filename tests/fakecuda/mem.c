@@ -8,6 +8,7 @@
  * copies are memcpy.
  */
 #include "fakecuda.h"
+#include "fakecuda_query.h"
 
 #include <search.h>
 #include <stdlib.h>
@@ -309,4 +310,33 @@ CUresult cuMemGetInfo(unsigned int *free, unsigned int *total)
         *total = t > UINT32_MAX ? UINT32_MAX : (unsigned int)t;
     }
     return rc;
+}
+
+/* ---- in-process queries (fakecuda_query.h) ---- */
+
+size_t fakecuda_live_allocs(int dev)
+{
+    size_t n = 0;
+    fc_alloc *a, *tmp;
+    fc_lock();
+    HASH_ITER(hh, g_by_base, a, tmp) {
+        n += a->dev == dev && a->kind <= FC_KIND_MANAGED;
+    }
+    fc_unlock();
+    return n;
+}
+
+int fakecuda_range_of(unsigned long long ptr, unsigned long long *base, size_t *size,
+                      unsigned long long *id)
+{
+    fc_lock();
+    fc_alloc *a = fc_alloc_containing((CUdeviceptr)ptr);
+    if (a && base)
+        *base = a->base;
+    if (a && size)
+        *size = a->size;
+    if (a && id)
+        *id = a->id;
+    fc_unlock();
+    return a != NULL;
 }

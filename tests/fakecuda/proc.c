@@ -73,6 +73,8 @@ typedef struct {
     P(cuDevicePrimaryCtxGetState, 7000, FC_PROC_ANY, cuDevicePrimaryCtxGetState) \
     P(cuDevicePrimaryCtxRelease, 7000, FC_PROC_ANY, cuDevicePrimaryCtxRelease) \
     P(cuDevicePrimaryCtxRelease, 11000, FC_PROC_ANY, cuDevicePrimaryCtxRelease_v2) \
+    P(cuDevicePrimaryCtxReset, 7000, FC_PROC_ANY, cuDevicePrimaryCtxReset) \
+    P(cuDevicePrimaryCtxReset, 11000, FC_PROC_ANY, cuDevicePrimaryCtxReset_v2) \
     P(cuDevicePrimaryCtxRetain, 7000, FC_PROC_ANY, cuDevicePrimaryCtxRetain) \
     P(cuDeviceSetMemPool, 11020, FC_PROC_ANY, cuDeviceSetMemPool) \
     P(cuDeviceTotalMem, 2000, FC_PROC_ANY, cuDeviceTotalMem) \
@@ -100,6 +102,7 @@ typedef struct {
     P(cuGraphLaunch, 10000, FC_PROC_ANY, cuGraphLaunch) \
     P(cuGraphLaunch, 10000, FC_PROC_PTDS, cuGraphLaunch_ptsz) \
     P(cuInit, 2000, FC_PROC_ANY, cuInit) \
+    P(cuIpcGetMemHandle, 4010, FC_PROC_ANY, cuIpcGetMemHandle) \
     P(cuMemAddressFree, 10020, FC_PROC_ANY, cuMemAddressFree) \
     P(cuMemAddressReserve, 10020, FC_PROC_ANY, cuMemAddressReserve) \
     P(cuMemAlloc, 2000, FC_PROC_ANY, cuMemAlloc) \
