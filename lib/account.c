@@ -88,7 +88,7 @@ int vg__acct_reserve(vg__ticket_t *t)
     /* Cached pool memory is ours to give back before we say no. */
     if (vg__acct_pool_trim(t->device) && vg__budget_reserve(b, t->bytes) == VG_OK)
         return VG_OK;
-    if (vg__cache_mode) {
+    if (vg__cache_mode_on()) {
         while (vg__acct_pooled_trim(t->device))
             if (vg__budget_reserve(b, t->bytes) == VG_OK)
                 return VG_OK;

@@ -533,6 +533,28 @@ void vg__shared_test_pause(void) __attribute__((weak, visibility("hidden")));
 
 /* ---------------------------------------------------------- ledger.c */
 
+/* The spinlock of the ledger's shards and the pool cache's classes and
+ * thread caches: 0 free, 1 held. For critical sections of a few dozen
+ * instructions, never across a call out. Locking is one atomic exchange,
+ * unlocking a release store. A waiter yields after 64 spins, so a holder
+ * preempted on a loaded machine (16 threads on 2 cores) gets the CPU. */
+static inline void vg__spin_lock(_Atomic int *l)
+{
+    for (unsigned spins = 0;; spins++) {
+        if (vg__likely(!atomic_exchange_explicit(l, 1, memory_order_acquire)))
+            return;
+        while (atomic_load_explicit(l, memory_order_relaxed)) {
+            if (++spins > 64)
+                sched_yield();
+        }
+    }
+}
+
+static inline void vg__spin_unlock(_Atomic int *l)
+{
+    atomic_store_explicit(l, 0, memory_order_release);
+}
+
 /* One live (or recently freed) allocation. */
 typedef struct vg__alloc {
     vg_devptr_t ptr;     /* what the caller sees */
@@ -601,15 +623,28 @@ void vg__fake_pattern(vg_devptr_t ptr, char *out, size_t len);
  * touches a budget. The pool (pool.c) charges and allocates chunks, hands
  * them in, and frees the spans the cache gives back.
  *
- * Reuse rule: a freed block goes to its class's pending list, never straight
- * back out. It is handed out again only after one context synchronisation
- * (the `sync` function given to vg__cache_init) that began after the free.
- * Fresh blocks of a new chunk need none, so one synchronisation serves a
- * whole batch of frees (the pending list is taken only when the class has
- * neither ready nor fresh blocks left).
+ * Two levels. Each class keeps its free blocks in host arrays under a
+ * spinlock. In front of the classes, each thread that uses the cache has a
+ * thread cache: per class a magazine of `ready` blocks and one of `pending`
+ * (freed) blocks, under a spinlock that only its owner takes on the fast
+ * path (uncontended), so a cached pair writes nothing another thread
+ * writes. A magazine exchanges whole batches with its class: a refill takes
+ * ready or never-used blocks (and hands over the thread's pending ones),
+ * a free into a full pending magazine hands them over. A trim, a pool
+ * destroy or the thread's exit (a pthread key destructor) takes the
+ * magazine's lock to empty it, so blocks parked there are never stranded.
  *
- * Locks: one spinlock per class, held for a few list operations, never
- * across a driver call, a budget call or `sync`. No pool-wide lock. */
+ * Reuse rule: a freed block is handed out again only after a context
+ * synchronisation (the `sync` function given to vg__cache_init) that began
+ * after the free has returned. Freed blocks reach the class's `pending`
+ * list; when the class runs out of ready and never-used blocks, `pending`
+ * is sealed with the cache's sync epoch (syncs started so far) and becomes
+ * ready once a sync numbered above it has completed. One synchronisation
+ * serves every block sealed before it began, in every class.
+ *
+ * Locks, in order: the thread-cache list mutex, a thread cache, a class.
+ * All spinlocks are held for a few list operations, never across a driver
+ * call, a budget call or `sync`. No pool-wide lock on the fast path. */
 #define VG__CLASS_GRAIN 256u
 #define VG__SMALL_MAX (1u << 20)         /* bytes; larger goes direct */
 #define VG__CLASSES 44                   /* 256 B .. 1 MiB */
@@ -619,8 +654,15 @@ void vg__fake_pattern(vg_devptr_t ptr, char *out, size_t len);
 /* Empty chunks a class keeps cached (below High pressure) before releasing
  * the next one that empties. */
 #define VG__EMPTY_KEEP 1u
+/* A magazine holds VG__MAG_BYTES / block size blocks, 2..32, in each of its
+ * two stacks: 32 of 4 KiB, 8 of 64 KiB, 2 of 1 MiB. A thread parks at most
+ * twice that per class it uses (reclaimable by trim, see above). */
+#define VG__MAG_BYTES (512u << 10)
+#define VG__MAG_MIN 2u
+#define VG__MAG_MAX 32u
 
-typedef struct vg__chunk vg__chunk_t; /* cache.c */
+typedef struct vg__chunk vg__chunk_t;   /* cache.c */
+typedef struct vg__tcache vg__tcache_t; /* cache.c: one thread's cache */
 
 /* One block as the cache hands it out and takes it back. */
 typedef struct vg__block {
@@ -647,10 +689,12 @@ typedef struct vg__class {
     vg__chunk_t *chunks;    /* every chunk of the class (doubly linked) */
     vg__chunk_t *carve;     /* the chunk with never-used blocks, or NULL */
     vg__block_stack_t ready;   /* freed and synchronised since: reusable */
-    vg__block_stack_t pending; /* freed, not yet synchronised */
-    bool syncing;           /* a thread is synchronising `pending` */
-    uint32_t empty_chunks;  /* chunks with no live block */
-    /* Counters, written under the lock. */
+    vg__block_stack_t pending; /* freed, not yet sealed */
+    vg__block_stack_t sealed;  /* freed before sync epoch `sealed_epoch` */
+    uint64_t sealed_epoch;
+    uint32_t empty_chunks;  /* chunks with no block outside the class */
+    /* Counters of requests served by the class itself (the thread caches
+     * count their own), written under the lock. */
     uint64_t hits, misses, allocs, frees, bytes_allocated;
     uint64_t live_blocks, live_bytes; /* requested bytes of live blocks */
 } __attribute__((aligned(64))) vg__class_t;
@@ -661,8 +705,15 @@ typedef struct vg__cache {
     vg__class_t cls[VG__CLASSES];
     vg__sync_fn sync;
     void *sync_ctx;
+    uint64_t id;            /* unique in the process: threads key on it */
     _Atomic uint64_t held;  /* bytes of every chunk */
     _Atomic uint64_t syncs;
+    /* Sync epoch: syncs begun, and the highest-numbered one completed. */
+    _Atomic uint64_t sync_started, sync_done;
+    pthread_mutex_t tcaches_mu; /* the list below; never on the fast path */
+    vg__tcache_t *tcaches;  /* every thread cache of this cache */
+    _Atomic int doomed_lock;    /* spinlock for `doomed` */
+    vg__chunk_t *doomed;    /* detached chunks the pool has yet to free */
 } vg__cache_t;
 
 /* The class of a request, or -1 when it is larger than VG__SMALL_MAX. */
@@ -672,26 +723,42 @@ uint32_t vg__class_size(int cls);
 
 void vg__cache_init(vg__cache_t *c, vg__sync_fn sync, void *ctx);
 /* Frees the cache's host memory and hands every chunk to `release` (the
- * pool is being destroyed: live blocks die with their chunks). */
+ * pool is being destroyed: live blocks die with their chunks). Threads'
+ * caches are detached (their threads free them later) and never touched
+ * again. */
 void vg__cache_drain(vg__cache_t *c, void (*release)(const vg__span_t *s,
                                                      void *ctx), void *ctx);
-/* Hands out a block of class `cls` for a request of `size` bytes: a ready
- * block, a fresh one, or a pending one after a synchronisation. VG_ENOMEM
- * when the class has none (a miss: the caller adds a chunk). */
+/* Hands out a block of class `cls` for a request of `size` bytes: from the
+ * calling thread's magazine, else a batch from the class (ready, never used,
+ * or pending ones after a synchronisation, if at least 1/8 of a chunk's
+ * worth is pending). VG_ENOMEM when the class has none (a miss: the caller
+ * adds a chunk, or calls vg__cache_take_any if the budget does not allow
+ * one). Thread-safe. */
 int vg__cache_take(vg__cache_t *c, int cls, size_t size, vg__block_t *out);
+/* The same, synchronising for however few pending blocks there are. */
+int vg__cache_take_any(vg__cache_t *c, int cls, size_t size,
+                       vg__block_t *out);
 /* Adds a chunk the caller allocated, charged and verified, and hands its
  * first block out for `size` bytes. VG_ESYS when host memory runs out (the
  * caller still owns the chunk). */
 int vg__cache_add_chunk(vg__cache_t *c, int cls, const vg__span_t *chunk,
                         size_t size, vg__block_t *out);
-/* Takes a block back (`size` as it was taken). When its chunk becomes empty
- * and the class already keeps `keep_empty` empty chunks, the chunk leaves
- * the cache: *release is filled and true returned (the caller frees it). */
+/* Takes a block back (`size` as it was taken), from any thread. When chunks
+ * become empty and the class already keeps `keep_empty` empty chunks, they
+ * leave the cache: the first into *release and true returned (the caller
+ * frees it, then any more through vg__cache_reap). */
 bool vg__cache_give(vg__cache_t *c, const vg__block_t *b, size_t size,
                     uint32_t keep_empty, vg__span_t *release);
+/* Another chunk that left the cache for the caller to free, into *release;
+ * false when there is none. */
+bool vg__cache_reap(vg__cache_t *c, vg__span_t *release);
 /* Detaches the best empty chunk to trim (the largest, then the longest
- * idle) into *release. false when no chunk is empty. */
+ * idle) into *release, emptying the threads' magazines first if no chunk
+ * is empty otherwise. false when no chunk is empty. */
 bool vg__cache_trim_one(vg__cache_t *c, vg__span_t *release);
+/* Returns every thread's magazines to their classes (a request that would
+ * otherwise grow past a budget). true if any block moved. */
+bool vg__cache_collect(vg__cache_t *c);
 
 typedef struct vg__cache_stats {
     uint64_t held, cached, live_bytes, live_blocks;
@@ -904,8 +971,13 @@ void vg__acct_record(const vg__ticket_t *t, vg__alloc_t *a);
  * record per block, `pooled` set, handle = its chunk, charged 0: the
  * chunks carry the charge). docs/pool.md has the rules. */
 
-/* Set once the engine has started with VRAMGUARD_POOL=cache. */
+/* Set once, when the engine starts with VRAMGUARD_POOL=cache; read through
+ * vg__cache_mode_on() (one load and a predictable branch in each hook). */
 extern bool vg__cache_mode;
+static inline bool vg__cache_mode_on(void)
+{
+    return vg__cache_mode;
+}
 
 /* Serves t (t->bytes = the size asked) from the pool. VG_OK with *ptr and
  * the record made; VG_ENOTFOUND when the request does not qualify or no

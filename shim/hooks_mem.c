@@ -19,7 +19,7 @@ CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytesize)
     vg__ticket_t t = {.device = vg__shim_device(), .kind = VG_KIND_PLAIN,
                       .bytes = bytesize, .api = "cuMemAlloc_v2"};
     uint64_t pooled;
-    if (vg__unlikely(vg__cache_mode) && dptr && vg__acct_pooled_alloc(&t, &pooled) == VG_OK) {
+    if (vg__unlikely(vg__cache_mode_on()) && dptr && vg__acct_pooled_alloc(&t, &pooled) == VG_OK) {
         *dptr = pooled;
         return CUDA_SUCCESS;
     }

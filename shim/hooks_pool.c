@@ -20,7 +20,7 @@
  * in no live block, VG_ENOTFOUND when the driver's answer stands. */
 static inline int pooled_lookup(CUdeviceptr ptr, vg__alloc_t *a)
 {
-    if (vg__likely(!vg__cache_mode))
+    if (vg__likely(!vg__cache_mode_on()))
         return VG_ENOTFOUND;
     return vg__acct_pooled_find(ptr, a);
 }
@@ -132,7 +132,7 @@ static CUresult primary_reset(CUresult (*real)(CUdevice), CUdevice dev)
 {
     if (!real)
         return CUDA_ERROR_NOT_FOUND;
-    if (vg__unlikely(vg__cache_mode))
+    if (vg__unlikely(vg__cache_mode_on()))
         vg__acct_pooled_reset((int)dev);
     return real(dev);
 }

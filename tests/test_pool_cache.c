@@ -2,8 +2,8 @@
  * test_pool_cache.c — the pool's cache over the test driver: size classes
  * and alignment, hits and misses, no overlap between live blocks (a
  * randomized run with shadow bookkeeping), the budget with the cache full,
- * trimming (on request, before a refusal, under pressure), reuse ordering,
- * pointer checks of blocks, and 16 threads.
+ * trimming (on request, before a refusal, under pressure), reuse ordering
+ * (one thread and several), pointer checks of blocks, and 16 threads.
  */
 #include <criterion/criterion.h>
 #include <pthread.h>
@@ -419,6 +419,90 @@ Test(pool_cache, a_freed_block_is_reused_only_after_a_synchronisation)
     cr_expect_eq(s.reuse_syncs, atomic_load(&syncs_seen));
     cr_expect_lt(s.reuse_syncs * 50, s.hits, "one sync serves a batch (%llu syncs)",
                  (unsigned long long)s.reuse_syncs);
+    vg_pool_destroy(p, NULL);
+}
+
+/* The same rule with blocks moving between threads: each thread frees into
+ * its own magazine, and a block freed by one may come out of another's.
+ * The epoch of each free is noted (before the free, under a lock) in a
+ * table shared by every thread, keyed by address. */
+#define MT_THREADS 4
+#define MT_TABLE 4096 /* > every block the run can touch: 64 MiB / 4 KiB */
+
+static struct {
+    pthread_mutex_t mu;
+    vg_devptr_t ptr[MT_TABLE];
+    uint64_t freed_at[MT_TABLE];
+    _Atomic int reused, violations;
+} mt = {.mu = PTHREAD_MUTEX_INITIALIZER};
+
+static int mt_slot(vg_devptr_t ptr) /* under mt.mu */
+{
+    unsigned h = (unsigned)((ptr >> 8) * 0x9E3779B1u) % MT_TABLE;
+    while (mt.ptr[h] && mt.ptr[h] != ptr)
+        h = (h + 1) % MT_TABLE;
+    mt.ptr[h] = ptr;
+    return (int)h;
+}
+
+static void *mt_worker(void *arg)
+{
+    vg_pool_t *p = arg;
+    uint64_t seed = (uint64_t)(uintptr_t)&seed;
+    vg_devptr_t live[16] = {0};
+    for (int op = 0; op < 8000; op++) {
+        int slot = (int)(test_rand(&seed) % 16);
+        if (live[slot]) {
+            pthread_mutex_lock(&mt.mu);
+            mt.freed_at[mt_slot(live[slot])] = atomic_load(&syncs_seen);
+            pthread_mutex_unlock(&mt.mu);
+            if (vg_pool_free(p, live[slot]) != VG_OK)
+                atomic_fetch_add(&mt.violations, 1);
+            live[slot] = 0;
+            continue;
+        }
+        if (vg_pool_alloc(p, 4096, NULL, &live[slot]) != VG_OK) {
+            atomic_fetch_add(&mt.violations, 1);
+            live[slot] = 0;
+            continue;
+        }
+        uint64_t now = atomic_load(&syncs_seen);
+        pthread_mutex_lock(&mt.mu);
+        int h = mt_slot(live[slot]);
+        bool seen = mt.freed_at[h] != UINT64_MAX;
+        if (seen && now <= mt.freed_at[h])
+            atomic_fetch_add(&mt.violations, 1);
+        if (seen)
+            atomic_fetch_add(&mt.reused, 1);
+        mt.freed_at[h] = UINT64_MAX; /* live again */
+        pthread_mutex_unlock(&mt.mu);
+    }
+    for (int i = 0; i < 16; i++)
+        if (live[i])
+            vg_pool_free(p, live[i]);
+    return NULL;
+}
+
+Test(pool_cache, a_block_freed_in_one_thread_is_reused_in_any_only_after_a_synchronisation,
+     .timeout = 120)
+{
+    vg_pool_t *p = pool_of(64 * MiB);
+    vg__driver_t *d = (vg__driver_t *)vg__driver();
+    real_sync = d->cuCtxSynchronize;
+    d->cuCtxSynchronize = counting_sync;
+    for (int i = 0; i < MT_TABLE; i++)
+        mt.freed_at[i] = UINT64_MAX;
+    pthread_t t[MT_THREADS];
+    for (int i = 0; i < MT_THREADS; i++)
+        pthread_create(&t[i], NULL, mt_worker, p);
+    for (int i = 0; i < MT_THREADS; i++)
+        pthread_join(t[i], NULL);
+    vg_pool_stats_t s = stats_of(p);
+    d->cuCtxSynchronize = real_sync;
+    cr_expect_eq(atomic_load(&mt.violations), 0, "a block came back with no sync after its free");
+    cr_expect_gt(atomic_load(&mt.reused), 1000, "blocks were reused (%d)", atomic_load(&mt.reused));
+    cr_expect_eq(s.reuse_syncs, atomic_load(&syncs_seen));
+    cr_expect_eq(s.live_count, 0u);
     vg_pool_destroy(p, NULL);
 }
 

@@ -122,7 +122,7 @@ int main(void)
         report("driver cuMemAlloc+cuMemFree", sizes[i], 1, r);
         bench_pool(pool, sizes[i], 1, n);
     }
-    int threads[] = {2, 4, 16};
+    int threads[] = {2, 4, 8, 16};
     for (size_t i = 0; i < sizeof threads / sizeof threads[0]; i++)
         bench_pool(pool, 4096, threads[i], 20000);
     vg_pool_stats_t s;
