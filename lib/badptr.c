@@ -43,11 +43,6 @@ static _Atomic uint8_t said[VG_PTR_CLASS_COUNT + 1];
 
 static vg__bad_ptr_policy_t policy(void) { return vg__engine_settings()->on_bad_pointer; }
 
-static const char *policy_word(vg__bad_ptr_policy_t p)
-{
-    return p == VG__BADPTR_REJECT ? "reject" : p == VG__BADPTR_ABORT ? "abort" : "warn";
-}
-
 /* The first line of each class is always written; after it, at most one a
  * second. Out: *quiet, the lines left unsaid since the last one. */
 static bool line_allowed(int cls, uint64_t *quiet)
@@ -181,7 +176,7 @@ void vg__badptr_end(const vg__free_t *f, CUresult cr)
     vg__audit_bad_ptr(f->api, f->key, handle ? NULL : &f->bad, p, &cr);
     char outcome[160];
     snprintf(outcome, sizeof outcome, "passed to the driver (%s), which answered %s",
-             maybe_real(f) ? "real memory is always passed on" : policy_word(p),
+             maybe_real(f) ? "real memory is always passed on" : vg__audit_policy_word(p),
              vg__cu_name(cr));
     say(f, outcome);
 }
