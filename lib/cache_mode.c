@@ -61,19 +61,31 @@ __attribute__((noinline, cold)) static vg_pool_t *pool_create(int device)
     return pool;
 }
 
+/* Is the device's primary context already active? Making the pool retains
+ * it, and a program that only uses contexts of its own (cuCtxCreate) must
+ * not be given a primary context it never asked for (hundreds of MiB). */
+static bool primary_active(int device)
+{
+    unsigned int flags = 0;
+    int active = 0;
+    return vg__driver()->cuDevicePrimaryCtxGetState((CUdevice)device, &flags, &active) ==
+               CUDA_SUCCESS &&
+           active;
+}
+
 /* The device's pool, if the calling thread's current context is the one
  * its chunks live in (the device's primary context). */
 static vg_pool_t *pool_for(int device)
 {
     if (device < 0 || device >= VG__MAX_DEVICES)
         return NULL;
-    vg_pool_t *pool = atomic_load_explicit(&pools[device], memory_order_acquire);
-    if (vg__unlikely(!pool) && !(pool = pool_create(device)))
-        return NULL;
     CUcontext cur = NULL;
-    if (vg__driver()->cuCtxGetCurrent(&cur) != CUDA_SUCCESS || cur != pool->ctx)
+    if (vg__driver()->cuCtxGetCurrent(&cur) != CUDA_SUCCESS || !cur)
         return NULL;
-    return pool;
+    vg_pool_t *pool = atomic_load_explicit(&pools[device], memory_order_acquire);
+    if (vg__unlikely(!pool) && (!primary_active(device) || !(pool = pool_create(device))))
+        return NULL;
+    return cur == pool->ctx ? pool : NULL;
 }
 
 int vg__acct_pooled_alloc(vg__ticket_t *t, uint64_t *ptr)

@@ -215,6 +215,8 @@ void vg__settings_describe(vg__setting_visit_fn fn, void *ctx);
     X(cuDeviceTotalMem_v2, (size_t *bytes, CUdevice dev))                      \
     X(cuDevicePrimaryCtxRetain, (CUcontext *pctx, CUdevice dev))               \
     X(cuDevicePrimaryCtxRelease_v2, (CUdevice dev))                            \
+    X(cuDevicePrimaryCtxGetState,                                              \
+      (CUdevice dev, unsigned int *flags, int *active))                        \
     X(cuCtxGetCurrent, (CUcontext *pctx))                                      \
     X(cuCtxSetCurrent, (CUcontext ctx))                                        \
     X(cuCtxGetDevice, (CUdevice *device))                                      \

@@ -232,6 +232,22 @@ Test(cache_mode, large_pitch_managed_async_vmm_and_created_contexts_go_to_the_dr
     }
 }
 
+/* The pool lives in the primary context: a program that only ever creates
+ * its own contexts gets driver allocations and no primary context. */
+Test(cache_mode, a_program_without_the_primary_context_is_never_given_one)
+{
+    static run_result_t r;
+    for (size_t a = 0; a < NAPIS; a++) {
+        char what[64];
+        snprintf(what, sizeof what, "cache, %s", apis[a]);
+        run_opts_t o = {.method = "pool", .path = "created_only", .chunk = "4096",
+                        .env = {CACHE, apis[a]}};
+        const char *l = pool_line(&o, &r);
+        expect_fields(l, KEYS("ctx_create_rc", "alloc_rc", "free_rc", "primary_active"), 0, what);
+        expect_field(l, "drv_new", 1, what);
+    }
+}
+
 Test(cache_mode, off_routes_every_request_to_the_driver)
 {
     static run_result_t r;

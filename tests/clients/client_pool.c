@@ -164,7 +164,9 @@ static int resolve_cudart(void)
     return 0;
 }
 
-static int setup(void)
+typedef enum { WITH_PRIMARY, WITHOUT_PRIMARY } setup_t;
+
+static int setup(setup_t primary_ctx)
 {
     const char *how = getenv("CLIENT_API");
     int r = how && !strcmp(how, "cudart") ? resolve_cudart() : resolve_linked();
@@ -176,9 +178,9 @@ static int setup(void)
     CUresult rc = cu.init(0);
     if (rc == CUDA_SUCCESS)
         rc = cu.device_get(&dev, 0);
-    if (rc == CUDA_SUCCESS)
+    if (rc == CUDA_SUCCESS && primary_ctx == WITH_PRIMARY)
         rc = cu.primary_retain(&primary, dev);
-    if (rc == CUDA_SUCCESS)
+    if (rc == CUDA_SUCCESS && primary_ctx == WITH_PRIMARY)
         rc = cu.ctx_set_current(primary);
     if (rc != CUDA_SUCCESS) {
         fprintf(stderr, "client_pool: setup failed: %d\n", (int)rc);
@@ -1116,6 +1118,31 @@ static int usage(void)
     return 2;
 }
 
+/* Only a created context, never the primary one: cache mode must leave the
+ * allocation to the driver and must not activate the primary context. */
+static int run_created_only(const char *name, size_t size)
+{
+    typedef CUresult (*state_fn)(CUdevice, unsigned int *, int *);
+    state_fn state = (state_fn)dlsym(RTLD_DEFAULT, "cuDevicePrimaryCtxGetState");
+    CUcontext c = NULL;
+    CUdeviceptr p = 0;
+    unsigned int flags = 0;
+    int active = -1;
+    long long live0 = drv_live();
+    CUresult rc = cu.ctx_create(&c, 0, dev);
+    CUresult arc = rc == CUDA_SUCCESS ? cu.mem_alloc(&p, size) : rc;
+    out_begin(name);
+    out("ctx_create_rc", rc);
+    out("alloc_rc", arc);
+    out("drv_new", live0 < 0 ? -1 : drv_live() - live0);
+    out("primary_active", state && state(dev, &flags, &active) == CUDA_SUCCESS ? active : -1);
+    out("free_rc", arc == CUDA_SUCCESS ? (long long)cu.mem_free(p) : -1);
+    out_end();
+    if (c)
+        cu.ctx_destroy(c);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 3)
@@ -1126,9 +1153,12 @@ int main(int argc, char **argv)
     unsigned long long extra = argc > 4 ? strtoull(argv[4], NULL, 10) : 0;
     if (!size || !count)
         return usage();
-    int rc = setup();
+    bool created_only = !strcmp(name, "created_only");
+    int rc = setup(created_only ? WITHOUT_PRIMARY : WITH_PRIMARY);
     if (rc != 0)
         return rc;
+    if (created_only)
+        return run_created_only(name, size);
     free_how_t how = extra ? FREE_ASYNC : FREE_SYNC;
     if (!strcmp(name, "count"))
         return run_count(name, size, count, false, how);

@@ -137,6 +137,18 @@ CUresult cuDevicePrimaryCtxRetain(CUcontext *pctx, CUdevice dev)
     return pctx ? rc : CUDA_ERROR_INVALID_VALUE;
 }
 
+CUresult cuDevicePrimaryCtxGetState(CUdevice dev, unsigned int *flags, int *active)
+{
+    CUresult rc = need_dev(dev);
+    if (!flags || !active)
+        return CUDA_ERROR_INVALID_VALUE;
+    if (rc == CUDA_SUCCESS) {
+        *flags = 0;
+        *active = 1;
+    }
+    return rc;
+}
+
 CUresult cuDevicePrimaryCtxRelease_v2(CUdevice dev)
 {
     return need_dev(dev);
@@ -353,6 +365,7 @@ CUresult cuGetProcAddress(const char *symbol, void **pfn, int cudaVersion, cuuin
     X("cuDeviceTotalMem", cuDeviceTotalMem_v2)                                 \
     X("cuDevicePrimaryCtxRetain", cuDevicePrimaryCtxRetain)                    \
     X("cuDevicePrimaryCtxRelease", cuDevicePrimaryCtxRelease_v2)               \
+    X("cuDevicePrimaryCtxGetState", cuDevicePrimaryCtxGetState)                \
     X("cuCtxGetCurrent", cuCtxGetCurrent) X("cuCtxSetCurrent", cuCtxSetCurrent) \
     X("cuCtxGetDevice", cuCtxGetDevice) X("cuCtxSynchronize", cuCtxSynchronize) X("cuMemAlloc", cuMemAlloc_v2)         \
     X("cuMemFree", cuMemFree_v2) X("cuMemGetInfo", cuMemGetInfo_v2)            \
