@@ -1,81 +1,25 @@
 /*
- * cache.c — size classes carved out of driver chunks, the cache of freed
- * blocks, and each thread's cache in front of it (the rules are in
- * vg_internal.h and docs/pool.md).
+ * cache.c — size classes carved out of driver chunks, and the cache of
+ * freed blocks each class keeps: carving, the reuse rule (sync epochs),
+ * trimming and statistics (the rules are in vg_internal.h and
+ * docs/pool.md). Each thread's cache in front of the classes, and the fast
+ * path through it, are in cache_thread.c; it exchanges batches of blocks
+ * with a class through the vg__class_* calls below.
  *
  * Host-side bookkeeping only: no driver calls (the reuse barrier is the
  * pool's `sync`, called with no lock held), no budgets. Device memory cannot
  * hold our free lists (the host may not write it), so free blocks live in
- * host arrays: per thread, a magazine of ready and one of pending blocks for
- * each class; per class, `ready`, `pending` and `sealed` lists. Each chunk
+ * host arrays: per class, `ready`, `pending` and `sealed` lists. Each chunk
  * counts the blocks outside its class's lists, so an empty one (all its
- * blocks back in the class) can be released.
- *
- * Cost of the fast path (a block from the thread's magazine, or a free into
- * it): a thread-local lookup (one compare), the magazine's owner-biased lock
- * (a plain store and a load, no atomic read-modify-write; see "Owner and
- * remote"), an array push or pop and four counters beside it, all on lines
- * no other thread writes. A magazine exchanges a batch with its class once
- * per up to 32 operations, under the class lock. The slow paths (refills,
- * synchronising, adding and releasing chunks, thread start and exit) are
- * out of line. Measured in docs/pool.md (~50 ns for the whole API pair on
- * the 2-core VM, ledger included).
+ * blocks back in the class) can be released. Adding and releasing chunks
+ * and synchronising are slow paths, out of line.
  */
-#include <linux/membarrier.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/syscall.h>
-#include <unistd.h>
 
 #include "vg_internal.h"
-
-struct vg__chunk {
-    vg_devptr_t base;
-    uint64_t bytes;
-    int cls;
-    uint32_t carved;       /* blocks handed out fresh so far */
-    uint32_t live;         /* blocks outside the class's lists */
-    uint64_t idle_since;   /* coarse ns: made, or the last free to reach it */
-    vg__chunk_t *prev, *next;
-};
-
-/* One thread's blocks of one class. */
-typedef struct mag {
-    uint32_t cap;          /* blocks each of the two stacks holds */
-    uint32_t ready_n, pend_n;
-    uint64_t pend_since;   /* coarse ns of the first free into `pending` */
-    /* This thread's requests in this class. A block freed by another thread
-     * than the one that took it makes live_* of both wrap; only the sums
-     * over every magazine and the class mean anything. */
-    uint64_t allocs, misses, frees, bytes_allocated;
-    uint64_t live_blocks, live_bytes;
-    vg__block_t v[];       /* ready: v[0, cap); pending: v[cap, 2 cap) */
-} mag_t;
-
-/*
- * One thread's cache of one vg__cache_t. Others reach it only to empty the
- * magazines (trim, collect, drain) or read the counters (stats): rarely. So
- * the lock is biased to the owner (see "owner and remote" below): on the
- * fast path the owner writes `busy` and reads `remote`, no atomic
- * read-modify-write. Ownership at the end: the cache's drain sets `cache`
- * to NULL and frees it if `dead`; the thread's exit frees it if `cache` is
- * NULL, else empties it and sets `dead` (the cache frees it, or hands it
- * to a new thread). Both decide under `lock`.
- */
-struct vg__tcache {
-    _Atomic int lock;      /* spinlock of remotes, and of the owner's slow path */
-    _Atomic int busy;      /* the owner is inside a fast section */
-    _Atomic int remote;    /* a remote holds or waits for `lock` */
-    bool dead;             /* its thread has exited */
-    vg__cache_t *cache;    /* NULL once the cache is drained */
-    vg__tcache_t *next;    /* the cache's list, under its tcaches_mu */
-    mag_t *mag[VG__CLASSES];
-};
-
-/* keep_empty of a flush that never releases a chunk (trims decide). */
-#define KEEP_ALL UINT32_MAX
 
 /* ------------------------------------------------------------ classes */
 
@@ -98,87 +42,6 @@ uint32_t vg__class_size(int cls)
         return (uint32_t)(cls + 1) * VG__CLASS_GRAIN;
     int k = 10 + (cls - 4) / 4, q = (cls - 4) % 4;
     return (1u << k) + (uint32_t)(q + 1) * (1u << (k - 2));
-}
-
-/* ------------------------------------------------------------ locking */
-
-static inline void class_lock(vg__class_t *k) { vg__spin_lock(&k->lock); }
-static inline void class_unlock(vg__class_t *k) { vg__spin_unlock(&k->lock); }
-static inline void tc_lock(vg__tcache_t *tc) { vg__spin_lock(&tc->lock); }
-static inline void tc_unlock(vg__tcache_t *tc) { vg__spin_unlock(&tc->lock); }
-
-/*
- * Owner and remote. An atomic exchange costs little alone, but it waits for
- * every store before it to drain, and a pool pair has four of them after
- * long copies (magazine and ledger, alloc and free): ~10 ns of a ~60 ns
- * pair on the VM. So the owner of a thread cache enters with a plain store
- * to `busy` and a load of `remote` (Dekker's protocol without the owner's
- * fence), and a remote, which takes `lock`, sets `remote`, then runs
- * membarrier(PRIVATE_EXPEDITED): every thread of the process executes a
- * full barrier, so afterwards either the owner's `busy` is visible to the
- * remote, which waits for it to clear, or the owner's next load of `remote`
- * sees it and the owner takes `lock` instead. Remotes are rare (trim,
- * collect, stats, destroy: ~0.3 us each). Without membarrier (kernels
- * before 4.14, a seccomp filter) every owner takes `lock`.
- */
-typedef enum { OWN_FAST, OWN_LOCKED } own_t;
-
-static bool biased; /* set once, before the first thread cache exists */
-
-static int membarrier_cmd(int cmd)
-{
-    return (int)syscall(__NR_membarrier, cmd, 0, 0);
-}
-
-static void biased_setup(void)
-{
-    int q = membarrier_cmd(MEMBARRIER_CMD_QUERY);
-    biased = q > 0 && (q & MEMBARRIER_CMD_PRIVATE_EXPEDITED) &&
-             (q & MEMBARRIER_CMD_GLOBAL) &&
-             membarrier_cmd(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED) == 0;
-}
-
-static inline own_t own_enter(vg__tcache_t *tc)
-{
-    if (vg__likely(biased)) {
-        atomic_store_explicit(&tc->busy, 1, memory_order_relaxed);
-        atomic_signal_fence(memory_order_seq_cst);
-        if (vg__likely(!atomic_load_explicit(&tc->remote, memory_order_acquire)))
-            return OWN_FAST;
-        atomic_store_explicit(&tc->busy, 0, memory_order_release);
-    }
-    tc_lock(tc);
-    return OWN_LOCKED;
-}
-
-static inline void own_leave(vg__tcache_t *tc, own_t how)
-{
-    if (vg__likely(how == OWN_FAST))
-        atomic_store_explicit(&tc->busy, 0, memory_order_release);
-    else
-        tc_unlock(tc);
-}
-
-/* Another thread's cache, exclusively. */
-static void remote_enter(vg__tcache_t *tc)
-{
-    tc_lock(tc);
-    if (!biased)
-        return;
-    atomic_store_explicit(&tc->remote, 1, memory_order_relaxed);
-    /* Registered at setup (the registration survives fork); the global
-     * command is the slow but always-valid fallback. */
-    if (membarrier_cmd(MEMBARRIER_CMD_PRIVATE_EXPEDITED) != 0)
-        membarrier_cmd(MEMBARRIER_CMD_GLOBAL);
-    while (atomic_load_explicit(&tc->busy, memory_order_acquire))
-        sched_yield();
-}
-
-static void remote_leave(vg__tcache_t *tc)
-{
-    if (biased)
-        atomic_store_explicit(&tc->remote, 0, memory_order_release);
-    tc_unlock(tc);
 }
 
 /* ------------------------------------------------------------ stacks */
@@ -277,16 +140,9 @@ bool vg__cache_reap(vg__cache_t *c, vg__span_t *release)
     return true;
 }
 
-/* Where a flush puts chunks that empty beyond the class's allowance. */
-typedef struct flush_out {
-    uint32_t keep_empty;
-    vg__span_t *release; /* the first one, for the caller */
-    bool released;
-} flush_out_t;
-
 /* One block is back in the class's lists (under the class lock). */
 static inline void block_returned(vg__cache_t *c, vg__class_t *k,
-                                  vg__chunk_t *ch, flush_out_t *o)
+                                  vg__chunk_t *ch, vg__flush_out_t *o)
 {
     if (--ch->live != 0)
         return;
@@ -332,8 +188,8 @@ static bool epoch_done(vg__cache_t *c, uint64_t epoch)
  * runs one. Called with no lock held (the sync is a driver call). Several
  * threads needing blocks at once share one sync instead of queueing more.
  */
-__attribute__((noinline)) static void sync_after(vg__cache_t *c,
-                                                 uint64_t epoch)
+__attribute__((noinline)) void vg__cache_sync_after(vg__cache_t *c,
+                                                  uint64_t epoch)
 {
     while (!epoch_done(c, epoch)) {
         uint64_t s = atomic_load_explicit(&c->sync_started,
@@ -358,55 +214,48 @@ __attribute__((noinline)) static void sync_after(vg__cache_t *c,
     }
 }
 
-/* How a request that finds its class empty treats the class's pending
- * blocks. With many threads, magazines hold most of a chunk's blocks, and
- * a class's pending list may be a handful: synchronising for so few costs
- * a driver call every few pairs (measured: 1 sync per 78 pairs at 16
- * threads instead of 1 per 500), so such a request misses and the pool
- * grows a chunk instead, while the budget allows; near the limit it
- * reuses whatever is pending (REUSE_ANY). */
-typedef enum { GROW_FIRST, REUSE_ANY } take_policy_t;
-
-/* The caller of class_fill: its thread cache (NULL for the class path) and
- * how it holds it, which class_fill updates across the sync. */
-typedef struct fill_req {
-    vg__tcache_t *tc;
-    own_t *how;
-    take_policy_t policy;
-} fill_req_t;
-
 /*
  * Under the class lock: makes sure the class has a ready or never-used
- * block, sealing and synchronising its pending ones if needed. The lock
- * (and the caller's thread cache, if any) is dropped around the sync;
- * the sealed list stays in the class meanwhile, so a trim may still
- * release its chunks (their blocks leave the list). false: a miss.
+ * block, sealing its pending ones if needed. VG__FILL_WAIT: the sealed
+ * blocks need a sync; the caller drops its locks, calls
+ * vg__cache_sync_after(c, *epoch) and calls again with them retaken. The
+ * sealed list stays in the class meanwhile, so a trim may still release
+ * its chunks (their blocks leave the list).
  */
-static bool class_fill(vg__cache_t *c, vg__class_t *k, const fill_req_t *r)
+vg__fill_t vg__class_fill(vg__cache_t *c, vg__class_t *k,
+                          vg__take_policy_t policy, uint64_t *epoch)
 {
-    uint32_t min_seal = r->policy == GROW_FIRST ? k->per_chunk / 8 : 1;
+    uint32_t min_seal = policy == VG__GROW_FIRST ? k->per_chunk / 8 : 1;
     for (;;) {
         if (k->ready.n || k->carve)
-            return true;
+            return VG__FILL_OK;
         if (k->sealed.n && epoch_done(c, k->sealed_epoch)) {
             stack_swap(&k->ready, &k->sealed); /* ready was empty */
             continue;
         }
         if (k->sealed.n == 0) {
             if (k->pending.n == 0 || k->pending.n < min_seal)
-                return false;
+                return VG__FILL_MISS;
             stack_swap(&k->sealed, &k->pending);
             k->sealed_epoch = sync_epoch(c);
         }
-        uint64_t epoch = k->sealed_epoch;
-        class_unlock(k);
-        if (r->tc)
-            own_leave(r->tc, *r->how);
-        sync_after(c, epoch);
-        if (r->tc)
-            *r->how = own_enter(r->tc);
-        class_lock(k);
+        *epoch = k->sealed_epoch;
+        return VG__FILL_WAIT;
     }
+}
+
+/* vg__class_fill for the class path: only the class lock to drop. */
+static bool class_fill(vg__cache_t *c, vg__class_t *k,
+                       vg__take_policy_t policy)
+{
+    uint64_t epoch;
+    vg__fill_t f;
+    while ((f = vg__class_fill(c, k, policy, &epoch)) == VG__FILL_WAIT) {
+        vg__class_unlock(k);
+        vg__cache_sync_after(c, epoch);
+        vg__class_lock(k);
+    }
+    return f == VG__FILL_OK;
 }
 
 /* ------------------------------------------------------------ life */
@@ -436,23 +285,21 @@ void vg__cache_init(vg__cache_t *c, vg__sync_fn sync, void *ctx)
     pthread_mutex_init(&c->tcaches_mu, NULL);
 }
 
-static void tc_detach_all(vg__cache_t *c);
-
 void vg__cache_drain(vg__cache_t *c,
                      void (*release)(const vg__span_t *s, void *ctx),
                      void *ctx)
 {
-    tc_detach_all(c);
+    vg__tcache_detach_all(c);
     for (int i = 0; i < VG__CLASSES; i++) {
         vg__class_t *k = &c->cls[i];
-        class_lock(k);
+        vg__class_lock(k);
         vg__chunk_t *ch = k->chunks;
         k->chunks = k->carve = NULL;
         free(k->ready.v);
         free(k->pending.v);
         free(k->sealed.v);
         k->ready = k->pending = k->sealed = (vg__block_stack_t){0};
-        class_unlock(k);
+        vg__class_unlock(k);
         while (ch) {
             vg__chunk_t *next = ch->next;
             vg__span_t s = {ch->base, ch->bytes};
@@ -498,16 +345,15 @@ static inline bool take_fresh(vg__class_t *k, vg__block_t *b)
 }
 
 /* The class alone, for a thread with no thread cache (no host memory). */
-__attribute__((noinline)) static int class_take(vg__cache_t *c, int cls,
-                                                size_t size, vg__block_t *out)
+__attribute__((noinline)) int vg__class_take(vg__cache_t *c, int cls,
+                                             size_t size, vg__block_t *out)
 {
     vg__class_t *k = &c->cls[cls];
     vg__block_t b = {0, NULL};
-    fill_req_t r = {.policy = REUSE_ANY};
-    class_lock(k);
-    if (!class_fill(c, k, &r)) {
+    vg__class_lock(k);
+    if (!class_fill(c, k, VG__REUSE_ANY)) {
         k->misses++;
-        class_unlock(k);
+        vg__class_unlock(k);
         return VG_ENOMEM;
     }
     if (k->ready.n)
@@ -516,23 +362,24 @@ __attribute__((noinline)) static int class_take(vg__cache_t *c, int cls,
         take_fresh(k, &b);
     k->hits++;
     hand_out(k, b, size, out);
-    class_unlock(k);
+    vg__class_unlock(k);
     return VG_OK;
 }
 
-__attribute__((noinline)) static bool class_give(vg__cache_t *c,
-                                                 const vg__block_t *b,
-                                                 size_t size, flush_out_t *o)
+/* A free into the class itself, for a thread with no thread cache. */
+__attribute__((noinline)) bool vg__class_give(vg__cache_t *c,
+                                              const vg__block_t *b,
+                                              size_t size, vg__flush_out_t *o)
 {
     vg__class_t *k = &c->cls[b->chunk->cls];
-    class_lock(k);
+    vg__class_lock(k);
     k->frees++;
     k->live_blocks--;
     k->live_bytes -= size;
     b->chunk->idle_since = vg__now_coarse_ns();
     stack_push(&k->pending, *b);
     block_returned(c, k, b->chunk, o);
-    class_unlock(k);
+    vg__class_unlock(k);
     return o->released;
 }
 
@@ -567,7 +414,7 @@ int vg__cache_add_chunk(vg__cache_t *c, int cls, const vg__span_t *chunk,
     ch->carved = 1; /* block 0 goes to the caller */
     ch->idle_since = vg__now_coarse_ns();
     atomic_fetch_add_explicit(&c->held, chunk->bytes, memory_order_relaxed);
-    class_lock(k);
+    vg__class_lock(k);
     chunk_link(k, ch);
     k->empty_chunks++;
     /* Two threads that missed at once both add a chunk: the second one's
@@ -579,407 +426,58 @@ int vg__cache_add_chunk(vg__cache_t *c, int cls, const vg__span_t *chunk,
             spill_fresh(k, ch);
     }
     hand_out(k, (vg__block_t){ch->base, ch}, size, out);
-    class_unlock(k);
+    vg__class_unlock(k);
     return VG_OK;
 }
 
-/* ------------------------------------------------------------ magazines */
+/* ---------------------------------------------- exchange with magazines */
 
-static mag_t *mag_new(uint32_t block)
+void vg__class_put_pending(vg__cache_t *c, vg__class_t *k,
+                           const vg__batch_t *b, vg__flush_out_t *o)
 {
-    uint32_t cap = VG__MAG_BYTES / block;
-    cap = cap < VG__MAG_MIN ? VG__MAG_MIN : cap > VG__MAG_MAX ? VG__MAG_MAX : cap;
-    mag_t *m = calloc(1, sizeof *m + 2 * (size_t)cap * sizeof(vg__block_t));
-    if (m)
-        m->cap = cap;
-    return m;
-}
-
-/* Moves m's pending blocks to the class's pending list (under both locks).
- * Each chunk they touch was last freed into at m->pend_since. */
-static void flush_pending(vg__cache_t *c, vg__class_t *k, mag_t *m,
-                          flush_out_t *o)
-{
-    vg__block_t *p = m->v + m->cap;
-    uint32_t n = m->pend_n;
-    m->pend_n = 0;
+    vg__block_t *p = b->v;
+    uint32_t n = b->n;
     if (k->pending.n + n > k->pending.cap)
         stack_grow(&k->pending, k->pending.n + n);
     for (uint32_t i = 0; i < n; i++) {
-        p[i].chunk->idle_since = m->pend_since;
+        p[i].chunk->idle_since = b->since;
         stack_push(&k->pending, p[i]);
         block_returned(c, k, p[i].chunk, o);
     }
 }
 
-/* Moves m's ready blocks back to the class's ready list (under both locks):
- * they need no synchronisation. */
-static void flush_ready(vg__cache_t *c, vg__class_t *k, mag_t *m)
+void vg__class_put_ready(vg__cache_t *c, vg__class_t *k,
+                         const vg__block_t *v, uint32_t n)
 {
-    flush_out_t keep = {.keep_empty = KEEP_ALL};
-    if (k->ready.n + m->ready_n > k->ready.cap)
-        stack_grow(&k->ready, k->ready.n + m->ready_n);
-    for (uint32_t i = 0; i < m->ready_n; i++) {
-        stack_push(&k->ready, m->v[i]);
-        block_returned(c, k, m->v[i].chunk, &keep);
+    vg__flush_out_t keep = {.keep_empty = VG__KEEP_ALL};
+    if (k->ready.n + n > k->ready.cap)
+        stack_grow(&k->ready, k->ready.n + n);
+    for (uint32_t i = 0; i < n; i++) {
+        stack_push(&k->ready, v[i]);
+        block_returned(c, k, v[i].chunk, &keep);
     }
-    m->ready_n = 0;
 }
 
-/* Fills m's empty ready stack from the class (under the class lock, after
- * class_fill): ready blocks first, then never-used ones. */
-static void take_batch(vg__class_t *k, mag_t *m)
+uint32_t vg__class_take_batch(vg__class_t *k, vg__block_t *v, uint32_t n,
+                              uint32_t cap)
 {
-    while (m->ready_n < m->cap && k->ready.n) {
+    while (n < cap && k->ready.n) {
         vg__block_t b = k->ready.v[--k->ready.n];
         block_leaves(k, b.chunk);
-        m->v[m->ready_n++] = b;
+        v[n++] = b;
     }
     vg__block_t b;
-    while (m->ready_n < m->cap && take_fresh(k, &b)) {
+    while (n < cap && take_fresh(k, &b)) {
         block_leaves(k, b.chunk);
-        m->v[m->ready_n++] = b;
+        v[n++] = b;
     }
     /* Popped from the top: hand them out in the class's order. */
-    for (uint32_t i = 0, j = m->ready_n; i + 1 < j; i++, j--) {
-        b = m->v[i];
-        m->v[i] = m->v[j - 1];
-        m->v[j - 1] = b;
+    for (uint32_t i = 0, j = n; i + 1 < j; i++, j--) {
+        b = v[i];
+        v[i] = v[j - 1];
+        v[j - 1] = b;
     }
-}
-
-/*
- * The thread's magazine of class cls is empty (under the thread cache's
- * lock): hands the thread's pending blocks to the class, so the next seal
- * covers them, then takes a batch. false on a miss. A chunk emptied by the
- * hand-over is kept: the class is about to need blocks.
- */
-__attribute__((noinline)) static bool mag_refill(vg__cache_t *c, int cls,
-                                                 const fill_req_t *r)
-{
-    vg__tcache_t *tc = r->tc;
-    mag_t *m = tc->mag[cls];
-    if (!m && !(m = tc->mag[cls] = mag_new(c->cls[cls].size)))
-        return false;
-    vg__class_t *k = &c->cls[cls];
-    flush_out_t keep = {.keep_empty = KEEP_ALL};
-    class_lock(k);
-    if (m->pend_n)
-        flush_pending(c, k, m, &keep);
-    bool ok = class_fill(c, k, r);
-    if (ok)
-        take_batch(k, m);
-    else if (r->policy == GROW_FIRST)
-        m->misses++; /* once per request: REUSE_ANY is its second try */
-    class_unlock(k);
-    return ok;
-}
-
-/* Empties every magazine of tc into the classes (under tc's lock); true if
- * any block moved. Counters stay: they are the thread's history. */
-static bool tc_flush_all(vg__cache_t *c, vg__tcache_t *tc)
-{
-    bool moved = false;
-    for (int i = 0; i < VG__CLASSES; i++) {
-        mag_t *m = tc->mag[i];
-        if (!m || (m->ready_n == 0 && m->pend_n == 0))
-            continue;
-        vg__class_t *k = &c->cls[i];
-        flush_out_t keep = {.keep_empty = KEEP_ALL};
-        class_lock(k);
-        flush_ready(c, k, m);
-        flush_pending(c, k, m, &keep);
-        class_unlock(k);
-        moved = true;
-    }
-    return moved;
-}
-
-static void tc_free(vg__tcache_t *tc)
-{
-    for (int i = 0; i < VG__CLASSES; i++)
-        free(tc->mag[i]);
-    free(tc);
-}
-
-/* ------------------------------------------------------ thread caches */
-
-/*
- * Each thread finds its cache of a vg__cache_t through a small table of
- * its own, keyed by the cache's address and id (a new pool may reuse a
- * destroyed one's address; ids are never reused). The last one found sits
- * in `tl_last`, so a thread that uses one pool pays one compare. The table
- * is freed, and every thread cache in it retired, by the key's destructor
- * when the thread exits. Initial-exec TLS: the library is linked or
- * preloaded, and this is the fast path (no __tls_get_addr call).
- */
-#define TC_SLOTS 8
-
-typedef struct tc_slot {
-    vg__cache_t *cache;
-    uint64_t id;
-    vg__tcache_t *tc;
-} tc_slot_t;
-
-typedef struct tc_table {
-    tc_slot_t slot[TC_SLOTS];
-    unsigned victim; /* next slot to retire when all are in use */
-} tc_table_t;
-
-static _Thread_local tc_slot_t tl_last __attribute__((tls_model("initial-exec")));
-static _Thread_local tc_table_t *tl_table __attribute__((tls_model("initial-exec")));
-static pthread_key_t tc_key;
-static pthread_once_t tc_key_once = PTHREAD_ONCE_INIT;
-static bool tc_key_ok;
-
-/* The thread is done with tc: return its blocks to the classes and leave
- * it for the cache to reuse or free; or, if the cache was drained, free it. */
-static void tc_retire(vg__tcache_t *tc)
-{
-    tc_lock(tc);
-    vg__cache_t *c = tc->cache;
-    if (!c) {
-        tc_unlock(tc);
-        tc_free(tc);
-        return;
-    }
-    tc_flush_all(c, tc);
-    tc->dead = true;
-    tc_unlock(tc); /* the last touch: the cache may free it from here on */
-}
-
-static void tc_thread_exit(void *p)
-{
-    tc_table_t *t = p;
-    for (int i = 0; i < TC_SLOTS; i++)
-        if (t->slot[i].tc)
-            tc_retire(t->slot[i].tc);
-    free(t);
-    tl_table = NULL;
-    tl_last = (tc_slot_t){0};
-}
-
-static void tc_key_make(void)
-{
-    biased_setup();
-    tc_key_ok = pthread_key_create(&tc_key, tc_thread_exit) == 0;
-}
-
-static tc_table_t *tc_table(void)
-{
-    if (vg__likely(tl_table != NULL))
-        return tl_table;
-    pthread_once(&tc_key_once, tc_key_make);
-    /* Without a key the exit could not return the blocks: use the classes. */
-    if (!tc_key_ok || !(tl_table = calloc(1, sizeof *tl_table)))
-        return NULL;
-    if (pthread_setspecific(tc_key, tl_table) != 0) {
-        free(tl_table);
-        tl_table = NULL;
-    }
-    return tl_table;
-}
-
-/* A slot for a new thread cache: an empty one, else one whose cache was
- * drained, else the next victim, retired. */
-static tc_slot_t *tc_slot_free(tc_table_t *t)
-{
-    for (int i = 0; i < TC_SLOTS; i++)
-        if (!t->slot[i].tc)
-            return &t->slot[i];
-    for (int i = 0; i < TC_SLOTS; i++) {
-        vg__tcache_t *tc = t->slot[i].tc;
-        tc_lock(tc);
-        bool stale = tc->cache == NULL;
-        tc_unlock(tc);
-        if (stale) {
-            tc_free(tc);
-            return &t->slot[i];
-        }
-    }
-    tc_slot_t *s = &t->slot[t->victim++ % TC_SLOTS];
-    tc_retire(s->tc);
-    return s;
-}
-
-/* A thread cache of c for the calling thread: a dead thread's, or new. */
-static vg__tcache_t *tc_join(vg__cache_t *c)
-{
-    pthread_mutex_lock(&c->tcaches_mu);
-    vg__tcache_t *tc;
-    for (tc = c->tcaches; tc; tc = tc->next) {
-        tc_lock(tc); /* `dead` is only ever touched under the lock */
-        bool adopt = tc->dead;
-        if (adopt)
-            tc->dead = false;
-        tc_unlock(tc);
-        if (adopt)
-            break;
-    }
-    if (!tc && (tc = calloc(1, sizeof *tc)) != NULL) {
-        atomic_init(&tc->lock, 0);
-        tc->cache = c;
-        tc->next = c->tcaches;
-        c->tcaches = tc;
-    }
-    pthread_mutex_unlock(&c->tcaches_mu);
-    return tc;
-}
-
-__attribute__((noinline)) static vg__tcache_t *tc_find(vg__cache_t *c)
-{
-    tc_table_t *t = tc_table();
-    if (!t)
-        return NULL;
-    for (int i = 0; i < TC_SLOTS; i++) {
-        if (t->slot[i].cache == c && t->slot[i].id == c->id) {
-            tl_last = t->slot[i];
-            return tl_last.tc;
-        }
-    }
-    tc_slot_t *s = tc_slot_free(t);
-    *s = (tc_slot_t){0};
-    tl_last = (tc_slot_t){0};
-    vg__tcache_t *tc = tc_join(c);
-    if (!tc)
-        return NULL;
-    *s = (tc_slot_t){c, c->id, tc};
-    tl_last = *s;
-    return tc;
-}
-
-/* The calling thread's cache of c; NULL when there is no host memory. */
-static inline vg__tcache_t *tc_mine(vg__cache_t *c)
-{
-    if (vg__likely(tl_last.cache == c && tl_last.id == c->id))
-        return tl_last.tc;
-    return tc_find(c);
-}
-
-/* The cache is being drained: every thread cache leaves it. Blocks in the
- * magazines die with their chunks. The calling thread's own goes at once;
- * other threads free theirs when they next look or exit. */
-static void tc_detach_all(vg__cache_t *c)
-{
-    pthread_mutex_lock(&c->tcaches_mu);
-    vg__tcache_t *tc = c->tcaches;
-    c->tcaches = NULL;
-    pthread_mutex_unlock(&c->tcaches_mu);
-    while (tc) {
-        vg__tcache_t *next = tc->next;
-        remote_enter(tc);
-        bool dead = tc->dead;
-        tc->cache = NULL;
-        for (int i = 0; i < VG__CLASSES; i++)
-            if (tc->mag[i])
-                tc->mag[i]->ready_n = tc->mag[i]->pend_n = 0;
-        remote_leave(tc);
-        if (dead)
-            tc_free(tc);
-        tc = next;
-    }
-    for (int i = 0; tl_table && i < TC_SLOTS; i++) {
-        tc_slot_t *s = &tl_table->slot[i];
-        if (s->cache == c && s->id == c->id) {
-            tc_free(s->tc);
-            *s = (tc_slot_t){0};
-        }
-    }
-    if (tl_last.cache == c)
-        tl_last = (tc_slot_t){0};
-}
-
-bool vg__cache_collect(vg__cache_t *c)
-{
-    bool moved = false;
-    pthread_mutex_lock(&c->tcaches_mu);
-    for (vg__tcache_t *tc = c->tcaches; tc; tc = tc->next) {
-        remote_enter(tc);
-        moved |= tc_flush_all(c, tc);
-        remote_leave(tc);
-    }
-    pthread_mutex_unlock(&c->tcaches_mu);
-    return moved;
-}
-
-/* ------------------------------------------------------------ take, give */
-
-static inline int take(vg__cache_t *c, int cls, size_t size,
-                       vg__block_t *out, take_policy_t policy)
-{
-    vg__tcache_t *tc = tc_mine(c);
-    if (vg__unlikely(!tc))
-        return class_take(c, cls, size, out);
-    own_t how = own_enter(tc);
-    mag_t *m = tc->mag[cls];
-    if (vg__unlikely(!m || m->ready_n == 0)) {
-        fill_req_t r = {tc, &how, policy};
-        if (!mag_refill(c, cls, &r)) {
-            own_leave(tc, how);
-            return VG_ENOMEM;
-        }
-        m = tc->mag[cls];
-    }
-    *out = m->v[--m->ready_n];
-    m->allocs++;
-    m->live_blocks++;
-    m->live_bytes += size;
-    m->bytes_allocated += size;
-    own_leave(tc, how);
-    return VG_OK;
-}
-
-int vg__cache_take(vg__cache_t *c, int cls, size_t size, vg__block_t *out)
-{
-    return take(c, cls, size, out, GROW_FIRST);
-}
-
-int vg__cache_take_any(vg__cache_t *c, int cls, size_t size, vg__block_t *out)
-{
-    return take(c, cls, size, out, REUSE_ANY);
-}
-
-/* The thread's pending magazine of the block's class is full or missing
- * (under the thread cache's lock): hand the full one to the class. NULL
- * when there is no host memory for a magazine. */
-__attribute__((noinline)) static mag_t *mag_make_room(vg__cache_t *c,
-                                                      vg__tcache_t *tc,
-                                                      int cls, flush_out_t *o)
-{
-    mag_t *m = tc->mag[cls];
-    if (!m)
-        return tc->mag[cls] = mag_new(c->cls[cls].size);
-    vg__class_t *k = &c->cls[cls];
-    class_lock(k);
-    flush_pending(c, k, m, o);
-    class_unlock(k);
-    return m;
-}
-
-bool vg__cache_give(vg__cache_t *c, const vg__block_t *b, size_t size,
-                    uint32_t keep_empty, vg__span_t *release)
-{
-    int cls = b->chunk->cls;
-    flush_out_t o = {.keep_empty = keep_empty, .release = release};
-    vg__tcache_t *tc = tc_mine(c);
-    if (vg__unlikely(!tc))
-        return class_give(c, b, size, &o);
-    own_t how = own_enter(tc);
-    mag_t *m = tc->mag[cls];
-    if (vg__unlikely(!m || m->pend_n == m->cap) &&
-        !(m = mag_make_room(c, tc, cls, &o))) {
-        own_leave(tc, how);
-        return class_give(c, b, size, &o);
-    }
-    /* One clock read per batch: the chunk's idle time for trimming. */
-    if (m->pend_n == 0)
-        m->pend_since = vg__now_coarse_ns();
-    m->v[m->cap + m->pend_n++] = *b;
-    m->frees++;
-    m->live_blocks--;
-    m->live_bytes -= size;
-    own_leave(tc, how);
-    return o.released;
+    return n;
 }
 
 /* ------------------------------------------------------------ trim */
@@ -1021,22 +519,22 @@ static bool trim_empty(vg__cache_t *c, vg__span_t *release)
     for (int attempt = 0; attempt < 8; attempt++) {
         trim_pick_t p = {.cls = -1};
         for (int i = 0; i < VG__CLASSES; i++) {
-            class_lock(&c->cls[i]);
+            vg__class_lock(&c->cls[i]);
             scan_class(&c->cls[i], i, &p);
-            class_unlock(&c->cls[i]);
+            vg__class_unlock(&c->cls[i]);
         }
         if (!p.chunk)
             return false;
         vg__class_t *k = &c->cls[p.cls];
         vg__chunk_t *found = NULL;
-        class_lock(k);
+        vg__class_lock(k);
         for (vg__chunk_t *ch = k->chunks; ch; ch = ch->next)
             if (ch == p.chunk && ch->live == 0) {
                 chunk_detach(c, k, ch);
                 found = ch;
                 break;
             }
-        class_unlock(k);
+        vg__class_unlock(k);
         if (found) {
             *release = (vg__span_t){found->base, found->bytes};
             free(found);
@@ -1056,17 +554,6 @@ bool vg__cache_trim_one(vg__cache_t *c, vg__span_t *release)
 
 /* ------------------------------------------------------------ stats */
 
-static void add_mag(vg__cache_stats_t *s, const mag_t *m, uint64_t *live)
-{
-    s->live_bytes += m->live_bytes;
-    s->hits += m->allocs;
-    s->misses += m->misses;
-    s->allocs += m->allocs;
-    s->frees += m->frees;
-    s->bytes_allocated += m->bytes_allocated;
-    *live += m->live_blocks;
-}
-
 /* Sums the classes and every thread cache (dead threads' included: their
  * counters are history). Under the list mutex, so no thread cache comes or
  * goes meanwhile. */
@@ -1077,7 +564,7 @@ void vg__cache_stats(vg__cache_t *c, vg__cache_stats_t *s)
     pthread_mutex_lock(&c->tcaches_mu);
     for (int i = 0; i < VG__CLASSES; i++) {
         vg__class_t *k = &c->cls[i];
-        class_lock(k);
+        vg__class_lock(k);
         s->live_bytes += k->live_bytes;
         s->hits += k->hits;
         s->misses += k->misses;
@@ -1085,15 +572,9 @@ void vg__cache_stats(vg__cache_t *c, vg__cache_stats_t *s)
         s->frees += k->frees;
         s->bytes_allocated += k->bytes_allocated;
         live[i] = k->live_blocks;
-        class_unlock(k);
+        vg__class_unlock(k);
     }
-    for (vg__tcache_t *tc = c->tcaches; tc; tc = tc->next) {
-        remote_enter(tc);
-        for (int i = 0; i < VG__CLASSES; i++)
-            if (tc->mag[i])
-                add_mag(s, tc->mag[i], &live[i]);
-        remote_leave(tc);
-    }
+    vg__tcache_sum(c, s, live);
     pthread_mutex_unlock(&c->tcaches_mu);
     uint64_t handed = 0; /* class bytes of live blocks */
     for (int i = 0; i < VG__CLASSES; i++) {

@@ -18,7 +18,8 @@
  *
  * Fast path (a cached 4 KiB block): no budget call, no pool-wide lock, no
  * driver call, no atomic read-modify-write: the thread's own magazine
- * (cache.c) and the ledger insert and remove (one shard spinlock each).
+ * (cache_thread.c) and the ledger insert and remove (one shard spinlock
+ * each).
  * Measured in docs/pool.md.
  */
 #include <pthread.h>

@@ -626,15 +626,16 @@ void vg__fake_pattern(vg_devptr_t ptr, char *out, size_t len);
  * them in, and frees the spans the cache gives back.
  *
  * Two levels. Each class keeps its free blocks in host arrays under a
- * spinlock. In front of the classes, each thread that uses the cache has a
- * thread cache: per class a magazine of `ready` blocks and one of `pending`
- * (freed) blocks, under a spinlock that only its owner takes on the fast
- * path (uncontended), so a cached pair writes nothing another thread
- * writes. A magazine exchanges whole batches with its class: a refill takes
- * ready or never-used blocks (and hands over the thread's pending ones),
- * a free into a full pending magazine hands them over. A trim, a pool
- * destroy or the thread's exit (a pthread key destructor) takes the
- * magazine's lock to empty it, so blocks parked there are never stranded.
+ * spinlock (cache.c). In front of the classes, each thread that uses the
+ * cache has a thread cache (cache_thread.c): per class a magazine of
+ * `ready` blocks and one of `pending` (freed) blocks, under a spinlock that
+ * only its owner takes on the fast path (uncontended), so a cached pair
+ * writes nothing another thread writes. A magazine exchanges whole batches
+ * with its class: a refill takes ready or never-used blocks (and hands over
+ * the thread's pending ones), a free into a full pending magazine hands
+ * them over. A trim, a pool destroy or the thread's exit (a pthread key
+ * destructor) takes the magazine's lock to empty it, so blocks parked there
+ * are never stranded.
  *
  * Reuse rule: a freed block is handed out again only after a context
  * synchronisation (the `sync` function given to vg__cache_init) that began
@@ -664,7 +665,20 @@ void vg__fake_pattern(vg_devptr_t ptr, char *out, size_t len);
 #define VG__MAG_MAX 32u
 
 typedef struct vg__chunk vg__chunk_t;   /* cache.c */
-typedef struct vg__tcache vg__tcache_t; /* cache.c: one thread's cache */
+typedef struct vg__tcache vg__tcache_t; /* cache_thread.c: a thread's */
+
+/* One chunk of a class. Every field is cache.c's; it is defined here only
+ * because a free through the thread cache (cache_thread.c) reads `cls`
+ * on the fast path. */
+struct vg__chunk {
+    vg_devptr_t base;
+    uint64_t bytes;
+    int cls;
+    uint32_t carved;       /* blocks handed out fresh so far */
+    uint32_t live;         /* blocks outside the class's lists */
+    uint64_t idle_since;   /* coarse ns: made, or the last free to reach it */
+    vg__chunk_t *prev, *next;
+};
 
 /* One block as the cache hands it out and takes it back. */
 typedef struct vg__block {
@@ -730,6 +744,99 @@ void vg__cache_init(vg__cache_t *c, vg__sync_fn sync, void *ctx);
  * again. */
 void vg__cache_drain(vg__cache_t *c, void (*release)(const vg__span_t *s,
                                                      void *ctx), void *ctx);
+/* Adds a chunk the caller allocated, charged and verified, and hands its
+ * first block out for `size` bytes. VG_ESYS when host memory runs out (the
+ * caller still owns the chunk). */
+int vg__cache_add_chunk(vg__cache_t *c, int cls, const vg__span_t *chunk,
+                        size_t size, vg__block_t *out);
+/* Another chunk that left the cache for the caller to free, into *release;
+ * false when there is none. */
+bool vg__cache_reap(vg__cache_t *c, vg__span_t *release);
+/* Detaches the best empty chunk to trim (the largest, then the longest
+ * idle) into *release, emptying the threads' magazines first if no chunk
+ * is empty otherwise. false when no chunk is empty. */
+bool vg__cache_trim_one(vg__cache_t *c, vg__span_t *release);
+
+typedef struct vg__cache_stats {
+    uint64_t held, cached, live_bytes, live_blocks;
+    uint64_t hits, misses, allocs, frees, bytes_allocated, syncs;
+} vg__cache_stats_t;
+void vg__cache_stats(vg__cache_t *c, vg__cache_stats_t *s);
+
+/* The class side of the thread caches (cache_thread.c). Unless said
+ * otherwise, each call below is made under the class lock (vg__class_lock),
+ * taken after the caller's thread cache lock, if any. */
+static inline void vg__class_lock(vg__class_t *k) { vg__spin_lock(&k->lock); }
+static inline void vg__class_unlock(vg__class_t *k)
+{
+    vg__spin_unlock(&k->lock);
+}
+
+/* keep_empty of a flush that never releases a chunk (trims decide). */
+#define VG__KEEP_ALL UINT32_MAX
+
+/* Where a flush puts chunks that empty beyond the class's allowance. */
+typedef struct vg__flush_out {
+    uint32_t keep_empty;
+    vg__span_t *release; /* the first one, for the caller */
+    bool released;
+} vg__flush_out_t;
+
+/* How a request that finds its class empty treats the class's pending
+ * blocks. With many threads, magazines hold most of a chunk's blocks, and
+ * a class's pending list may be a handful: synchronising for so few costs
+ * a driver call every few pairs (measured: 1 sync per 78 pairs at 16
+ * threads instead of 1 per 500), so such a request misses and the pool
+ * grows a chunk instead, while the budget allows; near the limit it
+ * reuses whatever is pending (VG__REUSE_ANY). */
+typedef enum { VG__GROW_FIRST, VG__REUSE_ANY } vg__take_policy_t;
+
+typedef enum {
+    VG__FILL_OK,   /* the class has a ready or never-used block */
+    VG__FILL_MISS, /* it has none, and too few pending to seal (policy) */
+    VG__FILL_WAIT, /* its sealed blocks wait for a sync (*epoch) */
+} vg__fill_t;
+/* Makes sure class k has a ready or never-used block, sealing its pending
+ * ones with the sync epoch if needed. On VG__FILL_WAIT the caller drops
+ * its locks (the sync is a driver call), calls vg__cache_sync_after(c,
+ * *epoch), retakes them and calls again: meanwhile the sealed list stays
+ * in the class, so a trim may still release its chunks. */
+vg__fill_t vg__class_fill(vg__cache_t *c, vg__class_t *k,
+                          vg__take_policy_t policy, uint64_t *epoch);
+/* Returns once a synchronisation begun after `epoch` was read has
+ * completed (waits for one already begun, else runs one). No lock held. */
+void vg__cache_sync_after(vg__cache_t *c, uint64_t epoch);
+/* vg__cache_take and vg__cache_give through the class alone (its lock taken
+ * inside), for a thread with no thread cache (no host memory). */
+int vg__class_take(vg__cache_t *c, int cls, size_t size, vg__block_t *out);
+bool vg__class_give(vg__cache_t *c, const vg__block_t *b, size_t size,
+                    vg__flush_out_t *o);
+
+/* Blocks a magazine hands back to its class. */
+typedef struct vg__batch {
+    vg__block_t *v;
+    uint32_t n;
+    uint64_t since; /* coarse ns of the batch's first free */
+} vg__batch_t;
+/* Freed blocks onto k's pending list; each chunk they touch was last freed
+ * into at b->since. Chunks that empty leave as vg__cache_give says (o). */
+void vg__class_put_pending(vg__cache_t *c, vg__class_t *k,
+                           const vg__batch_t *b, vg__flush_out_t *o);
+/* Ready blocks (never handed out since they left) back onto k's ready
+ * list: they need no synchronisation, and no chunk is released. */
+void vg__class_put_ready(vg__cache_t *c, vg__class_t *k,
+                         const vg__block_t *v, uint32_t n);
+/* Fills v[n, cap) from class k (after vg__class_fill said VG__FILL_OK):
+ * ready blocks first, then never-used ones, in the class's order. Returns
+ * the new count. */
+uint32_t vg__class_take_batch(vg__class_t *k, vg__block_t *v, uint32_t n,
+                              uint32_t cap);
+
+/* ---------------------------------------------------- cache_thread.c */
+
+/* Each thread's cache in front of the classes: the fast path of the pool's
+ * small blocks (see "Two levels" above). */
+
 /* Hands out a block of class `cls` for a request of `size` bytes: from the
  * calling thread's magazine, else a batch from the class (ready, never used,
  * or pending ones after a synchronisation, if at least 1/8 of a chunk's
@@ -740,33 +847,22 @@ int vg__cache_take(vg__cache_t *c, int cls, size_t size, vg__block_t *out);
 /* The same, synchronising for however few pending blocks there are. */
 int vg__cache_take_any(vg__cache_t *c, int cls, size_t size,
                        vg__block_t *out);
-/* Adds a chunk the caller allocated, charged and verified, and hands its
- * first block out for `size` bytes. VG_ESYS when host memory runs out (the
- * caller still owns the chunk). */
-int vg__cache_add_chunk(vg__cache_t *c, int cls, const vg__span_t *chunk,
-                        size_t size, vg__block_t *out);
 /* Takes a block back (`size` as it was taken), from any thread. When chunks
  * become empty and the class already keeps `keep_empty` empty chunks, they
  * leave the cache: the first into *release and true returned (the caller
  * frees it, then any more through vg__cache_reap). */
 bool vg__cache_give(vg__cache_t *c, const vg__block_t *b, size_t size,
                     uint32_t keep_empty, vg__span_t *release);
-/* Another chunk that left the cache for the caller to free, into *release;
- * false when there is none. */
-bool vg__cache_reap(vg__cache_t *c, vg__span_t *release);
-/* Detaches the best empty chunk to trim (the largest, then the longest
- * idle) into *release, emptying the threads' magazines first if no chunk
- * is empty otherwise. false when no chunk is empty. */
-bool vg__cache_trim_one(vg__cache_t *c, vg__span_t *release);
 /* Returns every thread's magazines to their classes (a request that would
  * otherwise grow past a budget). true if any block moved. */
 bool vg__cache_collect(vg__cache_t *c);
-
-typedef struct vg__cache_stats {
-    uint64_t held, cached, live_bytes, live_blocks;
-    uint64_t hits, misses, allocs, frees, bytes_allocated, syncs;
-} vg__cache_stats_t;
-void vg__cache_stats(vg__cache_t *c, vg__cache_stats_t *s);
+/* The cache is being drained (vg__cache_drain): every thread cache leaves
+ * it; the calling thread's own is freed at once, other threads free theirs
+ * when they next look or exit. */
+void vg__tcache_detach_all(vg__cache_t *c);
+/* Adds every thread cache's counters to s and its live blocks of each
+ * class to live[class] (for vg__cache_stats, with c->tcaches_mu held). */
+void vg__tcache_sum(vg__cache_t *c, vg__cache_stats_t *s, uint64_t *live);
 
 /* ----------------------------------------------------------- evict.c */
 
