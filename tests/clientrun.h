@@ -232,6 +232,22 @@ static inline void read_small_file(const char *path, char *buf, size_t cap)
     fclose(f);
 }
 
+/* The whole of a file (an audit log) as a string the caller frees; fails
+ * the test when it cannot be read. */
+static inline char *read_whole_file(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    cr_assert_not_null(f, "cannot read %s", path);
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    rewind(f);
+    char *buf = malloc((size_t)n + 1);
+    cr_assert_not_null(buf);
+    buf[fread(buf, 1, (size_t)n, f)] = '\0';
+    fclose(f);
+    return buf;
+}
+
 /* ------------------------------------------------------ build/vramguard */
 
 #define CLI_OUT_MAX (64 * 1024)

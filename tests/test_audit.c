@@ -106,24 +106,10 @@ typedef struct log_stats {
     char first_bad[256];
 } log_stats_t;
 
-static char *read_all(const char *path)
-{
-    FILE *f = fopen(path, "r");
-    cr_assert_not_null(f, "cannot read %s", path);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    rewind(f);
-    char *buf = malloc((size_t)n + 1);
-    cr_assert_not_null(buf);
-    buf[fread(buf, 1, (size_t)n, f)] = '\0';
-    fclose(f);
-    return buf;
-}
-
 static log_stats_t read_log(const char *path)
 {
     log_stats_t s = {0};
-    char *text = read_all(path);
+    char *text = read_whole_file(path);
     for (char *l = text, *nl; *l; l = nl + 1) {
         nl = strchr(l, '\n');
         cr_assert_not_null(nl, "the log ends without a newline: %.200s", l);
@@ -286,7 +272,7 @@ Test(audit, the_leak_report_groups_live_allocations_by_call_site)
     cr_expect_not_null(strstr(r.err, "leak report: 5 allocations, 5.00 MiB, live at exit "
                                      "from 1 call site\n"),
                        "%s", r.err);
-    char *text = read_all(log);
+    char *text = read_whole_file(log);
     const char *leak = strstr(text, "\"op\":\"leak\"");
     cr_assert_not_null(leak, "%s", text);
     cr_expect_not_null(strstr(leak, "\"count\":5,\"bytes\":5242880,\"site\":[\"0x"), "%.300s",
@@ -329,7 +315,7 @@ Test(audit, start_alloc_and_exit_lines_carry_the_schema_fields)
                     .env = {a, "VRAMGUARD_BUDGET=1GiB", "VRAMGUARD_BACKTRACE=3"}};
     run_client(&o, &r);
     cr_assert_eq(r.status, 0, "%s", r.err);
-    char *text = read_all(log);
+    char *text = read_whole_file(log);
     cr_expect_not_null(strstr(text, "\"op\":\"start\",\"cmd\":\""), "%.300s", text);
     cr_expect_not_null(strstr(text, "client_linked plain 64MiB 100\",\"budget_spec\":\"1GiB\","
                                     "\"policy\":\"warn\""),

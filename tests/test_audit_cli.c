@@ -58,16 +58,6 @@ static void rm_tree(const char *dir)
     rmdir(dir);
 }
 
-static char *slurp(const char *path)
-{
-    FILE *f = fopen(path, "r");
-    cr_assert_not_null(f, "cannot open %s", path);
-    static char buf[1 << 20];
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    buf[n] = '\0';
-    fclose(f);
-    return buf;
-}
 
 /* ---------------------------------------------------------- help, errors */
 
@@ -297,7 +287,9 @@ Test(audit_cli, svg_is_well_formed_xml_shows_the_budget_and_is_written_atomicall
     snprintf(log, sizeof log, "%s/a&b<c>.jsonl", dir);
     FILE *f = fopen(log, "w");
     cr_assert_not_null(f);
-    fputs(slurp(DATA "basic.jsonl"), f);
+    char *basic = read_whole_file(DATA "basic.jsonl");
+    fputs(basic, f);
+    free(basic);
     fputs("{\"v\":1,\"ts\":1790000000080000000,\"pid\":4242,\"tid\":1,\"op\":\"refuse\","
           "\"dev\":0,\"api\":\"cu<Mem>&\\\"x\\\"\",\"kind\":\"plain\",\"size\":2147483648,"
           "\"rc\":2,\"used\":671088640,\"budget\":1073741824}\n", f);
@@ -305,7 +297,7 @@ Test(audit_cli, svg_is_well_formed_xml_shows_the_budget_and_is_written_atomicall
     cli_result_t r;
     cli(&r, ARGS("audit", "--svg", svg, log));
     cr_assert_eq(r.status, 0, "%s", r.err);
-    const char *text = slurp(svg);
+    char *text = read_whole_file(svg);
     const char *bad = xml_check(text);
     cr_expect_null(bad, "not well-formed XML: %s", bad ? bad : "");
     EXPECT_IN(text, "class=\"budget\"");
@@ -316,6 +308,7 @@ Test(audit_cli, svg_is_well_formed_xml_shows_the_budget_and_is_written_atomicall
     EXPECT_IN(text, "cu&lt;Mem&gt;&amp;&quot;x&quot;");
     snprintf(cmd, sizeof cmd, "command -v xmllint >/dev/null 2>&1 || exit 0; xmllint --noout '%s'", svg);
     cr_expect_eq(system(cmd), 0, "xmllint rejects %s", svg);
+    free(text);
     /* Only the SVG and the log are left: the temporary file was renamed. */
     int entries = 0;
     DIR *d = opendir(dir);

@@ -414,20 +414,6 @@ Test(cache_mode, bad_frees_in_a_chunk_never_free_the_chunk_under_warn)
 
 /* ------------------------------------------------------ 6. audit log */
 
-static char *slurp(const char *path)
-{
-    FILE *f = fopen(path, "r");
-    cr_assert_not_null(f, "cannot read %s", path);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    rewind(f);
-    char *buf = malloc((size_t)n + 1);
-    cr_assert_not_null(buf);
-    buf[fread(buf, 1, (size_t)n, f)] = '\0';
-    fclose(f);
-    return buf;
-}
-
 /* True when `l` (one line) holds "key":value exactly (value as written). */
 static bool has_value(const char *l, size_t len, const char *key, const char *value)
 {
@@ -470,7 +456,7 @@ Test(cache_mode, each_pooled_allocation_and_free_has_its_own_audit_line)
     const char *l = pool_line(&o, &r);
     expect_field(l, "allocs", 8, "audit");
     expect_field(l, "failed", 0, "audit");
-    char *text = slurp(log);
+    char *text = read_whole_file(log);
     int blocks = 0;
     for (const char *b = r.out; (b = strstr(b, "path=audit_block ")); b++, blocks++) {
         char size[32], ptr[32];

@@ -47,6 +47,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "client_size.h"
+
 #define KiB 1024ull
 #define MiB (1024ull * KiB)
 #define CHUNK_SMALL (2 * MiB) /* the chunk of classes <= 256 KiB (docs/pool.md) */
@@ -247,19 +249,6 @@ static void out_end(void)
 {
     printf("%s\n", line);
     fflush(stdout);
-}
-
-/* "64MiB", "4KiB", "4096": bytes, or 0 when malformed. */
-static size_t parse_size(const char *s)
-{
-    char *end;
-    unsigned long long v = strtoull(s, &end, 10);
-    static const struct { const char *suffix; unsigned shift; } units[] = {
-        {"", 0}, {"B", 0}, {"KiB", 10}, {"MiB", 20}, {"GiB", 30}};
-    for (size_t i = 0; end != s && i < sizeof units / sizeof units[0]; i++)
-        if (!strcmp(end, units[i].suffix))
-            return (size_t)(v << units[i].shift);
-    return 0;
 }
 
 static uint64_t rnd(uint64_t *s)
@@ -1148,7 +1137,7 @@ int main(int argc, char **argv)
     if (argc < 3)
         return usage();
     const char *name = argv[1];
-    size_t size = parse_size(argv[2]);
+    size_t size = client_parse_size(argv[2]);
     size_t count = argc > 3 ? strtoull(argv[3], NULL, 10) : 1;
     unsigned long long extra = argc > 4 ? strtoull(argv[4], NULL, 10) : 0;
     if (!size || !count)

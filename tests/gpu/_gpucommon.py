@@ -6,12 +6,39 @@ and exits 0 on PASS/info, 1 on FAIL. Any exception escaping a check becomes
 a FAIL row (with the traceback on stderr, for the log), never a hang.
 """
 import argparse
+import subprocess
 import sys
 import traceback
 
 MIB = 1 << 20
 GIB = 1 << 30
 CHUNK = 256 * MIB
+
+
+def say(*a):
+    print(*a, flush=True)
+
+
+def show(title, text, limit=60):
+    """Copies a child's output into the log, indented (not collected)."""
+    lines = text.rstrip("\n").splitlines()
+    say(f"--- {title} ({len(lines)} lines)")
+    for ln in lines[:limit]:
+        say("    " + ln)
+    if len(lines) > limit:
+        say(f"    ... {len(lines) - limit} more lines")
+
+
+def sh(cmd, env=None, timeout=60):
+    """Runs cmd; returns (rc, stdout, stderr); a timeout is rc 124."""
+    try:
+        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout,
+                           errors="replace")
+        return p.returncode, p.stdout, p.stderr
+    except subprocess.TimeoutExpired as exc:
+        out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else exc.stdout
+        err = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else exc.stderr
+        return 124, out or "", (err or "") + f"\n(timed out after {timeout} s)"
 
 
 def gib(n):

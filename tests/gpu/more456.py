@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
-"""The multi-step GPU checks of issues 4, 5 and 6, for tests/gpu/run_more.sh.
+"""The multi-step GPU checks of issues 4 and 5, for tests/gpu/run_more.sh.
 
 Each subcommand runs one scenario (its own child processes, CLI calls and
 checks), prints what it saw (for more.log) and RESULT rows (_gpucommon.py)
 that run_more.sh collects. Output of child processes is copied indented, so
-their own RESULT lines are not collected twice; BENCH| and POOL| lines are
+their own RESULT lines are not collected twice; BENCH| lines are
 table rows for run_more.sh. Anything raised is a FAIL row; every child is
 killed (by its pid) before a subcommand returns.
 
@@ -13,8 +13,6 @@ killed (by its pid) before a subcommand returns.
     more456.py overhead    --bin BENCH_PAIRS --preload SHIM --work DIR [--rounds R]
     more456.py shared-pair --cli VG --preload SHIM --work DIR --name NAME
     more456.py shared-many --cli VG --preload SHIM --work DIR --name NAME [--procs 8]
-    more456.py pool-bench  --bin POOL_BENCH
-    more456.py example     --bin MODEL_SLOTS
 """
 import argparse
 import json
@@ -30,37 +28,11 @@ import xml.etree.ElementTree as ET
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from _gpucommon import GIB, MIB, first_line, gib, result  # noqa: E402
+from _gpucommon import GIB, MIB, first_line, gib, result, say, sh, show  # noqa: E402
 
 PY = sys.executable or "python3"
 HOLD = os.path.join(HERE, "shared_hold.py")
 CHILDREN = []  # Popen objects to kill (by pid) on the way out
-
-
-def say(*a):
-    print(*a, flush=True)
-
-
-def show(title, text, limit=60):
-    """Copies a child's output into the log, indented (not collected)."""
-    lines = text.rstrip("\n").splitlines()
-    say(f"--- {title} ({len(lines)} lines)")
-    for ln in lines[:limit]:
-        say("    " + ln)
-    if len(lines) > limit:
-        say(f"    ... {len(lines) - limit} more lines")
-
-
-def sh(cmd, env=None, timeout=60):
-    """Runs cmd; returns (rc, stdout, stderr); a timeout is rc 124."""
-    try:
-        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout,
-                           errors="replace")
-        return p.returncode, p.stdout, p.stderr
-    except subprocess.TimeoutExpired as exc:
-        out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else exc.stdout
-        err = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else exc.stderr
-        return 124, out or "", (err or "") + f"\n(timed out after {timeout} s)"
 
 
 def spawn(cmd, env, logpath):
@@ -588,51 +560,13 @@ def shared_many(a):
         result("status_metrics_live", "FAIL", "never saw all processes holding at once")
 
 
-# ------------------------------------------------------------ issue 6
-
-POOL_ROW = re.compile(r"^\| (driver cuMemAlloc\+cuMemFree|vg_pool_alloc\+vg_pool_free) \| "
-                      r"([\d.]+ \w+) \| (\d+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|$", re.M)
-
-
-def pool_bench(a):
-    t0 = time.time()
-    rc, out, err = sh([a.bin], timeout=a.timeout)
-    say(f"pool_bench: exit {rc} in {time.time() - t0:.0f} s")
-    show("pool_bench", out + err, 40)
-    rows = POOL_ROW.findall(out)
-    for what, size, threads, med, p10, p90 in rows:
-        say(f"POOL|{what} | {size} | {threads} | {med} | {p10} | {p90}")
-    get = {(w_, s, t): (float(m), float(lo), float(hi)) for w_, s, t, m, lo, hi in rows}
-    drv = get.get(("driver cuMemAlloc+cuMemFree", "4.00 KiB", "1"))
-    pool = get.get(("vg_pool_alloc+vg_pool_free", "4.00 KiB", "1"))
-    stats = re.search(r"^stats: .*$", out, re.M)
-    if rc != 0 or not drv or not pool:
-        result("pool_4KiB_pair", "FAIL", f"exit {rc}; rows found {len(rows)}: "
-               + (err.strip().splitlines() or [''])[-1][:150])
-        return
-    result("pool_4KiB_pair", "info",
-           f"cached pool pair {pool[0]:.1f} ns (p10..p90 {pool[1]:.1f}..{pool[2]:.1f}) vs "
-           f"cuMemAlloc+cuMemFree {drv[0]:.1f} ns ({drv[1]:.1f}..{drv[2]:.1f}) in the same run, "
-           f"x{drv[0] / pool[0]:.1f}; target pool <= 100 ns: "
-           f"{'met' if pool[0] <= 100 else 'MISSED'}" + (f"; {stats.group(0)}" if stats else ""))
-
-
-def example(a):
-    t0 = time.time()
-    rc, out, err = sh([a.bin], timeout=a.timeout)
-    show(f"model_slots (exit {rc}, {time.time() - t0:.1f} s)", out + err, 200)
-    m = re.search(r"^evictions .*$", out, re.M)
-    result("model_slots", "PASS" if rc == 0 and m else "FAIL",
-           f"exit {rc}: {m.group(0) if m else (err.strip().splitlines() or ['no summary'])[-1]}")
-
-
 # ------------------------------------------------------------ main
 
 def main():
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("cmd", choices=["audit-check", "badptr", "overhead", "shared-pair",
-                                   "shared-many", "pool-bench", "example"])
+                                   "shared-many"])
     p.add_argument("--cli")
     p.add_argument("--log")
     p.add_argument("--svg")
@@ -650,8 +584,7 @@ def main():
     p.add_argument("--timeout", type=int, default=120)
     a = p.parse_args()
     fn = {"audit-check": audit_check, "badptr": badptr, "overhead": overhead,
-          "shared-pair": shared_pair, "shared-many": shared_many, "pool-bench": pool_bench,
-          "example": example}[a.cmd]
+          "shared-pair": shared_pair, "shared-many": shared_many}[a.cmd]
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally below
     try:
         fn(a)

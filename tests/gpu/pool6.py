@@ -21,31 +21,17 @@ import os
 import re
 import signal
 import statistics
-import subprocess
 import sys
 import time
 import traceback
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from _gpucommon import GIB, first_line, result  # noqa: E402
+from _gpucommon import GIB, first_line, result, say, sh, show  # noqa: E402
 
 PY = sys.executable or "python3"
 DROP = ("VRAMGUARD_", "CUDA_DEVICE_MEMORY_", "PYTORCH_CUDA_ALLOC_CONF",
         "PYTORCH_NO_CUDA_MEMORY_CACHING", "CUBLAS_WORKSPACE_CONFIG", "LD_PRELOAD")
-
-
-def say(*a):
-    print(*a, flush=True)
-
-
-def show(title, text, limit=40):
-    lines = text.rstrip("\n").splitlines()
-    say(f"--- {title} ({len(lines)} lines)")
-    for ln in lines[:limit]:
-        say("    " + ln)
-    if len(lines) > limit:
-        say(f"    ... {len(lines) - limit} more lines")
 
 
 def env_for(mode, preload, **extra):
@@ -58,18 +44,6 @@ def env_for(mode, preload, **extra):
         env["VRAMGUARD_POOL"] = "cache"
     env.update({k: str(v) for k, v in extra.items()})
     return env
-
-
-def sh(cmd, env, timeout):
-    """(rc, stdout, stderr); a timeout is rc 124."""
-    try:
-        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout,
-                           errors="replace")
-        return p.returncode, p.stdout, p.stderr
-    except subprocess.TimeoutExpired as exc:
-        out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else exc.stdout
-        err = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else exc.stderr
-        return 124, out or "", (err or "") + f"\n(timed out after {timeout} s)"
 
 
 def rows_of(text):
@@ -284,8 +258,7 @@ def pool_bench(a):
     get = {}
     for what, size, threads, med, p10, p90 in rows:
         get[(what, size, int(threads))] = (float(med), float(p10), float(p90))
-        if size == "4.00 KiB":
-            say(f"POOL|pool_bench: {what} | {size} | {threads} | {med} | {p10} | {p90}")
+        say(f"POOL|pool_bench: {what} | {size} | {threads} | {med} | {p10} | {p90}")
     drv = get.get(("driver cuMemAlloc+cuMemFree", "4.00 KiB", 1))
     pool = {t: get.get(("vg_pool_alloc+vg_pool_free", "4.00 KiB", t)) for t in (1, 2, 4, 8, 16)}
     missing = [t for t, v in pool.items() if not v]
@@ -298,7 +271,18 @@ def pool_bench(a):
            "vg_pool_alloc+vg_pool_free 4 KiB, ns/pair/thread, median (p10..p90) of 15 rounds: "
            + ", ".join(f"{t} thr {v[0]:.0f} ({v[1]:.0f}..{v[2]:.0f})" for t, v in pool.items())
            + f"; driver cuMemAlloc+cuMemFree, 1 thread, same run: {drv[0]:.0f} "
-             f"({drv[1]:.0f}..{drv[2]:.0f})" + (f"; {stats.group(0)}" if stats else ""))
+             f"({drv[1]:.0f}..{drv[2]:.0f}); target 1 thread <= 100 ns: "
+             f"{'met' if pool[1][0] <= 100 else 'MISSED'}" + (f"; {stats.group(0)}" if stats else ""))
+
+
+def example(a):
+    """The eviction example (tests/examples/model_slots.c): exit 0 and its summary."""
+    t0 = time.time()
+    rc, out, err = sh([a.bin], timeout=a.timeout)
+    show(f"model_slots (exit {rc}, {time.time() - t0:.1f} s)", out + err, 200)
+    m = re.search(r"^evictions .*$", out, re.M)
+    result("model_slots", "PASS" if rc == 0 and m else "FAIL",
+           f"exit {rc}: {m.group(0) if m else last_err(err)}")
 
 
 BENCH_THREADS = re.compile(r"^BENCH\|4 KiB pairs, (\d+) threads? \((\d+) x (\d+) each\), pairs/s \| "
@@ -352,7 +336,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("cmd", choices=["cudart-pairs", "torch-same", "torch-oom", "pool-bench",
-                                   "shim-threads"])
+                                   "shim-threads", "example"])
     p.add_argument("--bin")
     p.add_argument("--preload")
     p.add_argument("--rounds", type=int, default=5)
@@ -362,7 +346,7 @@ def main():
     p.add_argument("--timeout", type=int, default=60, help="per child process, seconds")
     a = p.parse_args()
     fn = {"cudart-pairs": cudart_pairs, "torch-same": torch_same, "torch-oom": torch_oom,
-          "pool-bench": pool_bench, "shim-threads": shim_threads}[a.cmd]
+          "pool-bench": pool_bench, "shim-threads": shim_threads, "example": example}[a.cmd]
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         fn(a)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # tests/gpu/run_more.sh — the GPU checks of issues 4 (audit log, bad
-# pointers), 5 (shared budgets, status, metrics) and 6 (pool, eviction), on
+# pointers) and 5 (shared budgets, status, metrics; issue 6 is run_pool.sh), on
 # the machine with the GPU; builds nothing (tests/gpu/build.sh made
 # BUILD_DIR elsewhere). Same conventions as run.sh: each scenario under its
 # own timeout, RESULT rows collected into one table printed last; the suite
@@ -22,7 +22,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/common.sh"
 B=${1:-build/gpu}
 [ -x "$B/badptr_gpu" ] || { [ -x "$B/gpu/badptr_gpu" ] && B=$B/gpu; }
-for f in badptr_gpu bench_pairs vramguard libvramguard-preload.so model_slots pool_bench; do
+for f in badptr_gpu bench_pairs vramguard libvramguard-preload.so; do
     if [ ! -e "$B/$f" ]; then
         echo "run_more.sh: no $f in '$B' (run tests/gpu/build.sh on the build machine and carry it)" >&2
         exit 2
@@ -51,19 +51,16 @@ cleanup() {
 }
 trap cleanup EXIT
 init_files more.log
-POOL=$WORK/pool       # pool_bench table rows
-: >"$POOL"
-gpu_header "# vramguard GPU checks, issues 4, 5 and 6" "   shared region: $NAME"
+gpu_header "# vramguard GPU checks, issues 4 and 5" "   shared region: $NAME"
 "$PYTHON" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)' 2>&1 |
     tail -1 | tee -a "$LOG"
 
 # run_scn NAME MODE TIMEOUT CMD... (common.sh): CMD brings its own
 # environment, e.g. `env LD_PRELOAD=...`; MODE is the table's label. BENCH
-# and POOL rows go to their tables, not to the log.
-SCN_LOG_DROP='^BENCH|\|^POOL|'
+# rows go to their table, not to the log.
+SCN_LOG_DROP='^BENCH|'
 scn_collect() {
     collect BENCH "$BENCH" "$2"
-    collect POOL "$POOL" "$2"
 }
 
 SHIM=(env LD_PRELOAD="$PRELOAD")
@@ -101,16 +98,12 @@ run_scn shared_many "shared 8GiB x8" 150 "$PYTHON" "$MORE" shared-many --cli "$V
     --preload "$PRELOAD" --work "$WORK" --name "$NAME-many" --procs 8 --budget-gib 8 \
     --chunk 128 --hold 3 --timeout 120
 
-# ------------------------------------------------------------ issue 6
-run_scn model_slots native 60 "$PYTHON" "$MORE" example --bin "$B/model_slots" --timeout 55
-run_scn pool_bench native 150 "$PYTHON" "$MORE" pool-bench --bin "$B/pool_bench" --timeout 145
-
 # ------------------------------------------------------------ the table
 TABLE=$WORK/more.md
 TABLE_DETAIL_MAX=200
 {
     echo
-    echo "## vramguard GPU checks, issues 4-6: $(date -u '+%Y-%m-%d') ${GPU_LINE:-(no nvidia-smi)}"
+    echo "## vramguard GPU checks, issues 4 and 5: $(date -u '+%Y-%m-%d') ${GPU_LINE:-(no nvidia-smi)}"
     echo
     echo "Command: tests/gpu/run_more.sh ${1:-build/gpu} (budgets: $BUDGET_TEXT per process; shared $BUDGET_TEXT for two, 8GiB for eight)"
     echo
@@ -120,10 +113,6 @@ TABLE_DETAIL_MAX=200
     echo "Medians over all pairs; ratio and shim − native paired per round, median (p10…p90 over rounds)."
     echo
     bench_table
-    echo
-    echo "### pool_bench: ns per pair per thread, 15 rounds"
-    echo
-    md_table "$POOL" "(no pool rows)" "| case | size | threads | median ns/pair | p10 | p90 |" "|---|---|---|---|---|---|"
     echo
     table_end
 } >"$TABLE"

@@ -113,7 +113,7 @@ run_scn torch_oom "2GiB: default vs cache" 150 "$PYTHON" "$P6" torch-oom --prelo
     --budget-gib 2 --timeout 60
 
 # ------------------------------------------------------------ 5. eviction
-run_scn model_slots native 60 "$PYTHON" "$HERE/more456.py" example --bin "$B/model_slots" --timeout 55
+run_scn model_slots native 60 "$PYTHON" "$P6" example --bin "$B/model_slots" --timeout 55
 
 # ------------------------------------------------------------ 4. threads
 run_scn pool_bench native 100 "$PYTHON" "$P6" pool-bench --bin "$B/pool_bench" --timeout 95
@@ -137,9 +137,9 @@ TABLE_DETAIL_MAX=220
     md_table "$CUDART" "(no cudart rows)" "| mode | rounds x pairs | median | p10 | p90 | process medians | native / mode |" \
         "|---|---|---|---|---|---|---|"
     echo
-    echo "### 4 KiB alloc+free pairs by thread count: ns per pair per thread"
+    echo "### alloc+free pairs by size and thread count: ns per pair per thread"
     echo
-    echo "pool_bench: the pool API, median and p10/p90 of 15 rounds (the driver pair: 1 thread, same run)."
+    echo "pool_bench: the pool API, median and p10/p90 of 15 rounds, beside the driver pair (1 thread, same run); sizes above 1 MiB go to the driver."
     echo "bench_pairs: cuMemAlloc+cuMemFree, native workers vs the shim's workers in cache mode, same run; wall time of all threads, median and p10/p90 of 7 rounds."
     echo
     md_table "$POOL" "(no pool rows)" "| case | size | threads | median ns/pair/thread | p10 | p90 |" "|---|---|---|---|---|---|"
