@@ -117,20 +117,29 @@ void vg__acct_pooled_free(const vg__alloc_t *a)
         vg__pool_block_give(pool, &b, (size_t)a->size);
 }
 
+/* Is this chunk owner one of cache mode's pools (not an explicit-API one)? */
+static bool cache_mode_owns(const void *owner)
+{
+    for (int d = 0; d < VG__MAX_DEVICES; d++)
+        if (owner == atomic_load_explicit(&pools[d], memory_order_acquire))
+            return true;
+    return false;
+}
+
 int vg__acct_pooled_find(vg_devptr_t ptr, vg__alloc_t *out)
 {
     vg__chunk_ref_t ref;
     if (!vg__chunk_index_find(ptr, &ref))
         return VG_ENOTFOUND;
-    bool ours = false;
-    for (int d = 0; d < VG__MAX_DEVICES && !ours; d++)
-        ours = ref.owner == atomic_load_explicit(&pools[d], memory_order_acquire);
-    if (!ours)
-        return VG_ENOTFOUND; /* an explicit-API pool's: the driver's view stands */
     vg_devptr_t block = vg__chunk_block_of(&ref, ptr);
-    if (vg__ledger_find(block, out) == VG_OK && out->pooled && ptr - block < out->size)
-        return VG_OK;
-    return VG_EBADPTR;
+    /* A live block says whose it is: only cache mode's records are pooled
+     * (an explicit-API pool's block keeps the driver's view). */
+    if (vg__ledger_find(block, out) == VG_OK) {
+        if (!out->pooled)
+            return VG_ENOTFOUND;
+        return ptr - block < out->size ? VG_OK : VG_EBADPTR;
+    }
+    return cache_mode_owns(ref.owner) ? VG_EBADPTR : VG_ENOTFOUND;
 }
 
 bool vg__acct_pooled_trim(int device)

@@ -10,8 +10,10 @@
  * free hooks (a chunk must never be handed to cuMemFree by a bad free).
  *
  * The index is a sorted array of chunk ranges under one mutex: chunks are
- * added and released rarely (a few per MiB of growth) and looked up on
- * rare paths only. Not a read-write lock: glibc unlocks a write-locked
+ * added and released rarely (a few per MiB of growth). Lookups are rare
+ * (bad frees, vg_ptr_check) except in cache mode, where every pointer query
+ * (cuPointerGetAttribute(s), cuMemGetAddressRange) takes the mutex for a
+ * binary search: threads querying at once share it. Not a read-write lock: glibc unlocks a write-locked
  * rwlock only from the thread that took it, so the atfork handler could not
  * release it in a forked child (whose thread is new) and the child's first
  * chunk would hang. An atomic count lets a process with no pool skip the

@@ -428,18 +428,23 @@ static void give_block(vg_pool_t *pool, const vg__block_t *b, size_t size)
         release_emptied(pool, &s);
 }
 
+/* A block of class cls: cached, or the first of a new chunk (grow). */
+static inline int take_block(vg_pool_t *pool, int cls, size_t size, vg__block_t *b)
+{
+    if (vg__likely(vg__cache_take(&pool->cache, cls, size, b) == VG_OK))
+        return VG_OK;
+    return grow(pool, cls, size, b);
+}
+
 static int alloc_small(vg_pool_t *pool, int cls, size_t size,
                        const vg_alloc_opts_t *opts, vg_devptr_t *ptr)
 {
     vg__block_t b;
-    int rc = vg__cache_take(&pool->cache, cls, size, &b);
-    if (vg__unlikely(rc != VG_OK)) {
-        rc = grow(pool, cls, size, &b);
-        if (rc == VG_ENOMEM)
-            return alloc_direct(pool, size, opts, ptr);
-        if (rc != VG_OK)
-            return rc;
-    }
+    int rc = take_block(pool, cls, size, &b);
+    if (vg__unlikely(rc == VG_ENOMEM))
+        return alloc_direct(pool, size, opts, ptr);
+    if (vg__unlikely(rc != VG_OK))
+        return rc;
     vg__alloc_t a = {
         .ptr = b.ptr,
         .base = b.ptr,
@@ -464,9 +469,7 @@ int vg__pool_block_take(vg_pool_t *pool, size_t size, vg__block_t *b)
     int cls = vg__class_of(size);
     if (cls < 0 || size == 0)
         return VG_EINVAL;
-    if (vg__likely(vg__cache_take(&pool->cache, cls, size, b) == VG_OK))
-        return VG_OK;
-    return grow(pool, cls, size, b);
+    return take_block(pool, cls, size, b);
 }
 
 void vg__pool_block_give(vg_pool_t *pool, const vg__block_t *b, size_t size)
