@@ -66,41 +66,33 @@ static void info_from_alloc(vg_ptr_info_t *info, vg_ptr_class_t cls,
 }
 
 typedef struct find_base_ctx {
-    vg_devptr_t base, ptr;
+    vg_devptr_t base;
     vg__alloc_t found;
-    int rank; /* 0 none, 1 same driver base, 2 the record holds ptr */
+    bool hit;
 } find_base_ctx_t;
-
-/* A pool's small blocks share one driver allocation (a chunk), each with
- * its own record (base = the block): the record that holds ptr wins. */
-static bool holds(const vg__alloc_t *a, vg_devptr_t ptr)
-{
-    return (ptr >= a->base && ptr - a->base < a->charged) ||
-           (ptr >= a->ptr && ptr - a->ptr < a->size);
-}
 
 static void match_base(const vg__alloc_t *a, void *ctx)
 {
     find_base_ctx_t *c = ctx;
-    int rank = holds(a, c->ptr) ? 2 : a->base == c->base ? 1 : 0;
-    if (rank > c->rank) {
+    if (a->base == c->base) {
         c->found = *a;
-        c->rank = rank;
+        c->hit = true;
     }
 }
 
-/* The live allocation that ptr, inside the driver allocation starting at
- * `base`, belongs to: keyed lookup first (ptr == base for unaligned
- * allocations), else a scan (aligned allocations, pool blocks). */
-static bool live_by_base(vg_devptr_t base, vg_devptr_t ptr, vg__alloc_t *out)
+/* The live allocation made of the driver allocation starting at `base`:
+ * keyed lookup first (its address is the base unless it was aligned), else
+ * a scan for the aligned one. Pool blocks, many to a driver allocation,
+ * never come here: classify_by_chunk answers for them. */
+static bool live_by_base(vg_devptr_t base, vg__alloc_t *out)
 {
-    if (vg__ledger_find(base, out) == VG_OK && holds(out, ptr))
+    if (vg__ledger_find(base, out) == VG_OK)
         return true;
-    find_base_ctx_t c = {.base = base, .ptr = ptr, .rank = 0};
+    find_base_ctx_t c = {.base = base};
     vg__ledger_foreach(VG__ANY_OWNER, match_base, &c);
-    if (c.rank)
+    if (c.hit)
         *out = c.found;
-    return c.rank != 0;
+    return c.hit;
 }
 
 /* Step 2. true when the driver knows ptr (info filled: INTERIOR or FOREIGN). */
@@ -115,7 +107,7 @@ static bool classify_by_driver(vg_devptr_t ptr, vg_ptr_info_t *info)
         CUDA_SUCCESS)
         return false;
     vg__alloc_t a;
-    if (live_by_base(base, ptr, &a)) {
+    if (live_by_base(base, &a)) {
         info_from_alloc(info, VG_PTR_INTERIOR, &a, ptr);
         return true;
     }
