@@ -321,16 +321,23 @@ static inline bool log_open(void) { return vg__diag_has(VG__DIAG_LOG); }
 
 static const char *kind_label(int kind) { return vg_kind_name(kind); }
 
-/* The CUresult a refusal gives the program (shim/shim.c's mapping of the
- * two statuses a reservation refuses with). */
+/* Starts an event line with room for `frames` call-site frames: NULL when
+ * the line cannot be had (the log is closed, or no memory). */
+static tbuf_t *event_begin(const char *op, int frames, out_t *o)
+{
+    tbuf_t *b = line_begin(HOT_LINE + FRAME_BYTES * (size_t)frames, o);
+    if (b)
+        put_head(o, b, op);
+    return b;
+}
+
 static void event_alloc(const vg__ticket_t *t, const vg__alloc_t *a, const uintptr_t *frames,
                         int n)
 {
     out_t o;
-    tbuf_t *b = line_begin(HOT_LINE + FRAME_BYTES * (size_t)n, &o);
+    tbuf_t *b = event_begin("alloc", n, &o);
     if (!b)
         return;
-    put_head(&o, b, "alloc");
     PUT_KV_U64(&o, "dev", (uint64_t)t->device);
     PUT_KV_ID(&o, "api", t->api);
     PUT_KV_ID(&o, "kind", kind_label(t->kind));
@@ -386,10 +393,9 @@ void vg__audit_refuse(const vg__ticket_t *t, int status)
     if (!log_open())
         return;
     int n = vg__site_capture(frames);
-    tbuf_t *b = line_begin(HOT_LINE + FRAME_BYTES * (size_t)n, &o);
+    tbuf_t *b = event_begin("refuse", n, &o);
     if (!b)
         return;
-    put_head(&o, b, "refuse");
     PUT_KV_U64(&o, "dev", (uint64_t)t->device);
     PUT_KV_ID(&o, "api", t->api);
     PUT_KV_ID(&o, "kind", kind_label(t->kind));
@@ -415,10 +421,9 @@ void vg__audit_bad_ptr(const char *api, uint64_t key, const vg_ptr_info_t *info,
     if (!log_open())
         return;
     int n = vg__site_capture(frames);
-    tbuf_t *b = line_begin(HOT_LINE + FRAME_BYTES * (size_t)n, &o);
+    tbuf_t *b = event_begin("bad_ptr", n, &o);
     if (!b)
         return;
-    put_head(&o, b, "bad_ptr");
     PUT_KV_ID(&o, "api", api);
     PUT_LIT(&o, ",\"ptr\":");
     put_hex(&o, key & ~VG__KEY_HANDLE);
@@ -441,10 +446,9 @@ void vg__audit_leak(int device, uint64_t count, uint64_t bytes, uint32_t site)
     if (!log_open())
         return;
     int n = vg__site_frames(site, frames);
-    tbuf_t *b = line_begin(HOT_LINE + FRAME_BYTES * (size_t)n, &o);
+    tbuf_t *b = event_begin("leak", n, &o);
     if (!b)
         return;
-    put_head(&o, b, "leak");
     PUT_KV_U64(&o, "dev", (uint64_t)device);
     PUT_KV_U64(&o, "count", count);
     PUT_KV_U64(&o, "bytes", bytes);
