@@ -171,7 +171,7 @@ $(BENCH_PAIRS): tests/gpu/bench_pairs.c tests/gpu/gpu_common.h $(NULLDRV)
 	  $(LDFLAGS) -lpthread -o $@
 
 # Debian packages the build needs; installed when root, else one line to run.
-DEPS_CHECK := test -f /usr/include/uthash.h && test -f /usr/include/criterion/criterion.h
+DEPS_CHECK := { test -f /usr/include/uthash.h && test -f /usr/include/criterion/criterion.h; }
 check-deps:
 	@if ! $(DEPS_CHECK); then \
 	  if [ "$$(id -u)" = 0 ]; then \
