@@ -129,7 +129,7 @@ __attribute__((noinline, cold)) static void replace_stale(const vg__alloc_t *a)
 }
 
 /* The first allocation on a device measures what its context and modules
- * use (overhead.c); later ones cost one relaxed load here. */
+ * use (account_overhead.c); later ones cost one relaxed load here. */
 static _Atomic uint8_t device_used[VG__MAX_DEVICES];
 
 __attribute__((noinline, cold)) static void first_commit(int device)

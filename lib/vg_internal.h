@@ -1061,7 +1061,7 @@ void vg__acct_pool_forget(CUmemoryPool pool);
  * record at the same address is replaced). */
 void vg__acct_record(const vg__ticket_t *t, vg__alloc_t *a);
 
-/* ------------------------------------------------------ cache_mode.c */
+/* -------------------------------------------------- account_pooled.c */
 
 /* VRAMGUARD_POOL=cache: plain allocations of 1..VG__SMALL_MAX bytes made
  * under a device's primary context are served from that device's process
@@ -1108,7 +1108,7 @@ static inline uint64_t vg__pooled_buffer_id(const vg__alloc_t *a)
 void vg__acct_overhead_set(int device, uint64_t bytes);
 uint64_t vg__acct_overhead(int device);
 
-/* -------------------------------------------------------- overhead.c */
+/* ------------------------------------------------ account_overhead.c */
 
 /* Memory no call shows (context, module images, library workspaces):
  * NVML's figure for this process on the device minus what the calls
@@ -1134,11 +1134,11 @@ const vg__settings_t *vg__engine_settings(void);
  * unlimited when no budget is set. NULL for a bad ordinal. */
 vg__budget_t *vg__engine_budget(int device);
 
-/* ------------------ audit.c, audit_buf.c, audit_log.c, sites.c, badptr.c */
+/* ------------ audit.c, audit_buf.c, audit_log.c, audit_sites.c, badptr.c */
 
 /* Diagnostics, all off unless a setting asks: the audit log (audit.c, with
  * its buffers in audit_buf.c and its start and exit in audit_log.c), call
- * sites and the leak report (sites.c), the bad-pointer policy and the
+ * sites and the leak report (audit_sites.c), the bad-pointer policy and the
  * allocation check (badptr.c). With all of them off, an allocation or a
  * free pays one relaxed load and one predictable branch (vg__diag_on). */
 
@@ -1299,7 +1299,7 @@ void vg__audit_leak(int device, uint64_t count, uint64_t bytes, uint32_t site);
 /* audit_buf.c. Writes every thread's buffer out now (abort, tests). */
 void vg__audit_flush_all(void);
 
-/* sites.c. Call sites: up to VRAMGUARD_BACKTRACE return addresses outside
+/* audit_sites.c. Call sites: up to VRAMGUARD_BACKTRACE return addresses outside
  * vramguard, innermost first, interned so a record keeps a 32-bit id. */
 /* Loads the unwinder (glibc's backtrace() may malloc on first use) and
  * finds vramguard's own code. frames 0 turns capture off. */

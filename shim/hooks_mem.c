@@ -4,7 +4,7 @@
  * its budget as its card. Each hook: started? ask the engine, call the real
  * driver, tell the engine, return the driver's result. With
  * VRAMGUARD_POOL=cache a small cuMemAlloc_v2 may be served by the engine's
- * pool instead (lib/cache_mode.c), and its free never reaches the driver.
+ * pool instead (lib/account_pooled.c), and its free never reaches the driver.
  * The legacy 32-bit cuMemAlloc is never pooled: a block's address need not
  * fit its CUdeviceptr_v1.
  */

@@ -1,6 +1,6 @@
 /*
  * hooks_pool.c — what a program can learn about a pointer, kept true in
- * cache mode (VRAMGUARD_POOL=cache, lib/cache_mode.c).
+ * cache mode (VRAMGUARD_POOL=cache, lib/account_pooled.c).
  *
  * A pooled block is a slice of a chunk the driver allocated, so the driver
  * would describe the chunk. These hooks describe the block instead: its

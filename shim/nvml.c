@@ -12,7 +12,7 @@
  * driver's numbers unchanged.
  *
  * The real functions come from the libnvidia-ml.so.1 the process itself
- * loaded (RTLD_NOLOAD): the shim never loads NVML (lib/overhead.c may, on
+ * loaded (RTLD_NOLOAD): the shim never loads NVML (lib/account_overhead.c may, on
  * its own slow path).
  */
 #include <dlfcn.h>

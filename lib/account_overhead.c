@@ -1,5 +1,5 @@
 /*
- * overhead.c — device memory this process uses that no call shows: the
+ * account_overhead.c — device memory this process uses that no call shows: the
  * CUDA context, module images, library workspaces (cuBLAS, cuDNN, NCCL).
  *
  * Method: NVML's figure for this process on the device

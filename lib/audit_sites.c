@@ -1,5 +1,5 @@
 /*
- * sites.c — call sites (VRAMGUARD_BACKTRACE=N) and the leak report.
+ * audit_sites.c — call sites (VRAMGUARD_BACKTRACE=N) and the leak report.
  *
  * A site is up to N return addresses outside vramguard, innermost first,
  * taken with glibc's backtrace() (the unwinder: works without frame

@@ -1,5 +1,5 @@
 /*
- * cache_mode.c — VRAMGUARD_POOL=cache: small allocations intercepted in an
+ * account_pooled.c — VRAMGUARD_POOL=cache: small allocations intercepted in an
  * unmodified process are served from a pool, so a program that allocates
  * and frees in a loop stops paying the driver each time.
  *
