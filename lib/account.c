@@ -200,6 +200,13 @@ void vg__acct_restore(const vg__alloc_t *a)
     vg__ledger_insert(a);
 }
 
+void vg__acct_release_freed(uint64_t key, const char *api)
+{
+    vg__alloc_t a;
+    if (vg__acct_release(key, &a) == VG_OK)
+        vg__audit_free(&a, api, CUDA_SUCCESS);
+}
+
 /* The free path's rare ends (vg__acct_free_begin and _end, inline in the
  * hooks, handle the common case): a failed driver free, the audit log, a
  * key that was not ours. */

@@ -1035,6 +1035,10 @@ void vg__acct_cancel(vg__ticket_t *t);
  * recorded again; undo with vg__acct_restore() if the driver's free fails. */
 int vg__acct_release(uint64_t key, vg__alloc_t *out);
 void vg__acct_restore(const vg__alloc_t *a);
+/* The driver has already freed `key` (it died with its owner, e.g. a
+ * graph's memory nodes with the graph): vg__acct_release, then `free` in
+ * the audit log. Nothing when it is not a live allocation. */
+void vg__acct_release_freed(uint64_t key, const char *api);
 /* Rewrites the driver's memory view of `device` to the budget's:
  * total = min(budget, physical); free = clamp(total - use, 0, free).
  * Unchanged when the device has no budget. */

@@ -300,11 +300,8 @@ CUresult cuGraphDestroy(CUgraph hGraph)
         g.n = 0;
         g.more = false;
         vg__ledger_foreach(NULL, collect_graph, &g);
-        for (int i = 0; i < g.n; i++) {
-            vg__alloc_t a;
-            if (vg__acct_release(g.keys[i], &a) == VG_OK)
-                vg__audit_free(&a, "cuGraphDestroy", cr);
-        }
+        for (int i = 0; i < g.n; i++)
+            vg__acct_release_freed(g.keys[i], "cuGraphDestroy");
     } while (g.more);
     return cr;
 }
