@@ -16,7 +16,9 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "vg_internal.h"
+#include "vg_account.h"
+#include "vg_audit.h"
+#include "vg_shared.h"
 
 #define REFUSAL_LOG_INTERVAL_NS 1000000000ull /* at most one line a second */
 

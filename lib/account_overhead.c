@@ -18,7 +18,8 @@
 #include <stdlib.h>
 #include <unistd.h>
 
-#include "vg_internal.h"
+#include "vg_account.h"
+#include "vg_shared.h"
 
 #define REFRESH_INTERVAL_NS 1000000000ull /* at most one measurement a second */
 #define PROC_SLOTS 64                     /* processes read without malloc */

@@ -23,7 +23,8 @@
 #include <pthread.h>
 #include <stdio.h>
 
-#include "vg_internal.h"
+#include "vg_account.h"
+#include "vg_pool.h"
 
 bool vg__cache_mode;
 

@@ -21,7 +21,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "vg_internal.h"
+#include "vg_audit.h"
 
 _Atomic unsigned vg__diag_flags;
 

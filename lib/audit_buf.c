@@ -24,7 +24,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "vg_internal.h"
+#include "vg_audit.h"
 
 enum { FREE = VG__ABUF_FREE, OWNER = VG__ABUF_OWNER, FLUSHER = VG__ABUF_FLUSHER };
 

@@ -14,7 +14,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "vg_internal.h"
+#include "vg_audit.h"
 
 #define CMD_BYTES 1024u /* `cmd` on `start`, before escaping */
 

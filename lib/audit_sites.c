@@ -26,7 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "vg_internal.h"
+#include "vg_audit.h"
 
 #define SITE_SLOTS 4096u  /* distinct call sites remembered */
 #define SKIP_MAX 16       /* vramguard frames above a capture, at most */

@@ -32,7 +32,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "vg_internal.h"
+#include "vg_audit.h"
+#include "vg_pool.h"
 
 #define LINE_INTERVAL_NS 1000000000ull /* one line a second after each class's first */
 #define CLASS_HANDLE VG_PTR_CLASS_COUNT /* the "handle" row of said[] */

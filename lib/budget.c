@@ -24,7 +24,8 @@
  */
 #include <pthread.h>
 
-#include "vg_internal.h"
+#include "vg_budget.h"
+#include "vg_shared.h"
 
 /* Entry thresholds in percent of the limit: Medium, High, Critical. Leaving
  * a level downwards needs use below (threshold - VG__HYSTERESIS_PCT). */

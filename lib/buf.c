@@ -5,7 +5,7 @@
  */
 #include <stdlib.h>
 
-#include "vg_internal.h"
+#include "vg_pool.h"
 
 struct vg_buf {
     vg_pool_t *pool;

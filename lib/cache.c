@@ -1,7 +1,7 @@
 /*
  * cache.c — size classes carved out of driver chunks, and the cache of
  * freed blocks each class keeps: carving, the reuse rule (sync epochs),
- * trimming and statistics (the rules are in vg_internal.h and
+ * trimming and statistics (the rules are in vg_pool.h and
  * docs/pool.md). Each thread's cache in front of the classes, and the fast
  * path through it, are in cache_thread.c; it exchanges batches of blocks
  * with a class through the vg__class_* calls below.
@@ -19,7 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "vg_internal.h"
+#include "vg_pool.h"
 
 /* ------------------------------------------------------------ classes */
 

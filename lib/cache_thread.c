@@ -4,7 +4,7 @@
  * blocks, the thread's table of its caches (a pthread key returns the
  * blocks at thread exit), the owner-biased lock that keeps the fast path
  * free of atomic read-modify-writes, and the remote side of that lock
- * (collect, drain, stats). The rules are in vg_internal.h and docs/pool.md.
+ * (collect, drain, stats). The rules are in vg_pool.h and docs/pool.md.
  *
  * Cost of the fast path (a block from the thread's magazine, or a free into
  * it): a thread-local lookup (one compare), the magazine's owner-biased lock
@@ -23,7 +23,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include "vg_internal.h"
+#include "vg_pool.h"
 
 /* One thread's blocks of one class. */
 typedef struct mag {

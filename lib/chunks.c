@@ -23,7 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "vg_internal.h"
+#include "vg_pool.h"
 
 static pthread_mutex_t index_lock = PTHREAD_MUTEX_INITIALIZER;
 static vg__chunk_ref_t *refs; /* sorted by base; ranges never overlap */

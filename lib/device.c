@@ -9,7 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "vg_internal.h"
+#include "vg_account.h"
+#include "vg_driver.h"
 
 static pthread_once_t avail_once = PTHREAD_ONCE_INIT;
 static int avail_status = VG_ENODRIVER;

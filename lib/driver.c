@@ -11,7 +11,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "vg_internal.h"
+#include "vg_driver.h"
 
 /* libc's dlsym, found once. This runs inside dlsym calls that a sanitizer
  * runtime makes while it starts (before its shadow memory, TLS handling

@@ -9,7 +9,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "vg_internal.h"
+#include "vg_account.h"
+#include "vg_audit.h"
+#include "vg_shared.h"
 
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
 static int init_status = VG_ENODRIVER;

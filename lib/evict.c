@@ -1,7 +1,7 @@
 /*
  * evict.c — the evictable allocations of a pool (VG_ALLOC_EVICTABLE): who
  * may be evicted, in what order, and who owns an allocation while it is
- * being evicted (rules in vg_internal.h).
+ * being evicted (rules in vg_pool.h).
  *
  * Order: lowest priority first; within a priority, least recently used
  * first, where "used" is the allocation itself or a vg_pool_touch (a tick
@@ -12,7 +12,7 @@
  */
 #include <stdlib.h>
 
-#include "vg_internal.h"
+#include "vg_pool.h"
 
 void vg__evict_init(vg__evict_set_t *s)
 {

@@ -35,7 +35,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "vg_internal.h"
+#include "vg_budget.h"
 
 /* uthash configuration: the bucket hash is bits 32.. of a 64-bit
  * multiplicative hash of ptr (the shard is picked by the same hash of ptr's

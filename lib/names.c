@@ -2,7 +2,7 @@
  * names.c — static names and messages for every public enum, generated from
  * the X-macro lists in vramguard.h. None of these returns NULL.
  */
-#include "vg_internal.h"
+#include "vramguard.h"
 
 #define VG_COUNT_(...) +1
 _Static_assert(0 VG_ERRORS(VG_COUNT_) == VG_EDENIED + 1,

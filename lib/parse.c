@@ -15,7 +15,7 @@
 #include <string.h>
 #include <strings.h>
 
-#include "vg_internal.h"
+#include "vg_settings.h"
 
 #define VG__NAME_MAX 200    /* VRAMGUARD_SHARED */
 #define VG__ITEM_LEN 256    /* one budget list item */

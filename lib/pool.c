@@ -27,7 +27,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "vg_internal.h"
+#include "vg_account.h"
+#include "vg_pool.h"
 
 #define DRIVER_ALIGN 256u /* cuMemAlloc guarantees at least this */
 

@@ -12,7 +12,8 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "vg_internal.h"
+#include "vg_account.h"
+#include "vg_pool.h"
 
 /* ---------------------------------------------------------- callbacks */
 

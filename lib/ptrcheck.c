@@ -24,7 +24,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "vg_internal.h"
+#include "vg_account.h"
+#include "vg_budget.h"
+#include "vg_pool.h"
 
 #define VG__STRIDE_BASE 0x7f8000000000ull
 #define VG__STRIDE 0x100000000ull        /* 4 GiB */

@@ -14,7 +14,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "vg_internal.h"
+#include "vg_settings.h"
 
 /* ------------------------------------------------------------- the table */
 

@@ -23,7 +23,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "vg_internal.h"
+#include "vg_account.h"
+#include "vg_driver.h"
+#include "vg_shared.h"
 
 #define REAP_INTERVAL_NS 1000000000ull /* at most one scan a second */
 #define WAIT_POLL_NS 1000000L          /* a waiter looks again every 1 ms */

@@ -21,7 +21,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "vg_internal.h"
+#include "vg_shared.h"
 
 /* ------------------------------------------------------- liveness */
 

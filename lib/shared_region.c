@@ -21,7 +21,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "vg_internal.h"
+#include "vg_shared.h"
 
 /* ------------------------------------------------ validation (pure) */
 

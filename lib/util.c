@@ -9,7 +9,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "vg_internal.h"
+#include "vg_base.h"
 
 uint64_t vg__now_ns(void)
 {

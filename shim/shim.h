@@ -17,7 +17,8 @@
 #define __CUDA_API_VERSION_INTERNAL 1
 #include <cuda.h>
 
-#include "vg_internal.h"
+#include "vg_account.h"
+#include "vg_driver.h"
 
 #define VG_EXPORT __attribute__((visibility("default")))
 

@@ -10,7 +10,8 @@
 #include <time.h>
 
 #include "testutil.h"
-#include "vg_internal.h"
+#include "vg_account.h"
+#include "vg_driver.h"
 
 static vg_pool_t *pool_of(uint64_t limit)
 {

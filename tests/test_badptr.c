@@ -10,7 +10,7 @@
 
 #include "clientrun.h"
 #include "testutil.h"
-#include "vg_internal.h"
+#include "vg_budget.h"
 
 #define INVALID_VALUE 1   /* CUDA_ERROR_INVALID_VALUE */
 #define INVALID_HANDLE 400 /* CUDA_ERROR_INVALID_HANDLE */

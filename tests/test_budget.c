@@ -6,7 +6,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 
-#include "vg_internal.h"
+#include "vg_budget.h"
 
 Test(budget, reserve_reaches_exactly_the_limit_and_refuses_one_more_byte)
 {

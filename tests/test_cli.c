@@ -18,7 +18,7 @@
 #include <string.h>
 
 #include "clientrun.h"
-#include "vg_internal.h"
+#include "vg_settings.h"
 
 #define MAX_ENV 8
 

@@ -11,7 +11,8 @@
 #include <string.h>
 
 #include "testutil.h"
-#include "vg_internal.h"
+#include "vg_driver.h"
+#include "vg_pool.h"
 
 static vg_pool_t *pool_of(uint64_t limit)
 {

@@ -9,7 +9,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "vg_internal.h"
+#include "vg_budget.h"
 
 static vg__alloc_t rec(vg_devptr_t ptr, uint64_t size, const void *owner)
 {

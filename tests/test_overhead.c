@@ -14,7 +14,8 @@
 #include <unistd.h>
 
 #include "testutil.h"
-#include "vg_internal.h"
+#include "vg_account.h"
+#include "vg_shared.h"
 
 static void region_name(char *buf, size_t len)
 {

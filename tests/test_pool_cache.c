@@ -12,7 +12,8 @@
 #include <time.h>
 
 #include "testutil.h"
-#include "vg_internal.h"
+#include "vg_driver.h"
+#include "vg_pool.h"
 
 static vg_pool_t *pool_of(uint64_t limit)
 {

@@ -8,7 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "vg_internal.h"
+#include "vg_account.h"
+#include "vg_driver.h"
 
 /* ----------------------------------------------- patterns (pure) */
 

@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "vg_internal.h"
+#include "vg_settings.h"
 
 #define KiB 1024ull
 #define MiB (1024ull * KiB)

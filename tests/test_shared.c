@@ -22,7 +22,8 @@
 
 #include "clientrun.h"
 #include "testutil.h"
-#include "vg_internal.h"
+#include "vg_account.h"
+#include "vg_shared.h"
 
 /* ------------------------------------------------------------ regions */
 

@@ -16,7 +16,7 @@
 
 #include "clientrun.h"
 #include "testutil.h"
-#include "vg_internal.h"
+#include "vg_shared.h"
 
 static char name[64], file[128];
 

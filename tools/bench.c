@@ -27,7 +27,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "vg_internal.h"
+#include "vg_account.h"
+#include "vg_shared.h"
 
 #define ROUNDS 15
 #define MAX_THREADS 16

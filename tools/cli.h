@@ -6,7 +6,9 @@
  * cli.c dispatches; cli_run.c runs a command under the shim; cli_check.c
  * checks the driver, the devices and the shim; cli_selftest.c is the hidden
  * child that check starts. The CLI reaches the engine only through
- * vramguard.h and vg_internal.h (tools/ -> lib/).
+ * vramguard.h and a few internal headers (tools/ -> lib/): vg_settings.h
+ * (the settings table and parsers), vg_shared.h (the shared region's
+ * reader), vg_base.h, and for `check` alone vg_driver.h and vg_account.h.
  */
 #ifndef VG_CLI_H
 #define VG_CLI_H

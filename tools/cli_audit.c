@@ -16,7 +16,7 @@
 
 #include "cli.h"
 #include "cli_audit.h"
-#include "vg_internal.h"
+#include "vg_base.h"
 
 #define AUDIT "audit"
 #define AUDIT_GO (-1)

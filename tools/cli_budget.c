@@ -11,7 +11,8 @@
 #include <string.h>
 
 #include "cli.h"
-#include "vg_internal.h"
+#include "vg_settings.h"
+#include "vg_shared.h"
 
 static const char *const CMD = "budget";
 

@@ -11,7 +11,8 @@
 #include <string.h>
 
 #include "cli.h"
-#include "vg_internal.h"
+#include "vg_account.h"
+#include "vg_driver.h"
 
 #define CHECK "check"
 

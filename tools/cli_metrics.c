@@ -18,7 +18,7 @@
 #include <unistd.h>
 
 #include "cli.h"
-#include "vg_internal.h"
+#include "vg_shared.h"
 
 static const char *const CMD = "metrics";
 

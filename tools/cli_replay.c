@@ -14,7 +14,7 @@
 
 #include "cli.h"
 #include "cli_audit.h"
-#include "vg_internal.h"
+#include "vg_settings.h"
 
 #define REPLAY "replay"
 #define REPLAY_GO (-1)

@@ -16,7 +16,7 @@
 #include <unistd.h>
 
 #include "cli.h"
-#include "vg_internal.h"
+#include "vg_settings.h"
 
 #define RUN "run"
 #define RUN_GO (-1)         /* parsing went fine: carry on */

@@ -29,7 +29,7 @@
 #include <cudaTypedefs.h>
 
 #include "cli.h"
-#include "vg_internal.h"
+#include "vg_driver.h"
 
 #define ST_BUDGET (64ull << 20)    /* bytes */
 #define ST_OVER (128ull << 20)     /* bytes: must be refused */

@@ -15,7 +15,8 @@
 #include <string.h>
 #include <time.h>
 
-#include "vg_internal.h"
+#include "vg_account.h"
+#include "vg_driver.h"
 
 #define ROUNDS 15
 

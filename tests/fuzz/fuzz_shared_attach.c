@@ -13,7 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "vg_internal.h"
+#include "vg_shared.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

@@ -11,7 +11,7 @@
  * pair costs a few ns on any number of threads, and whatever the shim adds
  * on top, and however it scales, is the shim's own.
  *
- * It exports exactly what the engine resolves (lib/vg_internal.h,
+ * It exports exactly what the engine resolves (lib/vg_driver.h,
  * VG__DRIVER_FNS: the engine refuses a driver that lacks one), plus the
  * legacy cuGetProcAddress; the shim's other hooks find no real function
  * here and stay unreachable, as with any driver that lacks them.

@@ -1,0 +1,208 @@
+/*
+ * vg_account.h — accounting: the engine's door for allocations
+ * intercepted in an unmodified process (account.c, account_pooled.c,
+ * account_overhead.c), the free path, and the engine's start (engine.c).
+ * This and vg_driver.h are all the shim includes.
+ */
+#ifndef VG_ACCOUNT_H
+#define VG_ACCOUNT_H
+
+#include "vg_budget.h"
+#include "vg_diag.h"
+#include "vg_driver.h"
+#include "vg_settings.h"
+
+/* --------------------------------------------------------- account.c */
+
+/* The engine's door for allocations intercepted in an unmodified process.
+ * The shim asks before the driver allocates (reserve), then tells what
+ * happened (commit or cancel), and hands frees back (release). All policy
+ * lives here; the shim only forwards. */
+
+/* Keys that are not device addresses (VMM handles, arrays) carry this bit,
+ * so they never collide with a device pointer: canonical user-space
+ * addresses on x86-64 and arm64 are below 2^48. */
+#define VG__KEY_HANDLE (1ull << 63)
+
+/* One intercepted allocation in flight. */
+typedef struct vg__ticket {
+    int device;
+    vg_kind_t kind;
+    uint64_t bytes;   /* reserved against the device budget */
+    const char *api;  /* the hooked entry point, for messages */
+    vg__budget_t *budget; /* set by vg__acct_reserve, used by the rest */
+} vg__ticket_t;
+
+/* Reserves t->bytes on t->device for an allocation of kind t->kind.
+ * VG_ENOMEM over budget (one rate-limited stderr line), VG_EDENIED when a
+ * policy forbids the kind (VRAMGUARD_MANAGED=deny), VG_ESETTING when the
+ * engine failed to start (fail closed: nothing is allowed). */
+int vg__acct_reserve(vg__ticket_t *t);
+/* Changes the reservation to the size the driver really used (pitch,
+ * arrays). Growth must fit the budget: VG_ENOMEM otherwise (the old
+ * reservation stays). */
+int vg__acct_resize(vg__ticket_t *t, uint64_t bytes);
+/* The allocation succeeded: commit and record it under `key` (a device
+ * pointer, or a handle with VG__KEY_HANDLE). `size` is what the caller
+ * asked for; `pool` the stream-ordered pool it came from, else 0. */
+void vg__acct_commit(vg__ticket_t *t, uint64_t key, uint64_t size,
+                     uint64_t pool);
+/* The allocation failed: give the reservation back. */
+void vg__acct_cancel(vg__ticket_t *t);
+/* Takes `key` out of the ledger and gives its charge back. Out: *out.
+ * VG_ENOTFOUND when it is not a live allocation (nothing changes). Call it
+ * before the driver frees, so an address the driver reuses at once can be
+ * recorded again; undo with vg__acct_restore() if the driver's free fails. */
+int vg__acct_release(uint64_t key, vg__alloc_t *out);
+void vg__acct_restore(const vg__alloc_t *a);
+/* The driver has already freed `key` (it died with its owner, e.g. a
+ * graph's memory nodes with the graph): vg__acct_release, then `free` in
+ * the audit log. Nothing when it is not a live allocation. */
+void vg__acct_release_freed(uint64_t key, const char *api);
+/* Rewrites the driver's memory view of `device` to the budget's:
+ * total = min(budget, physical); free = clamp(total - use, 0, free).
+ * Unchanged when the device has no budget. */
+void vg__acct_meminfo(int device, uint64_t *free_bytes, uint64_t *total_bytes);
+
+/* Stream-ordered pools keep freed memory reserved, so for them the budget
+ * carries what each pool reserves (CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT),
+ * not what was asked for. */
+/* Brings the standing charge of `pool` in line with what it reserves now. */
+void vg__acct_pool_sync(int device, CUmemoryPool pool);
+/* Settles a ticket for an allocation just served by `pool`: converts the
+ * reservation into the pool's real growth. VG_ENOMEM when the pool grew
+ * by more than the budget allows (the caller must free the allocation). */
+int vg__acct_pool_settle(vg__ticket_t *t, CUmemoryPool pool);
+/* Trims every pool this process charged on `device` down to its use and
+ * re-syncs their charges. Returns true if anything was released. */
+bool vg__acct_pool_trim(int device);
+/* Forgets a destroyed pool and returns its charge. */
+void vg__acct_pool_forget(CUmemoryPool pool);
+
+/* Records an allocation the driver (or cache mode) just made: measures the
+ * device's context overhead on its first one, fills in the record's
+ * bookkeeping, writes the audit line and inserts it in the ledger (a stale
+ * record at the same address is replaced). */
+void vg__acct_record(const vg__ticket_t *t, vg__alloc_t *a);
+
+/* -------------------------------------------------- account_pooled.c */
+
+/* VRAMGUARD_POOL=cache: plain allocations of 1..VG__SMALL_MAX bytes made
+ * under a device's primary context are served from that device's process
+ * pool (pool.c, cache.c) and recorded as the program made them (one ledger
+ * record per block, `pooled` set, handle = its chunk, charged 0: the
+ * chunks carry the charge). docs/pool.md has the rules. */
+
+/* Set once, when the engine starts with VRAMGUARD_POOL=cache; read through
+ * vg__cache_mode_on() (one load and a predictable branch in each hook). */
+extern bool vg__cache_mode;
+static inline bool vg__cache_mode_on(void)
+{
+    return vg__cache_mode;
+}
+
+/* Serves t (t->bytes = the size asked) from the pool. VG_OK with *ptr and
+ * the record made; VG_ENOTFOUND when the request does not qualify or no
+ * chunk fits (the caller takes the driver's path, whose refusal trims the
+ * pool first). */
+int vg__acct_pooled_alloc(vg__ticket_t *t, uint64_t *ptr);
+/* Gives a pooled record's block back to its pool (reused only after a
+ * synchronisation that follows this call). */
+void vg__acct_pooled_free(const vg__alloc_t *a);
+/* The live pooled allocation holding ptr: VG_OK with *out; VG_EBADPTR when
+ * ptr is inside a cache-mode chunk but in no live allocation (freed, or
+ * never handed out); VG_ENOTFOUND when no cache-mode chunk holds it. */
+int vg__acct_pooled_find(vg_devptr_t ptr, vg__alloc_t *out);
+/* Releases one empty chunk of the device's pool (largest, then the one
+ * idle longest); true if one was. */
+bool vg__acct_pooled_trim(int device);
+/* The device's primary context is about to be reset: its pool's chunks
+ * are released and its blocks forgotten (they die with the context). */
+void vg__acct_pooled_reset(int device);
+/* A synthetic CU_POINTER_ATTRIBUTE_BUFFER_ID for a pooled record: unique
+ * per allocation, never one the driver gives (bit 63). */
+static inline uint64_t vg__pooled_buffer_id(const vg__alloc_t *a)
+{
+    return (1ull << 63) | a->seq;
+}
+
+/* Sets the measured memory of `device` that no call shows (context,
+ * module images, library workspaces) and charges the change, with no
+ * limit check: it is already spent. */
+void vg__acct_overhead_set(int device, uint64_t bytes);
+uint64_t vg__acct_overhead(int device);
+
+/* ------------------------------------------------ account_overhead.c */
+
+/* Memory no call shows (context, module images, library workspaces):
+ * NVML's figure for this process on the device minus what the calls
+ * showed, charged through vg__acct_overhead_set(). Re-measures `device`
+ * unless it was measured less than a second ago or has no budget. Slow
+ * paths only (the first allocation on a device, refusals): it may load
+ * NVML and call it. Thread-safe; a thread that loses the race returns. */
+typedef enum vg__refresh {
+    VG__REFRESH_RATE_LIMITED = 0, /* at most once a second per device */
+    VG__REFRESH_NOW,              /* the first allocation of a device */
+} vg__refresh_t;
+void vg__overhead_refresh(int device, vg__refresh_t when);
+
+/* ---------------------------------------------------------- engine.c */
+
+/* One engine per process. vg__engine_init() is idempotent and thread-safe:
+ * it parses the settings and loads the driver (never cuInit). VG_ESETTING or
+ * VG_ENODRIVER on failure, with vg__engine_error() saying why. */
+int vg__engine_init(void);
+const char *vg__engine_error(void);
+const vg__settings_t *vg__engine_settings(void);
+/* The process budget of a device (VRAMGUARD_BUDGET), resolved on first use;
+ * unlimited when no budget is set. NULL for a bad ordinal. */
+vg__budget_t *vg__engine_budget(int device);
+
+/* badptr.c and account.c: the free path. A free hook asks
+ * vg__acct_free_begin before the driver and calls vg__acct_free_end with
+ * the driver's answer; begin's status other than VG_OK means "do not call
+ * the driver, return this" (VRAMGUARD_ON_BAD_POINTER=reject). */
+typedef enum vg__free_state {
+    VG__FREE_PASS = 0, /* NULL: nothing to record, the driver answers */
+    VG__FREE_OURS,     /* a ledger record was taken out (f->a) */
+    VG__FREE_BAD,      /* not ours: classified into f->bad, policy applied */
+    VG__FREE_POOLED,   /* a cache-mode block, already back in its pool: the
+                          driver must not be called (f->a is the record) */
+} vg__free_state_t;
+
+typedef struct vg__free {
+    uint64_t key;         /* device pointer, or handle | VG__KEY_HANDLE */
+    const char *api;      /* the hooked entry point */
+    vg__free_state_t state;
+    vg__alloc_t a;        /* VG__FREE_OURS: the record */
+    vg_ptr_info_t bad;    /* VG__FREE_BAD: the classification */
+} vg__free_t;
+
+int vg__badptr_begin(vg__free_t *f);
+/* account.c, out of line: restores a record whose driver free failed,
+ * writes `free` and finishes a bad pointer (vg__badptr_end). */
+void vg__acct_free_settle(vg__free_t *f, CUresult cr);
+
+/* Takes `key` out of the ledger (and its charge back) or hands it to
+ * vg__badptr_begin. Fills *f; nothing in it needs initialising. Inline:
+ * the common case costs what the bare release did, plus three stores. */
+static inline int vg__acct_free_begin(vg__free_t *f, uint64_t key, const char *api)
+{
+    f->key = key;
+    f->api = api;
+    if (vg__likely(vg__acct_release(key, &f->a) == VG_OK)) {
+        f->state = vg__likely(!f->a.pooled) ? VG__FREE_OURS : VG__FREE_POOLED;
+        return VG_OK;
+    }
+    return vg__badptr_begin(f);
+}
+
+static inline void vg__acct_free_end(vg__free_t *f, CUresult cr)
+{
+    if (vg__likely(f->state != VG__FREE_BAD && cr == CUDA_SUCCESS) &&
+        !vg__diag_on())
+        return;
+    vg__acct_free_settle(f, cr);
+}
+
+#endif /* VG_ACCOUNT_H */

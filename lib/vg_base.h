@@ -1,0 +1,90 @@
+/*
+ * vg_base.h — what every engine file shares: the attributes and limits,
+ * util.c (clocks, tid, byte formatting, the stderr line) and the spinlock.
+ * No CUDA here: the settings parser, the CLI and the shim's tests build on
+ * it without cuda.h.
+ *
+ * Internal headers, by concern (each grouped by the file that defines its
+ * declarations; nothing in them is exported from the shared libraries,
+ * which build with -fvisibility=hidden):
+ *   vg_base.h      this file
+ *   vg_settings.h  parse.c, settings.c: the settings, pure
+ *   vg_driver.h    driver.c, device.c: the real driver (pulls in cuda.h)
+ *   vg_budget.h    budget.c, ledger.c, ptrcheck.c
+ *   vg_shared.h    the shared region's layout (an ABI) and its code
+ *   vg_pool.h      the pool and its cache (pool and cache files only)
+ *   vg_account.h   account*.c, engine.c: the shim's whole interface
+ *   vg_diag.h      the flags that switch diagnostics on (audit.c)
+ *   vg_audit.h     the audit log, call sites, bad pointers
+ *
+ * Flow: shim/ -> account.c (and account_pooled.c, account_overhead.c) ->
+ * engine.c; the public API (pool.c, buf.c) -> budget.c, ledger.c,
+ * ptrcheck.c -> driver.c (the real libcuda, never the hooks).
+ */
+#ifndef VG_BASE_H
+#define VG_BASE_H
+
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "vramguard.h"
+
+#define vg__likely(x) __builtin_expect(!!(x), 1)
+#define vg__unlikely(x) __builtin_expect(!!(x), 0)
+#define VG__HIDDEN __attribute__((visibility("hidden")))
+
+#define VG__UNLIMITED UINT64_MAX
+#define VG__MAX_DEVICES 64
+#define VG__TAG_LEN 32
+#define VG__MAX_FRAMES 32 /* VRAMGUARD_BACKTRACE's upper bound */
+
+/* ------------------------------------------------------------ util.c */
+
+/* Wall-clock nanoseconds (CLOCK_REALTIME, vDSO: no syscall). */
+uint64_t vg__now_ns(void);
+/* Wall-clock nanoseconds at the kernel tick's resolution (1-4 ms): a
+ * quarter of vg__now_ns's cost, for the hot path's allocation records. */
+uint64_t vg__now_coarse_ns(void);
+/* Monotonic nanoseconds, for benchmarks and rate limits. */
+uint64_t vg__mono_ns(void);
+/* The same clock at the kernel tick's resolution (1-4 ms), a fraction of
+ * the cost: for once-a-second decisions on a hot path. */
+uint64_t vg__mono_coarse_ns(void);
+/* The calling thread's kernel tid, cached per thread after the first call. */
+uint32_t vg__tid(void);
+/* Forgets the cached tid (a forked child's thread has a new one). */
+void vg__tid_reset(void);
+/* Formats `bytes` for humans ("1.50 GiB", "512 B") into buf; returns buf. */
+char *vg__fmt_bytes(uint64_t bytes, char *buf, size_t len);
+/* Writes one line to stderr with the "vramguard: " prefix (no malloc). */
+void vg__log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* ------------------------------------------------------------ spinlock */
+
+/* The spinlock of the ledger's shards and the pool cache's classes and
+ * thread caches: 0 free, 1 held. For critical sections of a few dozen
+ * instructions, never across a call out. Locking is one atomic exchange,
+ * unlocking a release store. A waiter yields after 64 spins, so a holder
+ * preempted on a loaded machine (16 threads on 2 cores) gets the CPU. */
+static inline void vg__spin_lock(_Atomic int *l)
+{
+    for (unsigned spins = 0;; spins++) {
+        if (vg__likely(!atomic_exchange_explicit(l, 1, memory_order_acquire)))
+            return;
+        while (atomic_load_explicit(l, memory_order_relaxed)) {
+            if (++spins > 64)
+                sched_yield();
+        }
+    }
+}
+
+static inline void vg__spin_unlock(_Atomic int *l)
+{
+    atomic_store_explicit(l, 0, memory_order_release);
+}
+
+
+#endif /* VG_BASE_H */

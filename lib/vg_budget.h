@@ -1,0 +1,124 @@
+/*
+ * vg_budget.h — byte budgets (budget.c), the ledger of live allocations
+ * (ledger.c) and pointer classification (ptrcheck.c). No CUDA.
+ */
+#ifndef VG_BUDGET_H
+#define VG_BUDGET_H
+
+#include "vg_base.h"
+
+/* ---------------------------------------------------------- budget.c */
+
+typedef void (*vg__level_fn)(void *owner, vg_pressure_t old_level,
+                             vg_pressure_t new_level, void *user);
+
+#define VG__LEVEL_HOOKS 8
+
+/* A byte limit and its use. used never exceeds limit through reserve(), no
+ * matter how many threads race (compare-and-swap). Lowering the limit below
+ * use is allowed: reserves then fail until frees bring use down. */
+struct vg__shm;
+
+typedef struct vg__budget {
+    /* Set when the budget lives in a shared region (VRAMGUARD_SHARED): every
+     * operation then goes to shared.c, and the fields below mirror the
+     * region's device entry as of this process's last operation on it. NULL
+     * for per-process budgets and pools: one predictable branch. */
+    struct vg__shm *shared;
+    int shared_dev;         /* the region's device entry */
+    _Atomic uint64_t limit; /* VG__UNLIMITED when none */
+    _Atomic uint64_t used;
+    _Atomic uint64_t peak;
+    _Atomic uint64_t refusals;
+    _Atomic int level;      /* vg_pressure_t */
+    void *owner;            /* passed to level hooks */
+    _Atomic int hook_count;
+    struct {
+        vg__level_fn fn;
+        void *user;
+    } hooks[VG__LEVEL_HOOKS];
+} vg__budget_t;
+
+void vg__budget_init(vg__budget_t *b, uint64_t limit, void *owner);
+void vg__budget_set_limit(vg__budget_t *b, uint64_t limit);
+/* Adds n to use if that stays within the limit: VG_OK, else VG_ENOMEM (and
+ * counts a refusal). */
+int vg__budget_reserve(vg__budget_t *b, uint64_t n);
+/* The reserved bytes are now really allocated: updates peak and level. */
+void vg__budget_commit(vg__budget_t *b, uint64_t n);
+/* Undoes a reserve whose allocation failed. */
+void vg__budget_rollback(vg__budget_t *b, uint64_t n);
+/* Returns committed bytes on free; updates level. */
+void vg__budget_release(vg__budget_t *b, uint64_t n);
+/* Charges n without a limit check (memory the driver already handed out,
+ * e.g. measured overhead); updates peak and level. */
+void vg__budget_force(vg__budget_t *b, uint64_t n);
+/* limit - used, or 0 when over. */
+uint64_t vg__budget_available(const vg__budget_t *b);
+/* The limit and use now (a shared budget's are read from its region:
+ * slow path, takes its lock). */
+void vg__budget_read(const vg__budget_t *b, uint64_t *limit, uint64_t *used);
+vg_pressure_t vg__budget_level(const vg__budget_t *b);
+/* The level for a use/limit pair given the current level (hysteresis). Pure. */
+vg_pressure_t vg__pressure_for(uint64_t used, uint64_t limit,
+                               vg_pressure_t current);
+/* Registers a level hook; VG_ENOMEM when VG__LEVEL_HOOKS are taken. */
+int vg__budget_on_level(vg__budget_t *b, vg__level_fn fn, void *user);
+
+/* ---------------------------------------------------------- ledger.c */
+
+/* One live (or recently freed) allocation. */
+typedef struct vg__alloc {
+    vg_devptr_t ptr;     /* what the caller sees */
+    vg_devptr_t base;    /* what the driver returned (== ptr unless aligned) */
+    uint64_t size;       /* bytes the caller asked for */
+    uint64_t charged;    /* bytes charged to budgets */
+    uint64_t time_ns;    /* wall clock at allocation */
+    uint64_t seq;        /* process-wide allocation sequence number */
+    const void *owner;   /* the vg_pool_t, or NULL for the shim */
+    uint64_t handle;     /* the stream-ordered pool it came from, else 0 */
+    uint32_t tid;
+    int16_t device;
+    uint8_t kind;        /* vg_kind_t */
+    bool pooled;         /* the shim's cache mode served it: handle = chunk */
+    uint32_t site;       /* call-site id (audit.c), 0 when none was taken */
+    char tag[VG__TAG_LEN];
+} vg__alloc_t;
+
+/* The process's live allocations keyed by ptr, sharded so threads rarely
+ * share a lock, plus a bounded quarantine of recently freed ones. Records
+ * are recycled from per-shard free lists: after warm-up, insert and remove
+ * do not call malloc. */
+
+/* Next sequence number: unique in the process, increasing within a thread
+ * (threads take blocks of 64), never 0. */
+uint64_t vg__ledger_next_seq(void);
+/* Inserts a copy of *a. VG_EINVAL if ptr is already live (the old record is
+ * kept), VG_ESYS if no memory for records. */
+int vg__ledger_insert(const vg__alloc_t *a);
+/* Removes ptr if it is live and (owner == VG__ANY_OWNER or it matches);
+ * moves it to the quarantine. Optional out: *out. VG_ENOTFOUND otherwise. */
+#define VG__ANY_OWNER ((const void *)-1)
+int vg__ledger_remove(vg_devptr_t ptr, const void *owner, vg__alloc_t *out);
+/* Looks up a live allocation starting exactly at ptr. */
+int vg__ledger_find(vg_devptr_t ptr, vg__alloc_t *out);
+/* Looks up a quarantined (recently freed) allocation containing ptr. */
+int vg__ledger_find_freed(vg_devptr_t ptr, vg__alloc_t *out);
+/* Number of live allocations. */
+uint64_t vg__ledger_count(void);
+/* Calls fn on a copy of each live allocation (owner filter as remove). The
+ * ledger may change meanwhile; each record is visited at most once. */
+typedef void (*vg__alloc_visit_fn)(const vg__alloc_t *a, void *ctx);
+void vg__ledger_foreach(const void *owner, vg__alloc_visit_fn fn, void *ctx);
+
+/* -------------------------------------------------------- ptrcheck.c */
+
+/* Classifies ptr: ledger first (live, interior via the driver's address
+ * range, freed), then the driver (foreign), then the address space (host),
+ * else fake, naming recognisable fake patterns. Rare path: may read
+ * /proc/self/maps. */
+int vg__ptr_classify(vg_devptr_t ptr, vg_ptr_info_t *info);
+/* Names a recognisable synthetic pattern into out ("" if none). Pure. */
+void vg__fake_pattern(vg_devptr_t ptr, char *out, size_t len);
+
+#endif /* VG_BUDGET_H */

@@ -1,0 +1,203 @@
+/*
+ * vg_shared.h — a budget shared by many processes: the region's binary
+ * layout, which is an ABI (every process that attaches, and the CLI that
+ * reads it, must agree on it: change it only with VG__SHM_VERSION), and the
+ * code that opens, reaps and charges it (shared_region.c, shared_reap.c,
+ * shared.c). No CUDA.
+ */
+#ifndef VG_SHARED_H
+#define VG_SHARED_H
+
+#include <pthread.h>
+
+#include "vg_budget.h"
+
+/* -------------------------- shared_region.c, shared_reap.c, shared.c */
+
+/* A budget shared by every process that names the same region
+ * (VRAMGUARD_SHARED=NAME -> /dev/shm/vramguard.NAME, or HAMi's
+ * CUDA_DEVICE_MEMORY_SHARED_CACHE=PATH). The layout is fixed: after
+ * vg__shm_validate() accepts a region, every index is bounded by the
+ * constants below, never by a count read from the file. Every field below
+ * the header's magic is read and written under the header's robust,
+ * process-shared mutex (the CLI copies a snapshot under it). */
+#define VG__SHM_MAGIC 0x314d485347524756ull /* "VGRGSHM1" */
+#define VG__SHM_VERSION 1u
+#define VG__SHM_DEVICES 64
+#define VG__SHM_SLOTS 256
+#define VG__SHM_WAITERS 64
+#define VG__SHM_CMD 64
+#define VG__SHM_PREFIX "/dev/shm/vramguard."
+
+_Static_assert(VG__SHM_DEVICES == VG__MAX_DEVICES,
+               "a region has one entry per engine device");
+
+typedef struct vg__shm_device {
+    uint64_t limit;     /* VG__UNLIMITED when none */
+    uint64_t used;      /* sum of the live slots' used[] for this entry */
+    uint64_t peak;      /* highest `used` ever reserved */
+    uint64_t refusals;
+    int32_t level;      /* vg_pressure_t */
+    int32_t ordinal;    /* the CUDA ordinal of the first process; -1 free */
+    char uuid[48];      /* "GPU-..." when known: the entry's key */
+} vg__shm_device_t;
+
+typedef struct vg__shm_slot {
+    int32_t pid;        /* 0: free */
+    uint32_t uid;
+    uint64_t start;     /* field 22 of /proc/PID/stat: pid + start = identity */
+    char cmd[VG__SHM_CMD];
+    uint64_t used[VG__SHM_DEVICES];     /* bytes charged, overhead included */
+    uint64_t live[VG__SHM_DEVICES];     /* live allocations */
+    uint64_t overhead[VG__SHM_DEVICES]; /* memory no call shows */
+} vg__shm_slot_t;
+
+/* A request waiting for memory (VRAMGUARD_WAIT_MS): the live waiter with
+ * the smallest ticket is the only one that may retry (first come, first
+ * served); dead or timed-out ones are dropped. */
+typedef struct vg__shm_waiter {
+    int32_t pid;        /* 0: free */
+    int32_t pad;
+    uint64_t start;
+    uint64_t ticket;
+    uint64_t deadline_ns; /* CLOCK_MONOTONIC (system-wide) */
+} vg__shm_waiter_t;
+
+typedef struct vg__shm_header {
+    uint64_t magic;
+    uint32_t version;
+    uint32_t header_size;  /* sizeof(vg__shm_header_t) */
+    uint64_t total_size;   /* sizeof(vg__shm_t) */
+    uint32_t device_count, slot_count, waiter_count, cmd_len;
+    uint32_t creator_uid;
+    uint32_t pad;
+    uint64_t pidns;        /* inode of the creator's PID namespace */
+    uint64_t default_limit; /* for device entries not claimed yet */
+    uint64_t last_reap_ns; /* CLOCK_MONOTONIC */
+    uint64_t generation;   /* bumped whenever a slot is dropped */
+    uint64_t ticket_next;
+    union {
+        pthread_mutex_t m; /* robust, process-shared */
+        unsigned char bytes[64];
+    } lock;
+    vg__shm_waiter_t waiters[VG__SHM_WAITERS];
+} vg__shm_header_t;
+
+typedef struct vg__shm {
+    vg__shm_header_t h;
+    vg__shm_device_t dev[VG__SHM_DEVICES];
+    vg__shm_slot_t slot[VG__SHM_SLOTS];
+} vg__shm_t;
+
+/* Under the lock: an entry's pressure level from its use and limit (a
+ * garbled level counts as low). Inline: every shared reserve runs it. */
+static inline void vg__shm_level_update(vg__shm_device_t *d)
+{
+    int cur = d->level;
+    if (cur < VG_PRESSURE_LOW || cur > VG_PRESSURE_CRITICAL)
+        cur = VG_PRESSURE_LOW;
+    d->level = (int32_t)vg__pressure_for(d->used, d->limit, (vg_pressure_t)cur);
+}
+
+/* shared_region.c: the region's file (path, create, attach, checks). */
+
+/* Checks that buf[0..len) is a region of this layout: length, magic,
+ * version, header size, total size and every count. Pure; reads nothing
+ * past len. VG_EINVAL with a reason in err otherwise. */
+int vg__shm_validate(const void *buf, size_t len, char *err, size_t errlen);
+
+/* Checks a region file's stat facts: a regular file of exactly the
+ * region's size, mode 0600 (or 0660 when `group` and the caller is in the
+ * file's group), owned by `euid`, or, only for a 0660 region with `group`
+ * set, by anyone whose group the caller is in. Pure. */
+typedef struct vg__shm_file {
+    unsigned mode;      /* st_mode */
+    uint32_t uid, gid;
+    uint64_t size;
+} vg__shm_file_t;
+typedef struct vg__shm_who {
+    uint32_t euid;
+    bool group;         /* VRAMGUARD_SHARED_GROUP=on */
+    bool in_group;      /* the caller is in the file's group */
+} vg__shm_who_t;
+int vg__shm_check_file(const vg__shm_file_t *f, const vg__shm_who_t *who,
+                       char *err, size_t errlen);
+
+/* The region's path for a name ("/dev/shm/vramguard.NAME"); a name that
+ * starts with '/' is taken as the path itself (HAMi's shared cache). */
+int vg__shm_path(const char *name, char *out, size_t len);
+
+typedef enum vg__shm_open_mode {
+    VG__SHM_ATTACH = 0, /* an existing region only */
+    VG__SHM_CREATE,     /* create it when missing (linked into place whole) */
+} vg__shm_open_mode_t;
+
+/* Maps the region at `path`, checked as above. Out: *out. VG_ENOTFOUND
+ * when missing (ATTACH), VG_EDENIED for a foreign or badly permissioned
+ * file, VG_EINVAL for a corrupt one, VG_ESYS otherwise; one line in err. */
+int vg__shm_open(const char *path, vg__shm_open_mode_t mode, bool group,
+                 vg__shm_t **out, char *err, size_t errlen);
+void vg__shm_close(vg__shm_t *r);
+
+/* shared_reap.c: liveness and giving the dead's share back. */
+
+/* Field 22 (starttime, clock ticks since boot) of /proc/PID/stat: with
+ * the pid, a process's identity. 0 when the process is gone. */
+uint64_t vg__shm_proc_start(int pid);
+/* Whether `pid` is alive with that start time (kill(pid, 0), EPERM counts
+ * as alive). Never true for pid <= 0. */
+bool vg__shm_pid_alive(int32_t pid, uint64_t start);
+/* Whether the slot's process is alive (kill(pid, 0), EPERM counts as
+ * alive, and the same start time). */
+bool vg__shm_slot_alive(const vg__shm_slot_t *s);
+/* Under the lock: drops slot s, handing its share back. */
+void vg__shm_slot_drop(vg__shm_t *r, int s);
+/* Recomputes every device's `used` as the sum over slots that `alive`
+ * accepts, dropping the others. Pure but for `alive`. */
+typedef bool (*vg__shm_alive_fn)(const vg__shm_slot_t *s, void *ctx);
+void vg__shm_recount(vg__shm_t *r, vg__shm_alive_fn alive, void *ctx);
+/* Under the lock: drops every slot and waiter whose process is gone and
+ * records `now` (CLOCK_MONOTONIC ns) as the last reap. */
+void vg__shm_reap(vg__shm_t *r, uint64_t now);
+
+/* shared.c: the lock, and the engine's side of a region. */
+
+/* Takes the region lock, repairing the region when its last holder died
+ * (EOWNERDEAD: every device's use is recomputed from the live slots). */
+int vg__shm_lock(vg__shm_t *r);
+void vg__shm_unlock(vg__shm_t *r);
+/* Under the lock: copies the region into *copy. */
+int vg__shm_snapshot(vg__shm_t *r, vg__shm_t *copy);
+/* Under the lock: sets the limit of one entry (dev >= 0) or of every
+ * entry and the default for new ones (dev < 0); levels are recomputed. */
+int vg__shm_set_limit(vg__shm_t *r, int dev, uint64_t limit);
+
+/* The engine's side. vg__shared_bind() attaches this process to the
+ * region named by the settings (once), claims a slot, finds or claims the
+ * entry of `device` (by UUID), applies `limit` when it is explicit (not
+ * VG__UNLIMITED: last writer wins, one stderr line when it changes another
+ * value), and points `b` at it. On failure `b` stays per-process with a
+ * limit of 0 (fail closed) and one line says why. */
+void vg__shared_bind(vg__budget_t *b, int device, uint64_t limit);
+/* The budget.c operations for a budget with b->shared set. */
+int vg__shared_reserve(vg__budget_t *b, uint64_t n);
+void vg__shared_release(vg__budget_t *b, uint64_t n);
+void vg__shared_force(vg__budget_t *b, uint64_t n);
+void vg__shared_set_limit(vg__budget_t *b, uint64_t limit);
+/* Fresh limit and use of the region's entry (under the lock). */
+void vg__shared_read(const vg__budget_t *b, uint64_t *limit, uint64_t *used);
+/* Per-process figures shown by `vramguard status`. */
+void vg__shared_live(const vg__budget_t *b, int delta);
+void vg__shared_overhead(const vg__budget_t *b, uint64_t bytes);
+/* This process's own share of a shared budget (its slot's use, overhead
+ * included), where vg__budget_t.used mirrors the whole region's. */
+uint64_t vg__shared_self_used(const vg__budget_t *b);
+
+/* A test-only pause point inside the critical section: a weak, hidden
+ * symbol that no product build defines, so the call is never made there
+ * (the shared libraries resolve it to NULL at link time). A test that
+ * links the engine statically defines it to stop a process while it holds
+ * the region lock (tests/test_shared.c). */
+void vg__shared_test_pause(void) __attribute__((weak, visibility("hidden")));
+
+#endif /* VG_SHARED_H */
