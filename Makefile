@@ -75,9 +75,14 @@ BENCH      := $(BUILD)/vg-bench
 .PHONY: all test check-deps gpu-test bench install uninstall clean
 all: $(LIB_SO) $(LIB_A) $(FAKECUDA) $(PRELOAD) $(CLI)
 
-$(BUILD)/obj/%.o: %.c $(wildcard include/*.h lib/*.h shim/*.h tools/*.h)
+# Each object depends on the headers it includes, as the compiler lists them
+# (-MMD -MP: a .d beside the object), so touching a CLI header rebuilds only
+# the CLI.
+$(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CPPFLAGS) $(CFLAGS) -fvisibility=hidden -c $< -o $@
+	$(CC) $(CPPFLAGS) $(CFLAGS) -MMD -MP -fvisibility=hidden -c $< -o $@
+
+-include $(LIB_OBJS:.o=.d) $(SHIM_OBJS:.o=.d) $(CLI_OBJS:.o=.d)
 
 $(LIB_SO): $(LIB_OBJS)
 	$(CC) -shared $(LDFLAGS) -Wl,-soname,$(SONAME) -Wl,--no-undefined $^ $(LIBS) -o $@
