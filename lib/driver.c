@@ -47,17 +47,22 @@ static vg__driver_t table;
 static _Atomic int load_state; /* 0 not tried, 1 loaded, -1 failed */
 static char load_error[512];
 
+/* Resolves every entry point of VG__DRIVER_FNS; on failure the error
+ * names the first one missing (the caller then clears the table). */
 static int resolve_all(void *handle)
 {
+    const char *missing = NULL;
 #define VG__RESOLVE_(name, params)                                             \
     table.name = (CUresult(*) params)vg__real_dlsym(handle, #name);            \
-    if (!table.name) {                                                         \
-        snprintf(load_error, sizeof load_error,                                \
-                 "the CUDA driver lacks the entry point %s", #name);           \
-        return VG_ENODRIVER;                                                   \
-    }
+    if (!table.name && !missing)                                               \
+        missing = #name;
     VG__DRIVER_FNS(VG__RESOLVE_)
 #undef VG__RESOLVE_
+    if (missing) {
+        snprintf(load_error, sizeof load_error,
+                 "the CUDA driver lacks the entry point %s", missing);
+        return VG_ENODRIVER;
+    }
     return VG_OK;
 }
 
