@@ -50,18 +50,6 @@ static _Atomic uint32_t cached_pid;
  * cut, which the writer then drops (never half a line in the file). */
 typedef vg__aline_t out_t;
 
-static inline void put_raw(out_t *o, const char *s, size_t n)
-{
-    if (vg__unlikely((size_t)(o->end - o->p) < n)) {
-        o->cut = true;
-        return;
-    }
-    memcpy(o->p, s, n);
-    o->p += n;
-}
-
-#define PUT_LIT(o, lit) put_raw((o), (lit), sizeof(lit) - 1)
-
 static const char digit_pairs[] =
     "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
     "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
@@ -109,7 +97,7 @@ static void put_u64(out_t *o, uint64_t v)
 static void put_i64(out_t *o, int64_t v)
 {
     if (v < 0) {
-        PUT_LIT(o, "-");
+        VG__PUT_LIT(o, "-");
         put_u64(o, (uint64_t)0 - (uint64_t)v);
     } else {
         put_u64(o, (uint64_t)v);
@@ -172,30 +160,30 @@ static size_t utf8_len(const unsigned char *s, size_t n)
 static void put_json(out_t *o, const char *s, size_t n)
 {
     static const char hex[] = "0123456789abcdef";
-    PUT_LIT(o, "\"");
+    VG__PUT_LIT(o, "\"");
     for (size_t i = 0; i < n;) {
         unsigned char c = (unsigned char)s[i];
         if (c == '"' || c == '\\') {
             char e[2] = {'\\', (char)c};
-            put_raw(o, e, 2);
+            vg__aline_put(o, e, 2);
             i++;
         } else if (c < 0x20 || c == 0x7f) {
             char e[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
-            put_raw(o, e, 6);
+            vg__aline_put(o, e, 6);
             i++;
         } else if (c < 0x80) {
-            put_raw(o, (const char *)&s[i], 1);
+            vg__aline_put(o, (const char *)&s[i], 1);
             i++;
         } else {
             size_t len = utf8_len((const unsigned char *)s + i, n - i);
             if (len)
-                put_raw(o, s + i, len);
+                vg__aline_put(o, s + i, len);
             else
-                PUT_LIT(o, "\\ufffd");
+                VG__PUT_LIT(o, "\\ufffd");
             i += len ? len : 1;
         }
     }
-    PUT_LIT(o, "\"");
+    VG__PUT_LIT(o, "\"");
 }
 
 static void put_str(out_t *o, const char *s) { put_json(o, s, strlen(s)); }
@@ -226,9 +214,9 @@ __attribute__((noinline)) static void ident_refresh(tbuf_t *b, int64_t sec, uint
     b->sec_len = (uint8_t)(t.p - b->sec_text);
     b->sec = sec;
     t = (out_t){b->id_text, b->id_text + sizeof b->id_text, false};
-    PUT_LIT(&t, ",\"pid\":");
+    VG__PUT_LIT(&t, ",\"pid\":");
     put_u64(&t, pid);
-    PUT_LIT(&t, ",\"tid\":");
+    VG__PUT_LIT(&t, ",\"tid\":");
     put_u64(&t, tid);
     b->id_len = (uint8_t)(t.p - b->id_text);
     b->id_pid = pid;
@@ -249,11 +237,11 @@ static void put_head(out_t *o, tbuf_t *b, const char *op)
     }
     if (vg__unlikely(b->sec != ts.tv_sec || b->id_tid != tid || b->id_pid != pid))
         ident_refresh(b, ts.tv_sec, pid, tid);
-    PUT_LIT(o, "{\"v\":1,\"ts\":");
-    put_raw(o, b->sec_text, b->sec_len);
+    VG__PUT_LIT(o, "{\"v\":1,\"ts\":");
+    vg__aline_put(o, b->sec_text, b->sec_len);
     put_ns9(o, (uint32_t)ts.tv_nsec);
-    put_raw(o, b->id_text, b->id_len);
-    PUT_LIT(o, ",\"op\":");
+    vg__aline_put(o, b->id_text, b->id_len);
+    VG__PUT_LIT(o, ",\"op\":");
     put_ident(o, op);
 }
 
@@ -263,9 +251,9 @@ static void put_use(out_t *o, int device)
     const vg__budget_t *b = vg__engine_budget(device);
     uint64_t used = b ? atomic_load_explicit(&b->used, memory_order_relaxed) : 0;
     uint64_t limit = b ? atomic_load_explicit(&b->limit, memory_order_relaxed) : VG__UNLIMITED;
-    PUT_LIT(o, ",\"used\":");
+    VG__PUT_LIT(o, ",\"used\":");
     put_u64(o, used);
-    PUT_LIT(o, ",\"budget\":");
+    VG__PUT_LIT(o, ",\"budget\":");
     put_i64(o, limit == VG__UNLIMITED ? -1 : (int64_t)limit);
 }
 
@@ -273,19 +261,16 @@ static void put_site(out_t *o, const uintptr_t *frames, int n)
 {
     if (n <= 0)
         return;
-    PUT_LIT(o, ",\"site\":[");
+    VG__PUT_LIT(o, ",\"site\":[");
     for (int i = 0; i < n; i++) {
         if (i)
-            PUT_LIT(o, ",");
+            VG__PUT_LIT(o, ",");
         put_hex(o, frames[i]);
     }
-    PUT_LIT(o, "]");
+    VG__PUT_LIT(o, "]");
 }
 
 /* ,"key":value with a literal key (its length known when compiled). */
-#define PUT_KV_U64(o, key, v) (PUT_LIT((o), ",\"" key "\":"), put_u64((o), (v)))
-#define PUT_KV_ID(o, key, v) (PUT_LIT((o), ",\"" key "\":"), put_ident((o), (v)))
-#define PUT_KV_STR(o, key, v) (PUT_LIT((o), ",\"" key "\":"), put_str((o), (v)))
 
 /* --------------------------------------------------------- writing */
 
@@ -305,7 +290,7 @@ static tbuf_t *line_begin(size_t need, out_t *o)
 
 static void line_end(tbuf_t *b, out_t *o, int ev)
 {
-    PUT_LIT(o, "}\n");
+    VG__PUT_LIT(o, "}\n");
     if (vg__likely(!o->cut)) {
         b->len = (uint32_t)(o->p - b->data);
         b->count[ev]++;
@@ -338,15 +323,15 @@ static void event_alloc(const vg__ticket_t *t, const vg__alloc_t *a, const uintp
     tbuf_t *b = event_begin("alloc", n, &o);
     if (!b)
         return;
-    PUT_KV_U64(&o, "dev", (uint64_t)t->device);
-    PUT_KV_ID(&o, "api", t->api);
-    PUT_KV_ID(&o, "kind", kind_label(t->kind));
-    PUT_LIT(&o, ",\"ptr\":");
+    VG__PUT_KV(&o, "dev", put_u64, (uint64_t)t->device);
+    VG__PUT_KV(&o, "api", put_ident, t->api);
+    VG__PUT_KV(&o, "kind", put_ident, kind_label(t->kind));
+    VG__PUT_LIT(&o, ",\"ptr\":");
     put_hex(&o, a->ptr & ~VG__KEY_HANDLE);
-    PUT_KV_U64(&o, "size", a->size);
-    PUT_LIT(&o, ",\"rc\":0");
+    VG__PUT_KV(&o, "size", put_u64, a->size);
+    VG__PUT_LIT(&o, ",\"rc\":0");
     put_use(&o, t->device);
-    PUT_KV_U64(&o, "seq", a->seq);
+    VG__PUT_KV(&o, "seq", put_u64, a->seq);
     put_site(&o, frames, n);
     line_end(b, &o, EV_ALLOC);
 }
@@ -374,15 +359,15 @@ void vg__audit_free(const vg__alloc_t *a, const char *api, CUresult rc)
     if (!b)
         return;
     put_head(&o, b, "free");
-    PUT_KV_U64(&o, "dev", (uint64_t)a->device);
-    PUT_KV_ID(&o, "api", api);
-    PUT_KV_ID(&o, "kind", kind_label(a->kind));
-    PUT_LIT(&o, ",\"ptr\":");
+    VG__PUT_KV(&o, "dev", put_u64, (uint64_t)a->device);
+    VG__PUT_KV(&o, "api", put_ident, api);
+    VG__PUT_KV(&o, "kind", put_ident, kind_label(a->kind));
+    VG__PUT_LIT(&o, ",\"ptr\":");
     put_hex(&o, a->ptr & ~VG__KEY_HANDLE);
-    PUT_KV_U64(&o, "size", a->size);
-    PUT_KV_U64(&o, "rc", (uint64_t)rc);
+    VG__PUT_KV(&o, "size", put_u64, a->size);
+    VG__PUT_KV(&o, "rc", put_u64, (uint64_t)rc);
     put_use(&o, a->device);
-    PUT_KV_U64(&o, "seq", a->seq);
+    VG__PUT_KV(&o, "seq", put_u64, a->seq);
     line_end(b, &o, EV_FREE);
 }
 
@@ -396,11 +381,11 @@ void vg__audit_refuse(const vg__ticket_t *t, int status)
     tbuf_t *b = event_begin("refuse", n, &o);
     if (!b)
         return;
-    PUT_KV_U64(&o, "dev", (uint64_t)t->device);
-    PUT_KV_ID(&o, "api", t->api);
-    PUT_KV_ID(&o, "kind", kind_label(t->kind));
-    PUT_KV_U64(&o, "size", t->bytes);
-    PUT_KV_U64(&o, "rc", (uint64_t)vg__cu_status(status));
+    VG__PUT_KV(&o, "dev", put_u64, (uint64_t)t->device);
+    VG__PUT_KV(&o, "api", put_ident, t->api);
+    VG__PUT_KV(&o, "kind", put_ident, kind_label(t->kind));
+    VG__PUT_KV(&o, "size", put_u64, t->bytes);
+    VG__PUT_KV(&o, "rc", put_u64, (uint64_t)vg__cu_status(status));
     put_use(&o, t->device);
     put_site(&o, frames, n);
     line_end(b, &o, EV_REFUSE);
@@ -424,17 +409,17 @@ void vg__audit_bad_ptr(const char *api, uint64_t key, const vg_ptr_info_t *info,
     tbuf_t *b = event_begin("bad_ptr", n, &o);
     if (!b)
         return;
-    PUT_KV_ID(&o, "api", api);
-    PUT_LIT(&o, ",\"ptr\":");
+    VG__PUT_KV(&o, "api", put_ident, api);
+    VG__PUT_LIT(&o, ",\"ptr\":");
     put_hex(&o, key & ~VG__KEY_HANDLE);
-    PUT_KV_ID(&o, "class", info ? vg_ptr_class_name(info->cls) : "handle");
+    VG__PUT_KV(&o, "class", put_ident, info ? vg_ptr_class_name(info->cls) : "handle");
     if (info && info->cls == VG_PTR_INTERIOR)
-        PUT_KV_U64(&o, "offset", info->offset);
+        VG__PUT_KV(&o, "offset", put_u64, info->offset);
     if (info && info->cls == VG_PTR_FAKE)
-        PUT_KV_STR(&o, "pattern", info->pattern);
-    PUT_KV_ID(&o, "policy", policy_word(policy));
+        VG__PUT_KV(&o, "pattern", put_str, info->pattern);
+    VG__PUT_KV(&o, "policy", put_ident, policy_word(policy));
     if (rc)
-        PUT_KV_U64(&o, "rc", (uint64_t)*rc);
+        VG__PUT_KV(&o, "rc", put_u64, (uint64_t)*rc);
     put_site(&o, frames, n);
     line_end(b, &o, EV_BAD);
 }
@@ -449,9 +434,9 @@ void vg__audit_leak(int device, uint64_t count, uint64_t bytes, uint32_t site)
     tbuf_t *b = event_begin("leak", n, &o);
     if (!b)
         return;
-    PUT_KV_U64(&o, "dev", (uint64_t)device);
-    PUT_KV_U64(&o, "count", count);
-    PUT_KV_U64(&o, "bytes", bytes);
+    VG__PUT_KV(&o, "dev", put_u64, (uint64_t)device);
+    VG__PUT_KV(&o, "count", put_u64, count);
+    VG__PUT_KV(&o, "bytes", put_u64, bytes);
     put_site(&o, frames, n);
     line_end(b, &o, EV_OTHER);
 }
@@ -466,9 +451,9 @@ static void on_level(void *owner, vg_pressure_t from, vg_pressure_t to, void *us
     if (!b)
         return;
     put_head(&o, b, "pressure");
-    PUT_KV_U64(&o, "dev", (uint64_t)device);
-    PUT_KV_ID(&o, "from", vg_pressure_name(from));
-    PUT_KV_ID(&o, "to", vg_pressure_name(to));
+    VG__PUT_KV(&o, "dev", put_u64, (uint64_t)device);
+    VG__PUT_KV(&o, "from", put_ident, vg_pressure_name(from));
+    VG__PUT_KV(&o, "to", put_ident, vg_pressure_name(to));
     put_use(&o, device);
     line_end(b, &o, EV_OTHER);
 }
@@ -482,7 +467,6 @@ void vg__audit_watch(vg__budget_t *b, int device)
 /* ------------------------------------- for audit_log.c (slow paths) */
 
 void vg__aline_head(out_t *o, const char *op) { put_head(o, NULL, op); }
-void vg__aline_raw(out_t *o, const char *s, size_t n) { put_raw(o, s, n); }
 void vg__aline_u64(out_t *o, uint64_t v) { put_u64(o, v); }
 void vg__aline_hex(out_t *o, uint64_t v) { put_hex(o, v); }
 void vg__aline_json(out_t *o, const char *s, size_t n) { put_json(o, s, n); }

@@ -26,10 +26,6 @@ static vg__bad_ptr_policy_t policy_now;
 
 static inline bool log_open(void) { return vg__diag_has(VG__DIAG_LOG); }
 
-#define PUT_LIT(o, lit) vg__aline_raw((o), (lit), sizeof(lit) - 1)
-#define PUT_KV_U64(o, key, v) (PUT_LIT((o), ",\"" key "\":"), vg__aline_u64((o), (v)))
-#define PUT_KV_STR(o, key, v) (PUT_LIT((o), ",\"" key "\":"), put_str((o), (v)))
-
 static void put_str(out_t *o, const char *s) { vg__aline_json(o, s, strlen(s)); }
 
 /* A line too long for a thread buffer (start, exit), built in heap
@@ -83,21 +79,21 @@ static int put_module(struct dl_phdr_info *info, size_t size, void *ctx)
     if (!path || !path[0] || strstr(path, "linux-vdso"))
         return 0;
     if (m->n++)
-        PUT_LIT(m->o, ",");
-    PUT_LIT(m->o, "{\"base\":");
+        VG__PUT_LIT(m->o, ",");
+    VG__PUT_LIT(m->o, "{\"base\":");
     vg__aline_hex(m->o, (uint64_t)info->dlpi_addr);
-    PUT_LIT(m->o, ",\"path\":");
+    VG__PUT_LIT(m->o, ",\"path\":");
     put_str(m->o, path);
-    PUT_LIT(m->o, "}");
+    VG__PUT_LIT(m->o, "}");
     return 0;
 }
 
 static void put_modules(out_t *o)
 {
     struct modules_ctx m = {o, 0};
-    PUT_LIT(o, ",\"modules\":[");
+    VG__PUT_LIT(o, ",\"modules\":[");
     dl_iterate_phdr(put_module, &m);
-    PUT_LIT(o, "]");
+    VG__PUT_LIT(o, "]");
 }
 
 /* The command line, space-joined, at most CMD_BYTES (cut at a character
@@ -139,12 +135,12 @@ static void event_start(void)
         return;
     size_t n = read_cmdline(cmd, sizeof cmd);
     vg__aline_head(&g.o, "start");
-    PUT_LIT(&g.o, ",\"cmd\":");
+    VG__PUT_LIT(&g.o, ",\"cmd\":");
     vg__aline_json(&g.o, cmd, n);
-    PUT_KV_STR(&g.o, "budget_spec", budget_text());
-    PUT_KV_STR(&g.o, "policy", vg__audit_policy_word(policy_now));
+    VG__PUT_KV(&g.o, "budget_spec", put_str, budget_text());
+    VG__PUT_KV(&g.o, "policy", put_str, vg__audit_policy_word(policy_now));
     put_modules(&g.o);
-    PUT_LIT(&g.o, "}\n");
+    VG__PUT_LIT(&g.o, "}\n");
     write_big(&g.o, g.mem);
     free(g.mem);
 }
@@ -170,14 +166,14 @@ static void event_exit(void)
     vg__abuf_sum_counts(c);
     vg__ledger_foreach(VG__ANY_OWNER, tally_live, &live);
     vg__aline_head(&g.o, "exit");
-    PUT_KV_U64(&g.o, "allocs", c[VG__EV_ALLOC]);
-    PUT_KV_U64(&g.o, "frees", c[VG__EV_FREE]);
-    PUT_KV_U64(&g.o, "refusals", c[VG__EV_REFUSE]);
-    PUT_KV_U64(&g.o, "bad_ptrs", c[VG__EV_BAD]);
-    PUT_KV_U64(&g.o, "live", live.count);
-    PUT_KV_U64(&g.o, "live_bytes", live.bytes);
+    VG__PUT_KV(&g.o, "allocs", vg__aline_u64, c[VG__EV_ALLOC]);
+    VG__PUT_KV(&g.o, "frees", vg__aline_u64, c[VG__EV_FREE]);
+    VG__PUT_KV(&g.o, "refusals", vg__aline_u64, c[VG__EV_REFUSE]);
+    VG__PUT_KV(&g.o, "bad_ptrs", vg__aline_u64, c[VG__EV_BAD]);
+    VG__PUT_KV(&g.o, "live", vg__aline_u64, live.count);
+    VG__PUT_KV(&g.o, "live_bytes", vg__aline_u64, live.bytes);
     put_modules(&g.o);
-    PUT_LIT(&g.o, "}\n");
+    VG__PUT_LIT(&g.o, "}\n");
     write_big(&g.o, g.mem);
     free(g.mem);
 }

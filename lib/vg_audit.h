@@ -6,6 +6,8 @@
 #ifndef VG_AUDIT_H
 #define VG_AUDIT_H
 
+#include <string.h>
+
 #include "vg_account.h"
 
 /* audit_buf.c. The audit log's per-thread buffers: each thread formats
@@ -89,9 +91,25 @@ typedef struct vg__aline {
     bool cut;
 } vg__aline_t;
 
+/* Appends n bytes, or marks the line cut when they do not fit. Inline: an
+ * event appends a dozen pieces per line. */
+static inline void vg__aline_put(vg__aline_t *o, const char *s, size_t n)
+{
+    if (vg__unlikely((size_t)(o->end - o->p) < n)) {
+        o->cut = true;
+        return;
+    }
+    memcpy(o->p, s, n);
+    o->p += n;
+}
+
+/* A string literal; a key ",\"key\":" then its value, written by `put`
+ * (a formatter taking (o, v)). Shared by audit.c and audit_log.c. */
+#define VG__PUT_LIT(o, lit) vg__aline_put((o), (lit), sizeof(lit) - 1)
+#define VG__PUT_KV(o, key, put, v) (VG__PUT_LIT((o), ",\"" key "\":"), put((o), (v)))
+
 /* {"v":1,"ts":...,"pid":...,"tid":...,"op":"<op>" */
 void vg__aline_head(vg__aline_t *o, const char *op);
-void vg__aline_raw(vg__aline_t *o, const char *s, size_t n);
 void vg__aline_u64(vg__aline_t *o, uint64_t v);
 /* "0x1f00", quoted. */
 void vg__aline_hex(vg__aline_t *o, uint64_t v);
