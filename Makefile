@@ -14,7 +14,8 @@ DESTDIR   ?=
 CC        ?= cc
 SAN       ?=
 
-VERSION := 0.1.0
+# The version is written once, in include/vramguard.h.
+VERSION := $(shell sed -n 's/^\#define VG_VERSION_[A-Z]* //p' include/vramguard.h | paste -sd.)
 SONAME  := libvramguard.so.0
 
 ifeq ($(SAN),)

@@ -38,8 +38,10 @@ extern "C" {
 #define VG_API
 #endif
 
+/* The library's version (the Makefile reads it from here). 0.2 added
+ * eviction and the pool's cache statistics; see the ABI notes below. */
 #define VG_VERSION_MAJOR 0
-#define VG_VERSION_MINOR 1
+#define VG_VERSION_MINOR 2
 #define VG_VERSION_PATCH 0
 
 /* ---------------------------------------------------------------- errors */
