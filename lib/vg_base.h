@@ -1,8 +1,8 @@
 /*
  * vg_base.h — what every engine file shares: the attributes and limits,
  * util.c (clocks, tid, byte formatting, the stderr line) and the spinlock.
- * No CUDA here: the settings parser, the CLI and the shim's tests build on
- * it without cuda.h.
+ * No CUDA here: the settings parser and most of the CLI build on it
+ * without cuda.h.
  *
  * Internal headers, by concern (each grouped by the file that defines its
  * declarations; nothing in them is exported from the shared libraries,
@@ -17,8 +17,8 @@
  *   vg_diag.h      the flags that switch diagnostics on (audit.c)
  *   vg_audit.h     the audit log, call sites, bad pointers
  *
- * Flow: shim/ -> account.c (and account_pooled.c, account_overhead.c) ->
- * engine.c; the public API (pool.c, buf.c) -> budget.c, ledger.c,
+ * Flow: shim/ -> account.c (with account_pooled.c, account_overhead.c)
+ * and the public API (pool.c, buf.c) -> engine.c -> budget.c, ledger.c,
  * ptrcheck.c -> driver.c (the real libcuda, never the hooks).
  */
 #ifndef VG_BASE_H

@@ -1,8 +1,9 @@
 /*
  * vg_pool.h — the pool's internals: the small-block cache (cache.c,
  * cache_thread.c), eviction (evict.c), the chunk index (chunks.c) and the
- * pool itself (pool.c, pool_info.c). Only the pool and cache files, buf.c
- * and the cache-mode door (account_pooled.c) include it.
+ * pool itself (pool.c, pool_info.c). Only the pool and cache files, buf.c,
+ * the cache-mode door (account_pooled.c) and the pointer checks (badptr.c,
+ * ptrcheck.c: the chunk index) include it.
  */
 #ifndef VG_POOL_H
 #define VG_POOL_H
