@@ -72,6 +72,29 @@ static int managed_policy(vg__ticket_t *t)
     }
 }
 
+/* A reservation that did not fit: give back what is ours to give, learn
+ * the truth, and refuse only then. */
+__attribute__((noinline, cold)) static int reserve_slow(vg__ticket_t *t, vg__budget_t *b)
+{
+    /* Cached pool memory is ours to give back before we say no. */
+    if (vg__acct_pool_trim(t->device) && vg__budget_reserve(b, t->bytes) == VG_OK)
+        return VG_OK;
+    if (vg__cache_mode_on()) {
+        while (vg__acct_pooled_trim(t->device))
+            if (vg__budget_reserve(b, t->bytes) == VG_OK)
+                return VG_OK;
+    }
+    /* The truth before a refusal: memory no call shows may have shrunk (a
+     * destroyed context, an unloaded module). At most once a millisecond,
+     * so a program spinning on refusals does not spin on NVML. */
+    if (vg__overhead_refresh(t->device, VG__REFRESH_SOON) &&
+        vg__budget_reserve(b, t->bytes) == VG_OK)
+        return VG_OK;
+    log_refusal(t, b);
+    vg__audit_refuse(t, VG_ENOMEM);
+    return VG_ENOMEM;
+}
+
 int vg__acct_reserve(vg__ticket_t *t)
 {
     if (vg__unlikely(vg__engine_init() != VG_OK))
@@ -85,22 +108,12 @@ int vg__acct_reserve(vg__ticket_t *t)
     if (vg__unlikely(!b))
         return VG_EINVAL;
     t->budget = b;
+    if (vg__unlikely(vg__acct_implicit_pending(t->device)))
+        vg__acct_implicit_settle(t->device); /* context, lazy loads: charge first */
     if (vg__likely(vg__budget_reserve(b, t->bytes) == VG_OK))
         return VG_OK;
-    /* Cached pool memory is ours to give back before we say no. */
-    if (vg__acct_pool_trim(t->device) && vg__budget_reserve(b, t->bytes) == VG_OK)
-        return VG_OK;
-    if (vg__cache_mode_on()) {
-        while (vg__acct_pooled_trim(t->device))
-            if (vg__budget_reserve(b, t->bytes) == VG_OK)
-                return VG_OK;
-    }
-    vg__overhead_refresh(t->device, VG__REFRESH_RATE_LIMITED); /* charge what no call showed */
-    log_refusal(t, b);
-    vg__audit_refuse(t, VG_ENOMEM);
-    return VG_ENOMEM;
+    return reserve_slow(t, b);
 }
-
 int vg__acct_resize(vg__ticket_t *t, uint64_t bytes)
 {
     vg__budget_t *b = t->budget;
@@ -130,20 +143,8 @@ __attribute__((noinline, cold)) static void replace_stale(const vg__alloc_t *a)
     vg__ledger_insert(a);
 }
 
-/* The first allocation on a device measures what its context and modules
- * use (account_overhead.c); later ones cost one relaxed load here. */
-static _Atomic uint8_t device_used[VG__MAX_DEVICES];
-
-__attribute__((noinline, cold)) static void first_commit(int device)
-{
-    if (!atomic_exchange_explicit(&device_used[device], 1, memory_order_relaxed))
-        vg__overhead_refresh(device, VG__REFRESH_NOW);
-}
-
 void vg__acct_record(const vg__ticket_t *t, vg__alloc_t *a)
 {
-    if (vg__unlikely(!atomic_load_explicit(&device_used[t->device], memory_order_relaxed)))
-        first_commit(t->device);
     a->time_ns = vg__now_coarse_ns(); /* ms resolution is enough here */
     a->seq = vg__ledger_next_seq();
     a->tid = vg__tid();
@@ -176,21 +177,31 @@ void vg__acct_cancel(vg__ticket_t *t)
     t->bytes = 0;
 }
 
+int vg__acct_take(uint64_t key, vg__alloc_t *out)
+{
+    if (vg__ledger_remove(key, NULL, out) != VG_OK)
+        return VG_ENOTFOUND;
+    if (vg__unlikely(out->pooled))
+        vg__acct_pooled_free(out); /* its chunk carries the charge */
+    return VG_OK;
+}
+
+void vg__acct_uncharge(const vg__alloc_t *a)
+{
+    if (vg__unlikely(a->pooled))
+        return;
+    vg__budget_t *b = vg__engine_budget(a->device);
+    vg__budget_release(b, a->charged);
+    if (vg__unlikely(b->shared))
+        vg__shared_live(b, -1);
+}
+
 int vg__acct_release(uint64_t key, vg__alloc_t *out)
 {
     vg__alloc_t a;
-    if (vg__ledger_remove(key, NULL, &a) != VG_OK)
+    if (vg__acct_take(key, &a) != VG_OK)
         return VG_ENOTFOUND;
-    if (vg__unlikely(a.pooled)) {
-        vg__acct_pooled_free(&a); /* its chunk carries the charge */
-        if (out)
-            *out = a;
-        return VG_OK;
-    }
-    vg__budget_t *b = vg__engine_budget(a.device);
-    vg__budget_release(b, a.charged);
-    if (vg__unlikely(b->shared))
-        vg__shared_live(b, -1);
+    vg__acct_uncharge(&a);
     if (out)
         *out = a;
     return VG_OK;
@@ -198,8 +209,7 @@ int vg__acct_release(uint64_t key, vg__alloc_t *out)
 
 void vg__acct_restore(const vg__alloc_t *a)
 {
-    vg__budget_force(vg__engine_budget(a->device), a->charged);
-    vg__ledger_insert(a);
+    vg__ledger_insert(a); /* the charge was never given back */
 }
 
 void vg__acct_release_freed(uint64_t key, const char *api)

@@ -9,9 +9,14 @@
  * zero. The result is charged with vg__acct_overhead_set(). docs/shim.md
  * gives the error of this method.
  *
- * Only slow paths call in here (the first allocation on a device, and
- * refusals), at most once a second per device. This is the one place the
- * engine loads NVML (dlopen, once); without it the overhead stays 0.
+ * Only slow paths call in here: the first allocation on a device (before
+ * any allocation can succeed), calls that make the driver take memory
+ * (context creation, eager module loads, limits), the first allocation
+ * after kernel launches (a lazily loaded module takes its globals at its
+ * first launch: at most once a millisecond per device), memory views and
+ * refusals (once a second). docs/accounting.md gives the cost and the
+ * worst-case overshoot. This is the one place the engine loads NVML
+ * (dlopen, once); without it the overhead stays 0 (said once).
  */
 #include <dlfcn.h>
 #include <pthread.h>
@@ -21,7 +26,8 @@
 #include "vg_account.h"
 #include "vg_shared.h"
 
-#define REFRESH_INTERVAL_NS 1000000000ull /* at most one measurement a second */
+#define REFRESH_INTERVAL_NS 1000000000ull /* views and refusals: once a second */
+#define REFRESH_SOON_NS 1000000ull         /* after launches and loads: once a ms */
 #define PROC_SLOTS 64                     /* processes read without malloc */
 
 /* The slice of NVML's stable ABI used here (nvml.h: nvmlProcessInfo_v1_st
@@ -56,7 +62,7 @@ static struct {
 } nvml;
 
 static pthread_once_t nvml_once = PTHREAD_ONCE_INIT;
-static _Atomic uint64_t next_ns[VG__MAX_DEVICES];
+static _Atomic uint64_t last_ns[VG__MAX_DEVICES]; /* mono ns of the last try, 0 = none */
 
 /* Loads NVML once and initialises it (nvmlInit is reference-counted: the
  * program's own init and shutdown are unaffected). The newest process
@@ -64,8 +70,11 @@ static _Atomic uint64_t next_ns[VG__MAX_DEVICES];
 static void nvml_load(void)
 {
     void *h = dlopen("libnvidia-ml.so.1", RTLD_NOW | RTLD_LOCAL);
-    if (!h)
+    if (!h) {
+        vg__log("NVML (libnvidia-ml.so.1) is not available: memory no call shows "
+                "(context, module globals, library workspaces) is not charged");
         return;
+    }
     nvml_rc_t (*init)(void) = (nvml_rc_t(*)(void))vg__real_dlsym(h, "nvmlInit_v2");
     nvml.by_uuid = (nvml_rc_t(*)(const char *, nvml_device_t *))
         vg__real_dlsym(h, "nvmlDeviceGetHandleByUUID");
@@ -165,25 +174,45 @@ static bool measure(int device, vg__budget_t *b)
     return true;
 }
 
-void vg__overhead_refresh(int device, vg__refresh_t when)
+static uint64_t interval_of(vg__refresh_t when)
+{
+    switch (when) {
+    case VG__REFRESH_NOW:
+        return 0;
+    case VG__REFRESH_SOON:
+        return REFRESH_SOON_NS;
+    default:
+        return REFRESH_INTERVAL_NS;
+    }
+}
+
+bool vg__overhead_refresh(int device, vg__refresh_t when)
 {
     vg__budget_t *b = vg__engine_budget(device);
     if (!b || atomic_load_explicit(&b->limit, memory_order_relaxed) == VG__UNLIMITED)
-        return; /* nothing to enforce: spare the process NVML's start-up */
+        return false; /* nothing to enforce: spare the process NVML's start-up */
     uint64_t now = vg__mono_ns();
-    uint64_t next = atomic_load_explicit(&next_ns[device], memory_order_relaxed);
-    if (when == VG__REFRESH_RATE_LIMITED &&
-        (now < next ||
-         !atomic_compare_exchange_strong_explicit(&next_ns[device], &next,
-                                                  now + REFRESH_INTERVAL_NS,
-                                                  memory_order_relaxed,
-                                                  memory_order_relaxed)))
-        return; /* measured within the last second, or another thread is */
-    if (when == VG__REFRESH_NOW)
-        atomic_store_explicit(&next_ns[device], now + REFRESH_INTERVAL_NS, memory_order_relaxed);
+    uint64_t last = atomic_load_explicit(&last_ns[device], memory_order_relaxed);
+    uint64_t gap = interval_of(when);
+    if (gap && last && now - last < gap)
+        return false; /* measured recently enough */
+    if (gap && !atomic_compare_exchange_strong_explicit(&last_ns[device], &last, now,
+                                                        memory_order_relaxed,
+                                                        memory_order_relaxed))
+        return false; /* another thread is measuring this device */
+    if (!gap)
+        atomic_store_explicit(&last_ns[device], now, memory_order_relaxed);
     pthread_once(&nvml_once, nvml_load);
+    bool ok = nvml.ok && measure(device, b);
     /* NVML lists a process only some time after its context exists: a miss
-     * must not use up the second, or the first real figure comes late. */
-    if (!nvml.ok || !measure(device, b))
-        atomic_store_explicit(&next_ns[device], 0, memory_order_relaxed);
+     * must not use up the interval, or the first real figure comes late. */
+    if (!ok)
+        atomic_store_explicit(&last_ns[device], 0, memory_order_relaxed);
+    return ok;
+}
+
+bool vg__overhead_available(void)
+{
+    pthread_once(&nvml_once, nvml_load);
+    return nvml.ok;
 }

@@ -144,7 +144,7 @@ int vg__badptr_begin(vg__free_t *f)
     if (!(f->key & VG__KEY_HANDLE)) /* handles are not addresses: no class */
         vg__ptr_classify(f->key, &f->bad);
     if (!(f->key & VG__KEY_HANDLE) && f->bad.cls == VG_PTR_LIVE &&
-        vg__acct_release(f->key, &f->a) == VG_OK) { /* recorded meanwhile */
+        vg__acct_take(f->key, &f->a) == VG_OK) { /* recorded meanwhile */
         f->state = f->a.pooled ? VG__FREE_POOLED : VG__FREE_OURS;
         return VG_OK;
     }

@@ -24,9 +24,10 @@ static uint64_t key_of(const void *handle)
 /* --------------------------------------------------------------- VMM */
 
 /* Only device-located physical memory is VRAM; host-located VMM memory
- * passes through uncharged. The charge is returned when the handle is
- * released (see docs: a handle released while still mapped frees its
- * memory only at the last unmap; we return the charge at release). */
+ * passes through uncharged. The driver frees a handle's memory when it is
+ * released and unmapped everywhere, so the charge stays until both
+ * (lib/account_vmm.c): releasing right after mapping, as the CUDA
+ * programming guide does, keeps it charged until the last cuMemUnmap. */
 CUresult cuMemCreate(CUmemGenericAllocationHandle *handle, size_t size,
                      const CUmemAllocationProp *prop, unsigned long long flags)
 {
@@ -48,12 +49,49 @@ CUresult cuMemRelease(CUmemGenericAllocationHandle handle)
 {
     if (!vg__shim_started())
         return CUDA_ERROR_NOT_INITIALIZED;
-    vg__free_t f;
+    if (vg__likely(vg__acct_vmm_tracked(handle))) {
+        CUresult cr = vg__real.cuMemRelease(handle);
+        if (cr == CUDA_SUCCESS)
+            vg__acct_vmm_released(handle, "cuMemRelease");
+        return cr;
+    }
+    vg__free_t f; /* not ours: a foreign handle, or a bad one */
     int rc = vg__acct_free_begin(&f, handle | VG__KEY_HANDLE, "cuMemRelease");
     if (rc != VG_OK)
         return vg__cu_status(rc);
     CUresult cr = vg__real.cuMemRelease(handle);
     vg__acct_free_end(&f, cr);
+    return cr;
+}
+
+CUresult cuMemMap(CUdeviceptr ptr, size_t size, size_t offset,
+                  CUmemGenericAllocationHandle handle, unsigned long long flags)
+{
+    if (!vg__shim_started())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    CUresult cr = vg__real.cuMemMap(ptr, size, offset, handle, flags);
+    if (cr == CUDA_SUCCESS)
+        vg__acct_vmm_map(ptr, size, handle);
+    return cr;
+}
+
+CUresult cuMemUnmap(CUdeviceptr ptr, size_t size)
+{
+    if (!vg__shim_started())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    CUresult cr = vg__real.cuMemUnmap(ptr, size);
+    if (cr == CUDA_SUCCESS)
+        vg__acct_vmm_unmap(ptr, size, "cuMemUnmap");
+    return cr;
+}
+
+CUresult cuMemRetainAllocationHandle(CUmemGenericAllocationHandle *handle, void *addr)
+{
+    if (!vg__shim_started())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    CUresult cr = vg__real.cuMemRetainAllocationHandle(handle, addr);
+    if (cr == CUDA_SUCCESS && handle)
+        vg__acct_vmm_retain(*handle);
     return cr;
 }
 

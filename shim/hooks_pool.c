@@ -127,14 +127,18 @@ CUresult cuIpcGetMemHandle(CUipcMemHandle *pHandle, CUdeviceptr dptr)
 }
 
 /* A reset destroys every allocation of the primary context, the pool's
- * chunks included: the pool is released first, then the driver resets. */
+ * chunks included: the pool is released first, then the driver resets,
+ * then the records of what died with it are dropped and uncharged. */
 static CUresult primary_reset(CUresult (*real)(CUdevice), CUdevice dev)
 {
     if (!real)
         return CUDA_ERROR_NOT_FOUND;
     if (vg__unlikely(vg__cache_mode_on()))
         vg__acct_pooled_reset((int)dev);
-    return real(dev);
+    CUresult cr = real(dev);
+    if (cr == CUDA_SUCCESS)
+        vg__acct_context_gone((int)dev, "cuDevicePrimaryCtxReset");
+    return cr;
 }
 
 CUresult cuDevicePrimaryCtxReset(CUdevice dev)

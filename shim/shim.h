@@ -88,7 +88,63 @@
        void **data, CUdeviceptr ptr))                                          \
     X(cuIpcGetMemHandle, (CUipcMemHandle *pHandle, CUdeviceptr dptr))          \
     X(cuDevicePrimaryCtxReset, (CUdevice dev))                                 \
-    X(cuDevicePrimaryCtxReset_v2, (CUdevice dev))
+    X(cuDevicePrimaryCtxReset_v2, (CUdevice dev))                              \
+    X(cuMemMap, (CUdeviceptr ptr, size_t size, size_t offset,                  \
+                 CUmemGenericAllocationHandle handle, unsigned long long flags)) \
+    X(cuMemUnmap, (CUdeviceptr ptr, size_t size))                              \
+    X(cuMemRetainAllocationHandle,                                             \
+      (CUmemGenericAllocationHandle *handle, void *addr))                      \
+    X(cuCtxCreate, (CUcontext *pctx, unsigned int flags, CUdevice dev))        \
+    X(cuCtxCreate_v2, (CUcontext *pctx, unsigned int flags, CUdevice dev))     \
+    X(cuCtxCreate_v3, (CUcontext *pctx, CUexecAffinityParam *paramsArray,     \
+                       int numParams, unsigned int flags, CUdevice dev))       \
+    X(cuCtxCreate_v4, (CUcontext *pctx, CUctxCreateParams *ctxCreateParams,   \
+                       unsigned int flags, CUdevice dev))                      \
+    X(cuCtxDestroy, (CUcontext ctx))                                           \
+    X(cuCtxDestroy_v2, (CUcontext ctx))                                        \
+    X(cuCtxSetLimit, (CUlimit limit, size_t value))                            \
+    X(cuModuleLoad, (CUmodule *module, const char *fname))                     \
+    X(cuModuleLoadData, (CUmodule *module, const void *image))                 \
+    X(cuModuleLoadDataEx, (CUmodule *module, const void *image,                \
+                           unsigned int numOptions, CUjit_option *options,     \
+                           void **optionValues))                               \
+    X(cuModuleLoadFatBinary, (CUmodule *module, const void *fatCubin))         \
+    X(cuModuleUnload, (CUmodule hmod))                                         \
+    X(cuLibraryLoadData,                                                       \
+      (CUlibrary *library, const void *code, CUjit_option *jitOptions,         \
+       void **jitOptionsValues, unsigned int numJitOptions,                    \
+       CUlibraryOption *libraryOptions, void **libraryOptionValues,            \
+       unsigned int numLibraryOptions))                                        \
+    X(cuLibraryLoadFromFile,                                                   \
+      (CUlibrary *library, const char *fileName, CUjit_option *jitOptions,     \
+       void **jitOptionsValues, unsigned int numJitOptions,                    \
+       CUlibraryOption *libraryOptions, void **libraryOptionValues,            \
+       unsigned int numLibraryOptions))                                        \
+    X(cuLibraryUnload, (CUlibrary library))                                    \
+    X(cuLaunchKernel,                                                          \
+      (CUfunction f, unsigned int gridDimX, unsigned int gridDimY,             \
+       unsigned int gridDimZ, unsigned int blockDimX, unsigned int blockDimY,  \
+       unsigned int blockDimZ, unsigned int sharedMemBytes, CUstream hStream,  \
+       void **kernelParams, void **extra))                                     \
+    X(cuLaunchKernel_ptsz,                                                     \
+      (CUfunction f, unsigned int gridDimX, unsigned int gridDimY,             \
+       unsigned int gridDimZ, unsigned int blockDimX, unsigned int blockDimY,  \
+       unsigned int blockDimZ, unsigned int sharedMemBytes, CUstream hStream,  \
+       void **kernelParams, void **extra))                                     \
+    X(cuLaunchKernelEx, (const CUlaunchConfig *config, CUfunction f,          \
+                         void **kernelParams, void **extra))                   \
+    X(cuLaunchKernelEx_ptsz, (const CUlaunchConfig *config, CUfunction f,     \
+                              void **kernelParams, void **extra))              \
+    X(cuLaunchCooperativeKernel,                                               \
+      (CUfunction f, unsigned int gridDimX, unsigned int gridDimY,             \
+       unsigned int gridDimZ, unsigned int blockDimX, unsigned int blockDimY,  \
+       unsigned int blockDimZ, unsigned int sharedMemBytes, CUstream hStream,  \
+       void **kernelParams))                                                   \
+    X(cuLaunchCooperativeKernel_ptsz,                                          \
+      (CUfunction f, unsigned int gridDimX, unsigned int gridDimY,             \
+       unsigned int gridDimZ, unsigned int blockDimX, unsigned int blockDimY,  \
+       unsigned int blockDimZ, unsigned int sharedMemBytes, CUstream hStream,  \
+       void **kernelParams))
 
 /* X(name): memory-related entry points the shim deliberately passes
  * through untouched: they move, map or describe memory that a hook above
@@ -96,9 +152,9 @@
  * (host allocations, imports from other processes). The routing test fails
  * when the test driver exports a memory entry point found in neither list. */
 #define VG_PASSTHROUGH(X)                                                      \
-    X(cuMemAddressReserve) X(cuMemAddressFree) X(cuMemMap) X(cuMemUnmap)      \
+    X(cuMemAddressReserve) X(cuMemAddressFree)                                \
     X(cuMemSetAccess) X(cuMemGetAccess) X(cuMemGetAllocationGranularity)      \
-    X(cuMemRetainAllocationHandle) X(cuMemGetAllocationPropertiesFromHandle)  \
+    X(cuMemGetAllocationPropertiesFromHandle)                                 \
     X(cuMemExportToShareableHandle) X(cuMemImportFromShareableHandle)         \
     X(cuMemMapArrayAsync) X(cuMemMapArrayAsync_ptsz)                          \
     X(cuMemPoolCreate) X(cuMemPoolTrimTo) X(cuMemPoolSetAttribute)            \

@@ -1,0 +1,236 @@
+/*
+ * account_implicit.c — memory the driver takes without an allocation call:
+ * the context, module and library images with their __device__ globals,
+ * the device malloc heap, per-thread stacks, the printf FIFO.
+ *
+ * The truth is NVML's figure for this process (account_overhead.c: what
+ * NVML counts minus what the calls showed). This file decides when to ask:
+ *
+ * - A device's first allocation charges its context before any thread's
+ *   allocation can succeed: the first thread measures under a per-device
+ *   lock, the others wait on it (16 racing threads otherwise all allocated
+ *   before the context was charged).
+ * - Calls that make the driver take memory are measured as they return
+ *   (context creation, eager module loads) and undone with
+ *   CUDA_ERROR_OUT_OF_MEMORY when what they took does not fit.
+ * - cuCtxSetLimit is charged before the driver is asked, from what the
+ *   limit will cost (heap and FIFO: their size; stacks: size x SMs x
+ *   resident threads per SM), because the driver may take it only at the
+ *   next launch, when nothing can be refused any more.
+ * - A kernel launch may load a module lazily (its globals come then), so a
+ *   launch marks every device "pending" and the next allocation measures
+ *   first, at most once a millisecond per device. A launch costs one load
+ *   and a predictable branch; an allocation one load and a branch.
+ * - Context destruction and primary-context reset free everything the
+ *   context held: the records of memory the driver no longer knows are
+ *   dropped and their charges given back.
+ *
+ * Without NVML (or where it does not list this process, e.g. in a PID
+ * namespace) the call-level ledger stands alone; that is said once.
+ */
+#include <pthread.h>
+#include <stdlib.h>
+#include <time.h>
+
+#include "vg_account.h"
+#include "vg_audit.h"
+
+#define FIRST_TRIES 20       /* NVML may list a new process a little late */
+#define FIRST_WAIT_NS 1000000 /* between tries: 1 ms */
+
+/* Bit d: device d may hold memory no measurement has seen yet. Every
+ * device starts pending: its context was never measured. */
+_Atomic uint64_t vg__implicit_pending = UINT64_MAX;
+
+static _Atomic uint8_t ctx_measured[VG__MAX_DEVICES];
+static pthread_mutex_t first_lock = PTHREAD_MUTEX_INITIALIZER;
+static _Atomic int truth_missing; /* NVML absent or not listing us */
+
+static void pending_clear(int device)
+{
+    atomic_fetch_and_explicit(&vg__implicit_pending, ~(1ull << (device & 63)),
+                              memory_order_acq_rel);
+}
+
+static void pending_set(int device)
+{
+    atomic_fetch_or_explicit(&vg__implicit_pending, 1ull << (device & 63),
+                             memory_order_acq_rel);
+}
+
+static bool budgeted(int device)
+{
+    vg__budget_t *b = vg__engine_budget(device);
+    return b && atomic_load_explicit(&b->limit, memory_order_relaxed) != VG__UNLIMITED;
+}
+
+__attribute__((noinline, cold)) static void say_missing(int device)
+{
+    if (!atomic_exchange_explicit(&truth_missing, 1, memory_order_relaxed))
+        vg__log("NVML does not list this process on device %d (a PID namespace?): "
+                "memory no call shows is not charged; the budget counts calls only",
+                device);
+}
+
+/* The first measurement of a device: its context. Waits for NVML to list
+ * the process (it may lag the context by a few ms). */
+static void measure_context(int device)
+{
+    struct timespec wait = {0, FIRST_WAIT_NS};
+    if (!vg__overhead_available())
+        return;
+    for (int i = 0; i < FIRST_TRIES; i++) {
+        if (vg__overhead_refresh(device, VG__REFRESH_NOW))
+            return;
+        nanosleep(&wait, NULL);
+    }
+    say_missing(device);
+}
+
+__attribute__((noinline, cold)) static void first_use(int device)
+{
+    pthread_mutex_lock(&first_lock);
+    if (!atomic_load_explicit(&ctx_measured[device], memory_order_acquire)) {
+        if (budgeted(device))
+            measure_context(device);
+        atomic_store_explicit(&ctx_measured[device], 1, memory_order_release);
+        pending_clear(device);
+    }
+    pthread_mutex_unlock(&first_lock);
+}
+
+void vg__acct_implicit_settle(int device)
+{
+    if (device < 0 || device >= VG__MAX_DEVICES)
+        return;
+    if (vg__unlikely(!atomic_load_explicit(&ctx_measured[device], memory_order_acquire))) {
+        first_use(device);
+        return;
+    }
+    if (!budgeted(device) || atomic_load_explicit(&truth_missing, memory_order_relaxed) ||
+        !vg__overhead_available()) {
+        pending_clear(device);
+        return;
+    }
+    /* Cleared before measuring: a launch that ends after this point sets
+     * the bit again, so its growth is never lost. */
+    pending_clear(device);
+    if (!vg__overhead_refresh(device, VG__REFRESH_SOON))
+        pending_set(device); /* measured under a millisecond ago: later */
+}
+
+void vg__acct_implicit_launched(void)
+{
+    if (atomic_load_explicit(&vg__implicit_pending, memory_order_relaxed) != UINT64_MAX)
+        atomic_store_explicit(&vg__implicit_pending, UINT64_MAX, memory_order_release);
+}
+
+/* ------------------------------------------- calls that take memory */
+
+/* Measures what a call just made the driver take. VG_ENOMEM when it grew
+ * this process's memory past its budget: the caller undoes the call and
+ * then calls vg__acct_implicit_undone(). */
+int vg__acct_implicit_took(int device, const char *api)
+{
+    if (device < 0 || device >= VG__MAX_DEVICES || !budgeted(device))
+        return VG_OK;
+    vg__budget_t *b = vg__engine_budget(device);
+    uint64_t before = vg__acct_overhead(device);
+    if (!vg__overhead_refresh(device, VG__REFRESH_NOW))
+        return VG_OK; /* nothing measured: the ledger stands */
+    uint64_t limit, used;
+    vg__budget_read(b, &limit, &used);
+    uint64_t after = vg__acct_overhead(device);
+    if (after <= before || used <= limit)
+        return VG_OK;
+    vg__ticket_t t = {.device = device, .kind = VG_KIND_PLAIN,
+                      .bytes = after - before, .api = api};
+    char took[32], lim[32];
+    vg__log("refused %s on device %d: it took %s that no call shows, past the %s "
+            "budget (CUDA_ERROR_OUT_OF_MEMORY)", api, device,
+            vg__fmt_bytes(after - before, took, sizeof took),
+            vg__fmt_bytes(limit, lim, sizeof lim));
+    vg__audit_refuse(&t, VG_ENOMEM);
+    return VG_ENOMEM;
+}
+
+/* Lazy loading (the default since CUDA 12.2) defers a module's memory to
+ * its first launch; asked once (optional entry point: eager when absent). */
+static bool loading_lazy(void)
+{
+    static _Atomic int mode; /* 0 unknown, 1 lazy, 2 eager */
+    int m = atomic_load_explicit(&mode, memory_order_relaxed);
+    if (m)
+        return m == 1;
+    CUresult (*get)(CUmoduleLoadingMode *) = (CUresult(*)(CUmoduleLoadingMode *))
+        vg__real_dlsym(vg__driver()->handle, "cuModuleGetLoadingMode");
+    CUmoduleLoadingMode lm = CU_MODULE_EAGER_LOADING;
+    if (get && get(&lm) != CUDA_SUCCESS)
+        return false; /* not initialised yet: ask again next time */
+    m = lm == CU_MODULE_LAZY_LOADING ? 1 : 2;
+    atomic_store_explicit(&mode, m, memory_order_relaxed);
+    return m == 1;
+}
+
+int vg__acct_implicit_loaded(int device, const char *api)
+{
+    if (loading_lazy()) {
+        vg__acct_implicit_launched(); /* cheap now; measured before use */
+        return VG_OK;
+    }
+    return vg__acct_implicit_took(device, api);
+}
+
+void vg__acct_implicit_undone(int device)
+{
+    if (device >= 0 && device < VG__MAX_DEVICES && budgeted(device) &&
+        !vg__overhead_refresh(device, VG__REFRESH_NOW))
+        pending_set(device);
+}
+
+/* ------------------------------------------------- contexts freed */
+
+struct dev_keys {
+    int device;
+    uint64_t *keys;
+    size_t n, cap;
+};
+
+static void collect_device(const vg__alloc_t *a, void *ctx)
+{
+    struct dev_keys *k = ctx;
+    if (a->device != k->device || a->pooled || (a->ptr & VG__KEY_HANDLE) ||
+        a->owner || a->kind == VG_KIND_ASYNC)
+        return; /* pools, VMM and stream-ordered memory outlive contexts */
+    if (k->n == k->cap)
+        return;
+    k->keys[k->n++] = a->ptr;
+}
+
+/* True when the driver no longer knows ptr as memory. */
+static bool gone(uint64_t ptr)
+{
+    CUcontext ctx = NULL;
+    CUresult cr = vg__driver()->cuPointerGetAttribute(&ctx, CU_POINTER_ATTRIBUTE_CONTEXT,
+                                                      (CUdeviceptr)ptr);
+    return cr == CUDA_ERROR_INVALID_VALUE || cr == CUDA_ERROR_CONTEXT_IS_DESTROYED ||
+           cr == CUDA_ERROR_INVALID_CONTEXT;
+}
+
+void vg__acct_context_gone(int device, const char *api)
+{
+    if (device < 0 || device >= VG__MAX_DEVICES || vg__engine_init() != VG_OK)
+        return;
+    size_t cap = (size_t)vg__ledger_count() + 16;
+    struct dev_keys k = {device, calloc(cap, sizeof(uint64_t)), 0, cap};
+    if (!k.keys)
+        return;
+    vg__ledger_foreach(NULL, collect_device, &k);
+    for (size_t i = 0; i < k.n; i++) {
+        if (gone(k.keys[i]))
+            vg__acct_release_freed(k.keys[i], api);
+    }
+    free(k.keys);
+    vg__acct_limits_forget(device);
+    pending_set(device); /* its context memory went too: measure again */
+}

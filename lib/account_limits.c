@@ -1,0 +1,140 @@
+/*
+ * account_limits.c — cuCtxSetLimit, charged before the driver is asked.
+ *
+ * Three limits make the driver reserve device memory: the device malloc
+ * heap (its size), the printf FIFO (its size) and the per-thread stack
+ * (its size for every thread that can be resident: SMs x threads per SM;
+ * 16 KiB on an H200's 132 SMs x 2048 threads is 4.1 GiB). The driver may
+ * take that memory at the call or only at the next launch, when a refusal
+ * is no longer possible, so the growth over the current value is reserved
+ * first and the call refused with CUDA_ERROR_OUT_OF_MEMORY when it does not
+ * fit. The default values are part of the context's own memory (measured
+ * with it), so only growth above them is charged here; shrinking gives
+ * back at most what was charged.
+ *
+ * Charges are kept per device and limit, not per context: a program with
+ * several contexts on one device that raises a limit in each is charged
+ * the largest growth of one, and the others show up in the next NVML
+ * measurement (account_overhead.c).
+ */
+#include <pthread.h>
+
+#include "vg_account.h"
+
+enum { LIMIT_HEAP, LIMIT_STACK, LIMIT_FIFO, LIMIT_KINDS };
+
+static pthread_mutex_t limits_lock = PTHREAD_MUTEX_INITIALIZER;
+static uint64_t charged[VG__MAX_DEVICES][LIMIT_KINDS]; /* bytes, under the lock */
+
+static int kind_of(CUlimit which)
+{
+    switch (which) {
+    case CU_LIMIT_MALLOC_HEAP_SIZE: return LIMIT_HEAP;
+    case CU_LIMIT_STACK_SIZE: return LIMIT_STACK;
+    case CU_LIMIT_PRINTF_FIFO_SIZE: return LIMIT_FIFO;
+    default: return -1;
+    }
+}
+
+/* Threads that can be resident on the device at once (SMs x per SM). */
+static uint64_t resident_threads(int device)
+{
+    const vg__driver_t *d = vg__driver();
+    CUdevice dev;
+    int sms = 0, per_sm = 0;
+    if (d->cuDeviceGet(&dev, device) != CUDA_SUCCESS ||
+        d->cuDeviceGetAttribute(&sms, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, dev) != CUDA_SUCCESS ||
+        d->cuDeviceGetAttribute(&per_sm, CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_MULTIPROCESSOR, dev) != CUDA_SUCCESS ||
+        sms <= 0 || per_sm <= 0)
+        return 0;
+    return (uint64_t)sms * (uint64_t)per_sm;
+}
+
+/* The device memory a limit's value costs. Saturates. */
+static uint64_t cost_of(int kind, uint64_t value, uint64_t threads)
+{
+    if (kind != LIMIT_STACK)
+        return value;
+    return threads && value > UINT64_MAX / threads ? UINT64_MAX : value * threads;
+}
+
+/* The limit's value now, from the driver (optional entry point: 0 when
+ * the driver cannot say, which makes the whole new value growth). */
+static uint64_t current_value(CUlimit which)
+{
+    static CUresult (*get)(size_t *, CUlimit);
+    if (!get)
+        get = (CUresult(*)(size_t *, CUlimit))vg__real_dlsym(vg__driver()->handle,
+                                                           "cuCtxGetLimit");
+    size_t v = 0;
+    if (!get || get(&v, which) != CUDA_SUCCESS)
+        return 0;
+    return v;
+}
+
+int vg__acct_limit_begin(vg__limit_op_t *op, int device, CUlimit which, size_t value)
+{
+    *op = (vg__limit_op_t){.device = device, .kind = kind_of(which)};
+    if (op->kind < 0 || device < 0 || device >= VG__MAX_DEVICES ||
+        vg__engine_init() != VG_OK || !(op->budget = vg__engine_budget(device)))
+        return VG_OK; /* costs nothing we can count: the driver decides */
+    uint64_t threads = op->kind == LIMIT_STACK ? resident_threads(device) : 0;
+    uint64_t now = cost_of(op->kind, current_value(which), threads);
+    uint64_t next = cost_of(op->kind, value, threads);
+    if (next <= now) {
+        op->shrink = now - next;
+        return VG_OK;
+    }
+    op->grow = next - now;
+    vg__ticket_t t = {.device = device, .kind = VG_KIND_PLAIN, .bytes = op->grow,
+                      .api = "cuCtxSetLimit"};
+    return vg__acct_reserve(&t); /* logs and audits a refusal */
+}
+
+void vg__acct_limit_end(vg__limit_op_t *op, CUresult cr)
+{
+    if (!op->budget || op->kind < 0)
+        return;
+    if (cr != CUDA_SUCCESS) {
+        if (op->grow)
+            vg__budget_rollback(op->budget, op->grow);
+        return;
+    }
+    pthread_mutex_lock(&limits_lock);
+    uint64_t *c = &charged[op->device][op->kind];
+    uint64_t back = op->shrink < *c ? op->shrink : *c;
+    *c = *c - back + op->grow;
+    pthread_mutex_unlock(&limits_lock);
+    if (op->grow)
+        vg__budget_commit(op->budget, op->grow);
+    if (back)
+        vg__budget_release(op->budget, back);
+}
+
+void vg__acct_limits_forget(int device)
+{
+    if (device < 0 || device >= VG__MAX_DEVICES)
+        return;
+    uint64_t back = 0;
+    pthread_mutex_lock(&limits_lock);
+    for (int k = 0; k < LIMIT_KINDS; k++) {
+        back += charged[device][k];
+        charged[device][k] = 0;
+    }
+    pthread_mutex_unlock(&limits_lock);
+    vg__budget_t *b = vg__engine_budget(device);
+    if (back && b)
+        vg__budget_release(b, back);
+}
+
+uint64_t vg__acct_limits_charged(int device)
+{
+    uint64_t sum = 0;
+    if (device < 0 || device >= VG__MAX_DEVICES)
+        return 0;
+    pthread_mutex_lock(&limits_lock);
+    for (int k = 0; k < LIMIT_KINDS; k++)
+        sum += charged[device][k];
+    pthread_mutex_unlock(&limits_lock);
+    return sum;
+}
