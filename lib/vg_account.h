@@ -117,8 +117,8 @@ void vg__acct_implicit_launched(void);
  * vg__acct_implicit_undone(). */
 int vg__acct_implicit_took(int device, const char *api);
 void vg__acct_implicit_undone(int device);
-/* After a module or library load: measured as above under eager loading;
- * under lazy loading it takes nothing yet (its first launch will). */
+/* After a module or library load: measured as above (module globals
+ * come at load; what lazy loading defers comes at a launch, below). */
 int vg__acct_implicit_loaded(int device, const char *api);
 /* A context of `device` was destroyed or reset: drops the records of
  * memory the driver no longer knows (audited as frees by `api`), its

@@ -19,6 +19,7 @@
 #include <pthread.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 #include "nvml.h"
 
@@ -190,5 +191,69 @@ nvmlReturn_t nvmlDeviceGetMemoryInfo_v2(nvmlDevice_t device, nvmlMemory_v2_t *me
         unsigned long long taken = memory->total - memory->free;
         memory->used = taken > memory->reserved ? taken - memory->reserved : 0;
     }
+    return rc;
+}
+
+/* This process's own entry never shows more than its budget's total: a
+ * framework that reads its own use from NVML (as PyTorch's OOM message
+ * does) then agrees with cuMemGetInfo. Other processes are untouched. */
+static unsigned long long own_clamp(nvmlDevice_t device, unsigned long long used)
+{
+    int ordinal = ordinal_of(device);
+    if (ordinal < 0)
+        return used;
+    uint64_t f = UINT64_MAX, t = UINT64_MAX;
+    vg__acct_meminfo(ordinal, &f, &t);
+    return used != ~0ull && used > t ? t : used;
+}
+
+/* Clamps this process's entry in an array of `count` entries of `stride`
+ * bytes that each begin with {unsigned pid; unsigned long long used}. */
+static void clamp_own(nvmlDevice_t device, unsigned int count, void *infos, size_t stride)
+{
+    unsigned int me = (unsigned int)getpid();
+    for (unsigned int i = 0; infos && i < count; i++) {
+        nvmlProcessInfo_v1_t *p = (nvmlProcessInfo_v1_t *)((char *)infos + i * stride);
+        if (p->pid == me)
+            p->usedGpuMemory = own_clamp(device, p->usedGpuMemory);
+    }
+}
+
+nvmlReturn_t nvmlDeviceGetComputeRunningProcesses(nvmlDevice_t device, unsigned int *count,
+                                                  nvmlProcessInfo_v1_t *infos)
+{
+    if (!resolve_real())
+        return NVML_ERROR_UNINITIALIZED;
+    if (!real.nvmlDeviceGetComputeRunningProcesses)
+        return NVML_ERROR_FUNCTION_NOT_FOUND;
+    nvmlReturn_t rc = real.nvmlDeviceGetComputeRunningProcesses(device, count, infos);
+    if (rc == NVML_SUCCESS && count)
+        clamp_own(device, *count, infos, sizeof *infos);
+    return rc;
+}
+
+nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v2(nvmlDevice_t device, unsigned int *count,
+                                                     nvmlProcessInfo_t *infos)
+{
+    if (!resolve_real())
+        return NVML_ERROR_UNINITIALIZED;
+    if (!real.nvmlDeviceGetComputeRunningProcesses_v2)
+        return NVML_ERROR_FUNCTION_NOT_FOUND;
+    nvmlReturn_t rc = real.nvmlDeviceGetComputeRunningProcesses_v2(device, count, infos);
+    if (rc == NVML_SUCCESS && count)
+        clamp_own(device, *count, infos, sizeof *infos);
+    return rc;
+}
+
+nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v3(nvmlDevice_t device, unsigned int *count,
+                                                     nvmlProcessInfo_t *infos)
+{
+    if (!resolve_real())
+        return NVML_ERROR_UNINITIALIZED;
+    if (!real.nvmlDeviceGetComputeRunningProcesses_v3)
+        return NVML_ERROR_FUNCTION_NOT_FOUND;
+    nvmlReturn_t rc = real.nvmlDeviceGetComputeRunningProcesses_v3(device, count, infos);
+    if (rc == NVML_SUCCESS && count)
+        clamp_own(device, *count, infos, sizeof *infos);
     return rc;
 }

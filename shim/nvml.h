@@ -39,6 +39,23 @@ typedef struct nvmlMemory_v2_st {
     unsigned long long used;
 } nvmlMemory_v2_t;
 
+/* A process on a device: nvmlProcessInfo_v1_st (the unversioned query)
+ * and nvmlProcessInfo_st (_v2 and _v3 of the query). */
+typedef struct nvmlProcessInfo_v1_st {
+    unsigned int pid;
+    unsigned long long usedGpuMemory;
+} nvmlProcessInfo_v1_t;
+
+typedef struct nvmlProcessInfo_st {
+    unsigned int pid;
+    unsigned long long usedGpuMemory;
+    unsigned int gpuInstanceId;
+    unsigned int computeInstanceId;
+} nvmlProcessInfo_t;
+
+_Static_assert(sizeof(nvmlProcessInfo_v1_t) == 16, "nvmlProcessInfo_v1_t: NVML ABI");
+_Static_assert(sizeof(nvmlProcessInfo_t) == 24, "nvmlProcessInfo_t: NVML ABI");
+
 #define nvmlMemory_v2 ((unsigned int)(sizeof(nvmlMemory_v2_t) | (2u << 24)))
 
 _Static_assert(sizeof(nvmlMemory_t) == 24, "nvmlMemory_t: NVML ABI");
@@ -53,7 +70,13 @@ _Static_assert(sizeof(nvmlMemory_v2_t) == 40, "nvmlMemory_v2_t: NVML ABI");
 #define VG_NVML_HOOKS(X)                                                       \
     X(nvmlDeviceGetMemoryInfo, (nvmlDevice_t device, nvmlMemory_t *memory))   \
     X(nvmlDeviceGetMemoryInfo_v2,                                              \
-      (nvmlDevice_t device, nvmlMemory_v2_t *memory))
+      (nvmlDevice_t device, nvmlMemory_v2_t *memory))                          \
+    X(nvmlDeviceGetComputeRunningProcesses,                                    \
+      (nvmlDevice_t device, unsigned int *count, nvmlProcessInfo_v1_t *infos)) \
+    X(nvmlDeviceGetComputeRunningProcesses_v2,                                 \
+      (nvmlDevice_t device, unsigned int *count, nvmlProcessInfo_t *infos))    \
+    X(nvmlDeviceGetComputeRunningProcesses_v3,                                 \
+      (nvmlDevice_t device, unsigned int *count, nvmlProcessInfo_t *infos))
 
 #define VG_NVML_DECLARE_(name, params) VG_EXPORT nvmlReturn_t name params;
 VG_NVML_HOOKS(VG_NVML_DECLARE_)
