@@ -306,8 +306,9 @@ typedef struct vg_device_stats {
     uint64_t used;          /* bytes charged now, overhead included */
     uint64_t peak;
     uint64_t refusals;
-    uint64_t overhead;      /* measured memory no call shows (context,
-                               modules, library workspaces); 0 if unknown */
+    uint64_t overhead;      /* memory no allocation call shows: measured
+                               (context, modules, library workspaces;
+                               0 if unknown) plus cuCtxSetLimit's charge */
     uint64_t live_count;    /* live allocations */
     uint64_t count_by_kind[VG_KIND_COUNT]; /* live allocations, by kind */
     uint64_t bytes_by_kind[VG_KIND_COUNT]; /* their bytes, by kind */

@@ -433,8 +433,8 @@ void vg__acct_overhead_set(int device, uint64_t bytes)
         vg__budget_force(b, bytes - old);
     else if (old > bytes)
         vg__budget_release(b, old - bytes);
-    if (b->shared)
-        vg__shared_overhead(b, bytes);
+    if (b->shared) /* implicit use, as `vramguard status` shows it */
+        vg__shared_overhead(b, bytes + vg__acct_limits_charged(device));
 }
 
 uint64_t vg__acct_overhead(int device)
@@ -469,7 +469,7 @@ int vg_device_stats(int device, vg_device_stats_t *stats)
     s.used = atomic_load_explicit(&b->used, memory_order_relaxed);
     s.peak = atomic_load_explicit(&b->peak, memory_order_relaxed);
     s.refusals = atomic_load_explicit(&b->refusals, memory_order_relaxed);
-    s.overhead = vg__acct_overhead(device);
+    s.overhead = vg__acct_overhead(device) + vg__acct_limits_charged(device);
     struct kind_tally t = {device, &s};
     vg__ledger_foreach(VG__ANY_OWNER, tally, &t);
     *stats = s;

@@ -20,6 +20,7 @@
 #include <pthread.h>
 
 #include "vg_account.h"
+#include "vg_shared.h"
 
 enum { LIMIT_HEAP, LIMIT_STACK, LIMIT_FIFO, LIMIT_KINDS };
 
@@ -109,6 +110,9 @@ void vg__acct_limit_end(vg__limit_op_t *op, CUresult cr)
         vg__budget_commit(op->budget, op->grow);
     if (back)
         vg__budget_release(op->budget, back);
+    if (op->budget->shared) /* implicit use, as `vramguard status` shows it */
+        vg__shared_overhead(op->budget, vg__acct_overhead(op->device) +
+                                            vg__acct_limits_charged(op->device));
 }
 
 void vg__acct_limits_forget(int device)
