@@ -18,12 +18,14 @@
 
 struct CUarray_st {
     int dev;
+    CUcontext ctx;       /* destroyed with it (fc_array_release_ctx) */
     CUDA_ARRAY3D_DESCRIPTOR desc;
     size_t bytes;
 };
 
 struct CUmipmappedArray_st {
     int dev;
+    CUcontext ctx;
     CUDA_ARRAY3D_DESCRIPTOR desc;
     unsigned int levels;
     size_t bytes;
@@ -66,7 +68,7 @@ static size_t desc_bytes(const CUDA_ARRAY3D_DESCRIPTOR *d)
 
 /* Lock held: context, fault injection, capacity, statistics. A deferred
  * array allocates nothing: no fault injection, no charge. */
-static CUresult charge_array(size_t bytes, bool is_deferred, int *dev)
+static CUresult charge_array(size_t bytes, bool is_deferred, CUcontext *pctx)
 {
     CUcontext ctx;
     CUresult rc = fc_ctx_current(&ctx);
@@ -74,7 +76,7 @@ static CUresult charge_array(size_t bytes, bool is_deferred, int *dev)
         rc = CUDA_ERROR_INVALID_VALUE;
     if (rc != CUDA_SUCCESS)
         return rc;
-    *dev = ctx->dev;
+    *pctx = ctx;
     if (is_deferred)
         return CUDA_SUCCESS;
     rc = fc_gate();
@@ -88,15 +90,16 @@ static CUresult charge_array(size_t bytes, bool is_deferred, int *dev)
 
 static CUresult array_create(CUarray *pHandle, const CUDA_ARRAY3D_DESCRIPTOR *d)
 {
-    int dev;
+    CUcontext ctx;
     size_t bytes = pHandle && d ? desc_bytes(d) : 0;
     fc_lock();
-    CUresult rc = charge_array(bytes, d && deferred(d), &dev);
+    CUresult rc = charge_array(bytes, d && deferred(d), &ctx);
     if (rc == CUDA_SUCCESS) {
         CUarray a = calloc(1, sizeof *a);
         if (!a)
             abort();
-        a->dev = dev;
+        a->dev = ctx->dev;
+        a->ctx = ctx;
         a->desc = *d;
         a->bytes = bytes;
         fc_handle_add(a, FC_H_ARRAY);
@@ -275,17 +278,17 @@ static size_t mipmap_bytes(const CUDA_ARRAY3D_DESCRIPTOR *d, unsigned int levels
 CUresult cuMipmappedArrayCreate(CUmipmappedArray *pHandle, const CUDA_ARRAY3D_DESCRIPTOR *pMipmappedArrayDesc,
                                 unsigned int numMipmapLevels)
 {
-    int dev;
+    CUcontext ctx;
     const CUDA_ARRAY3D_DESCRIPTOR *d = pMipmappedArrayDesc;
     unsigned int levels = d ? clamp_levels(d, numMipmapLevels) : 0;
     size_t bytes = pHandle && d ? mipmap_bytes(d, levels) : 0;
     fc_lock();
-    CUresult rc = charge_array(bytes, d && deferred(d), &dev);
+    CUresult rc = charge_array(bytes, d && deferred(d), &ctx);
     if (rc == CUDA_SUCCESS) {
         CUmipmappedArray m = calloc(1, sizeof *m);
         if (!m)
             abort();
-        *m = (struct CUmipmappedArray_st){ dev, *d, levels, bytes };
+        *m = (struct CUmipmappedArray_st){ ctx->dev, ctx, *d, levels, bytes };
         fc_handle_add(m, FC_H_MIPMAP);
         *pHandle = m;
     }
@@ -330,4 +333,38 @@ CUresult cuMipmappedArrayGetMemoryRequirements(CUDA_ARRAY_MEMORY_REQUIREMENTS *m
         *memoryRequirements = (CUDA_ARRAY_MEMORY_REQUIREMENTS){ .size = mipmap->bytes, .alignment = FC_ALIGN };
     fc_unlock();
     return rc;
+}
+
+/* ---- a destroyed or reset context takes its arrays with it ---- */
+
+static void release_array(void *h, void *ctx)
+{
+    CUarray a = h;
+    if (a->ctx != ctx)
+        return;
+    fc_handle_del(a);
+    if (!deferred(&a->desc)) {
+        fc_uncharge(a->dev, a->bytes);
+        fc_count_free();
+    }
+    free(a);
+}
+
+static void release_mipmap(void *h, void *ctx)
+{
+    CUmipmappedArray m = h;
+    if (m->ctx != ctx)
+        return;
+    fc_handle_del(m);
+    if (!deferred(&m->desc)) {
+        fc_uncharge(m->dev, m->bytes);
+        fc_count_free();
+    }
+    free(m);
+}
+
+void fc_array_release_ctx(CUcontext ctx)
+{
+    fc_handle_each(FC_H_ARRAY, release_array, ctx);
+    fc_handle_each(FC_H_MIPMAP, release_mipmap, ctx);
 }

@@ -1,9 +1,10 @@
 /*
- * core.c: the test driver's global state. cuInit and the environment
- * (FAKECUDA_DEVICES, FAKECUDA_TOTAL_BYTES, FAKECUDA_FAIL_NTH, FAKECUDA_REPORT),
- * device queries, the per-device capacity ledger with its high-water mark,
- * fault injection, allocation statistics, the exit report, the registry of
- * live handles and the fakecuda_* query functions for in-process tests.
+ * core.c: the test driver's global state. cuInit and the environment (every
+ * knob is listed in fakecuda.h), device queries, the per-device capacity
+ * ledger with its high-water mark and its share of implicit memory, fault
+ * injection, the slow free, allocation statistics, the exit report, the
+ * registry of live handles and the fakecuda_* query functions for
+ * in-process tests.
  */
 #include "fakecuda.h"
 #include "fakecuda_query.h"
@@ -14,11 +15,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define FC_DEFAULT_TOTAL 85899345920ull   /* 80 GiB, bytes */
 
 typedef struct {
     size_t total, used, peak;              /* bytes */
+    size_t implicit;                       /* bytes of used no allocation call made */
 } fc_device;
 
 typedef struct {
@@ -33,6 +36,7 @@ static int g_ndev;
 static fc_device g_dev[FC_MAX_DEVICES];
 static size_t g_used_all, g_peak_all;      /* over all devices, bytes */
 static unsigned long long g_fail_nth, g_gate_calls;
+static fc_knobs g_knobs;                   /* set once by cuInit */
 static unsigned long long g_allocs, g_frees, g_failed;
 static fc_handle *g_handles;
 
@@ -66,12 +70,34 @@ static bool env_u64(const char *name, unsigned long long *out)
     return true;
 }
 
+/* The knobs of implicit memory (fakecuda.h); false on a malformed one. */
+static bool read_knobs(fc_knobs *k)
+{
+    unsigned long long ctx = 0, sm = 132, delay = 0;
+    const char *at = getenv("FAKECUDA_LIMITS_AT");
+    const char *loading = getenv("CUDA_MODULE_LOADING");
+    if (!env_u64("FAKECUDA_CONTEXT_BYTES", &ctx) || !env_u64("FAKECUDA_SM_COUNT", &sm) ||
+        !env_u64("FAKECUDA_FREE_DELAY_NS", &delay) || sm == 0 || sm > 65536)
+        return false;
+    if (at && *at && strcmp(at, "setlimit") && strcmp(at, "launch")) {
+        fprintf(stderr, "fakecuda: FAKECUDA_LIMITS_AT=\"%s\" is neither setlimit nor launch\n", at);
+        return false;
+    }
+    k->context_bytes = (size_t)ctx;
+    k->sm_count = (int)sm;
+    k->free_delay_ns = delay;
+    k->limits_at_launch = at && !strcmp(at, "launch");
+    /* As the real driver reads it at cuInit: EAGER, else lazy (CUDA 12.2+). */
+    k->eager_modules = loading && !strcmp(loading, "EAGER");
+    return true;
+}
+
 static CUresult init_locked(void)
 {
     unsigned long long ndev = 1, total = FC_DEFAULT_TOTAL, nth = 0;
     if (!env_u64("FAKECUDA_DEVICES", &ndev) ||
         !env_u64("FAKECUDA_TOTAL_BYTES", &total) ||
-        !env_u64("FAKECUDA_FAIL_NTH", &nth) || ndev > FC_MAX_DEVICES)
+        !env_u64("FAKECUDA_FAIL_NTH", &nth) || ndev > FC_MAX_DEVICES || !read_knobs(&g_knobs))
         return CUDA_ERROR_INVALID_VALUE;
     if (ndev == 0)
         return CUDA_ERROR_NO_DEVICE;
@@ -169,7 +195,8 @@ static int attribute_value(CUdevice_attribute attrib, CUdevice dev)
     switch (attrib) {
     case CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR: return 9;
     case CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR: return 0;
-    case CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT: return 132;
+    case CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT: return g_knobs.sm_count;
+    case CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_MULTIPROCESSOR: return FC_THREADS_PER_SM;
     case CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_BLOCK: return 1024;
     case CU_DEVICE_ATTRIBUTE_WARP_SIZE: return 32;
     case CU_DEVICE_ATTRIBUTE_PCI_BUS_ID: return dev + 1;
@@ -244,6 +271,38 @@ void fc_uncharge(int dev, size_t n)
     g_used_all -= n;
 }
 
+CUresult fc_charge_implicit(int dev, size_t n)
+{
+    CUresult rc = fc_charge(dev, n);
+    if (rc == CUDA_SUCCESS)
+        g_dev[dev].implicit += n;
+    return rc;
+}
+
+void fc_uncharge_implicit(int dev, size_t n)
+{
+    fc_uncharge(dev, n);
+    g_dev[dev].implicit -= n;
+}
+
+bool fc_fits(int dev, size_t n)
+{
+    return n <= g_dev[dev].total - g_dev[dev].used;
+}
+
+const fc_knobs *fc_knobs_get(void) { return &g_knobs; }
+
+/* Lock NOT held: other threads go on allocating while this one waits. */
+void fc_free_delay(void)
+{
+    unsigned long long ns = g_knobs.free_delay_ns;
+    if (ns == 0)
+        return;
+    struct timespec ts = { (time_t)(ns / 1000000000ull), (long)(ns % 1000000000ull) };
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        ;
+}
+
 void fc_count_alloc(void) { g_allocs++; }
 void fc_count_free(void) { g_frees++; }
 
@@ -276,6 +335,16 @@ void fc_handle_del(const void *h)
     }
 }
 
+/* fn may delete the handle it is given (and only that one). */
+void fc_handle_each(fc_htype type, void (*fn)(void *h, void *arg), void *arg)
+{
+    fc_handle *e, *tmp;
+    HASH_ITER(hh, g_handles, e, tmp) {
+        if (e->type == type)
+            fn((void *)e->key, arg);
+    }
+}
+
 /* ---- in-process queries and the exit report ---- */
 
 static size_t query(int dev, int what)
@@ -289,6 +358,14 @@ static size_t query(int dev, int what)
 }
 
 size_t fakecuda_peak_bytes(int dev) { return query(dev, 1); }
+
+size_t fakecuda_implicit_bytes(int dev)
+{
+    fc_lock();
+    size_t v = dev >= 0 && dev < FC_MAX_DEVICES ? g_dev[dev].implicit : 0;
+    fc_unlock();
+    return v;
+}
 size_t fakecuda_used_bytes(int dev) { return query(dev, 0); }
 
 void fakecuda_reset_peak(int dev)

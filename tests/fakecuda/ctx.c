@@ -3,6 +3,12 @@
  * streams and events. Work is synchronous in the test driver, so streams and
  * events only validate handles; their synchronize calls are the sync points
  * at which memory pools give unused reserve back (fc_pool_sync).
+ *
+ * A context's own memory (FAKECUDA_CONTEXT_BYTES) is charged when it starts:
+ * at cuCtxCreate, when the primary context is first retained, and at the
+ * first use of a primary context after a reset (the real driver re-creates
+ * it then). Stopping it (destroy, last release, reset) gives back that
+ * memory and everything made in it: allocations, arrays, modules, limits.
  */
 #include "fakecuda.h"
 
@@ -38,13 +44,42 @@ static bool ctx_live(CUcontext c)
     return c && fc_handle_ok(c, FC_H_CTX);
 }
 
+/* Lock held: charges the context's own memory, limits at their defaults. */
+static CUresult ctx_start(CUcontext c)
+{
+    CUresult rc = fc_charge_implicit(c->dev, fc_knobs_get()->context_bytes);
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    c->started = true;
+    fc_limits_reset(c);
+    return CUDA_SUCCESS;
+}
+
+/* Lock held: gives back everything the context holds, itself included. */
+static void ctx_stop(CUcontext c)
+{
+    fc_mem_release_ctx(c);
+    fc_array_release_ctx(c);
+    fc_module_release_ctx(c);
+    fc_limits_release(c);
+    if (c->started)
+        fc_uncharge_implicit(c->dev, fc_knobs_get()->context_bytes);
+    c->started = false;
+}
+
 CUresult fc_ctx_current(CUcontext *ctx)
 {
     if (!fc_initialized())
         return CUDA_ERROR_NOT_INITIALIZED;
     if (t_depth == 0 || !ctx_live(t_stack[t_depth - 1]))
         return CUDA_ERROR_INVALID_CONTEXT;
-    *ctx = t_stack[t_depth - 1];
+    CUcontext c = t_stack[t_depth - 1];
+    if (!c->started) {   /* a primary context used again after a reset */
+        CUresult rc = ctx_start(c);
+        if (rc != CUDA_SUCCESS)
+            return rc;
+    }
+    *ctx = c;
     return CUDA_SUCCESS;
 }
 
@@ -84,12 +119,16 @@ CUresult cuDevicePrimaryCtxRetain(CUcontext *pctx, CUdevice dev)
     if (!fc_device_valid(dev))
         return CUDA_ERROR_INVALID_DEVICE;
     fc_lock();
-    g_primary[dev].dev = dev;
-    g_primary[dev].primary = true;
-    g_primary[dev].retain++;
-    *pctx = &g_primary[dev];
+    CUcontext c = &g_primary[dev];
+    c->dev = dev;
+    c->primary = true;
+    CUresult rc = c->started ? CUDA_SUCCESS : ctx_start(c);
+    if (rc == CUDA_SUCCESS) {
+        c->retain++;
+        *pctx = c;
+    }
     fc_unlock();
-    return CUDA_SUCCESS;
+    return rc;
 }
 
 /* The last release destroys the primary context and the memory it owned. */
@@ -104,7 +143,7 @@ CUresult cuDevicePrimaryCtxRelease_v2(CUdevice dev)
     if (g_primary[dev].retain == 0)
         rc = CUDA_ERROR_INVALID_CONTEXT;
     else if (--g_primary[dev].retain == 0)
-        fc_mem_release_ctx(&g_primary[dev]);
+        ctx_stop(&g_primary[dev]);
     fc_unlock();
     return rc;
 }
@@ -114,9 +153,10 @@ CUresult cuDevicePrimaryCtxRelease(CUdevice dev)
     return cuDevicePrimaryCtxRelease_v2(dev);
 }
 
-/* Destroys the memory the primary context owned and keeps the context: the
- * driver's documentation says a reset does not release it, so a program
- * that retained it goes on using (and must still release) the same handle.
+/* Destroys the memory the primary context owned, its own included, and
+ * keeps the handle: the driver's documentation says a reset does not
+ * release it, so a program that retained it goes on using (and must still
+ * release) the same handle, which starts again at its next use.
  * Resetting a context that is not active is not an error. */
 CUresult cuDevicePrimaryCtxReset_v2(CUdevice dev)
 {
@@ -125,7 +165,7 @@ CUresult cuDevicePrimaryCtxReset_v2(CUdevice dev)
     if (!fc_device_valid(dev))
         return CUDA_ERROR_INVALID_DEVICE;
     fc_lock();
-    fc_mem_release_ctx(&g_primary[dev]);
+    ctx_stop(&g_primary[dev]);
     fc_unlock();
     return CUDA_SUCCESS;
 }
@@ -167,8 +207,14 @@ static CUresult ctx_create(CUcontext *pctx, CUdevice dev)
         return CUDA_ERROR_OUT_OF_MEMORY;
     c->dev = dev;
     fc_lock();
-    fc_handle_add(c, FC_H_CTX);
+    CUresult rc = ctx_start(c);
+    if (rc == CUDA_SUCCESS)
+        fc_handle_add(c, FC_H_CTX);
     fc_unlock();
+    if (rc != CUDA_SUCCESS) {
+        free(c);
+        return rc;
+    }
     t_stack[t_depth++] = c;   /* a new context is pushed on the caller's stack */
     *pctx = c;
     return CUDA_SUCCESS;
@@ -211,7 +257,7 @@ CUresult cuCtxDestroy_v2(CUcontext ctx)
         fc_unlock();
         return CUDA_ERROR_INVALID_CONTEXT;
     }
-    fc_mem_release_ctx(ctx);
+    ctx_stop(ctx);
     fc_handle_del(ctx);
     fc_unlock();
     unstack(ctx);

@@ -11,6 +11,38 @@
  * Locking: one process-wide mutex (fc_lock/fc_unlock) guards all state. Every
  * exported entry point takes it; every fc_ helper below expects it held unless
  * its comment says otherwise.
+ *
+ * Environment (read once, by cuInit; counts are plain decimal):
+ *   FAKECUDA_DEVICES         devices (default 1)
+ *   FAKECUDA_TOTAL_BYTES     capacity of each device (default 80 GiB)
+ *   FAKECUDA_FAIL_NTH        the Nth allocating call fails with OOM (0: never)
+ *   FAKECUDA_REPORT          file the exit report is written to
+ *   FAKECUDA_CONTEXT_BYTES   memory a context takes when it is created or the
+ *                            primary context first becomes active (default 0)
+ *   FAKECUDA_SM_COUNT        CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT (132)
+ *   FAKECUDA_LIMITS_AT       when a larger heap/stack/printf limit is charged:
+ *                            "setlimit" (default, at cuCtxSetLimit) or
+ *                            "launch" (at the context's next kernel launch)
+ *   FAKECUDA_FREE_DELAY_NS   cuMemFree/cuMemFreeAsync wait this long, with the
+ *                            memory still counted, before freeing (default 0)
+ *   CUDA_MODULE_LOADING      EAGER: a module's globals are charged at load;
+ *                            otherwise (lazy, as CUDA 12.2+) at the first
+ *                            launch of one of its kernels (or cuFuncLoad)
+ *
+ * Implicit memory (counted in used bytes and the peak like any allocation,
+ * and apart in fakecuda_implicit_bytes): a context's own memory, the part
+ * of its heap, stack and printf limits above the defaults (heap 8 MiB,
+ * stack 1024 bytes per thread for SM count x 2048 resident threads, printf
+ * FIFO 1 MiB), and the globals of loaded modules. A context that is
+ * destroyed, reset or released for the last time gives back all of it and
+ * every allocation, array and module made in it.
+ *
+ * Module images (cuModuleLoadData/DataEx/FatBinary, cuLibraryLoadData; the
+ * contents of a file for cuModuleLoad/cuLibraryLoadFromFile) are
+ * NUL-terminated text under 4 KiB:
+ *     fakecuda-module [globals=BYTES] [kernels=NAME,NAME,...]
+ * globals: bytes of __device__ data (default 0); kernels: up to 16 names of
+ * up to 63 characters. Anything else is CUDA_ERROR_INVALID_IMAGE.
  */
 #ifndef FAKECUDA_INTERNAL_H
 #define FAKECUDA_INTERNAL_H
@@ -30,6 +62,7 @@
 #define FC_ALIGN 512u                    /* every returned pointer, bytes */
 #define FC_GRANULARITY (2u << 20)        /* VMM granularity, bytes */
 #define FC_DRIVER_VERSION 13000
+#define FC_THREADS_PER_SM 2048           /* MAX_THREADS_PER_MULTIPROCESSOR */
 
 static inline size_t fc_round_up(size_t n, size_t a) { return (n + a - 1) / a * a; }
 
@@ -47,24 +80,48 @@ CUresult fc_gate(void);
 /* Charges n bytes against dev's capacity; OOM (counted as failed) if short. */
 CUresult fc_charge(int dev, size_t n);
 void fc_uncharge(int dev, size_t n);
+/* Charges memory no allocation call made (contexts, limits, modules): as
+ * fc_charge, and counted in fakecuda_implicit_bytes as well. */
+CUresult fc_charge_implicit(int dev, size_t n);
+void fc_uncharge_implicit(int dev, size_t n);
+bool fc_fits(int dev, size_t n);      /* n bytes more would fit now */
 void fc_count_alloc(void);
 void fc_count_free(void);
 
+typedef struct {
+    size_t context_bytes;         /* FAKECUDA_CONTEXT_BYTES */
+    int sm_count;                 /* FAKECUDA_SM_COUNT */
+    unsigned long long free_delay_ns;   /* FAKECUDA_FREE_DELAY_NS */
+    bool limits_at_launch;        /* FAKECUDA_LIMITS_AT=launch */
+    bool eager_modules;           /* CUDA_MODULE_LOADING=EAGER */
+} fc_knobs;
+const fc_knobs *fc_knobs_get(void);   /* valid after cuInit; lock not needed */
+/* Sleeps FAKECUDA_FREE_DELAY_NS; called WITHOUT the lock, before a free. */
+void fc_free_delay(void);
+
 typedef enum {
     FC_H_CTX = 1, FC_H_STREAM, FC_H_EVENT, FC_H_POOL, FC_H_ARRAY,
-    FC_H_MIPMAP, FC_H_GRAPH, FC_H_NODE, FC_H_EXEC
+    FC_H_MIPMAP, FC_H_GRAPH, FC_H_NODE, FC_H_EXEC, FC_H_MODULE,
+    FC_H_LIBRARY, FC_H_FUNC
 } fc_htype;
 /* Registry of live opaque handles, so that a stale or made-up handle is
  * answered with an error code instead of a use-after-free. */
 void fc_handle_add(const void *h, fc_htype type);
 bool fc_handle_ok(const void *h, fc_htype type);
 void fc_handle_del(const void *h);
+/* Calls fn on every live handle of type; fn may delete that handle. */
+void fc_handle_each(fc_htype type, void (*fn)(void *h, void *arg), void *arg);
 
 /* ---- ctx.c: contexts, streams, events ---- */
+#define FC_NLIMITS ((int)CU_LIMIT_MAX)
 struct CUctx_st {
     int dev;
     bool primary;
     int retain;          /* primary only: cuDevicePrimaryCtxRetain count */
+    bool started;        /* its FAKECUDA_CONTEXT_BYTES are charged */
+    size_t limit[FC_NLIMITS];   /* cuCtxSetLimit values */
+    size_t limit_charged;       /* bytes charged for limits above defaults */
+    bool limit_pending;         /* FAKECUDA_LIMITS_AT=launch: not yet charged */
 };
 /* Current context of the calling thread, checked: NOT_INITIALIZED before
  * cuInit, INVALID_CONTEXT when none is current or it was destroyed. */
@@ -72,6 +129,20 @@ CUresult fc_ctx_current(CUcontext *ctx);
 /* Validates a stream handle (0, CU_STREAM_LEGACY, CU_STREAM_PER_THREAD or a
  * live stream) and returns the device it runs on. */
 CUresult fc_stream_device(CUstream s, int *dev);
+
+/* ---- limit.c: cuCtxSetLimit / cuCtxGetLimit ---- */
+void fc_limits_reset(CUcontext ctx);     /* defaults, nothing charged */
+void fc_limits_release(CUcontext ctx);   /* gives the charge back, then defaults */
+/* At a launch: charges limits deferred by FAKECUDA_LIMITS_AT=launch. */
+CUresult fc_limits_apply(CUcontext ctx);
+
+/* ---- module.c: modules, libraries, kernels, launches ---- */
+/* Unloads the modules of a destroyed or reset context; libraries loaded
+ * into it go back to unloaded. */
+void fc_module_release_ctx(CUcontext ctx);
+
+/* ---- array.c ---- */
+void fc_array_release_ctx(CUcontext ctx);
 
 /* ---- mem.c: allocation table, backing memory, plain allocations ---- */
 typedef enum {

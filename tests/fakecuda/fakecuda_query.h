@@ -8,7 +8,7 @@
  * "Used" bytes are the bytes charged against the device's capacity
  * (FAKECUDA_TOTAL_BYTES): live allocations of every family, plus memory that
  * memory pools keep reserved after cuMemFreeAsync, plus VMM physical memory
- * that is still handed out or mapped.
+ * that is still handed out or mapped, plus implicit memory (below).
  */
 #ifndef FAKECUDA_QUERY_H
 #define FAKECUDA_QUERY_H
@@ -23,6 +23,10 @@ extern "C" {
 size_t fakecuda_peak_bytes(int dev);
 /* Bytes charged against dev's capacity now. */
 size_t fakecuda_used_bytes(int dev);
+/* The part of used bytes on dev that no allocation call made: contexts'
+ * own memory (FAKECUDA_CONTEXT_BYTES), heap/stack/printf limits above their
+ * defaults, and the globals of loaded modules (fakecuda.h). */
+size_t fakecuda_implicit_bytes(int dev);
 /* Sets dev's high-water mark to its current use. */
 void fakecuda_reset_peak(int dev);
 /* Live allocations of the cuMemAlloc family (plain, pitch, managed) on

@@ -267,12 +267,16 @@ CUresult fc_mem_free(CUdeviceptr dptr)
 }
 
 /* Measured (H100, driver 580.159): cuMemFree(0) succeeds, even with no
- * current context; any other address needs one. */
+ * current context; any other address needs one. FAKECUDA_FREE_DELAY_NS
+ * makes the free wait first, the memory still counted, as a real free can
+ * wait on the device. */
 CUresult cuMemFree_v2(CUdeviceptr dptr)
 {
     CUcontext ctx;
     if (fc_initialized() && dptr == 0)
         return CUDA_SUCCESS;
+    if (fc_initialized())
+        fc_free_delay();
     fc_lock();
     CUresult rc = fc_ctx_current(&ctx);
     if (rc == CUDA_SUCCESS)

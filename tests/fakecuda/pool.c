@@ -208,12 +208,14 @@ CUresult cuMemAllocFromPoolAsync_ptsz(CUdeviceptr *dptr, size_t bytesize, CUmemo
     return cuMemAllocFromPoolAsync(dptr, bytesize, pool, hStream);
 }
 
-/* Measured: the real driver also takes cuMemAlloc memory here. */
+/* Measured: the real driver also takes cuMemAlloc memory here. Waits
+ * FAKECUDA_FREE_DELAY_NS first, the memory still counted (core.c). */
 CUresult cuMemFreeAsync(CUdeviceptr dptr, CUstream hStream)
 {
     int dev;
     if (!fc_initialized())
         return CUDA_ERROR_NOT_INITIALIZED;
+    fc_free_delay();
     fc_lock();
     CUresult rc = fc_stream_device(hStream, &dev);
     if (rc == CUDA_SUCCESS)

@@ -55,11 +55,13 @@ typedef struct {
     P(cuCtxGetCurrent, 4000, FC_PROC_ANY, cuCtxGetCurrent) \
     P(cuCtxGetDevice, 2000, FC_PROC_ANY, cuCtxGetDevice) \
     P(cuCtxGetDevice, 13000, FC_PROC_ANY, cuCtxGetDevice_v2) \
+    P(cuCtxGetLimit, 3010, FC_PROC_ANY, cuCtxGetLimit) \
     P(cuCtxPopCurrent, 2000, FC_PROC_ANY, cuCtxPopCurrent) \
     P(cuCtxPopCurrent, 4000, FC_PROC_ANY, cuCtxPopCurrent_v2) \
     P(cuCtxPushCurrent, 2000, FC_PROC_ANY, cuCtxPushCurrent) \
     P(cuCtxPushCurrent, 4000, FC_PROC_ANY, cuCtxPushCurrent_v2) \
     P(cuCtxSetCurrent, 4000, FC_PROC_ANY, cuCtxSetCurrent) \
+    P(cuCtxSetLimit, 3010, FC_PROC_ANY, cuCtxSetLimit) \
     P(cuCtxSynchronize, 2000, FC_PROC_ANY, cuCtxSynchronize) \
     P(cuCtxSynchronize, 13000, FC_PROC_ANY, cuCtxSynchronize_v2) \
     P(cuDeviceGet, 2000, FC_PROC_ANY, cuDeviceGet) \
@@ -87,6 +89,8 @@ typedef struct {
     P(cuEventRecord, 2000, FC_PROC_ANY, cuEventRecord) \
     P(cuEventRecord, 7000, FC_PROC_PTDS, cuEventRecord_ptsz) \
     P(cuEventSynchronize, 2000, FC_PROC_ANY, cuEventSynchronize) \
+    P(cuFuncIsLoaded, 12040, FC_PROC_ANY, cuFuncIsLoaded) \
+    P(cuFuncLoad, 12040, FC_PROC_ANY, cuFuncLoad) \
     P(cuGetErrorName, 6000, FC_PROC_ANY, cuGetErrorName) \
     P(cuGetErrorString, 6000, FC_PROC_ANY, cuGetErrorString) \
     P(cuGetProcAddress, 11030, FC_PROC_ANY, cuGetProcAddress) \
@@ -103,6 +107,15 @@ typedef struct {
     P(cuGraphLaunch, 10000, FC_PROC_PTDS, cuGraphLaunch_ptsz) \
     P(cuInit, 2000, FC_PROC_ANY, cuInit) \
     P(cuIpcGetMemHandle, 4010, FC_PROC_ANY, cuIpcGetMemHandle) \
+    P(cuKernelGetFunction, 12000, FC_PROC_ANY, cuKernelGetFunction) \
+    P(cuLaunchKernel, 4000, FC_PROC_ANY, cuLaunchKernel) \
+    P(cuLaunchKernel, 7000, FC_PROC_PTDS, cuLaunchKernel_ptsz) \
+    P(cuLaunchKernelEx, 11060, FC_PROC_ANY, cuLaunchKernelEx) \
+    P(cuLaunchKernelEx, 11060, FC_PROC_PTDS, cuLaunchKernelEx_ptsz) \
+    P(cuLibraryGetKernel, 12000, FC_PROC_ANY, cuLibraryGetKernel) \
+    P(cuLibraryLoadData, 12000, FC_PROC_ANY, cuLibraryLoadData) \
+    P(cuLibraryLoadFromFile, 12000, FC_PROC_ANY, cuLibraryLoadFromFile) \
+    P(cuLibraryUnload, 12000, FC_PROC_ANY, cuLibraryUnload) \
     P(cuMemAddressFree, 10020, FC_PROC_ANY, cuMemAddressFree) \
     P(cuMemAddressReserve, 10020, FC_PROC_ANY, cuMemAddressReserve) \
     P(cuMemAlloc, 2000, FC_PROC_ANY, cuMemAlloc) \
@@ -171,6 +184,13 @@ typedef struct {
     P(cuMipmappedArrayCreate, 5000, FC_PROC_ANY, cuMipmappedArrayCreate) \
     P(cuMipmappedArrayDestroy, 5000, FC_PROC_ANY, cuMipmappedArrayDestroy) \
     P(cuMipmappedArrayGetMemoryRequirements, 11060, FC_PROC_ANY, cuMipmappedArrayGetMemoryRequirements) \
+    P(cuModuleGetFunction, 2000, FC_PROC_ANY, cuModuleGetFunction) \
+    P(cuModuleGetLoadingMode, 11070, FC_PROC_ANY, cuModuleGetLoadingMode) \
+    P(cuModuleLoad, 2000, FC_PROC_ANY, cuModuleLoad) \
+    P(cuModuleLoadData, 2000, FC_PROC_ANY, cuModuleLoadData) \
+    P(cuModuleLoadDataEx, 2010, FC_PROC_ANY, cuModuleLoadDataEx) \
+    P(cuModuleLoadFatBinary, 2000, FC_PROC_ANY, cuModuleLoadFatBinary) \
+    P(cuModuleUnload, 2000, FC_PROC_ANY, cuModuleUnload) \
     P(cuPointerGetAttribute, 4000, FC_PROC_ANY, cuPointerGetAttribute) \
     P(cuPointerGetAttributes, 7000, FC_PROC_ANY, cuPointerGetAttributes) \
     P(cuStreamCreate, 2000, FC_PROC_ANY, cuStreamCreate) \

@@ -18,7 +18,10 @@
  * Memory: total = FAKECUDA_TOTAL_BYTES (80 GiB); used = the CUDA test
  * driver's bytes in use + FAKENVML_CONTEXT_BYTES (v2: + nothing for
  * reserved, which is apart); free = total - reserved - used. The process
- * list has one entry, this process, with the same used bytes.
+ * list has one entry, this process, with the same used bytes. The driver's
+ * bytes in use already hold the memory no call shows that it models
+ * (FAKECUDA_CONTEXT_BYTES, limits, module globals: fakecuda.h), as the real
+ * per-process figure does; FAKENVML_CONTEXT_BYTES is memory only NVML sees.
  *
  * Entry points call only static helpers, never each other through the
  * dynamic symbol table: a preloaded interposer must see each call once.

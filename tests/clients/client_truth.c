@@ -1,0 +1,484 @@
+/*
+ * client_truth.c — a client for tests/test_truth.c: memory the device
+ * takes without an allocation call (contexts, cuCtxSetLimit, modules, VMM
+ * memory released while mapped, destroyed contexts, slow frees), run under
+ * the preload shim with a budget.
+ *
+ *   client_truth CASE
+ *   stdout: one line "path=CASE key=value ...", numbers in decimal, ending
+ *           with the test driver's own view of device 0:
+ *           peak=B used=B implicit=B (fakecuda_*; -1 on another driver)
+ *   exit:   0 ran (whatever the driver answered), 2 usage, 3 setup failed
+ *
+ * Every call goes through linked driver symbols, as a program built with
+ * -lcuda makes them; the shim must catch them. The driver's own view is
+ * read through dlsym on libcuda.so.1, which the shim cannot rewrite.
+ *
+ * Cases (sizes are fixed: the test sets budget and driver knobs):
+ *   vmm         8 x (cuMemCreate 256 MiB, reserve, map, set access, release
+ *               at once); one more create; unmap all; one more create
+ *   (the limit and module cases first allocate 64 MiB, so the program is
+ *   running before the implicit memory arrives)
+ *   heap_big    cuCtxSetLimit(MALLOC_HEAP_SIZE, 3 GiB), then one launch
+ *   heap_fits   heap 256 MiB, one launch, then 64 MiB allocations until refused
+ *   heap_fits_late heap 256 MiB, 64 MiB allocations until refused, then one
+ *               launch (where the driver takes the heap at the launch)
+ *   stack_big   cuCtxSetLimit(STACK_SIZE, 16 KiB), then one launch
+ *   lazy_module a module with 600 MiB of globals, one launch, then 64 MiB
+ *               allocations until refused
+ *   eager_module a module with 1.5 GiB of globals (the test sets
+ *               CUDA_MODULE_LOADING=EAGER), then one 256 MiB allocation
+ *   race        16 threads, from the first allocation, 32 MiB each until refused
+ *   ctx_destroy[_v1] 600 MiB in a created context, cuCtxDestroy_v2 (_v1:
+ *               the legacy cuCtxDestroy), then 600 MiB in the primary
+ *   free_order  16 threads allocate and free 1 KiB..64 MiB for 2 s
+ *   views       the race, then cuMemGetInfo and NVML (memory info v1/v2 and
+ *               this process's used memory), read while the memory is held
+ */
+#include <cuda.h>
+#include <dlfcn.h>
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define KiB 1024ull
+#define MiB (1024ull * KiB)
+#define GiB (1024ull * MiB)
+#define MAX_HELD 256          /* allocations one loop keeps */
+#define THREADS 16
+
+/* cuda.h renames cuCtxDestroy to the _v2 ABI; the legacy one is bound here. */
+CUresult CUDAAPI truth_ctx_destroy_v1(CUcontext ctx) __asm__("cuCtxDestroy");
+
+static CUcontext g_ctx;
+static CUdevice g_dev;
+
+/* ------------------------------------------------------ the driver's view */
+
+static long long driver_query(const char *name)
+{
+    void *h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_NOLOAD);
+    size_t (*f)(int) = h ? (size_t(*)(int))dlsym(h, name) : NULL;
+    long long v = f ? (long long)f(0) : -1;
+    if (h)
+        dlclose(h);
+    return v;
+}
+
+/* Ends the case's line with the driver's own view. */
+static void finish(void)
+{
+    printf(" peak=%lld used=%lld implicit=%lld\n", driver_query("fakecuda_peak_bytes"),
+           driver_query("fakecuda_used_bytes"), driver_query("fakecuda_implicit_bytes"));
+    fflush(stdout);
+}
+
+static void setup(void)
+{
+    if (cuInit(0) != CUDA_SUCCESS || cuDeviceGet(&g_dev, 0) != CUDA_SUCCESS ||
+        cuDevicePrimaryCtxRetain(&g_ctx, g_dev) != CUDA_SUCCESS ||
+        cuCtxSetCurrent(g_ctx) != CUDA_SUCCESS) {
+        fprintf(stderr, "client_truth: no device 0 context\n");
+        exit(3);
+    }
+}
+
+/* ------------------------------------------------------ helpers */
+
+typedef struct {
+    CUdeviceptr p[MAX_HELD];
+    int n;
+    CUresult rc;           /* the refusal that ended the loop, 0 if none */
+} held_t;
+
+/* Allocates `size` until refused (or MAX_HELD). */
+static void fill(held_t *h, size_t size)
+{
+    h->rc = CUDA_SUCCESS;
+    while (h->n < MAX_HELD && (h->rc = cuMemAlloc(&h->p[h->n], size)) == CUDA_SUCCESS)
+        h->n++;
+}
+
+static void release_all(held_t *h)
+{
+    while (h->n > 0)
+        cuMemFree(h->p[--h->n]);
+}
+
+/* Loads a module image; *f is its kernel "k". */
+static CUresult load_module(const char *image, CUmodule *m, CUfunction *f)
+{
+    CUresult rc = cuModuleLoadData(m, image);
+    if (rc == CUDA_SUCCESS)
+        rc = cuModuleGetFunction(f, *m, "k");
+    return rc;
+}
+
+static CUresult launch(CUfunction f)
+{
+    return cuLaunchKernel(f, 1, 1, 1, 32, 1, 1, 0, NULL, NULL, NULL);
+}
+
+/* A kernel to launch after a limit change (a module without globals). */
+static CUresult launch_any(void)
+{
+    CUmodule m;
+    CUfunction f;
+    CUresult rc = load_module("fakecuda-module kernels=k", &m, &f);
+    return rc == CUDA_SUCCESS ? launch(f) : rc;
+}
+
+/* ------------------------------------------------------ a. VMM */
+
+static CUmemAllocationProp vmm_prop(void)
+{
+    CUmemAllocationProp p = {0};
+    p.type = CU_MEM_ALLOCATION_TYPE_PINNED;
+    p.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+    p.location.id = g_dev;
+    return p;
+}
+
+/* Creates, maps and releases at once one 256 MiB piece at *va. */
+static CUresult vmm_piece(CUdeviceptr *va)
+{
+    const size_t size = 256 * MiB;
+    CUmemAllocationProp prop = vmm_prop();
+    CUmemAccessDesc ad = {{CU_MEM_LOCATION_TYPE_DEVICE, g_dev}, CU_MEM_ACCESS_FLAGS_PROT_READWRITE};
+    CUmemGenericAllocationHandle h;
+    CUresult rc = cuMemCreate(&h, size, &prop, 0);
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    if (cuMemAddressReserve(va, size, 0, 0, 0) != CUDA_SUCCESS || cuMemMap(*va, size, 0, h, 0) ||
+        cuMemSetAccess(*va, size, &ad, 1) || cuMemRelease(h)) {
+        fprintf(stderr, "client_truth: vmm setup failed\n");
+        exit(3);
+    }
+    return CUDA_SUCCESS;
+}
+
+static void case_vmm(void)
+{
+    CUdeviceptr va[9];
+    int n = 0, ok = 0;
+    CUresult first = CUDA_SUCCESS, later, again;
+    for (int i = 0; i < 8; i++) {
+        CUresult rc = vmm_piece(&va[n]);
+        ok += rc == CUDA_SUCCESS;
+        n += rc == CUDA_SUCCESS;
+        if (rc != CUDA_SUCCESS && first == CUDA_SUCCESS)
+            first = rc;
+    }
+    later = vmm_piece(&va[n]);
+    n += later == CUDA_SUCCESS;
+    for (int i = 0; i < n; i++) {
+        cuMemUnmap(va[i], 256 * MiB);
+        cuMemAddressFree(va[i], 256 * MiB);
+    }
+    CUdeviceptr last;
+    again = vmm_piece(&last);
+    printf("path=vmm created=%d first_fail_rc=%d later_rc=%d after_unmap_rc=%d", ok, first, later,
+           again);
+    finish();
+}
+
+/* ------------------------------------------------------ b, c. limits */
+
+/* One 64 MiB allocation first: the program is running (and a shim has
+ * measured whatever it measures at the first allocation) before the
+ * implicit memory arrives. */
+static void first_alloc(held_t *h)
+{
+    if (cuMemAlloc(&h->p[0], 64 * MiB) != CUDA_SUCCESS) {
+        fprintf(stderr, "client_truth: the first 64 MiB allocation failed\n");
+        exit(3);
+    }
+    h->n = 1;
+}
+
+typedef enum { LIMIT_ONLY, LIMIT_THEN_FILL, LIMIT_FILL_THEN_LAUNCH } limit_mode;
+
+static void case_limit(const char *name, CUlimit limit, size_t value, limit_mode mode)
+{
+    held_t h = {0};
+    CUresult run = CUDA_SUCCESS;
+    first_alloc(&h);
+    CUresult set = cuCtxSetLimit(limit, value);
+    if (mode != LIMIT_FILL_THEN_LAUNCH)
+        run = launch_any();
+    if (mode != LIMIT_ONLY)
+        fill(&h, 64 * MiB);
+    if (mode == LIMIT_FILL_THEN_LAUNCH)
+        run = launch_any();
+    size_t got = 0;
+    cuCtxGetLimit(&got, limit);
+    printf("path=%s set_rc=%d launch_rc=%d value=%zu allocs=%d rc=%d", name, set, run, got, h.n,
+           h.rc);
+    finish();
+    release_all(&h);
+}
+
+/* ------------------------------------------------------ d, e. modules */
+
+static void case_lazy_module(void)
+{
+    CUmodule m;
+    CUfunction f;
+    held_t h = {0};
+    first_alloc(&h);
+    CUresult load = load_module("fakecuda-module globals=629145600 kernels=k", &m, &f);
+    CUresult run = load == CUDA_SUCCESS ? launch(f) : load;
+    fill(&h, 64 * MiB);
+    printf("path=lazy_module load_rc=%d launch_rc=%d allocs=%d rc=%d", load, run, h.n, h.rc);
+    finish();
+    release_all(&h);
+}
+
+static void case_eager_module(void)
+{
+    CUmodule m;
+    CUdeviceptr p = 0;
+    CUresult load = cuModuleLoadData(&m, "fakecuda-module globals=1610612736 kernels=k");
+    CUresult after = cuMemAlloc(&p, 256 * MiB);
+    printf("path=eager_module load_rc=%d alloc_rc=%d", load, after);
+    finish();
+    if (after == CUDA_SUCCESS)
+        cuMemFree(p);
+}
+
+/* ------------------------------------------------------ f. the race */
+
+static pthread_barrier_t g_start;
+
+typedef struct {
+    held_t h;
+    unsigned long long seed;
+} worker_t;
+
+/* Allocates 32 MiB until refused and returns holding it all. */
+static void *race_worker(void *arg)
+{
+    worker_t *w = arg;
+    cuCtxSetCurrent(g_ctx);
+    pthread_barrier_wait(&g_start);
+    fill(&w->h, 32 * MiB);
+    return NULL;
+}
+
+static void run_threads(void *(*fn)(void *), worker_t *w)
+{
+    pthread_t t[THREADS];
+    pthread_barrier_init(&g_start, NULL, THREADS);
+    for (int i = 0; i < THREADS; i++) {
+        w[i].seed = 0x9e3779b97f4a7c15ull * (unsigned long long)(i + 1);
+        if (pthread_create(&t[i], NULL, fn, &w[i]) != 0)
+            exit(3);
+    }
+    for (int i = 0; i < THREADS; i++)
+        pthread_join(t[i], NULL);
+    pthread_barrier_destroy(&g_start);
+}
+
+/* 16 threads race the very first allocation of the process. */
+static void race(worker_t *w, int *allocs, int *refused)
+{
+    *allocs = *refused = 0;
+    run_threads(race_worker, w);
+    for (int i = 0; i < THREADS; i++) {
+        *allocs += w[i].h.n;
+        *refused += w[i].h.rc == CUDA_ERROR_OUT_OF_MEMORY;
+    }
+}
+
+static void case_race(void)
+{
+    static worker_t w[THREADS];
+    int allocs, refused;
+    race(w, &allocs, &refused);
+    printf("path=race allocs=%d refused=%d", allocs, refused);
+    finish();
+    for (int i = 0; i < THREADS; i++)
+        release_all(&w[i].h);
+}
+
+/* ------------------------------------------------------ g. destroyed context */
+
+static void case_ctx_destroy(const char *name, bool legacy)
+{
+    CUcontext c;
+    CUdeviceptr a = 0, b = 0;
+    CUresult create = cuCtxCreate(&c, NULL, 0, g_dev);
+    CUresult first = create == CUDA_SUCCESS ? cuMemAlloc(&a, 600 * MiB) : create;
+    CUresult destroy = create != CUDA_SUCCESS ? create
+                       : legacy               ? truth_ctx_destroy_v1(c)
+                                              : cuCtxDestroy(c);
+    cuCtxSetCurrent(g_ctx);
+    CUresult second = cuMemAlloc(&b, 600 * MiB);
+    printf("path=%s create_rc=%d first_rc=%d destroy_rc=%d second_rc=%d", name, create, first,
+           destroy, second);
+    finish();
+    if (second == CUDA_SUCCESS)
+        cuMemFree(b);
+}
+
+/* ------------------------------------------------------ h. free ordering */
+
+static unsigned long long next_rand(unsigned long long *s)
+{
+    *s ^= *s >> 12;
+    *s ^= *s << 25;
+    *s ^= *s >> 27;
+    return *s * 2685821657736338717ull;
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Up to 8 live blocks of 1 KiB..64 MiB, allocated and freed at random. */
+static void *churn_worker(void *arg)
+{
+    worker_t *w = arg;
+    CUdeviceptr slot[8] = {0};
+    cuCtxSetCurrent(g_ctx);
+    pthread_barrier_wait(&g_start);
+    for (double end = now_s() + 2.0; now_s() < end;) {
+        int i = (int)(next_rand(&w->seed) % 8);
+        size_t size = KiB + next_rand(&w->seed) % (64 * MiB - KiB + 1);
+        if (slot[i]) {
+            cuMemFree(slot[i]);
+            slot[i] = 0;
+        } else if (cuMemAlloc(&slot[i], size) == CUDA_SUCCESS) {
+            w->h.n++;
+        } else {
+            slot[i] = 0;
+            w->h.rc = CUDA_ERROR_OUT_OF_MEMORY;
+        }
+    }
+    for (int i = 0; i < 8; i++)
+        if (slot[i])
+            cuMemFree(slot[i]);
+    return NULL;
+}
+
+static void case_free_order(void)
+{
+    static worker_t w[THREADS];
+    int allocs = 0, refused = 0;
+    run_threads(churn_worker, w);
+    for (int i = 0; i < THREADS; i++) {
+        allocs += w[i].h.n;
+        refused += w[i].h.rc != CUDA_SUCCESS;
+    }
+    printf("path=free_order allocs=%d refused_threads=%d", allocs, refused);
+    finish();
+}
+
+/* ------------------------------------------------------ i. what is reported */
+
+typedef struct { unsigned long long total, free, used; } nvml_mem_t;
+typedef struct {
+    unsigned int version;
+    unsigned long long total, reserved, free, used;
+} nvml_mem_v2_t;
+typedef struct {
+    unsigned int pid;
+    unsigned long long used;
+    unsigned int gi, ci;
+} nvml_proc_t;
+#define NVML_MEM_V2 ((unsigned int)(sizeof(nvml_mem_v2_t) | (2u << 24)))
+
+/* NVML's three views of device 0, through dlopen + dlsym as pynvml does;
+ * -1 each when NVML is missing or refuses. */
+static void nvml_views(long long *v1_used, long long *v2_used, long long *proc_used)
+{
+    *v1_used = *v2_used = *proc_used = -1;
+    void *h = dlopen("libnvidia-ml.so.1", RTLD_NOW);
+    int (*init)(void) = h ? (int (*)(void))dlsym(h, "nvmlInit_v2") : NULL;
+    int (*get)(unsigned, void **) = h ? (int (*)(unsigned, void **))dlsym(h, "nvmlDeviceGetHandleByIndex_v2") : NULL;
+    int (*m1)(void *, nvml_mem_t *) = h ? (int (*)(void *, nvml_mem_t *))dlsym(h, "nvmlDeviceGetMemoryInfo") : NULL;
+    int (*m2)(void *, nvml_mem_v2_t *) = h ? (int (*)(void *, nvml_mem_v2_t *))dlsym(h, "nvmlDeviceGetMemoryInfo_v2") : NULL;
+    int (*procs)(void *, unsigned *, nvml_proc_t *) =
+        h ? (int (*)(void *, unsigned *, nvml_proc_t *))dlsym(h, "nvmlDeviceGetComputeRunningProcesses_v3") : NULL;
+    void *dev;
+    if (!init || !get || !m1 || !m2 || !procs || init() != 0 || get(0, &dev) != 0)
+        return;
+    nvml_mem_t a;
+    nvml_mem_v2_t b = {.version = NVML_MEM_V2};
+    nvml_proc_t p[8];
+    unsigned n = 8;
+    if (m1(dev, &a) == 0)
+        *v1_used = (long long)a.used;
+    if (m2(dev, &b) == 0)
+        *v2_used = (long long)b.used;
+    if (procs(dev, &n, p) == 0)
+        for (unsigned i = 0; i < n; i++)
+            if (p[i].pid == (unsigned)getpid())
+                *proc_used = (long long)p[i].used;
+}
+
+/* The race of case f fills the budget; then every view is read. */
+static void case_views(void)
+{
+    static worker_t w[THREADS];
+    size_t free_b = 0, total_b = 0;
+    long long v1, v2, proc;
+    int allocs, refused;
+    race(w, &allocs, &refused);
+    CUresult info = cuMemGetInfo(&free_b, &total_b);
+    nvml_views(&v1, &v2, &proc);
+    printf("path=views allocs=%d refused=%d info_rc=%d cuda_total=%zu cuda_used=%zu nvml_used=%lld "
+           "nvml_v2_used=%lld proc_used=%lld",
+           allocs, refused, info, total_b, total_b - free_b, v1, v2, proc);
+    finish();
+    for (int i = 0; i < THREADS; i++)
+        release_all(&w[i].h);
+}
+
+/* ------------------------------------------------------ main */
+
+int main(int argc, char **argv)
+{
+    if (argc != 2) {
+        fprintf(stderr, "usage: client_truth CASE\n");
+        return 2;
+    }
+    const char *c = argv[1];
+    setup();
+    if (!strcmp(c, "vmm"))
+        case_vmm();
+    else if (!strcmp(c, "heap_big"))
+        case_limit(c, CU_LIMIT_MALLOC_HEAP_SIZE, 3 * GiB, LIMIT_ONLY);
+    else if (!strcmp(c, "heap_fits"))
+        case_limit(c, CU_LIMIT_MALLOC_HEAP_SIZE, 256 * MiB, LIMIT_THEN_FILL);
+    else if (!strcmp(c, "heap_fits_late"))
+        case_limit(c, CU_LIMIT_MALLOC_HEAP_SIZE, 256 * MiB, LIMIT_FILL_THEN_LAUNCH);
+    else if (!strcmp(c, "stack_big"))
+        case_limit(c, CU_LIMIT_STACK_SIZE, 16 * KiB, LIMIT_ONLY);
+    else if (!strcmp(c, "lazy_module"))
+        case_lazy_module();
+    else if (!strcmp(c, "eager_module"))
+        case_eager_module();
+    else if (!strcmp(c, "race"))
+        case_race();
+    else if (!strcmp(c, "ctx_destroy") || !strcmp(c, "ctx_destroy_v1"))
+        case_ctx_destroy(c, !strcmp(c, "ctx_destroy_v1"));
+    else if (!strcmp(c, "free_order"))
+        case_free_order();
+    else if (!strcmp(c, "views"))
+        case_views();
+    else {
+        fprintf(stderr, "client_truth: unknown case %s\n", c);
+        return 2;
+    }
+    return 0;
+}

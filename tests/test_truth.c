@@ -1,0 +1,282 @@
+/*
+ * test_truth.c — the budget as the device itself counts it. Each test runs
+ * tests/clients/client_truth.c under the preload shim (LD_PRELOAD for that
+ * child only) with VRAMGUARD_BUDGET, against the test driver and the NVML
+ * test double, and reads the client's line: the codes the calls returned,
+ * then the driver's own high-water mark of REAL use (peak=), which counts
+ * memory no allocation call shows (a context's own memory, heap/stack
+ * limits, module globals, VMM memory released while mapped; fakecuda.h).
+ *
+ * The proof is the driver's peak: whatever the shim believed, the process
+ * never held more than its budget, and the call that would have taken it
+ * over got CUDA_ERROR_OUT_OF_MEMORY. The sizes are those measured natively
+ * on an H200 (DESIGN.md, "Memory no call shows").
+ *
+ * Needs VG_TEST_BUILD (tests/run-tests.sh exports it).
+ */
+#include <criterion/criterion.h>
+
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "clientrun.h"
+#include "testutil.h"
+
+#define OUT_OF_MEMORY 2 /* CUDA_ERROR_OUT_OF_MEMORY */
+#define CONTEXT_300MIB "FAKECUDA_CONTEXT_BYTES=314572800"
+#define TRUTH_ENV_MAX 6
+
+typedef struct truth {
+    run_result_t r;
+    const char *line; /* the client's "path=CASE ..." line */
+    char what[128];   /* names the run in messages */
+} truth_t;
+
+/* Runs client_truth CASE under the shim with `budget` and `env` ("NAME=value",
+ * NULL-terminated, at most TRUTH_ENV_MAX), NVML's test double on the path. */
+static void run_truth(truth_t *t, const char *c, const char *budget, const char *const *env)
+{
+    char *nvml = cat3(build_dir(), "/fakenvml", "");
+    char *fake = cat3(build_dir(), "/fakecuda:", nvml);
+    char *libpath = cat3("LD_LIBRARY_PATH=", fake, "");
+    run_opts_t o = {.method = "truth", .path = c, .budget = budget, .env = {libpath}};
+    for (int i = 0; env && env[i] && i < TRUTH_ENV_MAX; i++)
+        o.env[i + 1] = env[i];
+    snprintf(t->what, sizeof t->what, "%s under %s", c, budget);
+    run_client(&o, &t->r);
+    free(libpath);
+    free(fake);
+    free(nvml);
+    cr_assert_eq(t->r.status, 0, "%s: client exited %d\nstdout: %s\nstderr: %s", t->what,
+                 t->r.status, t->r.out, t->r.err);
+    t->line = line_for(t->r.out, c);
+    cr_assert_not_null(t->line, "%s: no answer\nstdout: %s\nstderr: %s", t->what, t->r.out,
+                       t->r.err);
+}
+
+static long long get(const truth_t *t, const char *key)
+{
+    long long v = field(t->line, key);
+    cr_assert_neq(v, -1, "%s: no %s in: %s", t->what, key, t->line);
+    return v;
+}
+
+static void expect_rc(const truth_t *t, const char *key, long long want)
+{
+    long long got = get(t, key);
+    cr_expect_eq(got, want, "%s: %s=%lld, want %lld\n  %s", t->what, key, got, want, t->line);
+}
+
+/* The driver's high-water mark stayed within `limit` bytes. */
+static void expect_peak_within(const truth_t *t, unsigned long long limit)
+{
+    long long peak = get(t, "peak");
+    cr_expect_leq(peak, (long long)limit,
+                  "%s: the device held %lld bytes (%.1f MiB), over the budget of %llu (%.1f MiB)"
+                  "\n  %s",
+                  t->what, peak, (double)peak / MiB, limit, (double)limit / MiB, t->line);
+}
+
+/* ------------------------------------------------------ a. VMM */
+
+/* cuMemRelease right after cuMemMap keeps the memory until cuMemUnmap, so
+ * eight 256 MiB pieces do not fit 1 GiB: the fifth create is refused, and
+ * so is one more, until everything is unmapped. */
+Test(truth, vmm_memory_released_while_mapped_counts_until_unmapped)
+{
+    static truth_t t;
+    run_truth(&t, "vmm", "1GiB", NULL);
+    expect_peak_within(&t, GiB);
+    expect_rc(&t, "first_fail_rc", OUT_OF_MEMORY);
+    expect_rc(&t, "later_rc", OUT_OF_MEMORY);
+    expect_rc(&t, "after_unmap_rc", 0);
+}
+
+/* ------------------------------------------------------ b, c. limits */
+
+/* A 3 GiB malloc heap does not fit a 2 GiB budget: cuCtxSetLimit says so. */
+Test(truth, a_malloc_heap_over_the_budget_is_refused_at_set_limit)
+{
+    static truth_t t;
+    run_truth(&t, "heap_big", "2GiB", NULL);
+    expect_rc(&t, "set_rc", OUT_OF_MEMORY);
+    expect_peak_within(&t, 2 * GiB);
+}
+
+/* Where the driver takes the heap at the next launch instead, the device
+ * still never goes over: the set or the launch is refused. */
+Test(truth, a_malloc_heap_charged_at_launch_never_takes_the_device_over)
+{
+    static truth_t t;
+    run_truth(&t, "heap_big", "2GiB", ENV("FAKECUDA_LIMITS_AT=launch"));
+    long long set = get(&t, "set_rc"), launch = get(&t, "launch_rc");
+    cr_expect(set == OUT_OF_MEMORY || launch == OUT_OF_MEMORY,
+              "%s: neither the set (%lld) nor the launch (%lld) was refused\n  %s", t.what, set,
+              launch, t.line);
+    expect_peak_within(&t, 2 * GiB);
+}
+
+/* A 256 MiB heap fits; then the context, the heap and 64 MiB allocations
+ * share the budget, and the allocation that would go over is refused. */
+Test(truth, a_heap_that_fits_shares_the_budget_with_the_context_and_allocations)
+{
+    static truth_t t;
+    run_truth(&t, "heap_fits", "2GiB", ENV(CONTEXT_300MIB));
+    expect_rc(&t, "set_rc", 0);
+    expect_rc(&t, "launch_rc", 0);
+    expect_rc(&t, "rc", OUT_OF_MEMORY);
+    expect_peak_within(&t, 2 * GiB);
+}
+
+/* Where the driver takes a 256 MiB heap only at the next launch, the budget
+ * holds it from cuCtxSetLimit: allocations made before that launch cannot
+ * use the room the heap will take. */
+Test(truth, a_heap_the_driver_takes_at_launch_is_held_from_set_limit)
+{
+    static truth_t t;
+    run_truth(&t, "heap_fits_late", "2GiB", ENV(CONTEXT_300MIB, "FAKECUDA_LIMITS_AT=launch"));
+    long long set = get(&t, "set_rc"), launch = get(&t, "launch_rc");
+    cr_expect(set == 0 || set == OUT_OF_MEMORY, "%s: set_rc=%lld\n  %s", t.what, set, t.line);
+    cr_expect(launch == 0 || launch == OUT_OF_MEMORY, "%s: launch_rc=%lld\n  %s", t.what, launch,
+              t.line);
+    expect_rc(&t, "rc", OUT_OF_MEMORY);
+    expect_peak_within(&t, 2 * GiB);
+}
+
+/* 16 KiB of stack for every resident thread of 132 SMs is about 4.1 GiB. */
+Test(truth, a_stack_limit_over_the_budget_is_refused_at_set_limit)
+{
+    static truth_t t;
+    run_truth(&t, "stack_big", "2GiB", NULL);
+    expect_rc(&t, "set_rc", OUT_OF_MEMORY);
+    expect_peak_within(&t, 2 * GiB);
+}
+
+/* ------------------------------------------------------ d, e. modules */
+
+/* Lazily loaded, 600 MiB of globals arrive at the first launch (after the
+ * program's first allocation); 64 MiB allocations after it are refused once
+ * the budget is full. The 1% slack is for a shim that measures the load
+ * after the launch. */
+Test(truth, lazily_loaded_module_globals_count_from_the_first_launch)
+{
+    static truth_t t;
+    run_truth(&t, "lazy_module", "1GiB", ENV("CUDA_MODULE_LOADING=LAZY"));
+    expect_rc(&t, "load_rc", 0);
+    expect_rc(&t, "launch_rc", 0);
+    expect_rc(&t, "rc", OUT_OF_MEMORY);
+    expect_peak_within(&t, GiB + GiB / 100);
+}
+
+/* Loaded eagerly, 1.5 GiB of globals do not fit 1 GiB: the load is refused
+ * and leaves nothing charged, so 256 MiB still fit after it and are all the
+ * device holds. (The peak is not checked: no shim can know the size of a
+ * real cubin's globals before the driver loads it, so one may load, measure
+ * and unload.) */
+Test(truth, an_eager_module_over_the_budget_is_refused_and_charges_nothing)
+{
+    static truth_t t;
+    run_truth(&t, "eager_module", "1GiB", ENV("CUDA_MODULE_LOADING=EAGER"));
+    expect_rc(&t, "load_rc", OUT_OF_MEMORY);
+    expect_rc(&t, "alloc_rc", 0);
+    expect_rc(&t, "used", (long long)(256 * MiB));
+}
+
+/* ------------------------------------------------------ f. the first allocation */
+
+/* The context's 300 MiB are charged before any of 16 threads racing the
+ * very first allocation can use them; every thread ends refused. A race is
+ * won or lost by timing, so it is run RACE_RUNS times (a shim that loses it
+ * half the time passes all of them once in 256). */
+#define RACE_RUNS 8
+
+static bool race_held(const truth_t *t)
+{
+    return get(t, "peak") <= (long long)GiB && get(t, "refused") == 16;
+}
+
+Test(truth, context_memory_counts_before_sixteen_threads_race_the_first_allocation)
+{
+    static truth_t t;
+    for (int i = 0; i < RACE_RUNS; i++) {
+        run_truth(&t, "race", "1GiB", ENV(CONTEXT_300MIB));
+        if (!race_held(&t)) {
+            cr_log_error("run %d of %d:", i + 1, RACE_RUNS);
+            break;
+        }
+    }
+    expect_rc(&t, "refused", 16);
+    expect_peak_within(&t, GiB);
+}
+
+/* ------------------------------------------------------ g. destroyed contexts */
+
+/* cuCtxDestroy frees what was allocated in the context (it was never
+ * freed by a call), so 600 MiB fit again in the primary context; both ABI
+ * versions of cuCtxDestroy. */
+Test(truth, a_destroyed_context_gives_its_memory_back)
+{
+    static truth_t t;
+    static const char *const cases[] = {"ctx_destroy", "ctx_destroy_v1"};
+    for (int i = 0; i < 2; i++) {
+        run_truth(&t, cases[i], "1GiB", NULL);
+        expect_rc(&t, "create_rc", 0);
+        expect_rc(&t, "first_rc", 0);
+        expect_rc(&t, "destroy_rc", 0);
+        expect_rc(&t, "second_rc", 0);
+        expect_peak_within(&t, GiB);
+    }
+}
+
+/* ------------------------------------------------------ h. free ordering */
+
+/* A free that takes 200 us: the budget may be given back only once the
+ * device really let the memory go, or 16 threads allocating and freeing
+ * at random take the device over. */
+Test(truth, a_slow_free_never_lets_the_device_exceed_the_budget)
+{
+    static truth_t t;
+    run_truth(&t, "free_order", "1GiB", ENV("FAKECUDA_FREE_DELAY_NS=200000"));
+    cr_expect_gt(get(&t, "allocs"), 0, "%s: nothing was allocated\n  %s", t.what, t.line);
+    expect_peak_within(&t, GiB);
+}
+
+/* ------------------------------------------------------ i. what is reported */
+
+/* With a 300 MiB context and 16 threads allocating to the limit, no view
+ * the process can read (in the process, while it holds the memory) reports
+ * more use than the budget: cuMemGetInfo, NVML's memory info (v1, v2) and
+ * NVML's figure for this process, which is what node agents poll. */
+static bool views_held(const truth_t *t, const char *const *used, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        long long v = get(t, used[i]);
+        if (v < 0 || v > (long long)GiB)
+            return false;
+    }
+    return race_held(t);
+}
+
+Test(truth, no_view_reports_use_above_the_budget)
+{
+    static truth_t t;
+    static const char *const used[] = {"cuda_used", "nvml_used", "nvml_v2_used", "proc_used"};
+    const size_t n = sizeof used / sizeof used[0];
+    for (int i = 0; i < RACE_RUNS; i++) {
+        run_truth(&t, "views", "1GiB", ENV(CONTEXT_300MIB));
+        if (!views_held(&t, used, n)) {
+            cr_log_error("run %d of %d:", i + 1, RACE_RUNS);
+            break;
+        }
+    }
+    expect_rc(&t, "info_rc", 0);
+    expect_rc(&t, "refused", 16);
+    for (size_t i = 0; i < n; i++) {
+        long long v = get(&t, used[i]);
+        cr_expect(v >= 0 && v <= (long long)GiB, "%s: %s=%lld (%.1f MiB), above the 1 GiB budget\n  %s",
+                  t.what, used[i], v, (double)v / MiB, t.line);
+    }
+    expect_peak_within(&t, GiB);
+}
