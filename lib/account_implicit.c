@@ -17,10 +17,13 @@
  *   limit will cost (heap and FIFO: their size; stacks: size x SMs x
  *   resident threads per SM), because the driver may take it only at the
  *   next launch, when nothing can be refused any more.
- * - A kernel launch may load a module lazily (its globals come then), so a
- *   launch marks every device "pending" and the next allocation measures
- *   first, at most once a millisecond per device. A launch costs one load
- *   and a predictable branch; an allocation one load and a branch.
+ * - The first launch of a kernel may load code lazily, so it marks every
+ *   device "pending" and the next allocation measures first. A launch
+ *   costs a lookup in a lock-free set of functions seen (a hash and one or
+ *   two loads); an allocation one load and a predictable branch.
+ * - The figure only falls after something that gives implicit memory back
+ *   (a context, module or library going): a measurement taken while other
+ *   threads' reservations are not yet in the driver reads low.
  * - Context destruction and primary-context reset free everything the
  *   context held: the records of memory the driver no longer knows are
  *   dropped and their charges given back.
@@ -41,6 +44,11 @@
 /* Bit d: device d may hold memory no measurement has seen yet. Every
  * device starts pending: its context was never measured. */
 _Atomic uint64_t vg__implicit_pending = UINT64_MAX;
+
+/* Bit d: memory no call shows may have shrunk on device d (a context,
+ * module or library went) since its last measurement, which may then
+ * lower the figure. */
+static _Atomic uint64_t shrunk;
 
 static _Atomic uint8_t ctx_measured[VG__MAX_DEVICES];
 static pthread_mutex_t first_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -113,16 +121,67 @@ void vg__acct_implicit_settle(int device)
         return;
     }
     /* Cleared before measuring: a launch that ends after this point sets
-     * the bit again, so its growth is never lost. */
+     * the bit again, so its growth is never lost. Not rate-limited: a
+     * lazily loaded module can take its memory in the microseconds between
+     * a launch and the next allocation, and only first launches of a
+     * function set the bit. */
     pending_clear(device);
-    if (!vg__overhead_refresh(device, VG__REFRESH_SOON))
-        pending_set(device); /* measured under a millisecond ago: later */
+    vg__overhead_refresh(device, VG__REFRESH_NOW);
 }
 
 void vg__acct_implicit_launched(void)
 {
     if (atomic_load_explicit(&vg__implicit_pending, memory_order_relaxed) != UINT64_MAX)
         atomic_store_explicit(&vg__implicit_pending, UINT64_MAX, memory_order_release);
+}
+
+void vg__acct_implicit_shrunk(int device)
+{
+    uint64_t bits = device < 0 ? UINT64_MAX : 1ull << (device & 63);
+    atomic_fetch_or_explicit(&shrunk, bits, memory_order_acq_rel);
+    atomic_fetch_or_explicit(&vg__implicit_pending, bits, memory_order_acq_rel);
+}
+
+bool vg__acct_implicit_may_shrink(int device)
+{
+    uint64_t bit = 1ull << (device & 63);
+    return atomic_fetch_and_explicit(&shrunk, ~bit, memory_order_acq_rel) & bit;
+}
+
+/* ------------------------------------------------------ first launches */
+
+/* A kernel's first launch may load its module lazily; later launches take
+ * nothing. So a launch marks the devices pending only for a function not
+ * seen before: an open-addressing set of CUfunction handles, lock-free
+ * (insert by compare-and-swap, never removed). A full neighbourhood counts
+ * as unseen, which only costs a measurement. */
+#define SEEN_SLOTS 16384 /* power of two */
+#define SEEN_PROBES 8
+static _Atomic uintptr_t seen[SEEN_SLOTS];
+
+static bool first_launch(uintptr_t f)
+{
+    uint64_t h = (uint64_t)f * 0x9E3779B97F4A7C15ull;
+    for (unsigned i = 0; i < SEEN_PROBES; i++) {
+        _Atomic uintptr_t *slot = &seen[((h >> 50) + i) & (SEEN_SLOTS - 1)];
+        uintptr_t v = atomic_load_explicit(slot, memory_order_relaxed);
+        if (v == f)
+            return false;
+        if (v == 0) {
+            if (atomic_compare_exchange_strong_explicit(slot, &v, f, memory_order_relaxed,
+                                                        memory_order_relaxed))
+                return true;
+            if (v == f)
+                return false;
+        }
+    }
+    return true;
+}
+
+void vg__acct_implicit_launch(const void *function)
+{
+    if (vg__unlikely(first_launch((uintptr_t)function)))
+        vg__acct_implicit_launched();
 }
 
 /* ------------------------------------------- calls that take memory */
@@ -165,8 +224,11 @@ int vg__acct_implicit_loaded(int device, const char *api)
 
 void vg__acct_implicit_undone(int device)
 {
-    if (device >= 0 && device < VG__MAX_DEVICES && budgeted(device) &&
-        !vg__overhead_refresh(device, VG__REFRESH_NOW))
+    if (device < 0 || device >= VG__MAX_DEVICES || !budgeted(device))
+        return;
+    vg__acct_implicit_shrunk(device);
+    pending_clear(device);
+    if (!vg__overhead_refresh(device, VG__REFRESH_NOW))
         pending_set(device);
 }
 
@@ -214,5 +276,5 @@ void vg__acct_context_gone(int device, const char *api)
     }
     free(k.keys);
     vg__acct_limits_forget(device);
-    pending_set(device); /* its context memory went too: measure again */
+    vg__acct_implicit_shrunk(device); /* its context went too: measure again */
 }

@@ -108,9 +108,16 @@ static inline bool vg__acct_implicit_pending(int device)
  * allocation, under a lock the device's other first allocations wait on;
  * later, at most one NVML measurement a millisecond). */
 void vg__acct_implicit_settle(int device);
-/* A kernel was launched: a lazily loaded module may have taken its
- * globals. Marks every device pending (one load when already marked). */
+/* Marks every device pending (one load when already marked). */
 void vg__acct_implicit_launched(void);
+/* A kernel launch of `function` (a CUfunction): its first launch may load
+ * code lazily, so it marks every device pending; later ones cost a lookup. */
+void vg__acct_implicit_launch(const void *function);
+/* Implicit memory may have shrunk on `device` (-1: every device): a
+ * context, module or library went. The next measurement may lower it. */
+void vg__acct_implicit_shrunk(int device);
+/* Consumes `device`'s shrink mark: true when its figure may fall. */
+bool vg__acct_implicit_may_shrink(int device);
 /* After a call that made the driver take memory (context creation, an
  * eager module load): measures it. VG_ENOMEM when it took this process
  * past its budget (logged, audited): undo the call, then call

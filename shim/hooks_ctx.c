@@ -214,7 +214,7 @@ CUresult cuModuleUnload(CUmodule hmod)
         return CUDA_ERROR_NOT_INITIALIZED;
     CUresult cr = vg__real.cuModuleUnload(hmod);
     if (cr == CUDA_SUCCESS)
-        vg__acct_implicit_launched();
+        vg__acct_implicit_shrunk(-1);
     return cr;
 }
 
@@ -224,14 +224,14 @@ CUresult cuLibraryUnload(CUlibrary library)
         return CUDA_ERROR_NOT_INITIALIZED;
     CUresult cr = vg__real.cuLibraryUnload(library);
     if (cr == CUDA_SUCCESS)
-        vg__acct_implicit_launched();
+        vg__acct_implicit_shrunk(-1);
     return cr;
 }
 
 /* ------------------------------------------------------------ launches */
 
-/* A launch may load its module lazily: after the driver returns, every
- * device is marked pending (one load when already marked). */
+/* A kernel's first launch may load code lazily: after the driver returns,
+ * the engine marks every device pending when it has not seen `f` before. */
 CUresult cuLaunchKernel(CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz,
                         unsigned int bx, unsigned int by, unsigned int bz,
                         unsigned int shared, CUstream stream, void **params, void **extra)
@@ -240,7 +240,7 @@ CUresult cuLaunchKernel(CUfunction f, unsigned int gx, unsigned int gy, unsigned
         return CUDA_ERROR_NOT_INITIALIZED;
     CUresult cr = vg__real.cuLaunchKernel(f, gx, gy, gz, bx, by, bz, shared, stream,
                                           params, extra);
-    vg__acct_implicit_launched();
+    vg__acct_implicit_launch(f);
     return cr;
 }
 
@@ -255,7 +255,7 @@ CUresult cuLaunchKernel_ptsz(CUfunction f, unsigned int gx, unsigned int gy,
         return CUDA_ERROR_NOT_FOUND;
     CUresult cr = vg__real.cuLaunchKernel_ptsz(f, gx, gy, gz, bx, by, bz, shared, stream,
                                                params, extra);
-    vg__acct_implicit_launched();
+    vg__acct_implicit_launch(f);
     return cr;
 }
 
@@ -267,7 +267,7 @@ CUresult cuLaunchKernelEx(const CUlaunchConfig *config, CUfunction f, void **par
     if (!vg__real.cuLaunchKernelEx)
         return CUDA_ERROR_NOT_FOUND;
     CUresult cr = vg__real.cuLaunchKernelEx(config, f, params, extra);
-    vg__acct_implicit_launched();
+    vg__acct_implicit_launch(f);
     return cr;
 }
 
@@ -279,7 +279,7 @@ CUresult cuLaunchKernelEx_ptsz(const CUlaunchConfig *config, CUfunction f, void 
     if (!vg__real.cuLaunchKernelEx_ptsz)
         return CUDA_ERROR_NOT_FOUND;
     CUresult cr = vg__real.cuLaunchKernelEx_ptsz(config, f, params, extra);
-    vg__acct_implicit_launched();
+    vg__acct_implicit_launch(f);
     return cr;
 }
 
@@ -294,7 +294,7 @@ CUresult cuLaunchCooperativeKernel(CUfunction f, unsigned int gx, unsigned int g
         return CUDA_ERROR_NOT_FOUND;
     CUresult cr = vg__real.cuLaunchCooperativeKernel(f, gx, gy, gz, bx, by, bz, shared,
                                                      stream, params);
-    vg__acct_implicit_launched();
+    vg__acct_implicit_launch(f);
     return cr;
 }
 
@@ -309,6 +309,6 @@ CUresult cuLaunchCooperativeKernel_ptsz(CUfunction f, unsigned int gx, unsigned 
         return CUDA_ERROR_NOT_FOUND;
     CUresult cr = vg__real.cuLaunchCooperativeKernel_ptsz(f, gx, gy, gz, bx, by, bz,
                                                           shared, stream, params);
-    vg__acct_implicit_launched();
+    vg__acct_implicit_launch(f);
     return cr;
 }
