@@ -201,7 +201,7 @@ test: check-deps
 # Issues 2-3, then 4-6, then the pool and cache mode (issue 6): each script
 # prints its own table; the target fails if any of them failed.
 gpu-test:
-	@rc=0; for s in run.sh run_more.sh run_pool.sh; do \
+	@rc=0; for s in run.sh run_more.sh run_pool.sh run_truth.sh; do \
 	    bash tests/gpu/$$s $(BUILD) || rc=1; done; exit $$rc
 
 bench: check-deps

@@ -39,6 +39,12 @@ echo "== pool_views"
 $CC $CFLAGS tests/gpu/pool_views.c $STUB -ldl -o "$OUT/pool_views"
 echo "== static_cudart"
 "$NVCC" -O2 -cudart static -Itests/gpu -o "$OUT/static_cudart" tests/gpu/static_cudart.cu
+# run_truth.sh: truth_gpu is host code only (-x c++, no cudart); its kernels and the 1.5 GiB module are
+# fatbins loaded with cuModuleLoad from the same folder.
+echo "== truth_gpu, truth_kernels.fatbin, big_module.fatbin"
+"$NVCC" -x c++ -O2 -cudart none -I"$CUDA_HOME/include" -o "$OUT/truth_gpu" tests/gpu/truth_gpu.cu $STUB -lpthread
+"$NVCC" -arch=sm_90 -fatbin -DTRUTH_KERNELS -o "$OUT/truth_kernels.fatbin" tests/gpu/truth_gpu.cu
+"$NVCC" -arch=sm_90 -fatbin -o "$OUT/big_module.fatbin" tests/gpu/probe/big_module.cu
 
 cp "$ENGINE/libvramguard-preload.so" "$ENGINE/libvramguard.so" "$OUT/"
 # run_more.sh (issues 4-6): the CLI (it finds the shim beside itself) and the
@@ -61,7 +67,7 @@ fi
 make --no-print-directory BUILD="$ENGINE" "$ENGINE/nulldriver/libcuda.so.1" >/dev/null
 mkdir -p "$OUT/nulldriver" && cp "$ENGINE/nulldriver/libcuda.so.1" "$OUT/nulldriver/"
 # nothing in the carried folder may depend on the stub at run time
-for f in gpu_api bench_pairs driver_paths static_cudart badptr_gpu pool_views vramguard model_slots pool_bench; do
+for f in gpu_api bench_pairs driver_paths static_cudart badptr_gpu pool_views vramguard model_slots pool_bench truth_gpu; do
     if readelf -d "$OUT/$f" | grep -q 'R.*PATH'; then
         echo "build.sh: $f has an rpath/runpath; it must not" >&2
         exit 1
