@@ -6,8 +6,8 @@
 #   make gpu-test                     on a machine with an NVIDIA GPU (builds nothing)
 #   make install PREFIX=/usr/local DESTDIR=
 #
-# `make test` also runs the C++ binding's tests (tests/cpp) and ends with a
-# summary.
+# `make test` also runs the C++ binding's tests (tests/cpp) and the Rust
+# crate's (bindings/rust, through cargo, offline) and ends with a summary.
 #
 # Everything is written under $(BUILD) (build/, or build/san-<list> with SAN).
 
@@ -205,7 +205,10 @@ check-deps:
 # Each test binary runs with the test driver first on the library path.
 # TSan needs ASLR off on some kernels (setarch -R); it is harmless elsewhere.
 # Every suite runs even when one fails; each adds its closing line to
-# $(BUILD)/summary, printed last.
+# $(BUILD)/summary, printed last. The Rust crate's tests run in the plain
+# build only: cargo builds its own code without the sanitizers, and a
+# sanitized libvramguard.so cannot be loaded by an unsanitized test binary;
+# the C++ tests do run under every SAN.
 test: check-deps
 	@$(MAKE) --no-print-directory all $(TESTS) $(CLIENTS) $(FAKENVML) $(NVML_CLIENT) $(FUZZERS) $(EXAMPLES) $(CXX_PROGS)
 	@for f in $(FUZZERS); do $$f $(FUZZ_SECONDS) || exit 1; done
@@ -216,6 +219,11 @@ test: check-deps
 	  CXX="$(CXX)" CXXFLAGS="-Iinclude $(CXXFLAGS_VG)" SUMMARY=$(BUILD)/summary \
 	    tests/cpp/compile-fail.sh $(wildcard tests/cpp/compile_fail/*.cpp) || rc=1; \
 	  BUILD=$(BUILD) SAN=$(SAN) SUITE="c++ tests" SUMMARY=$(BUILD)/summary tests/run-tests.sh $(CXX_TESTS) || rc=1; \
+	  if [ -z "$(SAN)" ]; then \
+	    BUILD=$(BUILD) SUMMARY=$(BUILD)/summary tests/run-cargo.sh || rc=1; \
+	  else \
+	    echo "rust tests: not run under SAN=$(SAN) (the plain make test runs them)" >>$(BUILD)/summary; \
+	  fi; \
 	  echo "== summary ($(BUILD))"; cat $(BUILD)/summary; \
 	  if [ $$rc = 0 ]; then echo "make test: PASS"; else echo "make test: FAIL"; fi; exit $$rc
 
