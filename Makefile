@@ -227,9 +227,10 @@ test: check-deps
 	  echo "== summary ($(BUILD))"; cat $(BUILD)/summary; \
 	  if [ $$rc = 0 ]; then echo "make test: PASS"; else echo "make test: FAIL"; fi; exit $$rc
 
-# Issues 2-3, then 4-6, then the pool and cache mode (issue 6), then the C++
-# and Rust bindings: each script prints its own table; the target fails if
-# any of them failed.
+# The shim (run.sh), the audit log, bad pointers and shared budgets
+# (run_more.sh), the pool and cache mode (run_pool.sh), the C++ and Rust
+# bindings (bindings.sh): each script prints its own table; the target fails
+# if any of them failed.
 gpu-test:
 	@rc=0; for s in run.sh run_more.sh run_pool.sh bindings.sh; do \
 	    bash tests/gpu/$$s $(BUILD) || rc=1; done; exit $$rc
