@@ -24,6 +24,8 @@ if [ -z "$cargo" ] || ! "$cargo" --version >/dev/null 2>&1; then
   exit 1
 fi
 
+# cargo runs rustc (and rustdoc) from PATH: rustup keeps them beside cargo.
+export PATH="$(dirname "$cargo"):$PATH"
 export CARGO_TARGET_DIR=$build/rust CARGO_HOME=$build/cargo-home
 export VRAMGUARD_LIB_DIR=$build
 export LD_LIBRARY_PATH="$build/fakecuda:$build${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"

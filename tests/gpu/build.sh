@@ -69,8 +69,9 @@ ${CXX:-g++} -std=c++17 -O2 -g -Wall -Wextra -Werror -Wshadow -Iinclude -Itests/g
     tests/gpu/bindings_gpu.cpp -L"$ENGINE" -lvramguard -o "$OUT/bindings_cpp"
 CARGO=${CARGO:-$(command -v cargo || echo "$HOME/.cargo/bin/cargo")}
 ENGINE_DIR=$(cd "$ENGINE" && pwd)
-(cd bindings/rust && CARGO_TARGET_DIR="$ENGINE_DIR/rust" CARGO_HOME="$ENGINE_DIR/cargo-home" \
-    VRAMGUARD_LIB_DIR="$ENGINE_DIR" "$CARGO" build --offline --locked --release --example gpu_check)
+(cd bindings/rust && PATH="$(dirname "$CARGO"):$PATH" CARGO_TARGET_DIR="$ENGINE_DIR/rust" \
+    CARGO_HOME="$ENGINE_DIR/cargo-home" VRAMGUARD_LIB_DIR="$ENGINE_DIR" \
+    "$CARGO" build --offline --locked --release --example gpu_check)
 cp "$ENGINE/rust/release/examples/gpu_check" "$OUT/bindings_rust"
 cp "$ENGINE/libvramguard.so" "$OUT/libvramguard.so.0"
 # nothing in the carried folder may depend on the stub at run time
