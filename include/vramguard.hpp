@@ -160,7 +160,7 @@ inline const char *to_string(Pressure p) noexcept
     return vg_pressure_name(static_cast<int>(p));
 }
 
-/* The C structs, as the C API fills them (live_bytes, used, peak, ...). */
+/* The C struct, as vg_pool_stats fills it (live_bytes, used, peak, ...). */
 using PoolStats = vg_pool_stats_t;
 
 /* Why a request would be refused now: the C report and its one-line
