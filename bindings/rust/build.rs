@@ -7,7 +7,10 @@ use std::process::Command;
 
 fn pkg_config_libdir() -> Option<String> {
     let tool = env::var("PKG_CONFIG").unwrap_or_else(|_| "pkg-config".into());
-    let out = Command::new(tool).args(["--variable=libdir", "vramguard"]).output().ok()?;
+    let out = Command::new(tool)
+        .args(["--variable=libdir", "vramguard"])
+        .output()
+        .ok()?;
     if !out.status.success() {
         return None;
     }

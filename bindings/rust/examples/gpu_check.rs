@@ -40,8 +40,15 @@ fn pool_limit(rows: &mut Rows) -> vramguard::Result<()> {
     let b = pool.alloc((100 * MIB) as usize);
     let used = pool.stats()?.used;
     let refused = matches!(&b, Err(e) if e.kind() == ErrorKind::OutOfBudget);
-    rows.row("rust_pool_limit", refused && used <= 256 * MIB,
-             format!("200 MiB held, +100 MiB in a 256 MiB pool: {}; used {} MiB", kind(&b), used / MIB));
+    rows.row(
+        "rust_pool_limit",
+        refused && used <= 256 * MIB,
+        format!(
+            "200 MiB held, +100 MiB in a 256 MiB pool: {}; used {} MiB",
+            kind(&b),
+            used / MIB
+        ),
+    );
     Ok(())
 }
 
@@ -50,7 +57,11 @@ fn device_budget(rows: &mut Rows) -> vramguard::Result<()> {
     // SAFETY: d is a valid out-parameter.
     let rc = unsafe { vramguard::sys::vg_device_stats(0, &mut d) };
     if rc != 0 || d.budget == u64::MAX {
-        rows.row("rust_device_budget", false, "no VRAMGUARD_BUDGET in effect (run through bindings.sh)".into());
+        rows.row(
+            "rust_device_budget",
+            false,
+            "no VRAMGUARD_BUDGET in effect (run through bindings.sh)".into(),
+        );
         return Ok(());
     }
     // The pool's own limit is 4x the budget: only the device budget can
@@ -59,24 +70,40 @@ fn device_budget(rows: &mut Rows) -> vramguard::Result<()> {
     let first = pool.alloc((d.budget / 4) as usize);
     let second = pool.alloc(d.budget as usize);
     let refused = matches!(&second, Err(e) if e.kind() == ErrorKind::OutOfBudget);
-    rows.row("rust_device_budget", first.is_ok() && refused,
-             format!("budget {} MiB: a quarter {}, then the whole budget more: {}",
-                     d.budget / MIB, kind(&first), kind(&second)));
+    rows.row(
+        "rust_device_budget",
+        first.is_ok() && refused,
+        format!(
+            "budget {} MiB: a quarter {}, then the whole budget more: {}",
+            d.budget / MIB,
+            kind(&first),
+            kind(&second)
+        ),
+    );
     Ok(())
 }
 
 fn round_trip(rows: &mut Rows) -> vramguard::Result<()> {
     let pool = Pool::new(0, 256 * MIB)?;
     let mut buf = pool.alloc_with((64 * MIB) as usize, &AllocOptions::new().align(4096))?;
-    let data: Vec<u8> = (0..buf.len()).map(|i| (i.wrapping_mul(2654435761) >> 7) as u8).collect();
+    let data: Vec<u8> = (0..buf.len())
+        .map(|i| (i.wrapping_mul(2654435761) >> 7) as u8)
+        .collect();
     buf.write_at(0, &data)?;
     let back = buf.read_at(0, buf.len())?;
     let past = buf.write_at(buf.len() - 2, &[0; 4]);
-    let ok = back == data && buf.device_ptr() % 4096 == 0
+    let ok = back == data
+        && buf.device_ptr() % 4096 == 0
         && matches!(&past, Err(e) if e.kind() == ErrorKind::OutOfRange);
-    rows.row("rust_round_trip", ok,
-             format!("64 MiB written and read back {}; 4 bytes at len-2: {}",
-                     if back == data { "equal" } else { "DIFFERENT" }, kind(&past)));
+    rows.row(
+        "rust_round_trip",
+        ok,
+        format!(
+            "64 MiB written and read back {}; 4 bytes at len-2: {}",
+            if back == data { "equal" } else { "DIFFERENT" },
+            kind(&past)
+        ),
+    );
     Ok(())
 }
 
@@ -91,8 +118,11 @@ fn drop_frees(rows: &mut Rows) -> vramguard::Result<()> {
     let live = pool.stats()?.live_bytes;
     pool.trim(0)?;
     let used = pool.stats()?.used;
-    rows.row("rust_drop", live == 0 && used == 0,
-             format!("after the drop: live_bytes {live}, used after trim {used}"));
+    rows.row(
+        "rust_drop",
+        live == 0 && used == 0,
+        format!("after the drop: live_bytes {live}, used after trim {used}"),
+    );
     Ok(())
 }
 
@@ -108,8 +138,11 @@ fn pressure(rows: &mut Rows) -> vramguard::Result<()> {
     let _m = pool.alloc((90 * MIB) as usize)?;
     let level = pool.pressure()?;
     let n = highs.load(Ordering::Relaxed);
-    rows.row("rust_pressure", level == MemoryPressure::High && n == 1,
-             format!("90 MiB of 100: level {level}, callbacks at high: {n}"));
+    rows.row(
+        "rust_pressure",
+        level == MemoryPressure::High && n == 1,
+        format!("90 MiB of 100: level {level}, callbacks at high: {n}"),
+    );
     Ok(())
 }
 

@@ -264,7 +264,10 @@ type PressureFn = Box<dyn Fn(MemoryPressure, MemoryPressure) + Send + Sync + 'st
 pub struct Pool {
     raw: NonNull<sys::vg_pool_t>,
     /// The registered callbacks, boxed twice so that each has a stable
-    /// thin address to hand to C. Dropped after the C pool (Drop below).
+    /// thin address to hand to C (the Vec may move its elements, the
+    /// outer boxes do not move their contents). Dropped after the C pool
+    /// (Drop below).
+    #[allow(clippy::vec_box)]
     callbacks: Mutex<Vec<Box<PressureFn>>>,
 }
 
@@ -283,7 +286,10 @@ impl Pool {
         // SAFETY: raw is a valid out-parameter.
         check(unsafe { sys::vg_pool_create(device, limit_bytes, &mut raw) })?;
         let raw = NonNull::new(raw).ok_or(Error { status: sys::VG_ESYS })?;
-        Ok(Pool { raw, callbacks: Mutex::new(Vec::new()) })
+        Ok(Pool {
+            raw,
+            callbacks: Mutex::new(Vec::new()),
+        })
     }
 
     /// `size` bytes of device memory, 256-byte aligned.
@@ -311,7 +317,10 @@ impl Pool {
         // call; raw is a valid out-parameter.
         check(unsafe { sys::vg_buf_create(self.raw.as_ptr(), size, &c, &mut raw) })?;
         let raw = NonNull::new(raw).ok_or(Error { status: sys::VG_ESYS })?;
-        Ok(Buffer { raw, _pool: PhantomData })
+        Ok(Buffer {
+            raw,
+            _pool: PhantomData,
+        })
     }
 
     pub fn stats(&self) -> Result<PoolStats> {
@@ -333,7 +342,9 @@ impl Pool {
     pub fn pressure(&self) -> Result<MemoryPressure> {
         // SAFETY: live pool.
         let level = unsafe { sys::vg_pool_pressure(self.raw.as_ptr()) };
-        MemoryPressure::from_raw(level).ok_or(Error { status: sys::VG_EINVAL })
+        MemoryPressure::from_raw(level).ok_or(Error {
+            status: sys::VG_EINVAL,
+        })
     }
 
     /// Gives cached memory back to the driver until at most `keep_bytes`
@@ -352,12 +363,22 @@ impl Pool {
         let mut line = [0 as c_char; 512];
         // SAFETY: live pool; why and line are valid for their sizes.
         check(unsafe {
-            sys::vg_pool_explain(self.raw.as_ptr(), requested, &mut why, line.as_mut_ptr(), line.len())
+            sys::vg_pool_explain(
+                self.raw.as_ptr(),
+                requested,
+                &mut why,
+                line.as_mut_ptr(),
+                line.len(),
+            )
         })?;
         let n = (why.recent_count.max(0) as usize).min(sys::VG_EXPLAIN_RECENT);
         let recent = why.recent[..n]
             .iter()
-            .map(|r| RecentAllocation { ptr: r.ptr, size: r.size, tag: c_chars(&r.tag) })
+            .map(|r| RecentAllocation {
+                ptr: r.ptr,
+                size: r.size,
+                tag: c_chars(&r.tag),
+            })
             .collect();
         Ok(Refusal {
             requested: why.requested,
@@ -451,8 +472,10 @@ unsafe extern "C" fn pressure_trampoline(
     // SAFETY: `user` is the PressureFn registered by on_pressure, alive
     // until the pool is destroyed.
     let f = &*(user as *const PressureFn);
-    let (Some(old), Some(new)) = (MemoryPressure::from_raw(old_level), MemoryPressure::from_raw(new_level))
-    else {
+    let (Some(old), Some(new)) = (
+        MemoryPressure::from_raw(old_level),
+        MemoryPressure::from_raw(new_level),
+    ) else {
         return;
     };
     if catch_unwind(AssertUnwindSafe(|| f(old, new))).is_err() {
@@ -583,7 +606,11 @@ impl Buffer<'_> {
     pub fn read_at(&self, offset: usize, len: usize) -> Result<Vec<u8>> {
         match offset.checked_add(len) {
             Some(end) if end <= self.len() => {}
-            _ => return Err(Error { status: sys::VG_ERANGE }),
+            _ => {
+                return Err(Error {
+                    status: sys::VG_ERANGE,
+                })
+            }
         }
         let mut out = vec![0u8; len];
         self.read_into(offset, &mut out)?;
@@ -613,6 +640,9 @@ impl Drop for Buffer<'_> {
 
 impl fmt::Debug for Buffer<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Buffer").field("device_ptr", &self.device_ptr()).field("len", &self.len()).finish()
+        f.debug_struct("Buffer")
+            .field("device_ptr", &self.device_ptr())
+            .field("len", &self.len())
+            .finish()
     }
 }

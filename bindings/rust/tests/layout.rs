@@ -51,6 +51,7 @@ macro_rules! check_consts {
 }
 
 /// What Rust believes about the header, as C assertions.
+#[rustfmt::skip] // one struct's field list a line, as a table
 fn rust_view() -> String {
     let mut c = String::from("#include <stddef.h>\n#include \"vramguard.h\"\n");
     // vg_refusal_t's recent[] is an anonymous struct in C: checked through
@@ -124,14 +125,25 @@ fn a_wrong_size_or_offset_is_caught() {
     // The check itself must be able to fail: the same assertions with one
     // number off must not compile, and the message must name the field.
     let good = rust_view();
-    let real = format!("offsetof(vg_pool_stats_t, live_bytes) == {}", offset_of!(vg_pool_stats_t, live_bytes));
-    let off = format!("offsetof(vg_pool_stats_t, live_bytes) == {}", offset_of!(vg_pool_stats_t, live_bytes) + 8);
+    let real = format!(
+        "offsetof(vg_pool_stats_t, live_bytes) == {}",
+        offset_of!(vg_pool_stats_t, live_bytes)
+    );
+    let off = format!(
+        "offsetof(vg_pool_stats_t, live_bytes) == {}",
+        offset_of!(vg_pool_stats_t, live_bytes) + 8
+    );
     assert!(good.contains(&real), "the view has the live_bytes offset");
-    let err = compile("layout_wrong", &good.replace(&real, &off)).expect_err("an off-by-8 offset must not compile");
-    assert!(err.contains("vg_pool_stats_t.live_bytes"), "the message names the field: {err}");
+    let err =
+        compile("layout_wrong", &good.replace(&real, &off)).expect_err("an off-by-8 offset must not compile");
+    assert!(
+        err.contains("vg_pool_stats_t.live_bytes"),
+        "the message names the field: {err}"
+    );
 
     let size = format!("sizeof(vg_refusal_t) == {}", size_of::<vg_refusal_t>());
     let wrong = format!("sizeof(vg_refusal_t) == {}", size_of::<vg_refusal_t>() - 8);
-    let err = compile("layout_wrong_size", &good.replace(&size, &wrong)).expect_err("a wrong size must not compile");
+    let err = compile("layout_wrong_size", &good.replace(&size, &wrong))
+        .expect_err("a wrong size must not compile");
     assert!(err.contains("sizeof(vg_refusal_t)"), "{err}");
 }

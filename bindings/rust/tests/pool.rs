@@ -61,10 +61,19 @@ fn out_of_bounds_is_an_err_and_copies_nothing() {
     assert_eq!(range(buf.write_at(usize::MAX, &[2])), ErrorKind::OutOfRange);
     assert_eq!(buf.read_at(4095, 2).unwrap_err().kind(), ErrorKind::OutOfRange);
     // a huge length is refused before any host memory is allocated
-    assert_eq!(buf.read_at(0, usize::MAX).unwrap_err().kind(), ErrorKind::OutOfRange);
-    assert_eq!(buf.read_at(usize::MAX, 2).unwrap_err().kind(), ErrorKind::OutOfRange);
+    assert_eq!(
+        buf.read_at(0, usize::MAX).unwrap_err().kind(),
+        ErrorKind::OutOfRange
+    );
+    assert_eq!(
+        buf.read_at(usize::MAX, 2).unwrap_err().kind(),
+        ErrorKind::OutOfRange
+    );
     let mut two = [0u8; 2];
-    assert_eq!(buf.read_into(4095, &mut two).unwrap_err().kind(), ErrorKind::OutOfRange);
+    assert_eq!(
+        buf.read_into(4095, &mut two).unwrap_err().kind(),
+        ErrorKind::OutOfRange
+    );
     assert_eq!(buf.read_at(0, 4096).unwrap(), vec![1u8; 4096]); // nothing was written
     buf.write_at(4094, &[2, 2]).unwrap(); // the last two bytes are in bounds
     assert_eq!(buf.read_at(4093, 3).unwrap(), [1, 2, 2]);
@@ -93,14 +102,19 @@ fn errors_carry_the_status_and_the_library_text() {
 fn alignment_zeroing_and_tags_reach_the_library() {
     let pool = Pool::new(0, 64 * MIB).unwrap();
     let buf = pool
-        .alloc_with((MIB + 1) as usize, &AllocOptions::new().align(65536).zeroed().tag("weights"))
+        .alloc_with(
+            (MIB + 1) as usize,
+            &AllocOptions::new().align(65536).zeroed().tag("weights"),
+        )
         .unwrap();
     assert_eq!(buf.device_ptr() % 65536, 0);
     assert!(buf.read_at(0, buf.len()).unwrap().iter().all(|&b| b == 0));
     let why = pool.explain(128 * MIB).unwrap();
     assert_eq!(why.recent[0].tag, "weights");
     assert_eq!(why.recent[0].size, MIB + 1);
-    let bad = pool.alloc_with(4096, &AllocOptions::new().align(100)).unwrap_err();
+    let bad = pool
+        .alloc_with(4096, &AllocOptions::new().align(100))
+        .unwrap_err();
     assert_eq!(bad.kind(), ErrorKind::InvalidArgument);
 }
 
@@ -110,7 +124,11 @@ fn zeroed_reuse_shows_no_stale_bytes() {
     // with it, never.
     let pool = Pool::new(0, 64 * MIB).unwrap();
     let fill = |zeroed: bool| -> (usize, Vec<u64>) {
-        let opts = if zeroed { AllocOptions::new().zeroed() } else { AllocOptions::new() };
+        let opts = if zeroed {
+            AllocOptions::new().zeroed()
+        } else {
+            AllocOptions::new()
+        };
         let bufs: Vec<Buffer> = (0..600).map(|_| pool.alloc_with(4096, &opts).unwrap()).collect();
         let mut stale = 0;
         let mut ptrs = Vec::new();
@@ -129,7 +147,10 @@ fn zeroed_reuse_shows_no_stale_bytes() {
     assert!(stale_plain > 0, "plain allocations reuse dirty blocks");
     let (stale_zeroed, zeroed) = fill(true);
     assert_eq!(stale_zeroed, 0);
-    assert!(zeroed.iter().any(|p| dirty.contains(p)), "some zeroed blocks were reused");
+    assert!(
+        zeroed.iter().any(|p| dirty.contains(p)),
+        "some zeroed blocks were reused"
+    );
 }
 
 #[test]
@@ -137,7 +158,8 @@ fn pressure_callbacks_follow_the_level() {
     let pool = Pool::new(0, 100 * MIB).unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let s = seen.clone();
-    pool.on_pressure(move |old, new| s.lock().unwrap().push((old, new))).unwrap();
+    pool.on_pressure(move |old, new| s.lock().unwrap().push((old, new)))
+        .unwrap();
     assert_eq!(pool.pressure().unwrap(), MemoryPressure::Low);
     {
         let _a = pool.alloc(60 * MIB as usize).unwrap();
@@ -195,7 +217,9 @@ fn trim_gives_cached_chunks_back() {
 #[test]
 fn explain_reports_the_limit_and_use() {
     let pool = Pool::new(0, MIB).unwrap();
-    let _b = pool.alloc_with(512 * 1024, &AllocOptions::new().tag("kv\0cache")).unwrap();
+    let _b = pool
+        .alloc_with(512 * 1024, &AllocOptions::new().tag("kv\0cache"))
+        .unwrap();
     let why = pool.explain(2 * MIB).unwrap();
     assert_eq!((why.requested, why.limit), (2 * MIB, MIB));
     assert!(why.used >= 512 * 1024);
@@ -211,7 +235,7 @@ fn into_raw_hands_the_allocation_over() {
     let p = buf.device_ptr();
     assert_eq!(buf.into_raw(), p);
     assert_eq!(pool.stats().unwrap().live_count, 1); // handed over, not freed
-    // SAFETY: p belongs to no Buffer any more.
+                                                     // SAFETY: p belongs to no Buffer any more.
     unsafe {
         pool.free_raw(p).unwrap();
         assert_eq!(pool.free_raw(p).unwrap_err().kind(), ErrorKind::NotFound);
