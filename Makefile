@@ -6,12 +6,16 @@
 #   make gpu-test                     on a machine with an NVIDIA GPU (builds nothing)
 #   make install PREFIX=/usr/local DESTDIR=
 #
+# `make test` also runs the C++ binding's tests (tests/cpp) and the Rust
+# crate's (bindings/rust, through cargo, offline) and ends with a summary.
+#
 # Everything is written under $(BUILD) (build/, or build/san-<list> with SAN).
 
 CUDA_HOME ?= /usr/local/cuda
 PREFIX    ?= /usr/local
 DESTDIR   ?=
 CC        ?= cc
+CXX       ?= g++
 SAN       ?=
 
 # The version is written once, in include/vramguard.h.
@@ -33,6 +37,8 @@ CPPFLAGS := -D_GNU_SOURCE -Iinclude -Ilib -I$(CUDA_HOME)/include
 CFLAGS   := -std=c11 $(OPT) $(WARN) -fPIC $(SANFLAGS) $(EXTRA_CFLAGS)
 LDFLAGS  := $(SANFLAGS)
 LIBS     := -ldl -lpthread
+# The C++ binding (include/vramguard.hpp) and its tests: C++17, same warnings.
+CXXFLAGS_VG := -std=c++17 $(OPT) -Wall -Wextra -Werror -Wshadow $(SANFLAGS) $(EXTRA_CXXFLAGS)
 
 # Criterion cannot start under TSan (Snaipe/Criterion#274, "Could not
 # initialize inheritable arena"), so the TSan suite runs on a small
@@ -61,6 +67,9 @@ EXAMPLE_SRCS:= $(wildcard tests/examples/*.c)
 EXAMPLES   := $(EXAMPLE_SRCS:tests/examples/%.c=$(BUILD)/examples/%)
 CLIENT_SRCS:= $(wildcard tests/clients/*.c)
 CLIENTS    := $(CLIENT_SRCS:tests/clients/%.c=$(BUILD)/clients/%)
+CXX_TEST_SRCS := $(wildcard tests/cpp/test_*.cpp)
+CXX_TESTS  := $(CXX_TEST_SRCS:tests/cpp/%.cpp=$(BUILD)/tests/cpp/%)
+CXX_PROGS  := $(CXX_TESTS) $(BUILD)/tests/cpp/contract
 
 LIB_SO     := $(BUILD)/libvramguard.so
 LIB_A      := $(BUILD)/libvramguard.a
@@ -138,6 +147,16 @@ $(BUILD)/tests/%: tests/%.c $(LIB_A) $(TEST_RUNNER) $(wildcard tests/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(TEST_INC) -Itests -Ishim $(CFLAGS) $< $(LIB_A) $(LDFLAGS) $(TEST_LIBS) $(LIBS) -lm -o $@
 
+# The C++ binding's tests and the README's contract program link the shared
+# library, as a C++ program does; test_hpp_noexcept is built without
+# exceptions (its static_asserts check that it is).
+$(BUILD)/tests/cpp/%: tests/cpp/%.cpp include/vramguard.hpp include/vramguard.h \
+    tests/cpp/cxxtest.hpp tests/testutil.h $(LIB_SO)
+	@mkdir -p $(dir $@)
+	$(CXX) -Iinclude -Itests $(CXXFLAGS_VG) $(CXXFLAGS_TEST) $< -L$(BUILD) -lvramguard \
+	  -Wl,-rpath,'$$ORIGIN/../..' $(LDFLAGS) $(LIBS) -o $@
+$(BUILD)/tests/cpp/test_hpp_noexcept: CXXFLAGS_TEST := -fno-exceptions
+
 # Client programs reach the driver the ways real programs do.
 $(BUILD)/clients/%: tests/clients/%.c $(wildcard tests/clients/*.h) $(FAKECUDA)
 	@mkdir -p $(dir $@)
@@ -191,17 +210,35 @@ check-deps:
 
 # Each test binary runs with the test driver first on the library path.
 # TSan needs ASLR off on some kernels (setarch -R); it is harmless elsewhere.
+# Every suite runs even when one fails; each adds its closing line to
+# $(BUILD)/summary, printed last. The Rust crate's tests run in the plain
+# build only: cargo builds its own code without the sanitizers, and a
+# sanitized libvramguard.so cannot be loaded by an unsanitized test binary;
+# the C++ tests do run under every SAN.
 test: check-deps
-	@$(MAKE) --no-print-directory all $(TESTS) $(CLIENTS) $(FAKENVML) $(NVML_CLIENT) $(FUZZERS) $(EXAMPLES)
+	@$(MAKE) --no-print-directory all $(TESTS) $(CLIENTS) $(FAKENVML) $(NVML_CLIENT) $(FUZZERS) $(EXAMPLES) $(CXX_PROGS)
 	@for f in $(FUZZERS); do $$f $(FUZZ_SECONDS) || exit 1; done
 	@echo "example: model_slots (13 models in an 8 GiB pool, evicted under pressure)"
 	@LD_LIBRARY_PATH=$(BUILD)/fakecuda $(BUILD)/examples/model_slots >/dev/null
-	@BUILD=$(BUILD) SAN=$(SAN) tests/run-tests.sh $(TESTS)
+	@rm -f $(BUILD)/summary; rc=0; \
+	  BUILD=$(BUILD) SAN=$(SAN) SUITE="c tests" SUMMARY=$(BUILD)/summary tests/run-tests.sh $(TESTS) || rc=1; \
+	  CXX="$(CXX)" CXXFLAGS="-Iinclude $(CXXFLAGS_VG)" SUMMARY=$(BUILD)/summary \
+	    tests/cpp/compile-fail.sh $(wildcard tests/cpp/compile_fail/*.cpp) || rc=1; \
+	  BUILD=$(BUILD) SAN=$(SAN) SUITE="c++ tests" SUMMARY=$(BUILD)/summary tests/run-tests.sh $(CXX_TESTS) || rc=1; \
+	  if [ -z "$(SAN)" ]; then \
+	    BUILD=$(BUILD) SUMMARY=$(BUILD)/summary tests/run-cargo.sh || rc=1; \
+	  else \
+	    echo "rust tests: not run under SAN=$(SAN) (the plain make test runs them)" >>$(BUILD)/summary; \
+	  fi; \
+	  echo "== summary ($(BUILD))"; cat $(BUILD)/summary; \
+	  if [ $$rc = 0 ]; then echo "make test: PASS"; else echo "make test: FAIL"; fi; exit $$rc
 
-# Issues 2-3, then 4-6, then the pool and cache mode (issue 6): each script
-# prints its own table; the target fails if any of them failed.
+# The shim (run.sh), the audit log, bad pointers and shared budgets
+# (run_more.sh), the pool and cache mode (run_pool.sh), the C++ and Rust
+# bindings (bindings.sh): each script prints its own table; the target fails
+# if any of them failed.
 gpu-test:
-	@rc=0; for s in run.sh run_more.sh run_pool.sh run_truth.sh; do \
+	@rc=0; for s in run.sh run_more.sh run_pool.sh run_truth.sh bindings.sh; do \
 	    bash tests/gpu/$$s $(BUILD) || rc=1; done; exit $$rc
 
 bench: check-deps
@@ -216,7 +253,7 @@ vramguard.pc: Makefile
 install: all vramguard.pc
 	install -d $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include \
 	  $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/bin
-	install -m 0644 include/vramguard.h $(DESTDIR)$(PREFIX)/include/
+	install -m 0644 include/vramguard.h include/vramguard.hpp $(DESTDIR)$(PREFIX)/include/
 	install -m 0755 $(LIB_SO) $(DESTDIR)$(PREFIX)/lib/libvramguard.so.$(VERSION)
 	ln -sf libvramguard.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/$(SONAME)
 	ln -sf $(SONAME) $(DESTDIR)$(PREFIX)/lib/libvramguard.so
@@ -226,7 +263,8 @@ install: all vramguard.pc
 	$(if $(CLI),install -m 0755 $(CLI) $(DESTDIR)$(PREFIX)/bin/)
 
 uninstall:
-	rm -f $(DESTDIR)$(PREFIX)/include/vramguard.h $(DESTDIR)$(PREFIX)/lib/libvramguard.* \
+	rm -f $(DESTDIR)$(PREFIX)/include/vramguard.h $(DESTDIR)$(PREFIX)/include/vramguard.hpp \
+	  $(DESTDIR)$(PREFIX)/lib/libvramguard.* \
 	  $(DESTDIR)$(PREFIX)/lib/libvramguard-preload.so $(DESTDIR)$(PREFIX)/lib/pkgconfig/vramguard.pc \
 	  $(DESTDIR)$(PREFIX)/bin/vramguard
 

@@ -3,6 +3,9 @@
 # first on the library path, then prints one closing line for the whole run:
 #   tests: N passed, N failed
 # Criterion runs every test in its own process, so no test depends on order.
+# The C++ binding tests (tests/cpp/cxxtest.hpp) close the same way.
+#   env: SUITE    the closing line's label instead of "tests"
+#        SUMMARY  a file the closing line is also appended to
 set -u
 build=${BUILD:-build}
 export LD_LIBRARY_PATH="$PWD/$build/fakecuda:$PWD/$build/fakenvml${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
@@ -31,5 +34,7 @@ for t in "$@"; do
   rm -f "$log"
 done
 [ ${#broken[@]} -gt 0 ] && echo "failing test binaries: ${broken[*]}"
-echo "tests: $passed passed, $failed failed"
+line="${SUITE:-tests}: $passed passed, $failed failed"
+echo "$line"
+[ -n "${SUMMARY:-}" ] && echo "$line" >>"$SUMMARY"
 [ "$failed" -eq 0 ]

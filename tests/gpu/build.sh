@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # tests/gpu/build.sh — builds everything the GPU checks need into one folder
 # (default build/gpu), on a machine WITHOUT a GPU. The GPU machine builds
-# nothing: carry the folder there and run tests/gpu/run.sh (and run_more.sh) on it.
+# nothing: carry the folder there and run tests/gpu/run.sh (and run_more.sh,
+# run_pool.sh, bindings.sh) on it. Needs cargo for the Rust binding's program.
 #
-#   tests/gpu/build.sh [OUT_DIR]      env: CUDA_HOME (/usr/local/cuda), CC, NVCC,
+#   tests/gpu/build.sh [OUT_DIR]      env: CUDA_HOME (/usr/local/cuda), CC, CXX, NVCC, CARGO,
 #                                     ENGINE (build/gpu-engine: the engine's own build)
 #
 # The programs linked with -lcuda are linked against the toolkit's stub and
@@ -66,8 +67,22 @@ fi
 # thread scaling with no driver work in the way (run.sh's null-driver mode).
 make --no-print-directory BUILD="$ENGINE" "$ENGINE/nulldriver/libcuda.so.1" >/dev/null
 mkdir -p "$OUT/nulldriver" && cp "$ENGINE/nulldriver/libcuda.so.1" "$OUT/nulldriver/"
+# The bindings (tests/gpu/bindings.sh): a C++ program over vramguard.hpp and
+# the Rust crate's gpu_check example, both linked to libvramguard.so, which
+# they find beside them as libvramguard.so.0 (its soname) at run time.
+echo "== bindings_cpp, bindings_rust"
+${CXX:-g++} -std=c++17 -O2 -g -Wall -Wextra -Werror -Wshadow -Iinclude -Itests/gpu \
+    tests/gpu/bindings_gpu.cpp -L"$ENGINE" -lvramguard -o "$OUT/bindings_cpp"
+CARGO=${CARGO:-$(command -v cargo || echo "$HOME/.cargo/bin/cargo")}
+ENGINE_DIR=$(cd "$ENGINE" && pwd)
+(cd bindings/rust && PATH="$(dirname "$CARGO"):$PATH" CARGO_TARGET_DIR="$ENGINE_DIR/rust" \
+    CARGO_HOME="$ENGINE_DIR/cargo-home" VRAMGUARD_LIB_DIR="$ENGINE_DIR" \
+    "$CARGO" build --offline --locked --release --example gpu_check)
+cp "$ENGINE/rust/release/examples/gpu_check" "$OUT/bindings_rust"
+cp "$ENGINE/libvramguard.so" "$OUT/libvramguard.so.0"
 # nothing in the carried folder may depend on the stub at run time
-for f in gpu_api bench_pairs driver_paths static_cudart badptr_gpu pool_views vramguard model_slots pool_bench truth_gpu; do
+for f in gpu_api bench_pairs driver_paths static_cudart badptr_gpu pool_views vramguard model_slots pool_bench \
+    truth_gpu bindings_cpp bindings_rust; do
     if readelf -d "$OUT/$f" | grep -q 'R.*PATH'; then
         echo "build.sh: $f has an rpath/runpath; it must not" >&2
         exit 1
