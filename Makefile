@@ -231,7 +231,9 @@ test: check-deps
 	    echo "rust tests: not run under SAN=$(SAN) (the plain make test runs them)" >>$(BUILD)/summary; \
 	  fi; \
 	  echo "== summary ($(BUILD))"; cat $(BUILD)/summary; \
-	  if [ $$rc = 0 ]; then echo "make test: PASS"; else echo "make test: FAIL"; fi; exit $$rc
+	  if [ $$rc = 0 ]; then echo "make test: PASS"; else echo "make test: FAIL"; fi; \
+	  sed -n 's/.*: \([0-9]*\) passed, \([0-9]*\) failed.*/\1 \2/p' $(BUILD)/summary | \
+	    awk '{p += $$1; f += $$2} END {printf "tests: %d passed, %d failed\n", p, f}'; exit $$rc
 
 # The shim (run.sh), the audit log, bad pointers and shared budgets
 # (run_more.sh), the pool and cache mode (run_pool.sh), the C++ and Rust
