@@ -25,11 +25,18 @@
 
 #include "vg_account.h"
 #include "vg_pool.h"
+#include "vg_fork.h"
 
 bool vg__cache_mode;
 
 static _Atomic(vg_pool_t *) pools[VG__MAX_DEVICES];
 static pthread_mutex_t pools_mu = PTHREAD_MUTEX_INITIALIZER;
+
+/* A fork while a pool is being made waits for it, so the child never finds
+ * the lock held (fork.c, rank POOLED_CREATE). */
+void vg__account_pooled_prefork(void) { pthread_mutex_lock(&pools_mu); }
+void vg__account_pooled_postfork_parent(void) { pthread_mutex_unlock(&pools_mu); }
+void vg__account_pooled_postfork_child(void) { pthread_mutex_unlock(&pools_mu); }
 
 /* The device budget rose to High or above: empty chunks go until it falls. */
 static void on_level(void *owner, vg_pressure_t old_level, vg_pressure_t new_level, void *user)
@@ -46,7 +53,7 @@ static void on_level(void *owner, vg_pressure_t old_level, vg_pressure_t new_lev
 
 __attribute__((noinline, cold)) static vg_pool_t *pool_create(int device)
 {
-    pthread_mutex_lock(&pools_mu);
+    vg__mutex_lock(&pools_mu, VG__RANK_POOLED_CREATE);
     vg_pool_t *pool = atomic_load_explicit(&pools[device], memory_order_relaxed);
     static bool watched[VG__MAX_DEVICES];
     if (!pool && vg_pool_create(device, VG__UNLIMITED, &pool) != VG_OK) {
@@ -58,7 +65,7 @@ __attribute__((noinline, cold)) static vg_pool_t *pool_create(int device)
         watched[device] = vg__budget_on_level(vg__engine_budget(device), on_level,
                                               (void *)(intptr_t)device) == VG_OK;
     atomic_store_explicit(&pools[device], pool, memory_order_release);
-    pthread_mutex_unlock(&pools_mu);
+    vg__mutex_unlock(&pools_mu, VG__RANK_POOLED_CREATE);
     return pool;
 }
 
@@ -164,9 +171,9 @@ void vg__acct_pooled_reset(int device)
 {
     if (device < 0 || device >= VG__MAX_DEVICES)
         return;
-    pthread_mutex_lock(&pools_mu);
+    vg__mutex_lock(&pools_mu, VG__RANK_POOLED_CREATE);
     vg_pool_t *pool = atomic_exchange_explicit(&pools[device], NULL, memory_order_acq_rel);
-    pthread_mutex_unlock(&pools_mu);
+    vg__mutex_unlock(&pools_mu, VG__RANK_POOLED_CREATE);
     if (!pool)
         return;
     /* The program's blocks die with the context (as its other allocations

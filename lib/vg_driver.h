@@ -80,6 +80,10 @@ void *vg__real_dlsym(void *handle, const char *name);
  * later calls return its result. VG_ENODRIVER when the library or an entry
  * point is missing; vg__driver_error() says which. */
 int vg__driver_load(const char *path);
+/* Fork steps (fork.c, rank DRIVER_LOAD): take and release load_lock. */
+void vg__driver_prefork(void);
+void vg__driver_postfork_parent(void);
+void vg__driver_postfork_child(void);
 /* The loaded table; NULL before a successful vg__driver_load(). */
 const vg__driver_t *vg__driver(void);
 /* One line saying why the driver could not be loaded ("" when it could). */
