@@ -198,10 +198,11 @@ test: check-deps
 	@LD_LIBRARY_PATH=$(BUILD)/fakecuda $(BUILD)/examples/model_slots >/dev/null
 	@BUILD=$(BUILD) SAN=$(SAN) tests/run-tests.sh $(TESTS)
 
-# Issues 2-3, then 4-6, then the pool and cache mode (issue 6): each script
-# prints its own table; the target fails if any of them failed.
+# The budget and the shim (run.sh), the audit log, bad pointers and shared
+# budgets (run_audit_shared.sh), the pool and cache mode (run_pool.sh): each
+# script prints its own table; the target fails if any of them failed.
 gpu-test:
-	@rc=0; for s in run.sh run_more.sh run_pool.sh; do \
+	@rc=0; for s in run.sh run_audit_shared.sh run_pool.sh; do \
 	    bash tests/gpu/$$s $(BUILD) || rc=1; done; exit $$rc
 
 bench: check-deps

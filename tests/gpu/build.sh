@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # tests/gpu/build.sh — builds everything the GPU checks need into one folder
 # (default build/gpu), on a machine WITHOUT a GPU. The GPU machine builds
-# nothing: carry the folder there and run tests/gpu/run.sh (and run_more.sh) on it.
+# nothing: carry the folder there and run tests/gpu/run.sh (and run_audit_shared.sh) on it.
 #
 #   tests/gpu/build.sh [OUT_DIR]      env: CUDA_HOME (/usr/local/cuda), CC, NVCC,
 #                                     ENGINE (build/gpu-engine: the engine's own build)
@@ -41,7 +41,7 @@ echo "== static_cudart"
 "$NVCC" -O2 -cudart static -Itests/gpu -o "$OUT/static_cudart" tests/gpu/static_cudart.cu
 
 cp "$ENGINE/libvramguard-preload.so" "$ENGINE/libvramguard.so" "$OUT/"
-# run_more.sh (issues 4-6): the CLI (it finds the shim beside itself) and the
+# run_audit_shared.sh and run_pool.sh: the CLI (it finds the shim beside itself) and the
 # pool's example and benchmark, from the same engine build.
 echo "== vramguard, examples/model_slots, examples/pool_bench"
 make --no-print-directory BUILD="$ENGINE" "$ENGINE/vramguard" "$ENGINE/examples/model_slots" \
