@@ -63,6 +63,14 @@ const vg__settings_t *vg__engine_settings(void)
     return &settings;
 }
 
+int vg__engine_describe(const char **library, const char **why)
+{
+    int rc = vg__engine_init();
+    *library = settings.libcuda[0] ? settings.libcuda : "libcuda.so.1";
+    *why = init_error;
+    return rc;
+}
+
 /* ------------------------------------------------ per-device budgets */
 
 static vg__budget_t budgets[VG__MAX_DEVICES];

@@ -105,4 +105,15 @@ int vg__device_total(int ordinal, uint64_t *bytes);
 /* Formats a CUuuid as "GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx". */
 void vg__uuid_format(const CUuuid *uuid, char out[48]);
 
+/* ---------------------------------------------------------- engine.c */
+
+/* What `vramguard check` reports of the engine (tools/cli_check.c, which
+ * includes no more of it). Starts the engine if it has not started
+ * (settings, then the driver; never cuInit). *library gets the driver
+ * library it loads (VRAMGUARD_LIBCUDA, or "libcuda.so.1"); *why gets ""
+ * when the engine started, else the reason in its words (a bad setting, a
+ * missing driver, an audit log it cannot write). Both are static strings.
+ * Returns the engine's status: VG_OK, VG_ESETTING or VG_ENODRIVER. */
+int vg__engine_describe(const char **library, const char **why);
+
 #endif /* VG_DRIVER_H */
