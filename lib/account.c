@@ -80,7 +80,7 @@ __attribute__((noinline, cold)) static int reserve_slow(vg__ticket_t *t, vg__bud
     /* Cached pool memory is ours to give back before we say no. */
     if (vg__acct_pool_trim(t->device) && vg__budget_reserve(b, t->bytes) == VG_OK)
         return VG_OK;
-    if (vg__cache_mode_on()) {
+    if (vg__cache_mode_on() && !t->pool_spent) {
         while (vg__acct_pooled_trim(t->device))
             if (vg__budget_reserve(b, t->bytes) == VG_OK)
                 return VG_OK;

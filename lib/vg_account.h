@@ -31,6 +31,9 @@ typedef struct vg__ticket {
     uint64_t bytes;   /* reserved against the device budget */
     const char *api;  /* the hooked entry point, for messages */
     vg__budget_t *budget; /* set by vg__acct_reserve, used by the rest */
+    bool pool_spent;  /* cache mode's pool already gave back its empty
+                       * chunks for this request (vg__acct_pooled_alloc):
+                       * a refusal need not ask it again */
 } vg__ticket_t;
 
 /* Reserves t->bytes on t->device for an allocation of kind t->kind.
@@ -195,10 +198,15 @@ static inline bool vg__cache_mode_on(void)
     return vg__cache_mode;
 }
 
-/* Serves t (t->bytes = the size asked) from the pool. VG_OK with *ptr and
- * the record made; VG_ENOTFOUND when the request does not qualify or no
- * chunk fits (the caller takes the driver's path, whose refusal trims the
- * pool first). */
+/* Serves t (t->bytes = the size asked, t->api) from the pool of the
+ * calling thread's current context, when that is a device's primary
+ * context: one driver call (cuCtxGetCurrent) on the way; t->device is set
+ * here. VG_OK with *ptr and the record made. VG_ENOTFOUND when the request
+ * does not qualify, or when a new chunk does not fit even after the pool
+ * released its empty chunks (then t->pool_spent is set): the caller sets
+ * t->device and takes the driver's path for the exact size. The path only
+ * goes down: this file -> pool.c/cache.c -> the driver; the one charge for
+ * a new chunk is pool.c's (make_room). */
 int vg__acct_pooled_alloc(vg__ticket_t *t, uint64_t *ptr);
 /* Gives a pooled record's block back to its pool (reused only after a
  * synchronisation that follows this call). */
