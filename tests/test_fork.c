@@ -37,6 +37,7 @@ struct holder {
     const vg__fork_step_t *step;
     _Atomic int holding;  /* 1 once the lock is held */
     _Atomic int released; /* 1 just before it is released */
+    _Atomic int forked;   /* 1 once fork returned in the parent */
 };
 
 static void *hold_then_release(void *p)
@@ -47,6 +48,10 @@ static void *hold_then_release(void *p)
     nanosleep(&(struct timespec){0, HOLD_NS}, NULL);
     atomic_store(&h->released, 1);
     h->step->postfork_parent();
+    /* Alive until fork has returned: a thread that ended unjoined before
+     * the fork would be reported as leaked by the child under TSan. */
+    while (!atomic_load(&h->forked))
+        sched_yield();
     return NULL;
 }
 
@@ -67,6 +72,7 @@ static void fork_while_held(const vg__fork_step_t *step)
         step->postfork_child();
         _exit(0);
     }
+    atomic_store(&h.forked, 1);
     /* prepare took the same lock, so fork returned only after the release */
     cr_expect(atomic_load(&h.released), "fork did not wait for %s",
               vg__rank_name(step->rank));
@@ -98,13 +104,18 @@ Test(fork, the_steps_are_in_rank_order)
 
 #define DEVICES 16 /* the test driver's most */
 
+/* Each device's first use, then charges on all of them until told to
+ * stop (a thread alive at every fork, as in a real program). */
 static void *first_uses(void *p)
 {
     _Atomic int *stop = p;
-    for (int d = 0; d < DEVICES && !atomic_load(stop); d++) {
-        vg__ticket_t t = {.device = d, .kind = VG_KIND_PLAIN, .bytes = 4096, .api = "test"};
-        if (vg__acct_reserve(&t) == VG_OK)
-            vg__budget_rollback(t.budget, t.bytes);
+    while (!atomic_load(stop)) {
+        for (int d = 0; d < DEVICES; d++) {
+            vg__ticket_t t = {.device = d, .kind = VG_KIND_PLAIN, .bytes = 4096,
+                              .api = "test"};
+            if (vg__acct_reserve(&t) == VG_OK)
+                vg__budget_rollback(t.budget, t.bytes);
+        }
     }
     return NULL;
 }
