@@ -67,7 +67,7 @@ static void fork_while_held(const vg__fork_step_t *step)
     cr_assert_geq(pid, 0);
     if (pid == 0) {
         /* Only this thread exists here: a lock left held would hang. */
-        alarm(5);
+        alarm(2);
         step->prefork();
         step->postfork_child();
         _exit(0);
