@@ -235,12 +235,13 @@ test: check-deps
 	  sed -n 's/.*: \([0-9]*\) passed, \([0-9]*\) failed.*/\1 \2/p' $(BUILD)/summary | \
 	    awk '{p += $$1; f += $$2} END {printf "tests: %d passed, %d failed\n", p, f}'; exit $$rc
 
-# The shim (run.sh), the audit log, bad pointers and shared budgets
-# (run_more.sh), the pool and cache mode (run_pool.sh), the C++ and Rust
+# The budget and the shim (run.sh), the audit log, bad pointers and shared
+# budgets (run_audit_shared.sh), the pool and cache mode (run_pool.sh), the
+# truthful budget judged from outside (run_truth.sh), the C++ and Rust
 # bindings (bindings.sh): each script prints its own table; the target fails
 # if any of them failed.
 gpu-test:
-	@rc=0; for s in run.sh run_more.sh run_pool.sh run_truth.sh bindings.sh; do \
+	@rc=0; for s in run.sh run_audit_shared.sh run_pool.sh run_truth.sh bindings.sh; do \
 	    bash tests/gpu/$$s $(BUILD) || rc=1; done; exit $$rc
 
 bench: check-deps

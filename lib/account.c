@@ -18,6 +18,7 @@
 
 #include "vg_account.h"
 #include "vg_audit.h"
+#include "vg_fork.h"
 #include "vg_shared.h"
 
 #define REFUSAL_LOG_INTERVAL_NS 1000000000ull /* at most one line a second */
@@ -79,7 +80,7 @@ __attribute__((noinline, cold)) static int reserve_slow(vg__ticket_t *t, vg__bud
     /* Cached pool memory is ours to give back before we say no. */
     if (vg__acct_pool_trim(t->device) && vg__budget_reserve(b, t->bytes) == VG_OK)
         return VG_OK;
-    if (vg__cache_mode_on()) {
+    if (vg__cache_mode_on() && !t->pool_spent) {
         while (vg__acct_pooled_trim(t->device))
             if (vg__budget_reserve(b, t->bytes) == VG_OK)
                 return VG_OK;
@@ -284,16 +285,12 @@ static struct pool_slot {
 } pools[POOL_SLOTS];
 static _Atomic int pool_count; /* slots in use: lets devices without pools skip the lock */
 
-static void pools_lock_take(void) { pthread_mutex_lock(&pools_lock); }
-static void pools_lock_drop(void) { pthread_mutex_unlock(&pools_lock); }
-
 /* A fork while another thread holds the lock must not leave it held in the
- * child (every stream-ordered allocation takes it). Registered at load,
- * before the lock can be held; touches no driver. */
-__attribute__((constructor)) static void pools_atfork(void)
-{
-    pthread_atfork(pools_lock_take, pools_lock_drop, pools_lock_drop);
-}
+ * child (every stream-ordered allocation takes it): fork.c, rank
+ * STREAM_POOLS. */
+void vg__account_prefork(void) { pthread_mutex_lock(&pools_lock); }
+void vg__account_postfork_parent(void) { pthread_mutex_unlock(&pools_lock); }
+void vg__account_postfork_child(void) { pthread_mutex_unlock(&pools_lock); }
 
 static struct pool_slot *slot_of(CUmemoryPool pool, int device)
 {
@@ -324,7 +321,7 @@ void vg__acct_pool_sync(int device, CUmemoryPool pool)
 {
     uint64_t now = pool_reserved(pool);
     vg__budget_t *b = vg__engine_budget(device);
-    pthread_mutex_lock(&pools_lock);
+    vg__mutex_lock(&pools_lock, VG__RANK_STREAM_POOLS);
     struct pool_slot *s = slot_of(pool, device);
     if (s && now > s->charged)
         vg__budget_force(b, now - s->charged);
@@ -332,7 +329,7 @@ void vg__acct_pool_sync(int device, CUmemoryPool pool)
         vg__budget_release(b, s->charged - now);
     if (s)
         s->charged = now;
-    pthread_mutex_unlock(&pools_lock);
+    vg__mutex_unlock(&pools_lock, VG__RANK_STREAM_POOLS);
 }
 
 int vg__acct_pool_settle(vg__ticket_t *t, CUmemoryPool pool)
@@ -340,7 +337,7 @@ int vg__acct_pool_settle(vg__ticket_t *t, CUmemoryPool pool)
     uint64_t now = pool_reserved(pool);
     vg__budget_t *b = t->budget;
     int rc = VG_OK;
-    pthread_mutex_lock(&pools_lock);
+    vg__mutex_lock(&pools_lock, VG__RANK_STREAM_POOLS);
     struct pool_slot *s = slot_of(pool, t->device);
     uint64_t before = s ? s->charged : now;
     uint64_t growth = now > before ? now - before : 0;
@@ -362,7 +359,7 @@ int vg__acct_pool_settle(vg__ticket_t *t, CUmemoryPool pool)
             rc = VG_ENOMEM;
         }
     }
-    pthread_mutex_unlock(&pools_lock);
+    vg__mutex_unlock(&pools_lock, VG__RANK_STREAM_POOLS);
     if (rc != VG_OK)
         vg__audit_refuse(t, rc);
     t->bytes = 0;
@@ -377,11 +374,11 @@ static int charged_pools(int device, CUmemoryPool out[POOL_SLOTS])
     int n = 0;
     if (!vg__driver() || !atomic_load_explicit(&pool_count, memory_order_relaxed))
         return 0;
-    pthread_mutex_lock(&pools_lock);
+    vg__mutex_lock(&pools_lock, VG__RANK_STREAM_POOLS);
     for (int i = 0; i < POOL_SLOTS; i++)
         if (pools[i].pool && pools[i].device == device && pools[i].charged)
             out[n++] = pools[i].pool;
-    pthread_mutex_unlock(&pools_lock);
+    vg__mutex_unlock(&pools_lock, VG__RANK_STREAM_POOLS);
     return n;
 }
 
@@ -408,7 +405,7 @@ bool vg__acct_pool_trim(int device)
 
 void vg__acct_pool_forget(CUmemoryPool pool)
 {
-    pthread_mutex_lock(&pools_lock);
+    vg__mutex_lock(&pools_lock, VG__RANK_STREAM_POOLS);
     for (int i = 0; i < POOL_SLOTS; i++) {
         if (pools[i].pool != pool)
             continue;
@@ -416,7 +413,7 @@ void vg__acct_pool_forget(CUmemoryPool pool)
         pools[i] = (struct pool_slot){0};
         atomic_fetch_sub_explicit(&pool_count, 1, memory_order_relaxed);
     }
-    pthread_mutex_unlock(&pools_lock);
+    vg__mutex_unlock(&pools_lock, VG__RANK_STREAM_POOLS);
 }
 
 /* ------------------------------------------------- overhead and stats */

@@ -37,6 +37,7 @@
 
 #include "vg_account.h"
 #include "vg_audit.h"
+#include "vg_fork.h"
 
 #define FIRST_TRIES 20       /* NVML may list a new process a little late */
 #define FIRST_WAIT_NS 1000000 /* between tries: 1 ms */
@@ -53,6 +54,12 @@ static _Atomic uint64_t shrunk;
 static _Atomic uint8_t ctx_measured[VG__MAX_DEVICES];
 static pthread_mutex_t first_lock = PTHREAD_MUTEX_INITIALIZER;
 static _Atomic int truth_missing; /* NVML absent or not listing us */
+
+/* A fork during a device's first use waits for it to finish, so the child
+ * never finds the lock held (fork.c, rank IMPLICIT_FIRST). */
+void vg__account_implicit_prefork(void) { pthread_mutex_lock(&first_lock); }
+void vg__account_implicit_postfork_parent(void) { pthread_mutex_unlock(&first_lock); }
+void vg__account_implicit_postfork_child(void) { pthread_mutex_unlock(&first_lock); }
 
 static void pending_clear(int device)
 {
@@ -97,14 +104,14 @@ static void measure_context(int device)
 
 __attribute__((noinline, cold)) static void first_use(int device)
 {
-    pthread_mutex_lock(&first_lock);
+    vg__mutex_lock(&first_lock, VG__RANK_IMPLICIT_FIRST);
     if (!atomic_load_explicit(&ctx_measured[device], memory_order_acquire)) {
         if (budgeted(device))
             measure_context(device);
         atomic_store_explicit(&ctx_measured[device], 1, memory_order_release);
         pending_clear(device);
     }
-    pthread_mutex_unlock(&first_lock);
+    vg__mutex_unlock(&first_lock, VG__RANK_IMPLICIT_FIRST);
 }
 
 void vg__acct_implicit_settle(int device)

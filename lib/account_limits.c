@@ -20,12 +20,19 @@
 #include <pthread.h>
 
 #include "vg_account.h"
+#include "vg_fork.h"
 #include "vg_shared.h"
 
 enum { LIMIT_HEAP, LIMIT_STACK, LIMIT_FIFO, LIMIT_KINDS };
 
 static pthread_mutex_t limits_lock = PTHREAD_MUTEX_INITIALIZER;
 static uint64_t charged[VG__MAX_DEVICES][LIMIT_KINDS]; /* bytes, under the lock */
+
+/* A fork while another thread holds the lock must not leave it held in the
+ * child (fork.c, rank LIMITS). */
+void vg__account_limits_prefork(void) { pthread_mutex_lock(&limits_lock); }
+void vg__account_limits_postfork_parent(void) { pthread_mutex_unlock(&limits_lock); }
+void vg__account_limits_postfork_child(void) { pthread_mutex_unlock(&limits_lock); }
 
 static int kind_of(CUlimit which)
 {
@@ -101,11 +108,11 @@ void vg__acct_limit_end(vg__limit_op_t *op, CUresult cr)
             vg__budget_rollback(op->budget, op->grow);
         return;
     }
-    pthread_mutex_lock(&limits_lock);
+    vg__mutex_lock(&limits_lock, VG__RANK_LIMITS);
     uint64_t *c = &charged[op->device][op->kind];
     uint64_t back = op->shrink < *c ? op->shrink : *c;
     *c = *c - back + op->grow;
-    pthread_mutex_unlock(&limits_lock);
+    vg__mutex_unlock(&limits_lock, VG__RANK_LIMITS);
     if (op->grow)
         vg__budget_commit(op->budget, op->grow);
     if (back)
@@ -120,12 +127,12 @@ void vg__acct_limits_forget(int device)
     if (device < 0 || device >= VG__MAX_DEVICES)
         return;
     uint64_t back = 0;
-    pthread_mutex_lock(&limits_lock);
+    vg__mutex_lock(&limits_lock, VG__RANK_LIMITS);
     for (int k = 0; k < LIMIT_KINDS; k++) {
         back += charged[device][k];
         charged[device][k] = 0;
     }
-    pthread_mutex_unlock(&limits_lock);
+    vg__mutex_unlock(&limits_lock, VG__RANK_LIMITS);
     vg__budget_t *b = vg__engine_budget(device);
     if (back && b)
         vg__budget_release(b, back);
@@ -136,9 +143,9 @@ uint64_t vg__acct_limits_charged(int device)
     uint64_t sum = 0;
     if (device < 0 || device >= VG__MAX_DEVICES)
         return 0;
-    pthread_mutex_lock(&limits_lock);
+    vg__mutex_lock(&limits_lock, VG__RANK_LIMITS);
     for (int k = 0; k < LIMIT_KINDS; k++)
         sum += charged[device][k];
-    pthread_mutex_unlock(&limits_lock);
+    vg__mutex_unlock(&limits_lock, VG__RANK_LIMITS);
     return sum;
 }

@@ -16,20 +16,36 @@
  * block from another context's allocation could not be used by this one).
  * Everything else takes the driver's path exactly as with the mode off.
  *
+ * The path of a pooled request goes one way: the shim -> here (one driver
+ * call: the current context, whose pool is this thread's last unless the
+ * context changed) -> pool.c and cache.c (a cached block; on a miss a new
+ * chunk, charged to the budgets in pool.c's make_room alone, after the
+ * pool released its empty chunks if it had to) -> the driver. When no chunk
+ * fits, the request goes back to the shim, which takes the driver's path
+ * for its exact size (vg__acct_reserve), told that the pool has nothing
+ * left to give (ticket.pool_spent).
+ *
  * Pressure: the device budget's level hook releases empty chunks while the
- * level is High or above, and a request that does not fit trims the pool
- * before it is refused (vg__acct_reserve).
+ * level is High or above, and any other request that does not fit trims
+ * the pool before it is refused (vg__acct_reserve).
  */
 #include <pthread.h>
 #include <stdio.h>
 
 #include "vg_account.h"
 #include "vg_pool.h"
+#include "vg_fork.h"
 
 bool vg__cache_mode;
 
 static _Atomic(vg_pool_t *) pools[VG__MAX_DEVICES];
 static pthread_mutex_t pools_mu = PTHREAD_MUTEX_INITIALIZER;
+
+/* A fork while a pool is being made waits for it, so the child never finds
+ * the lock held (fork.c, rank POOLED_CREATE). */
+void vg__account_pooled_prefork(void) { pthread_mutex_lock(&pools_mu); }
+void vg__account_pooled_postfork_parent(void) { pthread_mutex_unlock(&pools_mu); }
+void vg__account_pooled_postfork_child(void) { pthread_mutex_unlock(&pools_mu); }
 
 /* The device budget rose to High or above: empty chunks go until it falls. */
 static void on_level(void *owner, vg_pressure_t old_level, vg_pressure_t new_level, void *user)
@@ -46,7 +62,7 @@ static void on_level(void *owner, vg_pressure_t old_level, vg_pressure_t new_lev
 
 __attribute__((noinline, cold)) static vg_pool_t *pool_create(int device)
 {
-    pthread_mutex_lock(&pools_mu);
+    vg__mutex_lock(&pools_mu, VG__RANK_POOLED_CREATE);
     vg_pool_t *pool = atomic_load_explicit(&pools[device], memory_order_relaxed);
     static bool watched[VG__MAX_DEVICES];
     if (!pool && vg_pool_create(device, VG__UNLIMITED, &pool) != VG_OK) {
@@ -58,7 +74,7 @@ __attribute__((noinline, cold)) static vg_pool_t *pool_create(int device)
         watched[device] = vg__budget_on_level(vg__engine_budget(device), on_level,
                                               (void *)(intptr_t)device) == VG_OK;
     atomic_store_explicit(&pools[device], pool, memory_order_release);
-    pthread_mutex_unlock(&pools_mu);
+    vg__mutex_unlock(&pools_mu, VG__RANK_POOLED_CREATE);
     return pool;
 }
 
@@ -74,19 +90,44 @@ static bool primary_active(int device)
            active;
 }
 
-/* The device's pool, if the calling thread's current context is the one
- * its chunks live in (the device's primary context). */
-static vg_pool_t *pool_for(int device)
+/* The device whose pool served this thread last: the next request from the
+ * same context then needs one driver call (cuCtxGetCurrent), not a second
+ * to learn its device. Checked against the pool's context every time.
+ * initial-exec, as vg__abuf_mine: a general-dynamic access from a shared
+ * library may be a __tls_get_addr call on every pooled request. */
+static _Thread_local int last_device __attribute__((tls_model("initial-exec")));
+
+/* The pool of context cur's device, made on first use, if cur is the
+ * device's primary context (the one its chunks live in). Out of line: once
+ * per thread and device, and for requests under the program's own
+ * contexts (then NULL). */
+__attribute__((noinline)) static vg_pool_t *pool_of_context(CUcontext cur)
 {
-    if (device < 0 || device >= VG__MAX_DEVICES)
+    CUdevice dev = 0;
+    if (vg__driver()->cuCtxGetDevice(&dev) != CUDA_SUCCESS || dev < 0 ||
+        dev >= VG__MAX_DEVICES)
         return NULL;
+    int device = (int)dev;
+    vg_pool_t *pool = atomic_load_explicit(&pools[device], memory_order_acquire);
+    if (!pool && (!primary_active(device) || !(pool = pool_create(device))))
+        return NULL;
+    if (cur != pool->ctx)
+        return NULL;
+    last_device = device;
+    return pool;
+}
+
+/* The pool of the calling thread's current context; NULL when it has none
+ * (no context, or not a primary one). */
+static inline vg_pool_t *pool_current(void)
+{
     CUcontext cur = NULL;
     if (vg__driver()->cuCtxGetCurrent(&cur) != CUDA_SUCCESS || !cur)
         return NULL;
-    vg_pool_t *pool = atomic_load_explicit(&pools[device], memory_order_acquire);
-    if (vg__unlikely(!pool) && (!primary_active(device) || !(pool = pool_create(device))))
-        return NULL;
-    return cur == pool->ctx ? pool : NULL;
+    vg_pool_t *pool = atomic_load_explicit(&pools[last_device], memory_order_acquire);
+    if (vg__likely(pool && pool->ctx == cur))
+        return pool;
+    return pool_of_context(cur);
 }
 
 int vg__acct_pooled_alloc(vg__ticket_t *t, uint64_t *ptr)
@@ -94,10 +135,18 @@ int vg__acct_pooled_alloc(vg__ticket_t *t, uint64_t *ptr)
     if (t->bytes == 0 || t->bytes > VG__SMALL_MAX || !ptr ||
         vg__unlikely(vg__engine_init() != VG_OK))
         return VG_ENOTFOUND;
-    vg_pool_t *pool = pool_for(t->device);
-    vg__block_t b;
-    if (!pool || vg__pool_block_take(pool, (size_t)t->bytes, &b) != VG_OK)
+    vg_pool_t *pool = pool_current();
+    if (!pool)
         return VG_ENOTFOUND;
+    t->device = pool->device;
+    vg__block_t b;
+    int rc = vg__pool_block_take(pool, (size_t)t->bytes, &b);
+    if (vg__unlikely(rc != VG_OK)) {
+        /* No chunk fits even with the pool's empty chunks released
+         * (pool.c's make_room): nothing is left for a refusal to trim. */
+        t->pool_spent = rc == VG_ENOMEM;
+        return VG_ENOTFOUND;
+    }
     vg__alloc_t a = {
         .ptr = b.ptr,
         .base = b.ptr,
@@ -164,9 +213,9 @@ void vg__acct_pooled_reset(int device)
 {
     if (device < 0 || device >= VG__MAX_DEVICES)
         return;
-    pthread_mutex_lock(&pools_mu);
+    vg__mutex_lock(&pools_mu, VG__RANK_POOLED_CREATE);
     vg_pool_t *pool = atomic_exchange_explicit(&pools[device], NULL, memory_order_acq_rel);
-    pthread_mutex_unlock(&pools_mu);
+    vg__mutex_unlock(&pools_mu, VG__RANK_POOLED_CREATE);
     if (!pool)
         return;
     /* The program's blocks die with the context (as its other allocations

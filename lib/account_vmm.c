@@ -21,6 +21,7 @@
 #include <uthash.h>
 
 #include "vg_account.h"
+#include "vg_fork.h"
 
 typedef struct handle_refs {
     uint64_t handle;
@@ -40,15 +41,11 @@ static pthread_mutex_t vmm_lock = PTHREAD_MUTEX_INITIALIZER;
 static handle_refs_t *refs;   /* only handles with a mapping or a retain */
 static mapping_t *mappings;   /* by va */
 
-static void vmm_lock_take(void) { pthread_mutex_lock(&vmm_lock); }
-static void vmm_lock_drop(void) { pthread_mutex_unlock(&vmm_lock); }
-
 /* A fork while another thread holds the lock must not leave it held in the
- * child. Registered at load, before the lock can be held. */
-__attribute__((constructor)) static void vmm_atfork(void)
-{
-    pthread_atfork(vmm_lock_take, vmm_lock_drop, vmm_lock_drop);
-}
+ * child (fork.c, rank VMM). */
+void vg__account_vmm_prefork(void) { pthread_mutex_lock(&vmm_lock); }
+void vg__account_vmm_postfork_parent(void) { pthread_mutex_unlock(&vmm_lock); }
+void vg__account_vmm_postfork_child(void) { pthread_mutex_unlock(&vmm_lock); }
 
 static bool ours(uint64_t handle)
 {
@@ -108,13 +105,13 @@ void vg__acct_vmm_map(uint64_t va, uint64_t size, uint64_t handle)
     if (!m)
         return;
     *m = (mapping_t){.va = va, .size = size, .handle = handle};
-    vmm_lock_take();
+    vg__mutex_lock(&vmm_lock, VG__RANK_VMM);
     handle_refs_t *r = refs_of(handle);
     if (r) {
         r->maps++;
         HASH_ADD(hh, mappings, va, sizeof m->va, m);
     }
-    vmm_lock_drop();
+    vg__mutex_unlock(&vmm_lock, VG__RANK_VMM);
     if (!r)
         free(m);
 }
@@ -123,18 +120,18 @@ void vg__acct_vmm_retain(uint64_t handle)
 {
     if (!ours(handle))
         return;
-    vmm_lock_take();
+    vg__mutex_lock(&vmm_lock, VG__RANK_VMM);
     handle_refs_t *r = refs_of(handle);
     if (r)
         r->holds++;
-    vmm_lock_drop();
+    vg__mutex_unlock(&vmm_lock, VG__RANK_VMM);
 }
 
 void vg__acct_vmm_released(uint64_t handle, const char *api)
 {
-    vmm_lock_take();
+    vg__mutex_lock(&vmm_lock, VG__RANK_VMM);
     bool last = unref(handle, false);
-    vmm_lock_drop();
+    vg__mutex_unlock(&vmm_lock, VG__RANK_VMM);
     if (last)
         uncharge(handle, api);
 }
@@ -159,7 +156,7 @@ void vg__acct_vmm_unmap(uint64_t va, uint64_t size, const char *api)
     while (va < end) {
         uint64_t handle = 0;
         bool last = false;
-        vmm_lock_take();
+        vg__mutex_lock(&vmm_lock, VG__RANK_VMM);
         mapping_t *m = mappings ? mapping_in(va, end) : NULL;
         if (m) {
             handle = m->handle;
@@ -168,7 +165,7 @@ void vg__acct_vmm_unmap(uint64_t va, uint64_t size, const char *api)
             free(m);
             last = unref(handle, true);
         }
-        vmm_lock_drop();
+        vg__mutex_unlock(&vmm_lock, VG__RANK_VMM);
         if (!m)
             return;
         if (last)

@@ -138,7 +138,10 @@ void vg__audit_flush_all(void)
 
 /* ------------------------------------------------------------- fork */
 
-static void fork_prepare(void)
+/* fork.c, rank AUDIT (last: an event may be written under any other lock). */
+static bool fork_restart; /* the log is on: a child writes its own start */
+
+void vg__audit_buf_prefork(void)
 {
     pthread_mutex_lock(&reg_lock);
     for (tbuf_t *b = reg_head; b; b = b->next) {
@@ -147,7 +150,7 @@ static void fork_prepare(void)
     }
 }
 
-static void fork_parent(void)
+void vg__audit_buf_postfork_parent(void)
 {
     for (tbuf_t *b = reg_head; b; b = b->next)
         vg__abuf_drop(b);
@@ -156,7 +159,7 @@ static void fork_parent(void)
 
 /* The child has one thread: the others' buffers (flushed in prepare) are
  * free for its new threads, and its own counts start at zero. */
-static void fork_child(void)
+void vg__audit_buf_postfork_child(void)
 {
     for (tbuf_t *b = reg_head; b; b = b->next) {
         memset(b->count, 0, sizeof b->count);
@@ -164,7 +167,13 @@ static void fork_child(void)
         vg__abuf_drop(b);
     }
     pthread_mutex_unlock(&reg_lock);
-    vg__audit_restart();
+}
+
+/* After every lock is released: the child's start line, under its pid. */
+void vg__audit_buf_child_restart(void)
+{
+    if (fork_restart)
+        vg__audit_restart();
 }
 
 /* --------------------------------------------------- fatal signals */
@@ -233,6 +242,6 @@ static void install_signal_flush(void)
 void vg__abuf_setup(void)
 {
     pthread_key_create(&buf_key, buf_release);
-    pthread_atfork(fork_prepare, fork_parent, fork_child);
+    fork_restart = true;
     install_signal_flush();
 }

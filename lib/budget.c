@@ -25,6 +25,7 @@
 #include <pthread.h>
 
 #include "vg_budget.h"
+#include "vg_fork.h"
 #include "vg_shared.h"
 
 /* Entry thresholds in percent of the limit: Medium, High, Critical. Leaving
@@ -240,12 +241,16 @@ vg_pressure_t vg__budget_level(const vg__budget_t *b)
                                                memory_order_relaxed);
 }
 
+void vg__budget_prefork(void) { pthread_mutex_lock(&hook_lock); }
+void vg__budget_postfork_parent(void) { pthread_mutex_unlock(&hook_lock); }
+void vg__budget_postfork_child(void) { pthread_mutex_unlock(&hook_lock); }
+
 int vg__budget_on_level(vg__budget_t *b, vg__level_fn fn, void *user)
 {
     if (!b || !fn)
         return VG_EINVAL;
     int rc = VG_OK;
-    pthread_mutex_lock(&hook_lock);
+    vg__mutex_lock(&hook_lock, VG__RANK_LEVEL_HOOKS);
     int n = atomic_load_explicit(&b->hook_count, memory_order_relaxed);
     if (n >= VG__LEVEL_HOOKS) {
         rc = VG_ENOMEM;
@@ -256,6 +261,6 @@ int vg__budget_on_level(vg__budget_t *b, vg__level_fn fn, void *user)
     /* Release: a reader that sees n + 1 sees the slot written above. */
     atomic_store_explicit(&b->hook_count, n + 1, memory_order_release);
 out:
-    pthread_mutex_unlock(&hook_lock);
+    vg__mutex_unlock(&hook_lock, VG__RANK_LEVEL_HOOKS);
     return rc;
 }

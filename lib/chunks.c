@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "vg_fork.h"
 #include "vg_pool.h"
 
 static pthread_mutex_t index_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -30,15 +31,11 @@ static vg__chunk_ref_t *refs; /* sorted by base; ranges never overlap */
 static size_t ref_count, ref_cap;
 static _Atomic size_t ref_published; /* ref_count, readable without the lock */
 
-static void index_lock_take(void) { pthread_mutex_lock(&index_lock); }
-static void index_unlock(void) { pthread_mutex_unlock(&index_lock); }
-
 /* A fork while another thread holds the lock must not leave it held in the
- * child. Registered at load, before the lock can be held. */
-__attribute__((constructor)) static void chunks_atfork(void)
-{
-    pthread_atfork(index_lock_take, index_unlock, index_unlock);
-}
+ * child (fork.c, rank CHUNKS). */
+void vg__chunks_prefork(void) { pthread_mutex_lock(&index_lock); }
+void vg__chunks_postfork_parent(void) { pthread_mutex_unlock(&index_lock); }
+void vg__chunks_postfork_child(void) { pthread_mutex_unlock(&index_lock); }
 
 /* The first index whose base is greater than ptr (under the lock). */
 static size_t upper_bound(vg_devptr_t ptr)
@@ -57,7 +54,7 @@ static size_t upper_bound(vg_devptr_t ptr)
 int vg__chunk_index_add(const vg__chunk_ref_t *ref)
 {
     int rc = VG_OK;
-    index_lock_take();
+    vg__mutex_lock(&index_lock, VG__RANK_CHUNKS);
     if (ref_count == ref_cap) {
         size_t cap = ref_cap ? ref_cap * 2 : 64;
         vg__chunk_ref_t *v = realloc(refs, cap * sizeof *v);
@@ -74,20 +71,20 @@ int vg__chunk_index_add(const vg__chunk_ref_t *ref)
     ref_count++;
     atomic_store_explicit(&ref_published, ref_count, memory_order_release);
 out:
-    index_unlock();
+    vg__mutex_unlock(&index_lock, VG__RANK_CHUNKS);
     return rc;
 }
 
 void vg__chunk_index_remove(vg_devptr_t base)
 {
-    index_lock_take();
+    vg__mutex_lock(&index_lock, VG__RANK_CHUNKS);
     size_t at = upper_bound(base);
     if (at > 0 && refs[at - 1].base == base) {
         memmove(&refs[at - 1], &refs[at], (ref_count - at) * sizeof *refs);
         ref_count--;
         atomic_store_explicit(&ref_published, ref_count, memory_order_release);
     }
-    index_unlock();
+    vg__mutex_unlock(&index_lock, VG__RANK_CHUNKS);
 }
 
 bool vg__chunk_index_find(vg_devptr_t ptr, vg__chunk_ref_t *out)
@@ -95,13 +92,13 @@ bool vg__chunk_index_find(vg_devptr_t ptr, vg__chunk_ref_t *out)
     if (atomic_load_explicit(&ref_published, memory_order_acquire) == 0)
         return false;
     bool found = false;
-    index_lock_take();
+    vg__mutex_lock(&index_lock, VG__RANK_CHUNKS);
     size_t at = upper_bound(ptr);
     if (at > 0 && ptr - refs[at - 1].base < refs[at - 1].bytes) {
         *out = refs[at - 1];
         found = true;
     }
-    index_unlock();
+    vg__mutex_unlock(&index_lock, VG__RANK_CHUNKS);
     return found;
 }
 

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "vg_driver.h"
+#include "vg_fork.h"
 
 /* libc's dlsym, found once. This runs inside dlsym calls that a sanitizer
  * runtime makes while it starts (before its shadow memory, TLS handling
@@ -88,19 +89,24 @@ static int load_locked(const char *path)
     return VG_OK;
 }
 
+/* Fork (fork.c, rank DRIVER_LOAD): a load in progress finishes first. */
+void vg__driver_prefork(void) { pthread_mutex_lock(&load_lock); }
+void vg__driver_postfork_parent(void) { pthread_mutex_unlock(&load_lock); }
+void vg__driver_postfork_child(void) { pthread_mutex_unlock(&load_lock); }
+
 int vg__driver_load(const char *path)
 {
     int state = atomic_load_explicit(&load_state, memory_order_acquire);
     if (vg__likely(state != 0))
         return state > 0 ? VG_OK : VG_ENODRIVER;
-    pthread_mutex_lock(&load_lock);
+    vg__mutex_lock(&load_lock, VG__RANK_DRIVER_LOAD);
     state = atomic_load_explicit(&load_state, memory_order_relaxed);
     if (state == 0) {
         state = load_locked(path) == VG_OK ? 1 : -1;
         /* release: the table is complete before anyone sees state 1 */
         atomic_store_explicit(&load_state, state, memory_order_release);
     }
-    pthread_mutex_unlock(&load_lock);
+    vg__mutex_unlock(&load_lock, VG__RANK_DRIVER_LOAD);
     return state > 0 ? VG_OK : VG_ENODRIVER;
 }
 

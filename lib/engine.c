@@ -12,6 +12,7 @@
 #include "vg_account.h"
 #include "vg_audit.h"
 #include "vg_shared.h"
+#include "vg_fork.h"
 
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
 static int init_status = VG_ENODRIVER;
@@ -24,14 +25,8 @@ static const char *env_get(const char *name, void *ctx)
     return getenv(name);
 }
 
-static void on_fork_child(void)
-{
-    vg__tid_reset();
-}
-
 static void engine_init_once(void)
 {
-    pthread_atfork(NULL, NULL, on_fork_child);
     int rc = vg__settings_parse(env_get, NULL, &settings, init_error,
                                 sizeof init_error);
     if (rc != VG_OK) {
@@ -68,11 +63,25 @@ const vg__settings_t *vg__engine_settings(void)
     return &settings;
 }
 
+int vg__engine_describe(const char **library, const char **why)
+{
+    int rc = vg__engine_init();
+    *library = settings.libcuda[0] ? settings.libcuda : "libcuda.so.1";
+    *why = init_error;
+    return rc;
+}
+
 /* ------------------------------------------------ per-device budgets */
 
 static vg__budget_t budgets[VG__MAX_DEVICES];
 static _Atomic uint8_t resolved[VG__MAX_DEVICES];
 static pthread_mutex_t resolve_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* A fork while a device budget is being resolved waits for the resolution,
+ * so the child never finds the lock held (fork.c, rank RESOLVE). */
+void vg__engine_prefork(void) { pthread_mutex_lock(&resolve_lock); }
+void vg__engine_postfork_parent(void) { pthread_mutex_unlock(&resolve_lock); }
+void vg__engine_postfork_child(void) { pthread_mutex_unlock(&resolve_lock); }
 
 static bool spec_needs_device(const vg__budget_spec_t *spec)
 {
@@ -106,7 +115,7 @@ static uint64_t resolve_limit(int device)
 
 static void resolve_budget(int device)
 {
-    pthread_mutex_lock(&resolve_lock);
+    vg__mutex_lock(&resolve_lock, VG__RANK_RESOLVE);
     if (!atomic_load_explicit(&resolved[device], memory_order_relaxed)) {
         uint64_t limit = resolve_limit(device);
         vg__budget_init(&budgets[device], limit, NULL);
@@ -117,7 +126,7 @@ static void resolve_budget(int device)
         vg__audit_watch(&budgets[device], device); /* `pressure` events */
         atomic_store_explicit(&resolved[device], 1, memory_order_release);
     }
-    pthread_mutex_unlock(&resolve_lock);
+    vg__mutex_unlock(&resolve_lock, VG__RANK_RESOLVE);
 }
 
 vg__budget_t *vg__engine_budget(int device)

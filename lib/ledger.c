@@ -13,7 +13,7 @@
  * (vg__spin_lock: one atomic exchange, and a plain release store to unlock)
  * rather than a pthread mutex, whose unlock is a second atomic operation
  * and two calls: every pool pair and every hooked allocation pays insert
- * and remove (issue 6). Critical sections are a hash probe and a copy, and
+ * and remove. Critical sections are a hash probe and a copy, and
  * a waiter yields after a few spins, so a preempted holder costs little.
  * Each table holds a
  * sentinel record (ptr 0, never a valid key) because uthash frees its bucket
@@ -27,15 +27,16 @@
  * granule so that a thread cycling through nearby blocks (a pool magazine)
  * keeps to a few shards.
  *
- * Fork: pthread_atfork locks every shard in prepare and unlocks in parent and
- * child, so a fork while another thread is inside an insert cannot leave
- * that shard locked forever in the child.
+ * Fork (fork.c, rank LEDGER): prepare locks every shard and parent and
+ * child unlock them, so a fork while another thread is inside an insert
+ * cannot leave that shard locked forever in the child.
  */
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "vg_budget.h"
+#include "vg_fork.h"
 
 /* uthash configuration: the bucket hash is bits 32.. of a 64-bit
  * multiplicative hash of ptr (the shard is picked by the same hash of ptr's
@@ -91,27 +92,29 @@ static inline vg__shard_t *shard_of(vg_devptr_t ptr)
                    (64 - VG__SHARD_BITS)];
 }
 
-static void lock_all(void)
+void vg__ledger_prefork(void)
 {
     for (unsigned i = 0; i < VG__SHARDS; i++)
         vg__spin_lock(&shards[i].lock);
 }
 
-static void unlock_all(void)
+void vg__ledger_postfork_parent(void)
 {
     for (unsigned i = VG__SHARDS; i-- > 0;)
         vg__spin_unlock(&shards[i].lock);
 }
 
-/* Registered when the library loads, before any shard lock can be held: a
- * registration made lazily under a shard lock let a fork that came first
- * copy that locked shard into the child, which then hung on it. In the
- * child only the forking thread exists, and it holds every lock (taken in
- * prepare), so unlocking is valid there too. Touches no driver. */
-__attribute__((constructor)) static void register_atfork(void)
+/* In the child only the forking thread exists, and it holds every shard
+ * (taken in prepare), so unlocking is valid there too. */
+void vg__ledger_postfork_child(void)
 {
-    pthread_atfork(lock_all, unlock_all, unlock_all);
+    vg__ledger_postfork_parent();
 }
+
+/* Links fork.c, whose one registration at load covers the shards, into
+ * any program that uses the ledger (a static link pulls in only the
+ * objects it references; the shards take no ranked mutex that would). */
+__attribute__((used)) static void (*const fork_sequence)(void) = vg__fork_prepare;
 
 /* First use of a shard (under its lock): add the sentinel. VG_ESYS when
  * uthash cannot allocate its bucket array. */

@@ -131,8 +131,12 @@ static int slot_of_self(vg__shm_t *r)
     return -1;
 }
 
-static void on_fork_child(void)
+/* fork.c's child step, after every lock is released: the parent's slot is
+ * not the child's. Nothing to do before the region was attached. */
+void vg__shared_postfork_child(void)
 {
+    if (!region)
+        return;
     my_slot = -1;
     my_start = vg__shm_proc_start(getpid());
 }
@@ -159,7 +163,6 @@ static void attach(void)
         return;
     }
     my_start = vg__shm_proc_start(getpid());
-    pthread_atfork(NULL, NULL, on_fork_child);
     attach_status = vg__shm_open(region_path, VG__SHM_CREATE,
                                  st->shared_group == VG__SHARED_GROUP, &region,
                                  attach_error, sizeof attach_error);

@@ -31,6 +31,9 @@ typedef struct vg__ticket {
     uint64_t bytes;   /* reserved against the device budget */
     const char *api;  /* the hooked entry point, for messages */
     vg__budget_t *budget; /* set by vg__acct_reserve, used by the rest */
+    bool pool_spent;  /* cache mode's pool already gave back its empty
+                       * chunks for this request (vg__acct_pooled_alloc):
+                       * a refusal need not ask it again */
 } vg__ticket_t;
 
 /* Reserves t->bytes on t->device for an allocation of kind t->kind.
@@ -92,6 +95,11 @@ void vg__acct_pool_forget(CUmemoryPool pool);
  * record at the same address is replaced). */
 void vg__acct_record(const vg__ticket_t *t, vg__alloc_t *a);
 
+/* Fork steps (fork.c, rank STREAM_POOLS: the stream-ordered pools' lock). */
+void vg__account_prefork(void);
+void vg__account_postfork_parent(void);
+void vg__account_postfork_child(void);
+
 /* ------------------------------------------------- account_implicit.c */
 
 /* Memory the driver takes without an allocation call (docs/accounting.md).
@@ -132,6 +140,11 @@ int vg__acct_implicit_loaded(int device, const char *api);
  * limit charges, and measures the device again at its next allocation. */
 void vg__acct_context_gone(int device, const char *api);
 
+/* Fork steps (fork.c, rank IMPLICIT_FIRST: held across a first use). */
+void vg__account_implicit_prefork(void);
+void vg__account_implicit_postfork_parent(void);
+void vg__account_implicit_postfork_child(void);
+
 /* --------------------------------------------------- account_limits.c */
 
 /* cuCtxSetLimit: the growth in what a limit costs (heap, FIFO: bytes;
@@ -151,6 +164,11 @@ void vg__acct_limits_forget(int device);
 /* Bytes charged for limits on `device`. */
 uint64_t vg__acct_limits_charged(int device);
 
+/* Fork steps (fork.c, rank LIMITS). */
+void vg__account_limits_prefork(void);
+void vg__account_limits_postfork_parent(void);
+void vg__account_limits_postfork_child(void);
+
 /* ----------------------------------------------------- account_vmm.c */
 
 /* A cuMemCreate handle is charged until it is released AND unmapped
@@ -165,6 +183,11 @@ void vg__acct_vmm_retain(uint64_t handle);
 /* A cuMemRelease succeeded: the charge goes when it was the last
  * reference. */
 void vg__acct_vmm_released(uint64_t handle, const char *api);
+
+/* Fork steps (fork.c, rank VMM). */
+void vg__account_vmm_prefork(void);
+void vg__account_vmm_postfork_parent(void);
+void vg__account_vmm_postfork_child(void);
 
 /* -------------------------------------------------- account_pooled.c */
 
@@ -182,10 +205,15 @@ static inline bool vg__cache_mode_on(void)
     return vg__cache_mode;
 }
 
-/* Serves t (t->bytes = the size asked) from the pool. VG_OK with *ptr and
- * the record made; VG_ENOTFOUND when the request does not qualify or no
- * chunk fits (the caller takes the driver's path, whose refusal trims the
- * pool first). */
+/* Serves t (t->bytes = the size asked, t->api) from the pool of the
+ * calling thread's current context, when that is a device's primary
+ * context: one driver call (cuCtxGetCurrent) on the way; t->device is set
+ * here. VG_OK with *ptr and the record made. VG_ENOTFOUND when the request
+ * does not qualify, or when a new chunk does not fit even after the pool
+ * released its empty chunks (then t->pool_spent is set): the caller sets
+ * t->device and takes the driver's path for the exact size. The path only
+ * goes down: this file -> pool.c/cache.c -> the driver; the one charge for
+ * a new chunk is pool.c's (make_room). */
 int vg__acct_pooled_alloc(vg__ticket_t *t, uint64_t *ptr);
 /* Gives a pooled record's block back to its pool (reused only after a
  * synchronisation that follows this call). */
@@ -213,6 +241,11 @@ static inline uint64_t vg__pooled_buffer_id(const vg__alloc_t *a)
 void vg__acct_overhead_set(int device, uint64_t bytes);
 uint64_t vg__acct_overhead(int device);
 
+/* Fork steps (fork.c, rank POOLED_CREATE: held while a pool is made). */
+void vg__account_pooled_prefork(void);
+void vg__account_pooled_postfork_parent(void);
+void vg__account_pooled_postfork_child(void);
+
 /* ------------------------------------------------ account_overhead.c */
 
 /* Memory no call shows (context, module images, library workspaces):
@@ -237,6 +270,12 @@ bool vg__overhead_available(void);
  * it parses the settings and loads the driver (never cuInit). VG_ESETTING or
  * VG_ENODRIVER on failure, with vg__engine_error() saying why. */
 int vg__engine_init(void);
+
+/* Fork steps (fork.c, rank RESOLVE: held while a device budget is resolved). */
+void vg__engine_prefork(void);
+void vg__engine_postfork_parent(void);
+void vg__engine_postfork_child(void);
+
 const char *vg__engine_error(void);
 const vg__settings_t *vg__engine_settings(void);
 /* The process budget of a device (VRAMGUARD_BUDGET), resolved on first use;

@@ -48,8 +48,16 @@ extern _Thread_local vg__abuf_t *vg__abuf_mine __attribute__((tls_model("initial
 
 /* Takes the log's descriptor (already open) and its path for messages. */
 void vg__abuf_attach(int fd, const char *path);
-/* Registers the thread-exit, fork and fatal-signal flushes. Once. */
+/* Registers the thread-exit and fatal-signal flushes, and turns on the
+ * forked child's start line (fork.c). Once. */
 void vg__abuf_setup(void);
+/* Fork steps (fork.c, rank AUDIT: reg_lock, then every thread buffer, each flushed). */
+void vg__audit_buf_prefork(void);
+void vg__audit_buf_postfork_parent(void);
+void vg__audit_buf_postfork_child(void);
+/* The child's step after every lock is released: with the log on, its
+ * own start line under its pid. */
+void vg__audit_buf_child_restart(void);
 /* The thread's first event: a finished thread's buffer, or a new one (sets
  * vg__abuf_mine). NULL when no memory could be had. */
 __attribute__((noinline, cold)) vg__abuf_t *vg__abuf_adopt(void);

@@ -16,6 +16,7 @@
  *   vg_account.h   account*.c, engine.c: the shim's whole interface
  *   vg_diag.h      the flags that switch diagnostics on (audit.c)
  *   vg_audit.h     the audit log, call sites, bad pointers
+ *   vg_fork.h      lock ranks and the one fork sequence (fork.c)
  *
  * Flow: shim/ -> account.c (with account_pooled.c, account_overhead.c)
  * and the public API (pool.c, buf.c) -> engine.c -> budget.c, ledger.c,

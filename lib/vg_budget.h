@@ -64,6 +64,10 @@ vg_pressure_t vg__pressure_for(uint64_t used, uint64_t limit,
                                vg_pressure_t current);
 /* Registers a level hook; VG_ENOMEM when VG__LEVEL_HOOKS are taken. */
 int vg__budget_on_level(vg__budget_t *b, vg__level_fn fn, void *user);
+/* Fork steps (fork.c, rank LEVEL_HOOKS): take and release hook_lock. */
+void vg__budget_prefork(void);
+void vg__budget_postfork_parent(void);
+void vg__budget_postfork_child(void);
 
 /* ---------------------------------------------------------- ledger.c */
 
@@ -110,6 +114,11 @@ uint64_t vg__ledger_count(void);
  * ledger may change meanwhile; each record is visited at most once. */
 typedef void (*vg__alloc_visit_fn)(const vg__alloc_t *a, void *ctx);
 void vg__ledger_foreach(const void *owner, vg__alloc_visit_fn fn, void *ctx);
+/* Fork steps (fork.c, rank LEDGER): lock every shard, in index order, and
+ * unlock them in reverse. */
+void vg__ledger_prefork(void);
+void vg__ledger_postfork_parent(void);
+void vg__ledger_postfork_child(void);
 
 /* -------------------------------------------------------- ptrcheck.c */
 

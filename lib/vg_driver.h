@@ -80,6 +80,10 @@ void *vg__real_dlsym(void *handle, const char *name);
  * later calls return its result. VG_ENODRIVER when the library or an entry
  * point is missing; vg__driver_error() says which. */
 int vg__driver_load(const char *path);
+/* Fork steps (fork.c, rank DRIVER_LOAD): take and release load_lock. */
+void vg__driver_prefork(void);
+void vg__driver_postfork_parent(void);
+void vg__driver_postfork_child(void);
 /* The loaded table; NULL before a successful vg__driver_load(). */
 const vg__driver_t *vg__driver(void);
 /* One line saying why the driver could not be loaded ("" when it could). */
@@ -100,5 +104,16 @@ int vg__device_uuid(int ordinal, char uuid[48]);
 int vg__device_total(int ordinal, uint64_t *bytes);
 /* Formats a CUuuid as "GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx". */
 void vg__uuid_format(const CUuuid *uuid, char out[48]);
+
+/* ---------------------------------------------------------- engine.c */
+
+/* What `vramguard check` reports of the engine (tools/cli_check.c, which
+ * includes no more of it). Starts the engine if it has not started
+ * (settings, then the driver; never cuInit). *library gets the driver
+ * library it loads (VRAMGUARD_LIBCUDA, or "libcuda.so.1"); *why gets ""
+ * when the engine started, else the reason in its words (a bad setting, a
+ * missing driver, an audit log it cannot write). Both are static strings.
+ * Returns the engine's status: VG_OK, VG_ESETTING or VG_ENODRIVER. */
+int vg__engine_describe(const char **library, const char **why);
 
 #endif /* VG_DRIVER_H */

@@ -337,6 +337,10 @@ int vg__chunk_index_add(const vg__chunk_ref_t *ref);
 void vg__chunk_index_remove(vg_devptr_t base);
 /* The chunk whose range holds ptr. */
 bool vg__chunk_index_find(vg_devptr_t ptr, vg__chunk_ref_t *out);
+/* Fork steps (fork.c, rank CHUNKS). */
+void vg__chunks_prefork(void);
+void vg__chunks_postfork_parent(void);
+void vg__chunks_postfork_child(void);
 /* The start of the block of `ref` that holds ptr. */
 vg_devptr_t vg__chunk_block_of(const vg__chunk_ref_t *ref, vg_devptr_t ptr);
 

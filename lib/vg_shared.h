@@ -179,6 +179,8 @@ int vg__shm_set_limit(vg__shm_t *r, int dev, uint64_t limit);
  * value), and points `b` at it. On failure `b` stays per-process with a
  * limit of 0 (fail closed) and one line says why. */
 void vg__shared_bind(vg__budget_t *b, int device, uint64_t limit);
+/* fork.c's child step: the parent's slot is not the child's. */
+void vg__shared_postfork_child(void);
 /* The budget.c operations for a budget with b->shared set. */
 int vg__shared_reserve(vg__budget_t *b, uint64_t n);
 void vg__shared_release(vg__budget_t *b, uint64_t n);

@@ -16,13 +16,13 @@ CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytesize)
 {
     if (!vg__shim_started())
         return CUDA_ERROR_NOT_INITIALIZED;
-    vg__ticket_t t = {.device = vg__shim_device(), .kind = VG_KIND_PLAIN,
-                      .bytes = bytesize, .api = "cuMemAlloc_v2"};
+    vg__ticket_t t = {.kind = VG_KIND_PLAIN, .bytes = bytesize, .api = "cuMemAlloc_v2"};
     uint64_t pooled;
     if (vg__unlikely(vg__cache_mode_on()) && dptr && vg__acct_pooled_alloc(&t, &pooled) == VG_OK) {
         *dptr = pooled;
         return CUDA_SUCCESS;
     }
+    t.device = vg__shim_device();
     int rc = vg__acct_reserve(&t);
     if (rc != VG_OK)
         return vg__cu_status(rc);

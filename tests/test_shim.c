@@ -330,3 +330,100 @@ Test(shim, rtld_next_lookups_keep_their_meaning)
     cr_assert_eq(r.status, 0, "client exited %d\nstderr: %s", r.status, r.err);
     cr_expect(strstr(r.out, "next_dlsym=libvramguard-preload.so") != NULL, "%s", r.out);
 }
+
+/* ------------------------------------------------ policies on one path */
+
+#define NOT_SUPPORTED 801 /* CUDA_ERROR_NOT_SUPPORTED */
+
+static void run_env(const char *path, const char *chunk, const char *max, const char *budget,
+                    const char *env, run_result_t *r)
+{
+    run_opts_t o = {.method = "linked", .path = path, .chunk = chunk, .max = max,
+                    .budget = budget, .env = {env}};
+    run_client(&o, r);
+}
+
+/* VRAMGUARD_MANAGED=deny: the first managed request is refused with the
+ * driver's NOT_SUPPORTED, and the driver never sees it. */
+Test(shim, managed_deny_refuses_with_not_supported)
+{
+    static run_result_t r;
+    answer_t a;
+    run_env("managed", CHUNK_TEXT, "4", "2GiB", "VRAMGUARD_MANAGED=deny", &r);
+    if (!answer_of(&r, "deny", "managed", &a))
+        return;
+    cr_expect_eq(a.rc, NOT_SUPPORTED, "first failure %lld, want NOT_SUPPORTED", a.rc);
+    cr_expect_eq(a.allocs, 0, "%lld managed allocations under deny", a.allocs);
+    cr_expect_eq(a.peak, 0, "the driver allocated %lld bytes", a.peak);
+}
+
+/* VRAMGUARD_MANAGED=ignore: managed memory charges nothing, so eight 64 MiB
+ * chunks all succeed under a 128 MiB budget. */
+Test(shim, managed_ignore_charges_nothing)
+{
+    static run_result_t r;
+    answer_t a;
+    run_env("managed", CHUNK_TEXT, "8", "128MiB", "VRAMGUARD_MANAGED=ignore", &r);
+    if (!answer_of(&r, "ignore", "managed", &a))
+        return;
+    cr_expect_eq(a.rc, 0, "refused with %lld", a.rc);
+    cr_expect_eq(a.allocs, 8, "%lld of 8 managed allocations", a.allocs);
+    cr_expect_eq(a.peak, (long long)(8 * CHUNK), "driver peak %lld", a.peak);
+}
+
+/* Pitch over a driver whose pitch (4096-byte aligned: 40000 -> 40960) is
+ * larger than the shim's estimate (512-byte aligned: 40448). */
+#define PITCH_ENV "FAKECUDA_PITCH_ALIGN=4096"
+#define PITCH_REAL 40960ll
+#define PITCH_ESTIMATE 40448ll
+
+/* Charged on the real pitch: a budget of 11 estimates holds 10 real
+ * pitches (charged on the estimate, 11 would fit). */
+Test(shim, pitch_is_charged_on_the_real_pitch)
+{
+    static run_result_t r;
+    char budget[32];
+    answer_t a;
+    snprintf(budget, sizeof budget, "%lldB", 11 * PITCH_ESTIMATE);
+    run_env("pitch", "40000", "100", budget, PITCH_ENV, &r);
+    if (!answer_of(&r, "pitch", "pitch", &a))
+        return;
+    cr_expect_eq(a.allocs, 10, "%lld pitched allocations in a budget of 10.86 real pitches",
+                 a.allocs);
+    cr_expect_eq(a.bytes, 10 * PITCH_REAL, "%lld bytes", a.bytes);
+    cr_expect_eq(a.rc, OUT_OF_MEMORY, "first failure %lld", a.rc);
+    cr_expect_leq(a.peak, 11 * PITCH_ESTIMATE, "driver peak %lld over the budget", a.peak);
+}
+
+/* The estimate fits but the real pitch does not: the allocation is undone
+ * and refused with OUT_OF_MEMORY. */
+Test(shim, pitch_is_refused_when_the_real_pitch_does_not_fit)
+{
+    static run_result_t r;
+    char budget[32];
+    answer_t a;
+    long long limit = 10 * PITCH_REAL + PITCH_ESTIMATE + 256;
+    snprintf(budget, sizeof budget, "%lldB", limit);
+    run_env("pitch", "40000", "100", budget, PITCH_ENV, &r);
+    if (!answer_of(&r, "pitch", "pitch", &a))
+        return;
+    cr_expect_eq(a.allocs, 10, "%lld pitched allocations, want 10", a.allocs);
+    cr_expect_eq(a.rc, OUT_OF_MEMORY, "first failure %lld", a.rc);
+    cr_expect_eq(a.live, 0, "%lld bytes left live: the refused one was not undone", a.live);
+}
+
+/* A stream-ordered pool keeps what its frees gave back, and that stays
+ * charged; a plain request that fits only once the pool is trimmed
+ * succeeds, and the driver never holds more than the budget. */
+Test(shim, stream_ordered_pools_are_trimmed_before_a_refusal)
+{
+    static run_result_t r;
+    answer_t a;
+    run_env("pooltrim", CHUNK_TEXT, "100", "256MiB", NULL, &r);
+    if (!answer_of(&r, "pooltrim", "pooltrim", &a))
+        return;
+    cr_expect_eq(a.allocs, 4, "%lld stream-ordered chunks in 256 MiB", a.allocs);
+    cr_expect_eq(a.rc, 0, "the plain request after the frees was refused (%lld)", a.rc);
+    cr_expect_leq(a.peak, (long long)(256 * MiB), "driver peak %lld", a.peak);
+    cr_expect_eq(a.live, 0, "%lld bytes live at exit", a.live);
+}

@@ -8,7 +8,8 @@
  * child that check starts. The CLI reaches the engine only through
  * vramguard.h and a few internal headers (tools/ -> lib/): vg_settings.h
  * (the settings table and parsers), vg_shared.h (the shared region's
- * reader), vg_base.h, and for `check` alone vg_driver.h and vg_account.h.
+ * reader), vg_base.h, and for `check` alone vg_driver.h (the driver table
+ * and vg__engine_describe).
  */
 #ifndef VG_CLI_H
 #define VG_CLI_H

@@ -11,7 +11,6 @@
 #include <string.h>
 
 #include "cli.h"
-#include "vg_account.h"
 #include "vg_driver.h"
 
 #define CHECK "check"
@@ -58,7 +57,8 @@ void cli_check_help(FILE *f)
 static void driver_error(int rc, check_report_t *r)
 {
     const vg__driver_t *d = vg__driver();
-    const char *engine = vg__engine_error();
+    const char *lib, *engine;
+    vg__engine_describe(&lib, &engine);
     if (engine[0]) {
         snprintf(r->error, sizeof r->error, "%s", engine);
     } else if (rc == VG_ENODEV) {
@@ -75,11 +75,11 @@ static void driver_error(int rc, check_report_t *r)
 static void check_driver(check_report_t *r)
 {
     int rc = vg_available();
-    const char *lib = vg__engine_settings()->libcuda;
+    const char *lib, *why;
+    vg__engine_describe(&lib, &why);
     const vg__driver_t *d = vg__driver();
     int v = 0;
-    snprintf(r->library, sizeof r->library, "%s",
-             lib[0] ? lib : "libcuda.so.1");
+    snprintf(r->library, sizeof r->library, "%s", lib);
     /* cuDriverGetVersion works before cuInit on the real driver. */
     if (d && d->cuDriverGetVersion(&v) == CUDA_SUCCESS && v > 0)
         snprintf(r->version, sizeof r->version, "%d.%d", v / 1000,

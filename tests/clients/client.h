@@ -564,6 +564,33 @@ static int client_fork(client_t *c)
     return 0;
 }
 
+/* Stream-ordered memory kept by its pool: fills the budget from the
+ * default pool (cuMemAllocAsync), frees it all with cuMemFreeAsync and no
+ * synchronisation (the pool keeps what it reserved), then asks for one
+ * plain chunk, which fits only once the pool is trimmed. rc is the plain
+ * request's; allocs counts the stream-ordered ones. */
+static int client_pooltrim(client_t *c)
+{
+    client_obj_t *objs = calloc(c->max, sizeof *objs);
+    client_tally_t t = {0};
+    if (!objs)
+        return 3;
+    for (size_t i = 0; i < sizeof client_paths / sizeof client_paths[0]; i++)
+        if (!strcmp(client_paths[i].name, "async"))
+            c->path = &client_paths[i];
+    client_fill(c, objs, &t);
+    int failed = client_free_range(c, objs, 0, t.allocs);
+    CUdeviceptr p = 0;
+    t.first = c->api.mem_alloc(&p, c->chunk);
+    client_print(c, "pooltrim", &t, NULL);
+    if (t.first == CUDA_SUCCESS)
+        failed += c->api.mem_free(p) != CUDA_SUCCESS;
+    failed += c->api.stream_sync(0) != CUDA_SUCCESS;
+    client_print_free_failed(failed);
+    free(objs);
+    return 0;
+}
+
 /* dlsym(RTLD_NEXT, "dlsym") from the program: the object after the
  * program that defines dlsym. Under the shim that is the shim itself; a
  * dlsym override that lost the caller would name libc instead. */
@@ -701,6 +728,7 @@ static const struct {
     {"freeloop", client_freeloop},
     {"race", client_race},
     {"fork", client_fork},
+    {"pooltrim", client_pooltrim},
     {"badptr", client_badptr},
     {"leak", client_leak},
     {"segv", client_segv},
@@ -712,7 +740,7 @@ static int client_usage(void)
 {
     fprintf(stderr, "usage: client PATH CHUNK [MAX_CHUNKS [FAILURES]]\n"
                     "  PATH: plain pitch managed async async_ptsz pool vmm array array3d mipmap\n"
-                    "        graph meminfo freeloop race fork badptr leak segv\n");
+                    "        graph meminfo freeloop race fork pooltrim badptr leak segv\n");
     return 2;
 }
 

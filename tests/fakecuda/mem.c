@@ -205,12 +205,22 @@ CUresult cuMemAlloc(CUdeviceptr_v1 *dptr, unsigned int bytesize)
     return rc;
 }
 
-/* Pitch is the width rounded up to 512 bytes; pitch x height is charged. */
+/* The pitch alignment: 512 bytes, or FAKECUDA_PITCH_ALIGN (a power of two
+ * above 512) to play a GPU whose pitch exceeds the shim's estimate. */
+static size_t pitch_align(void)
+{
+    const char *s = getenv("FAKECUDA_PITCH_ALIGN");
+    unsigned long v = s ? strtoul(s, NULL, 10) : 0;
+    return v > FC_ALIGN && (v & (v - 1)) == 0 ? v : FC_ALIGN;
+}
+
+/* Pitch is the width rounded up to the pitch alignment; pitch x height is
+ * charged. */
 static CUresult pitch_alloc(CUdeviceptr *dptr, size_t *pitch, size_t w, size_t h, unsigned elem,
                             bool low32)
 {
     bool bad_elem = elem != 4 && elem != 8 && elem != 16;
-    size_t p = fc_round_up(w, FC_ALIGN);
+    size_t p = fc_round_up(w, pitch_align());
     if (!pitch || bad_elem || w == 0 || h == 0 || (h > SIZE_MAX / p))
         p = 0, h = 0;
     alloc_req r = { p * h, p * h, FC_KIND_PITCH, low32 };

@@ -1,6 +1,6 @@
 /*
  * badptr_gpu.c — pointers handed back to cuMemFree_v2 that were never real
- * allocations (issue 4): a fake pointer, a double free, a host pointer and
+ * allocations: a fake pointer, a double free, a host pointer and
  * an interior pointer, each answered by whatever libcuda.so.1 the loader
  * finds and, when preloaded, by the shim first. No vramguard code: linked
  * with -lcuda (the toolkit stub, no rpath), like driver_paths.c.
@@ -100,7 +100,7 @@ int main(int argc, char **argv)
     CUresult got[CASES];
     CUresult real_rc[3] = {CUDA_SUCCESS, CUDA_SUCCESS, CUDA_SUCCESS};
 
-    /* fake: an address nothing ever allocated (the issue's stride pattern) */
+    /* fake: an address nothing ever allocated (a stride pattern) */
     ptr[C_FAKE] = (CUdeviceptr)FAKE;
     got[C_FAKE] = cuMemFree(ptr[C_FAKE]);
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # tests/gpu/build.sh — builds everything the GPU checks need into one folder
 # (default build/gpu), on a machine WITHOUT a GPU. The GPU machine builds
-# nothing: carry the folder there and run tests/gpu/run.sh (and run_more.sh,
-# run_pool.sh, bindings.sh) on it. Needs cargo for the Rust binding's program.
+# nothing: carry the folder there and run tests/gpu/run.sh (and run_audit_shared.sh,
+# run_pool.sh, run_truth.sh, bindings.sh) on it. Needs cargo for the Rust binding's program.
 #
 #   tests/gpu/build.sh [OUT_DIR]      env: CUDA_HOME (/usr/local/cuda), CC, CXX, NVCC, CARGO,
 #                                     ENGINE (build/gpu-engine: the engine's own build)
@@ -48,7 +48,7 @@ echo "== truth_gpu, truth_kernels.fatbin, big_module.fatbin"
 "$NVCC" -arch=sm_90 -fatbin -o "$OUT/big_module.fatbin" tests/gpu/probe/big_module.cu
 
 cp "$ENGINE/libvramguard-preload.so" "$ENGINE/libvramguard.so" "$OUT/"
-# run_more.sh (issues 4-6): the CLI (it finds the shim beside itself) and the
+# run_audit_shared.sh and run_pool.sh: the CLI (it finds the shim beside itself) and the
 # pool's example and benchmark, from the same engine build.
 echo "== vramguard, examples/model_slots, examples/pool_bench"
 make --no-print-directory BUILD="$ENGINE" "$ENGINE/vramguard" "$ENGINE/examples/model_slots" \

@@ -1,4 +1,4 @@
-# tests/gpu/common.sh — what tests/gpu/run.sh and run_more.sh share: finding
+# tests/gpu/common.sh — what tests/gpu/run.sh and run_audit_shared.sh share: finding
 # libcuda, the log and RESULT-row files, the per-scenario runner (timeouts,
 # the suite deadline, RESULT collection) and the results table. Sourced, not
 # run: it only defines functions; nothing happens until a script calls them.

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# tests/gpu/run_pool.sh — the GPU checks of issue 6's cache mode
+# tests/gpu/run_pool.sh — the GPU checks of the pool and the shim's cache mode
 # (VRAMGUARD_POOL=cache: the shim serves cuMemAlloc requests of 1 B..1 MiB
 # made under the primary context from its pool), on the machine with the
 # GPU; builds nothing (tests/gpu/build.sh made BUILD_DIR elsewhere). Same
-# conventions as run.sh and run_more.sh (tests/gpu/common.sh): each
+# conventions as run.sh and run_audit_shared.sh (tests/gpu/common.sh): each
 # scenario under its own timeout, RESULT rows collected into one table
 # printed last; no scenario starts after SUITE_DEADLINE seconds (default
 # 230). About 2-3 minutes on one H100.
@@ -46,7 +46,7 @@ done
 B=$(cd "$B" && pwd)
 PRELOAD=$B/libvramguard-preload.so
 PYTHON=${PYTHON:-python3}
-P6=$HERE/pool6.py
+CACHE_PY=$HERE/cache_mode.py
 DEADLINE=${SUITE_DEADLINE:-230}
 BUDGET_TEXT=2GiB
 
@@ -62,14 +62,14 @@ init_files pool.log
 CUDART=$WORK/cudart   # static cudart table rows
 POOL=$WORK/pool       # thread table rows
 : >"$CUDART"; : >"$POOL"
-gpu_header "# vramguard GPU checks, issue 6: the pool and the shim's cache mode"
+gpu_header "# vramguard GPU checks: the pool and the shim's cache mode"
 "$PYTHON" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)' 2>&1 |
     tail -1 | tee -a "$LOG"
 
 # run_scn NAME MODE TIMEOUT CMD... (common.sh). MODE native: no shim;
 # shim: the shim, VRAMGUARD_POOL unset; shim-off: =off; shim-cache: =cache;
 # shim-cache+budget: =cache and VRAMGUARD_BUDGET; anything else: the
-# environment as it is (pool6.py makes each child's own).
+# environment as it is (cache_mode.py makes each child's own).
 scn_env() {
     case $1 in
     native) envs=(env -u LD_PRELOAD -u VRAMGUARD_POOL -u VRAMGUARD_BUDGET) ;;
@@ -103,21 +103,21 @@ if grep -aq "VRAMGUARD_POOL='cache' has no effect" "$WORK/out.pool_views.shim-ca
 fi
 
 # ------------------------------------------------------------ 1. static cudart
-run_scn cudart_pairs "native, default, cache x5" 100 "$PYTHON" "$P6" cudart-pairs \
+run_scn cudart_pairs "native, default, cache x5" 100 "$PYTHON" "$CACHE_PY" cudart-pairs \
     --bin "$B/static_cudart" --preload "$PRELOAD" --rounds 5 --pairs 2000 --timeout 25
 
 # ------------------------------------------------------------ 3. PyTorch
-run_scn torch_same "default vs cache" 150 "$PYTHON" "$P6" torch-same --preload "$PRELOAD" \
+run_scn torch_same "default vs cache" 150 "$PYTHON" "$CACHE_PY" torch-same --preload "$PRELOAD" \
     --steps 60 --timeout 60
-run_scn torch_oom "2GiB: default vs cache" 150 "$PYTHON" "$P6" torch-oom --preload "$PRELOAD" \
+run_scn torch_oom "2GiB: default vs cache" 150 "$PYTHON" "$CACHE_PY" torch-oom --preload "$PRELOAD" \
     --budget-gib 2 --timeout 60
 
 # ------------------------------------------------------------ 5. eviction
-run_scn model_slots native 60 "$PYTHON" "$P6" example --bin "$B/model_slots" --timeout 55
+run_scn model_slots native 60 "$PYTHON" "$CACHE_PY" example --bin "$B/model_slots" --timeout 55
 
 # ------------------------------------------------------------ 4. threads
-run_scn pool_bench native 100 "$PYTHON" "$P6" pool-bench --bin "$B/pool_bench" --timeout 95
-run_scn bench_pairs_cache "native vs cache" 90 "$PYTHON" "$P6" shim-threads --bin "$B/bench_pairs" \
+run_scn pool_bench native 100 "$PYTHON" "$CACHE_PY" pool-bench --bin "$B/pool_bench" --timeout 95
+run_scn bench_pairs_cache "native vs cache" 90 "$PYTHON" "$CACHE_PY" shim-threads --bin "$B/bench_pairs" \
     --preload "$PRELOAD" --rounds 11 --timeout 85
 
 # ------------------------------------------------------------ the table
@@ -125,7 +125,7 @@ TABLE=$WORK/pool.md
 TABLE_DETAIL_MAX=220
 {
     echo
-    echo "## vramguard GPU checks, issue 6 (cache mode): $(date -u '+%Y-%m-%d') ${GPU_LINE:-(no nvidia-smi)}"
+    echo "## vramguard GPU checks, the pool and cache mode: $(date -u '+%Y-%m-%d') ${GPU_LINE:-(no nvidia-smi)}"
     echo
     echo "Command: tests/gpu/run_pool.sh ${1:-build/gpu} (default = the shim with VRAMGUARD_POOL unset; cache = VRAMGUARD_POOL=cache; budget $BUDGET_TEXT where named)"
     echo

@@ -1,18 +1,18 @@
 #!/usr/bin/env python3
-"""The multi-step GPU checks of issues 4 and 5, for tests/gpu/run_more.sh.
+"""The multi-step GPU checks of the audit log, bad pointers and shared budgets, for tests/gpu/run_audit_shared.sh.
 
 Each subcommand runs one scenario (its own child processes, CLI calls and
 checks), prints what it saw (for more.log) and RESULT rows (_gpucommon.py)
-that run_more.sh collects. Output of child processes is copied indented, so
+that run_audit_shared.sh collects. Output of child processes is copied indented, so
 their own RESULT lines are not collected twice; BENCH| lines are
-table rows for run_more.sh. Anything raised is a FAIL row; every child is
+table rows for run_audit_shared.sh. Anything raised is a FAIL row; every child is
 killed (by its pid) before a subcommand returns.
 
-    more456.py audit-check --cli VG --log LOG [--svg FILE] [--copy-log FILE]
-    more456.py badptr      --bin BADPTR --preload SHIM --work DIR
-    more456.py overhead    --bin BENCH_PAIRS --preload SHIM --work DIR [--rounds R]
-    more456.py shared-pair --cli VG --preload SHIM --work DIR --name NAME
-    more456.py shared-many --cli VG --preload SHIM --work DIR --name NAME [--procs 8]
+    audit_shared.py audit-check --cli VG --log LOG [--svg FILE] [--copy-log FILE]
+    audit_shared.py badptr      --bin BADPTR --preload SHIM --work DIR
+    audit_shared.py overhead    --bin BENCH_PAIRS --preload SHIM --work DIR [--rounds R]
+    audit_shared.py shared-pair --cli VG --preload SHIM --work DIR --name NAME
+    audit_shared.py shared-many --cli VG --preload SHIM --work DIR --name NAME [--procs 8]
 """
 import argparse
 import json

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The multi-process GPU checks of issue 6's cache mode, for tests/gpu/run_pool.sh.
+"""The multi-process GPU checks of the shim's cache mode, for tests/gpu/run_pool.sh.
 
 Each subcommand runs one scenario (its own child processes, each under its
 own timeout), prints what it saw (for the log) and RESULT rows
@@ -7,11 +7,11 @@ own timeout), prints what it saw (for the log) and RESULT rows
 so the children's own RESULT lines are not collected twice. CUDART| and
 POOL| lines are table rows for run_pool.sh. Anything raised is a FAIL row.
 
-    pool6.py cudart-pairs --bin STATIC_CUDART --preload SHIM [--rounds 5] [--pairs 2000]
-    pool6.py torch-same   --preload SHIM [--steps 60]
-    pool6.py torch-oom    --preload SHIM [--budget-gib 2]
-    pool6.py pool-bench   --bin POOL_BENCH
-    pool6.py shim-threads --bin BENCH_PAIRS --preload SHIM [--rounds 11]
+    cache_mode.py cudart-pairs --bin STATIC_CUDART --preload SHIM [--rounds 5] [--pairs 2000]
+    cache_mode.py torch-same   --preload SHIM [--steps 60]
+    cache_mode.py torch-oom    --preload SHIM [--budget-gib 2]
+    cache_mode.py pool-bench   --bin POOL_BENCH
+    cache_mode.py shim-threads --bin BENCH_PAIRS --preload SHIM [--rounds 11]
 
 "Default" below is the shim with VRAMGUARD_POOL unset (the pass-through
 shim); "cache" is the shim with VRAMGUARD_POOL=cache.

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# tests/gpu/run_more.sh — the GPU checks of issues 4 (audit log, bad
-# pointers) and 5 (shared budgets, status, metrics; issue 6 is run_pool.sh), on
+# tests/gpu/run_audit_shared.sh — the GPU checks of the audit log, bad
+# pointers, shared budgets, status and metrics (the pool is run_pool.sh), on
 # the machine with the GPU; builds nothing (tests/gpu/build.sh made
 # BUILD_DIR elsewhere). Same conventions as run.sh: each scenario under its
 # own timeout, RESULT rows collected into one table printed last; the suite
 # stops starting scenarios after SUITE_DEADLINE seconds (default 270, so the
 # whole run stays under 5 minutes). What the two share is tests/gpu/common.sh.
 #
-#   tests/gpu/run_more.sh [BUILD_DIR]      BUILD_DIR: build/gpu, or build (then build/gpu)
+#   tests/gpu/run_audit_shared.sh [BUILD_DIR]      BUILD_DIR: build/gpu, or build (then build/gpu)
 #
 # env: OUT      when set, more.log (everything), more.md (the table),
 #               audit-timeline.svg and torch-audit.jsonl are written there
@@ -24,7 +24,7 @@ B=${1:-build/gpu}
 [ -x "$B/badptr_gpu" ] || { [ -x "$B/gpu/badptr_gpu" ] && B=$B/gpu; }
 for f in badptr_gpu bench_pairs vramguard libvramguard-preload.so; do
     if [ ! -e "$B/$f" ]; then
-        echo "run_more.sh: no $f in '$B' (run tests/gpu/build.sh on the build machine and carry it)" >&2
+        echo "run_audit_shared.sh: no $f in '$B' (run tests/gpu/build.sh on the build machine and carry it)" >&2
         exit 2
     fi
 done
@@ -32,7 +32,7 @@ B=$(cd "$B" && pwd)
 PRELOAD=$B/libvramguard-preload.so
 VG=$B/vramguard
 PYTHON=${PYTHON:-python3}
-MORE=$HERE/more456.py
+AUDIT_PY=$HERE/audit_shared.py
 DEADLINE=${SUITE_DEADLINE:-270}
 BUDGET_TEXT=2GiB
 BUDGET=$((2 << 30))
@@ -51,7 +51,7 @@ cleanup() {
 }
 trap cleanup EXIT
 init_files more.log
-gpu_header "# vramguard GPU checks, issues 4 and 5" "   shared region: $NAME"
+gpu_header "# vramguard GPU checks: audit log, bad pointers, shared budgets" "   shared region: $NAME"
 "$PYTHON" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)' 2>&1 |
     tail -1 | tee -a "$LOG"
 
@@ -65,7 +65,7 @@ scn_collect() {
 
 SHIM=(env LD_PRELOAD="$PRELOAD")
 
-# ------------------------------------------------------------ issue 4
+# ------------------------------------------- audit log, bad pointers
 # (a) a PyTorch training loop under the shim with the audit log and call
 # sites on, then `vramguard audit` on its log: summary, leaks, SVG, CSV.
 AUDIT_LOG=$WORK/torch-audit.jsonl
@@ -74,27 +74,27 @@ run_scn torch_train shim+audit 120 "${SHIM[@]}" VRAMGUARD_BUDGET=$BUDGET_TEXT \
     "$PYTHON" "$HERE/torch_train.py" --budget $BUDGET
 COPY=()
 [ -n "${OUT:-}" ] && COPY=(--copy-log "$OUT/torch-audit.jsonl")
-run_scn audit_cli "vramguard audit" 60 "$PYTHON" "$MORE" audit-check --cli "$VG" \
+run_scn audit_cli "vramguard audit" 60 "$PYTHON" "$AUDIT_PY" audit-check --cli "$VG" \
     --log "$AUDIT_LOG" --svg "$LOGDIR/audit-timeline.svg" "${COPY[@]}"
 # (b) fake, double-freed, host and interior pointers: natively (the driver's
 # own codes), under warn (the same codes, each named in the audit log) and
 # under reject (CUDA_ERROR_INVALID_VALUE, the driver not called).
-run_scn badptr "native, warn, reject" 60 "$PYTHON" "$MORE" badptr --bin "$B/badptr_gpu" \
+run_scn badptr "native, warn, reject" 60 "$PYTHON" "$AUDIT_PY" badptr --bin "$B/badptr_gpu" \
     --preload "$PRELOAD" --work "$WORK"
 # (c) what the audit log adds to an alloc+free pair: bench_pairs twice,
 # plain shim and shim with the log on (to a file in /tmp), each paired by
 # round against native workers of the same run.
-run_scn audit_overhead "native+shim(+audit)" 200 "$PYTHON" "$MORE" overhead --bin "$B/bench_pairs" \
+run_scn audit_overhead "native+shim(+audit)" 200 "$PYTHON" "$AUDIT_PY" overhead --bin "$B/bench_pairs" \
     --preload "$PRELOAD" --work "$WORK" --tmp /tmp --rounds 31 --timeout 95
 
-# ------------------------------------------------------------ issue 5
+# ------------------------------------------------------ shared budgets
 # (a) two processes under one shared 2 GiB budget, (b) kill -9 of the
 # holder, (d) status and metrics while they run.
-run_scn shared_pair "shared 2GiB" 150 "$PYTHON" "$MORE" shared-pair --cli "$VG" \
+run_scn shared_pair "shared 2GiB" 150 "$PYTHON" "$AUDIT_PY" shared-pair --cli "$VG" \
     --preload "$PRELOAD" --work "$WORK" --name "$NAME"
 # (c) 8 PyTorch processes under one shared 8 GiB budget (each CUDA context
 # is ~0.5 GiB, charged as overhead): the sum never exceeds it.
-run_scn shared_many "shared 8GiB x8" 150 "$PYTHON" "$MORE" shared-many --cli "$VG" \
+run_scn shared_many "shared 8GiB x8" 150 "$PYTHON" "$AUDIT_PY" shared-many --cli "$VG" \
     --preload "$PRELOAD" --work "$WORK" --name "$NAME-many" --procs 8 --budget-gib 8 \
     --chunk 128 --hold 3 --timeout 120
 
@@ -103,9 +103,9 @@ TABLE=$WORK/more.md
 TABLE_DETAIL_MAX=200
 {
     echo
-    echo "## vramguard GPU checks, issues 4 and 5: $(date -u '+%Y-%m-%d') ${GPU_LINE:-(no nvidia-smi)}"
+    echo "## vramguard GPU checks, audit log, bad pointers, shared budgets: $(date -u '+%Y-%m-%d') ${GPU_LINE:-(no nvidia-smi)}"
     echo
-    echo "Command: tests/gpu/run_more.sh ${1:-build/gpu} (budgets: $BUDGET_TEXT per process; shared $BUDGET_TEXT for two, 8GiB for eight)"
+    echo "Command: tests/gpu/run_audit_shared.sh ${1:-build/gpu} (budgets: $BUDGET_TEXT per process; shared $BUDGET_TEXT for two, 8GiB for eight)"
     echo
     results_section
     echo "### bench_pairs: ns per alloc+free pair, shim plain and with the audit log on"

@@ -1,0 +1,198 @@
+/*
+ * fork.c — the one fork sequence and the lock ranks.
+ *
+ * Only the forking thread exists in a child: a lock another thread held at
+ * fork would stay held there forever. So fork's prepare takes every
+ * process-wide engine lock, in rank order, and parent and child release
+ * them in reverse (as jemalloc's jemalloc_prefork does with its witness
+ * ranks). One pthread_atfork registration, made when the library loads,
+ * before any of these locks can be held: a registration made lazily under
+ * a lock let a fork that came first copy that lock, held, into the child.
+ * Each file owns its locks and exposes vg__<file>_prefork, _postfork_parent
+ * and _postfork_child (declared in its header); this file only orders them.
+ *
+ * Lock ranks, outermost first (vg_fork.h's VG__RANKS is the same list). A
+ * thread takes a lock only while every lock it holds ranks lower:
+ *
+ *  1 DRIVER_LOAD     driver.c load_lock: held across dlopen of libcuda and
+ *                    the symbol lookups, once per process.
+ *  2 IMPLICIT_FIRST  account_implicit.c first_lock: a device's first use;
+ *                    held across driver and NVML calls, and resolves the
+ *                    device's budget (RESOLVE) inside.
+ *  3 POOLED_CREATE   account_pooled.c pools_mu: cache mode's pool creation;
+ *                    held across vg_pool_create (driver calls), resolves
+ *                    the budget (RESOLVE) and registers a level hook
+ *                    (LEVEL_HOOKS) inside.
+ *  4 RESOLVE         engine.c resolve_lock: a device budget's resolution;
+ *                    held across driver calls, the shared region's bind
+ *                    (its own process-shared lock, not ranked: another
+ *                    process may hold it) and a level hook's registration.
+ *  5 LEVEL_HOOKS     budget.c hook_lock: a budget's level-hook list. Leaf.
+ *  6 LIMITS          account_limits.c limits_lock: charged limits. Leaf.
+ *  7 STREAM_POOLS    account.c pools_lock: stream-ordered pools. Leaf.
+ *  8 VMM             account_vmm.c vmm_lock: handles and mappings; looks
+ *                    up the ledger (LEDGER) inside.
+ *  9 CHUNKS          chunks.c index_lock: the chunk index. Leaf.
+ * 10 LEDGER          ledger.c's 128 shard spinlocks, taken in index order
+ *                    at fork (at run time a thread holds one at a time).
+ * 11 AUDIT           audit_buf.c reg_lock, then each thread's buffer: an
+ *                    event may be written under any lock above, so the
+ *                    buffers come last (taken first, a thread holding VMM
+ *                    and writing an event would wait for the fork forever).
+ *
+ * Not ranked: per-pool mutexes (made and destroyed with their pools), the
+ * pool cache's class and magazine spinlocks (never held across a call
+ * out), the shared region's robust process-shared mutex (another process
+ * may hold it; a child that finds it held by a dead owner recovers it),
+ * and the shim's NVML locks (shim/nvml.c).
+ *
+ * Locks held across driver calls (ranks 1-4): prepare waits for the holder's
+ * driver call to return. CUDA does not support using the driver in a child
+ * after fork; the child only needs our state consistent and our locks free.
+ *
+ * The child, after the releases, resets what names the process (in this
+ * order, as before the sequence had one home): the cached tid (util.c), the
+ * audit log's start line under the new pid (audit_buf.c), and the shared
+ * region's slot (shared.c: the parent's slot is not the child's).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "vg_account.h"
+#include "vg_audit.h"
+#include "vg_fork.h"
+#include "vg_pool.h"
+#include "vg_shared.h"
+
+static const vg__fork_step_t steps[] = {
+    {VG__RANK_DRIVER_LOAD, vg__driver_prefork, vg__driver_postfork_parent,
+     vg__driver_postfork_child},
+    {VG__RANK_IMPLICIT_FIRST, vg__account_implicit_prefork,
+     vg__account_implicit_postfork_parent, vg__account_implicit_postfork_child},
+    {VG__RANK_POOLED_CREATE, vg__account_pooled_prefork,
+     vg__account_pooled_postfork_parent, vg__account_pooled_postfork_child},
+    {VG__RANK_RESOLVE, vg__engine_prefork, vg__engine_postfork_parent,
+     vg__engine_postfork_child},
+    {VG__RANK_LEVEL_HOOKS, vg__budget_prefork, vg__budget_postfork_parent,
+     vg__budget_postfork_child},
+    {VG__RANK_LIMITS, vg__account_limits_prefork, vg__account_limits_postfork_parent,
+     vg__account_limits_postfork_child},
+    {VG__RANK_STREAM_POOLS, vg__account_prefork, vg__account_postfork_parent,
+     vg__account_postfork_child},
+    {VG__RANK_VMM, vg__account_vmm_prefork, vg__account_vmm_postfork_parent,
+     vg__account_vmm_postfork_child},
+    {VG__RANK_CHUNKS, vg__chunks_prefork, vg__chunks_postfork_parent,
+     vg__chunks_postfork_child},
+    {VG__RANK_LEDGER, vg__ledger_prefork, vg__ledger_postfork_parent,
+     vg__ledger_postfork_child},
+    {VG__RANK_AUDIT, vg__audit_buf_prefork, vg__audit_buf_postfork_parent,
+     vg__audit_buf_postfork_child},
+};
+
+#define STEP_COUNT (sizeof steps / sizeof steps[0])
+_Static_assert(STEP_COUNT == VG__RANK_END - 1, "one fork step per lock rank");
+
+static const char *const rank_names[] = {
+    "no lock",
+#define VG__RANK_NAME(name, what) what,
+    VG__RANKS(VG__RANK_NAME)
+#undef VG__RANK_NAME
+};
+
+const char *vg__rank_name(vg__rank_t rank)
+{
+    return rank < VG__RANK_END ? rank_names[rank] : "?";
+}
+
+const vg__fork_step_t *vg__fork_steps(size_t *count)
+{
+    *count = STEP_COUNT;
+    return steps;
+}
+
+/* ------------------------------------------------------- order check */
+
+#ifdef VG_LOCK_DEBUG
+static _Thread_local uint32_t ranks_held; /* bit r: a lock of rank r held */
+
+__attribute__((noinline, cold)) static void rank_violation(vg__rank_t rank)
+{
+    vg__rank_t top = VG__RANK_NONE;
+    for (int r = VG__RANK_END - 1; r > 0; r--)
+        if (ranks_held & (1u << r)) {
+            top = (vg__rank_t)r;
+            break;
+        }
+    vg__log("lock order violated: taking %s while holding %s", vg__rank_name(rank),
+            vg__rank_name(top));
+    abort();
+}
+#endif
+
+void vg__rank_enter(vg__rank_t rank)
+{
+#ifdef VG_LOCK_DEBUG
+    /* Any held rank at or above this one is a violation. */
+    if (vg__unlikely(ranks_held >> rank))
+        rank_violation(rank);
+    ranks_held |= 1u << rank;
+#else
+    (void)rank;
+#endif
+}
+
+void vg__rank_leave(vg__rank_t rank)
+{
+#ifdef VG_LOCK_DEBUG
+    ranks_held &= ~(1u << rank);
+#else
+    (void)rank;
+#endif
+}
+
+void vg__mutex_lock(pthread_mutex_t *m, vg__rank_t rank)
+{
+    vg__rank_enter(rank);
+    pthread_mutex_lock(m);
+}
+
+void vg__mutex_unlock(pthread_mutex_t *m, vg__rank_t rank)
+{
+    pthread_mutex_unlock(m);
+    vg__rank_leave(rank);
+}
+
+/* ------------------------------------------------------------- fork */
+
+void vg__fork_prepare(void)
+{
+    for (size_t i = 0; i < STEP_COUNT; i++) {
+        vg__rank_enter(steps[i].rank);
+        steps[i].prefork();
+    }
+}
+
+void vg__fork_parent(void)
+{
+    for (size_t i = STEP_COUNT; i-- > 0;) {
+        steps[i].postfork_parent();
+        vg__rank_leave(steps[i].rank);
+    }
+}
+
+void vg__fork_child(void)
+{
+    for (size_t i = STEP_COUNT; i-- > 0;) {
+        steps[i].postfork_child();
+        vg__rank_leave(steps[i].rank);
+    }
+    vg__tid_reset();
+    vg__audit_buf_child_restart();
+    vg__shared_postfork_child();
+}
+
+/* At load, before any ranked lock can be held; touches no driver. */
+__attribute__((constructor)) static void fork_register(void)
+{
+    pthread_atfork(vg__fork_prepare, vg__fork_parent, vg__fork_child);
+}
