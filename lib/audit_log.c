@@ -1,10 +1,11 @@
 /*
  * audit_log.c — the audit log's life: opening VRAMGUARD_AUDIT and starting
  * diagnostics (vg__diag_start), the long `start` and `exit` lines, the exit
- * handler (leak report, `exit`, every buffer written out), and a forked
- * child's restart. Slow paths only; the events are in audit.c and the
+ * handler (leak report, `exit`, every buffer written out), _exit and _Exit
+ * (every buffer written out), and a forked child's restart. Slow paths only; the events are in audit.c and the
  * per-thread buffers in audit_buf.c.
  */
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <link.h>
@@ -12,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "vg_audit.h"
@@ -208,6 +210,33 @@ void vg__audit_restart(void)
     event_start();
 }
 
+/* ------------------------------------------------------------ _exit */
+
+/* A process that ends through _exit (every multiprocessing worker: Python's
+ * os._exit) runs no atexit handler: without these its buffered events were
+ * lost. Exported from both libraries (the preload's version script lists
+ * them under libc's version); the real function is the next definition
+ * after ours. */
+__attribute__((noreturn)) static void exit_next(const char *name, int status)
+{
+    vg__audit_flush_exiting();
+    void (*next)(int) = (void (*)(int))dlsym(RTLD_NEXT, name);
+    if (next)
+        next(status);
+    for (;;)
+        syscall(SYS_exit_group, status);
+}
+
+__attribute__((visibility("default"), noreturn)) void _exit(int status)
+{
+    exit_next("_exit", status);
+}
+
+__attribute__((visibility("default"), noreturn)) void _Exit(int status)
+{
+    exit_next("_Exit", status);
+}
+
 /* ------------------------------------------------------------ start */
 
 static int open_failed(const char *path, int err, char *msg, size_t len)
@@ -219,6 +248,23 @@ static int open_failed(const char *path, int err, char *msg, size_t len)
     return VG_ESETTING;
 }
 
+/* A log file someone else could write, or someone else owns, is refused:
+ * root would otherwise append to any user's file, and anyone who may
+ * write the file may forge or erase lines. Devices and pipes are the
+ * caller's choice (/dev/stderr). */
+static bool foreign_file(const struct stat *st, const char *path, char *err, size_t errlen)
+{
+    if (st->st_uid != geteuid())
+        snprintf(err, errlen, "VRAMGUARD_AUDIT='%.300s': cannot open the audit log: it is owned "
+                 "by uid %u, not by you (uid %u)", path, (unsigned)st->st_uid, (unsigned)geteuid());
+    else if (st->st_mode & 022)
+        snprintf(err, errlen, "VRAMGUARD_AUDIT='%.300s': cannot open the audit log: it is "
+                 "writable by group or others (mode %04o)", path, (unsigned)(st->st_mode & 07777));
+    else
+        return false;
+    return true;
+}
+
 static int open_log(const char *path, char *err, size_t errlen)
 {
     int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
@@ -228,6 +274,10 @@ static int open_log(const char *path, char *err, size_t errlen)
     if (fstat(fd, &st) != 0 || !(S_ISREG(st.st_mode) || S_ISFIFO(st.st_mode) || S_ISCHR(st.st_mode))) {
         close(fd);
         return open_failed(path, EISDIR, err, errlen);
+    }
+    if (S_ISREG(st.st_mode) && foreign_file(&st, path, err, errlen)) {
+        close(fd);
+        return VG_ESETTING;
     }
     vg__abuf_attach(fd, path);
     return VG_OK;
