@@ -965,3 +965,39 @@ Test(shared, a_relative_shared_cache_path_is_refused)
     cr_expect_not_null(strstr(err, "is not an absolute path"), "stderr: %s", err);
     cr_expect(!made, "a region was made in /dev/shm from a relative path");
 }
+
+/* A region file whose name is crafted to break out of a label or a string:
+ * metrics and status --json escape it. */
+Test(shared, a_hostile_region_name_is_escaped_in_metrics_and_json)
+{
+    char evil[128], path[256];
+    snprintf(evil, sizeof evil, "vgtest-%d-x\"} 1\nvramguard_injected{a=\"b\\", (int)getpid());
+    snprintf(path, sizeof path, VG__SHM_PREFIX "%s", evil);
+    unlink(path);
+    vg__shm_t *r = NULL;
+    char err[512];
+    cr_assert_eq(vg__shm_open(path, VG__SHM_CREATE, false, &r, err, sizeof err), VG_OK, "%s", err);
+    cr_assert_eq(vg__shm_set_limit(r, 0, 1 * GiB), VG_OK);
+    cr_assert_eq(vg__shm_lock(r), VG_OK);
+    r->dev[0].ordinal = 0; /* one claimed device, so metrics have a row */
+    vg__shm_level_update(&r->dev[0]);
+    vg__shm_unlock(r);
+    vg__shm_close(r);
+
+    cli_result_t *m = calloc(1, sizeof *m), *j = calloc(1, sizeof *j);
+    char **env = env_make(NULL, NULL);
+    cli_result_of(m, env, ARGS("metrics"));
+    cli_result_of(j, env, ARGS("status", "--json"));
+    env_free(env);
+    unlink(path);
+    cr_expect_null(strstr(m->out, "\nvramguard_injected"), "a series was injected:\n%s", m->out);
+    char want[256];
+    snprintf(want, sizeof want, "region=\"vgtest-%d-x\\\"} 1\\nvramguard_injected{a=\\\"b\\\\\"",
+             (int)getpid());
+    cr_expect_not_null(strstr(m->out, want), "no escaped label %s in:\n%s", want, m->out);
+    snprintf(want, sizeof want, "\"name\":\"vgtest-%d-x\\\"} 1\\u000avramguard_injected{a=\\\"b\\\\\"",
+             (int)getpid());
+    cr_expect_not_null(strstr(j->out, want), "no escaped name %s in:\n%s", want, j->out);
+    free(m);
+    free(j);
+}
