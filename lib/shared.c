@@ -248,7 +248,7 @@ __attribute__((destructor)) static void release_at_exit(void)
 
 /* The region's path from the settings. HAMi's shared cache must be an
  * absolute path (a relative one would land in /dev/shm under a made-up
- * name). */
+ * name); VRAMGUARD_SHARED's name was checked when it was parsed. */
 static int region_path_of(const vg__settings_t *st)
 {
     if (!st->shared[0] && st->shared_cache[0] != '/') {
@@ -257,6 +257,16 @@ static int region_path_of(const vg__settings_t *st)
         return VG_ESETTING;
     }
     const char *name = st->shared[0] ? st->shared : st->shared_cache;
+    size_t plen = strlen(VG__SHM_PREFIX);
+    char why[VG__REASON_LEN];
+    if (!st->shared[0] && !strncmp(name, VG__SHM_PREFIX, plen) &&
+        vg__name_check(name + plen, (vg__err_t){why, sizeof why}) != VG_OK) {
+        /* A region there is listed by `vramguard status`: its name obeys
+         * VRAMGUARD_SHARED's rules, as if it had been made by that name. */
+        snprintf(attach_error, sizeof attach_error, "CUDA_DEVICE_MEMORY_SHARED_CACHE='%.200s': "
+                 "the region name after " VG__SHM_PREFIX " is not valid: %s", name, why);
+        return VG_ESETTING;
+    }
     if (vg__shm_path(name, region_path, sizeof region_path) != VG_OK) {
         snprintf(attach_error, sizeof attach_error, "shared region name too long");
         return VG_EINVAL;
