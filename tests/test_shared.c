@@ -1001,3 +1001,25 @@ Test(shared, a_hostile_region_name_is_escaped_in_metrics_and_json)
     free(m);
     free(j);
 }
+
+/* A region made through the HAMi path under /dev/shm/vramguard. obeys the
+ * name rules: nothing that status or metrics could mistake for syntax. */
+Test(shared, a_shared_cache_path_with_a_bad_region_name_is_refused)
+{
+    name_region("bad\"name");
+    no_shared_name = true;
+    char set[256];
+    snprintf(set, sizeof set, "CUDA_DEVICE_MEMORY_SHARED_CACHE=%s", region_file);
+    const char *env[] = {set, BUDGET_ENV, NULL};
+    const char *args[] = {"try", "1048576", NULL};
+    child_t c;
+    child_start(&c, args, env);
+    char err[4096];
+    cr_assert_eq(child_finish(&c, err, sizeof err), 0);
+    struct stat st;
+    bool made = stat(region_file, &st) == 0;
+    drop_region();
+    cr_expect_eq(value_of(c.out_buf, "rc"), OOM, "%s", c.out_buf);
+    cr_expect_not_null(strstr(err, "is not valid"), "stderr: %s", err);
+    cr_expect(!made, "a region with a quote in its name was made");
+}
