@@ -102,10 +102,11 @@ static int entry_check(const vg__shm_t *r, int d, char *err, size_t n)
     const vg__shm_device_t *e = &r->dev[d];
     if (e->ordinal < -1 || e->ordinal >= VG__SHM_DEVICES || !uuid_ok(e->uuid, sizeof e->uuid))
         return corrupt(err, n, "device entry key", d);
+    if (!sane_limit(e->limit) || e->level < VG_PRESSURE_LOW || e->level > VG_PRESSURE_CRITICAL)
+        return corrupt(err, n, "device entry figures", d);
     if (e->ordinal < 0)
         return e->used == 0 && !e->uuid[0] ? VG_OK : corrupt(err, n, "free device entry", d);
-    if (!sane_limit(e->limit) || e->level < VG_PRESSURE_LOW || e->level > VG_PRESSURE_CRITICAL ||
-        e->used > e->peak)
+    if (e->used > e->peak)
         return corrupt(err, n, "device entry figures", d);
     for (int k = 0; k < d; k++)
         if (r->dev[k].ordinal >= 0 && same_key(&r->dev[k], e))
