@@ -73,7 +73,7 @@ PRELOAD    := $(if $(SHIM_SRCS),$(BUILD)/libvramguard-preload.so)
 CLI        := $(if $(CLI_SRCS),$(BUILD)/vramguard)
 BENCH      := $(BUILD)/vg-bench
 
-.PHONY: all test check-deps gpu-test bench install uninstall clean
+.PHONY: all test fuzz check-deps gpu-test bench install uninstall clean
 all: $(LIB_SO) $(LIB_A) $(FAKECUDA) $(PRELOAD) $(CLI)
 
 # Each object depends on the headers it includes, as the compiler lists them
@@ -151,8 +151,10 @@ $(NVML_CLIENT): tests/nvml_client.c
 	$(CC) $(CPPFLAGS) $(CFLAGS) $< $(LDFLAGS) -ldl -o $@
 
 # Fuzz targets: libFuzzer entry points driven by a small standalone loop, so
-# CI needs no libFuzzer; each runs for FUZZ_SECONDS inside `make test`.
+# CI needs no libFuzzer; each runs for FUZZ_SECONDS inside `make test`, and
+# for FUZZ_RUNS inputs each in `make fuzz` (nightly; with SAN= as well).
 FUZZ_SECONDS ?= 5
+FUZZ_RUNS ?= 10000000
 FUZZERS := $(patsubst tests/fuzz/%.c,$(BUILD)/fuzz/%,$(filter-out tests/fuzz/fuzz_main.c,$(wildcard tests/fuzz/*.c)))
 $(BUILD)/fuzz/%: tests/fuzz/%.c tests/fuzz/fuzz_main.c $(LIB_A)
 	@mkdir -p $(dir $@)
@@ -197,6 +199,12 @@ test: check-deps
 	@echo "example: model_slots (13 models in an 8 GiB pool, evicted under pressure)"
 	@LD_LIBRARY_PATH=$(BUILD)/fakecuda $(BUILD)/examples/model_slots >/dev/null
 	@BUILD=$(BUILD) SAN=$(SAN) tests/run-tests.sh $(TESTS)
+
+# The nightly fuzz run: FUZZ_RUNS inputs per target, a fresh seed each night
+# (printed first, to replay a failure: build/fuzz/TARGET 0 SEED RUNS).
+fuzz: check-deps
+	@$(MAKE) --no-print-directory $(FUZZERS)
+	@seed=$$(date +%s); for f in $(FUZZERS); do echo "$$f"; $$f 0 $$seed $(FUZZ_RUNS) || exit 1; done
 
 # Issues 2-3, then 4-6, then the pool and cache mode (issue 6): each script
 # prints its own table; the target fails if any of them failed.
