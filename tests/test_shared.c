@@ -239,6 +239,41 @@ Test(shared, validate_accepts_a_fresh_region_and_refuses_damage)
     free(img);
 }
 
+/* Body damage behind a valid header: each kind is refused with a reason. */
+Test(shared, validate_refuses_a_body_that_breaks_the_invariants)
+{
+    vg__shm_t *img = valid_image();
+    img->dev[0].ordinal = 0;
+    img->dev[0].limit = 1 * GiB;
+    snprintf(img->dev[0].uuid, sizeof img->dev[0].uuid, "GPU-0123abcd");
+    img->slot[3].pid = 4242;
+    img->slot[3].used[0] = 64 * MiB;
+    img->dev[0].used = img->dev[0].peak = 64 * MiB;
+    char err[256];
+    cr_assert_eq(vg__shm_validate(img, sizeof *img, err, sizeof err), VG_OK, "%s", err);
+    vg__shm_t *bad = malloc(sizeof *bad);
+    for (int k = 0; k < 9; k++) {
+        memcpy(bad, img, sizeof *bad);
+        switch (k) {
+        case 0: bad->dev[0].uuid[6] = '\0'; break;          /* one key byte zeroed */
+        case 1: bad->dev[0].uuid[6] = '"'; break;            /* not a key character */
+        case 2: bad->dev[0].used = 0; break;                 /* use lost */
+        case 3: bad->slot[3].pid = 0; break;                 /* a free slot holding use */
+        case 4: bad->dev[0].limit = 1ull << 62; break;       /* absurd limit */
+        case 5: bad->dev[0].level = 9; break;
+        case 6: bad->dev[1] = bad->dev[0]; break;            /* one key twice */
+        case 7: bad->dev[0].ordinal = 999; break;
+        default: bad->slot[3].pid = -5; break;
+        }
+        err[0] = '\0';
+        cr_expect_eq(vg__shm_validate(bad, sizeof *bad, err, sizeof err), VG_EINVAL,
+                     "damage %d accepted", k);
+        cr_expect_not_null(strstr(err, "corrupt"), "damage %d: '%s'", k, err);
+    }
+    free(bad);
+    free(img);
+}
+
 Test(shared, file_checks_want_owner_and_private_mode)
 {
     char err[256];
