@@ -14,7 +14,7 @@
  * (exit, fork) takes it (FLUSHER) around a write.
  *
  * A fatal signal writes the signalled thread's buffer only (other threads'
- * buffers cannot be touched safely from a handler). _exit (audit_log.c)
+ * buffers cannot be touched safely from a handler). _exit (the shim's)
  * writes every buffer it can have without waiting long.
  */
 #include <errno.h>

@@ -1,11 +1,10 @@
 /*
  * audit_log.c — the audit log's life: opening VRAMGUARD_AUDIT and starting
  * diagnostics (vg__diag_start), the long `start` and `exit` lines, the exit
- * handler (leak report, `exit`, every buffer written out), _exit and _Exit
- * (every buffer written out), and a forked child's restart. Slow paths only; the events are in audit.c and the
+ * handler (leak report, `exit`, every buffer written out), and a forked
+ * child's restart. Slow paths only; the events are in audit.c and the
  * per-thread buffers in audit_buf.c.
  */
-#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <link.h>
@@ -13,7 +12,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "vg_audit.h"
@@ -208,33 +206,6 @@ void vg__audit_restart(void)
     vg__audit_pid_reset();
     atomic_store_explicit(&exit_done, 0, memory_order_relaxed);
     event_start();
-}
-
-/* ------------------------------------------------------------ _exit */
-
-/* A process that ends through _exit (every multiprocessing worker: Python's
- * os._exit) runs no atexit handler: without these its buffered events were
- * lost. Exported from both libraries (the preload's version script lists
- * them under libc's version); the real function is the next definition
- * after ours. */
-__attribute__((noreturn)) static void exit_next(const char *name, int status)
-{
-    vg__audit_flush_exiting();
-    void (*next)(int) = (void (*)(int))dlsym(RTLD_NEXT, name);
-    if (next)
-        next(status);
-    for (;;)
-        syscall(SYS_exit_group, status);
-}
-
-__attribute__((visibility("default"), noreturn)) void _exit(int status)
-{
-    exit_next("_exit", status);
-}
-
-__attribute__((visibility("default"), noreturn)) void _Exit(int status)
-{
-    exit_next("_Exit", status);
 }
 
 /* ------------------------------------------------------------ start */

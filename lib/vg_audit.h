@@ -164,7 +164,8 @@ void vg__audit_bad_ptr(const char *api, uint64_t key, const vg_ptr_info_t *info,
 void vg__audit_leak(int device, uint64_t count, uint64_t bytes, uint32_t site);
 /* audit_buf.c. Writes every thread's buffer out now (abort, tests). */
 void vg__audit_flush_all(void);
-/* audit_buf.c. The same on the way out through _exit, which may be called
+/* audit_buf.c. The same on the way out through _exit (the preload shim's
+ * _exit and _Exit call it: no atexit handler runs there), which may be called
  * from a signal handler that interrupted an append or a flush: never
  * waits for long (a buffer or the registry it cannot have soon is left). */
 void vg__audit_flush_exiting(void);
