@@ -30,6 +30,10 @@
 #include "vg_driver.h"
 #include "vg_shared.h"
 
+#if defined(__SANITIZE_THREAD__)
+#include <sanitizer/tsan_interface.h>
+#endif
+
 #define REAP_INTERVAL_NS 1000000000ull /* at most one scan a second */
 #define REFUSAL_REAP_NS 10000000ull    /* before refusals: one per 10 ms */
 #define WAIT_POLL_NS 1000000L          /* a waiter looks again every 1 ms */
@@ -84,21 +88,34 @@ static struct timespec realtime_in(uint64_t ns)
     return t;
 }
 
+/* TSan's pthread_mutex_timedlock interceptor counts only 0 as acquired
+ * (its lock and trylock also count EOWNERDEAD): tell it, or the unlock that
+ * follows a repair is reported as the unlock of an unlocked mutex. */
+#if defined(__SANITIZE_THREAD__)
+static void owner_dead_acquired(vg__shm_t *r) { __tsan_mutex_post_lock(&r->h.lock.m, 0, 0); }
+#else
+static void owner_dead_acquired(vg__shm_t *r) { (void)r; }
+#endif
+
 /* Contended: wait in slices, looking at the owner between them. */
 __attribute__((noinline)) static int lock_slow(vg__shm_t *r)
 {
     for (uint64_t waited = 0; waited < VG__SHM_LOCK_WAIT_NS; waited += LOCK_SLICE_NS) {
         struct timespec until = realtime_in(LOCK_SLICE_NS);
         int rc = pthread_mutex_timedlock(&r->h.lock.m, &until);
-        if (rc == 0)
-            return VG_OK;
-        if (rc == EOWNERDEAD)
-            return repair(r);
+        if (rc == EOWNERDEAD) /* its holder died while we waited */
+            owner_dead_acquired(r);
+        if (rc == 0 || rc == EOWNERDEAD)
+            return rc == 0 ? VG_OK : repair(r);
         if (rc != ETIMEDOUT)
             return VG_ESYS;
         unsigned seen = __atomic_load_n(lock_word(r), __ATOMIC_ACQUIRE);
-        if (seen && !(seen & OWNER_DIED) && !vg__shm_tid_alive((int32_t)(seen & TID_MASK)))
-            owner_gone(r, seen);
+        if (!seen || (seen & OWNER_DIED) || vg__shm_tid_alive((int32_t)(seen & TID_MASK)))
+            continue;
+        owner_gone(r, seen);
+        rc = pthread_mutex_trylock(&r->h.lock.m);
+        if (rc == 0 || rc == EOWNERDEAD)
+            return rc == 0 ? VG_OK : repair(r);
     }
     return VG_ESYS; /* held by a live thread that does not let go */
 }
