@@ -146,8 +146,8 @@ int vg__shm_snapshot(vg__shm_t *r, vg__shm_t *copy)
 
 int vg__shm_set_limit(vg__shm_t *r, int dev, uint64_t limit)
 {
-    if (dev >= VG__SHM_DEVICES)
-        return VG_EINVAL;
+    if (dev >= VG__SHM_DEVICES || (limit != VG__UNLIMITED && limit >= VG__SHM_LIMIT_MAX))
+        return VG_EINVAL; /* a limit no body check would accept */
     if (vg__shm_lock(r) != VG_OK)
         return VG_ESYS;
     if (dev < 0)
@@ -353,7 +353,7 @@ static void bind_fail(vg__budget_t *b, int device, const char *why)
 static uint64_t tighten(vg__shm_device_t *e, uint64_t limit)
 {
     uint64_t old = e->limit;
-    if (limit < old) {
+    if (limit < old && limit < VG__SHM_LIMIT_MAX) { /* past 1 EiB: no limit at all */
         e->limit = limit;
         vg__shm_level_update(e);
     }

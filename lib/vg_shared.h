@@ -221,7 +221,10 @@ void vg__shm_unlock(vg__shm_t *r);
 /* Under the lock: copies the region into *copy. */
 int vg__shm_snapshot(vg__shm_t *r, vg__shm_t *copy);
 /* Under the lock: sets the limit of one entry (dev >= 0) or of every
- * entry and the default for new ones (dev < 0); levels are recomputed. */
+ * entry and the default for new ones (dev < 0); levels are recomputed. The
+ * one way to raise a shared limit (`vramguard budget`). VG_EINVAL for a
+ * device past the table or a limit of VG__SHM_LIMIT_MAX or more (but
+ * VG__UNLIMITED). */
 int vg__shm_set_limit(vg__shm_t *r, int dev, uint64_t limit);
 
 /* The engine's side. vg__shared_bind() attaches this process to the

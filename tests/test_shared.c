@@ -554,6 +554,9 @@ Test(shared, a_live_budget_change_and_a_shrink_below_use)
     cr_expect_eq(try_alloc(1 * MiB, none, NULL, 0), OOM, "allowed over a shrunk budget");
     cr_assert_eq(vg__shm_set_limit(r, -1, 4 * GiB), VG_OK);
     cr_expect_eq(try_alloc(2 * GiB, none, NULL, 0), 0, "the raised budget is not in effect");
+    /* A limit the body check would refuse is refused here, not stored. */
+    cr_expect_eq(vg__shm_set_limit(r, -1, VG__SHM_LIMIT_MAX), VG_EINVAL);
+    cr_expect_eq(try_alloc(2 * GiB, none, NULL, 0), 0, "an absurd limit bricked the region");
     vg__shm_close(r);
     cr_assert_eq(child_finish(&h, NULL, 0), 0);
     drop_region();
