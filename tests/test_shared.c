@@ -1061,3 +1061,31 @@ Test(shared, a_shared_cache_path_with_a_bad_region_name_is_refused)
     cr_expect_not_null(strstr(err, "is not valid"), "stderr: %s", err);
     cr_expect(!made, "a region with a quote in its name was made");
 }
+
+/* A forked child's first live-count update claims its slot under the lock:
+ * while another process holds the lock, it waits (and gives up), it does
+ * not write the region behind the holder's back. */
+static int child_counts_while_locked(void)
+{
+    vg__shared_live(parent_budget, 1);
+    const vg__shm_t *r = parent_budget->shared;
+    for (int s = 0; s < VG__SHM_SLOTS; s++)
+        if (__atomic_load_n(&r->slot[s].pid, __ATOMIC_RELAXED) == (int32_t)getpid())
+            return 3; /* claimed while another process held the lock */
+    return 0;
+}
+
+Test(shared, a_first_live_count_claims_its_slot_under_the_lock)
+{
+    name_region("live1");
+    setenv("VRAMGUARD_SHARED", region_name, 1);
+    setenv("VRAMGUARD_BUDGET", "2GiB", 1);
+    cr_assert_eq(vg_available(), VG_OK);
+    parent_budget = vg__engine_budget(0);
+    cr_assert_not_null(parent_budget->shared);
+    pid_t holder = holder_in_lock();
+    cr_expect_eq(bounded(child_counts_while_locked, 5000), 0);
+    kill(holder, SIGKILL);
+    waitpid(holder, NULL, 0);
+    drop_region();
+}
