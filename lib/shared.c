@@ -10,7 +10,14 @@
  * under one robust, process-shared mutex, so "check, then add" is atomic
  * across processes and threads. An uncontended lock costs ~20-40 ns; the
  * driver call it guards costs microseconds. The lock stays in this file so
- * that it inlines into the budget operations (the hot path).
+ * that it inlines into the budget operations (the hot path). Contended, it
+ * is waited for in slices, never for ever: a lock word naming a thread
+ * that is gone is recovered, a live holder that keeps it past
+ * VG__SHM_LOCK_WAIT_NS makes the caller fail closed ("stuck").
+ *
+ * Looking for dead processes reads /proc for every slot (about 1 ms for a
+ * full table): it happens outside the lock, at most once a second after a
+ * charge and once every REFUSAL_REAP_NS before refusals.
  *
  * Here: binding a device budget to the region's entry, reserve, release,
  * force and limit changes under the lock, and VRAMGUARD_WAIT_MS's line of
