@@ -82,7 +82,7 @@ PRELOAD    := $(if $(SHIM_SRCS),$(BUILD)/libvramguard-preload.so)
 CLI        := $(if $(CLI_SRCS),$(BUILD)/vramguard)
 BENCH      := $(BUILD)/vg-bench
 
-.PHONY: all test check-deps gpu-test bench install uninstall clean
+.PHONY: all test fuzz check-deps gpu-test bench install uninstall clean
 all: $(LIB_SO) $(LIB_A) $(FAKECUDA) $(PRELOAD) $(CLI)
 
 # Each object depends on the headers it includes, as the compiler lists them
@@ -170,8 +170,10 @@ $(NVML_CLIENT): tests/nvml_client.c
 	$(CC) $(CPPFLAGS) $(CFLAGS) $< $(LDFLAGS) -ldl -o $@
 
 # Fuzz targets: libFuzzer entry points driven by a small standalone loop, so
-# CI needs no libFuzzer; each runs for FUZZ_SECONDS inside `make test`.
+# CI needs no libFuzzer; each runs for FUZZ_SECONDS inside `make test`, and
+# for FUZZ_RUNS inputs each in `make fuzz` (nightly; with SAN= as well).
 FUZZ_SECONDS ?= 5
+FUZZ_RUNS ?= 10000000
 FUZZERS := $(patsubst tests/fuzz/%.c,$(BUILD)/fuzz/%,$(filter-out tests/fuzz/fuzz_main.c,$(wildcard tests/fuzz/*.c)))
 $(BUILD)/fuzz/%: tests/fuzz/%.c tests/fuzz/fuzz_main.c $(LIB_A)
 	@mkdir -p $(dir $@)
@@ -234,6 +236,12 @@ test: check-deps
 	  if [ $$rc = 0 ]; then echo "make test: PASS"; else echo "make test: FAIL"; fi; \
 	  sed -n 's/.*: \([0-9]*\) passed, \([0-9]*\) failed.*/\1 \2/p' $(BUILD)/summary | \
 	    awk '{p += $$1; f += $$2} END {printf "tests: %d passed, %d failed\n", p, f}'; exit $$rc
+
+# The nightly fuzz run: FUZZ_RUNS inputs per target, a fresh seed each night
+# (printed first, to replay a failure: build/fuzz/TARGET 0 SEED RUNS).
+fuzz: check-deps
+	@$(MAKE) --no-print-directory $(FUZZERS)
+	@seed=$$(date +%s); for f in $(FUZZERS); do echo "$$f"; $$f 0 $$seed $(FUZZ_RUNS) || exit 1; done
 
 # The budget and the shim (run.sh), the audit log, bad pointers and shared
 # budgets (run_audit_shared.sh), the pool and cache mode (run_pool.sh), the

@@ -5,8 +5,9 @@
  *
  * Each thread formats its events into its own buffer (audit_buf.c), which
  * is written with one write(2) on an O_APPEND descriptor when it is full,
- * when the thread ends, at exit, before fork and on fatal signals. Opening
- * the log, `start` and `exit` are in audit_log.c.
+ * when its oldest line is VG__ABUF_STALE_NS old at the thread's next event,
+ * when the thread ends, at exit and _exit, before fork and on fatal
+ * signals. Opening the log, `start` and `exit` are in audit_log.c.
  *
  * Cost with the log on: one clock read (vDSO), ~200 bytes formatted by
  * hand (no snprintf), one CAS and one store; a write(2) per
@@ -14,8 +15,9 @@
  * vg__diag_flags.
  *
  * A crash no handler sees (SIGKILL, power loss) loses each thread's
- * unflushed buffer: at most VG__ABUF_BYTES of whole lines per thread,
- * never a half line.
+ * unflushed buffer: at most VG__ABUF_BYTES of whole lines per thread, never
+ * a half line, and (but for its last event) none older than
+ * VG__ABUF_STALE_NS.
  */
 #include <string.h>
 #include <time.h>
@@ -237,6 +239,7 @@ static void put_head(out_t *o, tbuf_t *b, const char *op)
     }
     if (vg__unlikely(b->sec != ts.tv_sec || b->id_tid != tid || b->id_pid != pid))
         ident_refresh(b, ts.tv_sec, pid, tid);
+    b->line_ns = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
     VG__PUT_LIT(o, "{\"v\":1,\"ts\":");
     vg__aline_put(o, b->sec_text, b->sec_len);
     put_ns9(o, (uint32_t)ts.tv_nsec);
@@ -292,10 +295,14 @@ static void line_end(tbuf_t *b, out_t *o, int ev)
 {
     VG__PUT_LIT(o, "}\n");
     if (vg__likely(!o->cut)) {
+        if (!b->len)
+            b->first_ns = b->line_ns;
         b->len = (uint32_t)(o->p - b->data);
         b->count[ev]++;
     }
-    if (vg__unlikely(atomic_load_explicit(&direct, memory_order_relaxed)))
+    /* Unsigned: a clock stepped back flushes too. */
+    if (vg__unlikely((uint64_t)(b->line_ns - b->first_ns) >= VG__ABUF_STALE_NS ||
+                     atomic_load_explicit(&direct, memory_order_relaxed)))
         vg__abuf_flush_held(b);
     vg__abuf_drop(b);
 }

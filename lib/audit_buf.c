@@ -14,10 +14,12 @@
  * (exit, fork) takes it (FLUSHER) around a write.
  *
  * A fatal signal writes the signalled thread's buffer only (other threads'
- * buffers cannot be touched safely from a handler).
+ * buffers cannot be touched safely from a handler). _exit (the shim's)
+ * writes every buffer it can have without waiting long.
  */
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -136,6 +138,43 @@ void vg__audit_flush_all(void)
     pthread_mutex_unlock(&reg_lock);
 }
 
+/* Takes a buffer within a bounded number of tries. Its own thread's buffer
+ * held by this very thread (a handler interrupted an append) is never
+ * free: its whole lines are written as on_fatal does, without taking it. */
+static bool hold_soon(tbuf_t *b)
+{
+    for (int i = 0; i < 1000; i++) {
+        int expect = FREE;
+        if (atomic_compare_exchange_strong_explicit(&b->busy, &expect, FLUSHER,
+                                                    memory_order_acquire, memory_order_relaxed))
+            return true;
+        if (b == vg__abuf_mine)
+            return false;
+        sched_yield();
+    }
+    return false;
+}
+
+void vg__audit_flush_exiting(void)
+{
+    if (log_fd < 0)
+        return;
+    bool locked = false;
+    for (int i = 0; i < 1000 && !(locked = pthread_mutex_trylock(&reg_lock) == 0); i++)
+        sched_yield();
+    if (!locked)
+        return; /* a flusher stopped inside: what it holds is lost */
+    for (tbuf_t *b = reg_head; b; b = b->next) {
+        if (hold_soon(b)) {
+            vg__abuf_flush_held(b);
+            vg__abuf_drop(b);
+        } else if (b == vg__abuf_mine && b->len) {
+            vg__abuf_write(b->data, b->len); /* whole lines; the process ends */
+        }
+    }
+    pthread_mutex_unlock(&reg_lock);
+}
+
 /* ------------------------------------------------------------- fork */
 
 /* fork.c, rank AUDIT (last: an event may be written under any other lock). */
@@ -225,16 +264,25 @@ static void on_fatal(int sig, siginfo_t *si, void *uc)
 }
 
 /* Signals the program ignores stay ignored (an ignored signal is inherited
- * across exec; a caught one is not). */
+ * across exec; a caught one is not). A handler the program installed keeps
+ * its own flags and mask: SA_RESTART where it had none would turn an
+ * interrupted read(2) into a restarted one (Python's Ctrl-C then waits for
+ * the read to end). Without a handler, no SA_RESTART either: the default
+ * action ends the process anyway. */
 static void install_signal_flush(void)
 {
-    struct sigaction sa = {.sa_sigaction = on_fatal,
-                           .sa_flags = SA_SIGINFO | SA_ONSTACK | SA_RESTART};
-    sigemptyset(&sa.sa_mask);
     for (size_t i = 0; i < FATAL_COUNT; i++) {
+        const struct sigaction *p = &previous[i];
         if (sigaction(fatal_signals[i], NULL, &previous[i]) != 0 ||
-            (!(previous[i].sa_flags & SA_SIGINFO) && previous[i].sa_handler == SIG_IGN))
+            (!(p->sa_flags & SA_SIGINFO) && p->sa_handler == SIG_IGN))
             continue;
+        bool own = (p->sa_flags & SA_SIGINFO) || p->sa_handler != SIG_DFL;
+        struct sigaction sa = {.sa_sigaction = on_fatal};
+        sa.sa_flags = SA_SIGINFO | SA_ONSTACK |
+                      (own ? p->sa_flags & (SA_RESTART | SA_NODEFER | SA_RESETHAND) : 0);
+        sa.sa_mask = p->sa_mask;
+        if (!own)
+            sigemptyset(&sa.sa_mask);
         sigaction(fatal_signals[i], &sa, NULL);
     }
 }

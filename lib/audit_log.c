@@ -219,6 +219,23 @@ static int open_failed(const char *path, int err, char *msg, size_t len)
     return VG_ESETTING;
 }
 
+/* A log file someone else could write, or someone else owns, is refused:
+ * root would otherwise append to any user's file, and anyone who may
+ * write the file may forge or erase lines. Devices and pipes are the
+ * caller's choice (/dev/stderr). */
+static bool foreign_file(const struct stat *st, const char *path, char *err, size_t errlen)
+{
+    if (st->st_uid != geteuid())
+        snprintf(err, errlen, "VRAMGUARD_AUDIT='%.300s': cannot open the audit log: it is owned "
+                 "by uid %u, not by you (uid %u)", path, (unsigned)st->st_uid, (unsigned)geteuid());
+    else if (st->st_mode & 022)
+        snprintf(err, errlen, "VRAMGUARD_AUDIT='%.300s': cannot open the audit log: it is "
+                 "writable by group or others (mode %04o)", path, (unsigned)(st->st_mode & 07777));
+    else
+        return false;
+    return true;
+}
+
 static int open_log(const char *path, char *err, size_t errlen)
 {
     int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
@@ -228,6 +245,10 @@ static int open_log(const char *path, char *err, size_t errlen)
     if (fstat(fd, &st) != 0 || !(S_ISREG(st.st_mode) || S_ISFIFO(st.st_mode) || S_ISCHR(st.st_mode))) {
         close(fd);
         return open_failed(path, EISDIR, err, errlen);
+    }
+    if (S_ISREG(st.st_mode) && foreign_file(&st, path, err, errlen)) {
+        close(fd);
+        return VG_ESETTING;
     }
     vg__abuf_attach(fd, path);
     return VG_OK;

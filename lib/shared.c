@@ -10,7 +10,14 @@
  * under one robust, process-shared mutex, so "check, then add" is atomic
  * across processes and threads. An uncontended lock costs ~20-40 ns; the
  * driver call it guards costs microseconds. The lock stays in this file so
- * that it inlines into the budget operations (the hot path).
+ * that it inlines into the budget operations (the hot path). Contended, it
+ * is waited for in slices, never for ever: a lock word naming a thread
+ * that is gone is recovered, a live holder that keeps it past
+ * VG__SHM_LOCK_WAIT_NS makes the caller fail closed ("stuck").
+ *
+ * Looking for dead processes reads /proc for every slot (about 1 ms for a
+ * full table): it happens outside the lock, at most once a second after a
+ * charge and once every REFUSAL_REAP_NS before refusals.
  *
  * Here: binding a device budget to the region's entry, reserve, release,
  * force and limit changes under the lock, and VRAMGUARD_WAIT_MS's line of
@@ -18,8 +25,11 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <linux/futex.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -27,7 +37,12 @@
 #include "vg_driver.h"
 #include "vg_shared.h"
 
+#if defined(__SANITIZE_THREAD__)
+#include <sanitizer/tsan_interface.h>
+#endif
+
 #define REAP_INTERVAL_NS 1000000000ull /* at most one scan a second */
+#define REFUSAL_REAP_NS 10000000ull    /* before refusals: one per 10 ms */
 #define WAIT_POLL_NS 1000000L          /* a waiter looks again every 1 ms */
 
 /* --------------------------------------------------------- the lock */
@@ -38,16 +53,88 @@ static bool alive_cb(const vg__shm_slot_t *s, void *ctx)
     return vg__shm_slot_alive(s);
 }
 
+/* The robust futex word's bits (the kernel's ABI, linux/futex.h): glibc
+ * keeps a robust mutex's owner tid in its first int, __data.__lock. */
+#define OWNER_DIED 0x40000000u
+#define TID_MASK 0x3fffffffu
+#define LOCK_SLICE_NS 50000000ull /* look at the owner every 50 ms */
+
+static unsigned *lock_word(vg__shm_t *r) { return (unsigned *)&r->h.lock.m.__data.__lock; }
+
+int32_t vg__shm_lock_owner(const vg__shm_t *r)
+{
+    return (int32_t)(__atomic_load_n(&r->h.lock.m.__data.__lock, __ATOMIC_RELAXED) & TID_MASK);
+}
+
+static int repair(vg__shm_t *r)
+{
+    /* Its holder died mid-update: the slots are the truth. */
+    vg__shm_recount(r, alive_cb, NULL);
+    pthread_mutex_consistent(&r->h.lock.m);
+    return VG_OK;
+}
+
+/* The word names a thread that is gone (a stale or forged owner, which no
+ * robust list will ever release): mark the owner dead as the kernel does
+ * when a robust lock's holder exits, so the next lock gets EOWNERDEAD. */
+static void owner_gone(vg__shm_t *r, unsigned seen)
+{
+    unsigned want = OWNER_DIED | (seen & ~(TID_MASK | OWNER_DIED));
+    if (__atomic_compare_exchange_n(lock_word(r), &seen, want, false, __ATOMIC_ACQ_REL,
+                                    __ATOMIC_RELAXED))
+        syscall(SYS_futex, lock_word(r), FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+}
+
+static struct timespec realtime_in(uint64_t ns)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_REALTIME, &t);
+    uint64_t x = (uint64_t)t.tv_nsec + ns;
+    t.tv_sec += (time_t)(x / 1000000000ull);
+    t.tv_nsec = (long)(x % 1000000000ull);
+    return t;
+}
+
+/* TSan's pthread_mutex_timedlock interceptor counts only 0 as acquired
+ * (its lock and trylock also count EOWNERDEAD): tell it, or the unlock that
+ * follows a repair is reported as the unlock of an unlocked mutex. */
+#if defined(__SANITIZE_THREAD__)
+static void owner_dead_acquired(vg__shm_t *r) { __tsan_mutex_post_lock(&r->h.lock.m, 0, 0); }
+#else
+static void owner_dead_acquired(vg__shm_t *r) { (void)r; }
+#endif
+
+/* Contended: wait in slices, looking at the owner between them. */
+__attribute__((noinline)) static int lock_slow(vg__shm_t *r)
+{
+    for (uint64_t waited = 0; waited < VG__SHM_LOCK_WAIT_NS; waited += LOCK_SLICE_NS) {
+        struct timespec until = realtime_in(LOCK_SLICE_NS);
+        int rc = pthread_mutex_timedlock(&r->h.lock.m, &until);
+        if (rc == EOWNERDEAD) /* its holder died while we waited */
+            owner_dead_acquired(r);
+        if (rc == 0 || rc == EOWNERDEAD)
+            return rc == 0 ? VG_OK : repair(r);
+        if (rc != ETIMEDOUT)
+            return VG_ESYS;
+        unsigned seen = __atomic_load_n(lock_word(r), __ATOMIC_ACQUIRE);
+        if (!seen || (seen & OWNER_DIED) || vg__shm_tid_alive((int32_t)(seen & TID_MASK)))
+            continue;
+        owner_gone(r, seen);
+        rc = pthread_mutex_trylock(&r->h.lock.m);
+        if (rc == 0 || rc == EOWNERDEAD)
+            return rc == 0 ? VG_OK : repair(r);
+    }
+    return VG_ESYS; /* held by a live thread that does not let go */
+}
+
 int vg__shm_lock(vg__shm_t *r)
 {
-    int rc = pthread_mutex_lock(&r->h.lock.m);
-    if (vg__unlikely(rc == EOWNERDEAD)) {
-        /* Its holder died mid-update: the slots are the truth. */
-        vg__shm_recount(r, alive_cb, NULL);
-        pthread_mutex_consistent(&r->h.lock.m);
+    int rc = pthread_mutex_trylock(&r->h.lock.m);
+    if (vg__likely(rc == 0))
         return VG_OK;
-    }
-    return rc == 0 ? VG_OK : VG_ESYS;
+    if (rc == EOWNERDEAD)
+        return repair(r);
+    return rc == EBUSY ? lock_slow(r) : VG_ESYS;
 }
 
 void vg__shm_unlock(vg__shm_t *r)
@@ -66,8 +153,8 @@ int vg__shm_snapshot(vg__shm_t *r, vg__shm_t *copy)
 
 int vg__shm_set_limit(vg__shm_t *r, int dev, uint64_t limit)
 {
-    if (dev >= VG__SHM_DEVICES)
-        return VG_EINVAL;
+    if (dev >= VG__SHM_DEVICES || (limit != VG__UNLIMITED && limit >= VG__SHM_LIMIT_MAX))
+        return VG_EINVAL; /* a limit no body check would accept */
     if (vg__shm_lock(r) != VG_OK)
         return VG_ESYS;
     if (dev < 0)
@@ -85,14 +172,43 @@ int vg__shm_set_limit(vg__shm_t *r, int dev, uint64_t limit)
 /* ------------------------------------------------- the engine's side */
 
 /* This process's attachment. `region` and `my_start` are written once
- * under attach_once; `my_slot` only under the region lock. */
+ * under attach_once; `my_slot` only under the region lock (read without
+ * it by this process's own threads, hence atomic). */
 static pthread_once_t attach_once = PTHREAD_ONCE_INIT;
 static vg__shm_t *region;
 static int attach_status = VG_ENOTFOUND;
 static char attach_error[512];
 static char region_path[4200];
-static int my_slot = -1;
+static _Atomic int my_slot = -1;
 static uint64_t my_start;
+static _Atomic bool looked;     /* this process has reaped before a refusal */
+static _Atomic bool region_bad; /* a later check found the body corrupt */
+static _Atomic bool said_stuck, said_bad;
+
+/* The region lock, saying once per process why it could not be had. */
+static int lock_region(vg__shm_t *r)
+{
+    int rc = vg__shm_lock(r);
+    if (vg__unlikely(rc != VG_OK) &&
+        !atomic_exchange_explicit(&said_stuck, true, memory_order_relaxed))
+        vg__log("shared region %s is stuck: its lock has been held for over %llu s by "
+                "thread %d (stopped, frozen or hung); refusing allocations (fail closed)",
+                region_path, (unsigned long long)(VG__SHM_LOCK_WAIT_NS / 1000000000ull),
+                (int)vg__shm_lock_owner(r));
+    return rc;
+}
+
+/* Under the lock: a periodic look at the whole body; a corrupt one turns
+ * every later reserve into a refusal. */
+static void check_body(const vg__shm_t *r)
+{
+    char why[256];
+    if (vg__shm_validate_body(r, why, sizeof why) == VG_OK)
+        return;
+    atomic_store_explicit(&region_bad, true, memory_order_relaxed);
+    if (!atomic_exchange_explicit(&said_bad, true, memory_order_relaxed))
+        vg__log("shared region %s: %s; refusing allocations (fail closed)", region_path, why);
+}
 
 static void own_cmd(char cmd[VG__SHM_CMD])
 {
@@ -107,25 +223,28 @@ static void own_cmd(char cmd[VG__SHM_CMD])
 }
 
 /* Under the lock: the slot of this process, claimed on first use (and
- * again in a forked child, whose parent's slot is not its own). -1 when
- * every slot is taken by a live process. */
+ * again in a forked child, whose parent's slot is not its own). A claimed
+ * slot is zeroed first: whatever a previous owner left is not ours. -1
+ * when every slot is taken by a live process. */
 static int slot_of_self(vg__shm_t *r)
 {
-    if (vg__likely(my_slot >= 0))
-        return my_slot;
+    int mine = atomic_load_explicit(&my_slot, memory_order_relaxed);
+    if (vg__likely(mine >= 0))
+        return mine;
     for (int pass = 0; pass < 2; pass++) {
         for (int s = 0; s < VG__SHM_SLOTS; s++) {
             if (r->slot[s].pid != 0)
                 continue;
             vg__shm_slot_t *sl = &r->slot[s];
+            memset(sl, 0, sizeof *sl);
             sl->pid = (int32_t)getpid();
             sl->uid = (uint32_t)geteuid();
             sl->start = my_start;
             own_cmd(sl->cmd);
-            my_slot = s;
+            atomic_store_explicit(&my_slot, s, memory_order_relaxed);
             return s;
         }
-        /* full: drop the dead, then look again */
+        /* full: drop the dead, then look again (rare: 256 processes) */
         vg__shm_reap(r, vg__mono_ns());
     }
     return -1;
@@ -137,7 +256,8 @@ void vg__shared_postfork_child(void)
 {
     if (!region)
         return;
-    my_slot = -1;
+    atomic_store_explicit(&my_slot, -1, memory_order_relaxed);
+    atomic_store_explicit(&looked, false, memory_order_relaxed);
     my_start = vg__shm_proc_start(getpid());
 }
 
@@ -145,23 +265,48 @@ void vg__shared_postfork_child(void)
 __attribute__((destructor)) static void release_at_exit(void)
 {
     vg__shm_t *r = region;
-    if (!r || vg__shm_lock(r) != VG_OK)
+    if (!r || lock_region(r) != VG_OK)
         return;
-    if (my_slot >= 0 && r->slot[my_slot].pid == (int32_t)getpid())
-        vg__shm_slot_drop(r, my_slot);
-    my_slot = -1;
+    int s = atomic_load_explicit(&my_slot, memory_order_relaxed);
+    if (s >= 0 && r->slot[s].pid == (int32_t)getpid())
+        vg__shm_slot_drop(r, s);
+    atomic_store_explicit(&my_slot, -1, memory_order_relaxed);
     vg__shm_unlock(r);
+}
+
+/* The region's path from the settings. HAMi's shared cache must be an
+ * absolute path (a relative one would land in /dev/shm under a made-up
+ * name); VRAMGUARD_SHARED's name was checked when it was parsed. */
+static int region_path_of(const vg__settings_t *st)
+{
+    if (!st->shared[0] && st->shared_cache[0] != '/') {
+        snprintf(attach_error, sizeof attach_error, "CUDA_DEVICE_MEMORY_SHARED_CACHE='%.300s' "
+                 "is not an absolute path", st->shared_cache);
+        return VG_ESETTING;
+    }
+    const char *name = st->shared[0] ? st->shared : st->shared_cache;
+    size_t plen = strlen(VG__SHM_PREFIX);
+    char why[VG__REASON_LEN];
+    if (!st->shared[0] && !strncmp(name, VG__SHM_PREFIX, plen) &&
+        vg__name_check(name + plen, (vg__err_t){why, sizeof why}) != VG_OK) {
+        /* A region there is listed by `vramguard status`: its name obeys
+         * VRAMGUARD_SHARED's rules, as if it had been made by that name. */
+        snprintf(attach_error, sizeof attach_error, "CUDA_DEVICE_MEMORY_SHARED_CACHE='%.200s': "
+                 "the region name after " VG__SHM_PREFIX " is not valid: %s", name, why);
+        return VG_ESETTING;
+    }
+    if (vg__shm_path(name, region_path, sizeof region_path) != VG_OK) {
+        snprintf(attach_error, sizeof attach_error, "shared region name too long");
+        return VG_EINVAL;
+    }
+    return VG_OK;
 }
 
 static void attach(void)
 {
     const vg__settings_t *st = vg__engine_settings();
-    const char *name = st->shared[0] ? st->shared : st->shared_cache;
-    if (vg__shm_path(name, region_path, sizeof region_path) != VG_OK) {
-        snprintf(attach_error, sizeof attach_error, "shared region name too long");
-        attach_status = VG_EINVAL;
+    if ((attach_status = region_path_of(st)) != VG_OK)
         return;
-    }
     my_start = vg__shm_proc_start(getpid());
     attach_status = vg__shm_open(region_path, VG__SHM_CREATE,
                                  st->shared_group == VG__SHARED_GROUP, &region,
@@ -212,6 +357,35 @@ static void bind_fail(vg__budget_t *b, int device, const char *why)
     atomic_store_explicit(&b->limit, 0, memory_order_relaxed);
 }
 
+/* Under the lock: a process's own budget only tightens the entry's limit
+ * (a budgeted tree cannot be escaped by asking for more). Returns the
+ * limit the entry had. */
+static uint64_t tighten(vg__shm_device_t *e, uint64_t limit)
+{
+    uint64_t old = e->limit;
+    if (limit < old && limit < VG__SHM_LIMIT_MAX) { /* past 1 EiB: no limit at all */
+        e->limit = limit;
+        vg__shm_level_update(e);
+    }
+    return old;
+}
+
+static void say_limit(int device, uint64_t old, uint64_t limit)
+{
+    char a[32], c[32];
+    if (limit == VG__UNLIMITED || old == VG__UNLIMITED || old == limit)
+        return;
+    if (limit < old)
+        vg__log("shared budget %s, device %d: limit changed from %s to %s by this "
+                "process's VRAMGUARD_BUDGET", region_path, device,
+                vg__fmt_bytes(old, a, sizeof a), vg__fmt_bytes(limit, c, sizeof c));
+    else
+        vg__log("shared budget %s, device %d: this process's VRAMGUARD_BUDGET of %s is "
+                "larger than the shared limit, which stays %s (budgets only tighten)",
+                region_path, device, vg__fmt_bytes(limit, c, sizeof c),
+                vg__fmt_bytes(old, a, sizeof a));
+}
+
 void vg__shared_bind(vg__budget_t *b, int device, uint64_t limit)
 {
     pthread_once(&attach_once, attach);
@@ -220,16 +394,13 @@ void vg__shared_bind(vg__budget_t *b, int device, uint64_t limit)
     char uuid[48] = "";
     if (vg__device_uuid(device, uuid) != VG_OK)
         uuid[0] = '\0';
-    if (vg__shm_lock(region) != VG_OK)
+    if (lock_region(region) != VG_OK)
         return bind_fail(b, device, "cannot lock the shared region");
     int e = entry_of(region, device, uuid);
     int slot = slot_of_self(region);
-    uint64_t old = e >= 0 ? region->dev[e].limit : 0;
-    if (e >= 0 && slot >= 0 && limit != VG__UNLIMITED) {
-        region->dev[e].limit = limit;
-        vg__shm_level_update(&region->dev[e]);
-    }
+    uint64_t old = VG__UNLIMITED;
     if (e >= 0 && slot >= 0) {
+        old = tighten(&region->dev[e], limit);
         b->shared_dev = e;
         mirror(b, &region->dev[e]);
     }
@@ -240,12 +411,7 @@ void vg__shared_bind(vg__budget_t *b, int device, uint64_t limit)
                                           : "the shared region has no free "
                                             "process slot (256 in use)");
     b->shared = region;
-    if (limit != VG__UNLIMITED && old != VG__UNLIMITED && old != limit) {
-        char a[32], c[32];
-        vg__log("shared budget %s, device %d: limit changed from %s to %s by "
-                "this process's VRAMGUARD_BUDGET", region_path, device,
-                vg__fmt_bytes(old, a, sizeof a), vg__fmt_bytes(limit, c, sizeof c));
-    }
+    say_limit(device, old, limit);
 }
 
 static bool fits(const vg__shm_device_t *e, uint64_t n)
@@ -255,25 +421,15 @@ static bool fits(const vg__shm_device_t *e, uint64_t n)
 
 typedef enum { COUNT_REFUSAL, QUIET_REFUSAL } refusal_t;
 
-/* Under the lock: the reserve itself. */
-static int reserve_locked(vg__shm_t *r, int d, uint64_t n, refusal_t count)
+/* Under the lock: charges n to the entry and to this process's slot. */
+static int charge_locked(vg__shm_t *r, int d, uint64_t n)
 {
-    /* Coarse: it only decides whether a second has passed since the last
-     * reap (the precise clock cost ~26 ns of a ~70 ns shared reserve). */
-    uint64_t now = vg__mono_coarse_ns();
     int s = slot_of_self(r);
     vg__shm_device_t *e = &r->dev[d];
-    if (vg__unlikely(s < 0))
+    if (vg__unlikely(s < 0 || atomic_load_explicit(&region_bad, memory_order_relaxed)))
         return VG_ENOMEM;
-    if (now - r->h.last_reap_ns >= REAP_INTERVAL_NS)
-        vg__shm_reap(r, now);
-    if (!fits(e, n)) {
-        vg__shm_reap(r, now); /* a dead holder's share, before saying no */
-        if (!fits(e, n)) {
-            e->refusals += count == COUNT_REFUSAL;
-            return VG_ENOMEM;
-        }
-    }
+    if (!fits(e, n))
+        return VG_ENOMEM;
     if (vg__shared_test_pause)
         vg__shared_test_pause(); /* tests only: see the header */
     r->slot[s].used[d] += n;
@@ -282,6 +438,59 @@ static int reserve_locked(vg__shm_t *r, int d, uint64_t n, refusal_t count)
         e->peak = e->used;
     vg__shm_level_update(e);
     return VG_OK;
+}
+
+/* Under the lock: whether to look for the dead now. After a charge, once a
+ * second region-wide; before a refusal, once every REFUSAL_REAP_NS
+ * region-wide, and always at a process's first refusal (a newcomer must
+ * find a holder that died a moment ago). Coarse clock: it only decides. */
+static bool reap_wanted(vg__shm_t *r, int rc)
+{
+    uint64_t now = vg__mono_coarse_ns();
+    if (vg__likely(rc == VG_OK))
+        return vg__shm_reap_due(r, now, REAP_INTERVAL_NS);
+    bool due = vg__shm_reap_due(r, now, REFUSAL_REAP_NS);
+    return !atomic_exchange_explicit(&looked, true, memory_order_relaxed) || due;
+}
+
+/* Drops the dead with the /proc reads outside the lock (a scan of every
+ * slot costs about a millisecond: under the lock it stalled everyone),
+ * then checks the body while holding it. */
+__attribute__((noinline, cold)) static void reap_outside(vg__shm_t *r)
+{
+    vg__shm_reap_list_t l;
+    if (lock_region(r) != VG_OK)
+        return;
+    vg__shm_reap_collect(r, &l);
+    vg__shm_unlock(r);
+    vg__shm_reap_check(&l);
+    if (lock_region(r) != VG_OK)
+        return;
+    vg__shm_reap_apply(r, &l);
+    check_body(r);
+    vg__shm_unlock(r);
+}
+
+/* One attempt; a refusal looks for the dead (when due) and tries again. */
+static int reserve_once(vg__budget_t *b, uint64_t n, refusal_t count)
+{
+    vg__shm_t *r = b->shared;
+    int d = b->shared_dev;
+    for (int attempt = 0;; attempt++) {
+        if (lock_region(r) != VG_OK)
+            return VG_ENOMEM;
+        int rc = charge_locked(r, d, n);
+        bool reap = attempt == 0 && reap_wanted(r, rc);
+        if (rc != VG_OK && !reap && count == COUNT_REFUSAL)
+            r->dev[d].refusals++;
+        mirror(b, &r->dev[d]);
+        vg__shm_unlock(r);
+        if (vg__likely(!reap))
+            return rc;
+        reap_outside(r);
+        if (rc == VG_OK)
+            return rc;
+    }
 }
 
 /* Takes a ticket. -1 when the waiter table is full. */
@@ -299,8 +508,9 @@ static int waiter_add(vg__shm_t *r, uint64_t deadline, uint64_t *ticket)
     return -1;
 }
 
-/* Under the lock: whether `ticket` is the smallest among live waiters
- * whose time has not run out (the others are dropped on the way). */
+/* Under the lock: whether `ticket` is the smallest among waiters whose time
+ * has not run out (the others are dropped on the way). Dead waiters are
+ * dropped by reaps, outside the lock: no /proc read here. */
 static bool at_head(vg__shm_t *r, uint64_t ticket, uint64_t now)
 {
     uint64_t head = UINT64_MAX;
@@ -308,8 +518,7 @@ static bool at_head(vg__shm_t *r, uint64_t ticket, uint64_t now)
         vg__shm_waiter_t *x = &r->h.waiters[w];
         if (!x->pid)
             continue;
-        if (x->ticket != ticket &&
-            (now >= x->deadline_ns || !vg__shm_pid_alive(x->pid, x->start))) {
+        if (x->ticket != ticket && now >= x->deadline_ns) {
             memset(x, 0, sizeof *x);
             continue;
         }
@@ -325,54 +534,60 @@ static void sleep_ns(long ns)
     nanosleep(&ts, NULL);
 }
 
+typedef struct waiting {
+    uint64_t ticket, deadline;
+    int slot; /* in the waiter table */
+} waiting_t;
+
+/* One poll of a waiter. Returns whether it is done (*rc set). */
+static bool wait_poll(vg__budget_t *b, uint64_t n, const waiting_t *w, int *rc)
+{
+    vg__shm_t *r = b->shared;
+    int d = b->shared_dev;
+    if (lock_region(r) != VG_OK)
+        return *rc = VG_ENOMEM, true;
+    uint64_t now = vg__mono_ns();
+    bool timed_out = now >= w->deadline;
+    if (!timed_out && at_head(r, w->ticket, now))
+        *rc = charge_locked(r, d, n);
+    bool done = *rc == VG_OK || timed_out;
+    if (done && r->h.waiters[w->slot].ticket == w->ticket)
+        memset(&r->h.waiters[w->slot], 0, sizeof r->h.waiters[w->slot]);
+    if (done && *rc != VG_OK)
+        r->dev[d].refusals++;
+    bool reap = !done && vg__shm_reap_due(r, vg__mono_coarse_ns(), REFUSAL_REAP_NS);
+    mirror(b, &r->dev[d]);
+    vg__shm_unlock(r);
+    if (reap)
+        reap_outside(r);
+    return done;
+}
+
 /* VRAMGUARD_WAIT_MS: waits in line for others to free. */
 __attribute__((noinline)) static int wait_reserve(vg__budget_t *b, uint64_t n,
                                                   int wait_ms)
 {
     vg__shm_t *r = b->shared;
-    int d = b->shared_dev, rc = VG_ENOMEM;
-    uint64_t ticket, deadline = vg__mono_ns() + (uint64_t)wait_ms * 1000000ull;
-    if (vg__shm_lock(r) != VG_OK)
+    int rc = VG_ENOMEM;
+    waiting_t w = {.deadline = vg__mono_ns() + (uint64_t)wait_ms * 1000000ull};
+    if (lock_region(r) != VG_OK)
         return VG_ENOMEM;
-    int w = waiter_add(r, deadline, &ticket);
+    w.slot = waiter_add(r, w.deadline, &w.ticket);
+    if (w.slot < 0) /* no room in line: refuse now */
+        r->dev[b->shared_dev].refusals++;
     vg__shm_unlock(r);
-    while (w >= 0) {
+    if (w.slot < 0)
+        return VG_ENOMEM;
+    do
         sleep_ns(WAIT_POLL_NS);
-        if (vg__shm_lock(r) != VG_OK)
-            return VG_ENOMEM;
-        uint64_t now = vg__mono_ns();
-        bool timed_out = now >= deadline;
-        if (!timed_out && at_head(r, ticket, now))
-            rc = reserve_locked(r, d, n, QUIET_REFUSAL);
-        bool done = rc == VG_OK || timed_out;
-        if (done && r->h.waiters[w].ticket == ticket)
-            memset(&r->h.waiters[w], 0, sizeof r->h.waiters[w]);
-        if (done && rc != VG_OK)
-            r->dev[d].refusals++;
-        mirror(b, &r->dev[d]);
-        vg__shm_unlock(r);
-        if (done)
-            break;
-    }
-    if (w < 0) { /* no room in line: refuse now */
-        if (vg__shm_lock(r) == VG_OK) {
-            r->dev[d].refusals++;
-            vg__shm_unlock(r);
-        }
-    }
+    while (!wait_poll(b, n, &w, &rc));
     return rc;
 }
 
 int vg__shared_reserve(vg__budget_t *b, uint64_t n)
 {
-    vg__shm_t *r = b->shared;
     int wait_ms = vg__engine_settings()->wait_ms;
-    if (vg__shm_lock(r) != VG_OK)
-        return VG_ENOMEM;
-    int rc = reserve_locked(r, b->shared_dev, n,
-                            wait_ms ? QUIET_REFUSAL : COUNT_REFUSAL);
-    mirror(b, &r->dev[b->shared_dev]);
-    vg__shm_unlock(r);
+    int rc = reserve_once(b, n, wait_ms ? QUIET_REFUSAL : COUNT_REFUSAL);
     if (vg__unlikely(rc != VG_OK && wait_ms > 0))
         rc = wait_reserve(b, n, wait_ms);
     return rc;
@@ -384,7 +599,7 @@ void vg__shared_release(vg__budget_t *b, uint64_t n)
 {
     vg__shm_t *r = b->shared;
     int d = b->shared_dev;
-    if (vg__shm_lock(r) != VG_OK)
+    if (lock_region(r) != VG_OK)
         return;
     int s = slot_of_self(r);
     if (s >= 0) {
@@ -402,7 +617,7 @@ void vg__shared_force(vg__budget_t *b, uint64_t n)
 {
     vg__shm_t *r = b->shared;
     int d = b->shared_dev;
-    if (vg__shm_lock(r) != VG_OK)
+    if (lock_region(r) != VG_OK)
         return;
     int s = slot_of_self(r);
     if (s >= 0) {
@@ -416,13 +631,14 @@ void vg__shared_force(vg__budget_t *b, uint64_t n)
     vg__shm_unlock(r);
 }
 
+/* A process's own change of the shared limit (vg_budget_set and the like)
+ * only tightens it too; `vramguard budget` (vg__shm_set_limit) may raise. */
 void vg__shared_set_limit(vg__budget_t *b, uint64_t limit)
 {
     vg__shm_t *r = b->shared;
-    if (vg__shm_lock(r) != VG_OK)
+    if (lock_region(r) != VG_OK)
         return;
-    r->dev[b->shared_dev].limit = limit;
-    vg__shm_level_update(&r->dev[b->shared_dev]);
+    tighten(&r->dev[b->shared_dev], limit);
     mirror(b, &r->dev[b->shared_dev]);
     vg__shm_unlock(r);
 }
@@ -430,21 +646,33 @@ void vg__shared_set_limit(vg__budget_t *b, uint64_t limit)
 void vg__shared_read(const vg__budget_t *b, uint64_t *limit, uint64_t *used)
 {
     vg__shm_t *r = b->shared;
-    if (vg__shm_lock(r) != VG_OK)
+    if (lock_region(r) != VG_OK)
         return;
     *limit = r->dev[b->shared_dev].limit;
     *used = r->dev[b->shared_dev].used;
     vg__shm_unlock(r);
 }
 
+/* This process's slot, claimed under the lock when it has none yet (a
+ * forked child before its first reserve). -1 when none can be had. */
+static int my_slot_claimed(vg__shm_t *r)
+{
+    int s = atomic_load_explicit(&my_slot, memory_order_relaxed);
+    if (vg__likely(s >= 0) || lock_region(r) != VG_OK)
+        return s;
+    s = slot_of_self(r);
+    vg__shm_unlock(r);
+    return s;
+}
+
 /* The slot's live-allocation count, for `vramguard status`. Only the
  * slot's owner writes it (a reaped slot's owner is dead; a new owner
- * initialises its slot under the lock), so an atomic add without the lock
- * is enough: no second lock round trip on every allocation and free. */
+ * zeroes its slot under the lock), so an atomic add without the lock is
+ * enough: no second lock round trip on every allocation and free. */
 void vg__shared_live(const vg__budget_t *b, int delta)
 {
     vg__shm_t *r = b->shared;
-    int s = slot_of_self(r);
+    int s = my_slot_claimed(r);
     if (s < 0)
         return;
     uint64_t *live = &r->slot[s].live[b->shared_dev];
@@ -454,9 +682,9 @@ void vg__shared_live(const vg__budget_t *b, int delta)
 uint64_t vg__shared_self_used(const vg__budget_t *b)
 {
     vg__shm_t *r = b->shared;
-    int s = slot_of_self(r);
+    int s = atomic_load_explicit(&my_slot, memory_order_relaxed);
     if (s < 0)
-        return 0;
+        return 0; /* no slot yet: nothing charged to this process */
     /* Only this process writes its slot's use (under the lock); an atomic
      * read of our own figure needs no lock. */
     return __atomic_load_n(&r->slot[s].used[b->shared_dev], __ATOMIC_RELAXED);
@@ -465,7 +693,7 @@ uint64_t vg__shared_self_used(const vg__budget_t *b)
 void vg__shared_overhead(const vg__budget_t *b, uint64_t bytes)
 {
     vg__shm_t *r = b->shared;
-    if (vg__shm_lock(r) != VG_OK)
+    if (lock_region(r) != VG_OK)
         return;
     int s = slot_of_self(r);
     if (s >= 0)

@@ -2,6 +2,10 @@
  * shared_region.c — the shared region's file: its path, creating it,
  * attaching to it, and the checks an attach makes before trusting it.
  *
+ * Attach also checks the body, under the lock, against the invariants
+ * every writer keeps (vg__shm_validate_body): a damaged body must not make
+ * a process unlimited.
+ *
  * Creation never exposes a half-built file: it is built under a temporary
  * name in the same folder and link(2)ed into place; the loser of a race
  * attaches the winner's. Attach checks owner, mode, size and the header
@@ -32,25 +36,119 @@ static int bad(char *err, size_t n, const char *why)
     return VG_EINVAL;
 }
 
+/* The header of a region `len` bytes long. */
+static int header_valid(const vg__shm_header_t *h, size_t len, char *err, size_t errlen)
+{
+    if (h->magic != VG__SHM_MAGIC)
+        return bad(err, errlen, "not a vramguard region (bad magic)");
+    if (h->version != VG__SHM_VERSION)
+        return bad(err, errlen, "region layout version differs from this "
+                                "library's (upgrade every process, or use "
+                                "another name)");
+    if (h->header_size != sizeof(vg__shm_header_t) ||
+        h->total_size != sizeof(vg__shm_t) || len != sizeof(vg__shm_t))
+        return bad(err, errlen, "region size does not match its layout");
+    if (h->device_count != VG__SHM_DEVICES || h->slot_count != VG__SHM_SLOTS ||
+        h->waiter_count != VG__SHM_WAITERS || h->cmd_len != VG__SHM_CMD)
+        return bad(err, errlen, "region counts do not match its layout");
+    return VG_OK;
+}
+
 int vg__shm_validate(const void *buf, size_t len, char *err, size_t errlen)
 {
     vg__shm_header_t h;
     if (!buf || len < sizeof h)
         return bad(err, errlen, "too small to be a vramguard region");
     memcpy(&h, buf, sizeof h); /* no alignment assumed */
-    if (h.magic != VG__SHM_MAGIC)
-        return bad(err, errlen, "not a vramguard region (bad magic)");
-    if (h.version != VG__SHM_VERSION)
-        return bad(err, errlen, "region layout version differs from this "
-                                "library's (upgrade every process, or use "
-                                "another name)");
-    if (h.header_size != sizeof(vg__shm_header_t) ||
-        h.total_size != sizeof(vg__shm_t) || len != sizeof(vg__shm_t))
-        return bad(err, errlen, "region size does not match its layout");
-    if (h.device_count != VG__SHM_DEVICES || h.slot_count != VG__SHM_SLOTS ||
-        h.waiter_count != VG__SHM_WAITERS || h.cmd_len != VG__SHM_CMD)
-        return bad(err, errlen, "region counts do not match its layout");
+    int rc = header_valid(&h, len, err, errlen);
+    return rc == VG_OK ? vg__shm_validate_body(buf, err, errlen) : rc;
+}
+
+static int corrupt(char *err, size_t n, const char *what, int index)
+{
+    if (err && n)
+        snprintf(err, n, "region body is corrupt (%s %d)", what, index);
+    return VG_EINVAL;
+}
+
+static bool sane_limit(uint64_t v) { return v == VG__UNLIMITED || v < VG__SHM_LIMIT_MAX; }
+
+/* A key as entry_of() writes it: [A-Za-z0-9-]*, then NULs to the end. */
+static bool uuid_ok(const char *u, size_t len)
+{
+    size_t i = 0;
+    for (; i < len && u[i]; i++) {
+        char c = u[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '-'))
+            return false;
+    }
+    if (i == len)
+        return false; /* no terminating NUL */
+    for (; i < len; i++)
+        if (u[i])
+            return false;
+    return true;
+}
+
+static bool same_key(const vg__shm_device_t *a, const vg__shm_device_t *b)
+{
+    return a->uuid[0] ? strcmp(a->uuid, b->uuid) == 0
+                      : !b->uuid[0] && a->ordinal == b->ordinal;
+}
+
+static int entry_check(const vg__shm_t *r, int d, char *err, size_t n)
+{
+    const vg__shm_device_t *e = &r->dev[d];
+    if (e->ordinal < -1 || e->ordinal >= VG__SHM_DEVICES || !uuid_ok(e->uuid, sizeof e->uuid))
+        return corrupt(err, n, "device entry key", d);
+    if (!sane_limit(e->limit) || e->level < VG_PRESSURE_LOW || e->level > VG_PRESSURE_CRITICAL)
+        return corrupt(err, n, "device entry figures", d);
+    if (e->ordinal < 0)
+        return e->used == 0 && !e->uuid[0] ? VG_OK : corrupt(err, n, "free device entry", d);
+    if (e->used > e->peak)
+        return corrupt(err, n, "device entry figures", d);
+    for (int k = 0; k < d; k++)
+        if (r->dev[k].ordinal >= 0 && same_key(&r->dev[k], e))
+            return corrupt(err, n, "duplicate device entry", d);
     return VG_OK;
+}
+
+/* Every device's use is the sum of the occupied slots' (sums of at most
+ * 256 values below 2^60 cannot wrap). */
+static int sums_check(const vg__shm_t *r, char *err, size_t n)
+{
+    uint64_t sum[VG__SHM_DEVICES] = {0};
+    for (int s = 0; s < VG__SHM_SLOTS; s++) {
+        const vg__shm_slot_t *sl = &r->slot[s];
+        if (sl->pid < 0)
+            return corrupt(err, n, "process slot", s);
+        for (int d = 0; d < VG__SHM_DEVICES; d++) {
+            if (sl->used[d] && (sl->pid == 0 || r->dev[d].ordinal < 0 ||
+                                sl->used[d] >= VG__SHM_LIMIT_MAX))
+                return corrupt(err, n, "process slot", s);
+            sum[d] += sl->used[d];
+        }
+    }
+    for (int d = 0; d < VG__SHM_DEVICES; d++)
+        if (sum[d] != r->dev[d].used)
+            return corrupt(err, n, "device use differs from its processes' sum, entry", d);
+    return VG_OK;
+}
+
+int vg__shm_validate_body(const vg__shm_t *r, char *err, size_t errlen)
+{
+    if (!sane_limit(r->h.default_limit))
+        return corrupt(err, errlen, "default limit", 0);
+    for (int d = 0; d < VG__SHM_DEVICES; d++) {
+        int rc = entry_check(r, d, err, errlen);
+        if (rc != VG_OK)
+            return rc;
+    }
+    for (int w = 0; w < VG__SHM_WAITERS; w++)
+        if (r->h.waiters[w].pid < 0)
+            return corrupt(err, errlen, "waiter", w);
+    return sums_check(r, err, errlen);
 }
 
 int vg__shm_check_file(const vg__shm_file_t *f, const vg__shm_who_t *who,
@@ -198,6 +296,30 @@ static bool in_group(gid_t gid)
     return false;
 }
 
+/* The header alone: a mapped region's body is only read under its lock,
+ * whose place the header vouches for. */
+static int header_check(const vg__shm_t *m, char *why, size_t n)
+{
+    vg__shm_header_t h;
+    memcpy(&h, &m->h, sizeof h);
+    return header_valid(&h, sizeof *m, why, n);
+}
+
+/* The body, under the lock (other processes update it under the lock). */
+static int body_check(vg__shm_t *m, char *why, size_t n)
+{
+    if (vg__shm_lock(m) != VG_OK) {
+        snprintf(why, n, "it is stuck: its lock has been held for over %llu s by thread %d "
+                 "(stopped, frozen or hung); refusing it",
+                 (unsigned long long)(VG__SHM_LOCK_WAIT_NS / 1000000000ull),
+                 (int)vg__shm_lock_owner(m));
+        return VG_ESYS;
+    }
+    int rc = vg__shm_validate_body(m, why, n);
+    vg__shm_unlock(m);
+    return rc;
+}
+
 /* Checks and maps an open region file. */
 static int map_region(int fd, const char *path, bool group, vg__shm_t **out,
                       char *err, size_t n)
@@ -216,12 +338,14 @@ static int map_region(int fd, const char *path, bool group, vg__shm_t **out,
     void *m = mmap(NULL, sizeof(vg__shm_t), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (m == MAP_FAILED)
         return sys_fail(err, n, "cannot map", path);
-    rc = vg__shm_validate(m, sizeof(vg__shm_t), why, sizeof why);
+    rc = header_check(m, why, sizeof why);
     if (rc == VG_OK && ((vg__shm_t *)m)->h.pidns != pid_namespace()) {
         snprintf(why, sizeof why, "created in another PID namespace (its "
                  "processes' liveness cannot be checked from here)");
         rc = VG_EDENIED;
     }
+    if (rc == VG_OK)
+        rc = body_check(m, why, sizeof why);
     if (rc != VG_OK) {
         snprintf(err, n, "refusing shared region %s: %s", path, why);
         munmap(m, sizeof(vg__shm_t));

@@ -15,6 +15,10 @@
  * of the process so exit, fork and fatal signals can write them out. */
 
 #define VG__ABUF_BYTES 16384u /* per thread: flushed when an event might not fit */
+/* ...or when its oldest line is this old (ns) at the thread's next event:
+ * a process that ends without exit (_exit aside, which is caught) or is
+ * killed loses no event older than this but its threads' last ones. */
+#define VG__ABUF_STALE_NS 5000000ull
 
 /* Who holds a buffer: its thread around an append, a flusher in another
  * thread (exit, fork) around a write. Neither holds it across anything but
@@ -29,6 +33,8 @@ typedef struct vg__abuf {
     bool adopted;                /* a live thread owns it */
     struct vg__abuf *next;       /* registry; never unlinked */
     uint64_t count[VG__EV_KINDS]; /* events written by its threads */
+    int64_t first_ns;            /* CLOCK_REALTIME of the oldest line in data */
+    int64_t line_ns;             /* ... of the line being written */
     /* What every line of this thread repeats, formatted once: the seconds
      * of `ts`, and ',"pid":P,"tid":T' (redone when the thread or the
      * process changes). */
@@ -166,6 +172,11 @@ void vg__audit_bad_ptr(const char *api, uint64_t key, const vg_ptr_info_t *info,
 void vg__audit_leak(int device, uint64_t count, uint64_t bytes, uint32_t site);
 /* audit_buf.c. Writes every thread's buffer out now (abort, tests). */
 void vg__audit_flush_all(void);
+/* audit_buf.c. The same on the way out through _exit (the preload shim's
+ * _exit and _Exit call it: no atexit handler runs there), which may be called
+ * from a signal handler that interrupted an append or a flush: never
+ * waits for long (a buffer or the registry it cannot have soon is left). */
+void vg__audit_flush_exiting(void);
 
 /* audit_sites.c. Call sites: up to VRAMGUARD_BACKTRACE return addresses outside
  * vramguard, innermost first, interned so a record keeps a 32-bit id. */

@@ -20,7 +20,8 @@
  * vg__shm_validate() accepts a region, every index is bounded by the
  * constants below, never by a count read from the file. Every field below
  * the header's magic is read and written under the header's robust,
- * process-shared mutex (the CLI copies a snapshot under it). */
+ * process-shared mutex (the CLI copies a snapshot under it), which no one
+ * waits for longer than VG__SHM_LOCK_WAIT_NS. */
 #define VG__SHM_MAGIC 0x314d485347524756ull /* "VGRGSHM1" */
 #define VG__SHM_VERSION 1u
 #define VG__SHM_DEVICES 64
@@ -102,9 +103,22 @@ static inline void vg__shm_level_update(vg__shm_device_t *d)
 /* shared_region.c: the region's file (path, create, attach, checks). */
 
 /* Checks that buf[0..len) is a region of this layout: length, magic,
- * version, header size, total size and every count. Pure; reads nothing
- * past len. VG_EINVAL with a reason in err otherwise. */
+ * version, header size, total size and every count, then the body (as
+ * vg__shm_validate_body). Pure; reads nothing past len. VG_EINVAL with a
+ * reason in err otherwise. */
 int vg__shm_validate(const void *buf, size_t len, char *err, size_t errlen);
+/* Checks a region's body, whose header is valid, against the invariants
+ * every process keeps under the lock: each claimed device entry has a
+ * well-formed key (an ordinal below VG__SHM_DEVICES; a UUID of
+ * [A-Za-z0-9-], NUL-padded; no two entries with one key), a sane limit
+ * (VG__UNLIMITED or below VG__SHM_LIMIT_MAX), a valid level, and a use
+ * equal to the sum of the occupied slots' use, at most its peak; free
+ * entries and free slots hold no use; no pid is negative. A region that
+ * fails is corrupt and must be refused (fail closed): a process that
+ * trusted it could find no entry of its own and claim an unlimited one.
+ * Pure; the caller holds the lock or owns the copy. */
+#define VG__SHM_LIMIT_MAX (1ull << 60) /* 1 EiB: no device comes near */
+int vg__shm_validate_body(const vg__shm_t *r, char *err, size_t errlen);
 
 /* Checks a region file's stat facts: a regular file of exactly the
  * region's size, mode 0600 (or 0660 when `group` and the caller is in the
@@ -132,9 +146,10 @@ typedef enum vg__shm_open_mode {
     VG__SHM_CREATE,     /* create it when missing (linked into place whole) */
 } vg__shm_open_mode_t;
 
-/* Maps the region at `path`, checked as above. Out: *out. VG_ENOTFOUND
- * when missing (ATTACH), VG_EDENIED for a foreign or badly permissioned
- * file, VG_EINVAL for a corrupt one, VG_ESYS otherwise; one line in err. */
+/* Maps the region at `path`, checked as above (the body under the lock).
+ * Out: *out. VG_ENOTFOUND when missing (ATTACH), VG_EDENIED for a foreign
+ * or badly permissioned file, VG_EINVAL for a corrupt one, VG_ESYS
+ * otherwise (a stuck lock among them); one line in err. */
 int vg__shm_open(const char *path, vg__shm_open_mode_t mode, bool group,
                  vg__shm_t **out, char *err, size_t errlen);
 void vg__shm_close(vg__shm_t *r);
@@ -147,6 +162,9 @@ uint64_t vg__shm_proc_start(int pid);
 /* Whether `pid` is alive with that start time (kill(pid, 0), EPERM counts
  * as alive). Never true for pid <= 0. */
 bool vg__shm_pid_alive(int32_t pid, uint64_t start);
+/* Whether thread `tid` (as a lock word names it) exists and is not a
+ * zombie. Never true for tid <= 0. */
+bool vg__shm_tid_alive(int32_t tid);
 /* Whether the slot's process is alive (kill(pid, 0), EPERM counts as
  * alive, and the same start time). */
 bool vg__shm_slot_alive(const vg__shm_slot_t *s);
@@ -157,19 +175,56 @@ void vg__shm_slot_drop(vg__shm_t *r, int s);
 typedef bool (*vg__shm_alive_fn)(const vg__shm_slot_t *s, void *ctx);
 void vg__shm_recount(vg__shm_t *r, vg__shm_alive_fn alive, void *ctx);
 /* Under the lock: drops every slot and waiter whose process is gone and
- * records `now` (CLOCK_MONOTONIC ns) as the last reap. */
+ * records `now` (CLOCK_MONOTONIC ns) as the last reap. Reads /proc for
+ * every occupied slot: for rare paths only (a full slot table). */
 void vg__shm_reap(vg__shm_t *r, uint64_t now);
+
+/* Reaping in three steps, so that the /proc reads happen outside the lock:
+ * under it, vg__shm_reap_due() decides (and claims the reap for `now`) and
+ * vg__shm_reap_collect() copies who is registered; without it,
+ * vg__shm_reap_check() keeps only the dead; under it again,
+ * vg__shm_reap_apply() drops those whose slot or waiter still holds the
+ * same pid and start time. */
+typedef struct vg__shm_reap_entry {
+    int16_t index;   /* slot or waiter index */
+    bool waiter;
+    int32_t pid;
+    uint64_t start;
+} vg__shm_reap_entry_t;
+typedef struct vg__shm_reap_list {
+    int n;
+    vg__shm_reap_entry_t e[VG__SHM_SLOTS + VG__SHM_WAITERS];
+} vg__shm_reap_list_t;
+/* Whether `interval_ns` has passed since the last reap; if so, `now`
+ * becomes the last reap. */
+bool vg__shm_reap_due(vg__shm_t *r, uint64_t now, uint64_t interval_ns);
+void vg__shm_reap_collect(const vg__shm_t *r, vg__shm_reap_list_t *l);
+void vg__shm_reap_check(vg__shm_reap_list_t *l);
+void vg__shm_reap_apply(vg__shm_t *r, const vg__shm_reap_list_t *l);
 
 /* shared.c: the lock, and the engine's side of a region. */
 
 /* Takes the region lock, repairing the region when its last holder died
- * (EOWNERDEAD: every device's use is recomputed from the live slots). */
+ * (EOWNERDEAD: every device's use is recomputed from the live slots).
+ * Never waits for ever: a lock word naming a thread that no longer runs
+ * (a stale or forged owner) is marked dead the way the kernel marks a
+ * robust lock whose owner exited, and taken; one held by a live thread
+ * for more than VG__SHM_LOCK_WAIT_NS (stopped with SIGSTOP, frozen, in a
+ * debugger) gives VG_ESYS: the caller fails closed and says the region is
+ * stuck (vg__shm_lock_owner names the holder). */
+#define VG__SHM_LOCK_WAIT_NS 1000000000ull
 int vg__shm_lock(vg__shm_t *r);
+/* The thread id the lock word names as holder (0: none). A racy read, for
+ * messages. */
+int32_t vg__shm_lock_owner(const vg__shm_t *r);
 void vg__shm_unlock(vg__shm_t *r);
 /* Under the lock: copies the region into *copy. */
 int vg__shm_snapshot(vg__shm_t *r, vg__shm_t *copy);
 /* Under the lock: sets the limit of one entry (dev >= 0) or of every
- * entry and the default for new ones (dev < 0); levels are recomputed. */
+ * entry and the default for new ones (dev < 0); levels are recomputed. The
+ * one way to raise a shared limit (`vramguard budget`). VG_EINVAL for a
+ * device past the table or a limit of VG__SHM_LIMIT_MAX or more (but
+ * VG__UNLIMITED). */
 int vg__shm_set_limit(vg__shm_t *r, int dev, uint64_t limit);
 
 /* The engine's side. vg__shared_bind() attaches this process to the

@@ -14,9 +14,12 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include "nvml.h"
 #include "shim.h"
+#include "vg_audit.h"
 
 vg_shim_real_t vg__real;
 
@@ -210,3 +213,27 @@ VG__NO_SANITIZE TAIL_CALLS void *shim_dlsym_225(void *handle, const char *name)
         return vg__libc_dlsym()(handle, name); /* tail call: keep it one */
     return lookup(handle, name);
 }
+
+/* ------------------------------------------------------------- _exit */
+
+/* A process that ends through _exit (Python's os._exit, which every
+ * multiprocessing worker ends with) runs no atexit handler: the audit log's
+ * buffered events are written first (lib/audit_buf.c), then the next
+ * definition runs (libc's, or a sanitizer's). Exported under libc's own
+ * version (the version script), the one programs are linked against. */
+VG_EXPORT __attribute__((noreturn)) void _exit(int status);
+VG_EXPORT __attribute__((noreturn)) void _Exit(int status);
+
+__attribute__((noreturn)) static void exit_next(const char *name, int status)
+{
+    vg__audit_flush_exiting();
+    void (*next)(int) = (void (*)(int))vg__libc_dlsym()(RTLD_NEXT, name);
+    if (next)
+        next(status);
+    for (;;)
+        syscall(SYS_exit_group, status);
+}
+
+void _exit(int status) { exit_next("_exit", status); }
+
+void _Exit(int status) { exit_next("_Exit", status); }

@@ -412,3 +412,87 @@ Test(audit, a_symlink_is_refused)
     unlink(link_path);
     unlink(target);
 }
+
+/* A log someone else could write (or, for root, someone else's file) is
+ * refused, and nothing is appended to it. */
+Test(audit, a_log_file_others_may_write_or_own_is_refused)
+{
+    char path[64];
+    temp_log(path, sizeof path);
+    int fd = open(path, O_CREAT | O_WRONLY, 0600);
+    cr_assert_geq(fd, 0);
+    close(fd);
+    cr_assert_eq(chmod(path, 0666), 0);
+    expect_refused(path, "it is writable by group or others (mode 0666)");
+    cr_assert_eq(chmod(path, 0620), 0);
+    expect_refused(path, "it is writable by group or others (mode 0620)");
+    if (geteuid() == 0) {
+        cr_assert_eq(chmod(path, 0600), 0);
+        cr_assert_eq(chown(path, 12345, 12345), 0);
+        expect_refused(path, "it is owned by uid 12345, not by you (uid 0)");
+    } else {
+        cr_log_warn("SKIP a foreign owner: needs root to chown");
+    }
+    struct stat st;
+    cr_assert_eq(stat(path, &st), 0);
+    cr_expect_eq(st.st_size, 0, "the refused file was written");
+    unlink(path);
+}
+
+/* ------------------------------------------------- ends without exit */
+
+Test(audit, a_process_that_ends_with__exit_loses_no_event)
+{
+    static run_result_t r;
+    char log[64];
+    temp_log(log, sizeof log);
+    char *a = audit_env(log);
+    run_opts_t o = {.method = "linked", .path = "quit", .chunk = "1MiB", .max = "10",
+                    .env = {a}};
+    run_client(&o, &r);
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    log_stats_t s = read_log(log);
+    cr_expect_eq(s.bad, 0, "first bad: %s", s.first_bad);
+    cr_expect_eq(s.starts, 1);
+    cr_expect_eq(s.allocs, 10, "%d of 10 alloc lines before _exit", s.allocs);
+    unlink(log);
+    free(a);
+}
+
+Test(audit, an_old_buffered_event_is_written_at_the_next_event)
+{
+    static run_result_t r;
+    char log[64];
+    temp_log(log, sizeof log);
+    char *a = audit_env(log);
+    run_opts_t o = {.method = "linked", .path = "stale", .chunk = "1MiB", .max = "1",
+                    .env = {a}};
+    run_client(&o, &r);
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    const char *l = line_for(r.out, "stale");
+    cr_assert_not_null(l, "%s %s", r.out, r.err);
+    cr_expect_eq(field(l, "rc"), 0, "%s", l);
+    cr_expect_geq(field(l, "seen"), 1, "the 20 ms old alloc was still buffered: %s", l);
+    unlink(log);
+    free(a);
+}
+
+/* The program's SIGINT handler (no SA_RESTART) still interrupts a blocking
+ * read: the log's flush handler keeps the program's flags. */
+Test(audit, the_log_keeps_the_programs_signal_flags)
+{
+    static run_result_t r;
+    char log[64];
+    temp_log(log, sizeof log);
+    char *a = audit_env(log);
+    run_opts_t o = {.method = "linked", .path = "sigint", .chunk = "1MiB", .max = "1",
+                    .env = {a}};
+    run_client(&o, &r);
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    const char *l = line_for(r.out, "sigint");
+    cr_assert_not_null(l, "%s %s", r.out, r.err);
+    cr_expect_eq(field(l, "eintr"), 1, "the read was restarted: %s", l);
+    cr_expect_lt(field(l, "ms"), 1000, "%s", l);
+    unlink(log);
+    free(a);
+}

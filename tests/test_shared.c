@@ -14,6 +14,7 @@
 #include <criterion/criterion.h>
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,6 +29,7 @@
 /* ------------------------------------------------------------ regions */
 
 static char region_name[64], region_file[128];
+static bool no_shared_name; /* child_start: leave VRAMGUARD_SHARED unset */
 
 static void name_region(const char *tag)
 {
@@ -80,7 +82,8 @@ static void child_start(child_t *c, const char *const *args, const char *const *
     memset(c, 0, sizeof *c);
     const char *add[24] = {cat3("LD_PRELOAD=", build_dir(), "/libvramguard-preload.so"),
                            cat3("LD_LIBRARY_PATH=", build_dir(), "/fakecuda"),
-                           cat3("VRAMGUARD_SHARED=", region_name, ""),
+                           cat3(no_shared_name ? "VRAMGUARD_UNUSED=" : "VRAMGUARD_SHARED=",
+                                region_name, ""),
                            asan_entry(":detect_leaks=0")};
     for (size_t i = 0; extra && extra[i] && i < 19; i++)
         add[i + 4] = extra[i];
@@ -233,6 +236,41 @@ Test(shared, validate_accepts_a_fresh_region_and_refuses_damage)
         cr_expect_not_null(strstr(err, cases[i].why), "'%s' lacks '%s'", err, cases[i].why);
         free(bad);
     }
+    free(img);
+}
+
+/* Body damage behind a valid header: each kind is refused with a reason. */
+Test(shared, validate_refuses_a_body_that_breaks_the_invariants)
+{
+    vg__shm_t *img = valid_image();
+    img->dev[0].ordinal = 0;
+    img->dev[0].limit = 1 * GiB;
+    snprintf(img->dev[0].uuid, sizeof img->dev[0].uuid, "GPU-0123abcd");
+    img->slot[3].pid = 4242;
+    img->slot[3].used[0] = 64 * MiB;
+    img->dev[0].used = img->dev[0].peak = 64 * MiB;
+    char err[256];
+    cr_assert_eq(vg__shm_validate(img, sizeof *img, err, sizeof err), VG_OK, "%s", err);
+    vg__shm_t *bad = malloc(sizeof *bad);
+    for (int k = 0; k < 9; k++) {
+        memcpy(bad, img, sizeof *bad);
+        switch (k) {
+        case 0: bad->dev[0].uuid[6] = '\0'; break;          /* one key byte zeroed */
+        case 1: bad->dev[0].uuid[6] = '"'; break;            /* not a key character */
+        case 2: bad->dev[0].used = 0; break;                 /* use lost */
+        case 3: bad->slot[3].pid = 0; break;                 /* a free slot holding use */
+        case 4: bad->dev[0].limit = 1ull << 62; break;       /* absurd limit */
+        case 5: bad->dev[0].level = 9; break;
+        case 6: bad->dev[1] = bad->dev[0]; break;            /* one key twice */
+        case 7: bad->dev[0].ordinal = 999; break;
+        default: bad->slot[3].pid = -5; break;
+        }
+        err[0] = '\0';
+        cr_expect_eq(vg__shm_validate(bad, sizeof *bad, err, sizeof err), VG_EINVAL,
+                     "damage %d accepted", k);
+        cr_expect_not_null(strstr(err, "corrupt"), "damage %d: '%s'", k, err);
+    }
+    free(bad);
     free(img);
 }
 
@@ -459,6 +497,17 @@ static void kill_child(bool in_lock, unsigned delay_us)
     cr_assert(WIFSIGNALED(st), "child exited %d", WEXITSTATUS(st));
 }
 
+/* Reserves n, retrying for up to 200 ms: refusals look for the dead at most
+ * once every 10 ms region-wide, so a share freed by a death a moment ago may
+ * take that long to come back. */
+static int reserve_soon(vg__budget_t *b, uint64_t n)
+{
+    int rc = VG_ENOMEM;
+    for (int i = 0; i < 200 && (rc = vg__budget_reserve(b, n)) != VG_OK; i++)
+        usleep(1000);
+    return rc;
+}
+
 Test(shared, sigkill_inside_the_critical_section_and_at_random_points)
 {
     name_region("crit");
@@ -476,8 +525,7 @@ Test(shared, sigkill_inside_the_critical_section_and_at_random_points)
     uint64_t seed = (uint64_t)getpid();
     for (int round = 0; round < 12; round++) {
         kill_child(round % 3 == 0, (unsigned)(test_rand(&seed) % 3000));
-        cr_expect_eq(vg__budget_reserve(b, 2 * GiB), VG_OK, "round %d: share not returned",
-                     round);
+        cr_expect_eq(reserve_soon(b, 2 * GiB), VG_OK, "round %d: share not returned", round);
         vg__budget_release(b, 2 * GiB);
     }
     vg__shm_t *r = snap();
@@ -506,16 +554,20 @@ Test(shared, a_live_budget_change_and_a_shrink_below_use)
     cr_expect_eq(try_alloc(1 * MiB, none, NULL, 0), OOM, "allowed over a shrunk budget");
     cr_assert_eq(vg__shm_set_limit(r, -1, 4 * GiB), VG_OK);
     cr_expect_eq(try_alloc(2 * GiB, none, NULL, 0), 0, "the raised budget is not in effect");
+    /* A limit the body check would refuse is refused here, not stored. */
+    cr_expect_eq(vg__shm_set_limit(r, -1, VG__SHM_LIMIT_MAX), VG_EINVAL);
+    cr_expect_eq(try_alloc(2 * GiB, none, NULL, 0), 0, "an absurd limit bricked the region");
     vg__shm_close(r);
     cr_assert_eq(child_finish(&h, NULL, 0), 0);
     drop_region();
 }
 
-Test(shared, mismatched_settings_last_explicit_budget_wins_and_says_so)
+Test(shared, a_process_budget_only_tightens_the_shared_limit)
 {
     name_region("mismatch");
     const char *two[] = {BUDGET_ENV, NULL};
     const char *one[] = {"VRAMGUARD_BUDGET=1GiB", NULL};
+    const char *four[] = {"VRAMGUARD_BUDGET=4GiB", NULL};
     const char *none[] = {NULL};
     cr_expect_eq(try_alloc(64 * MiB, two, NULL, 0), 0);
     vg__shm_t *r = snap();
@@ -530,6 +582,15 @@ Test(shared, mismatched_settings_last_explicit_budget_wins_and_says_so)
     cr_assert_eq(child_finish(&c, err, sizeof err), 0);
     cr_expect_eq(value_of(c.out_buf, "rc"), OOM, "1 GiB budget let 1.5 GiB through");
     cr_expect_not_null(strstr(err, "limit changed from 2.00 GiB to 1.00 GiB"), "stderr: %s", err);
+    /* A larger own budget does not raise it: the tree's limit holds. */
+    child_start(&c, args, four);
+    cr_assert_eq(child_finish(&c, err, sizeof err), 0);
+    cr_expect_eq(value_of(c.out_buf, "rc"), OOM, "a 4 GiB process raised the shared 1 GiB");
+    cr_expect_not_null(strstr(err, "which stays 1.00 GiB (budgets only tighten)"), "stderr: %s",
+                       err);
+    r = snap();
+    cr_expect_eq(dev0(r)->limit, 1 * GiB);
+    free(r);
     /* A process without a budget uses the region's. */
     cr_expect_eq(try_alloc(1536 * MiB, none, NULL, 0), OOM);
     cr_expect_eq(try_alloc(512 * MiB, none, NULL, 0), 0);
@@ -575,5 +636,456 @@ Test(shared, waiting_is_first_come_first_served_and_times_out)
     cr_expect_eq(value_of(second.out_buf, "rc"), 0, "second: %s %s", second.out_buf, e2);
     cr_expect_lt(value_of(first.out_buf, "at"), value_of(second.out_buf, "at"),
                  "served out of order: first %s second %s", first.out_buf, second.out_buf);
+    drop_region();
+}
+
+/* ------------------------------------------------ faults and neighbours */
+
+/* Runs fn in a forked child and waits at most `ms` for it: a hang fails
+ * the test instead of stalling it. Returns the child's exit code. */
+static int bounded(int (*fn)(void), int ms)
+{
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0)
+        _exit(fn());
+    int st = 0;
+    for (int waited = 0; waited < ms; waited += 5) {
+        if (waitpid(pid, &st, WNOHANG) == pid)
+            return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+        usleep(5000);
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, &st, 0);
+    cr_assert_fail("still waiting after %d ms", ms);
+    return -1;
+}
+
+static vg__shm_t *open_region(void)
+{
+    vg__shm_t *r = NULL;
+    char err[512];
+    cr_assert_eq(vg__shm_open(region_file, VG__SHM_CREATE, false, &r, err, sizeof err), VG_OK,
+                 "%s", err);
+    return r;
+}
+
+/* A pid that was alive a moment ago and is now gone. */
+static pid_t dead_pid(void)
+{
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0)
+        _exit(0);
+    waitpid(pid, NULL, 0);
+    return pid;
+}
+
+static vg__shm_t *forged;
+static int lock_forged(void)
+{
+    if (vg__shm_lock(forged) != VG_OK)
+        return 1;
+    vg__shm_unlock(forged);
+    return 0;
+}
+
+Test(shared, a_stale_owner_in_the_lock_word_is_recovered_not_waited_for)
+{
+    name_region("stale");
+    forged = open_region();
+    unsigned *word = (unsigned *)&forged->h.lock.m.__data.__lock;
+    /* A dead thread's id, as a crash outside the robust list or a hostile
+     * neighbour leaves it; then with the waiters bit; then no owner at all. */
+    const unsigned forms[] = {(unsigned)dead_pid(), 0x80000000u | (unsigned)dead_pid(),
+                              0x80000000u};
+    for (size_t i = 0; i < sizeof forms / sizeof forms[0]; i++) {
+        *word = forms[i];
+        uint64_t t0 = vg__mono_ns();
+        cr_expect_eq(bounded(lock_forged, 5000), 0, "form %zu: no lock", i);
+        cr_expect_lt(vg__mono_ns() - t0, 1000000000ull, "form %zu: recovery took over 1 s", i);
+        cr_expect_eq(lock_forged(), 0);
+    }
+    vg__shm_close(forged);
+    drop_region();
+}
+
+/* Forks a child of this binary that takes the region lock through the
+ * engine and stays inside it (the pause point); returns its pid. */
+static pid_t holder_in_lock(void)
+{
+    int p[2];
+    cr_assert_eq(pipe(p), 0);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        close(p[0]);
+        if (vg_available() != VG_OK)
+            _exit(3);
+        vg__budget_t *b = vg__engine_budget(0);
+        if (!b || !b->shared)
+            _exit(4);
+        pause_fd = p[1];
+        vg__budget_reserve(b, 1 * MiB);
+        _exit(5);
+    }
+    close(p[1]);
+    char c;
+    cr_assert_eq(read(p[0], &c, 1), 1, "the holder never took the lock");
+    close(p[0]);
+    return pid;
+}
+
+Test(shared, a_stopped_holder_fails_others_closed_and_the_cli_says_stuck)
+{
+    name_region("stopped");
+    setenv("VRAMGUARD_SHARED", region_name, 1);
+    setenv("VRAMGUARD_BUDGET", "2GiB", 1);
+    pid_t holder = holder_in_lock();
+    cr_assert_eq(kill(holder, SIGSTOP), 0);
+    const char *env[] = {BUDGET_ENV, NULL};
+    char b[32];
+    snprintf(b, sizeof b, "%llu", (unsigned long long)(1 * MiB));
+    const char *args[] = {"try", b, NULL};
+    child_t c;
+    uint64_t t0 = vg__mono_ns();
+    child_start(&c, args, env);
+    char err[4096];
+    cr_assert_eq(child_finish(&c, err, sizeof err), 0);
+    cr_expect_lt(vg__mono_ns() - t0, 10000000000ull, "took over 10 s");
+    cr_expect_eq(value_of(c.out_buf, "rc"), OOM, "allocated past a stuck region: %s", c.out_buf);
+    cr_expect_not_null(strstr(err, region_file), "the line does not name the region: %s", err);
+    cr_expect_not_null(strstr(err, "stuck"), "stderr: %s", err);
+
+    cli_result_t *cr = calloc(1, sizeof *cr);
+    char **cenv = env_make(NULL, NULL);
+    cli_result_of(cr, cenv, ARGS("status", region_name));
+    env_free(cenv);
+    cr_expect_neq(cr->status, 0);
+    cr_expect_not_null(strstr(cr->err, "stuck"), "status said: %s%s", cr->out, cr->err);
+    free(cr);
+
+    /* The holder dies: the next taker repairs the region and goes on. */
+    kill(holder, SIGKILL);
+    waitpid(holder, NULL, 0);
+    cr_expect_eq(try_alloc(2 * GiB, env, NULL, 0), 0);
+    drop_region();
+}
+
+Test(shared, a_killed_holder_that_nobody_reaped_gives_its_share_back)
+{
+    name_region("zombie");
+    const char *env[] = {BUDGET_ENV, NULL};
+    child_t h;
+    hold_start(&h, 1536 * MiB, env);
+    kill(h.pid, SIGKILL);
+    /* Not reaped yet: a zombie, which holds no memory. */
+    char path[64], st[512];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)h.pid);
+    for (int i = 0; i < 400; i++) {
+        read_small_file(path, st, sizeof st);
+        if (strstr(st, ") Z "))
+            break;
+        usleep(5000);
+    }
+    cr_assert_not_null(strstr(st, ") Z "), "not a zombie: %s", st);
+    char out[256];
+    cr_expect_eq(try_alloc(2 * GiB, env, out, sizeof out), 0, "the zombie's share: %s", out);
+    cr_expect_eq(child_finish(&h, NULL, 0), 128 + SIGKILL);
+    drop_region();
+}
+
+static void *sleeper(void *arg)
+{
+    (void)arg;
+    for (;;)
+        pause();
+    return NULL;
+}
+
+Test(shared, a_process_whose_main_thread_exited_keeps_its_share)
+{
+    name_region("mainexit");
+    setenv("VRAMGUARD_SHARED", region_name, 1);
+    setenv("VRAMGUARD_BUDGET", "2GiB", 1);
+    int p[2];
+    cr_assert_eq(pipe(p), 0);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        vg__budget_t *b = vg_available() == VG_OK ? vg__engine_budget(0) : NULL;
+        pthread_t t;
+        if (!b || vg__budget_reserve(b, 1536 * MiB) != VG_OK ||
+            pthread_create(&t, NULL, sleeper, NULL) != 0)
+            _exit(3);
+        (void)!write(p[1], "r", 1);
+        pthread_exit(NULL); /* the main thread becomes a zombie; the process lives */
+    }
+    close(p[1]);
+    char c;
+    cr_assert_eq(read(p[0], &c, 1), 1);
+    close(p[0]);
+    char path[64], st[512];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    for (int i = 0; i < 400; i++) {
+        read_small_file(path, st, sizeof st);
+        if (strstr(st, ") Z "))
+            break;
+        usleep(5000);
+    }
+    cr_expect_not_null(strstr(st, ") Z "), "main thread not a zombie: %s", st);
+    const char *env[] = {BUDGET_ENV, NULL};
+    cr_expect_eq(try_alloc(1 * GiB, env, NULL, 0), OOM, "a live process lost its share");
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    drop_region();
+}
+
+Test(shared, refusals_do_not_scan_for_the_dead_every_time)
+{
+    name_region("scan");
+    setenv("VRAMGUARD_SHARED", region_name, 1);
+    setenv("VRAMGUARD_BUDGET", "2GiB", 1);
+    cr_assert_eq(vg_available(), VG_OK);
+    vg__budget_t *b = vg__engine_budget(0);
+    cr_assert_not_null(b->shared);
+    cr_assert_eq(vg__budget_reserve(b, 2 * GiB), VG_OK);
+    /* 200 more live processes (this one, registered again): a scan reads
+     * /proc 200 times. */
+    vg__shm_t *r = open_region();
+    cr_assert_eq(vg__shm_lock(r), VG_OK);
+    for (int s = 0, n = 0; s < VG__SHM_SLOTS && n < 200; s++) {
+        if (r->slot[s].pid)
+            continue;
+        r->slot[s].pid = (int32_t)getpid();
+        r->slot[s].start = vg__shm_proc_start(getpid());
+        n++;
+    }
+    vg__shm_unlock(r);
+    enum { REFUSALS = 2000 };
+    uint64_t t0 = vg__mono_ns();
+    for (int i = 0; i < REFUSALS; i++)
+        cr_assert_eq(vg__budget_reserve(b, 1 * MiB), VG_ENOMEM);
+    uint64_t ns = vg__mono_ns() - t0;
+    /* A scan each costs ~1 ms: 2000 of them take seconds. */
+    cr_expect_lt(ns, 400000000ull, "%d refusals took %llu ms", REFUSALS,
+                 (unsigned long long)(ns / 1000000));
+    vg__shm_t *c = snap();
+    cr_expect_eq(dev0(c)->refusals, REFUSALS);
+    free(c);
+    vg__shm_close(r);
+    drop_region();
+}
+
+Test(shared, a_claimed_slot_starts_empty)
+{
+    name_region("claim");
+    vg__shm_t *r = open_region();
+    cr_assert_eq(vg__shm_lock(r), VG_OK);
+    for (int s = 0; s < VG__SHM_SLOTS; s++) { /* what a careless owner left */
+        for (int d = 0; d < VG__SHM_DEVICES; d++) {
+            r->slot[s].live[d] = 777;
+            r->slot[s].overhead[d] = 999;
+        }
+        snprintf(r->slot[s].cmd, sizeof r->slot[s].cmd, "ghost");
+    }
+    vg__shm_unlock(r);
+    vg__shm_close(r);
+    const char *env[] = {BUDGET_ENV, NULL};
+    child_t h;
+    hold_start(&h, 64 * MiB, env);
+    vg__shm_t *c = snap();
+    int found = 0;
+    for (int s = 0; s < VG__SHM_SLOTS; s++) {
+        if (c->slot[s].pid != h.pid)
+            continue;
+        found++;
+        int d = (int)(dev0(c) - c->dev);
+        cr_expect_eq(c->slot[s].live[d], 1, "live %llu", (unsigned long long)c->slot[s].live[d]);
+        cr_expect_eq(c->slot[s].live[VG__SHM_DEVICES - 1], 0);
+        cr_expect_eq(c->slot[s].overhead[VG__SHM_DEVICES - 1], 0);
+        cr_expect_null(strstr(c->slot[s].cmd, "ghost"));
+    }
+    cr_expect_eq(found, 1);
+    free(c);
+    cr_assert_eq(child_finish(&h, NULL, 0), 0);
+    drop_region();
+}
+
+static vg__budget_t *parent_budget;
+static int child_reads_own_use(void)
+{
+    if (vg__shared_self_used(parent_budget) != 0)
+        return 1;
+    vg__shm_t *copy = malloc(sizeof *copy);
+    if (!copy || vg__shm_snapshot(parent_budget->shared, copy) != VG_OK)
+        return 2;
+    for (int s = 0; s < VG__SHM_SLOTS; s++)
+        if (copy->slot[s].pid == (int32_t)getpid())
+            return 3; /* it claimed a slot (without the lock) to say 0 */
+    return 0;
+}
+
+Test(shared, reading_its_own_use_claims_no_slot)
+{
+    name_region("selfuse");
+    setenv("VRAMGUARD_SHARED", region_name, 1);
+    setenv("VRAMGUARD_BUDGET", "2GiB", 1);
+    cr_assert_eq(vg_available(), VG_OK);
+    parent_budget = vg__engine_budget(0);
+    cr_assert_eq(vg__budget_reserve(parent_budget, 64 * MiB), VG_OK);
+    cr_expect_eq(vg__shared_self_used(parent_budget), 64 * MiB);
+    cr_expect_eq(bounded(child_reads_own_use, 5000), 0);
+    vg__budget_release(parent_budget, 64 * MiB);
+    drop_region();
+}
+
+/* Damage to the body behind a valid header: the process refuses. */
+static void expect_corrupt_refusal(const char *what)
+{
+    const char *none[] = {NULL};
+    char b[32];
+    snprintf(b, sizeof b, "%llu", (unsigned long long)(2 * GiB));
+    const char *args[] = {"try", b, NULL};
+    child_t c;
+    child_start(&c, args, none);
+    char err[4096];
+    cr_assert_eq(child_finish(&c, err, sizeof err), 0);
+    cr_expect_eq(value_of(c.out_buf, "rc"), OOM, "%s: allocated 2 GiB under 1 GiB: %s", what,
+                 c.out_buf);
+    cr_expect_not_null(strstr(err, "corrupt"), "%s: stderr: %s", what, err);
+}
+
+Test(shared, a_damaged_body_fails_closed)
+{
+    name_region("body");
+    const char *one[] = {"VRAMGUARD_BUDGET=1GiB", NULL};
+    cr_assert_eq(try_alloc(64 * MiB, one, NULL, 0), 0);
+    vg__shm_t *r = open_region();
+    vg__shm_device_t *e = NULL;
+    for (int d = 0; d < VG__SHM_DEVICES; d++)
+        if (r->dev[d].ordinal == 0)
+            e = &r->dev[d];
+    cr_assert_not_null(e);
+    e->uuid[10] = '\0'; /* one byte of the key */
+    expect_corrupt_refusal("uuid byte");
+    e->uuid[10] = 'x';
+    e->uuid[5] = '"';
+    expect_corrupt_refusal("uuid character");
+    /* A random body behind the valid header. */
+    uint64_t seed = (uint64_t)getpid() | 1;
+    unsigned char *body = (unsigned char *)r + sizeof r->h;
+    for (size_t i = 0; i < sizeof *r - sizeof r->h; i++)
+        body[i] = (unsigned char)test_rand(&seed);
+    expect_corrupt_refusal("random body");
+    vg__shm_close(r);
+    drop_region();
+}
+
+Test(shared, a_relative_shared_cache_path_is_refused)
+{
+    name_region("relative");
+    no_shared_name = true;
+    char set[128];
+    snprintf(set, sizeof set, "CUDA_DEVICE_MEMORY_SHARED_CACHE=%s", region_name);
+    const char *env[] = {set, BUDGET_ENV, NULL};
+    char b[32];
+    snprintf(b, sizeof b, "%llu", (unsigned long long)(1 * MiB));
+    const char *args[] = {"try", b, NULL};
+    child_t c;
+    child_start(&c, args, env);
+    char err[4096];
+    cr_assert_eq(child_finish(&c, err, sizeof err), 0);
+    struct stat st;
+    bool made = stat(region_file, &st) == 0;
+    drop_region();
+    cr_expect_eq(value_of(c.out_buf, "rc"), OOM, "%s", c.out_buf);
+    cr_expect_not_null(strstr(err, "is not an absolute path"), "stderr: %s", err);
+    cr_expect(!made, "a region was made in /dev/shm from a relative path");
+}
+
+/* A region file whose name is crafted to break out of a label or a string:
+ * metrics and status --json escape it. */
+Test(shared, a_hostile_region_name_is_escaped_in_metrics_and_json)
+{
+    char evil[128], path[256];
+    snprintf(evil, sizeof evil, "vgtest-%d-x\"} 1\nvramguard_injected{a=\"b\\", (int)getpid());
+    snprintf(path, sizeof path, VG__SHM_PREFIX "%s", evil);
+    unlink(path);
+    vg__shm_t *r = NULL;
+    char err[512];
+    cr_assert_eq(vg__shm_open(path, VG__SHM_CREATE, false, &r, err, sizeof err), VG_OK, "%s", err);
+    cr_assert_eq(vg__shm_set_limit(r, 0, 1 * GiB), VG_OK);
+    cr_assert_eq(vg__shm_lock(r), VG_OK);
+    r->dev[0].ordinal = 0; /* one claimed device, so metrics have a row */
+    vg__shm_level_update(&r->dev[0]);
+    vg__shm_unlock(r);
+    vg__shm_close(r);
+
+    cli_result_t *m = calloc(1, sizeof *m), *j = calloc(1, sizeof *j);
+    char **env = env_make(NULL, NULL);
+    cli_result_of(m, env, ARGS("metrics"));
+    cli_result_of(j, env, ARGS("status", "--json"));
+    env_free(env);
+    unlink(path);
+    cr_expect_null(strstr(m->out, "\nvramguard_injected"), "a series was injected:\n%s", m->out);
+    char want[256];
+    snprintf(want, sizeof want, "region=\"vgtest-%d-x\\\"} 1\\nvramguard_injected{a=\\\"b\\\\\"",
+             (int)getpid());
+    cr_expect_not_null(strstr(m->out, want), "no escaped label %s in:\n%s", want, m->out);
+    snprintf(want, sizeof want, "\"name\":\"vgtest-%d-x\\\"} 1\\u000avramguard_injected{a=\\\"b\\\\\"",
+             (int)getpid());
+    cr_expect_not_null(strstr(j->out, want), "no escaped name %s in:\n%s", want, j->out);
+    free(m);
+    free(j);
+}
+
+/* A region made through the HAMi path under /dev/shm/vramguard. obeys the
+ * name rules: nothing that status or metrics could mistake for syntax. */
+Test(shared, a_shared_cache_path_with_a_bad_region_name_is_refused)
+{
+    name_region("bad\"name");
+    no_shared_name = true;
+    char set[256];
+    snprintf(set, sizeof set, "CUDA_DEVICE_MEMORY_SHARED_CACHE=%s", region_file);
+    const char *env[] = {set, BUDGET_ENV, NULL};
+    const char *args[] = {"try", "1048576", NULL};
+    child_t c;
+    child_start(&c, args, env);
+    char err[4096];
+    cr_assert_eq(child_finish(&c, err, sizeof err), 0);
+    struct stat st;
+    bool made = stat(region_file, &st) == 0;
+    drop_region();
+    cr_expect_eq(value_of(c.out_buf, "rc"), OOM, "%s", c.out_buf);
+    cr_expect_not_null(strstr(err, "is not valid"), "stderr: %s", err);
+    cr_expect(!made, "a region with a quote in its name was made");
+}
+
+/* A forked child's first live-count update claims its slot under the lock:
+ * while another process holds the lock, it waits (and gives up), it does
+ * not write the region behind the holder's back. */
+static int child_counts_while_locked(void)
+{
+    vg__shared_live(parent_budget, 1);
+    const vg__shm_t *r = parent_budget->shared;
+    for (int s = 0; s < VG__SHM_SLOTS; s++)
+        if (__atomic_load_n(&r->slot[s].pid, __ATOMIC_RELAXED) == (int32_t)getpid())
+            return 3; /* claimed while another process held the lock */
+    return 0;
+}
+
+Test(shared, a_first_live_count_claims_its_slot_under_the_lock)
+{
+    name_region("live1");
+    setenv("VRAMGUARD_SHARED", region_name, 1);
+    setenv("VRAMGUARD_BUDGET", "2GiB", 1);
+    cr_assert_eq(vg_available(), VG_OK);
+    parent_budget = vg__engine_budget(0);
+    cr_assert_not_null(parent_budget->shared);
+    pid_t holder = holder_in_lock();
+    cr_expect_eq(bounded(child_counts_while_locked, 5000), 0);
+    kill(holder, SIGKILL);
+    waitpid(holder, NULL, 0);
     drop_region();
 }

@@ -57,6 +57,22 @@ static void put(out_t *o, const char *fmt, ...)
     }
 }
 
+/* A label value in the exposition format: \\, \" and \n escaped as it
+ * requires; other control bytes, which it cannot carry, become '?'. Region
+ * names come from file names in /dev/shm, which anyone may choose. */
+static void put_label(out_t *o, const char *v)
+{
+    for (; *v; v++) {
+        unsigned char c = (unsigned char)*v;
+        if (c == '\\' || c == '"')
+            put(o, "\\%c", c);
+        else if (c == '\n')
+            put(o, "\\n");
+        else
+            put(o, "%c", c < 0x20 || c == 0x7f ? '?' : c);
+    }
+}
+
 typedef struct region_rows {
     out_t *o;
     int metric;
@@ -97,8 +113,9 @@ static void rows_of(const char *name, const vg__shm_t *r, const unsigned char *a
                 uuid[k++] = r->dev[d].uuid[i];
         uuid[k] = '\0';
         uint64_t v = metric_value(x->metric, r, d, alive);
-        put(x->o, "%s{region=\"%s\",device=\"%d\",uuid=\"%s\"} ", names[x->metric], name,
-            r->dev[d].ordinal, uuid);
+        put(x->o, "%s{region=\"", names[x->metric]);
+        put_label(x->o, name);
+        put(x->o, "\",device=\"%d\",uuid=\"%s\"} ", r->dev[d].ordinal, uuid);
         if (v == VG__UNLIMITED)
             put(x->o, "+Inf\n");
         else

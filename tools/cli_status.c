@@ -151,6 +151,23 @@ static void json_u64(FILE *f, const char *key, uint64_t v, const char *sep)
         fprintf(f, "\"%s\":%llu%s", key, (unsigned long long)v, sep);
 }
 
+/* The inside of a JSON string: quote, backslash and every control byte
+ * escaped; bytes above 0x7f as \u00XX, so that a name that is not UTF-8
+ * still gives valid JSON. Region names come from file names in /dev/shm,
+ * which anyone may choose. */
+static void json_text(FILE *f, const char *s)
+{
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\')
+            fprintf(f, "\\%c", c);
+        else if (c < 0x20 || c >= 0x7f)
+            fprintf(f, "\\u%04x", c);
+        else
+            fputc(c, f);
+    }
+}
+
 static void json_devices(FILE *f, const vg__shm_t *r)
 {
     int n = 0;
@@ -205,8 +222,11 @@ static void print_json(const char *name, const vg__shm_t *r, const unsigned char
                        void *ctx)
 {
     json_ctx_t *j = ctx;
-    fprintf(j->f, "%s{\"name\":\"%s\",\"path\":\"" VG__SHM_PREFIX "%s\",",
-            j->regions++ ? ",\n" : "", name, name);
+    fprintf(j->f, "%s{\"name\":\"", j->regions++ ? ",\n" : "");
+    json_text(j->f, name);
+    fprintf(j->f, "\",\"path\":\"" VG__SHM_PREFIX);
+    json_text(j->f, name);
+    fprintf(j->f, "\",");
     json_devices(j->f, r);
     fputc(',', j->f);
     json_processes(j->f, r, alive);

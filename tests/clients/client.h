@@ -25,6 +25,7 @@
 
 #include "client_size.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
@@ -32,6 +33,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #define CLIENT_PTDS CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM
@@ -719,10 +721,98 @@ static int client_segv(client_t *c)
     return 4; /* not reached unless SIGSEGV is ignored */
 }
 
+/* Allocates MAX_CHUNKS plain chunks, then ends through _exit: no atexit
+ * handler runs (as in every Python multiprocessing worker). */
+static int client_quit(client_t *c)
+{
+    client_leak(c);
+    _exit(0);
+}
+
+/* Counts the alloc lines in the audit log (VRAMGUARD_AUDIT) right now. */
+static int client_log_allocs(void)
+{
+    const char *path = getenv("VRAMGUARD_AUDIT");
+    FILE *f = path ? fopen(path, "r") : NULL;
+    char line[4096];
+    int n = 0;
+    while (f && fgets(line, sizeof line, f))
+        n += strstr(line, "\"op\":\"alloc\"") != NULL;
+    if (f)
+        fclose(f);
+    return n;
+}
+
+/* One allocation, 20 ms of quiet, another: the first is stale by then and
+ * must be in the log while the process still runs. Prints "path=stale
+ * rc=RC seen=N", N the alloc lines the log held before exit. */
+static int client_stale(client_t *c)
+{
+    CUdeviceptr p[2];
+    CUresult r = c->api.mem_alloc(&p[0], c->chunk);
+    usleep(20000);
+    if (r == CUDA_SUCCESS)
+        r = c->api.mem_alloc(&p[1], c->chunk);
+    printf("path=stale rc=%d seen=%d\n", (int)r, client_log_allocs());
+    return 0;
+}
+
+/* The program's own SIGINT handler, without SA_RESTART, installed before
+ * the driver starts (as Python's is): a blocking read must still end with
+ * EINTR when SIGINT comes. */
+static void client_on_sigint(int sig) { (void)sig; }
+
+static void client_sigint_setup(void)
+{
+    struct sigaction sa = {.sa_handler = client_on_sigint};
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+}
+
+static int client_sigint_fd[2];
+
+static void *client_sigint_sender(void *arg)
+{
+    (void)arg;
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL); /* the main thread takes it */
+    usleep(100000);
+    kill(getpid(), SIGINT);
+    usleep(2000000);
+    (void)!write(client_sigint_fd[1], "x", 1); /* ends a restarted read */
+    return NULL;
+}
+
+/* Prints "path=sigint eintr=E ms=T": whether read(2) ended with EINTR, and when. */
+static int client_sigint(client_t *c)
+{
+    CUdeviceptr p;
+    if (c->api.mem_alloc(&p, c->chunk) != CUDA_SUCCESS || pipe(client_sigint_fd) != 0)
+        return 4;
+    pthread_t t;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    pthread_create(&t, NULL, client_sigint_sender, NULL);
+    char b;
+    ssize_t n = read(client_sigint_fd[0], &b, 1);
+    int eintr = n < 0 && errno == EINTR;
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    printf("path=sigint eintr=%d ms=%ld\n", eintr,
+           (long)((t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000));
+    fflush(stdout);
+    pthread_join(t, NULL);
+    c->api.mem_free(p);
+    return 0;
+}
+
 static const struct {
     const char *name;
     int (*run)(client_t *c);
 } client_specials[] = {
+    {"quit", client_quit},
+    {"stale", client_stale},
+    {"sigint", client_sigint},
     {"rtldnext", client_rtldnext},
     {"meminfo", client_meminfo},
     {"freeloop", client_freeloop},
@@ -740,7 +830,10 @@ static int client_usage(void)
 {
     fprintf(stderr, "usage: client PATH CHUNK [MAX_CHUNKS [FAILURES]]\n"
                     "  PATH: plain pitch managed async async_ptsz pool vmm array array3d mipmap\n"
-                    "        graph meminfo freeloop race fork pooltrim badptr leak segv\n");
+                    "        graph meminfo freeloop race fork pooltrim badptr leak segv quit
+"
+                    "        stale sigint
+");
     return 2;
 }
 
@@ -778,6 +871,8 @@ static int client_main(client_t *c, int argc, char **argv)
             c->path = &client_paths[i];
     if (!special && !c->path)
         return client_usage();
+    if (special == client_sigint)
+        client_sigint_setup();
     int rc = client_setup(c);
     if (rc != 0)
         return rc;

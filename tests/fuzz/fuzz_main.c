@@ -1,10 +1,11 @@
 /*
  * fuzz_main.c — a tiny standalone driver for LLVMFuzzerTestOneInput, so CI
- * can fuzz without libFuzzer:  fuzz_main SECONDS [SEED]
+ * can fuzz without libFuzzer:  fuzz_main SECONDS [SEED [RUNS]]
  * Each round either mutates an input from a small seed corpus of valid and
  * invalid settings (flip, insert, delete, duplicate, splice) or makes a
  * random string from the characters the parsers care about. It stops after
- * SECONDS and prints "fuzz: N inputs, 0 crashes"; a crash or a broken
+ * SECONDS (0: no time limit) or RUNS inputs (0 or absent: no count limit),
+ * whichever comes first, and prints "fuzz: N inputs, 0 crashes"; a crash or a broken
  * invariant aborts before that line, with the input in hex on stderr.
  * Build it together with a target, e.g. tests/fuzz/fuzz_settings.c.
  */
@@ -106,21 +107,29 @@ static size_t seeded_input(uint8_t *buf)
 
 int main(int argc, char **argv)
 {
-    if (argc < 2 || argc > 3) {
-        fprintf(stderr, "usage: %s SECONDS [SEED]\n", argv[0]);
+    if (argc < 2 || argc > 4) {
+        fprintf(stderr, "usage: %s SECONDS [SEED [RUNS]]\n", argv[0]);
         return 2;
     }
     double seconds = atof(argv[1]);
-    rng_state = argc == 3 ? strtoull(argv[2], NULL, 0) : (uint64_t)time(NULL);
+    rng_state = argc >= 3 ? strtoull(argv[2], NULL, 0) : (uint64_t)time(NULL);
+    uint64_t runs = argc == 4 ? strtoull(argv[3], NULL, 0) : 0;
+    if (seconds <= 0 && runs == 0) {
+        fprintf(stderr, "%s: give SECONDS or RUNS\n", argv[0]);
+        return 2;
+    }
     rng_state |= 1; /* xorshift must not start at 0 */
-    printf("fuzz: seed %llu, %.0f s\n", (unsigned long long)rng_state, seconds);
+    printf("fuzz: seed %llu, %.0f s, %llu runs (0: no limit)\n", (unsigned long long)rng_state,
+           seconds, (unsigned long long)runs);
     for (size_t i = 0; i < sizeof seeds / sizeof seeds[0]; i++)
         LLVMFuzzerTestOneInput((const uint8_t *)seeds[i], strlen(seeds[i]));
     static uint8_t buf[2 * MAX_INPUT];
     uint64_t n = sizeof seeds / sizeof seeds[0];
     time_t start = time(NULL);
     for (;; n++) {
-        if ((n & 1023) == 0 && difftime(time(NULL), start) >= seconds)
+        if (runs && n >= runs)
+            break;
+        if (seconds > 0 && (n & 1023) == 0 && difftime(time(NULL), start) >= seconds)
             break;
         size_t len = (rnd() % 4) ? seeded_input(buf) : random_input(buf);
         LLVMFuzzerTestOneInput(buf, len);
