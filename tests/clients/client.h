@@ -830,10 +830,8 @@ static int client_usage(void)
 {
     fprintf(stderr, "usage: client PATH CHUNK [MAX_CHUNKS [FAILURES]]\n"
                     "  PATH: plain pitch managed async async_ptsz pool vmm array array3d mipmap\n"
-                    "        graph meminfo freeloop race fork pooltrim badptr leak segv quit
-"
-                    "        stale sigint
-");
+                    "        graph meminfo freeloop race fork pooltrim badptr leak segv quit\n"
+                    "        stale sigint\n");
     return 2;
 }
 
