@@ -375,3 +375,26 @@ Test(audit_cli, json_uses_the_audit_logs_field_names)
                      "\"frees\":1,\"refusals\":1,\"bad_ptrs\":2,\"live\":3,"
                      "\"live_bytes\":672137216}]");
 }
+
+Test(audit_cli, replay_uses_the_budget_the_log_recorded_unless_told_otherwise)
+{
+    cli_result_t r;
+    cli(&r, ARGS("replay", DATA "replay_budget_1GiB.jsonl"));
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    EXPECT_IN(r.out, "pid 901 (./three) on device 0, budget 1.00 GiB\n");
+    EXPECT_IN(r.out, "allocations: 2 of 3 succeeded, 1 refused");
+    cli(&r, ARGS("replay", DATA "replay_budget_1GiB.jsonl", "--budget", "2GiB"));
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    EXPECT_IN(r.out, "allocations: 3 of 3 succeeded, 0 refused");
+}
+
+Test(audit_cli, replay_json_uses_the_audit_logs_field_names)
+{
+    cli_result_t r;
+    cli(&r, ARGS("replay", "--json", DATA "replay_budget_1GiB.jsonl"));
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    EXPECT_IN(r.out, "{\"pid\":901,\"dev\":0,\"budget\":1073741824,\"allocs\":3,\"ok\":2,"
+                     "\"refusals\":1,");
+    EXPECT_IN(r.out, "\"first_refusal\":{\"seq\":3,\"api\":\"cuMemAlloc_v2\",\"size\":419430400,"
+                     "\"used\":838860800,\"rc\":2}}\n");
+}
