@@ -362,3 +362,110 @@ Test(status_cli, watch_into_a_pipe_writes_timestamps_and_no_escape_codes)
     release(&h);
     unlink(file);
 }
+
+Test(status_cli, budget_takes_a_percentage_as_run_does)
+{
+    name_region("pct");
+    holder_t h;
+    hold(&h, 1 * MiB);
+    char buf[4096];
+    cr_assert_eq(cli(buf, sizeof buf, "budget", name, "50%", NULL), 0, "%s", cli_err);
+    vg__shm_t *r = snap();
+    cr_expect_eq(r->dev[0].limit, 40 * GiB, "half of the test device's 80 GiB");
+    cr_expect_eq(r->h.default_limit, 40 * GiB);
+    free(r);
+    cr_assert_eq(cli(buf, sizeof buf, "budget", name, "0=25%", "--json"), 0, "%s", cli_err);
+    cr_expect_not_null(strstr(buf, "\"budget_spec\":\"25%\""), "%s", buf);
+    r = snap();
+    cr_expect_eq(r->dev[0].limit, 20 * GiB);
+    free(r);
+    cr_expect_eq(cli(buf, sizeof buf, "budget", name, "150%", NULL), 2, "%s", cli_err);
+    release(&h);
+    unlink(file);
+}
+
+Test(status_cli, budget_lists_and_removes_only_unused_regions)
+{
+    name_region("rm");
+    holder_t h;
+    hold(&h, 1 * MiB);
+    static char buf[1 << 16];
+    cr_assert_eq(cli(buf, sizeof buf, "budget", "--list", NULL, NULL), 0, "%s", cli_err);
+    cr_expect_not_null(strstr(buf, name), "%s", buf);
+    cr_assert_eq(cli(buf, sizeof buf, "budget", "--list", "--json", NULL), 0, "%s", cli_err);
+    char key[128];
+    snprintf(key, sizeof key, "{\"name\":\"%s\",", name);
+    cr_expect_not_null(strstr(buf, key), "%s", buf);
+    cr_expect_eq(cli(buf, sizeof buf, "budget", name, "--remove", NULL), 1, "in use");
+    cr_expect_not_null(strstr(cli_err, "in use"), "%s", cli_err);
+    cr_expect_eq(access(file, F_OK), 0, "still there");
+    release(&h);
+    cr_expect_eq(cli(buf, sizeof buf, "budget", name, "--remove", NULL), 0, "%s", cli_err);
+    cr_expect_neq(access(file, F_OK), 0, "removed");
+    unlink(file);
+}
+
+/* One HTTP exchange with the server on 127.0.0.1:port; the reply in resp. */
+static void http(int port, const char *req, char *resp, size_t cap)
+{
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+    int s = -1;
+    for (int i = 0; i < 200 && s < 0; i++) {
+        s = socket(AF_INET, SOCK_STREAM, 0);
+        if (connect(s, (struct sockaddr *)&sa, sizeof sa) != 0) {
+            close(s);
+            s = -1;
+            usleep(20000);
+        }
+    }
+    cr_assert_geq(s, 0, "the server never listened");
+    cr_assert_eq(write(s, req, strlen(req)), (ssize_t)strlen(req));
+    size_t len = 0;
+    ssize_t got;
+    while (len + 1 < cap && (got = read(s, resp + len, cap - 1 - len)) > 0)
+        len += (size_t)got;
+    resp[len] = '\0';
+    close(s);
+}
+
+Test(status_cli, metrics_serve_only_get_and_head_of_metrics_with_process_series)
+{
+    name_region("http2");
+    holder_t h;
+    hold(&h, 256 * MiB);
+    int port = 20000 + (getpid() + 7919) % 20000;
+    char addr[64], exe[4200];
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", port);
+    snprintf(exe, sizeof exe, "%s/vramguard", build_dir());
+    char *argv[] = {exe, "metrics", name, "--listen", addr, NULL};
+    int out, err;
+    pid_t srv = spawn_err(argv, false, &out, NULL, &err);
+    static char resp[1 << 16];
+    http(port, "GET /metrics HTTP/1.0\r\n\r\n", resp, sizeof resp);
+    cr_expect_not_null(strstr(resp, "200 OK"), "%s", resp);
+    char key[256];
+    snprintf(key, sizeof key,
+             "vramguard_process_explicit_bytes{region=\"%s\",pid=\"%d\",command=\"client_shared\","
+             "device=\"0\"} ", name, (int)h.pid);
+    cr_expect_geq(num_after(resp, key), (long long)(256 * MiB));
+    snprintf(key, sizeof key, "vramguard_process_implicit_bytes{region=\"%s\",pid=\"%d\",", name,
+             (int)h.pid);
+    cr_expect_not_null(strstr(resp, key), "%s", resp);
+    cr_expect_not_null(strstr(resp, "vramguard_build_info{version=\""), "%s", resp);
+    http(port, "GET /other HTTP/1.0\r\n\r\n", resp, sizeof resp);
+    cr_expect_not_null(strstr(resp, "HTTP/1.0 404"), "%s", resp);
+    http(port, "POST /metrics HTTP/1.0\r\n\r\n", resp, sizeof resp);
+    cr_expect_not_null(strstr(resp, "HTTP/1.0 405"), "%s", resp);
+    cr_expect_not_null(strstr(resp, "Allow: GET, HEAD"), "%s", resp);
+    http(port, "HEAD /metrics HTTP/1.0\r\n\r\n", resp, sizeof resp);
+    cr_expect_not_null(strstr(resp, "200 OK"), "%s", resp);
+    cr_expect_null(strstr(resp, "vramguard_used_bytes"), "HEAD has no body: %s", resp);
+    kill(srv, SIGINT);
+    int st;
+    cr_assert_eq(waitpid(srv, &st, 0), srv);
+    close(out);
+    close(err);
+    release(&h);
+    unlink(file);
+}
