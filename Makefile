@@ -73,8 +73,23 @@ PRELOAD    := $(if $(SHIM_SRCS),$(BUILD)/libvramguard-preload.so)
 CLI        := $(if $(CLI_SRCS),$(BUILD)/vramguard)
 BENCH      := $(BUILD)/vg-bench
 
-.PHONY: all test check-deps gpu-test bench install uninstall clean
-all: $(LIB_SO) $(LIB_A) $(FAKECUDA) $(PRELOAD) $(CLI)
+.PHONY: all build-deps test check-deps gpu-test bench install uninstall clean
+all: build-deps
+	@$(MAKE) --no-print-directory $(LIB_SO) $(LIB_A) $(FAKECUDA) $(PRELOAD) $(CLI) $(ALLOC_EXAMPLE)
+
+# What `make` alone needs (uthash and the CUDA headers): checked first, so a
+# missing one is the apt-get line to run, not a compiler error.
+build-deps:
+	@test -f /usr/include/uthash.h || { \
+	  echo "missing build dependency; run: sudo apt-get install -y uthash-dev"; exit 1; }
+	@test -f $(CUDA_HOME)/include/cuda.h || { \
+	  echo "no cuda.h under CUDA_HOME=$(CUDA_HOME); install the CUDA toolkit headers or set CUDA_HOME"; exit 1; }
+
+# The README's C example (examples/): allocates until the budget refuses.
+ALLOC_EXAMPLE := $(BUILD)/alloc-until-refused
+$(ALLOC_EXAMPLE): examples/alloc_until_refused.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $< $(LDFLAGS) -ldl -o $@
 
 # Each object depends on the headers it includes, as the compiler lists them
 # (-MMD -MP: a .d beside the object), so touching a CLI header rebuilds only

@@ -194,3 +194,17 @@ Test(run_checks, a_relative_audit_path_is_made_absolute)
     unlink(file);
     rmdir(dir);
 }
+
+/* ---------------------------------------------------- the README's example */
+
+Test(run_tree, the_readmes_c_example_stops_at_the_budget)
+{
+    cli_result_t r;
+    cli(&r, NULL, ARGS("run", "--budget", "1GiB", "--", exe("alloc-until-refused")));
+    cr_expect_eq(r.status, 0, "%s", r.err);
+    cr_expect_not_null(strstr(r.out, "device 0 as this process sees it: 1.00 GiB total"), "%s",
+                       r.out);
+    cr_expect_not_null(strstr(r.out, "refused after 1.00 GiB in 256 MiB steps (CUresult 2, "
+                                     "CUDA_ERROR_OUT_OF_MEMORY)"),
+                       "%s", r.out);
+}

@@ -45,9 +45,9 @@ typedef struct run_plan {
 
 #define PER_PROCESS "--per-process"
 #define PER_PROCESS_HELP                                                       \
-    "Each process CMD starts gets its own budget (the behaviour before "      \
-    "0.3). Without it CMD and every process it starts share one budget: a "   \
-    "private shared region named run-<pid>-<random>, removed when CMD ends."
+    "CMD and each process it starts get a budget of their own. Without it "  \
+    "CMD and every process it starts share one budget: a private shared "    \
+    "region named run-<pid>-<random>, removed when CMD ends."
 
 
 static const vg__setting_info_t device_budget_info = {
