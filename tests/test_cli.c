@@ -333,3 +333,50 @@ Test(cli, check_self_test_uses_the_driver_vramguard_libcuda_names)
     cr_expect_eq(r.status, 0, "stdout: %s\nstderr: %s", r.out, r.err);
     cr_expect_not_null(strstr(r.out, "self-test: PASS"), "%s", r.out);
 }
+
+/* ------------------------------------------------------ the manual page */
+
+/* Roff writes '-' as "\-": the page's text with those undone. */
+static char *man_text(void)
+{
+    char path[4200];
+    snprintf(path, sizeof path, "%s/vramguard.1", build_dir());
+    char *t = read_whole_file(path);
+    cr_assert_not_null(t, "no %s (make builds it)", path);
+    char *w = t;
+    for (const char *r = t; *r; r++)
+        if (!(r[0] == '\\' && r[1] == '-'))
+            *w++ = *r;
+    *w = '\0';
+    return t;
+}
+
+static void add_setting(const vg__setting_info_t *info, void *ctx)
+{
+    const char *man = ctx;
+    cr_expect_not_null(strstr(man, info->env), "vramguard.1 lacks %s", info->env);
+    if (info->flag)
+        cr_expect_not_null(strstr(man, info->flag), "vramguard.1 lacks %s", info->flag);
+}
+
+Test(cli, the_manual_covers_every_command_setting_and_exit_status)
+{
+    char *man = man_text();
+    vg__settings_describe(add_setting, man);
+    cli_result_t r;
+    cli(&r, NULL, ARGS("--help"));
+    for (const char *line = strstr(r.out, "Commands:\n"); line && (line = strchr(line, '\n'));) {
+        char word[32];
+        line++;
+        if (strncmp(line, "  ", 2) != 0 || sscanf(line, "  %31s", word) != 1)
+            break;
+        char want[64];
+        snprintf(want, sizeof want, ".B vramguard %s", word);
+        cr_expect_not_null(strstr(man, want), "vramguard.1 lacks the command %s", word);
+    }
+    for (const char *const *s = ARGS(".B 0\n", ".B 1\n", ".B 2\n", ".B 125\n", ".B 126\n",
+                                     ".B 127\n", "--per-process", "--device-budget");
+         *s; s++)
+        cr_expect_not_null(strstr(man, *s), "vramguard.1 lacks %s", *s);
+    free(man);
+}

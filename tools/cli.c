@@ -42,6 +42,7 @@ static const cli_command_t commands[] = {
     {"budget", cli_budget_main, cli_budget_help,
      "change a shared budget live"},
     {CLI_SELFTEST_CMD, cli_selftest_main, NULL, NULL},
+    {CLI_MAN_CMD, cli_man_main, NULL, NULL},
 };
 #define COMMAND_COUNT (sizeof commands / sizeof commands[0])
 

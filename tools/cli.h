@@ -134,6 +134,11 @@ int cli_run_devices(const struct vg__budget_spec *spec, const char *libcuda);
 /* ---------------------------------------------------- cli_selftest.c */
 
 #define CLI_SELFTEST_CMD "__selftest"
+#define CLI_MAN_CMD "__man-settings"
+
+/* cli_man.c: the hidden `__man-settings` command, the manual's SETTINGS
+ * section (roff) from the settings table. */
+int cli_man_main(int argc, char **argv);
 
 /* The hidden `__selftest` command: the child half of the self-test, started
  * with the shim preloaded. Prints one result line on stdout. */
