@@ -222,8 +222,9 @@ test: check-deps
 	@LD_LIBRARY_PATH=$(BUILD)/fakecuda $(BUILD)/examples/model_slots >/dev/null
 	@BUILD=$(BUILD) SAN=$(SAN) tests/run-tests.sh $(TESTS)
 
-# Issues 2-3, then 4-6, then the pool and cache mode (issue 6): each script
-# prints its own table; the target fails if any of them failed.
+# The API and the shim, then the audit log and shared budgets, then the pool
+# and cache mode: each script prints its own table; the target fails if any
+# of them failed.
 gpu-test:
 	@rc=0; for s in run.sh run_more.sh run_pool.sh; do \
 	    bash tests/gpu/$$s $(BUILD) || rc=1; done; exit $$rc

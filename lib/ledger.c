@@ -13,7 +13,7 @@
  * (vg__spin_lock: one atomic exchange, and a plain release store to unlock)
  * rather than a pthread mutex, whose unlock is a second atomic operation
  * and two calls: every pool pair and every hooked allocation pays insert
- * and remove (issue 6). Critical sections are a hash probe and a copy, and
+ * and remove (the pool and cache mode). Critical sections are a hash probe and a copy, and
  * a waiter yields after a few spins, so a preempted holder costs little.
  * Each table holds a
  * sentinel record (ptr 0, never a valid key) because uthash frees its bucket

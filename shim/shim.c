@@ -2,8 +2,8 @@
  * shim.c — how calls reach the hooks: start-up, the routing table, the
  * dlsym override and the cuGetProcAddress wrappers.
  *
- * Real programs find driver functions three ways (DESIGN.md, measured on an
- * H100): linking -lcuda (our exported names win, being preloaded), dlsym on
+ * Real programs find driver functions three ways (measured on an
+ * H100, driver 580): linking -lcuda (our exported names win, being preloaded), dlsym on
  * the libcuda handle (JAX), and cudart's cuGetProcAddress (PyTorch, CuPy,
  * static cudart). For the last two the shim asks the real driver first and
  * then swaps the answer for our hook when it is the real function of one we

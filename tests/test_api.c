@@ -365,7 +365,7 @@ Test(api, sixteen_threads_never_exceed_the_budget)
         pthread_join(t[i], NULL);
     vg_pool_stats_t s;
     vg_pool_stats(p, &s);
-    /* Cached memory counts as used (issue 6): all that is left is cache. */
+    /* Cached memory counts as used (docs/pool.md): all that is left is cache. */
     cr_expect_eq(s.used, s.cached);
     cr_assert_eq(vg_pool_trim(p, 0, NULL), VG_OK);
     vg_pool_stats(p, &s);

@@ -1,5 +1,5 @@
 /*
- * test_cache_mode.c — the shim's cache mode (VRAMGUARD_POOL=cache, issue 6,
+ * test_cache_mode.c — the shim's cache mode (VRAMGUARD_POOL=cache,
  * docs/pool.md) as a program meets it. Each test starts the client
  * tests/clients/client_pool.c under the preload shim with the test driver,
  * reads its "path=CASE key=value" line and the driver's exit report

@@ -10,7 +10,7 @@
  * cores a flat column from 1 to 16 threads is perfect scaling; with fewer
  * cores than threads the figure grows with oversubscription too.
  *
- * Shared budgets (issue 5) are measured in forked children, each attached
+ * Shared budgets are measured in forked children, each attached
  * to one region as VRAMGUARD_SHARED would attach it: the single-process hot
  * path with a shared backing (next to the plain budget's row), and a second
  * table of reserve+release throughput with 1, 4 and 16 processes.
@@ -206,7 +206,7 @@ static double run_case(bench_case_t *c)
     return pct(ns, ROUNDS, 0.5);
 }
 
-/* ------------------------------------- shared budgets (issue 5) */
+/* ---------------------------------------------- shared budgets */
 
 /*
  * Every shared case forks its workers while this process's engine has not
@@ -508,6 +508,6 @@ int main(void)
     print_throughput(tp, (int)(sizeof tp / sizeof tp[0]));
     if (shared > 0)
         printf("\nsingle-process hot path, shared backing - plain budget: %+.1f ns "
-               "(issue 5: at most 20 ns)\n", shared - plain);
+               "(target: at most 20 ns)\n", shared - plain);
     return rc;
 }

@@ -1,5 +1,5 @@
 /*
- * model_slots.c — 13 model slots sharing an 8 GiB budget (issue 6).
+ * model_slots.c — 13 model slots sharing an 8 GiB budget (docs/pool.md).
  *
  * A service keeps models resident on the GPU and loads one when a request
  * needs it. Together the 13 models need 11 GiB, so they cannot all stay:

@@ -1,5 +1,5 @@
 /*
- * pool_bench.c — the pool's own microbenchmark (issue 6): alloc+free pairs
+ * pool_bench.c — the pool's own microbenchmark (docs/pool.md): alloc+free pairs
  * through the API, cached and direct, against the bare driver pair at the
  * same sizes in the same run, and the cached pair from 1 to 16 threads.
  *

@@ -1,6 +1,6 @@
 /*
  * badptr_gpu.c — pointers handed back to cuMemFree_v2 that were never real
- * allocations (issue 4): a fake pointer, a double free, a host pointer and
+ * allocations (docs/audit-log.md): a fake pointer, a double free, a host pointer and
  * an interior pointer, each answered by whatever libcuda.so.1 the loader
  * finds and, when preloaded, by the shim first. No vramguard code: linked
  * with -lcuda (the toolkit stub, no rpath), like driver_paths.c.

@@ -41,7 +41,7 @@ echo "== static_cudart"
 "$NVCC" -O2 -cudart static -Itests/gpu -o "$OUT/static_cudart" tests/gpu/static_cudart.cu
 
 cp "$ENGINE/libvramguard-preload.so" "$ENGINE/libvramguard.so" "$OUT/"
-# run_more.sh (issues 4-6): the CLI (it finds the shim beside itself) and the
+# run_more.sh (audit log, shared budgets, pool): the CLI (it finds the shim beside itself) and the
 # pool's example and benchmark, from the same engine build.
 echo "== vramguard, examples/model_slots, examples/pool_bench"
 make --no-print-directory BUILD="$ENGINE" "$ENGINE/vramguard" "$ENGINE/examples/model_slots" \

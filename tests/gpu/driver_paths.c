@@ -279,8 +279,7 @@ static void run_path(const struct path *p, int cap, uint64_t budget)
 }
 
 /* A free of a pointer nobody handed out, and a double free, must come back
- * as the driver's own CUDA_ERROR_INVALID_VALUE, never -1 and never success
- * (DESIGN.md, "Figures to beat"). */
+ * as the driver's own CUDA_ERROR_INVALID_VALUE, never -1 and never success. */
 static void check_bad_frees(void)
 {
     CUdeviceptr p = 0;

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The multi-step GPU checks of issues 4 and 5, for tests/gpu/run_more.sh.
+"""The multi-step GPU checks of the audit log and shared budgets, for tests/gpu/run_more.sh.
 
 Each subcommand runs one scenario (its own child processes, CLI calls and
 checks), prints what it saw (for more.log) and RESULT rows (_gpucommon.py)

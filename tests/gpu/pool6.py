@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The multi-process GPU checks of issue 6's cache mode, for tests/gpu/run_pool.sh.
+"""The multi-process GPU checks of the shim's cache mode, for tests/gpu/run_pool.sh.
 
 Each subcommand runs one scenario (its own child processes, each under its
 own timeout), prints what it saw (for the log) and RESULT rows

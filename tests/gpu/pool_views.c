@@ -1,5 +1,5 @@
 /*
- * pool_views.c — what a program sees of its small allocations (issue 6).
+ * pool_views.c — what a program sees of its small allocations (docs/pool.md).
  * Under the shim's cache mode (VRAMGUARD_POOL=cache) plain cuMemAlloc
  * requests of 1 B..1 MiB made under the primary context come from the
  * shim's pool: blocks carved out of larger driver chunks. The program must

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# tests/gpu/run_more.sh — the GPU checks of issues 4 (audit log, bad
-# pointers) and 5 (shared budgets, status, metrics; issue 6 is run_pool.sh), on
+# tests/gpu/run_more.sh — the GPU checks of the audit log (bad
+# pointers) and of shared budgets (status, metrics; the pool is run_pool.sh), on
 # the machine with the GPU; builds nothing (tests/gpu/build.sh made
 # BUILD_DIR elsewhere). Same conventions as run.sh: each scenario under its
 # own timeout, RESULT rows collected into one table printed last; the suite
@@ -51,7 +51,7 @@ cleanup() {
 }
 trap cleanup EXIT
 init_files more.log
-gpu_header "# vramguard GPU checks, issues 4 and 5" "   shared region: $NAME"
+gpu_header "# vramguard GPU checks, audit log and shared budgets" "   shared region: $NAME"
 "$PYTHON" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)' 2>&1 |
     tail -1 | tee -a "$LOG"
 
@@ -65,7 +65,7 @@ scn_collect() {
 
 SHIM=(env LD_PRELOAD="$PRELOAD")
 
-# ------------------------------------------------------------ issue 4
+# ------------------------------------------------------- audit log
 # (a) a PyTorch training loop under the shim with the audit log and call
 # sites on, then `vramguard audit` on its log: summary, leaks, SVG, CSV.
 AUDIT_LOG=$WORK/torch-audit.jsonl
@@ -87,7 +87,7 @@ run_scn badptr "native, warn, reject" 60 "$PYTHON" "$MORE" badptr --bin "$B/badp
 run_scn audit_overhead "native+shim(+audit)" 200 "$PYTHON" "$MORE" overhead --bin "$B/bench_pairs" \
     --preload "$PRELOAD" --work "$WORK" --tmp /tmp --rounds 31 --timeout 95
 
-# ------------------------------------------------------------ issue 5
+# -------------------------------------------------- shared budgets
 # (a) two processes under one shared 2 GiB budget, (b) kill -9 of the
 # holder, (d) status and metrics while they run.
 run_scn shared_pair "shared 2GiB" 150 "$PYTHON" "$MORE" shared-pair --cli "$VG" \
@@ -103,7 +103,7 @@ TABLE=$WORK/more.md
 TABLE_DETAIL_MAX=200
 {
     echo
-    echo "## vramguard GPU checks, issues 4 and 5: $(date -u '+%Y-%m-%d') ${GPU_LINE:-(no nvidia-smi)}"
+    echo "## vramguard GPU checks, audit log and shared budgets: $(date -u '+%Y-%m-%d') ${GPU_LINE:-(no nvidia-smi)}"
     echo
     echo "Command: tests/gpu/run_more.sh ${1:-build/gpu} (budgets: $BUDGET_TEXT per process; shared $BUDGET_TEXT for two, 8GiB for eight)"
     echo

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# tests/gpu/run_pool.sh — the GPU checks of issue 6's cache mode
+# tests/gpu/run_pool.sh — the GPU checks of the shim's cache mode
 # (VRAMGUARD_POOL=cache: the shim serves cuMemAlloc requests of 1 B..1 MiB
 # made under the primary context from its pool), on the machine with the
 # GPU; builds nothing (tests/gpu/build.sh made BUILD_DIR elsewhere). Same
@@ -62,7 +62,7 @@ init_files pool.log
 CUDART=$WORK/cudart   # static cudart table rows
 POOL=$WORK/pool       # thread table rows
 : >"$CUDART"; : >"$POOL"
-gpu_header "# vramguard GPU checks, issue 6: the pool and the shim's cache mode"
+gpu_header "# vramguard GPU checks: the pool and the shim's cache mode"
 "$PYTHON" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)' 2>&1 |
     tail -1 | tee -a "$LOG"
 
@@ -125,7 +125,7 @@ TABLE=$WORK/pool.md
 TABLE_DETAIL_MAX=220
 {
     echo
-    echo "## vramguard GPU checks, issue 6 (cache mode): $(date -u '+%Y-%m-%d') ${GPU_LINE:-(no nvidia-smi)}"
+    echo "## vramguard GPU checks (cache mode): $(date -u '+%Y-%m-%d') ${GPU_LINE:-(no nvidia-smi)}"
     echo
     echo "Command: tests/gpu/run_pool.sh ${1:-build/gpu} (default = the shim with VRAMGUARD_POOL unset; cache = VRAMGUARD_POOL=cache; budget $BUDGET_TEXT where named)"
     echo

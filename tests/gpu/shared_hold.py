@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""A process that takes device memory under a shared budget (issue 5).
+"""A process that takes device memory under a shared budget.
 
     shared_hold.py hold MIB [--seconds S] [--ready FILE]
         One allocation of MIB MiB, then sleep S seconds (default: until

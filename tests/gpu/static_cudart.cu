@@ -2,7 +2,7 @@
  * static_cudart.cu — a program built with the CUDA runtime linked
  * statically (nvcc -cudart static): cudart dlopens libcuda.so.1 and fetches
  * every entry point through cuGetProcAddress, the way most real binaries
- * reach the driver (DESIGN.md, "Interception").
+ * reach the driver.
  *
  *   static_cudart pairs N           N alternating cudaMalloc/cudaFree of 4 KiB,
  *                                   each timed: median and p10/p90 in ns

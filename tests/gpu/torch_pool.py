@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""PyTorch under the shim's cache mode (issue 6): the child runs of pool6.py.
+"""PyTorch under the shim's cache mode: the child runs of pool6.py.
 
     torch_pool.py train [--steps 60] [--seed 1234]
         A deterministic training run (fixed seed, CPU-generated data,

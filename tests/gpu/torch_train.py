@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""A small PyTorch training loop for the audit log (issue 4).
+"""A small PyTorch training loop for the audit log.
 
 A 4-layer MLP (1024 wide) trained for --steps steps (default 200) on random
 batches of --batch (256) with Adam, then an evaluation pass on a larger
