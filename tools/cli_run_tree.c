@@ -8,7 +8,9 @@
  * vramguard stays CMD's parent for that: SIGINT, SIGTERM, SIGHUP and SIGQUIT
  * sent to vramguard are passed on to CMD (a terminal's own Ctrl-C already
  * reaches both, so it is not sent twice), and when CMD ends vramguard ends
- * the same way: with its exit status, or killed by the same signal.
+ * the same way: with its exit status, or killed by the same signal. The
+ * signals stay blocked and are taken synchronously (sigtimedwait), so a
+ * signal that arrives at any moment after the fork is passed on.
  *
  * A nested run (inside such a tree, or any shared budget) keeps the
  * enclosing region and can only lower its budget: cli_run_nested().
@@ -32,38 +34,26 @@
 static const int forwarded[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT};
 #define FORWARDED (int)(sizeof forwarded / sizeof forwarded[0])
 
-static volatile sig_atomic_t child_pid;
+/* The forwarded signals and SIGCHLD, which vramguard keeps blocked while
+ * it waits and takes with sigtimedwait(): no handler runs, so nothing is
+ * lost between a signal and the wait, and nothing depends on when a
+ * runtime (or a sanitizer) delivers handlers. */
+static void wait_set(sigset_t *set)
+{
+    sigemptyset(set);
+    for (int i = 0; i < FORWARDED; i++)
+        sigaddset(set, forwarded[i]);
+    sigaddset(set, SIGCHLD);
+}
 
 /* Passes a signal on to the command unless the kernel sent it to the whole
  * foreground process group (a terminal's Ctrl-C: si_code > 0), which the
- * command received already. kill() is async-signal-safe. */
-static void forward(int sig, siginfo_t *info, void *uctx)
+ * command received already. A signal ignored when vramguard started (nohup)
+ * is discarded by the kernel and never gets here. */
+static void forward(pid_t child, const siginfo_t *info)
 {
-    (void)uctx;
-    if (child_pid > 0 && (!info || info->si_code <= 0))
-        kill((pid_t)child_pid, sig);
-}
-
-/* Forwarding handlers, for every signal not ignored when we started (a
- * command started under nohup keeps ignoring SIGHUP). */
-static void install_forwarding(void)
-{
-    for (int i = 0; i < FORWARDED; i++) {
-        struct sigaction old, sa = {.sa_sigaction = forward,
-                                    .sa_flags = SA_SIGINFO | SA_RESTART};
-        sigemptyset(&sa.sa_mask);
-        if (sigaction(forwarded[i], NULL, &old) == 0 && old.sa_handler != SIG_IGN)
-            sigaction(forwarded[i], &sa, NULL);
-    }
-}
-
-static void block_forwarded(int how, sigset_t *old)
-{
-    sigset_t set;
-    sigemptyset(&set);
-    for (int i = 0; i < FORWARDED; i++)
-        sigaddset(&set, forwarded[i]);
-    sigprocmask(how, &set, old);
+    if (info->si_signo != SIGCHLD && info->si_code <= 0)
+        kill(child, info->si_signo);
 }
 
 /* "run-<pid>-<8 hex digits>": unique per run, a valid region name. */
@@ -126,13 +116,13 @@ static int end_like(int status)
     return 128 + sig; /* a signal that does not end a process */
 }
 
-/* Starts cmd as our child (forwarded signals blocked until child_pid is
- * set, so none is lost) and waits for it. Out: *status. */
+/* Starts cmd as our child and waits for it, passing signals on. Out:
+ * *status. */
 static int start_and_wait(char **cmd, int *status)
 {
-    sigset_t old;
-    block_forwarded(SIG_BLOCK, &old);
-    install_forwarding();
+    sigset_t set, old;
+    wait_set(&set);
+    sigprocmask(SIG_BLOCK, &set, &old);
     fflush(NULL);
     pid_t pid = fork();
     if (pid < 0) {
@@ -141,18 +131,23 @@ static int start_and_wait(char **cmd, int *status)
         return CLI_EXIT_INTERNAL;
     }
     if (pid == 0) {
-        sigprocmask(SIG_SETMASK, &old, NULL); /* exec resets the handlers */
+        sigprocmask(SIG_SETMASK, &old, NULL);
         _exit(cli_exec(cmd));
     }
-    child_pid = pid;
-    sigprocmask(SIG_SETMASK, &old, NULL);
-    while (waitpid(pid, status, 0) < 0) {
-        if (errno != EINTR) {
-            cli_error(RUN, "cannot wait for '%s': %s", cmd[0], strerror(errno));
-            return CLI_EXIT_INTERNAL;
-        }
+    /* SIGCHLD wakes the wait when cmd ends; the timeout only bounds it
+     * should a SIGCHLD be merged with an earlier one. */
+    const struct timespec tick = {1, 0};
+    pid_t got;
+    while ((got = waitpid(pid, status, WNOHANG)) == 0) {
+        siginfo_t info;
+        if (sigtimedwait(&set, &info, &tick) > 0)
+            forward(pid, &info);
     }
-    child_pid = 0;
+    sigprocmask(SIG_SETMASK, &old, NULL);
+    if (got < 0) {
+        cli_error(RUN, "cannot wait for '%s': %s", cmd[0], strerror(errno));
+        return CLI_EXIT_INTERNAL;
+    }
     return CLI_EXIT_OK;
 }
 
