@@ -208,3 +208,23 @@ Test(run_tree, the_readmes_c_example_stops_at_the_budget)
                                      "CUDA_ERROR_OUT_OF_MEMORY)"),
                        "%s", r.out);
 }
+
+/* Without the CLI (LD_PRELOAD and VRAMGUARD_BUDGET set by hand), a budget
+ * whose entries name no device the driver shows fails closed. */
+Test(run_checks, the_shim_alone_fails_closed_on_a_budget_for_no_visible_device)
+{
+    static const char *const drop[] = {"LD_PRELOAD=", "VRAMGUARD_", "FAKECUDA_", "ASAN_OPTIONS=",
+                                       NULL};
+    char pre[4200];
+    snprintf(pre, sizeof pre, "LD_PRELOAD=%s/libvramguard-preload.so", build_dir());
+    char *asan = asan_entry("");
+    char **env = env_make(drop, ENV(pre, asan, "VRAMGUARD_BUDGET=5=1GiB"));
+    free(asan);
+    char *argv[] = {(char *)exe("clients/client_cudart"), "plain", "16MiB", NULL};
+    static char out[8192], err[8192];
+    int st = child_run(argv, env, &(child_out_t){out, sizeof out, err, sizeof err});
+    env_free(env);
+    cr_expect_eq(st, 0, "%s", err);
+    cr_expect_not_null(strstr(out, "path=plain allocs=0 "), "%s", out);
+    cr_expect_not_null(strstr(err, "names no device the driver shows"), "%s", err);
+}
