@@ -380,3 +380,15 @@ Test(cli, the_manual_covers_every_command_setting_and_exit_status)
         cr_expect_not_null(strstr(man, *s), "vramguard.1 lacks %s", *s);
     free(man);
 }
+
+/* The bash completion that make install ships loads and registers itself. */
+Test(cli, the_bash_completion_loads)
+{
+    char dir[4096], cmd[8400];
+    const char *slash = strrchr(__FILE__, '/');
+    snprintf(dir, sizeof dir, "%.*s", slash ? (int)(slash - __FILE__) : 1, slash ? __FILE__ : ".");
+    snprintf(cmd, sizeof cmd,
+             "bash -c '. \"%s/../completion/vramguard.bash\" && complete -p vramguard' >/dev/null",
+             dir);
+    cr_expect_eq(system(cmd), 0, "%s", cmd);
+}
