@@ -131,8 +131,12 @@ void cli_run_help(FILE *f)
              "enclosing budget is refused (exit status 2).");
     fputc('\n', f);
     cli_wrap(f, 0, RUN_HELP_WIDTH,
-             "Exit status: CMD's own; 2 for a usage error or a bad value; "
-             "125 when the shim cannot be found; 126 when CMD cannot be "
+             "Exit status: CMD's own (killed by a signal: vramguard ends by the "
+             "same signal); 2 for a usage error, a bad value, a budget for a "
+             "device the driver does not show, an audit log that cannot be "
+             "created, or a nested budget above the enclosing one; "
+             "125 when the shim cannot be found or the run's shared budget "
+             "cannot be created; 126 when CMD cannot be "
              "executed; 127 when CMD is not found.");
     fprintf(f, "\nExample:\n  vramguard run --budget 8GiB --device-budget "
                "1=4GiB -- python train.py\n");
