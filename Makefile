@@ -82,8 +82,32 @@ PRELOAD    := $(if $(SHIM_SRCS),$(BUILD)/libvramguard-preload.so)
 CLI        := $(if $(CLI_SRCS),$(BUILD)/vramguard)
 BENCH      := $(BUILD)/vg-bench
 
-.PHONY: all test fuzz check-deps gpu-test bench install uninstall clean
-all: $(LIB_SO) $(LIB_A) $(FAKECUDA) $(PRELOAD) $(CLI)
+.PHONY: all build-deps test fuzz check-deps gpu-test bench install uninstall clean
+all: build-deps
+	@$(MAKE) --no-print-directory $(LIB_SO) $(LIB_A) $(FAKECUDA) $(PRELOAD) $(CLI) $(ALLOC_EXAMPLE) \
+	  $(MANPAGE)
+
+# What `make` alone needs (uthash and the CUDA headers): checked first, so a
+# missing one is the apt-get line to run, not a compiler error.
+build-deps:
+	@test -f /usr/include/uthash.h || { \
+	  echo "missing build dependency; run: sudo apt-get install -y uthash-dev"; exit 1; }
+	@test -f $(CUDA_HOME)/include/cuda.h || { \
+	  echo "no cuda.h under CUDA_HOME=$(CUDA_HOME); install the CUDA toolkit headers or set CUDA_HOME"; exit 1; }
+
+# The manual page: vramguard.1.in with its SETTINGS section generated from
+# the settings table by the CLI itself, so the two cannot disagree.
+MANPAGE := $(if $(CLI),$(BUILD)/vramguard.1)
+$(BUILD)/vramguard.1: vramguard.1.in $(CLI)
+	$(if $(findstring thread,$(SAN)),setarch $$(uname -m) -R) $(CLI) __man-settings > $@.settings
+	sed -e 's/@VERSION@/$(VERSION)/' -e '/@SETTINGS@/{r $@.settings' -e 'd;}' $< > $@
+	rm -f $@.settings
+
+# The README's C example (examples/): allocates until the budget refuses.
+ALLOC_EXAMPLE := $(BUILD)/alloc-until-refused
+$(ALLOC_EXAMPLE): examples/alloc_until_refused.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $< $(LDFLAGS) -ldl -o $@
 
 # Each object depends on the headers it includes, as the compiler lists them
 # (-MMD -MP: a .d beside the object), so touching a CLI header rebuilds only
@@ -272,12 +296,18 @@ install: all vramguard.pc
 	install -m 0644 $(BUILD)/vramguard.pc $(DESTDIR)$(PREFIX)/lib/pkgconfig/
 	$(if $(PRELOAD),install -m 0755 $(PRELOAD) $(DESTDIR)$(PREFIX)/lib/)
 	$(if $(CLI),install -m 0755 $(CLI) $(DESTDIR)$(PREFIX)/bin/)
+	$(if $(CLI),install -d $(DESTDIR)$(PREFIX)/share/man/man1 \
+	  $(DESTDIR)$(PREFIX)/share/bash-completion/completions)
+	$(if $(CLI),install -m 0644 $(MANPAGE) $(DESTDIR)$(PREFIX)/share/man/man1/)
+	$(if $(CLI),install -m 0644 completion/vramguard.bash \
+	  $(DESTDIR)$(PREFIX)/share/bash-completion/completions/vramguard)
 
 uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/include/vramguard.h $(DESTDIR)$(PREFIX)/include/vramguard.hpp \
 	  $(DESTDIR)$(PREFIX)/lib/libvramguard.* \
 	  $(DESTDIR)$(PREFIX)/lib/libvramguard-preload.so $(DESTDIR)$(PREFIX)/lib/pkgconfig/vramguard.pc \
-	  $(DESTDIR)$(PREFIX)/bin/vramguard
+	  $(DESTDIR)$(PREFIX)/bin/vramguard $(DESTDIR)$(PREFIX)/share/man/man1/vramguard.1 \
+	  $(DESTDIR)$(PREFIX)/share/bash-completion/completions/vramguard
 
 clean:
 	rm -rf build

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "vg_account.h"
 #include "vg_audit.h"
@@ -94,6 +95,28 @@ static bool spec_needs_device(const vg__budget_spec_t *spec)
     return false;
 }
 
+/* Whether some per-device entry of the budget names a device the driver
+ * shows. A budget made only of entries that match nothing ("5=1GiB" on a
+ * one-GPU machine, a mistyped GPU uuid) is a typo, not "no limit": the
+ * caller fails closed (`vramguard run` refuses it before the program
+ * starts; this is for the shim used without the CLI). */
+static bool spec_names_a_device(const vg__budget_spec_t *spec)
+{
+    const vg__driver_t *d = vg__driver();
+    int count = 0;
+    if (!d || d->cuDeviceGetCount(&count) != CUDA_SUCCESS)
+        return true; /* cannot tell: resolve as written */
+    for (int i = 0; i < count; i++) {
+        char uuid[48] = "";
+        vg__device_uuid(i, uuid);
+        for (int e = 0; e < spec->count; e++)
+            if (spec->entry[e].uuid[0] ? strcasecmp(spec->entry[e].uuid, uuid) == 0
+                                       : spec->entry[e].ordinal == i)
+                return true;
+    }
+    return false;
+}
+
 /* Fails closed: a budget that names the device by UUID or percent but whose
  * device cannot be read becomes a limit of 0, never unlimited. */
 static uint64_t resolve_limit(int device)
@@ -108,6 +131,11 @@ static uint64_t resolve_limit(int device)
          vg__device_total(device, &total) != VG_OK)) {
         vg__log("cannot read device %d to resolve VRAMGUARD_BUDGET; "
                 "refusing its allocations", device);
+        return 0;
+    }
+    if (spec->count > 0 && spec->all.unit == VG__BUDGET_NONE && !spec_names_a_device(spec)) {
+        vg__log("VRAMGUARD_BUDGET names no device the driver shows; refusing "
+                "device %d's allocations rather than running unlimited", device);
         return 0;
     }
     return vg__budget_spec_limit(spec, device, uuid, total);

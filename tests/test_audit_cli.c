@@ -337,3 +337,64 @@ Test(audit_cli, replay_reproduces_a_refusal_under_a_smaller_budget)
     EXPECT_IN(r.out, "allocations: 3 of 3 succeeded, 0 refused");
     EXPECT_IN(r.out, "first refusal: none\n");
 }
+
+/* ------------------------------------------- arguments, empty logs, JSON */
+
+Test(audit_cli, options_may_follow_the_logs_as_the_readme_writes_them)
+{
+    cli_result_t r;
+    cli(&r, ARGS("audit", DATA "basic.jsonl", "--leaks"));
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    cr_expect_str_eq(r.err, "");
+    EXPECT_IN(r.out, "Live at exit: 3 allocations, 641.00 MiB, from 3 call sites\n");
+    cli(&r, ARGS("audit", DATA "basic.jsonl", "--top", "1", DATA "leak_events.jsonl"));
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    EXPECT_IN(r.out, "1. ");
+    cli(&r, ARGS("audit", "--", DATA "basic.jsonl"));
+    cr_expect_eq(r.status, 0, "%s", r.err);
+    cli(&r, ARGS("audit", "--svg", "--leaks", DATA "basic.jsonl"));
+    cr_expect_eq(r.status, 2, "--svg never takes an option as its file: %s", r.err);
+}
+
+Test(audit_cli, a_log_with_no_event_at_all_exits_2)
+{
+    cli_result_t r;
+    cli(&r, ARGS("audit", "/dev/null"));
+    cr_expect_eq(r.status, 2, "%s", r.err);
+    cr_expect_eq(lines(r.err), 1, "%s", r.err);
+    EXPECT_IN(r.err, "/dev/null");
+}
+
+Test(audit_cli, json_uses_the_audit_logs_field_names)
+{
+    cli_result_t r;
+    cli(&r, ARGS("audit", DATA "basic.jsonl", "--json"));
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    EXPECT_IN(r.out, "{\"logs\":1,\"events\":12,\"bad_ptrs\":2,\"processes\":[{\"pid\":4242,"
+                     "\"cmd\":\"python train.py --epochs 1\",\"exited\":true,\"allocs\":4,"
+                     "\"frees\":1,\"refusals\":1,\"bad_ptrs\":2,\"live\":3,"
+                     "\"live_bytes\":672137216}]");
+}
+
+Test(audit_cli, replay_uses_the_budget_the_log_recorded_unless_told_otherwise)
+{
+    cli_result_t r;
+    cli(&r, ARGS("replay", DATA "replay_budget_1GiB.jsonl"));
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    EXPECT_IN(r.out, "pid 901 (./three) on device 0, budget 1.00 GiB\n");
+    EXPECT_IN(r.out, "allocations: 2 of 3 succeeded, 1 refused");
+    cli(&r, ARGS("replay", DATA "replay_budget_1GiB.jsonl", "--budget", "2GiB"));
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    EXPECT_IN(r.out, "allocations: 3 of 3 succeeded, 0 refused");
+}
+
+Test(audit_cli, replay_json_uses_the_audit_logs_field_names)
+{
+    cli_result_t r;
+    cli(&r, ARGS("replay", "--json", DATA "replay_budget_1GiB.jsonl"));
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    EXPECT_IN(r.out, "{\"pid\":901,\"dev\":0,\"budget\":1073741824,\"allocs\":3,\"ok\":2,"
+                     "\"refusals\":1,");
+    EXPECT_IN(r.out, "\"first_refusal\":{\"seq\":3,\"api\":\"cuMemAlloc_v2\",\"size\":419430400,"
+                     "\"used\":838860800,\"rc\":2}}\n");
+}

@@ -154,7 +154,7 @@ Test(cli, run_preloads_the_shim_first_and_sets_the_budget)
     cli_result_t r;
     char shim[4096], want[8192];
     shim_path(shim, sizeof shim);
-    cli(&r, NULL, ARGS("run", "--budget", "1GiB", "--", "sh", "-c", SHOW));
+    cli(&r, NULL, ARGS("run", "--per-process", "--budget", "1GiB", "--", "sh", "-c", SHOW));
     cr_expect_eq(r.status, 0, "%s", r.err);
     snprintf(want, sizeof want, "%s|1GiB\n", shim);
     cr_expect_str_eq(r.out, want);
@@ -166,11 +166,12 @@ Test(cli, run_keeps_an_earlier_preload_after_the_shim_and_never_adds_it_twice)
     char shim[4096], want[8192], twice[8192];
     shim_path(shim, sizeof shim);
     snprintf(want, sizeof want, "%s:/x.so|1GiB\n", shim);
-    cli(&r, ENV("LD_PRELOAD=/x.so"), ARGS("run", "--budget", "1GiB", "--", "sh", "-c", SHOW));
+    cli(&r, ENV("LD_PRELOAD=/x.so"),
+        ARGS("run", "--per-process", "--budget", "1GiB", "--", "sh", "-c", SHOW));
     cr_expect_eq(r.status, 0, "%s", r.err);
     cr_expect_str_eq(r.out, want);
     snprintf(twice, sizeof twice, "LD_PRELOAD=/x.so:%s", shim);
-    cli(&r, ENV(twice), ARGS("run", "--budget", "1GiB", "--", "sh", "-c", SHOW));
+    cli(&r, ENV(twice), ARGS("run", "--per-process", "--budget", "1GiB", "--", "sh", "-c", SHOW));
     cr_expect_eq(r.status, 0, "%s", r.err);
     cr_expect_str_eq(r.out, want);
 }
@@ -178,11 +179,12 @@ Test(cli, run_keeps_an_earlier_preload_after_the_shim_and_never_adds_it_twice)
 Test(cli, run_combines_budget_and_device_budget)
 {
     cli_result_t r;
-    cli(&r, NULL,
+    cli(&r, ENV("FAKECUDA_DEVICES=2"),
         ARGS("run", "--budget", "8GiB", "--device-budget", "1=4GiB", "--", "sh", "-c", SHOW));
     cr_expect_eq(r.status, 0, "%s", r.err);
     cr_expect_not_null(strstr(r.out, "|8GiB,1=4GiB\n"), "%s", r.out);
-    cli(&r, NULL, ARGS("run", "--device-budget", "1=4GiB", "--", "sh", "-c", SHOW));
+    cli(&r, ENV("FAKECUDA_DEVICES=2"),
+        ARGS("run", "--device-budget", "1=4GiB", "--", "sh", "-c", SHOW));
     cr_expect_eq(r.status, 0, "%s", r.err);
     cr_expect_not_null(strstr(r.out, "|1=4GiB\n"), "%s", r.out);
     cli(&r, NULL,
@@ -202,6 +204,7 @@ Test(cli, run_sets_every_table_flag_in_the_environment)
              "$VRAMGUARD_ON_BAD_POINTER $VRAMGUARD_SHARED $VRAMGUARD_AUDIT $VRAMGUARD_LIBCUDA\""));
     cr_expect_eq(r.status, 0, "%s", r.err);
     cr_expect_str_eq(r.out, "deny cache info reject job-1 /tmp/vg-audit.log libcuda.so.1\n");
+    unlink("/tmp/vg-audit.log"); /* run creates the log before CMD starts */
 }
 
 Test(cli, run_exits_with_the_commands_status)
@@ -316,4 +319,76 @@ Test(cli, an_installed_tree_finds_its_shim_in_the_sibling_lib)
     char cmd[4300];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", root);
     cr_expect_eq(system(cmd), 0);
+}
+
+/* The driver named by VRAMGUARD_LIBCUDA, not on the library path: the
+ * self-test must load the same one `check` listed. */
+Test(cli, check_self_test_uses_the_driver_vramguard_libcuda_names)
+{
+    cli_result_t r;
+    char lib[4200], path[4300];
+    snprintf(lib, sizeof lib, "VRAMGUARD_LIBCUDA=%s/fakecuda/libcuda.so.1", build_dir());
+    snprintf(path, sizeof path, "LD_LIBRARY_PATH=%s/fakenvml", build_dir());
+    cli(&r, ENV(lib, path), ARGS("check"));
+    cr_expect_eq(r.status, 0, "stdout: %s\nstderr: %s", r.out, r.err);
+    cr_expect_not_null(strstr(r.out, "self-test: PASS"), "%s", r.out);
+}
+
+/* ------------------------------------------------------ the manual page */
+
+/* Roff writes '-' as "\-": the page's text with those undone. */
+static char *man_text(void)
+{
+    char path[4200];
+    snprintf(path, sizeof path, "%s/vramguard.1", build_dir());
+    char *t = read_whole_file(path);
+    cr_assert_not_null(t, "no %s (make builds it)", path);
+    char *w = t;
+    for (const char *r = t; *r; r++)
+        if (!(r[0] == '\\' && r[1] == '-'))
+            *w++ = *r;
+    *w = '\0';
+    return t;
+}
+
+static void add_setting(const vg__setting_info_t *info, void *ctx)
+{
+    const char *man = ctx;
+    cr_expect_not_null(strstr(man, info->env), "vramguard.1 lacks %s", info->env);
+    if (info->flag)
+        cr_expect_not_null(strstr(man, info->flag), "vramguard.1 lacks %s", info->flag);
+}
+
+Test(cli, the_manual_covers_every_command_setting_and_exit_status)
+{
+    char *man = man_text();
+    vg__settings_describe(add_setting, man);
+    cli_result_t r;
+    cli(&r, NULL, ARGS("--help"));
+    for (const char *line = strstr(r.out, "Commands:\n"); line && (line = strchr(line, '\n'));) {
+        char word[32];
+        line++;
+        if (strncmp(line, "  ", 2) != 0 || sscanf(line, "  %31s", word) != 1)
+            break;
+        char want[64];
+        snprintf(want, sizeof want, ".B vramguard %s", word);
+        cr_expect_not_null(strstr(man, want), "vramguard.1 lacks the command %s", word);
+    }
+    for (const char *const *s = ARGS(".B 0\n", ".B 1\n", ".B 2\n", ".B 125\n", ".B 126\n",
+                                     ".B 127\n", "--per-process", "--device-budget");
+         *s; s++)
+        cr_expect_not_null(strstr(man, *s), "vramguard.1 lacks %s", *s);
+    free(man);
+}
+
+/* The bash completion that make install ships loads and registers itself. */
+Test(cli, the_bash_completion_loads)
+{
+    char dir[4096], cmd[8400];
+    const char *slash = strrchr(__FILE__, '/');
+    snprintf(dir, sizeof dir, "%.*s", slash ? (int)(slash - __FILE__) : 1, slash ? __FILE__ : ".");
+    snprintf(cmd, sizeof cmd,
+             "bash -c '. \"%s/../completion/vramguard.bash\" && complete -p vramguard' >/dev/null",
+             dir);
+    cr_expect_eq(system(cmd), 0, "%s", cmd);
 }

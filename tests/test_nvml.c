@@ -45,9 +45,13 @@ static void run_nvml_client(run_t *r, bool nvml, char *const *extra, char *const
     char *argv[ARGV_MAX] = {client};
     for (int i = 0; args[i] && i < ARGV_MAX - 2; i++)
         argv[i + 1] = args[i];
-    r->status = child_run(argv, env, &(child_out_t){r->out, sizeof r->out, NULL, 0});
+    /* Its stderr (refusals, "NVML is not available" when the test takes NVML
+     * away) is the test's, not noise in the run. */
+    static char err[8192];
+    r->status = child_run(argv, env, &(child_out_t){r->out, sizeof r->out, err, sizeof err});
     env_free(env);
-    cr_assert(r->status == 0, "nvml_client failed (status %d); output:\n%s", r->status, r->out);
+    cr_assert(r->status == 0, "nvml_client failed (status %d); output:\n%s\nstderr:\n%s", r->status,
+              r->out, err);
 }
 
 /* The line that starts with `prefix` (e.g. "mem index=0 how=dlsym v=1 "). */

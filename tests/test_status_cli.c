@@ -27,13 +27,19 @@ static void name_region(const char *tag)
     unlink(file);
 }
 
-/* Spawns argv with stdout on a pipe (and stdin on one when `in` is set);
- * `preload` puts the shim, the test driver and the region in its env. */
-static pid_t spawn(char *const argv[], bool preload, int *out, int *in)
+/* Spawns argv with stdout on a pipe (and stdin on one when `in` is set,
+ * stderr on one when `err` is set); `preload` puts the shim, the test
+ * driver and the region in its env. */
+static pid_t spawn_err(char *const argv[], bool preload, int *out, int *in, int *err)
 {
     static const char *const drop[] = {"LD_PRELOAD=", "VRAMGUARD_", NULL};
     char *pre = cat3("LD_PRELOAD=", build_dir(), "/libvramguard-preload.so");
+    char *nvml = cat3(":", build_dir(), "/fakenvml");
     char *lib = cat3("LD_LIBRARY_PATH=", build_dir(), "/fakecuda");
+    char *libs = cat3(lib, nvml, "");
+    free(lib);
+    free(nvml);
+    lib = libs;
     char *shr = cat3("VRAMGUARD_SHARED=", name, "");
     char *asan = asan_entry("");
     char **env = env_make(drop, preload ? ENV(pre, lib, shr, "VRAMGUARD_BUDGET=2GiB", asan) : NULL);
@@ -41,12 +47,18 @@ static pid_t spawn(char *const argv[], bool preload, int *out, int *in)
     free(lib);
     free(shr);
     free(asan);
-    int o[2], i[2];
+    int o[2], i[2], e[2] = {-1, CHILD_KEEP};
     cr_assert_eq(pipe2(o, O_CLOEXEC), 0);
     cr_assert_eq(pipe2(i, O_CLOEXEC), 0);
-    pid_t pid = child_spawn(argv, env, (int[3]){i[0], o[1], CHILD_KEEP});
+    if (err)
+        cr_assert_eq(pipe2(e, O_CLOEXEC), 0);
+    pid_t pid = child_spawn(argv, env, (int[3]){i[0], o[1], e[1]});
     close(o[1]);
     close(i[0]);
+    if (err) {
+        close(e[1]);
+        *err = e[0];
+    }
     env_free(env);
     *out = o[0];
     if (in)
@@ -56,18 +68,29 @@ static pid_t spawn(char *const argv[], bool preload, int *out, int *in)
     return pid;
 }
 
-/* Runs the CLI to the end; its stdout in buf, its exit status returned. */
+static pid_t spawn(char *const argv[], bool preload, int *out, int *in)
+{
+    return spawn_err(argv, preload, out, in, NULL);
+}
+
+/* The last cli() call's stderr: expected errors are the test's to read. */
+static char cli_err[4096];
+
+/* Runs the CLI to the end; its stdout in buf (stderr in cli_err), its exit
+ * status returned. */
 static int cli(char *buf, size_t cap, const char *a1, const char *a2, const char *a3,
                const char *a4)
 {
-    int out;
+    int out, err;
     char exe[4200];
     snprintf(exe, sizeof exe, "%s/vramguard", build_dir());
     char *argv[] = {exe, (char *)a1, (char *)a2, (char *)a3, (char *)a4, NULL};
-    pid_t pid = spawn(argv, false, &out, NULL);
+    pid_t pid = spawn_err(argv, false, &out, NULL, &err);
     buf[0] = '\0';
-    child_collect(pid, out, -1, &(child_out_t){buf, cap, NULL, 0});
+    cli_err[0] = '\0';
+    child_collect(pid, out, err, &(child_out_t){buf, cap, cli_err, sizeof cli_err});
     close(out);
+    close(err);
     return child_wait(pid);
 }
 
@@ -185,6 +208,7 @@ Test(status_cli, metrics_http_is_loopback_only_and_serves)
     hold(&h, 256 * MiB);
     char buf[4096];
     cr_expect_eq(cli(buf, sizeof buf, "metrics", name, "--listen", "0.0.0.0:9400"), 2);
+    cr_expect_not_null(strstr(cli_err, "0.0.0.0:9400"), "%s", cli_err);
     cr_expect_eq(cli(buf, sizeof buf, "metrics", name, "--listen", "10.1.2.3:9400"), 2);
     int port = 20000 + getpid() % 20000;
     char addr[64], exe[4200];
@@ -192,7 +216,8 @@ Test(status_cli, metrics_http_is_loopback_only_and_serves)
     snprintf(exe, sizeof exe, "%s/vramguard", build_dir());
     char *argv[] = {exe, "metrics", name, "--listen", addr, NULL};
     int out;
-    pid_t srv = spawn(argv, false, &out, NULL);
+    int srv_err; /* "serving on ..." is the test's, not the run's output */
+    pid_t srv = spawn_err(argv, false, &out, NULL, &srv_err);
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
     inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
     int s = -1;
@@ -223,6 +248,7 @@ Test(status_cli, metrics_http_is_loopback_only_and_serves)
     cr_assert_eq(waitpid(srv, &st, 0), srv);
     cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 0, "SIGINT did not exit 0");
     close(out);
+    close(srv_err);
     release(&h);
     unlink(file);
 }
@@ -269,6 +295,177 @@ Test(status_cli, watch_exits_zero_on_sigint)
     cr_assert_eq(waitpid(pid, &st, 0), pid);
     cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 0);
     close(out);
+    release(&h);
+    unlink(file);
+}
+
+Test(status_cli, without_a_name_it_lists_every_budgeted_process)
+{
+    name_region("all");
+    holder_t h;
+    hold(&h, 768 * MiB);
+    static char buf[1 << 16];
+    cr_assert_eq(cli(buf, sizeof buf, "status", NULL, NULL, NULL), 0, "%s", cli_err);
+    cr_expect_not_null(strstr(buf, "EXPLICIT"), "%s", buf);
+    cr_expect_not_null(strstr(buf, "IMPLICIT"), "%s", buf);
+    char want[128];
+    snprintf(want, sizeof want, "%-8d %-20.20s %-4d", (int)h.pid, "client_shared", 0);
+    const char *line = strstr(buf, want);
+    cr_assert_not_null(line, "no line for %d:\n%s", (int)h.pid, buf);
+    vg__shm_t *r = snap();
+    char used[32], limit[32], tail[256];
+    int s = 0;
+    while (s < VG__SHM_SLOTS && r->slot[s].pid != h.pid)
+        s++;
+    cr_assert_lt(s, VG__SHM_SLOTS);
+    vg__fmt_bytes(r->slot[s].used[0] - r->slot[s].overhead[0], used, sizeof used);
+    vg__fmt_bytes(r->dev[0].limit, limit, sizeof limit);
+    snprintf(tail, sizeof tail, " %12s", used);
+    cr_expect_not_null(strstr(line, tail), "explicit %s: %.200s", used, line);
+    cr_expect_not_null(strstr(line, limit), "limit %s: %.200s", limit, line);
+    cr_expect_not_null(strstr(line, name), "region: %.200s", line);
+    free(r);
+    release(&h);
+    cr_assert_eq(cli(buf, sizeof buf, "status", name, NULL, NULL), 0, "%s", cli_err);
+    cr_expect_not_null(strstr(buf, "no budgeted processes\n"), "%s", buf);
+    unlink(file);
+}
+
+Test(status_cli, watch_into_a_pipe_writes_timestamps_and_no_escape_codes)
+{
+    name_region("watchpipe");
+    holder_t h;
+    hold(&h, 1 * MiB);
+    char exe[4200];
+    snprintf(exe, sizeof exe, "%s/vramguard", build_dir());
+    char *argv[] = {exe, "status", name, "--watch", NULL};
+    int out;
+    pid_t pid = spawn(argv, false, &out, NULL);
+    static char buf[1 << 15];
+    size_t len = 0;
+    struct pollfd p = {.fd = out, .events = POLLIN};
+    while (len < 10 || !strstr(buf, "PID")) {
+        cr_assert_gt(poll(&p, 1, 10000), 0, "no output from --watch");
+        ssize_t got = read(out, buf + len, sizeof buf - 1 - len);
+        cr_assert_gt(got, 0);
+        len += (size_t)got;
+        buf[len] = '\0';
+    }
+    kill(pid, SIGINT);
+    int st;
+    cr_assert_eq(waitpid(pid, &st, 0), pid);
+    cr_expect_null(strchr(buf, '\033'), "escape codes into a pipe: %s", buf);
+    int y, mo, d, hh, mm, ss;
+    cr_expect_eq(sscanf(buf, "%4d-%2d-%2d %2d:%2d:%2d\n", &y, &mo, &d, &hh, &mm, &ss), 6, "%s",
+                 buf);
+    close(out);
+    release(&h);
+    unlink(file);
+}
+
+Test(status_cli, budget_takes_a_percentage_as_run_does)
+{
+    name_region("pct");
+    holder_t h;
+    hold(&h, 1 * MiB);
+    char buf[4096];
+    cr_assert_eq(cli(buf, sizeof buf, "budget", name, "50%", NULL), 0, "%s", cli_err);
+    vg__shm_t *r = snap();
+    cr_expect_eq(r->dev[0].limit, 40 * GiB, "half of the test device's 80 GiB");
+    cr_expect_eq(r->h.default_limit, 40 * GiB);
+    free(r);
+    cr_assert_eq(cli(buf, sizeof buf, "budget", name, "0=25%", "--json"), 0, "%s", cli_err);
+    cr_expect_not_null(strstr(buf, "\"budget_spec\":\"25%\""), "%s", buf);
+    r = snap();
+    cr_expect_eq(r->dev[0].limit, 20 * GiB);
+    free(r);
+    cr_expect_eq(cli(buf, sizeof buf, "budget", name, "150%", NULL), 2, "%s", cli_err);
+    release(&h);
+    unlink(file);
+}
+
+Test(status_cli, budget_lists_and_removes_only_unused_regions)
+{
+    name_region("rm");
+    holder_t h;
+    hold(&h, 1 * MiB);
+    static char buf[1 << 16];
+    cr_assert_eq(cli(buf, sizeof buf, "budget", "--list", NULL, NULL), 0, "%s", cli_err);
+    cr_expect_not_null(strstr(buf, name), "%s", buf);
+    cr_assert_eq(cli(buf, sizeof buf, "budget", "--list", "--json", NULL), 0, "%s", cli_err);
+    char key[128];
+    snprintf(key, sizeof key, "{\"name\":\"%s\",", name);
+    cr_expect_not_null(strstr(buf, key), "%s", buf);
+    cr_expect_eq(cli(buf, sizeof buf, "budget", name, "--remove", NULL), 1, "in use");
+    cr_expect_not_null(strstr(cli_err, "in use"), "%s", cli_err);
+    cr_expect_eq(access(file, F_OK), 0, "still there");
+    release(&h);
+    cr_expect_eq(cli(buf, sizeof buf, "budget", name, "--remove", NULL), 0, "%s", cli_err);
+    cr_expect_neq(access(file, F_OK), 0, "removed");
+    unlink(file);
+}
+
+/* One HTTP exchange with the server on 127.0.0.1:port; the reply in resp. */
+static void http(int port, const char *req, char *resp, size_t cap)
+{
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+    int s = -1;
+    for (int i = 0; i < 200 && s < 0; i++) {
+        s = socket(AF_INET, SOCK_STREAM, 0);
+        if (connect(s, (struct sockaddr *)&sa, sizeof sa) != 0) {
+            close(s);
+            s = -1;
+            usleep(20000);
+        }
+    }
+    cr_assert_geq(s, 0, "the server never listened");
+    cr_assert_eq(write(s, req, strlen(req)), (ssize_t)strlen(req));
+    size_t len = 0;
+    ssize_t got;
+    while (len + 1 < cap && (got = read(s, resp + len, cap - 1 - len)) > 0)
+        len += (size_t)got;
+    resp[len] = '\0';
+    close(s);
+}
+
+Test(status_cli, metrics_serve_only_get_and_head_of_metrics_with_process_series)
+{
+    name_region("http2");
+    holder_t h;
+    hold(&h, 256 * MiB);
+    int port = 20000 + (getpid() + 7919) % 20000;
+    char addr[64], exe[4200];
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", port);
+    snprintf(exe, sizeof exe, "%s/vramguard", build_dir());
+    char *argv[] = {exe, "metrics", name, "--listen", addr, NULL};
+    int out, err;
+    pid_t srv = spawn_err(argv, false, &out, NULL, &err);
+    static char resp[1 << 16];
+    http(port, "GET /metrics HTTP/1.0\r\n\r\n", resp, sizeof resp);
+    cr_expect_not_null(strstr(resp, "200 OK"), "%s", resp);
+    char key[256];
+    snprintf(key, sizeof key,
+             "vramguard_process_explicit_bytes{region=\"%s\",pid=\"%d\",command=\"client_shared\","
+             "device=\"0\"} ", name, (int)h.pid);
+    cr_expect_geq(num_after(resp, key), (long long)(256 * MiB));
+    snprintf(key, sizeof key, "vramguard_process_implicit_bytes{region=\"%s\",pid=\"%d\",", name,
+             (int)h.pid);
+    cr_expect_not_null(strstr(resp, key), "%s", resp);
+    cr_expect_not_null(strstr(resp, "vramguard_build_info{version=\""), "%s", resp);
+    http(port, "GET /other HTTP/1.0\r\n\r\n", resp, sizeof resp);
+    cr_expect_not_null(strstr(resp, "HTTP/1.0 404"), "%s", resp);
+    http(port, "POST /metrics HTTP/1.0\r\n\r\n", resp, sizeof resp);
+    cr_expect_not_null(strstr(resp, "HTTP/1.0 405"), "%s", resp);
+    cr_expect_not_null(strstr(resp, "Allow: GET, HEAD"), "%s", resp);
+    http(port, "HEAD /metrics HTTP/1.0\r\n\r\n", resp, sizeof resp);
+    cr_expect_not_null(strstr(resp, "200 OK"), "%s", resp);
+    cr_expect_null(strstr(resp, "vramguard_used_bytes"), "HEAD has no body: %s", resp);
+    kill(srv, SIGINT);
+    int st;
+    cr_assert_eq(waitpid(srv, &st, 0), srv);
+    close(out);
+    close(err);
     release(&h);
     unlink(file);
 }

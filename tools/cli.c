@@ -28,7 +28,7 @@ typedef struct cli_command {
 
 static const cli_command_t commands[] = {
     {"run", cli_run_main, cli_run_help,
-     "run a command with a VRAM budget (the shim preloaded)"},
+     "run a command and its children under one VRAM budget"},
     {"check", cli_check_main, cli_check_help,
      "check the driver, list the devices, self-test the shim"},
     {"audit", cli_audit_main, cli_audit_help,
@@ -36,12 +36,13 @@ static const cli_command_t commands[] = {
     {"replay", cli_replay_main, cli_replay_help,
      "re-run a logged allocation sequence against the driver"},
     {"status", cli_status_main, cli_status_help,
-     "show shared budgets: devices, processes (--watch, --json)"},
+     "show budgeted processes, or one shared budget (--watch, --json)"},
     {"metrics", cli_metrics_main, cli_metrics_help,
      "shared budgets as Prometheus metrics (HTTP or textfile)"},
     {"budget", cli_budget_main, cli_budget_help,
-     "change a shared budget live"},
+     "change a shared budget live; list or remove them"},
     {CLI_SELFTEST_CMD, cli_selftest_main, NULL, NULL},
+    {CLI_MAN_CMD, cli_man_main, NULL, NULL},
 };
 #define COMMAND_COUNT (sizeof commands / sizeof commands[0])
 

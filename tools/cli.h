@@ -15,6 +15,8 @@
 #define VG_CLI_H
 
 #include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
 #include <stddef.h>
 #include <stdio.h>
 
@@ -93,9 +95,51 @@ typedef void (*cli_region_fn)(const char *name, const struct vg__shm *snap,
                               const unsigned char *alive, void *ctx);
 int cli_regions(const char *cmd, const char *name, cli_region_fn fn, void *ctx);
 
+/* ---------------------------------------------------- cli_run_tree.c */
+
+/* Replaces this process with cmd; returns only on failure (one line on
+ * stderr) with the status a shell would give: 127 not found, 126 not
+ * executable. */
+int cli_exec(char **cmd);
+/* Runs cmd with one budget for it and every process it starts: a private
+ * region run-<pid>-<random> with `limit` on every device (VG__UNLIMITED:
+ * the processes set it from VRAMGUARD_BUDGET, which stays in their
+ * environment), named in VRAMGUARD_SHARED, removed when cmd ends. Signals
+ * sent to vramguard go on to cmd. Returns cmd's exit status (or ends this
+ * process with cmd's signal), or a CLI_EXIT_* of its own. */
+int cli_run_tree(char **cmd, uint64_t limit);
+
+/* A nested run: a budget of `bytes` asked inside an enclosing one (the
+ * region `region`, NULL when none, and/or a per-process budget
+ * `outer_bytes`, VG__UNLIMITED when none). */
+typedef struct cli_nest {
+    const char *region;
+    uint64_t outer_bytes;
+    uint64_t bytes;
+} cli_nest_t;
+/* More than the enclosing budget is refused (one line, CLI_EXIT_USAGE);
+ * less lowers the enclosing region's limit on every device (its processes
+ * see it at their next allocation). Returns CLI_EXIT_OK to go on. */
+int cli_run_nested(const cli_nest_t *n);
+
+/* ------------------------------------------------- cli_run_devices.c */
+
+struct vg__budget_spec;
+/* Checks that every per-device entry of a budget names a device the driver
+ * at `libcuda` shows (with this environment's CUDA_VISIBLE_DEVICES). No
+ * entry matching: one line naming them, CLI_EXIT_USAGE. Some not matching:
+ * one warning line naming those, CLI_EXIT_OK. A driver that cannot be
+ * loaded shows nothing to check against: CLI_EXIT_OK. */
+int cli_run_devices(const struct vg__budget_spec *spec, const char *libcuda);
+
 /* ---------------------------------------------------- cli_selftest.c */
 
 #define CLI_SELFTEST_CMD "__selftest"
+#define CLI_MAN_CMD "__man-settings"
+
+/* cli_man.c: the hidden `__man-settings` command, the manual's SETTINGS
+ * section (roff) from the settings table. */
+int cli_man_main(int argc, char **argv);
 
 /* The hidden `__selftest` command: the child half of the self-test, started
  * with the shim preloaded. Prints one result line on stdout. */

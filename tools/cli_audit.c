@@ -23,7 +23,7 @@
 #define AUDIT_FRAMES 8 /* frames printed per call site */
 
 typedef struct audit_opts {
-    bool leaks, csv;
+    bool leaks, csv, json;
     long top;          /* 0: no --top */
     const char *svg;   /* NULL: no --svg */
     char **logs;
@@ -32,7 +32,7 @@ typedef struct audit_opts {
 
 void cli_audit_help(FILE *f)
 {
-    fprintf(f, "Usage: vramguard audit [OPTIONS] LOG...\n\n");
+    fprintf(f, "Usage: vramguard audit LOG... [OPTIONS]  (options and logs in any order)\n\n");
     cli_wrap(f, 0, 78,
              "Reads audit logs written with VRAMGUARD_AUDIT=LOG (or vramguard "
              "run --audit LOG) and prints a summary: the processes, peak use "
@@ -49,6 +49,9 @@ void cli_audit_help(FILE *f)
                "  --svg FILE\n"
                "        Also write a timeline of bytes in use per device, with\n"
                "        the budget, pressure bands and refusals, to FILE.\n"
+               "  --json\n"
+               "        Print one JSON object instead: per process the exit\n"
+               "        counts, and the leaks, named as in the audit log.\n"
                "  --csv\n"
                "        Print allocations, frees and refusals as RMM's logging\n"
                "        CSV (Thread,Time,Action,Pointer,Size,Stream) instead.\n"
@@ -80,46 +83,68 @@ static const char *opt_value(int argc, char **argv, int *i, const char *eq)
 {
     if (eq)
         return eq + 1;
-    return *i + 1 < argc ? argv[++*i] : NULL;
+    /* A value is never another option or "--". */
+    if (*i + 1 >= argc || (argv[*i + 1][0] == '-' && argv[*i + 1][1]))
+        return NULL;
+    return argv[++*i];
 }
 
+/* One option at argv[*i] (and its value, advancing *i). */
+static int take_option(audit_opts_t *o, int argc, char **argv, int *i)
+{
+    const char *a = argv[*i], *eq = strchr(a, '=');
+    size_t len = eq ? (size_t)(eq - a) : strlen(a);
+    if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+        cli_audit_help(stdout);
+        return CLI_EXIT_OK;
+    }
+    if (strcmp(a, "--leaks") == 0) {
+        o->leaks = true;
+    } else if (strcmp(a, "--csv") == 0) {
+        o->csv = true;
+    } else if (strcmp(a, "--json") == 0) {
+        o->json = true;
+    } else if (len == 5 && strncmp(a, "--top", 5) == 0) {
+        const char *v = opt_value(argc, argv, i, eq);
+        if (!v)
+            return cli_usage_error(AUDIT, "option '--top' needs a value (N)");
+        if (parse_top(v, &o->top) != AUDIT_GO)
+            return CLI_EXIT_USAGE;
+    } else if (len == 5 && strncmp(a, "--svg", 5) == 0) {
+        if (!(o->svg = opt_value(argc, argv, i, eq)) || !*o->svg)
+            return cli_usage_error(AUDIT, "option '--svg' needs a value (FILE)");
+    } else {
+        return cli_usage_error(AUDIT, "unknown option '%.*s'", (int)len, a);
+    }
+    return AUDIT_GO;
+}
+
+/* Options and logs in any order, as GNU tools take them; "--" ends the
+ * options. The logs are moved, in order, to argv[1..]: every slot written
+ * was read already. */
 static int parse_args(audit_opts_t *o, int argc, char **argv)
 {
-    int i = 1;
-    for (; i < argc && argv[i][0] == '-' && argv[i][1]; i++) {
-        const char *a = argv[i], *eq = strchr(a, '=');
-        size_t len = eq ? (size_t)(eq - a) : strlen(a);
-        if (strcmp(a, "--") == 0) {
-            i++;
-            break;
-        }
-        if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
-            cli_audit_help(stdout);
-            return CLI_EXIT_OK;
-        }
-        if (strcmp(a, "--leaks") == 0) {
-            o->leaks = true;
-        } else if (strcmp(a, "--csv") == 0) {
-            o->csv = true;
-        } else if (len == 5 && strncmp(a, "--top", 5) == 0) {
-            const char *v = opt_value(argc, argv, &i, eq);
-            if (!v)
-                return cli_usage_error(AUDIT, "option '--top' needs a value (N)");
-            if (parse_top(v, &o->top) != AUDIT_GO)
-                return CLI_EXIT_USAGE;
-        } else if (len == 5 && strncmp(a, "--svg", 5) == 0) {
-            if (!(o->svg = opt_value(argc, argv, &i, eq)) || !*o->svg)
-                return cli_usage_error(AUDIT, "option '--svg' needs a value (FILE)");
+    int n = 1;
+    bool options = true;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (options && strcmp(a, "--") == 0) {
+            options = false;
+        } else if (options && a[0] == '-' && a[1]) {
+            int rc = take_option(o, argc, argv, &i);
+            if (rc != AUDIT_GO)
+                return rc;
         } else {
-            return cli_usage_error(AUDIT, "unknown option '%.*s'", (int)len, a);
+            argv[n++] = argv[i];
         }
     }
-    if (i >= argc)
+    if (n == 1)
         return cli_usage_error(AUDIT, "no audit log given");
-    if (o->csv && (o->leaks || o->top))
-        return cli_usage_error(AUDIT, "--csv prints only the CSV; leave out --leaks and --top");
-    o->logs = argv + i;
-    o->nlogs = argc - i;
+    if (o->csv && (o->leaks || o->top || o->json))
+        return cli_usage_error(AUDIT, "--csv prints only the CSV; leave out --leaks, --top "
+                                      "and --json");
+    o->logs = argv + 1;
+    o->nlogs = n - 1;
     return AUDIT_GO;
 }
 
@@ -418,11 +443,59 @@ static void print_csv(const au_model_t *m)
     }
 }
 
+/* ------------------------------------------------------------- JSON */
+
+/* s as a JSON string: quotes, backslashes and control bytes escaped. */
+static void json_str(const char *s)
+{
+    putchar('"');
+    for (; s && *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\')
+            printf("\\%c", c);
+        else if (c < 0x20 || c == 0x7f)
+            printf("\\u%04x", c);
+        else
+            putchar(c);
+    }
+    putchar('"');
+}
+
+/* One JSON object for scripts; each field is named as in the audit log
+ * (docs/audit-log.md): a process's exit counts, and its leaks by device. */
+static void print_json(const au_model_t *m)
+{
+    printf("{\"logs\":%d,\"events\":%ld,\"bad_ptrs\":%ld,\"processes\":[", m->nfiles,
+           m->events, m->bad_ptrs);
+    for (size_t i = 0; i < m->nproc; i++) {
+        const au_proc_t *p = &m->proc[i];
+        printf("%s{\"pid\":%lld,\"cmd\":", i ? "," : "", (long long)p->pid);
+        json_str(p->cmd ? p->cmd : "");
+        printf(",\"exited\":%s,\"allocs\":%lld,\"frees\":%lld,\"refusals\":%lld,"
+               "\"bad_ptrs\":%lld,\"live\":%lld,\"live_bytes\":%lld}",
+               p->exited ? "true" : "false", (long long)p->allocs, (long long)p->frees,
+               (long long)p->refusals, (long long)p->bad_ptrs, (long long)p->live,
+               (long long)p->live_bytes);
+    }
+    printf("],\"leaks\":[");
+    for (size_t i = 0; i < m->nleak; i++) {
+        const au_leak_t *l = &m->leak[i];
+        printf("%s{\"pid\":%lld,\"dev\":%d,\"count\":%lld,\"bytes\":%lld}", i ? "," : "",
+               (long long)(l->proc < m->nproc ? m->proc[l->proc].pid : -1), l->dev,
+               (long long)l->count, (long long)l->bytes);
+    }
+    printf("]}\n");
+}
+
 /* ------------------------------------------------------------- main */
 
 static int report(au_model_t *m, const audit_opts_t *o)
 {
     int rc = CLI_EXIT_OK;
+    if (o->json) {
+        print_json(m);
+        return CLI_EXIT_OK;
+    }
     if (o->csv)
         print_csv(m);
     else if (!o->leaks && !o->top)

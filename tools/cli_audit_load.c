@@ -313,6 +313,10 @@ int au_model_load(au_model_t *m, const char *cmd, const char *path)
         cli_error(cmd, "%s:%ld: not a vramguard audit log (%s)", path, first_bad,
                   au_skip_name(first_why));
         rc = CLI_EXIT_USAGE;
+    } else if (rc == 0 && used == 0) {
+        /* An empty file is no more a log than a garbled one. */
+        cli_error(cmd, "%s: not a vramguard audit log (no event in it)", path);
+        rc = CLI_EXIT_USAGE;
     }
     fclose(r->f);
     free(r);

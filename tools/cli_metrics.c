@@ -123,6 +123,73 @@ static void rows_of(const char *name, const vg__shm_t *r, const unsigned char *a
     }
 }
 
+/* ------------------------------------------------ per-process series */
+
+/* X(name, help): the per-process gauges, labelled region, pid, command and
+ * device. Explicit use is what the process allocated (used - overhead),
+ * implicit use what no call shows (context, modules: the overhead). */
+#define PROC_METRICS(X)                                                        \
+    X(process_explicit_bytes, "Bytes a process allocated through the API")    \
+    X(process_implicit_bytes, "Bytes a process holds that no call shows")
+
+typedef struct proc_rows {
+    out_t *o;
+    int metric; /* 0 explicit, 1 implicit */
+} proc_rows_t;
+
+/* A label value from a string other processes wrote: quotes, backslashes
+ * and control bytes become '?'. */
+static void label_clean(char *out, const char *in, size_t max)
+{
+    size_t n = strnlen(in, max);
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)in[i];
+        out[i] = c < 0x20 || c == 0x7f || c == '"' || c == '\\' ? '?' : (char)c;
+    }
+    out[n] = '\0';
+}
+
+static void proc_rows_of(const char *name, const vg__shm_t *r, const unsigned char *alive,
+                         void *ctx)
+{
+    proc_rows_t *x = ctx;
+    for (int s = 0; s < VG__SHM_SLOTS; s++) {
+        const vg__shm_slot_t *sl = &r->slot[s];
+        char cmd[VG__SHM_CMD + 1];
+        if (sl->pid <= 0 || !alive[s])
+            continue;
+        label_clean(cmd, sl->cmd, VG__SHM_CMD);
+        for (int d = 0; d < VG__SHM_DEVICES; d++) {
+            if (r->dev[d].ordinal < 0 || !(sl->used[d] || sl->live[d] || sl->overhead[d]))
+                continue;
+            uint64_t over = sl->overhead[d], used = sl->used[d] > over ? sl->used[d] - over : 0;
+            put(x->o, "vramguard_%s{region=\"%s\",pid=\"%d\",command=\"%s\",device=\"%d\"} %llu\n",
+                x->metric ? "process_implicit_bytes" : "process_explicit_bytes", name, sl->pid,
+                cmd, r->dev[d].ordinal, (unsigned long long)(x->metric ? over : used));
+        }
+    }
+}
+
+static int process_series(out_t *o, const char *name)
+{
+    static const char *const heads[] = {
+#define PHEAD_(n, help) "# HELP vramguard_" #n " " help "\n# TYPE vramguard_" #n " gauge\n",
+        PROC_METRICS(PHEAD_)
+#undef PHEAD_
+    };
+    for (int m = 0; m < 2; m++) {
+        put(o, "%s", heads[m]);
+        proc_rows_t x = {o, m};
+        if (cli_regions(CMD, name, proc_rows_of, &x) != CLI_EXIT_OK)
+            return -1;
+    }
+    put(o, "# HELP vramguard_build_info The vramguard that serves these metrics\n"
+           "# TYPE vramguard_build_info gauge\n"
+           "vramguard_build_info{version=\"%d.%d.%d\"} 1\n",
+        VG_VERSION_MAJOR, VG_VERSION_MINOR, VG_VERSION_PATCH);
+    return 0;
+}
+
 /* The whole exposition; NULL when NAME could not be read. */
 static char *exposition(const char *name, size_t *len)
 {
@@ -140,6 +207,10 @@ static char *exposition(const char *name, size_t *len)
             free(o.buf);
             return NULL;
         }
+    }
+    if (process_series(&o, name) != 0) {
+        free(o.buf);
+        return NULL;
     }
     *len = o.len;
     return o.buf;
@@ -207,11 +278,39 @@ static int parse_listen(const char *text, struct sockaddr_storage *ss, socklen_t
 static volatile sig_atomic_t stop;
 static void on_signal(int sig) { (void)sig; stop = 1; }
 
+/* Answers a request that is not GET or HEAD of /metrics: 405 for another
+ * method, 404 for another path, 400 for no request line. Returns true when
+ * it answered. */
+static bool refuse_request(int c, const char *req, bool *head_only)
+{
+    const char *status = NULL;
+    size_t m = strcspn(req, " "), plen = 0;
+    const char *path = req + m + (req[m] == ' ');
+    plen = strcspn(path, " ?\r\n");
+    *head_only = m == 4 && !strncmp(req, "HEAD", 4);
+    if (req[m] != ' ' || plen == 0)
+        status = "400 Bad Request";
+    else if (!(m == 3 && !strncmp(req, "GET", 3)) && !*head_only)
+        status = "405 Method Not Allowed\r\nAllow: GET, HEAD";
+    else if (plen != 8 || strncmp(path, "/metrics", 8) != 0)
+        status = "404 Not Found";
+    if (!status)
+        return false;
+    char head[256];
+    int hl = snprintf(head, sizeof head,
+                      "HTTP/1.0 %s\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", status);
+    (void)!write(c, head, (size_t)hl);
+    return true;
+}
+
 static void serve_one(int c, const char *name)
 {
     char req[2048];
-    ssize_t n = read(c, req, sizeof req - 1); /* any request gets the metrics */
-    (void)n;
+    bool head_only = false;
+    ssize_t n = read(c, req, sizeof req - 1);
+    req[n > 0 ? n : 0] = '\0';
+    if (refuse_request(c, req, &head_only))
+        return;
     size_t len = 0;
     char *text = exposition(name, &len);
     char head[256];
@@ -222,7 +321,7 @@ static void serve_one(int c, const char *name)
                              "HTTP/1.0 503 Service Unavailable\r\nContent-Length: 0\r\n"
                              "Connection: close\r\n\r\n");
     (void)!write(c, head, (size_t)hl);
-    if (text)
+    if (text && !head_only)
         (void)!write(c, text, len);
     free(text);
 }
@@ -270,7 +369,12 @@ void cli_metrics_help(FILE *f)
              "Prometheus metrics: vramguard_budget_bytes, vramguard_used_bytes, "
              "vramguard_peak_bytes, vramguard_refusals_total, "
              "vramguard_pressure_level and vramguard_processes, labelled by "
-             "region, device index and uuid.");
+             "region, device index and uuid; per live process "
+             "vramguard_process_explicit_bytes (what it allocated) and "
+             "vramguard_process_implicit_bytes (context, modules), labelled by "
+             "region, pid, command and device; and vramguard_build_info. Over "
+             "HTTP only GET and HEAD of /metrics are served: another path is "
+             "404, another method 405.");
     fprintf(f, "\nOptions:\n"
                "  --listen ADDR:PORT  serve them over HTTP until interrupted; loopback\n"
                "                      only (127.0.0.1:9400, [::1]:9400, localhost:9400)\n"

@@ -1,5 +1,5 @@
 /*
- * cli_replay.c — `vramguard replay LOG [--budget SIZE] [--pid PID]`: re-runs
+ * cli_replay.c — `vramguard replay LOG [--budget SIZE] [--pid PID] [--json]`: re-runs
  * one process's recorded allocations, frees and refusals, in log order,
  * against the driver through the public API (one vg_pool_t on device 0),
  * to reproduce a refusal under a budget or to time an allocator.
@@ -14,6 +14,7 @@
 
 #include "cli.h"
 #include "cli_audit.h"
+#include "vg_driver.h"
 #include "vg_settings.h"
 
 #define REPLAY "replay"
@@ -21,8 +22,9 @@
 
 typedef struct replay_opts {
     const char *log;
-    const char *budget_text; /* NULL: the device's memory */
+    const char *budget_text; /* NULL: the log's budget, else the device's memory */
     uint64_t budget;
+    bool json;
     int64_t pid;
     bool has_pid;
 } replay_opts_t;
@@ -47,7 +49,7 @@ typedef struct replay_state {
 
 void cli_replay_help(FILE *f)
 {
-    fprintf(f, "Usage: vramguard replay [--budget SIZE] [--pid PID] LOG\n\n");
+    fprintf(f, "Usage: vramguard replay [--budget SIZE] [--pid PID] [--json] LOG\n\n");
     cli_wrap(f, 0, 78,
              "Re-runs the allocations, frees and refusals one process recorded "
              "in the audit log LOG, in order, against the CUDA driver on device "
@@ -57,10 +59,12 @@ void cli_replay_help(FILE *f)
              "or to benchmark an allocator on a real sequence.");
     fprintf(f, "\nOptions:\n"
                "  --budget SIZE\n"
-               "        The pool's limit (8GiB, 512MiB, ...); default: all of the\n"
-               "        device's memory.\n"
+               "        The pool's limit (8GiB, 512MiB, ...); default: the budget\n"
+               "        the log recorded for device 0, else all of its memory.\n"
                "  --pid PID\n"
                "        The process to replay; default: the first that allocated.\n"
+               "  --json\n"
+               "        Print one JSON object, named as in the audit log.\n"
                "  -h, --help\n"
                "        Show this help and exit.\n\n");
     cli_wrap(f, 0, 78,
@@ -103,6 +107,10 @@ static int parse_args(replay_opts_t *o, int argc, char **argv)
             cli_replay_help(stdout);
             return CLI_EXIT_OK;
         }
+        if (strcmp(a, "--json") == 0) {
+            o->json = true;
+            continue;
+        }
         if (a[0] != '-' || !a[1]) {
             if (take_log(o, a) != REPLAY_GO)
                 return CLI_EXIT_USAGE;
@@ -112,7 +120,10 @@ static int parse_args(replay_opts_t *o, int argc, char **argv)
         snprintf(name, sizeof name, "%.*s", (int)(len < 15 ? len : 15), a);
         if (strcmp(name, "--budget") != 0 && strcmp(name, "--pid") != 0)
             return cli_usage_error(REPLAY, "unknown option '%.*s'", (int)len, a);
-        const char *v = eq ? eq + 1 : i + 1 < argc ? argv[++i] : NULL;
+        /* A value is never another option or "--". */
+        const char *v = eq ? eq + 1
+                        : i + 1 < argc && (argv[i + 1][0] != '-' || !argv[i + 1][1]) ? argv[++i]
+                                                                                    : NULL;
         if (!v)
             return cli_usage_error(REPLAY, "option '%s' needs a value", name);
         if (take_opt(o, name, v) != REPLAY_GO)
@@ -245,6 +256,39 @@ static int pick_proc(const au_model_t *m, const replay_opts_t *o, uint32_t *out)
     return CLI_EXIT_USAGE;
 }
 
+/* The budget the process ran under on device 0, as its events recorded
+ * it; false when it had none. */
+static bool recorded_budget(const au_model_t *m, uint32_t proc, uint64_t *out)
+{
+    for (size_t i = 0; i < m->nrec; i++) {
+        const au_rec_t *r = &m->rec[i];
+        if (r->proc == proc && r->dev == 0 && r->budget >= 0 &&
+            (r->op == AU_OP_ALLOC || r->op == AU_OP_REFUSE || r->op == AU_OP_FREE)) {
+            *out = (uint64_t)r->budget;
+            return true;
+        }
+    }
+    return false;
+}
+
+/* The result with the audit log's field names (docs/audit-log.md). */
+static void print_json(replay_state_t *s, const au_model_t *m, uint32_t proc, int64_t budget)
+{
+    const au_proc_t *p = &m->proc[proc];
+    printf("{\"pid\":%lld,\"dev\":0,\"budget\":%lld,\"allocs\":%ld,\"ok\":%ld,"
+           "\"refusals\":%ld,\"errors\":%ld,\"recorded_refusals\":%ld,\"now_fit\":%ld,"
+           "\"frees\":%ld,\"skipped_frees\":%ld,\"first_refusal\":",
+           (long long)p->pid, (long long)budget, s->allocs, s->ok, s->refused, s->errors,
+           s->recorded_refusals, s->now_fit, s->frees, s->unknown_frees);
+    if (s->have_first)
+        printf("{\"seq\":%lld,\"api\":\"%s\",\"size\":%llu,\"used\":%llu,\"rc\":%d}}\n",
+               (long long)s->first.seq, au_model_name(m, s->first.api),
+               (unsigned long long)s->first.size, (unsigned long long)s->first_used,
+               (int)vg__cu_status(s->first_rc));
+    else
+        printf("null}\n");
+}
+
 static void print_result(replay_state_t *s, const au_model_t *m, const replay_opts_t *o,
                          uint32_t proc)
 {
@@ -253,6 +297,8 @@ static void print_result(replay_state_t *s, const au_model_t *m, const replay_op
     printf("replay of %s: pid %lld (%s) on device 0, budget %s\n", o->log, (long long)p->pid,
            p->cmd ? p->cmd : "no start event",
            o->budget_text ? vg__fmt_bytes(o->budget, limit, sizeof limit) : "none (the device)");
+    if (o->budget_text && strcmp(o->budget_text, "recorded") == 0)
+        printf("(the budget recorded in the log; --budget overrides it)\n");
     printf("allocations: %ld of %ld succeeded, %ld refused", s->ok, s->allocs, s->refused);
     if (s->errors)
         printf(", %ld failed otherwise", s->errors);
@@ -274,6 +320,10 @@ static void print_result(replay_state_t *s, const au_model_t *m, const replay_op
 static int replay(const au_model_t *m, const replay_opts_t *o, uint32_t proc)
 {
     replay_state_t s = {0};
+    replay_opts_t with = *o;
+    if (!with.budget_text && recorded_budget(m, proc, &with.budget))
+        with.budget_text = "recorded";
+    o = &with;
     uint64_t limit = o->budget;
     vg_device_info_t info;
     int rc = o->budget_text ? VG_OK : vg_device_info(0, &info);
@@ -287,7 +337,10 @@ static int replay(const au_model_t *m, const replay_opts_t *o, uint32_t proc)
     }
     replay_run(&s, m, proc);
     vg_pool_destroy(s.pool, NULL);
-    print_result(&s, m, o, proc);
+    if (o->json)
+        print_json(&s, m, proc, o->budget_text ? (int64_t)limit : -1);
+    else
+        print_result(&s, m, o, proc);
     au_map_free(&s.live);
     free(s.alloc_t.ns);
     free(s.free_t.ns);

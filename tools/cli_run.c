@@ -6,10 +6,16 @@
  * (vg__settings_describe): each row's flag sets its variable. Every value is
  * checked by the engine's own parser, through a lookup over the environment
  * the command would get, before anything runs: a typo is a one-line error
- * and exit status 2, never a command running unlimited. Then vramguard
- * execs the command, so its exit status is the command's.
+ * and exit status 2, never a command running unlimited.
+ *
+ * With a budget, the command and every process it starts share it: one
+ * private region for the run (cli_run_tree.c), and vramguard exits with the
+ * command's status. --per-process, --shared NAME and an enclosing shared
+ * budget (a nested run, which can only lower it) exec the command in
+ * vramguard's place instead.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,7 +40,15 @@ typedef struct run_plan {
     run_opt_t opt[RUN_MAX_OPTS];
     int count;
     char **cmd; /* the command and its arguments, NULL-terminated */
+    bool per_process; /* --per-process: each process its own budget */
 } run_plan_t;
+
+#define PER_PROCESS "--per-process"
+#define PER_PROCESS_HELP                                                       \
+    "CMD and each process it starts get a budget of their own. Without it "  \
+    "CMD and every process it starts share one budget: a private shared "    \
+    "region named run-<pid>-<random>, removed when CMD ends."
+
 
 static const vg__setting_info_t device_budget_info = {
     .flag = "--device-budget",
@@ -107,16 +121,35 @@ void cli_run_help(FILE *f)
     fprintf(f, "\nOptions:\n");
     for (int i = 0; i < p.count; i++)
         help_opt(f, &p.opt[i].info);
+    fprintf(f, "  " PER_PROCESS "\n");
+    cli_wrap(f, 8, RUN_HELP_WIDTH, PER_PROCESS_HELP);
     fprintf(f, "  -h, --help\n        Show this help and exit.\n\n");
     cli_wrap(f, 0, RUN_HELP_WIDTH,
-             "Exit status: CMD's own; 2 for a usage error or a bad value; "
-             "125 when the shim cannot be found; 126 when CMD cannot be "
+             "Inside a budgeted run (VRAMGUARD_SHARED or VRAMGUARD_BUDGET "
+             "already set), a nested run keeps the enclosing shared budget and "
+             "can only lower it: --budget takes one SIZE, and more than the "
+             "enclosing budget is refused (exit status 2).");
+    fputc('\n', f);
+    cli_wrap(f, 0, RUN_HELP_WIDTH,
+             "Exit status: CMD's own (killed by a signal: vramguard ends by the "
+             "same signal); 2 for a usage error, a bad value, a budget for a "
+             "device the driver does not show, an audit log that cannot be "
+             "created, or a nested budget above the enclosing one; "
+             "125 when the shim cannot be found or the run's shared budget "
+             "cannot be created; 126 when CMD cannot be "
              "executed; 127 when CMD is not found.");
     fprintf(f, "\nExample:\n  vramguard run --budget 8GiB --device-budget "
                "1=4GiB -- python train.py\n");
 }
 
 /* --------------------------------------------------------- parsing */
+
+/* True for a word that is an option or "--", never taken as a value: "-1"
+ * and "-" are values. */
+static bool is_option(const char *a)
+{
+    return a[0] == '-' && (a[1] == '-' || (a[1] >= 'A' && a[1] <= 'z'));
+}
 
 /* Takes the option at argv[*i] (and its value), advancing *i. */
 static int take_option(run_plan_t *p, int argc, char **argv, int *i)
@@ -131,7 +164,7 @@ static int take_option(run_plan_t *p, int argc, char **argv, int *i)
         return cli_usage_error(RUN, "option '%s' given twice", o->info.flag);
     if (eq)
         o->value = eq + 1;
-    else if (*i + 1 < argc)
+    else if (*i + 1 < argc && !is_option(argv[*i + 1]))
         o->value = argv[++*i];
     else
         return cli_usage_error(RUN, "option '%s' needs a value (%s)",
@@ -155,6 +188,10 @@ static int parse_args(run_plan_t *p, int argc, char **argv)
         if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
             cli_run_help(stdout);
             return CLI_EXIT_OK;
+        }
+        if (strcmp(a, PER_PROCESS) == 0) {
+            p->per_process = true;
+            continue;
         }
         int rc = take_option(p, argc, argv, &i);
         if (rc != RUN_GO)
@@ -274,9 +311,9 @@ static int check_flags(const run_plan_t *p)
 
 /* Every setting the command will see, given and inherited, parsed as the
  * shim will parse it. Fills *e with the given ones. */
-static int check_all(const run_plan_t *p, const char *budget, run_env_t *e)
+static int check_all(const run_plan_t *p, const char *budget, run_env_t *e,
+                     vg__settings_t *s)
 {
-    vg__settings_t s;
     char err[1024];
     *e = (run_env_t){.inherit = true};
     if (budget[0]) {
@@ -291,7 +328,7 @@ static int check_all(const run_plan_t *p, const char *budget, run_env_t *e)
         e->name[e->count] = o->info.env;
         e->value[e->count++] = o->value;
     }
-    if (vg__settings_parse(env_lookup, e, &s, err, sizeof err) == VG_OK)
+    if (vg__settings_parse(env_lookup, e, s, err, sizeof err) == VG_OK)
         return RUN_GO;
     cli_error(RUN, "bad setting in the environment: %s", err);
     return CLI_EXIT_USAGE;
@@ -319,36 +356,144 @@ static int set_preload(void)
     return RUN_GO;
 }
 
-/* Replaces this process with the command; returns only on failure, with
- * the status a shell would give. */
-static int exec_command(char **cmd)
+/* The audit log, opened (created) now as the shim will open it, so a path
+ * that cannot be written is exit status 2 before CMD starts, not a run
+ * whose every allocation is refused; a relative path is made absolute so
+ * a process that changes directory writes the same file. */
+static int audit_ready(const char *path)
 {
-    execvp(cmd[0], cmd);
-    int err = errno;
-    cli_error(NULL, "cannot run '%s': %s", cmd[0], strerror(err));
-    return err == ENOENT || err == ENOTDIR ? CLI_EXIT_NOTFOUND
-                                           : CLI_EXIT_NOEXEC;
+    char abs[2 * CLI_PATH_MAX + 2], cwd[CLI_PATH_MAX];
+    if (!path[0])
+        return RUN_GO;
+    if (path[0] != '/' && !getcwd(cwd, sizeof cwd)) {
+        cli_error(RUN, "cannot make the audit path '%s' absolute: %s", path, strerror(errno));
+        return CLI_EXIT_USAGE;
+    }
+    int n = snprintf(abs, sizeof abs, "%s%s%s", path[0] == '/' ? "" : cwd,
+                     path[0] == '/' ? "" : "/", path);
+    if (n < 0 || (size_t)n >= sizeof abs) {
+        cli_error(RUN, "the audit path '%s' is too long", path);
+        return CLI_EXIT_USAGE;
+    }
+    int fd = open(abs, O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        cli_error(RUN, "cannot open the audit log '%s': %s", abs, strerror(errno));
+        return CLI_EXIT_USAGE;
+    }
+    close(fd);
+    if (setenv("VRAMGUARD_AUDIT", abs, 1) != 0) {
+        cli_error(RUN, "cannot set VRAMGUARD_AUDIT: %s", strerror(errno));
+        return CLI_EXIT_INTERNAL;
+    }
+    return RUN_GO;
+}
+
+/* ------------------------------------------------------------ modes */
+
+/* The bytes of a budget that is one SIZE for every device; false for
+ * none, N% or per-device budgets. */
+static bool plain_bytes(const vg__budget_spec_t *b, uint64_t *bytes)
+{
+    if (b->count != 0 || b->all.unit != VG__BUDGET_BYTES)
+        return false;
+    *bytes = b->all.bytes;
+    return true;
+}
+
+static bool has_budget(const vg__budget_spec_t *b)
+{
+    return b->count > 0 || b->all.unit != VG__BUDGET_NONE;
+}
+
+/* What the environment held before this run: an enclosing shared budget
+ * and an enclosing VRAMGUARD_BUDGET. */
+typedef struct run_outer {
+    char region[256];
+    char budget[4096];
+} run_outer_t;
+
+static void outer_read(run_outer_t *o)
+{
+    const char *r = getenv("VRAMGUARD_SHARED"), *b = getenv(RUN_BUDGET_ENV);
+    snprintf(o->region, sizeof o->region, "%s", r ? r : "");
+    snprintf(o->budget, sizeof o->budget, "%s", b ? b : "");
+}
+
+/* A budget given inside an enclosing one may only lower it (--shared may
+ * not leave it either). */
+static int nested(run_plan_t *p, const run_outer_t *o, const vg__settings_t *s)
+{
+    const char *shared = opt_value(p, "--shared");
+    cli_nest_t n = {.region = o->region[0] ? o->region : NULL, .outer_bytes = VG__UNLIMITED};
+    vg__budget_spec_t outer;
+    if (n.region && shared && strcmp(shared, n.region) != 0) {
+        cli_error(RUN, "already inside the shared budget '%s': a nested run cannot move to "
+                       "'%s'", n.region, shared);
+        return CLI_EXIT_USAGE;
+    }
+    bool given = opt_value(p, "--budget") || opt_value(p, device_budget_info.flag);
+    if (!given || (!n.region && !o->budget[0]))
+        return RUN_GO;
+    if (o->budget[0] &&
+        (vg__budget_spec_parse(o->budget, &outer, NULL, 0) != VG_OK ||
+         !plain_bytes(&outer, &n.outer_bytes))) {
+        cli_error(RUN, "inside the budget '%s' (per device or a percentage), a nested run "
+                       "cannot give its own", o->budget);
+        return CLI_EXIT_USAGE;
+    }
+    if (!plain_bytes(&s->budget, &n.bytes)) {
+        cli_error(RUN, "inside a budgeted run, --budget takes one SIZE for every device");
+        return CLI_EXIT_USAGE;
+    }
+    int rc = cli_run_nested(&n);
+    return rc == CLI_EXIT_OK ? RUN_GO : rc;
+}
+
+/* Sets the given settings in our environment, for the command. */
+static int export_env(const run_env_t *env)
+{
+    for (int i = 0; i < env->count; i++) {
+        if (setenv(env->name[i], env->value[i], 1) != 0) {
+            cli_error(RUN, "cannot set %s: %s", env->name[i], strerror(errno));
+            return CLI_EXIT_INTERNAL;
+        }
+    }
+    return RUN_GO;
 }
 
 int cli_run_main(int argc, char **argv)
 {
     run_plan_t p;
     run_env_t env;
+    run_outer_t outer;
+    vg__settings_t *s = malloc(sizeof *s);
     char budget[4096];
     int rc;
+    uint64_t bytes = VG__UNLIMITED;
+    if (!s) {
+        cli_error(RUN, "out of memory");
+        return CLI_EXIT_INTERNAL;
+    }
     plan_init(&p);
+    outer_read(&outer);
     if ((rc = parse_args(&p, argc, argv)) != RUN_GO ||
         (rc = check_flags(&p)) != RUN_GO ||
         (rc = budget_value(&p, budget, sizeof budget)) != RUN_GO ||
-        (rc = check_all(&p, budget, &env)) != RUN_GO ||
+        (rc = check_all(&p, budget, &env, s)) != RUN_GO ||
+        (rc = cli_run_devices(&s->budget, s->libcuda)) != CLI_EXIT_OK ||
+        (rc = nested(&p, &outer, s)) != RUN_GO ||
+        (rc = export_env(&env)) != RUN_GO ||
+        (rc = audit_ready(s->audit)) != RUN_GO ||
         (rc = set_preload()) != RUN_GO)
-        return rc;
-    for (int i = 0; i < env.count; i++) {
-        if (setenv(env.name[i], env.value[i], 1) != 0) {
-            cli_error(RUN, "cannot set %s: %s", env.name[i], strerror(errno));
-            return CLI_EXIT_INTERNAL;
-        }
+        goto out;
+    if (p.per_process || s->shared[0] || s->shared_cache[0] || !has_budget(&s->budget)) {
+        free(s);
+        fflush(NULL);
+        return cli_exec(p.cmd);
     }
-    fflush(NULL);
-    return exec_command(p.cmd);
+    plain_bytes(&s->budget, &bytes);
+    rc = cli_run_tree(p.cmd, bytes);
+out:
+    free(s);
+    return rc;
 }

@@ -85,13 +85,18 @@ static void *st_get(PFN_cuGetProcAddress_v12000 gpa, const char *name,
 
 static int st_resolve(st_api_t *api)
 {
-    void *h = dlopen("libcuda.so.1", RTLD_NOW);
+    /* cudart loads "libcuda.so.1"; the driver check uses VRAMGUARD_LIBCUDA
+     * when it is set, and so does the self-test, or it would test another
+     * driver than the one `check` just listed. */
+    const char *lib = getenv("VRAMGUARD_LIBCUDA");
+    lib = lib && *lib ? lib : "libcuda.so.1";
+    void *h = dlopen(lib, RTLD_NOW);
     if (!h)
-        return st_fail("cannot load libcuda.so.1: %s", dlerror());
+        return st_fail("cannot load %s: %s", lib, dlerror());
     PFN_cuGetProcAddress_v12000 gpa2 =
         (PFN_cuGetProcAddress_v12000)dlsym(h, "cuGetProcAddress_v2");
     if (!gpa2)
-        return st_fail("libcuda.so.1 has no cuGetProcAddress_v2");
+        return st_fail("%s has no cuGetProcAddress_v2", lib);
     PFN_cuGetProcAddress_v12000 gpa =
         (PFN_cuGetProcAddress_v12000)st_get(gpa2, "cuGetProcAddress", 12000);
     if (!gpa)

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "cli.h"
@@ -87,6 +88,13 @@ static void clean_cmd(const vg__shm_slot_t *s, char out[VG__SHM_CMD + 1])
     out[n] = '\0';
 }
 
+/* What the process asked for (its use less what no call shows), and the
+ * implicit rest (context, modules: the slot's overhead). */
+static uint64_t explicit_use(const vg__shm_slot_t *s, int d)
+{
+    return s->used[d] > s->overhead[d] ? s->used[d] - s->overhead[d] : 0;
+}
+
 static int level_of(const vg__shm_device_t *d)
 {
     return d->level >= 0 && d->level <= VG_PRESSURE_CRITICAL ? d->level : 0;
@@ -117,8 +125,9 @@ static void print_table(const char *name, const vg__shm_t *r, const unsigned cha
         fprintf(f, " %-9s %9llu\n", vg_pressure_name(level_of(e)),
                 (unsigned long long)e->refusals);
     }
-    fprintf(f, "\n%-8s %-20s %-4s %12s %8s %12s %s\n", "PID", "COMMAND", "DEV", "USED", "LIVE",
-            "OVERHEAD", "STATE");
+    fprintf(f, "\n%-8s %-20s %-4s %12s %12s %8s %s\n", "PID", "COMMAND", "DEV", "EXPLICIT",
+            "IMPLICIT", "LIVE", "STATE");
+    int rows = 0;
     for (int s = 0; s < VG__SHM_SLOTS; s++) {
         const vg__shm_slot_t *sl = &r->slot[s];
         char cmd[VG__SHM_CMD + 1];
@@ -129,13 +138,50 @@ static void print_table(const char *name, const vg__shm_t *r, const unsigned cha
             if (!slot_uses(sl, d) || r->dev[d].ordinal < 0)
                 continue;
             fprintf(f, "%-8d %-20.20s %-4d", sl->pid, cmd, r->dev[d].ordinal);
-            bytes_cell(f, sl->used[d]);
-            fprintf(f, " %8llu", (unsigned long long)sl->live[d]);
+            bytes_cell(f, explicit_use(sl, d));
             bytes_cell(f, sl->overhead[d]);
+            fprintf(f, " %8llu", (unsigned long long)sl->live[d]);
             fprintf(f, " %s\n", alive[s] ? "running" : "dead (reaped on next allocation)");
+            rows++;
         }
     }
+    if (rows == 0)
+        fprintf(f, "no budgeted processes\n");
     fputc('\n', f);
+}
+
+/* ------------------------------------------- every process, no NAME */
+
+typedef struct procs_ctx {
+    FILE *f;
+    int rows;
+} procs_ctx_t;
+
+/* One line per live process and device of a region, under one header for
+ * every region (printed before the first line). */
+static void print_procs(const char *name, const vg__shm_t *r, const unsigned char *alive,
+                        void *ctx)
+{
+    procs_ctx_t *p = ctx;
+    for (int s = 0; s < VG__SHM_SLOTS; s++) {
+        const vg__shm_slot_t *sl = &r->slot[s];
+        char cmd[VG__SHM_CMD + 1];
+        if (sl->pid <= 0 || !alive[s])
+            continue;
+        clean_cmd(sl, cmd);
+        for (int d = 0; d < VG__SHM_DEVICES; d++) {
+            if (!slot_uses(sl, d) || r->dev[d].ordinal < 0)
+                continue;
+            if (p->rows++ == 0)
+                fprintf(p->f, "%-8s %-20s %-4s %12s %12s %12s  %s\n", "PID", "COMMAND", "DEV",
+                        "EXPLICIT", "IMPLICIT", "LIMIT", "SHARED BUDGET");
+            fprintf(p->f, "%-8d %-20.20s %-4d", sl->pid, cmd, r->dev[d].ordinal);
+            bytes_cell(p->f, explicit_use(sl, d));
+            bytes_cell(p->f, sl->overhead[d]);
+            bytes_cell(p->f, r->dev[d].limit);
+            fprintf(p->f, "  %s\n", name);
+        }
+    }
 }
 
 typedef struct json_ctx {
@@ -239,14 +285,20 @@ void cli_status_help(FILE *f)
 {
     fprintf(f, "Usage: vramguard status [NAME] [--watch] [--json]\n\n");
     cli_wrap(f, 0, 78,
-             "Shows the shared budget NAME (VRAMGUARD_SHARED=NAME), or every "
-             "/dev/shm/vramguard.* region you may read: per device the budget, "
-             "use, peak, pressure level and refusals; per process the pid, "
-             "command, use per device, live allocations and untracked overhead "
-             "(context, modules). A process marked dead was killed; its share "
-             "returns at the next allocation by anyone.");
+             "Without NAME, lists every budgeted process it can see: each live "
+             "process of every /dev/shm/vramguard.* region you may read (every "
+             "`vramguard run --budget` and every shared budget), with its pid, "
+             "command, device, explicit use (what it allocated), implicit use "
+             "(context, modules: memory no call shows) and the limit; 'no "
+             "budgeted processes' when there are none. Processes started with "
+             "--per-process have no region and are not listed. With NAME, the "
+             "shared budget NAME: per device the budget, use, peak, pressure "
+             "level and refusals; per process the same figures and its live "
+             "allocations. A process marked dead was killed; its share returns "
+             "at the next allocation by anyone.");
     fprintf(f, "\nOptions:\n"
-               "  --watch   redraw every second until interrupted\n"
+               "  --watch   redraw every second until interrupted, under a timestamp\n"
+               "            (plain text, no screen clearing, when not a terminal)\n"
                "  --json    one JSON document for scripts: "
                "{\"regions\":[{name,path,devices,processes}]}\n");
 }
@@ -256,6 +308,13 @@ static void on_signal(int sig) { (void)sig; stop = 1; }
 
 static int show(const char *name, bool json)
 {
+    if (!json && !name) {
+        procs_ctx_t p = {stdout, 0};
+        int rc = cli_regions(CMD, NULL, print_procs, &p);
+        if (p.rows == 0)
+            printf("no budgeted processes\n");
+        return rc;
+    }
     if (!json)
         return cli_regions(CMD, name, print_table, stdout);
     json_ctx_t j = {stdout, 0};
@@ -288,9 +347,18 @@ int cli_status_main(int argc, char **argv)
     struct sigaction sa = {.sa_handler = on_signal};
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
+    bool tty = isatty(STDOUT_FILENO);
     while (!stop) {
-        if (!json)
-            printf("\033[H\033[2J"); /* home, clear: redraw in place */
+        if (!json) {
+            char when[64];
+            time_t now = time(NULL);
+            struct tm tm;
+            strftime(when, sizeof when, "%Y-%m-%d %H:%M:%S",
+                     localtime_r(&now, &tm) ? &tm : &(struct tm){0});
+            /* Home and clear on a terminal only: a pipe or file gets plain
+             * text, one timestamped snapshot after another. */
+            printf("%s%s\n", tty ? "\033[H\033[2J" : "", when);
+        }
         show(name, json);
         fflush(stdout);
         sleep(1);

@@ -1,0 +1,230 @@
+/*
+ * test_run_cli.c — `vramguard run` over a process tree and its checks before
+ * the command starts: one budget for the command and every process it
+ * starts (a private region, removed afterwards), nested runs that can only
+ * lower it, signals passed on, budgets that name no device, option values
+ * that are really options, and the audit log opened up front.
+ *
+ * Each test starts build/vramguard as a child (tests/clientrun.h); the tree
+ * is tests/clients/client_tree, whose children each run under the shim with
+ * their own test driver, so the tree's total is read from their refusals.
+ */
+#include <criterion/criterion.h>
+#include <sys/stat.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "clientrun.h"
+
+#define MAX_ENV 8
+#define MIB400 "419430400"
+
+/* Runs build/vramguard with args in the runner's environment minus the
+ * settings the test decides, plus `set` (NULL-terminated, may be NULL). */
+static void cli(cli_result_t *r, const char *const *set, const char *const *args)
+{
+    static const char *const drop[] = {"LD_PRELOAD=", "VRAMGUARD_", "CUDA_DEVICE_MEMORY_LIMIT",
+                                       "FAKECUDA_", "ASAN_OPTIONS=", NULL};
+    const char *add[MAX_ENV + 2] = {asan_entry("")};
+    for (size_t i = 0; set && set[i] && i < MAX_ENV; i++)
+        add[i + 1] = set[i];
+    char **env = env_make(drop, add);
+    free((char *)add[0]);
+    cli_result_of(r, env, args);
+    env_free(env);
+}
+
+static const char *exe(const char *name)
+{
+    static char path[8][4200];
+    static int next;
+    char *p = path[next++ % 8];
+    snprintf(p, 4200, "%s/%s", build_dir(), name);
+    return p;
+}
+
+/* The region client_tree reported, which must be gone now. */
+static void expect_region_gone(const char *out)
+{
+    const char *s = strstr(out, "shared=run-");
+    cr_assert_not_null(s, "%s", out);
+    char name[128], path[256];
+    sscanf(s + 7, "%127s", name);
+    snprintf(path, sizeof path, "/dev/shm/vramguard.%s", name);
+    cr_expect_neq(access(path, F_OK), 0, "%s is left behind", path);
+    unlink(path);
+}
+
+/* ------------------------------------------------------ the run's tree */
+
+Test(run_tree, two_children_share_one_budget_and_the_region_goes_away)
+{
+    cli_result_t r;
+    cli(&r, NULL, ARGS("run", "--budget", "1GiB", "--", exe("clients/client_tree"), "2", MIB400));
+    cr_expect_eq(r.status, 0, "%s", r.err);
+    /* 4 x 400 MiB asked, 1 GiB for the tree: only 2 fit, whatever the order. */
+    cr_expect_not_null(strstr(r.out, "ok=2 refused=2 other=0 shared=run-"), "%s", r.out);
+    cr_expect_not_null(strstr(r.out, " region=yes"), "%s", r.out);
+    expect_region_gone(r.out);
+}
+
+Test(run_tree, per_process_gives_each_process_its_own_budget)
+{
+    cli_result_t r;
+    cli(&r, NULL,
+        ARGS("run", "--per-process", "--budget", "1GiB", "--", exe("clients/client_tree"), "2",
+             MIB400));
+    cr_expect_eq(r.status, 0, "%s", r.err);
+    cr_expect_not_null(strstr(r.out, "ok=4 refused=0 other=0 shared= "), "%s", r.out);
+}
+
+Test(run_tree, the_tree_gets_the_region_and_no_budget_of_its_own)
+{
+    cli_result_t r;
+    cli(&r, NULL,
+        ARGS("run", "--budget", "1GiB", "--", "sh", "-c",
+             "echo \"shared=$VRAMGUARD_SHARED budget=$VRAMGUARD_BUDGET\"; exit 5"));
+    cr_expect_eq(r.status, 5, "the command's status: %s", r.err);
+    cr_expect_not_null(strstr(r.out, "shared=run-"), "%s", r.out);
+    cr_expect_not_null(strstr(r.out, " budget=\n"), "the budget lives in the region: %s", r.out);
+    expect_region_gone(r.out);
+}
+
+Test(run_tree, a_signal_to_vramguard_reaches_the_command_and_the_region_goes_away)
+{
+    cli_result_t r;
+    cli(&r, NULL,
+        ARGS("run", "--budget", "1GiB", "--", "sh", "-c",
+             "echo \"shared=$VRAMGUARD_SHARED\"; kill -TERM $PPID; exec sleep 30"));
+    cr_expect_eq(r.status, 128 + SIGTERM, "ends like the command: %d %s", r.status, r.err);
+    expect_region_gone(r.out);
+}
+
+Test(run_tree, a_nested_run_may_lower_the_budget_but_never_raise_it)
+{
+    cli_result_t r;
+    cli(&r, NULL,
+        ARGS("run", "--budget", "1GiB", "--", exe("vramguard"), "run", "--budget", "2GiB", "--",
+             "sh", "-c", "echo ran"));
+    cr_expect_eq(r.status, 2, "%s", r.err);
+    cr_expect_eq(lines(r.err), 1, "%s", r.err);
+    cr_expect_not_null(strstr(r.err, "more than the enclosing budget"), "%s", r.err);
+    cr_expect_str_eq(r.out, "");
+    cli(&r, NULL,
+        ARGS("run", "--budget", "1GiB", "--", exe("vramguard"), "run", "--budget", "512MiB",
+             "--", exe("clients/client_tree"), "2", MIB400));
+    cr_expect_eq(r.status, 0, "%s", r.err);
+    cr_expect_not_null(strstr(r.out, "ok=1 refused=3 other=0 shared=run-"), "%s", r.out);
+    expect_region_gone(r.out);
+    cli(&r, ENV("VRAMGUARD_BUDGET=1GiB"),
+        ARGS("run", "--per-process", "--budget", "2GiB", "--", "true"));
+    cr_expect_eq(r.status, 2, "an inherited budget is the enclosing one: %s", r.err);
+}
+
+/* ------------------------------------------------ budgets name devices */
+
+Test(run_checks, a_budget_for_a_device_that_does_not_exist_is_an_error)
+{
+    cli_result_t r;
+    cli(&r, NULL, ARGS("run", "--budget", "5=1GiB", "--", "sh", "-c", "echo ran"));
+    cr_expect_eq(r.status, 2, "%s", r.err);
+    cr_expect_eq(lines(r.err), 1, "%s", r.err);
+    cr_expect_not_null(strstr(r.err, "'5'"), "%s", r.err);
+    cr_expect_str_eq(r.out, "");
+    cli(&r, NULL,
+        ARGS("run", "--device-budget", "GPU-00000000-0000-0000-0000-00000000beef=1GiB", "--",
+             "sh", "-c", "echo ran"));
+    cr_expect_eq(r.status, 2, "%s", r.err);
+    cr_expect_not_null(strstr(r.err, "'GPU-00000000-0000-0000-0000-00000000beef'"), "%s", r.err);
+    cr_expect_str_eq(r.out, "");
+}
+
+Test(run_checks, a_budget_naming_some_missing_devices_says_which)
+{
+    cli_result_t r;
+    cli(&r, ENV("FAKECUDA_DEVICES=2"),
+        ARGS("run", "--budget", "0=1GiB,7=1GiB", "--", "sh", "-c", "echo ran"));
+    cr_expect_eq(r.status, 0, "%s", r.err);
+    cr_expect_str_eq(r.out, "ran\n");
+    cr_expect_not_null(strstr(r.err, "'7'"), "%s", r.err);
+    cr_expect_null(strstr(r.err, "'0'"), "%s", r.err);
+}
+
+/* -------------------------------------------------- option values */
+
+Test(run_checks, an_option_value_is_never_another_option_or_the_separator)
+{
+    cli_result_t r;
+    cli(&r, NULL, ARGS("run", "--audit", "--", "true"));
+    cr_expect_eq(r.status, 2, "%s", r.err);
+    cr_expect_not_null(strstr(r.err, "'--audit' needs a value"), "%s", r.err);
+    cr_expect_neq(access("--", F_OK), 0, "no file named --");
+    cli(&r, NULL, ARGS("run", "--audit", "--budget", "1GiB", "--", "env"));
+    cr_expect_eq(r.status, 2, "%s", r.err);
+    cr_expect_not_null(strstr(r.err, "'--audit' needs a value"), "%s", r.err);
+    cr_expect_str_eq(r.out, "");
+}
+
+Test(run_checks, an_audit_log_that_cannot_be_created_stops_the_run_before_it_starts)
+{
+    cli_result_t r;
+    cli(&r, NULL,
+        ARGS("run", "--audit", "/nonexistent/dir/x.jsonl", "--", "sh", "-c", "echo ran"));
+    cr_expect_eq(r.status, 2, "%s", r.err);
+    cr_expect_eq(lines(r.err), 1, "%s", r.err);
+    cr_expect_not_null(strstr(r.err, "/nonexistent/dir/x.jsonl"), "%s", r.err);
+    cr_expect_str_eq(r.out, "");
+}
+
+Test(run_checks, a_relative_audit_path_is_made_absolute)
+{
+    char dir[] = "/tmp/vg-run-audit-XXXXXX", want[300], file[256];
+    cr_assert_not_null(mkdtemp(dir));
+    cr_assert_eq(chdir(dir), 0); /* this test's own process */
+    cli_result_t r;
+    cli(&r, NULL, ARGS("run", "--audit", "x.jsonl", "--", "sh", "-c", "echo $VRAMGUARD_AUDIT"));
+    cr_expect_eq(r.status, 0, "%s", r.err);
+    snprintf(file, sizeof file, "%s/x.jsonl", dir);
+    snprintf(want, sizeof want, "%s\n", file);
+    cr_expect_str_eq(r.out, want);
+    cr_expect_eq(access(file, F_OK), 0, "created before the command ran");
+    unlink(file);
+    rmdir(dir);
+}
+
+/* ---------------------------------------------------- the README's example */
+
+Test(run_tree, the_readmes_c_example_stops_at_the_budget)
+{
+    cli_result_t r;
+    cli(&r, NULL, ARGS("run", "--budget", "1GiB", "--", exe("alloc-until-refused")));
+    cr_expect_eq(r.status, 0, "%s", r.err);
+    cr_expect_not_null(strstr(r.out, "device 0 as this process sees it: 1.00 GiB total"), "%s",
+                       r.out);
+    cr_expect_not_null(strstr(r.out, "refused after 1.00 GiB in 256 MiB steps (CUresult 2, "
+                                     "CUDA_ERROR_OUT_OF_MEMORY)"),
+                       "%s", r.out);
+}
+
+/* Without the CLI (LD_PRELOAD and VRAMGUARD_BUDGET set by hand), a budget
+ * whose entries name no device the driver shows fails closed. */
+Test(run_checks, the_shim_alone_fails_closed_on_a_budget_for_no_visible_device)
+{
+    static const char *const drop[] = {"LD_PRELOAD=", "VRAMGUARD_", "FAKECUDA_", "ASAN_OPTIONS=",
+                                       NULL};
+    char pre[4200];
+    snprintf(pre, sizeof pre, "LD_PRELOAD=%s/libvramguard-preload.so", build_dir());
+    char *asan = asan_entry("");
+    char **env = env_make(drop, ENV(pre, asan, "VRAMGUARD_BUDGET=5=1GiB"));
+    free(asan);
+    char *argv[] = {(char *)exe("clients/client_cudart"), "plain", "16MiB", NULL};
+    static char out[8192], err[8192];
+    int st = child_run(argv, env, &(child_out_t){out, sizeof out, err, sizeof err});
+    env_free(env);
+    cr_expect_eq(st, 0, "%s", err);
+    cr_expect_not_null(strstr(out, "path=plain allocs=0 "), "%s", out);
+    cr_expect_not_null(strstr(err, "names no device the driver shows"), "%s", err);
+}
