@@ -1,19 +1,17 @@
 /*
- * shared.c — one budget for many processes: the region lock and the
- * engine's side of a region in /dev/shm that every process with the same
- * VRAMGUARD_SHARED name maps (shared_region.c creates and attaches it;
+ * shared.c — one budget for many processes: the engine's side of a region
+ * in /dev/shm that every process with the same VRAMGUARD_SHARED name maps
+ * (shared_region.c creates and attaches it; shared_lock.c is its lock;
  * shared_reap.c checks liveness and gives the dead's share back).
  *
  * The region holds, per device, the limit, the use of all processes, the
  * peak, refusals and the pressure level; per process a slot (pid, start
  * time, command, use, live allocations, overhead). Every change happens
  * under one robust, process-shared mutex, so "check, then add" is atomic
- * across processes and threads. An uncontended lock costs ~20-40 ns; the
- * driver call it guards costs microseconds. The lock stays in this file so
- * that it inlines into the budget operations (the hot path). Contended, it
- * is waited for in slices, never for ever: a lock word naming a thread
- * that is gone is recovered, a live holder that keeps it past
- * VG__SHM_LOCK_WAIT_NS makes the caller fail closed ("stuck").
+ * across processes and threads. An uncontended lock costs ~20-40 ns (its
+ * fast path is inline in vg_shared.h); the driver call it guards costs
+ * microseconds. Contended, it is waited for in slices, never for ever
+ * (shared_lock.c).
  *
  * Looking for dead processes reads /proc for every slot (about 1 ms for a
  * full table): it happens outside the lock, at most once a second after a
@@ -23,13 +21,9 @@
  * force and limit changes under the lock, and VRAMGUARD_WAIT_MS's line of
  * waiters (first come, first served).
  */
-#include <errno.h>
 #include <fcntl.h>
-#include <limits.h>
-#include <linux/futex.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -37,137 +31,9 @@
 #include "vg_driver.h"
 #include "vg_shared.h"
 
-#if defined(__SANITIZE_THREAD__)
-#include <sanitizer/tsan_interface.h>
-#endif
-
 #define REAP_INTERVAL_NS 1000000000ull /* at most one scan a second */
 #define REFUSAL_REAP_NS 10000000ull    /* before refusals: one per 10 ms */
 #define WAIT_POLL_NS 1000000L          /* a waiter looks again every 1 ms */
-
-/* --------------------------------------------------------- the lock */
-
-static bool alive_cb(const vg__shm_slot_t *s, void *ctx)
-{
-    (void)ctx;
-    return vg__shm_slot_alive(s);
-}
-
-/* The robust futex word's bits (the kernel's ABI, linux/futex.h): glibc
- * keeps a robust mutex's owner tid in its first int, __data.__lock. */
-#define OWNER_DIED 0x40000000u
-#define TID_MASK 0x3fffffffu
-#define LOCK_SLICE_NS 50000000ull /* look at the owner every 50 ms */
-
-static unsigned *lock_word(vg__shm_t *r) { return (unsigned *)&r->h.lock.m.__data.__lock; }
-
-int32_t vg__shm_lock_owner(const vg__shm_t *r)
-{
-    return (int32_t)(__atomic_load_n(&r->h.lock.m.__data.__lock, __ATOMIC_RELAXED) & TID_MASK);
-}
-
-static int repair(vg__shm_t *r)
-{
-    /* Its holder died mid-update: the slots are the truth. */
-    vg__shm_recount(r, alive_cb, NULL);
-    pthread_mutex_consistent(&r->h.lock.m);
-    return VG_OK;
-}
-
-/* The word names a thread that is gone (a stale or forged owner, which no
- * robust list will ever release): mark the owner dead as the kernel does
- * when a robust lock's holder exits, so the next lock gets EOWNERDEAD. */
-static void owner_gone(vg__shm_t *r, unsigned seen)
-{
-    unsigned want = OWNER_DIED | (seen & ~(TID_MASK | OWNER_DIED));
-    if (__atomic_compare_exchange_n(lock_word(r), &seen, want, false, __ATOMIC_ACQ_REL,
-                                    __ATOMIC_RELAXED))
-        syscall(SYS_futex, lock_word(r), FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
-}
-
-static struct timespec realtime_in(uint64_t ns)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_REALTIME, &t);
-    uint64_t x = (uint64_t)t.tv_nsec + ns;
-    t.tv_sec += (time_t)(x / 1000000000ull);
-    t.tv_nsec = (long)(x % 1000000000ull);
-    return t;
-}
-
-/* TSan's pthread_mutex_timedlock interceptor counts only 0 as acquired
- * (its lock and trylock also count EOWNERDEAD): tell it, or the unlock that
- * follows a repair is reported as the unlock of an unlocked mutex. */
-#if defined(__SANITIZE_THREAD__)
-static void owner_dead_acquired(vg__shm_t *r) { __tsan_mutex_post_lock(&r->h.lock.m, 0, 0); }
-#else
-static void owner_dead_acquired(vg__shm_t *r) { (void)r; }
-#endif
-
-/* Contended: wait in slices, looking at the owner between them. */
-__attribute__((noinline)) static int lock_slow(vg__shm_t *r)
-{
-    for (uint64_t waited = 0; waited < VG__SHM_LOCK_WAIT_NS; waited += LOCK_SLICE_NS) {
-        struct timespec until = realtime_in(LOCK_SLICE_NS);
-        int rc = pthread_mutex_timedlock(&r->h.lock.m, &until);
-        if (rc == EOWNERDEAD) /* its holder died while we waited */
-            owner_dead_acquired(r);
-        if (rc == 0 || rc == EOWNERDEAD)
-            return rc == 0 ? VG_OK : repair(r);
-        if (rc != ETIMEDOUT)
-            return VG_ESYS;
-        unsigned seen = __atomic_load_n(lock_word(r), __ATOMIC_ACQUIRE);
-        if (!seen || (seen & OWNER_DIED) || vg__shm_tid_alive((int32_t)(seen & TID_MASK)))
-            continue;
-        owner_gone(r, seen);
-        rc = pthread_mutex_trylock(&r->h.lock.m);
-        if (rc == 0 || rc == EOWNERDEAD)
-            return rc == 0 ? VG_OK : repair(r);
-    }
-    return VG_ESYS; /* held by a live thread that does not let go */
-}
-
-int vg__shm_lock(vg__shm_t *r)
-{
-    int rc = pthread_mutex_trylock(&r->h.lock.m);
-    if (vg__likely(rc == 0))
-        return VG_OK;
-    if (rc == EOWNERDEAD)
-        return repair(r);
-    return rc == EBUSY ? lock_slow(r) : VG_ESYS;
-}
-
-void vg__shm_unlock(vg__shm_t *r)
-{
-    pthread_mutex_unlock(&r->h.lock.m);
-}
-
-int vg__shm_snapshot(vg__shm_t *r, vg__shm_t *copy)
-{
-    if (vg__shm_lock(r) != VG_OK)
-        return VG_ESYS;
-    memcpy(copy, r, sizeof *copy);
-    vg__shm_unlock(r);
-    return VG_OK;
-}
-
-int vg__shm_set_limit(vg__shm_t *r, int dev, uint64_t limit)
-{
-    if (dev >= VG__SHM_DEVICES || (limit != VG__UNLIMITED && limit >= VG__SHM_LIMIT_MAX))
-        return VG_EINVAL; /* a limit no body check would accept */
-    if (vg__shm_lock(r) != VG_OK)
-        return VG_ESYS;
-    if (dev < 0)
-        r->h.default_limit = limit;
-    for (int d = 0; d < VG__SHM_DEVICES; d++) {
-        if (d != dev && (dev >= 0 || r->dev[d].ordinal < 0))
-            continue;
-        r->dev[d].limit = limit;
-        vg__shm_level_update(&r->dev[d]);
-    }
-    vg__shm_unlock(r);
-    return VG_OK;
-}
 
 /* ------------------------------------------------- the engine's side */
 

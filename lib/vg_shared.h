@@ -202,7 +202,7 @@ void vg__shm_reap_collect(const vg__shm_t *r, vg__shm_reap_list_t *l);
 void vg__shm_reap_check(vg__shm_reap_list_t *l);
 void vg__shm_reap_apply(vg__shm_t *r, const vg__shm_reap_list_t *l);
 
-/* shared.c: the lock, and the engine's side of a region. */
+/* shared_lock.c: the region's lock. */
 
 /* Takes the region lock, repairing the region when its last holder died
  * (EOWNERDEAD: every device's use is recomputed from the live slots).
@@ -213,7 +213,15 @@ void vg__shm_reap_apply(vg__shm_t *r, const vg__shm_reap_list_t *l);
  * debugger) gives VG_ESYS: the caller fails closed and says the region is
  * stuck (vg__shm_lock_owner names the holder). */
 #define VG__SHM_LOCK_WAIT_NS 1000000000ull
-int vg__shm_lock(vg__shm_t *r);
+/* The lock when the trylock did not succeed (rc is its answer). */
+int vg__shm_lock_contended(vg__shm_t *r, int rc);
+static inline int vg__shm_lock(vg__shm_t *r)
+{
+    int rc = pthread_mutex_trylock(&r->h.lock.m);
+    if (vg__likely(rc == 0))
+        return VG_OK;
+    return vg__shm_lock_contended(r, rc);
+}
 /* The thread id the lock word names as holder (0: none). A racy read, for
  * messages. */
 int32_t vg__shm_lock_owner(const vg__shm_t *r);
