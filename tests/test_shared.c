@@ -1018,6 +1018,12 @@ Test(shared, a_hostile_region_name_is_escaped_in_metrics_and_json)
     cr_assert_eq(vg__shm_set_limit(r, 0, 1 * GiB), VG_OK);
     cr_assert_eq(vg__shm_lock(r), VG_OK);
     r->dev[0].ordinal = 0; /* one claimed device, so metrics have a row */
+    /* ... and one live process using it, so the per-process series carry
+     * the region's name and a hostile command too */
+    r->slot[0].pid = (int32_t)getpid();
+    r->slot[0].start = vg__shm_proc_start(getpid());
+    snprintf(r->slot[0].cmd, sizeof r->slot[0].cmd, "cmd\"} 2\nvramguard_cmd_injected{a=\"b");
+    r->slot[0].used[0] = r->dev[0].used = r->dev[0].peak = 1 << 20;
     vg__shm_level_update(&r->dev[0]);
     vg__shm_unlock(r);
     vg__shm_close(r);
@@ -1029,6 +1035,10 @@ Test(shared, a_hostile_region_name_is_escaped_in_metrics_and_json)
     env_free(env);
     unlink(path);
     cr_expect_null(strstr(m->out, "\nvramguard_injected"), "a series was injected:\n%s", m->out);
+    cr_expect_null(strstr(m->out, "\nvramguard_cmd_injected"), "a series was injected:\n%s",
+                   m->out);
+    cr_expect_not_null(strstr(m->out, "vramguard_process_explicit_bytes{"),
+                       "no per-process series:\n%s", m->out);
     char want[256];
     snprintf(want, sizeof want, "region=\"vgtest-%d-x\\\"} 1\\nvramguard_injected{a=\\\"b\\\\\"",
              (int)getpid());

@@ -137,18 +137,6 @@ typedef struct proc_rows {
     int metric; /* 0 explicit, 1 implicit */
 } proc_rows_t;
 
-/* A label value from a string other processes wrote: quotes, backslashes
- * and control bytes become '?'. */
-static void label_clean(char *out, const char *in, size_t max)
-{
-    size_t n = strnlen(in, max);
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)in[i];
-        out[i] = c < 0x20 || c == 0x7f || c == '"' || c == '\\' ? '?' : (char)c;
-    }
-    out[n] = '\0';
-}
-
 static void proc_rows_of(const char *name, const vg__shm_t *r, const unsigned char *alive,
                          void *ctx)
 {
@@ -158,14 +146,19 @@ static void proc_rows_of(const char *name, const vg__shm_t *r, const unsigned ch
         char cmd[VG__SHM_CMD + 1];
         if (sl->pid <= 0 || !alive[s])
             continue;
-        label_clean(cmd, sl->cmd, VG__SHM_CMD);
+        memcpy(cmd, sl->cmd, VG__SHM_CMD);
+        cmd[VG__SHM_CMD] = '\0'; /* written by another process: maybe unterminated */
         for (int d = 0; d < VG__SHM_DEVICES; d++) {
             if (r->dev[d].ordinal < 0 || !(sl->used[d] || sl->live[d] || sl->overhead[d]))
                 continue;
             uint64_t over = sl->overhead[d], used = sl->used[d] > over ? sl->used[d] - over : 0;
-            put(x->o, "vramguard_%s{region=\"%s\",pid=\"%d\",command=\"%s\",device=\"%d\"} %llu\n",
-                x->metric ? "process_implicit_bytes" : "process_explicit_bytes", name, sl->pid,
-                cmd, r->dev[d].ordinal, (unsigned long long)(x->metric ? over : used));
+            put(x->o, "vramguard_%s{region=\"",
+                x->metric ? "process_implicit_bytes" : "process_explicit_bytes");
+            put_label(x->o, name);
+            put(x->o, "\",pid=\"%d\",command=\"", sl->pid);
+            put_label(x->o, cmd);
+            put(x->o, "\",device=\"%d\"} %llu\n", r->dev[d].ordinal,
+                (unsigned long long)(x->metric ? over : used));
         }
     }
 }
