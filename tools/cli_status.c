@@ -247,9 +247,11 @@ static void json_processes(FILE *f, const vg__shm_t *r, const unsigned char *ali
         char cmd[VG__SHM_CMD + 1];
         if (sl->pid <= 0)
             continue;
-        clean_cmd(sl, cmd);
-        fprintf(f, "%s{\"pid\":%d,\"command\":\"%s\",\"alive\":%s,\"devices\":[", n++ ? "," : "",
-                sl->pid, cmd, alive[s] ? "true" : "false");
+        memcpy(cmd, sl->cmd, VG__SHM_CMD);
+        cmd[VG__SHM_CMD] = '\0'; /* written by another process: maybe unterminated */
+        fprintf(f, "%s{\"pid\":%d,\"command\":\"", n++ ? "," : "", sl->pid);
+        json_text(f, cmd);
+        fprintf(f, "\",\"alive\":%s,\"devices\":[", alive[s] ? "true" : "false");
         int m = 0;
         for (int d = 0; d < VG__SHM_DEVICES; d++) {
             if (!slot_uses(sl, d) || r->dev[d].ordinal < 0)
