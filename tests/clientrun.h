@@ -278,6 +278,25 @@ static inline void cli_result_of(cli_result_t *r, char *const env[], const char 
     r->status = cli_run(env, args, &(child_out_t){r->out, sizeof r->out, r->err, sizeof r->err});
 }
 
+/* Runs build/vramguard with args (NULL-terminated, without argv[0]) in the
+ * runner's environment without the settings a test must decide, plus `set`
+ * (NULL-terminated "NAME=value", at most CLI_MAX_SET, may be NULL). The
+ * child's ASan link-order check is off (asan_entry()). */
+#define CLI_MAX_SET 8
+static inline void cli_run_clean(cli_result_t *r, const char *const *set,
+                                 const char *const *args)
+{
+    static const char *const drop[] = {"LD_PRELOAD=", "VRAMGUARD_", "CUDA_DEVICE_MEMORY_LIMIT",
+                                       "FAKECUDA_", "ASAN_OPTIONS=", NULL};
+    const char *add[CLI_MAX_SET + 2] = {asan_entry("")};
+    for (size_t i = 0; set && set[i] && i < CLI_MAX_SET; i++)
+        add[i + 1] = set[i];
+    char **env = env_make(drop, add);
+    free((char *)add[0]);
+    cli_result_of(r, env, args);
+    env_free(env);
+}
+
 static inline int lines(const char *s)
 {
     int n = 0;

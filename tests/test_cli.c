@@ -20,7 +20,6 @@
 #include "clientrun.h"
 #include "vg_settings.h"
 
-#define MAX_ENV 8
 
 /* The shim's path as the CLI finds it (beside its own resolved path). */
 static void shim_path(char *out, size_t len)
@@ -35,18 +34,6 @@ static void shim_path(char *out, size_t len)
  * runner's environment without settings the test must decide, plus `set`
  * (NULL-terminated "NAME=value", may be NULL). The child's ASan link-order
  * check is off (asan_entry()). Test environment only. */
-static void cli(cli_result_t *r, const char *const *set, const char *const *args)
-{
-    static const char *const drop[] = {"LD_PRELOAD=", "VRAMGUARD_", "CUDA_DEVICE_MEMORY_LIMIT",
-                                       "FAKECUDA_", "ASAN_OPTIONS=", NULL};
-    const char *add[MAX_ENV + 2] = {asan_entry("")};
-    for (size_t i = 0; set && set[i] && i < MAX_ENV; i++)
-        add[i + 1] = set[i];
-    char **env = env_make(drop, add);
-    free((char *)add[0]);
-    cli_result_of(r, env, args);
-    env_free(env);
-}
 
 /* An error of vramguard itself: exit 2, one line on stderr naming `name`. */
 static void expect_usage_error(const cli_result_t *r, const char *name)
@@ -77,23 +64,23 @@ Test(cli, help_of_every_command_exits_0_and_run_lists_every_setting_flag)
     flags_t f = {0};
     vg__settings_describe(add_flag, &f);
     cr_assert_geq(f.count, 10, "every VRAMGUARD_ setting has a flag"); /* aliases have none */
-    cli(&r, NULL, ARGS("--help"));
+    cli_run_clean(&r, NULL, ARGS("--help"));
     cr_expect_eq(r.status, 0);
     cr_expect_not_null(strstr(r.out, "run"));
     cr_expect_not_null(strstr(r.out, "check"));
     cr_expect_null(strstr(r.out, "__selftest"), "the self-test command is hidden");
-    cli(&r, NULL, ARGS("run", "--help"));
+    cli_run_clean(&r, NULL, ARGS("run", "--help"));
     cr_expect_eq(r.status, 0, "%s", r.err);
     for (int i = 0; i < f.count; i++)
         cr_expect_not_null(strstr(r.out, f.flag[i]), "run --help lacks %s", f.flag[i]);
     cr_expect_not_null(strstr(r.out, "--device-budget"));
     cr_expect_not_null(strstr(r.out, "VRAMGUARD_BUDGET"));
-    cli(&r, NULL, ARGS("check", "--help"));
+    cli_run_clean(&r, NULL, ARGS("check", "--help"));
     cr_expect_eq(r.status, 0);
     cr_expect_not_null(strstr(r.out, "--json"));
     const char *const shared_cmds[] = {"status", "metrics", "budget"};
     for (int i = 0; i < 3; i++) {
-        cli(&r, NULL, ARGS(shared_cmds[i], "--help"));
+        cli_run_clean(&r, NULL, ARGS(shared_cmds[i], "--help"));
         cr_expect_eq(r.status, 0, "%s --help: %s", shared_cmds[i], r.err);
         cr_expect_not_null(strstr(r.out, "Usage: vramguard"), "%s", r.out);
     }
@@ -105,7 +92,7 @@ Test(cli, version_prints_the_library_version)
     char want[64];
     snprintf(want, sizeof want, "vramguard %d.%d.%d\n", VG_VERSION_MAJOR, VG_VERSION_MINOR,
              VG_VERSION_PATCH);
-    cli(&r, NULL, ARGS("--version"));
+    cli_run_clean(&r, NULL, ARGS("--version"));
     cr_expect_eq(r.status, 0);
     cr_expect_str_eq(r.out, want);
 }
@@ -113,18 +100,18 @@ Test(cli, version_prints_the_library_version)
 Test(cli, unknown_commands_and_options_exit_2_naming_them)
 {
     cli_result_t r;
-    cli(&r, NULL, ARGS("frobnicate"));
+    cli_run_clean(&r, NULL, ARGS("frobnicate"));
     expect_usage_error(&r, "'frobnicate'");
     cr_expect_not_null(strstr(r.err, "--help"), "a usage hint: %s", r.err);
-    cli(&r, NULL, ARGS("--frobnicate"));
+    cli_run_clean(&r, NULL, ARGS("--frobnicate"));
     expect_usage_error(&r, "'--frobnicate'");
-    cli(&r, NULL, ARGS("run", "--frobnicate", "1", "--", "true"));
+    cli_run_clean(&r, NULL, ARGS("run", "--frobnicate", "1", "--", "true"));
     expect_usage_error(&r, "'--frobnicate'");
-    cli(&r, NULL, ARGS("check", "--frobnicate"));
+    cli_run_clean(&r, NULL, ARGS("check", "--frobnicate"));
     expect_usage_error(&r, "'--frobnicate'");
-    cli(&r, NULL, ARGS("run", "--budget"));
+    cli_run_clean(&r, NULL, ARGS("run", "--budget"));
     expect_usage_error(&r, "'--budget' needs a value");
-    cli(&r, NULL, ARGS("run", "--budget", "1GiB"));
+    cli_run_clean(&r, NULL, ARGS("run", "--budget", "1GiB"));
     expect_usage_error(&r, "no command");
 }
 
@@ -135,17 +122,17 @@ Test(cli, unknown_commands_and_options_exit_2_naming_them)
 Test(cli, run_refuses_a_bad_budget_and_never_starts_the_command)
 {
     cli_result_t r;
-    cli(&r, NULL, ARGS("run", "--budget", "8XB", "--", "true"));
+    cli_run_clean(&r, NULL, ARGS("run", "--budget", "8XB", "--", "true"));
     expect_usage_error(&r, "--budget");
     cr_expect_not_null(strstr(r.err, "'8XB'"), "%s", r.err);
-    cli(&r, NULL, ARGS("run", "--budget=8XB", "--", "sh", "-c", "echo ran"));
+    cli_run_clean(&r, NULL, ARGS("run", "--budget=8XB", "--", "sh", "-c", "echo ran"));
     expect_usage_error(&r, "'8XB'");
-    cli(&r, NULL, ARGS("run", "--managed", "sometimes", "--", "sh", "-c", "echo ran"));
+    cli_run_clean(&r, NULL, ARGS("run", "--managed", "sometimes", "--", "sh", "-c", "echo ran"));
     expect_usage_error(&r, "--managed");
     cr_expect_not_null(strstr(r.err, "'sometimes'"), "%s", r.err);
-    cli(&r, NULL, ARGS("run", "--device-budget", "4GiB", "--", "true"));
+    cli_run_clean(&r, NULL, ARGS("run", "--device-budget", "4GiB", "--", "true"));
     expect_usage_error(&r, "--device-budget");
-    cli(&r, ENV("VRAMGUARD_LOG=loud"), ARGS("run", "--", "sh", "-c", "echo ran"));
+    cli_run_clean(&r, ENV("VRAMGUARD_LOG=loud"), ARGS("run", "--", "sh", "-c", "echo ran"));
     expect_usage_error(&r, "VRAMGUARD_LOG='loud'");
 }
 
@@ -154,7 +141,7 @@ Test(cli, run_preloads_the_shim_first_and_sets_the_budget)
     cli_result_t r;
     char shim[4096], want[8192];
     shim_path(shim, sizeof shim);
-    cli(&r, NULL, ARGS("run", "--per-process", "--budget", "1GiB", "--", "sh", "-c", SHOW));
+    cli_run_clean(&r, NULL, ARGS("run", "--per-process", "--budget", "1GiB", "--", "sh", "-c", SHOW));
     cr_expect_eq(r.status, 0, "%s", r.err);
     snprintf(want, sizeof want, "%s|1GiB\n", shim);
     cr_expect_str_eq(r.out, want);
@@ -166,12 +153,12 @@ Test(cli, run_keeps_an_earlier_preload_after_the_shim_and_never_adds_it_twice)
     char shim[4096], want[8192], twice[8192];
     shim_path(shim, sizeof shim);
     snprintf(want, sizeof want, "%s:/x.so|1GiB\n", shim);
-    cli(&r, ENV("LD_PRELOAD=/x.so"),
+    cli_run_clean(&r, ENV("LD_PRELOAD=/x.so"),
         ARGS("run", "--per-process", "--budget", "1GiB", "--", "sh", "-c", SHOW));
     cr_expect_eq(r.status, 0, "%s", r.err);
     cr_expect_str_eq(r.out, want);
     snprintf(twice, sizeof twice, "LD_PRELOAD=/x.so:%s", shim);
-    cli(&r, ENV(twice), ARGS("run", "--per-process", "--budget", "1GiB", "--", "sh", "-c", SHOW));
+    cli_run_clean(&r, ENV(twice), ARGS("run", "--per-process", "--budget", "1GiB", "--", "sh", "-c", SHOW));
     cr_expect_eq(r.status, 0, "%s", r.err);
     cr_expect_str_eq(r.out, want);
 }
@@ -179,15 +166,15 @@ Test(cli, run_keeps_an_earlier_preload_after_the_shim_and_never_adds_it_twice)
 Test(cli, run_combines_budget_and_device_budget)
 {
     cli_result_t r;
-    cli(&r, ENV("FAKECUDA_DEVICES=2"),
+    cli_run_clean(&r, ENV("FAKECUDA_DEVICES=2"),
         ARGS("run", "--budget", "8GiB", "--device-budget", "1=4GiB", "--", "sh", "-c", SHOW));
     cr_expect_eq(r.status, 0, "%s", r.err);
     cr_expect_not_null(strstr(r.out, "|8GiB,1=4GiB\n"), "%s", r.out);
-    cli(&r, ENV("FAKECUDA_DEVICES=2"),
+    cli_run_clean(&r, ENV("FAKECUDA_DEVICES=2"),
         ARGS("run", "--device-budget", "1=4GiB", "--", "sh", "-c", SHOW));
     cr_expect_eq(r.status, 0, "%s", r.err);
     cr_expect_not_null(strstr(r.out, "|1=4GiB\n"), "%s", r.out);
-    cli(&r, NULL,
+    cli_run_clean(&r, NULL,
         ARGS("run", "--budget", "8GiB,1=2GiB", "--device-budget", "1=4GiB", "--", "true"));
     expect_usage_error(&r, "device given twice");
 }
@@ -195,7 +182,7 @@ Test(cli, run_combines_budget_and_device_budget)
 Test(cli, run_sets_every_table_flag_in_the_environment)
 {
     cli_result_t r;
-    cli(&r, NULL,
+    cli_run_clean(&r, NULL,
         ARGS("run", "--managed", "deny", "--pool=cache", "--log", "info", "--on-bad-pointer",
              "reject", "--shared", "job-1", "--audit", "/tmp/vg-audit.log", "--libcuda",
              "libcuda.so.1", "--",
@@ -210,21 +197,21 @@ Test(cli, run_sets_every_table_flag_in_the_environment)
 Test(cli, run_exits_with_the_commands_status)
 {
     cli_result_t r;
-    cli(&r, NULL, ARGS("run", "--", "sh", "-c", "exit 7"));
+    cli_run_clean(&r, NULL, ARGS("run", "--", "sh", "-c", "exit 7"));
     cr_expect_eq(r.status, 7, "%s", r.err);
-    cli(&r, NULL, ARGS("run", "--budget", "1GiB", "sh", "-c", "exit 3"));
+    cli_run_clean(&r, NULL, ARGS("run", "--budget", "1GiB", "sh", "-c", "exit 3"));
     cr_expect_eq(r.status, 3, "the command may follow the options without --");
 }
 
 Test(cli, run_of_a_missing_command_exits_127_like_a_shell)
 {
     cli_result_t r;
-    cli(&r, NULL, ARGS("run", "--", "vg-no-such-command"));
+    cli_run_clean(&r, NULL, ARGS("run", "--", "vg-no-such-command"));
     cr_expect_eq(r.status, 127, "%s", r.err);
     cr_expect_not_null(strstr(r.err, "vramguard: cannot run 'vg-no-such-command': "), "%s",
                        r.err);
     cr_expect_eq(lines(r.err), 1, "%s", r.err);
-    cli(&r, NULL, ARGS("run", "--", "/dev/null"));
+    cli_run_clean(&r, NULL, ARGS("run", "--", "/dev/null"));
     cr_expect_eq(r.status, 126, "not executable: %s", r.err);
 }
 
@@ -233,7 +220,7 @@ Test(cli, run_holds_a_cudart_client_to_the_budget)
     cli_result_t r;
     char client[4096];
     snprintf(client, sizeof client, "%s/clients/client_cudart", build_dir());
-    cli(&r, NULL, ARGS("run", "--budget", "64MiB", "--", client, "plain", "16MiB"));
+    cli_run_clean(&r, NULL, ARGS("run", "--budget", "64MiB", "--", client, "plain", "16MiB"));
     cr_expect_eq(r.status, 0, "%s", r.err);
     cr_expect_not_null(strstr(r.out, "path=plain allocs=4 "), "%s", r.out);
     cr_expect_not_null(strstr(r.out, " rcname=CUDA_ERROR_OUT_OF_MEMORY"), "%s", r.out);
@@ -244,7 +231,7 @@ Test(cli, run_holds_a_cudart_client_to_the_budget)
 Test(cli, check_lists_the_test_device_and_the_self_test_passes)
 {
     cli_result_t r;
-    cli(&r, NULL, ARGS("check"));
+    cli_run_clean(&r, NULL, ARGS("check"));
     cr_expect_eq(r.status, 0, "stdout: %s\nstderr: %s", r.out, r.err);
     cr_expect_not_null(strstr(r.out, "CUDA 13.0"), "%s", r.out);
     cr_expect_not_null(strstr(r.out, "devices:   1\n"), "%s", r.out);
@@ -258,7 +245,7 @@ Test(cli, check_lists_the_test_device_and_the_self_test_passes)
 Test(cli, check_json_reports_the_same)
 {
     cli_result_t r;
-    cli(&r, NULL, ARGS("check", "--json"));
+    cli_run_clean(&r, NULL, ARGS("check", "--json"));
     cr_expect_eq(r.status, 0, "stdout: %s\nstderr: %s", r.out, r.err);
     cr_expect_not_null(strstr(r.out, "\"ok\": true"), "%s", r.out);
     cr_expect_not_null(strstr(r.out, "\"version\": \"13.0\""), "%s", r.out);
@@ -270,7 +257,7 @@ Test(cli, check_json_reports_the_same)
 Test(cli, check_without_a_driver_says_why_and_exits_1)
 {
     cli_result_t r;
-    cli(&r, ENV("VRAMGUARD_LIBCUDA=/nonexistent/libcuda.so.1"), ARGS("check"));
+    cli_run_clean(&r, ENV("VRAMGUARD_LIBCUDA=/nonexistent/libcuda.so.1"), ARGS("check"));
     cr_expect_eq(r.status, 1, "%s", r.out);
     cr_expect_not_null(strstr(r.out, "/nonexistent/libcuda.so.1"), "%s", r.out);
     cr_expect_not_null(strstr(r.out, "self-test: SKIP"), "%s", r.out);
@@ -329,7 +316,7 @@ Test(cli, check_self_test_uses_the_driver_vramguard_libcuda_names)
     char lib[4200], path[4300];
     snprintf(lib, sizeof lib, "VRAMGUARD_LIBCUDA=%s/fakecuda/libcuda.so.1", build_dir());
     snprintf(path, sizeof path, "LD_LIBRARY_PATH=%s/fakenvml", build_dir());
-    cli(&r, ENV(lib, path), ARGS("check"));
+    cli_run_clean(&r, ENV(lib, path), ARGS("check"));
     cr_expect_eq(r.status, 0, "stdout: %s\nstderr: %s", r.out, r.err);
     cr_expect_not_null(strstr(r.out, "self-test: PASS"), "%s", r.out);
 }
@@ -364,7 +351,7 @@ Test(cli, the_manual_covers_every_command_setting_and_exit_status)
     char *man = man_text();
     vg__settings_describe(add_setting, man);
     cli_result_t r;
-    cli(&r, NULL, ARGS("--help"));
+    cli_run_clean(&r, NULL, ARGS("--help"));
     for (const char *line = strstr(r.out, "Commands:\n"); line && (line = strchr(line, '\n'));) {
         char word[32];
         line++;

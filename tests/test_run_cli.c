@@ -19,23 +19,10 @@
 
 #include "clientrun.h"
 
-#define MAX_ENV 8
 #define MIB400 "419430400"
 
 /* Runs build/vramguard with args in the runner's environment minus the
  * settings the test decides, plus `set` (NULL-terminated, may be NULL). */
-static void cli(cli_result_t *r, const char *const *set, const char *const *args)
-{
-    static const char *const drop[] = {"LD_PRELOAD=", "VRAMGUARD_", "CUDA_DEVICE_MEMORY_LIMIT",
-                                       "FAKECUDA_", "ASAN_OPTIONS=", NULL};
-    const char *add[MAX_ENV + 2] = {asan_entry("")};
-    for (size_t i = 0; set && set[i] && i < MAX_ENV; i++)
-        add[i + 1] = set[i];
-    char **env = env_make(drop, add);
-    free((char *)add[0]);
-    cli_result_of(r, env, args);
-    env_free(env);
-}
 
 static const char *exe(const char *name)
 {
@@ -63,7 +50,7 @@ static void expect_region_gone(const char *out)
 Test(run_tree, two_children_share_one_budget_and_the_region_goes_away)
 {
     cli_result_t r;
-    cli(&r, NULL, ARGS("run", "--budget", "1GiB", "--", exe("clients/client_tree"), "2", MIB400));
+    cli_run_clean(&r, NULL, ARGS("run", "--budget", "1GiB", "--", exe("clients/client_tree"), "2", MIB400));
     cr_expect_eq(r.status, 0, "%s", r.err);
     /* 4 x 400 MiB asked, 1 GiB for the tree: only 2 fit, whatever the order. */
     cr_expect_not_null(strstr(r.out, "ok=2 refused=2 other=0 shared=run-"), "%s", r.out);
@@ -74,7 +61,7 @@ Test(run_tree, two_children_share_one_budget_and_the_region_goes_away)
 Test(run_tree, per_process_gives_each_process_its_own_budget)
 {
     cli_result_t r;
-    cli(&r, NULL,
+    cli_run_clean(&r, NULL,
         ARGS("run", "--per-process", "--budget", "1GiB", "--", exe("clients/client_tree"), "2",
              MIB400));
     cr_expect_eq(r.status, 0, "%s", r.err);
@@ -84,7 +71,7 @@ Test(run_tree, per_process_gives_each_process_its_own_budget)
 Test(run_tree, the_tree_gets_the_region_and_no_budget_of_its_own)
 {
     cli_result_t r;
-    cli(&r, NULL,
+    cli_run_clean(&r, NULL,
         ARGS("run", "--budget", "1GiB", "--", "sh", "-c",
              "echo \"shared=$VRAMGUARD_SHARED budget=$VRAMGUARD_BUDGET\"; exit 5"));
     cr_expect_eq(r.status, 5, "the command's status: %s", r.err);
@@ -96,7 +83,7 @@ Test(run_tree, the_tree_gets_the_region_and_no_budget_of_its_own)
 Test(run_tree, a_signal_to_vramguard_reaches_the_command_and_the_region_goes_away)
 {
     cli_result_t r;
-    cli(&r, NULL,
+    cli_run_clean(&r, NULL,
         ARGS("run", "--budget", "1GiB", "--", "sh", "-c",
              "echo \"shared=$VRAMGUARD_SHARED\"; kill -TERM $PPID; exec sleep 30"));
     cr_expect_eq(r.status, 128 + SIGTERM, "ends like the command: %d %s", r.status, r.err);
@@ -106,20 +93,20 @@ Test(run_tree, a_signal_to_vramguard_reaches_the_command_and_the_region_goes_awa
 Test(run_tree, a_nested_run_may_lower_the_budget_but_never_raise_it)
 {
     cli_result_t r;
-    cli(&r, NULL,
+    cli_run_clean(&r, NULL,
         ARGS("run", "--budget", "1GiB", "--", exe("vramguard"), "run", "--budget", "2GiB", "--",
              "sh", "-c", "echo ran"));
     cr_expect_eq(r.status, 2, "%s", r.err);
     cr_expect_eq(lines(r.err), 1, "%s", r.err);
     cr_expect_not_null(strstr(r.err, "more than the enclosing budget"), "%s", r.err);
     cr_expect_str_eq(r.out, "");
-    cli(&r, NULL,
+    cli_run_clean(&r, NULL,
         ARGS("run", "--budget", "1GiB", "--", exe("vramguard"), "run", "--budget", "512MiB",
              "--", exe("clients/client_tree"), "2", MIB400));
     cr_expect_eq(r.status, 0, "%s", r.err);
     cr_expect_not_null(strstr(r.out, "ok=1 refused=3 other=0 shared=run-"), "%s", r.out);
     expect_region_gone(r.out);
-    cli(&r, ENV("VRAMGUARD_BUDGET=1GiB"),
+    cli_run_clean(&r, ENV("VRAMGUARD_BUDGET=1GiB"),
         ARGS("run", "--per-process", "--budget", "2GiB", "--", "true"));
     cr_expect_eq(r.status, 2, "an inherited budget is the enclosing one: %s", r.err);
 }
@@ -129,12 +116,12 @@ Test(run_tree, a_nested_run_may_lower_the_budget_but_never_raise_it)
 Test(run_checks, a_budget_for_a_device_that_does_not_exist_is_an_error)
 {
     cli_result_t r;
-    cli(&r, NULL, ARGS("run", "--budget", "5=1GiB", "--", "sh", "-c", "echo ran"));
+    cli_run_clean(&r, NULL, ARGS("run", "--budget", "5=1GiB", "--", "sh", "-c", "echo ran"));
     cr_expect_eq(r.status, 2, "%s", r.err);
     cr_expect_eq(lines(r.err), 1, "%s", r.err);
     cr_expect_not_null(strstr(r.err, "'5'"), "%s", r.err);
     cr_expect_str_eq(r.out, "");
-    cli(&r, NULL,
+    cli_run_clean(&r, NULL,
         ARGS("run", "--device-budget", "GPU-00000000-0000-0000-0000-00000000beef=1GiB", "--",
              "sh", "-c", "echo ran"));
     cr_expect_eq(r.status, 2, "%s", r.err);
@@ -145,7 +132,7 @@ Test(run_checks, a_budget_for_a_device_that_does_not_exist_is_an_error)
 Test(run_checks, a_budget_naming_some_missing_devices_says_which)
 {
     cli_result_t r;
-    cli(&r, ENV("FAKECUDA_DEVICES=2"),
+    cli_run_clean(&r, ENV("FAKECUDA_DEVICES=2"),
         ARGS("run", "--budget", "0=1GiB,7=1GiB", "--", "sh", "-c", "echo ran"));
     cr_expect_eq(r.status, 0, "%s", r.err);
     cr_expect_str_eq(r.out, "ran\n");
@@ -158,11 +145,11 @@ Test(run_checks, a_budget_naming_some_missing_devices_says_which)
 Test(run_checks, an_option_value_is_never_another_option_or_the_separator)
 {
     cli_result_t r;
-    cli(&r, NULL, ARGS("run", "--audit", "--", "true"));
+    cli_run_clean(&r, NULL, ARGS("run", "--audit", "--", "true"));
     cr_expect_eq(r.status, 2, "%s", r.err);
     cr_expect_not_null(strstr(r.err, "'--audit' needs a value"), "%s", r.err);
     cr_expect_neq(access("--", F_OK), 0, "no file named --");
-    cli(&r, NULL, ARGS("run", "--audit", "--budget", "1GiB", "--", "env"));
+    cli_run_clean(&r, NULL, ARGS("run", "--audit", "--budget", "1GiB", "--", "env"));
     cr_expect_eq(r.status, 2, "%s", r.err);
     cr_expect_not_null(strstr(r.err, "'--audit' needs a value"), "%s", r.err);
     cr_expect_str_eq(r.out, "");
@@ -171,7 +158,7 @@ Test(run_checks, an_option_value_is_never_another_option_or_the_separator)
 Test(run_checks, an_audit_log_that_cannot_be_created_stops_the_run_before_it_starts)
 {
     cli_result_t r;
-    cli(&r, NULL,
+    cli_run_clean(&r, NULL,
         ARGS("run", "--audit", "/nonexistent/dir/x.jsonl", "--", "sh", "-c", "echo ran"));
     cr_expect_eq(r.status, 2, "%s", r.err);
     cr_expect_eq(lines(r.err), 1, "%s", r.err);
@@ -185,7 +172,7 @@ Test(run_checks, a_relative_audit_path_is_made_absolute)
     cr_assert_not_null(mkdtemp(dir));
     cr_assert_eq(chdir(dir), 0); /* this test's own process */
     cli_result_t r;
-    cli(&r, NULL, ARGS("run", "--audit", "x.jsonl", "--", "sh", "-c", "echo $VRAMGUARD_AUDIT"));
+    cli_run_clean(&r, NULL, ARGS("run", "--audit", "x.jsonl", "--", "sh", "-c", "echo $VRAMGUARD_AUDIT"));
     cr_expect_eq(r.status, 0, "%s", r.err);
     snprintf(file, sizeof file, "%s/x.jsonl", dir);
     snprintf(want, sizeof want, "%s\n", file);
@@ -200,7 +187,7 @@ Test(run_checks, a_relative_audit_path_is_made_absolute)
 Test(run_tree, the_readmes_c_example_stops_at_the_budget)
 {
     cli_result_t r;
-    cli(&r, NULL, ARGS("run", "--budget", "1GiB", "--", exe("alloc-until-refused")));
+    cli_run_clean(&r, NULL, ARGS("run", "--budget", "1GiB", "--", exe("alloc-until-refused")));
     cr_expect_eq(r.status, 0, "%s", r.err);
     cr_expect_not_null(strstr(r.out, "device 0 as this process sees it: 1.00 GiB total"), "%s",
                        r.out);
