@@ -14,19 +14,22 @@
  * Lock ranks, outermost first (vg_fork.h's VG__RANKS is the same list). A
  * thread takes a lock only while every lock it holds ranks lower:
  *
- *  1 DRIVER_LOAD     driver.c load_lock: held across dlopen of libcuda and
- *                    the symbol lookups, once per process.
- *  2 IMPLICIT_FIRST  account_implicit.c first_lock: a device's first use;
+ *  1 IMPLICIT_FIRST  account_implicit.c first_lock: a device's first use;
  *                    held across driver and NVML calls, and resolves the
  *                    device's budget (RESOLVE) inside.
- *  3 POOLED_CREATE   account_pooled.c pools_mu: cache mode's pool creation;
+ *  2 POOLED_CREATE   account_pooled.c pools_mu: cache mode's pool creation;
  *                    held across vg_pool_create (driver calls), resolves
  *                    the budget (RESOLVE) and registers a level hook
  *                    (LEVEL_HOOKS) inside.
- *  4 RESOLVE         engine.c resolve_lock: a device budget's resolution;
+ *  3 RESOLVE         engine.c resolve_lock: a device budget's resolution;
  *                    held across driver calls, the shared region's bind
  *                    (its own process-shared lock, not ranked: another
  *                    process may hold it) and a level hook's registration.
+ *                    When the budget lookup is a program's first engine
+ *                    call, the engine starts here and loads the driver
+ *                    (DRIVER_LOAD) inside.
+ *  4 DRIVER_LOAD     driver.c load_lock: held across dlopen of libcuda and
+ *                    the symbol lookups, once per process.
  *  5 LEVEL_HOOKS     budget.c hook_lock: a budget's level-hook list. Leaf.
  *  6 LIMITS          account_limits.c limits_lock: charged limits. Leaf.
  *  7 STREAM_POOLS    account.c pools_lock: stream-ordered pools. Leaf.
@@ -65,14 +68,14 @@
 #include "vg_shared.h"
 
 static const vg__fork_step_t steps[] = {
-    {VG__RANK_DRIVER_LOAD, vg__driver_prefork, vg__driver_postfork_parent,
-     vg__driver_postfork_child},
     {VG__RANK_IMPLICIT_FIRST, vg__account_implicit_prefork,
      vg__account_implicit_postfork_parent, vg__account_implicit_postfork_child},
     {VG__RANK_POOLED_CREATE, vg__account_pooled_prefork,
      vg__account_pooled_postfork_parent, vg__account_pooled_postfork_child},
     {VG__RANK_RESOLVE, vg__engine_prefork, vg__engine_postfork_parent,
      vg__engine_postfork_child},
+    {VG__RANK_DRIVER_LOAD, vg__driver_prefork, vg__driver_postfork_parent,
+     vg__driver_postfork_child},
     {VG__RANK_LEVEL_HOOKS, vg__budget_prefork, vg__budget_postfork_parent,
      vg__budget_postfork_child},
     {VG__RANK_LIMITS, vg__account_limits_prefork, vg__account_limits_postfork_parent,

@@ -27,10 +27,10 @@
 
 /* In rank order, outermost first: X(name, file and lock). */
 #define VG__RANKS(X)                                                         \
-    X(DRIVER_LOAD, "driver.c load_lock")                                     \
     X(IMPLICIT_FIRST, "account_implicit.c first_lock")                       \
     X(POOLED_CREATE, "account_pooled.c pools_mu")                            \
     X(RESOLVE, "engine.c resolve_lock")                                      \
+    X(DRIVER_LOAD, "driver.c load_lock")                                     \
     X(LEVEL_HOOKS, "budget.c hook_lock")                                     \
     X(LIMITS, "account_limits.c limits_lock")                                \
     X(STREAM_POOLS, "account.c pools_lock")                                  \

@@ -183,3 +183,19 @@ Test(fork, taking_locks_in_rank_order_does_not_abort)
     vg__rank_leave(VG__RANK_DRIVER_LOAD);
 }
 #endif
+
+/* The engine may start from inside a budget lookup (a program whose first
+ * call is the public API): it then loads the driver while holding the
+ * resolve lock, so the driver's load lock ranks after it. With the load
+ * lock ranked first this aborted, as did `make bench`'s shared-budget
+ * workers. */
+Test(fork, the_first_budget_lookup_may_start_the_engine)
+{
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0)
+        _exit(vg__engine_budget(0) ? 0 : 3);
+    int status = wait_bounded(pid);
+    cr_expect(status != -1 && WIFEXITED(status) && WEXITSTATUS(status) == 0,
+              "status 0x%x", status);
+}
