@@ -145,7 +145,10 @@ uint64_t vg__credit_idle(const vg__budget_t *b)
  * back (once, by the thread that switched it off). */
 static void credit_off(vg__budget_t *b, int device)
 {
-    if (atomic_exchange_explicit(&vg__credit_slice[device], 0, memory_order_relaxed))
+    /* A load first: every request at High passes here, and an exchange
+     * would write the slices' shared line each time. */
+    if (atomic_load_explicit(&vg__credit_slice[device], memory_order_relaxed) &&
+        atomic_exchange_explicit(&vg__credit_slice[device], 0, memory_order_relaxed))
         vg__credit_reclaim(b);
 }
 

@@ -154,13 +154,15 @@ static uint64_t next_rand(uint64_t *s)
     return *s * 2685821657736338717ull;
 }
 
-/* Up to 8 live blocks, half of 1 B..16 KiB (within a slice), half of
+/* Up to 8 live blocks, half of 1 B..4 KiB (within a slice), half of
  * 1 B..2 MiB, charged and freed at random; real use is counted as the
- * driver would, after a charge and before an uncharge. */
+ * driver would, after a charge and before an uncharge. One thread alone
+ * can fill the 4 MiB budget, so refusals come whatever the scheduling. */
 static void *churn(void *arg)
 {
     uint64_t seed = (uint64_t)(uintptr_t)arg * 0x9e3779b97f4a7c15ull + 1;
     uint64_t live[8] = {0};
+    pthread_barrier_wait(&held);
     for (int k = 0; k < 20000; k++) {
         int i = (int)(next_rand(&seed) % 8);
         if (live[i]) {
@@ -169,7 +171,7 @@ static void *churn(void *arg)
             live[i] = 0;
             continue;
         }
-        uint64_t n = 1 + next_rand(&seed) % (next_rand(&seed) & 1 ? 16 * KiB : 2 * MiB);
+        uint64_t n = 1 + next_rand(&seed) % (next_rand(&seed) & 1 ? 4 * KiB : 2 * MiB);
         if (!charge(n))
             continue;
         uint64_t now = atomic_fetch_add_explicit(&real, n, memory_order_relaxed) + n;
@@ -190,9 +192,10 @@ static void *churn(void *arg)
 
 Test(credit, sixteen_threads_never_hold_more_than_the_limit)
 {
-    const uint64_t limit = 16 * MiB; /* slice 16 KiB */
+    const uint64_t limit = 4 * MiB; /* slice 4 KiB */
     setup_budget(limit);
     pthread_t t[THREADS];
+    pthread_barrier_init(&held, NULL, THREADS);
     for (int i = 0; i < THREADS; i++)
         cr_assert_eq(pthread_create(&t[i], NULL, churn, (void *)(uintptr_t)(i + 1)), 0);
     for (int i = 0; i < THREADS; i++)
