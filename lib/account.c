@@ -8,8 +8,9 @@
  * Stream-ordered pools are charged by what they reserve, which is what the
  * card really gives up (a pool keeps freed memory until trimmed).
  *
- * Hot path (plain alloc/free): engine-ready check, one CAS on the budget,
- * one ledger insert or remove. No syscalls, no getenv, no locks held across
+ * Hot path (plain alloc/free): engine-ready check, one CAS on this
+ * thread's own credit cell (credit.c; the budget's shared line only once
+ * per slice), one ledger insert or remove. No syscalls, no getenv, no locks held across
  * driver calls. Refusal messages and pool bookkeeping are out of line.
  */
 #include <pthread.h>
@@ -43,7 +44,7 @@ __attribute__((noinline, cold)) static void log_refusal(const vg__ticket_t *t,
     vg__log("refused %s of %s on device %d: %s of the %s budget in use "
             "(CUDA_ERROR_OUT_OF_MEMORY)%s",
             t->api, vg__fmt_bytes(t->bytes, req, sizeof req), t->device,
-            vg__fmt_bytes(atomic_load_explicit(&b->used, memory_order_relaxed), used, sizeof used),
+            vg__fmt_bytes(vg__budget_used(b), used, sizeof used),
             vg__fmt_bytes(atomic_load_explicit(&b->limit, memory_order_relaxed), lim, sizeof lim),
             quiet ? " (more refusals since the last line)" : "");
 }
@@ -111,6 +112,13 @@ int vg__acct_reserve(vg__ticket_t *t)
     t->budget = b;
     if (vg__unlikely(vg__acct_implicit_pending(t->device)))
         vg__acct_implicit_settle(t->device); /* context, lazy loads: charge first */
+    /* This thread's credit first, then a new slice of it, then the budget
+     * (credit.c): the first two touch no line other threads write. */
+    if (vg__likely(vg__credit_take(t->device, t->bytes)) ||
+        vg__credit_refill(b, t->device, t->bytes)) {
+        t->credit = true;
+        return VG_OK;
+    }
     if (vg__likely(vg__budget_reserve(b, t->bytes) == VG_OK))
         return VG_OK;
     return reserve_slow(t, b);
@@ -159,7 +167,8 @@ void vg__acct_record(const vg__ticket_t *t, vg__alloc_t *a)
 
 void vg__acct_commit(vg__ticket_t *t, uint64_t key, uint64_t size, uint64_t pool)
 {
-    vg__budget_commit(t->budget, t->bytes);
+    if (!t->credit) /* credit moved peak and level when it was taken */
+        vg__budget_commit(t->budget, t->bytes);
     if (vg__unlikely(t->budget->shared))
         vg__shared_live(t->budget, 1); /* for `vramguard status` */
     vg__alloc_t a = {
@@ -190,6 +199,10 @@ int vg__acct_take(uint64_t key, vg__alloc_t *out)
 void vg__acct_uncharge(const vg__alloc_t *a)
 {
     if (vg__unlikely(a->pooled))
+        return;
+    /* Up to a slice becomes this thread's credit (credit.c); a credit's
+     * bytes are bytes of `used`, whichever thread charged them. */
+    if (vg__likely(vg__credit_give(a->device, a->charged)))
         return;
     vg__budget_t *b = vg__engine_budget(a->device);
     vg__budget_release(b, a->charged);
@@ -463,7 +476,7 @@ int vg_device_stats(int device, vg_device_stats_t *stats)
     const vg__budget_t *b = vg__engine_budget(device);
     vg_device_stats_t s = {0};
     s.budget = atomic_load_explicit(&b->limit, memory_order_relaxed);
-    s.used = atomic_load_explicit(&b->used, memory_order_relaxed);
+    s.used = vg__budget_used(b); /* real use: unspent credit is not */
     s.peak = atomic_load_explicit(&b->peak, memory_order_relaxed);
     s.refusals = atomic_load_explicit(&b->refusals, memory_order_relaxed);
     s.overhead = vg__acct_overhead(device) + vg__acct_limits_charged(device);

@@ -168,7 +168,7 @@ static bool measure(int device, vg__budget_t *b)
      * it made other processes' memory look like ours (8 processes on one
      * H100 budget showed ~0 overhead each while their contexts took 4 GiB). */
     uint64_t used = b->shared ? vg__shared_self_used(b)
-                              : atomic_load_explicit(&b->used, memory_order_relaxed);
+                              : vg__budget_used(b); /* unspent credit showed nothing */
     uint64_t old = vg__acct_overhead(device);
     uint64_t shown = (used > old ? used - old : 0) + t.bytes;
     uint64_t now = nvml_bytes > shown ? nvml_bytes - shown : 0;

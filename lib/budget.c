@@ -21,6 +21,11 @@
  * per-process budget pays one predictable, not-taken branch per operation.
  * Level hooks are not run for shared budgets (only pools register hooks,
  * and pools are never shared).
+ *
+ * The shim's per-process device budgets also carry per-thread credit
+ * (credit.c): `used` then includes slices threads took and have not spent,
+ * the reclaim hook pulls them back before any refusal, and the idle hook
+ * lets vg__budget_read and vg__budget_used report real use.
  */
 #include <pthread.h>
 
@@ -52,6 +57,9 @@ void vg__budget_init(vg__budget_t *b, uint64_t limit, void *owner)
     b->shared = NULL;
     b->shared_dev = 0;
     b->owner = owner;
+    b->reclaim = NULL;
+    b->idle = NULL;
+    b->credit_dev = -1;
     for (int i = 0; i < VG__LEVEL_HOOKS; i++) {
         b->hooks[i].fn = NULL;
         b->hooks[i].user = NULL;
@@ -164,25 +172,45 @@ void vg__budget_set_limit(vg__budget_t *b, uint64_t limit)
     update_level(b);
 }
 
+static inline bool try_reserve(vg__budget_t *b, uint64_t n)
+{
+    uint64_t limit = atomic_load_explicit(&b->limit, memory_order_relaxed);
+    uint64_t used = atomic_load_explicit(&b->used, memory_order_relaxed);
+    do {
+        /* used may exceed limit after set_limit lowered it: check first so
+         * that limit - used cannot wrap; n > limit - used cannot overflow. */
+        if (vg__unlikely(used > limit || n > limit - used))
+            return false;
+    } while (!atomic_compare_exchange_weak_explicit(&b->used, &used, used + n,
+                                                    memory_order_relaxed,
+                                                    memory_order_relaxed));
+    return true;
+}
+
+bool vg__budget_try_reserve(vg__budget_t *b, uint64_t n)
+{
+    return try_reserve(b, n);
+}
+
+/* Out of line: the budget looks full. Threads' unspent credit is part of
+ * `used`, so it is pulled back first; only then is it a refusal. */
+__attribute__((noinline)) static int reserve_refused(vg__budget_t *b, uint64_t n)
+{
+    if (b->reclaim && b->reclaim(b) && try_reserve(b, n))
+        return VG_OK;
+    atomic_fetch_add_explicit(&b->refusals, 1, memory_order_relaxed);
+    return VG_ENOMEM;
+}
+
 /* A reserve racing with set_limit may still be judged against the old limit:
  * the new limit holds for every reserve that reads it. */
 int vg__budget_reserve(vg__budget_t *b, uint64_t n)
 {
     if (vg__unlikely(b->shared))
         return vg__shared_reserve(b, n);
-    uint64_t limit = atomic_load_explicit(&b->limit, memory_order_relaxed);
-    uint64_t used = atomic_load_explicit(&b->used, memory_order_relaxed);
-    do {
-        /* used may exceed limit after set_limit lowered it: check first so
-         * that limit - used cannot wrap; n > limit - used cannot overflow. */
-        if (vg__unlikely(used > limit || n > limit - used)) {
-            atomic_fetch_add_explicit(&b->refusals, 1, memory_order_relaxed);
-            return VG_ENOMEM;
-        }
-    } while (!atomic_compare_exchange_weak_explicit(&b->used, &used, used + n,
-                                                    memory_order_relaxed,
-                                                    memory_order_relaxed));
-    return VG_OK;
+    if (vg__likely(try_reserve(b, n)))
+        return VG_OK;
+    return reserve_refused(b, n);
 }
 
 void vg__budget_commit(vg__budget_t *b, uint64_t n)
@@ -233,6 +261,15 @@ void vg__budget_read(const vg__budget_t *b, uint64_t *limit, uint64_t *used)
     *used = atomic_load_explicit(&b->used, memory_order_relaxed);
     if (vg__unlikely(b->shared))
         vg__shared_read(b, limit, used); /* fresh: other processes move it */
+    else if (b->idle) /* unspent credit is not use */
+        *used = vg__budget_used(b);
+}
+
+uint64_t vg__budget_used(const vg__budget_t *b)
+{
+    uint64_t used = atomic_load_explicit(&b->used, memory_order_relaxed);
+    uint64_t idle = b->idle ? b->idle(b) : 0;
+    return used > idle ? used - idle : 0;
 }
 
 vg_pressure_t vg__budget_level(const vg__budget_t *b)

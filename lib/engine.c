@@ -151,6 +151,8 @@ static void resolve_budget(int device)
          * here, never write it into a region other processes share. */
         if ((settings.shared[0] || settings.shared_cache[0]) && limit != 0)
             vg__shared_bind(&budgets[device], device, limit);
+        if (!budgets[device].shared) /* shared budgets go to the region */
+            vg__credit_enable(&budgets[device], device);
         vg__audit_watch(&budgets[device], device); /* `pressure` events */
         atomic_store_explicit(&resolved[device], 1, memory_order_release);
     }

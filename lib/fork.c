@@ -55,7 +55,9 @@
  *
  * The child, after the releases, resets what names the process (in this
  * order, as before the sequence had one home): the cached tid (util.c), the
- * audit log's start line under the new pid (audit_buf.c), and the shared
+ * budget credit of the parent's other threads, given back (credit.c: it
+ * takes no lock), the audit log's start line under the new pid
+ * (audit_buf.c), and the shared
  * region's slot (shared.c: the parent's slot is not the child's).
  */
 #include <stdio.h>
@@ -190,6 +192,7 @@ void vg__fork_child(void)
         vg__rank_leave(steps[i].rank);
     }
     vg__tid_reset();
+    vg__credit_postfork_child();
     vg__audit_buf_child_restart();
     vg__shared_postfork_child();
 }

@@ -156,7 +156,10 @@ static inline vg__rec_t *shard_find(vg__shard_t *s, vg_devptr_t ptr)
  * unique within the child, which is a process of its own. */
 #define VG__SEQ_BLOCK 64u
 
-static _Thread_local uint64_t seq_next, seq_end;
+/* initial-exec: the default model in a -fPIC library calls __tls_get_addr
+ * on every access (10% of a hooked pair on the null driver). */
+static _Thread_local uint64_t seq_next __attribute__((tls_model("initial-exec")));
+static _Thread_local uint64_t seq_end __attribute__((tls_model("initial-exec")));
 
 uint64_t vg__ledger_next_seq(void)
 {

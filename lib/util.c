@@ -42,7 +42,7 @@ uint64_t vg__mono_ns(void)
 /* gettid is a syscall; pay it once per thread. A forked child's main thread
  * inherits the parent's cached value, so the atfork handler in engine.c
  * resets it through vg__tid_reset(). */
-static _Thread_local uint32_t cached_tid;
+static _Thread_local uint32_t cached_tid __attribute__((tls_model("initial-exec")));
 
 uint32_t vg__tid(void)
 {

@@ -34,6 +34,8 @@ typedef struct vg__ticket {
     bool pool_spent;  /* cache mode's pool already gave back its empty
                        * chunks for this request (vg__acct_pooled_alloc):
                        * a refusal need not ask it again */
+    bool credit;      /* paid from this thread's credit (credit.c): the
+                       * budget's use, peak and level did not move */
 } vg__ticket_t;
 
 /* Reserves t->bytes on t->device for an allocation of kind t->kind.
@@ -99,6 +101,74 @@ void vg__acct_record(const vg__ticket_t *t, vg__alloc_t *a);
 void vg__account_prefork(void);
 void vg__account_postfork_parent(void);
 void vg__account_postfork_child(void);
+
+/* ----------------------------------------------------------- credit.c */
+
+/* Per-thread budget credit (credit.c has the design). One record per
+ * thread, 64-byte aligned so no two threads share a line. */
+typedef struct vg__credit {
+    _Atomic uint64_t cell[VG__MAX_DEVICES]; /* unspent bytes, per device */
+    struct vg__credit *next;                /* registry: only ever grows */
+    _Atomic bool adopted;                   /* a live thread owns it */
+} __attribute__((aligned(64))) vg__credit_t;
+
+/* The calling thread's record (NULL before its first refill). */
+extern _Thread_local vg__credit_t *vg__credit_mine
+    __attribute__((tls_model("initial-exec")));
+/* The slice of each device in bytes; 0 while credit is off (no budget
+ * with credit, or High pressure): frees then go straight to the budget. */
+extern _Atomic uint64_t vg__credit_slice[VG__MAX_DEVICES];
+
+/* Hot path: spends n bytes of this thread's credit on `device` (one
+ * load and one uncontended CAS on the thread's own line). False when the
+ * thread holds less than n: then vg__credit_refill, else the budget. */
+static inline bool vg__credit_take(int device, uint64_t n)
+{
+    vg__credit_t *c = vg__credit_mine;
+    if (vg__unlikely(!c))
+        return false;
+    _Atomic uint64_t *cell = &c->cell[device & (VG__MAX_DEVICES - 1)];
+    uint64_t have = atomic_load_explicit(cell, memory_order_relaxed);
+    return have >= n && atomic_compare_exchange_strong_explicit(
+                            cell, &have, have - n, memory_order_relaxed, memory_order_relaxed);
+}
+
+/* Over two slices a thread's credit goes back down to one. */
+void vg__credit_trim(int device, uint64_t slice);
+
+/* Hot path: n bytes the driver has freed become this thread's credit when
+ * n is at most a slice and credit is on (one load of the read-mostly
+ * slice, one fetch_add on the thread's line). False: release them to the
+ * budget instead. */
+static inline bool vg__credit_give(int device, uint64_t n)
+{
+    vg__credit_t *c = vg__credit_mine;
+    uint64_t slice = atomic_load_explicit(&vg__credit_slice[device & (VG__MAX_DEVICES - 1)],
+                                          memory_order_relaxed);
+    /* n - 1 >= slice: n over a slice, credit off (slice 0), or n == 0. */
+    if (vg__unlikely(!c) || n - 1 >= slice)
+        return false;
+    uint64_t had = atomic_fetch_add_explicit(&c->cell[device & (VG__MAX_DEVICES - 1)], n,
+                                             memory_order_relaxed);
+    if (vg__unlikely(had + n > 2 * slice))
+        vg__credit_trim(device, slice);
+    return true;
+}
+
+/* Takes a new slice from b (one CAS on `used`) and spends n of it: true.
+ * False when b has no credit (shared), the level is High or above (then
+ * credit is switched off and every thread's pulled back), n is over a
+ * slice, or a slice does not fit: the caller reserves n from b itself. */
+bool vg__credit_refill(vg__budget_t *b, int device, uint64_t n);
+/* The budget hooks (vg__budget_t.reclaim and .idle): every thread's
+ * unspent credit of b's device, pulled back into b / summed. */
+uint64_t vg__credit_reclaim(vg__budget_t *b);
+uint64_t vg__credit_idle(const vg__budget_t *b);
+/* Gives b (the per-process budget of `device`) per-thread credit: engine.c
+ * at resolution, before the budget is published. */
+void vg__credit_enable(vg__budget_t *b, int device);
+/* A forked child: the other threads' credit goes back (fork.c). */
+void vg__credit_postfork_child(void);
 
 /* ------------------------------------------------- account_implicit.c */
 

@@ -37,13 +37,27 @@ typedef struct vg__budget {
         vg__level_fn fn;
         void *user;
     } hooks[VG__LEVEL_HOOKS];
+    /* Per-thread credit (credit.c), set on the shim's per-process device
+     * budgets only (NULL for pools and shared budgets): `used` then also
+     * holds bytes that threads took in bulk and have not spent. reclaim
+     * pulls every thread's unspent credit back into the budget (returns
+     * the bytes) and runs before any refusal; idle says how much is
+     * unspent now, so that vg__budget_read reports real use. */
+    uint64_t (*reclaim)(struct vg__budget *b);
+    uint64_t (*idle)(const struct vg__budget *b);
+    int credit_dev;         /* the device whose credit cells hold it */
 } vg__budget_t;
 
 void vg__budget_init(vg__budget_t *b, uint64_t limit, void *owner);
 void vg__budget_set_limit(vg__budget_t *b, uint64_t limit);
 /* Adds n to use if that stays within the limit: VG_OK, else VG_ENOMEM (and
- * counts a refusal). */
+ * counts a refusal). With a reclaim hook, every thread's unspent credit is
+ * pulled back and the request tried again before it is refused. */
 int vg__budget_reserve(vg__budget_t *b, uint64_t n);
+/* Adds n to use if that stays within the limit, nothing else: no refusal
+ * counted, no reclaim (credit.c takes its slices with it). Per-process
+ * budgets only (b->shared == NULL). */
+bool vg__budget_try_reserve(vg__budget_t *b, uint64_t n);
 /* The reserved bytes are now really allocated: updates peak and level. */
 void vg__budget_commit(vg__budget_t *b, uint64_t n);
 /* Undoes a reserve whose allocation failed. */
@@ -56,8 +70,13 @@ void vg__budget_force(vg__budget_t *b, uint64_t n);
 /* limit - used, or 0 when over. */
 uint64_t vg__budget_available(const vg__budget_t *b);
 /* The limit and use now (a shared budget's are read from its region:
- * slow path, takes its lock). */
+ * slow path, takes its lock). Use is real use: a budget with credit
+ * (reclaim set) subtracts what threads hold unspent (a walk of the
+ * threads: not for the hot path). */
 void vg__budget_read(const vg__budget_t *b, uint64_t *limit, uint64_t *used);
+/* Use as this process last saw it (a shared budget's mirror), less the
+ * credit threads hold unspent: what allocations really hold. */
+uint64_t vg__budget_used(const vg__budget_t *b);
 vg_pressure_t vg__budget_level(const vg__budget_t *b);
 /* The level for a use/limit pair given the current level (hysteresis). Pure. */
 vg_pressure_t vg__pressure_for(uint64_t used, uint64_t limit,

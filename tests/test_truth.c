@@ -243,6 +243,20 @@ Test(truth, a_slow_free_never_lets_the_device_exceed_the_budget)
     expect_peak_within(&t, GiB);
 }
 
+/* Per-thread credit (lib/credit.c) under 16 threads: half the requests fit
+ * a slice (32 KiB of a 32 MiB budget) and are paid from each thread's
+ * credit, half go to the budget, and together they ask for twice the
+ * budget. The device never holds more than the budget, and refusals do
+ * happen (the budget really was full). */
+Test(truth, sixteen_threads_on_per_thread_credit_never_take_the_device_over)
+{
+    static truth_t t;
+    run_truth(&t, "churn_credit", "32MiB", NULL);
+    cr_expect_gt(get(&t, "allocs"), 0, "%s: nothing was allocated\n  %s", t.what, t.line);
+    cr_expect_gt(get(&t, "refused_threads"), 0, "%s: never full\n  %s", t.what, t.line);
+    expect_peak_within(&t, 32 * MiB);
+}
+
 /* ------------------------------------------------------ i. what is reported */
 
 /* With a 300 MiB context and 16 threads allocating to the limit, no view

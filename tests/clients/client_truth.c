@@ -32,6 +32,9 @@
  *   ctx_destroy[_v1] 600 MiB in a created context, cuCtxDestroy_v2 (_v1:
  *               the legacy cuCtxDestroy), then 600 MiB in the primary
  *   free_order  16 threads allocate and free 1 KiB..64 MiB for 2 s
+ *   churn_credit 16 threads allocate and free for 2 s, half the requests of
+ *               1 KiB..32 KiB (paid from per-thread credit under a 32 MiB
+ *               budget) and half of 1 KiB..2 MiB
  *   views       the race, then cuMemGetInfo and NVML (memory info v1/v2 and
  *               this process's used memory), read while the memory is held
  */
@@ -344,7 +347,11 @@ static double now_s(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-/* Up to 8 live blocks of 1 KiB..64 MiB, allocated and freed at random. */
+/* The largest request of the churn's two halves, in bytes. */
+static size_t g_small = 64 * MiB, g_big = 64 * MiB;
+
+/* Up to 8 live blocks of 1 KiB..g_small or 1 KiB..g_big (a coin decides),
+ * allocated and freed at random. */
 static void *churn_worker(void *arg)
 {
     worker_t *w = arg;
@@ -353,7 +360,8 @@ static void *churn_worker(void *arg)
     pthread_barrier_wait(&g_start);
     for (double end = now_s() + 2.0; now_s() < end;) {
         int i = (int)(next_rand(&w->seed) % 8);
-        size_t size = KiB + next_rand(&w->seed) % (64 * MiB - KiB + 1);
+        size_t max = next_rand(&w->seed) & 1 ? g_small : g_big;
+        size_t size = KiB + next_rand(&w->seed) % (max - KiB + 1);
         if (slot[i]) {
             cuMemFree(slot[i]);
             slot[i] = 0;
@@ -380,6 +388,21 @@ static void case_free_order(void)
         refused += w[i].h.rc != CUDA_SUCCESS;
     }
     printf("path=free_order allocs=%d refused_threads=%d", allocs, refused);
+    finish();
+}
+
+static void case_churn_credit(void)
+{
+    static worker_t w[THREADS];
+    int allocs = 0, refused = 0;
+    g_small = 32 * KiB;
+    g_big = 2 * MiB;
+    run_threads(churn_worker, w);
+    for (int i = 0; i < THREADS; i++) {
+        allocs += w[i].h.n;
+        refused += w[i].h.rc != CUDA_SUCCESS;
+    }
+    printf("path=churn_credit allocs=%d refused_threads=%d", allocs, refused);
     finish();
 }
 
@@ -472,6 +495,8 @@ int main(int argc, char **argv)
         case_race();
     else if (!strcmp(c, "ctx_destroy") || !strcmp(c, "ctx_destroy_v1"))
         case_ctx_destroy(c, !strcmp(c, "ctx_destroy_v1"));
+    else if (!strcmp(c, "churn_credit"))
+        case_churn_credit();
     else if (!strcmp(c, "free_order"))
         case_free_order();
     else if (!strcmp(c, "views"))

@@ -1,0 +1,218 @@
+/*
+ * credit.c — per-thread budget credit: the shim's hot path without a
+ * shared cache line.
+ *
+ * A per-process device budget (never a shared one, never a pool) lets
+ * each thread take a slice of it in bulk, min(4 MiB, limit / 1024), with
+ * one CAS on the budget's `used`; the thread then spends it on requests
+ * that fit and puts frees of up to a slice back, on its own cache line
+ * (vg__credit_take and vg__credit_give, inline in vg_account.h: one
+ * uncontended CAS or fetch_add). Above two slices the excess goes back
+ * to the budget. So `used` = real use + every thread's unspent credit,
+ * and the limit check on `used` can never let real use past the limit.
+ *
+ * Unspent credit is never a reason to refuse: vg__budget_reserve pulls
+ * every thread's cell back (credit_reclaim, the budget's reclaim hook)
+ * before a refusal, blocked threads included (a cell is an atomic the
+ * owner updates only by read-modify-write, and a reclaimer exchanges to
+ * 0). At High pressure credit is switched off for the device and pulled
+ * back; it comes back when a refill finds the level below High. A thread
+ * that exits gives its credit back (pthread key destructor); a forked
+ * child gives back the credit of the parent's other threads.
+ *
+ * Cells live in one record per thread, linked into a registry that only
+ * grows (records of exited threads are adopted by new ones, as audit
+ * buffers are), so a reclaimer walks it without a lock and never reads
+ * freed memory. Memory orders: every operation is a relaxed RMW on a
+ * counter; moves between a cell and `used` are ordered so that `used`
+ * never holds less than real use plus the cells (credit in flight is
+ * counted twice for a moment, never zero times).
+ */
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "vg_account.h"
+#include "vg_fork.h"
+
+#define SLICE_MAX (4ull << 20) /* bytes */
+#define SLICE_DIV 1024u        /* slice <= limit / 1024 */
+
+_Thread_local vg__credit_t *vg__credit_mine __attribute__((tls_model("initial-exec")));
+_Atomic uint64_t vg__credit_slice[VG__MAX_DEVICES] __attribute__((aligned(64)));
+
+static _Atomic(vg__credit_t *) reg_head;
+/* The budget each device's cells belong to (vg__credit_enable). */
+static _Atomic(vg__budget_t *) owner[VG__MAX_DEVICES];
+static pthread_key_t exit_key;
+static bool exit_key_made;
+
+static uint64_t slice_for(uint64_t limit)
+{
+    uint64_t s = limit / SLICE_DIV;
+    return s < SLICE_MAX ? s : SLICE_MAX;
+}
+
+/* Gives every cell of `c` back to its budget. */
+static void give_back_all(vg__credit_t *c)
+{
+    for (int d = 0; d < VG__MAX_DEVICES; d++) {
+        uint64_t x = atomic_exchange_explicit(&c->cell[d], 0, memory_order_relaxed);
+        if (x)
+            vg__budget_release(atomic_load_explicit(&owner[d], memory_order_acquire), x);
+    }
+}
+
+/* Thread exit: the credit goes back and the record waits for a new thread.
+ * A later destructor that allocates adopts a record again (and is given
+ * back again: glibc runs destructors until no value is set). */
+static void thread_exit(void *p)
+{
+    vg__credit_t *c = p;
+    vg__credit_mine = NULL;
+    give_back_all(c);
+    atomic_store_explicit(&c->adopted, false, memory_order_release);
+}
+
+__attribute__((constructor)) static void credit_setup(void)
+{
+    exit_key_made = pthread_key_create(&exit_key, thread_exit) == 0;
+}
+
+/* The thread's first refill: a record an exited thread left, or a new
+ * one. NULL (no credit for this thread: every request goes to the
+ * budget) when there is no memory or no exit key. */
+__attribute__((noinline, cold)) static vg__credit_t *adopt(void)
+{
+    if (!exit_key_made)
+        return NULL;
+    vg__credit_t *c = atomic_load_explicit(&reg_head, memory_order_acquire);
+    for (; c; c = c->next) {
+        bool no = false;
+        if (!atomic_load_explicit(&c->adopted, memory_order_relaxed) &&
+            atomic_compare_exchange_strong_explicit(&c->adopted, &no, true,
+                                                    memory_order_acquire,
+                                                    memory_order_relaxed))
+            break;
+    }
+    if (!c) {
+        c = aligned_alloc(64, sizeof *c);
+        if (!c)
+            return NULL;
+        memset(c, 0, sizeof *c);
+        atomic_init(&c->adopted, true);
+        c->next = atomic_load_explicit(&reg_head, memory_order_relaxed);
+        while (!atomic_compare_exchange_weak_explicit(&reg_head, &c->next, c,
+                                                      memory_order_release,
+                                                      memory_order_relaxed))
+            ;
+    }
+    if (pthread_setspecific(exit_key, c) != 0) {
+        atomic_store_explicit(&c->adopted, false, memory_order_release);
+        return NULL;
+    }
+    vg__credit_mine = c;
+    return c;
+}
+
+uint64_t vg__credit_reclaim(vg__budget_t *b)
+{
+    int d = b->credit_dev;
+    uint64_t got = 0;
+    if (d < 0 || d >= VG__MAX_DEVICES)
+        return 0;
+    for (vg__credit_t *c = atomic_load_explicit(&reg_head, memory_order_acquire); c;
+         c = c->next)
+        got += atomic_exchange_explicit(&c->cell[d], 0, memory_order_relaxed);
+    if (got)
+        vg__budget_release(b, got);
+    return got;
+}
+
+uint64_t vg__credit_idle(const vg__budget_t *b)
+{
+    int d = b->credit_dev;
+    uint64_t idle = 0;
+    if (d < 0 || d >= VG__MAX_DEVICES)
+        return 0;
+    for (vg__credit_t *c = atomic_load_explicit(&reg_head, memory_order_acquire); c;
+         c = c->next)
+        idle += atomic_load_explicit(&c->cell[d], memory_order_relaxed);
+    return idle;
+}
+
+/* High pressure: no more slices on this device, and every cell comes
+ * back (once, by the thread that switched it off). */
+static void credit_off(vg__budget_t *b, int device)
+{
+    /* A load first: every request at High passes here, and an exchange
+     * would write the slices' shared line each time. */
+    if (atomic_load_explicit(&vg__credit_slice[device], memory_order_relaxed) &&
+        atomic_exchange_explicit(&vg__credit_slice[device], 0, memory_order_relaxed))
+        vg__credit_reclaim(b);
+}
+
+bool vg__credit_refill(vg__budget_t *b, int device, uint64_t n)
+{
+    if (!b->reclaim)
+        return false; /* a shared budget, or no budget resolved */
+    if (vg__budget_level(b) >= VG_PRESSURE_HIGH) {
+        credit_off(b, device);
+        return false;
+    }
+    uint64_t slice = slice_for(atomic_load_explicit(&b->limit, memory_order_relaxed));
+    if (n > slice || n == 0)
+        return false;
+    vg__credit_t *c = vg__credit_mine;
+    if (!c && !(c = adopt()))
+        return false;
+    if (atomic_load_explicit(&vg__credit_slice[device], memory_order_relaxed) != slice)
+        atomic_store_explicit(&vg__credit_slice[device], slice, memory_order_relaxed);
+    if (!vg__budget_try_reserve(b, slice))
+        return false; /* near full: the caller asks for n alone */
+    vg__budget_commit(b, slice); /* peak and level move with slices */
+    atomic_fetch_add_explicit(&c->cell[device], slice - n, memory_order_relaxed);
+    if (vg__unlikely(vg__budget_level(b) >= VG_PRESSURE_HIGH))
+        credit_off(b, device);
+    return true;
+}
+
+void vg__credit_trim(int device, uint64_t slice)
+{
+    vg__credit_t *c = vg__credit_mine;
+    _Atomic uint64_t *cell = &c->cell[device];
+    uint64_t have = atomic_load_explicit(cell, memory_order_relaxed);
+    while (have > slice) {
+        if (atomic_compare_exchange_weak_explicit(cell, &have, slice, memory_order_relaxed,
+                                                  memory_order_relaxed)) {
+            vg__budget_release(atomic_load_explicit(&owner[device], memory_order_acquire),
+                               have - slice);
+            return;
+        }
+    }
+}
+
+void vg__credit_enable(vg__budget_t *b, int device)
+{
+    atomic_store_explicit(&owner[device], b, memory_order_release);
+    b->credit_dev = device;
+    b->idle = vg__credit_idle;
+    b->reclaim = vg__credit_reclaim; /* set last: refill reads it first */
+}
+
+/* Links fork.c (whose child step calls the function below) into any
+ * program that uses credit, as ledger.c does. */
+__attribute__((used)) static void (*const fork_sequence)(void) = vg__fork_prepare;
+
+/* Only the forking thread lives on in the child: the credit the other
+ * threads held in the parent is nobody's now, so it goes back. */
+void vg__credit_postfork_child(void)
+{
+    for (vg__credit_t *c = atomic_load_explicit(&reg_head, memory_order_acquire); c;
+         c = c->next) {
+        if (c == vg__credit_mine || !atomic_load_explicit(&c->adopted, memory_order_relaxed))
+            continue;
+        give_back_all(c);
+        atomic_store_explicit(&c->adopted, false, memory_order_relaxed);
+    }
+}

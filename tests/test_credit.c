@@ -1,0 +1,207 @@
+/*
+ * test_credit.c — per-thread budget credit (lib/credit.c), on a budget of
+ * the test's own bound to a device slot the engine never resolves here
+ * (63): credit held idle by blocked threads never causes a refusal, a
+ * thread that exits gives its credit back, a forked child gets back the
+ * credit of the parent's other threads, and 16 threads spending credit
+ * never take real use past the limit. The shim's end-to-end proof (the
+ * test driver's peak) is in test_truth.c.
+ */
+#include <criterion/criterion.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "vg_account.h"
+
+#define DEV 63
+#define THREADS 16
+#define KiB 1024ull
+#define MiB (1024ull * KiB)
+
+static vg__budget_t budget;
+
+static void setup_budget(uint64_t limit)
+{
+    vg__budget_init(&budget, limit, NULL);
+    vg__credit_enable(&budget, DEV);
+}
+
+static uint64_t raw_used(void)
+{
+    return atomic_load_explicit(&budget.used, memory_order_relaxed);
+}
+
+/* What the shim does for one small allocation: credit, a slice, the budget. */
+static bool charge(uint64_t n)
+{
+    return vg__credit_take(DEV, n) || vg__credit_refill(&budget, DEV, n) ||
+           vg__budget_reserve(&budget, n) == VG_OK;
+}
+
+static void uncharge(uint64_t n)
+{
+    if (!vg__credit_give(DEV, n))
+        vg__budget_release(&budget, n);
+}
+
+/* ---------------------------------------------- idle credit, blocked */
+
+static pthread_barrier_t held, go;
+
+/* Takes a slice with a 4 KiB allocation, frees it (the thread now holds
+ * a whole slice unspent) and blocks until the main thread is done. */
+static void *hold_idle(void *arg)
+{
+    (void)arg;
+    cr_assert(charge(4 * KiB));
+    uncharge(4 * KiB);
+    pthread_barrier_wait(&held);
+    pthread_barrier_wait(&go);
+    return NULL;
+}
+
+Test(credit, idle_credit_of_blocked_threads_never_causes_a_refusal)
+{
+    const uint64_t limit = 256 * MiB; /* slice 256 KiB */
+    setup_budget(limit);
+    pthread_t t[THREADS];
+    pthread_barrier_init(&held, NULL, THREADS + 1);
+    pthread_barrier_init(&go, NULL, THREADS + 1);
+    for (int i = 0; i < THREADS; i++)
+        cr_assert_eq(pthread_create(&t[i], NULL, hold_idle, NULL), 0);
+    pthread_barrier_wait(&held);
+    cr_expect_eq(raw_used(), THREADS * (limit / 1024), "16 slices held idle");
+    cr_expect_eq(vg__budget_used(&budget), 0, "idle credit is not use");
+    /* Exactly the whole budget: fits once the idle credit is pulled back. */
+    cr_expect_eq(vg__budget_reserve(&budget, limit), VG_OK);
+    cr_expect_eq(vg__budget_reserve(&budget, 1), VG_ENOMEM, "now it is really full");
+    cr_expect_eq(atomic_load_explicit(&budget.refusals, memory_order_relaxed), 1);
+    pthread_barrier_wait(&go);
+    for (int i = 0; i < THREADS; i++)
+        pthread_join(t[i], NULL);
+    vg__budget_release(&budget, limit);
+    cr_expect_eq(raw_used(), 0);
+}
+
+/* ---------------------------------------------- exit */
+
+static void *take_and_exit(void *arg)
+{
+    (void)arg;
+    cr_assert(charge(64 * KiB));
+    uncharge(64 * KiB);
+    return NULL;
+}
+
+Test(credit, a_thread_that_exits_gives_its_credit_back)
+{
+    setup_budget(1ull << 30);
+    for (int round = 0; round < 3; round++) { /* records are reused */
+        pthread_t t[THREADS];
+        for (int i = 0; i < THREADS; i++)
+            cr_assert_eq(pthread_create(&t[i], NULL, take_and_exit, NULL), 0);
+        for (int i = 0; i < THREADS; i++)
+            pthread_join(t[i], NULL);
+        cr_expect_eq(raw_used(), 0, "round %d: %llu bytes stranded", round,
+                     (unsigned long long)raw_used());
+        cr_expect_eq(vg__credit_idle(&budget), 0);
+    }
+}
+
+/* ---------------------------------------------- fork */
+
+Test(credit, a_forked_child_gets_back_the_other_threads_credit)
+{
+    const uint64_t limit = 256 * MiB;
+    setup_budget(limit);
+    pthread_t t[THREADS];
+    pthread_barrier_init(&held, NULL, THREADS + 1);
+    pthread_barrier_init(&go, NULL, THREADS + 1);
+    for (int i = 0; i < THREADS; i++)
+        cr_assert_eq(pthread_create(&t[i], NULL, hold_idle, NULL), 0);
+    pthread_barrier_wait(&held);
+    cr_assert(charge(8 * KiB)); /* the forking thread holds credit too */
+    uint64_t mine = atomic_load_explicit(&vg__credit_mine->cell[DEV], memory_order_relaxed);
+    pid_t pid = fork();
+    cr_assert_neq(pid, -1);
+    if (pid == 0) {
+        /* Real use 8 KiB plus this thread's own unspent credit; the 16
+         * slices of the threads that did not come along are back. */
+        bool ok = raw_used() == 8 * KiB + mine && vg__credit_idle(&budget) == mine &&
+                  vg__budget_reserve(&budget, limit - 8 * KiB) == VG_OK;
+        _exit(ok ? 0 : 1);
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    cr_expect(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child found stranded credit");
+    pthread_barrier_wait(&go);
+    for (int i = 0; i < THREADS; i++)
+        pthread_join(t[i], NULL);
+    uncharge(8 * KiB);
+}
+
+/* ---------------------------------------------- exactness */
+
+static _Atomic uint64_t real, real_peak;
+
+static uint64_t next_rand(uint64_t *s)
+{
+    *s ^= *s >> 12;
+    *s ^= *s << 25;
+    *s ^= *s >> 27;
+    return *s * 2685821657736338717ull;
+}
+
+/* Up to 8 live blocks, half of 1 B..4 KiB (within a slice), half of
+ * 1 B..2 MiB, charged and freed at random; real use is counted as the
+ * driver would, after a charge and before an uncharge. One thread alone
+ * can fill the 4 MiB budget, so refusals come whatever the scheduling. */
+static void *churn(void *arg)
+{
+    uint64_t seed = (uint64_t)(uintptr_t)arg * 0x9e3779b97f4a7c15ull + 1;
+    uint64_t live[8] = {0};
+    pthread_barrier_wait(&held);
+    for (int k = 0; k < 20000; k++) {
+        int i = (int)(next_rand(&seed) % 8);
+        if (live[i]) {
+            atomic_fetch_sub_explicit(&real, live[i], memory_order_relaxed);
+            uncharge(live[i]);
+            live[i] = 0;
+            continue;
+        }
+        uint64_t n = 1 + next_rand(&seed) % (next_rand(&seed) & 1 ? 4 * KiB : 2 * MiB);
+        if (!charge(n))
+            continue;
+        uint64_t now = atomic_fetch_add_explicit(&real, n, memory_order_relaxed) + n;
+        uint64_t peak = atomic_load_explicit(&real_peak, memory_order_relaxed);
+        while (now > peak && !atomic_compare_exchange_weak_explicit(
+                                 &real_peak, &peak, now, memory_order_relaxed,
+                                 memory_order_relaxed))
+            ;
+        live[i] = n;
+    }
+    for (int i = 0; i < 8; i++)
+        if (live[i]) {
+            atomic_fetch_sub_explicit(&real, live[i], memory_order_relaxed);
+            uncharge(live[i]);
+        }
+    return NULL;
+}
+
+Test(credit, sixteen_threads_never_hold_more_than_the_limit)
+{
+    const uint64_t limit = 4 * MiB; /* slice 4 KiB */
+    setup_budget(limit);
+    pthread_t t[THREADS];
+    pthread_barrier_init(&held, NULL, THREADS);
+    for (int i = 0; i < THREADS; i++)
+        cr_assert_eq(pthread_create(&t[i], NULL, churn, (void *)(uintptr_t)(i + 1)), 0);
+    for (int i = 0; i < THREADS; i++)
+        pthread_join(t[i], NULL);
+    cr_expect_leq(atomic_load_explicit(&real_peak, memory_order_relaxed), limit);
+    cr_expect_gt(atomic_load_explicit(&budget.refusals, memory_order_relaxed), 0,
+                 "the budget was never full: the test proves nothing");
+    cr_expect_eq(raw_used(), 0, "every byte came back (threads exited)");
+}
