@@ -11,10 +11,9 @@
  *
  * Only slow paths call in here: the first allocation on a device (before
  * any allocation can succeed), calls that make the driver take memory
- * (context creation, eager module loads, limits), the first allocation
- * after kernel launches (a lazily loaded module takes its globals at its
- * first launch: at most once a millisecond per device), memory views and
- * refusals (once a second). docs/accounting.md gives the cost and the
+ * (context creation, module and library loads), the first allocation
+ * after the first launch of a kernel (lazily loaded code), refusals (at
+ * most once a millisecond per device) and memory views (once a second). docs/accounting.md gives the cost and the
  * worst-case overshoot. This is the one place the engine loads NVML
  * (dlopen, once); without it the overhead stays 0 (said once).
  */
@@ -27,7 +26,7 @@
 #include "vg_shared.h"
 
 #define REFRESH_INTERVAL_NS 1000000000ull /* views and refusals: once a second */
-#define REFRESH_SOON_NS 1000000ull         /* after launches and loads: once a ms */
+#define REFRESH_SOON_NS 1000000ull         /* before refusals: once a ms */
 #define PROC_SLOTS 64                     /* processes read without malloc */
 
 /* The slice of NVML's stable ABI used here (nvml.h: nvmlProcessInfo_v1_st
