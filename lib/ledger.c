@@ -4,12 +4,17 @@
  * One ledger per process (static state here). 128 shards, picked by the
  * top bits of a multiplicative hash of ptr's 64 KiB granule, each with its
  * own spinlock, a uthash table keyed by ptr, a free list of records and a
- * ring of the last 32 allocations removed from it (4096 in all: the
- * quarantine).
+ * ring of the last 32 records removed from it (4096 in all: the
+ * quarantine). A removed record moves into the ring whole, by pointer, and
+ * the one it displaces goes to the free list.
  *
  * Cost: insert and remove are one uncontended lock/unlock, one hash probe
- * and a 112-byte copy or two; no malloc after warm-up (records come from the
- * shard's free list, refilled in slabs out of line). The lock is a spinlock
+ * and one 112-byte copy each (in from the caller, out to the caller); no
+ * malloc after warm-up (records come from the shard's free list, refilled
+ * in slabs out of line). Copying each freed record into the ring instead
+ * cost a cold 112-byte write per remove: 31 -> 26 ns per insert+remove
+ * called directly, about 1 ns of a hooked pair (2026-12-04,
+ * docs/benchmarks.md). The lock is a spinlock
  * (vg__spin_lock: one atomic exchange, and a plain release store to unlock)
  * rather than a pthread mutex, whose unlock is a second atomic operation
  * and two calls: every pool pair and every hooked allocation pays insert
@@ -80,7 +85,10 @@ typedef struct vg__shard {
     unsigned ring_next;    /* next ring slot to overwrite */
     unsigned ring_len;     /* filled slots, <= VG__RING */
     vg__rec_t sentinel;
-    vg__alloc_t ring[VG__RING];
+    /* The quarantine: records removed from the table, kept whole (not
+     * copied) until RING removals later push them back to the free list.
+     * Slots [0, ring_len) are set. */
+    vg__rec_t *ring[VG__RING];
 } __attribute__((aligned(64))) vg__shard_t;
 
 static vg__shard_t shards[VG__SHARDS];
@@ -219,12 +227,21 @@ int vg__ledger_remove(vg_devptr_t ptr, const void *owner, vg__alloc_t *out)
     HASH_DEL(s->table, r);
     if (out)
         *out = r->a;
-    s->ring[s->ring_next] = r->a;
+    /* r itself enters the quarantine; the record it displaces (freed RING
+     * removals ago in this shard) becomes free. */
+    vg__rec_t *old = s->ring[s->ring_next];
+    s->ring[s->ring_next] = r;
     s->ring_next = (s->ring_next + 1) % VG__RING;
-    if (s->ring_len < VG__RING)
+    if (old) {
+        old->next_free = s->free;
+        s->free = old;
+        /* The next insert here takes it: warm the rest of it meanwhile. */
+        __builtin_prefetch(&old->a, 1);
+        __builtin_prefetch(&old->a.tag, 1);
+        __builtin_prefetch(&old->hh, 1);
+    } else {
         s->ring_len++;
-    r->next_free = s->free;
-    s->free = r;
+    }
     atomic_store_explicit(&s->live,
                           atomic_load_explicit(&s->live, memory_order_relaxed) - 1,
                           memory_order_relaxed);
@@ -264,7 +281,7 @@ static const vg__alloc_t *ring_match(const vg__shard_t *s, vg_devptr_t ptr,
 {
     const vg__alloc_t *best = NULL;
     for (unsigned i = 0; i < s->ring_len; i++) {
-        const vg__alloc_t *a = &s->ring[i];
+        const vg__alloc_t *a = &s->ring[i]->a;
         bool hit = exact ? (a->ptr == ptr || a->base == ptr)
                          : freed_contains(a, ptr);
         if (hit && (!best || a->seq > best->seq))

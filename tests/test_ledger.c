@@ -141,6 +141,40 @@ Test(ledger, quarantine_is_bounded_and_old_entries_age_out)
     cr_assert_gt(found, 1000, "the rings hold many recent frees");
 }
 
+/* Freed records sit in the quarantine as the records themselves (by
+ * pointer): inserts into the same shard must not reuse one until 32 later
+ * removals there have pushed it out. All pointers here share one 64 KiB
+ * granule, hence one shard. */
+Test(ledger, quarantined_record_survives_inserts_into_its_shard)
+{
+    const vg_devptr_t base = 0x30000000;
+    vg__alloc_t first = rec(base, 0x200, NULL), got;
+    strcpy(first.tag, "first");
+    first.site = 77;
+    cr_assert_eq(vg__ledger_insert(&first), VG_OK);
+    cr_assert_eq(vg__ledger_remove(base, VG__ANY_OWNER, NULL), VG_OK);
+    for (uint64_t i = 1; i <= 40; i++) { /* live: they take free records */
+        vg__alloc_t a = rec(base + i * 0x200, 0x200, NULL);
+        cr_assert_eq(vg__ledger_insert(&a), VG_OK);
+    }
+    for (uint64_t i = 1; i <= 31; i++)
+        cr_assert_eq(vg__ledger_remove(base + i * 0x200, VG__ANY_OWNER, NULL), VG_OK);
+    cr_assert_eq(vg__ledger_find_freed(base, &got), VG_OK, "31 later frees: still held");
+    cr_assert_eq(got.seq, first.seq);
+    cr_assert_eq(got.size, 0x200);
+    cr_assert_eq(got.site, 77);
+    cr_assert_str_eq(got.tag, "first");
+    cr_assert_eq(vg__ledger_remove(base + 32 * 0x200, VG__ANY_OWNER, NULL), VG_OK);
+    cr_assert_eq(vg__ledger_find_freed(base, NULL), VG_ENOTFOUND,
+                 "the 32nd later free in its shard pushed it out");
+    vg__alloc_t again = rec(base + 50 * 0x200, 0x200, NULL);
+    cr_assert_eq(vg__ledger_insert(&again), VG_OK);
+    cr_assert_eq(vg__ledger_find_freed(base + 31 * 0x200, &got), VG_OK,
+                 "a record still quarantined is not handed to an insert");
+    cr_assert_eq(got.ptr, base + 31 * 0x200);
+    cr_assert_eq(vg__ledger_count(), 9);
+}
+
 typedef struct visit {
     int n;
     uint64_t bytes;
