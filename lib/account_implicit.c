@@ -11,7 +11,7 @@
  *   lock, the others wait on it (16 racing threads otherwise all allocated
  *   before the context was charged).
  * - Calls that make the driver take memory are measured as they return
- *   (context creation, eager module loads) and undone with
+ *   (context creation, module and library loads) and undone with
  *   CUDA_ERROR_OUT_OF_MEMORY when what they took does not fit.
  * - cuCtxSetLimit is charged before the driver is asked, from what the
  *   limit will cost (heap and FIFO: their size; stacks: size x SMs x
@@ -136,7 +136,8 @@ void vg__acct_implicit_settle(int device)
     vg__overhead_refresh(device, VG__REFRESH_NOW);
 }
 
-void vg__acct_implicit_launched(void)
+/* Marks every device pending (one load when already marked). */
+static void launched(void)
 {
     if (atomic_load_explicit(&vg__implicit_pending, memory_order_relaxed) != UINT64_MAX)
         atomic_store_explicit(&vg__implicit_pending, UINT64_MAX, memory_order_release);
@@ -188,7 +189,7 @@ static bool first_launch(uintptr_t f)
 void vg__acct_implicit_launch(const void *function)
 {
     if (vg__unlikely(first_launch((uintptr_t)function)))
-        vg__acct_implicit_launched();
+        launched();
 }
 
 /* ------------------------------------------- calls that take memory */
@@ -218,15 +219,6 @@ int vg__acct_implicit_took(int device, const char *api)
             vg__fmt_bytes(limit, lim, sizeof lim));
     vg__audit_refuse(&t, VG_ENOMEM);
     return VG_ENOMEM;
-}
-
-/* A module or library load is measured whatever the loading mode: on an
- * H200 (driver 580, CUDA 13.0) a module's 1.5 GiB of __device__ globals
- * appeared at cuModuleLoad under both lazy and eager loading, and NVML's
- * answer (about 22 us) is cheap next to a load. */
-int vg__acct_implicit_loaded(int device, const char *api)
-{
-    return vg__acct_implicit_took(device, api);
 }
 
 void vg__acct_implicit_undone(int device)

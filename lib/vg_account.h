@@ -186,8 +186,6 @@ static inline bool vg__acct_implicit_pending(int device)
  * allocation, under a lock the device's other first allocations wait on;
  * later, at most one NVML measurement a millisecond). */
 void vg__acct_implicit_settle(int device);
-/* Marks every device pending (one load when already marked). */
-void vg__acct_implicit_launched(void);
 /* A kernel launch of `function` (a CUfunction): its first launch may load
  * code lazily, so it marks every device pending; later ones cost a lookup. */
 void vg__acct_implicit_launch(const void *function);
@@ -197,14 +195,11 @@ void vg__acct_implicit_shrunk(int device);
 /* Consumes `device`'s shrink mark: true when its figure may fall. */
 bool vg__acct_implicit_may_shrink(int device);
 /* After a call that made the driver take memory (context creation, an
- * eager module load): measures it. VG_ENOMEM when it took this process
+ * module or library load): measures it. VG_ENOMEM when it took this process
  * past its budget (logged, audited): undo the call, then call
  * vg__acct_implicit_undone(). */
 int vg__acct_implicit_took(int device, const char *api);
 void vg__acct_implicit_undone(int device);
-/* After a module or library load: measured as above (module globals
- * come at load; what lazy loading defers comes at a launch, below). */
-int vg__acct_implicit_loaded(int device, const char *api);
 /* A context of `device` was destroyed or reset: drops the records of
  * memory the driver no longer knows (audited as frees by `api`), its
  * limit charges, and measures the device again at its next allocation. */

@@ -119,15 +119,16 @@ CUresult cuCtxSetLimit(CUlimit limit, size_t value)
 
 /* ------------------------------------------------- modules, libraries */
 
-/* Under eager loading a module takes its memory (code, globals) at load:
- * measured here. Under lazy loading it takes it at its first launch, which
- * marks the devices pending (below). */
+/* A load is measured as it returns: a module's __device__ globals came at
+ * cuModuleLoad under lazy loading too (H200, driver 580); what lazy
+ * loading defers to a kernel's first launch marks the devices pending
+ * (below). */
 static CUresult module_loaded(CUresult cr, CUmodule *mod, const char *api)
 {
     if (cr != CUDA_SUCCESS || !mod)
         return cr;
     int device = vg__shim_device();
-    if (vg__acct_implicit_loaded(device, api) == VG_OK)
+    if (vg__acct_implicit_took(device, api) == VG_OK)
         return cr;
     vg__real.cuModuleUnload(*mod);
     *mod = NULL;
@@ -140,7 +141,7 @@ static CUresult library_loaded(CUresult cr, CUlibrary *lib, const char *api)
     if (cr != CUDA_SUCCESS || !lib)
         return cr;
     int device = vg__shim_device();
-    if (vg__acct_implicit_loaded(device, api) == VG_OK)
+    if (vg__acct_implicit_took(device, api) == VG_OK)
         return cr;
     vg__real.cuLibraryUnload(*lib);
     *lib = NULL;
