@@ -1,36 +1,54 @@
 /*
  * ledger.c — the process's live allocations and a quarantine of freed ones.
  *
- * One ledger per process (static state here). 128 shards, picked by the
- * top bits of a multiplicative hash of ptr's 64 KiB granule, each with its
+ * One ledger per process (static state here): 128 shards, each with its
  * own spinlock, a uthash table keyed by ptr, a free list of records and a
- * ring of the last 32 records removed from it (4096 in all: the
- * quarantine). A removed record moves into the ring whole, by pointer, and
- * the one it displaces goes to the free list.
+ * ring of the last 1024 records removed from it (the quarantine). A
+ * removed record moves into the ring whole, by pointer, and the one it
+ * displaces goes to the free list.
  *
- * Cost: insert and remove are one uncontended lock/unlock, one hash probe
- * and one 112-byte copy each (in from the caller, out to the caller); no
- * malloc after warm-up (records come from the shard's free list, refilled
- * in slabs out of line). Copying each freed record into the ring instead
- * cost a cold 112-byte write per remove: 31 -> 26 ns per insert+remove
- * called directly, about 1 ns of a hooked pair (2026-12-04,
- * docs/benchmarks.md). The lock is a spinlock
- * (vg__spin_lock: one atomic exchange, and a plain release store to unlock)
- * rather than a pthread mutex, whose unlock is a second atomic operation
- * and two calls: every pool pair and every hooked allocation pays insert
- * and remove. Critical sections are a hash probe and a copy, and
- * a waiter yields after a few spins, so a preempted holder costs little.
+ * Shards follow threads, not addresses. Each thread has a home shard
+ * (handed out round-robin at its first insert). Every key lies in a 64 KiB
+ * granule of the 64-bit key space, and a directory (a radix tree of
+ * granules, lock-free to read) says which shard holds the records of each
+ * granule, and how many: the first thread to insert into an unowned
+ * granule makes it its home shard's, and an owned granule whose count has
+ * fallen to 0 passes to the next inserter's home. So a thread that
+ * allocates and frees its own memory touches only its own shard's lines
+ * and the directory entries of its granules, whatever addresses the
+ * driver hands out; a free from another thread finds the record through
+ * the directory in one step (no scan, no global lock) and takes the
+ * owner's lock.
+ *
+ * Measured before this (shards picked by a hash of the granule): a thread
+ * walking fresh addresses moved to a new shard every 64 KiB, whose lock,
+ * table, free list and ring lines had last been written by other cores;
+ * on 2 cores two threads did x1.2 one thread's pairs, and with the
+ * granule made 16 MiB (one shard per thread in effect) x1.9
+ * (docs/benchmarks.md).
+ *
+ * The directory's invariant: every record keyed in granule g lives in the
+ * shard owner(g). A directory entry is owner+1 in its low 8 bits (0:
+ * unowned) and the count of g's records in the owner above them. It
+ * changes from unowned to owned by a compare-and-swap; every later write
+ * (count up, count down, a hand-over at count 0) is made holding the
+ * current owner's lock. A reader loads the entry, takes the owner's lock
+ * and checks the owner again (it may have been handed over meanwhile).
+ * Directory nodes are never freed.
+ *
+ * Cost: insert and remove are one uncontended lock/unlock, one directory
+ * lookup (the thread keeps its last leaf), one hash probe and one 112-byte
+ * copy each (in from the caller, out to the caller); no malloc after
+ * warm-up (records come from the shard's free list, refilled in slabs out
+ * of line). The lock is a spinlock (vg__spin_lock: one atomic exchange,
+ * and a plain release store to unlock) rather than a pthread mutex, whose
+ * unlock is a second atomic operation and two calls. Critical sections
+ * are a hash probe and a copy, and a waiter yields after a few spins, so a
+ * preempted holder costs little.
  * Each table holds a
  * sentinel record (ptr 0, never a valid key) because uthash frees its bucket
  * array when a table becomes empty: without it, an insert/remove pair on an
  * empty shard would malloc and free every time.
- *
- * With several threads the cost is mostly cache-line traffic, not lock
- * waits: a shard's lock line moves between the cores that use it (measured
- * on 2 cores: a lock/unlock of a shard goes from 16 to ~50 ns with a second
- * thread doing the same on the same shard). Shards are picked by 64 KiB
- * granule so that a thread cycling through nearby blocks (a pool magazine)
- * keeps to a few shards.
  *
  * Fork (fork.c, rank LEDGER): prepare locks every shard and parent and
  * child unlock them, so a fork while another thread is inside an insert
@@ -44,30 +62,23 @@
 #include "vg_fork.h"
 
 /* uthash configuration: the bucket hash is bits 32.. of a 64-bit
- * multiplicative hash of ptr (the shard is picked by the same hash of ptr's
- * granule), and out-of-memory is reported (rec->hh.tbl == NULL), never
- * exit(). */
+ * multiplicative hash of ptr, and out-of-memory is reported
+ * (rec->hh.tbl == NULL), never exit(). */
 #define VG__GOLDEN 0x9E3779B97F4A7C15ull
 #define HASH_FUNCTION(keyptr, keylen, hashv)                                   \
     ((hashv) = (unsigned)((*(const uint64_t *)(keyptr) * VG__GOLDEN) >> 32))
 #define HASH_NONFATAL_OOM 1
 #include <uthash.h>
 
-/* 128 shards, each covering whole 64 KiB granules of address space. A pool
- * thread cycles through the blocks of its magazine (up to 64, mostly
- * consecutive addresses from one refill): keyed by the address alone, every
- * thread visited every shard and the shards' lines moved between all cores.
- * By granule, one thread's batch falls in a shard or two (measured on the
- * H100, 4 KiB pool pairs: 307 -> 147 ns per thread with 2 threads, 532 ->
- * 260 ns with 4). Fork takes every
- * shard lock (spinlocks, so ThreadSanitizer's deadlock detector, which
- * overflows above 64 mutexes held at once, does not see them). */
+/* Fork takes every shard lock (spinlocks, so ThreadSanitizer's deadlock
+ * detector, which overflows above 64 mutexes held at once, does not see
+ * them). */
 #define VG__SHARD_BITS 7
-#define VG__SHARDS (1u << VG__SHARD_BITS)
-#define VG__GRANULE_SHIFT 16  /* 64 KiB */
-#define VG__RING 32u          /* quarantined records per shard (4096 in all) */
-#define VG__SLAB 64u          /* records per free-list refill */
-#define VG__VISIT_CHUNK 32u   /* records foreach copies per lock hold */
+#define VG__SHARDS (1u << VG__SHARD_BITS) /* fits the entry's 8 owner bits */
+#define VG__GRANULE_SHIFT 16              /* 64 KiB */
+#define VG__RING VG__LEDGER_RING          /* quarantined records per shard */
+#define VG__SLAB 64u                      /* records per free-list refill */
+#define VG__VISIT_CHUNK 32u               /* records foreach copies per lock hold */
 
 typedef struct vg__rec {
     vg__alloc_t a; /* uthash key: a.ptr */
@@ -94,10 +105,136 @@ typedef struct vg__shard {
 static vg__shard_t shards[VG__SHARDS];
 static _Atomic uint64_t seq_counter;
 
-static inline vg__shard_t *shard_of(vg_devptr_t ptr)
+/* ------------------------------------------------------------ directory */
+
+/* Granule numbers have 48 bits (64 - VG__GRANULE_SHIFT): four levels of
+ * 12. A leaf covers 4096 granules (256 MiB of keys) in 32 KiB. */
+#define DIR_BITS 12
+#define DIR_FAN (1u << DIR_BITS)
+#define DIR_MASK (DIR_FAN - 1)
+#define ENTRY_OWNER 0xffull /* owner + 1; 0: unowned */
+#define ENTRY_ONE 0x100ull  /* one record in the count above the owner */
+
+typedef struct dir_node {
+    _Atomic(void *) slot[DIR_FAN]; /* a dir_node, or a leaf at the last level */
+} dir_node_t;
+typedef struct dir_leaf {
+    _Atomic uint64_t entry[DIR_FAN];
+} dir_leaf_t;
+
+static dir_node_t dir_root;
+
+/* initial-exec: the default model in a -fPIC library calls __tls_get_addr
+ * on every access (10% of a hooked pair on the null driver). */
+#define VG__TLS __attribute__((tls_model("initial-exec")))
+/* The thread's last leaf, by granule >> DIR_BITS (+ 1: 0 is none). */
+static _Thread_local uint64_t leaf_tag VG__TLS;
+static _Thread_local dir_leaf_t *leaf_last VG__TLS;
+/* The thread's home shard + 1 (0: not handed out yet). */
+static _Thread_local unsigned home_plus1 VG__TLS;
+static _Atomic unsigned homes_given;
+
+/* The child at `slot`, made (zeroed) when absent and `make`. NULL when
+ * absent and not made, or out of memory. */
+static void *dir_child(_Atomic(void *) *slot, size_t size, bool make)
 {
-    return &shards[((ptr >> VG__GRANULE_SHIFT) * VG__GOLDEN) >>
-                   (64 - VG__SHARD_BITS)];
+    void *c = atomic_load_explicit(slot, memory_order_acquire);
+    if (c || !make)
+        return c;
+    void *fresh = calloc(1, size);
+    if (!fresh)
+        return NULL;
+    if (atomic_compare_exchange_strong_explicit(slot, &c, fresh, memory_order_acq_rel,
+                                                memory_order_acquire))
+        return fresh;
+    free(fresh); /* another thread made it first: c is theirs */
+    return c;
+}
+
+__attribute__((noinline)) static dir_leaf_t *leaf_walk(uint64_t g, bool make)
+{
+    dir_node_t *n = &dir_root;
+    for (int shift = 3 * DIR_BITS; shift > DIR_BITS && n; shift -= DIR_BITS)
+        n = dir_child(&n->slot[(g >> shift) & DIR_MASK], sizeof(dir_node_t), make);
+    if (!n)
+        return NULL;
+    dir_leaf_t *leaf = dir_child(&n->slot[(g >> DIR_BITS) & DIR_MASK], sizeof(dir_leaf_t), make);
+    if (leaf) {
+        leaf_tag = (g >> DIR_BITS) + 1;
+        leaf_last = leaf;
+    }
+    return leaf;
+}
+
+/* The directory entry of key's granule; NULL when it was never made (and
+ * not `make`) or there is no memory for it. */
+static inline _Atomic uint64_t *dir_entry(vg_devptr_t key, bool make)
+{
+    uint64_t g = key >> VG__GRANULE_SHIFT;
+    dir_leaf_t *leaf = vg__likely(leaf_tag == (g >> DIR_BITS) + 1) ? leaf_last
+                                                                    : leaf_walk(g, make);
+    return leaf ? &leaf->entry[g & DIR_MASK] : NULL;
+}
+
+static inline unsigned owner_of(uint64_t entry)
+{
+    return (unsigned)(entry & ENTRY_OWNER);
+}
+
+/* The calling thread's home shard + 1. */
+static inline unsigned home(void)
+{
+    if (vg__unlikely(!home_plus1))
+        home_plus1 = atomic_fetch_add_explicit(&homes_given, 1, memory_order_relaxed) %
+                         VG__SHARDS + 1;
+    return home_plus1;
+}
+
+/*
+ * Locks and returns the shard holding e's granule. With `claim` (an
+ * insert) an unowned granule becomes the calling thread's home shard's,
+ * and an owned one with no records passes to it when its lock is free
+ * at once (never waiting on a second lock while holding one). Without
+ * `claim`, NULL for an unowned granule.
+ */
+static vg__shard_t *lock_owner(_Atomic uint64_t *e, bool claim)
+{
+    for (;;) {
+        uint64_t v = atomic_load_explicit(e, memory_order_relaxed);
+        if (!owner_of(v)) {
+            if (!claim)
+                return NULL;
+            uint64_t mine = home();
+            if (!atomic_compare_exchange_strong_explicit(e, &v, mine, memory_order_relaxed,
+                                                         memory_order_relaxed))
+                continue;
+            v = mine;
+        }
+        vg__shard_t *s = &shards[owner_of(v) - 1];
+        vg__spin_lock(&s->lock);
+        v = atomic_load_explicit(e, memory_order_relaxed);
+        if (vg__unlikely(&shards[owner_of(v) - 1] != s)) {
+            vg__spin_unlock(&s->lock); /* handed over meanwhile */
+            continue;
+        }
+        unsigned mine = claim ? home() : owner_of(v);
+        if (v >= ENTRY_ONE || mine == owner_of(v))
+            return s;
+        vg__shard_t *h = &shards[mine - 1];
+        if (!vg__spin_trylock(&h->lock))
+            return s; /* busy: this insert stays with the owner */
+        atomic_store_explicit(e, mine, memory_order_relaxed);
+        vg__spin_unlock(&s->lock);
+        return h;
+    }
+}
+
+/* One record more (ENTRY_ONE) or fewer (-ENTRY_ONE) in e's granule:
+ * under the owner's lock, so a plain store. */
+static inline void entry_add(_Atomic uint64_t *e, uint64_t delta)
+{
+    atomic_store_explicit(e, atomic_load_explicit(e, memory_order_relaxed) + delta,
+                          memory_order_relaxed);
 }
 
 void vg__ledger_prefork(void)
@@ -164,10 +301,8 @@ static inline vg__rec_t *shard_find(vg__shard_t *s, vg_devptr_t ptr)
  * unique within the child, which is a process of its own. */
 #define VG__SEQ_BLOCK 64u
 
-/* initial-exec: the default model in a -fPIC library calls __tls_get_addr
- * on every access (10% of a hooked pair on the null driver). */
-static _Thread_local uint64_t seq_next __attribute__((tls_model("initial-exec")));
-static _Thread_local uint64_t seq_end __attribute__((tls_model("initial-exec")));
+static _Thread_local uint64_t seq_next VG__TLS;
+static _Thread_local uint64_t seq_end VG__TLS;
 
 uint64_t vg__ledger_next_seq(void)
 {
@@ -207,20 +342,24 @@ int vg__ledger_insert(const vg__alloc_t *a)
 {
     if (!a || a->ptr == 0)
         return VG_EINVAL;
-    vg__shard_t *s = shard_of(a->ptr);
-    vg__spin_lock(&s->lock);
+    _Atomic uint64_t *e = dir_entry(a->ptr, true);
+    if (vg__unlikely(!e))
+        return VG_ESYS;
+    vg__shard_t *s = lock_owner(e, true);
     int rc = insert_locked(s, a);
+    if (vg__likely(rc == VG_OK))
+        entry_add(e, ENTRY_ONE);
     vg__spin_unlock(&s->lock);
     return rc;
 }
 
 int vg__ledger_remove(vg_devptr_t ptr, const void *owner, vg__alloc_t *out)
 {
-    if (ptr == 0)
+    _Atomic uint64_t *e = ptr ? dir_entry(ptr, false) : NULL;
+    vg__shard_t *s = e ? lock_owner(e, false) : NULL;
+    if (!s)
         return VG_ENOTFOUND;
-    vg__shard_t *s = shard_of(ptr);
     int rc = VG_ENOTFOUND;
-    vg__spin_lock(&s->lock);
     vg__rec_t *r = shard_find(s, ptr);
     if (!r || (owner != VG__ANY_OWNER && r->a.owner != owner))
         goto out;
@@ -245,6 +384,7 @@ int vg__ledger_remove(vg_devptr_t ptr, const void *owner, vg__alloc_t *out)
     atomic_store_explicit(&s->live,
                           atomic_load_explicit(&s->live, memory_order_relaxed) - 1,
                           memory_order_relaxed);
+    entry_add(e, -ENTRY_ONE);
     rc = VG_OK;
 out:
     vg__spin_unlock(&s->lock);
@@ -253,10 +393,10 @@ out:
 
 int vg__ledger_find(vg_devptr_t ptr, vg__alloc_t *out)
 {
-    if (ptr == 0)
+    _Atomic uint64_t *e = ptr ? dir_entry(ptr, false) : NULL;
+    vg__shard_t *s = e ? lock_owner(e, false) : NULL;
+    if (!s)
         return VG_ENOTFOUND;
-    vg__shard_t *s = shard_of(ptr);
-    vg__spin_lock(&s->lock);
     vg__rec_t *r = shard_find(s, ptr);
     if (r && out)
         *out = r->a;
@@ -274,8 +414,8 @@ static inline bool freed_contains(const vg__alloc_t *a, vg_devptr_t ptr)
     return ptr == a->ptr || (ptr >= a->base && ptr < end);
 }
 
-/* Newest (highest seq) ring entry of s matching ptr; exact matches only when
- * `exact`. Under s->lock. */
+/* Newest (highest seq) ring entry of s matching ptr; exact matches (at
+ * its pointer or the driver's base) only when `exact`. Under s->lock. */
 static const vg__alloc_t *ring_match(const vg__shard_t *s, vg_devptr_t ptr,
                                      bool exact)
 {
@@ -290,29 +430,29 @@ static const vg__alloc_t *ring_match(const vg__shard_t *s, vg_devptr_t ptr,
     return best;
 }
 
-/* Rare path: exact base in ptr's own shard, else containment in every ring
- * (newest wins when an address was freed more than once). */
-int vg__ledger_find_freed(vg_devptr_t ptr, vg__alloc_t *out)
+/* The newest freed record matching ptr in any ring (a granule's records
+ * move between shards when it changes hands). Under no lock. */
+static bool rings_match(vg_devptr_t ptr, bool exact, vg__alloc_t *found)
 {
-    vg__alloc_t found;
     bool have = false;
-    vg__shard_t *own = shard_of(ptr);
-    vg__spin_lock(&own->lock);
-    const vg__alloc_t *m = ring_match(own, ptr, true);
-    if (m) {
-        found = *m;
-        have = true;
-    }
-    vg__spin_unlock(&own->lock);
-    for (unsigned i = 0; !have && i < VG__SHARDS; i++) {
+    for (unsigned i = 0; i < VG__SHARDS; i++) {
         vg__spin_lock(&shards[i].lock);
-        m = ring_match(&shards[i], ptr, false);
-        if (m && (!have || m->seq > found.seq)) {
-            found = *m;
+        const vg__alloc_t *m = ring_match(&shards[i], ptr, exact);
+        if (m && (!have || m->seq > found->seq)) {
+            *found = *m;
             have = true;
         }
         vg__spin_unlock(&shards[i].lock);
     }
+    return have;
+}
+
+/* Rare path: an exact match (the base of a freed allocation) wins over
+ * containment; among either, the newest (an address freed twice). */
+int vg__ledger_find_freed(vg_devptr_t ptr, vg__alloc_t *out)
+{
+    vg__alloc_t found;
+    bool have = rings_match(ptr, true, &found) || rings_match(ptr, false, &found);
     if (have && out)
         *out = found;
     return have ? VG_OK : VG_ENOTFOUND;

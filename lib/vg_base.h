@@ -83,6 +83,13 @@ static inline void vg__spin_lock(_Atomic int *l)
     }
 }
 
+/* One try, no wait: true when the lock is now ours. */
+static inline bool vg__spin_trylock(_Atomic int *l)
+{
+    return !atomic_load_explicit(l, memory_order_relaxed) &&
+           !atomic_exchange_explicit(l, 1, memory_order_acquire);
+}
+
 static inline void vg__spin_unlock(_Atomic int *l)
 {
     atomic_store_explicit(l, 0, memory_order_release);

@@ -108,10 +108,13 @@ typedef struct vg__alloc {
     char tag[VG__TAG_LEN];
 } vg__alloc_t;
 
-/* The process's live allocations keyed by ptr, sharded so threads rarely
- * share a lock, plus a bounded quarantine of recently freed ones. Records
- * are recycled from per-shard free lists: after warm-up, insert and remove
- * do not call malloc. */
+/* The process's live allocations keyed by ptr, sharded by the thread that
+ * first allocated in each 64 KiB of keys (so threads rarely share a lock
+ * or a cache line), plus a bounded quarantine of recently freed ones: the
+ * last VG__LEDGER_RING removals of each shard. Records are recycled from
+ * per-shard free lists: after warm-up, insert and remove do not call
+ * malloc. */
+#define VG__LEDGER_RING 1024u
 
 /* Next sequence number: unique in the process, increasing within a thread
  * (threads take blocks of 64), never 0. */

@@ -5,6 +5,7 @@
  */
 #include <criterion/criterion.h>
 #include <pthread.h>
+#include <sched.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -121,57 +122,59 @@ Test(ledger, find_freed_returns_the_newest_of_a_reused_address)
     cr_assert_eq(got.seq, b.seq);
 }
 
+/* One thread's frees all go to its home shard: its quarantine holds
+ * exactly the last VG__LEDGER_RING of them. */
 Test(ledger, quarantine_is_bounded_and_old_entries_age_out)
 {
-    /* 20000 frees spread over all shards: far more than 64 per shard */
     const vg_devptr_t base = 0x10000000;
-    for (uint64_t i = 0; i < 20000; i++) {
+    const uint64_t n = 3 * VG__LEDGER_RING;
+    for (uint64_t i = 0; i < n; i++) {
         vg__alloc_t a = rec(base + i * 0x1000, 0x1000, NULL);
         cr_assert_eq(vg__ledger_insert(&a), VG_OK);
         cr_assert_eq(vg__ledger_remove(a.ptr, VG__ANY_OWNER, NULL), VG_OK);
     }
     cr_assert_eq(vg__ledger_find_freed(base, NULL), VG_ENOTFOUND,
                  "the oldest free aged out");
-    cr_assert_eq(vg__ledger_find_freed(base + 19999 * 0x1000, NULL), VG_OK,
+    cr_assert_eq(vg__ledger_find_freed(base + (n - 1) * 0x1000, NULL), VG_OK,
                  "the newest free is still quarantined");
-    int found = 0;
-    for (uint64_t i = 0; i < 20000; i++)
+    uint64_t found = 0;
+    for (uint64_t i = 0; i < n; i++)
         found += vg__ledger_find_freed(base + i * 0x1000, NULL) == VG_OK;
-    cr_assert_leq(found, 4096);
-    cr_assert_gt(found, 1000, "the rings hold many recent frees");
+    cr_assert_eq(found, VG__LEDGER_RING, "the last %u frees, no more", VG__LEDGER_RING);
+    cr_assert_eq(vg__ledger_find_freed(base + (n - VG__LEDGER_RING) * 0x1000, NULL), VG_OK);
 }
 
 /* Freed records sit in the quarantine as the records themselves (by
- * pointer): inserts into the same shard must not reuse one until 32 later
- * removals there have pushed it out. All pointers here share one 64 KiB
- * granule, hence one shard. */
+ * pointer): inserts into the same shard must not reuse one until
+ * VG__LEDGER_RING later removals there have pushed it out. */
 Test(ledger, quarantined_record_survives_inserts_into_its_shard)
 {
     const vg_devptr_t base = 0x30000000;
+    const uint64_t ring = VG__LEDGER_RING;
     vg__alloc_t first = rec(base, 0x200, NULL), got;
     strcpy(first.tag, "first");
     first.site = 77;
     cr_assert_eq(vg__ledger_insert(&first), VG_OK);
     cr_assert_eq(vg__ledger_remove(base, VG__ANY_OWNER, NULL), VG_OK);
-    for (uint64_t i = 1; i <= 40; i++) { /* live: they take free records */
+    for (uint64_t i = 1; i <= ring + 8; i++) { /* live: they take free records */
         vg__alloc_t a = rec(base + i * 0x200, 0x200, NULL);
         cr_assert_eq(vg__ledger_insert(&a), VG_OK);
     }
-    for (uint64_t i = 1; i <= 31; i++)
+    for (uint64_t i = 1; i <= ring - 1; i++)
         cr_assert_eq(vg__ledger_remove(base + i * 0x200, VG__ANY_OWNER, NULL), VG_OK);
-    cr_assert_eq(vg__ledger_find_freed(base, &got), VG_OK, "31 later frees: still held");
+    cr_assert_eq(vg__ledger_find_freed(base, &got), VG_OK, "RING - 1 later frees: still held");
     cr_assert_eq(got.seq, first.seq);
     cr_assert_eq(got.size, 0x200);
     cr_assert_eq(got.site, 77);
     cr_assert_str_eq(got.tag, "first");
-    cr_assert_eq(vg__ledger_remove(base + 32 * 0x200, VG__ANY_OWNER, NULL), VG_OK);
+    cr_assert_eq(vg__ledger_remove(base + ring * 0x200, VG__ANY_OWNER, NULL), VG_OK);
     cr_assert_eq(vg__ledger_find_freed(base, NULL), VG_ENOTFOUND,
-                 "the 32nd later free in its shard pushed it out");
-    vg__alloc_t again = rec(base + 50 * 0x200, 0x200, NULL);
+                 "the RING-th later free in its shard pushed it out");
+    vg__alloc_t again = rec(base + (ring + 20) * 0x200, 0x200, NULL);
     cr_assert_eq(vg__ledger_insert(&again), VG_OK);
-    cr_assert_eq(vg__ledger_find_freed(base + 31 * 0x200, &got), VG_OK,
+    cr_assert_eq(vg__ledger_find_freed(base + (ring - 1) * 0x200, &got), VG_OK,
                  "a record still quarantined is not handed to an insert");
-    cr_assert_eq(got.ptr, base + 31 * 0x200);
+    cr_assert_eq(got.ptr, base + (ring - 1) * 0x200);
     cr_assert_eq(vg__ledger_count(), 9);
 }
 
@@ -228,8 +231,7 @@ Test(ledger, foreach_callback_may_remove_records)
     cr_assert_eq(vg__ledger_count(), 0);
 }
 
-/* Shards are picked by 64 KiB granule, so nearby blocks (a pool's) crowd
- * one shard: foreach must not skip records when its callback removes the
+/* A thread's records crowd its home shard: foreach must not skip records when its callback removes the
  * ones it has visited (it resumes by insertion number, not position). */
 Test(ledger, foreach_removing_visits_every_record_of_a_crowded_shard)
 {
@@ -328,4 +330,146 @@ Test(ledger, fork_child_can_insert_while_another_thread_churns)
     }
     atomic_store(&stop, 1);
     pthread_join(t, NULL);
+}
+
+/* ------------------------------------------------ shards follow threads */
+
+typedef struct handoff {
+    vg_devptr_t ptr;
+    int rc;
+    vg__alloc_t got;
+} handoff_t;
+
+static void *insert_on_thread(void *arg)
+{
+    handoff_t *h = arg;
+    vg__alloc_t a = rec(h->ptr, 512, NULL);
+    h->rc = vg__ledger_insert(&a);
+    return NULL;
+}
+
+static void *remove_on_thread(void *arg)
+{
+    handoff_t *h = arg;
+    h->rc = vg__ledger_remove(h->ptr, VG__ANY_OWNER, &h->got);
+    return NULL;
+}
+
+static int on_thread(void *(*fn)(void *), handoff_t *h)
+{
+    pthread_t t;
+    cr_assert_eq(pthread_create(&t, NULL, fn, h), 0);
+    pthread_join(t, NULL);
+    return h->rc;
+}
+
+/* Records live in the shard of the thread that first allocated in their
+ * granule; another thread must still see them, refuse a duplicate of
+ * them and free them. */
+Test(ledger, another_thread_finds_refuses_a_duplicate_of_and_frees_a_record)
+{
+    const vg_devptr_t p = 0x7a0000001000;
+    handoff_t h = {.ptr = p};
+    cr_assert_eq(on_thread(insert_on_thread, &h), VG_OK);
+    vg__alloc_t got;
+    cr_assert_eq(vg__ledger_find(p, &got), VG_OK, "found from another thread");
+    cr_assert_eq(got.size, 512);
+    vg__alloc_t dup = rec(p, 64, NULL);
+    cr_assert_eq(vg__ledger_insert(&dup), VG_EINVAL, "a duplicate from another thread");
+    vg__alloc_t near = rec(p + 512, 64, NULL); /* same granule, this thread */
+    cr_assert_eq(vg__ledger_insert(&near), VG_OK);
+    cr_assert_eq(vg__ledger_count(), 2);
+    handoff_t r = {.ptr = p};
+    cr_assert_eq(on_thread(remove_on_thread, &r), VG_OK, "freed by a third thread");
+    cr_assert_eq(r.got.size, 512);
+    cr_assert_eq(vg__ledger_remove(p + 512, VG__ANY_OWNER, NULL), VG_OK);
+    cr_assert_eq(vg__ledger_count(), 0);
+    cr_assert_eq(vg__ledger_find(p, NULL), VG_ENOTFOUND);
+    /* the granule is empty: it passes to the next inserter, and what was
+     * freed in the old owner's shard is still quarantined */
+    vg__alloc_t again = rec(p + 1024, 64, NULL);
+    cr_assert_eq(vg__ledger_insert(&again), VG_OK);
+    cr_assert_eq(vg__ledger_find_freed(p, &got), VG_OK);
+    cr_assert_eq(got.size, 512);
+    handoff_t dup2 = {.ptr = p + 1024};
+    cr_assert_eq(on_thread(insert_on_thread, &dup2), VG_EINVAL,
+                 "a duplicate after the hand-over");
+    cr_assert_eq(vg__ledger_count(), 1);
+}
+
+/* Producers insert, consumers remove what others inserted, all in the
+ * same few granules, so granules change hands while records are looked
+ * up: every record is removed exactly once and the ledger ends empty. */
+#define XFER_PAIRS 4
+#define XFER_N 20000
+#define XFER_SLOTS 256
+
+typedef struct xfer {
+    _Atomic vg_devptr_t slot[XFER_SLOTS];
+    _Atomic int produced_done;
+    _Atomic uint64_t removed;
+    _Atomic int bad;
+} xfer_t;
+
+typedef struct xfer_arg {
+    xfer_t *x;
+    unsigned id;
+} xfer_arg_t;
+
+static void *producer(void *p)
+{
+    xfer_arg_t *a = p;
+    for (uint64_t i = 0; i < XFER_N; i++) {
+        /* 64-byte steps inside 4 granules shared by every producer */
+        vg_devptr_t ptr = 0x6b0000000000 + ((i * XFER_PAIRS + a->id) % 4096) * 64;
+        unsigned s = (unsigned)((i * 7 + a->id) % XFER_SLOTS);
+        vg__alloc_t r = rec(ptr, 64, NULL);
+        int rc;
+        while ((rc = vg__ledger_insert(&r)) == VG_EINVAL)
+            sched_yield(); /* still live: a consumer has not freed it yet */
+        if (rc != VG_OK)
+            atomic_store(&a->x->bad, 1);
+        vg_devptr_t none = 0;
+        while (!atomic_compare_exchange_weak(&a->x->slot[s], &none, ptr)) {
+            none = 0;
+            sched_yield();
+        }
+    }
+    atomic_fetch_add(&a->x->produced_done, 1);
+    return NULL;
+}
+
+static void *consumer(void *p)
+{
+    xfer_arg_t *a = p;
+    for (unsigned s = a->id;; s = (s + XFER_PAIRS) % XFER_SLOTS) {
+        vg_devptr_t ptr = atomic_exchange(&a->x->slot[s], 0);
+        if (ptr) {
+            vg__alloc_t got;
+            if (vg__ledger_remove(ptr, VG__ANY_OWNER, &got) != VG_OK || got.ptr != ptr)
+                atomic_store(&a->x->bad, 1);
+            atomic_fetch_add(&a->x->removed, 1);
+        } else if (atomic_load(&a->x->removed) == (uint64_t)XFER_PAIRS * XFER_N) {
+            return NULL;
+        } else if (s < XFER_PAIRS) {
+            sched_yield();
+        }
+    }
+}
+
+Test(ledger, frees_from_other_threads_in_shared_granules_end_empty, .timeout = 60)
+{
+    static xfer_t x;
+    pthread_t t[2 * XFER_PAIRS];
+    xfer_arg_t args[XFER_PAIRS];
+    for (unsigned i = 0; i < XFER_PAIRS; i++) {
+        args[i] = (xfer_arg_t){.x = &x, .id = i};
+        cr_assert_eq(pthread_create(&t[2 * i], NULL, producer, &args[i]), 0);
+        cr_assert_eq(pthread_create(&t[2 * i + 1], NULL, consumer, &args[i]), 0);
+    }
+    for (unsigned i = 0; i < 2 * XFER_PAIRS; i++)
+        pthread_join(t[i], NULL);
+    cr_assert_not(atomic_load(&x.bad), "an insert or remove went wrong");
+    cr_assert_eq(atomic_load(&x.removed), (uint64_t)XFER_PAIRS * XFER_N);
+    cr_assert_eq(vg__ledger_count(), 0);
 }
