@@ -197,7 +197,7 @@ static inline unsigned home(void)
  * at once (never waiting on a second lock while holding one). Without
  * `claim`, NULL for an unowned granule.
  */
-static vg__shard_t *lock_owner(_Atomic uint64_t *e, bool claim)
+__attribute__((noinline)) static vg__shard_t *lock_owner_slow(_Atomic uint64_t *e, bool claim)
 {
     for (;;) {
         uint64_t v = atomic_load_explicit(e, memory_order_relaxed);
@@ -227,6 +227,22 @@ static vg__shard_t *lock_owner(_Atomic uint64_t *e, bool claim)
         vg__spin_unlock(&s->lock);
         return h;
     }
+}
+
+/* The common case inline: the granule is owned, and by this thread's home
+ * shard when inserting (else the slow path may hand it over). */
+static inline vg__shard_t *lock_owner(_Atomic uint64_t *e, bool claim)
+{
+    uint64_t v = atomic_load_explicit(e, memory_order_relaxed);
+    unsigned o = owner_of(v);
+    if (vg__likely(o) && (!claim || o == home_plus1)) {
+        vg__shard_t *s = &shards[o - 1];
+        vg__spin_lock(&s->lock);
+        if (vg__likely(owner_of(atomic_load_explicit(e, memory_order_relaxed)) == o))
+            return s;
+        vg__spin_unlock(&s->lock); /* handed over meanwhile */
+    }
+    return lock_owner_slow(e, claim);
 }
 
 /* One record more (ENTRY_ONE) or fewer (-ENTRY_ONE) in e's granule:
