@@ -105,17 +105,14 @@ int vg__driver_load(const char *path)
         state = load_locked(path) == VG_OK ? 1 : -1;
         /* release: the table is complete before anyone sees state 1 */
         atomic_store_explicit(&load_state, state, memory_order_release);
+        if (state > 0)
+            atomic_store_explicit(&vg__driver_table, &table, memory_order_release);
     }
     vg__mutex_unlock(&load_lock, VG__RANK_DRIVER_LOAD);
     return state > 0 ? VG_OK : VG_ENODRIVER;
 }
 
-const vg__driver_t *vg__driver(void)
-{
-    if (atomic_load_explicit(&load_state, memory_order_acquire) > 0)
-        return &table;
-    return NULL;
-}
+_Atomic(const vg__driver_t *) vg__driver_table;
 
 const char *vg__driver_error(void)
 {

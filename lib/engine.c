@@ -44,9 +44,13 @@ static void engine_init_once(void)
     /* The audit log opens here, at start: a log that cannot be written is
      * a bad setting (fail closed), not a silent no-op. */
     init_status = vg__diag_start(&settings, init_error, sizeof init_error);
+    if (init_status == VG_OK)
+        atomic_store_explicit(&vg__engine_ok, true, memory_order_release);
 }
 
-int vg__engine_init(void)
+_Atomic bool vg__engine_ok;
+
+int vg__engine_init_slow(void)
 {
     pthread_once(&init_once, engine_init_once);
     return init_status;

@@ -334,7 +334,15 @@ bool vg__overhead_available(void);
 /* One engine per process. vg__engine_init() is idempotent and thread-safe:
  * it parses the settings and loads the driver (never cuInit). VG_ESETTING or
  * VG_ENODRIVER on failure, with vg__engine_error() saying why. */
-int vg__engine_init(void);
+int vg__engine_init_slow(void);
+/* Set (release) once the engine started well: the hot path's one load. */
+extern _Atomic bool vg__engine_ok;
+static inline int vg__engine_init(void)
+{
+    return vg__likely(atomic_load_explicit(&vg__engine_ok, memory_order_acquire))
+               ? VG_OK
+               : vg__engine_init_slow();
+}
 
 /* Fork steps (fork.c, rank RESOLVE: held while a device budget is resolved). */
 void vg__engine_prefork(void);

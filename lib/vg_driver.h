@@ -85,7 +85,11 @@ void vg__driver_prefork(void);
 void vg__driver_postfork_parent(void);
 void vg__driver_postfork_child(void);
 /* The loaded table; NULL before a successful vg__driver_load(). */
-const vg__driver_t *vg__driver(void);
+extern _Atomic(const vg__driver_t *) vg__driver_table;
+static inline const vg__driver_t *vg__driver(void)
+{
+    return atomic_load_explicit(&vg__driver_table, memory_order_acquire);
+}
 /* One line saying why the driver could not be loaded ("" when it could). */
 const char *vg__driver_error(void);
 /* The CUresult for a vg status: the one mapping, used by every hook and by

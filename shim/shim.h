@@ -200,8 +200,12 @@ VG_HOOKS(VG_SHIM_DECLARE_)
 /* The real driver's functions; valid once vg__shim_ready() is true. */
 extern vg_shim_real_t vg__real;
 
-/* True once the shim has started. The only check on the hot path. */
-bool vg__shim_ready(void);
+/* True once the shim has started well. The only check on the hot path. */
+extern _Atomic bool vg__shim_ok;
+static inline bool vg__shim_ready(void)
+{
+    return atomic_load_explicit(&vg__shim_ok, memory_order_acquire);
+}
 /* Starts the shim (engine settings, real driver, routing). Thread-safe,
  * idempotent, never calls cuInit. Returns CUDA_SUCCESS or the CUresult a
  * hook should return when the driver cannot be reached. */
