@@ -105,11 +105,15 @@ void vg__account_postfork_child(void);
 /* ----------------------------------------------------------- credit.c */
 
 /* Per-thread budget credit (credit.c has the design). One record per
- * thread, 64-byte aligned so no two threads share a line. */
+ * thread, 64-byte aligned so no two threads share a line. A cell is
+ * written by its owner with plain stores, inside `busy`; a reclaimer
+ * writes it only after stopping every owner (vg__credit_stop, then a
+ * process-wide memory barrier, then waiting out `busy`). */
 typedef struct vg__credit {
     _Atomic uint64_t cell[VG__MAX_DEVICES]; /* unspent bytes, per device */
-    struct vg__credit *next;                /* registry: only ever grows */
+    _Atomic int busy;                       /* the owner is inside an operation */
     _Atomic bool adopted;                   /* a live thread owns it */
+    struct vg__credit *next;                /* registry: only ever grows */
 } __attribute__((aligned(64))) vg__credit_t;
 
 /* The calling thread's record (NULL before its first refill). */
@@ -118,27 +122,52 @@ extern _Thread_local vg__credit_t *vg__credit_mine
 /* The slice of each device in bytes; 0 while credit is off (no budget
  * with credit, or High pressure): frees then go straight to the budget. */
 extern _Atomic uint64_t vg__credit_slice[VG__MAX_DEVICES];
+/* Nonzero while a reclaimer holds every cell: owners keep out. */
+extern _Atomic int vg__credit_stop;
 
-/* Hot path: spends n bytes of this thread's credit on `device` (one
- * load and one uncontended CAS on the thread's own line). False when the
- * thread holds less than n: then vg__credit_refill, else the budget. */
+/* An owner's operation: true when it may touch its cells, with `busy` set;
+ * end it with vg__credit_leave. No atomic read-modify-write: the order of
+ * the store to `busy` and the load of the stop flag is the reclaimer's to
+ * enforce (credit.c). */
+static inline bool vg__credit_enter(vg__credit_t *c)
+{
+    atomic_store_explicit(&c->busy, 1, memory_order_relaxed);
+    atomic_signal_fence(memory_order_seq_cst);
+    if (vg__likely(!atomic_load_explicit(&vg__credit_stop, memory_order_acquire)))
+        return true;
+    atomic_store_explicit(&c->busy, 0, memory_order_release);
+    return false;
+}
+
+static inline void vg__credit_leave(vg__credit_t *c)
+{
+    atomic_store_explicit(&c->busy, 0, memory_order_release);
+}
+
+/* Hot path: spends n bytes of this thread's credit on `device` (plain
+ * loads and stores on the thread's own line). False when the thread holds
+ * less than n or a reclaim is running: then vg__credit_refill, else the
+ * budget. */
 static inline bool vg__credit_take(int device, uint64_t n)
 {
     vg__credit_t *c = vg__credit_mine;
-    if (vg__unlikely(!c))
+    if (vg__unlikely(!c) || vg__unlikely(!vg__credit_enter(c)))
         return false;
     _Atomic uint64_t *cell = &c->cell[device & (VG__MAX_DEVICES - 1)];
     uint64_t have = atomic_load_explicit(cell, memory_order_relaxed);
-    return have >= n && atomic_compare_exchange_strong_explicit(
-                            cell, &have, have - n, memory_order_relaxed, memory_order_relaxed);
+    bool ok = have >= n;
+    if (ok)
+        atomic_store_explicit(cell, have - n, memory_order_relaxed);
+    vg__credit_leave(c);
+    return ok;
 }
 
-/* Over two slices a thread's credit goes back down to one. */
-void vg__credit_trim(int device, uint64_t slice);
+/* Gives `bytes` of credit taken out of a cell back to `device`'s budget. */
+void vg__credit_return(int device, uint64_t bytes);
 
 /* Hot path: n bytes the driver has freed become this thread's credit when
  * n is at most a slice and credit is on (one load of the read-mostly
- * slice, one fetch_add on the thread's line). False: release them to the
+ * slice, plain stores on the thread's line). False: release them to the
  * budget instead. */
 static inline bool vg__credit_give(int device, uint64_t n)
 {
@@ -146,12 +175,17 @@ static inline bool vg__credit_give(int device, uint64_t n)
     uint64_t slice = atomic_load_explicit(&vg__credit_slice[device & (VG__MAX_DEVICES - 1)],
                                           memory_order_relaxed);
     /* n - 1 >= slice: n over a slice, credit off (slice 0), or n == 0. */
-    if (vg__unlikely(!c) || n - 1 >= slice)
+    if (vg__unlikely(!c) || n - 1 >= slice || vg__unlikely(!vg__credit_enter(c)))
         return false;
-    uint64_t had = atomic_fetch_add_explicit(&c->cell[device & (VG__MAX_DEVICES - 1)], n,
-                                             memory_order_relaxed);
-    if (vg__unlikely(had + n > 2 * slice))
-        vg__credit_trim(device, slice);
+    _Atomic uint64_t *cell = &c->cell[device & (VG__MAX_DEVICES - 1)];
+    uint64_t now = atomic_load_explicit(cell, memory_order_relaxed) + n;
+    /* Over two slices the cell goes back down to one; the excess goes to
+     * the budget after the operation (a budget call may run callbacks). */
+    uint64_t excess = vg__unlikely(now > 2 * slice) ? now - slice : 0;
+    atomic_store_explicit(cell, now - excess, memory_order_relaxed);
+    vg__credit_leave(c);
+    if (vg__unlikely(excess))
+        vg__credit_return(device, excess);
     return true;
 }
 
