@@ -361,6 +361,11 @@ struct vg_pool {
     _Atomic uint64_t allocs, frees, bytes_allocated, live_bytes;
     _Atomic uint64_t trims, evictions;
     _Atomic int acting;   /* a pressure action is running: no nesting */
+    /* A chunk failed its check (the driver does not report its range): no
+     * chunk is asked for again, and small requests are refused (VG_EBADPTR)
+     * before the cache is even looked at. Each try costs a chunk's charge,
+     * a driver allocation and free, and an uncharge, on every request. */
+    _Atomic bool chunks_refused;
     _Atomic bool closing; /* vg_pool_destroy has begun */
     pthread_mutex_t lock; /* the callback list; never held across calls out */
     int callback_count;
