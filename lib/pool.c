@@ -376,6 +376,19 @@ undo:
     return rc;
 }
 
+/* A chunk failed its check: the driver will not confirm the next one
+ * either (it keeps no ranges, or not for this memory), and trying again
+ * would charge, allocate, free and uncharge a whole chunk on every small
+ * request. Said once per pool. */
+__attribute__((noinline, cold)) static void refuse_chunks(vg_pool_t *pool)
+{
+    if (!atomic_exchange_explicit(&pool->chunks_refused, true,
+                                  memory_order_relaxed))
+        vg__log("pool on device %d: the driver did not confirm a chunk's "
+                "range (cuMemGetAddressRange); no chunk is asked for again",
+                pool->device);
+}
+
 /* A cache miss: a new chunk for class cls, its first block for the caller.
  * Trims to make room but never evicts: VG_ENOMEM sends the request to the
  * direct path, which needs fewer bytes and may evict. */
@@ -397,6 +410,8 @@ __attribute__((noinline)) static int grow(vg_pool_t *pool, int cls,
         return rc;
     if ((rc = driver_alloc(pool, 0, &a)) != VG_OK) {
         uncharge(pool, a.charged, false);
+        if (rc == VG_EBADPTR)
+            refuse_chunks(pool);
         return rc;
     }
     commit(pool, a.charged);
@@ -432,6 +447,9 @@ static void give_block(vg_pool_t *pool, const vg__block_t *b, size_t size)
 /* A block of class cls: cached, or the first of a new chunk (grow). */
 static inline int take_block(vg_pool_t *pool, int cls, size_t size, vg__block_t *b)
 {
+    if (vg__unlikely(atomic_load_explicit(&pool->chunks_refused,
+                                          memory_order_relaxed)))
+        return VG_EBADPTR;
     if (vg__likely(vg__cache_take(&pool->cache, cls, size, b) == VG_OK))
         return VG_OK;
     return grow(pool, cls, size, b);

@@ -168,6 +168,31 @@ Test(cache_mode, many_small_requests_cost_few_driver_allocations)
     }
 }
 
+/* A driver that keeps no allocation extents (the benchmarks' null driver)
+ * cannot confirm a chunk: the pool asks for one chunk, and from then on
+ * every small request goes to the driver for its own size. Each further
+ * chunk would be charged, allocated, freed and uncharged on every request
+ * (two driver allocations a request, and every thread on the budget's
+ * line). */
+Test(cache_mode, a_chunk_the_driver_cannot_confirm_is_not_asked_for_again)
+{
+    static run_result_t r;
+    for (size_t a = 0; a < NAPIS; a++) {
+        run_opts_t o = {.method = "pool", .path = "count", .chunk = "4096", .max = "64",
+                        .env = {CACHE, apis[a], "FAKECUDA_NO_RANGES=1"}};
+        const char *l = pool_line(&o, &r);
+        expect_fields(l, KEYS("rc", "misaligned", "free_failed", "again_rc",
+                              "again_free_failed"), 0, apis[a]);
+        expect_field(l, "allocs", 64, apis[a]);
+        /* Two rounds of 64: 128 of the program's own, and the one chunk. */
+        long long total = field(r.report, "allocs");
+        cr_expect(total == 128 + 1, "%s: the driver made %lld allocations in all (%s)",
+                  apis[a], total, r.report);
+        cr_expect(strstr(r.err, "no chunk is asked for again") != NULL,
+                  "%s: no word of it on stderr: %s", apis[a], r.err);
+    }
+}
+
 /* The legacy 32-bit cuMemAlloc is left to the driver (docs/pool.md: a
  * block's address need not fit 32 bits): one driver allocation each, in
  * either mode, below 4 GiB as the ABI needs. */

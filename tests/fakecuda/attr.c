@@ -101,7 +101,8 @@ CUresult cuMemGetAddressRange_v2(CUdeviceptr *pbase, size_t *psize, CUdeviceptr 
     CUcontext ctx;
     fc_lock();
     CUresult rc = fc_ctx_current(&ctx);
-    fc_alloc *a = rc == CUDA_SUCCESS ? fc_alloc_containing(dptr) : NULL;
+    fc_alloc *a = rc == CUDA_SUCCESS && !fc_knobs_get()->no_ranges ? fc_alloc_containing(dptr)
+                                                                   : NULL;
     if (rc == CUDA_SUCCESS && !a)
         rc = CUDA_ERROR_NOT_FOUND;
     if (rc == CUDA_SUCCESS && pbase)

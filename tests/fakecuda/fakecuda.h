@@ -25,6 +25,9 @@
  *                            "launch" (at the context's next kernel launch)
  *   FAKECUDA_FREE_DELAY_NS   cuMemFree/cuMemFreeAsync wait this long, with the
  *                            memory still counted, before freeing (default 0)
+ *   FAKECUDA_NO_RANGES       1: cuMemGetAddressRange says CUDA_ERROR_NOT_FOUND
+ *                            for every address, as a driver that keeps no
+ *                            allocation extents (the benchmarks' null driver)
  *   CUDA_MODULE_LOADING      EAGER: a module's globals are charged at load;
  *                            otherwise (lazy, as CUDA 12.2+) at the first
  *                            launch of one of its kernels (or cuFuncLoad)
@@ -94,6 +97,7 @@ typedef struct {
     unsigned long long free_delay_ns;   /* FAKECUDA_FREE_DELAY_NS */
     bool limits_at_launch;        /* FAKECUDA_LIMITS_AT=launch */
     bool eager_modules;           /* CUDA_MODULE_LOADING=EAGER */
+    bool no_ranges;               /* FAKECUDA_NO_RANGES=1 */
 } fc_knobs;
 const fc_knobs *fc_knobs_get(void);   /* valid after cuInit; lock not needed */
 /* Sleeps FAKECUDA_FREE_DELAY_NS; called WITHOUT the lock, before a free. */

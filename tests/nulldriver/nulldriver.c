@@ -11,6 +11,17 @@
  * pair costs a few ns on any number of threads, and whatever the shim adds
  * on top, and however it scales, is the shim's own.
  *
+ * The one exception: allocations of 1 to 16 MiB (the cache mode pool's
+ * 2 and 8 MiB chunks) come from a region of their own, one 16 MiB slot
+ * each, and cuMemGetAddressRange_v2 tells their range. The pool verifies
+ * each chunk with it and caches nothing without it (so VRAMGUARD_POOL=cache
+ * measured nothing here). Slots are claimed and dropped with one atomic
+ * each; a free pays one compare to know it is not a slot.
+ *
+ * NULLDRIVER_SYNC_NS (read once, at cuInit): cuCtxSynchronize spins this
+ * long (default 0), to stand for a GPU's (~26 us on the H100 with 16
+ * threads), so the cost of the pool's reuse rule can be seen here.
+ *
  * It exports exactly what the engine resolves (lib/vg_driver.h,
  * VG__DRIVER_FNS: the engine refuses a driver that lacks one), plus the
  * legacy cuGetProcAddress; the shim's other hooks find no real function
@@ -21,11 +32,19 @@
 
 #include <stdatomic.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define NULLDRV_TOTAL (80ull << 30)   /* what the device reports, bytes */
 #define RANGE_BITS 36                  /* 64 GiB of addresses per thread */
-#define RANGES ((1u << (48 - RANGE_BITS)) - 1) /* below 2^48: canonical */
+/* Per-thread ranges 1..RANGES; the last range below 2^48 (canonical)
+ * holds the slots. */
+#define RANGES ((1u << (48 - RANGE_BITS)) - 2)
+#define SLOT_MIN (1ull << 20)          /* bytes; smaller goes to the bump */
+#define SLOT_BITS 24                   /* 16 MiB a slot: its largest */
+#define SLOTS (1u << (RANGE_BITS - SLOT_BITS))
+#define SLOT_BASE ((CUdeviceptr)(RANGES + 1) << RANGE_BITS)
 #define ALIGN 512u                     /* cuMemAlloc's documented minimum */
 
 /* Something non-NULL to hand out; never dereferenced by anyone. */
@@ -38,12 +57,26 @@ static _Atomic unsigned next_range; /* touched once per thread */
 
 static _Thread_local CUcontext current;
 static _Thread_local CUdeviceptr bump, bump_base, bump_end;
+static _Atomic uint64_t slot_bytes[SLOTS]; /* 0: free */
+static _Atomic unsigned slot_next;         /* where the next search starts */
 
 /* ------------------------------------------------ init and devices */
+
+static uint64_t sync_ns; /* NULLDRIVER_SYNC_NS */
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
 
 CUresult cuInit(unsigned int flags)
 {
     (void)flags;
+    const char *s = getenv("NULLDRIVER_SYNC_NS");
+    if (s && *s)
+        sync_ns = strtoull(s, NULL, 10);
     atomic_store_explicit(&inited, 1, memory_order_relaxed);
     return CUDA_SUCCESS;
 }
@@ -174,7 +207,12 @@ CUresult cuCtxSetCurrent(CUcontext ctx)
  * (its pools synchronise before reusing a block). */
 CUresult cuCtxSynchronize(void)
 {
-    return current ? CUDA_SUCCESS : CUDA_ERROR_INVALID_CONTEXT;
+    if (!current)
+        return CUDA_ERROR_INVALID_CONTEXT;
+    if (sync_ns)
+        for (uint64_t end = now_ns() + sync_ns; now_ns() < end;)
+            ;
+    return CUDA_SUCCESS;
 }
 
 /* On the shim's hot path (vg__shim_device, every allocation): one TLS load. */
@@ -197,6 +235,29 @@ __attribute__((noinline)) static void bump_claim(void)
     bump_end = bump_base + (1ull << RANGE_BITS);
 }
 
+static int in_slots(CUdeviceptr p)
+{
+    return p >= SLOT_BASE && p < SLOT_BASE + (1ull << RANGE_BITS);
+}
+
+/* A slot for `bytes` (SLOT_MIN..16 MiB): the first free one from a
+ * rotating start. Out of memory when all are taken (64 GiB of them). */
+__attribute__((noinline)) static CUresult slot_alloc(CUdeviceptr *dptr, size_t bytes)
+{
+    unsigned start = atomic_fetch_add_explicit(&slot_next, 1, memory_order_relaxed);
+    for (unsigned i = 0; i < SLOTS; i++) {
+        unsigned s = (start + i) % SLOTS;
+        uint64_t free_ = 0;
+        if (atomic_compare_exchange_strong_explicit(&slot_bytes[s], &free_, bytes,
+                                                    memory_order_relaxed,
+                                                    memory_order_relaxed)) {
+            *dptr = SLOT_BASE + ((CUdeviceptr)s << SLOT_BITS);
+            return CUDA_SUCCESS;
+        }
+    }
+    return CUDA_ERROR_OUT_OF_MEMORY;
+}
+
 /* Hot path: a TLS check, a round-up and an add. A range that runs out
  * starts over (nothing is tracked, so nothing collides that is not
  * 64 GiB of live allocations old). */
@@ -208,6 +269,8 @@ CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytesize)
         return CUDA_ERROR_INVALID_VALUE;
     if (bytesize > NULLDRV_TOTAL)
         return CUDA_ERROR_OUT_OF_MEMORY;
+    if (__builtin_expect(bytesize >= SLOT_MIN, 0) && bytesize <= (1ull << SLOT_BITS))
+        return slot_alloc(dptr, bytesize);
     if (__builtin_expect(!bump_end, 0))
         bump_claim();
     size_t need = (bytesize + ALIGN - 1) & ~(size_t)(ALIGN - 1);
@@ -220,7 +283,9 @@ CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytesize)
 
 CUresult cuMemFree_v2(CUdeviceptr dptr)
 {
-    (void)dptr;
+    if (__builtin_expect(in_slots(dptr), 0))
+        atomic_store_explicit(&slot_bytes[(dptr - SLOT_BASE) >> SLOT_BITS], 0,
+                              memory_order_relaxed);
     return CUDA_SUCCESS;
 }
 
@@ -276,11 +341,21 @@ CUresult cuPointerGetAttribute(void *data, CUpointer_attribute attribute, CUdevi
     }
 }
 
-/* No books are kept, so no allocation's extent is known. */
+/* Only a slot's extent is known (the allocations of 1 to 16 MiB). */
 CUresult cuMemGetAddressRange_v2(CUdeviceptr *base, size_t *size, CUdeviceptr dptr)
 {
-    (void)base, (void)size, (void)dptr;
-    return CUDA_ERROR_NOT_FOUND;
+    if (!in_slots(dptr))
+        return CUDA_ERROR_NOT_FOUND;
+    unsigned s = (unsigned)((dptr - SLOT_BASE) >> SLOT_BITS);
+    CUdeviceptr b = SLOT_BASE + ((CUdeviceptr)s << SLOT_BITS);
+    uint64_t n = atomic_load_explicit(&slot_bytes[s], memory_order_relaxed);
+    if (n == 0 || dptr - b >= n)
+        return CUDA_ERROR_NOT_FOUND;
+    if (base)
+        *base = b;
+    if (size)
+        *size = n;
+    return CUDA_SUCCESS;
 }
 
 /* ------------------------------------- pools and arrays: empty */
