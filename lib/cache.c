@@ -182,33 +182,6 @@ static bool epoch_done(vg__cache_t *c, uint64_t epoch)
     return atomic_load_explicit(&c->sync_done, memory_order_acquire) > epoch;
 }
 
-/* The class is dry and its sealed blocks wait for a sync that another
- * thread has begun: grow a chunk instead of waiting, once per class and
- * sync (a sync that takes long, behind a long kernel or a descheduled
- * thread, must not grow the pool without bound; the second request waits). */
-static bool grow_while_syncing(vg__cache_t *c, vg__class_t *k)
-{
-    uint64_t s = atomic_load_explicit(&c->sync_started, memory_order_relaxed);
-    if (s <= k->sealed_epoch || k->grew_at == s)
-        return false;
-    k->grew_at = s;
-    return true;
-}
-
-/* Runs sync number s + 1, which the caller has just claimed (sync_started
- * moved from s to s + 1), and publishes it as done. No lock held. */
-static void run_sync(vg__cache_t *c, uint64_t s)
-{
-    c->sync(c->sync_ctx);
-    atomic_fetch_add_explicit(&c->syncs, 1, memory_order_relaxed);
-    uint64_t d = atomic_load_explicit(&c->sync_done, memory_order_relaxed);
-    while (d < s + 1 &&
-           !atomic_compare_exchange_weak_explicit(&c->sync_done, &d, s + 1,
-                                                  memory_order_release,
-                                                  memory_order_relaxed))
-        ;
-}
-
 /*
  * Returns once a synchronisation numbered above `epoch` (so begun after
  * the epoch was read) has completed: waits for one already begun, else
@@ -229,40 +202,16 @@ __attribute__((noinline)) void vg__cache_sync_after(vg__cache_t *c,
                 &c->sync_started, &s, s + 1, memory_order_seq_cst,
                 memory_order_seq_cst))
             continue;
-        run_sync(c, s);
+        c->sync(c->sync_ctx);
+        atomic_fetch_add_explicit(&c->syncs, 1, memory_order_relaxed);
+        uint64_t d = atomic_load_explicit(&c->sync_done, memory_order_relaxed);
+        while (d < s + 1 &&
+               !atomic_compare_exchange_weak_explicit(
+                   &c->sync_done, &d, s + 1, memory_order_release,
+                   memory_order_relaxed))
+            ;
         return;
     }
-}
-
-/* Blocks the class can hand out with no sync: ready and never used. */
-static inline uint32_t unsynced_left(const vg__class_t *k)
-{
-    return k->ready.n + (k->carve ? k->per_chunk - k->carve->carved : 0);
-}
-
-bool vg__class_seal_ahead(vg__cache_t *c, vg__class_t *k, uint64_t *epoch)
-{
-    if (k->sealed.n || k->pending.n < k->per_chunk / 8 ||
-        atomic_load_explicit(&c->threads, memory_order_relaxed) < 2 ||
-        unsynced_left(k) >= k->pending.n ||
-        atomic_load_explicit(&c->sync_started, memory_order_relaxed) !=
-            atomic_load_explicit(&c->sync_done, memory_order_relaxed))
-        return false;
-    stack_swap(&k->sealed, &k->pending);
-    k->sealed_epoch = sync_epoch(c);
-    *epoch = k->sealed_epoch;
-    return true;
-}
-
-__attribute__((noinline)) void vg__cache_sync_ahead(vg__cache_t *c,
-                                                  uint64_t epoch)
-{
-    uint64_t s = epoch;
-    if (atomic_compare_exchange_strong_explicit(&c->sync_started, &s, s + 1,
-                                                memory_order_seq_cst,
-                                                memory_order_seq_cst))
-        run_sync(c, s);
-    /* else one began after the epoch: it serves the seal, whoever waits */
 }
 
 /*
@@ -289,8 +238,6 @@ vg__fill_t vg__class_fill(vg__cache_t *c, vg__class_t *k,
                 return VG__FILL_MISS;
             stack_swap(&k->sealed, &k->pending);
             k->sealed_epoch = sync_epoch(c);
-        } else if (policy == VG__GROW_FIRST && grow_while_syncing(c, k)) {
-            return VG__FILL_MISS;
         }
         *epoch = k->sealed_epoch;
         return VG__FILL_WAIT;
@@ -334,7 +281,6 @@ void vg__cache_init(vg__cache_t *c, vg__sync_fn sync, void *ctx)
     atomic_init(&c->syncs, 0);
     atomic_init(&c->sync_started, 0);
     atomic_init(&c->sync_done, 0);
-    atomic_init(&c->threads, 0);
     atomic_init(&c->doomed_lock, 0);
     pthread_mutex_init(&c->tcaches_mu, NULL);
 }

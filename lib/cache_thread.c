@@ -173,8 +173,6 @@ typedef struct fill_req {
     vg__tcache_t *tc;
     own_t *how;
     vg__take_policy_t policy;
-    bool ahead;           /* out: run vg__cache_sync_ahead(epoch) unlocked */
-    uint64_t epoch;
 } fill_req_t;
 
 /* vg__class_fill for a thread cache (under its lock and the class lock):
@@ -196,13 +194,11 @@ static bool fill(vg__cache_t *c, vg__class_t *k, const fill_req_t *r)
 /*
  * The thread's magazine of class cls is empty (under the thread cache's
  * lock): hands the thread's pending blocks to the class, so the next seal
- * covers them, then takes a batch, and may seal the class's pending blocks
- * ahead (r->ahead: the caller syncs once it holds no lock). false on a
- * miss. A chunk emptied by the hand-over is kept: the class is about to
- * need blocks.
+ * covers them, then takes a batch. false on a miss. A chunk emptied by the
+ * hand-over is kept: the class is about to need blocks.
  */
 __attribute__((noinline)) static bool mag_refill(vg__cache_t *c, int cls,
-                                                 fill_req_t *r)
+                                                 const fill_req_t *r)
 {
     vg__tcache_t *tc = r->tc;
     mag_t *m = tc->mag[cls];
@@ -214,10 +210,8 @@ __attribute__((noinline)) static bool mag_refill(vg__cache_t *c, int cls,
     if (m->pend_n)
         flush_pending(c, k, m, &keep);
     bool ok = fill(c, k, r);
-    if (ok) {
+    if (ok)
         m->ready_n = vg__class_take_batch(k, m->v, m->ready_n, m->cap);
-        r->ahead = vg__class_seal_ahead(c, k, &r->epoch);
-    }
     else if (r->policy == VG__GROW_FIRST)
         m->misses++; /* once per request: VG__REUSE_ANY is its second try */
     vg__class_unlock(k);
@@ -294,7 +288,6 @@ static void tc_retire(vg__tcache_t *tc)
     }
     tc_flush_all(c, tc);
     tc->dead = true;
-    atomic_fetch_sub_explicit(&c->threads, 1, memory_order_relaxed);
     tc_unlock(tc); /* the last touch: the cache may free it from here on */
 }
 
@@ -372,8 +365,6 @@ static vg__tcache_t *tc_join(vg__cache_t *c)
         tc->next = c->tcaches;
         c->tcaches = tc;
     }
-    if (tc)
-        atomic_fetch_add_explicit(&c->threads, 1, memory_order_relaxed);
     pthread_mutex_unlock(&c->tcaches_mu);
     return tc;
 }
@@ -464,8 +455,8 @@ static inline int take(vg__cache_t *c, int cls, size_t size,
         return vg__class_take(c, cls, size, out);
     own_t how = own_enter(tc);
     mag_t *m = tc->mag[cls];
-    fill_req_t r = {tc, &how, policy, false, 0};
     if (vg__unlikely(!m || m->ready_n == 0)) {
+        fill_req_t r = {tc, &how, policy};
         if (!mag_refill(c, cls, &r)) {
             own_leave(tc, how);
             return VG_ENOMEM;
@@ -478,8 +469,6 @@ static inline int take(vg__cache_t *c, int cls, size_t size,
     m->live_bytes += size;
     m->bytes_allocated += size;
     own_leave(tc, how);
-    if (vg__unlikely(r.ahead))
-        vg__cache_sync_ahead(c, r.epoch);
     return VG_OK;
 }
 

@@ -110,7 +110,6 @@ typedef struct vg__class {
     vg__block_stack_t pending; /* freed, not yet sealed */
     vg__block_stack_t sealed;  /* freed before sync epoch `sealed_epoch` */
     uint64_t sealed_epoch;
-    uint64_t grew_at;       /* syncs begun when it last grew while one ran */
     uint32_t empty_chunks;  /* chunks with no block outside the class */
     /* Counters of requests served by the class itself (the thread caches
      * count their own), written under the lock. */
@@ -131,7 +130,6 @@ typedef struct vg__cache {
     _Atomic uint64_t sync_started, sync_done;
     pthread_mutex_t tcaches_mu; /* the list below; never on the fast path */
     vg__tcache_t *tcaches;  /* every thread cache of this cache */
-    _Atomic uint32_t threads; /* thread caches whose thread is alive */
     _Atomic int doomed_lock;    /* spinlock for `doomed` */
     vg__chunk_t *doomed;    /* detached chunks the pool has yet to free */
 } vg__cache_t;
@@ -210,19 +208,6 @@ vg__fill_t vg__class_fill(vg__cache_t *c, vg__class_t *k,
 /* Returns once a synchronisation begun after `epoch` was read has
  * completed (waits for one already begun, else runs one). No lock held. */
 void vg__cache_sync_after(vg__cache_t *c, uint64_t epoch);
-/* Sealing ahead, so that one thread synchronises while the others keep
- * taking ready and never-used blocks, instead of every thread waiting for
- * the sync once the class has run dry. After a refill took its batch
- * (under the class lock): if the class's ready and never-used blocks are
- * below 1/8 of a chunk, nothing is sealed, at least 1/8 of a chunk is
- * pending, no sync is running and another thread uses the cache (alone,
- * a thread would sync for half the blocks: twice the syncs), seals the
- * pending blocks with the sync
- * epoch into *epoch and returns true. The caller then drops every lock
- * and calls vg__cache_sync_ahead(c, *epoch), which runs the sync if none
- * has begun since the epoch was read, and never waits for another's. */
-bool vg__class_seal_ahead(vg__cache_t *c, vg__class_t *k, uint64_t *epoch);
-void vg__cache_sync_ahead(vg__cache_t *c, uint64_t epoch);
 /* vg__cache_take and vg__cache_give through the class alone (its lock taken
  * inside), for a thread with no thread cache (no host memory). */
 int vg__class_take(vg__cache_t *c, int cls, size_t size, vg__block_t *out);
