@@ -3,9 +3,12 @@
  *
  * One ledger per process (static state here): 128 shards, each with its
  * own spinlock, a uthash table keyed by ptr, a free list of records and a
- * ring of the last 1024 records removed from it (the quarantine). A
+ * ring of the last 64 records removed from it (the quarantine). A
  * removed record moves into the ring whole, by pointer, and the one it
- * displaces goes to the free list.
+ * displaces goes to the free list. The ring is short because the next
+ * insert takes the record it displaces: with 1024 a thread cycled through
+ * 180 KB of records and cache mode on the H200 did 3.1-3.4 M pairs/s on
+ * one thread, against 5.6-9.3 M with 32 (docs/benchmarks.md).
  *
  * Shards follow threads, not addresses. Each thread has a home shard
  * (handed out round-robin at its first insert). Every key lies in a 64 KiB

@@ -114,7 +114,7 @@ typedef struct vg__alloc {
  * last VG__LEDGER_RING removals of each shard. Records are recycled from
  * per-shard free lists: after warm-up, insert and remove do not call
  * malloc. */
-#define VG__LEDGER_RING 1024u
+#define VG__LEDGER_RING 64u
 
 /* Next sequence number: unique in the process, increasing within a thread
  * (threads take blocks of 64), never 0. */
