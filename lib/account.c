@@ -8,10 +8,12 @@
  * Stream-ordered pools are charged by what they reserve, which is what the
  * card really gives up (a pool keeps freed memory until trimmed).
  *
- * Hot path (plain alloc/free): engine-ready check, one CAS on this
- * thread's own credit cell (credit.c; the budget's shared line only once
- * per slice), one ledger insert or remove. No syscalls, no getenv, no locks held across
- * driver calls. Refusal messages and pool bookkeeping are out of line.
+ * Hot path (plain alloc/free): engine-ready check, plain loads and stores
+ * on this thread's own credit cell (credit.c; the budget's shared line
+ * only once per slice), one ledger insert or remove (one spinlock, on the
+ * shard of the thread that allocates there). No syscalls, no getenv, no
+ * locks held across driver calls. Refusal messages and pool bookkeeping
+ * are out of line.
  */
 #include <pthread.h>
 #include <stdio.h>
