@@ -257,6 +257,60 @@ Test(truth, sixteen_threads_on_per_thread_credit_never_take_the_device_over)
     expect_peak_within(&t, 32 * MiB);
 }
 
+/* The same in 16 processes at once (16 threads x 16 processes), each
+ * under its own 32 MiB budget: no process's device ever holds more. On a
+ * loaded machine not every process fills its budget in its 2 s, so the
+ * refusals are counted over all of them. */
+Test(truth, sixteen_processes_of_sixteen_threads_never_take_a_device_over, .timeout = 120)
+{
+    enum { PROCS = 16 };
+    static char out[PROCS][4096];
+    char report[PROCS][32];
+    pid_t pid[PROCS];
+    int fd[PROCS];
+    long long refused = 0;
+    char *nvml = cat3(build_dir(), "/fakenvml", "");
+    char *fake = cat3(build_dir(), "/fakecuda:", nvml);
+    char *libpath = cat3("LD_LIBRARY_PATH=", fake, "");
+    run_opts_t o = {.method = "truth", .path = "churn_credit", .budget = "32MiB", .env = {libpath}};
+    for (int i = 0; i < PROCS; i++) {
+        snprintf(report[i], sizeof report[i], "/tmp/vg-truth16-XXXXXX");
+        int rfd = mkstemp(report[i]);
+        cr_assert_geq(rfd, 0, "mkstemp");
+        close(rfd);
+        int p[2];
+        cr_assert_eq(pipe2(p, O_CLOEXEC), 0);
+        pid[i] = spawn_client(&o, report[i], p[1], -1);
+        close(p[1]);
+        fd[i] = p[0];
+    }
+    for (int i = 0; i < PROCS; i++) {
+        size_t n = 0;
+        ssize_t got;
+        while (n + 1 < sizeof out[i] && (got = read(fd[i], out[i] + n, sizeof out[i] - 1 - n)) > 0)
+            n += (size_t)got;
+        out[i][n] = '\0';
+        close(fd[i]);
+        int status = child_wait(pid[i]);
+        unlink(report[i]);
+        const char *line = line_for(out[i], "churn_credit");
+        cr_expect_eq(status, 0, "process %d exited %d: %s", i, status, out[i]);
+        if (!line) {
+            cr_expect_not_null(line, "process %d: no answer: %s", i, out[i]);
+            continue;
+        }
+        long long peak = field(line, "peak");
+        cr_expect_gt(field(line, "allocs"), 0, "process %d: nothing was allocated: %s", i, line);
+        refused += field(line, "refused_threads");
+        cr_expect(peak >= 0 && peak <= (long long)(32 * MiB),
+                  "process %d: the device held %lld bytes, over its 32 MiB budget: %s", i, peak, line);
+    }
+    cr_expect_gt(refused, 0, "no budget was ever full: the test proves nothing");
+    free(libpath);
+    free(fake);
+    free(nvml);
+}
+
 /* ------------------------------------------------------ i. what is reported */
 
 /* With a 300 MiB context and 16 threads allocating to the limit, no view
