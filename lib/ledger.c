@@ -21,7 +21,11 @@
  * and the directory entries of its granules, whatever addresses the
  * driver hands out; a free from another thread finds the record through
  * the directory in one step (no scan, no global lock) and takes the
- * owner's lock.
+ * owner's lock. What this does not fix: blocks of the shim's cache mode
+ * move between threads through the pool's classes, so there one granule's
+ * blocks are live in several threads and its entry and owner's lock are
+ * shared (two threads spend 36-45% of a cache-mode pair here on 2 cores;
+ * docs/benchmarks.md).
  *
  * Measured before this (shards picked by a hash of the granule): a thread
  * walking fresh addresses moved to a new shard every 64 KiB, whose lock,
