@@ -437,48 +437,45 @@ static inline bool freed_contains(const vg__alloc_t *a, vg_devptr_t ptr)
     return ptr == a->ptr || (ptr >= a->base && ptr < end);
 }
 
-/* Newest (highest seq) ring entry of s matching ptr; exact matches (at
- * its pointer or the driver's base) only when `exact`. Under s->lock. */
-static const vg__alloc_t *ring_match(const vg__shard_t *s, vg_devptr_t ptr,
-                                     bool exact)
+/* The newest freed record matching ptr so far, exactly (at its pointer or
+ * the driver's base) and by containment. */
+typedef struct freed_best {
+    vg__alloc_t exact, within;
+    bool have_exact, have_within;
+} freed_best_t;
+
+static void keep_newest(vg__alloc_t *best, bool *have, const vg__alloc_t *a)
 {
-    const vg__alloc_t *best = NULL;
-    for (unsigned i = 0; i < s->ring_len; i++) {
-        const vg__alloc_t *a = &s->ring[i]->a;
-        bool hit = exact ? (a->ptr == ptr || a->base == ptr)
-                         : freed_contains(a, ptr);
-        if (hit && (!best || a->seq > best->seq))
-            best = a;
+    if (!*have || a->seq > best->seq) {
+        *best = *a;
+        *have = true;
     }
-    return best;
 }
 
-/* The newest freed record matching ptr in any ring (a granule's records
- * move between shards when it changes hands). Under no lock. */
-static bool rings_match(vg_devptr_t ptr, bool exact, vg__alloc_t *found)
-{
-    bool have = false;
-    for (unsigned i = 0; i < VG__SHARDS; i++) {
-        vg__spin_lock(&shards[i].lock);
-        const vg__alloc_t *m = ring_match(&shards[i], ptr, exact);
-        if (m && (!have || m->seq > found->seq)) {
-            *found = *m;
-            have = true;
-        }
-        vg__spin_unlock(&shards[i].lock);
-    }
-    return have;
-}
-
-/* Rare path: an exact match (the base of a freed allocation) wins over
- * containment; among either, the newest (an address freed twice). */
+/* Rare path: one walk over every ring (a granule's records move between
+ * shards when it changes hands, so any ring may hold them). An exact
+ * match wins over containment; among either, the newest (an address
+ * freed twice). */
 int vg__ledger_find_freed(vg_devptr_t ptr, vg__alloc_t *out)
 {
-    vg__alloc_t found;
-    bool have = rings_match(ptr, true, &found) || rings_match(ptr, false, &found);
-    if (have && out)
-        *out = found;
-    return have ? VG_OK : VG_ENOTFOUND;
+    freed_best_t b = {.have_exact = false, .have_within = false};
+    for (unsigned i = 0; i < VG__SHARDS; i++) {
+        vg__shard_t *s = &shards[i];
+        vg__spin_lock(&s->lock);
+        for (unsigned k = 0; k < s->ring_len; k++) {
+            const vg__alloc_t *a = &s->ring[k]->a;
+            if (a->ptr == ptr || a->base == ptr)
+                keep_newest(&b.exact, &b.have_exact, a);
+            else if (freed_contains(a, ptr))
+                keep_newest(&b.within, &b.have_within, a);
+        }
+        vg__spin_unlock(&s->lock);
+    }
+    if (!b.have_exact && !b.have_within)
+        return VG_ENOTFOUND;
+    if (out)
+        *out = b.have_exact ? b.exact : b.within;
+    return VG_OK;
 }
 
 uint64_t vg__ledger_count(void)

@@ -36,19 +36,26 @@ typedef struct truth {
 
 /* Runs client_truth CASE under the shim with `budget` and `env` ("NAME=value",
  * NULL-terminated, at most TRUTH_ENV_MAX), NVML's test double on the path. */
-static void run_truth(truth_t *t, const char *c, const char *budget, const char *const *env)
+/* "LD_LIBRARY_PATH=" the test driver and NVML's test double (free it). */
+static char *truth_libpath(void)
 {
     char *nvml = cat3(build_dir(), "/fakenvml", "");
     char *fake = cat3(build_dir(), "/fakecuda:", nvml);
     char *libpath = cat3("LD_LIBRARY_PATH=", fake, "");
+    free(fake);
+    free(nvml);
+    return libpath;
+}
+
+static void run_truth(truth_t *t, const char *c, const char *budget, const char *const *env)
+{
+    char *libpath = truth_libpath();
     run_opts_t o = {.method = "truth", .path = c, .budget = budget, .env = {libpath}};
     for (int i = 0; env && env[i] && i < TRUTH_ENV_MAX; i++)
         o.env[i + 1] = env[i];
     snprintf(t->what, sizeof t->what, "%s under %s", c, budget);
     run_client(&o, &t->r);
     free(libpath);
-    free(fake);
-    free(nvml);
     cr_assert_eq(t->r.status, 0, "%s: client exited %d\nstdout: %s\nstderr: %s", t->what,
                  t->r.status, t->r.out, t->r.err);
     t->line = line_for(t->r.out, c);
@@ -269,9 +276,7 @@ Test(truth, sixteen_processes_of_sixteen_threads_never_take_a_device_over, .time
     pid_t pid[PROCS];
     int fd[PROCS];
     long long refused = 0;
-    char *nvml = cat3(build_dir(), "/fakenvml", "");
-    char *fake = cat3(build_dir(), "/fakecuda:", nvml);
-    char *libpath = cat3("LD_LIBRARY_PATH=", fake, "");
+    char *libpath = truth_libpath();
     run_opts_t o = {.method = "truth", .path = "churn_credit", .budget = "32MiB", .env = {libpath}};
     for (int i = 0; i < PROCS; i++) {
         snprintf(report[i], sizeof report[i], "/tmp/vg-truth16-XXXXXX");
@@ -307,8 +312,6 @@ Test(truth, sixteen_processes_of_sixteen_threads_never_take_a_device_over, .time
     }
     cr_expect_gt(refused, 0, "no budget was ever full: the test proves nothing");
     free(libpath);
-    free(fake);
-    free(nvml);
 }
 
 /* ------------------------------------------------------ i. what is reported */
