@@ -18,6 +18,7 @@
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "vg_pool.h"
 
@@ -260,20 +261,40 @@ static bool class_fill(vg__cache_t *c, vg__class_t *k,
 
 /* ------------------------------------------------------------ life */
 
+/* Every class of every arena in use, for i in [0, arenas * VG__CLASSES). */
+static vg__class_t *class_nth(vg__cache_t *c, uint32_t i)
+{
+    return vg__class_at(c, i / VG__CLASSES, (int)(i % VG__CLASSES));
+}
+
 static _Atomic uint64_t cache_ids;
+
+uint64_t vg__class_chunk_bytes(int cls)
+{
+    return vg__class_size(cls) <= VG__CLASS_SMALL_CHUNK_MAX ? VG__CHUNK_SMALL
+                                                            : VG__CHUNK_LARGE;
+}
+
+/* One arena a CPU: more threads than CPUs cannot all run at once. */
+static uint32_t arena_count(void)
+{
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n < 1 ? 1 : n > (long)VG__ARENAS_MAX ? VG__ARENAS_MAX : (uint32_t)n;
+}
 
 void vg__cache_init(vg__cache_t *c, vg__sync_fn sync, void *ctx)
 {
     memset(c, 0, sizeof *c);
-    for (int i = 0; i < VG__CLASSES; i++) {
-        vg__class_t *k = &c->cls[i];
-        atomic_init(&k->lock, 0);
-        k->size = vg__class_size(i);
-        k->chunk_bytes = k->size <= VG__CLASS_SMALL_CHUNK_MAX
-                             ? VG__CHUNK_SMALL
-                             : VG__CHUNK_LARGE;
-        k->per_chunk = (uint32_t)(k->chunk_bytes / k->size);
-    }
+    c->arenas = arena_count();
+    for (uint32_t a = 0; a < VG__ARENAS_MAX; a++)
+        for (int i = 0; i < VG__CLASSES; i++) {
+            vg__class_t *k = vg__class_at(c, a, i);
+            atomic_init(&k->lock, 0);
+            k->size = vg__class_size(i);
+            k->chunk_bytes = vg__class_chunk_bytes(i);
+            k->per_chunk = (uint32_t)(k->chunk_bytes / k->size);
+        }
+    atomic_init(&c->next_arena, 0);
     c->sync = sync;
     c->sync_ctx = ctx;
     c->id = atomic_fetch_add_explicit(&cache_ids, 1, memory_order_relaxed) + 1;
@@ -290,8 +311,8 @@ void vg__cache_drain(vg__cache_t *c,
                      void *ctx)
 {
     vg__tcache_detach_all(c);
-    for (int i = 0; i < VG__CLASSES; i++) {
-        vg__class_t *k = &c->cls[i];
+    for (uint32_t i = 0; i < c->arenas * VG__CLASSES; i++) {
+        vg__class_t *k = class_nth(c, i);
         vg__class_lock(k);
         vg__chunk_t *ch = k->chunks;
         k->chunks = k->carve = NULL;
@@ -344,15 +365,17 @@ static inline bool take_fresh(vg__class_t *k, vg__block_t *b)
     return true;
 }
 
-/* The class alone, for a thread with no thread cache (no host memory). */
-__attribute__((noinline)) int vg__class_take(vg__cache_t *c, int cls,
-                                             size_t size, vg__block_t *out)
+/* The class alone: for a thread with no thread cache (no host memory), or
+ * one that reuses another arena's blocks. */
+__attribute__((noinline)) int vg__class_take(vg__cache_t *c, uint32_t arena,
+                                             int cls, size_t size,
+                                             vg__block_t *out, bool count_miss)
 {
-    vg__class_t *k = &c->cls[cls];
+    vg__class_t *k = vg__class_at(c, arena, cls);
     vg__block_t b = {0, NULL};
     vg__class_lock(k);
     if (!class_fill(c, k, VG__REUSE_ANY)) {
-        k->misses++;
+        k->misses += count_miss;
         vg__class_unlock(k);
         return VG_ENOMEM;
     }
@@ -371,7 +394,7 @@ __attribute__((noinline)) bool vg__class_give(vg__cache_t *c,
                                               const vg__block_t *b,
                                               size_t size, vg__flush_out_t *o)
 {
-    vg__class_t *k = &c->cls[b->chunk->cls];
+    vg__class_t *k = vg__class_of_chunk(c, b->chunk);
     vg__class_lock(k);
     k->frees++;
     k->live_blocks--;
@@ -399,7 +422,8 @@ static void spill_fresh(vg__class_t *k, vg__chunk_t *ch)
 int vg__cache_add_chunk(vg__cache_t *c, int cls, const vg__span_t *chunk,
                         size_t size, vg__block_t *out)
 {
-    vg__class_t *k = &c->cls[cls];
+    uint32_t arena = vg__tcache_arena(c);
+    vg__class_t *k = vg__class_at(c, arena, cls);
     vg__chunk_t *ch = calloc(1, sizeof *ch);
     if (!ch)
         return VG_ESYS;
@@ -411,6 +435,7 @@ int vg__cache_add_chunk(vg__cache_t *c, int cls, const vg__span_t *chunk,
     ch->base = chunk->base;
     ch->bytes = chunk->bytes;
     ch->cls = cls;
+    ch->arena = arena;
     ch->carved = 1; /* block 0 goes to the caller */
     ch->idle_since = vg__now_coarse_ns();
     atomic_fetch_add_explicit(&c->held, chunk->bytes, memory_order_relaxed);
@@ -483,7 +508,7 @@ uint32_t vg__class_take_batch(vg__class_t *k, vg__block_t *v, uint32_t n,
 /* ------------------------------------------------------------ trim */
 
 typedef struct trim_pick {
-    int cls;
+    vg__class_t *cls;
     vg__chunk_t *chunk;
     uint64_t bytes, idle_since;
 } trim_pick_t;
@@ -499,13 +524,13 @@ static bool better(const vg__chunk_t *ch, const trim_pick_t *p)
 }
 
 /* The best empty chunk of class k (under its lock) into p. */
-static void scan_class(vg__class_t *k, int cls, trim_pick_t *p)
+static void scan_class(vg__class_t *k, trim_pick_t *p)
 {
     if (k->empty_chunks == 0)
         return;
     for (vg__chunk_t *ch = k->chunks; ch; ch = ch->next)
         if (ch->live == 0 && better(ch, p))
-            *p = (trim_pick_t){cls, ch, ch->bytes, ch->idle_since};
+            *p = (trim_pick_t){k, ch, ch->bytes, ch->idle_since};
 }
 
 /*
@@ -517,15 +542,16 @@ static void scan_class(vg__class_t *k, int cls, trim_pick_t *p)
 static bool trim_empty(vg__cache_t *c, vg__span_t *release)
 {
     for (int attempt = 0; attempt < 8; attempt++) {
-        trim_pick_t p = {.cls = -1};
-        for (int i = 0; i < VG__CLASSES; i++) {
-            vg__class_lock(&c->cls[i]);
-            scan_class(&c->cls[i], i, &p);
-            vg__class_unlock(&c->cls[i]);
+        trim_pick_t p = {0};
+        for (uint32_t i = 0; i < c->arenas * VG__CLASSES; i++) {
+            vg__class_t *k = class_nth(c, i);
+            vg__class_lock(k);
+            scan_class(k, &p);
+            vg__class_unlock(k);
         }
         if (!p.chunk)
             return false;
-        vg__class_t *k = &c->cls[p.cls];
+        vg__class_t *k = p.cls;
         vg__chunk_t *found = NULL;
         vg__class_lock(k);
         for (vg__chunk_t *ch = k->chunks; ch; ch = ch->next)
@@ -560,10 +586,11 @@ bool vg__cache_trim_one(vg__cache_t *c, vg__span_t *release)
 void vg__cache_stats(vg__cache_t *c, vg__cache_stats_t *s)
 {
     *s = (vg__cache_stats_t){0};
-    uint64_t live[VG__CLASSES]; /* live blocks per class */
+    uint64_t live[VG__CLASSES] = {0}; /* live blocks per class */
     pthread_mutex_lock(&c->tcaches_mu);
-    for (int i = 0; i < VG__CLASSES; i++) {
-        vg__class_t *k = &c->cls[i];
+    for (uint32_t j = 0; j < c->arenas * VG__CLASSES; j++) {
+        int i = (int)(j % VG__CLASSES);
+        vg__class_t *k = class_nth(c, j);
         vg__class_lock(k);
         s->live_bytes += k->live_bytes;
         s->hits += k->hits;
@@ -571,7 +598,7 @@ void vg__cache_stats(vg__cache_t *c, vg__cache_stats_t *s)
         s->allocs += k->allocs;
         s->frees += k->frees;
         s->bytes_allocated += k->bytes_allocated;
-        live[i] = k->live_blocks;
+        live[i] += k->live_blocks;
         vg__class_unlock(k);
     }
     vg__tcache_sum(c, s, live);
@@ -579,7 +606,7 @@ void vg__cache_stats(vg__cache_t *c, vg__cache_stats_t *s)
     uint64_t handed = 0; /* class bytes of live blocks */
     for (int i = 0; i < VG__CLASSES; i++) {
         s->live_blocks += live[i];
-        handed += live[i] * c->cls[i].size;
+        handed += live[i] * vg__class_size(i);
     }
     s->held = atomic_load_explicit(&c->held, memory_order_relaxed);
     s->cached = s->held > handed ? s->held - handed : 0;

@@ -53,6 +53,7 @@ struct vg__tcache {
     _Atomic int busy;      /* the owner is inside a fast section */
     _Atomic int remote;    /* a remote holds or waits for `lock` */
     bool dead;             /* its thread has exited */
+    uint32_t arena;        /* its classes: c->arena[arena] */
     vg__cache_t *cache;    /* NULL once the cache is drained */
     vg__tcache_t *next;    /* the cache's list, under its tcaches_mu */
     mag_t *mag[VG__CLASSES];
@@ -202,9 +203,9 @@ __attribute__((noinline)) static bool mag_refill(vg__cache_t *c, int cls,
 {
     vg__tcache_t *tc = r->tc;
     mag_t *m = tc->mag[cls];
-    if (!m && !(m = tc->mag[cls] = mag_new(c->cls[cls].size)))
+    if (!m && !(m = tc->mag[cls] = mag_new(vg__class_size(cls))))
         return false;
-    vg__class_t *k = &c->cls[cls];
+    vg__class_t *k = vg__class_at(c, tc->arena, cls);
     vg__flush_out_t keep = {.keep_empty = VG__KEEP_ALL};
     vg__class_lock(k);
     if (m->pend_n)
@@ -227,7 +228,7 @@ static bool tc_flush_all(vg__cache_t *c, vg__tcache_t *tc)
         mag_t *m = tc->mag[i];
         if (!m || (m->ready_n == 0 && m->pend_n == 0))
             continue;
-        vg__class_t *k = &c->cls[i];
+        vg__class_t *k = vg__class_at(c, tc->arena, i);
         vg__flush_out_t keep = {.keep_empty = VG__KEEP_ALL};
         vg__class_lock(k);
         flush_ready(c, k, m);
@@ -361,6 +362,9 @@ static vg__tcache_t *tc_join(vg__cache_t *c)
     }
     if (!tc && (tc = calloc(1, sizeof *tc)) != NULL) {
         atomic_init(&tc->lock, 0);
+        tc->arena = atomic_fetch_add_explicit(&c->next_arena, 1,
+                                              memory_order_relaxed) %
+                    c->arenas;
         tc->cache = c;
         tc->next = c->tcaches;
         c->tcaches = tc;
@@ -397,6 +401,12 @@ static inline vg__tcache_t *tc_mine(vg__cache_t *c)
     if (vg__likely(tl_last.cache == c && tl_last.id == c->id))
         return tl_last.tc;
     return tc_find(c);
+}
+
+uint32_t vg__tcache_arena(vg__cache_t *c)
+{
+    vg__tcache_t *tc = tc_mine(c);
+    return tc ? tc->arena : 0; /* the arena is fixed for tc's life */
 }
 
 /* The cache is being drained: every thread cache leaves it. Blocks in the
@@ -452,7 +462,7 @@ static inline int take(vg__cache_t *c, int cls, size_t size,
 {
     vg__tcache_t *tc = tc_mine(c);
     if (vg__unlikely(!tc))
-        return vg__class_take(c, cls, size, out);
+        return vg__class_take(c, 0, cls, size, out, policy == VG__GROW_FIRST);
     own_t how = own_enter(tc);
     mag_t *m = tc->mag[cls];
     if (vg__unlikely(!m || m->ready_n == 0)) {
@@ -479,7 +489,13 @@ int vg__cache_take(vg__cache_t *c, int cls, size_t size, vg__block_t *out)
 
 int vg__cache_take_any(vg__cache_t *c, int cls, size_t size, vg__block_t *out)
 {
-    return take(c, cls, size, out, VG__REUSE_ANY);
+    if (take(c, cls, size, out, VG__REUSE_ANY) == VG_OK)
+        return VG_OK;
+    uint32_t mine = vg__tcache_arena(c);
+    for (uint32_t a = 0; a < c->arenas; a++)
+        if (a != mine && vg__class_take(c, a, cls, size, out, false) == VG_OK)
+            return VG_OK;
+    return VG_ENOMEM;
 }
 
 /* The thread's pending magazine of the block's class is full or missing
@@ -491,8 +507,8 @@ __attribute__((noinline)) static mag_t *mag_make_room(vg__cache_t *c,
 {
     mag_t *m = tc->mag[cls];
     if (!m)
-        return tc->mag[cls] = mag_new(c->cls[cls].size);
-    vg__class_t *k = &c->cls[cls];
+        return tc->mag[cls] = mag_new(vg__class_size(cls));
+    vg__class_t *k = vg__class_at(c, tc->arena, cls);
     vg__class_lock(k);
     flush_pending(c, k, m, o);
     vg__class_unlock(k);
@@ -505,7 +521,8 @@ bool vg__cache_give(vg__cache_t *c, const vg__block_t *b, size_t size,
     int cls = b->chunk->cls;
     vg__flush_out_t o = {.keep_empty = keep_empty, .release = release};
     vg__tcache_t *tc = tc_mine(c);
-    if (vg__unlikely(!tc))
+    /* A block of another arena goes back to its own class. */
+    if (vg__unlikely(!tc || b->chunk->arena != tc->arena))
         return vg__class_give(c, b, size, &o);
     own_t how = own_enter(tc);
     mag_t *m = tc->mag[cls];

@@ -395,8 +395,8 @@ __attribute__((noinline, cold)) static void refuse_chunks(vg_pool_t *pool)
 __attribute__((noinline)) static int grow(vg_pool_t *pool, int cls,
                                           size_t size, vg__block_t *b)
 {
-    const vg__class_t *k = &pool->cache.cls[cls];
-    vg__alloc_t a = {.size = k->chunk_bytes, .charged = k->chunk_bytes};
+    uint64_t bytes = vg__class_chunk_bytes(cls);
+    vg__alloc_t a = {.size = bytes, .charged = bytes};
     /* Near the limit, reuse comes before growth (or trimming to grow):
      * blocks parked in other threads' magazines, then pending blocks,
      * however few, after a synchronisation. */

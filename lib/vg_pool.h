@@ -27,6 +27,16 @@
  * touches a budget. The pool (pool.c) charges and allocates chunks, hands
  * them in, and frees the spans the cache gives back.
  *
+ * Arenas. The classes come in up to VG__ARENAS_MAX copies, one set per
+ * arena, each with its own chunks, lists and lock; each thread cache is
+ * bound to one arena (round robin as threads first use the cache). A
+ * thread's blocks then cycle through its own arena's lists, so threads do
+ * not share class locks, and they do not share the chunks whose addresses
+ * key the ledger's granules (lib/ledger.c: a granule's records stay in the
+ * shard of the thread that uses it). A block freed by a thread of another
+ * arena goes straight back to its chunk's class. A request that would grow
+ * the pool past its budget reuses blocks of any arena first.
+ *
  * Two levels. Each class keeps its free blocks in host arrays under a
  * spinlock (cache.c). In front of the classes, each thread that uses the
  * cache has a thread cache (cache_thread.c): per class a magazine of
@@ -59,6 +69,9 @@
 /* Empty chunks a class keeps cached (below High pressure) before releasing
  * the next one that empties. */
 #define VG__EMPTY_KEEP 1u
+/* Arenas: each has its own classes, chunks and lists (see "Arenas" above);
+ * a pool has one per online CPU, up to this many. */
+#define VG__ARENAS_MAX 16u
 /* A magazine holds VG__MAG_BYTES / block size blocks, 2..32, in each of its
  * two stacks: 32 of 4 KiB, 8 of 64 KiB, 2 of 1 MiB. A thread parks at most
  * twice that per class it uses (reclaimable by trim, see above). */
@@ -76,6 +89,7 @@ struct vg__chunk {
     vg_devptr_t base;
     uint64_t bytes;
     int cls;
+    uint32_t arena;        /* the arena whose class holds it */
     uint32_t carved;       /* blocks handed out fresh so far */
     uint32_t live;         /* blocks outside the class's lists */
     uint64_t idle_since;   /* coarse ns: made, or the last free to reach it */
@@ -119,8 +133,14 @@ typedef struct vg__class {
 
 typedef void (*vg__sync_fn)(void *ctx);
 
-typedef struct vg__cache {
+typedef struct vg__arena {
     vg__class_t cls[VG__CLASSES];
+} vg__arena_t;
+
+typedef struct vg__cache {
+    vg__arena_t arena[VG__ARENAS_MAX];
+    uint32_t arenas;        /* in use: arena[0, arenas) */
+    _Atomic uint32_t next_arena; /* a new thread cache's, round robin */
     vg__sync_fn sync;
     void *sync_ctx;
     uint64_t id;            /* unique in the process: threads key on it */
@@ -134,10 +154,23 @@ typedef struct vg__cache {
     vg__chunk_t *doomed;    /* detached chunks the pool has yet to free */
 } vg__cache_t;
 
+/* Class cls of arena a, and the class that holds chunk ch. */
+static inline vg__class_t *vg__class_at(vg__cache_t *c, uint32_t a, int cls)
+{
+    return &c->arena[a].cls[cls];
+}
+static inline vg__class_t *vg__class_of_chunk(vg__cache_t *c,
+                                              const vg__chunk_t *ch)
+{
+    return vg__class_at(c, ch->arena, ch->cls);
+}
+
 /* The class of a request, or -1 when it is larger than VG__SMALL_MAX. */
 int vg__class_of(size_t size);
 /* The block size of class `cls` (0 <= cls < VG__CLASSES). */
 uint32_t vg__class_size(int cls);
+/* The bytes of a chunk of class `cls`. */
+uint64_t vg__class_chunk_bytes(int cls);
 
 void vg__cache_init(vg__cache_t *c, vg__sync_fn sync, void *ctx);
 /* Frees the cache's host memory and hands every chunk to `release` (the
@@ -146,8 +179,8 @@ void vg__cache_init(vg__cache_t *c, vg__sync_fn sync, void *ctx);
  * again. */
 void vg__cache_drain(vg__cache_t *c, void (*release)(const vg__span_t *s,
                                                      void *ctx), void *ctx);
-/* Adds a chunk the caller allocated, charged and verified, and hands its
- * first block out for `size` bytes. VG_ESYS when host memory runs out (the
+/* Adds a chunk the caller allocated, charged and verified to the calling
+ * thread's arena, and hands its first block out for `size` bytes. VG_ESYS when host memory runs out (the
  * caller still owns the chunk). */
 int vg__cache_add_chunk(vg__cache_t *c, int cls, const vg__span_t *chunk,
                         size_t size, vg__block_t *out);
@@ -209,8 +242,12 @@ vg__fill_t vg__class_fill(vg__cache_t *c, vg__class_t *k,
  * completed (waits for one already begun, else runs one). No lock held. */
 void vg__cache_sync_after(vg__cache_t *c, uint64_t epoch);
 /* vg__cache_take and vg__cache_give through the class alone (its lock taken
- * inside), for a thread with no thread cache (no host memory). */
-int vg__class_take(vg__cache_t *c, int cls, size_t size, vg__block_t *out);
+ * inside): for a thread with no thread cache (no host memory, arena 0), a
+ * request reusing another arena's blocks, a free into another arena. The
+ * take reuses pending blocks however few (VG__REUSE_ANY); a miss counts in
+ * the stats only if `count_miss` (a request's first try). */
+int vg__class_take(vg__cache_t *c, uint32_t arena, int cls, size_t size,
+                   vg__block_t *out, bool count_miss);
 bool vg__class_give(vg__cache_t *c, const vg__block_t *b, size_t size,
                     vg__flush_out_t *o);
 
@@ -246,7 +283,8 @@ uint32_t vg__class_take_batch(vg__class_t *k, vg__block_t *v, uint32_t n,
  * adds a chunk, or calls vg__cache_take_any if the budget does not allow
  * one). Thread-safe. */
 int vg__cache_take(vg__cache_t *c, int cls, size_t size, vg__block_t *out);
-/* The same, synchronising for however few pending blocks there are. */
+/* The same, synchronising for however few pending blocks there are, and
+ * then from the other arenas' classes. */
 int vg__cache_take_any(vg__cache_t *c, int cls, size_t size,
                        vg__block_t *out);
 /* Takes a block back (`size` as it was taken), from any thread. When chunks
@@ -255,6 +293,8 @@ int vg__cache_take_any(vg__cache_t *c, int cls, size_t size,
  * frees it, then any more through vg__cache_reap). */
 bool vg__cache_give(vg__cache_t *c, const vg__block_t *b, size_t size,
                     uint32_t keep_empty, vg__span_t *release);
+/* The calling thread's arena in c (0 with no thread cache). */
+uint32_t vg__tcache_arena(vg__cache_t *c);
 /* Returns every thread's magazines to their classes (a request that would
  * otherwise grow past a budget). true if any block moved. */
 bool vg__cache_collect(vg__cache_t *c);

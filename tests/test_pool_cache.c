@@ -507,6 +507,183 @@ Test(pool_cache, a_block_freed_in_one_thread_is_reused_in_any_only_after_a_synch
     vg_pool_destroy(p, NULL);
 }
 
+/* ---------------------------------------------------------- arenas */
+
+/* Each of these tests sets the pool's arena count before any thread uses
+ * it, so that they do not depend on the machine's CPU count. */
+static vg_pool_t *pool_with_arenas(uint64_t limit, uint32_t arenas)
+{
+    vg_pool_t *p = pool_of(limit);
+    p->cache.arenas = arenas;
+    return p;
+}
+
+/* One thread's 4 KiB allocation, made while another thread of the test may
+ * still hold its own (a thread that has exited leaves its cache, and its
+ * arena, to the next new thread). */
+struct arena_step {
+    vg_pool_t *pool;
+    bool free_it;            /* free the block before reporting */
+    int rc;
+    uint32_t arena;
+    vg_devptr_t ptr;
+    pthread_barrier_t *done; /* reported; the thread waits there to exit */
+};
+
+static void *arena_step_main(void *arg)
+{
+    struct arena_step *a = arg;
+    a->rc = vg_pool_alloc(a->pool, 4096, NULL, &a->ptr);
+    a->arena = vg__tcache_arena(&a->pool->cache);
+    if (a->rc == VG_OK && a->free_it)
+        a->rc = vg_pool_free(a->pool, a->ptr);
+    pthread_barrier_wait(a->done);
+    pthread_barrier_wait(a->done);
+    return NULL;
+}
+
+/* Runs steps one after another, every thread alive until the last ran. */
+static void arena_steps(struct arena_step *steps, int n)
+{
+    pthread_t t[4];
+    pthread_barrier_t done[4];
+    cr_assert_leq(n, 4);
+    for (int i = 0; i < n; i++) {
+        pthread_barrier_init(&done[i], NULL, 2);
+        steps[i].done = &done[i];
+        pthread_create(&t[i], NULL, arena_step_main, &steps[i]);
+        pthread_barrier_wait(&done[i]);
+    }
+    for (int i = 0; i < n; i++) {
+        pthread_barrier_wait(&done[i]);
+        pthread_join(t[i], NULL);
+        pthread_barrier_destroy(&done[i]);
+    }
+}
+
+static vg_devptr_t chunk_base_of(vg_devptr_t ptr)
+{
+    vg__chunk_ref_t ref;
+    cr_assert(vg__chunk_index_find(ptr, &ref), "%#llx is in no chunk", (unsigned long long)ptr);
+    return ref.base;
+}
+
+Test(pool_cache, threads_of_different_arenas_carve_different_chunks)
+{
+    vg_pool_t *p = pool_with_arenas(64 * MiB, 2);
+    struct arena_step s[2] = {{.pool = p}, {.pool = p}};
+    arena_steps(s, 2);
+    cr_assert_eq(s[0].rc, VG_OK);
+    cr_assert_eq(s[1].rc, VG_OK);
+    cr_expect_neq(s[0].arena, s[1].arena);
+    cr_expect_neq(chunk_base_of(s[0].ptr), chunk_base_of(s[1].ptr),
+                  "two arenas share a chunk");
+    cr_expect_eq(stats_of(p).used, 2 * VG__CHUNK_SMALL);
+    /* Each frees the other's block: both go back to their own classes. */
+    cr_assert_eq(vg_pool_free(p, s[0].ptr), VG_OK);
+    cr_assert_eq(vg_pool_free(p, s[1].ptr), VG_OK);
+    vg_pool_stats_t st = stats_of(p);
+    cr_expect_eq(st.live_count, 0u);
+    cr_expect_eq(st.cached, st.used);
+    cr_assert_eq(vg_pool_trim(p, 0, NULL), VG_OK);
+    cr_expect_eq(stats_of(p).used, 0u, "the freed blocks left both chunks empty");
+    vg_pool_destroy(p, NULL);
+}
+
+Test(pool_cache, near_the_budget_a_thread_takes_another_arenas_blocks)
+{
+    /* Room for one 2 MiB chunk, not two. */
+    vg_pool_t *p = pool_with_arenas(3 * MiB, 2);
+    struct arena_step s[2] = {{.pool = p, .free_it = true}, {.pool = p}};
+    arena_steps(s, 2);
+    cr_assert_eq(s[0].rc, VG_OK);
+    cr_assert_eq(s[1].rc, VG_OK);
+    cr_expect_neq(s[0].arena, s[1].arena);
+    cr_expect_eq(chunk_base_of(s[1].ptr), chunk_base_of(s[0].ptr),
+                 "served from the other arena's chunk");
+    vg_pool_stats_t st = stats_of(p);
+    cr_expect_eq(st.used, VG__CHUNK_SMALL, "no direct allocation, no second chunk");
+    cr_expect_eq(st.live_count, 1u);
+    cr_assert_eq(vg_pool_free(p, s[1].ptr), VG_OK);
+    vg_pool_destroy(p, NULL);
+}
+
+/* Blocks passed between threads of different arenas: each is freed by
+ * whichever thread finds it in a shared table, mostly not its maker, and
+ * the reuse rule still holds (the same bookkeeping as mt_worker). */
+#define XFER_SLOTS 64
+static _Atomic vg_devptr_t xfer[XFER_SLOTS];
+
+static void xfer_free(vg_pool_t *p, vg_devptr_t ptr)
+{
+    pthread_mutex_lock(&mt.mu);
+    mt.freed_at[mt_slot(ptr)] = atomic_load(&syncs_seen);
+    pthread_mutex_unlock(&mt.mu);
+    if (vg_pool_free(p, ptr) != VG_OK)
+        atomic_fetch_add(&mt.violations, 1);
+}
+
+static void *xfer_worker(void *arg)
+{
+    vg_pool_t *p = arg;
+    uint64_t seed = (uint64_t)(uintptr_t)&seed;
+    for (int op = 0; op < 8000; op++) {
+        int slot = (int)(test_rand(&seed) % XFER_SLOTS);
+        vg_devptr_t old = atomic_exchange(&xfer[slot], 0);
+        if (old) {
+            xfer_free(p, old);
+            continue;
+        }
+        vg_devptr_t ptr;
+        if (vg_pool_alloc(p, 4096, NULL, &ptr) != VG_OK) {
+            atomic_fetch_add(&mt.violations, 1);
+            continue;
+        }
+        uint64_t now = atomic_load(&syncs_seen);
+        pthread_mutex_lock(&mt.mu);
+        int h = mt_slot(ptr);
+        bool seen = mt.freed_at[h] != UINT64_MAX;
+        if (seen && now <= mt.freed_at[h])
+            atomic_fetch_add(&mt.violations, 1);
+        if (seen)
+            atomic_fetch_add(&mt.reused, 1);
+        mt.freed_at[h] = UINT64_MAX; /* live again */
+        pthread_mutex_unlock(&mt.mu);
+        if ((old = atomic_exchange(&xfer[slot], ptr)) != 0)
+            xfer_free(p, old);
+    }
+    return NULL;
+}
+
+Test(pool_cache, blocks_freed_across_arenas_are_reused_only_after_a_synchronisation,
+     .timeout = 120)
+{
+    vg_pool_t *p = pool_with_arenas(64 * MiB, MT_THREADS);
+    vg__driver_t *d = (vg__driver_t *)vg__driver();
+    real_sync = d->cuCtxSynchronize;
+    d->cuCtxSynchronize = counting_sync;
+    for (int i = 0; i < MT_TABLE; i++)
+        mt.freed_at[i] = UINT64_MAX;
+    pthread_t t[MT_THREADS];
+    for (int i = 0; i < MT_THREADS; i++)
+        pthread_create(&t[i], NULL, xfer_worker, p);
+    for (int i = 0; i < MT_THREADS; i++)
+        pthread_join(t[i], NULL);
+    for (int i = 0; i < XFER_SLOTS; i++) {
+        vg_devptr_t old = atomic_exchange(&xfer[i], 0);
+        if (old)
+            xfer_free(p, old);
+    }
+    vg_pool_stats_t s = stats_of(p);
+    d->cuCtxSynchronize = real_sync;
+    cr_expect_eq(atomic_load(&mt.violations), 0, "a block came back with no sync after its free");
+    cr_expect_gt(atomic_load(&mt.reused), 1000, "blocks were reused (%d)", atomic_load(&mt.reused));
+    cr_expect_eq(s.live_count, 0u);
+    cr_expect_eq(s.used, s.cached);
+    cr_expect_eq(vg__ledger_count(), 0u);
+    vg_pool_destroy(p, NULL);
+}
+
 /* ---------------------------------------------------- pointer checks */
 
 Test(pool_cache, ptr_check_sees_each_block_as_the_caller_made_it)
