@@ -16,14 +16,20 @@
  * difference between two processes can mean.
  *
  *   bench_pairs --preload PATH [--rounds R] [--budget TEXT] [--hooked]
- *               [--threads LIST]
+ *               [--threads LIST] [--pairs N] [--thread-rounds R]
  *
  * Default (the GPU): each pair timed on its own (CLOCK_MONOTONIC, ~20 ns),
  * sizes 4 KiB, 1 MiB, 64 MiB; 1 and 16 threads. --hooked: over the null
  * driver (tests/nulldriver; LD_LIBRARY_PATH), where a native pair costs a
  * few ns: samples are batches of 100 pairs, the shim's cost per hooked call
  * is (shim - native) / 2 per pair, and throughput is measured on 1, 2, 4,
- * 8 and 16 threads (each pinned, each with its own ballast).
+ * 8 and 16 threads (each pinned, each with its own ballast). --pairs: the
+ * pairs each thread makes in a throughput round (default 500 on the GPU,
+ * where 16 native threads make ~160 k pairs/s in all; 200000 hooked). A
+ * round of VRAMGUARD_POOL=cache needs many more than 500: at ~100 ns a pair
+ * the threads' start-up skew (tens of us) would be most of it.
+ * --thread-rounds: rounds of each throughput row (default 7 on the GPU,
+ * 11 hooked); 16 native threads differ by up to 6% from round to round.
  *
  * Prints BENCH| rows (the benchmark table, markdown cells) and RESULT| rows
  * (gpu_common.h). A worker error is a FAIL row; targets missed are info.
@@ -549,6 +555,8 @@ int main(int argc, char **argv)
 {
     const char *preload = NULL, *budget = "70GiB", *threads = NULL;
     int rounds = 31;
+    long pairs = 0;
+    int thread_rounds = 0;
     bool hooked = false;
     if (argc == 5 && !strcmp(argv[1], "--worker"))
         return worker(atoi(argv[2]), atoi(argv[3]), atoi(argv[4]));
@@ -565,13 +573,19 @@ int main(int argc, char **argv)
             budget = argv[++i];
         else if (!strcmp(argv[i], "--threads"))
             threads = argv[++i];
+        else if (!strcmp(argv[i], "--pairs"))
+            pairs = atol(argv[++i]);
+        else if (!strcmp(argv[i], "--thread-rounds"))
+            thread_rounds = atoi(argv[++i]);
     }
     int list[16], nlist = hooked ? parse_list("1,2,4,8,16", list, 16) : parse_list("1,16", list, 16);
     if (threads)
         nlist = parse_list(threads, list, 16);
-    if (!preload || access(preload, R_OK) != 0 || nlist == 0) {
+    if (!preload || access(preload, R_OK) != 0 || nlist == 0 || pairs < 0 ||
+        pairs > 100000000 || thread_rounds < 0 || (thread_rounds && thread_rounds < 3) ||
+        thread_rounds > MAX_ROUNDS) {
         fprintf(stderr, "usage: bench_pairs --preload PATH [--rounds R] [--budget TEXT] "
-                        "[--hooked] [--threads 1,2,4,8,16]\n");
+                        "[--hooked] [--threads 1,2,4,8,16] [--pairs N] [--thread-rounds R]\n");
         return 2;
     }
     if (rounds < 3 || rounds > MAX_ROUNDS)
@@ -584,12 +598,14 @@ int main(int argc, char **argv)
             return 1;
     if (hooked) {
         bench_hooked(200, 100, rounds);
-        bench_scaling(list, nlist, 200000, 11, true);
+        bench_scaling(list, nlist, pairs ? (uint32_t)pairs : 200000,
+                      thread_rounds ? thread_rounds : 11, true);
     } else {
         bench_size(4 * KIB, 200, rounds);
         bench_size(MIB, 200, rounds);
         bench_size(64 * MIB, 200, rounds);
-        bench_scaling(list, nlist, 500, 7, false);
+        bench_scaling(list, nlist, pairs ? (uint32_t)pairs : 500,
+                      thread_rounds ? thread_rounds : 7, false);
     }
     for (int c = 0; c < CONFS; c++) {
         struct cmd quit = {.op = OP_EXIT};

@@ -18,6 +18,15 @@
  * measured nothing here). Slots are claimed and dropped with one atomic
  * each; a free pays one compare to know it is not a slot.
  *
+ * NULLDRIVER_ADDRESSES=neighbours (read once, at cuInit): allocations of
+ * up to 4 KiB come instead from a cell of two 4 KiB slots per thread, the
+ * cells side by side, taken and given back last in, first out (a free
+ * from another thread than the maker is not supported). So a thread with
+ * its ballast held gets the same address for every pair, and the threads'
+ * addresses are neighbours, 16 threads in two 64 KiB ledger granules:
+ * what the real driver does (on the H200, 2026-12-04, 16 threads' pairs
+ * all fell in one granule).
+ *
  * NULLDRIVER_SYNC_NS (read once, at cuInit): cuCtxSynchronize spins this
  * long (default 0), to stand for a GPU's (~26 us on the H100 with 16
  * threads), so the cost of the pool's reuse rule can be seen here.
@@ -31,6 +40,7 @@
 #include <cuda.h>
 
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -57,6 +67,11 @@ static _Atomic unsigned next_range; /* touched once per thread */
 
 static _Thread_local CUcontext current;
 static _Thread_local CUdeviceptr bump, bump_base, bump_end;
+static bool neighbours;                      /* NULLDRIVER_ADDRESSES */
+static _Thread_local CUdeviceptr cell;        /* its first slot */
+static _Thread_local unsigned cell_used;      /* slots taken, 0..CELL_SLOTS */
+#define CELL_SLOTS 2u
+#define CELL_SLOT 4096u
 static _Atomic uint64_t slot_bytes[SLOTS]; /* 0: free */
 static _Atomic unsigned slot_next;         /* where the next search starts */
 
@@ -77,6 +92,8 @@ CUresult cuInit(unsigned int flags)
     const char *s = getenv("NULLDRIVER_SYNC_NS");
     if (s && *s)
         sync_ns = strtoull(s, NULL, 10);
+    s = getenv("NULLDRIVER_ADDRESSES");
+    neighbours = s && !strcmp(s, "neighbours");
     atomic_store_explicit(&inited, 1, memory_order_relaxed);
     return CUDA_SUCCESS;
 }
@@ -233,6 +250,18 @@ __attribute__((noinline)) static void bump_claim(void)
     unsigned r = atomic_fetch_add_explicit(&next_range, 1, memory_order_relaxed) % RANGES;
     bump_base = bump = (CUdeviceptr)(r + 1) << RANGE_BITS;
     bump_end = bump_base + (1ull << RANGE_BITS);
+    /* The cells take the top GiB of range RANGES, below the slots (a
+     * thread's bump range reaches it only after 63 GiB). */
+    cell = SLOT_BASE - (1ull << 30) + (CUdeviceptr)r * CELL_SLOTS * CELL_SLOT;
+}
+
+/* NULLDRIVER_ADDRESSES=neighbours: a slot of the thread's cell, if free. */
+static bool cell_alloc(CUdeviceptr *dptr, size_t bytes)
+{
+    if (bytes > CELL_SLOT || cell_used == CELL_SLOTS)
+        return false;
+    *dptr = cell + (CUdeviceptr)cell_used++ * CELL_SLOT;
+    return true;
 }
 
 static int in_slots(CUdeviceptr p)
@@ -273,6 +302,8 @@ CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytesize)
         return slot_alloc(dptr, bytesize);
     if (__builtin_expect(!bump_end, 0))
         bump_claim();
+    if (__builtin_expect(neighbours, 0) && cell_alloc(dptr, bytesize))
+        return CUDA_SUCCESS;
     size_t need = (bytesize + ALIGN - 1) & ~(size_t)(ALIGN - 1);
     if (__builtin_expect(bump_end - bump < need, 0))
         bump = bump_base;
@@ -286,6 +317,9 @@ CUresult cuMemFree_v2(CUdeviceptr dptr)
     if (__builtin_expect(in_slots(dptr), 0))
         atomic_store_explicit(&slot_bytes[(dptr - SLOT_BASE) >> SLOT_BITS], 0,
                               memory_order_relaxed);
+    else if (__builtin_expect(neighbours, 0) && cell_used &&
+             dptr == cell + (CUdeviceptr)(cell_used - 1) * CELL_SLOT)
+        cell_used--;
     return CUDA_SUCCESS;
 }
 
