@@ -295,11 +295,14 @@ BENCH_PAIR = re.compile(r"^BENCH\|(4 KiB|1 MiB|64 MiB) pair \((\d+) x (\d+)\) \|
 def shim_threads(a):
     """bench_pairs with VRAMGUARD_POOL=cache in the environment: its shim
     workers (plain and with a 70 GiB budget) run cache mode, its native
-    ones ignore it. cuMemAlloc+cuMemFree of 4 KiB from 1 to 16 threads."""
+    ones ignore it. cuMemAlloc+cuMemFree of 4 KiB from 1 to 16 threads,
+    10000 pairs a thread per round: with 500 (bench_pairs' default on the
+    GPU) a cache-mode round is 50-100 us a thread, the order of the threads'
+    start-up skew, which the round's wall time includes."""
     env = env_for("native", a.preload, VRAMGUARD_POOL="cache")
     t0 = time.time()
     rc, out, err = sh([a.bin, "--preload", a.preload, "--rounds", str(a.rounds), "--threads",
-                       "1,2,4,8,16", "--budget", "70GiB"], env, a.timeout)
+                       "1,2,4,8,16", "--pairs", "10000", "--budget", "70GiB"], env, a.timeout)
     say(f"bench_pairs under VRAMGUARD_POOL=cache: exit {rc} in {time.time() - t0:.0f} s")
     show("bench_pairs", out + err, 60)
     for c, s, d in rows_of(out):
