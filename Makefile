@@ -22,18 +22,22 @@ SAN       ?=
 VERSION := $(shell sed -n 's/^\#define VG_VERSION_[A-Z]* //p' include/vramguard.h | paste -sd.)
 SONAME  := libvramguard.so.0
 
+# Sanitizer builds also check the lock order (VG_LOCK_DEBUG, lib/fork.c):
+# a lock taken while one of its rank or above is held aborts, naming both.
 ifeq ($(SAN),)
 BUILD ?= build
 SANFLAGS :=
+CHECKS :=
 else
 BUILD ?= build/san-$(subst $(comma),-,$(SAN))
 SANFLAGS := -fsanitize=$(SAN) -fno-omit-frame-pointer -fno-sanitize-recover=all
+CHECKS := -DVG_LOCK_DEBUG
 endif
 comma := ,
 
 OPT      ?= -O2 -g
 WARN     := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes
-CPPFLAGS := -D_GNU_SOURCE -Iinclude -Ilib -I$(CUDA_HOME)/include
+CPPFLAGS := -D_GNU_SOURCE -Iinclude -Ilib -I$(CUDA_HOME)/include $(CHECKS)
 CFLAGS   := -std=c11 $(OPT) $(WARN) -fPIC $(SANFLAGS) $(EXTRA_CFLAGS)
 LDFLAGS  := $(SANFLAGS)
 LIBS     := -ldl -lpthread

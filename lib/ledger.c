@@ -21,11 +21,14 @@
  * and the directory entries of its granules, whatever addresses the
  * driver hands out; a free from another thread finds the record through
  * the directory in one step (no scan, no global lock) and takes the
- * owner's lock. What this does not fix: blocks of the shim's cache mode
- * move between threads through the pool's classes, so there one granule's
- * blocks are live in several threads and its entry and owner's lock are
- * shared (two threads spend 36-45% of a cache-mode pair here on 2 cores;
- * docs/benchmarks.md).
+ * owner's lock. What this does not fix: threads whose live keys are
+ * neighbours share a granule, its entry and its owner's lock. The real
+ * driver does that to small allocations (on the H200, 16 threads' 4 KiB
+ * pairs all fell in one granule), and so did the shim's cache mode until
+ * the pool gave each thread an arena of its own (lib/vg_pool.h). A 4 KiB
+ * granule with neighbouring entries on different cache lines removed the
+ * collapse on 2 cores but cost a walk of fresh addresses a claim per pair;
+ * it was not kept (docs/benchmarks.md, "Pool arenas").
  *
  * Measured before this (shards picked by a hash of the granule): a thread
  * walking fresh addresses moved to a new shard every 64 KiB, whose lock,

@@ -446,6 +446,51 @@ static int mt_slot(vg_devptr_t ptr) /* under mt.mu */
     return (int)h;
 }
 
+/* A block is about to be freed: note the sync count, for mt_allocated. */
+static void mt_freeing(vg_devptr_t ptr)
+{
+    pthread_mutex_lock(&mt.mu);
+    mt.freed_at[mt_slot(ptr)] = atomic_load(&syncs_seen);
+    pthread_mutex_unlock(&mt.mu);
+}
+
+/* A block just came out of the pool: if it was freed before, a sync must
+ * have begun since; it is live again. */
+static void mt_allocated(vg_devptr_t ptr)
+{
+    uint64_t now = atomic_load(&syncs_seen);
+    pthread_mutex_lock(&mt.mu);
+    int h = mt_slot(ptr);
+    bool seen = mt.freed_at[h] != UINT64_MAX;
+    if (seen && now <= mt.freed_at[h])
+        atomic_fetch_add(&mt.violations, 1);
+    if (seen)
+        atomic_fetch_add(&mt.reused, 1);
+    mt.freed_at[h] = UINT64_MAX;
+    pthread_mutex_unlock(&mt.mu);
+}
+
+/* Runs MT_THREADS of `worker` on p with the sync counted; returns p's
+ * stats after (and after `after`, if any, with the sync still counted). */
+static vg_pool_stats_t mt_run(vg_pool_t *p, void *(*worker)(void *), void (*after)(vg_pool_t *))
+{
+    vg__driver_t *d = (vg__driver_t *)vg__driver();
+    real_sync = d->cuCtxSynchronize;
+    d->cuCtxSynchronize = counting_sync;
+    for (int i = 0; i < MT_TABLE; i++)
+        mt.freed_at[i] = UINT64_MAX;
+    pthread_t t[MT_THREADS];
+    for (int i = 0; i < MT_THREADS; i++)
+        pthread_create(&t[i], NULL, worker, p);
+    for (int i = 0; i < MT_THREADS; i++)
+        pthread_join(t[i], NULL);
+    if (after)
+        after(p);
+    vg_pool_stats_t s = stats_of(p);
+    d->cuCtxSynchronize = real_sync;
+    return s;
+}
+
 static void *mt_worker(void *arg)
 {
     vg_pool_t *p = arg;
@@ -454,9 +499,7 @@ static void *mt_worker(void *arg)
     for (int op = 0; op < 8000; op++) {
         int slot = (int)(test_rand(&seed) % 16);
         if (live[slot]) {
-            pthread_mutex_lock(&mt.mu);
-            mt.freed_at[mt_slot(live[slot])] = atomic_load(&syncs_seen);
-            pthread_mutex_unlock(&mt.mu);
+            mt_freeing(live[slot]);
             if (vg_pool_free(p, live[slot]) != VG_OK)
                 atomic_fetch_add(&mt.violations, 1);
             live[slot] = 0;
@@ -467,16 +510,7 @@ static void *mt_worker(void *arg)
             live[slot] = 0;
             continue;
         }
-        uint64_t now = atomic_load(&syncs_seen);
-        pthread_mutex_lock(&mt.mu);
-        int h = mt_slot(live[slot]);
-        bool seen = mt.freed_at[h] != UINT64_MAX;
-        if (seen && now <= mt.freed_at[h])
-            atomic_fetch_add(&mt.violations, 1);
-        if (seen)
-            atomic_fetch_add(&mt.reused, 1);
-        mt.freed_at[h] = UINT64_MAX; /* live again */
-        pthread_mutex_unlock(&mt.mu);
+        mt_allocated(live[slot]);
     }
     for (int i = 0; i < 16; i++)
         if (live[i])
@@ -488,18 +522,7 @@ Test(pool_cache, a_block_freed_in_one_thread_is_reused_in_any_only_after_a_synch
      .timeout = 120)
 {
     vg_pool_t *p = pool_of(64 * MiB);
-    vg__driver_t *d = (vg__driver_t *)vg__driver();
-    real_sync = d->cuCtxSynchronize;
-    d->cuCtxSynchronize = counting_sync;
-    for (int i = 0; i < MT_TABLE; i++)
-        mt.freed_at[i] = UINT64_MAX;
-    pthread_t t[MT_THREADS];
-    for (int i = 0; i < MT_THREADS; i++)
-        pthread_create(&t[i], NULL, mt_worker, p);
-    for (int i = 0; i < MT_THREADS; i++)
-        pthread_join(t[i], NULL);
-    vg_pool_stats_t s = stats_of(p);
-    d->cuCtxSynchronize = real_sync;
+    vg_pool_stats_t s = mt_run(p, mt_worker, NULL);
     cr_expect_eq(atomic_load(&mt.violations), 0, "a block came back with no sync after its free");
     cr_expect_gt(atomic_load(&mt.reused), 1000, "blocks were reused (%d)", atomic_load(&mt.reused));
     cr_expect_eq(s.reuse_syncs, atomic_load(&syncs_seen));
@@ -561,6 +584,18 @@ static void arena_steps(struct arena_step *steps, int n)
     }
 }
 
+/* Two threads' steps, the first freeing its block if `free_first`; both
+ * succeed, in different arenas. */
+static void two_arena_steps(vg_pool_t *p, bool free_first, struct arena_step s[2])
+{
+    s[0] = (struct arena_step){.pool = p, .free_it = free_first};
+    s[1] = (struct arena_step){.pool = p};
+    arena_steps(s, 2);
+    cr_assert_eq(s[0].rc, VG_OK);
+    cr_assert_eq(s[1].rc, VG_OK);
+    cr_expect_neq(s[0].arena, s[1].arena);
+}
+
 static vg_devptr_t chunk_base_of(vg_devptr_t ptr)
 {
     vg__chunk_ref_t ref;
@@ -571,15 +606,13 @@ static vg_devptr_t chunk_base_of(vg_devptr_t ptr)
 Test(pool_cache, threads_of_different_arenas_carve_different_chunks)
 {
     vg_pool_t *p = pool_with_arenas(64 * MiB, 2);
-    struct arena_step s[2] = {{.pool = p}, {.pool = p}};
-    arena_steps(s, 2);
-    cr_assert_eq(s[0].rc, VG_OK);
-    cr_assert_eq(s[1].rc, VG_OK);
-    cr_expect_neq(s[0].arena, s[1].arena);
+    struct arena_step s[2];
+    two_arena_steps(p, false, s);
     cr_expect_neq(chunk_base_of(s[0].ptr), chunk_base_of(s[1].ptr),
                   "two arenas share a chunk");
     cr_expect_eq(stats_of(p).used, 2 * VG__CHUNK_SMALL);
-    /* Each frees the other's block: both go back to their own classes. */
+    /* This thread (the third, so arena 0 again) frees both: one block of
+     * its own arena, one of the other; each goes back to its own class. */
     cr_assert_eq(vg_pool_free(p, s[0].ptr), VG_OK);
     cr_assert_eq(vg_pool_free(p, s[1].ptr), VG_OK);
     vg_pool_stats_t st = stats_of(p);
@@ -594,11 +627,8 @@ Test(pool_cache, near_the_budget_a_thread_takes_another_arenas_blocks)
 {
     /* Room for one 2 MiB chunk, not two. */
     vg_pool_t *p = pool_with_arenas(3 * MiB, 2);
-    struct arena_step s[2] = {{.pool = p, .free_it = true}, {.pool = p}};
-    arena_steps(s, 2);
-    cr_assert_eq(s[0].rc, VG_OK);
-    cr_assert_eq(s[1].rc, VG_OK);
-    cr_expect_neq(s[0].arena, s[1].arena);
+    struct arena_step s[2];
+    two_arena_steps(p, true, s);
     cr_expect_eq(chunk_base_of(s[1].ptr), chunk_base_of(s[0].ptr),
                  "served from the other arena's chunk");
     vg_pool_stats_t st = stats_of(p);
@@ -616,11 +646,19 @@ static _Atomic vg_devptr_t xfer[XFER_SLOTS];
 
 static void xfer_free(vg_pool_t *p, vg_devptr_t ptr)
 {
-    pthread_mutex_lock(&mt.mu);
-    mt.freed_at[mt_slot(ptr)] = atomic_load(&syncs_seen);
-    pthread_mutex_unlock(&mt.mu);
+    mt_freeing(ptr);
     if (vg_pool_free(p, ptr) != VG_OK)
         atomic_fetch_add(&mt.violations, 1);
+}
+
+/* The blocks left in the table, after the threads. */
+static void xfer_drain(vg_pool_t *p)
+{
+    for (int i = 0; i < XFER_SLOTS; i++) {
+        vg_devptr_t old = atomic_exchange(&xfer[i], 0);
+        if (old)
+            xfer_free(p, old);
+    }
 }
 
 static void *xfer_worker(void *arg)
@@ -639,16 +677,7 @@ static void *xfer_worker(void *arg)
             atomic_fetch_add(&mt.violations, 1);
             continue;
         }
-        uint64_t now = atomic_load(&syncs_seen);
-        pthread_mutex_lock(&mt.mu);
-        int h = mt_slot(ptr);
-        bool seen = mt.freed_at[h] != UINT64_MAX;
-        if (seen && now <= mt.freed_at[h])
-            atomic_fetch_add(&mt.violations, 1);
-        if (seen)
-            atomic_fetch_add(&mt.reused, 1);
-        mt.freed_at[h] = UINT64_MAX; /* live again */
-        pthread_mutex_unlock(&mt.mu);
+        mt_allocated(ptr);
         if ((old = atomic_exchange(&xfer[slot], ptr)) != 0)
             xfer_free(p, old);
     }
@@ -659,23 +688,7 @@ Test(pool_cache, blocks_freed_across_arenas_are_reused_only_after_a_synchronisat
      .timeout = 120)
 {
     vg_pool_t *p = pool_with_arenas(64 * MiB, MT_THREADS);
-    vg__driver_t *d = (vg__driver_t *)vg__driver();
-    real_sync = d->cuCtxSynchronize;
-    d->cuCtxSynchronize = counting_sync;
-    for (int i = 0; i < MT_TABLE; i++)
-        mt.freed_at[i] = UINT64_MAX;
-    pthread_t t[MT_THREADS];
-    for (int i = 0; i < MT_THREADS; i++)
-        pthread_create(&t[i], NULL, xfer_worker, p);
-    for (int i = 0; i < MT_THREADS; i++)
-        pthread_join(t[i], NULL);
-    for (int i = 0; i < XFER_SLOTS; i++) {
-        vg_devptr_t old = atomic_exchange(&xfer[i], 0);
-        if (old)
-            xfer_free(p, old);
-    }
-    vg_pool_stats_t s = stats_of(p);
-    d->cuCtxSynchronize = real_sync;
+    vg_pool_stats_t s = mt_run(p, xfer_worker, xfer_drain);
     cr_expect_eq(atomic_load(&mt.violations), 0, "a block came back with no sync after its free");
     cr_expect_gt(atomic_load(&mt.reused), 1000, "blocks were reused (%d)", atomic_load(&mt.reused));
     cr_expect_eq(s.live_count, 0u);
