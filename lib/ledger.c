@@ -21,14 +21,20 @@
  * and the directory entries of its granules, whatever addresses the
  * driver hands out; a free from another thread finds the record through
  * the directory in one step (no scan, no global lock) and takes the
- * owner's lock. What this does not fix: threads whose live keys are
- * neighbours share a granule, its entry and its owner's lock. The real
- * driver does that to small allocations (on the H200, 16 threads' 4 KiB
- * pairs all fell in one granule), and so did the shim's cache mode until
- * the pool gave each thread an arena of its own (lib/vg_pool.h). A 4 KiB
- * granule with neighbouring entries on different cache lines removed the
- * collapse on 2 cores but cost a walk of fresh addresses a claim per pair;
- * it was not kept (docs/benchmarks.md, "Pool arenas").
+ * owner's lock.
+ *
+ * Split granules. Threads whose live keys are neighbours would share a
+ * granule, its entry and its owner's lock: the real driver hands 16
+ * threads' small allocations out side by side (on the H200, 16 threads'
+ * 4 KiB pairs all fell in one granule). So the first insert into a granule
+ * whose records are another shard's splits it (split()): the granule's
+ * entry then points to 16 entries of its own, one per 4 KiB, each on its
+ * own cache line and each behaving as a granule's entry did. A split is
+ * for good and needs the owner's lock and a scan of its table (not done
+ * above SPLIT_SCAN_MAX records). A 4 KiB granule everywhere would do the
+ * same for neighbours, but costs a thread walking fresh addresses a claim
+ * (a compare-and-swap) per allocation instead of one per 64 KiB
+ * (docs/benchmarks.md, "Pool arenas").
  *
  * Measured before this (shards picked by a hash of the granule): a thread
  * walking fresh addresses moved to a new shard every 64 KiB, whose lock,
@@ -37,14 +43,16 @@
  * granule made 16 MiB (one shard per thread in effect) x1.9
  * (docs/benchmarks.md).
  *
- * The directory's invariant: every record keyed in granule g lives in the
- * shard owner(g). A directory entry is owner+1 in its low 8 bits (0:
- * unowned) and the count of g's records in the owner above them. It
- * changes from unowned to owned by a compare-and-swap; every later write
- * (count up, count down, a hand-over at count 0) is made holding the
- * current owner's lock. A reader loads the entry, takes the owner's lock
- * and checks the owner again (it may have been handed over meanwhile).
- * Directory nodes are never freed.
+ * The directory's invariant: every record keyed in granule g (in a split
+ * granule: in one 4 KiB of it) lives in the shard owner(g). A directory
+ * entry is owner+1 in its low 8 bits (0: unowned) and the count of g's
+ * records in the owner above them, or, split, ENTRY_FINE and the address
+ * of its 16 entries. It changes from unowned to owned by a
+ * compare-and-swap; every later write (count up, count down, a hand-over
+ * at count 0, a split) is made holding the current owner's lock. A reader
+ * loads the entry, takes the owner's lock and checks the entry again (it
+ * may have been handed over or split meanwhile). Directory nodes and
+ * split entries are never freed.
  *
  * Cost: insert and remove are one uncontended lock/unlock, one directory
  * lookup (the thread keeps its last leaf), one hash probe and one 112-byte
@@ -124,6 +132,22 @@ static _Atomic uint64_t seq_counter;
 #define DIR_MASK (DIR_FAN - 1)
 #define ENTRY_OWNER 0xffull /* owner + 1; 0: unowned */
 #define ENTRY_ONE 0x100ull  /* one record in the count above the owner */
+/* A split granule: the rest of the entry is its fine_t's address (256-byte
+ * aligned, so its owner bits read as 0: unowned). */
+#define ENTRY_FINE (1ull << 63)
+#define FINE_SHIFT 12 /* a split granule has an entry per 4 KiB */
+#define FINE_SUBS (1u << (VG__GRANULE_SHIFT - FINE_SHIFT))
+/* A split scans its owner's table: not when that holds more records. */
+#define SPLIT_SCAN_MAX 4096u
+
+/* The entries of a split granule, a cache line each (neighbouring threads
+ * write neighbouring entries). Never freed, like the directory's nodes. */
+typedef struct fine {
+    struct {
+        _Atomic uint64_t entry;
+        char pad[64 - sizeof(uint64_t)];
+    } sub[FINE_SUBS];
+} fine_t;
 
 typedef struct dir_node {
     _Atomic(void *) slot[DIR_FAN]; /* a dir_node, or a leaf at the last level */
@@ -191,6 +215,44 @@ static inline unsigned owner_of(uint64_t entry)
     return (unsigned)(entry & ENTRY_OWNER);
 }
 
+/* The entry of key's 4 KiB in the split granule whose entry reads v. */
+static inline _Atomic uint64_t *fine_entry(uint64_t v, vg_devptr_t key)
+{
+    fine_t *f = (fine_t *)(uintptr_t)(v & ~ENTRY_FINE);
+    return &f->sub[(key >> FINE_SHIFT) & (FINE_SUBS - 1)].entry;
+}
+
+/*
+ * Splits key's granule (entry e, owned by s, whose lock is held) into
+ * FINE_SUBS entries of its own, each owned by s with the count of s's
+ * records in it, or unowned: threads whose keys are neighbours (the real
+ * driver hands 16 threads' small allocations out side by side) then stop
+ * sharing one shard. Counting scans s's table, so a shard holding more
+ * than SPLIT_SCAN_MAX records is not split (nor is any without memory).
+ * The invariant holds throughout: s holds every record of the granule,
+ * and no entry of it changes without s's lock. A split is for good.
+ */
+__attribute__((noinline, cold)) static bool split(_Atomic uint64_t *e, vg__shard_t *s,
+                                                  vg_devptr_t key)
+{
+    if (atomic_load_explicit(&s->live, memory_order_relaxed) > SPLIT_SCAN_MAX)
+        return false;
+    fine_t *f = aligned_alloc(256, sizeof *f);
+    if (!f)
+        return false;
+    uint64_t count[FINE_SUBS] = {0}, g = key >> VG__GRANULE_SHIFT;
+    vg__rec_t *r, *tmp;
+    HASH_ITER(hh, s->table, r, tmp) {
+        if (r->a.ptr && r->a.ptr >> VG__GRANULE_SHIFT == g)
+            count[(r->a.ptr >> FINE_SHIFT) & (FINE_SUBS - 1)]++;
+    }
+    uint64_t owner = (uint64_t)(s - shards) + 1;
+    for (unsigned i = 0; i < FINE_SUBS; i++)
+        atomic_init(&f->sub[i].entry, count[i] ? owner | count[i] * ENTRY_ONE : 0);
+    atomic_store_explicit(e, ENTRY_FINE | (uint64_t)(uintptr_t)f, memory_order_release);
+    return true;
+}
+
 /* The calling thread's home shard + 1. */
 static inline unsigned home(void)
 {
@@ -200,59 +262,89 @@ static inline unsigned home(void)
     return home_plus1;
 }
 
+/* A locked shard and the directory entry its records of a key count in. */
+typedef struct owned {
+    vg__shard_t *s; /* NULL: none (an unowned entry, not claiming) */
+    _Atomic uint64_t *e;
+} owned_t;
+
 /*
- * Locks and returns the shard holding e's granule. With `claim` (an
- * insert) an unowned granule becomes the calling thread's home shard's,
- * and an owned one with no records passes to it when its lock is free
- * at once (never waiting on a second lock while holding one). Without
- * `claim`, NULL for an unowned granule.
+ * Locks and returns the shard holding key's records, with the entry they
+ * are counted in: the granule's, or key's 4 KiB of it once it
+ * is split. With `claim` (an insert) an unowned entry becomes the calling
+ * thread's home shard's, an owned one with no records passes to it when
+ * its lock is free at once (never waiting on a second lock while holding
+ * one), and a granule owned by another shard, with records, is split
+ * (split() above). Without `claim`, NULL for an unowned entry.
  */
-__attribute__((noinline)) static vg__shard_t *lock_owner_slow(_Atomic uint64_t *e, bool claim)
+__attribute__((noinline)) static owned_t lock_owner_slow(_Atomic uint64_t *e, vg_devptr_t key,
+                                                        bool claim, bool sub)
 {
-    for (;;) {
-        uint64_t v = atomic_load_explicit(e, memory_order_relaxed);
+    for (;;) { /* e is a split granule's sub-entry if `sub` */
+        uint64_t v = atomic_load_explicit(e, memory_order_acquire);
+        if (v & ENTRY_FINE) {
+            e = fine_entry(v, key);
+            sub = true;
+            continue;
+        }
         if (!owner_of(v)) {
             if (!claim)
-                return NULL;
+                return (owned_t){NULL, e};
             uint64_t mine = home();
             if (!atomic_compare_exchange_strong_explicit(e, &v, mine, memory_order_relaxed,
                                                          memory_order_relaxed))
                 continue;
             v = mine;
         }
-        vg__shard_t *s = &shards[owner_of(v) - 1];
+        unsigned o = owner_of(v);
+        vg__shard_t *s = &shards[o - 1];
         vg__spin_lock(&s->lock);
         v = atomic_load_explicit(e, memory_order_relaxed);
-        if (vg__unlikely(&shards[owner_of(v) - 1] != s)) {
-            vg__spin_unlock(&s->lock); /* handed over meanwhile */
+        if (vg__unlikely(owner_of(v) != o || (v & ENTRY_FINE))) {
+            vg__spin_unlock(&s->lock); /* handed over or split meanwhile */
             continue;
         }
-        unsigned mine = claim ? home() : owner_of(v);
-        if (v >= ENTRY_ONE || mine == owner_of(v))
-            return s;
+        unsigned mine = claim ? home() : o;
+        if (mine == o)
+            return (owned_t){s, e};
+        if (v >= ENTRY_ONE) {
+            if (sub || !split(e, s, key))
+                return (owned_t){s, e}; /* this insert joins the owner's shard */
+            vg__spin_unlock(&s->lock); /* look again, at key's 4 KiB */
+            continue;
+        }
         vg__shard_t *h = &shards[mine - 1];
         if (!vg__spin_trylock(&h->lock))
-            return s; /* busy: this insert stays with the owner */
+            return (owned_t){s, e}; /* busy: this insert stays with the owner */
         atomic_store_explicit(e, mine, memory_order_relaxed);
         vg__spin_unlock(&s->lock);
-        return h;
+        return (owned_t){h, e};
     }
 }
 
 /* The common case inline: the granule is owned, and by this thread's home
- * shard when inserting (else the slow path may hand it over). */
-static inline vg__shard_t *lock_owner(_Atomic uint64_t *e, bool claim)
+ * shard when inserting (else the slow path may hand it over, split it, or
+ * find it split). A split granule's entry reads as unowned. */
+static inline owned_t lock_owner(_Atomic uint64_t *e, vg_devptr_t key, bool claim)
 {
     uint64_t v = atomic_load_explicit(e, memory_order_relaxed);
+    bool sub = false;
+    if (vg__unlikely(v & ENTRY_FINE)) { /* split: key's 4 KiB has the entry */
+        /* Again, acquiring what split() published (a split is for good). */
+        v = atomic_load_explicit(e, memory_order_acquire);
+        e = fine_entry(v, key);
+        v = atomic_load_explicit(e, memory_order_relaxed);
+        sub = true;
+    }
     unsigned o = owner_of(v);
     if (vg__likely(o) && (!claim || o == home_plus1)) {
         vg__shard_t *s = &shards[o - 1];
         vg__spin_lock(&s->lock);
         if (vg__likely(owner_of(atomic_load_explicit(e, memory_order_relaxed)) == o))
-            return s;
-        vg__spin_unlock(&s->lock); /* handed over meanwhile */
+            return (owned_t){s, e};
+        vg__spin_unlock(&s->lock); /* handed over or split meanwhile */
     }
-    return lock_owner_slow(e, claim);
+    return lock_owner_slow(e, key, claim, sub);
 }
 
 /* One record more (ENTRY_ONE) or fewer (-ENTRY_ONE) in e's granule:
@@ -371,7 +463,9 @@ int vg__ledger_insert(const vg__alloc_t *a)
     _Atomic uint64_t *e = dir_entry(a->ptr, true);
     if (vg__unlikely(!e))
         return VG_ESYS;
-    vg__shard_t *s = lock_owner(e, true);
+    owned_t o = lock_owner(e, a->ptr, true);
+    vg__shard_t *s = o.s;
+    e = o.e;
     int rc = insert_locked(s, a);
     if (vg__likely(rc == VG_OK))
         entry_add(e, ENTRY_ONE);
@@ -382,9 +476,11 @@ int vg__ledger_insert(const vg__alloc_t *a)
 int vg__ledger_remove(vg_devptr_t ptr, const void *owner, vg__alloc_t *out)
 {
     _Atomic uint64_t *e = ptr ? dir_entry(ptr, false) : NULL;
-    vg__shard_t *s = e ? lock_owner(e, false) : NULL;
+    owned_t o = e ? lock_owner(e, ptr, false) : (owned_t){NULL, NULL};
+    vg__shard_t *s = o.s;
     if (!s)
         return VG_ENOTFOUND;
+    e = o.e;
     int rc = VG_ENOTFOUND;
     vg__rec_t *r = shard_find(s, ptr);
     if (!r || (owner != VG__ANY_OWNER && r->a.owner != owner))
@@ -420,7 +516,7 @@ out:
 int vg__ledger_find(vg_devptr_t ptr, vg__alloc_t *out)
 {
     _Atomic uint64_t *e = ptr ? dir_entry(ptr, false) : NULL;
-    vg__shard_t *s = e ? lock_owner(e, false) : NULL;
+    vg__shard_t *s = e ? lock_owner(e, ptr, false).s : NULL;
     if (!s)
         return VG_ENOTFOUND;
     vg__rec_t *r = shard_find(s, ptr);
@@ -428,6 +524,17 @@ int vg__ledger_find(vg_devptr_t ptr, vg__alloc_t *out)
         *out = r->a;
     vg__spin_unlock(&s->lock);
     return r ? VG_OK : VG_ENOTFOUND;
+}
+
+int vg__ledger_shard_of(vg_devptr_t ptr)
+{
+    _Atomic uint64_t *e = ptr ? dir_entry(ptr, false) : NULL;
+    vg__shard_t *s = e ? lock_owner(e, ptr, false).s : NULL;
+    if (!s)
+        return -1;
+    int i = shard_find(s, ptr) ? (int)(s - shards) : -1;
+    vg__spin_unlock(&s->lock);
+    return i;
 }
 
 /* The bytes a freed record covered: from the driver's base to the end of

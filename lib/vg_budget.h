@@ -132,6 +132,9 @@ int vg__ledger_find(vg_devptr_t ptr, vg__alloc_t *out);
 int vg__ledger_find_freed(vg_devptr_t ptr, vg__alloc_t *out);
 /* Number of live allocations. */
 uint64_t vg__ledger_count(void);
+/* The shard holding ptr's live record, -1 when none (for tests: which
+ * records share a lock). */
+int vg__ledger_shard_of(vg_devptr_t ptr);
 /* Calls fn on a copy of each live allocation (owner filter as remove). The
  * ledger may change meanwhile; each record is visited at most once. */
 typedef void (*vg__alloc_visit_fn)(const vg__alloc_t *a, void *ctx);
