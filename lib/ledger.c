@@ -246,9 +246,15 @@ __attribute__((noinline, cold)) static bool split(_Atomic uint64_t *e, vg__shard
         if (r->a.ptr && r->a.ptr >> VG__GRANULE_SHIFT == g)
             count[(r->a.ptr >> FINE_SHIFT) & (FINE_SUBS - 1)]++;
     }
-    uint64_t owner = (uint64_t)(s - shards) + 1;
-    for (unsigned i = 0; i < FINE_SUBS; i++)
+    uint64_t owner = (uint64_t)(s - shards) + 1, total = 0;
+    for (unsigned i = 0; i < FINE_SUBS; i++) {
         atomic_init(&f->sub[i].entry, count[i] ? owner | count[i] * ENTRY_ONE : 0);
+        total += count[i];
+    }
+    if (total != atomic_load_explicit(e, memory_order_relaxed) / ENTRY_ONE) {
+        free(f); /* the counts disagree: leave the granule whole */
+        return false;
+    }
     atomic_store_explicit(e, ENTRY_FINE | (uint64_t)(uintptr_t)f, memory_order_release);
     return true;
 }
