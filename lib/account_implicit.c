@@ -235,16 +235,25 @@ void vg__acct_implicit_undone(int device)
 
 struct dev_keys {
     int device;
+    uint64_t ctx; /* the context that went, 0 when not known */
     uint64_t *keys;
     size_t n, cap;
 };
 
+/* An array (its record's handle is the context it was made in) dies with
+ * its context; the driver cannot be asked about a handle it freed. */
+static bool array_of(const vg__alloc_t *a, uint64_t ctx)
+{
+    return a->kind == VG_KIND_ARRAY && ctx && a->handle == ctx;
+}
+
 static void collect_device(const vg__alloc_t *a, void *ctx)
 {
     struct dev_keys *k = ctx;
-    if (a->device != k->device || a->pooled || (a->ptr & VG__KEY_HANDLE) ||
-        a->owner || a->kind == VG_KIND_ASYNC)
-        return; /* pools, VMM and stream-ordered memory outlive contexts */
+    if (a->device != k->device || a->pooled || a->owner || a->kind == VG_KIND_ASYNC)
+        return; /* pools and stream-ordered memory outlive contexts */
+    if ((a->ptr & VG__KEY_HANDLE) && !array_of(a, k->ctx))
+        return; /* VMM handles do too; other contexts' arrays live on */
     if (k->n == k->cap)
         return;
     k->keys[k->n++] = a->ptr;
@@ -260,17 +269,17 @@ static bool gone(uint64_t ptr)
            cr == CUDA_ERROR_INVALID_CONTEXT;
 }
 
-void vg__acct_context_gone(int device, const char *api)
+void vg__acct_context_gone(int device, CUcontext ctx, const char *api)
 {
     if (device < 0 || device >= VG__MAX_DEVICES || vg__engine_init() != VG_OK)
         return;
     size_t cap = (size_t)vg__ledger_count() + 16;
-    struct dev_keys k = {device, calloc(cap, sizeof(uint64_t)), 0, cap};
+    struct dev_keys k = {device, (uint64_t)(uintptr_t)ctx, calloc(cap, sizeof(uint64_t)), 0, cap};
     if (!k.keys)
         return;
     vg__ledger_foreach(NULL, collect_device, &k);
     for (size_t i = 0; i < k.n; i++) {
-        if (gone(k.keys[i]))
+        if ((k.keys[i] & VG__KEY_HANDLE) || gone(k.keys[i])) /* arrays: collected */
             vg__acct_release_freed(k.keys[i], api);
     }
     free(k.keys);

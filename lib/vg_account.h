@@ -234,10 +234,11 @@ bool vg__acct_implicit_may_shrink(int device);
  * vg__acct_implicit_undone(). */
 int vg__acct_implicit_took(int device, const char *api);
 void vg__acct_implicit_undone(int device);
-/* A context of `device` was destroyed or reset: drops the records of
- * memory the driver no longer knows (audited as frees by `api`), its
- * limit charges, and measures the device again at its next allocation. */
-void vg__acct_context_gone(int device, const char *api);
+/* Context `ctx` of `device` was destroyed or reset (ctx NULL: not known):
+ * drops the records of memory the driver no longer knows and of the
+ * arrays made in ctx (audited as frees by `api`), its limit charges, and
+ * measures the device again at its next allocation. */
+void vg__acct_context_gone(int device, CUcontext ctx, const char *api);
 
 /* Fork steps (fork.c, rank IMPLICIT_FIRST: held across a first use). */
 void vg__account_implicit_prefork(void);

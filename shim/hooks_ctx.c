@@ -86,7 +86,7 @@ static CUresult ctx_destroy(CUresult (*real)(CUcontext), CUcontext ctx, const ch
     int device = ctx_device(ctx);
     CUresult cr = real(ctx);
     if (cr == CUDA_SUCCESS && device >= 0)
-        vg__acct_context_gone(device, api);
+        vg__acct_context_gone(device, ctx, api);
     return cr;
 }
 

@@ -21,6 +21,15 @@ static uint64_t key_of(const void *handle)
     return (uint64_t)(uintptr_t)handle | VG__KEY_HANDLE;
 }
 
+/* An array's record keeps the context it was made in (its handle): the
+ * array dies with that context (vg__acct_context_gone). */
+static uint64_t current_ctx(void)
+{
+    CUcontext ctx = NULL;
+    vg__driver()->cuCtxGetCurrent(&ctx);
+    return (uint64_t)(uintptr_t)ctx;
+}
+
 /* --------------------------------------------------------------- VMM */
 
 /* Only device-located physical memory is VRAM; host-located VMM memory
@@ -145,7 +154,7 @@ static CUresult array_settle(vg__ticket_t *t, CUresult cr, CUarray arr)
         vg__acct_cancel(t);
         return CUDA_ERROR_OUT_OF_MEMORY;
     }
-    vg__acct_commit(t, key_of(arr), t->bytes, 0);
+    vg__acct_commit(t, key_of(arr), t->bytes, current_ctx());
     return CUDA_SUCCESS;
 }
 
@@ -263,7 +272,7 @@ CUresult cuMipmappedArrayCreate(CUmipmappedArray *pHandle, const CUDA_ARRAY3D_DE
         vg__acct_cancel(&t);
         return CUDA_ERROR_OUT_OF_MEMORY;
     }
-    vg__acct_commit(&t, key_of(*pHandle), t.bytes, 0);
+    vg__acct_commit(&t, key_of(*pHandle), t.bytes, current_ctx());
     return CUDA_SUCCESS;
 }
 

@@ -126,18 +126,36 @@ CUresult cuIpcGetMemHandle(CUipcMemHandle *pHandle, CUdeviceptr dptr)
     return vg__real.cuIpcGetMemHandle(pHandle, dptr);
 }
 
+/* The primary context of dev while it is active, else NULL (none can
+ * hold an array then). Retained and released at once: its count is at
+ * least 1 while active, so this changes nothing. */
+static CUcontext primary_of(CUdevice dev)
+{
+    const vg__driver_t *d = vg__driver();
+    unsigned int flags = 0;
+    int active = 0;
+    CUcontext ctx = NULL;
+    if (d->cuDevicePrimaryCtxGetState(dev, &flags, &active) != CUDA_SUCCESS || !active ||
+        d->cuDevicePrimaryCtxRetain(&ctx, dev) != CUDA_SUCCESS)
+        return NULL;
+    d->cuDevicePrimaryCtxRelease_v2(dev);
+    return ctx;
+}
+
 /* A reset destroys every allocation of the primary context, the pool's
- * chunks included: the pool is released first, then the driver resets,
- * then the records of what died with it are dropped and uncharged. */
+ * chunks and its arrays included: the pool is released first, then the
+ * driver resets, then the records of what died with it are dropped and
+ * uncharged. */
 static CUresult primary_reset(CUresult (*real)(CUdevice), CUdevice dev)
 {
     if (!real)
         return CUDA_ERROR_NOT_FOUND;
     if (vg__unlikely(vg__cache_mode_on()))
         vg__acct_pooled_reset((int)dev);
+    CUcontext primary = primary_of(dev);
     CUresult cr = real(dev);
     if (cr == CUDA_SUCCESS)
-        vg__acct_context_gone((int)dev, "cuDevicePrimaryCtxReset");
+        vg__acct_context_gone((int)dev, primary, "cuDevicePrimaryCtxReset");
     return cr;
 }
 

@@ -237,6 +237,22 @@ Test(truth, a_destroyed_context_gives_its_memory_back)
     }
 }
 
+/* An array made in a context dies with it, destroyed or (the primary)
+ * reset: its charge goes back, so 600 MiB fit again under 1 GiB. */
+Test(truth, an_array_gives_its_memory_back_with_its_context)
+{
+    static truth_t t;
+    static const char *const cases[] = {"array_ctx_destroy", "array_reset"};
+    for (int i = 0; i < 2; i++) {
+        run_truth(&t, cases[i], "1GiB", NULL);
+        expect_rc(&t, "create_rc", 0);
+        expect_rc(&t, "first_rc", 0);
+        expect_rc(&t, "destroy_rc", 0);
+        expect_rc(&t, "second_rc", 0);
+        expect_peak_within(&t, GiB);
+    }
+}
+
 /* ------------------------------------------------------ h. free ordering */
 
 /* A free that takes 200 us: the budget may be given back only once the

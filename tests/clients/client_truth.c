@@ -31,6 +31,10 @@
  *   race        16 threads, from the first allocation, 32 MiB each until refused
  *   ctx_destroy[_v1] 600 MiB in a created context, cuCtxDestroy_v2 (_v1:
  *               the legacy cuCtxDestroy), then 600 MiB in the primary
+ *   array_ctx_destroy a 600 MiB array in a created context, cuCtxDestroy,
+ *               then 600 MiB in the primary
+ *   array_reset a 600 MiB array in the primary context,
+ *               cuDevicePrimaryCtxReset, then 600 MiB in the primary
  *   free_order  16 threads allocate and free 1 KiB..64 MiB for 2 s
  *   churn_credit 16 threads allocate and free for 2 s, half the requests of
  *               1 KiB..32 KiB (paid from per-thread credit under a 32 MiB
@@ -330,6 +334,29 @@ static void case_ctx_destroy(const char *name, bool legacy)
         cuMemFree(b);
 }
 
+/* An array dies with its context too (the driver cannot be asked about a
+ * freed handle). 16384 x 2400 texels of 4 floats: 600 MiB. */
+static void case_array_gone(const char *name, bool reset)
+{
+    const CUDA_ARRAY_DESCRIPTOR d = {.Width = 16384, .Height = 2400,
+                                     .Format = CU_AD_FORMAT_FLOAT, .NumChannels = 4};
+    CUcontext c = g_ctx;
+    CUarray arr = NULL;
+    CUdeviceptr b = 0;
+    CUresult create = reset ? CUDA_SUCCESS : cuCtxCreate(&c, NULL, 0, g_dev);
+    CUresult first = create == CUDA_SUCCESS ? cuArrayCreate(&arr, &d) : create;
+    CUresult destroy = create != CUDA_SUCCESS ? create
+                       : reset                ? cuDevicePrimaryCtxReset(g_dev)
+                                              : cuCtxDestroy(c);
+    cuCtxSetCurrent(g_ctx);
+    CUresult second = cuMemAlloc(&b, 600 * MiB);
+    printf("path=%s create_rc=%d first_rc=%d destroy_rc=%d second_rc=%d", name, create, first,
+           destroy, second);
+    finish();
+    if (second == CUDA_SUCCESS)
+        cuMemFree(b);
+}
+
 /* ------------------------------------------------------ h. free ordering */
 
 static unsigned long long next_rand(unsigned long long *s)
@@ -495,6 +522,8 @@ int main(int argc, char **argv)
         case_race();
     else if (!strcmp(c, "ctx_destroy") || !strcmp(c, "ctx_destroy_v1"))
         case_ctx_destroy(c, !strcmp(c, "ctx_destroy_v1"));
+    else if (!strcmp(c, "array_ctx_destroy") || !strcmp(c, "array_reset"))
+        case_array_gone(c, !strcmp(c, "array_reset"));
     else if (!strcmp(c, "churn_credit"))
         case_churn_credit();
     else if (!strcmp(c, "free_order"))
