@@ -46,8 +46,8 @@
  * The directory's invariant: every record keyed in granule g (in a split
  * granule: in one 4 KiB of it) lives in the shard owner(g). A directory
  * entry is owner+1 in its low 8 bits (0: unowned) and the count of g's
- * records in the owner above them, or, split, ENTRY_FINE and the address
- * of its 16 entries. It changes from unowned to owned by a
+ * records in the owner above them, or, split, the address of its 16
+ * entries (split_of()). It changes from unowned to owned by a
  * compare-and-swap; every later write (count up, count down, a hand-over
  * at count 0, a split) is made holding the current owner's lock. A reader
  * loads the entry, takes the owner's lock and checks the entry again (it
@@ -132,9 +132,6 @@ static _Atomic uint64_t seq_counter;
 #define DIR_MASK (DIR_FAN - 1)
 #define ENTRY_OWNER 0xffull /* owner + 1; 0: unowned */
 #define ENTRY_ONE 0x100ull  /* one record in the count above the owner */
-/* A split granule: the rest of the entry is its fine_t's address (256-byte
- * aligned, so its owner bits read as 0: unowned). */
-#define ENTRY_FINE (1ull << 63)
 #define FINE_SHIFT 12 /* a split granule has an entry per 4 KiB */
 #define FINE_SUBS (1u << (VG__GRANULE_SHIFT - FINE_SHIFT))
 /* A split scans its owner's table: not when that holds more records. */
@@ -215,10 +212,18 @@ static inline unsigned owner_of(uint64_t entry)
     return (unsigned)(entry & ENTRY_OWNER);
 }
 
+/* A split granule's entry is its fine_t's address, plain (so that leak
+ * checkers see it): 256-byte aligned, so its owner bits are 0, and not 0,
+ * which is what an unowned entry always is. */
+static inline bool split_of(uint64_t entry)
+{
+    return entry && !owner_of(entry);
+}
+
 /* The entry of key's 4 KiB in the split granule whose entry reads v. */
 static inline _Atomic uint64_t *fine_entry(uint64_t v, vg_devptr_t key)
 {
-    fine_t *f = (fine_t *)(uintptr_t)(v & ~ENTRY_FINE);
+    fine_t *f = (fine_t *)(uintptr_t)v;
     return &f->sub[(key >> FINE_SHIFT) & (FINE_SUBS - 1)].entry;
 }
 
@@ -255,7 +260,7 @@ __attribute__((noinline, cold)) static bool split(_Atomic uint64_t *e, vg__shard
         free(f); /* the counts disagree: leave the granule whole */
         return false;
     }
-    atomic_store_explicit(e, ENTRY_FINE | (uint64_t)(uintptr_t)f, memory_order_release);
+    atomic_store_explicit(e, (uint64_t)(uintptr_t)f, memory_order_release);
     return true;
 }
 
@@ -288,7 +293,7 @@ __attribute__((noinline)) static owned_t lock_owner_slow(_Atomic uint64_t *e, vg
 {
     for (;;) { /* e is a split granule's sub-entry if `sub` */
         uint64_t v = atomic_load_explicit(e, memory_order_acquire);
-        if (v & ENTRY_FINE) {
+        if (split_of(v)) {
             e = fine_entry(v, key);
             sub = true;
             continue;
@@ -306,7 +311,7 @@ __attribute__((noinline)) static owned_t lock_owner_slow(_Atomic uint64_t *e, vg
         vg__shard_t *s = &shards[o - 1];
         vg__spin_lock(&s->lock);
         v = atomic_load_explicit(e, memory_order_relaxed);
-        if (vg__unlikely(owner_of(v) != o || (v & ENTRY_FINE))) {
+        if (vg__unlikely(owner_of(v) != o)) {
             vg__spin_unlock(&s->lock); /* handed over or split meanwhile */
             continue;
         }
@@ -335,7 +340,7 @@ static inline owned_t lock_owner(_Atomic uint64_t *e, vg_devptr_t key, bool clai
 {
     uint64_t v = atomic_load_explicit(e, memory_order_relaxed);
     bool sub = false;
-    if (vg__unlikely(v & ENTRY_FINE)) { /* split: key's 4 KiB has the entry */
+    if (vg__unlikely(split_of(v))) { /* key's 4 KiB has the entry */
         /* Again, acquiring what split() published (a split is for good). */
         v = atomic_load_explicit(e, memory_order_acquire);
         e = fine_entry(v, key);
