@@ -316,37 +316,27 @@ static void case_race(void)
 
 /* ------------------------------------------------------ g. destroyed context */
 
-static void case_ctx_destroy(const char *name, bool legacy)
-{
-    CUcontext c;
-    CUdeviceptr a = 0, b = 0;
-    CUresult create = cuCtxCreate(&c, NULL, 0, g_dev);
-    CUresult first = create == CUDA_SUCCESS ? cuMemAlloc(&a, 600 * MiB) : create;
-    CUresult destroy = create != CUDA_SUCCESS ? create
-                       : legacy               ? truth_ctx_destroy_v1(c)
-                                              : cuCtxDestroy(c);
-    cuCtxSetCurrent(g_ctx);
-    CUresult second = cuMemAlloc(&b, 600 * MiB);
-    printf("path=%s create_rc=%d first_rc=%d destroy_rc=%d second_rc=%d", name, create, first,
-           destroy, second);
-    finish();
-    if (second == CUDA_SUCCESS)
-        cuMemFree(b);
-}
+/* How the context goes. */
+typedef enum { GO_DESTROY, GO_DESTROY_V1, GO_RESET } go_t;
 
-/* An array dies with its context too (the driver cannot be asked about a
- * freed handle). 16384 x 2400 texels of 4 floats: 600 MiB. */
-static void case_array_gone(const char *name, bool reset)
+/* 600 MiB made in a context (created, or the primary for a reset) as an
+ * allocation or an array (16384 x 2400 texels of 4 floats), then the
+ * context goes, then 600 MiB in the primary: what went must have given its
+ * memory back. */
+static void case_gone(const char *name, bool array, go_t how)
 {
     const CUDA_ARRAY_DESCRIPTOR d = {.Width = 16384, .Height = 2400,
                                      .Format = CU_AD_FORMAT_FLOAT, .NumChannels = 4};
     CUcontext c = g_ctx;
+    CUdeviceptr a = 0, b = 0;
     CUarray arr = NULL;
-    CUdeviceptr b = 0;
-    CUresult create = reset ? CUDA_SUCCESS : cuCtxCreate(&c, NULL, 0, g_dev);
-    CUresult first = create == CUDA_SUCCESS ? cuArrayCreate(&arr, &d) : create;
+    CUresult create = how == GO_RESET ? CUDA_SUCCESS : cuCtxCreate(&c, NULL, 0, g_dev);
+    CUresult first = create != CUDA_SUCCESS ? create
+                     : array                ? cuArrayCreate(&arr, &d)
+                                            : cuMemAlloc(&a, 600 * MiB);
     CUresult destroy = create != CUDA_SUCCESS ? create
-                       : reset                ? cuDevicePrimaryCtxReset(g_dev)
+                       : how == GO_RESET      ? cuDevicePrimaryCtxReset(g_dev)
+                       : how == GO_DESTROY_V1 ? truth_ctx_destroy_v1(c)
                                               : cuCtxDestroy(c);
     cuCtxSetCurrent(g_ctx);
     CUresult second = cuMemAlloc(&b, 600 * MiB);
@@ -520,10 +510,14 @@ int main(int argc, char **argv)
         case_eager_module();
     else if (!strcmp(c, "race"))
         case_race();
-    else if (!strcmp(c, "ctx_destroy") || !strcmp(c, "ctx_destroy_v1"))
-        case_ctx_destroy(c, !strcmp(c, "ctx_destroy_v1"));
-    else if (!strcmp(c, "array_ctx_destroy") || !strcmp(c, "array_reset"))
-        case_array_gone(c, !strcmp(c, "array_reset"));
+    else if (!strcmp(c, "ctx_destroy"))
+        case_gone(c, false, GO_DESTROY);
+    else if (!strcmp(c, "ctx_destroy_v1"))
+        case_gone(c, false, GO_DESTROY_V1);
+    else if (!strcmp(c, "array_ctx_destroy"))
+        case_gone(c, true, GO_DESTROY);
+    else if (!strcmp(c, "array_reset"))
+        case_gone(c, true, GO_RESET);
     else if (!strcmp(c, "churn_credit"))
         case_churn_credit();
     else if (!strcmp(c, "free_order"))
