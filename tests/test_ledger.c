@@ -313,8 +313,10 @@ Test(ledger, fork_child_can_insert_while_another_thread_churns)
         cr_assert_geq(pid, 0);
         if (pid == 0) {
             /* in the child, a lock held by the parent's other thread would
-             * hang here forever; alarm turns a hang into a failure */
-            alarm(5);
+             * hang here forever; alarm turns a hang into a failure (20 s,
+             * not 5: once, in a TSan run on a loaded 2-core machine, a
+             * child took longer than 5 s for these 64 pairs) */
+            alarm(20);
             int ok = 1;
             for (uint64_t j = 1; j <= 64; j++) {
                 vg__alloc_t a = rec(0x66600000000 + j * 64, 64, NULL);
