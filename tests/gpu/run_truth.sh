@@ -13,11 +13,12 @@
 #                (torch: torch.OutOfMemoryError, and the message's "this process has X in use" <= 2.00 GiB),
 #                and no call failed with anything else
 #   native PASS  outside > LIMIT (the memory really was taken; else the scenario proves nothing)
-# Scenarios: vmm heap stack module race ctxdestroy (truth_gpu.cu), torch (torch_truth.py), tree
+# Scenarios: vmm heap stack module race ctxdestroy arraydestroy (truth_gpu.cu), torch (torch_truth.py), tree
 # (`vramguard run --budget 2GiB -- python3 torch_tree.py`: two children of 768 MiB each; the sum of their
 # outside readings must stay within LIMIT and one must get OOM), race_cache (race with VRAMGUARD_POOL=cache).
 # ctxdestroy: 1.25 GiB in a created context, cuCtxDestroy, 1.25 GiB in the primary context: both must succeed
-# (natively that is the whole check), and under the shim outside <= LIMIT.
+# (natively that is the whole check), and under the shim outside <= LIMIT. arraydestroy: the same with a
+# 1.25 GiB array made in the created context.
 #
 # Per-scenario PASS/FAIL lines, then the table, then `truth: N passed, M failed`; exit 0 only when all pass.
 # env: OUT (where truth.log goes; default a new /tmp/vgtruth.XXXXXX), LIBCUDA_DIR (see common.sh), PYTHON
@@ -171,7 +172,7 @@ judge_fill() { # TAG NAME SHIM_MODE: vmm heap stack module race
 }
 
 # ------------------------------------------------------------ 1-6: the driver scenarios
-for sc in vmm heap stack module race ctxdestroy; do
+for sc in vmm heap stack module race ctxdestroy arraydestroy; do
     run_one "$sc" native "$TG" "$sc" "$BIN"
     run_one "$sc" shim "$TG" "$sc" "$BIN"
 done
@@ -195,18 +196,20 @@ fi
 say ""
 for sc in vmm heap stack module race; do judge_fill "$sc" "$sc" shim; done
 
-# ctxdestroy
-why=()
-for m in native shim; do
-    e=$(runerr ctxdestroy $m); [ -n "$e" ] && why+=("$e")
-    [ "$(val ctxdestroy $m alloc1_rc)" = 0 ] || why+=("$m: 1.25GiB in the created context rc=$(val ctxdestroy $m alloc1_rc)")
-    [ "$(val ctxdestroy $m alloc2_rc)" = 0 ] || why+=("$m: 1.25GiB after cuCtxDestroy rc=$(val ctxdestroy $m alloc2_rc)")
-    [ "$(val ctxdestroy $m other_errors)" = 0 ] || why+=("$m: $(val ctxdestroy $m other_errors) non-OOM errors")
+# ctxdestroy, arraydestroy
+for sc in ctxdestroy arraydestroy; do
+    why=()
+    for m in native shim; do
+        e=$(runerr $sc $m); [ -n "$e" ] && why+=("$e")
+        [ "$(val $sc $m alloc1_rc)" = 0 ] || why+=("$m: 1.25GiB in the created context rc=$(val $sc $m alloc1_rc)")
+        [ "$(val $sc $m alloc2_rc)" = 0 ] || why+=("$m: 1.25GiB after cuCtxDestroy rc=$(val $sc $m alloc2_rc)")
+        [ "$(val $sc $m other_errors)" = 0 ] || why+=("$m: $(val $sc $m other_errors) non-OOM errors")
+    done
+    s=$(val $sc shim outside_mib)
+    le "$s" "$LIMIT" || why+=("shim outside ${s:-?} > $LIMIT (or unread)")
+    verdict $sc "$(val $sc native outside_mib)" "$s" \
+        "none expected: alloc after destroy rc=$(val $sc shim alloc2_rc)" "$(join ${why[@]+"${why[@]}"})"
 done
-s=$(val ctxdestroy shim outside_mib)
-le "$s" "$LIMIT" || why+=("shim outside ${s:-?} > $LIMIT (or unread)")
-verdict ctxdestroy "$(val ctxdestroy native outside_mib)" "$s" \
-    "none expected: alloc after destroy rc=$(val ctxdestroy shim alloc2_rc)" "$(join ${why[@]+"${why[@]}"})"
 
 # torch
 why=()

@@ -6,7 +6,7 @@
 // variable removed from that child's environment, what this pid holds, then frees everything.
 //
 // usage: truth_gpu SCENARIO [DIR] [MAX_ALLOCS]
-//   SCENARIO  vmm heap stack module race ctxdestroy
+//   SCENARIO  vmm heap stack module race ctxdestroy arraydestroy
 //   DIR       folder holding truth_kernels.fatbin and big_module.fatbin (default: this program's own folder)
 //   MAX_ALLOCS  cap of the 256 MiB fill loops (default 32 = 8 GiB), so a native run does not fill the card;
 //             race: 64 MiB allocations per thread (default 8, 16 threads = 8 GiB)
@@ -25,7 +25,8 @@
 //   held_mib=N                              what this program holds through explicit calls at the peak
 //   refused_call=NAME rc=N NAME             the first call that failed in the fill (none rc=0 when none did)
 //   oom_calls=N other_errors=N              calls that returned CUDA_ERROR_OUT_OF_MEMORY / anything else
-//   alloc1_rc=N alloc2_rc=N                 (ctxdestroy) the allocation before and after cuCtxDestroy
+//   alloc1_rc=N alloc2_rc=N                 (ctxdestroy, arraydestroy) the allocation (arraydestroy: an
+//                                           array) before cuCtxDestroy, and the allocation after it
 //   truth_done scenario=NAME                the program reached its end
 #include <cuda.h>
 
@@ -423,7 +424,9 @@ static void sc_race(void)
     }
 }
 
-static void sc_ctxdestroy(void)
+// 1.25 GiB made in a created context (an allocation, or with `array` an array of 16384 x 5120 texels of
+// 4 floats), the context destroyed without freeing it, then 1.25 GiB in the primary context.
+static void sc_ctxdestroy(bool array)
 {
     if (!init_driver())
         return;
@@ -431,10 +434,21 @@ static void sc_ctxdestroy(void)
     CUresult r1 = CUDA_ERROR_INVALID_CONTEXT, r2 = CUDA_ERROR_INVALID_CONTEXT;
     // CUDA 13's cuda.h maps cuCtxCreate to cuCtxCreate_v4 (CUctxCreateParams *, NULL here)
     if (CK(cuCtxCreate(&c, NULL, 0, g_dev))) {
-        CUdeviceptr p = 0;
-        r1 = cuMemAlloc(&p, 1280 * MIB);
-        note(r1, "cuMemAlloc(1.25GiB)_in_created_ctx", 1);
-        CK(cuCtxDestroy(c)); // p deliberately not freed: the destroy frees it
+        if (array) {
+            CUDA_ARRAY_DESCRIPTOR d = {};
+            d.Width = 16384;
+            d.Height = 5120;
+            d.Format = CU_AD_FORMAT_FLOAT;
+            d.NumChannels = 4;
+            CUarray a = NULL;
+            r1 = cuArrayCreate(&a, &d);
+            note(r1, "cuArrayCreate(1.25GiB)_in_created_ctx", 1);
+        } else {
+            CUdeviceptr p = 0;
+            r1 = cuMemAlloc(&p, 1280 * MIB);
+            note(r1, "cuMemAlloc(1.25GiB)_in_created_ctx", 1);
+        }
+        CK(cuCtxDestroy(c)); // deliberately not freed: the destroy frees it
     }
     CUdeviceptr q = 0;
     if (primary_ctx()) {
@@ -453,7 +467,8 @@ int main(int argc, char **argv)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
     if (argc < 2) {
-        fprintf(stderr, "usage: %s vmm|heap|stack|module|race|ctxdestroy [DIR] [MAX_ALLOCS]\n", argv[0]);
+        fprintf(stderr, "usage: %s vmm|heap|stack|module|race|ctxdestroy|arraydestroy [DIR] [MAX_ALLOCS]\n",
+                argv[0]);
         return 2;
     }
     g_sc = argv[1];
@@ -481,7 +496,9 @@ int main(int argc, char **argv)
     else if (!strcmp(g_sc, "race"))
         sc_race();
     else if (!strcmp(g_sc, "ctxdestroy"))
-        sc_ctxdestroy();
+        sc_ctxdestroy(false);
+    else if (!strcmp(g_sc, "arraydestroy"))
+        sc_ctxdestroy(true);
     else {
         fprintf(stderr, "truth_gpu: unknown scenario '%s'\n", g_sc);
         return 2;
