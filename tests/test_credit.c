@@ -154,6 +154,17 @@ static uint64_t next_rand(uint64_t *s)
     return *s * 2685821657736338717ull;
 }
 
+/* A block the driver would free: out of the real count, then uncharged
+ * (0: no block). */
+static void give_back(uint64_t *n)
+{
+    if (!*n)
+        return;
+    atomic_fetch_sub_explicit(&real, *n, memory_order_relaxed);
+    uncharge(*n);
+    *n = 0;
+}
+
 /* Up to 8 live blocks, half of 1 B..4 KiB (within a slice), half of
  * 1 B..2 MiB, charged and freed at random; real use is counted as the
  * driver would, after a charge and before an uncharge. One thread alone
@@ -166,9 +177,7 @@ static void *churn(void *arg)
     for (int k = 0; k < 20000; k++) {
         int i = (int)(next_rand(&seed) % 8);
         if (live[i]) {
-            atomic_fetch_sub_explicit(&real, live[i], memory_order_relaxed);
-            uncharge(live[i]);
-            live[i] = 0;
+            give_back(&live[i]);
             continue;
         }
         uint64_t n = 1 + next_rand(&seed) % (next_rand(&seed) & 1 ? 4 * KiB : 2 * MiB);
@@ -183,10 +192,7 @@ static void *churn(void *arg)
         live[i] = n;
     }
     for (int i = 0; i < 8; i++)
-        if (live[i]) {
-            atomic_fetch_sub_explicit(&real, live[i], memory_order_relaxed);
-            uncharge(live[i]);
-        }
+        give_back(&live[i]);
     return NULL;
 }
 
@@ -218,9 +224,7 @@ static void *spend_and_give(void *arg)
     for (int k = 0; k < 200000; k++) {
         int i = (int)(next_rand(&seed) % 4);
         if (live[i]) {
-            atomic_fetch_sub_explicit(&real, live[i], memory_order_relaxed);
-            uncharge(live[i]);
-            live[i] = 0;
+            give_back(&live[i]);
         } else {
             uint64_t n = 1 + next_rand(&seed) % (4 * KiB);
             cr_assert(charge(n), "refused with the budget far from full");
@@ -229,10 +233,7 @@ static void *spend_and_give(void *arg)
         }
     }
     for (int i = 0; i < 4; i++)
-        if (live[i]) {
-            atomic_fetch_sub_explicit(&real, live[i], memory_order_relaxed);
-            uncharge(live[i]);
-        }
+        give_back(&live[i]);
     return NULL;
 }
 
