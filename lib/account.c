@@ -156,7 +156,6 @@ __attribute__((noinline, cold)) static void replace_stale(const vg__alloc_t *a)
 
 void vg__acct_record(const vg__ticket_t *t, vg__alloc_t *a)
 {
-    a->time_ns = vg__now_coarse_ns(); /* ms resolution is enough here */
     a->seq = vg__ledger_next_seq();
     a->tid = vg__tid();
     a->device = (int16_t)t->device;

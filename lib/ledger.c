@@ -55,7 +55,7 @@
  * split entries are never freed.
  *
  * Cost: insert and remove are one uncontended lock/unlock, one directory
- * lookup (the thread keeps its last leaf), one hash probe and one 112-byte
+ * lookup (the thread keeps its last leaf), one hash probe and one 104-byte
  * copy each (in from the caller, out to the caller); no malloc after
  * warm-up (records come from the shard's free list, refilled in slabs out
  * of line). The lock is a spinlock (vg__spin_lock: one atomic exchange,

@@ -327,7 +327,6 @@ static int record(vg_pool_t *pool, const vg_alloc_opts_t *opts,
     a->owner = pool;
     a->device = (int16_t)pool->device;
     a->kind = VG_KIND_API;
-    a->time_ns = vg__now_coarse_ns();
     a->seq = vg__ledger_next_seq();
     a->tid = vg__tid();
     if (opts && opts->tag)

@@ -96,7 +96,6 @@ typedef struct vg__alloc {
     vg_devptr_t base;    /* what the driver returned (== ptr unless aligned) */
     uint64_t size;       /* bytes the caller asked for */
     uint64_t charged;    /* bytes charged to budgets */
-    uint64_t time_ns;    /* wall clock at allocation */
     uint64_t seq;        /* process-wide allocation sequence number */
     const void *owner;   /* the vg_pool_t, or NULL for the shim */
     uint64_t handle;     /* the stream-ordered pool it came from, else 0 */
