@@ -11,6 +11,9 @@
 #   cache       VRAMGUARD_POOL=cache over the real driver, 20000 pairs a
 #               thread per round (500 would be mostly the threads' start-up)
 #
+# and, first, natively: sync_probe (do 16 threads' cuCtxSynchronize calls
+# wait for each other? cache mode's arenas each synchronise for themselves)
+#
 # each run for the preload library of BUILD and, when OLD is given, for OLD
 # too, alternated (new, old, new, old), so drift falls on both alike. Figures
 # only: nothing here passes or fails. About 4 minutes with OLD on the H200.
@@ -25,7 +28,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 B=${1:-build/gpu}
 OLD=${2:-}
 NEW=$B/libvramguard-preload.so
-for f in "$B/bench_pairs" "$NEW" "$B/nulldriver/libcuda.so.1" ${OLD:+"$OLD"}; do
+for f in "$B/bench_pairs" "$B/sync_probe" "$NEW" "$B/nulldriver/libcuda.so.1" ${OLD:+"$OLD"}; do
     [ -e "$f" ] || { echo "run_scaling: $f is missing (tests/gpu/build.sh $B first)" >&2; exit 2; }
 done
 . "$HERE/common.sh"
@@ -76,6 +79,7 @@ run_one() { # MODE BUILD RUN
 }
 
 date -u
+env LD_LIBRARY_PATH="$REAL_LD" timeout 60 "$B/sync_probe" >"$KEEP/sync_probe.txt" 2>&1
 : >"$WORK/table"
 for mode in null neighbours real cache; do
     for run in 1 2; do
@@ -89,3 +93,5 @@ echo
 echo "| mode | build | run | shim - native per pair, 1 thread, ns (null driver) | shim 1 thread pairs/s | shim 16 threads pairs/s | shim / native, 1 / 16 threads | native control / native, 1 / 16 |"
 echo "|---|---|---|---|---|---|---|---|"
 cat "$WORK/table"
+echo
+grep -a '^RESULT|sync_probe' "$KEEP/sync_probe.txt" | cut -d'|' -f4
