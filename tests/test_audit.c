@@ -459,6 +459,37 @@ Test(audit, a_process_that_ends_with__exit_loses_no_event)
     free(a);
 }
 
+/* A vfork child that calls _exit runs the shim's _exit in its parent's
+ * memory, while another parent thread allocates: every event is written
+ * exactly once, and the child adds no exit of its own. */
+Test(audit, a_vfork_child_that_calls__exit_loses_and_repeats_no_event)
+{
+    static run_result_t r;
+    char log[64];
+    temp_log(log, sizeof log);
+    char *a = audit_env(log);
+    run_opts_t o = {.method = "linked", .path = "vfork", .chunk = "1MiB", .max = "20",
+                    .env = {a}};
+    run_client(&o, &r);
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    const char *l = line_for(r.out, "vfork");
+    cr_assert_not_null(l, "%s %s", r.out, r.err);
+    cr_expect_eq(field(l, "child_status"), 7, "%s", l);
+    cr_expect_eq(field(l, "allocs"), 20, "%s", l);
+    long long churn = field(l, "churn");
+    cr_expect_gt(churn, 0, "the other thread made no pair: %s", l);
+    log_stats_t s = read_log(log);
+    cr_expect_eq(s.bad, 0, "first bad: %s", s.first_bad);
+    /* ThreadSanitizer makes vfork a fork: that child writes its own start. */
+    long long shared = field(l, "shared");
+    cr_expect_eq(s.starts, shared ? 1 : 2, "%d start lines (shared=%lld)", s.starts, shared);
+    cr_expect_eq(s.exits, 1, "%d exit lines", s.exits);
+    cr_expect_eq(s.allocs, 20 + churn, "%d alloc lines, %lld made", s.allocs, 20 + churn);
+    cr_expect_eq(s.frees, 20 + churn, "%d free lines, %lld made", s.frees, 20 + churn);
+    unlink(log);
+    free(a);
+}
+
 Test(audit, an_old_buffered_event_is_written_at_the_next_event)
 {
     static run_result_t r;

@@ -28,6 +28,8 @@
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -566,6 +568,74 @@ static int client_fork(client_t *c)
     return 0;
 }
 
+/* A thread that allocates and frees one chunk until told to stop. */
+typedef struct client_churner {
+    client_t *c;
+    _Atomic bool stop;
+    size_t pairs;
+    int failed;
+} client_churner_t;
+
+static void *client_churn_main(void *arg)
+{
+    client_churner_t *h = arg;
+    if (h->c->api.ctx_set_current(h->c->ctx) != CUDA_SUCCESS) {
+        h->failed = 1;
+        return NULL;
+    }
+    while (!atomic_load(&h->stop)) {
+        CUdeviceptr p;
+        if (h->c->api.mem_alloc(&p, h->c->chunk) != CUDA_SUCCESS ||
+            h->c->api.mem_free(p) != CUDA_SUCCESS) {
+            h->failed = 1;
+            return NULL;
+        }
+        h->pairs++;
+    }
+    return NULL;
+}
+
+/* vfork, the child ending with _exit(7) at once (what a failed exec does),
+ * while the parent holds MAX_CHUNKS chunks and another of its threads
+ * allocates and frees: the child runs the shim's _exit in the parent's
+ * memory. Prints "path=vfork ... child_status=S churn=N shared=V", N the
+ * other thread's alloc+free pairs, V 1 when the child did share the
+ * parent's memory, then frees everything. */
+static int client_vfork(client_t *c)
+{
+    client_obj_t *objs = calloc(c->max, sizeof *objs);
+    client_churner_t h = {.c = c};
+    client_tally_t t = {0};
+    pthread_t tid;
+    int status = -1;
+    if (!objs || pthread_create(&tid, NULL, client_churn_main, &h))
+        return 3;
+    c->path = &client_paths[0];
+    client_fill(c, objs, &t);
+    struct timespec pause = {0, 20 * 1000 * 1000}; /* the thread churns */
+    nanosleep(&pause, NULL);
+    /* Under a sanitizer that turns vfork into fork, the child's store
+     * does not reach the parent: it reports shared=0. */
+    static volatile int child_ran;
+    pid_t pid = vfork();
+    if (pid == 0) {
+        child_ran = 1;
+        _exit(7);
+    }
+    if (pid < 0 || waitpid(pid, &status, 0) != pid)
+        status = -1;
+    nanosleep(&pause, NULL);
+    atomic_store(&h.stop, true);
+    pthread_join(tid, NULL);
+    char extra[96];
+    snprintf(extra, sizeof extra, " child_status=%d churn=%zu shared=%d",
+             status >= 0 && WIFEXITED(status) ? WEXITSTATUS(status) : -1, h.pairs, child_ran);
+    client_print(c, "vfork", &t, extra);
+    client_print_free_failed(client_free_range(c, objs, 0, t.allocs) + h.failed);
+    free(objs);
+    return 0;
+}
+
 /* Stream-ordered memory kept by its pool: fills the budget from the
  * default pool (cuMemAllocAsync), frees it all with cuMemFreeAsync and no
  * synchronisation (the pool keeps what it reserved), then asks for one
@@ -818,6 +888,7 @@ static const struct {
     {"freeloop", client_freeloop},
     {"race", client_race},
     {"fork", client_fork},
+    {"vfork", client_vfork},
     {"pooltrim", client_pooltrim},
     {"badptr", client_badptr},
     {"leak", client_leak},
@@ -830,7 +901,7 @@ static int client_usage(void)
 {
     fprintf(stderr, "usage: client PATH CHUNK [MAX_CHUNKS [FAILURES]]\n"
                     "  PATH: plain pitch managed async async_ptsz pool vmm array array3d mipmap\n"
-                    "        graph meminfo freeloop race fork pooltrim badptr leak segv quit\n"
+                    "        graph meminfo freeloop race fork vfork pooltrim badptr leak segv quit\n"
                     "        stale sigint\n");
     return 2;
 }
