@@ -468,8 +468,13 @@ static inline int take(vg__cache_t *c, int cls, size_t size,
     if (vg__unlikely(!m || m->ready_n == 0)) {
         fill_req_t r = {tc, &how, policy};
         if (!mag_refill(c, cls, &r)) {
+            bool no_mag = !tc->mag[cls];
             own_leave(tc, how);
-            return VG_ENOMEM;
+            /* No host memory for a magazine: the class serves it, as it
+             * takes such a thread's frees (vg__cache_give). */
+            return no_mag ? vg__class_take(c, tc->arena, cls, size, out,
+                                           policy == VG__GROW_FIRST)
+                          : VG_ENOMEM;
         }
         m = tc->mag[cls];
     }

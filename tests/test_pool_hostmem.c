@@ -1,0 +1,93 @@
+/*
+ * test_pool_hostmem.c — the pool's cache when host memory runs out: a
+ * thread that cannot get a magazine is served by the class itself, as its
+ * frees already were. Its own binary: it replaces calloc (forwarding to
+ * glibc's) to make the magazine's allocation fail, which a sanitizer's
+ * allocator does not allow, so under a sanitizer it is skipped.
+ */
+#include <criterion/criterion.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+
+#include "testutil.h"
+#include "vg_pool.h"
+
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define CALLOC_REPLACED 0
+#else
+#define CALLOC_REPLACED 1
+
+/* While armed, calloc of a thread's 4 KiB magazine fails: its size lies
+ * between 1 KiB (the 32 block pairs of 16 bytes) and 2 KiB, which no other
+ * host allocation of the pool's fast path asks for (the ledger's slabs are
+ * larger, uthash's bucket arrays are powers of two). */
+static _Thread_local bool calloc_armed;
+static _Atomic int calloc_refused;
+void *__libc_calloc(size_t n, size_t size);
+
+void *calloc(size_t n, size_t size)
+{
+    size_t bytes = n * size;
+    if (calloc_armed && bytes > 1024 && bytes < 2048) {
+        atomic_fetch_add(&calloc_refused, 1);
+        return NULL;
+    }
+    return __libc_calloc(n, size);
+}
+#endif
+
+struct step {
+    vg_pool_t *pool;
+    int rc_small, rc_4k;
+};
+
+/* A second thread: its thread cache exists (a 256-byte block made it), but
+ * its 4 KiB magazine cannot be allocated. */
+static void *second_thread(void *arg)
+{
+    struct step *s = arg;
+    vg_devptr_t small = 0, block = 0;
+    s->rc_small = vg_pool_alloc(s->pool, 256, NULL, &small);
+#if CALLOC_REPLACED
+    calloc_armed = true;
+#endif
+    s->rc_4k = vg_pool_alloc(s->pool, 4096, NULL, &block);
+#if CALLOC_REPLACED
+    calloc_armed = false;
+#endif
+    if (s->rc_4k == VG_OK)
+        vg_pool_free(s->pool, block);
+    if (s->rc_small == VG_OK)
+        vg_pool_free(s->pool, small);
+    return NULL;
+}
+
+/* One arena, a budget of two chunks: the main thread's 4 KiB block holds
+ * one chunk (with never-used blocks left in it), the second thread's
+ * 256-byte block the other. The second thread's 4 KiB request cannot grow
+ * the pool, so only the class's blocks can serve it. */
+Test(pool_hostmem, a_thread_without_a_magazine_takes_from_the_class)
+{
+    if (!CALLOC_REPLACED)
+        cr_skip_test("calloc cannot be replaced under a sanitizer");
+    vg_pool_t *p = NULL;
+    cr_assert_eq(vg_pool_create(0, 2 * VG__CHUNK_SMALL, &p), VG_OK);
+    p->cache.arenas = 1;
+    vg_devptr_t held = 0;
+    cr_assert_eq(vg_pool_alloc(p, 4096, NULL, &held), VG_OK);
+    struct step s = {.pool = p};
+    pthread_t t;
+    cr_assert_eq(pthread_create(&t, NULL, second_thread, &s), 0);
+    pthread_join(t, NULL);
+    cr_assert_eq(s.rc_small, VG_OK);
+#if CALLOC_REPLACED
+    cr_expect_gt(atomic_load(&calloc_refused), 0, "no magazine allocation was refused");
+#endif
+    cr_expect_eq(s.rc_4k, VG_OK, "refused (%d) with never-used blocks in the class", (int)s.rc_4k);
+    vg_pool_stats_t st;
+    cr_assert_eq(vg_pool_stats(p, &st), VG_OK);
+    cr_expect_leq(st.used, 2 * VG__CHUNK_SMALL);
+    cr_expect_eq(vg_pool_free(p, held), VG_OK);
+    vg_pool_destroy(p, NULL);
+}
