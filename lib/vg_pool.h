@@ -58,8 +58,11 @@
  * serves every block sealed before it began, in every class.
  *
  * Locks, in order: the thread-cache list mutex, a thread cache, a class.
- * All spinlocks are held for a few list operations, never across a driver
- * call, a budget call or `sync`. No pool-wide lock on the fast path. */
+ * All spinlocks are held for a few list operations (and, when a chunk
+ * leaves its class, for its removal from the chunk index, whose mutex is
+ * always taken last, and the free of its host record), never across a
+ * driver call, a budget call or `sync`. No pool-wide lock on the fast
+ * path. */
 #define VG__CLASS_GRAIN 256u
 #define VG__SMALL_MAX (1u << 20)         /* bytes; larger goes direct */
 #define VG__CLASSES 44                   /* 256 B .. 1 MiB */
