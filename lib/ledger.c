@@ -2,7 +2,7 @@
  * ledger.c — the process's live allocations and a quarantine of freed ones.
  *
  * One ledger per process (static state here): 128 shards, each with its
- * own spinlock, a uthash table keyed by ptr, a free list of records and a
+ * own spinlock, a table keyed by ptr (vg_keymap.h), a free list of records and a
  * ring of the last 64 records removed from it (the quarantine). A
  * removed record moves into the ring whole, by pointer, and the one it
  * displaces goes to the free list. The ring is short because the next
@@ -62,11 +62,10 @@
  * and a plain release store to unlock) rather than a pthread mutex, whose
  * unlock is a second atomic operation and two calls. Critical sections
  * are a hash probe and a copy, and a waiter yields after a few spins, so a
- * preempted holder costs little.
- * Each table holds a
- * sentinel record (ptr 0, never a valid key) because uthash frees its bucket
- * array when a table becomes empty: without it, an insert/remove pair on an
- * empty shard would malloc and free every time.
+ * preempted holder costs little. A record is two cache lines, and the
+ * table's probe usually one more (the key sits beside its record's
+ * address), so a pair writes few lines that the driver may have evicted
+ * between calls. The tables never shrink.
  *
  * Fork (fork.c, rank LEDGER): prepare locks every shard and parent and
  * child unlock them, so a fork while another thread is inside an insert
@@ -79,14 +78,7 @@
 #include "vg_budget.h"
 #include "vg_fork.h"
 
-/* uthash configuration: the bucket hash is bits 32.. of a 64-bit
- * multiplicative hash of ptr, and out-of-memory is reported
- * (rec->hh.tbl == NULL), never exit(). */
-#define VG__GOLDEN 0x9E3779B97F4A7C15ull
-#define HASH_FUNCTION(keyptr, keylen, hashv)                                   \
-    ((hashv) = (unsigned)((*(const uint64_t *)(keyptr) * VG__GOLDEN) >> 32))
-#define HASH_NONFATAL_OOM 1
-#include <uthash.h>
+#include "vg_keymap.h"
 
 /* Fork takes every shard lock (spinlocks, so ThreadSanitizer's deadlock
  * detector, which overflows above 64 mutexes held at once, does not see
@@ -98,22 +90,21 @@
 #define VG__SLAB 64u                      /* records per free-list refill */
 #define VG__VISIT_CHUNK 32u               /* records foreach copies per lock hold */
 
+/* Two cache lines exactly (slabs are line-aligned). */
 typedef struct vg__rec {
-    vg__alloc_t a; /* uthash key: a.ptr */
-    UT_hash_handle hh;
+    vg__alloc_t a; /* the table's key: a.ptr */
     struct vg__rec *next_free;
     uint64_t order; /* the shard's insert count when inserted (foreach) */
-} vg__rec_t;
+} __attribute__((aligned(64))) vg__rec_t;
 
 typedef struct vg__shard {
     _Atomic int lock;      /* vg__spin_lock; 0 (free) in the static image */
-    vg__rec_t *table;      /* NULL until the sentinel is added */
+    vg__keymap_t table;    /* ptr -> record */
     vg__rec_t *free;
     _Atomic uint64_t live; /* written under lock; read lock-free by count() */
     uint64_t inserts;      /* inserts so far: each record's `order` */
     unsigned ring_next;    /* next ring slot to overwrite */
     unsigned ring_len;     /* filled slots, <= VG__RING */
-    vg__rec_t sentinel;
     /* The quarantine: records removed from the table, kept whole (not
      * copied) until RING removals later push them back to the free list.
      * Slots [0, ring_len) are set. */
@@ -246,9 +237,9 @@ __attribute__((noinline, cold)) static bool split(_Atomic uint64_t *e, vg__shard
     if (!f)
         return false;
     uint64_t count[FINE_SUBS] = {0}, g = key >> VG__GRANULE_SHIFT;
-    vg__rec_t *r, *tmp;
-    HASH_ITER(hh, s->table, r, tmp) {
-        if (r->a.ptr && r->a.ptr >> VG__GRANULE_SHIFT == g)
+    vg__rec_t *r;
+    for (uint32_t i = 0; (r = vg__keymap_next(&s->table, &i));) {
+        if (r->a.ptr >> VG__GRANULE_SHIFT == g)
             count[(r->a.ptr >> FINE_SHIFT) & (FINE_SUBS - 1)]++;
     }
     uint64_t owner = (uint64_t)(s - shards) + 1, total = 0;
@@ -390,23 +381,14 @@ void vg__ledger_postfork_child(void)
  * objects it references; the shards take no ranked mutex that would). */
 __attribute__((used)) static void (*const fork_sequence)(void) = vg__fork_prepare;
 
-/* First use of a shard (under its lock): add the sentinel. VG_ESYS when
- * uthash cannot allocate its bucket array. */
-__attribute__((noinline)) static int shard_seed(vg__shard_t *s)
-{
-    memset(&s->sentinel, 0, sizeof s->sentinel);
-    vg__rec_t *sent = &s->sentinel;
-    HASH_ADD(hh, s->table, a.ptr, sizeof(vg_devptr_t), sent);
-    return sent->hh.tbl ? VG_OK : VG_ESYS;
-}
-
 /* Refills the free list with one slab (under the shard lock). Slabs are
  * never returned: the ledger lives as long as the process. */
 __attribute__((noinline)) static int shard_refill(vg__shard_t *s)
 {
-    vg__rec_t *slab = calloc(VG__SLAB, sizeof *slab);
+    vg__rec_t *slab = aligned_alloc(_Alignof(vg__rec_t), VG__SLAB * sizeof *slab);
     if (!slab)
         return VG_ESYS;
+    memset(slab, 0, VG__SLAB * sizeof *slab);
     for (unsigned i = 0; i < VG__SLAB; i++) {
         slab[i].next_free = s->free;
         s->free = &slab[i];
@@ -416,10 +398,7 @@ __attribute__((noinline)) static int shard_refill(vg__shard_t *s)
 
 static inline vg__rec_t *shard_find(vg__shard_t *s, vg_devptr_t ptr)
 {
-    vg__rec_t *r = NULL;
-    if (s->table)
-        HASH_FIND(hh, s->table, &ptr, sizeof ptr, r);
-    return r;
+    return vg__keymap_get(&s->table, ptr);
 }
 
 /* Each thread takes sequence numbers from the shared counter a block at a
@@ -445,22 +424,15 @@ uint64_t vg__ledger_next_seq(void)
 
 static int insert_locked(vg__shard_t *s, const vg__alloc_t *a)
 {
-    if (vg__unlikely(!s->table) && shard_seed(s) != VG_OK)
-        return VG_ESYS;
-    if (shard_find(s, a->ptr))
-        return VG_EINVAL;
     if (vg__unlikely(!s->free) && shard_refill(s) != VG_OK)
-        return VG_ESYS;
+        return shard_find(s, a->ptr) ? VG_EINVAL : VG_ESYS;
     vg__rec_t *r = s->free;
+    int rc = vg__keymap_add(&s->table, a->ptr, r);
+    if (vg__unlikely(rc != VG_OK))
+        return rc; /* a duplicate, or the table could not grow */
     s->free = r->next_free;
     r->a = *a;
     r->order = ++s->inserts;
-    HASH_ADD(hh, s->table, a.ptr, sizeof(vg_devptr_t), r);
-    if (vg__unlikely(!r->hh.tbl)) { /* bucket expansion failed */
-        r->next_free = s->free;
-        s->free = r;
-        return VG_ESYS;
-    }
     atomic_store_explicit(&s->live,
                           atomic_load_explicit(&s->live, memory_order_relaxed) + 1,
                           memory_order_relaxed);
@@ -493,10 +465,11 @@ int vg__ledger_remove(vg_devptr_t ptr, const void *owner, vg__alloc_t *out)
         return VG_ENOTFOUND;
     e = o.e;
     int rc = VG_ENOTFOUND;
-    vg__rec_t *r = shard_find(s, ptr);
+    uint32_t i = vg__keymap_find(&s->table, ptr);
+    vg__rec_t *r = i == VG__KEYMAP_NONE ? NULL : s->table.slot[i].val;
     if (!r || (owner != VG__ANY_OWNER && r->a.owner != owner))
         goto out;
-    HASH_DEL(s->table, r);
+    vg__keymap_del_at(&s->table, i);
     if (out)
         *out = r->a;
     /* r itself enters the quarantine; the record it displaces (freed RING
@@ -510,7 +483,6 @@ int vg__ledger_remove(vg_devptr_t ptr, const void *owner, vg__alloc_t *out)
         /* The next insert here takes it: warm the rest of it meanwhile. */
         __builtin_prefetch(&old->a, 1);
         __builtin_prefetch(&old->a.tag, 1);
-        __builtin_prefetch(&old->hh, 1);
     } else {
         s->ring_len++;
     }
@@ -612,22 +584,35 @@ static inline bool owner_matches(const vg__alloc_t *a, const void *owner)
     return owner == VG__ANY_OWNER || a->owner == owner;
 }
 
-/* Copies up to cap matching records of s inserted after the one numbered
- * *after, in insertion order (the table's list), and advances *after; sets
- * *done when the list ends. Under s->lock. */
+/* Copies the VG__VISIT_CHUNK (at most) first matching records of s
+ * inserted after the one numbered *after, in insertion order, and
+ * advances *after; sets *done when no more match. Under s->lock: one pass
+ * over the table, keeping the chunk sorted by insert number. */
 static size_t copy_chunk(vg__shard_t *s, const void *owner, uint64_t *after,
                          vg__alloc_t *buf, bool *done)
 {
+    const vg__rec_t *pick[VG__VISIT_CHUNK], *r;
     size_t n = 0;
-    vg__rec_t *r;
-    for (r = s->table; r && n < VG__VISIT_CHUNK; r = r->hh.next) {
-        if (r == &s->sentinel || r->order <= *after ||
-            !owner_matches(&r->a, owner))
+    bool more = false;
+    for (uint32_t i = 0; (r = vg__keymap_next(&s->table, &i));) {
+        if (r->order <= *after || !owner_matches(&r->a, owner))
             continue;
-        buf[n++] = r->a;
-        *after = r->order;
+        if (n == VG__VISIT_CHUNK) {
+            more = true;
+            if (r->order > pick[n - 1]->order)
+                continue;
+            n--; /* r displaces the latest of the chunk */
+        }
+        size_t j = n++;
+        for (; j > 0 && pick[j - 1]->order > r->order; j--)
+            pick[j] = pick[j - 1];
+        pick[j] = r;
     }
-    *done = r == NULL;
+    for (size_t k = 0; k < n; k++)
+        buf[k] = pick[k]->a;
+    if (n)
+        *after = pick[n - 1]->order;
+    *done = !more;
     return n;
 }
 

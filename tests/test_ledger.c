@@ -51,7 +51,7 @@ Test(ledger, null_pointer_is_never_live)
     cr_assert_eq(vg__ledger_insert(&a), VG_EINVAL);
     cr_assert_eq(vg__ledger_find(0, NULL), VG_ENOTFOUND);
     cr_assert_eq(vg__ledger_remove(0, VG__ANY_OWNER, NULL), VG_ENOTFOUND);
-    /* the sentinel that keeps each table alive is not counted or visible */
+    /* key 0 marks an empty table slot: never found, never counted */
     vg__alloc_t b = rec(0x1000, 16, NULL);
     cr_assert_eq(vg__ledger_insert(&b), VG_OK);
     cr_assert_eq(vg__ledger_find(0, NULL), VG_ENOTFOUND);

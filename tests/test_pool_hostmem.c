@@ -21,7 +21,7 @@
 /* While armed, calloc of a thread's 4 KiB magazine fails: its size lies
  * between 1 KiB (the 32 block pairs of 16 bytes) and 2 KiB, which no other
  * host allocation of the pool's fast path asks for (the ledger's slabs are
- * larger, uthash's bucket arrays are powers of two). */
+ * larger, and its tables grow in powers of two of 16-byte slots). */
 static _Thread_local bool calloc_armed;
 static _Atomic int calloc_refused;
 void *__libc_calloc(size_t n, size_t size);
