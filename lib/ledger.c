@@ -96,6 +96,7 @@ typedef struct vg__rec {
     struct vg__rec *next_free;
     uint64_t order; /* the shard's insert count when inserted (foreach) */
 } __attribute__((aligned(64))) vg__rec_t;
+_Static_assert(sizeof(vg__rec_t) == 128, "a record is two cache lines");
 
 typedef struct vg__shard {
     _Atomic int lock;      /* vg__spin_lock; 0 (free) in the static image */
