@@ -134,8 +134,11 @@ uint64_t vg__ledger_count(void);
 /* The shard holding ptr's live record, -1 when none (for tests: which
  * records share a lock). */
 int vg__ledger_shard_of(vg_devptr_t ptr);
-/* Calls fn on a copy of each live allocation (owner filter as remove). The
- * ledger may change meanwhile; each record is visited at most once. */
+/* Calls fn on a copy of each live allocation (owner filter as remove), with
+ * no ledger lock held: fn may insert and remove. The ledger may change
+ * meanwhile; each record is visited at most once, records removed meanwhile
+ * may be missed, and records inserted into a shard after its visit began
+ * are not visited. */
 typedef void (*vg__alloc_visit_fn)(const vg__alloc_t *a, void *ctx);
 void vg__ledger_foreach(const void *owner, vg__alloc_visit_fn fn, void *ctx);
 /* Fork steps (fork.c, rank LEDGER): lock every shard, in index order, and

@@ -243,6 +243,39 @@ Test(ledger, foreach_removing_visits_every_record_of_a_crowded_shard)
     cr_assert_eq(vg__ledger_count(), 0);
 }
 
+/* Records inserted in a scattered key order come back in insertion order
+ * (their sequence numbers increase within this thread), each once; the
+ * callback inserts new ones, which are not visited. */
+struct order_walk {
+    uint64_t last_seq, visited, base;
+    bool in_order;
+};
+
+static void check_order(const vg__alloc_t *a, void *ctx)
+{
+    struct order_walk *w = ctx;
+    w->in_order &= a->seq > w->last_seq;
+    w->last_seq = a->seq;
+    w->visited++;
+    vg__alloc_t fresh = rec(w->base + (1ull << 32) + w->visited * 256, 8, NULL);
+    cr_assert_eq(vg__ledger_insert(&fresh), VG_OK);
+}
+
+Test(ledger, foreach_visits_in_insertion_order_and_not_what_it_inserts)
+{
+    enum { N = 5000 };
+    struct order_walk w = {.base = 0x7e0000000000, .in_order = true};
+    for (uint64_t i = 0; i < N; i++) {
+        uint64_t k = (i * 2654435761u) % N; /* a permutation of 0..N-1 */
+        vg__alloc_t a = rec(w.base + (k + 1) * 256, 8, NULL);
+        cr_assert_eq(vg__ledger_insert(&a), VG_OK);
+    }
+    vg__ledger_foreach(VG__ANY_OWNER, check_order, &w);
+    cr_expect(w.in_order, "out of insertion order");
+    cr_expect_eq(w.visited, N, "visited %llu of %d", (unsigned long long)w.visited, N);
+    cr_expect_eq(vg__ledger_count(), 2 * N);
+}
+
 Test(ledger, count_tracks_inserts_and_removes)
 {
     for (uint64_t i = 1; i <= 1000; i++) {
