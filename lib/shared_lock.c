@@ -75,9 +75,16 @@ static struct timespec realtime_in(uint64_t ns)
 
 /* TSan's pthread_mutex_timedlock interceptor counts only 0 as acquired
  * (its lock and trylock also count EOWNERDEAD): tell it, or the unlock that
- * follows a repair is reported as the unlock of an unlocked mutex. */
+ * follows a repair is reported as the unlock of an unlocked mutex. A
+ * post_lock annotation must follow a pre_lock one (alone, it fails TSan's
+ * own check on its ignore count and ends the process); as a try-lock, the
+ * pair adds no wait to the deadlock detector. */
 #if defined(__SANITIZE_THREAD__)
-static void owner_dead_acquired(vg__shm_t *r) { __tsan_mutex_post_lock(&r->h.lock.m, 0, 0); }
+static void owner_dead_acquired(vg__shm_t *r)
+{
+    __tsan_mutex_pre_lock(&r->h.lock.m, __tsan_mutex_try_lock);
+    __tsan_mutex_post_lock(&r->h.lock.m, __tsan_mutex_try_lock, 0);
+}
 #else
 static void owner_dead_acquired(vg__shm_t *r) { (void)r; }
 #endif

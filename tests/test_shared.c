@@ -736,6 +736,44 @@ static pid_t holder_in_lock(void)
     return pid;
 }
 
+/* The holder dies while another process waits for the lock: the wait ends
+ * with the lock (EOWNERDEAD) and the region repaired. Under TSan this path
+ * once ended the waiting process (an annotation without its pair). */
+Test(shared, a_holder_that_dies_while_another_waits_hands_the_lock_over, .timeout = 30)
+{
+    name_region("diewait");
+    vg__shm_t *r = NULL;
+    char err[512];
+    cr_assert_eq(vg__shm_open(region_file, VG__SHM_CREATE, false, &r, err, sizeof err), VG_OK,
+                 "%s", err);
+    int p[2];
+    cr_assert_eq(pipe(p), 0);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        close(p[0]);
+        if (vg__shm_lock(r) != VG_OK)
+            _exit(3);
+        (void)!write(p[1], "L", 1);
+        struct timespec hold = {0, 200 * 1000 * 1000};
+        nanosleep(&hold, NULL);
+        _exit(0); /* dies holding the lock */
+    }
+    close(p[1]);
+    char c;
+    cr_assert_eq(read(p[0], &c, 1), 1, "the holder never took the lock");
+    close(p[0]);
+    cr_expect_eq(vg__shm_lock(r), VG_OK, "the waiter did not get the dead holder's lock");
+    vg__shm_unlock(r);
+    int status;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_expect(WIFEXITED(status) && WEXITSTATUS(status) == 0, "holder status %d", status);
+    cr_expect_eq(vg__shm_lock(r), VG_OK, "the lock is usable again");
+    vg__shm_unlock(r);
+    vg__shm_close(r);
+    drop_region();
+}
+
 Test(shared, a_stopped_holder_fails_others_closed_and_the_cli_says_stuck)
 {
     name_region("stopped");
