@@ -10,7 +10,9 @@
  *   vg_base.h      this file
  *   vg_settings.h  parse.c, settings.c: the settings, pure
  *   vg_driver.h    driver.c, device.c: the real driver (pulls in cuda.h)
- *   vg_budget.h    budget.c, ledger.c, ptrcheck.c
+ *   vg_budget.h    budget.c, ledger.c (and ledger_walk.c), ptrcheck.c
+ *   vg_ledger.h    the ledger's shards, for ledger.c and ledger_walk.c only
+ *   vg_keymap.h    keymap.c: the hash map of the ledger's shards
  *   vg_shared.h    the shared region's layout (an ABI) and its code
  *   vg_pool.h      the pool and its cache (pool and cache files only)
  *   vg_account.h   account*.c, engine.c: the shim's whole interface

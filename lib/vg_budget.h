@@ -88,7 +88,7 @@ void vg__budget_prefork(void);
 void vg__budget_postfork_parent(void);
 void vg__budget_postfork_child(void);
 
-/* ---------------------------------------------------------- ledger.c */
+/* ------------------------------------------ ledger.c, ledger_walk.c */
 
 /* One live (or recently freed) allocation. */
 typedef struct vg__alloc {
