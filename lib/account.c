@@ -99,7 +99,7 @@ __attribute__((noinline, cold)) static int reserve_slow(vg__ticket_t *t, vg__bud
     return VG_ENOMEM;
 }
 
-int vg__acct_reserve(vg__ticket_t *t)
+VG__HOT int vg__acct_reserve(vg__ticket_t *t)
 {
     if (vg__unlikely(vg__engine_init() != VG_OK))
         return refuse_closed();
@@ -154,7 +154,7 @@ __attribute__((noinline, cold)) static void replace_stale(const vg__alloc_t *a)
     vg__ledger_insert(a);
 }
 
-void vg__acct_record(const vg__ticket_t *t, vg__alloc_t *a)
+VG__HOT void vg__acct_record(const vg__ticket_t *t, vg__alloc_t *a)
 {
     a->seq = vg__ledger_next_seq();
     a->tid = vg__tid();
@@ -166,7 +166,7 @@ void vg__acct_record(const vg__ticket_t *t, vg__alloc_t *a)
         replace_stale(a);
 }
 
-void vg__acct_commit(vg__ticket_t *t, uint64_t key, uint64_t size, uint64_t pool)
+VG__HOT void vg__acct_commit(vg__ticket_t *t, uint64_t key, uint64_t size, uint64_t pool)
 {
     if (!t->credit) /* credit moved peak and level when it was taken */
         vg__budget_commit(t->budget, t->bytes);
@@ -188,7 +188,7 @@ void vg__acct_cancel(vg__ticket_t *t)
     t->bytes = 0;
 }
 
-int vg__acct_take(uint64_t key, vg__alloc_t *out)
+VG__HOT int vg__acct_take(uint64_t key, vg__alloc_t *out)
 {
     if (vg__ledger_remove(key, NULL, out) != VG_OK)
         return VG_ENOTFOUND;
@@ -197,7 +197,7 @@ int vg__acct_take(uint64_t key, vg__alloc_t *out)
     return VG_OK;
 }
 
-void vg__acct_uncharge(const vg__alloc_t *a)
+VG__HOT void vg__acct_uncharge(const vg__alloc_t *a)
 {
     if (vg__unlikely(a->pooled))
         return;

@@ -130,7 +130,7 @@ static inline vg_pool_t *pool_current(void)
     return pool_of_context(cur);
 }
 
-int vg__acct_pooled_alloc(vg__ticket_t *t, uint64_t *ptr)
+VG__HOT int vg__acct_pooled_alloc(vg__ticket_t *t, uint64_t *ptr)
 {
     if (t->bytes == 0 || t->bytes > VG__SMALL_MAX || !ptr ||
         vg__unlikely(vg__engine_init() != VG_OK))
@@ -159,7 +159,7 @@ int vg__acct_pooled_alloc(vg__ticket_t *t, uint64_t *ptr)
     return VG_OK;
 }
 
-void vg__acct_pooled_free(const vg__alloc_t *a)
+VG__HOT void vg__acct_pooled_free(const vg__alloc_t *a)
 {
     vg_pool_t *pool = atomic_load_explicit(&pools[a->device], memory_order_acquire);
     vg__block_t b = {a->ptr, (vg__chunk_t *)(uintptr_t)a->handle};

@@ -24,7 +24,7 @@
 
 /* ------------------------------------------------------------ classes */
 
-int vg__class_of(size_t size)
+VG__HOT int vg__class_of(size_t size)
 {
     if (size > VG__SMALL_MAX)
         return -1;

@@ -457,8 +457,8 @@ bool vg__cache_collect(vg__cache_t *c)
 
 /* ------------------------------------------------------------ take, give */
 
-static inline int take(vg__cache_t *c, int cls, size_t size,
-                       vg__block_t *out, vg__take_policy_t policy)
+VG__HOT static inline int take(vg__cache_t *c, int cls, size_t size,
+                               vg__block_t *out, vg__take_policy_t policy)
 {
     vg__tcache_t *tc = tc_mine(c);
     if (vg__unlikely(!tc))
@@ -487,7 +487,7 @@ static inline int take(vg__cache_t *c, int cls, size_t size,
     return VG_OK;
 }
 
-int vg__cache_take(vg__cache_t *c, int cls, size_t size, vg__block_t *out)
+VG__HOT int vg__cache_take(vg__cache_t *c, int cls, size_t size, vg__block_t *out)
 {
     return take(c, cls, size, out, VG__GROW_FIRST);
 }
@@ -520,8 +520,8 @@ __attribute__((noinline)) static mag_t *mag_make_room(vg__cache_t *c,
     return m;
 }
 
-bool vg__cache_give(vg__cache_t *c, const vg__block_t *b, size_t size,
-                    uint32_t keep_empty, vg__span_t *release)
+VG__HOT bool vg__cache_give(vg__cache_t *c, const vg__block_t *b, size_t size,
+                            uint32_t keep_empty, vg__span_t *release)
 {
     int cls = b->chunk->cls;
     vg__flush_out_t o = {.keep_empty = keep_empty, .release = release};

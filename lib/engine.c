@@ -145,7 +145,7 @@ static uint64_t resolve_limit(int device)
     return vg__budget_spec_limit(spec, device, uuid, total);
 }
 
-static void resolve_budget(int device)
+__attribute__((noinline, cold)) static void resolve_budget(int device)
 {
     vg__mutex_lock(&resolve_lock, VG__RANK_RESOLVE);
     if (!atomic_load_explicit(&resolved[device], memory_order_relaxed)) {
@@ -163,7 +163,7 @@ static void resolve_budget(int device)
     vg__mutex_unlock(&resolve_lock, VG__RANK_RESOLVE);
 }
 
-vg__budget_t *vg__engine_budget(int device)
+VG__HOT vg__budget_t *vg__engine_budget(int device)
 {
     if (vg__unlikely(device < 0 || device >= VG__MAX_DEVICES))
         return NULL;

@@ -379,7 +379,7 @@ static inline vg__rec_t *shard_find(vg__shard_t *s, vg_devptr_t ptr)
 static _Thread_local uint64_t seq_next VG__TLS;
 static _Thread_local uint64_t seq_end VG__TLS;
 
-uint64_t vg__ledger_next_seq(void)
+VG__HOT uint64_t vg__ledger_next_seq(void)
 {
     if (vg__unlikely(seq_next == seq_end)) {
         seq_next = atomic_fetch_add_explicit(&seq_counter, VG__SEQ_BLOCK,
@@ -406,7 +406,7 @@ static int insert_locked(vg__shard_t *s, const vg__alloc_t *a)
     return VG_OK;
 }
 
-int vg__ledger_insert(const vg__alloc_t *a)
+VG__HOT int vg__ledger_insert(const vg__alloc_t *a)
 {
     if (!a || a->ptr == 0)
         return VG_EINVAL;
@@ -423,7 +423,7 @@ int vg__ledger_insert(const vg__alloc_t *a)
     return rc;
 }
 
-int vg__ledger_remove(vg_devptr_t ptr, const void *owner, vg__alloc_t *out)
+VG__HOT int vg__ledger_remove(vg_devptr_t ptr, const void *owner, vg__alloc_t *out)
 {
     _Atomic uint64_t *e = ptr ? dir_entry(ptr, false) : NULL;
     owned_t o = e ? lock_owner(e, ptr, false) : (owned_t){NULL, NULL};

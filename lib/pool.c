@@ -482,7 +482,7 @@ undo:
     return rc;
 }
 
-int vg__pool_block_take(vg_pool_t *pool, size_t size, vg__block_t *b)
+VG__HOT int vg__pool_block_take(vg_pool_t *pool, size_t size, vg__block_t *b)
 {
     int cls = vg__class_of(size);
     if (cls < 0 || size == 0)
@@ -490,7 +490,7 @@ int vg__pool_block_take(vg_pool_t *pool, size_t size, vg__block_t *b)
     return take_block(pool, cls, size, b);
 }
 
-void vg__pool_block_give(vg_pool_t *pool, const vg__block_t *b, size_t size)
+VG__HOT void vg__pool_block_give(vg_pool_t *pool, const vg__block_t *b, size_t size)
 {
     give_block(pool, b, size);
 }

@@ -44,7 +44,7 @@ uint64_t vg__mono_ns(void)
  * resets it through vg__tid_reset(). */
 static _Thread_local uint32_t cached_tid __attribute__((tls_model("initial-exec")));
 
-uint32_t vg__tid(void)
+VG__HOT uint32_t vg__tid(void)
 {
     if (vg__unlikely(cached_tid == 0))
         cached_tid = (uint32_t)syscall(SYS_gettid);

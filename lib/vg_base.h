@@ -39,6 +39,12 @@
 #define vg__likely(x) __builtin_expect(!!(x), 1)
 #define vg__unlikely(x) __builtin_expect(!!(x), 0)
 #define VG__HIDDEN __attribute__((visibility("hidden")))
+/* The functions every cuMemAlloc_v2+cuMemFree_v2 pair runs, cached or not:
+ * GCC places them together in .text.hot, so a pair's code spans two pages,
+ * not seven. Over a real driver, whose code evicts ours between calls,
+ * that is most of the shim's cost (docs/benchmarks.md, "Code layout"). A
+ * function belongs here only if a measured pair runs it. */
+#define VG__HOT __attribute__((hot))
 
 #define VG__UNLIMITED UINT64_MAX
 #define VG__MAX_DEVICES 64

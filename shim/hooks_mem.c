@@ -12,7 +12,7 @@
 
 #define PITCH_ALIGN 512u /* the pitch the driver picks on every GPU we know */
 
-CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytesize)
+VG__HOT CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytesize)
 {
     if (!vg__shim_started())
         return CUDA_ERROR_NOT_INITIALIZED;
@@ -47,7 +47,7 @@ CUresult cuMemAlloc(CUdeviceptr_v1 *dptr, unsigned int bytesize)
     return cr;
 }
 
-CUresult cuMemFree_v2(CUdeviceptr dptr)
+VG__HOT CUresult cuMemFree_v2(CUdeviceptr dptr)
 {
     if (!vg__shim_started())
         return CUDA_ERROR_NOT_INITIALIZED;

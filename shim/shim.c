@@ -115,7 +115,7 @@ void *vg__shim_route(void *fn)
  * never changes after cuInit, and with one device every context's is 0. */
 static _Atomic int device_count_kind;
 
-int vg__shim_device(void)
+VG__HOT int vg__shim_device(void)
 {
     int kind = atomic_load_explicit(&device_count_kind, memory_order_relaxed);
     if (vg__likely(kind == 1))

@@ -37,6 +37,12 @@
  * caches (a 4 KiB pair costs it ~3 us): the lines the shim touches are
  * then cold again at its next call, as they are over the real driver.
  *
+ * NULLDRIVER_CODE=BYTES (read once, at cuInit; at most 1 MiB): the same
+ * two calls also run through that much code, one jump in each 64-byte
+ * line, over BYTES/4096 pages: the real driver's code pushes the shim's
+ * out of the instruction caches and TLB between its calls, and this
+ * stands for it.
+ *
  * It exports exactly what the engine resolves (lib/vg_driver.h,
  * VG__DRIVER_FNS: the engine refuses a driver that lacks one), plus the
  * legacy cuGetProcAddress; the shim's other hooks find no real function
@@ -99,6 +105,28 @@ static void touch_footprint(void)
         ((volatile unsigned char *)scratch)[i]++;
 }
 
+/* The code for NULLDRIVER_CODE: SLED_BYTES of 64-byte lines, each a jump
+ * to the next, then a return; entered SLED_BYTES - code bytes in. */
+#define SLED_BYTES (1u << 20)
+__asm__(".pushsection .text.nulldrv_sled,\"ax\",@progbits\n"
+        ".p2align 12\n"
+        "nulldrv_sled:\n"
+        ".rept 16384\n"
+        "jmp 1f\n"
+        ".p2align 6\n"
+        "1:\n"
+        ".endr\n"
+        "ret\n"
+        ".popsection\n");
+extern const unsigned char nulldrv_sled[] __attribute__((visibility("hidden")));
+static void (*code_entry)(void); /* NULL without NULLDRIVER_CODE */
+
+static void run_code(void)
+{
+    if (__builtin_expect(code_entry != NULL, 0))
+        code_entry();
+}
+
 static uint64_t now_ns(void)
 {
     struct timespec ts;
@@ -117,6 +145,14 @@ CUresult cuInit(unsigned int flags)
     s = getenv("NULLDRIVER_FOOTPRINT");
     if (s && *s)
         footprint = strtoull(s, NULL, 10);
+    s = getenv("NULLDRIVER_CODE");
+    if (s && *s) {
+        size_t bytes = strtoull(s, NULL, 10) & ~(size_t)63;
+        if (bytes > SLED_BYTES)
+            bytes = SLED_BYTES;
+        if (bytes)
+            code_entry = (void (*)(void))(uintptr_t)(nulldrv_sled + SLED_BYTES - bytes);
+    }
     atomic_store_explicit(&inited, 1, memory_order_relaxed);
     return CUDA_SUCCESS;
 }
@@ -322,6 +358,7 @@ CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytesize)
     if (bytesize > NULLDRV_TOTAL)
         return CUDA_ERROR_OUT_OF_MEMORY;
     touch_footprint();
+    run_code();
     if (__builtin_expect(bytesize >= SLOT_MIN, 0) && bytesize <= (1ull << SLOT_BITS))
         return slot_alloc(dptr, bytesize);
     if (__builtin_expect(!bump_end, 0))
@@ -339,6 +376,7 @@ CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytesize)
 CUresult cuMemFree_v2(CUdeviceptr dptr)
 {
     touch_footprint();
+    run_code();
     if (__builtin_expect(in_slots(dptr), 0))
         atomic_store_explicit(&slot_bytes[(dptr - SLOT_BASE) >> SLOT_BITS], 0,
                               memory_order_relaxed);
