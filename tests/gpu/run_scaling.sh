@@ -6,6 +6,10 @@
 #   null        over the null driver, each thread its own address range
 #   neighbours  over the null driver, the threads' addresses side by side in
 #               one or two 64 KiB granules, as the real driver hands them out
+#   model       over the null driver as a model of the real one: one
+#               mutex-held free list for all threads, 64 KiB of code a call
+#               (NULLDRIVER_ADDRESSES=shared NULLDRIVER_CODE=65536); does it
+#               lose at 16 threads what the real driver loses?
 #   real        over the real driver (paired ratios to native, with the
 #               second native process as an A/A control)
 #   cache       VRAMGUARD_POOL=cache over the real driver, 20000 pairs a
@@ -16,7 +20,7 @@
 #
 # each run for the preload library of BUILD and, when OLD is given, for OLD
 # too, alternated (new, old, new, old), so drift falls on both alike. Figures
-# only: nothing here passes or fails. About 4 minutes with OLD on the H200.
+# only: nothing here passes or fails. About 5 minutes with OLD on the H200.
 #
 #   tests/gpu/run_scaling.sh [BUILD] [OLD_PRELOAD]     (BUILD: build/gpu)
 #   env: OUT  when set, every bench_pairs output is kept there
@@ -60,6 +64,10 @@ run_one() { # MODE BUILD RUN
         env LD_LIBRARY_PATH="$NULL_LD" NULLDRIVER_ADDRESSES=$([ "$mode" = neighbours ] && echo neighbours || echo own) \
             timeout 120 "$B/bench_pairs" --hooked --preload "$P" --rounds 11 --threads 1,16 \
             --thread-rounds 7 --budget 70GiB >"$f" 2>&1 ;;
+    model)
+        env LD_LIBRARY_PATH="$NULL_LD" NULLDRIVER_ADDRESSES=shared NULLDRIVER_CODE=65536 \
+            timeout 120 "$B/bench_pairs" --hooked --preload "$P" --rounds 5 --threads 1,16 \
+            --pairs 20000 --thread-rounds 7 --budget 70GiB >"$f" 2>&1 ;;
     real)
         env LD_LIBRARY_PATH="$REAL_LD" timeout 150 "$B/bench_pairs" --preload "$P" --rounds 5 \
             --threads 1,16 --thread-rounds 31 --budget 70GiB >"$f" 2>&1 ;;
@@ -81,7 +89,7 @@ run_one() { # MODE BUILD RUN
 date -u
 env LD_LIBRARY_PATH="$REAL_LD" timeout 60 "$B/sync_probe" >"$KEEP/sync_probe.txt" 2>&1
 : >"$WORK/table"
-for mode in null neighbours real cache; do
+for mode in null neighbours model real cache; do
     for run in 1 2; do
         for build in "${builds[@]}"; do
             run_one "$mode" "$build" "$run"

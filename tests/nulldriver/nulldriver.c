@@ -27,6 +27,13 @@
  * what the real driver does (on the H200, 2026-12-04, 16 threads' pairs
  * all fell in one granule).
  *
+ * NULLDRIVER_ADDRESSES=shared (read once, at cuInit): allocations of up
+ * to 4 KiB come instead from one last-in, first-out stack of 4 KiB slots
+ * for the whole process, under one mutex that is also held while the call
+ * runs NULLDRIVER_CODE's code: a driver whose work is serialised and whose
+ * free list is shared, so a thread's next block is often another
+ * thread's last (and its ledger granule changes hands with it).
+ *
  * NULLDRIVER_SYNC_NS (read once, at cuInit): cuCtxSynchronize spins this
  * long (default 0), to stand for a GPU's (~26 us on the H100 with 16
  * threads), so the cost of the pool's reuse rule can be seen here.
@@ -51,6 +58,7 @@
 #define __CUDA_API_VERSION_INTERNAL 1
 #include <cuda.h>
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -80,6 +88,11 @@ static _Atomic unsigned next_range; /* touched once per thread */
 static _Thread_local CUcontext current;
 static _Thread_local CUdeviceptr bump, bump_base, bump_end;
 static bool neighbours;                      /* NULLDRIVER_ADDRESSES */
+static bool shared;                          /* NULLDRIVER_ADDRESSES=shared */
+#define SHARED_SLOTS 65536u                  /* 256 MiB of 4 KiB slots */
+static pthread_mutex_t shared_lock = PTHREAD_MUTEX_INITIALIZER;
+static CUdeviceptr shared_free[SHARED_SLOTS]; /* the stack of free slots */
+static unsigned shared_free_n, shared_made;
 static _Thread_local CUdeviceptr cell;        /* its first slot */
 static _Thread_local unsigned cell_used;      /* slots taken, 0..CELL_SLOTS */
 #define CELL_SLOTS 2u
@@ -142,6 +155,7 @@ CUresult cuInit(unsigned int flags)
         sync_ns = strtoull(s, NULL, 10);
     s = getenv("NULLDRIVER_ADDRESSES");
     neighbours = s && !strcmp(s, "neighbours");
+    shared = s && !strcmp(s, "shared");
     s = getenv("NULLDRIVER_FOOTPRINT");
     if (s && *s)
         footprint = strtoull(s, NULL, 10);
@@ -323,6 +337,41 @@ static bool cell_alloc(CUdeviceptr *dptr, size_t bytes)
     return true;
 }
 
+/* NULLDRIVER_ADDRESSES=shared: the slots lie 1 GiB below the cells. */
+#define SHARED_BASE (SLOT_BASE - (2ull << 30))
+
+static bool in_shared(CUdeviceptr p)
+{
+    return p >= SHARED_BASE && p < SHARED_BASE + (CUdeviceptr)SHARED_SLOTS * CELL_SLOT;
+}
+
+/* The process's last freed slot, or a new one; the driver's work (the
+ * code) is done under the lock. */
+static bool shared_alloc(CUdeviceptr *dptr, size_t bytes)
+{
+    if (bytes > CELL_SLOT)
+        return false;
+    pthread_mutex_lock(&shared_lock);
+    run_code();
+    bool ok = true;
+    if (shared_free_n)
+        *dptr = shared_free[--shared_free_n];
+    else if (shared_made < SHARED_SLOTS)
+        *dptr = SHARED_BASE + (CUdeviceptr)shared_made++ * CELL_SLOT;
+    else
+        ok = false;
+    pthread_mutex_unlock(&shared_lock);
+    return ok;
+}
+
+static void shared_release(CUdeviceptr p)
+{
+    pthread_mutex_lock(&shared_lock);
+    run_code();
+    shared_free[shared_free_n++] = p;
+    pthread_mutex_unlock(&shared_lock);
+}
+
 static int in_slots(CUdeviceptr p)
 {
     return p >= SLOT_BASE && p < SLOT_BASE + (1ull << RANGE_BITS);
@@ -358,6 +407,8 @@ CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytesize)
     if (bytesize > NULLDRV_TOTAL)
         return CUDA_ERROR_OUT_OF_MEMORY;
     touch_footprint();
+    if (__builtin_expect(shared, 0) && shared_alloc(dptr, bytesize))
+        return CUDA_SUCCESS;
     run_code();
     if (__builtin_expect(bytesize >= SLOT_MIN, 0) && bytesize <= (1ull << SLOT_BITS))
         return slot_alloc(dptr, bytesize);
@@ -376,6 +427,10 @@ CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytesize)
 CUresult cuMemFree_v2(CUdeviceptr dptr)
 {
     touch_footprint();
+    if (__builtin_expect(shared, 0) && in_shared(dptr)) {
+        shared_release(dptr);
+        return CUDA_SUCCESS;
+    }
     run_code();
     if (__builtin_expect(in_slots(dptr), 0))
         atomic_store_explicit(&slot_bytes[(dptr - SLOT_BASE) >> SLOT_BITS], 0,
