@@ -66,10 +66,10 @@ CLI_OBJS   := $(CLI_SRCS:%.c=$(BUILD)/obj/%.o)
 FAKE_SRCS  := $(wildcard tests/fakecuda/*.c)
 FAKENVML_SRCS := $(wildcard tests/fakenvml/*.c)
 TEST_SRCS  := $(wildcard tests/test_*.c)
-# test_pool_hostmem replaces calloc, which a sanitizer's allocator owns:
+# test_hostmem replaces calloc, which a sanitizer's allocator owns:
 # plain builds only.
 ifneq ($(SAN),)
-TEST_SRCS  := $(filter-out tests/test_pool_hostmem.c,$(TEST_SRCS))
+TEST_SRCS  := $(filter-out tests/test_hostmem.c,$(TEST_SRCS))
 endif
 TESTS      := $(TEST_SRCS:tests/%.c=$(BUILD)/tests/%)
 EXAMPLE_SRCS:= $(wildcard tests/examples/*.c)

@@ -144,17 +144,30 @@ int vg__acct_resize(vg__ticket_t *t, uint64_t bytes)
     return VG_OK;
 }
 
-/* The driver handed out an address we still hold: the old allocation was
- * freed behind our back (its context was destroyed), so drop its charge. */
-__attribute__((noinline, cold)) static void replace_stale(const vg__alloc_t *a)
+/* An insert failed: the driver handed out an address we still hold (the
+ * old allocation was freed behind our back, with its context), so its
+ * charge goes and the new record takes its place; or there was no host
+ * memory for the record (VG_ESYS), which the caller undoes. */
+__attribute__((noinline, cold)) static int insert_failed(const vg__ticket_t *t,
+                                                         const vg__alloc_t *a, int rc)
 {
     vg__alloc_t old;
-    if (vg__ledger_remove(a->ptr, VG__ANY_OWNER, &old) == VG_OK)
+    if (rc != VG_ESYS && vg__ledger_remove(a->ptr, VG__ANY_OWNER, &old) == VG_OK) {
         vg__budget_release(vg__engine_budget(old.device), old.charged);
-    vg__ledger_insert(a);
+        rc = vg__ledger_insert(a);
+    }
+    if (rc == VG_OK)
+        return VG_OK;
+    char sz[32];
+    vg__log("refused %s of %s on device %d: no host memory to record it "
+            "(CUDA_ERROR_OUT_OF_MEMORY)", t->api, vg__fmt_bytes(a->size, sz, sizeof sz),
+            t->device);
+    if (vg__diag_on())
+        vg__audit_free(a, t->api, CUDA_SUCCESS); /* its alloc line is written */
+    return VG_ESYS;
 }
 
-VG__HOT void vg__acct_record(const vg__ticket_t *t, vg__alloc_t *a)
+VG__HOT int vg__acct_record(const vg__ticket_t *t, vg__alloc_t *a)
 {
     a->seq = vg__ledger_next_seq();
     a->tid = vg__tid();
@@ -162,11 +175,11 @@ VG__HOT void vg__acct_record(const vg__ticket_t *t, vg__alloc_t *a)
     a->kind = (uint8_t)t->kind;
     if (vg__unlikely(vg__diag_on())) /* audit log, call sites, checks */
         vg__diag_commit(t, a);
-    if (vg__unlikely(vg__ledger_insert(a) != VG_OK))
-        replace_stale(a);
+    int rc = vg__ledger_insert(a);
+    return vg__likely(rc == VG_OK) ? VG_OK : insert_failed(t, a, rc);
 }
 
-VG__HOT void vg__acct_commit(vg__ticket_t *t, uint64_t key, uint64_t size, uint64_t pool)
+VG__HOT int vg__acct_commit(vg__ticket_t *t, uint64_t key, uint64_t size, uint64_t pool)
 {
     if (!t->credit) /* credit moved peak and level when it was taken */
         vg__budget_commit(t->budget, t->bytes);
@@ -179,7 +192,11 @@ VG__HOT void vg__acct_commit(vg__ticket_t *t, uint64_t key, uint64_t size, uint6
         .charged = t->bytes,
         .handle = pool,
     };
-    vg__acct_record(t, &a);
+    if (vg__likely(vg__acct_record(t, &a) == VG_OK))
+        return VG_OK;
+    vg__acct_uncharge(&a); /* the charge above, back */
+    t->bytes = 0;
+    return VG_ESYS;
 }
 
 void vg__acct_cancel(vg__ticket_t *t)
@@ -224,7 +241,10 @@ int vg__acct_release(uint64_t key, vg__alloc_t *out)
 
 void vg__acct_restore(const vg__alloc_t *a)
 {
-    vg__ledger_insert(a); /* the charge was never given back */
+    /* The charge was never given back. If the record cannot go back (its
+     * shard's free list empty and no host memory for a slab) the memory
+     * stays charged, unrecorded: the driver still holds it. */
+    vg__ledger_insert(a);
 }
 
 void vg__acct_release_freed(uint64_t key, const char *api)

@@ -154,7 +154,10 @@ VG__HOT int vg__acct_pooled_alloc(vg__ticket_t *t, uint64_t *ptr)
         .handle = (uint64_t)(uintptr_t)b.chunk,
         .pooled = true,
     };
-    vg__acct_record(t, &a);
+    if (vg__unlikely(vg__acct_record(t, &a) != VG_OK)) {
+        vg__pool_block_give(pool, &b, (size_t)t->bytes); /* not recorded: */
+        return VG_ENOTFOUND; /* the driver's path tries, and refuses if it must */
+    }
     *ptr = b.ptr;
     return VG_OK;
 }

@@ -49,9 +49,12 @@ int vg__acct_reserve(vg__ticket_t *t);
 int vg__acct_resize(vg__ticket_t *t, uint64_t bytes);
 /* The allocation succeeded: commit and record it under `key` (a device
  * pointer, or a handle with VG__KEY_HANDLE). `size` is what the caller
- * asked for; `pool` the stream-ordered pool it came from, else 0. */
-void vg__acct_commit(vg__ticket_t *t, uint64_t key, uint64_t size,
-                     uint64_t pool);
+ * asked for; `pool` the stream-ordered pool it came from, else 0.
+ * VG_ESYS when there is no host memory to record it: the charge is given
+ * back, and the caller must undo the allocation and refuse it
+ * (CUDA_ERROR_OUT_OF_MEMORY), or a budget would keep bytes no free
+ * could ever return. */
+int vg__acct_commit(vg__ticket_t *t, uint64_t key, uint64_t size, uint64_t pool);
 /* The allocation failed: give the reservation back. */
 void vg__acct_cancel(vg__ticket_t *t);
 /* The free path keeps the charge until the driver has really freed the
@@ -94,8 +97,10 @@ void vg__acct_pool_forget(CUmemoryPool pool);
 
 /* Records an allocation the driver (or cache mode) just made: fills in the record's
  * bookkeeping, writes the audit line and inserts it in the ledger (a stale
- * record at the same address is replaced). */
-void vg__acct_record(const vg__ticket_t *t, vg__alloc_t *a);
+ * record at the same address is replaced). VG_ESYS when the ledger had no
+ * host memory for it: the audit log then has its free too, and the caller
+ * undoes the allocation. */
+int vg__acct_record(const vg__ticket_t *t, vg__alloc_t *a);
 
 /* Fork steps (fork.c, rank STREAM_POOLS: the stream-ordered pools' lock). */
 void vg__account_prefork(void);

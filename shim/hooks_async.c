@@ -35,7 +35,10 @@ static CUresult after_async(vg__ticket_t *t, CUresult cr, CUdeviceptr *dptr,
         vg__acct_pool_sync(t->device, pool);
         return CUDA_ERROR_OUT_OF_MEMORY;
     }
-    vg__acct_commit(t, *dptr, size, (uint64_t)(uintptr_t)pool);
+    if (vg__acct_commit(t, *dptr, size, (uint64_t)(uintptr_t)pool) != VG_OK) {
+        undo(*dptr, stream); /* not recorded: refused; the pool keeps its charge */
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
     return CUDA_SUCCESS;
 }
 
@@ -54,8 +57,10 @@ static CUresult alloc_async(CUresult (*real)(CUdeviceptr *, size_t, CUstream),
         return vg__cu_status(rc);
     CUresult cr = real(dptr, size, stream);
     if (!pool) { /* no pool to read: charge what was asked */
-        vg__shim_settle(&t, cr, cr == CUDA_SUCCESS ? *dptr : 0, size);
-        return cr;
+        CUresult settled = vg__shim_settle(&t, cr, cr == CUDA_SUCCESS ? *dptr : 0, size);
+        if (settled != cr)
+            undo(*dptr, stream); /* not recorded: refused */
+        return settled;
     }
     return after_async(&t, cr, dptr, size, pool, undo, stream);
 }
@@ -92,8 +97,10 @@ static CUresult alloc_from_pool(CUresult (*real)(CUdeviceptr *, size_t, CUmemory
         return vg__cu_status(rc);
     CUresult cr = real(dptr, size, pool, stream);
     if (!pool) { /* the driver refuses a NULL pool; nothing to settle */
-        vg__shim_settle(&t, cr, cr == CUDA_SUCCESS ? *dptr : 0, size);
-        return cr;
+        CUresult settled = vg__shim_settle(&t, cr, cr == CUDA_SUCCESS ? *dptr : 0, size);
+        if (settled != cr)
+            undo(*dptr, stream); /* not recorded: refused */
+        return settled;
     }
     return after_async(&t, cr, dptr, size, pool, undo, stream);
 }

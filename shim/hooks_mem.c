@@ -27,8 +27,10 @@ VG__HOT CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytesize)
     if (rc != VG_OK)
         return vg__cu_status(rc);
     CUresult cr = vg__real.cuMemAlloc_v2(dptr, bytesize);
-    vg__shim_settle(&t, cr, cr == CUDA_SUCCESS ? *dptr : 0, bytesize);
-    return cr;
+    CUresult settled = vg__shim_settle(&t, cr, cr == CUDA_SUCCESS ? *dptr : 0, bytesize);
+    if (vg__unlikely(settled != cr))
+        vg__real.cuMemFree_v2(*dptr); /* not recorded: refused */
+    return settled;
 }
 
 CUresult cuMemAlloc(CUdeviceptr_v1 *dptr, unsigned int bytesize)
@@ -43,8 +45,10 @@ CUresult cuMemAlloc(CUdeviceptr_v1 *dptr, unsigned int bytesize)
     if (rc != VG_OK)
         return vg__cu_status(rc);
     CUresult cr = vg__real.cuMemAlloc(dptr, bytesize);
-    vg__shim_settle(&t, cr, cr == CUDA_SUCCESS ? *dptr : 0, bytesize);
-    return cr;
+    CUresult settled = vg__shim_settle(&t, cr, cr == CUDA_SUCCESS ? *dptr : 0, bytesize);
+    if (settled != cr)
+        vg__real.cuMemFree(*dptr); /* not recorded: refused */
+    return settled;
 }
 
 VG__HOT CUresult cuMemFree_v2(CUdeviceptr dptr)
@@ -97,7 +101,10 @@ static CUresult pitch_settle(vg__ticket_t *t, CUresult cr, CUdeviceptr ptr,
         vg__acct_cancel(t);
         return CUDA_ERROR_OUT_OF_MEMORY;
     }
-    vg__acct_commit(t, ptr, pitch * height, 0);
+    if (vg__acct_commit(t, ptr, pitch * height, 0) != VG_OK) {
+        vg__real.cuMemFree_v2(ptr); /* not recorded: refused */
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
     return CUDA_SUCCESS;
 }
 
@@ -146,8 +153,10 @@ CUresult cuMemAllocManaged(CUdeviceptr *dptr, size_t bytesize, unsigned int flag
     if (rc != VG_OK)
         return vg__cu_status(rc);
     CUresult cr = vg__real.cuMemAllocManaged(dptr, bytesize, flags);
-    vg__shim_settle(&t, cr, cr == CUDA_SUCCESS ? *dptr : 0, bytesize);
-    return cr;
+    CUresult settled = vg__shim_settle(&t, cr, cr == CUDA_SUCCESS ? *dptr : 0, bytesize);
+    if (settled != cr)
+        vg__real.cuMemFree_v2(*dptr); /* not recorded: refused */
+    return settled;
 }
 
 /* ---------------------------------------------------- memory views */

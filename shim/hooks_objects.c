@@ -50,8 +50,11 @@ CUresult cuMemCreate(CUmemGenericAllocationHandle *handle, size_t size,
     if (rc != VG_OK)
         return vg__cu_status(rc);
     CUresult cr = vg__real.cuMemCreate(handle, size, prop, flags);
-    vg__shim_settle(&t, cr, cr == CUDA_SUCCESS ? *handle | VG__KEY_HANDLE : 0, size);
-    return cr;
+    CUresult settled = vg__shim_settle(&t, cr, cr == CUDA_SUCCESS ? *handle | VG__KEY_HANDLE : 0,
+                                       size);
+    if (settled != cr)
+        vg__real.cuMemRelease(*handle); /* not recorded: refused */
+    return settled;
 }
 
 CUresult cuMemRelease(CUmemGenericAllocationHandle handle)
@@ -154,7 +157,10 @@ static CUresult array_settle(vg__ticket_t *t, CUresult cr, CUarray arr)
         vg__acct_cancel(t);
         return CUDA_ERROR_OUT_OF_MEMORY;
     }
-    vg__acct_commit(t, key_of(arr), t->bytes, current_ctx());
+    if (vg__acct_commit(t, key_of(arr), t->bytes, current_ctx()) != VG_OK) {
+        vg__real.cuArrayDestroy(arr); /* not recorded: refused */
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
     return CUDA_SUCCESS;
 }
 
@@ -272,7 +278,10 @@ CUresult cuMipmappedArrayCreate(CUmipmappedArray *pHandle, const CUDA_ARRAY3D_DE
         vg__acct_cancel(&t);
         return CUDA_ERROR_OUT_OF_MEMORY;
     }
-    vg__acct_commit(&t, key_of(*pHandle), t.bytes, current_ctx());
+    if (vg__acct_commit(&t, key_of(*pHandle), t.bytes, current_ctx()) != VG_OK) {
+        vg__real.cuMipmappedArrayDestroy(*pHandle); /* not recorded: refused */
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
     return CUDA_SUCCESS;
 }
 
@@ -290,6 +299,16 @@ CUresult cuMipmappedArrayDestroy(CUmipmappedArray hMipmappedArray)
 }
 
 /* ------------------------------------------------------------ graphs */
+
+/* Takes back a node just added (we do not hook cuGraphDestroyNode, so it
+ * is looked up here, on this rare path). */
+__attribute__((cold)) static void destroy_node(CUgraphNode node)
+{
+    CUresult (*destroy)(CUgraphNode) =
+        (CUresult(*)(CUgraphNode))vg__real_dlsym(vg__driver()->handle, "cuGraphDestroyNode");
+    if (destroy)
+        destroy(node);
+}
 
 /* A graph memory node is charged from its creation until its graph is
  * destroyed: the graph's memory pool keeps the memory between launches, so
@@ -310,11 +329,15 @@ CUresult cuGraphAddMemAllocNode(CUgraphNode *phGraphNode, CUgraph hGraph,
         return vg__cu_status(rc);
     CUresult cr = vg__real.cuGraphAddMemAllocNode(phGraphNode, hGraph, dependencies,
                                                   numDependencies, nodeParams);
-    if (cr == CUDA_SUCCESS)
-        vg__acct_commit(&t, nodeParams->dptr, nodeParams->bytesize, key_of(hGraph));
-    else
+    if (cr != CUDA_SUCCESS) {
         vg__acct_cancel(&t);
-    return cr;
+        return cr;
+    }
+    if (vg__acct_commit(&t, nodeParams->dptr, nodeParams->bytesize, key_of(hGraph)) != VG_OK) {
+        destroy_node(*phGraphNode); /* not recorded: refused */
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    return CUDA_SUCCESS;
 }
 
 struct graph_keys {

@@ -217,14 +217,18 @@ static inline bool vg__shim_started(void)
     return vg__likely(vg__shim_ready()) || vg__shim_start() == CUDA_SUCCESS;
 }
 /* Ends an allocation hook: commits the ticket under `key` when the driver
- * succeeded, else gives the reservation back. */
-static inline void vg__shim_settle(vg__ticket_t *t, CUresult cr, uint64_t key,
-                                   uint64_t size)
+ * succeeded, else gives the reservation back. `cr`, or
+ * CUDA_ERROR_OUT_OF_MEMORY when the allocation could not be recorded
+ * (vg__acct_commit): the caller then frees what the driver made. */
+static inline CUresult vg__shim_settle(vg__ticket_t *t, CUresult cr, uint64_t key,
+                                       uint64_t size)
 {
-    if (cr == CUDA_SUCCESS)
-        vg__acct_commit(t, key, size, 0);
-    else
+    if (cr != CUDA_SUCCESS) {
         vg__acct_cancel(t);
+        return cr;
+    }
+    return vg__likely(vg__acct_commit(t, key, size, 0) == VG_OK) ? CUDA_SUCCESS
+                                                                 : CUDA_ERROR_OUT_OF_MEMORY;
 }
 /* The hook for a real driver function, or `fn` itself when we do not hook
  * it. Bisection over the routing table: no string compares. */

@@ -1,20 +1,25 @@
 /*
- * test_pool_hostmem.c — the pool's cache when host memory runs out: a
- * thread that cannot get a magazine is served by the class itself, as its
- * frees already were. Its own binary: it replaces calloc (forwarding to
- * glibc's) to make the magazine's allocation fail, which a sanitizer's
- * allocator does not allow, so sanitizer builds leave it out (Makefile).
+ * test_hostmem.c — when host memory runs out.
+ *   - The pool's cache: a thread that cannot get a magazine is served by
+ *     the class itself, as its frees already were. This binary replaces
+ *     calloc (forwarding to glibc's) to make the magazine's allocation fail.
+ *   - The shim: an allocation the ledger has no memory to record is freed
+ *     and refused, its charge given back (tests/clients/client_hostmem.c
+ *     replaces aligned_alloc the same way).
+ * A sanitizer's allocator allows neither, so sanitizer builds leave this
+ * file out (Makefile).
  */
 #include <criterion/criterion.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 
+#include "clientrun.h"
 #include "testutil.h"
 #include "vg_pool.h"
 
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-#error "test_pool_hostmem replaces calloc: plain builds only"
+#error "test_hostmem replaces calloc: plain builds only"
 #endif
 
 /* While armed, calloc of a thread's 4 KiB magazine fails: its size lies
@@ -61,7 +66,7 @@ static void *second_thread(void *arg)
  * one chunk (with never-used blocks left in it), the second thread's
  * 256-byte block the other. The second thread's 4 KiB request cannot grow
  * the pool, so only the class's blocks can serve it. */
-Test(pool_hostmem, a_thread_without_a_magazine_takes_from_the_class)
+Test(hostmem, a_pool_thread_without_a_magazine_takes_from_the_class)
 {
     vg_pool_t *p = NULL;
     cr_assert_eq(vg_pool_create(0, 2 * VG__CHUNK_SMALL, &p), VG_OK);
@@ -80,4 +85,28 @@ Test(pool_hostmem, a_thread_without_a_magazine_takes_from_the_class)
     cr_expect_leq(st.used, 2 * VG__CHUNK_SMALL);
     cr_expect_eq(vg_pool_free(p, held), VG_OK);
     vg_pool_destroy(p, NULL);
+}
+
+/* 300 allocations of 64 KiB while the ledger cannot get a slab of records:
+ * the 63 its free list holds succeed, every later one is refused with
+ * CUDA_ERROR_OUT_OF_MEMORY and freed at once, so once all are freed the
+ * budget shows as much free as before and the driver holds nothing. (Kept
+ * unrecorded, each held its charge for good, and its free was a "foreign"
+ * pointer's.) */
+Test(hostmem, an_allocation_the_ledger_cannot_record_is_freed_and_refused)
+{
+    run_opts_t o = {.method = "hostmem", .path = "300", .budget = "1GiB"};
+    run_result_t r;
+    run_client(&o, &r);
+    cr_assert_eq(r.status, 0, "client_hostmem exited %d: %s", r.status, r.err);
+    const char *l = line_for(r.out, "hostmem");
+    cr_assert(l, "no result line: %s", r.out);
+    cr_expect_gt(field(l, "refused_calls"), 0, "no slab was refused: the test proves nothing: %s", l);
+    cr_expect_gt(field(l, "refused"), 0, "nothing was refused: %s", l);
+    cr_expect_eq(field(l, "ok") + field(l, "refused"), 300, "%s", l);
+    cr_expect_eq(field(l, "other_rc"), 0, "%s", l);
+    cr_expect_eq(field(l, "free_failed"), 0, "%s", l);
+    cr_expect_eq(field(l, "free_after"), field(l, "free_before"), "a charge was kept: %s", l);
+    cr_expect_eq(field(l, "live_after"), field(l, "live_before"), "device memory was kept: %s", l);
+    cr_expect(strstr(r.err, "no host memory to record it"), "no refusal was said: %s", r.err);
 }

@@ -1,0 +1,102 @@
+/*
+ * client_hostmem.c — a client for tests/test_hostmem.c: 64 KiB allocations
+ * through the linked cuMemAlloc_v2 while the process's host memory runs
+ * out, run under the preload shim with a budget.
+ *
+ *   client_hostmem N
+ *   stdout: "path=hostmem ok=K refused=R other_rc=O refused_calls=C
+ *            free_failed=F free_before=B free_after=A live_before=L
+ *            live_after=M"
+ *   exit:   0 ran, 2 usage, 3 setup failed
+ *
+ * After one allocation and free (the shim's per-thread state is made), N
+ * allocations are held while every aligned_alloc of 1 KiB or more fails:
+ * the ledger takes its records 64 at a time so, and nothing else on this
+ * path does (the test driver backs allocations of 64 KiB with mmap, and
+ * grows its own tables with calloc, which would end it). Then all are freed,
+ * and cuMemGetInfo's free memory (the budget's view) and the test driver's
+ * count of live allocations are read again: what a refused allocation
+ * took must be back in both. Sanitizer builds own aligned_alloc: there this
+ * client only says so (exit 2), and the test is not built.
+ */
+#include <cuda.h>
+#include <dlfcn.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+int main(void)
+{
+    fputs("client_hostmem: replaces aligned_alloc, which a sanitizer owns\n", stderr);
+    return 2;
+}
+#else
+
+#define MAX_N 4096
+#define BIG 1024 /* bytes from which a host allocation fails while armed */
+#define SIZE (64u << 10)
+
+static bool armed;
+static long refused_calls;
+void *__libc_memalign(size_t align, size_t size);
+
+void *aligned_alloc(size_t align, size_t size)
+{
+    if (armed && size >= BIG) {
+        refused_calls++;
+        return NULL;
+    }
+    return __libc_memalign(align, size);
+}
+
+static long long live_allocs(void)
+{
+    void *h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_NOLOAD);
+    size_t (*f)(int) = h ? (size_t(*)(int))dlsym(h, "fakecuda_live_allocs") : NULL;
+    long long v = f ? (long long)f(0) : -1;
+    if (h)
+        dlclose(h);
+    return v;
+}
+
+int main(int argc, char **argv)
+{
+    int n = argc == 2 ? atoi(argv[1]) : 0;
+    if (n <= 0 || n > MAX_N) {
+        fprintf(stderr, "usage: client_hostmem N (1..%d)\n", MAX_N);
+        return 2;
+    }
+    static CUdeviceptr held[MAX_N];
+    CUdevice dev;
+    CUcontext ctx;
+    CUdeviceptr p;
+    size_t free_before, free_after, total;
+    if (cuInit(0) || cuDeviceGet(&dev, 0) || cuDevicePrimaryCtxRetain(&ctx, dev) ||
+        cuCtxSetCurrent(ctx) || cuMemAlloc(&p, SIZE) || cuMemFree(p) ||
+        cuMemGetInfo(&free_before, &total))
+        return 3;
+    long long live_before = live_allocs();
+    int ok = 0, refused = 0, other = 0, free_failed = 0;
+    armed = true;
+    for (int i = 0; i < n; i++) {
+        CUresult rc = cuMemAlloc(&p, SIZE);
+        if (rc == CUDA_SUCCESS)
+            held[ok++] = p;
+        else if (rc == CUDA_ERROR_OUT_OF_MEMORY)
+            refused++;
+        else
+            other++;
+    }
+    armed = false;
+    for (int i = 0; i < ok; i++)
+        free_failed += cuMemFree(held[i]) != CUDA_SUCCESS;
+    if (cuMemGetInfo(&free_after, &total))
+        return 3;
+    printf("path=hostmem ok=%d refused=%d other_rc=%d refused_calls=%ld free_failed=%d "
+           "free_before=%zu free_after=%zu live_before=%lld live_after=%lld\n",
+           ok, refused, other, refused_calls, free_failed, free_before, free_after,
+           live_before, live_allocs());
+    return 0;
+}
+#endif
