@@ -65,7 +65,8 @@
  * preempted holder costs little. A record is two cache lines, and the
  * table's probe usually one more (the key sits beside its record's
  * address), so a pair writes few lines that the driver may have evicted
- * between calls. The tables never shrink.
+ * between calls. A table halves once it is less than 1/8 full (vg_keymap.h);
+ * the slabs of records are kept.
  *
  * Fork (fork.c, rank LEDGER): prepare locks every shard and parent and
  * child unlock them, so a fork while another thread is inside an insert

@@ -9,8 +9,12 @@
  * slots, usually, and nothing else of the map. Against uthash, which the
  * ledger used before, a hooked alloc+free pair ran ~117 fewer instructions
  * in the map and touches no neighbour's record (uthash links every record
- * into an insertion-order list). The only allocation is growth
- * (keymap.c), out of line; the map never shrinks.
+ * into an insertion-order list). The only allocations are resizes
+ * (keymap.c), out of line: the map doubles before it is half full and
+ * halves once less than 1/8 full (above VG__KEYMAP_MIN slots): a shard
+ * that once held a million records gives back its 32-64 MiB of table (the
+ * records' slabs stay, ledger.c), and a size that moves around one
+ * boundary does not rehash each time.
  */
 #ifndef VG_KEYMAP_H
 #define VG_KEYMAP_H
@@ -36,6 +40,8 @@ typedef struct vg__keymap {
 /* Doubles the map (or makes it): VG_ESYS without memory, the map as it
  * was. keymap.c. */
 int vg__keymap_grow(vg__keymap_t *m);
+/* Halves the map; without memory it stays as it is. keymap.c. */
+void vg__keymap_shrink(vg__keymap_t *m);
 
 static inline uint32_t vg__keymap_home(const vg__keymap_t *m, uint64_t key)
 {
@@ -86,15 +92,19 @@ static inline int vg__keymap_add(vg__keymap_t *m, uint64_t key, void *val)
  * the run that may fill it: one whose home is not cyclically in (i, j]. */
 static inline void vg__keymap_del_at(vg__keymap_t *m, uint32_t i)
 {
-    for (uint32_t j = (i + 1) & m->mask; m->slot[j].key; j = (j + 1) & m->mask) {
+    const uint32_t mask = m->mask;
+    for (uint32_t j = (i + 1) & mask; m->slot[j].key; j = (j + 1) & mask) {
         uint32_t home = vg__keymap_home(m, m->slot[j].key);
-        if (((j - home) & m->mask) >= ((j - i) & m->mask)) {
+        if (((j - home) & mask) >= ((j - i) & mask)) {
             m->slot[i] = m->slot[j];
             i = j;
         }
     }
     m->slot[i] = (vg__keyslot_t){0, NULL};
-    m->used--;
+    uint32_t used = --m->used;
+    /* Less than 1/8 full (mask >= 8 * used), and above the smallest size. */
+    if (vg__unlikely(mask >= 8u * used) && mask >= VG__KEYMAP_MIN)
+        vg__keymap_shrink(m);
 }
 
 /* For each value v of the map: for (i = 0; (v = vg__keymap_next(m, &i));) */

@@ -106,6 +106,8 @@ Test(keymap, random_adds_and_deletes_agree_with_a_plain_array)
         }
         cr_assert_eq(m.used, count);
         cr_assert_leq(2 * m.used, m.mask + 1, "more than half full");
+        cr_assert(8 * m.used >= m.mask + 1 || m.mask + 1 == VG__KEYMAP_MIN,
+                  "op %d: %u of %u slots used", op, m.used, m.mask + 1);
     }
     for (uint32_t k = 0; k < KEYS; k++) {
         uint64_t key = (uint64_t)(k + 1) << 12;
@@ -131,5 +133,23 @@ Test(keymap, the_walk_visits_every_entry_once)
     }
     for (uint32_t k = 0; k < KEYS; k++)
         cr_expect_eq(seen[k], k % 3 ? 1 : 0, "key %u", k);
+    map_free(&m);
+}
+
+/* 100000 keys in, then all but 10 out: the map halves its way back down to
+ * its smallest (10 is under 1/8 of 128), and the 10 are still there. */
+Test(keymap, a_map_that_empties_shrinks_back)
+{
+    vg__keymap_t m = {NULL, 0, 0};
+    for (uint64_t k = 1; k <= 100000; k++)
+        cr_assert_eq(vg__keymap_add(&m, k << 12, val_of(k << 12)), VG_OK);
+    cr_assert_geq(m.mask + 1, 262144u);
+    for (uint64_t k = 11; k <= 100000; k++)
+        vg__keymap_del_at(&m, vg__keymap_find(&m, k << 12));
+    cr_expect_eq(m.used, 10u);
+    cr_expect_eq(m.mask + 1, VG__KEYMAP_MIN, "%u slots for 10 keys", m.mask + 1);
+    for (uint64_t k = 1; k <= 100000; k++)
+        cr_expect_eq(vg__keymap_get(&m, k << 12), k <= 10 ? val_of(k << 12) : NULL, "key %lu",
+                     (unsigned long)k);
     map_free(&m);
 }
