@@ -6,6 +6,8 @@
  *   - The shim: an allocation the ledger has no memory to record is freed
  *     and refused, its charge given back (tests/clients/client_hostmem.c
  *     replaces aligned_alloc the same way).
+ *   - The ledger's walk with no memory for its list of a shard: it visits
+ *     in chunks instead (malloc is replaced too).
  * A sanitizer's allocator allows neither, so sanitizer builds leave this
  * file out (Makefile).
  */
@@ -13,6 +15,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "clientrun.h"
 #include "testutil.h"
@@ -38,6 +41,21 @@ void *calloc(size_t n, size_t size)
         return NULL;
     }
     return __libc_calloc(n, size);
+}
+
+/* While armed, every malloc of 1 KiB or more fails (the walk's list of a
+ * shard of 200 records is 3.6 KiB). */
+static _Thread_local bool malloc_armed;
+static _Atomic int malloc_refused;
+void *__libc_malloc(size_t size);
+
+void *malloc(size_t size)
+{
+    if (malloc_armed && size >= 1024) {
+        atomic_fetch_add(&malloc_refused, 1);
+        return NULL;
+    }
+    return __libc_malloc(size);
 }
 
 struct step {
@@ -109,4 +127,55 @@ Test(hostmem, an_allocation_the_ledger_cannot_record_is_freed_and_refused)
     cr_expect_eq(field(l, "free_after"), field(l, "free_before"), "a charge was kept: %s", l);
     cr_expect_eq(field(l, "live_after"), field(l, "live_before"), "device memory was kept: %s", l);
     cr_expect(strstr(r.err, "no host memory to record it"), "no refusal was said: %s", r.err);
+}
+
+/* The walk's fallback, in chunks: 200 records of one shard, inserted in a
+ * scattered key order, are visited in insertion order, each once, while
+ * the callback removes each one it visits (positions shift) and inserts
+ * another (which must not be visited). */
+#define WALK_N 200
+#define WALK_BASE 0x7d0000000000ull
+
+struct chunk_walk {
+    uint64_t last_seq, visited;
+    bool in_order, removed_all;
+};
+
+static vg__alloc_t walk_rec(vg_devptr_t ptr)
+{
+    vg__alloc_t a;
+    memset(&a, 0, sizeof a);
+    a.ptr = a.base = ptr;
+    a.size = a.charged = 8;
+    a.seq = vg__ledger_next_seq();
+    return a;
+}
+
+static void visit_remove_insert(const vg__alloc_t *a, void *ctx)
+{
+    struct chunk_walk *w = ctx;
+    w->in_order &= a->seq > w->last_seq;
+    w->last_seq = a->seq;
+    w->visited++;
+    w->removed_all &= vg__ledger_remove(a->ptr, VG__ANY_OWNER, NULL) == VG_OK;
+    vg__alloc_t fresh = walk_rec(WALK_BASE + (1ull << 32) + w->visited * 256);
+    cr_assert_eq(vg__ledger_insert(&fresh), VG_OK);
+}
+
+Test(hostmem, a_ledger_walk_without_memory_for_its_list_visits_in_chunks)
+{
+    for (uint64_t i = 0; i < WALK_N; i++) {
+        uint64_t k = (i * 2654435761u) % WALK_N; /* a permutation of 0..N-1 */
+        vg__alloc_t a = walk_rec(WALK_BASE + (k + 1) * 256);
+        cr_assert_eq(vg__ledger_insert(&a), VG_OK);
+    }
+    struct chunk_walk w = {.in_order = true, .removed_all = true};
+    malloc_armed = true;
+    vg__ledger_foreach(VG__ANY_OWNER, visit_remove_insert, &w);
+    malloc_armed = false;
+    cr_expect_gt(atomic_load(&malloc_refused), 0, "the list was made: the test proves nothing");
+    cr_expect(w.in_order, "out of insertion order");
+    cr_expect(w.removed_all, "a visited record was not there to remove");
+    cr_expect_eq(w.visited, WALK_N, "visited %llu of %d", (unsigned long long)w.visited, WALK_N);
+    cr_expect_eq(vg__ledger_count(), WALK_N, "the inserted ones are left");
 }
