@@ -289,6 +289,10 @@ bench: check-deps
 	@$(MAKE) --no-print-directory OPT="-O2 -g -DNDEBUG" $(BENCH) $(FAKECUDA) $(PRELOAD) $(BENCH_PAIRS)
 	@LD_LIBRARY_PATH=$(BUILD)/fakecuda $(BENCH)
 	@LD_LIBRARY_PATH=$(BUILD)/nulldriver $(BENCH_PAIRS) --hooked --preload $(PRELOAD) | grep -a '^RESULT|'
+	@# again with the driver's use of the caches modelled (docs/benchmarks.md, "Code layout")
+	@NULLDRIVER_CODE=65536 NULLDRIVER_FOOTPRINT=65536 LD_LIBRARY_PATH=$(BUILD)/nulldriver \
+	  $(BENCH_PAIRS) --hooked --preload $(PRELOAD) --rounds 11 --threads 1 --pairs 100000 \
+	  | grep -a '^RESULT|' | sed 's/^RESULT|bench_/RESULT|bench_cold_/'
 
 vramguard.pc: Makefile
 	@printf 'prefix=%s\nlibdir=$${prefix}/lib\nincludedir=$${prefix}/include\n\nName: vramguard\nDescription: VRAM budgets for CUDA processes\nVersion: %s\nLibs: -L$${libdir} -lvramguard\nLibs.private: -ldl -lpthread\nCflags: -I$${includedir}\n' \
