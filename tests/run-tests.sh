@@ -21,6 +21,17 @@ export ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0}"
 export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
 export TSAN_OPTIONS="${TSAN_OPTIONS:-halt_on_error=1:second_deadlock_stack=1}"
 
+# Shared-budget regions the tests made (VG__SHM_PREFIX "vgtest-PID-tag") and
+# left behind when a test process was killed: those of dead PIDs go, so
+# they do not pile up in `vramguard status` on a developer's machine.
+for f in /dev/shm/vramguard.vgtest-*; do
+  [ -e "$f" ] || continue
+  pid=${f#/dev/shm/vramguard.vgtest-}
+  pid=${pid%%-*}
+  case "$pid" in '' | *[!0-9]*) continue ;; esac
+  kill -0 "$pid" 2>/dev/null || rm -f -- "$f"
+done
+
 # The skips of one binary, "suite::name: reason" a line.
 skips_of() { # LOG TAP
   sed -n 's/^\[SKIP\] \([^ ]*::[^ ]*\): \(.*\)$/\1: \2/p' "$1"
