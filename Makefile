@@ -66,7 +66,7 @@ CLI_OBJS   := $(CLI_SRCS:%.c=$(BUILD)/obj/%.o)
 FAKE_SRCS  := $(wildcard tests/fakecuda/*.c)
 FAKENVML_SRCS := $(wildcard tests/fakenvml/*.c)
 TEST_SRCS  := $(wildcard tests/test_*.c)
-# test_hostmem replaces calloc, which a sanitizer's allocator owns:
+# test_hostmem replaces calloc and malloc, which a sanitizer's allocator owns:
 # plain builds only.
 ifneq ($(SAN),)
 TEST_SRCS  := $(filter-out tests/test_hostmem.c,$(TEST_SRCS))

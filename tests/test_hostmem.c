@@ -8,7 +8,7 @@
  *     replaces aligned_alloc the same way).
  *   - The ledger's walk with no memory for its list of a shard: it visits
  *     in chunks instead (malloc is replaced too).
- * A sanitizer's allocator allows neither, so sanitizer builds leave this
+ * A sanitizer's allocator allows none of this, so sanitizer builds leave this
  * file out (Makefile).
  */
 #include <criterion/criterion.h>
@@ -22,7 +22,7 @@
 #include "vg_pool.h"
 
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-#error "test_hostmem replaces calloc: plain builds only"
+#error "test_hostmem replaces calloc and malloc: plain builds only"
 #endif
 
 /* While armed, calloc of a thread's 4 KiB magazine fails: its size lies
