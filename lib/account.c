@@ -144,27 +144,20 @@ int vg__acct_resize(vg__ticket_t *t, uint64_t bytes)
     return VG_OK;
 }
 
-/* An insert failed: the driver handed out an address we still hold (the
- * old allocation was freed behind our back, with its context), so its
- * charge goes and the new record takes its place; or there was no host
- * memory for the record (VG_ESYS), which the caller undoes. */
-__attribute__((noinline, cold)) static int insert_failed(const vg__ticket_t *t,
-                                                         const vg__alloc_t *a, int rc)
+/* An insert failed. A duplicate: the driver handed out an address we
+ * still hold (the old allocation was freed behind our back, with its
+ * context), so its charge goes and the new record takes its place; the
+ * insert is tried again even when the old one has gone meanwhile (a
+ * context's sweep may take it between the two). VG_ESYS: no host memory
+ * for the record. */
+__attribute__((noinline, cold)) static int insert_failed(const vg__alloc_t *a, int rc)
 {
+    if (rc == VG_ESYS)
+        return VG_ESYS;
     vg__alloc_t old;
-    if (rc != VG_ESYS && vg__ledger_remove(a->ptr, VG__ANY_OWNER, &old) == VG_OK) {
+    if (vg__ledger_remove(a->ptr, VG__ANY_OWNER, &old) == VG_OK)
         vg__budget_release(vg__engine_budget(old.device), old.charged);
-        rc = vg__ledger_insert(a);
-    }
-    if (rc == VG_OK)
-        return VG_OK;
-    char sz[32];
-    vg__log("refused %s of %s on device %d: no host memory to record it "
-            "(CUDA_ERROR_OUT_OF_MEMORY)", t->api, vg__fmt_bytes(a->size, sz, sizeof sz),
-            t->device);
-    if (vg__diag_on())
-        vg__audit_free(a, t->api, CUDA_SUCCESS); /* its alloc line is written */
-    return VG_ESYS;
+    return vg__ledger_insert(a) == VG_OK ? VG_OK : VG_ESYS;
 }
 
 VG__HOT int vg__acct_record(const vg__ticket_t *t, vg__alloc_t *a)
@@ -176,7 +169,20 @@ VG__HOT int vg__acct_record(const vg__ticket_t *t, vg__alloc_t *a)
     if (vg__unlikely(vg__diag_on())) /* audit log, call sites, checks */
         vg__diag_commit(t, a);
     int rc = vg__ledger_insert(a);
-    return vg__likely(rc == VG_OK) ? VG_OK : insert_failed(t, a, rc);
+    return vg__likely(rc == VG_OK) ? VG_OK : insert_failed(a, rc);
+}
+
+void vg__acct_unrecorded(vg__ticket_t *t, uint64_t key, uint64_t size)
+{
+    vg__alloc_t a = {.ptr = key, .base = key, .size = size, .charged = t->bytes,
+                     .device = (int16_t)t->device, .kind = (uint8_t)t->kind};
+    char sz[32];
+    vg__log("refused %s of %s on device %d: no host memory to record it "
+            "(CUDA_ERROR_OUT_OF_MEMORY)", t->api, vg__fmt_bytes(size, sz, sizeof sz), t->device);
+    if (vg__diag_on())
+        vg__audit_free(&a, t->api, CUDA_SUCCESS); /* its alloc line is written */
+    vg__acct_uncharge(&a); /* what vg__acct_commit charged */
+    t->bytes = 0;
 }
 
 VG__HOT int vg__acct_commit(vg__ticket_t *t, uint64_t key, uint64_t size, uint64_t pool)
@@ -192,11 +198,7 @@ VG__HOT int vg__acct_commit(vg__ticket_t *t, uint64_t key, uint64_t size, uint64
         .charged = t->bytes,
         .handle = pool,
     };
-    if (vg__likely(vg__acct_record(t, &a) == VG_OK))
-        return VG_OK;
-    vg__acct_uncharge(&a); /* the charge above, back */
-    t->bytes = 0;
-    return VG_ESYS;
+    return vg__acct_record(t, &a);
 }
 
 void vg__acct_cancel(vg__ticket_t *t)

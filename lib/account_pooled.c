@@ -33,6 +33,7 @@
 #include <stdio.h>
 
 #include "vg_account.h"
+#include "vg_audit.h"
 #include "vg_pool.h"
 #include "vg_fork.h"
 
@@ -154,8 +155,10 @@ VG__HOT int vg__acct_pooled_alloc(vg__ticket_t *t, uint64_t *ptr)
         .handle = (uint64_t)(uintptr_t)b.chunk,
         .pooled = true,
     };
-    if (vg__unlikely(vg__acct_record(t, &a) != VG_OK)) {
-        vg__pool_block_give(pool, &b, (size_t)t->bytes); /* not recorded: */
+    if (vg__unlikely(vg__acct_record(t, &a) != VG_OK)) { /* not recorded: */
+        if (vg__diag_on())
+            vg__audit_free(&a, t->api, CUDA_SUCCESS); /* its alloc line is written */
+        vg__pool_block_give(pool, &b, (size_t)t->bytes);
         return VG_ENOTFOUND; /* the driver's path tries, and refuses if it must */
     }
     *ptr = b.ptr;

@@ -50,11 +50,14 @@ int vg__acct_resize(vg__ticket_t *t, uint64_t bytes);
 /* The allocation succeeded: commit and record it under `key` (a device
  * pointer, or a handle with VG__KEY_HANDLE). `size` is what the caller
  * asked for; `pool` the stream-ordered pool it came from, else 0.
- * VG_ESYS when there is no host memory to record it: the charge is given
- * back, and the caller must undo the allocation and refuse it
- * (CUDA_ERROR_OUT_OF_MEMORY), or a budget would keep bytes no free
- * could ever return. */
+ * VG_ESYS when there is no host memory to record it: it is charged but
+ * unrecorded, so no free could ever give the charge back. The caller
+ * undoes the allocation, calls vg__acct_unrecorded() and refuses it
+ * (CUDA_ERROR_OUT_OF_MEMORY); what cannot be undone stays charged. */
 int vg__acct_commit(vg__ticket_t *t, uint64_t key, uint64_t size, uint64_t pool);
+/* After vg__acct_commit's VG_ESYS, with the allocation undone: its charge
+ * back, a line saying why, and its free in the audit log. */
+void vg__acct_unrecorded(vg__ticket_t *t, uint64_t key, uint64_t size);
 /* The allocation failed: give the reservation back. */
 void vg__acct_cancel(vg__ticket_t *t);
 /* The free path keeps the charge until the driver has really freed the
@@ -98,8 +101,7 @@ void vg__acct_pool_forget(CUmemoryPool pool);
 /* Records an allocation the driver (or cache mode) just made: fills in the record's
  * bookkeeping, writes the audit line and inserts it in the ledger (a stale
  * record at the same address is replaced). VG_ESYS when the ledger had no
- * host memory for it: the audit log then has its free too, and the caller
- * undoes the allocation. */
+ * host memory for it. */
 int vg__acct_record(const vg__ticket_t *t, vg__alloc_t *a);
 
 /* Fork steps (fork.c, rank STREAM_POOLS: the stream-ordered pools' lock). */

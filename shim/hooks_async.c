@@ -37,6 +37,8 @@ static CUresult after_async(vg__ticket_t *t, CUresult cr, CUdeviceptr *dptr,
     }
     if (vg__acct_commit(t, *dptr, size, (uint64_t)(uintptr_t)pool) != VG_OK) {
         undo(*dptr, stream); /* not recorded: refused; the pool keeps its charge */
+        vg__acct_unrecorded(t, *dptr, size);
+        *dptr = 0;
         return CUDA_ERROR_OUT_OF_MEMORY;
     }
     return CUDA_SUCCESS;
@@ -58,8 +60,11 @@ static CUresult alloc_async(CUresult (*real)(CUdeviceptr *, size_t, CUstream),
     CUresult cr = real(dptr, size, stream);
     if (!pool) { /* no pool to read: charge what was asked */
         CUresult settled = vg__shim_settle(&t, cr, cr == CUDA_SUCCESS ? *dptr : 0, size);
-        if (settled != cr)
-            undo(*dptr, stream); /* not recorded: refused */
+        if (settled != cr) { /* not recorded: refused */
+            undo(*dptr, stream);
+            vg__acct_unrecorded(&t, *dptr, size);
+            *dptr = 0;
+        }
         return settled;
     }
     return after_async(&t, cr, dptr, size, pool, undo, stream);
@@ -98,8 +103,11 @@ static CUresult alloc_from_pool(CUresult (*real)(CUdeviceptr *, size_t, CUmemory
     CUresult cr = real(dptr, size, pool, stream);
     if (!pool) { /* the driver refuses a NULL pool; nothing to settle */
         CUresult settled = vg__shim_settle(&t, cr, cr == CUDA_SUCCESS ? *dptr : 0, size);
-        if (settled != cr)
-            undo(*dptr, stream); /* not recorded: refused */
+        if (settled != cr) { /* not recorded: refused */
+            undo(*dptr, stream);
+            vg__acct_unrecorded(&t, *dptr, size);
+            *dptr = 0;
+        }
         return settled;
     }
     return after_async(&t, cr, dptr, size, pool, undo, stream);

@@ -28,8 +28,11 @@ VG__HOT CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytesize)
         return vg__cu_status(rc);
     CUresult cr = vg__real.cuMemAlloc_v2(dptr, bytesize);
     CUresult settled = vg__shim_settle(&t, cr, cr == CUDA_SUCCESS ? *dptr : 0, bytesize);
-    if (vg__unlikely(settled != cr))
-        vg__real.cuMemFree_v2(*dptr); /* not recorded: refused */
+    if (vg__unlikely(settled != cr)) { /* not recorded: refused */
+        vg__real.cuMemFree_v2(*dptr);
+        vg__acct_unrecorded(&t, *dptr, bytesize);
+        *dptr = 0;
+    }
     return settled;
 }
 
@@ -46,8 +49,11 @@ CUresult cuMemAlloc(CUdeviceptr_v1 *dptr, unsigned int bytesize)
         return vg__cu_status(rc);
     CUresult cr = vg__real.cuMemAlloc(dptr, bytesize);
     CUresult settled = vg__shim_settle(&t, cr, cr == CUDA_SUCCESS ? *dptr : 0, bytesize);
-    if (settled != cr)
-        vg__real.cuMemFree(*dptr); /* not recorded: refused */
+    if (settled != cr) { /* not recorded: refused (the _v2 free: the engine needs it) */
+        vg__real.cuMemFree_v2(*dptr);
+        vg__acct_unrecorded(&t, *dptr, bytesize);
+        *dptr = 0;
+    }
     return settled;
 }
 
@@ -101,8 +107,9 @@ static CUresult pitch_settle(vg__ticket_t *t, CUresult cr, CUdeviceptr ptr,
         vg__acct_cancel(t);
         return CUDA_ERROR_OUT_OF_MEMORY;
     }
-    if (vg__acct_commit(t, ptr, pitch * height, 0) != VG_OK) {
-        vg__real.cuMemFree_v2(ptr); /* not recorded: refused */
+    if (vg__acct_commit(t, ptr, pitch * height, 0) != VG_OK) { /* not recorded: refused */
+        vg__real.cuMemFree_v2(ptr);
+        vg__acct_unrecorded(t, ptr, pitch * height);
         return CUDA_ERROR_OUT_OF_MEMORY;
     }
     return CUDA_SUCCESS;
@@ -154,8 +161,11 @@ CUresult cuMemAllocManaged(CUdeviceptr *dptr, size_t bytesize, unsigned int flag
         return vg__cu_status(rc);
     CUresult cr = vg__real.cuMemAllocManaged(dptr, bytesize, flags);
     CUresult settled = vg__shim_settle(&t, cr, cr == CUDA_SUCCESS ? *dptr : 0, bytesize);
-    if (settled != cr)
-        vg__real.cuMemFree_v2(*dptr); /* not recorded: refused */
+    if (settled != cr) { /* not recorded: refused */
+        vg__real.cuMemFree_v2(*dptr);
+        vg__acct_unrecorded(&t, *dptr, bytesize);
+        *dptr = 0;
+    }
     return settled;
 }
 

@@ -52,8 +52,11 @@ CUresult cuMemCreate(CUmemGenericAllocationHandle *handle, size_t size,
     CUresult cr = vg__real.cuMemCreate(handle, size, prop, flags);
     CUresult settled = vg__shim_settle(&t, cr, cr == CUDA_SUCCESS ? *handle | VG__KEY_HANDLE : 0,
                                        size);
-    if (settled != cr)
-        vg__real.cuMemRelease(*handle); /* not recorded: refused */
+    if (settled != cr) { /* not recorded: refused */
+        vg__real.cuMemRelease(*handle);
+        vg__acct_unrecorded(&t, *handle | VG__KEY_HANDLE, size);
+        *handle = 0;
+    }
     return settled;
 }
 
@@ -159,6 +162,7 @@ static CUresult array_settle(vg__ticket_t *t, CUresult cr, CUarray arr)
     }
     if (vg__acct_commit(t, key_of(arr), t->bytes, current_ctx()) != VG_OK) {
         vg__real.cuArrayDestroy(arr); /* not recorded: refused */
+        vg__acct_unrecorded(t, key_of(arr), t->bytes);
         return CUDA_ERROR_OUT_OF_MEMORY;
     }
     return CUDA_SUCCESS;
@@ -280,6 +284,8 @@ CUresult cuMipmappedArrayCreate(CUmipmappedArray *pHandle, const CUDA_ARRAY3D_DE
     }
     if (vg__acct_commit(&t, key_of(*pHandle), t.bytes, current_ctx()) != VG_OK) {
         vg__real.cuMipmappedArrayDestroy(*pHandle); /* not recorded: refused */
+        vg__acct_unrecorded(&t, key_of(*pHandle), t.bytes);
+        *pHandle = NULL;
         return CUDA_ERROR_OUT_OF_MEMORY;
     }
     return CUDA_SUCCESS;
@@ -299,16 +305,6 @@ CUresult cuMipmappedArrayDestroy(CUmipmappedArray hMipmappedArray)
 }
 
 /* ------------------------------------------------------------ graphs */
-
-/* Takes back a node just added (we do not hook cuGraphDestroyNode, so it
- * is looked up here, on this rare path). */
-__attribute__((cold)) static void destroy_node(CUgraphNode node)
-{
-    CUresult (*destroy)(CUgraphNode) =
-        (CUresult(*)(CUgraphNode))vg__real_dlsym(vg__driver()->handle, "cuGraphDestroyNode");
-    if (destroy)
-        destroy(node);
-}
 
 /* A graph memory node is charged from its creation until its graph is
  * destroyed: the graph's memory pool keeps the memory between launches, so
@@ -333,10 +329,11 @@ CUresult cuGraphAddMemAllocNode(CUgraphNode *phGraphNode, CUgraph hGraph,
         vg__acct_cancel(&t);
         return cr;
     }
-    if (vg__acct_commit(&t, nodeParams->dptr, nodeParams->bytesize, key_of(hGraph)) != VG_OK) {
-        destroy_node(*phGraphNode); /* not recorded: refused */
-        return CUDA_ERROR_OUT_OF_MEMORY;
-    }
+    /* Not recorded (no host memory): a memory node cannot be taken out of
+     * its graph, so it stays, charged until the process ends. */
+    if (vg__acct_commit(&t, nodeParams->dptr, nodeParams->bytesize, key_of(hGraph)) != VG_OK)
+        vg__log("cuGraphAddMemAllocNode: no host memory to record a node of %zu bytes; "
+                "it stays charged until the process ends", nodeParams->bytesize);
     return CUDA_SUCCESS;
 }
 

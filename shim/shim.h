@@ -219,7 +219,8 @@ static inline bool vg__shim_started(void)
 /* Ends an allocation hook: commits the ticket under `key` when the driver
  * succeeded, else gives the reservation back. `cr`, or
  * CUDA_ERROR_OUT_OF_MEMORY when the allocation could not be recorded
- * (vg__acct_commit): the caller then frees what the driver made. */
+ * (vg__acct_commit): the caller then frees what the driver made and calls
+ * vg__acct_unrecorded(). */
 static inline CUresult vg__shim_settle(vg__ticket_t *t, CUresult cr, uint64_t key,
                                        uint64_t size)
 {
