@@ -105,15 +105,15 @@ Test(hostmem, a_pool_thread_without_a_magazine_takes_from_the_class)
     vg_pool_destroy(p, NULL);
 }
 
-/* 300 allocations of 64 KiB while the ledger cannot get a slab of records:
- * the 63 its free list holds succeed, every later one is refused with
- * CUDA_ERROR_OUT_OF_MEMORY and freed at once, so once all are freed the
+/* 300 allocations while the ledger cannot get a slab of records: the 63
+ * its free list holds succeed, every later one is refused with
+ * CUDA_ERROR_OUT_OF_MEMORY and undone at once, so once all are freed the
  * budget shows as much free as before and the driver holds nothing. (Kept
  * unrecorded, each held its charge for good, and its free was a "foreign"
- * pointer's.) */
-Test(hostmem, an_allocation_the_ledger_cannot_record_is_freed_and_refused)
+ * pointer's.) `how`: client_hostmem's path argument (NULL: cuMemAlloc_v2). */
+static void unrecorded_are_refused(const char *how)
 {
-    run_opts_t o = {.method = "hostmem", .path = "300", .budget = "1GiB"};
+    run_opts_t o = {.method = "hostmem", .path = "300", .chunk = how, .budget = "1GiB"};
     run_result_t r;
     run_client(&o, &r);
     cr_assert_eq(r.status, 0, "client_hostmem exited %d: %s", r.status, r.err);
@@ -127,6 +127,16 @@ Test(hostmem, an_allocation_the_ledger_cannot_record_is_freed_and_refused)
     cr_expect_eq(field(l, "free_after"), field(l, "free_before"), "a charge was kept: %s", l);
     cr_expect_eq(field(l, "live_after"), field(l, "live_before"), "device memory was kept: %s", l);
     cr_expect(strstr(r.err, "no host memory to record it"), "no refusal was said: %s", r.err);
+}
+
+Test(hostmem, an_allocation_the_ledger_cannot_record_is_freed_and_refused)
+{
+    unrecorded_are_refused(NULL);
+}
+
+Test(hostmem, a_vmm_handle_the_ledger_cannot_record_is_released_and_refused)
+{
+    unrecorded_are_refused("vmm");
 }
 
 /* The walk's fallback, in chunks: 200 records of one shard, inserted in a

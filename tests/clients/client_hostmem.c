@@ -3,7 +3,8 @@
  * through the linked cuMemAlloc_v2 while the process's host memory runs
  * out, run under the preload shim with a budget.
  *
- *   client_hostmem N
+ *   client_hostmem N [vmm]
+ *   vmm: cuMemCreate of 2 MiB handles (released with cuMemRelease) instead
  *   stdout: "path=hostmem ok=K refused=R other_rc=O refused_calls=C
  *            free_failed=F free_before=B free_after=A live_before=L
  *            live_after=M"
@@ -24,6 +25,7 @@
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
 int main(void)
@@ -36,6 +38,7 @@ int main(void)
 #define MAX_N 4096
 #define BIG 1024 /* bytes from which a host allocation fails while armed */
 #define SIZE (64u << 10)
+#define VMM_SIZE (2u << 20) /* the test driver's allocation granularity */
 
 static bool armed;
 static long refused_calls;
@@ -60,27 +63,53 @@ static long long live_allocs(void)
     return v;
 }
 
+/* One allocation along the path (a device pointer, or a VMM handle), and
+ * its free. */
+static bool vmm;
+
+static CUresult alloc_one(unsigned long long *out)
+{
+    if (!vmm) {
+        CUdeviceptr p = 0;
+        CUresult rc = cuMemAlloc(&p, SIZE);
+        *out = p;
+        return rc;
+    }
+    CUmemAllocationProp prop = {.type = CU_MEM_ALLOCATION_TYPE_PINNED,
+                                .location = {.type = CU_MEM_LOCATION_TYPE_DEVICE, .id = 0}};
+    CUmemGenericAllocationHandle h = 0;
+    CUresult rc = cuMemCreate(&h, VMM_SIZE, &prop, 0);
+    *out = h;
+    return rc;
+}
+
+static CUresult free_one(unsigned long long v)
+{
+    return vmm ? cuMemRelease(v) : cuMemFree(v);
+}
+
 int main(int argc, char **argv)
 {
-    int n = argc == 2 ? atoi(argv[1]) : 0;
-    if (n <= 0 || n > MAX_N) {
-        fprintf(stderr, "usage: client_hostmem N (1..%d)\n", MAX_N);
+    int n = argc >= 2 ? atoi(argv[1]) : 0;
+    vmm = argc == 3 && !strcmp(argv[2], "vmm");
+    if (n <= 0 || n > MAX_N || argc > 3 || (argc == 3 && !vmm)) {
+        fprintf(stderr, "usage: client_hostmem N (1..%d) [vmm]\n", MAX_N);
         return 2;
     }
-    static CUdeviceptr held[MAX_N];
+    static unsigned long long held[MAX_N];
     CUdevice dev;
     CUcontext ctx;
-    CUdeviceptr p;
+    unsigned long long p;
     size_t free_before, free_after, total;
     if (cuInit(0) || cuDeviceGet(&dev, 0) || cuDevicePrimaryCtxRetain(&ctx, dev) ||
-        cuCtxSetCurrent(ctx) || cuMemAlloc(&p, SIZE) || cuMemFree(p) ||
+        cuCtxSetCurrent(ctx) || alloc_one(&p) || free_one(p) ||
         cuMemGetInfo(&free_before, &total))
         return 3;
     long long live_before = live_allocs();
     int ok = 0, refused = 0, other = 0, free_failed = 0;
     armed = true;
     for (int i = 0; i < n; i++) {
-        CUresult rc = cuMemAlloc(&p, SIZE);
+        CUresult rc = alloc_one(&p);
         if (rc == CUDA_SUCCESS)
             held[ok++] = p;
         else if (rc == CUDA_ERROR_OUT_OF_MEMORY)
@@ -90,7 +119,7 @@ int main(int argc, char **argv)
     }
     armed = false;
     for (int i = 0; i < ok; i++)
-        free_failed += cuMemFree(held[i]) != CUDA_SUCCESS;
+        free_failed += free_one(held[i]) != CUDA_SUCCESS;
     if (cuMemGetInfo(&free_after, &total))
         return 3;
     printf("path=hostmem ok=%d refused=%d other_rc=%d refused_calls=%ld free_failed=%d "
