@@ -156,7 +156,7 @@ __attribute__((noinline, cold)) static int insert_failed(const vg__alloc_t *a, i
         return VG_ESYS;
     vg__alloc_t old;
     if (vg__ledger_remove(a->ptr, VG__ANY_OWNER, &old) == VG_OK)
-        vg__budget_release(vg__engine_budget(old.device), old.charged);
+        vg__acct_uncharge(&old); /* as its free would have */
     return vg__ledger_insert(a) == VG_OK ? VG_OK : VG_ESYS;
 }
 
