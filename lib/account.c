@@ -172,7 +172,7 @@ VG__HOT int vg__acct_record(const vg__ticket_t *t, vg__alloc_t *a)
     return vg__likely(rc == VG_OK) ? VG_OK : insert_failed(a, rc);
 }
 
-void vg__acct_unrecorded(vg__ticket_t *t, uint64_t key, uint64_t size)
+__attribute__((cold)) void vg__acct_unrecorded(vg__ticket_t *t, uint64_t key, uint64_t size)
 {
     vg__alloc_t a = {.ptr = key, .base = key, .size = size, .charged = t->bytes,
                      .device = (int16_t)t->device, .kind = (uint8_t)t->kind};
