@@ -10,6 +10,9 @@
 #               mutex-held free list for all threads, 64 KiB of code a call
 #               (NULLDRIVER_ADDRESSES=shared NULLDRIVER_CODE=65536); does it
 #               lose at 16 threads what the real driver loses?
+#   model-spin  the same with a spinlock (NULLDRIVER_LOCK=spin): on the
+#               developers' VM this one loses at 2 threads (docs/benchmarks.md,
+#               "Why more threads lose more")
 #   real        over the real driver (paired ratios to native, with the
 #               second native process as an A/A control)
 #   cache       VRAMGUARD_POOL=cache over the real driver, 20000 pairs a
@@ -20,7 +23,7 @@
 #
 # each run for the preload library of BUILD and, when OLD is given, for OLD
 # too, alternated (new, old, new, old), so drift falls on both alike. Figures
-# only: nothing here passes or fails. About 5 minutes with OLD on the H200.
+# only: nothing here passes or fails. About 6 minutes with OLD on the H200.
 #
 #   tests/gpu/run_scaling.sh [BUILD] [OLD_PRELOAD]     (BUILD: build/gpu)
 #   env: OUT  when set, every bench_pairs output is kept there
@@ -64,8 +67,9 @@ run_one() { # MODE BUILD RUN
         env LD_LIBRARY_PATH="$NULL_LD" NULLDRIVER_ADDRESSES=$([ "$mode" = neighbours ] && echo neighbours || echo own) \
             timeout 120 "$B/bench_pairs" --hooked --preload "$P" --rounds 11 --threads 1,16 \
             --thread-rounds 7 --budget 70GiB >"$f" 2>&1 ;;
-    model)
+    model | model-spin)
         env LD_LIBRARY_PATH="$NULL_LD" NULLDRIVER_ADDRESSES=shared NULLDRIVER_CODE=65536 \
+            NULLDRIVER_LOCK=$([ "$mode" = model-spin ] && echo spin || echo mutex) \
             timeout 120 "$B/bench_pairs" --hooked --preload "$P" --rounds 5 --threads 1,16 \
             --pairs 20000 --thread-rounds 7 --budget 70GiB >"$f" 2>&1 ;;
     real)
@@ -89,7 +93,7 @@ run_one() { # MODE BUILD RUN
 date -u
 env LD_LIBRARY_PATH="$REAL_LD" timeout 60 "$B/sync_probe" >"$KEEP/sync_probe.txt" 2>&1
 : >"$WORK/table"
-for mode in null neighbours model real cache; do
+for mode in null neighbours model model-spin real cache; do
     for run in 1 2; do
         for build in "${builds[@]}"; do
             run_one "$mode" "$build" "$run"

@@ -33,6 +33,9 @@
  * runs NULLDRIVER_CODE's code: a driver whose work is serialised and whose
  * free list is shared, so a thread's next block is often another
  * thread's last (and its ledger granule changes hands with it).
+ * NULLDRIVER_LOCK=spin makes that mutex a spinlock (test-and-test-and-set
+ * with a pause): whether the real driver's lock sleeps or spins decides
+ * how much work between two calls costs a thread its turn.
  *
  * NULLDRIVER_SYNC_NS (read once, at cuInit): cuCtxSynchronize spins this
  * long (default 0), to stand for a GPU's (~26 us on the H100 with 16
@@ -91,6 +94,8 @@ static bool neighbours;                      /* NULLDRIVER_ADDRESSES */
 static bool shared;                          /* NULLDRIVER_ADDRESSES=shared */
 #define SHARED_SLOTS 65536u                  /* 256 MiB of 4 KiB slots */
 static pthread_mutex_t shared_lock = PTHREAD_MUTEX_INITIALIZER;
+static bool spin_lock_mode;                  /* NULLDRIVER_LOCK=spin */
+static _Atomic int shared_spin;
 static CUdeviceptr shared_free[SHARED_SLOTS]; /* the stack of free slots */
 static unsigned shared_free_n, shared_made;
 static _Thread_local CUdeviceptr cell;        /* its first slot */
@@ -156,6 +161,8 @@ CUresult cuInit(unsigned int flags)
     s = getenv("NULLDRIVER_ADDRESSES");
     neighbours = s && !strcmp(s, "neighbours");
     shared = s && !strcmp(s, "shared");
+    s = getenv("NULLDRIVER_LOCK");
+    spin_lock_mode = s && !strcmp(s, "spin");
     s = getenv("NULLDRIVER_FOOTPRINT");
     if (s && *s)
         footprint = strtoull(s, NULL, 10);
@@ -345,13 +352,32 @@ static bool in_shared(CUdeviceptr p)
     return p >= SHARED_BASE && p < SHARED_BASE + (CUdeviceptr)SHARED_SLOTS * CELL_SLOT;
 }
 
+static void shared_enter(void)
+{
+    if (!spin_lock_mode) {
+        pthread_mutex_lock(&shared_lock);
+        return;
+    }
+    while (atomic_exchange_explicit(&shared_spin, 1, memory_order_acquire))
+        while (atomic_load_explicit(&shared_spin, memory_order_relaxed))
+            __builtin_ia32_pause();
+}
+
+static void shared_leave(void)
+{
+    if (spin_lock_mode)
+        atomic_store_explicit(&shared_spin, 0, memory_order_release);
+    else
+        pthread_mutex_unlock(&shared_lock);
+}
+
 /* The process's last freed slot, or a new one; the driver's work (the
  * code) is done under the lock. */
 static bool shared_alloc(CUdeviceptr *dptr, size_t bytes)
 {
     if (bytes > CELL_SLOT)
         return false;
-    pthread_mutex_lock(&shared_lock);
+    shared_enter();
     run_code();
     bool ok = true;
     if (shared_free_n)
@@ -360,16 +386,16 @@ static bool shared_alloc(CUdeviceptr *dptr, size_t bytes)
         *dptr = SHARED_BASE + (CUdeviceptr)shared_made++ * CELL_SLOT;
     else
         ok = false;
-    pthread_mutex_unlock(&shared_lock);
+    shared_leave();
     return ok;
 }
 
 static void shared_release(CUdeviceptr p)
 {
-    pthread_mutex_lock(&shared_lock);
+    shared_enter();
     run_code();
     shared_free[shared_free_n++] = p;
-    pthread_mutex_unlock(&shared_lock);
+    shared_leave();
 }
 
 static int in_slots(CUdeviceptr p)
