@@ -35,7 +35,9 @@
  * thread's last (and its ledger granule changes hands with it).
  * NULLDRIVER_LOCK=spin makes that mutex a spinlock (test-and-test-and-set
  * with a pause): whether the real driver's lock sleeps or spins decides
- * how much work between two calls costs a thread its turn.
+ * how much work between two calls costs a thread its turn. At exit the
+ * process says on stderr how often the lock went to another thread than
+ * its last holder ("nulldriver: lock hand-overs H of N").
  *
  * NULLDRIVER_SYNC_NS (read once, at cuInit): cuCtxSynchronize spins this
  * long (default 0), to stand for a GPU's (~26 us on the H100 with 16
@@ -63,6 +65,7 @@
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -96,6 +99,9 @@ static bool shared;                          /* NULLDRIVER_ADDRESSES=shared */
 static pthread_mutex_t shared_lock = PTHREAD_MUTEX_INITIALIZER;
 static bool spin_lock_mode;                  /* NULLDRIVER_LOCK=spin */
 static _Atomic int shared_spin;
+static unsigned long lock_takes, lock_handovers; /* under the lock */
+static const void *lock_last;                    /* its last holder */
+static _Thread_local char lock_me;               /* a thread's token: &lock_me */
 static CUdeviceptr shared_free[SHARED_SLOTS]; /* the stack of free slots */
 static unsigned shared_free_n, shared_made;
 static _Thread_local CUdeviceptr cell;        /* its first slot */
@@ -352,15 +358,24 @@ static bool in_shared(CUdeviceptr p)
     return p >= SHARED_BASE && p < SHARED_BASE + (CUdeviceptr)SHARED_SLOTS * CELL_SLOT;
 }
 
+__attribute__((destructor)) static void say_handovers(void)
+{
+    if (lock_takes)
+        fprintf(stderr, "nulldriver: lock hand-overs %lu of %lu\n", lock_handovers, lock_takes);
+}
+
 static void shared_enter(void)
 {
     if (!spin_lock_mode) {
         pthread_mutex_lock(&shared_lock);
-        return;
+    } else {
+        while (atomic_exchange_explicit(&shared_spin, 1, memory_order_acquire))
+            while (atomic_load_explicit(&shared_spin, memory_order_relaxed))
+                __builtin_ia32_pause();
     }
-    while (atomic_exchange_explicit(&shared_spin, 1, memory_order_acquire))
-        while (atomic_load_explicit(&shared_spin, memory_order_relaxed))
-            __builtin_ia32_pause();
+    lock_takes++;
+    lock_handovers += lock_last && lock_last != &lock_me;
+    lock_last = &lock_me;
 }
 
 static void shared_leave(void)
