@@ -12,6 +12,16 @@
 
 #define PITCH_ALIGN 512u /* the pitch the driver picks on every GPU we know */
 
+/* An allocation the ledger could not record (vg__shim_settle, vg__acct_commit):
+ * freed at once (with cuMemFree_v2, which the engine requires: the legacy
+ * cuMemFree may be missing), its charge back. Out of the hooks' hot code. */
+__attribute__((noinline, cold)) static void refuse_unrecorded(vg__ticket_t *t, CUdeviceptr ptr,
+                                                              uint64_t size)
+{
+    vg__real.cuMemFree_v2(ptr);
+    vg__acct_unrecorded(t, ptr, size);
+}
+
 VG__HOT CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytesize)
 {
     if (!vg__shim_started())
@@ -28,9 +38,8 @@ VG__HOT CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytesize)
         return vg__cu_status(rc);
     CUresult cr = vg__real.cuMemAlloc_v2(dptr, bytesize);
     CUresult settled = vg__shim_settle(&t, cr, cr == CUDA_SUCCESS ? *dptr : 0, bytesize);
-    if (vg__unlikely(settled != cr)) { /* not recorded: refused */
-        vg__real.cuMemFree_v2(*dptr);
-        vg__acct_unrecorded(&t, *dptr, bytesize);
+    if (vg__unlikely(settled != cr)) {
+        refuse_unrecorded(&t, *dptr, bytesize);
         *dptr = 0;
     }
     return settled;
@@ -49,9 +58,8 @@ CUresult cuMemAlloc(CUdeviceptr_v1 *dptr, unsigned int bytesize)
         return vg__cu_status(rc);
     CUresult cr = vg__real.cuMemAlloc(dptr, bytesize);
     CUresult settled = vg__shim_settle(&t, cr, cr == CUDA_SUCCESS ? *dptr : 0, bytesize);
-    if (settled != cr) { /* not recorded: refused (the _v2 free: the engine needs it) */
-        vg__real.cuMemFree_v2(*dptr);
-        vg__acct_unrecorded(&t, *dptr, bytesize);
+    if (settled != cr) {
+        refuse_unrecorded(&t, *dptr, bytesize);
         *dptr = 0;
     }
     return settled;
@@ -107,9 +115,8 @@ static CUresult pitch_settle(vg__ticket_t *t, CUresult cr, CUdeviceptr ptr,
         vg__acct_cancel(t);
         return CUDA_ERROR_OUT_OF_MEMORY;
     }
-    if (vg__acct_commit(t, ptr, pitch * height, 0) != VG_OK) { /* not recorded: refused */
-        vg__real.cuMemFree_v2(ptr);
-        vg__acct_unrecorded(t, ptr, pitch * height);
+    if (vg__acct_commit(t, ptr, pitch * height, 0) != VG_OK) {
+        refuse_unrecorded(t, ptr, pitch * height);
         return CUDA_ERROR_OUT_OF_MEMORY;
     }
     return CUDA_SUCCESS;
@@ -161,9 +168,8 @@ CUresult cuMemAllocManaged(CUdeviceptr *dptr, size_t bytesize, unsigned int flag
         return vg__cu_status(rc);
     CUresult cr = vg__real.cuMemAllocManaged(dptr, bytesize, flags);
     CUresult settled = vg__shim_settle(&t, cr, cr == CUDA_SUCCESS ? *dptr : 0, bytesize);
-    if (settled != cr) { /* not recorded: refused */
-        vg__real.cuMemFree_v2(*dptr);
-        vg__acct_unrecorded(&t, *dptr, bytesize);
+    if (settled != cr) {
+        refuse_unrecorded(&t, *dptr, bytesize);
         *dptr = 0;
     }
     return settled;
