@@ -27,6 +27,7 @@
 #
 #   tests/gpu/run_scaling.sh [BUILD] [OLD_PRELOAD]     (BUILD: build/gpu)
 #   env: OUT  when set, every bench_pairs output is kept there
+#        MODES  the rows to run, of those above (default: all, in that order)
 #        LIBCUDA_DIR  the real driver's folder (common.sh's find_libcuda);
 #             a tests/fakecuda build tries the script without a GPU
 set -uo pipefail
@@ -93,7 +94,7 @@ run_one() { # MODE BUILD RUN
 date -u
 env LD_LIBRARY_PATH="$REAL_LD" timeout 60 "$B/sync_probe" >"$KEEP/sync_probe.txt" 2>&1
 : >"$WORK/table"
-for mode in null neighbours model model-spin real cache; do
+for mode in ${MODES:-null neighbours model model-spin real cache}; do
     for run in 1 2; do
         for build in "${builds[@]}"; do
             run_one "$mode" "$build" "$run"
