@@ -134,8 +134,11 @@ CUresult cuMemAllocPitch_v2(CUdeviceptr *dptr, size_t *pPitch, size_t WidthInByt
         return vg__cu_status(rc);
     CUresult cr = vg__real.cuMemAllocPitch_v2(dptr, pPitch, WidthInBytes, Height,
                                               ElementSizeBytes);
-    return pitch_settle(&t, cr, cr == CUDA_SUCCESS ? *dptr : 0,
-                        cr == CUDA_SUCCESS ? *pPitch : 0, Height);
+    CUresult settled = pitch_settle(&t, cr, cr == CUDA_SUCCESS ? *dptr : 0,
+                                    cr == CUDA_SUCCESS ? *pPitch : 0, Height);
+    if (settled != cr)
+        *dptr = 0; /* refused after the driver's success: freed */
+    return settled;
 }
 
 CUresult cuMemAllocPitch(CUdeviceptr_v1 *dptr, unsigned int *pPitch,
@@ -153,8 +156,11 @@ CUresult cuMemAllocPitch(CUdeviceptr_v1 *dptr, unsigned int *pPitch,
         return vg__cu_status(rc);
     CUresult cr = vg__real.cuMemAllocPitch(dptr, pPitch, WidthInBytes, Height,
                                            ElementSizeBytes);
-    return pitch_settle(&t, cr, cr == CUDA_SUCCESS ? *dptr : 0,
-                        cr == CUDA_SUCCESS ? *pPitch : 0, Height);
+    CUresult settled = pitch_settle(&t, cr, cr == CUDA_SUCCESS ? *dptr : 0,
+                                    cr == CUDA_SUCCESS ? *pPitch : 0, Height);
+    if (settled != cr)
+        *dptr = 0; /* refused after the driver's success: freed */
+    return settled;
 }
 
 CUresult cuMemAllocManaged(CUdeviceptr *dptr, size_t bytesize, unsigned int flags)

@@ -147,22 +147,27 @@ static uint64_t array_estimate(uint64_t w, uint64_t h, uint64_t d,
     return (n + ARRAY_GRANULE - 1) / ARRAY_GRANULE * ARRAY_GRANULE;
 }
 
-static CUresult array_settle(vg__ticket_t *t, CUresult cr, CUarray arr)
+/* Settles an array the driver made (or refused): a refusal after its
+ * success destroys it and clears *out, so the caller holds no dead handle. */
+static CUresult array_settle(vg__ticket_t *t, CUresult cr, CUarray *out)
 {
-    CUDA_ARRAY_MEMORY_REQUIREMENTS req = {0};
     if (cr != CUDA_SUCCESS) {
         vg__acct_cancel(t);
         return cr;
     }
+    CUarray arr = *out;
+    CUDA_ARRAY_MEMORY_REQUIREMENTS req = {0};
     if (vg__driver()->cuArrayGetMemoryRequirements(&req, arr, t->device) == CUDA_SUCCESS &&
         vg__acct_resize(t, req.size) != VG_OK) {
         vg__real.cuArrayDestroy(arr);
         vg__acct_cancel(t);
+        *out = NULL;
         return CUDA_ERROR_OUT_OF_MEMORY;
     }
     if (vg__acct_commit(t, key_of(arr), t->bytes, current_ctx()) != VG_OK) {
         vg__real.cuArrayDestroy(arr); /* not recorded: refused */
         vg__acct_unrecorded(t, key_of(arr), t->bytes);
+        *out = NULL;
         return CUDA_ERROR_OUT_OF_MEMORY;
     }
     return CUDA_SUCCESS;
@@ -180,7 +185,7 @@ CUresult cuArrayCreate_v2(CUarray *pHandle, const CUDA_ARRAY_DESCRIPTOR *d)
     if (rc != VG_OK)
         return vg__cu_status(rc);
     CUresult cr = vg__real.cuArrayCreate_v2(pHandle, d);
-    return array_settle(&t, cr, cr == CUDA_SUCCESS ? *pHandle : NULL);
+    return array_settle(&t, cr, pHandle);
 }
 
 CUresult cuArrayCreate(CUarray *pHandle, const CUDA_ARRAY_DESCRIPTOR_v1 *d)
@@ -197,7 +202,7 @@ CUresult cuArrayCreate(CUarray *pHandle, const CUDA_ARRAY_DESCRIPTOR_v1 *d)
     if (rc != VG_OK)
         return vg__cu_status(rc);
     CUresult cr = vg__real.cuArrayCreate(pHandle, d);
-    return array_settle(&t, cr, cr == CUDA_SUCCESS ? *pHandle : NULL);
+    return array_settle(&t, cr, pHandle);
 }
 
 CUresult cuArray3DCreate_v2(CUarray *pHandle, const CUDA_ARRAY3D_DESCRIPTOR *d)
@@ -212,7 +217,7 @@ CUresult cuArray3DCreate_v2(CUarray *pHandle, const CUDA_ARRAY3D_DESCRIPTOR *d)
     if (rc != VG_OK)
         return vg__cu_status(rc);
     CUresult cr = vg__real.cuArray3DCreate_v2(pHandle, d);
-    return array_settle(&t, cr, cr == CUDA_SUCCESS ? *pHandle : NULL);
+    return array_settle(&t, cr, pHandle);
 }
 
 CUresult cuArray3DCreate(CUarray *pHandle, const CUDA_ARRAY3D_DESCRIPTOR_v1 *d)
@@ -229,7 +234,7 @@ CUresult cuArray3DCreate(CUarray *pHandle, const CUDA_ARRAY3D_DESCRIPTOR_v1 *d)
     if (rc != VG_OK)
         return vg__cu_status(rc);
     CUresult cr = vg__real.cuArray3DCreate(pHandle, d);
-    return array_settle(&t, cr, cr == CUDA_SUCCESS ? *pHandle : NULL);
+    return array_settle(&t, cr, pHandle);
 }
 
 CUresult cuArrayDestroy(CUarray hArray)
@@ -280,6 +285,7 @@ CUresult cuMipmappedArrayCreate(CUmipmappedArray *pHandle, const CUDA_ARRAY3D_DE
         vg__acct_resize(&t, req.size) != VG_OK) {
         vg__real.cuMipmappedArrayDestroy(*pHandle);
         vg__acct_cancel(&t);
+        *pHandle = NULL;
         return CUDA_ERROR_OUT_OF_MEMORY;
     }
     if (vg__acct_commit(&t, key_of(*pHandle), t.bytes, current_ctx()) != VG_OK) {

@@ -122,6 +122,7 @@ static void unrecorded_are_refused(const char *how)
     cr_expect_gt(field(l, "refused_calls"), 0, "no slab was refused: the test proves nothing: %s", l);
     cr_expect_gt(field(l, "refused"), 0, "nothing was refused: %s", l);
     cr_expect_eq(field(l, "ok") + field(l, "refused"), 300, "%s", l);
+    cr_expect_eq(field(l, "dangling"), 0, "a refusal left the caller a pointer: %s", l);
     cr_expect_eq(field(l, "other_rc"), 0, "%s", l);
     cr_expect_eq(field(l, "free_failed"), 0, "%s", l);
     cr_expect_eq(field(l, "free_after"), field(l, "free_before"), "a charge was kept: %s", l);
@@ -137,6 +138,11 @@ Test(hostmem, an_allocation_the_ledger_cannot_record_is_freed_and_refused)
 Test(hostmem, a_vmm_handle_the_ledger_cannot_record_is_released_and_refused)
 {
     unrecorded_are_refused("vmm");
+}
+
+Test(hostmem, a_pitched_allocation_the_ledger_cannot_record_is_freed_and_refused)
+{
+    unrecorded_are_refused("pitch");
 }
 
 /* The walk's fallback, in chunks: 200 records of one shard, inserted in a

@@ -3,9 +3,10 @@
  * through the linked cuMemAlloc_v2 while the process's host memory runs
  * out, run under the preload shim with a budget.
  *
- *   client_hostmem N [vmm]
+ *   client_hostmem N [vmm|pitch]
  *   vmm: cuMemCreate of 2 MiB handles (released with cuMemRelease) instead
- *   stdout: "path=hostmem ok=K refused=R other_rc=O refused_calls=C
+ *   pitch: cuMemAllocPitch_v2 of 64 KiB rows, one row each, instead
+ *   stdout: "path=hostmem ok=K refused=R dangling=D other_rc=O refused_calls=C
  *            free_failed=F free_before=B free_after=A live_before=L
  *            live_after=M"
  *   exit:   0 ran, 2 usage, 3 setup failed
@@ -17,7 +18,8 @@
  * grows its own tables with calloc, which would end it). Then all are freed,
  * and cuMemGetInfo's free memory (the budget's view) and the test driver's
  * count of live allocations are read again: what a refused allocation
- * took must be back in both. Sanitizer builds own aligned_alloc: there this
+ * took must be back in both, and a refused call must leave the caller no
+ * pointer or handle (D counts those that did). Sanitizer builds own aligned_alloc: there this
  * client only says so (exit 2), and the test is not built.
  */
 #include <cuda.h>
@@ -65,13 +67,14 @@ static long long live_allocs(void)
 
 /* One allocation along the path (a device pointer, or a VMM handle), and
  * its free. */
-static bool vmm;
+static bool vmm, pitch;
 
 static CUresult alloc_one(unsigned long long *out)
 {
     if (!vmm) {
         CUdeviceptr p = 0;
-        CUresult rc = cuMemAlloc(&p, SIZE);
+        size_t row;
+        CUresult rc = pitch ? cuMemAllocPitch(&p, &row, SIZE, 1, 4) : cuMemAlloc(&p, SIZE);
         *out = p;
         return rc;
     }
@@ -92,8 +95,9 @@ int main(int argc, char **argv)
 {
     int n = argc >= 2 ? atoi(argv[1]) : 0;
     vmm = argc == 3 && !strcmp(argv[2], "vmm");
-    if (n <= 0 || n > MAX_N || argc > 3 || (argc == 3 && !vmm)) {
-        fprintf(stderr, "usage: client_hostmem N (1..%d) [vmm]\n", MAX_N);
+    pitch = argc == 3 && !strcmp(argv[2], "pitch");
+    if (n <= 0 || n > MAX_N || argc > 3 || (argc == 3 && !vmm && !pitch)) {
+        fprintf(stderr, "usage: client_hostmem N (1..%d) [vmm|pitch]\n", MAX_N);
         return 2;
     }
     static unsigned long long held[MAX_N];
@@ -106,14 +110,16 @@ int main(int argc, char **argv)
         cuMemGetInfo(&free_before, &total))
         return 3;
     long long live_before = live_allocs();
-    int ok = 0, refused = 0, other = 0, free_failed = 0;
+    int ok = 0, refused = 0, dangling = 0, other = 0, free_failed = 0;
     armed = true;
     for (int i = 0; i < n; i++) {
         CUresult rc = alloc_one(&p);
         if (rc == CUDA_SUCCESS)
             held[ok++] = p;
-        else if (rc == CUDA_ERROR_OUT_OF_MEMORY)
+        else if (rc == CUDA_ERROR_OUT_OF_MEMORY) {
             refused++;
+            dangling += p != 0;
+        }
         else
             other++;
     }
@@ -122,9 +128,9 @@ int main(int argc, char **argv)
         free_failed += free_one(held[i]) != CUDA_SUCCESS;
     if (cuMemGetInfo(&free_after, &total))
         return 3;
-    printf("path=hostmem ok=%d refused=%d other_rc=%d refused_calls=%ld free_failed=%d "
+    printf("path=hostmem ok=%d refused=%d dangling=%d other_rc=%d refused_calls=%ld free_failed=%d "
            "free_before=%zu free_after=%zu live_before=%lld live_after=%lld\n",
-           ok, refused, other, refused_calls, free_failed, free_before, free_after,
+           ok, refused, dangling, other, refused_calls, free_failed, free_before, free_after,
            live_before, live_allocs());
     return 0;
 }
