@@ -33,6 +33,7 @@ static CUresult after_async(vg__ticket_t *t, CUresult cr, CUdeviceptr *dptr,
         undo(*dptr, stream);
         vg__driver()->cuMemPoolTrimTo(pool, 0);
         vg__acct_pool_sync(t->device, pool);
+        *dptr = 0;
         return CUDA_ERROR_OUT_OF_MEMORY;
     }
     if (vg__acct_commit(t, *dptr, size, (uint64_t)(uintptr_t)pool) != VG_OK) {
