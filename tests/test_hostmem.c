@@ -145,6 +145,16 @@ Test(hostmem, a_pitched_allocation_the_ledger_cannot_record_is_freed_and_refused
     unrecorded_are_refused("pitch");
 }
 
+Test(hostmem, an_array_the_ledger_cannot_record_is_destroyed_and_refused)
+{
+    unrecorded_are_refused("array");
+}
+
+Test(hostmem, an_async_allocation_the_ledger_cannot_record_is_freed_and_refused)
+{
+    unrecorded_are_refused("async");
+}
+
 /* The walk's fallback, in chunks: 200 records of one shard, inserted in a
  * scattered key order, are visited in insertion order, each once, while
  * the callback removes each one it visits (positions shift) and inserts

@@ -3,9 +3,11 @@
  * through the linked cuMemAlloc_v2 while the process's host memory runs
  * out, run under the preload shim with a budget.
  *
- *   client_hostmem N [vmm|pitch]
+ *   client_hostmem N [vmm|pitch|array|async]
  *   vmm: cuMemCreate of 2 MiB handles (released with cuMemRelease) instead
  *   pitch: cuMemAllocPitch_v2 of 64 KiB rows, one row each, instead
+ *   array: cuArrayCreate_v2 of 128 x 128 floats (destroyed with cuArrayDestroy) instead
+ *   async: cuMemAllocAsync of 64 KiB on the null stream (cuMemFreeAsync) instead
  *   stdout: "path=hostmem ok=K refused=R dangling=D other_rc=O refused_calls=C
  *            free_failed=F free_before=B free_after=A live_before=L
  *            live_after=M"
@@ -25,6 +27,7 @@
 #include <cuda.h>
 #include <dlfcn.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -65,16 +68,26 @@ static long long live_allocs(void)
     return v;
 }
 
-/* One allocation along the path (a device pointer, or a VMM handle), and
- * its free. */
-static bool vmm, pitch;
+/* One allocation along the path (a device pointer, a VMM handle or an
+ * array), and its free. */
+static bool vmm, pitch, array, async;
 
 static CUresult alloc_one(unsigned long long *out)
 {
+    if (array) {
+        CUDA_ARRAY_DESCRIPTOR d = {.Width = 128, .Height = 128, .Format = CU_AD_FORMAT_FLOAT,
+                                   .NumChannels = 1};
+        CUarray a = NULL;
+        CUresult rc = cuArrayCreate(&a, &d);
+        *out = (uintptr_t)a;
+        return rc;
+    }
     if (!vmm) {
         CUdeviceptr p = 0;
         size_t row;
-        CUresult rc = pitch ? cuMemAllocPitch(&p, &row, SIZE, 1, 4) : cuMemAlloc(&p, SIZE);
+        CUresult rc = pitch   ? cuMemAllocPitch(&p, &row, SIZE, 1, 4)
+                      : async ? cuMemAllocAsync(&p, SIZE, NULL)
+                              : cuMemAlloc(&p, SIZE);
         *out = p;
         return rc;
     }
@@ -88,6 +101,10 @@ static CUresult alloc_one(unsigned long long *out)
 
 static CUresult free_one(unsigned long long v)
 {
+    if (array)
+        return cuArrayDestroy((CUarray)(uintptr_t)v);
+    if (async)
+        return cuMemFreeAsync(v, NULL);
     return vmm ? cuMemRelease(v) : cuMemFree(v);
 }
 
@@ -96,8 +113,10 @@ int main(int argc, char **argv)
     int n = argc >= 2 ? atoi(argv[1]) : 0;
     vmm = argc == 3 && !strcmp(argv[2], "vmm");
     pitch = argc == 3 && !strcmp(argv[2], "pitch");
-    if (n <= 0 || n > MAX_N || argc > 3 || (argc == 3 && !vmm && !pitch)) {
-        fprintf(stderr, "usage: client_hostmem N (1..%d) [vmm|pitch]\n", MAX_N);
+    array = argc == 3 && !strcmp(argv[2], "array");
+    async = argc == 3 && !strcmp(argv[2], "async");
+    if (n <= 0 || n > MAX_N || argc > 3 || (argc == 3 && !vmm && !pitch && !array && !async)) {
+        fprintf(stderr, "usage: client_hostmem N (1..%d) [vmm|pitch|array|async]\n", MAX_N);
         return 2;
     }
     static unsigned long long held[MAX_N];
@@ -106,7 +125,7 @@ int main(int argc, char **argv)
     unsigned long long p;
     size_t free_before, free_after, total;
     if (cuInit(0) || cuDeviceGet(&dev, 0) || cuDevicePrimaryCtxRetain(&ctx, dev) ||
-        cuCtxSetCurrent(ctx) || alloc_one(&p) || free_one(p) ||
+        cuCtxSetCurrent(ctx) || alloc_one(&p) || free_one(p) || cuCtxSynchronize() ||
         cuMemGetInfo(&free_before, &total))
         return 3;
     long long live_before = live_allocs();
@@ -126,7 +145,7 @@ int main(int argc, char **argv)
     armed = false;
     for (int i = 0; i < ok; i++)
         free_failed += free_one(held[i]) != CUDA_SUCCESS;
-    if (cuMemGetInfo(&free_after, &total))
+    if (cuCtxSynchronize() || cuMemGetInfo(&free_after, &total))
         return 3;
     printf("path=hostmem ok=%d refused=%d dangling=%d other_rc=%d refused_calls=%ld free_failed=%d "
            "free_before=%zu free_after=%zu live_before=%lld live_after=%lld\n",
