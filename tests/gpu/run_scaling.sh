@@ -23,7 +23,9 @@
 #
 # each run for the preload library of BUILD and, when OLD is given, for OLD
 # too, alternated (new, old, new, old), so drift falls on both alike. Figures
-# only: nothing here passes or fails. About 6 minutes with OLD on the H200.
+# only: nothing here passes or fails. With OLD: about 6 minutes on the H200,
+# more than 9 on the H100 (the neighbours and model rows take most); one
+# device call is 10 minutes at most, so split it with MODES there.
 #
 #   tests/gpu/run_scaling.sh [BUILD] [OLD_PRELOAD]     (BUILD: build/gpu)
 #   env: OUT  when set, every bench_pairs output is kept there
