@@ -57,6 +57,9 @@ static bool answer_of(const run_result_t *r, const char *what, const char *path,
     cr_expect_eq(r->status, 0, "%s: client exited %d\nstdout: %s\nstderr: %s", what, r->status,
                  r->out, r->err);
     cr_expect_null(strstr(r->out, "free_failed="), "%s: a free failed: %s", what, r->out);
+    if (l)
+        cr_expect_eq(field(l, "dangling"), 0, "%s: a refusal left the caller a pointer: %s",
+                     what, l);
     if (!l || !r->report[0]) {
         cr_expect_fail("%s: no answer (line %s, report '%s')\nstdout: %s\nstderr: %s", what,
                        l ? "found" : "missing", r->report, r->out, r->err);
@@ -410,6 +413,31 @@ Test(shim, pitch_is_refused_when_the_real_pitch_does_not_fit)
     cr_expect_eq(a.allocs, 10, "%lld pitched allocations, want 10", a.allocs);
     cr_expect_eq(a.rc, OUT_OF_MEMORY, "first failure %lld", a.rc);
     cr_expect_eq(a.live, 0, "%lld bytes left live: the refused one was not undone", a.live);
+}
+
+/* The real driver grows a stream-ordered pool in chunks (32 MiB for a
+ * 1 MiB request on an H100). With 32 MiB chunks and a 48 MiB budget the
+ * first 1 MiB request's chunk fits and is charged; each later one needs a
+ * second chunk, which does not fit: it is freed, the pool trimmed and the
+ * request refused with the driver's code, leaving the caller no pointer.
+ * The driver itself refuses nothing, and nothing stays reserved. */
+Test(shim, a_pool_that_grows_past_the_budget_is_trimmed_and_refused)
+{
+    static run_result_t r;
+    answer_t a;
+    run_opts_t o = {.method = "linked", .path = "async", .chunk = "1MiB", .max = "100",
+                    .failures = "3", .budget = "48MiB",
+                    .env = {"FAKECUDA_POOL_CHUNK=33554432"}};
+    run_client(&o, &r);
+    if (!answer_of(&r, "pool growth", "async", &a))
+        return;
+    const char *l = line_for(r.out, "async");
+    cr_expect_eq(a.allocs, 1, "%lld allocations with one 32 MiB chunk in 48 MiB", a.allocs);
+    cr_expect_eq(a.rc, OUT_OF_MEMORY, "first failure %lld", a.rc);
+    cr_expect_eq(field(l, "failures"), 3, "%s", l);
+    cr_expect_eq(field(l, "last_rc"), OUT_OF_MEMORY, "%s", l);
+    cr_expect_eq(a.failed, 0, "the driver refused %lld calls", a.failed);
+    cr_expect_eq(a.live, 0, "%lld bytes still live at exit", a.live);
 }
 
 /* A stream-ordered pool keeps what its frees gave back, and that stays

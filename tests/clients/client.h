@@ -10,11 +10,12 @@
  * tests/clients/X.c alone), so the logic is written once.
  *
  *   client_X PATH CHUNK [MAX_CHUNKS [FAILURES]]
- *   stdout: path=PATH allocs=N bytes=B rc=RC rcname=NAME [extra=...]
+ *   stdout: path=PATH allocs=N bytes=B rc=RC rcname=NAME dangling=D [extra=...]
  *           free_failed=K          (a second line, only when a free failed)
  *   exit:   0 ran (whatever the driver answered), 2 usage, 3 setup failed
  * FAILURES (default 1) lets a run go on past refused allocations: it stops
- * at the FAILURES-th; rc is the first failure's code.
+ * at the FAILURES-th; rc is the first failure's code. D counts refused
+ * calls that left the caller a pointer or handle.
  */
 #ifndef VG_CLIENT_H
 #define VG_CLIENT_H
@@ -236,6 +237,7 @@ out_free:
     c->api.vmm_address_free(o->ptr, o->bytes);
 out_release:
     c->api.vmm_release(o->handle);
+    o->ptr = 0, o->handle = 0; /* undone: nothing is left to the caller */
     return r;
 }
 
@@ -361,7 +363,7 @@ static int client_path_teardown(client_t *c)
 }
 
 typedef struct client_tally {
-    size_t allocs, bytes, failures;
+    size_t allocs, bytes, failures, dangling;
     CUresult first, last;
 } client_tally_t;
 
@@ -380,6 +382,7 @@ static void client_fill(client_t *c, client_obj_t *objs, client_tally_t *t)
         if (t->failures++ == 0)
             t->first = r;
         t->last = r;
+        t->dangling += o->ptr || o->handle || o->array || o->mipmap;
     }
 }
 
@@ -395,8 +398,8 @@ static int client_free_range(client_t *c, client_obj_t *objs, size_t from, size_
 static void client_print(client_t *c, const char *name, const client_tally_t *t,
                          const char *extra)
 {
-    printf("path=%s allocs=%zu bytes=%zu rc=%d rcname=%s", name, t->allocs, t->bytes,
-           (int)t->first, client_rcname(c, t->first));
+    printf("path=%s allocs=%zu bytes=%zu rc=%d rcname=%s dangling=%zu", name, t->allocs,
+           t->bytes, (int)t->first, client_rcname(c, t->first), t->dangling);
     if (c->max_failures > 1)
         printf(" failures=%zu last_rc=%d", t->failures, (int)t->last);
     printf("%s\n", extra ? extra : "");

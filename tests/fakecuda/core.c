@@ -73,12 +73,13 @@ static bool env_u64(const char *name, unsigned long long *out)
 /* The knobs of implicit memory (fakecuda.h); false on a malformed one. */
 static bool read_knobs(fc_knobs *k)
 {
-    unsigned long long ctx = 0, sm = 132, delay = 0, no_ranges = 0;
+    unsigned long long ctx = 0, sm = 132, delay = 0, no_ranges = 0, pool_chunk = 0;
     const char *at = getenv("FAKECUDA_LIMITS_AT");
     const char *loading = getenv("CUDA_MODULE_LOADING");
     if (!env_u64("FAKECUDA_CONTEXT_BYTES", &ctx) || !env_u64("FAKECUDA_SM_COUNT", &sm) ||
         !env_u64("FAKECUDA_FREE_DELAY_NS", &delay) ||
-        !env_u64("FAKECUDA_NO_RANGES", &no_ranges) || sm == 0 || sm > 65536 ||
+        !env_u64("FAKECUDA_NO_RANGES", &no_ranges) ||
+        !env_u64("FAKECUDA_POOL_CHUNK", &pool_chunk) || sm == 0 || sm > 65536 ||
         no_ranges > 1)
         return false;
     if (at && *at && strcmp(at, "setlimit") && strcmp(at, "launch")) {
@@ -90,6 +91,7 @@ static bool read_knobs(fc_knobs *k)
     k->free_delay_ns = delay;
     k->limits_at_launch = at && !strcmp(at, "launch");
     k->no_ranges = no_ranges == 1;
+    k->pool_chunk = (size_t)pool_chunk;
     /* As the real driver reads it at cuInit: EAGER, else lazy (CUDA 12.2+). */
     k->eager_modules = loading && !strcmp(loading, "EAGER");
     return true;

@@ -28,6 +28,10 @@
  *   FAKECUDA_NO_RANGES       1: cuMemGetAddressRange says CUDA_ERROR_NOT_FOUND
  *                            for every address, as a driver that keeps no
  *                            allocation extents (the benchmarks' null driver)
+ *   FAKECUDA_POOL_CHUNK      a stream-ordered pool that must grow reserves the
+ *                            request rounded up to a multiple of this many
+ *                            bytes, as the real driver reserves 32 MiB chunks
+ *                            (default 0: the request alone)
  *   CUDA_MODULE_LOADING      EAGER: a module's globals are charged at load;
  *                            otherwise (lazy, as CUDA 12.2+) at the first
  *                            launch of one of its kernels (or cuFuncLoad)
@@ -98,6 +102,7 @@ typedef struct {
     bool limits_at_launch;        /* FAKECUDA_LIMITS_AT=launch */
     bool eager_modules;           /* CUDA_MODULE_LOADING=EAGER */
     bool no_ranges;               /* FAKECUDA_NO_RANGES=1 */
+    size_t pool_chunk;            /* FAKECUDA_POOL_CHUNK (0: none) */
 } fc_knobs;
 const fc_knobs *fc_knobs_get(void);   /* valid after cuInit; lock not needed */
 /* Sleeps FAKECUDA_FREE_DELAY_NS; called WITHOUT the lock, before a free. */

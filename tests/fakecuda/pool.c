@@ -13,7 +13,9 @@
  *   CUDA_ERROR_OUT_OF_MEMORY; it does not trim this or other pools.
  * USED_MEM_* count requested bytes, RESERVED_MEM_* block bytes (as measured).
  * Simplification: blocks are never split or coalesced; an allocation reuses
- * the smallest free block at least as large as the request, whole. Reserve
+ * the smallest free block at least as large as the request, whole. With
+ * FAKECUDA_POOL_CHUNK a new block is the request rounded up to the chunk,
+ * so a pool grows by more than it was asked for. Reserve
  * is released in whole blocks, so trimming may go below the target. (The
  * real driver reserves 32 MiB chunks and sub-allocates: a 1 MiB
  * cuMemAllocAsync reserved 32 MiB on an H100 with driver 580.159.)
@@ -157,8 +159,9 @@ static CUresult pool_alloc(CUmemoryPool p, size_t size, CUdeviceptr *dptr)
     CUresult rc = fc_gate();
     if (rc != CUDA_SUCCESS)
         return rc;
+    size_t chunk = fc_knobs_get()->pool_chunk;
     fc_alloc *b = take_best_fit(p, size);
-    if (!b && (rc = new_block(p, size, &b)) != CUDA_SUCCESS)
+    if (!b && (rc = new_block(p, chunk ? fc_round_up(size, chunk) : size, &b)) != CUDA_SUCCESS)
         return rc;
     b->live = true;
     b->size = size;          /* the range reported is the request */
