@@ -172,3 +172,33 @@ CUresult cuDevicePrimaryCtxReset_v2(CUdevice dev)
         return CUDA_ERROR_NOT_INITIALIZED;
     return primary_reset(vg__real.cuDevicePrimaryCtxReset_v2, dev);
 }
+
+/* The last release of the primary context resets it (the driver's
+ * documentation): what it owned dies as at cuDevicePrimaryCtxReset, and
+ * its records go the same way. A release that leaves the context active
+ * changes nothing. (A cache-mode pool holds a reference of its own, so its
+ * chunks never die this way.) */
+static CUresult primary_release(CUresult (*real)(CUdevice), CUdevice dev)
+{
+    if (!real)
+        return CUDA_ERROR_NOT_FOUND;
+    CUcontext primary = primary_of(dev);
+    CUresult cr = real(dev);
+    if (cr == CUDA_SUCCESS && primary && !primary_of(dev))
+        vg__acct_context_gone((int)dev, primary, "cuDevicePrimaryCtxRelease");
+    return cr;
+}
+
+CUresult cuDevicePrimaryCtxRelease(CUdevice dev)
+{
+    if (!vg__shim_started())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    return primary_release(vg__real.cuDevicePrimaryCtxRelease, dev);
+}
+
+CUresult cuDevicePrimaryCtxRelease_v2(CUdevice dev)
+{
+    if (!vg__shim_started())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    return primary_release(vg__real.cuDevicePrimaryCtxRelease_v2, dev);
+}

@@ -89,6 +89,8 @@
     X(cuIpcGetMemHandle, (CUipcMemHandle *pHandle, CUdeviceptr dptr))          \
     X(cuDevicePrimaryCtxReset, (CUdevice dev))                                 \
     X(cuDevicePrimaryCtxReset_v2, (CUdevice dev))                              \
+    X(cuDevicePrimaryCtxRelease, (CUdevice dev))                               \
+    X(cuDevicePrimaryCtxRelease_v2, (CUdevice dev))                            \
     X(cuMemMap, (CUdeviceptr ptr, size_t size, size_t offset,                  \
                  CUmemGenericAllocationHandle handle, unsigned long long flags)) \
     X(cuMemUnmap, (CUdeviceptr ptr, size_t size))                              \

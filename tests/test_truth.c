@@ -253,6 +253,15 @@ Test(truth, an_array_gives_its_memory_back_with_its_context)
     expect_given_back(cases, 2);
 }
 
+/* The primary context's last cuDevicePrimaryCtxRelease resets it (numba's
+ * cuda.close() does this): what it owned went, so 600 MiB fit again in it
+ * once it is retained anew. */
+Test(truth, the_last_release_of_the_primary_context_gives_its_memory_back)
+{
+    static const char *const cases[] = {"release", "release_array"};
+    expect_given_back(cases, 2);
+}
+
 /* ------------------------------------------------------ h. free ordering */
 
 /* A free that takes 200 us: the budget may be given back only once the

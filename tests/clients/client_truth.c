@@ -35,6 +35,8 @@
  *               then 600 MiB in the primary
  *   array_reset a 600 MiB array in the primary context,
  *               cuDevicePrimaryCtxReset, then 600 MiB in the primary
+ *   release[_array] 600 MiB (an array) in the primary context, its last
+ *               cuDevicePrimaryCtxRelease, then retained again and 600 MiB
  *   free_order  16 threads allocate and free 1 KiB..64 MiB for 2 s
  *   churn_credit 16 threads allocate and free for 2 s, half the requests of
  *               1 KiB..32 KiB (paid from per-thread credit under a 32 MiB
@@ -317,9 +319,20 @@ static void case_race(void)
 /* ------------------------------------------------------ g. destroyed context */
 
 /* How the context goes. */
-typedef enum { GO_DESTROY, GO_DESTROY_V1, GO_RESET } go_t;
+typedef enum { GO_DESTROY, GO_DESTROY_V1, GO_RESET, GO_RELEASE } go_t;
 
-/* 600 MiB made in a context (created, or the primary for a reset) as an
+/* The primary context's last reference goes, and a new one is taken. */
+static CUresult release_primary(void)
+{
+    CUresult rc = cuCtxSetCurrent(NULL);
+    if (rc == CUDA_SUCCESS)
+        rc = cuDevicePrimaryCtxRelease(g_dev);
+    if (rc == CUDA_SUCCESS)
+        rc = cuDevicePrimaryCtxRetain(&g_ctx, g_dev);
+    return rc;
+}
+
+/* 600 MiB made in a context (created, or the primary for a reset or a release) as an
  * allocation or an array (16384 x 2400 texels of 4 floats), then the
  * context goes, then 600 MiB in the primary: what went must have given its
  * memory back. */
@@ -330,12 +343,14 @@ static void case_gone(const char *name, bool array, go_t how)
     CUcontext c = g_ctx;
     CUdeviceptr a = 0, b = 0;
     CUarray arr = NULL;
-    CUresult create = how == GO_RESET ? CUDA_SUCCESS : cuCtxCreate(&c, NULL, 0, g_dev);
+    bool primary = how == GO_RESET || how == GO_RELEASE;
+    CUresult create = primary ? CUDA_SUCCESS : cuCtxCreate(&c, NULL, 0, g_dev);
     CUresult first = create != CUDA_SUCCESS ? create
                      : array                ? cuArrayCreate(&arr, &d)
                                             : cuMemAlloc(&a, 600 * MiB);
     CUresult destroy = create != CUDA_SUCCESS ? create
                        : how == GO_RESET      ? cuDevicePrimaryCtxReset(g_dev)
+                       : how == GO_RELEASE    ? release_primary()
                        : how == GO_DESTROY_V1 ? truth_ctx_destroy_v1(c)
                                               : cuCtxDestroy(c);
     cuCtxSetCurrent(g_ctx);
@@ -518,6 +533,10 @@ int main(int argc, char **argv)
         case_gone(c, true, GO_DESTROY);
     else if (!strcmp(c, "array_reset"))
         case_gone(c, true, GO_RESET);
+    else if (!strcmp(c, "release"))
+        case_gone(c, false, GO_RELEASE);
+    else if (!strcmp(c, "release_array"))
+        case_gone(c, true, GO_RELEASE);
     else if (!strcmp(c, "churn_credit"))
         case_churn_credit();
     else if (!strcmp(c, "free_order"))
