@@ -220,6 +220,8 @@ VG__HOT void vg__acct_uncharge(const vg__alloc_t *a)
 {
     if (vg__unlikely(a->pooled))
         return;
+    if (vg__unlikely(a->handle))
+        vg__acct_pool_block_freed(a); /* or an array's context: it checks */
     /* Up to a slice becomes this thread's credit (credit.c); a credit's
      * bytes are bytes of `used`, whichever thread charged them. */
     if (vg__likely(vg__credit_give(a->device, a->charged)))
@@ -318,8 +320,11 @@ static struct pool_slot {
     CUmemoryPool pool;
     int device;
     uint64_t charged;
+    uint64_t orphans; /* destroyed with this many allocations out: the driver
+                         frees its memory after the last (0: not destroyed) */
 } pools[POOL_SLOTS];
 static _Atomic int pool_count; /* slots in use: lets devices without pools skip the lock */
+static _Atomic int orphaned;   /* slots with orphans: lets frees skip the lock */
 
 /* A fork while another thread holds the lock must not leave it held in the
  * child (every stream-ordered allocation takes it): fork.c, rank
@@ -332,7 +337,7 @@ static struct pool_slot *slot_of(CUmemoryPool pool, int device)
 {
     struct pool_slot *free_slot = NULL;
     for (int i = 0; i < POOL_SLOTS; i++) {
-        if (pools[i].pool == pool)
+        if (pools[i].pool == pool && !pools[i].orphans)
             return &pools[i];
         if (!pools[i].pool && !free_slot)
             free_slot = &pools[i];
@@ -412,7 +417,8 @@ static int charged_pools(int device, CUmemoryPool out[POOL_SLOTS])
         return 0;
     vg__mutex_lock(&pools_lock, VG__RANK_STREAM_POOLS);
     for (int i = 0; i < POOL_SLOTS; i++)
-        if (pools[i].pool && pools[i].device == device && pools[i].charged)
+        if (pools[i].pool && pools[i].device == device && pools[i].charged &&
+            !pools[i].orphans) /* a destroyed pool can be neither asked nor trimmed */
             out[n++] = pools[i].pool;
     vg__mutex_unlock(&pools_lock, VG__RANK_STREAM_POOLS);
     return n;
@@ -439,15 +445,60 @@ bool vg__acct_pool_trim(int device)
     return atomic_load_explicit(&b->used, memory_order_relaxed) < before;
 }
 
+static bool from_stream_pool(const vg__alloc_t *a)
+{
+    return (a->kind == VG_KIND_ASYNC || a->kind == VG_KIND_POOL) && !a->pooled;
+}
+
+struct pool_blocks {
+    uint64_t pool, n;
+};
+
+static void count_pool_block(const vg__alloc_t *a, void *ctx)
+{
+    struct pool_blocks *c = ctx;
+    c->n += from_stream_pool(a) && a->handle == c->pool;
+}
+
+static void slot_clear(struct pool_slot *s)
+{
+    vg__budget_release(vg__engine_budget(s->device), s->charged);
+    *s = (struct pool_slot){0};
+    atomic_fetch_sub_explicit(&pool_count, 1, memory_order_relaxed);
+}
+
 void vg__acct_pool_forget(CUmemoryPool pool)
 {
+    struct pool_blocks c = {(uint64_t)(uintptr_t)pool, 0};
+    vg__ledger_foreach(NULL, count_pool_block, &c);
+    vg__mutex_lock(&pools_lock, VG__RANK_STREAM_POOLS);
+    struct pool_slot *s = NULL;
+    for (int i = 0; i < POOL_SLOTS && !s; i++)
+        if (pools[i].pool == pool && !pools[i].orphans)
+            s = &pools[i];
+    if (s && c.n) {
+        s->orphans = c.n;
+        atomic_fetch_add_explicit(&orphaned, 1, memory_order_relaxed);
+    } else if (s)
+        slot_clear(s);
+    vg__mutex_unlock(&pools_lock, VG__RANK_STREAM_POOLS);
+}
+
+void vg__acct_pool_block_freed(const vg__alloc_t *a)
+{
+    if (vg__likely(!atomic_load_explicit(&orphaned, memory_order_relaxed)) ||
+        !from_stream_pool(a))
+        return;
     vg__mutex_lock(&pools_lock, VG__RANK_STREAM_POOLS);
     for (int i = 0; i < POOL_SLOTS; i++) {
-        if (pools[i].pool != pool)
+        struct pool_slot *s = &pools[i];
+        if (!s->orphans || (uint64_t)(uintptr_t)s->pool != a->handle)
             continue;
-        vg__budget_release(vg__engine_budget(pools[i].device), pools[i].charged);
-        pools[i] = (struct pool_slot){0};
-        atomic_fetch_sub_explicit(&pool_count, 1, memory_order_relaxed);
+        if (--s->orphans == 0) {
+            slot_clear(s);
+            atomic_fetch_sub_explicit(&orphaned, 1, memory_order_relaxed);
+        }
+        break;
     }
     vg__mutex_unlock(&pools_lock, VG__RANK_STREAM_POOLS);
 }

@@ -95,8 +95,13 @@ int vg__acct_pool_settle(vg__ticket_t *t, CUmemoryPool pool);
 /* Trims every pool this process charged on `device` down to its use and
  * re-syncs their charges. Returns true if anything was released. */
 bool vg__acct_pool_trim(int device);
-/* Forgets a destroyed pool and returns its charge. */
+/* Forgets a destroyed pool and returns its charge; when allocations from
+ * it are still out, the driver frees the pool after the last of them, so
+ * the charge stays until then (vg__acct_pool_block_freed). */
 void vg__acct_pool_forget(CUmemoryPool pool);
+/* An allocation from a stream-ordered pool was freed: the last one out of
+ * a destroyed pool returns that pool's charge. Anything else: nothing. */
+void vg__acct_pool_block_freed(const vg__alloc_t *a);
 
 /* Records an allocation the driver (or cache mode) just made: fills in the record's
  * bookkeeping, writes the audit line and inserts it in the ledger (a stale

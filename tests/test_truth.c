@@ -262,6 +262,22 @@ Test(truth, the_last_release_of_the_primary_context_gives_its_memory_back)
     expect_given_back(cases, 2);
 }
 
+/* A stream-ordered pool destroyed while one of its allocations is out
+ * keeps its memory until that is freed: the budget keeps its charge as
+ * long, and gives it back at the free. */
+Test(truth, a_destroyed_pool_stays_charged_until_its_last_allocation_is_freed)
+{
+    static truth_t t;
+    run_truth(&t, "pool_destroy", "1GiB", NULL);
+    expect_rc(&t, "create_rc", 0);
+    expect_rc(&t, "first_rc", 0);
+    expect_rc(&t, "destroy_rc", 0);
+    expect_rc(&t, "second_rc", OUT_OF_MEMORY);
+    expect_rc(&t, "free_rc", 0);
+    expect_rc(&t, "third_rc", 0);
+    expect_peak_within(&t, GiB);
+}
+
 /* ------------------------------------------------------ h. free ordering */
 
 /* A free that takes 200 us: the budget may be given back only once the

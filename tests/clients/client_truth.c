@@ -37,6 +37,8 @@
  *               cuDevicePrimaryCtxReset, then 600 MiB in the primary
  *   release[_array] 600 MiB (an array) in the primary context, its last
  *               cuDevicePrimaryCtxRelease, then retained again and 600 MiB
+ *   pool_destroy 600 MiB from a created pool, cuMemPoolDestroy with it still
+ *               out, 600 MiB plain; then its free, 600 MiB plain again
  *   free_order  16 threads allocate and free 1 KiB..64 MiB for 2 s
  *   churn_credit 16 threads allocate and free for 2 s, half the requests of
  *               1 KiB..32 KiB (paid from per-thread credit under a 32 MiB
@@ -362,6 +364,34 @@ static void case_gone(const char *name, bool array, go_t how)
         cuMemFree(b);
 }
 
+/* A pool destroyed with an allocation still out lives on until that is
+ * freed (the driver's documentation): its 600 MiB still count, so the
+ * plain 600 MiB after the destroy must be refused under 1 GiB, and fit once
+ * the pool's last allocation was freed. */
+static void case_pool_destroy(void)
+{
+    CUmemPoolProps props = {.allocType = CU_MEM_ALLOCATION_TYPE_PINNED,
+                            .location = {.type = CU_MEM_LOCATION_TYPE_DEVICE, .id = g_dev}};
+    CUmemoryPool pool = NULL;
+    CUdeviceptr a = 0, b = 0, c = 0;
+    CUresult create = cuMemPoolCreate(&pool, &props);
+    CUresult first = create ? create : cuMemAllocFromPoolAsync(&a, 600 * MiB, pool, NULL);
+    CUresult sync = first ? first : cuStreamSynchronize(NULL);
+    CUresult destroy = sync ? sync : cuMemPoolDestroy(pool);
+    CUresult second = cuMemAlloc(&b, 600 * MiB);
+    if (second == CUDA_SUCCESS)
+        cuMemFree(b);
+    CUresult freed = first ? first : cuMemFreeAsync(a, NULL);
+    if (freed == CUDA_SUCCESS)
+        freed = cuStreamSynchronize(NULL);
+    CUresult third = cuMemAlloc(&c, 600 * MiB);
+    printf("path=pool_destroy create_rc=%d first_rc=%d destroy_rc=%d second_rc=%d free_rc=%d "
+           "third_rc=%d", create, first, destroy, second, freed, third);
+    finish();
+    if (third == CUDA_SUCCESS)
+        cuMemFree(c);
+}
+
 /* ------------------------------------------------------ h. free ordering */
 
 static unsigned long long next_rand(unsigned long long *s)
@@ -537,6 +567,8 @@ int main(int argc, char **argv)
         case_gone(c, false, GO_RELEASE);
     else if (!strcmp(c, "release_array"))
         case_gone(c, true, GO_RELEASE);
+    else if (!strcmp(c, "pool_destroy"))
+        case_pool_destroy();
     else if (!strcmp(c, "churn_credit"))
         case_churn_credit();
     else if (!strcmp(c, "free_order"))
