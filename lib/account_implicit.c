@@ -283,6 +283,6 @@ void vg__acct_context_gone(int device, CUcontext ctx, const char *api)
             vg__acct_release_freed(k.keys[i], api);
     }
     free(k.keys);
-    vg__acct_limits_forget(device);
+    vg__acct_limits_forget(device, ctx);
     vg__acct_implicit_shrunk(device); /* its context went too: measure again */
 }

@@ -12,10 +12,11 @@
  * with it), so only growth above them is charged here; shrinking gives
  * back at most what was charged.
  *
- * Charges are kept per device and limit, not per context: a program with
- * several contexts on one device that raises a limit in each is charged
- * the largest growth of one, and the others show up in the next NVML
- * measurement (account_overhead.c).
+ * Limits belong to a context, and so do their charges: each context's are
+ * kept apart and given back when that context goes (vg__acct_limits_forget),
+ * never another's. Past LIMIT_CONTEXTS contexts with raised limits, the
+ * rest share one entry per device, given back when any context of that
+ * device goes.
  */
 #include <pthread.h>
 
@@ -24,9 +25,52 @@
 #include "vg_shared.h"
 
 enum { LIMIT_HEAP, LIMIT_STACK, LIMIT_FIFO, LIMIT_KINDS };
+#define LIMIT_CONTEXTS 64
+
+/* What one context's raised limits are charged, in bytes. An entry with
+ * ctx NULL is a device's overflow (or its charges made with no context
+ * current); device -1: unused. */
+struct limit_entry {
+    CUcontext ctx;
+    int device;
+    uint64_t charged[LIMIT_KINDS];
+};
 
 static pthread_mutex_t limits_lock = PTHREAD_MUTEX_INITIALIZER;
-static uint64_t charged[VG__MAX_DEVICES][LIMIT_KINDS]; /* bytes, under the lock */
+static struct limit_entry entries[LIMIT_CONTEXTS + VG__MAX_DEVICES]; /* under the lock */
+static bool entries_ready;
+
+/* The entry of (device, ctx), made if need be. Lock held. */
+static struct limit_entry *entry_of(int device, CUcontext ctx)
+{
+    if (!entries_ready) {
+        for (size_t i = 0; i < sizeof entries / sizeof entries[0]; i++)
+            entries[i].device = -1;
+        entries_ready = true;
+    }
+    struct limit_entry *free_entry = NULL;
+    for (int i = 0; i < LIMIT_CONTEXTS && ctx; i++) {
+        if (entries[i].device == device && entries[i].ctx == ctx)
+            return &entries[i];
+        if (entries[i].device < 0 && !free_entry)
+            free_entry = &entries[i];
+    }
+    if (!free_entry) { /* no context, or no entry left: the device's own */
+        free_entry = &entries[LIMIT_CONTEXTS + device];
+        ctx = NULL;
+    }
+    if (free_entry->device < 0)
+        *free_entry = (struct limit_entry){.ctx = ctx, .device = device};
+    return free_entry;
+}
+
+static uint64_t entry_sum(const struct limit_entry *e)
+{
+    uint64_t sum = 0;
+    for (int k = 0; k < LIMIT_KINDS; k++)
+        sum += e->charged[k];
+    return sum;
+}
 
 /* A fork while another thread holds the lock must not leave it held in the
  * child (fork.c, rank LIMITS). */
@@ -86,6 +130,8 @@ int vg__acct_limit_begin(vg__limit_op_t *op, int device, CUlimit which, size_t v
     if (op->kind < 0 || device < 0 || device >= VG__MAX_DEVICES ||
         vg__engine_init() != VG_OK || !(op->budget = vg__engine_budget(device)))
         return VG_OK; /* costs nothing we can count: the driver decides */
+    if (vg__driver()->cuCtxGetCurrent(&op->ctx) != CUDA_SUCCESS)
+        op->ctx = NULL; /* the limit is the current context's */
     uint64_t threads = op->kind == LIMIT_STACK ? resident_threads(device) : 0;
     uint64_t now = cost_of(op->kind, current_value(which), threads);
     uint64_t next = cost_of(op->kind, value, threads);
@@ -109,7 +155,7 @@ void vg__acct_limit_end(vg__limit_op_t *op, CUresult cr)
         return;
     }
     vg__mutex_lock(&limits_lock, VG__RANK_LIMITS);
-    uint64_t *c = &charged[op->device][op->kind];
+    uint64_t *c = &entry_of(op->device, op->ctx)->charged[op->kind];
     uint64_t back = op->shrink < *c ? op->shrink : *c;
     *c = *c - back + op->grow;
     vg__mutex_unlock(&limits_lock, VG__RANK_LIMITS);
@@ -122,15 +168,18 @@ void vg__acct_limit_end(vg__limit_op_t *op, CUresult cr)
                                             vg__acct_limits_charged(op->device));
 }
 
-void vg__acct_limits_forget(int device)
+void vg__acct_limits_forget(int device, CUcontext ctx)
 {
     if (device < 0 || device >= VG__MAX_DEVICES)
         return;
     uint64_t back = 0;
     vg__mutex_lock(&limits_lock, VG__RANK_LIMITS);
-    for (int k = 0; k < LIMIT_KINDS; k++) {
-        back += charged[device][k];
-        charged[device][k] = 0;
+    for (size_t i = 0; entries_ready && i < sizeof entries / sizeof entries[0]; i++) {
+        struct limit_entry *e = &entries[i];
+        if (e->device != device || (e->ctx && e->ctx != ctx))
+            continue; /* another context's: it lives on */
+        back += entry_sum(e);
+        *e = (struct limit_entry){.device = -1};
     }
     vg__mutex_unlock(&limits_lock, VG__RANK_LIMITS);
     vg__budget_t *b = vg__engine_budget(device);
@@ -144,8 +193,9 @@ uint64_t vg__acct_limits_charged(int device)
     if (device < 0 || device >= VG__MAX_DEVICES)
         return 0;
     vg__mutex_lock(&limits_lock, VG__RANK_LIMITS);
-    for (int k = 0; k < LIMIT_KINDS; k++)
-        sum += charged[device][k];
+    for (size_t i = 0; entries_ready && i < sizeof entries / sizeof entries[0]; i++)
+        if (entries[i].device == device)
+            sum += entry_sum(&entries[i]);
     vg__mutex_unlock(&limits_lock, VG__RANK_LIMITS);
     return sum;
 }

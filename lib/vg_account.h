@@ -265,14 +265,16 @@ void vg__account_implicit_postfork_child(void);
  * end: commits or rolls back on the driver's answer. */
 typedef struct vg__limit_op {
     int device;
+    CUcontext ctx;         /* the context whose limit it is (NULL: unknown) */
     int kind;              /* -1: a limit that costs no memory */
     uint64_t grow, shrink; /* bytes */
     vg__budget_t *budget;  /* NULL: nothing to do at end */
 } vg__limit_op_t;
 int vg__acct_limit_begin(vg__limit_op_t *op, int device, CUlimit which, size_t value);
 void vg__acct_limit_end(vg__limit_op_t *op, CUresult cr);
-/* Gives back every limit charge of `device` (its context is gone). */
-void vg__acct_limits_forget(int device);
+/* Gives back the limit charges of context `ctx` on `device` (it is gone),
+ * and those of the device's contexts that could not be told apart. */
+void vg__acct_limits_forget(int device, CUcontext ctx);
 /* Bytes charged for limits on `device`. */
 uint64_t vg__acct_limits_charged(int device);
 

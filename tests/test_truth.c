@@ -262,6 +262,25 @@ Test(truth, the_last_release_of_the_primary_context_gives_its_memory_back)
     expect_given_back(cases, 2);
 }
 
+/* A context's raised limit is charged to that context: destroying another
+ * context gives nothing of it back, so the primary's 600 MiB heap and
+ * 600 MiB more do not fit 1 GiB. Without NVML (a container whose PID
+ * namespace hides the process from it): with it, the next measurement
+ * would find the heap again and hide a lost charge. */
+Test(truth, a_limit_stays_charged_when_another_context_goes)
+{
+    static truth_t t;
+    char *no_nvml = cat3("LD_LIBRARY_PATH=", build_dir(), "/fakecuda");
+    const char *const env[] = {no_nvml, NULL};
+    run_truth(&t, "limit_other_ctx", "1GiB", env);
+    free(no_nvml);
+    expect_rc(&t, "limit_rc", 0);
+    expect_rc(&t, "create_rc", 0);
+    expect_rc(&t, "destroy_rc", 0);
+    expect_rc(&t, "second_rc", OUT_OF_MEMORY);
+    expect_peak_within(&t, GiB);
+}
+
 /* A stream-ordered pool destroyed while one of its allocations is out
  * keeps its memory until that is freed: the budget keeps its charge as
  * long, and gives it back at the free. */

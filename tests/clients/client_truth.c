@@ -37,6 +37,8 @@
  *               cuDevicePrimaryCtxReset, then 600 MiB in the primary
  *   release[_array] 600 MiB (an array) in the primary context, its last
  *               cuDevicePrimaryCtxRelease, then retained again and 600 MiB
+ *   limit_other_ctx a 600 MiB malloc heap in the primary context, a created
+ *               context destroyed, then 600 MiB in the primary
  *   pool_destroy 600 MiB from a created pool, cuMemPoolDestroy with it still
  *               out, 600 MiB plain; then its free, 600 MiB plain again
  *   free_order  16 threads allocate and free 1 KiB..64 MiB for 2 s
@@ -364,6 +366,24 @@ static void case_gone(const char *name, bool array, go_t how)
         cuMemFree(b);
 }
 
+/* The primary context's 600 MiB heap stays when another context goes:
+ * 600 MiB more must be refused under 1 GiB. */
+static void case_limit_other_ctx(void)
+{
+    CUcontext other = NULL;
+    CUdeviceptr b = 0;
+    CUresult limit = cuCtxSetLimit(CU_LIMIT_MALLOC_HEAP_SIZE, 600 * MiB);
+    CUresult create = limit ? limit : cuCtxCreate(&other, NULL, 0, g_dev);
+    CUresult destroy = create ? create : cuCtxDestroy(other);
+    cuCtxSetCurrent(g_ctx);
+    CUresult second = cuMemAlloc(&b, 600 * MiB);
+    printf("path=limit_other_ctx limit_rc=%d create_rc=%d destroy_rc=%d second_rc=%d", limit,
+           create, destroy, second);
+    finish();
+    if (second == CUDA_SUCCESS)
+        cuMemFree(b);
+}
+
 /* A pool destroyed with an allocation still out lives on until that is
  * freed (the driver's documentation): its 600 MiB still count, so the
  * plain 600 MiB after the destroy must be refused under 1 GiB, and fit once
@@ -569,6 +589,8 @@ int main(int argc, char **argv)
         case_gone(c, true, GO_RELEASE);
     else if (!strcmp(c, "pool_destroy"))
         case_pool_destroy();
+    else if (!strcmp(c, "limit_other_ctx"))
+        case_limit_other_ctx();
     else if (!strcmp(c, "churn_credit"))
         case_churn_credit();
     else if (!strcmp(c, "free_order"))
