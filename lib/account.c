@@ -358,19 +358,29 @@ static uint64_t pool_reserved(CUmemoryPool pool)
     return v;
 }
 
+/* The slot's charge becomes `now`; returns what it was (`now` without a
+ * slot). The budget is moved by the caller, after the lock: a level change
+ * runs hooks that call the driver (cache mode's trim). */
+static uint64_t slot_swap(CUmemoryPool pool, int device, uint64_t now)
+{
+    vg__mutex_lock(&pools_lock, VG__RANK_STREAM_POOLS);
+    struct pool_slot *s = slot_of(pool, device);
+    uint64_t before = s ? s->charged : now;
+    if (s)
+        s->charged = now;
+    vg__mutex_unlock(&pools_lock, VG__RANK_STREAM_POOLS);
+    return before;
+}
+
 void vg__acct_pool_sync(int device, CUmemoryPool pool)
 {
     uint64_t now = pool_reserved(pool);
     vg__budget_t *b = vg__engine_budget(device);
-    vg__mutex_lock(&pools_lock, VG__RANK_STREAM_POOLS);
-    struct pool_slot *s = slot_of(pool, device);
-    if (s && now > s->charged)
-        vg__budget_force(b, now - s->charged);
-    else if (s && now < s->charged)
-        vg__budget_release(b, s->charged - now);
-    if (s)
-        s->charged = now;
-    vg__mutex_unlock(&pools_lock, VG__RANK_STREAM_POOLS);
+    uint64_t before = slot_swap(pool, device, now);
+    if (now > before)
+        vg__budget_force(b, now - before);
+    else if (now < before)
+        vg__budget_release(b, before - now);
 }
 
 int vg__acct_pool_settle(vg__ticket_t *t, CUmemoryPool pool)
@@ -378,12 +388,8 @@ int vg__acct_pool_settle(vg__ticket_t *t, CUmemoryPool pool)
     uint64_t now = pool_reserved(pool);
     vg__budget_t *b = t->budget;
     int rc = VG_OK;
-    vg__mutex_lock(&pools_lock, VG__RANK_STREAM_POOLS);
-    struct pool_slot *s = slot_of(pool, t->device);
-    uint64_t before = s ? s->charged : now;
+    uint64_t before = slot_swap(pool, t->device, now);
     uint64_t growth = now > before ? now - before : 0;
-    if (s)
-        s->charged = now;
     if (now < before)
         vg__budget_release(b, before - now);
     if (growth <= t->bytes) {
@@ -400,7 +406,6 @@ int vg__acct_pool_settle(vg__ticket_t *t, CUmemoryPool pool)
             rc = VG_ENOMEM;
         }
     }
-    vg__mutex_unlock(&pools_lock, VG__RANK_STREAM_POOLS);
     if (rc != VG_OK)
         vg__audit_refuse(t, rc);
     t->bytes = 0;
@@ -460,16 +465,25 @@ static void count_pool_block(const vg__alloc_t *a, void *ctx)
     c->n += from_stream_pool(a) && a->handle == c->pool;
 }
 
-static void slot_clear(struct pool_slot *s)
+/* Empties a slot (lock held); its charge goes into *gone, to be released
+ * once the lock is dropped. */
+static void slot_clear(struct pool_slot *s, struct pool_slot *gone)
 {
-    vg__budget_release(vg__engine_budget(s->device), s->charged);
+    *gone = *s;
     *s = (struct pool_slot){0};
     atomic_fetch_sub_explicit(&pool_count, 1, memory_order_relaxed);
+}
+
+static void slot_release(const struct pool_slot *gone)
+{
+    if (gone->charged)
+        vg__budget_release(vg__engine_budget(gone->device), gone->charged);
 }
 
 void vg__acct_pool_forget(CUmemoryPool pool)
 {
     struct pool_blocks c = {(uint64_t)(uintptr_t)pool, 0};
+    struct pool_slot gone = {0};
     vg__ledger_foreach(NULL, count_pool_block, &c);
     vg__mutex_lock(&pools_lock, VG__RANK_STREAM_POOLS);
     struct pool_slot *s = NULL;
@@ -480,8 +494,9 @@ void vg__acct_pool_forget(CUmemoryPool pool)
         s->orphans = c.n;
         atomic_fetch_add_explicit(&orphaned, 1, memory_order_relaxed);
     } else if (s)
-        slot_clear(s);
+        slot_clear(s, &gone);
     vg__mutex_unlock(&pools_lock, VG__RANK_STREAM_POOLS);
+    slot_release(&gone);
 }
 
 void vg__acct_pool_block_freed(const vg__alloc_t *a)
@@ -489,18 +504,20 @@ void vg__acct_pool_block_freed(const vg__alloc_t *a)
     if (vg__likely(!atomic_load_explicit(&orphaned, memory_order_relaxed)) ||
         !from_stream_pool(a))
         return;
+    struct pool_slot gone = {0};
     vg__mutex_lock(&pools_lock, VG__RANK_STREAM_POOLS);
     for (int i = 0; i < POOL_SLOTS; i++) {
         struct pool_slot *s = &pools[i];
         if (!s->orphans || (uint64_t)(uintptr_t)s->pool != a->handle)
             continue;
         if (--s->orphans == 0) {
-            slot_clear(s);
+            slot_clear(s, &gone);
             atomic_fetch_sub_explicit(&orphaned, 1, memory_order_relaxed);
         }
         break;
     }
     vg__mutex_unlock(&pools_lock, VG__RANK_STREAM_POOLS);
+    slot_release(&gone);
 }
 
 /* ------------------------------------------------- overhead and stats */
