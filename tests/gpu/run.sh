@@ -66,6 +66,7 @@ scn_collect() { # BENCH rows, tagged with the driver they ran over
 # ------------------------------------------------------------ C programs
 run_scn gpu_api native 90 "$B/gpu_api"
 run_scn driver_paths native 60 "$B/driver_paths" --cap 48
+run_scn graph_probe native 60 "$B/graph_probe"
 run_scn driver_paths shim 60 "$B/driver_paths" --cap 48 --budget $BUDGET
 run_scn driver_paths shim-nobudget 60 "$B/driver_paths" --cap 48
 run_scn static_cudart_oom native 60 "$B/static_cudart" oom 48 0
