@@ -59,6 +59,12 @@ typedef enum vg__set_type {
       "Create the shared region group-readable and -writable (0660) and "     \
       "attach to one owned by another user of its group; off means "          \
       "owner-only (0600).")                                                   \
+    X(shared_create, "VRAMGUARD_SHARED_CREATE", VG__SET_ENUM, "1", NULL,      \
+      "0|1",                                                                  \
+      "0: attach only to a shared region that exists, never make it; a "      \
+      "process that finds none refuses every allocation (fail closed). "     \
+      "vramguard run sets 0 for its command tree, so a process that "        \
+      "outlives the run cannot start an unlimited region of its own.")        \
     X(wait_ms, "VRAMGUARD_WAIT_MS", VG__SET_MS, "0", "--wait-ms",             \
       "0 to 3600000 milliseconds",                                            \
       "With a shared budget, a refused request waits up to this long, "       \

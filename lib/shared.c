@@ -174,9 +174,13 @@ static void attach(void)
     if ((attach_status = region_path_of(st)) != VG_OK)
         return;
     my_start = vg__shm_proc_start(getpid());
-    attach_status = vg__shm_open(region_path, VG__SHM_CREATE,
+    attach_status = vg__shm_open(region_path, st->shared_create ? VG__SHM_CREATE : VG__SHM_ATTACH,
                                  st->shared_group == VG__SHARED_GROUP, &region,
                                  attach_error, sizeof attach_error);
+    if (attach_status == VG_ENOTFOUND && !st->shared_create)
+        snprintf(attach_error, sizeof attach_error,
+                 "shared region %.300s is gone and VRAMGUARD_SHARED_CREATE=0 forbids making "
+                 "it (the vramguard run that made it has ended)", region_path);
 }
 
 /* Under the lock: the entry of `device` (keyed by UUID when known, else by

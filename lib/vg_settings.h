@@ -118,6 +118,7 @@ typedef struct vg__settings {
     char shared[256];
     char shared_cache[4096];  /* HAMi's CUDA_DEVICE_MEMORY_SHARED_CACHE */
     vg__shared_group_t shared_group;
+    int shared_create;        /* 0: attach to an existing region only */
     int wait_ms;              /* VRAMGUARD_WAIT_MS: 0 = refuse at once */
     char audit[4096];
     vg__bad_ptr_policy_t on_bad_pointer;

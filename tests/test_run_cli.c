@@ -58,6 +58,24 @@ Test(run_tree, two_children_share_one_budget_and_the_region_goes_away)
     expect_region_gone(r.out);
 }
 
+/* A process the command leaves behind outlives the run and its region: it
+ * must not start an unlimited region of its own under the same name, but
+ * refuse (fail closed). It asks for more than the run's budget. */
+Test(run_tree, a_process_that_outlives_the_run_is_refused_not_unlimited)
+{
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd,
+             "echo \"shared=$VRAMGUARD_SHARED\"; (sleep 0.3; LD_PRELOAD=%s/libvramguard-preload.so "
+             "LD_LIBRARY_PATH=%s/fakecuda exec %s try 2000000000) &",
+             build_dir(), build_dir(), exe("clients/client_shared"));
+    cli_result_t r;
+    cli_run_clean(&r, NULL, ARGS("run", "--budget", "1GiB", "--", "sh", "-c", cmd));
+    cr_expect_eq(r.status, 0, "%s", r.err);
+    cr_expect_not_null(strstr(r.out, "rc=2 "), "the late process was not refused: %s", r.out);
+    cr_expect_not_null(strstr(r.err, "VRAMGUARD_SHARED_CREATE=0"), "no reason given: %s", r.err);
+    expect_region_gone(r.out);
+}
+
 Test(run_tree, per_process_gives_each_process_its_own_budget)
 {
     cli_result_t r;

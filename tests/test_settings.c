@@ -634,16 +634,18 @@ Test(settings, longest_allowed_texts_fit)
 
 static const char *const all_names[] = {
     "VRAMGUARD_BUDGET",  "VRAMGUARD_LIBCUDA",        "VRAMGUARD_SHARED",
-    "CUDA_DEVICE_MEMORY_SHARED_CACHE", "VRAMGUARD_SHARED_GROUP", "VRAMGUARD_WAIT_MS",
+    "CUDA_DEVICE_MEMORY_SHARED_CACHE", "VRAMGUARD_SHARED_GROUP", "VRAMGUARD_SHARED_CREATE",
+    "VRAMGUARD_WAIT_MS",
     "VRAMGUARD_AUDIT",   "VRAMGUARD_ON_BAD_POINTER", "VRAMGUARD_MANAGED",
     "VRAMGUARD_POOL",    "VRAMGUARD_LOG",            "VRAMGUARD_BACKTRACE",
     "VRAMGUARD_LEAKS",   "VRAMGUARD_VERIFY",
 };
 #define NAMES (sizeof all_names / sizeof all_names[0])
 
-/* NULL: a HAMi alias, which has no flag of its own. */
+/* NULL: a HAMi alias, which has no flag of its own, or a setting `vramguard
+ * run` sets itself (VRAMGUARD_SHARED_CREATE). */
 static const char *const all_flags[] = {
-    "--budget", "--libcuda", "--shared", NULL, "--shared-group", "--wait-ms", "--audit",
+    "--budget", "--libcuda", "--shared", NULL, "--shared-group", NULL, "--wait-ms", "--audit",
     "--on-bad-pointer", "--managed", "--pool", "--log", "--backtrace", "--leaks-report",
     "--verify",
 };
@@ -676,7 +678,7 @@ Test(settings, describe_covers_every_row_in_table_order)
         cr_expect_not_null(strstr(r->help, r->accepted), "%s", r->env);
         cr_expect_gt(strlen(r->metavar), 0, "%s has no metavar", r->env);
     }
-    const vg__setting_info_t *bad = &seen.row[7], *frames = &seen.row[11];
+    const vg__setting_info_t *bad = &seen.row[8], *frames = &seen.row[12];
     cr_expect_str_eq(seen.row[1].deflt, "libcuda.so.1");
     cr_expect_str_eq(bad->deflt, "warn");
     cr_expect_str_eq(seen.row[0].deflt, "");

@@ -162,7 +162,11 @@ int cli_run_tree(char **cmd, uint64_t limit)
     }
     if ((rc = region_create(path, limit)) != CLI_EXIT_OK)
         return rc;
+    /* The tree attaches and never creates: a process that outlives the run
+     * finds the region gone and refuses (fail closed) instead of starting
+     * an unlimited one of its own. */
     if (setenv("VRAMGUARD_SHARED", name, 1) != 0 ||
+        setenv("VRAMGUARD_SHARED_CREATE", "0", 1) != 0 ||
         (limit != VG__UNLIMITED && unsetenv("VRAMGUARD_BUDGET") != 0)) {
         cli_error(RUN, "cannot set VRAMGUARD_SHARED: %s", strerror(errno));
         unlink(path);
