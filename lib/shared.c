@@ -284,8 +284,12 @@ void vg__shared_bind(vg__budget_t *b, int device, uint64_t limit)
     say_limit(device, old, limit);
 }
 
+/* Use stays below VG__SHM_LIMIT_MAX even with no limit: a body holding
+ * more reads as corrupt to every process (no device has an exbibyte). */
 static bool fits(const vg__shm_device_t *e, uint64_t n)
 {
+    if (e->used >= VG__SHM_LIMIT_MAX || n >= VG__SHM_LIMIT_MAX - e->used)
+        return false;
     return e->used <= e->limit && n <= e->limit - e->used;
 }
 
