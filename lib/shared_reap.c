@@ -138,8 +138,10 @@ void vg__shm_slot_drop(vg__shm_t *r, int s)
 
 void vg__shm_recount(vg__shm_t *r, vg__shm_alive_fn alive, void *ctx)
 {
+    /* A slot with no pid is free: whatever it still holds is what a drop
+     * (memset, in no set order) left when its process died inside it. */
     for (int s = 0; s < VG__SHM_SLOTS; s++)
-        if (r->slot[s].pid != 0 && !alive(&r->slot[s], ctx))
+        if (r->slot[s].pid == 0 || !alive(&r->slot[s], ctx))
             memset(&r->slot[s], 0, sizeof r->slot[s]);
     for (int d = 0; d < VG__SHM_DEVICES; d++) {
         uint64_t sum = 0;

@@ -978,6 +978,57 @@ Test(shared, reading_its_own_use_claims_no_slot)
     drop_region();
 }
 
+/* With no limit, a request of 2^61 bytes would push the region's use past
+ * what a valid body may hold (1 EiB), and the next check would call the
+ * region corrupt and turn every process off. It is refused instead, and
+ * later requests go on. */
+Test(shared, an_absurd_request_in_an_unlimited_region_is_refused_and_harms_nothing)
+{
+    name_region("absurd");
+    setenv("VRAMGUARD_SHARED", region_name, 1);
+    unsetenv("VRAMGUARD_BUDGET");
+    cr_assert_eq(vg_available(), VG_OK);
+    vg__budget_t *b = vg__engine_budget(0);
+    cr_assert_not_null(b->shared);
+    cr_expect_eq(vg__budget_reserve(b, 1ull << 61), VG_ENOMEM);
+    cr_expect_eq(vg__budget_reserve(b, 1ull << 60), VG_ENOMEM);
+    vg__shm_t *c = snap();
+    char err[256] = "";
+    cr_expect_eq(vg__shm_validate_body(c, err, sizeof err), VG_OK, "%s", err);
+    free(c);
+    cr_expect_eq(vg__budget_reserve(b, MiB), VG_OK);
+    vg__budget_rollback(b, MiB);
+    drop_region();
+}
+
+static bool nobody_dead(const vg__shm_slot_t *sl, void *ctx)
+{
+    (void)sl, (void)ctx;
+    return true;
+}
+
+/* A process killed inside a slot's drop, after its pid was cleared but
+ * before its use was: the repair after its death must not leave the body
+ * corrupt for everyone (a slot with no pid and some use). */
+Test(shared, the_repair_clears_a_slot_dropped_halfway)
+{
+    name_region("halfdrop");
+    vg__shm_t *r = open_region();
+    cr_assert_eq(vg__shm_lock(r), VG_OK);
+    r->dev[0].ordinal = 0;
+    r->dev[0].limit = VG__UNLIMITED;
+    r->slot[3].pid = 0;
+    r->slot[3].used[0] = 64 * MiB; /* what the half-done drop left */
+    r->dev[0].used = 64 * MiB;
+    vg__shm_recount(r, nobody_dead, NULL);
+    char err[256] = "";
+    cr_expect_eq(vg__shm_validate_body(r, err, sizeof err), VG_OK, "%s", err);
+    cr_expect_eq(r->dev[0].used, 0);
+    vg__shm_unlock(r);
+    vg__shm_close(r);
+    drop_region();
+}
+
 /* Damage to the body behind a valid header: the process refuses. */
 static void expect_corrupt_refusal(const char *what)
 {
