@@ -10,7 +10,8 @@
  *
  * Liveness is kill(pid, 0) (EPERM counts as alive) and the same start time
  * (field 22 of /proc/PID/stat), so a recycled pid is not mistaken for the
- * dead holder; a zombie (state Z or X) is dead unless other threads of it
+ * dead holder (where /proc hides another user's processes, hidepid, kill
+ * alone decides); a zombie (state Z or X) is dead unless other threads of it
  * still run. shared.c reaps at most once a second on reserve, and before a
  * refusal at most once every few milliseconds region-wide (a process's
  * first refusal always looks); the /proc reads happen outside the lock
@@ -96,7 +97,9 @@ bool vg__shm_pid_alive(int32_t pid, uint64_t start)
         return false;
     snprintf(path, sizeof path, "/proc/%d/stat", pid);
     if (!read_stat(path, &state, &now))
-        return errno == EACCES; /* cannot look: assume alive */
+        return true; /* kill() found it; /proc will not show it (hidepid=1
+                        says EPERM, hidepid=2 ENOENT): alive, and a reused
+                        pid cannot be told apart (its share waits) */
     if (now != start)
         return false; /* the pid was reused */
     /* A killed process its parent has not reaped holds no memory: its
@@ -111,8 +114,8 @@ bool vg__shm_tid_alive(int32_t tid)
     if (tid <= 0)
         return false;
     snprintf(path, sizeof path, "/proc/%d/stat", tid);
-    if (!read_stat(path, &state, &start))
-        return errno == EACCES;
+    if (!read_stat(path, &state, &start)) /* hidden (hidepid) or gone */
+        return errno == EACCES || errno == EPERM || kill(tid, 0) == 0 || errno == EPERM;
     return !state_dead(state);
 }
 
