@@ -91,12 +91,18 @@ static void own_cmd(char cmd[VG__SHM_CMD])
 /* Under the lock: the slot of this process, claimed on first use (and
  * again in a forked child, whose parent's slot is not its own). A claimed
  * slot is zeroed first: whatever a previous owner left is not ours. -1
- * when every slot is taken by a live process. */
+ * when every slot is taken by a live process. A slot that already carries
+ * this pid and start time at the first claim is a program this process ran
+ * before an exec: its memory went with that image, so its share goes back. */
 static int slot_of_self(vg__shm_t *r)
 {
     int mine = atomic_load_explicit(&my_slot, memory_order_relaxed);
     if (vg__likely(mine >= 0))
         return mine;
+    int32_t pid = (int32_t)getpid();
+    for (int s = 0; s < VG__SHM_SLOTS; s++)
+        if (r->slot[s].pid == pid && r->slot[s].start == my_start)
+            vg__shm_slot_drop(r, s);
     for (int pass = 0; pass < 2; pass++) {
         for (int s = 0; s < VG__SHM_SLOTS; s++) {
             if (r->slot[s].pid != 0)

@@ -1029,6 +1029,26 @@ Test(shared, the_repair_clears_a_slot_dropped_halfway)
     drop_region();
 }
 
+/* A program that allocated 600 MiB and then exec'd: its memory went with
+ * the old image, so the new one gets 600 MiB of a 1 GiB budget. (Slots are
+ * known by pid and start time, which an exec keeps.) */
+Test(shared, an_exec_leaves_the_old_programs_share_behind)
+{
+    name_region("exec");
+    const char *env[] = {"VRAMGUARD_BUDGET=1GiB", NULL};
+    char b[32];
+    snprintf(b, sizeof b, "%llu", (unsigned long long)(600 * MiB));
+    const char *args[] = {"exec", b, NULL};
+    child_t c;
+    child_start(&c, args, env);
+    char err[4096];
+    cr_assert_eq(child_finish(&c, err, sizeof err), 0, "%s", err);
+    cr_expect_not_null(strstr(c.out_buf, "held rc=0"), "%s", c.out_buf);
+    cr_expect_eq(value_of(strstr(c.out_buf, "\nrc=") ? strstr(c.out_buf, "\nrc=") + 1 : "", "rc"),
+                 0, "the new image was refused: %s %s", c.out_buf, err);
+    drop_region();
+}
+
 /* Damage to the body behind a valid header: the process refuses. */
 static void expect_corrupt_refusal(const char *what)
 {

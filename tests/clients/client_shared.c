@@ -12,6 +12,10 @@
  *       allocates BYTES once, prints "rc=RC ms=T at=NS" (T: how long the call
  *       took, NS: CLOCK_MONOTONIC when it returned), frees, exits; with
  *       HOLD_MS=N in the environment it holds the memory N ms before freeing
+ *   client_shared exec BYTES
+ *       allocates BYTES, prints "held rc=RC", then execs itself as
+ *       "client_shared try BYTES" without freeing (the new image's memory
+ *       is its own: the old one's went with it)
  *   exit: 0 ran, 2 usage, 3 setup failed
  */
 #include <cuda.h>
@@ -109,6 +113,17 @@ static int try_once(size_t bytes)
     return 0;
 }
 
+static int exec_try(const char *bytes)
+{
+    CUdeviceptr p = 0;
+    CUresult rc = cuMemAlloc(&p, strtoull(bytes, NULL, 10));
+    printf("held rc=%d\n", (int)rc);
+    fflush(stdout);
+    char *const args[] = {"client_shared", "try", (char *)bytes, NULL};
+    execv("/proc/self/exe", args);
+    return 3;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 3)
@@ -127,5 +142,7 @@ int main(int argc, char **argv)
         return hold(strtoull(argv[2], NULL, 10));
     if (!strcmp(argv[1], "try"))
         return try_once(strtoull(argv[2], NULL, 10));
+    if (!strcmp(argv[1], "exec"))
+        return exec_try(argv[2]);
     return 2;
 }
