@@ -380,6 +380,9 @@ Test(status_cli, budget_takes_a_percentage_as_run_does)
     cr_expect_eq(r->dev[0].limit, 20 * GiB);
     free(r);
     cr_expect_eq(cli(buf, sizeof buf, "budget", name, "150%", NULL), 2, "%s", cli_err);
+    /* Several devices' shares at once: one clear line, not an unset reason. */
+    cr_expect_eq(cli(buf, sizeof buf, "budget", name, "0=50%,1=20%", NULL), 2, "%s", cli_err);
+    cr_expect_not_null(strstr(cli_err, "one device's share per call"), "%s", cli_err);
     release(&h);
     unlink(file);
 }

@@ -188,9 +188,11 @@ static int parse_value(budget_req_t *q, const char *arg, char *dev, size_t devle
     if (strcmp(q->text, "none") == 0)
         return CLI_EXIT_OK;
     if (strchr(q->text, '%')) {
-        if (vg__budget_spec_parse(q->text, &q->spec, err, sizeof err) != VG_OK ||
-            q->spec.count != 0)
+        if (vg__budget_spec_parse(q->text, &q->spec, err, sizeof err) != VG_OK)
             return cli_usage_error(CMD, "bad budget '%s': %s", q->text, err);
+        if (q->spec.count != 0) /* DEV=N%,... : one device per call (DEV=N%) */
+            return cli_usage_error(CMD, "bad budget '%s': give one device's share per call, "
+                                   "as DEV=N%%", q->text);
         if (vg__driver_load(getenv("VRAMGUARD_LIBCUDA")) != VG_OK || vg__driver()->cuInit(0) != CUDA_SUCCESS) {
             cli_error(CMD, "'%s' needs the driver to read each device's memory: %s", q->text,
                       vg__driver_error()[0] ? vg__driver_error() : "cuInit failed");
