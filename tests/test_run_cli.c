@@ -129,6 +129,25 @@ Test(run_tree, a_nested_run_may_lower_the_budget_but_never_raise_it)
     cr_expect_eq(r.status, 2, "an inherited budget is the enclosing one: %s", r.err);
 }
 
+/* A nested run that stops before its command starts (its audit log cannot
+ * be opened) leaves the enclosing budget as it was: 256 MiB still fit the
+ * outer 1 GiB afterwards, not the 100 MiB the failed run asked for. */
+Test(run_tree, a_nested_run_that_fails_to_start_leaves_the_budget_alone)
+{
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd,
+             "%s run --budget 100MiB --audit /nonexistent-dir/x.jsonl -- true; echo nested=$?; "
+             "LD_PRELOAD=%s/libvramguard-preload.so LD_LIBRARY_PATH=%s/fakecuda "
+             "%s plain 256MiB 1",
+             exe("vramguard"), build_dir(), build_dir(), exe("clients/client_linked"));
+    cli_result_t r;
+    cli_run_clean(&r, NULL, ARGS("run", "--budget", "1GiB", "--", "sh", "-c", cmd));
+    cr_expect_eq(r.status, 0, "%s", r.err);
+    cr_expect_not_null(strstr(r.out, "nested=2"), "%s %s", r.out, r.err);
+    cr_expect_not_null(strstr(r.out, "path=plain allocs=1 "), "the failed nested run lowered "
+                       "the budget: %s %s", r.out, r.err);
+}
+
 /* ------------------------------------------------ budgets name devices */
 
 Test(run_checks, a_budget_for_a_device_that_does_not_exist_is_an_error)

@@ -481,10 +481,12 @@ int cli_run_main(int argc, char **argv)
         (rc = budget_value(&p, budget, sizeof budget)) != RUN_GO ||
         (rc = check_all(&p, budget, &env, s)) != RUN_GO ||
         (rc = cli_run_devices(&s->budget, s->libcuda)) != CLI_EXIT_OK ||
-        (rc = nested(&p, &outer, s)) != RUN_GO ||
         (rc = export_env(&env)) != RUN_GO ||
         (rc = audit_ready(s->audit)) != RUN_GO ||
-        (rc = set_preload()) != RUN_GO)
+        (rc = set_preload()) != RUN_GO ||
+        /* last: it may lower the enclosing budget, which a run that then
+         * failed to start must leave as it was */
+        (rc = nested(&p, &outer, s)) != RUN_GO)
         goto out;
     if (p.per_process || s->shared[0] || s->shared_cache[0] || !has_budget(&s->budget)) {
         free(s);
