@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include "clientrun.h"
@@ -423,6 +424,8 @@ static void http(int port, const char *req, char *resp, size_t cap)
         }
     }
     cr_assert_geq(s, 0, "the server never listened");
+    struct timeval limit = {.tv_sec = 10}; /* a server that never answers fails, not hangs */
+    setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof limit);
     cr_assert_eq(write(s, req, strlen(req)), (ssize_t)strlen(req));
     size_t len = 0;
     ssize_t got;
@@ -464,6 +467,14 @@ Test(status_cli, metrics_serve_only_get_and_head_of_metrics_with_process_series)
     http(port, "HEAD /metrics HTTP/1.0\r\n\r\n", resp, sizeof resp);
     cr_expect_not_null(strstr(resp, "200 OK"), "%s", resp);
     cr_expect_null(strstr(resp, "vramguard_used_bytes"), "HEAD has no body: %s", resp);
+    /* A client that connects and sends nothing does not stop the next scrape. */
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+    int idle = socket(AF_INET, SOCK_STREAM, 0);
+    cr_assert_eq(connect(idle, (struct sockaddr *)&sa, sizeof sa), 0);
+    http(port, "GET /metrics HTTP/1.0\r\n\r\n", resp, sizeof resp);
+    cr_expect_not_null(strstr(resp, "200 OK"), "an idle connection stopped the server: %s", resp);
+    close(idle);
     kill(srv, SIGINT);
     int st;
     cr_assert_eq(waitpid(srv, &st, 0), srv);

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include "cli.h"
@@ -296,6 +297,8 @@ static bool refuse_request(int c, const char *req, bool *head_only)
     return true;
 }
 
+#define CLIENT_TIMEOUT_S 2 /* seconds a connection may keep the server waiting */
+
 static void serve_one(int c, const char *name)
 {
     char req[2048];
@@ -347,6 +350,11 @@ static int serve(const char *name, const char *listen_at)
         int c = accept4(s, NULL, NULL, SOCK_CLOEXEC);
         if (c < 0)
             continue;
+        /* One connection at a time: a client that sends nothing (or reads
+         * nothing) must not stop every later scrape. */
+        struct timeval limit = {.tv_sec = CLIENT_TIMEOUT_S};
+        setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof limit);
+        setsockopt(c, SOL_SOCKET, SO_SNDTIMEO, &limit, sizeof limit);
         serve_one(c, name);
         close(c);
     }
