@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "vg_audit.h"
+#include "vg_shared.h"
 
 _Atomic unsigned vg__diag_flags;
 
@@ -248,11 +249,15 @@ static void put_head(out_t *o, tbuf_t *b, const char *op)
     put_ident(o, op);
 }
 
-/* ,"used":N,"budget":N for a device (-1: no budget). */
+/* ,"used":N,"budget":N for a device (-1: no budget). `used` is this
+ * process's own: under a shared budget the region's total is the sum of its
+ * processes' (a reader adds them up), not what any one line says. */
 static void put_use(out_t *o, int device)
 {
     const vg__budget_t *b = vg__engine_budget(device);
-    uint64_t used = b ? atomic_load_explicit(&b->used, memory_order_relaxed) : 0;
+    uint64_t used = !b ? 0
+                    : vg__unlikely(b->shared) ? vg__shared_self_used(b)
+                                              : atomic_load_explicit(&b->used, memory_order_relaxed);
     uint64_t limit = b ? atomic_load_explicit(&b->limit, memory_order_relaxed) : VG__UNLIMITED;
     VG__PUT_LIT(o, ",\"used\":");
     put_u64(o, used);

@@ -148,6 +148,28 @@ Test(run_tree, a_nested_run_that_fails_to_start_leaves_the_budget_alone)
                        "the budget: %s %s", r.out, r.err);
 }
 
+/* Three processes of one run, 2 x 128 MiB each, logged to one audit log:
+ * the log's peak is the tree's (768 MiB), not the sum of the region totals
+ * each process saw (which read 1.5 GiB, "150% of budget"). */
+Test(run_tree, an_audited_tree_shows_the_trees_peak_not_a_sum_of_totals)
+{
+    char log[] = "/tmp/vg-tree-audit-XXXXXX";
+    int fd = mkstemp(log);
+    cr_assert_geq(fd, 0);
+    close(fd);
+    unlink(log);
+    cli_result_t r;
+    cli_run_clean(&r, NULL, ARGS("run", "--budget", "1GiB", "--audit", log, "--",
+                                 exe("clients/client_tree"), "3", "134217728"));
+    cr_expect_eq(r.status, 0, "%s", r.err);
+    cr_expect_not_null(strstr(r.out, "ok=6 refused=0"), "%s", r.out);
+    expect_region_gone(r.out);
+    cli_run_clean(&r, NULL, ARGS("audit", log));
+    cr_expect_eq(r.status, 0, "%s", r.err);
+    cr_expect_not_null(strstr(r.out, "768.00 MiB   1.00 GiB     75.0%"), "%s", r.out);
+    unlink(log);
+}
+
 /* ------------------------------------------------ budgets name devices */
 
 Test(run_checks, a_budget_for_a_device_that_does_not_exist_is_an_error)
