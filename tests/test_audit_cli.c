@@ -175,6 +175,39 @@ Test(audit_cli, truncated_garbled_and_other_version_lines_are_counted_skipped_an
 
 /* ------------------------------------------------------------------ csv */
 
+/* A process with many libraries writes start and exit lines far over
+ * 64 KiB (the writer allows 1 MiB): they are read, not skipped, and the
+ * process is not reported as crashed. */
+Test(audit_cli, start_and_exit_lines_of_hundreds_of_kilobytes_are_read)
+{
+    char dir[64], log[128];
+    tmp_dir(dir, sizeof dir);
+    snprintf(log, sizeof log, "%s/big.jsonl", dir);
+    FILE *f = fopen(log, "w");
+    cr_assert_not_null(f);
+    fputs("{\"v\":1,\"ts\":1790000000000000000,\"pid\":77,\"tid\":77,\"op\":\"start\","
+          "\"cmd\":\"big\",\"budget_spec\":\"1GiB\",\"policy\":\"warn\",\"modules\":[", f);
+    for (int i = 0; i < 600; i++)
+        fprintf(f, "%s{\"base\":\"0x%x000\",\"path\":\"/opt/lib/%0200d.so\"}", i ? "," : "",
+                0x7f000 + i, i);
+    fputs("]}\n{\"v\":1,\"ts\":1790000000500000000,\"pid\":77,\"tid\":77,\"op\":\"exit\","
+          "\"allocs\":0,\"frees\":0,\"refusals\":0,\"bad_ptrs\":0,\"live\":0,"
+          "\"live_bytes\":0,\"modules\":[", f);
+    for (int i = 0; i < 600; i++)
+        fprintf(f, "%s{\"base\":\"0x%x000\",\"path\":\"/opt/lib/%0200d.so\"}", i ? "," : "",
+                0x7f000 + i, i);
+    fputs("]}\n", f);
+    cr_assert_gt(ftell(f), 200000, "the fixture is too small to prove anything");
+    fclose(f);
+    cli_result_t r;
+    cli(&r, ARGS("audit", log));
+    cr_expect_null(strstr(r.err, "too long"), "%s", r.err);
+    cr_expect_null(strstr(r.out, "no start event"), "%s", r.out);
+    cr_expect_null(strstr(r.out, "crashed"), "%s", r.out);
+    EXPECT_IN(r.out, " big\n");
+    rm_tree(dir);
+}
+
 Test(audit_cli, csv_has_rmms_columns_and_round_trips)
 {
     cli_result_t r;

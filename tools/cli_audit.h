@@ -19,7 +19,7 @@
 #include <stdio.h>
 
 #define AU_VERSION 1
-#define AU_LINE_MAX (64 * 1024) /* longer lines are skipped, "too long" */
+#define AU_LINE_MAX (1024 * 1024) /* the writer's own cap; longer lines are skipped, "too long" */
 #define AU_MAX_DEVICES 64       /* the engine's VG__MAX_DEVICES */
 #define AU_SITE_MAX 64          /* frames kept per site; more are dropped */
 #define AU_MODULE_MAX 256       /* modules kept per exit event */
