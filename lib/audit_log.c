@@ -254,19 +254,26 @@ static void end_last_line(int fd, const char *path, const struct stat *st)
     close(rd);
 }
 
+int vg__audit_file_check(const struct stat *st, const char *path, char *err, size_t errlen)
+{
+    if (!(S_ISREG(st->st_mode) || S_ISFIFO(st->st_mode) || S_ISCHR(st->st_mode)))
+        return open_failed(path, EISDIR, err, errlen);
+    if (S_ISREG(st->st_mode) && foreign_file(st, path, err, errlen))
+        return VG_ESETTING;
+    return VG_OK;
+}
+
 static int open_log(const char *path, char *err, size_t errlen)
 {
     int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (fd < 0)
         return open_failed(path, errno, err, errlen);
     struct stat st;
-    if (fstat(fd, &st) != 0 || !(S_ISREG(st.st_mode) || S_ISFIFO(st.st_mode) || S_ISCHR(st.st_mode))) {
+    int rc = fstat(fd, &st) != 0 ? open_failed(path, errno, err, errlen)
+                                 : vg__audit_file_check(&st, path, err, errlen);
+    if (rc != VG_OK) {
         close(fd);
-        return open_failed(path, EISDIR, err, errlen);
-    }
-    if (S_ISREG(st.st_mode) && foreign_file(&st, path, err, errlen)) {
-        close(fd);
-        return VG_ESETTING;
+        return rc;
     }
     if (S_ISREG(st.st_mode) && st.st_size > 0)
         end_last_line(fd, path, &st);

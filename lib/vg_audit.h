@@ -147,6 +147,12 @@ void vg__audit_restart(void);
  * "VRAMGUARD_AUDIT='path': reason" in err when the log cannot be opened:
  * the engine then fails closed. */
 int vg__diag_start(const vg__settings_t *s, char *err, size_t errlen);
+/* Whether the file `st` describes may be an audit log: a regular file of
+ * this user, writable by nobody else, or a pipe or character device. VG_OK,
+ * or VG_ESETTING with the line vg__diag_start would give in err. (The CLI
+ * checks a --audit path with it before the command starts.) */
+struct stat;
+int vg__audit_file_check(const struct stat *st, const char *path, char *err, size_t errlen);
 /* audit.c. Writes `pressure` events for a device budget's level changes
  * (nothing while the log is closed). Call after vg__budget_init. */
 void vg__audit_watch(vg__budget_t *b, int device);

@@ -10,7 +10,9 @@
  * their own test driver, so the tree's total is read from their refusals.
  */
 #include <criterion/criterion.h>
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -223,6 +225,53 @@ Test(run_checks, an_audit_log_that_cannot_be_created_stops_the_run_before_it_sta
     cr_expect_eq(lines(r.err), 1, "%s", r.err);
     cr_expect_not_null(strstr(r.err, "/nonexistent/dir/x.jsonl"), "%s", r.err);
     cr_expect_str_eq(r.out, "");
+}
+
+/* A log the shim would refuse (writable by others) stops the run here with
+ * the shim's reason, instead of a command whose every allocation fails. */
+Test(run_checks, an_audit_log_the_shim_would_refuse_stops_the_run)
+{
+    char log[] = "/tmp/vg-open-log-XXXXXX";
+    int fd = mkstemp(log);
+    cr_assert_geq(fd, 0);
+    close(fd);
+    cr_assert_eq(chmod(log, 0666), 0);
+    cli_result_t r;
+    cli_run_clean(&r, NULL, ARGS("run", "--audit", log, "--", "sh", "-c", "echo ran"));
+    cr_expect_eq(r.status, 2, "%s", r.err);
+    cr_expect_eq(lines(r.err), 1, "%s", r.err);
+    cr_expect_not_null(strstr(r.err, "writable by group or others"), "%s", r.err);
+    cr_expect_str_eq(r.out, "");
+    unlink(log);
+}
+
+/* A pipe as the log: the check must not open it (closing it would end the
+ * reader, and the shim's open would then wait for one forever). */
+Test(run_checks, an_audit_pipe_is_not_opened_by_the_check, .timeout = 20)
+{
+    char dir[] = "/tmp/vg-fifo-XXXXXX", fifo[64], cmd[1024];
+    cr_assert_not_null(mkdtemp(dir));
+    snprintf(fifo, sizeof fifo, "%s/log", dir);
+    cr_assert_eq(mkfifo(fifo, 0600), 0);
+    snprintf(cmd, sizeof cmd, "LD_PRELOAD=%s/libvramguard-preload.so LD_LIBRARY_PATH=%s/fakecuda "
+             "%s plain 1MiB 1", build_dir(), build_dir(), exe("clients/client_linked"));
+    pid_t reader = fork();
+    cr_assert_geq(reader, 0);
+    if (reader == 0) { /* reads the pipe to its end, as a log collector would */
+        int in = open(fifo, O_RDONLY);
+        char buf[4096];
+        while (in >= 0 && read(in, buf, sizeof buf) > 0)
+            ;
+        _exit(0);
+    }
+    cli_result_t r;
+    cli_run_clean(&r, NULL, ARGS("run", "--audit", fifo, "--", "sh", "-c", cmd));
+    cr_expect_eq(r.status, 0, "%s", r.err);
+    cr_expect_not_null(strstr(r.out, "path=plain allocs=1 "), "%s %s", r.out, r.err);
+    int st;
+    waitpid(reader, &st, 0);
+    unlink(fifo);
+    rmdir(dir);
 }
 
 Test(run_checks, a_relative_audit_path_is_made_absolute)

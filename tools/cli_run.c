@@ -19,9 +19,11 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "cli.h"
+#include "vg_audit.h"
 #include "vg_settings.h"
 
 #define RUN "run"
@@ -375,12 +377,26 @@ static int audit_ready(const char *path)
         cli_error(RUN, "the audit path '%s' is too long", path);
         return CLI_EXIT_USAGE;
     }
-    int fd = open(abs, O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
-    if (fd < 0) {
-        cli_error(RUN, "cannot open the audit log '%s': %s", abs, strerror(errno));
+    /* Checked as the shim will check it, so a log it would refuse stops the
+     * run here. A pipe is only looked at: opening and closing it would end
+     * its reader, and the shim's own open would then wait forever. */
+    struct stat st;
+    char why[512];
+    int fd = -1;
+    if (lstat(abs, &st) != 0 || !S_ISFIFO(st.st_mode)) {
+        fd = open(abs, O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+        if (fd < 0 || fstat(fd, &st) != 0) {
+            cli_error(RUN, "cannot open the audit log '%s': %s", abs, strerror(errno));
+            if (fd >= 0)
+                close(fd);
+            return CLI_EXIT_USAGE;
+        }
+        close(fd);
+    }
+    if (vg__audit_file_check(&st, abs, why, sizeof why) != VG_OK) {
+        cli_error(RUN, "%s", why);
         return CLI_EXIT_USAGE;
     }
-    close(fd);
     if (setenv("VRAMGUARD_AUDIT", abs, 1) != 0) {
         cli_error(RUN, "cannot set VRAMGUARD_AUDIT: %s", strerror(errno));
         return CLI_EXIT_INTERNAL;
