@@ -354,6 +354,21 @@ Test(audit_cli, svg_is_well_formed_xml_shows_the_budget_and_is_written_atomicall
 
 /* --------------------------------------------------------------- replay */
 
+/* 768 MiB on device 0 and 768 MiB on device 1, each under its own 1 GiB:
+ * the replay, which has device 0 and its budget only, must not fold the
+ * second onto device 0 and invent a refusal; it says what it left out. */
+Test(audit_cli, replay_leaves_other_devices_out_and_says_so)
+{
+    cli_result_t r;
+    cli(&r, ARGS("replay", DATA "replay_two_devices.jsonl"));
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    EXPECT_IN(r.out, "allocations: 1 of 1 succeeded, 0 refused");
+    EXPECT_IN(r.out, "first refusal: none\n");
+    EXPECT_IN(r.out, "skipped: 2 events on other devices than 0");
+    cli(&r, ARGS("replay", "--json", DATA "replay_two_devices.jsonl"));
+    EXPECT_IN(r.out, "\"skipped_other_devices\":2,");
+}
+
 Test(audit_cli, replay_reproduces_a_refusal_under_a_smaller_budget)
 {
     cli_result_t r;

@@ -40,6 +40,7 @@ typedef struct replay_state {
     timings_t alloc_t, free_t;
     long allocs, ok, refused, errors, frees, unknown_frees, now_fit;
     long recorded_refusals;
+    long other_devices;   /* events on devices other than 0: not replayed */
     bool have_first;
     long first_index;     /* 1-based among the allocation attempts */
     au_rec_t first;
@@ -55,7 +56,7 @@ void cli_replay_help(FILE *f)
              "in the audit log LOG, in order, against the CUDA driver on device "
              "0 (through a vramguard pool), and prints how many allocations "
              "succeeded, the first refusal, and the median time of each "
-             "operation. Use it to reproduce a refusal under a smaller budget "
+             "operation; events on other devices are counted and left out. Use it to reproduce a refusal under a smaller budget "
              "or to benchmark an allocator on a real sequence.");
     fprintf(f, "\nOptions:\n"
                "  --budget SIZE\n"
@@ -225,6 +226,10 @@ static void replay_run(replay_state_t *s, const au_model_t *m, uint32_t proc)
         const au_rec_t *r = &m->rec[i];
         if (r->proc != proc)
             continue;
+        if (r->dev != 0 && (r->op == AU_OP_ALLOC || r->op == AU_OP_REFUSE || r->op == AU_OP_FREE)) {
+            s->other_devices++; /* the replay has device 0 and its budget only */
+            continue;
+        }
         if (r->op == AU_OP_ALLOC || r->op == AU_OP_REFUSE) {
             s->recorded_refusals += r->op == AU_OP_REFUSE;
             replay_alloc(s, r);
@@ -277,9 +282,10 @@ static void print_json(replay_state_t *s, const au_model_t *m, uint32_t proc, in
     const au_proc_t *p = &m->proc[proc];
     printf("{\"pid\":%lld,\"dev\":0,\"budget\":%lld,\"allocs\":%ld,\"ok\":%ld,"
            "\"refusals\":%ld,\"errors\":%ld,\"recorded_refusals\":%ld,\"now_fit\":%ld,"
-           "\"frees\":%ld,\"skipped_frees\":%ld,\"first_refusal\":",
+           "\"frees\":%ld,\"skipped_frees\":%ld,\"skipped_other_devices\":%ld,"
+           "\"first_refusal\":",
            (long long)p->pid, (long long)budget, s->allocs, s->ok, s->refused, s->errors,
-           s->recorded_refusals, s->now_fit, s->frees, s->unknown_frees);
+           s->recorded_refusals, s->now_fit, s->frees, s->unknown_frees, s->other_devices);
     if (s->have_first)
         printf("{\"seq\":%lld,\"api\":\"%s\",\"size\":%llu,\"used\":%llu,\"rc\":%d}}\n",
                (long long)s->first.seq, au_model_name(m, s->first.api),
@@ -305,6 +311,9 @@ static void print_result(replay_state_t *s, const au_model_t *m, const replay_op
     printf(" (%ld recorded as refused, %ld of those fit now)\n", s->recorded_refusals, s->now_fit);
     printf("frees: %ld replayed, %ld skipped (pointer never allocated in the replay)\n", s->frees,
            s->unknown_frees);
+    if (s->other_devices)
+        printf("skipped: %ld events on other devices than 0 (the replay has device 0 only)\n",
+               s->other_devices);
     if (s->have_first)
         printf("first refusal: allocation %ld (seq %lld, %s, %s) with %s in use: %s\n",
                s->first_index, (long long)s->first.seq, au_model_name(m, s->first.api),
