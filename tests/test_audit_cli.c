@@ -208,6 +208,50 @@ Test(audit_cli, start_and_exit_lines_of_hundreds_of_kilobytes_are_read)
     rm_tree(dir);
 }
 
+/* Writes one process's life as pid `pid`: start (cmd), a 768 MiB
+ * allocation, and an exit with it still live. */
+static void one_life(FILE *f, int pid, const char *cmd, long long t0)
+{
+    fprintf(f, "{\"v\":1,\"ts\":%lld,\"pid\":%d,\"tid\":%d,\"op\":\"start\",\"cmd\":\"%s\","
+               "\"budget_spec\":\"\",\"policy\":\"warn\"}\n", t0, pid, pid, cmd);
+    fprintf(f, "{\"v\":1,\"ts\":%lld,\"pid\":%d,\"tid\":%d,\"op\":\"alloc\",\"dev\":0,"
+               "\"api\":\"cuMemAlloc_v2\",\"kind\":\"plain\",\"ptr\":\"0x7f0000000000\","
+               "\"size\":805306368,\"rc\":0,\"used\":805306368,\"budget\":-1,\"seq\":1}\n",
+            t0 + 1000, pid, pid);
+    fprintf(f, "{\"v\":1,\"ts\":%lld,\"pid\":%d,\"tid\":%d,\"op\":\"exit\",\"allocs\":1,"
+               "\"frees\":0,\"refusals\":0,\"bad_ptrs\":0,\"live\":1,\"live_bytes\":805306368}\n",
+            t0 + 2000, pid, pid);
+}
+
+/* pid 1 in two containers' logs, and a pid used again within one log
+ * after its process exited: four processes, not two, each with its own
+ * command and its own live memory. */
+Test(audit_cli, a_pid_seen_in_two_logs_or_again_after_an_exit_is_another_process)
+{
+    char dir[64], a[128], b[128];
+    tmp_dir(dir, sizeof dir);
+    snprintf(a, sizeof a, "%s/a.jsonl", dir);
+    snprintf(b, sizeof b, "%s/b.jsonl", dir);
+    FILE *f = fopen(a, "w");
+    cr_assert_not_null(f);
+    one_life(f, 1, "first-a", 1790000000000000000LL);
+    one_life(f, 1, "again-a", 1790000001000000000LL);
+    fclose(f);
+    f = fopen(b, "w");
+    cr_assert_not_null(f);
+    one_life(f, 1, "first-b", 1790000000000000000LL);
+    one_life(f, 7, "other-b", 1790000000500000000LL);
+    fclose(f);
+    cli_result_t r;
+    cli(&r, ARGS("audit", a, b));
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    EXPECT_IN(r.out, "4 processes");
+    EXPECT_IN(r.out, "first-a");
+    EXPECT_IN(r.out, "again-a");
+    EXPECT_IN(r.out, "first-b");
+    rm_tree(dir);
+}
+
 Test(audit_cli, csv_has_rmms_columns_and_round_trips)
 {
     cli_result_t r;

@@ -182,6 +182,7 @@ typedef struct au_site {
 
 typedef struct au_proc {
     int64_t pid;
+    int file;             /* which log it came from (pids repeat across hosts) */
     char *cmd;            /* NULL without a start event */
     int64_t first_ts, last_ts;
     bool started, exited;

@@ -145,20 +145,29 @@ static uint32_t site_id(au_model_t *m, const au_event_t *ev, uint32_t proc)
     return (uint32_t)m->nsite++;
 }
 
+/* Whether an event of `pid` with `op` from the current log belongs to p:
+ * pids repeat across logs (containers: each has a pid 1), and within one
+ * log a start after an exit is a new process that got the pid again. */
+static bool same_proc(const au_model_t *m, const au_proc_t *p, int64_t pid, int op)
+{
+    return p->pid == pid && p->file == (int)m->nfiles && !(op == AU_OP_START && p->exited);
+}
+
 /* The index of process `pid`, added if new; UINT32_MAX when out of memory. */
-static uint32_t proc_of(au_model_t *m, int64_t pid, int64_t ts)
+static uint32_t proc_of(au_model_t *m, int64_t pid, int op, int64_t ts)
 {
     size_t last = m->last_proc; /* logs come in runs of one process */
-    if (last < m->nproc && m->proc[last].pid == pid)
+    if (last < m->nproc && same_proc(m, &m->proc[last], pid, op))
         return (uint32_t)last;
-    for (size_t i = 0; i < m->nproc; i++)
-        if (m->proc[i].pid == pid)
+    for (size_t i = m->nproc; i-- > 0;) /* the newest of a reused pid */
+        if (same_proc(m, &m->proc[i], pid, op))
             return (uint32_t)(m->last_proc = i);
     if (reserve((void **)&m->proc, m->nproc, &m->capproc, sizeof *m->proc))
         return UINT32_MAX;
     au_proc_t *p = &m->proc[m->nproc];
     memset(p, 0, sizeof *p);
     p->pid = pid;
+    p->file = (int)m->nfiles;
     p->first_ts = p->last_ts = ts;
     return (uint32_t)(m->last_proc = m->nproc++);
 }
@@ -225,7 +234,7 @@ static int take_rec(au_model_t *m, const au_event_t *ev, uint32_t proc)
 /* Files one parsed event into the model. -1 when out of memory. */
 static int take_event(au_model_t *m, const au_event_t *ev)
 {
-    uint32_t proc = proc_of(m, ev->pid, ev->ts);
+    uint32_t proc = proc_of(m, ev->pid, ev->op, ev->ts);
     if (proc == UINT32_MAX)
         return -1;
     au_proc_t *p = &m->proc[proc];
