@@ -355,6 +355,23 @@ static const char *xml_check(const char *s)
     return depth ? "unclosed tag" : roots == 1 ? NULL : "no root";
 }
 
+/* --svg with --json writes the chart too, and stdout stays one JSON
+ * document (no "written to" line after it). */
+Test(audit_cli, json_and_svg_together_write_both)
+{
+    char dir[64], svg[128];
+    tmp_dir(dir, sizeof dir);
+    snprintf(svg, sizeof svg, "%s/use.svg", dir);
+    cli_result_t r;
+    cli(&r, ARGS("audit", "--json", "--svg", svg, DATA "basic.jsonl"));
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    cr_expect_eq(access(svg, R_OK), 0, "no chart was written");
+    cr_expect_eq(r.out[0], '{', "%s", r.out);
+    cr_expect_null(strstr(r.out, "written to"), "%s", r.out);
+    cr_expect_eq(lines(r.out), 1, "%s", r.out);
+    rm_tree(dir);
+}
+
 Test(audit_cli, svg_is_well_formed_xml_shows_the_budget_and_is_written_atomically)
 {
     char dir[64], svg[128], log[128], cmd[512];

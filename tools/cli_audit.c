@@ -492,24 +492,22 @@ static void print_json(const au_model_t *m)
 static int report(au_model_t *m, const audit_opts_t *o)
 {
     int rc = CLI_EXIT_OK;
-    if (o->json) {
+    if (o->json)
         print_json(m);
-        return CLI_EXIT_OK;
-    }
-    if (o->csv)
+    else if (o->csv)
         print_csv(m);
     else if (!o->leaks && !o->top)
         print_summary(m);
-    if (o->leaks)
+    if (o->leaks && !o->json)
         rc = print_leaks(m);
-    if (o->top && rc == CLI_EXIT_OK)
+    if (o->top && !o->json && rc == CLI_EXIT_OK)
         rc = print_top(m, o->top);
     if (o->svg && rc == CLI_EXIT_OK) {
         if (au_svg_write(m, o->svg, o->logs[0]) != 0) {
             cli_error(AUDIT, "cannot write '%s': %s", o->svg, strerror(errno));
             return CLI_EXIT_FAIL;
         }
-        if (!o->csv)
+        if (!o->csv && !o->json) /* stdout stays one document */
             printf("\nTimeline written to %s\n", o->svg);
     }
     return rc;
