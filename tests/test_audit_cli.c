@@ -97,6 +97,10 @@ Test(audit_cli, bad_input_exits_2_and_a_missing_file_exits_1_each_in_one_line)
     EXPECT_IN(r.err, "'8XB'");
     cli(&r, ARGS("replay", DATA "no-such-log.jsonl"));
     cr_expect_eq(r.status, 1);
+    /* A pid too big for any process names the input, not a clamped pid. */
+    cli(&r, ARGS("replay", "--pid", "99999999999999999999999", DATA "basic.jsonl"));
+    cr_expect_eq(r.status, 2, "%s", r.err);
+    EXPECT_IN(r.err, "'99999999999999999999999'");
 }
 
 /* -------------------------------------------------------------- summary */

@@ -9,6 +9,7 @@
  * skipped and counted. A recorded refusal is tried again; if it fits now it
  * is freed at once, since the program never held it.
  */
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -83,8 +84,9 @@ static int take_opt(replay_opts_t *o, const char *name, const char *v)
         o->budget_text = v;
         return REPLAY_GO;
     }
+    errno = 0;
     o->pid = strtoll(v, &end, 10);
-    if (end == v || *end || o->pid <= 0)
+    if (end == v || *end || o->pid <= 0 || errno == ERANGE)
         return cli_usage_error(REPLAY, "--pid needs a process id, not '%s'", v);
     o->has_pid = true;
     return REPLAY_GO;
