@@ -256,6 +256,27 @@ Test(audit_cli, a_pid_seen_in_two_logs_or_again_after_an_exit_is_another_process
     rm_tree(dir);
 }
 
+/* A command line with terminal escapes in it (the log holds what the
+ * process was run with) is printed with them replaced, as status does. */
+Test(audit_cli, a_command_with_terminal_escapes_is_printed_without_them)
+{
+    char dir[64], log[128];
+    tmp_dir(dir, sizeof dir);
+    snprintf(log, sizeof log, "%s/esc.jsonl", dir);
+    FILE *f = fopen(log, "w");
+    cr_assert_not_null(f);
+    one_life(f, 5, "evil\\u001b]0;owned\\u0007cmd", 1790000000000000000LL);
+    fclose(f);
+    cli_result_t r;
+    cli(&r, ARGS("audit", log));
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    cr_expect_null(strchr(r.out, 0x1b), "an escape reached the terminal: %s", r.out);
+    EXPECT_IN(r.out, "evil?]0;owned?cmd");
+    cli(&r, ARGS("replay", log));
+    cr_expect_null(strchr(r.out, 0x1b), "an escape reached the terminal: %s", r.out);
+    rm_tree(dir);
+}
+
 Test(audit_cli, csv_has_rmms_columns_and_round_trips)
 {
     cli_result_t r;

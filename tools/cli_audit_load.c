@@ -246,6 +246,9 @@ static int take_event(au_model_t *m, const au_event_t *ev)
         p->started = true;
         free(p->cmd);
         p->cmd = strdup(ev->cmd);
+        for (char *c = p->cmd; c && *c; c++) /* printed to a terminal: no escapes */
+            if ((unsigned char)*c < 0x20 || *c == 0x7f)
+                *c = '?';
         return 0;
     case AU_OP_EXIT:
         take_exit(p, ev);
