@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/time.h>
 #include <unistd.h>
 
@@ -199,6 +200,25 @@ Test(status_cli, metrics_match_the_region_and_textfile_is_atomic)
     cr_expect_not_null(strstr(buf, "vramguard_peak_bytes{"), "%s", buf);
     free(r);
     release(&h);
+    unlink(file);
+}
+
+/* A region metrics cannot read is said once a scrape, not once for each
+ * of the metrics (they walk the regions one metric at a time). */
+Test(status_cli, metrics_say_an_unreadable_region_once)
+{
+    name_region("garbage");
+    FILE *f = fopen(file, "w");
+    cr_assert_not_null(f);
+    fputs("not a region", f);
+    fclose(f);
+    cr_assert_eq(chmod(file, 0600), 0);
+    static char buf[1 << 16];
+    cli(buf, sizeof buf, "metrics", NULL, NULL, NULL);
+    int said = 0;
+    for (const char *p = cli_err; (p = strstr(p, name)); p += strlen(name))
+        said++;
+    cr_expect_eq(said, 1, "%s", cli_err);
     unlink(file);
 }
 

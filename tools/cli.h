@@ -89,7 +89,8 @@ void cli_budget_help(FILE *f);
 struct vg__shm;
 /* Calls fn for the region NAME, or (NAME NULL) for every
  * /dev/shm/vramguard.* region, with a snapshot taken under its lock and
- * per-slot liveness; a region that cannot be opened gets one stderr line.
+ * per-slot liveness; a region that cannot be opened gets one stderr line
+ * (none when cmd is NULL: the caller said it on an earlier walk).
  * Returns CLI_EXIT_OK, or CLI_EXIT_FAIL when NAME could not be read. */
 typedef void (*cli_region_fn)(const char *name, const struct vg__shm *snap,
                               const unsigned char *alive, void *ctx);

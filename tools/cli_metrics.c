@@ -174,7 +174,7 @@ static int process_series(out_t *o, const char *name)
     for (int m = 0; m < 2; m++) {
         put(o, "%s", heads[m]);
         proc_rows_t x = {o, m};
-        if (cli_regions(CMD, name, proc_rows_of, &x) != CLI_EXIT_OK)
+        if (cli_regions(NULL, name, proc_rows_of, &x) != CLI_EXIT_OK) /* quiet: said once */
             return -1;
     }
     put(o, "# HELP vramguard_build_info The vramguard that serves these metrics\n"
@@ -197,7 +197,9 @@ static char *exposition(const char *name, size_t *len)
     for (int m = 0; m < (int)(sizeof heads / sizeof heads[0]); m++) {
         put(&o, "%s", heads[m]);
         region_rows_t x = {&o, m};
-        if (cli_regions(CMD, name, rows_of, &x) != CLI_EXIT_OK) {
+        /* The regions are walked once per metric: a region that cannot be
+         * read is said once a scrape, not once a metric. */
+        if (cli_regions(m == 0 ? CMD : NULL, name, rows_of, &x) != CLI_EXIT_OK) {
             free(o.buf);
             return NULL;
         }

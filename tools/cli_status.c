@@ -32,7 +32,7 @@ int cli_regions(const char *cmd, const char *name, cli_region_fn fn, void *ctx)
     vg__shm_t *snap = malloc(sizeof *snap);
     unsigned char *alive = calloc(VG__SHM_SLOTS, 1);
     if (!snap || !alive) {
-        cli_error(cmd, "out of memory");
+        cli_error(cmd ? cmd : "metrics", "out of memory");
         rc = CLI_EXIT_INTERNAL;
         goto out;
     }
@@ -48,7 +48,8 @@ int cli_regions(const char *cmd, const char *name, cli_region_fn fn, void *ctx)
         if (vg__shm_path(n, path, sizeof path) != VG_OK ||
             vg__shm_open(path, VG__SHM_ATTACH, true, &r, err, sizeof err) != VG_OK ||
             vg__shm_snapshot(r, snap) != VG_OK) {
-            cli_error(cmd, "%s", r ? "cannot lock the region" : err);
+            if (cmd) /* NULL: said already (metrics walks the regions once per metric) */
+                cli_error(cmd, "%s", r ? "cannot lock the region" : err);
             vg__shm_close(r);
             rc = name ? CLI_EXIT_FAIL : rc;
         } else {
