@@ -346,7 +346,8 @@ static int cmp_rec(const void *a, const void *b)
 
 void au_model_finish(au_model_t *m)
 {
-    qsort(m->rec, m->nrec, sizeof *m->rec, cmp_rec);
+    if (m->nrec) /* a log of starts and exits only has no records (rec NULL) */
+        qsort(m->rec, m->nrec, sizeof *m->rec, cmp_rec);
 }
 
 void au_model_free(au_model_t *m)
