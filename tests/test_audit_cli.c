@@ -179,6 +179,17 @@ Test(audit_cli, truncated_garbled_and_other_version_lines_are_counted_skipped_an
 
 /* ------------------------------------------------------------------ csv */
 
+/* ,"modules":[...]} and the line's end: 600 modules of 200-character
+ * paths, about 150 KB. */
+static void put_many_modules(FILE *f)
+{
+    fputs(",\"modules\":[", f);
+    for (int i = 0; i < 600; i++)
+        fprintf(f, "%s{\"base\":\"0x%x000\",\"path\":\"/opt/lib/%0200d.so\"}", i ? "," : "",
+                0x7f000 + i, i);
+    fputs("]}\n", f);
+}
+
 /* A process with many libraries writes start and exit lines far over
  * 64 KiB (the writer allows 1 MiB): they are read, not skipped, and the
  * process is not reported as crashed. */
@@ -190,17 +201,12 @@ Test(audit_cli, start_and_exit_lines_of_hundreds_of_kilobytes_are_read)
     FILE *f = fopen(log, "w");
     cr_assert_not_null(f);
     fputs("{\"v\":1,\"ts\":1790000000000000000,\"pid\":77,\"tid\":77,\"op\":\"start\","
-          "\"cmd\":\"big\",\"budget_spec\":\"1GiB\",\"policy\":\"warn\",\"modules\":[", f);
-    for (int i = 0; i < 600; i++)
-        fprintf(f, "%s{\"base\":\"0x%x000\",\"path\":\"/opt/lib/%0200d.so\"}", i ? "," : "",
-                0x7f000 + i, i);
-    fputs("]}\n{\"v\":1,\"ts\":1790000000500000000,\"pid\":77,\"tid\":77,\"op\":\"exit\","
+          "\"cmd\":\"big\",\"budget_spec\":\"1GiB\",\"policy\":\"warn\"", f);
+    put_many_modules(f);
+    fputs("{\"v\":1,\"ts\":1790000000500000000,\"pid\":77,\"tid\":77,\"op\":\"exit\","
           "\"allocs\":0,\"frees\":0,\"refusals\":0,\"bad_ptrs\":0,\"live\":0,"
-          "\"live_bytes\":0,\"modules\":[", f);
-    for (int i = 0; i < 600; i++)
-        fprintf(f, "%s{\"base\":\"0x%x000\",\"path\":\"/opt/lib/%0200d.so\"}", i ? "," : "",
-                0x7f000 + i, i);
-    fputs("]}\n", f);
+          "\"live_bytes\":0", f);
+    put_many_modules(f);
     cr_assert_gt(ftell(f), 200000, "the fixture is too small to prove anything");
     fclose(f);
     cli_result_t r;
