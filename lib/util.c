@@ -65,7 +65,9 @@ char *vg__fmt_bytes(uint64_t bytes, char *buf, size_t len)
     }
     double v = (double)bytes;
     int u = 0;
-    while (v >= 1024.0 && u < 6) {
+    /* The unit is chosen after rounding to two places: 1023.996 KiB
+     * prints as 1.00 MiB, not 1024.00 KiB. */
+    while (v >= 1024.0 - 0.005 && u < 6) {
         v /= 1024.0;
         u++;
     }

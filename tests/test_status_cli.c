@@ -205,6 +205,34 @@ Test(status_cli, metrics_match_the_region_and_textfile_is_atomic)
 
 /* A region metrics cannot read is said once a scrape, not once for each
  * of the metrics (they walk the regions one metric at a time). */
+/* A size just under the next unit prints in that unit ("1.00 MiB"), never
+ * as 1024.00 of the smaller one (which also overflowed check's columns). */
+Test(status_cli, sizes_pick_their_unit_after_rounding)
+{
+    char b[32];
+    cr_expect_str_eq(vg__fmt_bytes(1048575, b, sizeof b), "1.00 MiB");
+    cr_expect_str_eq(vg__fmt_bytes(1073741823, b, sizeof b), "1.00 GiB");
+    cr_expect_str_eq(vg__fmt_bytes(1023, b, sizeof b), "1023 B");
+    cr_expect_str_eq(vg__fmt_bytes(1047552, b, sizeof b), "1023.00 KiB");
+    cr_expect_str_eq(vg__fmt_bytes(1536, b, sizeof b), "1.50 KiB");
+}
+
+/* status NAME --watch on a region that is not there stops with status 1
+ * (a supervisor can tell), as status NAME does; a name too long for a path
+ * says so instead of printing an unset buffer. */
+Test(status_cli, watching_a_missing_region_fails_and_a_long_name_says_why, .timeout = 20)
+{
+    char buf[4096];
+    cr_expect_eq(cli(buf, sizeof buf, "status", "vgtest-nosuch-region", "--watch", NULL), 1, "%s",
+                 cli_err);
+    cr_expect_not_null(strstr(cli_err, "no shared region"), "%s", cli_err);
+    char longname[5001];
+    memset(longname, 'a', 5000);
+    longname[5000] = '\0';
+    cr_expect_eq(cli(buf, sizeof buf, "status", longname, NULL, NULL), 1, "%s", cli_err);
+    cr_expect_not_null(strstr(cli_err, "region name too long"), "%s", cli_err);
+}
+
 Test(status_cli, metrics_say_an_unreadable_region_once)
 {
     name_region("garbage");

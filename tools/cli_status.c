@@ -43,7 +43,7 @@ int cli_regions(const char *cmd, const char *name, cli_region_fn fn, void *ctx)
                 continue;
             n = de->d_name + strlen(base);
         }
-        char path[CLI_PATH_MAX], err[512];
+        char path[CLI_PATH_MAX], err[512] = "region name too long";
         vg__shm_t *r = NULL;
         if (vg__shm_path(n, path, sizeof path) != VG_OK ||
             vg__shm_open(path, VG__SHM_ATTACH, true, &r, err, sizeof err) != VG_OK ||
@@ -362,8 +362,11 @@ int cli_status_main(int argc, char **argv)
              * text, one timestamped snapshot after another. */
             printf("%s%s\n", tty ? "\033[H\033[2J" : "", when);
         }
-        show(name, json);
-        fflush(stdout);
+        int rc = show(name, json);
+        if (fflush(stdout) != 0 || ferror(stdout))
+            return CLI_EXIT_FAIL; /* the reader went away (SIGPIPE ignored) */
+        if (rc != CLI_EXIT_OK && name)
+            return rc; /* the named region is gone, or never was */
         sleep(1);
     }
     return CLI_EXIT_OK;
