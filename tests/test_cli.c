@@ -263,6 +263,25 @@ Test(cli, check_without_a_driver_says_why_and_exits_1)
     cr_expect_not_null(strstr(r.out, "self-test: SKIP"), "%s", r.out);
 }
 
+/* A bad VRAMGUARD_* setting in the caller's environment is reported as
+ * such (exit 1), not blamed on the driver: the driver, the devices and the
+ * self-test are still checked. */
+Test(cli, check_reports_a_bad_setting_apart_and_checks_the_rest)
+{
+    cli_result_t r;
+    cli_run_clean(&r, ENV("VRAMGUARD_BUDGET=junk"), ARGS("check"));
+    cr_expect_eq(r.status, 1, "%s", r.out);
+    cr_expect_not_null(strstr(r.out, "settings:  bad: VRAMGUARD_BUDGET='junk'"), "%s", r.out);
+    cr_expect_null(strstr(r.out, "not usable"), "%s", r.out);
+    cr_expect_not_null(strstr(r.out, "devices:   1\n"), "%s", r.out);
+    cr_expect_not_null(strstr(r.out, "self-test: PASS"), "%s", r.out);
+    cli_run_clean(&r, ENV("VRAMGUARD_SHARED=bad name"), ARGS("check", "--json"));
+    cr_expect_eq(r.status, 1, "%s", r.out);
+    cr_expect_not_null(strstr(r.out, "{\"settings\": {\"ok\": false, \"error\": \"VRAMGUARD_SHARED="),
+                       "%s", r.out);
+    cr_expect_not_null(strstr(r.out, "\"driver\": {\"ok\": true"), "%s", r.out);
+}
+
 /* Copies build/NAME to DIR/NAME (mode 0755). */
 static void copy_file(const char *name, const char *dir)
 {

@@ -8,10 +8,13 @@
  */
 #include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli.h"
 #include "vg_driver.h"
+#include "vg_settings.h"
 
 #define CHECK "check"
 
@@ -24,6 +27,7 @@ typedef enum check_verdict {
 static const char *const verdict_names[] = {"PASS", "FAIL", "SKIP"};
 
 typedef struct check_report {
+    char settings[1024];     /* why the caller's VRAMGUARD_* settings are bad; "" if fine */
     bool driver_ok;          /* loaded, cuInit worked, at least one device */
     char library[4096];      /* VRAMGUARD_LIBCUDA */
     char version[16];        /* "13.0"; "" when unknown */
@@ -47,8 +51,10 @@ void cli_check_help(FILE *f)
                "  --json      Print one JSON object instead of the table.\n"
                "  -h, --help  Show this help and exit.\n\n");
     cli_wrap(f, 0, 78,
-             "Exit status: 0 when everything passed; 1 when the driver, the "
-             "devices or the self-test failed; 2 for a usage error.");
+             "Exit status: 0 when everything passed; 1 when a VRAMGUARD_* "
+             "setting in the environment is bad (the rest is checked without "
+             "them), or the driver, the devices or the self-test failed; 2 for "
+             "a usage error.");
 }
 
 /* ------------------------------------------------------- gathering */
@@ -106,9 +112,42 @@ static void check_devices(check_report_t *r)
     }
 }
 
+static const char *from_environ(const char *name, void *ctx)
+{
+    (void)ctx;
+    return getenv(name);
+}
+
+/* The caller's settings are checked on their own: a bad one is reported
+ * as such, and dropped (all but the driver's path) so that the driver,
+ * the devices and the self-test are still checked. */
+static void check_settings(check_report_t *r)
+{
+    static vg__settings_t s;
+    if (vg__settings_parse(from_environ, NULL, &s, r->settings, sizeof r->settings) == VG_OK) {
+        r->settings[0] = '\0';
+        return;
+    }
+    for (bool again = true; again;) { /* unsetenv changes environ: rescan */
+        again = false;
+        for (char **e = environ; *e; e++) {
+            size_t n = strcspn(*e, "=");
+            bool ours = !strncmp(*e, "VRAMGUARD_", 10) || !strncmp(*e, "CUDA_DEVICE_MEMORY_", 19);
+            if (!ours || (n == 17 && !strncmp(*e, "VRAMGUARD_LIBCUDA", 17)))
+                continue;
+            char name[256];
+            snprintf(name, sizeof name, "%.*s", (int)(n < 255 ? n : 255), *e);
+            unsetenv(name);
+            again = true;
+            break;
+        }
+    }
+}
+
 static void check_gather(check_report_t *r)
 {
     memset(r, 0, sizeof *r);
+    check_settings(r);
     check_driver(r);
     if (r->driver_ok)
         check_devices(r);
@@ -133,12 +172,12 @@ static void print_devices(const check_report_t *r)
     printf("devices:   %d\n", r->count);
     if (r->count == 0)
         return;
-    printf("  %3s  %-*s  %-40s  %10s  %10s\n", "#", w, "NAME", "UUID",
+    printf("  %3s  %-*s  %-40s  %11s  %11s\n", "#", w, "NAME", "UUID",
            "TOTAL", "FREE");
     for (int i = 0; i < r->count; i++) {
         const vg_device_info_t *d = &r->dev[i];
         char total[32], free_b[32];
-        printf("  %3d  %-*s  %-40s  %10s  %10s\n", d->ordinal, w, d->name,
+        printf("  %3d  %-*s  %-40s  %11s  %11s\n", d->ordinal, w, d->name,
                d->uuid, vg__fmt_bytes(d->total_bytes, total, sizeof total),
                vg__fmt_bytes(d->free_bytes, free_b, sizeof free_b));
     }
@@ -146,6 +185,8 @@ static void print_devices(const check_report_t *r)
 
 static void print_human(const check_report_t *r)
 {
+    if (r->settings[0])
+        printf("settings:  bad: %s (checked below without them)\n", r->settings);
     printf("driver:    %s", r->library);
     if (r->version[0])
         printf(", CUDA %s", r->version);
@@ -187,7 +228,9 @@ static void json_device(const vg_device_info_t *d)
 
 static void print_json(const check_report_t *r)
 {
-    printf("{\"driver\": {\"ok\": %s, \"library\": ",
+    printf("{\"settings\": {\"ok\": %s, \"error\": ", r->settings[0] ? "false" : "true");
+    json_str(r->settings);
+    printf("},\n \"driver\": {\"ok\": %s, \"library\": ",
            r->driver_ok ? "true" : "false");
     json_str(r->library);
     printf(", \"version\": ");
@@ -229,6 +272,7 @@ int cli_check_main(int argc, char **argv)
         print_json(&report);
     else
         print_human(&report);
-    return report.driver_ok && report.selftest == CHECK_PASS ? CLI_EXIT_OK
-                                                             : CLI_EXIT_FAIL;
+    return !report.settings[0] && report.driver_ok && report.selftest == CHECK_PASS
+               ? CLI_EXIT_OK
+               : CLI_EXIT_FAIL;
 }
