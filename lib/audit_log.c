@@ -236,24 +236,6 @@ static bool foreign_file(const struct stat *st, const char *path, char *err, siz
     return true;
 }
 
-/* A log whose last line a crash cut short would glue this process's first
- * line onto it (and a reader would skip both): end it first. A line ended
- * by another writer meanwhile leaves one blank line, which readers skip. */
-static void end_last_line(int fd, const char *path, const struct stat *st)
-{
-    int rd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-    struct stat rst;
-    char last = '\n';
-    if (rd < 0)
-        return;
-    if (fstat(rd, &rst) == 0 && rst.st_ino == st->st_ino && rst.st_dev == st->st_dev &&
-        pread(rd, &last, 1, st->st_size - 1) == 1 && last != '\n') {
-        ssize_t w = write(fd, "\n", 1);
-        (void)w; /* a log that cannot take it cannot take the events either */
-    }
-    close(rd);
-}
-
 int vg__audit_file_check(const struct stat *st, const char *path, char *err, size_t errlen)
 {
     if (!(S_ISREG(st->st_mode) || S_ISFIFO(st->st_mode) || S_ISCHR(st->st_mode)))
@@ -275,8 +257,6 @@ static int open_log(const char *path, char *err, size_t errlen)
         close(fd);
         return rc;
     }
-    if (S_ISREG(st.st_mode) && st.st_size > 0)
-        end_last_line(fd, path, &st);
     vg__abuf_attach(fd, path);
     return VG_OK;
 }

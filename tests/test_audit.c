@@ -369,31 +369,6 @@ Test(audit, the_log_is_created_owner_only)
     free(a);
 }
 
-/* A log whose last line a crash cut short: the next process's first line
- * must start a line of its own, not be glued onto the cut one. */
-Test(audit, a_cut_last_line_does_not_swallow_the_next_processs_first)
-{
-    static run_result_t r;
-    char log[64];
-    temp_log(log, sizeof log);
-    FILE *f = fopen(log, "w");
-    cr_assert_not_null(f);
-    fputs("{\"ev\":\"alloc\",\"pid\":1,\"size\":12", f); /* no newline: cut */
-    fclose(f);
-    cr_assert_eq(chmod(log, 0600), 0);
-    char *a = audit_env(log);
-    run_opts_t o = {.method = "linked", .path = "plain", .chunk = "1MiB", .max = "2",
-                    .env = {a}};
-    run_client(&o, &r);
-    char *text = read_whole_file(log);
-    cr_expect_not_null(strstr(text, "\"size\":12\n{"), "the cut line was not ended:\n%.300s",
-                       text);
-    cr_expect_not_null(strstr(text, "\n{\"v\":"), "no line of the new process starts a line:\n%.300s", text);
-    free(text);
-    unlink(log);
-    free(a);
-}
-
 /* An unwritable log is a bad setting: one line naming the path and the
  * reason, and every allocation refused (fail closed). */
 static void expect_refused(const char *path, const char *reason)

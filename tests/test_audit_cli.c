@@ -283,6 +283,29 @@ Test(audit_cli, a_command_with_terminal_escapes_is_printed_without_them)
     rm_tree(dir);
 }
 
+/* A line a crash cut short, and the next process's first line glued onto
+ * it (writers append whole lines; the cut one had no newline): the cut
+ * part is skipped as truncated, the glued start is read. */
+Test(audit_cli, a_start_glued_onto_a_cut_line_is_still_read)
+{
+    char dir[64], log[128];
+    tmp_dir(dir, sizeof dir);
+    snprintf(log, sizeof log, "%s/glued.jsonl", dir);
+    FILE *f = fopen(log, "w");
+    cr_assert_not_null(f);
+    fputs("{\"v\":1,\"ts\":1790000000000000000,\"pid\":3,\"tid\":3,\"op\":\"alloc\",\"dev\":0,"
+          "\"size\":12", f); /* cut: no newline */
+    one_life(f, 4, "after-the-cut", 1790000001000000000LL);
+    fclose(f);
+    cli_result_t r;
+    cli(&r, ARGS("audit", log));
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    EXPECT_IN(r.err, "1 truncated");
+    EXPECT_IN(r.out, "after-the-cut");
+    cr_expect_null(strstr(r.out, "(no start event)"), "%s", r.out);
+    rm_tree(dir);
+}
+
 Test(audit_cli, csv_has_rmms_columns_and_round_trips)
 {
     cli_result_t r;

@@ -272,6 +272,19 @@ static int take_event(au_model_t *m, const au_event_t *ev)
     }
 }
 
+/* Writers append whole lines, but one a crash cut short has no newline,
+ * and the next process's first line then continues it. The last record
+ * start after the beginning, parsed alone: true when it is a whole event. */
+static bool glued_record(const char *buf, size_t len, au_event_t *ev)
+{
+    static const char start[] = "{\"v\":";
+    const char *last = NULL;
+    for (const char *p = buf + 1; (p = memmem(p, len - (size_t)(p - buf), start,
+                                              sizeof start - 1)); p++)
+        last = p;
+    return last && au_parse_line(last, len - (size_t)(last - buf), ev) == AU_LINE_OK;
+}
+
 int au_model_load(au_model_t *m, const char *cmd, const char *path)
 {
     static au_event_t ev; /* ~150 KiB, reused for every line */
@@ -303,6 +316,16 @@ int au_model_load(au_model_t *m, const char *cmd, const char *path)
             continue; /* blank lines are not events */
         if (got > 0)
             why = au_parse_line(r->buf, len, &ev);
+        if (got > 0 && why != AU_LINE_OK && glued_record(r->buf, len, &ev)) {
+            /* A line a crash cut short, with the next writer's line glued
+             * on: the cut part is skipped, the glued record read. */
+            au_skips_add(&m->skips, AU_SKIP_TRUNCATED, path, r->lineno);
+            if (skipped++ == 0) {
+                first_bad = r->lineno;
+                first_why = AU_SKIP_TRUNCATED;
+            }
+            why = AU_LINE_OK;
+        }
         if (why == AU_LINE_OK && take_event(m, &ev) != 0) {
             cli_error(cmd, "%s:%ld: out of memory", path, r->lineno);
             rc = CLI_EXIT_FAIL;
