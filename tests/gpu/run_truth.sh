@@ -13,12 +13,13 @@
 #                (torch: torch.OutOfMemoryError, and the message's "this process has X in use" <= 2.00 GiB),
 #                and no call failed with anything else
 #   native PASS  outside > LIMIT (the memory really was taken; else the scenario proves nothing)
-# Scenarios: vmm heap stack module race ctxdestroy arraydestroy (truth_gpu.cu), torch (torch_truth.py), tree
+# Scenarios: vmm heap stack module race ctxdestroy arraydestroy ctxrelease (truth_gpu.cu), torch (torch_truth.py), tree
 # (`vramguard run --budget 2GiB -- python3 torch_tree.py`: two children of 768 MiB each; the sum of their
 # outside readings must stay within LIMIT and one must get OOM), race_cache (race with VRAMGUARD_POOL=cache).
 # ctxdestroy: 1.25 GiB in a created context, cuCtxDestroy, 1.25 GiB in the primary context: both must succeed
 # (natively that is the whole check), and under the shim outside <= LIMIT. arraydestroy: the same with a
-# 1.25 GiB array made in the created context.
+# 1.25 GiB array made in the created context. ctxrelease: 1.25 GiB in the primary context, its last
+# cuDevicePrimaryCtxRelease (a reset), retained again, 1.25 GiB more: judged as ctxdestroy.
 #
 # Per-scenario PASS/FAIL lines, then the table, then `truth: N passed, M failed`; exit 0 only when all pass.
 # env: OUT (where truth.log goes; default a new /tmp/vgtruth.XXXXXX), LIBCUDA_DIR (see common.sh), PYTHON
@@ -172,7 +173,7 @@ judge_fill() { # TAG NAME SHIM_MODE: vmm heap stack module race
 }
 
 # ------------------------------------------------------------ 1-6: the driver scenarios
-for sc in vmm heap stack module race ctxdestroy arraydestroy; do
+for sc in vmm heap stack module race ctxdestroy arraydestroy ctxrelease; do
     run_one "$sc" native "$TG" "$sc" "$BIN"
     run_one "$sc" shim "$TG" "$sc" "$BIN"
 done
@@ -196,8 +197,8 @@ fi
 say ""
 for sc in vmm heap stack module race; do judge_fill "$sc" "$sc" shim; done
 
-# ctxdestroy, arraydestroy
-for sc in ctxdestroy arraydestroy; do
+# ctxdestroy, arraydestroy, ctxrelease
+for sc in ctxdestroy arraydestroy ctxrelease; do
     why=()
     for m in native shim; do
         e=$(runerr $sc $m); [ -n "$e" ] && why+=("$e")

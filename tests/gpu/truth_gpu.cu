@@ -6,7 +6,7 @@
 // variable removed from that child's environment, what this pid holds, then frees everything.
 //
 // usage: truth_gpu SCENARIO [DIR] [MAX_ALLOCS]
-//   SCENARIO  vmm heap stack module race ctxdestroy arraydestroy
+//   SCENARIO  vmm heap stack module race ctxdestroy arraydestroy ctxrelease
 //   DIR       folder holding truth_kernels.fatbin and big_module.fatbin (default: this program's own folder)
 //   MAX_ALLOCS  cap of the 256 MiB fill loops (default 32 = 8 GiB), so a native run does not fill the card;
 //             race: 64 MiB allocations per thread (default 8, 16 threads = 8 GiB)
@@ -25,7 +25,7 @@
 //   held_mib=N                              what this program holds through explicit calls at the peak
 //   refused_call=NAME rc=N NAME             the first call that failed in the fill (none rc=0 when none did)
 //   oom_calls=N other_errors=N              calls that returned CUDA_ERROR_OUT_OF_MEMORY / anything else
-//   alloc1_rc=N alloc2_rc=N                 (ctxdestroy, arraydestroy) the allocation (arraydestroy: an
+//   alloc1_rc=N alloc2_rc=N                 (ctxdestroy, arraydestroy, ctxrelease) the allocation (arraydestroy: an
 //                                           array) before cuCtxDestroy, and the allocation after it
 //   truth_done scenario=NAME                the program reached its end
 #include <cuda.h>
@@ -426,6 +426,32 @@ static void sc_race(void)
 
 // 1.25 GiB made in a created context (an allocation, or with `array` an array of 16384 x 5120 texels of
 // 4 floats), the context destroyed without freeing it, then 1.25 GiB in the primary context.
+// ctxrelease: 1.25 GiB in the primary context, then its last cuDevicePrimaryCtxRelease (which resets
+// it, as numba's cuda.close() does), then the primary retained again and 1.25 GiB more.
+static void sc_ctxrelease(void)
+{
+    if (!init_driver())
+        return;
+    CUresult r1 = CUDA_ERROR_INVALID_CONTEXT, r2 = CUDA_ERROR_INVALID_CONTEXT;
+    CUdeviceptr p = 0, q = 0;
+    if (primary_ctx()) {
+        r1 = cuMemAlloc(&p, 1280 * MIB);
+        note(r1, "cuMemAlloc(1.25GiB)_in_primary", 1);
+        CK(cuCtxSetCurrent(NULL));
+        release_primary(); // the last reference: deliberately not freed, the reset frees it
+    }
+    if (primary_ctx()) {
+        r2 = cuMemAlloc(&q, 1280 * MIB);
+        note(r2, "cuMemAlloc(1.25GiB)_in_primary_after_release", 1);
+    }
+    printf("alloc1_rc=%d alloc2_rc=%d\n", (int)r1, (int)r2);
+    outside("outside_mib");
+    report(r2 == CUDA_SUCCESS ? 1280 * MIB : 0);
+    if (q)
+        CK(cuMemFree(q));
+    release_primary();
+}
+
 static void sc_ctxdestroy(bool array)
 {
     if (!init_driver())
@@ -467,7 +493,7 @@ int main(int argc, char **argv)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
     if (argc < 2) {
-        fprintf(stderr, "usage: %s vmm|heap|stack|module|race|ctxdestroy|arraydestroy [DIR] [MAX_ALLOCS]\n",
+        fprintf(stderr, "usage: %s vmm|heap|stack|module|race|ctxdestroy|arraydestroy|ctxrelease [DIR] [MAX_ALLOCS]\n",
                 argv[0]);
         return 2;
     }
@@ -499,6 +525,8 @@ int main(int argc, char **argv)
         sc_ctxdestroy(false);
     else if (!strcmp(g_sc, "arraydestroy"))
         sc_ctxdestroy(true);
+    else if (!strcmp(g_sc, "ctxrelease"))
+        sc_ctxrelease();
     else {
         fprintf(stderr, "truth_gpu: unknown scenario '%s'\n", g_sc);
         return 2;
