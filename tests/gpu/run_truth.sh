@@ -13,13 +13,15 @@
 #                (torch: torch.OutOfMemoryError, and the message's "this process has X in use" <= 2.00 GiB),
 #                and no call failed with anything else
 #   native PASS  outside > LIMIT (the memory really was taken; else the scenario proves nothing)
-# Scenarios: vmm heap stack module race ctxdestroy arraydestroy ctxrelease (truth_gpu.cu), torch (torch_truth.py), tree
+# Scenarios: vmm heap stack module race ctxdestroy arraydestroy ctxrelease pooldestroy (truth_gpu.cu), torch (torch_truth.py), tree
 # (`vramguard run --budget 2GiB -- python3 torch_tree.py`: two children of 768 MiB each; the sum of their
 # outside readings must stay within LIMIT and one must get OOM), race_cache (race with VRAMGUARD_POOL=cache).
 # ctxdestroy: 1.25 GiB in a created context, cuCtxDestroy, 1.25 GiB in the primary context: both must succeed
 # (natively that is the whole check), and under the shim outside <= LIMIT. arraydestroy: the same with a
 # 1.25 GiB array made in the created context. ctxrelease: 1.25 GiB in the primary context, its last
-# cuDevicePrimaryCtxRelease (a reset), retained again, 1.25 GiB more: judged as ctxdestroy.
+# cuDevicePrimaryCtxRelease (a reset), retained again, 1.25 GiB more: judged as ctxdestroy. pooldestroy:
+# 1.25 GiB from a pool destroyed while it is out, then 1.25 GiB plain: natively both held (outside >
+# LIMIT), under the shim the second refused (rc 2) and outside <= LIMIT; after the free, 1.25 GiB fits.
 #
 # Per-scenario PASS/FAIL lines, then the table, then `truth: N passed, M failed`; exit 0 only when all pass.
 # env: OUT (where truth.log goes; default a new /tmp/vgtruth.XXXXXX), LIBCUDA_DIR (see common.sh), PYTHON
@@ -173,7 +175,7 @@ judge_fill() { # TAG NAME SHIM_MODE: vmm heap stack module race
 }
 
 # ------------------------------------------------------------ 1-6: the driver scenarios
-for sc in vmm heap stack module race ctxdestroy arraydestroy ctxrelease; do
+for sc in vmm heap stack module race ctxdestroy arraydestroy ctxrelease pooldestroy; do
     run_one "$sc" native "$TG" "$sc" "$BIN"
     run_one "$sc" shim "$TG" "$sc" "$BIN"
 done
@@ -211,6 +213,22 @@ for sc in ctxdestroy arraydestroy ctxrelease; do
     verdict $sc "$(val $sc native outside_mib)" "$s" \
         "none expected: alloc after destroy rc=$(val $sc shim alloc2_rc)" "$(join ${why[@]+"${why[@]}"})"
 done
+
+# pooldestroy
+why=()
+for m in native shim; do
+    e=$(runerr pooldestroy $m); [ -n "$e" ] && why+=("$e")
+    [ "$(val pooldestroy $m alloc1_rc)" = 0 ] || why+=("$m: 1.25GiB from the pool rc=$(val pooldestroy $m alloc1_rc)")
+    [ "$(val pooldestroy $m alloc3_rc)" = 0 ] || why+=("$m: 1.25GiB after the free rc=$(val pooldestroy $m alloc3_rc)")
+    [ "$(val pooldestroy $m other_errors)" = 0 ] || why+=("$m: $(val pooldestroy $m other_errors) non-OOM errors")
+done
+[ "$(val pooldestroy native alloc2_rc)" = 0 ] || why+=("native: 1.25GiB after the destroy rc=$(val pooldestroy native alloc2_rc)")
+[ "$(val pooldestroy shim alloc2_rc)" = 2 ] || why+=("shim: 1.25GiB after the destroy was not refused (rc=$(val pooldestroy shim alloc2_rc))")
+n=$(val pooldestroy native outside_mib)
+s=$(val pooldestroy shim outside_mib)
+gt "$n" "$LIMIT" || why+=("native outside ${n:-?} <= $LIMIT: the destroyed pool's memory went at once, proves nothing")
+le "$s" "$LIMIT" || why+=("shim outside ${s:-?} > $LIMIT (or unread)")
+verdict pooldestroy "$n" "$s" "$(refused pooldestroy shim)" "$(join ${why[@]+"${why[@]}"})"
 
 # torch
 why=()

@@ -6,7 +6,7 @@
 // variable removed from that child's environment, what this pid holds, then frees everything.
 //
 // usage: truth_gpu SCENARIO [DIR] [MAX_ALLOCS]
-//   SCENARIO  vmm heap stack module race ctxdestroy arraydestroy ctxrelease
+//   SCENARIO  vmm heap stack module race ctxdestroy arraydestroy ctxrelease pooldestroy
 //   DIR       folder holding truth_kernels.fatbin and big_module.fatbin (default: this program's own folder)
 //   MAX_ALLOCS  cap of the 256 MiB fill loops (default 32 = 8 GiB), so a native run does not fill the card;
 //             race: 64 MiB allocations per thread (default 8, 16 threads = 8 GiB)
@@ -25,7 +25,7 @@
 //   held_mib=N                              what this program holds through explicit calls at the peak
 //   refused_call=NAME rc=N NAME             the first call that failed in the fill (none rc=0 when none did)
 //   oom_calls=N other_errors=N              calls that returned CUDA_ERROR_OUT_OF_MEMORY / anything else
-//   alloc1_rc=N alloc2_rc=N                 (ctxdestroy, arraydestroy, ctxrelease) the allocation (arraydestroy: an
+//   alloc1_rc=N alloc2_rc=N [alloc3_rc=N]   (ctxdestroy, arraydestroy, ctxrelease, pooldestroy) the allocation (arraydestroy: an
 //                                           array) before cuCtxDestroy, and the allocation after it
 //   truth_done scenario=NAME                the program reached its end
 #include <cuda.h>
@@ -426,6 +426,44 @@ static void sc_race(void)
 
 // 1.25 GiB made in a created context (an allocation, or with `array` an array of 16384 x 5120 texels of
 // 4 floats), the context destroyed without freeing it, then 1.25 GiB in the primary context.
+// pooldestroy: 1.25 GiB from a created stream-ordered pool, cuMemPoolDestroy while it is still out (the
+// driver keeps the pool until it is freed), then 1.25 GiB plain: natively both are held at once (the
+// outside reading shows it), under a 2 GiB budget the second must be refused. Then the pool's
+// allocation is freed and 1.25 GiB plain must fit again (alloc3).
+static void sc_pooldestroy(void)
+{
+    if (!init_driver() || !primary_ctx())
+        return;
+    CUmemPoolProps props = {};
+    props.allocType = CU_MEM_ALLOCATION_TYPE_PINNED;
+    props.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+    props.location.id = (int)g_dev;
+    CUmemoryPool pool = NULL;
+    CUdeviceptr a = 0, b = 0, c = 0;
+    CUresult r1 = CUDA_ERROR_INVALID_VALUE, r2 = CUDA_ERROR_INVALID_VALUE, r3 = CUDA_ERROR_INVALID_VALUE;
+    if (CK(cuMemPoolCreate(&pool, &props))) {
+        r1 = cuMemAllocFromPoolAsync(&a, 1280 * MIB, pool, NULL);
+        note(r1, "cuMemAllocFromPoolAsync(1.25GiB)", 1);
+        CK(cuStreamSynchronize(NULL));
+        CK(cuMemPoolDestroy(pool));
+    }
+    r2 = cuMemAlloc(&b, 1280 * MIB);
+    note(r2, "cuMemAlloc(1.25GiB)_after_pool_destroy", 1);
+    outside("outside_mib");
+    report((r1 == CUDA_SUCCESS ? 1280 * MIB : 0) + (r2 == CUDA_SUCCESS ? 1280 * MIB : 0));
+    if (b)
+        CK(cuMemFree(b));
+    if (a) {
+        CK(cuMemFreeAsync(a, NULL));
+        CK(cuStreamSynchronize(NULL));
+    }
+    r3 = cuMemAlloc(&c, 1280 * MIB);
+    printf("alloc1_rc=%d alloc2_rc=%d alloc3_rc=%d\n", (int)r1, (int)r2, (int)r3);
+    if (c)
+        CK(cuMemFree(c));
+    release_primary();
+}
+
 // ctxrelease: 1.25 GiB in the primary context, then its last cuDevicePrimaryCtxRelease (which resets
 // it, as numba's cuda.close() does), then the primary retained again and 1.25 GiB more.
 static void sc_ctxrelease(void)
@@ -493,7 +531,7 @@ int main(int argc, char **argv)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
     if (argc < 2) {
-        fprintf(stderr, "usage: %s vmm|heap|stack|module|race|ctxdestroy|arraydestroy|ctxrelease [DIR] [MAX_ALLOCS]\n",
+        fprintf(stderr, "usage: %s vmm|heap|stack|module|race|ctxdestroy|arraydestroy|ctxrelease|pooldestroy [DIR] [MAX_ALLOCS]\n",
                 argv[0]);
         return 2;
     }
@@ -527,6 +565,8 @@ int main(int argc, char **argv)
         sc_ctxdestroy(true);
     else if (!strcmp(g_sc, "ctxrelease"))
         sc_ctxrelease();
+    else if (!strcmp(g_sc, "pooldestroy"))
+        sc_pooldestroy();
     else {
         fprintf(stderr, "truth_gpu: unknown scenario '%s'\n", g_sc);
         return 2;
