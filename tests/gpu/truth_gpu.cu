@@ -464,25 +464,17 @@ static void sc_pooldestroy(void)
     release_primary();
 }
 
-// ctxrelease: 1.25 GiB in the primary context, then its last cuDevicePrimaryCtxRelease (which resets
-// it, as numba's cuda.close() does), then the primary retained again and 1.25 GiB more.
-static void sc_ctxrelease(void)
+// After a context went with 1.25 GiB in it (first: that allocation's code): 1.25 GiB in the primary
+// context, the two codes, the outside reading at that peak, then everything given back.
+static void after_gone(CUresult first, const char *what)
 {
-    if (!init_driver())
-        return;
-    CUresult r1 = CUDA_ERROR_INVALID_CONTEXT, r2 = CUDA_ERROR_INVALID_CONTEXT;
-    CUdeviceptr p = 0, q = 0;
-    if (primary_ctx()) {
-        r1 = cuMemAlloc(&p, 1280 * MIB);
-        note(r1, "cuMemAlloc(1.25GiB)_in_primary", 1);
-        CK(cuCtxSetCurrent(NULL));
-        release_primary(); // the last reference: deliberately not freed, the reset frees it
-    }
+    CUresult r2 = CUDA_ERROR_INVALID_CONTEXT;
+    CUdeviceptr q = 0;
     if (primary_ctx()) {
         r2 = cuMemAlloc(&q, 1280 * MIB);
-        note(r2, "cuMemAlloc(1.25GiB)_in_primary_after_release", 1);
+        note(r2, what, 1);
     }
-    printf("alloc1_rc=%d alloc2_rc=%d\n", (int)r1, (int)r2);
+    printf("alloc1_rc=%d alloc2_rc=%d\n", (int)first, (int)r2);
     outside("outside_mib");
     report(r2 == CUDA_SUCCESS ? 1280 * MIB : 0);
     if (q)
@@ -490,12 +482,29 @@ static void sc_ctxrelease(void)
     release_primary();
 }
 
+// ctxrelease: 1.25 GiB in the primary context, then its last cuDevicePrimaryCtxRelease (which resets
+// it, as numba's cuda.close() does), then the primary retained again and 1.25 GiB more.
+static void sc_ctxrelease(void)
+{
+    if (!init_driver())
+        return;
+    CUresult r1 = CUDA_ERROR_INVALID_CONTEXT;
+    CUdeviceptr p = 0;
+    if (primary_ctx()) {
+        r1 = cuMemAlloc(&p, 1280 * MIB);
+        note(r1, "cuMemAlloc(1.25GiB)_in_primary", 1);
+        CK(cuCtxSetCurrent(NULL));
+        release_primary(); // the last reference: deliberately not freed, the reset frees it
+    }
+    after_gone(r1, "cuMemAlloc(1.25GiB)_in_primary_after_release");
+}
+
 static void sc_ctxdestroy(bool array)
 {
     if (!init_driver())
         return;
     CUcontext c = NULL;
-    CUresult r1 = CUDA_ERROR_INVALID_CONTEXT, r2 = CUDA_ERROR_INVALID_CONTEXT;
+    CUresult r1 = CUDA_ERROR_INVALID_CONTEXT;
     // CUDA 13's cuda.h maps cuCtxCreate to cuCtxCreate_v4 (CUctxCreateParams *, NULL here)
     if (CK(cuCtxCreate(&c, NULL, 0, g_dev))) {
         if (array) {
@@ -514,17 +523,7 @@ static void sc_ctxdestroy(bool array)
         }
         CK(cuCtxDestroy(c)); // deliberately not freed: the destroy frees it
     }
-    CUdeviceptr q = 0;
-    if (primary_ctx()) {
-        r2 = cuMemAlloc(&q, 1280 * MIB);
-        note(r2, "cuMemAlloc(1.25GiB)_in_primary_after_destroy", 1);
-    }
-    printf("alloc1_rc=%d alloc2_rc=%d\n", (int)r1, (int)r2);
-    outside("outside_mib");
-    report(r2 == CUDA_SUCCESS ? 1280 * MIB : 0);
-    if (q)
-        CK(cuMemFree(q));
-    release_primary();
+    after_gone(r1, "cuMemAlloc(1.25GiB)_in_primary_after_destroy");
 }
 
 int main(int argc, char **argv)
