@@ -37,9 +37,11 @@
 
 /* ------------------------------------------------- the engine's side */
 
-/* This process's attachment. `region` and `my_start` are written once
- * under attach_once; `my_slot` only under the region lock (read without
- * it by this process's own threads, hence atomic). */
+/* This process's attachment. `region` and `my_start` are written under
+ * attach_once, and `region` again by a bind (resolve lock held) that finds
+ * it removed before this process had a slot in it (reattach); `my_slot`
+ * only under the region lock (read without it by this process's own
+ * threads, hence atomic). */
 static pthread_once_t attach_once = PTHREAD_ONCE_INIT;
 static vg__shm_t *region;
 static int attach_status = VG_ENOTFOUND;
@@ -49,7 +51,7 @@ static _Atomic int my_slot = -1;
 static uint64_t my_start;
 static _Atomic bool looked;     /* this process has reaped before a refusal */
 static _Atomic bool region_bad; /* a later check found the body corrupt */
-static _Atomic bool said_stuck, said_bad;
+static _Atomic bool said_stuck, said_bad, said_removed;
 
 /* The region lock, saying once per process why it could not be had. */
 static int lock_region(vg__shm_t *r)
@@ -99,6 +101,12 @@ static int slot_of_self(vg__shm_t *r)
     int mine = atomic_load_explicit(&my_slot, memory_order_relaxed);
     if (vg__likely(mine >= 0))
         return mine;
+    if (vg__unlikely(r->h.removed)) { /* no share in it (vg__shm_retire) */
+        if (!atomic_exchange_explicit(&said_removed, true, memory_order_relaxed))
+            vg__log("shared region %s was removed (vramguard budget --remove); refusing "
+                    "allocations (fail closed)", region_path);
+        return -1;
+    }
     int32_t pid = (int32_t)getpid();
     for (int s = 0; s < VG__SHM_SLOTS; s++)
         if (r->slot[s].pid == pid && r->slot[s].start == my_start)
@@ -262,6 +270,30 @@ static void say_limit(int device, uint64_t old, uint64_t limit)
                 vg__fmt_bytes(old, a, sizeof a));
 }
 
+/* The region was removed (vg__shm_retire) between this process's open and
+ * its first claim: opens what is at the path now, made afresh if the
+ * settings allow. The old mapping stays (a racing reader may hold it);
+ * nothing of this process is in it. Under the resolve lock (bind). */
+static bool reattach(void)
+{
+    const vg__settings_t *st = vg__engine_settings();
+    vg__shm_t *fresh = NULL;
+    attach_status = vg__shm_open(region_path, st->shared_create ? VG__SHM_CREATE : VG__SHM_ATTACH,
+                                 st->shared_group == VG__SHARED_GROUP, &fresh,
+                                 attach_error, sizeof attach_error);
+    if (attach_status != VG_OK)
+        return false;
+    region = fresh;
+    return true;
+}
+
+/* Under the lock: true when the region was removed and this process has
+ * no slot in it (with one, the removal would have been refused). */
+static bool removed_under_us(const vg__shm_t *r)
+{
+    return r->h.removed && atomic_load_explicit(&my_slot, memory_order_relaxed) < 0;
+}
+
 void vg__shared_bind(vg__budget_t *b, int device, uint64_t limit)
 {
     pthread_once(&attach_once, attach);
@@ -270,8 +302,18 @@ void vg__shared_bind(vg__budget_t *b, int device, uint64_t limit)
     char uuid[48] = "";
     if (vg__device_uuid(device, uuid) != VG_OK)
         uuid[0] = '\0';
-    if (lock_region(region) != VG_OK)
-        return bind_fail(b, device, "cannot lock the shared region");
+    for (int tries = 0;; tries++) {
+        if (lock_region(region) != VG_OK)
+            return bind_fail(b, device, "cannot lock the shared region");
+        if (vg__likely(!removed_under_us(region)))
+            break;
+        vg__shm_unlock(region);
+        if (tries == 2)
+            return bind_fail(b, device, "the shared region keeps being removed "
+                                        "(vramguard budget --remove)");
+        if (!reattach())
+            return bind_fail(b, device, attach_error);
+    }
     int e = entry_of(region, device, uuid);
     int slot = slot_of_self(region);
     uint64_t old = VG__UNLIMITED;

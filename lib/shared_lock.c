@@ -151,3 +151,27 @@ int vg__shm_set_limit(vg__shm_t *r, int dev, uint64_t limit)
     return VG_OK;
 }
 
+int vg__shm_retire(vg__shm_t *r, const char *path, int *live)
+{
+    *live = -1;
+    if (vg__shm_lock(r) != VG_OK)
+        return VG_ESYS;
+    *live = 0;
+    for (int s = 0; s < VG__SHM_SLOTS; s++)
+        *live += r->slot[s].pid > 0 && vg__shm_slot_alive(&r->slot[s]);
+    int rc = VG_EDENIED;
+    if (*live == 0) {
+        r->h.removed = 1;
+        rc = VG_OK;
+        if (unlink(path) != 0) {
+            int err = errno;
+            r->h.removed = 0;
+            errno = err;
+            rc = VG_ESYS;
+        }
+    }
+    int err = errno;
+    vg__shm_unlock(r);
+    errno = err;
+    return rc;
+}

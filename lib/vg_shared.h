@@ -71,7 +71,10 @@ typedef struct vg__shm_header {
     uint64_t total_size;   /* sizeof(vg__shm_t) */
     uint32_t device_count, slot_count, waiter_count, cmd_len;
     uint32_t creator_uid;
-    uint32_t pad;
+    uint32_t removed;      /* 1: `vramguard budget NAME --remove` unlinked it
+                            * (set under the lock): no process claims a slot
+                            * in it, so nobody lives on in a budget a new
+                            * region of the same name no longer sees */
     uint64_t pidns;        /* inode of the creator's PID namespace */
     uint64_t default_limit; /* for device entries not claimed yet */
     uint64_t last_reap_ns; /* CLOCK_MONOTONIC */
@@ -234,6 +237,16 @@ int vg__shm_snapshot(vg__shm_t *r, vg__shm_t *copy);
  * device past the table or a limit of VG__SHM_LIMIT_MAX or more (but
  * VG__UNLIMITED). */
 int vg__shm_set_limit(vg__shm_t *r, int dev, uint64_t limit);
+/* `vramguard budget NAME --remove`: under the lock, counts the live
+ * processes with a slot in r (reading /proc: slow, for this rare command
+ * only) into *live and, when there are none, marks r removed and unlinks
+ * `path` before letting go. A process that opened the file just before
+ * then finds the mark where it would claim its first slot, and attaches
+ * afresh (shared.c): checking and unlinking apart, it would have lived on
+ * in the old region beside a new one of the same name, two budgets where
+ * there should be one. VG_EDENIED with *live > 0; VG_ESYS when the lock
+ * cannot be had (*live = -1) or the unlink fails (errno set; r unmarked). */
+int vg__shm_retire(vg__shm_t *r, const char *path, int *live);
 
 /* The engine's side. vg__shared_bind() attaches this process to the
  * region named by the settings (once), claims a slot, finds or claims the

@@ -1208,3 +1208,75 @@ Test(shared, a_first_live_count_claims_its_slot_under_the_lock)
     waitpid(holder, NULL, 0);
     drop_region();
 }
+
+/* `vramguard budget NAME --remove` counts the live and unlinks under the
+ * region's lock (vg__shm_retire). A process that had the region open with
+ * no slot in it yet (here a forked child, whose parent's slot is not its
+ * own) must then never charge it: a new region of the same name would not
+ * see that charge, and the two together could hold twice the budget. */
+static int child_charges_the_removed_region(void)
+{
+    return vg__budget_reserve(parent_budget, 64 * MiB) == VG_ENOMEM ? 0 : 1;
+}
+
+Test(shared, a_removed_region_takes_no_charge_from_a_process_that_had_it_open)
+{
+    name_region("retire");
+    setenv("VRAMGUARD_SHARED", region_name, 1);
+    setenv("VRAMGUARD_BUDGET", "2GiB", 1);
+    cr_assert_eq(vg_available(), VG_OK);
+    parent_budget = vg__engine_budget(0);
+    vg__shm_t *r = parent_budget->shared;
+    cr_assert_not_null(r);
+    /* This process's share goes, as at its exit; then the removal. */
+    cr_assert_eq(vg__shm_lock(r), VG_OK);
+    for (int s = 0; s < VG__SHM_SLOTS; s++)
+        if (r->slot[s].pid == (int32_t)getpid())
+            vg__shm_slot_drop(r, s);
+    vg__shm_unlock(r);
+    int live = -1;
+    cr_assert_eq(vg__shm_retire(r, region_file, &live), VG_OK);
+    cr_expect_eq(live, 0);
+    cr_expect_neq(access(region_file, F_OK), 0, "the region's file is still there");
+    cr_expect_eq(bounded(child_charges_the_removed_region, 5000), 0,
+                 "a process charged a removed region");
+    vg__shm_t *c = malloc(sizeof *c);
+    cr_assert_eq(vg__shm_snapshot(r, c), VG_OK);
+    cr_expect_eq(dev0(c)->used, 0, "used %llu", (unsigned long long)dev0(c)->used);
+    for (int s = 0; s < VG__SHM_SLOTS; s++)
+        cr_expect_eq(c->slot[s].pid, 0, "slot %d claimed by %d", s, c->slot[s].pid);
+    free(c);
+}
+
+/* The mark without the unlink (a removal that died in between): a process
+ * opening the region never joins it, says why, and refuses (fail closed);
+ * `vramguard budget NAME --remove` can still take the file away. */
+Test(shared, a_region_marked_removed_is_never_joined)
+{
+    name_region("marked");
+    vg__shm_t *r = NULL;
+    char err[512];
+    cr_assert_eq(vg__shm_open(region_file, VG__SHM_CREATE, false, &r, err, sizeof err), VG_OK,
+                 "%s", err);
+    cr_assert_eq(vg__shm_lock(r), VG_OK);
+    r->h.removed = 1;
+    vg__shm_unlock(r);
+    const char *env[] = {BUDGET_ENV, NULL};
+    const char *args[] = {"try", "67108864", NULL};
+    child_t c;
+    child_start(&c, args, env);
+    char cerr[4096];
+    cr_assert_eq(child_finish(&c, cerr, sizeof cerr), 0, "%s", cerr);
+    cr_expect_eq(value_of(c.out_buf, "rc"), OOM, "%s", c.out_buf);
+    cr_expect_not_null(strstr(cerr, "removed"), "%s", cerr);
+    vg__shm_t *s = snap();
+    for (int d = 0; d < VG__SHM_DEVICES; d++)
+        cr_expect_eq(s->dev[d].ordinal, -1, "device entry %d claimed", d);
+    for (int i = 0; i < VG__SHM_SLOTS; i++)
+        cr_expect_eq(s->slot[i].pid, 0, "slot %d claimed by %d", i, s->slot[i].pid);
+    free(s);
+    int live = -1;
+    cr_expect_eq(vg__shm_retire(r, region_file, &live), VG_OK);
+    cr_expect_neq(access(region_file, F_OK), 0);
+    vg__shm_close(r);
+}

@@ -250,34 +250,33 @@ static int list(bool json)
     return rc;
 }
 
-static void count_live(const char *name, const vg__shm_t *r, const unsigned char *alive,
-                       void *ctx)
-{
-    int *live = ctx;
-    (void)name;
-    for (int s = 0; s < VG__SHM_SLOTS; s++)
-        *live += r->slot[s].pid > 0 && alive[s];
-}
-
+/* The live count and the unlink happen under the region's lock
+ * (vg__shm_retire), so a process cannot slip in between them. */
 static int remove_region(const char *name)
 {
-    char path[CLI_PATH_MAX];
-    int live = 0;
+    char path[CLI_PATH_MAX], err[512];
     if (vg__shm_path(name, path, sizeof path) != VG_OK || name[0] == '/') {
         cli_error(CMD, "bad name '%s'", name);
         return CLI_EXIT_USAGE;
     }
-    if (cli_regions(CMD, name, count_live, &live) != CLI_EXIT_OK)
+    vg__shm_t *r = NULL;
+    if (vg__shm_open(path, VG__SHM_ATTACH, true, &r, err, sizeof err) != VG_OK) {
+        cli_error(CMD, "%s", err);
         return CLI_EXIT_FAIL;
-    if (live > 0) {
+    }
+    int live = 0, rc = vg__shm_retire(r, path, &live);
+    int sys = errno;
+    if (rc == VG_EDENIED)
         cli_error(CMD, "%s is in use by %d live process%s; not removed", name, live,
                   live == 1 ? "" : "es");
+    else if (rc != VG_OK && live < 0)
+        cli_error(CMD, "cannot remove %s: its lock is stuck (held by thread %d)", path,
+                  (int)vg__shm_lock_owner(r));
+    else if (rc != VG_OK)
+        cli_error(CMD, "cannot remove %s: %s", path, strerror(sys));
+    vg__shm_close(r);
+    if (rc != VG_OK)
         return CLI_EXIT_FAIL;
-    }
-    if (unlink(path) != 0) {
-        cli_error(CMD, "cannot remove %s: %s", path, strerror(errno));
-        return CLI_EXIT_FAIL;
-    }
     printf("%s: removed\n", name);
     return CLI_EXIT_OK;
 }
