@@ -436,6 +436,39 @@ Test(status_cli, budget_takes_a_percentage_as_run_does)
     unlink(file);
 }
 
+/* A device entry this CLI cannot see (another host's CUDA_VISIBLE_DEVICES,
+ * or a uuid it does not have): its N% cannot be worked out. The command
+ * fails naming it and changes nothing; it used to set that device's limit
+ * to 0, refusing every process on it. */
+Test(status_cli, a_percentage_for_a_device_not_visible_here_changes_nothing)
+{
+    name_region("pcthid");
+    holder_t h;
+    hold(&h, 1 * MiB);
+    vg__shm_t *r = NULL;
+    char err[512];
+    cr_assert_eq(vg__shm_open(file, VG__SHM_ATTACH, false, &r, err, sizeof err), VG_OK, "%s", err);
+    cr_assert_eq(vg__shm_lock(r), VG_OK);
+    vg__shm_device_t *other = &r->dev[VG__SHM_DEVICES - 1];
+    cr_assert_lt(other->ordinal, 0, "the last entry is free");
+    other->ordinal = 1;
+    other->limit = 8 * GiB;
+    snprintf(other->uuid, sizeof other->uuid, "GPU-not-visible-here");
+    uint64_t before = r->dev[0].limit;
+    vg__shm_unlock(r);
+    char buf[4096];
+    cr_expect_eq(cli(buf, sizeof buf, "budget", name, "50%", NULL), 1, "%s", buf);
+    cr_expect_not_null(strstr(cli_err, "GPU-not-visible-here"), "%s", cli_err);
+    vg__shm_t *c = snap();
+    cr_expect_eq(c->dev[VG__SHM_DEVICES - 1].limit, 8 * GiB, "limit %llu",
+                 (unsigned long long)c->dev[VG__SHM_DEVICES - 1].limit);
+    cr_expect_eq(c->dev[0].limit, before, "the visible device changed too");
+    free(c);
+    vg__shm_close(r);
+    release(&h);
+    unlink(file);
+}
+
 Test(status_cli, budget_lists_and_removes_only_unused_regions)
 {
     name_region("rm");

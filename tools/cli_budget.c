@@ -64,54 +64,75 @@ static int find_entry(const vg__shm_t *r, const char *dev)
 
 /* ------------------------------------------------------ percentages */
 
-/* The limit of entry d for a budget `spec` of N% (the driver's figure for
- * the device with the entry's uuid). 0 when the device cannot be read:
- * fail closed, never unlimited. */
-static uint64_t entry_limit(const vg__budget_spec_t *spec, const vg__shm_device_t *e)
+/* The limit of entry e for a budget `spec` of N%, from the driver's figure
+ * for the device with the entry's uuid. False when no device this CLI sees
+ * has it (hidden by CUDA_VISIBLE_DEVICES, or an entry with no uuid). */
+static bool entry_limit(const vg__budget_spec_t *spec, const vg__shm_device_t *e,
+                        uint64_t *limit)
 {
     int n = 0;
     const vg__driver_t *drv = vg__driver();
-    if (!drv || drv->cuDeviceGetCount(&n) != CUDA_SUCCESS)
-        return 0;
+    if (!e->uuid[0] || !drv || drv->cuDeviceGetCount(&n) != CUDA_SUCCESS)
+        return false;
     for (int i = 0; i < n; i++) {
         char uuid[48];
         uint64_t total;
         if (vg__device_uuid(i, uuid) == VG_OK && strcasecmp(uuid, e->uuid) == 0 &&
-            vg__device_total(i, &total) == VG_OK)
-            return vg__budget_spec_limit(spec, i, uuid, total);
+            vg__device_total(i, &total) == VG_OK) {
+            *limit = vg__budget_spec_limit(spec, i, uuid, total);
+            return true;
+        }
     }
-    return 0;
+    return false;
 }
 
-/* N% of the smallest device: the default for devices not claimed yet. */
-static uint64_t smallest_limit(const vg__budget_spec_t *spec)
+/* N% of the smallest device: the default for devices not claimed yet.
+ * False when a device's memory cannot be read. */
+static bool smallest_limit(const vg__budget_spec_t *spec, uint64_t *min)
 {
     int n = 0;
-    uint64_t min = 0;
     const vg__driver_t *drv = vg__driver();
-    if (!drv || drv->cuDeviceGetCount(&n) != CUDA_SUCCESS)
-        return 0;
+    if (!drv || drv->cuDeviceGetCount(&n) != CUDA_SUCCESS || n <= 0)
+        return false;
     for (int i = 0; i < n; i++) {
         uint64_t total, limit;
         if (vg__device_total(i, &total) != VG_OK)
-            return 0;
+            return false;
         limit = vg__budget_spec_limit(spec, i, NULL, total);
-        min = i == 0 || limit < min ? limit : min;
+        *min = i == 0 || limit < *min ? limit : *min;
     }
-    return min;
+    return true;
 }
 
 /* Applies N% to entry d, or (d < 0) to the default for devices that join
- * later and then to every entry, each from its own device's memory. */
+ * later and then to every entry, each from its own device's memory. Every
+ * limit is worked out before any is set: an entry whose device this CLI
+ * cannot read stops the change, with one line naming it and nothing
+ * changed (a limit of 0 there would refuse every process on the device).
+ * VG_ENODEV then, said already. */
 static int set_percent(vg__shm_t *r, int d, const vg__budget_spec_t *spec)
 {
     vg__shm_t *snap = malloc(sizeof *snap);
+    uint64_t limit[VG__SHM_DEVICES], def = 0;
     int rc = snap ? vg__shm_snapshot(r, snap) : VG_ENOMEM;
+    if (rc == VG_OK && d < 0 && !smallest_limit(spec, &def)) {
+        cli_error(CMD, "cannot read every device's memory for a percentage; nothing changed");
+        rc = VG_ENODEV;
+    }
+    for (int e = 0; rc == VG_OK && e < VG__SHM_DEVICES; e++) {
+        const vg__shm_device_t *x = &snap->dev[e];
+        if (x->ordinal < 0 || (d >= 0 && e != d) || entry_limit(spec, x, &limit[e]))
+            continue;
+        cli_error(CMD, "device %s (index %d) is not visible to this command, so its share "
+                  "cannot be worked out; nothing changed (give it a SIZE, or run this where "
+                  "the device is visible)", x->uuid[0] ? x->uuid : "with no uuid", x->ordinal);
+        rc = VG_ENODEV;
+    }
     if (rc == VG_OK && d < 0)
-        rc = vg__shm_set_limit(r, -1, smallest_limit(spec));
+        rc = vg__shm_set_limit(r, -1, def);
     for (int e = 0; rc == VG_OK && e < VG__SHM_DEVICES; e++)
         if (snap->dev[e].ordinal >= 0 && (d < 0 || e == d))
-            rc = vg__shm_set_limit(r, e, entry_limit(spec, &snap->dev[e]));
+            rc = vg__shm_set_limit(r, e, limit[e]);
     free(snap);
     return rc;
 }
@@ -156,7 +177,8 @@ static int apply(const budget_req_t *q)
     int rc = q->percent ? set_percent(r, d, &q->spec) : vg__shm_set_limit(r, d, q->limit);
     vg__shm_close(r);
     if (rc != VG_OK) {
-        cli_error(CMD, "cannot change %s", path);
+        if (rc != VG_ENODEV) /* set_percent said why */
+            cli_error(CMD, "cannot change %s", path);
         return CLI_EXIT_FAIL;
     }
     char b[32];
