@@ -218,6 +218,37 @@ Test(audit_cli, start_and_exit_lines_of_hundreds_of_kilobytes_are_read)
     rm_tree(dir);
 }
 
+/* A PyTorch process maps several hundred objects. A leak whose call site
+ * lies in the 400th module of the exit event is still named by that
+ * module, not printed as a bare address. */
+Test(audit_cli, a_call_site_in_a_late_loaded_module_of_hundreds_is_named)
+{
+    char dir[64], log[128];
+    tmp_dir(dir, sizeof dir);
+    snprintf(log, sizeof log, "%s/mods.jsonl", dir);
+    FILE *f = fopen(log, "w");
+    cr_assert_not_null(f);
+    fputs("{\"v\":1,\"ts\":1790000000000000000,\"pid\":78,\"tid\":78,\"op\":\"start\","
+          "\"cmd\":\"mods\",\"budget_spec\":\"1GiB\",\"policy\":\"warn\"}\n", f);
+    fputs("{\"v\":1,\"ts\":1790000000100000000,\"pid\":78,\"tid\":78,\"op\":\"alloc\","
+          "\"dev\":0,\"api\":\"cuMemAlloc_v2\",\"kind\":\"plain\",\"ptr\":\"0x7f0000000000\","
+          "\"size\":4096,\"rc\":0,\"used\":4096,\"budget\":1073741824,\"seq\":1,"
+          "\"site\":[\"0x7f118f000123\"]}\n", f);
+    fputs("{\"v\":1,\"ts\":1790000000500000000,\"pid\":78,\"tid\":78,\"op\":\"exit\","
+          "\"allocs\":1,\"frees\":0,\"refusals\":0,\"bad_ptrs\":0,\"live\":1,"
+          "\"live_bytes\":4096,\"modules\":[", f);
+    for (int i = 0; i < 400; i++) /* module i at 0x7f1000000000 + i * 16 MiB */
+        fprintf(f, "%s{\"base\":\"0x%llx\",\"path\":\"/opt/lib/lib%03d.so\"}", i ? "," : "",
+                0x7f1000000000ull + (unsigned long long)i * 0x1000000ull, i);
+    fputs("]}\n", f);
+    fclose(f);
+    cli_result_t r;
+    cli(&r, ARGS("audit", "--leaks", log));
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    EXPECT_IN(r.out, "#0 /opt/lib/lib399.so+0x123\n");
+    rm_tree(dir);
+}
+
 /* Writes one process's life as pid `pid`: start (cmd), a 768 MiB
  * allocation, and an exit with it still live. */
 static void one_life(FILE *f, int pid, const char *cmd, long long t0)

@@ -22,7 +22,8 @@
 #define AU_LINE_MAX (1024 * 1024) /* the writer's own cap; longer lines are skipped, "too long" */
 #define AU_MAX_DEVICES 64       /* the engine's VG__MAX_DEVICES */
 #define AU_SITE_MAX 64          /* frames kept per site; more are dropped */
-#define AU_MODULE_MAX 256       /* modules kept per exit event */
+#define AU_MODULE_MAX 4096      /* modules kept per exit event: a PyTorch process
+                                 * maps several hundred; the 1 MiB line holds ~5000 */
 #define AU_PATH_MAX 512
 #define AU_NAME_MAX 64          /* api, kind, class, pattern, ... */
 #define AU_CMD_MAX 1100         /* the writer caps cmd at 1 KiB */
@@ -87,7 +88,7 @@ typedef struct au_module {
 } au_module_t;
 
 /* One line of the log. Strings are NUL-terminated and truncated to their
- * buffers; integers absent from the line are 0 (see `present`). ~150 KiB:
+ * buffers; integers absent from the line are 0 (see `present`). ~2 MiB:
  * keep it off the stack. */
 typedef struct au_event {
     uint32_t present; /* AU_F_* */

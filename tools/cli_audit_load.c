@@ -287,7 +287,7 @@ static bool glued_record(const char *buf, size_t len, au_event_t *ev)
 
 int au_model_load(au_model_t *m, const char *cmd, const char *path)
 {
-    static au_event_t ev; /* ~150 KiB, reused for every line */
+    static au_event_t ev; /* ~2 MiB, reused for every line */
     if (m->nsite == 0) { /* site 0: none recorded; name 0: "" */
         if (reserve((void **)&m->site, 0, &m->capsite, sizeof *m->site) ||
             intern(m, "") != 0 || m->nname != 1) {

@@ -37,7 +37,7 @@ static const char *const templates[] = {
 };
 #define TEMPLATE_COUNT (sizeof templates / sizeof templates[0])
 
-static au_event_t ev; /* ~150 KiB: keep it off the stack */
+static au_event_t ev; /* ~2 MiB: keep it off the stack */
 
 static void die(const char *what, const char *line, size_t len)
 {
