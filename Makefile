@@ -152,7 +152,7 @@ $(BUILD)/vramguard: $(CLI_OBJS) $(LIB_A)
 $(FAKECUDA): $(FAKE_SRCS) $(wildcard tests/fakecuda/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) -fvisibility=default -shared $(FAKE_SRCS) \
-	  -Wl,-soname,libcuda.so.1 $(LDFLAGS) -lpthread -o $@
+	  -Wl,-soname,libcuda.so.1 -Wl,-Bsymbolic-functions $(LDFLAGS) -lpthread -o $@
 
 # The null driver: benchmarks only (the shim's own cost, nothing in the way).
 $(NULLDRV): tests/nulldriver/nulldriver.c
