@@ -314,7 +314,30 @@ CUresult cuMipmappedArrayDestroy(CUmipmappedArray hMipmappedArray)
 
 /* A graph memory node is charged from its creation until its graph is
  * destroyed: the graph's memory pool keeps the memory between launches, so
- * this is what the card gives up (docs/shim.md). */
+ * this is what the card gives up (docs/shim.md). Host-located nodes are
+ * not VRAM and pass through. */
+static vg__ticket_t graph_node_ticket(const CUmemPoolProps *pp, size_t bytes, const char *api)
+{
+    return (vg__ticket_t){.device = pp->location.id, .kind = VG_KIND_ASYNC, .bytes = bytes,
+                          .api = api};
+}
+
+/* After the driver made (or refused) a memory node of hGraph at dptr. */
+static CUresult graph_node_settle(vg__ticket_t *t, CUresult cr, CUgraph hGraph,
+                                  CUdeviceptr dptr, size_t bytes)
+{
+    if (cr != CUDA_SUCCESS) {
+        vg__acct_cancel(t);
+        return cr;
+    }
+    /* Not recorded (no host memory): a memory node cannot be taken out of
+     * its graph, so it stays, charged until the process ends. */
+    if (vg__acct_commit(t, dptr, bytes, key_of(hGraph)) != VG_OK)
+        vg__log("%s: no host memory to record a node of %zu bytes; "
+                "it stays charged until the process ends", t->api, bytes);
+    return CUDA_SUCCESS;
+}
+
 CUresult cuGraphAddMemAllocNode(CUgraphNode *phGraphNode, CUgraph hGraph,
                                 const CUgraphNode *dependencies, size_t numDependencies,
                                 CUDA_MEM_ALLOC_NODE_PARAMS *nodeParams)
@@ -324,23 +347,67 @@ CUresult cuGraphAddMemAllocNode(CUgraphNode *phGraphNode, CUgraph hGraph,
     if (!nodeParams || nodeParams->poolProps.location.type != CU_MEM_LOCATION_TYPE_DEVICE)
         return vg__real.cuGraphAddMemAllocNode(phGraphNode, hGraph, dependencies,
                                                numDependencies, nodeParams);
-    vg__ticket_t t = {.device = nodeParams->poolProps.location.id, .kind = VG_KIND_ASYNC,
-                      .bytes = nodeParams->bytesize, .api = "cuGraphAddMemAllocNode"};
+    vg__ticket_t t = graph_node_ticket(&nodeParams->poolProps, nodeParams->bytesize,
+                                       "cuGraphAddMemAllocNode");
     int rc = vg__acct_reserve(&t);
     if (rc != VG_OK)
         return vg__cu_status(rc);
     CUresult cr = vg__real.cuGraphAddMemAllocNode(phGraphNode, hGraph, dependencies,
                                                   numDependencies, nodeParams);
-    if (cr != CUDA_SUCCESS) {
-        vg__acct_cancel(&t);
-        return cr;
-    }
-    /* Not recorded (no host memory): a memory node cannot be taken out of
-     * its graph, so it stays, charged until the process ends. */
-    if (vg__acct_commit(&t, nodeParams->dptr, nodeParams->bytesize, key_of(hGraph)) != VG_OK)
-        vg__log("cuGraphAddMemAllocNode: no host memory to record a node of %zu bytes; "
-                "it stays charged until the process ends", nodeParams->bytesize);
-    return CUDA_SUCCESS;
+    return graph_node_settle(&t, cr, hGraph, nodeParams->dptr, nodeParams->bytesize);
+}
+
+/* The generic node API (cudaGraphAddNode; CUDA 12.2, and 12.3 with edge
+ * data) makes the same memory nodes: CU_GRAPH_NODE_TYPE_MEM_ALLOC is
+ * charged as cuGraphAddMemAllocNode is; every other kind passes through. */
+static bool device_alloc_node(const CUgraphNodeParams *p)
+{
+    return p && p->type == CU_GRAPH_NODE_TYPE_MEM_ALLOC &&
+           p->alloc.poolProps.location.type == CU_MEM_LOCATION_TYPE_DEVICE;
+}
+
+CUresult cuGraphAddNode(CUgraphNode *phGraphNode, CUgraph hGraph,
+                        const CUgraphNode *dependencies, size_t numDependencies,
+                        CUgraphNodeParams *nodeParams)
+{
+    if (!vg__shim_started())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    if (!vg__real.cuGraphAddNode)
+        return CUDA_ERROR_NOT_FOUND;
+    if (!device_alloc_node(nodeParams))
+        return vg__real.cuGraphAddNode(phGraphNode, hGraph, dependencies, numDependencies,
+                                       nodeParams);
+    vg__ticket_t t = graph_node_ticket(&nodeParams->alloc.poolProps,
+                                       nodeParams->alloc.bytesize, "cuGraphAddNode");
+    int rc = vg__acct_reserve(&t);
+    if (rc != VG_OK)
+        return vg__cu_status(rc);
+    CUresult cr = vg__real.cuGraphAddNode(phGraphNode, hGraph, dependencies, numDependencies,
+                                          nodeParams);
+    return graph_node_settle(&t, cr, hGraph, nodeParams->alloc.dptr,
+                             nodeParams->alloc.bytesize);
+}
+
+CUresult cuGraphAddNode_v2(CUgraphNode *phGraphNode, CUgraph hGraph,
+                           const CUgraphNode *dependencies, const CUgraphEdgeData *dependencyData,
+                           size_t numDependencies, CUgraphNodeParams *nodeParams)
+{
+    if (!vg__shim_started())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    if (!vg__real.cuGraphAddNode_v2)
+        return CUDA_ERROR_NOT_FOUND;
+    if (!device_alloc_node(nodeParams))
+        return vg__real.cuGraphAddNode_v2(phGraphNode, hGraph, dependencies, dependencyData,
+                                          numDependencies, nodeParams);
+    vg__ticket_t t = graph_node_ticket(&nodeParams->alloc.poolProps,
+                                       nodeParams->alloc.bytesize, "cuGraphAddNode_v2");
+    int rc = vg__acct_reserve(&t);
+    if (rc != VG_OK)
+        return vg__cu_status(rc);
+    CUresult cr = vg__real.cuGraphAddNode_v2(phGraphNode, hGraph, dependencies, dependencyData,
+                                             numDependencies, nodeParams);
+    return graph_node_settle(&t, cr, hGraph, nodeParams->alloc.dptr,
+                             nodeParams->alloc.bytesize);
 }
 
 struct graph_keys {

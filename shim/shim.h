@@ -74,6 +74,14 @@
       (CUgraphNode *phGraphNode, CUgraph hGraph,                               \
        const CUgraphNode *dependencies, size_t numDependencies,                \
        CUDA_MEM_ALLOC_NODE_PARAMS *nodeParams))                                \
+    X(cuGraphAddNode,                                                          \
+      (CUgraphNode *phGraphNode, CUgraph hGraph,                               \
+       const CUgraphNode *dependencies, size_t numDependencies,                \
+       CUgraphNodeParams *nodeParams))                                         \
+    X(cuGraphAddNode_v2,                                                       \
+      (CUgraphNode *phGraphNode, CUgraph hGraph,                               \
+       const CUgraphNode *dependencies, const CUgraphEdgeData *dependencyData, \
+       size_t numDependencies, CUgraphNodeParams *nodeParams))                 \
     X(cuGraphDestroy, (CUgraph hGraph))                                        \
     X(cuMemGetInfo, (unsigned int *free, unsigned int *total))                 \
     X(cuMemGetInfo_v2, (size_t *free, size_t *total))                          \

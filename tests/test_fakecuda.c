@@ -284,7 +284,8 @@ static void base_name(const char *s, char *out, size_t len)
 static bool reachable(const char *name)
 {
     static const int versions[] = { 2000, 2020, 3000, 3020, 4000, 5000, 5050, 6000, 7000, 9020,
-                                    10000, 10020, 11000, 11020, 11030, 11040, 11060, 12000, 12050, 13000 };
+                                    10000, 10020, 11000, 11020, 11030, 11040, 11060, 12000, 12020,
+                                    12030, 12050, 13000 };
     char base[256];
     base_name(name, base, sizeof base);
     void *want = dlsym(RTLD_DEFAULT, name);

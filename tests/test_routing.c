@@ -55,7 +55,7 @@ static bool listed(const char *name, const char *const *list, size_t n)
 static bool memory_related(const char *name)
 {
     static const char *const prefixes[] = {
-        "cuMem", "cuArray", "cuArray3D", "cuMipmappedArray", "cuGraphAddMem",
+        "cuMem", "cuArray", "cuArray3D", "cuMipmappedArray", "cuGraphAddMem", "cuGraphAddNode",
         "cuGraphMem", "cuDeviceGraphMem", "cuDeviceGetGraphMem", "cuDeviceSetGraphMem",
         "cuPointer", "cuIpc", "cuDeviceTotalMem", "cuDeviceGetMemPool",
         "cuDeviceSetMemPool", "cuDeviceGetDefaultMemPool",

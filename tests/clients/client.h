@@ -90,6 +90,7 @@
     X(graph_create, PFN_cuGraphCreate_v10000, cuGraphCreate, "cuGraphCreate", 10000, 0)            \
     X(graph_add_alloc, PFN_cuGraphAddMemAllocNode_v11040, cuGraphAddMemAllocNode,                  \
       "cuGraphAddMemAllocNode", 11040, 0)                                                          \
+    X(graph_add_node, PFN_cuGraphAddNode_v12030, cuGraphAddNode_v2, "cuGraphAddNode", 12030, 0)    \
     X(graph_destroy, PFN_cuGraphDestroy_v10000, cuGraphDestroy, "cuGraphDestroy", 10000, 0)        \
     X(mem_get_info, PFN_cuMemGetInfo_v3020, cuMemGetInfo_v2, "cuMemGetInfo", 3020, 0)              \
     X(device_total_mem, PFN_cuDeviceTotalMem_v3020, cuDeviceTotalMem_v2, "cuDeviceTotalMem", 3020, \
@@ -141,7 +142,7 @@ typedef struct client {
     CUdevice dev;
     CUcontext ctx;
     CUmemoryPool pool;     /* path pool */
-    CUgraph graph;         /* path graph */
+    CUgraph graph;         /* paths graph, graph_node */
     size_t granularity;    /* path vmm */
 } client_t;
 
@@ -302,6 +303,21 @@ static CUresult alloc_graph(client_t *c, client_obj_t *o)
     return r;
 }
 
+/* The same memory node through the generic node API (cudaGraphAddNode). */
+static CUresult alloc_graph_node(client_t *c, client_obj_t *o)
+{
+    CUgraphNodeParams p = {.type = CU_GRAPH_NODE_TYPE_MEM_ALLOC};
+    p.alloc = (CUDA_MEM_ALLOC_NODE_PARAMS_v2){
+        .poolProps = {.allocType = CU_MEM_ALLOCATION_TYPE_PINNED,
+                      .location = {.type = CU_MEM_LOCATION_TYPE_DEVICE, .id = 0}},
+        .bytesize = c->chunk};
+    CUgraphNode node;
+    o->bytes = c->chunk;
+    CUresult r = c->api.graph_add_node(&node, c->graph, NULL, NULL, 0, &p);
+    o->ptr = p.alloc.dptr;
+    return r;
+}
+
 static CUresult free_nothing(client_t *c, client_obj_t *o)
 {
     (void)c, (void)o;
@@ -320,6 +336,7 @@ static const client_path_t client_paths[] = {
     {"array3d", alloc_array3d, free_array},
     {"mipmap", alloc_mipmap, free_mipmap},
     {"graph", alloc_graph, free_nothing},
+    {"graph_node", alloc_graph_node, free_nothing},
 };
 
 /* ------------------------------------------------------------ running */
@@ -341,7 +358,7 @@ static CUresult client_path_setup(client_t *c)
                             .location = {.type = CU_MEM_LOCATION_TYPE_DEVICE, .id = 0}};
         return c->api.pool_create(&c->pool, &p);
     }
-    if (!strcmp(n, "graph"))
+    if (!strncmp(n, "graph", 5))
         return c->api.graph_create(&c->graph, 0);
     if (!strcmp(n, "vmm")) {
         CUmemAllocationProp prop = vmm_prop();
@@ -904,8 +921,8 @@ static int client_usage(void)
 {
     fprintf(stderr, "usage: client PATH CHUNK [MAX_CHUNKS [FAILURES]]\n"
                     "  PATH: plain pitch managed async async_ptsz pool vmm array array3d mipmap\n"
-                    "        graph meminfo freeloop race fork vfork pooltrim badptr leak segv quit\n"
-                    "        stale sigint\n");
+                    "        graph graph_node meminfo freeloop race fork vfork pooltrim badptr\n"
+                    "        leak segv quit stale sigint\n");
     return 2;
 }
 

@@ -8,7 +8,9 @@
  *   graph may be launched again with the same addresses;
  * - a graph allocation is freed by cuMemFree / cuMemFreeAsync on its address,
  *   or else when its graph is destroyed;
- * - dependencies are validated but not recorded; no other node kinds exist.
+ * - dependencies are validated but not recorded; no other node kinds exist
+ *   (the generic cuGraphAddNode makes memory nodes, and refuses any other
+ *   kind with CUDA_ERROR_NOT_SUPPORTED).
  */
 #include "fakecuda.h"
 
@@ -132,8 +134,8 @@ static CUresult graph_alloc(CUgraph g, size_t size, int dev, CUgraphNode *out)
     return CUDA_SUCCESS;
 }
 
-CUresult cuGraphAddMemAllocNode(CUgraphNode *phGraphNode, CUgraph hGraph, const CUgraphNode *dependencies,
-                                size_t numDependencies, CUDA_MEM_ALLOC_NODE_PARAMS *nodeParams)
+static CUresult add_alloc_node(CUgraphNode *phGraphNode, CUgraph hGraph, const CUgraphNode *dependencies,
+                               size_t numDependencies, CUDA_MEM_ALLOC_NODE_PARAMS *nodeParams)
 {
     if (!fc_initialized())
         return CUDA_ERROR_NOT_INITIALIZED;
@@ -151,9 +153,56 @@ CUresult cuGraphAddMemAllocNode(CUgraphNode *phGraphNode, CUgraph hGraph, const 
     return rc;
 }
 
+CUresult cuGraphAddMemAllocNode(CUgraphNode *phGraphNode, CUgraph hGraph, const CUgraphNode *dependencies,
+                                size_t numDependencies, CUDA_MEM_ALLOC_NODE_PARAMS *nodeParams)
+{
+    return add_alloc_node(phGraphNode, hGraph, dependencies, numDependencies, nodeParams);
+}
+
 /* dptr must be the address of a live graph allocation. */
-CUresult cuGraphAddMemFreeNode(CUgraphNode *phGraphNode, CUgraph hGraph, const CUgraphNode *dependencies,
-                               size_t numDependencies, CUdeviceptr dptr)
+static CUresult add_free_node(CUgraphNode *phGraphNode, CUgraph hGraph, const CUgraphNode *dependencies,
+                              size_t numDependencies, CUdeviceptr dptr);
+
+/* The generic entry points (CUDA 12.2, and 12.3 with edge data, which is
+ * ignored): only the memory node kinds exist here. Static helpers, never
+ * the exported names, so a preloaded shim sees each call once. */
+static CUresult add_node_generic(CUgraphNode *ph, CUgraph g, const CUgraphNode *deps, size_t ndeps,
+                                 CUgraphNodeParams *p)
+{
+    if (!fc_initialized())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    if (!p)
+        return CUDA_ERROR_INVALID_VALUE;
+    if (p->type == CU_GRAPH_NODE_TYPE_MEM_FREE)
+        return add_free_node(ph, g, deps, ndeps, p->free.dptr);
+    if (p->type != CU_GRAPH_NODE_TYPE_MEM_ALLOC)
+        return CUDA_ERROR_NOT_SUPPORTED;
+    CUDA_MEM_ALLOC_NODE_PARAMS v1 = {.poolProps = p->alloc.poolProps,
+                                     .accessDescs = p->alloc.accessDescs,
+                                     .accessDescCount = p->alloc.accessDescCount,
+                                     .bytesize = p->alloc.bytesize};
+    CUresult rc = add_alloc_node(ph, g, deps, ndeps, &v1);
+    if (rc == CUDA_SUCCESS)
+        p->alloc.dptr = v1.dptr;
+    return rc;
+}
+
+CUresult cuGraphAddNode(CUgraphNode *phGraphNode, CUgraph hGraph, const CUgraphNode *dependencies,
+                        size_t numDependencies, CUgraphNodeParams *nodeParams)
+{
+    return add_node_generic(phGraphNode, hGraph, dependencies, numDependencies, nodeParams);
+}
+
+CUresult cuGraphAddNode_v2(CUgraphNode *phGraphNode, CUgraph hGraph, const CUgraphNode *dependencies,
+                           const CUgraphEdgeData *dependencyData, size_t numDependencies,
+                           CUgraphNodeParams *nodeParams)
+{
+    (void)dependencyData;
+    return add_node_generic(phGraphNode, hGraph, dependencies, numDependencies, nodeParams);
+}
+
+static CUresult add_free_node(CUgraphNode *phGraphNode, CUgraph hGraph, const CUgraphNode *dependencies,
+                              size_t numDependencies, CUdeviceptr dptr)
 {
     if (!fc_initialized())
         return CUDA_ERROR_NOT_INITIALIZED;
@@ -165,6 +214,12 @@ CUresult cuGraphAddMemFreeNode(CUgraphNode *phGraphNode, CUgraph hGraph, const C
         *phGraphNode = add_node(hGraph, FC_NODE_FREE);
     fc_unlock();
     return ok ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
+}
+
+CUresult cuGraphAddMemFreeNode(CUgraphNode *phGraphNode, CUgraph hGraph, const CUgraphNode *dependencies,
+                               size_t numDependencies, CUdeviceptr dptr)
+{
+    return add_free_node(phGraphNode, hGraph, dependencies, numDependencies, dptr);
 }
 
 static CUresult instantiate(CUgraphExec *phGraphExec, CUgraph hGraph)

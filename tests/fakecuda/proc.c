@@ -97,6 +97,8 @@ typedef struct {
     P(cuGetProcAddress, 12000, FC_PROC_ANY, cuGetProcAddress_v2) \
     P(cuGraphAddMemAllocNode, 11040, FC_PROC_ANY, cuGraphAddMemAllocNode) \
     P(cuGraphAddMemFreeNode, 11040, FC_PROC_ANY, cuGraphAddMemFreeNode) \
+    P(cuGraphAddNode, 12020, FC_PROC_ANY, cuGraphAddNode) \
+    P(cuGraphAddNode, 12030, FC_PROC_ANY, cuGraphAddNode_v2) \
     P(cuGraphCreate, 10000, FC_PROC_ANY, cuGraphCreate) \
     P(cuGraphDestroy, 10000, FC_PROC_ANY, cuGraphDestroy) \
     P(cuGraphExecDestroy, 10000, FC_PROC_ANY, cuGraphExecDestroy) \
