@@ -50,6 +50,10 @@
     X(cuMemPoolGetAttribute,                                                   \
       (CUmemoryPool pool, CUmemPool_attribute attr, void *value))              \
     X(cuMemPoolTrimTo, (CUmemoryPool pool, size_t minBytesToKeep))            \
+    X(cuStreamGetCaptureInfo_v2,                                               \
+      (CUstream hStream, CUstreamCaptureStatus *captureStatus_out,             \
+       cuuint64_t *id_out, CUgraph *graph_out,                                 \
+       const CUgraphNode **dependencies_out, size_t *numDependencies_out))     \
     X(cuArrayGetMemoryRequirements,                                            \
       (CUDA_ARRAY_MEMORY_REQUIREMENTS *req, CUarray array, CUdevice device))   \
     X(cuMipmappedArrayGetMemoryRequirements,                                   \

@@ -7,10 +7,37 @@
  * pool's charge before the request, reserves the request, and afterwards
  * converts the reservation into the pool's real growth (account.c). A
  * refusal first trims our pools and retries (inside vg__acct_reserve).
+ *
+ * On a stream being captured into a graph the driver allocates nothing:
+ * it adds an allocation node to the graph, and the memory is owned by the
+ * graph, not by the pool (cuMemAllocAsync's documentation), so the pool
+ * does not grow. Such an allocation is charged as a graph memory node
+ * (hooks_objects.c), until its graph is destroyed; a captured free is a
+ * free node of the graph and changes no charge.
  */
 #include "shim.h"
 
 typedef CUresult (*free_async_fn)(CUdeviceptr, CUstream);
+
+/* The graph `stream` is being captured into, or NULL. */
+static CUgraph capture_graph(CUstream stream)
+{
+    CUstreamCaptureStatus status = CU_STREAM_CAPTURE_STATUS_NONE;
+    CUgraph graph = NULL;
+    if (vg__driver()->cuStreamGetCaptureInfo_v2(stream, &status, NULL, &graph, NULL, NULL) !=
+            CUDA_SUCCESS ||
+        status != CU_STREAM_CAPTURE_STATUS_ACTIVE)
+        return NULL;
+    return graph;
+}
+
+/* A _ptsz entry point's stream 0 is the calling thread's per-thread
+ * stream, which CU_STREAM_PER_THREAD names to every entry point: its hooks
+ * pass that on, so the capture query asks about the right stream. */
+static CUstream per_thread(CUstream stream)
+{
+    return stream ? stream : CU_STREAM_PER_THREAD;
+}
 
 /* The pool cuMemAllocAsync draws from: the device's current pool. */
 static CUmemoryPool current_pool(int device)
@@ -50,6 +77,15 @@ static CUresult alloc_async(CUresult (*real)(CUdeviceptr *, size_t, CUstream),
                             CUstream stream, const char *api)
 {
     int device = vg__shim_device();
+    CUgraph graph = capture_graph(stream);
+    if (vg__unlikely(graph)) {
+        vg__ticket_t t = {.device = device, .kind = VG_KIND_ASYNC, .bytes = size, .api = api};
+        int rc = vg__acct_reserve(&t);
+        if (rc != VG_OK)
+            return vg__cu_status(rc);
+        CUresult cr = real(dptr, size, stream);
+        return vg__shim_graph_settle(&t, cr, graph, cr == CUDA_SUCCESS ? *dptr : 0, size);
+    }
     CUmemoryPool pool = current_pool(device);
     if (pool)
         vg__acct_pool_sync(device, pool);
@@ -86,7 +122,7 @@ CUresult cuMemAllocAsync_ptsz(CUdeviceptr *dptr, size_t bytesize, CUstream hStre
     if (!vg__real.cuMemAllocAsync_ptsz || !vg__real.cuMemFreeAsync_ptsz)
         return CUDA_ERROR_NOT_FOUND;
     return alloc_async(vg__real.cuMemAllocAsync_ptsz, vg__real.cuMemFreeAsync_ptsz,
-                       dptr, bytesize, hStream, "cuMemAllocAsync_ptsz");
+                       dptr, bytesize, per_thread(hStream), "cuMemAllocAsync_ptsz");
 }
 
 static CUresult alloc_from_pool(CUresult (*real)(CUdeviceptr *, size_t, CUmemoryPool, CUstream),
@@ -94,7 +130,8 @@ static CUresult alloc_from_pool(CUresult (*real)(CUdeviceptr *, size_t, CUmemory
                                 CUmemoryPool pool, CUstream stream, const char *api)
 {
     int device = vg__shim_device();
-    if (pool)
+    CUgraph graph = capture_graph(stream);
+    if (pool && !graph)
         vg__acct_pool_sync(device, pool);
     vg__ticket_t t = {.device = device, .kind = VG_KIND_POOL,
                       .bytes = size, .api = api};
@@ -102,6 +139,8 @@ static CUresult alloc_from_pool(CUresult (*real)(CUdeviceptr *, size_t, CUmemory
     if (rc != VG_OK)
         return vg__cu_status(rc);
     CUresult cr = real(dptr, size, pool, stream);
+    if (vg__unlikely(graph))
+        return vg__shim_graph_settle(&t, cr, graph, cr == CUDA_SUCCESS ? *dptr : 0, size);
     if (!pool) { /* the driver refuses a NULL pool; nothing to settle */
         CUresult settled = vg__shim_settle(&t, cr, cr == CUDA_SUCCESS ? *dptr : 0, size);
         if (settled != cr) { /* not recorded: refused */
@@ -132,7 +171,7 @@ CUresult cuMemAllocFromPoolAsync_ptsz(CUdeviceptr *dptr, size_t bytesize,
         return CUDA_ERROR_NOT_FOUND;
     return alloc_from_pool(vg__real.cuMemAllocFromPoolAsync_ptsz,
                            vg__real.cuMemFreeAsync_ptsz, dptr, bytesize, pool,
-                           hStream, "cuMemAllocFromPoolAsync_ptsz");
+                           per_thread(hStream), "cuMemAllocFromPoolAsync_ptsz");
 }
 
 /* The pool keeps the memory after a stream-ordered free, so the pool's
@@ -140,6 +179,8 @@ CUresult cuMemAllocFromPoolAsync_ptsz(CUdeviceptr *dptr, size_t bytesize,
 static CUresult free_async(free_async_fn real, CUdeviceptr dptr, CUstream stream,
                            const char *api)
 {
+    if (vg__unlikely(capture_graph(stream))) /* a free node: the graph keeps the charge */
+        return real(dptr, stream);
     vg__free_t f;
     int rc = vg__acct_free_begin(&f, dptr, api);
     if (rc != VG_OK)
@@ -164,7 +205,8 @@ CUresult cuMemFreeAsync_ptsz(CUdeviceptr dptr, CUstream hStream)
         return CUDA_ERROR_NOT_INITIALIZED;
     if (!vg__real.cuMemFreeAsync_ptsz)
         return CUDA_ERROR_NOT_FOUND;
-    return free_async(vg__real.cuMemFreeAsync_ptsz, dptr, hStream, "cuMemFreeAsync_ptsz");
+    return free_async(vg__real.cuMemFreeAsync_ptsz, dptr, per_thread(hStream),
+                      "cuMemFreeAsync_ptsz");
 }
 
 CUresult cuMemPoolDestroy(CUmemoryPool pool)

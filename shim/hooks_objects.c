@@ -322,9 +322,8 @@ static vg__ticket_t graph_node_ticket(const CUmemPoolProps *pp, size_t bytes, co
                           .api = api};
 }
 
-/* After the driver made (or refused) a memory node of hGraph at dptr. */
-static CUresult graph_node_settle(vg__ticket_t *t, CUresult cr, CUgraph hGraph,
-                                  CUdeviceptr dptr, size_t bytes)
+CUresult vg__shim_graph_settle(vg__ticket_t *t, CUresult cr, CUgraph hGraph,
+                               CUdeviceptr dptr, size_t bytes)
 {
     if (cr != CUDA_SUCCESS) {
         vg__acct_cancel(t);
@@ -354,7 +353,7 @@ CUresult cuGraphAddMemAllocNode(CUgraphNode *phGraphNode, CUgraph hGraph,
         return vg__cu_status(rc);
     CUresult cr = vg__real.cuGraphAddMemAllocNode(phGraphNode, hGraph, dependencies,
                                                   numDependencies, nodeParams);
-    return graph_node_settle(&t, cr, hGraph, nodeParams->dptr, nodeParams->bytesize);
+    return vg__shim_graph_settle(&t, cr, hGraph, nodeParams->dptr, nodeParams->bytesize);
 }
 
 /* The generic node API (cudaGraphAddNode; CUDA 12.2, and 12.3 with edge
@@ -384,8 +383,8 @@ CUresult cuGraphAddNode(CUgraphNode *phGraphNode, CUgraph hGraph,
         return vg__cu_status(rc);
     CUresult cr = vg__real.cuGraphAddNode(phGraphNode, hGraph, dependencies, numDependencies,
                                           nodeParams);
-    return graph_node_settle(&t, cr, hGraph, nodeParams->alloc.dptr,
-                             nodeParams->alloc.bytesize);
+    return vg__shim_graph_settle(&t, cr, hGraph, nodeParams->alloc.dptr,
+                                 nodeParams->alloc.bytesize);
 }
 
 CUresult cuGraphAddNode_v2(CUgraphNode *phGraphNode, CUgraph hGraph,
@@ -406,8 +405,8 @@ CUresult cuGraphAddNode_v2(CUgraphNode *phGraphNode, CUgraph hGraph,
         return vg__cu_status(rc);
     CUresult cr = vg__real.cuGraphAddNode_v2(phGraphNode, hGraph, dependencies, dependencyData,
                                              numDependencies, nodeParams);
-    return graph_node_settle(&t, cr, hGraph, nodeParams->alloc.dptr,
-                             nodeParams->alloc.bytesize);
+    return vg__shim_graph_settle(&t, cr, hGraph, nodeParams->alloc.dptr,
+                                 nodeParams->alloc.bytesize);
 }
 
 struct graph_keys {

@@ -247,4 +247,13 @@ void *vg__shim_route(void *fn);
 /* The ordinal of the calling thread's current device (0 without one). */
 int vg__shim_device(void);
 
+/* ---------------------------------------------------- hooks_objects.c */
+
+/* Ends the charge of a graph memory node of hGraph at dptr (a node made by
+ * cuGraphAddMemAllocNode, cuGraphAddNode or stream capture): committed,
+ * released when the graph is destroyed, if the driver succeeded (`cr`),
+ * else given back. Returns `cr`. */
+CUresult vg__shim_graph_settle(vg__ticket_t *t, CUresult cr, CUgraph hGraph,
+                               CUdeviceptr dptr, size_t bytes);
+
 #endif /* VG_SHIM_H */

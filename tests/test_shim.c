@@ -31,7 +31,8 @@
 
 static const char *const methods[] = {"linked", "dlsym", "default", "cudart"};
 static const char *const paths[] = {"plain", "pitch", "managed", "async", "async_ptsz", "pool",
-                                    "vmm", "array", "array3d", "mipmap", "graph", "graph_node"};
+                                    "vmm", "array", "array3d", "mipmap", "graph", "graph_node",
+                                    "capture"};
 #define NMETHODS (sizeof methods / sizeof methods[0])
 #define NPATHS (sizeof paths / sizeof paths[0])
 

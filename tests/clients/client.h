@@ -92,6 +92,11 @@
       "cuGraphAddMemAllocNode", 11040, 0)                                                          \
     X(graph_add_node, PFN_cuGraphAddNode_v12030, cuGraphAddNode_v2, "cuGraphAddNode", 12030, 0)    \
     X(graph_destroy, PFN_cuGraphDestroy_v10000, cuGraphDestroy, "cuGraphDestroy", 10000, 0)        \
+    X(stream_create, PFN_cuStreamCreate_v2000, cuStreamCreate, "cuStreamCreate", 2000, 0)          \
+    X(capture_begin, PFN_cuStreamBeginCapture_v10010, cuStreamBeginCapture_v2,                     \
+      "cuStreamBeginCapture", 10010, 0)                                                            \
+    X(capture_end, PFN_cuStreamEndCapture_v10000, cuStreamEndCapture, "cuStreamEndCapture", 10000, \
+      0)                                                                                           \
     X(mem_get_info, PFN_cuMemGetInfo_v3020, cuMemGetInfo_v2, "cuMemGetInfo", 3020, 0)              \
     X(device_total_mem, PFN_cuDeviceTotalMem_v3020, cuDeviceTotalMem_v2, "cuDeviceTotalMem", 3020, \
       0)
@@ -142,7 +147,8 @@ typedef struct client {
     CUdevice dev;
     CUcontext ctx;
     CUmemoryPool pool;     /* path pool */
-    CUgraph graph;         /* paths graph, graph_node */
+    CUgraph graph;         /* paths graph, graph_node, capture (once captured) */
+    CUstream stream;       /* path capture: the stream being captured */
     size_t granularity;    /* path vmm */
 } client_t;
 
@@ -318,6 +324,21 @@ static CUresult alloc_graph_node(client_t *c, client_obj_t *o)
     return r;
 }
 
+/* cuMemAllocAsync on a stream being captured (a CUDA graph by stream
+ * capture): each allocation becomes a memory node of the captured graph,
+ * and its cuMemFreeAsync, still in the capture, a free node. The memory
+ * goes with the graph (teardown). */
+static CUresult alloc_captured(client_t *c, client_obj_t *o)
+{
+    o->bytes = c->chunk;
+    return c->api.mem_alloc_async(&o->ptr, c->chunk, c->stream);
+}
+
+static CUresult free_captured(client_t *c, client_obj_t *o)
+{
+    return c->api.mem_free_async(o->ptr, c->stream);
+}
+
 static CUresult free_nothing(client_t *c, client_obj_t *o)
 {
     (void)c, (void)o;
@@ -337,6 +358,7 @@ static const client_path_t client_paths[] = {
     {"mipmap", alloc_mipmap, free_mipmap},
     {"graph", alloc_graph, free_nothing},
     {"graph_node", alloc_graph_node, free_nothing},
+    {"capture", alloc_captured, free_captured},
 };
 
 /* ------------------------------------------------------------ running */
@@ -360,6 +382,11 @@ static CUresult client_path_setup(client_t *c)
     }
     if (!strncmp(n, "graph", 5))
         return c->api.graph_create(&c->graph, 0);
+    if (!strcmp(n, "capture")) {
+        CUresult r = c->api.stream_create(&c->stream, CU_STREAM_NON_BLOCKING);
+        return r == CUDA_SUCCESS ? c->api.capture_begin(c->stream, CU_STREAM_CAPTURE_MODE_GLOBAL)
+                                 : r;
+    }
     if (!strcmp(n, "vmm")) {
         CUmemAllocationProp prop = vmm_prop();
         return c->api.vmm_granularity(&c->granularity, &prop,
@@ -371,7 +398,8 @@ static CUresult client_path_setup(client_t *c)
 /* Returns how many teardown calls failed. */
 static int client_path_teardown(client_t *c)
 {
-    int failed = c->api.stream_sync(0) != CUDA_SUCCESS;
+    int failed = c->stream && c->api.capture_end(c->stream, &c->graph) != CUDA_SUCCESS;
+    failed += c->api.stream_sync(0) != CUDA_SUCCESS;
     if (c->pool)
         failed += c->api.pool_destroy(c->pool) != CUDA_SUCCESS;
     if (c->graph)
@@ -921,8 +949,8 @@ static int client_usage(void)
 {
     fprintf(stderr, "usage: client PATH CHUNK [MAX_CHUNKS [FAILURES]]\n"
                     "  PATH: plain pitch managed async async_ptsz pool vmm array array3d mipmap\n"
-                    "        graph graph_node meminfo freeloop race fork vfork pooltrim badptr\n"
-                    "        leak segv quit stale sigint\n");
+                    "        graph graph_node capture meminfo freeloop race fork vfork pooltrim\n"
+                    "        badptr leak segv quit stale sigint\n");
     return 2;
 }
 

@@ -1,8 +1,9 @@
 /*
  * ctx.c: contexts (primary and created), the per-thread context stack,
- * streams and events. Work is synchronous in the test driver, so streams and
- * events only validate handles; their synchronize calls are the sync points
- * at which memory pools give unused reserve back (fc_pool_sync).
+ * streams (and their capture into a graph) and events. Work is synchronous
+ * in the test driver, so streams and events only validate handles; their
+ * synchronize calls are the sync points at which memory pools give unused
+ * reserve back (fc_pool_sync).
  *
  * A context's own memory (FAKECUDA_CONTEXT_BYTES) is charged when it starts:
  * at cuCtxCreate, when the primary context is first retained, and at the
@@ -19,6 +20,8 @@
 struct CUstream_st {
     int dev;
     unsigned int flags;
+    CUgraph capture;                /* the graph being captured, or NULL */
+    cuuint64_t capture_id;
 };
 
 struct CUevent_st {
@@ -445,6 +448,82 @@ CUresult cuStreamSynchronize(CUstream hStream)
 }
 
 CUresult cuStreamSynchronize_ptsz(CUstream hStream) { return cuStreamSynchronize(hStream); }
+
+/* ---- stream capture ---- */
+
+CUgraph fc_stream_capture(CUstream s)
+{
+    return fc_handle_ok(s, FC_H_STREAM) ? s->capture : NULL;
+}
+
+/* Any mode; only created streams can be captured. */
+CUresult cuStreamBeginCapture_v2(CUstream hStream, CUstreamCaptureMode mode)
+{
+    static cuuint64_t next_id;
+    (void)mode;
+    if (!fc_initialized())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    fc_lock();
+    CUresult rc = CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
+    if (fc_handle_ok(hStream, FC_H_STREAM))
+        rc = hStream->capture ? CUDA_ERROR_ILLEGAL_STATE : CUDA_SUCCESS;
+    if (rc == CUDA_SUCCESS) {
+        hStream->capture = fc_graph_new();
+        hStream->capture_id = ++next_id;
+    }
+    fc_unlock();
+    return rc;
+}
+
+CUresult cuStreamEndCapture(CUstream hStream, CUgraph *phGraph)
+{
+    if (!fc_initialized())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    if (!phGraph)
+        return CUDA_ERROR_INVALID_VALUE;
+    fc_lock();
+    CUgraph g = fc_stream_capture(hStream);
+    if (g)
+        hStream->capture = NULL;
+    fc_unlock();
+    if (!g)
+        return CUDA_ERROR_STREAM_CAPTURE_UNMATCHED;
+    *phGraph = g;
+    return CUDA_SUCCESS;
+}
+
+/* Every output but the status is optional; no dependencies are kept. */
+CUresult cuStreamGetCaptureInfo_v2(CUstream hStream, CUstreamCaptureStatus *captureStatus_out,
+                                   cuuint64_t *id_out, CUgraph *graph_out,
+                                   const CUgraphNode **dependencies_out, size_t *numDependencies_out)
+{
+    int dev;
+    if (!fc_initialized())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    if (!captureStatus_out)
+        return CUDA_ERROR_INVALID_VALUE;
+    fc_lock();
+    CUresult rc = fc_stream_device(hStream, &dev);
+    CUgraph g = rc == CUDA_SUCCESS ? fc_stream_capture(hStream) : NULL;
+    if (rc == CUDA_SUCCESS) {
+        *captureStatus_out = g ? CU_STREAM_CAPTURE_STATUS_ACTIVE : CU_STREAM_CAPTURE_STATUS_NONE;
+        if (g && id_out)
+            *id_out = hStream->capture_id;
+        if (g && graph_out)
+            *graph_out = g;
+        if (g && dependencies_out)
+            *dependencies_out = NULL;
+        if (g && numDependencies_out)
+            *numDependencies_out = 0;
+    }
+    fc_unlock();
+    return rc;
+}
+
+CUresult cuStreamIsCapturing(CUstream hStream, CUstreamCaptureStatus *captureStatus)
+{
+    return cuStreamGetCaptureInfo_v2(hStream, captureStatus, NULL, NULL, NULL, NULL);
+}
 
 /* All work is already done when a call returns. */
 CUresult cuStreamQuery(CUstream hStream)

@@ -138,6 +138,9 @@ CUresult fc_ctx_current(CUcontext *ctx);
 /* Validates a stream handle (0, CU_STREAM_LEGACY, CU_STREAM_PER_THREAD or a
  * live stream) and returns the device it runs on. */
 CUresult fc_stream_device(CUstream s, int *dev);
+/* The graph a created stream is capturing into, or NULL (lock held). Only
+ * created streams capture here; the default streams never do. */
+CUgraph fc_stream_capture(CUstream s);
 
 /* ---- limit.c: cuCtxSetLimit / cuCtxGetLimit ---- */
 void fc_limits_reset(CUcontext ctx);     /* defaults, nothing charged */
@@ -207,6 +210,13 @@ void fc_pool_block_free(fc_alloc *a);
 /* ---- graph.c: graph memory nodes ---- */
 /* Frees a graph allocation released by cuMemFree / cuMemFreeAsync. */
 void fc_graph_alloc_free(fc_alloc *a);
+/* A new empty graph, registered (lock held): stream capture's. */
+CUgraph fc_graph_new(void);
+/* Stream capture (lock held): cuMemAllocAsync adds an allocation node of
+ * size bytes on dev to g; cuMemFreeAsync of one of its graph allocations
+ * adds a free node (INVALID_VALUE for any other address). */
+CUresult fc_graph_capture_alloc(CUgraph g, size_t size, int dev, CUdeviceptr *dptr);
+CUresult fc_graph_capture_free(CUgraph g, CUdeviceptr dptr);
 
 #pragma GCC visibility pop
 

@@ -8,6 +8,9 @@
  *   graph may be launched again with the same addresses;
  * - a graph allocation is freed by cuMemFree / cuMemFreeAsync on its address,
  *   or else when its graph is destroyed;
+ * - stream capture (ctx.c) builds a graph the same way: cuMemAllocAsync on a
+ *   capturing stream adds an allocation node (charged at once, as above),
+ *   cuMemFreeAsync a free node; the pools are not touched;
  * - dependencies are validated but not recorded; no other node kinds exist
  *   (the generic cuGraphAddNode makes memory nodes, and refuses any other
  *   kind with CUDA_ERROR_NOT_SUPPORTED).
@@ -33,19 +36,24 @@ struct CUgraphExec_st {
     int unused;
 };
 
+CUgraph fc_graph_new(void)
+{
+    CUgraph g = calloc(1, sizeof *g);
+    if (!g)
+        abort();
+    fc_handle_add(g, FC_H_GRAPH);
+    return g;
+}
+
 CUresult cuGraphCreate(CUgraph *phGraph, unsigned int flags)
 {
     if (!fc_initialized())
         return CUDA_ERROR_NOT_INITIALIZED;
     if (!phGraph || flags != 0)
         return CUDA_ERROR_INVALID_VALUE;
-    CUgraph g = calloc(1, sizeof *g);
-    if (!g)
-        return CUDA_ERROR_OUT_OF_MEMORY;
     fc_lock();
-    fc_handle_add(g, FC_H_GRAPH);
+    *phGraph = fc_graph_new();
     fc_unlock();
-    *phGraph = g;
     return CUDA_SUCCESS;
 }
 
@@ -131,6 +139,24 @@ static CUresult graph_alloc(CUgraph g, size_t size, int dev, CUgraphNode *out)
     fc_alloc_insert(a);
     fc_count_alloc();
     *out = n;
+    return CUDA_SUCCESS;
+}
+
+CUresult fc_graph_capture_alloc(CUgraph g, size_t size, int dev, CUdeviceptr *dptr)
+{
+    CUgraphNode n;
+    CUresult rc = graph_alloc(g, size, dev, &n);
+    if (rc == CUDA_SUCCESS)
+        *dptr = n->alloc->base;
+    return rc;
+}
+
+CUresult fc_graph_capture_free(CUgraph g, CUdeviceptr dptr)
+{
+    fc_alloc *a = fc_alloc_find(dptr);
+    if (!a || a->kind != FC_KIND_GRAPH)
+        return CUDA_ERROR_INVALID_VALUE;
+    add_node(g, FC_NODE_FREE);
     return CUDA_SUCCESS;
 }
 

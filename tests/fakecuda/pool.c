@@ -10,7 +10,10 @@
  *   unused reserve above its RELEASE_THRESHOLD (default 0);
  * - cuMemPoolTrimTo(pool, keep) releases unused reserve down to keep;
  * - an allocation that finds no free block and no capacity fails with
- *   CUDA_ERROR_OUT_OF_MEMORY; it does not trim this or other pools.
+ *   CUDA_ERROR_OUT_OF_MEMORY; it does not trim this or other pools;
+ * - on a capturing stream an allocation is an allocation node of the
+ *   capture's graph, owned by the graph (cuMemAllocAsync's documentation):
+ *   the pool neither grows nor is asked (graph.c).
  * USED_MEM_* count requested bytes, RESERVED_MEM_* block bytes (as measured).
  * Simplification: blocks are never split or coalesced; an allocation reuses
  * the smallest free block at least as large as the request, whole. With
@@ -184,7 +187,10 @@ static CUresult async_alloc(CUdeviceptr *dptr, size_t size, CUmemoryPool pool, C
     CUresult rc = fc_stream_device(s, &dev);
     if (rc == CUDA_SUCCESS && (!dptr || size == 0 || (pool && !fc_handle_ok(pool, FC_H_POOL))))
         rc = CUDA_ERROR_INVALID_VALUE;
-    if (rc == CUDA_SUCCESS)
+    CUgraph capture = rc == CUDA_SUCCESS ? fc_stream_capture(s) : NULL;
+    if (capture) /* owned by the graph, not by the pool */
+        rc = fc_graph_capture_alloc(capture, size, pool ? pool->dev : dev, dptr);
+    else if (rc == CUDA_SUCCESS)
         rc = pool_alloc(pool ? pool : current_pool(dev), size, dptr);
     fc_unlock();
     return rc;
@@ -221,7 +227,10 @@ CUresult cuMemFreeAsync(CUdeviceptr dptr, CUstream hStream)
     fc_free_delay();
     fc_lock();
     CUresult rc = fc_stream_device(hStream, &dev);
-    if (rc == CUDA_SUCCESS)
+    CUgraph capture = rc == CUDA_SUCCESS ? fc_stream_capture(hStream) : NULL;
+    if (capture)
+        rc = fc_graph_capture_free(capture, dptr);
+    else if (rc == CUDA_SUCCESS)
         rc = fc_mem_free(dptr);
     fc_unlock();
     return rc;

@@ -195,10 +195,14 @@ typedef struct {
     P(cuModuleUnload, 2000, FC_PROC_ANY, cuModuleUnload) \
     P(cuPointerGetAttribute, 4000, FC_PROC_ANY, cuPointerGetAttribute) \
     P(cuPointerGetAttributes, 7000, FC_PROC_ANY, cuPointerGetAttributes) \
+    P(cuStreamBeginCapture, 10010, FC_PROC_ANY, cuStreamBeginCapture_v2) \
     P(cuStreamCreate, 2000, FC_PROC_ANY, cuStreamCreate) \
     P(cuStreamCreateWithPriority, 5050, FC_PROC_ANY, cuStreamCreateWithPriority) \
     P(cuStreamDestroy, 2000, FC_PROC_ANY, cuStreamDestroy) \
     P(cuStreamDestroy, 4000, FC_PROC_ANY, cuStreamDestroy_v2) \
+    P(cuStreamEndCapture, 10000, FC_PROC_ANY, cuStreamEndCapture) \
+    P(cuStreamGetCaptureInfo, 11030, FC_PROC_ANY, cuStreamGetCaptureInfo_v2) \
+    P(cuStreamIsCapturing, 10000, FC_PROC_ANY, cuStreamIsCapturing) \
     P(cuStreamQuery, 2000, FC_PROC_ANY, cuStreamQuery) \
     P(cuStreamQuery, 7000, FC_PROC_PTDS, cuStreamQuery_ptsz) \
     P(cuStreamSynchronize, 2000, FC_PROC_ANY, cuStreamSynchronize) \

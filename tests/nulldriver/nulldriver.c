@@ -584,6 +584,18 @@ CUresult cuMemPoolTrimTo(CUmemoryPool pool, size_t minBytesToKeep)
     return pool == NULL_POOL ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
 }
 
+/* No stream is ever captured here. */
+CUresult cuStreamGetCaptureInfo_v2(CUstream hStream, CUstreamCaptureStatus *captureStatus_out,
+                                   cuuint64_t *id_out, CUgraph *graph_out,
+                                   const CUgraphNode **dependencies_out, size_t *numDependencies_out)
+{
+    (void)hStream, (void)id_out, (void)graph_out, (void)dependencies_out, (void)numDependencies_out;
+    if (!captureStatus_out)
+        return CUDA_ERROR_INVALID_VALUE;
+    *captureStatus_out = CU_STREAM_CAPTURE_STATUS_NONE;
+    return CUDA_SUCCESS;
+}
+
 CUresult cuArrayGetMemoryRequirements(CUDA_ARRAY_MEMORY_REQUIREMENTS *req, CUarray array,
                                       CUdevice device)
 {
@@ -644,6 +656,7 @@ CUresult cuGetProcAddress(const char *symbol, void **pfn, int cudaVersion, cuuin
     X("cuDeviceGetMemPool", cuDeviceGetMemPool)                                \
     X("cuMemPoolGetAttribute", cuMemPoolGetAttribute)                          \
     X("cuMemPoolTrimTo", cuMemPoolTrimTo)                                      \
+    X("cuStreamGetCaptureInfo", cuStreamGetCaptureInfo_v2)                    \
     X("cuArrayGetMemoryRequirements", cuArrayGetMemoryRequirements)            \
     X("cuMipmappedArrayGetMemoryRequirements",                                 \
       cuMipmappedArrayGetMemoryRequirements)                                   \
