@@ -143,6 +143,8 @@ CUresult cuGetProcAddress_v2(const char *symbol, void **pfn, int cudaVersion,
 {
     if (vg__unlikely(!vg__shim_ready()) && vg__shim_start() != CUDA_SUCCESS)
         return CUDA_ERROR_NOT_INITIALIZED;
+    if (!vg__real.cuGetProcAddress_v2) /* a driver before CUDA 12.0 */
+        return CUDA_ERROR_NOT_FOUND;
     CUresult rc = vg__real.cuGetProcAddress_v2(symbol, pfn, cudaVersion, flags,
                                                symbolStatus);
     if (rc == CUDA_SUCCESS && pfn && *pfn)
