@@ -725,6 +725,18 @@ Test(fakecuda, mipmapped_arrays_are_the_sum_of_their_levels)
     cr_assert(req.size == 64 * 64 * 4 + 32 * 32 * 4 && req.alignment > 0);
 }
 
+/* Depth is the layer count of a layered array: each level keeps them all. */
+Test(fakecuda, a_layered_mipmapped_array_keeps_its_layers_at_every_level)
+{
+    start(NULL);
+    CUDA_ARRAY3D_DESCRIPTOR d = { 64, 64, 8, CU_AD_FORMAT_FLOAT, 1, CUDA_ARRAY3D_LAYERED };
+    CUmipmappedArray m;
+    EXPECT_CU(cuMipmappedArrayCreate(&m, &d, 3), CUDA_SUCCESS);
+    cr_assert_eq(fakecuda_used_bytes(0), (64 * 64 * 4 + 32 * 32 * 4 + 16 * 16 * 4) * 8);
+    EXPECT_CU(cuMipmappedArrayDestroy(m), CUDA_SUCCESS);
+    cr_assert_eq(fakecuda_used_bytes(0), 0);
+}
+
 /* ---- graphs ---- */
 
 Test(fakecuda, graph_alloc_nodes_charge_when_created)

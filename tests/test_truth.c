@@ -281,6 +281,21 @@ Test(truth, a_limit_stays_charged_when_another_context_goes)
     expect_peak_within(&t, GiB);
 }
 
+/* A layered mipmapped array keeps all 64 layers at every level (341 MiB):
+ * charged less, the allocations after it would take the device past 1 GiB.
+ * Without NVML, whose next measurement would find the difference. */
+Test(truth, a_layered_mipmapped_array_is_charged_every_layer_of_every_level)
+{
+    static truth_t t;
+    char *no_nvml = cat3("LD_LIBRARY_PATH=", build_dir(), "/fakecuda");
+    const char *const env[] = {no_nvml, NULL};
+    run_truth(&t, "mipmap_layered", "1GiB", env);
+    free(no_nvml);
+    expect_rc(&t, "create_rc", 0);
+    expect_rc(&t, "rc", OUT_OF_MEMORY);
+    expect_peak_within(&t, GiB);
+}
+
 /* A stream-ordered pool destroyed while one of its allocations is out
  * keeps its memory until that is freed: the budget keeps its charge as
  * long, and gives it back at the free. */

@@ -39,6 +39,8 @@
  *               cuDevicePrimaryCtxRelease, then retained again and 600 MiB
  *   limit_other_ctx a 600 MiB malloc heap in the primary context, a created
  *               context destroyed, then 600 MiB in the primary
+ *   mipmap_layered a layered mipmapped array (64 layers of 512 x 512 float4,
+ *               every level: 341 MiB), then 16 MiB allocations until refused
  *   pool_destroy 600 MiB from a created pool, cuMemPoolDestroy with it still
  *               out, 600 MiB plain; then its free, 600 MiB plain again
  *   free_order  16 threads allocate and free 1 KiB..64 MiB for 2 s
@@ -412,6 +414,24 @@ static void case_pool_destroy(void)
         cuMemFree(c);
 }
 
+/* A layered mipmapped array has all its layers at every level: the
+ * device holds 256 + 64 + 16 + ... MiB, not 256 + 32 + 4 + ... MiB. */
+static void case_mipmap_layered(void)
+{
+    const CUDA_ARRAY3D_DESCRIPTOR d = {.Width = 512, .Height = 512, .Depth = 64,
+                                       .Format = CU_AD_FORMAT_FLOAT, .NumChannels = 4,
+                                       .Flags = CUDA_ARRAY3D_LAYERED};
+    CUmipmappedArray m = NULL;
+    held_t h = {0};
+    CUresult create = cuMipmappedArrayCreate(&m, &d, 10);
+    fill(&h, 16 * MiB);
+    printf("path=mipmap_layered create_rc=%d allocs=%d rc=%d", create, h.n, h.rc);
+    finish();
+    release_all(&h);
+    if (create == CUDA_SUCCESS)
+        cuMipmappedArrayDestroy(m);
+}
+
 /* ------------------------------------------------------ h. free ordering */
 
 static unsigned long long next_rand(unsigned long long *s)
@@ -587,6 +607,8 @@ int main(int argc, char **argv)
         case_gone(c, false, GO_RELEASE);
     else if (!strcmp(c, "release_array"))
         case_gone(c, true, GO_RELEASE);
+    else if (!strcmp(c, "mipmap_layered"))
+        case_mipmap_layered();
     else if (!strcmp(c, "pool_destroy"))
         case_pool_destroy();
     else if (!strcmp(c, "limit_other_ctx"))

@@ -3,7 +3,8 @@
  * (nothing copies into them); what matters is that they are charged to
  * device capacity, because peers forget that arrays consume VRAM.
  * Size = width x max(height,1) x max(depth,1) x element size x channels,
- * rounded up to 512 bytes; a mipmapped array is the sum over its levels.
+ * rounded up to 512 bytes; a mipmapped array is the sum over its levels
+ * (a layered or cubemap one keeps every layer at every level).
  * Supported formats: the eight classic integer / half / float formats.
  * As measured on the real driver: an array created with
  * CUDA_ARRAY3D_DEFERRED_MAPPING has no memory of its own (it is mapped
@@ -241,11 +242,18 @@ static size_t level_dim(size_t v, unsigned int level)
     return v ? at_least_1(v >> level) : 0;
 }
 
-/* 1 + log2(largest dimension). */
+/* Depth counts layers (faces for a cubemap) in a layered or cubemap
+ * array: every level has all of them, as in the real driver. */
+static bool layered(const CUDA_ARRAY3D_DESCRIPTOR *d)
+{
+    return (d->Flags & (CUDA_ARRAY3D_LAYERED | CUDA_ARRAY3D_CUBEMAP)) != 0;
+}
+
+/* 1 + log2(largest dimension that shrinks with the level). */
 static unsigned int max_levels(const CUDA_ARRAY3D_DESCRIPTOR *d)
 {
     size_t maxdim = d->Width > d->Height ? d->Width : d->Height;
-    maxdim = maxdim > d->Depth ? maxdim : d->Depth;
+    maxdim = maxdim > d->Depth || layered(d) ? maxdim : d->Depth;
     unsigned int n = 0;
     for (; maxdim; maxdim >>= 1)
         n++;
@@ -266,7 +274,7 @@ static size_t mipmap_bytes(const CUDA_ARRAY3D_DESCRIPTOR *d, unsigned int levels
         CUDA_ARRAY3D_DESCRIPTOR ld = *d;
         ld.Width = level_dim(d->Width, l);
         ld.Height = level_dim(d->Height, l);
-        ld.Depth = level_dim(d->Depth, l);
+        ld.Depth = layered(d) ? d->Depth : level_dim(d->Depth, l);
         size_t b = desc_bytes(&ld);
         if (b == 0 || b > SIZE_MAX / 2 - total)
             return 0;
