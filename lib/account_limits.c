@@ -17,6 +17,10 @@
  * never another's. Past LIMIT_CONTEXTS contexts with raised limits, the
  * rest share one entry per device, given back when any context of that
  * device goes.
+ *
+ * One cuCtxSetLimit is accounted at a time, from reading the current value
+ * to settling the charge (set_lock): the growth is only right against the
+ * value the driver really replaces.
  */
 #include <pthread.h>
 
@@ -36,6 +40,14 @@ struct limit_entry {
     uint64_t charged[LIMIT_KINDS];
 };
 
+/* Held from vg__acct_limit_begin to _end, across the driver's cuCtxSetLimit
+ * and the reservation (which may measure the device first: rank LIMIT_SET,
+ * outermost). Without it two threads that read the same old value each
+ * charged the whole growth (one 600 MiB heap counted twice, the second
+ * call refused under 1 GiB though it cost nothing), and a shrink the driver
+ * applied before a racing growth gave back a charge the device still held.
+ * cuCtxSetLimit is rare and never on the allocation path. */
+static pthread_mutex_t set_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_mutex_t limits_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct limit_entry entries[LIMIT_CONTEXTS + VG__MAX_DEVICES]; /* under the lock */
 static bool entries_ready;
@@ -77,6 +89,11 @@ static uint64_t entry_sum(const struct limit_entry *e)
 void vg__account_limits_prefork(void) { pthread_mutex_lock(&limits_lock); }
 void vg__account_limits_postfork_parent(void) { pthread_mutex_unlock(&limits_lock); }
 void vg__account_limits_postfork_child(void) { pthread_mutex_unlock(&limits_lock); }
+
+/* The same for a cuCtxSetLimit in flight (rank LIMIT_SET). */
+void vg__account_limits_set_prefork(void) { pthread_mutex_lock(&set_lock); }
+void vg__account_limits_set_postfork_parent(void) { pthread_mutex_unlock(&set_lock); }
+void vg__account_limits_set_postfork_child(void) { pthread_mutex_unlock(&set_lock); }
 
 static int kind_of(CUlimit which)
 {
@@ -130,6 +147,7 @@ int vg__acct_limit_begin(vg__limit_op_t *op, int device, CUlimit which, size_t v
     if (op->kind < 0 || device < 0 || device >= VG__MAX_DEVICES ||
         vg__engine_init() != VG_OK || !(op->budget = vg__engine_budget(device)))
         return VG_OK; /* costs nothing we can count: the driver decides */
+    vg__mutex_lock(&set_lock, VG__RANK_LIMIT_SET); /* until _end */
     if (vg__driver()->cuCtxGetCurrent(&op->ctx) != CUDA_SUCCESS)
         op->ctx = NULL; /* the limit is the current context's */
     uint64_t threads = op->kind == LIMIT_STACK ? resident_threads(device) : 0;
@@ -142,18 +160,17 @@ int vg__acct_limit_begin(vg__limit_op_t *op, int device, CUlimit which, size_t v
     op->grow = next - now;
     vg__ticket_t t = {.device = device, .kind = VG_KIND_PLAIN, .bytes = op->grow,
                       .api = "cuCtxSetLimit"};
-    return vg__acct_reserve(&t); /* logs and audits a refusal */
+    int rc = vg__acct_reserve(&t); /* logs and audits a refusal */
+    if (rc != VG_OK) { /* the driver is not asked, and _end not called */
+        op->budget = NULL;
+        vg__mutex_unlock(&set_lock, VG__RANK_LIMIT_SET);
+    }
+    return rc;
 }
 
-void vg__acct_limit_end(vg__limit_op_t *op, CUresult cr)
+/* The driver took the new value: the context's charge follows it. */
+static void limit_settle(vg__limit_op_t *op)
 {
-    if (!op->budget || op->kind < 0)
-        return;
-    if (cr != CUDA_SUCCESS) {
-        if (op->grow)
-            vg__budget_rollback(op->budget, op->grow);
-        return;
-    }
     vg__mutex_lock(&limits_lock, VG__RANK_LIMITS);
     uint64_t *c = &entry_of(op->device, op->ctx)->charged[op->kind];
     uint64_t back = op->shrink < *c ? op->shrink : *c;
@@ -166,6 +183,17 @@ void vg__acct_limit_end(vg__limit_op_t *op, CUresult cr)
     if (op->budget->shared) /* implicit use, as `vramguard status` shows it */
         vg__shared_overhead(op->budget, vg__acct_overhead(op->device) +
                                             vg__acct_limits_charged(op->device));
+}
+
+void vg__acct_limit_end(vg__limit_op_t *op, CUresult cr)
+{
+    if (!op->budget || op->kind < 0)
+        return;
+    if (cr == CUDA_SUCCESS)
+        limit_settle(op);
+    else if (op->grow)
+        vg__budget_rollback(op->budget, op->grow);
+    vg__mutex_unlock(&set_lock, VG__RANK_LIMIT_SET);
 }
 
 void vg__acct_limits_forget(int device, CUcontext ctx)

@@ -14,31 +14,35 @@
  * Lock ranks, outermost first (vg_fork.h's VG__RANKS is the same list). A
  * thread takes a lock only while every lock it holds ranks lower:
  *
- *  1 IMPLICIT_FIRST  account_implicit.c first_lock: a device's first use;
+ *  1 LIMIT_SET       account_limits.c set_lock: one cuCtxSetLimit at a
+ *                    time; held across the driver's cuCtxSetLimit and the
+ *                    reservation of its growth, which may take any lock
+ *                    below.
+ *  2 IMPLICIT_FIRST  account_implicit.c first_lock: a device's first use;
  *                    held across driver and NVML calls, and resolves the
  *                    device's budget (RESOLVE) inside.
- *  2 POOLED_CREATE   account_pooled.c pools_mu: cache mode's pool creation;
+ *  3 POOLED_CREATE   account_pooled.c pools_mu: cache mode's pool creation;
  *                    held across vg_pool_create (driver calls), resolves
  *                    the budget (RESOLVE) and registers a level hook
  *                    (LEVEL_HOOKS) inside.
- *  3 RESOLVE         engine.c resolve_lock: a device budget's resolution;
+ *  4 RESOLVE         engine.c resolve_lock: a device budget's resolution;
  *                    held across driver calls, the shared region's bind
  *                    (its own process-shared lock, not ranked: another
  *                    process may hold it) and a level hook's registration.
  *                    When the budget lookup is a program's first engine
  *                    call, the engine starts here and loads the driver
  *                    (DRIVER_LOAD) inside.
- *  4 DRIVER_LOAD     driver.c load_lock: held across dlopen of libcuda and
+ *  5 DRIVER_LOAD     driver.c load_lock: held across dlopen of libcuda and
  *                    the symbol lookups, once per process.
- *  5 LEVEL_HOOKS     budget.c hook_lock: a budget's level-hook list. Leaf.
- *  6 LIMITS          account_limits.c limits_lock: charged limits. Leaf.
- *  7 STREAM_POOLS    account.c pools_lock: stream-ordered pools. Leaf.
- *  8 VMM             account_vmm.c vmm_lock: handles and mappings; looks
+ *  6 LEVEL_HOOKS     budget.c hook_lock: a budget's level-hook list. Leaf.
+ *  7 LIMITS          account_limits.c limits_lock: charged limits. Leaf.
+ *  8 STREAM_POOLS    account.c pools_lock: stream-ordered pools. Leaf.
+ *  9 VMM             account_vmm.c vmm_lock: handles and mappings; looks
  *                    up the ledger (LEDGER) inside.
- *  9 CHUNKS          chunks.c index_lock: the chunk index. Leaf.
- * 10 LEDGER          ledger.c's 128 shard spinlocks, taken in index order
+ * 10 CHUNKS          chunks.c index_lock: the chunk index. Leaf.
+ * 11 LEDGER          ledger.c's 128 shard spinlocks, taken in index order
  *                    at fork (at run time a thread holds one at a time).
- * 11 AUDIT           audit_buf.c reg_lock, then each thread's buffer: an
+ * 12 AUDIT           audit_buf.c reg_lock, then each thread's buffer: an
  *                    event may be written under any lock above, so the
  *                    buffers come last (taken first, a thread holding VMM
  *                    and writing an event would wait for the fork forever).
@@ -49,7 +53,7 @@
  * may hold it; a child that finds it held by a dead owner recovers it),
  * and the shim's NVML locks (shim/nvml.c).
  *
- * Locks held across driver calls (ranks 1-4): prepare waits for the holder's
+ * Locks held across driver calls (ranks 1-5): prepare waits for the holder's
  * driver call to return. CUDA does not support using the driver in a child
  * after fork; the child only needs our state consistent and our locks free.
  *
@@ -70,6 +74,8 @@
 #include "vg_shared.h"
 
 static const vg__fork_step_t steps[] = {
+    {VG__RANK_LIMIT_SET, vg__account_limits_set_prefork,
+     vg__account_limits_set_postfork_parent, vg__account_limits_set_postfork_child},
     {VG__RANK_IMPLICIT_FIRST, vg__account_implicit_prefork,
      vg__account_implicit_postfork_parent, vg__account_implicit_postfork_child},
     {VG__RANK_POOLED_CREATE, vg__account_pooled_prefork,

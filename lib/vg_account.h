@@ -262,7 +262,8 @@ void vg__account_implicit_postfork_child(void);
 /* cuCtxSetLimit: the growth in what a limit costs (heap, FIFO: bytes;
  * stack: bytes x resident threads) is reserved before the driver is
  * asked. begin: VG_ENOMEM when it does not fit (do not call the driver);
- * end: commits or rolls back on the driver's answer. */
+ * end: commits or rolls back on the driver's answer. One operation at a
+ * time: a begin that returns VG_OK holds a lock until its end. */
 typedef struct vg__limit_op {
     int device;
     CUcontext ctx;         /* the context whose limit it is (NULL: unknown) */
@@ -282,6 +283,10 @@ uint64_t vg__acct_limits_charged(int device);
 void vg__account_limits_prefork(void);
 void vg__account_limits_postfork_parent(void);
 void vg__account_limits_postfork_child(void);
+/* Fork steps (fork.c, rank LIMIT_SET). */
+void vg__account_limits_set_prefork(void);
+void vg__account_limits_set_postfork_parent(void);
+void vg__account_limits_set_postfork_child(void);
 
 /* ----------------------------------------------------- account_vmm.c */
 

@@ -296,6 +296,25 @@ Test(truth, a_layered_mipmapped_array_is_charged_every_layer_of_every_level)
     expect_peak_within(&t, GiB);
 }
 
+/* Two threads set the same 600 MiB heap at once, each reading the old
+ * limit before the other's call lands: the context holds one heap, so both
+ * calls succeed and charge it once, and 64 MiB allocations fill what it
+ * leaves of 1 GiB (six of them). Without NVML, which would hide a charge
+ * counted twice behind its own figure. */
+Test(truth, two_threads_setting_one_limit_at_once_charge_it_once)
+{
+    static truth_t t;
+    char *no_nvml = cat3("LD_LIBRARY_PATH=", build_dir(), "/fakecuda");
+    const char *const env[] = {no_nvml, "FAKECUDA_SETLIMIT_DELAY_NS=200000000", NULL};
+    run_truth(&t, "limit_race", "1GiB", env);
+    free(no_nvml);
+    expect_rc(&t, "set1_rc", 0);
+    expect_rc(&t, "set2_rc", 0);
+    expect_rc(&t, "allocs", 6);
+    expect_rc(&t, "rc", OUT_OF_MEMORY);
+    expect_peak_within(&t, GiB);
+}
+
 /* A stream-ordered pool destroyed while one of its allocations is out
  * keeps its memory until that is freed: the budget keeps its charge as
  * long, and gives it back at the free. */

@@ -37,6 +37,9 @@
  *               cuDevicePrimaryCtxReset, then 600 MiB in the primary
  *   release[_array] 600 MiB (an array) in the primary context, its last
  *               cuDevicePrimaryCtxRelease, then retained again and 600 MiB
+ *   limit_race  two threads set the primary context's malloc heap to 600 MiB
+ *               at once (the test makes cuCtxSetLimit slow), then 64 MiB
+ *               allocations until refused
  *   limit_other_ctx a 600 MiB malloc heap in the primary context, a created
  *               context destroyed, then 600 MiB in the primary
  *   mipmap_layered a layered mipmapped array (64 layers of 512 x 512 float4,
@@ -386,6 +389,35 @@ static void case_limit_other_ctx(void)
         cuMemFree(b);
 }
 
+static void *set_heap_worker(void *arg)
+{
+    cuCtxSetCurrent(g_ctx);
+    pthread_barrier_wait(&g_start);
+    *(CUresult *)arg = cuCtxSetLimit(CU_LIMIT_MALLOC_HEAP_SIZE, 600 * MiB);
+    return NULL;
+}
+
+/* Two threads set the same 600 MiB heap at once: the context holds one
+ * heap, so both calls fit 1 GiB, and so do 64 MiB allocations up to what
+ * one heap leaves. */
+static void case_limit_race(void)
+{
+    pthread_t t[2];
+    CUresult rc[2] = {CUDA_SUCCESS, CUDA_SUCCESS};
+    held_t h = {0};
+    pthread_barrier_init(&g_start, NULL, 2);
+    for (int i = 0; i < 2; i++)
+        if (pthread_create(&t[i], NULL, set_heap_worker, &rc[i]) != 0)
+            exit(3);
+    for (int i = 0; i < 2; i++)
+        pthread_join(t[i], NULL);
+    pthread_barrier_destroy(&g_start);
+    fill(&h, 64 * MiB);
+    printf("path=limit_race set1_rc=%d set2_rc=%d allocs=%d rc=%d", rc[0], rc[1], h.n, h.rc);
+    finish();
+    release_all(&h);
+}
+
 /* A pool destroyed with an allocation still out lives on until that is
  * freed (the driver's documentation): its 600 MiB still count, so the
  * plain 600 MiB after the destroy must be refused under 1 GiB, and fit once
@@ -611,6 +643,8 @@ int main(int argc, char **argv)
         case_mipmap_layered();
     else if (!strcmp(c, "pool_destroy"))
         case_pool_destroy();
+    else if (!strcmp(c, "limit_race"))
+        case_limit_race();
     else if (!strcmp(c, "limit_other_ctx"))
         case_limit_other_ctx();
     else if (!strcmp(c, "churn_credit"))

@@ -74,10 +74,12 @@ static bool env_u64(const char *name, unsigned long long *out)
 static bool read_knobs(fc_knobs *k)
 {
     unsigned long long ctx = 0, sm = 132, delay = 0, no_ranges = 0, pool_chunk = 0;
+    unsigned long long limit_delay = 0;
     const char *at = getenv("FAKECUDA_LIMITS_AT");
     const char *loading = getenv("CUDA_MODULE_LOADING");
     if (!env_u64("FAKECUDA_CONTEXT_BYTES", &ctx) || !env_u64("FAKECUDA_SM_COUNT", &sm) ||
         !env_u64("FAKECUDA_FREE_DELAY_NS", &delay) ||
+        !env_u64("FAKECUDA_SETLIMIT_DELAY_NS", &limit_delay) ||
         !env_u64("FAKECUDA_NO_RANGES", &no_ranges) ||
         !env_u64("FAKECUDA_POOL_CHUNK", &pool_chunk) || sm == 0 || sm > 65536 ||
         no_ranges > 1)
@@ -89,6 +91,7 @@ static bool read_knobs(fc_knobs *k)
     k->context_bytes = (size_t)ctx;
     k->sm_count = (int)sm;
     k->free_delay_ns = delay;
+    k->setlimit_delay_ns = limit_delay;
     k->limits_at_launch = at && !strcmp(at, "launch");
     k->no_ranges = no_ranges == 1;
     k->pool_chunk = (size_t)pool_chunk;
@@ -297,16 +300,20 @@ bool fc_fits(int dev, size_t n)
 
 const fc_knobs *fc_knobs_get(void) { return &g_knobs; }
 
-/* Lock NOT held: other threads go on allocating while this one waits. */
-void fc_free_delay(void)
+static void sleep_ns(unsigned long long ns)
 {
-    unsigned long long ns = g_knobs.free_delay_ns;
     if (ns == 0)
         return;
     struct timespec ts = { (time_t)(ns / 1000000000ull), (long)(ns % 1000000000ull) };
     while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
         ;
 }
+
+/* Lock NOT held: other threads go on allocating while this one waits. */
+void fc_free_delay(void) { sleep_ns(g_knobs.free_delay_ns); }
+
+/* Lock NOT held: other threads may read or set limits meanwhile. */
+void fc_setlimit_delay(void) { sleep_ns(g_knobs.setlimit_delay_ns); }
 
 void fc_count_alloc(void) { g_allocs++; }
 void fc_count_free(void) { g_frees++; }

@@ -25,6 +25,9 @@
  *                            "launch" (at the context's next kernel launch)
  *   FAKECUDA_FREE_DELAY_NS   cuMemFree/cuMemFreeAsync wait this long, with the
  *                            memory still counted, before freeing (default 0)
+ *   FAKECUDA_SETLIMIT_DELAY_NS cuCtxSetLimit waits this long before it sets
+ *                            the value (default 0): another thread's
+ *                            cuCtxGetLimit meanwhile still reads the old one
  *   FAKECUDA_NO_RANGES       1: cuMemGetAddressRange says CUDA_ERROR_NOT_FOUND
  *                            for every address, as a driver that keeps no
  *                            allocation extents (the benchmarks' null driver)
@@ -99,6 +102,7 @@ typedef struct {
     size_t context_bytes;         /* FAKECUDA_CONTEXT_BYTES */
     int sm_count;                 /* FAKECUDA_SM_COUNT */
     unsigned long long free_delay_ns;   /* FAKECUDA_FREE_DELAY_NS */
+    unsigned long long setlimit_delay_ns; /* FAKECUDA_SETLIMIT_DELAY_NS */
     bool limits_at_launch;        /* FAKECUDA_LIMITS_AT=launch */
     bool eager_modules;           /* CUDA_MODULE_LOADING=EAGER */
     bool no_ranges;               /* FAKECUDA_NO_RANGES=1 */
@@ -107,6 +111,8 @@ typedef struct {
 const fc_knobs *fc_knobs_get(void);   /* valid after cuInit; lock not needed */
 /* Sleeps FAKECUDA_FREE_DELAY_NS; called WITHOUT the lock, before a free. */
 void fc_free_delay(void);
+/* Sleeps FAKECUDA_SETLIMIT_DELAY_NS; called WITHOUT the lock. */
+void fc_setlimit_delay(void);
 
 typedef enum {
     FC_H_CTX = 1, FC_H_STREAM, FC_H_EVENT, FC_H_POOL, FC_H_ARRAY,

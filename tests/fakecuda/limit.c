@@ -102,6 +102,7 @@ static CUresult set_limit(CUcontext ctx, CUlimit limit, size_t value)
 CUresult cuCtxSetLimit(CUlimit limit, size_t value)
 {
     CUcontext ctx;
+    fc_setlimit_delay();
     fc_lock();
     CUresult rc = fc_ctx_current(&ctx);
     if (rc == CUDA_SUCCESS && ((int)limit < 0 || (int)limit >= FC_NLIMITS))
