@@ -131,6 +131,7 @@
        CUlibraryOption *libraryOptions, void **libraryOptionValues,            \
        unsigned int numLibraryOptions))                                        \
     X(cuLibraryUnload, (CUlibrary library))                                    \
+    X(cuFuncLoad, (CUfunction function))                                       \
     X(cuLaunchKernel,                                                          \
       (CUfunction f, unsigned int gridDimX, unsigned int gridDimY,             \
        unsigned int gridDimZ, unsigned int blockDimX, unsigned int blockDimY,  \

@@ -177,6 +177,20 @@ Test(truth, lazily_loaded_module_globals_count_from_the_first_launch)
     expect_peak_within(&t, GiB + GiB / 100);
 }
 
+/* cuFuncLoad loads a lazily loaded module at once (its 600 MiB of globals
+ * here), as a first launch would: the allocations after it must count
+ * that memory, so the device never holds more than 1 GiB. */
+Test(truth, an_explicit_function_load_counts_before_the_next_allocation)
+{
+    static truth_t t;
+    run_truth(&t, "func_load", "1GiB", NULL);
+    expect_rc(&t, "load_rc", 0);
+    expect_rc(&t, "func_load_rc", 0);
+    expect_rc(&t, "rc", OUT_OF_MEMORY);
+    expect_rc(&t, "launch_rc", 0);
+    expect_peak_within(&t, GiB);
+}
+
 /* Loaded eagerly, 1.5 GiB of globals do not fit 1 GiB: the load is refused
  * and leaves nothing charged, so 256 MiB still fit after it and are all the
  * device holds. (The peak is not checked: no shim can know the size of a

@@ -26,6 +26,9 @@
  *   stack_big   cuCtxSetLimit(STACK_SIZE, 16 KiB), then one launch
  *   lazy_module a module with 600 MiB of globals, one launch, then 64 MiB
  *               allocations until refused
+ *   func_load   a module with 600 MiB of globals, loaded lazily, then
+ *               cuFuncLoad of its kernel, 64 MiB allocations until refused,
+ *               then one launch
  *   eager_module a module with 1.5 GiB of globals (the test sets
  *               CUDA_MODULE_LOADING=EAGER), then one 256 MiB allocation
  *   race        16 threads, from the first allocation, 32 MiB each until refused
@@ -254,6 +257,22 @@ static void case_lazy_module(void)
     CUresult run = load == CUDA_SUCCESS ? launch(f) : load;
     fill(&h, 64 * MiB);
     printf("path=lazy_module load_rc=%d launch_rc=%d allocs=%d rc=%d", load, run, h.n, h.rc);
+    finish();
+    release_all(&h);
+}
+
+static void case_func_load(void)
+{
+    CUmodule m;
+    CUfunction f;
+    held_t h = {0};
+    first_alloc(&h);
+    CUresult load = load_module("fakecuda-module globals=629145600 kernels=k", &m, &f);
+    CUresult fload = load == CUDA_SUCCESS ? cuFuncLoad(f) : load;
+    fill(&h, 64 * MiB);
+    CUresult run = load == CUDA_SUCCESS ? launch(f) : load;
+    printf("path=func_load load_rc=%d func_load_rc=%d allocs=%d rc=%d launch_rc=%d", load,
+           fload, h.n, h.rc, run);
     finish();
     release_all(&h);
 }
@@ -623,6 +642,8 @@ int main(int argc, char **argv)
         case_limit(c, CU_LIMIT_STACK_SIZE, 16 * KiB, LIMIT_ONLY);
     else if (!strcmp(c, "lazy_module"))
         case_lazy_module();
+    else if (!strcmp(c, "func_load"))
+        case_func_load();
     else if (!strcmp(c, "eager_module"))
         case_eager_module();
     else if (!strcmp(c, "race"))
