@@ -329,6 +329,28 @@ Test(truth, two_threads_setting_one_limit_at_once_charge_it_once)
     expect_peak_within(&t, GiB);
 }
 
+/* cuGraphAddNode (both ABIs) makes allocation nodes as cuGraphAddMemAllocNode
+ * does, and they hold their memory until the graph is destroyed: 600 MiB
+ * plain do not fit next to one of 600 MiB under 1 GiB, and fit after. With
+ * NVML (which alone would see the node as memory no call shows, and keep it
+ * after the destroy) and without (which alone would not see it at all). */
+Test(truth, an_allocation_node_from_the_generic_call_holds_its_memory)
+{
+    static const char *const cases[] = {"graph_node", "graph_node_v1"};
+    static truth_t t;
+    char *no_nvml = cat3("LD_LIBRARY_PATH=", build_dir(), "/fakecuda");
+    const char *const without[] = {no_nvml, NULL};
+    for (int i = 0; i < 4; i++) {
+        run_truth(&t, cases[i % 2], "1GiB", i < 2 ? NULL : without);
+        expect_rc(&t, "add_rc", 0);
+        expect_rc(&t, "second_rc", OUT_OF_MEMORY);
+        expect_rc(&t, "destroy_rc", 0);
+        expect_rc(&t, "third_rc", 0);
+        expect_peak_within(&t, GiB);
+    }
+    free(no_nvml);
+}
+
 /* A stream-ordered pool destroyed while one of its allocations is out
  * keeps its memory until that is freed: the budget keeps its charge as
  * long, and gives it back at the free. */

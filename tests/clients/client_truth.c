@@ -47,6 +47,9 @@
  *               context destroyed, then 600 MiB in the primary
  *   mipmap_layered a layered mipmapped array (64 layers of 512 x 512 float4,
  *               every level: 341 MiB), then 16 MiB allocations until refused
+ *   graph_node[_v1] a 600 MiB allocation node added with cuGraphAddNode (_v1:
+ *               the CUDA 12.2 ABI without edge data), then 600 MiB plain,
+ *               then the graph destroyed and 600 MiB plain again
  *   pool_destroy 600 MiB from a created pool, cuMemPoolDestroy with it still
  *               out, 600 MiB plain; then its free, 600 MiB plain again
  *   free_order  16 threads allocate and free 1 KiB..64 MiB for 2 s
@@ -76,6 +79,10 @@
 
 /* cuda.h renames cuCtxDestroy to the _v2 ABI; the legacy one is bound here. */
 CUresult CUDAAPI truth_ctx_destroy_v1(CUcontext ctx) __asm__("cuCtxDestroy");
+/* cuda.h renames cuGraphAddNode to _v2 (edge data); the CUDA 12.2 ABI. */
+CUresult CUDAAPI truth_graph_add_node_v1(CUgraphNode *node, CUgraph graph,
+                                         const CUgraphNode *deps, size_t ndeps,
+                                         CUgraphNodeParams *params) __asm__("cuGraphAddNode");
 
 static CUcontext g_ctx;
 static CUdevice g_dev;
@@ -483,6 +490,34 @@ static void case_mipmap_layered(void)
         cuMipmappedArrayDestroy(m);
 }
 
+/* A graph's allocation node made through the generic cuGraphAddNode holds
+ * its memory as one from cuGraphAddMemAllocNode does: 600 MiB more do not
+ * fit 1 GiB until the graph is destroyed. */
+static void case_graph_node(const char *name, bool v1)
+{
+    CUgraph g = NULL;
+    CUgraphNode n = NULL;
+    CUdeviceptr b = 0, c = 0;
+    CUgraphNodeParams p = {.type = CU_GRAPH_NODE_TYPE_MEM_ALLOC};
+    p.alloc.poolProps.allocType = CU_MEM_ALLOCATION_TYPE_PINNED;
+    p.alloc.poolProps.location = (CUmemLocation){CU_MEM_LOCATION_TYPE_DEVICE, g_dev};
+    p.alloc.bytesize = 600 * MiB;
+    CUresult create = cuGraphCreate(&g, 0);
+    CUresult add = create     ? create
+                   : v1       ? truth_graph_add_node_v1(&n, g, NULL, 0, &p)
+                              : cuGraphAddNode(&n, g, NULL, NULL, 0, &p);
+    CUresult second = cuMemAlloc(&b, 600 * MiB);
+    if (second == CUDA_SUCCESS)
+        cuMemFree(b);
+    CUresult destroy = create ? create : cuGraphDestroy(g);
+    CUresult third = cuMemAlloc(&c, 600 * MiB);
+    printf("path=%s add_rc=%d second_rc=%d destroy_rc=%d third_rc=%d", name, add, second,
+           destroy, third);
+    finish();
+    if (third == CUDA_SUCCESS)
+        cuMemFree(c);
+}
+
 /* ------------------------------------------------------ h. free ordering */
 
 static unsigned long long next_rand(unsigned long long *s)
@@ -662,6 +697,10 @@ int main(int argc, char **argv)
         case_gone(c, true, GO_RELEASE);
     else if (!strcmp(c, "mipmap_layered"))
         case_mipmap_layered();
+    else if (!strcmp(c, "graph_node"))
+        case_graph_node(c, false);
+    else if (!strcmp(c, "graph_node_v1"))
+        case_graph_node(c, true);
     else if (!strcmp(c, "pool_destroy"))
         case_pool_destroy();
     else if (!strcmp(c, "limit_race"))
