@@ -60,6 +60,13 @@ static bool line_allowed(int cls, uint64_t *quiet)
     return true;
 }
 
+/* What the audit log says of f: its class, or NULL ("handle") for a handle,
+ * which is not an address and was never classified. */
+static const vg_ptr_info_t *bad_info(const vg__free_t *f)
+{
+    return (f->key & VG__KEY_HANDLE) ? NULL : &f->bad;
+}
+
 /* "fake (synthetic stride ...)", "interior (offset 0x100 into 0x... of
  * 64.00 MiB)", "unknown handle" ... */
 static void describe(const vg__free_t *f, char *buf, size_t len)
@@ -115,8 +122,7 @@ __attribute__((noreturn)) static void abort_with_report(const vg__free_t *f, con
     void *frames[64];
     int n = backtrace(frames, 64);
     backtrace_symbols_fd(frames, n, STDERR_FILENO); /* no malloc */
-    vg__audit_bad_ptr(f->api, f->key, (f->key & VG__KEY_HANDLE) ? NULL : &f->bad,
-                      VG__BADPTR_ABORT, rc);
+    vg__audit_bad_ptr(f->api, f->key, bad_info(f), VG__BADPTR_ABORT, rc);
     vg__audit_flush_all();
     abort();
 }
@@ -158,7 +164,7 @@ int vg__badptr_begin(vg__free_t *f)
     if (p == VG__BADPTR_ABORT)
         abort_with_report(f, NULL);
     CUresult rc = CUDA_ERROR_INVALID_VALUE;
-    vg__audit_bad_ptr(f->api, f->key, &f->bad, p, &rc);
+    vg__audit_bad_ptr(f->api, f->key, bad_info(f), p, &rc);
     say(f, in_chunk && p == VG__BADPTR_WARN
                ? "refused with CUDA_ERROR_INVALID_VALUE: inside a pool chunk, never "
                  "passed to the driver"
@@ -168,13 +174,12 @@ int vg__badptr_begin(vg__free_t *f)
 
 void vg__badptr_end(const vg__free_t *f, CUresult cr)
 {
-    bool handle = (f->key & VG__KEY_HANDLE) != 0;
     if (vmm_handle(f) && cr == CUDA_SUCCESS)
         return; /* real memory made where we did not look */
     vg__bad_ptr_policy_t p = policy();
     if (p == VG__BADPTR_ABORT && (cr != CUDA_SUCCESS || !maybe_real(f)))
         abort_with_report(f, &cr);
-    vg__audit_bad_ptr(f->api, f->key, handle ? NULL : &f->bad, p, &cr);
+    vg__audit_bad_ptr(f->api, f->key, bad_info(f), p, &cr);
     char outcome[160];
     snprintf(outcome, sizeof outcome, "passed to the driver (%s), which answered %s",
              maybe_real(f) ? "real memory is always passed on" : vg__audit_policy_word(p),

@@ -99,10 +99,12 @@ static void expect_case(const struct bad_case *c, const char *policy)
     cr_expect_not_null(strstr(r.err, called ? "passed to the driver" : "the driver not called"),
                        "%s: %s", what, r.err);
     cr_expect_eq(count_of(audit, "\"op\":\"bad_ptr\""), 1, "%s: log:\n%s", what, audit);
-    char pol[64];
+    char pol[64], cls[64];
     snprintf(pol, sizeof pol, "\"policy\":\"%s\"", policy);
+    snprintf(cls, sizeof cls, "\"class\":\"%s\"", c->cls);
     const char *ev = strstr(audit, "\"op\":\"bad_ptr\"");
     cr_expect(ev && strstr(ev, pol), "%s: log:\n%s", what, audit);
+    cr_expect(ev && strstr(ev, cls), "%s: class not logged:\n%s", what, audit);
     unlink(log);
 }
 
