@@ -213,7 +213,16 @@ int vg__size_parse(const char *text, uint64_t *bytes, char *err, size_t errlen)
 
 /* -------------------------------------------------------------- budgets */
 
-/* "N%" with 0 < N <= 100; text excludes the '%'. */
+/* A percent in the unit the limit uses: millionths of a percent, rounded
+ * (what the user wrote, undoing double rounding: 33.3 is stored as
+ * 33.29999...). */
+static uint64_t percent_millionths(double percent)
+{
+    return (uint64_t)(percent * 1e6 + 0.5);
+}
+
+/* "N%" with 0 < N <= 100; text excludes the '%'. An N that rounds to 0
+ * millionths would be a budget of 0 bytes, an error as "0%" is. */
 static int percent_parse(const char *text, double *percent, vg__err_t e)
 {
     vg__number_t n;
@@ -233,7 +242,10 @@ static int percent_parse(const char *text, double *percent, vg__err_t e)
         f = f * 10 + (uint64_t)(n.frac[i] - '0');
         scale *= 10;
     }
-    *percent = (double)n.whole + (double)f / (double)scale;
+    double v = (double)n.whole + (double)f / (double)scale;
+    if (percent_millionths(v) == 0)
+        return vg__fail(e, "percent rounds to 0 (the smallest is 0.000001)");
+    *percent = v;
     return VG_OK;
 }
 
@@ -383,8 +395,8 @@ int vg__budget_spec_parse(const char *text, vg__budget_spec_t *spec,
 }
 
 /* floor(total * percent / 100) in integers: the percent is taken to a
- * millionth (what the user wrote, undoing double rounding: 33.3 is stored
- * as 33.29999...), so 33.3% of 80e9 is 26640000000, not one byte less. */
+ * millionth (percent_millionths), so 33.3% of 80e9 is 26640000000, not one
+ * byte less. */
 static uint64_t percent_of(uint64_t total, double percent)
 {
     const uint64_t den = 100000000; /* 100% in millionths of a percent */
@@ -392,7 +404,7 @@ static uint64_t percent_of(uint64_t total, double percent)
         return 0;
     if (percent >= 100.0)
         return total;
-    uint64_t p = (uint64_t)(percent * 1e6 + 0.5);
+    uint64_t p = percent_millionths(percent);
     return total / den * p + total % den * p / den;
 }
 

@@ -223,6 +223,13 @@ Test(settings, bad_settings_give_their_exact_message)
         {"VRAMGUARD_BUDGET", "100.5%",
          "VRAMGUARD_BUDGET='100.5%': percent must be more than 0 and at "
          "most 100 (accepted: " ACC_BUDGET ")"},
+        {"VRAMGUARD_BUDGET", "0.0000001%",
+         "VRAMGUARD_BUDGET='0.0000001%': percent rounds to 0 (the smallest is "
+         "0.000001) (accepted: " ACC_BUDGET ")"},
+        {"VRAMGUARD_BUDGET", "0=0.00000000000000000001%",
+         "VRAMGUARD_BUDGET='0=0.00000000000000000001%': item "
+         "'0=0.00000000000000000001%': percent rounds to 0 (the smallest is "
+         "0.000001) (accepted: " ACC_BUDGET ")"},
         {"VRAMGUARD_BUDGET", "%",
          "VRAMGUARD_BUDGET='%': no digits (accepted: " ACC_BUDGET ")"},
         {"VRAMGUARD_BUDGET", "8G,4G",
@@ -387,6 +394,9 @@ Test(settings, percent_is_floored_share_of_the_device)
     cr_expect_eq(vg__budget_spec_limit(&spec, 0, NULL, 3), 1);
     spec = spec_of("0.001%");
     cr_expect_float_eq(spec.all.percent, 0.001, 1e-12);
+    /* The smallest share: one millionth of a percent, after rounding. */
+    spec = spec_of("0.0000005%");
+    cr_expect_eq(vg__budget_spec_limit(&spec, 0, NULL, 80000000000ull), 800);
 }
 
 Test(settings, uuid_beats_ordinal_beats_default)
