@@ -122,7 +122,9 @@ __attribute__((noreturn)) static void abort_with_report(const vg__free_t *f, con
     void *frames[64];
     int n = backtrace(frames, 64);
     backtrace_symbols_fd(frames, n, STDERR_FILENO); /* no malloc */
-    vg__audit_bad_ptr(f->api, f->key, bad_info(f), VG__BADPTR_ABORT, rc);
+    /* The log's rc is what the program got, and it gets nothing: the
+     * driver's answer, when there was one, is in the stderr report. */
+    vg__audit_bad_ptr(f->api, f->key, bad_info(f), VG__BADPTR_ABORT, NULL);
     vg__audit_flush_all();
     abort();
 }

@@ -78,6 +78,10 @@ static void expect_case(const struct bad_case *c, const char *policy)
                   "%s: no abort report:\n%s", what, r.err);
         cr_expect_not_null(strstr(r.err, c->named), "%s: class not named:\n%s", what, r.err);
         cr_expect_not_null(strstr(audit, "\"policy\":\"abort\""), "%s: log:\n%s", what, audit);
+        /* rc is what the program got: under abort, nothing. */
+        const char *ev = strstr(audit, "\"op\":\"bad_ptr\"");
+        const char *rc = ev ? strstr(ev, "\"rc\":") : NULL, *eol = ev ? strchr(ev, '\n') : NULL;
+        cr_expect(ev && (!rc || (eol && rc > eol)), "%s: rc logged under abort:\n%s", what, audit);
         unlink(log);
         return;
     }
