@@ -773,3 +773,20 @@ Test(settings, docs_list_every_setting)
     cr_expect_not_null(strstr(doc, "`CUDA_DEVICE_MEMORY_LIMIT`"));
     cr_expect_not_null(strstr(doc, "`CUDA_DEVICE_MEMORY_LIMIT_<i>`"));
 }
+
+/* The docs table is the settings table copied by hand: one row per
+ * setting, in the table's order, so the two read side by side. */
+Test(settings, docs_table_rows_follow_the_settings_table)
+{
+    seen_t seen = {0};
+    vg__settings_describe(remember, &seen);
+    const char *doc = read_doc(), *prev = doc;
+    for (int i = 0; i < seen.count; i++) {
+        char row[80];
+        snprintf(row, sizeof row, "\n| `%s` |", seen.row[i].env);
+        const char *at = strstr(doc, row);
+        cr_assert_not_null(at, "docs/settings.md has no row for %s", seen.row[i].env);
+        cr_expect_gt(at, prev, "%s's row is out of the table's order", seen.row[i].env);
+        prev = at;
+    }
+}
