@@ -80,7 +80,7 @@ typedef enum vg__set_type {
       "What to do when a pointer we never handed out is freed or used: "      \
       "log and pass it on, refuse it with CUDA_ERROR_INVALID_VALUE, or "      \
       "abort the process. Memory that may be real (foreign pointers, "        \
-      "unknown handles) is always passed on.")                                \
+      "VMM handles it never saw) is always passed on.")                       \
     X(managed, "VRAMGUARD_MANAGED", VG__SET_ENUM, "count", "--managed",       \
       "count|ignore|deny",                                                    \
       "Managed (unified) memory: charge it to the budget, let it through "    \

@@ -203,8 +203,8 @@ void vg__leaks_report(void);
 /* badptr.c. A free of a key the ledger does not hold. Pointers are
  * classified (vg__ptr_classify) and VRAMGUARD_ON_BAD_POINTER applied:
  * VG_OK = forward to the driver (warn; and always for real memory we did
- * not see: foreign pointers, unknown handles), VG_ENOTFOUND = reject, or a
- * report and abort(). Handles are judged after the driver answers.
+ * not see: foreign pointers, unknown VMM handles), VG_ENOTFOUND = reject,
+ * or a report and abort(). Those are judged after the driver answers.
  * (Declared above, beside its caller vg__acct_free_begin.) */
 /* After the driver answered a VG__FREE_BAD free: `bad_ptr` event, one
  * rate-limited stderr line, abort() under that policy. */

@@ -694,6 +694,8 @@ Test(settings, describe_covers_every_row_in_table_order)
     cr_expect_str_eq(seen.row[0].deflt, "");
     cr_expect_not_null(strstr(bad->help, "warn|reject|abort"));
     cr_expect_str_eq(bad->metavar, "warn|reject|abort");
+    /* Only VMM handles may be real: an array handle it never saw is refused. */
+    cr_expect_not_null(strstr(bad->help, "VMM handles"), "%s", bad->help);
     cr_expect_str_eq(frames->deflt, "0");
     cr_expect_str_eq(frames->metavar, "N");
     vg__settings_describe(NULL, NULL); /* harmless */
