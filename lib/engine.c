@@ -133,13 +133,13 @@ static uint64_t resolve_limit(int device)
     if (spec_needs_device(spec) &&
         (vg__device_uuid(device, uuid) != VG_OK ||
          vg__device_total(device, &total) != VG_OK)) {
-        vg__log("cannot read device %d to resolve VRAMGUARD_BUDGET; "
-                "refusing its allocations", device);
+        vg__log("cannot read device %d to resolve %s; refusing its allocations",
+                device, settings.budget_from);
         return 0;
     }
     if (spec->count > 0 && spec->all.unit == VG__BUDGET_NONE && !spec_names_a_device(spec)) {
-        vg__log("VRAMGUARD_BUDGET names no device the driver shows; refusing "
-                "device %d's allocations rather than running unlimited", device);
+        vg__log("%s names no device the driver shows; refusing device %d's allocations "
+                "rather than running unlimited", settings.budget_from, device);
         return 0;
     }
     return vg__budget_spec_limit(spec, device, uuid, total);

@@ -263,8 +263,11 @@ int vg__settings_parse(vg__getenv_fn get, void *ctx, vg__settings_t *out,
             int rc = budget_from_hami(get, ctx, &s.budget, e);
             if (rc != VG_OK)
                 return rc;
+            s.budget_from = VG__HAMI_ALL "_<i>";
             continue;
         }
+        if (r->type == VG__SET_BUDGET)
+            s.budget_from = r->env;
         if (!text)
             text = r->deflt;
         vg__err_t reason = {why, sizeof why};

@@ -323,3 +323,24 @@ Test(run_checks, the_shim_alone_fails_closed_on_a_budget_for_no_visible_device)
     cr_expect_not_null(strstr(out, "path=plain allocs=0 "), "%s", out);
     cr_expect_not_null(strstr(err, "names no device the driver shows"), "%s", err);
 }
+
+/* The same through HAMi's alias: the line names the variable that was set,
+ * not VRAMGUARD_BUDGET, which was not. */
+Test(run_checks, a_hami_budget_for_no_visible_device_is_named_in_the_refusal)
+{
+    static const char *const drop[] = {"LD_PRELOAD=", "VRAMGUARD_", "CUDA_DEVICE_MEMORY_",
+                                       "FAKECUDA_", "ASAN_OPTIONS=", NULL};
+    char pre[4200];
+    snprintf(pre, sizeof pre, "LD_PRELOAD=%s/libvramguard-preload.so", build_dir());
+    char *asan = asan_entry("");
+    char **env = env_make(drop, ENV(pre, asan, "CUDA_DEVICE_MEMORY_LIMIT_5=1g"));
+    free(asan);
+    char *argv[] = {(char *)exe("clients/client_cudart"), "plain", "16MiB", NULL};
+    static char out[8192], err[8192];
+    int st = child_run(argv, env, &(child_out_t){out, sizeof out, err, sizeof err});
+    env_free(env);
+    cr_expect_eq(st, 0, "%s", err);
+    cr_expect_not_null(strstr(out, "path=plain allocs=0 "), "%s", out);
+    cr_expect_not_null(strstr(err, "CUDA_DEVICE_MEMORY_LIMIT_<i> names no device"), "%s", err);
+    cr_expect_null(strstr(err, "VRAMGUARD_BUDGET"), "%s", err);
+}
