@@ -193,11 +193,17 @@ bool vg__budget_try_reserve(vg__budget_t *b, uint64_t n)
 }
 
 /* Out of line: the budget looks full. Threads' unspent credit is part of
- * `used`, so it is pulled back first; only then is it a refusal. */
+ * `used`, so it is pulled back first; only then is it a refusal. The
+ * request is tried again even when this reclaim got nothing: reclaimers
+ * take turns, and one racing with this one may have pulled the credit
+ * back (into the budget) after this request found the budget full. */
 __attribute__((noinline)) static int reserve_refused(vg__budget_t *b, uint64_t n)
 {
-    if (b->reclaim && b->reclaim(b) && try_reserve(b, n))
-        return VG_OK;
+    if (b->reclaim) {
+        b->reclaim(b);
+        if (try_reserve(b, n))
+            return VG_OK;
+    }
     atomic_fetch_add_explicit(&b->refusals, 1, memory_order_relaxed);
     return VG_ENOMEM;
 }

@@ -3,14 +3,17 @@
  * the test's own bound to a device slot the engine never resolves here
  * (63): credit held idle by blocked threads never causes a refusal, a
  * thread that exits gives its credit back, a forked child gets back the
- * credit of the parent's other threads, and 16 threads spending credit
+ * credit of the parent's other threads, two requests refused at once both
+ * get the credit one of them pulled back, and 16 threads spending credit
  * never take real use past the limit. The shim's end-to-end proof (the
  * test driver's peak) is in test_truth.c.
  */
 #include <criterion/criterion.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "vg_account.h"
@@ -83,6 +86,63 @@ Test(credit, idle_credit_of_blocked_threads_never_causes_a_refusal)
         pthread_join(t[i], NULL);
     vg__budget_release(&budget, limit);
     cr_expect_eq(raw_used(), 0);
+}
+
+/* ---------------------------------------------- two refusals at once */
+
+static _Atomic int busy_held, busy_done;
+
+/* Holds a whole slice unspent, then stays inside an owner's operation (as
+ * a thread preempted there would), so a reclaimer has to wait for it. */
+static void *hold_busy(void *arg)
+{
+    (void)arg;
+    cr_assert(charge(4 * KiB));
+    uncharge(4 * KiB);
+    cr_assert(vg__credit_enter(vg__credit_mine));
+    atomic_store(&busy_held, 1);
+    while (!atomic_load(&busy_done))
+        sched_yield();
+    vg__credit_leave(vg__credit_mine);
+    return NULL;
+}
+
+static void *reserve_bytes(void *arg)
+{
+    return (void *)(intptr_t)vg__budget_reserve(&budget, (uint64_t)(uintptr_t)arg);
+}
+
+/* The budget is full but for one thread's idle slice, and two requests of
+ * half a slice each are refused at once: the first one's reclaim pulls the
+ * slice back, the second one's finds nothing left to pull. There is room
+ * for both, so neither may be refused. */
+Test(credit, two_requests_refused_at_once_both_get_the_credit_pulled_back, .timeout = 30)
+{
+    const uint64_t limit = 256 * MiB, slice = limit / 1024;
+    setup_budget(limit);
+    pthread_t h, a, b;
+    cr_assert_eq(pthread_create(&h, NULL, hold_busy, NULL), 0);
+    while (!atomic_load(&busy_held))
+        sched_yield();
+    cr_assert_eq(raw_used(), slice, "the holder's slice, unspent");
+    cr_assert_eq(vg__budget_reserve(&budget, limit - slice), VG_OK);
+    /* a: refused, reclaims, and waits for the holder with the reclaim lock. */
+    cr_assert_eq(pthread_create(&a, NULL, reserve_bytes, (void *)(uintptr_t)(slice / 2)), 0);
+    while (!atomic_load(&vg__credit_stop))
+        sched_yield();
+    /* b: refused too while the slice is still in `used`; its reclaim waits
+     * for a's. */
+    cr_assert_eq(pthread_create(&b, NULL, reserve_bytes, (void *)(uintptr_t)(slice / 2)), 0);
+    nanosleep(&(struct timespec){0, 200000000}, NULL);
+    atomic_store(&busy_done, 1);
+    void *ra, *rb;
+    pthread_join(a, &ra);
+    pthread_join(b, &rb);
+    pthread_join(h, NULL);
+    cr_expect_eq((int)(intptr_t)ra, VG_OK);
+    cr_expect_eq((int)(intptr_t)rb, VG_OK, "refused with half the idle slice free");
+    cr_expect_eq(atomic_load_explicit(&budget.refusals, memory_order_relaxed), 0);
+    cr_expect_eq(raw_used(), limit);
 }
 
 /* ---------------------------------------------- exit */
