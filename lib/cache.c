@@ -338,6 +338,26 @@ void vg__cache_drain(vg__cache_t *c,
     pthread_mutex_destroy(&c->tcaches_mu);
 }
 
+/* Fork (pool.c's step): in the cache's lock order, list mutex, thread
+ * caches, classes, then the doomed list (taken under a class lock). */
+void vg__cache_prefork(vg__cache_t *c)
+{
+    pthread_mutex_lock(&c->tcaches_mu);
+    vg__tcache_prefork(c);
+    for (uint32_t i = 0; i < c->arenas * VG__CLASSES; i++)
+        vg__class_lock(class_nth(c, i));
+    vg__spin_lock(&c->doomed_lock);
+}
+
+void vg__cache_postfork(vg__cache_t *c)
+{
+    vg__spin_unlock(&c->doomed_lock);
+    for (uint32_t i = c->arenas * VG__CLASSES; i-- > 0;)
+        vg__class_unlock(class_nth(c, i));
+    vg__tcache_postfork(c);
+    pthread_mutex_unlock(&c->tcaches_mu);
+}
+
 /* ------------------------------------------------------------ class path */
 
 /* Hands b out for `size` bytes from the class itself (under its lock). */

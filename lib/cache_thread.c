@@ -455,6 +455,21 @@ bool vg__cache_collect(vg__cache_t *c)
     return moved;
 }
 
+/* Fork: every thread cache held as a remote, so no owner is inside its
+ * fast section (with `busy` set) or holds its lock when the process forks,
+ * and none enters one until the release. */
+void vg__tcache_prefork(vg__cache_t *c)
+{
+    for (vg__tcache_t *tc = c->tcaches; tc; tc = tc->next)
+        remote_enter(tc);
+}
+
+void vg__tcache_postfork(vg__cache_t *c)
+{
+    for (vg__tcache_t *tc = c->tcaches; tc; tc = tc->next)
+        remote_leave(tc);
+}
+
 /* ------------------------------------------------------------ take, give */
 
 VG__HOT static inline int take(vg__cache_t *c, int cls, size_t size,

@@ -39,19 +39,30 @@
  *  8 STREAM_POOLS    account.c pools_lock: stream-ordered pools. Leaf.
  *  9 VMM             account_vmm.c vmm_lock: handles and mappings; looks
  *                    up the ledger (LEDGER) inside.
- * 10 CHUNKS          chunks.c index_lock: the chunk index. Leaf.
- * 11 LEDGER          ledger.c's 128 shard spinlocks, taken in index order
+ * 10 POOLS           pool.c all_mu (the list of pools), then each pool's
+ *                    mutexes and its cache's locks: the thread-cache list,
+ *                    each thread cache (as a remote: its owner is out of
+ *                    its fast section), each class, the doomed list. They
+ *                    are spinlocks and per-pool mutexes, never held across
+ *                    a call out, but a child must not find one held by a
+ *                    thread that did not come along, nor an owner's `busy`
+ *                    left set: it would hang on the inherited pool. A
+ *                    class lock is held while the chunk index is written
+ *                    (CHUNKS), so these come before it.
+ * 11 CHUNKS          chunks.c index_lock: the chunk index. Leaf.
+ * 12 LEDGER          ledger.c's 128 shard spinlocks, taken in index order
  *                    at fork (at run time a thread holds one at a time).
- * 12 AUDIT           audit_buf.c reg_lock, then each thread's buffer: an
+ * 13 AUDIT           audit_buf.c reg_lock, then each thread's buffer: an
  *                    event may be written under any lock above, so the
  *                    buffers come last (taken first, a thread holding VMM
  *                    and writing an event would wait for the fork forever).
  *
- * Not ranked: per-pool mutexes (made and destroyed with their pools), the
- * pool cache's class and magazine spinlocks (never held across a call
- * out), the shared region's robust process-shared mutex (another process
- * may hold it; a child that finds it held by a dead owner recovers it),
- * and the shim's NVML locks (shim/nvml.c).
+ * Not ranked at run time: per-pool mutexes (made and destroyed with their
+ * pools) and the pool cache's class and magazine spinlocks (never held
+ * across a call out; fork takes them all under POOLS). Not ranked at all:
+ * the shared region's robust process-shared mutex (another process may
+ * hold it; a child that finds it held by a dead owner recovers it), and
+ * the shim's NVML locks (shim/nvml.c).
  *
  * Locks held across driver calls (ranks 1-5): prepare waits for the holder's
  * driver call to return. CUDA does not support using the driver in a child
@@ -92,6 +103,7 @@ static const vg__fork_step_t steps[] = {
      vg__account_postfork_child},
     {VG__RANK_VMM, vg__account_vmm_prefork, vg__account_vmm_postfork_parent,
      vg__account_vmm_postfork_child},
+    {VG__RANK_POOLS, vg__pool_prefork, vg__pool_postfork_parent, vg__pool_postfork_child},
     {VG__RANK_CHUNKS, vg__chunks_prefork, vg__chunks_postfork_parent,
      vg__chunks_postfork_child},
     {VG__RANK_LEDGER, vg__ledger_prefork, vg__ledger_postfork_parent,

@@ -28,9 +28,17 @@
 #include <string.h>
 
 #include "vg_account.h"
+#include "vg_fork.h"
 #include "vg_pool.h"
 
 #define DRIVER_ALIGN 256u /* cuMemAlloc guarantees at least this */
+
+/* Every pool, for fork: a thread that did not come along may have been
+ * inside one of a pool's critical sections, so fork takes every pool's
+ * locks first (fork.c, rank POOLS). A pool joins when it is made and
+ * leaves before its destruction begins. */
+static pthread_mutex_t all_mu = PTHREAD_MUTEX_INITIALIZER;
+static vg_pool_t *all_pools; /* linked through fork_next, under all_mu */
 
 /* Set while this thread runs an eviction callback: a request the callback
  * makes may trim, but never evicts (no eviction inside an eviction). */
@@ -208,6 +216,50 @@ void vg__pool_act_on_pressure(vg_pool_t *pool)
     atomic_store_explicit(&pool->acting, 0, memory_order_release);
 }
 
+/* ------------------------------------------------------------ fork */
+
+void vg__pool_prefork(void)
+{
+    pthread_mutex_lock(&all_mu);
+    for (vg_pool_t *p = all_pools; p; p = p->fork_next) {
+        pthread_mutex_lock(&p->lock);
+        pthread_mutex_lock(&p->evict.mu);
+        vg__cache_prefork(&p->cache);
+    }
+}
+
+static void pools_postfork(void)
+{
+    for (vg_pool_t *p = all_pools; p; p = p->fork_next) {
+        vg__cache_postfork(&p->cache);
+        pthread_mutex_unlock(&p->evict.mu);
+        pthread_mutex_unlock(&p->lock);
+    }
+    pthread_mutex_unlock(&all_mu);
+}
+
+void vg__pool_postfork_parent(void) { pools_postfork(); }
+void vg__pool_postfork_child(void) { pools_postfork(); }
+
+static void pool_join(vg_pool_t *p)
+{
+    vg__mutex_lock(&all_mu, VG__RANK_POOLS);
+    p->fork_next = all_pools;
+    all_pools = p;
+    vg__mutex_unlock(&all_mu, VG__RANK_POOLS);
+}
+
+static void pool_leave(vg_pool_t *p)
+{
+    vg__mutex_lock(&all_mu, VG__RANK_POOLS);
+    vg_pool_t **at = &all_pools;
+    while (*at && *at != p)
+        at = &(*at)->fork_next;
+    if (*at)
+        *at = p->fork_next;
+    vg__mutex_unlock(&all_mu, VG__RANK_POOLS);
+}
+
 /* ------------------------------------------------------------ create */
 
 int vg_pool_create(int device, uint64_t limit_bytes, vg_pool_t **pool)
@@ -237,6 +289,7 @@ int vg_pool_create(int device, uint64_t limit_bytes, vg_pool_t **pool)
     vg__evict_init(&p->evict);
     vg__budget_init(&p->budget, limit_bytes, p);
     vg__budget_on_level(&p->budget, vg__pool_level_hook, NULL);
+    pool_join(p);
     *pool = p;
     return VG_OK;
 }
@@ -598,6 +651,7 @@ int vg_pool_destroy(vg_pool_t *pool, vg_leak_report_t *leaks)
             *leaks = (vg_leak_report_t){0};
         return VG_OK;
     }
+    pool_leave(pool);
     atomic_store_explicit(&pool->closing, true, memory_order_relaxed);
     struct destroy_ctx dc = {.pool = pool};
     vg__ledger_foreach(pool, destroy_one, &dc);

@@ -36,6 +36,7 @@
     X(LIMITS, "account_limits.c limits_lock")                                \
     X(STREAM_POOLS, "account.c pools_lock")                                  \
     X(VMM, "account_vmm.c vmm_lock")                                         \
+    X(POOLS, "pool.c all_mu and every pool's locks")                         \
     X(CHUNKS, "chunks.c index_lock")                                         \
     X(LEDGER, "ledger.c shard spinlocks")                                    \
     X(AUDIT, "audit_buf.c reg_lock and the thread buffers")

@@ -195,6 +195,14 @@ bool vg__cache_reap(vg__cache_t *c, vg__span_t *release);
  * is empty otherwise. false when no chunk is empty. */
 bool vg__cache_trim_one(vg__cache_t *c, vg__span_t *release);
 
+/* Fork (vg__pool_prefork): takes every lock of the cache, so that no
+ * other thread is inside one of its critical sections or an owner's fast
+ * section when the process forks (a child would find it held forever),
+ * and releases them in the parent or child. In order: the thread-cache
+ * list mutex, each thread cache as a remote, each class, the doomed list. */
+void vg__cache_prefork(vg__cache_t *c);
+void vg__cache_postfork(vg__cache_t *c);
+
 typedef struct vg__cache_stats {
     uint64_t held, cached, live_bytes, live_blocks;
     uint64_t hits, misses, allocs, frees, bytes_allocated, syncs;
@@ -308,6 +316,10 @@ void vg__tcache_detach_all(vg__cache_t *c);
 /* Adds every thread cache's counters to s and its live blocks of each
  * class to live[class] (for vg__cache_stats, with c->tcaches_mu held). */
 void vg__tcache_sum(vg__cache_t *c, vg__cache_stats_t *s, uint64_t *live);
+/* Every thread cache of c held as a remote, with c->tcaches_mu held (for
+ * vg__cache_prefork), and released again. */
+void vg__tcache_prefork(vg__cache_t *c);
+void vg__tcache_postfork(vg__cache_t *c);
 
 /* ----------------------------------------------------------- evict.c */
 
@@ -411,6 +423,7 @@ struct vg_pool {
     _Atomic bool chunks_refused;
     _Atomic bool closing; /* vg_pool_destroy has begun */
     pthread_mutex_t lock; /* the callback list; never held across calls out */
+    vg_pool_t *fork_next; /* every pool, for fork (pool.c) */
     int callback_count;
     struct {
         vg_pressure_cb fn;
@@ -438,6 +451,11 @@ int vg__pool_block_take(vg_pool_t *pool, size_t size, vg__block_t *b);
 void vg__pool_block_give(vg_pool_t *pool, const vg__block_t *b, size_t size);
 /* Releases the best empty chunk; its bytes, 0 when none was empty. */
 uint64_t vg__pool_trim_one(vg_pool_t *pool);
+/* Fork steps (fork.c, rank POOLS): every pool's mutexes and its cache's
+ * locks (vg__cache_prefork), pool by pool, and their release. */
+void vg__pool_prefork(void);
+void vg__pool_postfork_parent(void);
+void vg__pool_postfork_child(void);
 
 /* ------------------------------------------------------- pool_info.c */
 

@@ -3,13 +3,16 @@
  * and alignment, hits and misses, no overlap between live blocks (a
  * randomized run with shadow bookkeeping), the budget with the cache full,
  * trimming (on request, before a refusal, under pressure), reuse ordering
- * (one thread and several), pointer checks of blocks, and 16 threads.
+ * (one thread and several), pointer checks of blocks, 16 threads, and a
+ * child forked while other threads use the pool.
  */
 #include <criterion/criterion.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "testutil.h"
 #include "vg_driver.h"
@@ -821,5 +824,70 @@ Test(pool_cache, sixteen_threads_share_the_cache_safely, .timeout = 120)
     cr_expect_eq(stats_of(p).used, 0u);
     cr_expect_eq(fake_used(0), 0u);
     cr_expect_eq(vg__ledger_count(), 0u);
+    vg_pool_destroy(p, NULL);
+}
+
+/* ------------------------------------------------------ fork */
+
+static _Atomic int fork_stop;
+
+/* Small requests and frees in a loop: the thread is nearly always inside
+ * its thread cache's fast section or a class lock. */
+static void *churn_small(void *arg)
+{
+    vg_pool_t *p = arg;
+    vg_devptr_t held[4] = {0};
+    for (unsigned i = 0; !atomic_load(&fork_stop); i++) {
+        vg_devptr_t *h = &held[i % 4];
+        if (*h) {
+            cr_assert_eq(vg_pool_free(p, *h), VG_OK);
+            *h = 0;
+        } else if (vg_pool_alloc(p, 256 + (i % 7) * 4096, NULL, h) != VG_OK) {
+            *h = 0;
+        }
+    }
+    for (int i = 0; i < 4; i++)
+        if (held[i])
+            vg_pool_free(p, held[i]);
+    return NULL;
+}
+
+/* Forks while two threads use the pool: each child reads the stats (every
+ * thread cache), allocates, frees and trims. A lock, or an owner's fast
+ * section, that a thread which did not come along was in at the fork
+ * would hang the child (killed by alarm). Before fork took the pools'
+ * locks about a third of the children hung. */
+Test(pool_cache, a_child_forked_while_threads_use_the_pool_can_use_it, .timeout = 120)
+{
+    vg_pool_t *p = pool_of(256 * MiB);
+    pthread_t t[2];
+    for (int i = 0; i < 2; i++)
+        cr_assert_eq(pthread_create(&t[i], NULL, churn_small, p), 0);
+    sleep_ms(20);
+    int failed = 0;
+    for (int round = 0; round < 20; round++) {
+        pid_t pid = fork();
+        cr_assert_geq(pid, 0);
+        if (pid == 0) {
+            alarm(2);
+            vg_pool_stats_t s;
+            vg_devptr_t ptr;
+            int ok = vg_pool_stats(p, &s) == VG_OK;
+            for (int i = 0; i < 64; i++) {
+                ok &= vg_pool_alloc(p, 256 + (i % 7) * 4096, NULL, &ptr) == VG_OK;
+                ok &= vg_pool_free(p, ptr) == VG_OK;
+            }
+            ok &= vg_pool_trim(p, 0, NULL) == VG_OK;
+            _exit(ok ? 0 : 3);
+        }
+        int status = 0;
+        cr_assert_eq(waitpid(pid, &status, 0), pid);
+        failed += !(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+        sleep_ms(2);
+    }
+    atomic_store(&fork_stop, 1);
+    for (int i = 0; i < 2; i++)
+        pthread_join(t[i], NULL);
+    cr_expect_eq(failed, 0, "%d of 20 children hung or failed", failed);
     vg_pool_destroy(p, NULL);
 }
