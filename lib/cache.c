@@ -349,6 +349,19 @@ void vg__cache_prefork(vg__cache_t *c)
     vg__spin_lock(&c->doomed_lock);
 }
 
+/* A sync another thread had begun ends with the fork: it will never be
+ * done in the child, where a request waiting for it (every seal after it
+ * began) would wait forever. Those numbers are given back, so the next
+ * waiter starts a real one: a seal's epoch stays below every sync begun
+ * from here on, so each still begins after the frees it covers. */
+void vg__cache_postfork_child(vg__cache_t *c)
+{
+    atomic_store_explicit(&c->sync_started,
+                          atomic_load_explicit(&c->sync_done, memory_order_relaxed),
+                          memory_order_relaxed);
+    vg__cache_postfork(c);
+}
+
 void vg__cache_postfork(vg__cache_t *c)
 {
     vg__spin_unlock(&c->doomed_lock);

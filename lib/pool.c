@@ -228,18 +228,18 @@ void vg__pool_prefork(void)
     }
 }
 
-static void pools_postfork(void)
+static void pools_postfork(void (*cache_postfork)(vg__cache_t *c))
 {
     for (vg_pool_t *p = all_pools; p; p = p->fork_next) {
-        vg__cache_postfork(&p->cache);
+        cache_postfork(&p->cache);
         pthread_mutex_unlock(&p->evict.mu);
         pthread_mutex_unlock(&p->lock);
     }
     pthread_mutex_unlock(&all_mu);
 }
 
-void vg__pool_postfork_parent(void) { pools_postfork(); }
-void vg__pool_postfork_child(void) { pools_postfork(); }
+void vg__pool_postfork_parent(void) { pools_postfork(vg__cache_postfork); }
+void vg__pool_postfork_child(void) { pools_postfork(vg__cache_postfork_child); }
 
 static void pool_join(vg_pool_t *p)
 {

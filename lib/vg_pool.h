@@ -202,6 +202,9 @@ bool vg__cache_trim_one(vg__cache_t *c, vg__span_t *release);
  * list mutex, each thread cache as a remote, each class, the doomed list. */
 void vg__cache_prefork(vg__cache_t *c);
 void vg__cache_postfork(vg__cache_t *c);
+/* The same in the child, which first forgets the syncs begun by threads
+ * that did not come along (they never complete there). */
+void vg__cache_postfork_child(vg__cache_t *c);
 
 typedef struct vg__cache_stats {
     uint64_t held, cached, live_bytes, live_blocks;

@@ -43,6 +43,16 @@ static fc_handle *g_handles;
 void fc_lock(void) { pthread_mutex_lock(&g_lock); }
 void fc_unlock(void) { pthread_mutex_unlock(&g_lock); }
 
+/* A child forked while another thread was inside a call finds the lock
+ * free (tests fork while threads use the driver). No prepare step: it
+ * would run before the engine's and wait for a thread that holds one of
+ * the engine's locks across a call in here. */
+static void child_unlock(void) { pthread_mutex_init(&g_lock, NULL); }
+__attribute__((constructor)) static void fork_register(void)
+{
+    pthread_atfork(NULL, NULL, child_unlock);
+}
+
 bool fc_initialized(void)
 {
     return atomic_load_explicit(&g_init, memory_order_acquire) != 0;
