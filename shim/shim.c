@@ -181,17 +181,36 @@ VG__NO_SANITIZE static inline bool is_nvml_name(const char *name)
     return name && name[0] == 'n' && name[1] == 'v' && name[2] == 'm' && name[3] == 'l';
 }
 
+/* Our hook exported under `name`, or NULL when we hook no such name. Only
+ * for a shim that could not start: with no real driver there is no routing
+ * table to match pointers against. */
+static void *hook_named(const char *name)
+{
+#define VG_SHIM_NAMED_(fn, params)                                             \
+    if (strcmp(name, #fn) == 0)                                                \
+        return (void *)&fn;
+    VG_HOOKS(VG_SHIM_NAMED_)
+#undef VG_SHIM_NAMED_
+    return NULL;
+}
+
 /* dlsym with an ordinary handle: ask libc, then hand back our hook when the
  * answer is the real function of one we hook. The name is checked before
  * anything else: a sanitizer runtime calls dlsym while it starts (for libc
- * names), when neither thread-local storage nor instrumented code may run. */
+ * names), when neither thread-local storage nor instrumented code may run.
+ * When the shim cannot start (VRAMGUARD_LIBCUDA names no loadable driver)
+ * but the program loaded one itself, a hooked name still gets our hook,
+ * which returns CUDA_ERROR_NOT_INITIALIZED: handing out the real function
+ * would run the program with no budget at all. */
 VG__NO_SANITIZE static void *lookup(void *handle, const char *name)
 {
     void *p = vg__real_dlsym(handle, name);
     if (!p || !may_be_driver_name(name) || starting)
         return p && is_nvml_name(name) ? vg__nvml_route(p) : p;
-    if (vg__unlikely(!vg__shim_ready()) && vg__shim_start() != CUDA_SUCCESS)
-        return p;
+    if (vg__unlikely(!vg__shim_ready()) && vg__shim_start() != CUDA_SUCCESS) {
+        void *hook = hook_named(name);
+        return hook ? hook : p;
+    }
     return vg__shim_route(p);
 }
 

@@ -231,6 +231,30 @@ Test(shim, malformed_budget_refuses_and_names_the_setting_once)
     }
 }
 
+/* VRAMGUARD_LIBCUDA names a driver the engine cannot load while the program
+ * loads libcuda.so.1 itself: hooked calls return CUDA_ERROR_NOT_INITIALIZED
+ * (docs/shim.md) on every way of reaching the driver, so nothing is
+ * allocated; a lookup must never hand out the real, unbudgeted function. */
+Test(shim, an_unloadable_libcuda_setting_fails_closed_on_every_path)
+{
+    static run_result_t r;
+    for (size_t i = 0; i < NMETHODS; i++) {
+        run_opts_t o = {.method = methods[i], .path = "plain", .chunk = CHUNK_TEXT, .max = "4",
+                        .budget = "2GiB", .env = {"VRAMGUARD_LIBCUDA=/nonexistent/libcuda.so.1"}};
+        run_client(&o, &r);
+        const char *l = line_for(r.out, "plain");
+        cr_expect(l || r.status == 3, "%s: client exited %d with no answer\nstdout: %s\nstderr: %s",
+                  methods[i], r.status, r.out, r.err);
+        if (l)
+            cr_expect_eq(field(l, "allocs"), 0, "%s: %lld allocations reached the driver: %s",
+                         methods[i], field(l, "allocs"), l);
+        cr_expect_leq(field(r.report, "peak_bytes"), 0, "%s: driver peak %lld (report '%s')",
+                      methods[i], field(r.report, "peak_bytes"), r.report);
+        cr_expect_not_null(strstr(r.err, "/nonexistent/libcuda.so.1"),
+                           "%s: stderr does not name the path:\n%s", methods[i], r.err);
+    }
+}
+
 /* 16 threads allocate until each is refused, then hold: exactly the
  * budget gets allocated, never more. */
 Test(shim, racing_threads_never_exceed_the_budget)
