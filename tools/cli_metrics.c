@@ -382,7 +382,12 @@ void cli_metrics_help(FILE *f)
                "  --listen ADDR:PORT  serve them over HTTP until interrupted; loopback\n"
                "                      only (127.0.0.1:9400, [::1]:9400, localhost:9400)\n"
                "  --textfile PATH     write them to PATH atomically (for node_exporter's\n"
-               "                      textfile collector) and exit\n");
+               "                      textfile collector) and exit\n"
+               "  -h, --help          show this help and exit\n\n");
+    cli_wrap(f, 0, 78,
+             "Exit status: 0; 1 when the region NAME cannot be read, PATH cannot "
+             "be written or ADDR:PORT cannot be listened on; 2 for a usage "
+             "error or an address that is not loopback.");
 }
 
 int cli_metrics_main(int argc, char **argv)

@@ -303,7 +303,12 @@ void cli_status_help(FILE *f)
                "  --watch   redraw every second until interrupted, under a timestamp\n"
                "            (plain text, no screen clearing, when not a terminal)\n"
                "  --json    one JSON document for scripts: "
-               "{\"regions\":[{name,path,devices,processes}]}\n");
+               "{\"regions\":[{name,path,devices,processes}]}\n"
+               "  -h, --help\n            show this help and exit\n\n");
+    cli_wrap(f, 0, 78,
+             "Exit status: 0; 1 when the region NAME cannot be read (with "
+             "--watch: when it goes, or the output is closed); 2 for a usage "
+             "error.");
 }
 
 static volatile sig_atomic_t stop;
