@@ -21,7 +21,7 @@
 #include <stdio.h>
 
 /* Where `vramguard run` and `check` look for the shim after the folder of
- * the executable: $(PREFIX)/lib. The Makefile passes PREFIX for the CLI's
+ * the executable and ../lib from it: $(PREFIX)/lib. The Makefile passes PREFIX for the CLI's
  * objects; a build without it looks in /usr/local/lib. */
 #ifndef VG_PREFIX
 #define VG_PREFIX "/usr/local"
@@ -57,7 +57,8 @@ void cli_wrap(FILE *f, int indent, int width, const char *text);
 /* The absolute path of the running executable (/proc/self/exe). Returns 0,
  * or -1 with errno set. */
 int cli_self_exe(char *out, size_t len);
-/* Finds the shim: first beside the executable, then in VG_PREFIX/lib.
+/* Finds the shim: first beside the executable, then in ../lib from it,
+ * then in VG_PREFIX/lib.
  * Returns 0 with the absolute path in out, or -1 with a one-line reason in
  * why (naming every place looked at). */
 int cli_find_shim(char *out, size_t len, char *why, size_t whylen);
