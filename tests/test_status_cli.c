@@ -469,6 +469,28 @@ Test(status_cli, a_percentage_for_a_device_not_visible_here_changes_nothing)
     unlink(file);
 }
 
+/* --list shows the limit the region's devices have (a `run --shared NAME
+ * --budget X` sets it on each device, not as the default for devices that
+ * join later, which --list used to show alone: "none" here). */
+Test(status_cli, budget_list_shows_the_devices_limit)
+{
+    name_region("lim");
+    holder_t h;
+    hold(&h, 1 * MiB);
+    static char buf[1 << 16];
+    cr_assert_eq(cli(buf, sizeof buf, "budget", name, "0=512MiB", NULL), 0, "%s", cli_err);
+    cr_assert_eq(cli(buf, sizeof buf, "budget", "--list", NULL, NULL), 0, "%s", cli_err);
+    const char *row = strstr(buf, name);
+    cr_assert_not_null(row, "%s", buf);
+    cr_expect_not_null(strstr(row, " 512.00 MiB "), "%s", buf);
+    cr_assert_eq(cli(buf, sizeof buf, "budget", "--list", "--json", NULL), 0, "%s", cli_err);
+    row = strstr(buf, name);
+    cr_assert_not_null(row, "%s", buf);
+    cr_expect_not_null(strstr(row, "\"limits\":[536870912]"), "%s", buf);
+    release(&h);
+    unlink(file);
+}
+
 Test(status_cli, budget_lists_and_removes_only_unused_regions)
 {
     name_region("rm");

@@ -38,7 +38,9 @@ void cli_budget_help(FILE *f)
              "Shrinking below use refuses new requests until frees bring use "
              "down; live allocations are never touched.");
     fprintf(f, "\nOptions:\n"
-               "  --list    every shared budget: name, devices, limits, live processes\n"
+               "  --list    every shared budget: name, its devices' limit (or 'per device'\n"
+               "            when they differ; with no device yet, the one devices joining\n"
+               "            later get), devices, live processes\n"
                "  --remove  delete the region NAME; refused while a live process uses it\n"
                "  --json    one JSON object (field names as in the audit log)\n\n");
     cli_wrap(f, 0, 78,
@@ -235,6 +237,29 @@ typedef struct list_ctx {
     int n;
 } list_ctx_t;
 
+/* What --list shows as a region's budget: its devices' limit, with *mixed
+ * set when they differ; with no device yet, the default that devices
+ * joining later get. */
+static uint64_t listed_limit(const vg__shm_t *r, bool *mixed)
+{
+    int first = -1;
+    *mixed = false;
+    for (int d = 0; d < VG__SHM_DEVICES; d++) {
+        if (r->dev[d].ordinal < 0)
+            continue;
+        if (first < 0)
+            first = d;
+        else if (r->dev[d].limit != r->dev[first].limit)
+            *mixed = true;
+    }
+    return first < 0 ? r->h.default_limit : r->dev[first].limit;
+}
+
+static void json_limit(uint64_t v)
+{
+    printf(v == VG__UNLIMITED ? "-1" : "%llu", (unsigned long long)v);
+}
+
 static void list_one(const char *name, const vg__shm_t *r, const unsigned char *alive, void *ctx)
 {
     list_ctx_t *l = ctx;
@@ -242,19 +267,28 @@ static void list_one(const char *name, const vg__shm_t *r, const unsigned char *
     int procs = 0, devs = 0;
     for (int s = 0; s < VG__SHM_SLOTS; s++)
         procs += r->slot[s].pid > 0 && alive[s];
-    for (int d = 0; d < VG__SHM_DEVICES; d++)
-        devs += r->dev[d].ordinal >= 0;
-    uint64_t def = r->h.default_limit;
+    bool mixed;
+    uint64_t lim = listed_limit(r, &mixed);
     if (l->json) {
-        printf("%s{\"name\":\"%s\",\"path\":\"" VG__SHM_PREFIX "%s\",\"budget\":", l->n ? "," : "",
-               name, name);
-        printf(def == VG__UNLIMITED ? "-1" : "%llu", (unsigned long long)def);
-        printf(",\"devices\":%d,\"processes\":%d}", devs, procs);
+        printf("%s{\"name\":\"%s\",\"path\":\"" VG__SHM_PREFIX "%s\",\"budget\":",
+               l->n ? "," : "", name, name);
+        json_limit(r->h.default_limit);
+        printf(",\"limits\":[");
+        for (int d = 0; d < VG__SHM_DEVICES; d++) {
+            if (r->dev[d].ordinal < 0)
+                continue;
+            printf("%s", devs++ ? "," : "");
+            json_limit(r->dev[d].limit);
+        }
+        printf("],\"devices\":%d,\"processes\":%d}", devs, procs);
     } else {
+        for (int d = 0; d < VG__SHM_DEVICES; d++)
+            devs += r->dev[d].ordinal >= 0;
         if (l->n == 0)
             printf("%-32s %12s %8s %10s\n", "NAME", "BUDGET", "DEVICES", "PROCESSES");
         printf("%-32s %12s %8d %10d\n", name,
-               def == VG__UNLIMITED ? "none" : vg__fmt_bytes(def, b, sizeof b), devs, procs);
+               mixed ? "per device" : lim == VG__UNLIMITED ? "none" : vg__fmt_bytes(lim, b, sizeof b),
+               devs, procs);
     }
     l->n++;
 }
