@@ -113,6 +113,10 @@ Test(cli, unknown_commands_and_options_exit_2_naming_them)
     expect_usage_error(&r, "'--budget' needs a value");
     cli_run_clean(&r, NULL, ARGS("run", "--budget", "1GiB"));
     expect_usage_error(&r, "no command");
+    cli_run_clean(&r, NULL, ARGS("metrics", "--listen"));
+    expect_usage_error(&r, "'--listen' needs a value");
+    cli_run_clean(&r, NULL, ARGS("metrics", "--textfile"));
+    expect_usage_error(&r, "'--textfile' needs a value");
 }
 
 /* ------------------------------------------------------------------ run */

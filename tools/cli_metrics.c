@@ -401,6 +401,9 @@ int cli_metrics_main(int argc, char **argv)
             listen_at = argv[++i];
         } else if (!strcmp(argv[i], "--textfile") && i + 1 < argc) {
             textfile = argv[++i];
+        } else if (!strcmp(argv[i], "--listen") || !strcmp(argv[i], "--textfile")) {
+            return cli_usage_error(CMD, "option '%s' needs a value (%s)", argv[i],
+                                   argv[i][2] == 'l' ? "ADDR:PORT" : "PATH");
         } else if (argv[i][0] == '-' || name) {
             return cli_usage_error(CMD, "unexpected argument '%s'", argv[i]);
         } else {
