@@ -91,7 +91,7 @@ PRELOAD    := $(if $(SHIM_SRCS),$(BUILD)/libvramguard-preload.so)
 CLI        := $(if $(CLI_SRCS),$(BUILD)/vramguard)
 BENCH      := $(BUILD)/vg-bench
 
-.PHONY: all build-deps test fuzz check-deps gpu-test bench install uninstall clean
+.PHONY: all build-deps test fuzz check-deps gpu-test bench install uninstall clean FORCE
 all: build-deps
 	@$(MAKE) --no-print-directory $(LIB_SO) $(LIB_A) $(FAKECUDA) $(PRELOAD) $(CLI) $(ALLOC_EXAMPLE) \
 	  $(MANPAGE)
@@ -142,8 +142,15 @@ $(BUILD)/libvramguard-preload.so: $(SHIM_OBJS) $(LIB_OBJS) $(wildcard shim/*.map
 	  $(addprefix -Wl$(comma)--version-script=,$(wildcard shim/*.map)) \
 	  $(SHIM_OBJS) $(LIB_OBJS) $(LIBS) -o $@
 
-# The CLI looks for the shim in $(PREFIX)/lib after its own folder.
+# The CLI looks for the shim in $(PREFIX)/lib after its own folder. cli.c
+# holds that path, so it is rebuilt when PREFIX changes (`make` then
+# `make install PREFIX=/usr`): the stamp is rewritten only when it differs.
 $(CLI_OBJS): CPPFLAGS += -DVG_PREFIX='"$(PREFIX)"'
+$(BUILD)/obj/tools/cli.o: $(BUILD)/prefix.stamp
+$(BUILD)/prefix.stamp: FORCE
+	@mkdir -p $(dir $@)
+	@test "$$(cat $@ 2>/dev/null)" = '$(PREFIX)' || printf '%s\n' '$(PREFIX)' > $@
+FORCE:
 
 $(BUILD)/vramguard: $(CLI_OBJS) $(LIB_A)
 	$(CC) $(LDFLAGS) $^ $(LIBS) -lm -o $@
