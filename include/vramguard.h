@@ -315,7 +315,9 @@ typedef struct vg_device_stats {
 } vg_device_stats_t;
 
 /* Out: *stats for `device`. Walks the live allocations (not for hot
- * loops). VG_EINVAL for a bad ordinal or NULL. */
+ * loops). VG_EINVAL for NULL or an ordinal outside 0..63; an ordinal with
+ * no device behind it is VG_OK with nothing used (its budget as the
+ * settings give it): use vg_device_info to ask whether a device exists. */
 VG_API int vg_device_stats(int device, vg_device_stats_t *stats);
 
 /* ----------------------------------------------------------- buffers */
