@@ -316,8 +316,8 @@ typedef struct vg_device_stats {
 
 /* Out: *stats for `device`. Walks the live allocations (not for hot
  * loops). VG_EINVAL for NULL or an ordinal outside 0..63; an ordinal with
- * no device behind it is VG_OK with nothing used (its budget as the
- * settings give it): use vg_device_info to ask whether a device exists. */
+ * no device behind it is VG_OK with nothing used: vg_device_info says
+ * whether a device exists. */
 VG_API int vg_device_stats(int device, vg_device_stats_t *stats);
 
 /* ----------------------------------------------------------- buffers */
