@@ -19,10 +19,11 @@
  *               [--threads LIST] [--pairs N] [--thread-rounds R]
  *
  * Default (the GPU): each pair timed on its own (CLOCK_MONOTONIC, ~20 ns),
- * sizes 4 KiB, 1 MiB, 64 MiB; 1 and 16 threads. --hooked: over the null
+ * sizes 4 KiB, 1 MiB, 64 MiB, and a 4 KiB cuMemAllocAsync + cuMemFreeAsync
+ * pair on one stream; 1 and 16 threads. --hooked: over the null
  * driver (tests/nulldriver; LD_LIBRARY_PATH), where a native pair costs a
- * few ns: samples are batches of 100 pairs, the shim's cost per hooked call
- * is (shim - native) / 2 per pair, and throughput is measured on 1, 2, 4,
+ * few ns: samples are batches of 100 pairs (plain, then stream-ordered), the
+ * shim's cost per hooked call is (shim - native) / 2 per plain pair, and throughput is measured on 1, 2, 4,
  * 8 and 16 threads (each pinned, each with its own ballast). --pairs: the
  * pairs each thread makes in a throughput round (default 500 on the GPU,
  * where 16 native threads make ~160 k pairs/s in all; 200000 hooked). A
@@ -60,6 +61,7 @@ struct cmd {
     uint32_t n;     /* samples (OP_PAIRS) or pairs per thread (OP_THREADS) */
     uint32_t batch; /* pairs per sample (OP_PAIRS) */
     uint64_t size;
+    bool async;     /* OP_PAIRS: cuMemAllocAsync + cuMemFreeAsync on one stream */
 };
 
 /* ------------------------------------------------------------ pinning */
@@ -91,6 +93,7 @@ static void pin_slot(int slot)
 /* ------------------------------------------------------------ worker */
 
 static CUcontext worker_ctx;
+static CUstream worker_stream; /* made at the first async command */
 
 static bool read_full(int fd, void *buf, size_t n)
 {
@@ -118,18 +121,31 @@ static bool write_full(int fd, const void *buf, size_t n)
     return true;
 }
 
-/* n samples, each the wall time (ns) of `batch` back-to-back pairs. */
-static void time_pairs(uint64_t size, uint32_t n, uint32_t batch, uint32_t *ns)
+/* One pair: plain, or stream-ordered on the worker's stream (no sync:
+ * a free on the same stream makes the block reusable by the next
+ * allocation at once, so the pool does not grow). */
+static bool one_pair(uint64_t size, bool async)
 {
+    CUdeviceptr p = 0;
+    CUresult a = async ? cuMemAllocAsync(&p, size, worker_stream) : cuMemAlloc(&p, size);
+    CUresult f = a != CUDA_SUCCESS ? a : async ? cuMemFreeAsync(p, worker_stream) : cuMemFree(p);
+    return a == CUDA_SUCCESS && f == CUDA_SUCCESS;
+}
+
+/* n samples, each the wall time (ns) of `batch` back-to-back pairs. */
+static void time_pairs(uint64_t size, bool async, uint32_t n, uint32_t batch, uint32_t *ns)
+{
+    if (async && !worker_stream &&
+        cuStreamCreate(&worker_stream, CU_STREAM_NON_BLOCKING) != CUDA_SUCCESS) {
+        for (uint32_t i = 0; i < n; i++)
+            ns[i] = SAMPLE_ERROR;
+        return;
+    }
     for (uint32_t i = 0; i < n; i++) {
         bool bad = false;
         uint64_t t0 = gpu_now_ns();
-        for (uint32_t j = 0; j < batch; j++) {
-            CUdeviceptr p = 0;
-            CUresult a = cuMemAlloc(&p, size);
-            CUresult f = a == CUDA_SUCCESS ? cuMemFree(p) : a;
-            bad |= a != CUDA_SUCCESS || f != CUDA_SUCCESS;
-        }
+        for (uint32_t j = 0; j < batch; j++)
+            bad |= !one_pair(size, async);
         uint64_t dt = gpu_now_ns() - t0;
         ns[i] = bad ? SAMPLE_ERROR : dt >= SAMPLE_ERROR ? SAMPLE_ERROR - 1 : (uint32_t)dt;
     }
@@ -223,7 +239,7 @@ static int worker(int in, int out, int slot)
     while (read_full(in, &c, sizeof c) && c.op != OP_EXIT) {
         if (c.op == OP_PAIRS) {
             uint32_t n = c.n < MAX_SAMPLES ? c.n : MAX_SAMPLES;
-            time_pairs(c.size, n, c.batch ? c.batch : 1, ns);
+            time_pairs(c.size, c.async, n, c.batch ? c.batch : 1, ns);
             if (!write_full(out, ns, n * sizeof ns[0]))
                 return 1;
         } else {
@@ -430,17 +446,20 @@ static void check_name(char *buf, size_t len, const char *prefix, const char *na
             *p = '_';
 }
 
-/* The GPU: each pair timed on its own. */
-static void bench_size(uint64_t size, uint32_t n, int rounds)
+/* The GPU: each pair timed on its own. `async`: cuMemAllocAsync and
+ * cuMemFreeAsync on one stream (the stream-ordered hooks' cost). */
+static void bench_size(uint64_t size, bool async, uint32_t n, int rounds)
 {
-    struct cmd c = {.op = OP_PAIRS, .n = n, .batch = 1, .size = size};
+    struct cmd c = {.op = OP_PAIRS, .n = n, .batch = 1, .size = size, .async = async};
     struct pairs_result x;
     pairs_rounds(&c, rounds, &x);
-    char name[32], label[96], check[48], target[96] = "";
+    char name[48], label[96], check[48], target[96] = "";
     fmt_size(size, name, sizeof name);
+    if (async)
+        strcat(name, " async");
     snprintf(label, sizeof label, "%s pair (%d x %u)", name, rounds, n);
     pairs_bench_row(label, &x, 0);
-    if (size == 4 * KIB)
+    if (size == 4 * KIB && !async)
         snprintf(target, sizeof target, "; target <= +100 ns and <= x1.03: %s",
                  x.diff[1].p50 <= 100 && x.ratio[1].p50 <= 1.03 ? "met" : "MISSED");
     check_name(check, sizeof check, "bench_pair_", name);
@@ -449,16 +468,18 @@ static void bench_size(uint64_t size, uint32_t n, int rounds)
 
 /* Over the null driver: samples of `batch` pairs, so the clock's own cost
  * is spread over them. Half the paired difference is one hooked call. */
-static void bench_hooked(uint32_t n, uint32_t batch, int rounds)
+static void bench_hooked(uint32_t n, uint32_t batch, int rounds, bool async)
 {
-    struct cmd c = {.op = OP_PAIRS, .n = n, .batch = batch, .size = 4 * KIB};
+    struct cmd c = {.op = OP_PAIRS, .n = n, .batch = batch, .size = 4 * KIB, .async = async};
     struct pairs_result x;
     pairs_rounds(&c, rounds, &x);
     char label[96], target[160];
-    snprintf(label, sizeof label, "4 KiB pair, 1 thread, batches of %u (%d x %u)", batch,
-             rounds, n);
+    snprintf(label, sizeof label, "4 KiB %spair, 1 thread, batches of %u (%d x %u)",
+             async ? "async " : "", batch, rounds, n);
     pairs_bench_row(label, &x, 1);
-    pairs_result_row("bench_hooked_pair", &x, 1, "");
+    pairs_result_row(async ? "bench_hooked_async_pair" : "bench_hooked_pair", &x, 1, "");
+    if (async)
+        return; /* the goal below is the plain pair's */
     const struct spread *d = &x.diff[CONF_SHIM], *b = &x.diff[CONF_BUDGET];
     snprintf(target, sizeof target, "target <= 50 ns: %s", d->p50 / 2 <= 50 ? "met" : "MISSED");
     gpu_row("bench_hooked_call", x.errors ? "FAIL" : "info",
@@ -600,13 +621,15 @@ int main(int argc, char **argv)
         if (!spawn(c, preload, budget))
             return 1;
     if (hooked) {
-        bench_hooked(200, 100, rounds);
+        bench_hooked(200, 100, rounds, false);
+        bench_hooked(200, 100, rounds, true);
         bench_scaling(list, nlist, pairs ? (uint32_t)pairs : 200000,
                       thread_rounds ? thread_rounds : 11, true);
     } else {
-        bench_size(4 * KIB, 200, rounds);
-        bench_size(MIB, 200, rounds);
-        bench_size(64 * MIB, 200, rounds);
+        bench_size(4 * KIB, false, 200, rounds);
+        bench_size(MIB, false, 200, rounds);
+        bench_size(64 * MIB, false, 200, rounds);
+        bench_size(4 * KIB, true, 200, rounds);
         bench_scaling(list, nlist, pairs ? (uint32_t)pairs : 500,
                       thread_rounds ? thread_rounds : 7, false);
     }

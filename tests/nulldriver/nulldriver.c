@@ -439,7 +439,7 @@ __attribute__((noinline)) static CUresult slot_alloc(CUdeviceptr *dptr, size_t b
 /* Hot path: a TLS check, a round-up and an add. A range that runs out
  * starts over (nothing is tracked, so nothing collides that is not
  * 64 GiB of live allocations old). */
-CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytesize)
+static inline CUresult null_alloc(CUdeviceptr *dptr, size_t bytesize)
 {
     if (__builtin_expect(!current, 0))
         return CUDA_ERROR_INVALID_CONTEXT;
@@ -465,7 +465,7 @@ CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytesize)
     return CUDA_SUCCESS;
 }
 
-CUresult cuMemFree_v2(CUdeviceptr dptr)
+static inline CUresult null_free(CUdeviceptr dptr)
 {
     touch_footprint();
     if (__builtin_expect(shared, 0) && in_shared(dptr)) {
@@ -480,6 +480,40 @@ CUresult cuMemFree_v2(CUdeviceptr dptr)
              dptr == cell + (CUdeviceptr)(cell_used - 1) * CELL_SLOT)
         cell_used--;
     return CUDA_SUCCESS;
+}
+
+CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytesize)
+{
+    return null_alloc(dptr, bytesize);
+}
+
+CUresult cuMemFree_v2(CUdeviceptr dptr)
+{
+    return null_free(dptr);
+}
+
+/* Stream-ordered pairs cost what plain ones do: nothing is ordered here,
+ * and the device's pool says it holds nothing (cuMemPoolGetAttribute), so
+ * the shim charges them nothing. Streams are a token. */
+CUresult cuStreamCreate(CUstream *phStream, unsigned int flags)
+{
+    (void)flags;
+    if (!phStream)
+        return CUDA_ERROR_INVALID_VALUE;
+    *phStream = (CUstream)(uintptr_t)0x57;
+    return CUDA_SUCCESS;
+}
+
+CUresult cuMemAllocAsync(CUdeviceptr *dptr, size_t bytesize, CUstream hStream)
+{
+    (void)hStream;
+    return null_alloc(dptr, bytesize);
+}
+
+CUresult cuMemFreeAsync(CUdeviceptr dptr, CUstream hStream)
+{
+    (void)hStream;
+    return null_free(dptr);
 }
 
 CUresult cuMemGetInfo_v2(size_t *free, size_t *total)
