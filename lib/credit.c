@@ -234,20 +234,27 @@ bool vg__credit_refill(vg__budget_t *b, int device, uint64_t n)
         return false;
     if (atomic_load_explicit(&vg__credit_slice[device], memory_order_relaxed) != slice)
         atomic_store_explicit(&vg__credit_slice[device], slice, memory_order_relaxed);
-    /* The slice is charged before it enters the cell (so `used` never
-     * holds less than the cells), and outside the owner's operation: the
-     * budget may run level callbacks. */
-    if (!vg__budget_try_reserve(b, slice))
-        return false; /* near full: the caller asks for n alone */
-    vg__budget_commit(b, slice); /* peak and level move with slices */
-    if (vg__credit_enter(c)) {
+    /* The slice moves from the budget into the cell inside one owner's
+     * operation, charged first (so `used` never holds less than the
+     * cells): a reclaimer, which waits for owners to leave, never finds it
+     * charged but in no cell, where it could not pull it back and would
+     * refuse for want of credit that was on its way. The charge is one CAS
+     * (it waits for nothing and runs no callback); peak and level, which
+     * may run level callbacks, move after the operation. */
+    if (!vg__credit_enter(c))
+        return false; /* a reclaim is running: the caller asks for n alone */
+    bool got = vg__budget_try_reserve(b, slice);
+    if (got) {
+        if (vg__credit_test_pause)
+            vg__credit_test_pause(); /* tests only: see the header */
         _Atomic uint64_t *cell = &c->cell[device];
         atomic_store_explicit(cell, atomic_load_explicit(cell, memory_order_relaxed) + slice - n,
                               memory_order_relaxed);
-        vg__credit_leave(c);
-    } else {
-        vg__budget_release(b, slice - n); /* a reclaim is running: n alone */
     }
+    vg__credit_leave(c);
+    if (!got)
+        return false; /* near full: the caller asks for n alone */
+    vg__budget_commit(b, slice); /* peak and level move with slices */
     if (vg__unlikely(vg__budget_level(b) >= VG_PRESSURE_HIGH))
         credit_off(b, device);
     return true;

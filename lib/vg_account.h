@@ -201,6 +201,10 @@ static inline bool vg__credit_give(int device, uint64_t n)
     return true;
 }
 
+/* A test-only pause point inside a refill, between the slice's charge and
+ * its cell: a weak, hidden symbol no product build defines (the call is
+ * never made there). tests/test_credit.c defines it. */
+void vg__credit_test_pause(void) __attribute__((weak, visibility("hidden")));
 /* Takes a new slice from b (one CAS on `used`) and spends n of it: true.
  * False when b has no credit (shared), the level is High or above (then
  * credit is switched off and every thread's pulled back), n is over a

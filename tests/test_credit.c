@@ -4,7 +4,8 @@
  * (63): credit held idle by blocked threads never causes a refusal, a
  * thread that exits gives its credit back, a forked child gets back the
  * credit of the parent's other threads, two requests refused at once both
- * get the credit one of them pulled back, and 16 threads spending credit
+ * get the credit one of them pulled back, a slice on its way into a cell
+ * is waited for and pulled back, and 16 threads spending credit
  * never take real use past the limit. The shim's end-to-end proof (the
  * test driver's peak) is in test_truth.c.
  */
@@ -143,6 +144,59 @@ Test(credit, two_requests_refused_at_once_both_get_the_credit_pulled_back, .time
     cr_expect_eq((int)(intptr_t)rb, VG_OK, "refused with half the idle slice free");
     cr_expect_eq(atomic_load_explicit(&budget.refusals, memory_order_relaxed), 0);
     cr_expect_eq(raw_used(), limit);
+}
+
+/* ---------------------------------------------- a slice on its way */
+
+static _Atomic int pause_armed, pause_reached, pause_over;
+
+/* credit.c's pause point: the armed thread stops inside its refill, its
+ * slice charged and not yet in its cell, until the test lets it go. */
+void vg__credit_test_pause(void)
+{
+    if (!atomic_exchange(&pause_armed, 0))
+        return;
+    atomic_store(&pause_reached, 1);
+    while (!atomic_load(&pause_over))
+        sched_yield();
+}
+
+static void *refill_with_a_pause(void *arg)
+{
+    (void)arg;
+    atomic_store(&pause_armed, 1);
+    cr_assert(charge(4 * KiB));
+    uncharge(4 * KiB);
+    return NULL;
+}
+
+static void *let_go_later(void *arg)
+{
+    (void)arg;
+    nanosleep(&(struct timespec){0, 200000000}, NULL);
+    atomic_store(&pause_over, 1);
+    return NULL;
+}
+
+/* The budget is full but for a slice on its way from the budget into a
+ * thread's cell: a request of half a slice waits for it to arrive and
+ * pulls it back, and is not refused for credit that no cell held yet. */
+Test(credit, a_slice_on_its_way_into_a_cell_is_pulled_back_before_a_refusal, .timeout = 30)
+{
+    const uint64_t limit = 256 * MiB, slice = limit / 1024;
+    setup_budget(limit);
+    pthread_t r, l;
+    cr_assert_eq(pthread_create(&r, NULL, refill_with_a_pause, NULL), 0);
+    while (!atomic_load(&pause_reached))
+        sched_yield();
+    cr_assert_eq(raw_used(), slice, "the slice is charged, in no cell yet");
+    cr_assert_eq(vg__budget_reserve(&budget, limit - slice), VG_OK);
+    cr_assert_eq(pthread_create(&l, NULL, let_go_later, NULL), 0);
+    cr_expect_eq(vg__budget_reserve(&budget, slice / 2), VG_OK,
+                 "refused while a slice was on its way into a cell");
+    pthread_join(l, NULL);
+    pthread_join(r, NULL);
+    cr_expect_eq(atomic_load_explicit(&budget.refusals, memory_order_relaxed), 0);
 }
 
 /* ---------------------------------------------- exit */
