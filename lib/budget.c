@@ -245,6 +245,16 @@ void vg__budget_release(vg__budget_t *b, uint64_t n)
     update_level(b);
 }
 
+void vg__budget_release_quiet(vg__budget_t *b, uint64_t n)
+{
+    atomic_fetch_sub_explicit(&b->used, n, memory_order_relaxed);
+}
+
+void vg__budget_relevel(vg__budget_t *b)
+{
+    update_level(b);
+}
+
 void vg__budget_force(vg__budget_t *b, uint64_t n)
 {
     if (vg__unlikely(b->shared))

@@ -89,10 +89,25 @@ static uint64_t take_cell(vg__credit_t *c, int d)
     return x;
 }
 
-void vg__credit_return(int device, uint64_t bytes)
+static vg__budget_t *budget_of(int device)
+{
+    return atomic_load_explicit(&owner[device], memory_order_acquire);
+}
+
+static void credit_return(int device, uint64_t bytes)
 {
     if (bytes)
-        vg__budget_release(atomic_load_explicit(&owner[device], memory_order_acquire), bytes);
+        vg__budget_release(budget_of(device), bytes);
+}
+
+void vg__credit_shed(int device, uint64_t bytes)
+{
+    vg__budget_release_quiet(budget_of(device), bytes);
+}
+
+void vg__credit_settle(int device)
+{
+    vg__budget_relevel(budget_of(device));
 }
 
 /* Keeps every owner out of its cells until restart_owners(). Slow: one
@@ -124,14 +139,18 @@ static void thread_exit(void *p)
     uint64_t x[VG__MAX_DEVICES];
     /* With `vg__credit_mine` NULL this thread starts no more operations,
      * so only a reclaimer could touch its cells: the lock keeps them out.
-     * The budget is called after it (a level callback may reclaim). */
+     * The bytes reach `used` under it (so a fork, which takes it, never
+     * finds them in neither place); the level moves after it (a level
+     * callback may reclaim). */
     vg__credit_mine = NULL;
     vg__spin_lock(&reclaim_lock);
     for (int d = 0; d < VG__MAX_DEVICES; d++)
-        x[d] = take_cell(c, d);
+        if ((x[d] = take_cell(c, d)))
+            vg__budget_release_quiet(budget_of(d), x[d]);
     vg__spin_unlock(&reclaim_lock);
     for (int d = 0; d < VG__MAX_DEVICES; d++)
-        vg__credit_return(d, x[d]);
+        if (x[d])
+            vg__budget_relevel(budget_of(d));
     atomic_store_explicit(&c->adopted, false, memory_order_release);
 }
 
@@ -189,9 +208,11 @@ uint64_t vg__credit_reclaim(vg__budget_t *b)
     for (vg__credit_t *c = atomic_load_explicit(&reg_head, memory_order_acquire); c;
          c = c->next)
         got += take_cell(c, d);
+    if (got) /* into `used` before the lock goes, as at a thread's exit */
+        vg__budget_release_quiet(b, got);
     restart_owners();
     if (got)
-        vg__budget_release(b, got);
+        vg__budget_relevel(b);
     return got;
 }
 
@@ -272,20 +293,40 @@ void vg__credit_enable(vg__budget_t *b, int device)
  * program that uses credit, as ledger.c does. */
 __attribute__((used)) static void (*const fork_sequence)(void) = vg__fork_prepare;
 
-/* Only the forking thread lives on in the child: the credit the other
- * threads held in the parent is nobody's now, so it goes back. */
-void vg__credit_postfork_child(void)
+/* Fork (fork.c, rank CREDIT): the owners are stopped as for a reclaim, so
+ * no thread is inside an operation, an exit's return or a reclaim when the
+ * process forks; every byte of credit is then in a cell or in `used`,
+ * never on its way between them. */
+void vg__credit_prefork(void)
 {
-    /* A reclaim another thread was running ends with the fork. */
+    if (barrier_ok)
+        stop_owners();
+}
+
+void vg__credit_postfork_parent(void)
+{
+    if (barrier_ok)
+        restart_owners();
+}
+
+void vg__credit_postfork_unlock(void)
+{
     atomic_store_explicit(&vg__credit_stop, 0, memory_order_relaxed);
     atomic_store_explicit(&reclaim_lock, 0, memory_order_relaxed);
+}
+
+/* After every fork step: only the forking thread lives on in the child,
+ * so the credit the other threads held in the parent is nobody's now and
+ * goes back (a budget call: level callbacks may take ranked locks). */
+void vg__credit_postfork_child(void)
+{
     for (vg__credit_t *c = atomic_load_explicit(&reg_head, memory_order_acquire); c;
          c = c->next) {
         if (c == vg__credit_mine || !atomic_load_explicit(&c->adopted, memory_order_relaxed))
             continue;
         atomic_store_explicit(&c->busy, 0, memory_order_relaxed); /* it was mid-operation */
         for (int d = 0; d < VG__MAX_DEVICES; d++)
-            vg__credit_return(d, take_cell(c, d));
+            credit_return(d, take_cell(c, d));
         atomic_store_explicit(&c->adopted, false, memory_order_relaxed);
     }
 }

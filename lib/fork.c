@@ -49,10 +49,17 @@
  *                    left set: it would hang on the inherited pool. A
  *                    class lock is held while the chunk index is written
  *                    (CHUNKS), so these come before it.
- * 11 CHUNKS          chunks.c index_lock: the chunk index. Leaf.
- * 12 LEDGER          ledger.c's 128 shard spinlocks, taken in index order
+ * 11 CREDIT          credit.c reclaim_lock, with every owner stopped (the
+ *                    stop flag, a process-wide barrier, and no owner left
+ *                    inside an operation), as a reclaim does: a child then
+ *                    finds every byte of credit in a cell or in `used`,
+ *                    none on its way between them. A reclaim runs when a
+ *                    reserve is refused, possibly under a pool's locks
+ *                    (POOLS), and takes no lock itself.
+ * 12 CHUNKS          chunks.c index_lock: the chunk index. Leaf.
+ * 13 LEDGER          ledger.c's 128 shard spinlocks, taken in index order
  *                    at fork (at run time a thread holds one at a time).
- * 13 AUDIT           audit_buf.c reg_lock, then each thread's buffer: an
+ * 14 AUDIT           audit_buf.c reg_lock, then each thread's buffer: an
  *                    event may be written under any lock above, so the
  *                    buffers come last (taken first, a thread holding VMM
  *                    and writing an event would wait for the fork forever).
@@ -70,8 +77,9 @@
  *
  * The child, after the releases, resets what names the process (in this
  * order, as before the sequence had one home): the cached tid (util.c), the
- * budget credit of the parent's other threads, given back (credit.c: it
- * takes no lock), the audit log's start line under the new pid
+ * budget credit of the parent's other threads, given back (credit.c: a
+ * budget call, whose level callbacks may take ranked locks, so after the
+ * releases), the audit log's start line under the new pid
  * (audit_buf.c), and the shared
  * region's slot (shared.c: the parent's slot is not the child's).
  */
@@ -104,6 +112,8 @@ static const vg__fork_step_t steps[] = {
     {VG__RANK_VMM, vg__account_vmm_prefork, vg__account_vmm_postfork_parent,
      vg__account_vmm_postfork_child},
     {VG__RANK_POOLS, vg__pool_prefork, vg__pool_postfork_parent, vg__pool_postfork_child},
+    {VG__RANK_CREDIT, vg__credit_prefork, vg__credit_postfork_parent,
+     vg__credit_postfork_unlock},
     {VG__RANK_CHUNKS, vg__chunks_prefork, vg__chunks_postfork_parent,
      vg__chunks_postfork_child},
     {VG__RANK_LEDGER, vg__ledger_prefork, vg__ledger_postfork_parent,

@@ -174,8 +174,12 @@ static inline bool vg__credit_take(int device, uint64_t n)
     return ok;
 }
 
-/* Gives `bytes` of credit taken out of a cell back to `device`'s budget. */
-void vg__credit_return(int device, uint64_t bytes);
+/* Gives `bytes` of credit taken out of a cell back to `device`'s budget,
+ * in two steps: shed moves `used` (inside the owner's operation, so a fork,
+ * which waits for operations to end, never strands them); settle moves the
+ * level after it (a level callback may reclaim). */
+void vg__credit_shed(int device, uint64_t bytes);
+void vg__credit_settle(int device);
 
 /* Hot path: n bytes the driver has freed become this thread's credit when
  * n is at most a slice and credit is on (one load of the read-mostly
@@ -192,12 +196,14 @@ static inline bool vg__credit_give(int device, uint64_t n)
     _Atomic uint64_t *cell = &c->cell[device & (VG__MAX_DEVICES - 1)];
     uint64_t now = atomic_load_explicit(cell, memory_order_relaxed) + n;
     /* Over two slices the cell goes back down to one; the excess goes to
-     * the budget after the operation (a budget call may run callbacks). */
+     * the budget (its level after the operation: it may run callbacks). */
     uint64_t excess = vg__unlikely(now > 2 * slice) ? now - slice : 0;
     atomic_store_explicit(cell, now - excess, memory_order_relaxed);
+    if (vg__unlikely(excess))
+        vg__credit_shed(device, excess);
     vg__credit_leave(c);
     if (vg__unlikely(excess))
-        vg__credit_return(device, excess);
+        vg__credit_settle(device);
     return true;
 }
 
@@ -217,7 +223,12 @@ uint64_t vg__credit_idle(const vg__budget_t *b);
 /* Gives b (the per-process budget of `device`) per-thread credit: engine.c
  * at resolution, before the budget is published. */
 void vg__credit_enable(vg__budget_t *b, int device);
-/* A forked child: the other threads' credit goes back (fork.c). */
+/* Fork (fork.c, rank CREDIT): prepare stops every owner as a reclaim
+ * does; the parent restarts them; the child's step only lets go, and after
+ * every step the child gives back the other threads' credit. */
+void vg__credit_prefork(void);
+void vg__credit_postfork_parent(void);
+void vg__credit_postfork_unlock(void);
 void vg__credit_postfork_child(void);
 
 /* ------------------------------------------------- account_implicit.c */

@@ -64,6 +64,12 @@ void vg__budget_commit(vg__budget_t *b, uint64_t n);
 void vg__budget_rollback(vg__budget_t *b, uint64_t n);
 /* Returns committed bytes on free; updates level. */
 void vg__budget_release(vg__budget_t *b, uint64_t n);
+/* The same in two steps, for credit.c, which gives bytes back where no
+ * level callback may run (under its reclaim lock, inside an owner's
+ * operation): release_quiet moves `used` only (a per-process budget, never
+ * a shared one); relevel, called later, moves the level. */
+void vg__budget_release_quiet(vg__budget_t *b, uint64_t n);
+void vg__budget_relevel(vg__budget_t *b);
 /* Charges n without a limit check (memory the driver already handed out,
  * e.g. measured overhead); updates peak and level. */
 void vg__budget_force(vg__budget_t *b, uint64_t n);

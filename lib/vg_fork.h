@@ -37,6 +37,7 @@
     X(STREAM_POOLS, "account.c pools_lock")                                  \
     X(VMM, "account_vmm.c vmm_lock")                                         \
     X(POOLS, "pool.c all_mu and every pool's locks")                         \
+    X(CREDIT, "credit.c reclaim_lock and every owner stopped")               \
     X(CHUNKS, "chunks.c index_lock")                                         \
     X(LEDGER, "ledger.c shard spinlocks")                                    \
     X(AUDIT, "audit_buf.c reg_lock and the thread buffers")

@@ -5,7 +5,7 @@
  * thread that exits gives its credit back, a forked child gets back the
  * credit of the parent's other threads, two requests refused at once both
  * get the credit one of them pulled back, a slice on its way into a cell
- * is waited for and pulled back, and 16 threads spending credit
+ * is waited for and pulled back (by a reclaim and by a fork), and 16 threads spending credit
  * never take real use past the limit. The shim's end-to-end proof (the
  * test driver's peak) is in test_truth.c.
  */
@@ -170,6 +170,15 @@ static void *refill_with_a_pause(void *arg)
     return NULL;
 }
 
+/* The same, keeping what it charged: 4 KiB stay spent. */
+static void *refill_with_a_pause_and_keep(void *arg)
+{
+    (void)arg;
+    atomic_store(&pause_armed, 1);
+    cr_assert(charge(4 * KiB));
+    return NULL;
+}
+
 static void *let_go_later(void *arg)
 {
     (void)arg;
@@ -197,6 +206,30 @@ Test(credit, a_slice_on_its_way_into_a_cell_is_pulled_back_before_a_refusal, .ti
     pthread_join(l, NULL);
     pthread_join(r, NULL);
     cr_expect_eq(atomic_load_explicit(&budget.refusals, memory_order_relaxed), 0);
+}
+
+/* A fork while a thread is inside its refill, its slice charged and not
+ * yet in its cell, waits for the refill to end (fork stops the owners as a
+ * reclaim does): the child then gives that thread's cell back and keeps
+ * only what the thread spent, not a slice stranded in `used` for good. */
+Test(credit, a_fork_waits_for_a_refill_so_the_child_strands_no_slice, .timeout = 30)
+{
+    const uint64_t limit = 256 * MiB;
+    setup_budget(limit);
+    pthread_t r, l;
+    cr_assert_eq(pthread_create(&r, NULL, refill_with_a_pause_and_keep, NULL), 0);
+    while (!atomic_load(&pause_reached))
+        sched_yield();
+    cr_assert_eq(pthread_create(&l, NULL, let_go_later, NULL), 0);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0)
+        _exit(raw_used() == 4 * KiB ? 0 : 1); /* the 4 KiB spent, no idle credit */
+    int st = 0;
+    cr_assert_eq(waitpid(pid, &st, 0), pid);
+    cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the child kept credit nobody held");
+    pthread_join(l, NULL);
+    pthread_join(r, NULL);
 }
 
 /* ---------------------------------------------- exit */
