@@ -281,6 +281,8 @@ void vg__acct_context_gone(int device, CUcontext ctx, const char *api)
     for (size_t i = 0; i < k.n; i++) {
         if ((k.keys[i] & VG__KEY_HANDLE) || gone(k.keys[i])) /* arrays: collected */
             vg__acct_release_freed(k.keys[i], api);
+        if (k.keys[i] & VG__KEY_HANDLE) /* and what was mapped into them */
+            vg__acct_vmm_array_gone(k.keys[i], api);
     }
     free(k.keys);
     vg__acct_limits_forget(device, ctx);

@@ -11,6 +11,12 @@
  * goes, and is returned only after the driver call that dropped it
  * succeeded.
  *
+ * A handle mapped into a sparse or deferred-mapping array with
+ * cuMemMapArrayAsync is referenced by that mapping too, until an unmap
+ * covers it or the array goes. An unmap names a region, not a handle: one
+ * that covers a mapping only in part leaves it counted (a remap over a
+ * mapped region likewise), so the charge stays, never goes early.
+ *
  * Only handles this process created under a budget are tracked (those with
  * a ledger record); imported handles pass through. All of it is slow path:
  * one mutex, never held across a driver call.
@@ -37,9 +43,23 @@ typedef struct mapping {
     UT_hash_handle hh;
 } mapping_t;
 
+/* A mapping into an array: a box of tiles of one level and layer, or a
+ * byte range of the mip tail (lo[0]..hi[0]). A deferred-mapping array is
+ * mapped and unmapped whole (the driver ignores the region). */
+typedef struct array_map {
+    uint64_t array;   /* the array's ledger key */
+    uint64_t handle;
+    bool whole, miptail;
+    unsigned int level, layer;
+    uint64_t lo[3], hi[3];
+    struct array_map *next;
+} array_map_t;
+
 static pthread_mutex_t vmm_lock = PTHREAD_MUTEX_INITIALIZER;
 static handle_refs_t *refs;   /* only handles with a mapping or a retain */
 static mapping_t *mappings;   /* by va */
+static array_map_t *array_maps;
+static _Atomic int array_mapped; /* entries in array_maps: lets destroys skip the lock */
 
 /* A fork while another thread holds the lock must not leave it held in the
  * child (fork.c, rank VMM). */
@@ -171,4 +191,132 @@ void vg__acct_vmm_unmap(uint64_t va, uint64_t size, const char *api)
         if (last)
             uncharge(handle, api);
     }
+}
+
+/* ------------------------------------------------ mappings into arrays */
+
+static uint64_t array_key(const CUarrayMapInfo *op)
+{
+    const void *h = op->resourceType == CU_RESOURCE_TYPE_MIPMAPPED_ARRAY
+                        ? (const void *)op->resource.mipmap
+                        : (const void *)op->resource.array;
+    return (uint64_t)(uintptr_t)h | VG__KEY_HANDLE;
+}
+
+/* Only deferred-mapping arrays answer for their memory requirements
+ * (cuda.h), and those the driver maps whole. */
+static bool maps_whole(const CUarrayMapInfo *op)
+{
+    CUDA_ARRAY_MEMORY_REQUIREMENTS req;
+    CUdevice dev = op->deviceBitMask ? __builtin_ctz(op->deviceBitMask) : 0;
+    if (op->resourceType == CU_RESOURCE_TYPE_MIPMAPPED_ARRAY)
+        return vg__driver()->cuMipmappedArrayGetMemoryRequirements(&req, op->resource.mipmap,
+                                                                   dev) == CUDA_SUCCESS;
+    return vg__driver()->cuArrayGetMemoryRequirements(&req, op->resource.array, dev) ==
+           CUDA_SUCCESS;
+}
+
+/* The region an entry names (whole is set apart). */
+static void region_of(const CUarrayMapInfo *op, array_map_t *m)
+{
+    m->array = array_key(op);
+    if (op->subresourceType == CU_ARRAY_SPARSE_SUBRESOURCE_TYPE_MIPTAIL) {
+        m->miptail = true;
+        m->layer = op->subresource.miptail.layer;
+        m->lo[0] = op->subresource.miptail.offset;
+        m->hi[0] = m->lo[0] + op->subresource.miptail.size;
+        m->hi[1] = m->hi[2] = 1;
+        return;
+    }
+    const unsigned int *off = &op->subresource.sparseLevel.offsetX;
+    const unsigned int *ext = &op->subresource.sparseLevel.extentWidth;
+    m->level = op->subresource.sparseLevel.level;
+    m->layer = op->subresource.sparseLevel.layer;
+    for (int i = 0; i < 3; i++) {
+        m->lo[i] = off[i];
+        m->hi[i] = (uint64_t)off[i] + ext[i];
+    }
+}
+
+/* True when unmapping `u` (NULL: the whole array) unmaps all of `m`. */
+static bool covers(const array_map_t *u, const array_map_t *m)
+{
+    if (!u || m->whole)
+        return true;
+    if (u->miptail != m->miptail || u->level != m->level || u->layer != m->layer)
+        return false;
+    for (int i = 0; i < 3; i++)
+        if (m->lo[i] < u->lo[i] || m->hi[i] > u->hi[i])
+            return false;
+    return true;
+}
+
+static void array_map(const CUarrayMapInfo *op)
+{
+    uint64_t handle = op->memHandle.memHandle;
+    if (op->memHandleType != CU_MEM_HANDLE_TYPE_GENERIC || !ours(handle))
+        return;
+    array_map_t *m = calloc(1, sizeof *m);
+    if (!m)
+        return; /* the handle is charged until its release, as before */
+    region_of(op, m);
+    m->whole = maps_whole(op);
+    m->handle = handle;
+    vg__mutex_lock(&vmm_lock, VG__RANK_VMM);
+    handle_refs_t *r = refs_of(handle);
+    if (r) {
+        r->maps++;
+        m->next = array_maps;
+        array_maps = m;
+        atomic_fetch_add_explicit(&array_mapped, 1, memory_order_relaxed);
+    }
+    vg__mutex_unlock(&vmm_lock, VG__RANK_VMM);
+    if (!r)
+        free(m);
+}
+
+/* Drops the mappings into `array` that `u` covers (NULL: all of them), one
+ * at a time so that no charge moves under the lock. */
+static void array_unmap(uint64_t array, const array_map_t *u, const char *api)
+{
+    for (;;) {
+        uint64_t handle = 0;
+        bool found = false, last = false;
+        vg__mutex_lock(&vmm_lock, VG__RANK_VMM);
+        for (array_map_t **p = &array_maps; *p; p = &(*p)->next) {
+            array_map_t *m = *p;
+            if (m->array != array || !covers(u, m))
+                continue;
+            *p = m->next;
+            handle = m->handle;
+            free(m);
+            atomic_fetch_sub_explicit(&array_mapped, 1, memory_order_relaxed);
+            last = unref(handle, true);
+            found = true;
+            break;
+        }
+        vg__mutex_unlock(&vmm_lock, VG__RANK_VMM);
+        if (!found)
+            return;
+        if (last)
+            uncharge(handle, api);
+    }
+}
+
+void vg__acct_vmm_array_op(const CUarrayMapInfo *op, const char *api)
+{
+    if (op->memOperationType == CU_MEM_OPERATION_TYPE_MAP) {
+        array_map(op);
+    } else if (op->memOperationType == CU_MEM_OPERATION_TYPE_UNMAP &&
+               atomic_load_explicit(&array_mapped, memory_order_relaxed)) {
+        array_map_t u = {0};
+        region_of(op, &u);
+        array_unmap(u.array, &u, api);
+    }
+}
+
+void vg__acct_vmm_array_gone(uint64_t key, const char *api)
+{
+    if (atomic_load_explicit(&array_mapped, memory_order_relaxed))
+        array_unmap(key, NULL, api);
 }

@@ -317,6 +317,13 @@ void vg__acct_vmm_retain(uint64_t handle);
 /* A cuMemRelease succeeded: the charge goes when it was the last
  * reference. */
 void vg__acct_vmm_released(uint64_t handle, const char *api);
+/* A cuMemMapArrayAsync entry the driver accepted: a MAP of a handle into a
+ * sparse or deferred-mapping array is one more mapping of it, an UNMAP
+ * drops the mappings it covers. */
+void vg__acct_vmm_array_op(const CUarrayMapInfo *op, const char *api);
+/* An array or mipmapped array (its ledger key) is gone, destroyed or with
+ * its context: the driver dropped every mapping into it. */
+void vg__acct_vmm_array_gone(uint64_t key, const char *api);
 
 /* Fork steps (fork.c, rank VMM). */
 void vg__account_vmm_prefork(void);

@@ -5,16 +5,24 @@
  *
  * Objects are recorded under their handle with VG__KEY_HANDLE set, so a
  * handle can never be mistaken for a device address. Arrays are charged
- * their descriptor's size in 2 MiB granules, or the size the driver
- * reports where it answers cuArrayGetMemoryRequirements.
+ * their descriptor's size in 2 MiB granules; sparse and deferred-mapping
+ * arrays nothing (their memory is mapped in from cuMemCreate handles).
  */
 #include "shim.h"
 
 /* The real driver backs arrays in 2 MiB granules: on an H100 (driver 580,
- * 2026-11-22) a 16,000-byte array took 2 MiB of free memory. It answers
- * cuArrayGetMemoryRequirements only for CUDA_ARRAY3D_DEFERRED_MAPPING
- * arrays, so the charge is the descriptor's size rounded up to a granule. */
+ * 2026-11-22) a 16,000-byte array took 2 MiB of free memory. */
 #define ARRAY_GRANULE (2u << 20)
+
+/* A sparse or deferred-mapping array holds no memory of its own: what it
+ * holds is cuMemCreate memory mapped in with cuMemMapArrayAsync, charged
+ * at cuMemCreate and kept alive by the mapping (lib/account_vmm.c).
+ * Charging the array too counted that memory twice, and charged an array
+ * nothing was mapped into for memory it did not hold. */
+static bool holds_none(unsigned int flags)
+{
+    return flags & (CUDA_ARRAY3D_SPARSE | CUDA_ARRAY3D_DEFERRED_MAPPING);
+}
 
 static uint64_t key_of(const void *handle)
 {
@@ -110,6 +118,40 @@ CUresult cuMemRetainAllocationHandle(CUmemGenericAllocationHandle *handle, void 
     return cr;
 }
 
+/* A handle mapped into an array stays alive while the array maps it, as
+ * one mapped with cuMemMap (lib/account_vmm.c). */
+static CUresult map_array(CUresult (*real)(CUarrayMapInfo *, unsigned int, CUstream),
+                          CUarrayMapInfo *list, unsigned int count, CUstream stream,
+                          const char *api)
+{
+    CUresult cr = real(list, count, stream);
+    if (cr == CUDA_SUCCESS && list)
+        for (unsigned int i = 0; i < count; i++)
+            vg__acct_vmm_array_op(&list[i], api);
+    return cr;
+}
+
+CUresult cuMemMapArrayAsync(CUarrayMapInfo *mapInfoList, unsigned int count, CUstream hStream)
+{
+    if (!vg__shim_started())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    if (!vg__real.cuMemMapArrayAsync)
+        return CUDA_ERROR_NOT_FOUND;
+    return map_array(vg__real.cuMemMapArrayAsync, mapInfoList, count, hStream,
+                     "cuMemMapArrayAsync");
+}
+
+CUresult cuMemMapArrayAsync_ptsz(CUarrayMapInfo *mapInfoList, unsigned int count,
+                                 CUstream hStream)
+{
+    if (!vg__shim_started())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    if (!vg__real.cuMemMapArrayAsync_ptsz)
+        return CUDA_ERROR_NOT_FOUND;
+    return map_array(vg__real.cuMemMapArrayAsync_ptsz, mapInfoList, count, hStream,
+                     "cuMemMapArrayAsync_ptsz");
+}
+
 /* ------------------------------------------------------------ arrays */
 
 static uint64_t element_bytes(CUarray_format f)
@@ -130,8 +172,8 @@ static uint64_t element_bytes(CUarray_format f)
     }
 }
 
-/* An estimate to reserve before the driver is asked; the charge is then
- * settled on the driver's own figure. Saturates instead of wrapping. */
+/* What an array of these dimensions takes, in whole granules. Saturates
+ * instead of wrapping. */
 static uint64_t array_estimate(uint64_t w, uint64_t h, uint64_t d,
                                CUarray_format f, unsigned channels)
 {
@@ -156,14 +198,6 @@ static CUresult array_settle(vg__ticket_t *t, CUresult cr, CUarray *out)
         return cr;
     }
     CUarray arr = *out;
-    CUDA_ARRAY_MEMORY_REQUIREMENTS req = {0};
-    if (vg__driver()->cuArrayGetMemoryRequirements(&req, arr, t->device) == CUDA_SUCCESS &&
-        vg__acct_resize(t, req.size) != VG_OK) {
-        vg__real.cuArrayDestroy(arr);
-        vg__acct_cancel(t);
-        *out = NULL;
-        return CUDA_ERROR_OUT_OF_MEMORY;
-    }
     if (vg__acct_commit(t, key_of(arr), t->bytes, current_ctx()) != VG_OK) {
         vg__real.cuArrayDestroy(arr); /* not recorded: refused */
         vg__acct_unrecorded(t, key_of(arr), t->bytes);
@@ -212,7 +246,7 @@ CUresult cuArray3DCreate_v2(CUarray *pHandle, const CUDA_ARRAY3D_DESCRIPTOR *d)
     if (!d || !pHandle)
         return vg__real.cuArray3DCreate_v2(pHandle, d);
     vg__ticket_t t = {.device = vg__shim_device(), .kind = VG_KIND_ARRAY,
-                      .bytes = array_estimate(d->Width, d->Height, d->Depth, d->Format, d->NumChannels), .api = "cuArray3DCreate_v2"};
+                      .bytes = holds_none(d->Flags) ? 0 : array_estimate(d->Width, d->Height, d->Depth, d->Format, d->NumChannels), .api = "cuArray3DCreate_v2"};
     int rc = vg__acct_reserve(&t);
     if (rc != VG_OK)
         return vg__cu_status(rc);
@@ -229,7 +263,7 @@ CUresult cuArray3DCreate(CUarray *pHandle, const CUDA_ARRAY3D_DESCRIPTOR_v1 *d)
     if (!d || !pHandle)
         return vg__real.cuArray3DCreate(pHandle, d);
     vg__ticket_t t = {.device = vg__shim_device(), .kind = VG_KIND_ARRAY,
-                      .bytes = array_estimate(d->Width, d->Height, d->Depth, d->Format, d->NumChannels), .api = "cuArray3DCreate"};
+                      .bytes = holds_none(d->Flags) ? 0 : array_estimate(d->Width, d->Height, d->Depth, d->Format, d->NumChannels), .api = "cuArray3DCreate"};
     int rc = vg__acct_reserve(&t);
     if (rc != VG_OK)
         return vg__cu_status(rc);
@@ -247,6 +281,8 @@ CUresult cuArrayDestroy(CUarray hArray)
         return vg__cu_status(rc);
     CUresult cr = vg__real.cuArrayDestroy(hArray);
     vg__acct_free_end(&f, cr);
+    if (cr == CUDA_SUCCESS)
+        vg__acct_vmm_array_gone(key_of(hArray), "cuArrayDestroy");
     return cr;
 }
 
@@ -276,7 +312,8 @@ CUresult cuMipmappedArrayCreate(CUmipmappedArray *pHandle, const CUDA_ARRAY3D_DE
     if (!d || !pHandle)
         return vg__real.cuMipmappedArrayCreate(pHandle, d, numMipmapLevels);
     vg__ticket_t t = {.device = vg__shim_device(), .kind = VG_KIND_ARRAY,
-                      .bytes = mipmap_estimate(d, numMipmapLevels), .api = "cuMipmappedArrayCreate"};
+                      .bytes = holds_none(d->Flags) ? 0 : mipmap_estimate(d, numMipmapLevels),
+                      .api = "cuMipmappedArrayCreate"};
     int rc = vg__acct_reserve(&t);
     if (rc != VG_OK)
         return vg__cu_status(rc);
@@ -284,14 +321,6 @@ CUresult cuMipmappedArrayCreate(CUmipmappedArray *pHandle, const CUDA_ARRAY3D_DE
     if (cr != CUDA_SUCCESS) {
         vg__acct_cancel(&t);
         return cr;
-    }
-    CUDA_ARRAY_MEMORY_REQUIREMENTS req = {0};
-    if (vg__driver()->cuMipmappedArrayGetMemoryRequirements(&req, *pHandle, t.device) == CUDA_SUCCESS &&
-        vg__acct_resize(&t, req.size) != VG_OK) {
-        vg__real.cuMipmappedArrayDestroy(*pHandle);
-        vg__acct_cancel(&t);
-        *pHandle = NULL;
-        return CUDA_ERROR_OUT_OF_MEMORY;
     }
     if (vg__acct_commit(&t, key_of(*pHandle), t.bytes, current_ctx()) != VG_OK) {
         vg__real.cuMipmappedArrayDestroy(*pHandle); /* not recorded: refused */
@@ -312,6 +341,8 @@ CUresult cuMipmappedArrayDestroy(CUmipmappedArray hMipmappedArray)
         return vg__cu_status(rc);
     CUresult cr = vg__real.cuMipmappedArrayDestroy(hMipmappedArray);
     vg__acct_free_end(&f, cr);
+    if (cr == CUDA_SUCCESS)
+        vg__acct_vmm_array_gone(key_of(hMipmappedArray), "cuMipmappedArrayDestroy");
     return cr;
 }
 

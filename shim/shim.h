@@ -104,6 +104,10 @@
     X(cuMemUnmap, (CUdeviceptr ptr, size_t size))                              \
     X(cuMemRetainAllocationHandle,                                             \
       (CUmemGenericAllocationHandle *handle, void *addr))                      \
+    X(cuMemMapArrayAsync,                                                      \
+      (CUarrayMapInfo *mapInfoList, unsigned int count, CUstream hStream))     \
+    X(cuMemMapArrayAsync_ptsz,                                                 \
+      (CUarrayMapInfo *mapInfoList, unsigned int count, CUstream hStream))     \
     X(cuCtxCreate, (CUcontext *pctx, unsigned int flags, CUdevice dev))        \
     X(cuCtxCreate_v2, (CUcontext *pctx, unsigned int flags, CUdevice dev))     \
     X(cuCtxCreate_v3, (CUcontext *pctx, CUexecAffinityParam *paramsArray,     \
@@ -167,7 +171,6 @@
     X(cuMemSetAccess) X(cuMemGetAccess) X(cuMemGetAllocationGranularity)      \
     X(cuMemGetAllocationPropertiesFromHandle)                                 \
     X(cuMemExportToShareableHandle) X(cuMemImportFromShareableHandle)         \
-    X(cuMemMapArrayAsync) X(cuMemMapArrayAsync_ptsz)                          \
     X(cuMemPoolCreate) X(cuMemPoolTrimTo) X(cuMemPoolSetAttribute)            \
     X(cuMemPoolGetAttribute) X(cuMemPoolSetAccess) X(cuMemPoolGetAccess)      \
     X(cuMemPoolExportToShareableHandle) X(cuMemPoolImportFromShareableHandle) \

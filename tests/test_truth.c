@@ -329,6 +329,34 @@ Test(truth, two_threads_setting_one_limit_at_once_charge_it_once)
     expect_peak_within(&t, GiB);
 }
 
+/* A deferred-mapping or sparse array holds no memory of its own: its
+ * memory is cuMemCreate memory mapped in with cuMemMapArrayAsync, which
+ * stays while the array maps it, released or not (the VMM rule). Under
+ * 1 GiB: an empty 600 MiB array leaves room for 600 MiB; 600 MiB mapped
+ * into it and released do not; unmapped, or the array destroyed, they do
+ * again. With NVML and without (which sees only the calls). */
+Test(truth, an_array_holds_the_memory_mapped_into_it_and_none_of_its_own)
+{
+    static const char *const cases[] = {"array_deferred", "array_sparse", "mipmap_deferred"};
+    static truth_t t;
+    char *no_nvml = cat3("LD_LIBRARY_PATH=", build_dir(), "/fakecuda");
+    const char *const without[] = {no_nvml, NULL};
+    for (int i = 0; i < 6; i++) {
+        run_truth(&t, cases[i % 3], "1GiB", i < 3 ? NULL : without);
+        expect_rc(&t, "create_rc", 0);
+        expect_rc(&t, "empty_rc", 0);
+        expect_rc(&t, "map_rc", 0);
+        expect_rc(&t, "mapped_rc", OUT_OF_MEMORY);
+        expect_rc(&t, "unmap_rc", 0);
+        expect_rc(&t, "unmapped_rc", 0);
+        expect_rc(&t, "remap_rc", 0);
+        expect_rc(&t, "destroy_rc", 0);
+        expect_rc(&t, "destroyed_rc", 0);
+        expect_peak_within(&t, GiB);
+    }
+    free(no_nvml);
+}
+
 /* cuGraphAddNode (both ABIs) makes allocation nodes as cuGraphAddMemAllocNode
  * does, and they hold their memory until the graph is destroyed: 600 MiB
  * plain do not fit next to one of 600 MiB under 1 GiB, and fit after. With

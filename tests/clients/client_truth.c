@@ -47,6 +47,13 @@
  *               context destroyed, then 600 MiB in the primary
  *   mipmap_layered a layered mipmapped array (64 layers of 512 x 512 float4,
  *               every level: 341 MiB), then 16 MiB allocations until refused
+ *   array_deferred, array_sparse, mipmap_deferred a 600 MiB array that
+ *               holds no memory of its own (CUDA_ARRAY3D_DEFERRED_MAPPING or
+ *               _SPARSE; a mipmapped array of one level), then 600 MiB plain;
+ *               600 MiB of cuMemCreate mapped into it (cuMemMapArrayAsync)
+ *               and released at once, 600 MiB plain; the array unmapped,
+ *               600 MiB plain; mapped again, released, the array destroyed,
+ *               600 MiB plain
  *   graph_node[_v1] a 600 MiB allocation node added with cuGraphAddNode (_v1:
  *               the CUDA 12.2 ABI without edge data), then 600 MiB plain,
  *               then the graph destroyed and 600 MiB plain again
@@ -490,6 +497,79 @@ static void case_mipmap_layered(void)
         cuMipmappedArrayDestroy(m);
 }
 
+/* 600 MiB plain, freed at once if it fit; its code. */
+static CUresult alloc_600(void)
+{
+    CUdeviceptr p = 0;
+    CUresult rc = cuMemAlloc(&p, 600 * MiB);
+    if (rc == CUDA_SUCCESS)
+        cuMemFree(p);
+    return rc;
+}
+
+/* One cuMemMapArrayAsync entry for the whole of `a` (a 2D array, or level
+ * 0 of a mipmapped one): MAP of h, or UNMAP when h is 0. */
+static CUresult map_whole(void *a, bool mipmap, const CUDA_ARRAY3D_DESCRIPTOR *d,
+                          CUmemGenericAllocationHandle h)
+{
+    CUarrayMapInfo m = {0};
+    m.resourceType = mipmap ? CU_RESOURCE_TYPE_MIPMAPPED_ARRAY : CU_RESOURCE_TYPE_ARRAY;
+    if (mipmap)
+        m.resource.mipmap = a;
+    else
+        m.resource.array = a;
+    m.subresourceType = CU_ARRAY_SPARSE_SUBRESOURCE_TYPE_SPARSE_LEVEL;
+    m.subresource.sparseLevel.extentWidth = (unsigned int)d->Width;
+    m.subresource.sparseLevel.extentHeight = (unsigned int)d->Height;
+    m.subresource.sparseLevel.extentDepth = 1;
+    m.memOperationType = h ? CU_MEM_OPERATION_TYPE_MAP : CU_MEM_OPERATION_TYPE_UNMAP;
+    m.memHandleType = CU_MEM_HANDLE_TYPE_GENERIC;
+    m.memHandle.memHandle = h;
+    m.deviceBitMask = 1u << g_dev;
+    return cuMemMapArrayAsync(&m, 1, NULL);
+}
+
+/* 600 MiB of tile pool memory mapped into `a` and released at once (the
+ * array keeps it); the first failing code. */
+static CUresult map_released(void *a, bool mipmap, const CUDA_ARRAY3D_DESCRIPTOR *d)
+{
+    CUmemAllocationProp prop = vmm_prop();
+    prop.allocFlags.usage = CU_MEM_CREATE_USAGE_TILE_POOL;
+    CUmemGenericAllocationHandle h = 0;
+    CUresult rc = cuMemCreate(&h, 600 * MiB, &prop, 0);
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    rc = map_whole(a, mipmap, d, h);
+    CUresult released = cuMemRelease(h);
+    return rc ? rc : released;
+}
+
+/* An array whose memory is mapped in holds none of its own; mapped
+ * memory stays while the array maps it, released or not. */
+static void case_mapped_array(const char *name, unsigned int flags, bool mipmap)
+{
+    const CUDA_ARRAY3D_DESCRIPTOR d = {.Width = 16384, .Height = 9600, /* 600 MiB */
+                                       .Format = CU_AD_FORMAT_FLOAT, .NumChannels = 1,
+                                       .Flags = flags};
+    void *a = NULL;
+    CUresult create = mipmap ? cuMipmappedArrayCreate((CUmipmappedArray *)&a, &d, 1)
+                             : cuArray3DCreate((CUarray *)&a, &d);
+    CUresult empty = alloc_600();
+    CUresult map = create ? create : map_released(a, mipmap, &d);
+    CUresult mapped = alloc_600();
+    CUresult unmap = create ? create : map_whole(a, mipmap, &d, 0);
+    CUresult unmapped = alloc_600();
+    CUresult remap = create ? create : map_released(a, mipmap, &d);
+    CUresult destroy = create     ? create
+                       : mipmap ? cuMipmappedArrayDestroy(a)
+                                : cuArrayDestroy(a);
+    CUresult destroyed = alloc_600();
+    printf("path=%s create_rc=%d empty_rc=%d map_rc=%d mapped_rc=%d unmap_rc=%d "
+           "unmapped_rc=%d remap_rc=%d destroy_rc=%d destroyed_rc=%d",
+           name, create, empty, map, mapped, unmap, unmapped, remap, destroy, destroyed);
+    finish();
+}
+
 /* A graph's allocation node made through the generic cuGraphAddNode holds
  * its memory as one from cuGraphAddMemAllocNode does: 600 MiB more do not
  * fit 1 GiB until the graph is destroyed. */
@@ -697,6 +777,12 @@ int main(int argc, char **argv)
         case_gone(c, true, GO_RELEASE);
     else if (!strcmp(c, "mipmap_layered"))
         case_mipmap_layered();
+    else if (!strcmp(c, "array_deferred"))
+        case_mapped_array(c, CUDA_ARRAY3D_DEFERRED_MAPPING, false);
+    else if (!strcmp(c, "array_sparse"))
+        case_mapped_array(c, CUDA_ARRAY3D_SPARSE, false);
+    else if (!strcmp(c, "mipmap_deferred"))
+        case_mapped_array(c, CUDA_ARRAY3D_DEFERRED_MAPPING, true);
     else if (!strcmp(c, "graph_node"))
         case_graph_node(c, false);
     else if (!strcmp(c, "graph_node_v1"))

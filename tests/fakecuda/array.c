@@ -12,16 +12,37 @@
  * cu*GetMemoryRequirements (others: CUDA_ERROR_INVALID_VALUE); a mipmap level
  * count of 0 or above 1 + log2(largest dimension) is clamped, not refused.
  * (The real driver charged 2 MiB for a 16000-byte array; we charge the size.)
+ * A sparse array (CUDA_ARRAY3D_SPARSE) has no memory of its own either.
+ * cuMemMapArrayAsync maps cuMemCreate memory into either kind, as
+ * documented: a deferred-mapping array whole (the subresource is ignored),
+ * a sparse one by region (a level's box of tiles, or a range of the mip
+ * tail); an unmap names no handle. Each mapping holds its memory as a
+ * cuMemMap mapping does (vmm.c), until it is unmapped or its array
+ * destroyed. Simplifications: a region already mapped cannot be mapped
+ * again, and a sparse unmap must cover each mapping it touches wholly
+ * (CUDA_ERROR_INVALID_VALUE otherwise); mapping is immediate, not in the
+ * stream's order.
  */
 #include "fakecuda.h"
 
 #include <stdlib.h>
+
+/* One cuMemMapArrayAsync mapping: a box of tiles of one level and layer
+ * (the mip tail: lo[0]..hi[0] in bytes), and the memory behind it. */
+typedef struct fc_tiles {
+    bool miptail;
+    unsigned int level, layer;
+    unsigned long long lo[3], hi[3];
+    void *phys;                          /* vmm.c's, referenced */
+    struct fc_tiles *next;
+} fc_tiles;
 
 struct CUarray_st {
     int dev;
     CUcontext ctx;       /* destroyed with it (fc_array_release_ctx) */
     CUDA_ARRAY3D_DESCRIPTOR desc;
     size_t bytes;
+    fc_tiles *maps;
 };
 
 struct CUmipmappedArray_st {
@@ -30,6 +51,7 @@ struct CUmipmappedArray_st {
     CUDA_ARRAY3D_DESCRIPTOR desc;
     unsigned int levels;
     size_t bytes;
+    fc_tiles *maps;
 };
 
 static size_t format_bytes(CUarray_format f)
@@ -51,6 +73,23 @@ static bool deferred(const CUDA_ARRAY3D_DESCRIPTOR *d)
     return (d->Flags & CUDA_ARRAY3D_DEFERRED_MAPPING) != 0;
 }
 
+/* Deferred-mapping and sparse arrays: their memory is mapped in. */
+static bool holds_none(const CUDA_ARRAY3D_DESCRIPTOR *d)
+{
+    return (d->Flags & (CUDA_ARRAY3D_DEFERRED_MAPPING | CUDA_ARRAY3D_SPARSE)) != 0;
+}
+
+/* Drops every mapping of an array that goes (lock held). */
+static void unmap_all(fc_tiles **maps)
+{
+    while (*maps) {
+        fc_tiles *t = *maps;
+        *maps = t->next;
+        fc_vmm_tile_unref(t->phys);
+        free(t);
+    }
+}
+
 /* Bytes of one array level; 0 for an invalid descriptor. */
 static size_t desc_bytes(const CUDA_ARRAY3D_DESCRIPTOR *d)
 {
@@ -68,7 +107,7 @@ static size_t desc_bytes(const CUDA_ARRAY3D_DESCRIPTOR *d)
 }
 
 /* Lock held: context, fault injection, capacity, statistics. A deferred
- * array allocates nothing: no fault injection, no charge. */
+ * or sparse array allocates nothing: no fault injection, no charge. */
 static CUresult charge_array(size_t bytes, bool is_deferred, CUcontext *pctx)
 {
     CUcontext ctx;
@@ -94,7 +133,7 @@ static CUresult array_create(CUarray *pHandle, const CUDA_ARRAY3D_DESCRIPTOR *d)
     CUcontext ctx;
     size_t bytes = pHandle && d ? desc_bytes(d) : 0;
     fc_lock();
-    CUresult rc = charge_array(bytes, d && deferred(d), &ctx);
+    CUresult rc = charge_array(bytes, d && holds_none(d), &ctx);
     if (rc == CUDA_SUCCESS) {
         CUarray a = calloc(1, sizeof *a);
         if (!a)
@@ -152,7 +191,8 @@ CUresult cuArrayDestroy(CUarray hArray)
     bool ok = fc_handle_ok(hArray, FC_H_ARRAY);
     if (ok) {
         fc_handle_del(hArray);
-        if (!deferred(&hArray->desc)) {
+        unmap_all(&hArray->maps);
+        if (!holds_none(&hArray->desc)) {
             fc_uncharge(hArray->dev, hArray->bytes);
             fc_count_free();
         }
@@ -291,12 +331,12 @@ CUresult cuMipmappedArrayCreate(CUmipmappedArray *pHandle, const CUDA_ARRAY3D_DE
     unsigned int levels = d ? clamp_levels(d, numMipmapLevels) : 0;
     size_t bytes = pHandle && d ? mipmap_bytes(d, levels) : 0;
     fc_lock();
-    CUresult rc = charge_array(bytes, d && deferred(d), &ctx);
+    CUresult rc = charge_array(bytes, d && holds_none(d), &ctx);
     if (rc == CUDA_SUCCESS) {
         CUmipmappedArray m = calloc(1, sizeof *m);
         if (!m)
             abort();
-        *m = (struct CUmipmappedArray_st){ ctx->dev, ctx, *d, levels, bytes };
+        *m = (struct CUmipmappedArray_st){ ctx->dev, ctx, *d, levels, bytes, NULL };
         fc_handle_add(m, FC_H_MIPMAP);
         *pHandle = m;
     }
@@ -312,7 +352,8 @@ CUresult cuMipmappedArrayDestroy(CUmipmappedArray hMipmappedArray)
     bool ok = fc_handle_ok(hMipmappedArray, FC_H_MIPMAP);
     if (ok) {
         fc_handle_del(hMipmappedArray);
-        if (!deferred(&hMipmappedArray->desc)) {
+        unmap_all(&hMipmappedArray->maps);
+        if (!holds_none(&hMipmappedArray->desc)) {
             fc_uncharge(hMipmappedArray->dev, hMipmappedArray->bytes);
             fc_count_free();
         }
@@ -343,6 +384,144 @@ CUresult cuMipmappedArrayGetMemoryRequirements(CUDA_ARRAY_MEMORY_REQUIREMENTS *m
     return rc;
 }
 
+/* ---- cuMemMapArrayAsync ---- */
+
+/* The box an entry names; a deferred-mapping array's is all of it. */
+static fc_tiles box_of(const CUarrayMapInfo *m, bool whole)
+{
+    fc_tiles b = { 0 };
+    if (whole) {
+        for (int i = 0; i < 3; i++)
+            b.hi[i] = ~0ull;
+    } else if (m->subresourceType == CU_ARRAY_SPARSE_SUBRESOURCE_TYPE_MIPTAIL) {
+        b.miptail = true;
+        b.layer = m->subresource.miptail.layer;
+        b.lo[0] = m->subresource.miptail.offset;
+        b.hi[0] = b.lo[0] + m->subresource.miptail.size;
+        b.hi[1] = b.hi[2] = 1;
+    } else {
+        const unsigned int *o = &m->subresource.sparseLevel.offsetX;
+        const unsigned int *e = &m->subresource.sparseLevel.extentWidth;
+        b.level = m->subresource.sparseLevel.level;
+        b.layer = m->subresource.sparseLevel.layer;
+        for (int i = 0; i < 3; i++) {
+            b.lo[i] = o[i];
+            b.hi[i] = (unsigned long long)o[i] + e[i];
+        }
+    }
+    return b;
+}
+
+enum overlap { DISJOINT, INSIDE, PARTIAL };
+
+/* Where mapping m lies against box b. */
+static enum overlap overlap_of(const fc_tiles *m, const fc_tiles *b)
+{
+    if (m->miptail != b->miptail || m->level != b->level || m->layer != b->layer)
+        return DISJOINT;
+    bool inside = true;
+    for (int i = 0; i < 3; i++) {
+        if (m->hi[i] <= b->lo[i] || m->lo[i] >= b->hi[i])
+            return DISJOINT;
+        inside = inside && m->lo[i] >= b->lo[i] && m->hi[i] <= b->hi[i];
+    }
+    return inside ? INSIDE : PARTIAL;
+}
+
+static CUresult map_box(fc_tiles **maps, const fc_tiles *box, CUmemGenericAllocationHandle h)
+{
+    for (fc_tiles *t = *maps; t; t = t->next)
+        if (overlap_of(t, box) != DISJOINT)
+            return CUDA_ERROR_INVALID_VALUE;
+    void *phys = fc_vmm_tile_ref(h);
+    if (!phys)
+        return CUDA_ERROR_INVALID_VALUE;
+    fc_tiles *t = malloc(sizeof *t);
+    if (!t)
+        abort();
+    *t = *box;
+    t->phys = phys;
+    t->next = *maps;
+    *maps = t;
+    return CUDA_SUCCESS;
+}
+
+static CUresult unmap_box(fc_tiles **maps, const fc_tiles *box)
+{
+    for (fc_tiles *t = *maps; t; t = t->next)
+        if (overlap_of(t, box) == PARTIAL)
+            return CUDA_ERROR_INVALID_VALUE;
+    for (fc_tiles **pt = maps; *pt;) {
+        fc_tiles *t = *pt;
+        if (overlap_of(t, box) != INSIDE) {
+            pt = &t->next;
+            continue;
+        }
+        *pt = t->next;
+        fc_vmm_tile_unref(t->phys);
+        free(t);
+    }
+    return CUDA_SUCCESS;
+}
+
+/* The mappings of the array or mipmapped array an entry names, if it is a
+ * live deferred-mapping or sparse one; *whole for a deferred one. */
+static fc_tiles **maps_of(const CUarrayMapInfo *m, bool *whole)
+{
+    const CUDA_ARRAY3D_DESCRIPTOR *d;
+    fc_tiles **maps;
+    if (m->resourceType == CU_RESOURCE_TYPE_ARRAY && fc_handle_ok(m->resource.array, FC_H_ARRAY)) {
+        d = &m->resource.array->desc;
+        maps = &m->resource.array->maps;
+    } else if (m->resourceType == CU_RESOURCE_TYPE_MIPMAPPED_ARRAY &&
+               fc_handle_ok(m->resource.mipmap, FC_H_MIPMAP)) {
+        d = &m->resource.mipmap->desc;
+        maps = &m->resource.mipmap->maps;
+    } else {
+        return NULL;
+    }
+    *whole = deferred(d);
+    return holds_none(d) ? maps : NULL;
+}
+
+/* Lock held. */
+static CUresult map_one(const CUarrayMapInfo *m, int dev)
+{
+    bool whole;
+    fc_tiles **maps = maps_of(m, &whole);
+    if (!maps || m->memHandleType != CU_MEM_HANDLE_TYPE_GENERIC || m->deviceBitMask != 1u << dev)
+        return CUDA_ERROR_INVALID_VALUE;
+    fc_tiles box = box_of(m, whole);
+    switch (m->memOperationType) {
+    case CU_MEM_OPERATION_TYPE_MAP:
+        return map_box(maps, &box, m->memHandle.memHandle);
+    case CU_MEM_OPERATION_TYPE_UNMAP:
+        return m->memHandle.memHandle ? CUDA_ERROR_INVALID_VALUE : unmap_box(maps, &box);
+    default:
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+}
+
+CUresult cuMemMapArrayAsync(CUarrayMapInfo *mapInfoList, unsigned int count, CUstream hStream)
+{
+    int dev;
+    if (!fc_initialized())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    if (!mapInfoList || count == 0)
+        return CUDA_ERROR_INVALID_VALUE;
+    fc_lock();
+    CUresult rc = fc_stream_device(hStream, &dev);
+    for (unsigned int i = 0; rc == CUDA_SUCCESS && i < count; i++)
+        rc = map_one(&mapInfoList[i], dev);
+    fc_unlock();
+    return rc;
+}
+
+CUresult cuMemMapArrayAsync_ptsz(CUarrayMapInfo *mapInfoList, unsigned int count, CUstream hStream)
+{
+    return cuMemMapArrayAsync(mapInfoList, count, hStream);
+}
+
 /* ---- a destroyed or reset context takes its arrays with it ---- */
 
 static void release_array(void *h, void *ctx)
@@ -351,7 +530,8 @@ static void release_array(void *h, void *ctx)
     if (a->ctx != ctx)
         return;
     fc_handle_del(a);
-    if (!deferred(&a->desc)) {
+    unmap_all(&a->maps);
+    if (!holds_none(&a->desc)) {
         fc_uncharge(a->dev, a->bytes);
         fc_count_free();
     }
@@ -364,7 +544,8 @@ static void release_mipmap(void *h, void *ctx)
     if (m->ctx != ctx)
         return;
     fc_handle_del(m);
-    if (!deferred(&m->desc)) {
+    unmap_all(&m->maps);
+    if (!holds_none(&m->desc)) {
         fc_uncharge(m->dev, m->bytes);
         fc_count_free();
     }

@@ -162,6 +162,13 @@ void fc_module_release_ctx(CUcontext ctx);
 /* ---- array.c ---- */
 void fc_array_release_ctx(CUcontext ctx);
 
+/* ---- vmm.c ---- */
+/* A mapping of handle h into an array (lock held): one more reference on
+ * its memory; NULL when h is not a live handle. Unref drops it, and frees
+ * the memory when it was the last reference. */
+void *fc_vmm_tile_ref(CUmemGenericAllocationHandle h);
+void fc_vmm_tile_unref(void *phys);
+
 /* ---- mem.c: allocation table, backing memory, plain allocations ---- */
 typedef enum {
     FC_KIND_DEVICE, FC_KIND_PITCH, FC_KIND_MANAGED, FC_KIND_POOL,

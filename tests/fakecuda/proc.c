@@ -141,6 +141,8 @@ typedef struct {
     P(cuMemGetInfo, 2000, FC_PROC_ANY, cuMemGetInfo) \
     P(cuMemGetInfo, 3020, FC_PROC_ANY, cuMemGetInfo_v2) \
     P(cuMemMap, 10020, FC_PROC_ANY, cuMemMap) \
+    P(cuMemMapArrayAsync, 11010, FC_PROC_ANY, cuMemMapArrayAsync) \
+    P(cuMemMapArrayAsync, 11010, FC_PROC_PTDS, cuMemMapArrayAsync_ptsz) \
     P(cuMemPoolCreate, 11020, FC_PROC_ANY, cuMemPoolCreate) \
     P(cuMemPoolDestroy, 11020, FC_PROC_ANY, cuMemPoolDestroy) \
     P(cuMemPoolGetAttribute, 11020, FC_PROC_ANY, cuMemPoolGetAttribute) \

@@ -9,7 +9,8 @@
  *   handle alias each other as on the GPU; cuMemUnmap puts PROT_NONE back.
  * A physical allocation is freed (and uncharged) only when every handle
  * reference (cuMemCreate, cuMemRetainAllocationHandle) was released with
- * cuMemRelease AND every mapping of it was unmapped, as in the real driver.
+ * cuMemRelease AND every mapping of it was unmapped, as in the real driver;
+ * a mapping into an array (cuMemMapArrayAsync, array.c) counts as one.
  */
 #include "fakecuda.h"
 
@@ -150,6 +151,25 @@ CUresult cuMemRelease(CUmemGenericAllocationHandle handle)
     }
     fc_unlock();
     return ok ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
+}
+
+/* A tile pool handle mapped into a sparse or deferred-mapping array
+ * (array.c): the mapping holds the memory as a cuMemMap mapping does. NULL
+ * for a handle that is not live. */
+void *fc_vmm_tile_ref(CUmemGenericAllocationHandle h)
+{
+    fc_phys *p = phys_find(h);
+    if (!p || p->handle_refs == 0)
+        return NULL;
+    p->map_refs++;
+    return p;
+}
+
+void fc_vmm_tile_unref(void *phys)
+{
+    fc_phys *p = phys;
+    p->map_refs--;
+    phys_maybe_free(p);
 }
 
 CUresult cuMemRetainAllocationHandle(CUmemGenericAllocationHandle *handle, void *addr)
