@@ -17,7 +17,10 @@
  */
 #include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+
+#include <uthash.h>
 
 #include "vg_account.h"
 #include "vg_audit.h"
@@ -112,6 +115,9 @@ VG__HOT int vg__acct_reserve(vg__ticket_t *t)
     if (vg__unlikely(!b))
         return VG_EINVAL;
     t->budget = b;
+    if (vg__unlikely(t->bytes == 0))
+        return VG_OK; /* nothing charged (host memory, an array that holds none):
+                       * it cannot take the device over, even one already over */
     if (vg__unlikely(vg__acct_implicit_pending(t->device)))
         vg__acct_implicit_settle(t->device); /* context, lazy loads: charge first */
     /* This thread's credit first, then a new slice of it, then the budget
@@ -351,6 +357,93 @@ static struct pool_slot *slot_of(CUmemoryPool pool, int device)
     return free_slot; /* NULL when full: that pool goes uncharged */
 }
 
+/* ---------------------------------------------- where a pool's memory is */
+
+/* cuMemAllocFromPoolAsync may draw from a pool on another device than the
+ * current one, and a pool located on the host (CU_MEM_LOCATION_TYPE_HOST
+ * or _HOST_NUMA, CUDA 12.2) holds no device memory at all: charging the
+ * current device took one device's budget for another's memory, and a
+ * device budget for host memory. The location is in the pool's props at
+ * cuMemPoolCreate. A pool the shim did not see made is a device's default
+ * or current pool, located on that device (cuDeviceSetMemPool takes only a
+ * pool local to it); imported pools cannot allocate. Such a pool is looked
+ * for once, then remembered. */
+enum { HOME_HOST = -1, HOME_UNKNOWN = -2 };
+
+typedef struct pool_home {
+    CUmemoryPool pool;
+    int device; /* or HOME_HOST, HOME_UNKNOWN */
+    UT_hash_handle hh;
+} pool_home_t;
+
+static pool_home_t *homes; /* under pools_lock */
+
+static int home_of(const CUmemLocation *where)
+{
+    switch (where->type) {
+    case CU_MEM_LOCATION_TYPE_DEVICE:
+        return where->id;
+    case CU_MEM_LOCATION_TYPE_HOST:
+    case CU_MEM_LOCATION_TYPE_HOST_NUMA:
+    case CU_MEM_LOCATION_TYPE_HOST_NUMA_CURRENT:
+        return HOME_HOST;
+    default: /* a managed pool with no preferred location */
+        return HOME_UNKNOWN;
+    }
+}
+
+/* Without host memory for the entry the pool is looked up again next time. */
+static void home_set(CUmemoryPool pool, int device)
+{
+    pool_home_t *h;
+    vg__mutex_lock(&pools_lock, VG__RANK_STREAM_POOLS);
+    HASH_FIND_PTR(homes, &pool, h);
+    if (!h && (h = calloc(1, sizeof *h))) {
+        h->pool = pool;
+        HASH_ADD_PTR(homes, pool, h);
+    }
+    if (h)
+        h->device = device;
+    vg__mutex_unlock(&pools_lock, VG__RANK_STREAM_POOLS);
+}
+
+/* Which device's default or current pool `pool` is. Driver calls: never
+ * under the lock. */
+static int home_ask(CUmemoryPool pool)
+{
+    int n = 0;
+    vg__driver()->cuDeviceGetCount(&n);
+    for (int d = 0; d < n && d < VG__MAX_DEVICES; d++) {
+        CUmemoryPool dflt = NULL, cur = NULL;
+        vg__driver()->cuDeviceGetDefaultMemPool(&dflt, d);
+        vg__driver()->cuDeviceGetMemPool(&cur, d);
+        if (pool == dflt || pool == cur)
+            return d;
+    }
+    return HOME_UNKNOWN;
+}
+
+void vg__acct_pool_made(CUmemoryPool pool, const CUmemLocation *where)
+{
+    home_set(pool, home_of(where));
+}
+
+bool vg__acct_pool_home(CUmemoryPool pool, int *device)
+{
+    pool_home_t *h;
+    vg__mutex_lock(&pools_lock, VG__RANK_STREAM_POOLS);
+    HASH_FIND_PTR(homes, &pool, h);
+    int home = h ? h->device : HOME_UNKNOWN;
+    vg__mutex_unlock(&pools_lock, VG__RANK_STREAM_POOLS);
+    if (!h) {
+        home = home_ask(pool);
+        home_set(pool, home);
+    }
+    if (home >= 0)
+        *device = home;
+    return home != HOME_HOST;
+}
+
 static uint64_t pool_reserved(CUmemoryPool pool)
 {
     cuuint64_t v = 0;
@@ -484,8 +577,13 @@ void vg__acct_pool_forget(CUmemoryPool pool)
 {
     struct pool_blocks c = {(uint64_t)(uintptr_t)pool, 0};
     struct pool_slot gone = {0};
+    pool_home_t *h;
     vg__ledger_foreach(NULL, count_pool_block, &c);
     vg__mutex_lock(&pools_lock, VG__RANK_STREAM_POOLS);
+    HASH_FIND_PTR(homes, &pool, h);
+    if (h) /* the handle may name a new pool next */
+        HASH_DEL(homes, h);
+    free(h);
     struct pool_slot *s = NULL;
     for (int i = 0; i < POOL_SLOTS && !s; i++)
         if (pools[i].pool == pool && !pools[i].orphans)

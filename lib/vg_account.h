@@ -86,6 +86,14 @@ void vg__acct_meminfo(int device, uint64_t *free_bytes, uint64_t *total_bytes);
 /* Stream-ordered pools keep freed memory reserved, so for them the budget
  * carries what each pool reserves (CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT),
  * not what was asked for. */
+/* A pool's memory lands where the pool is located, whichever device is
+ * current. cuMemPoolCreate succeeded: remember where `pool` is. */
+void vg__acct_pool_made(CUmemoryPool pool, const CUmemLocation *where);
+/* False when `pool` holds no device memory (a pool located on the host):
+ * nothing of it is charged. Else true, with *device set to the pool's
+ * device; left as it was (the caller's current device) for a pool whose
+ * device cannot be told. */
+bool vg__acct_pool_home(CUmemoryPool pool, int *device);
 /* Brings the standing charge of `pool` in line with what it reserves now. */
 void vg__acct_pool_sync(int device, CUmemoryPool pool);
 /* Settles a ticket for an allocation just served by `pool`: converts the

@@ -47,6 +47,7 @@
     X(cuPointerGetAttribute,                                                   \
       (void *data, CUpointer_attribute attribute, CUdeviceptr ptr))            \
     X(cuDeviceGetMemPool, (CUmemoryPool *pool, CUdevice dev))                  \
+    X(cuDeviceGetDefaultMemPool, (CUmemoryPool *pool, CUdevice dev))           \
     X(cuMemPoolGetAttribute,                                                   \
       (CUmemoryPool pool, CUmemPool_attribute attr, void *value))              \
     X(cuMemPoolTrimTo, (CUmemoryPool pool, size_t minBytesToKeep))            \

@@ -129,19 +129,22 @@ static CUresult alloc_from_pool(CUresult (*real)(CUdeviceptr *, size_t, CUmemory
                                 free_async_fn undo, CUdeviceptr *dptr, size_t size,
                                 CUmemoryPool pool, CUstream stream, const char *api)
 {
-    int device = vg__shim_device();
+    int device = vg__shim_device(); /* the pool's own, where it is known */
+    bool on_device = !pool || vg__acct_pool_home(pool, &device);
     CUgraph graph = capture_graph(stream);
-    if (pool && !graph)
+    if (pool && !graph && on_device)
         vg__acct_pool_sync(device, pool);
     vg__ticket_t t = {.device = device, .kind = VG_KIND_POOL,
-                      .bytes = size, .api = api};
+                      .bytes = on_device ? size : 0, .api = api};
     int rc = vg__acct_reserve(&t);
     if (rc != VG_OK)
         return vg__cu_status(rc);
     CUresult cr = real(dptr, size, pool, stream);
     if (vg__unlikely(graph))
         return vg__shim_graph_settle(&t, cr, graph, cr == CUDA_SUCCESS ? *dptr : 0, size);
-    if (!pool) { /* the driver refuses a NULL pool; nothing to settle */
+    /* The driver refuses a NULL pool; a pool on the host holds no device
+     * memory: recorded, charged nothing, nothing to settle. */
+    if (!pool || !on_device) {
         CUresult settled = vg__shim_settle(&t, cr, cr == CUDA_SUCCESS ? *dptr : 0, size);
         if (settled != cr) { /* not recorded: refused */
             undo(*dptr, stream);
@@ -207,6 +210,18 @@ CUresult cuMemFreeAsync_ptsz(CUdeviceptr dptr, CUstream hStream)
         return CUDA_ERROR_NOT_FOUND;
     return free_async(vg__real.cuMemFreeAsync_ptsz, dptr, per_thread(hStream),
                       "cuMemFreeAsync_ptsz");
+}
+
+/* Where a pool is located decides which budget its memory is charged to,
+ * if any (lib/account.c). */
+CUresult cuMemPoolCreate(CUmemoryPool *pool, const CUmemPoolProps *poolProps)
+{
+    if (!vg__shim_started())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    CUresult cr = vg__real.cuMemPoolCreate(pool, poolProps);
+    if (cr == CUDA_SUCCESS && pool && poolProps)
+        vg__acct_pool_made(*pool, &poolProps->location);
+    return cr;
 }
 
 CUresult cuMemPoolDestroy(CUmemoryPool pool)

@@ -53,6 +53,8 @@
                                      CUmemoryPool pool, CUstream hStream))     \
     X(cuMemFreeAsync, (CUdeviceptr dptr, CUstream hStream))                    \
     X(cuMemFreeAsync_ptsz, (CUdeviceptr dptr, CUstream hStream))               \
+    X(cuMemPoolCreate,                                                         \
+      (CUmemoryPool *pool, const CUmemPoolProps *poolProps))                   \
     X(cuMemPoolDestroy, (CUmemoryPool pool))                                   \
     X(cuMemCreate, (CUmemGenericAllocationHandle *handle, size_t size,         \
                     const CUmemAllocationProp *prop, unsigned long long flags)) \
@@ -171,7 +173,7 @@
     X(cuMemSetAccess) X(cuMemGetAccess) X(cuMemGetAllocationGranularity)      \
     X(cuMemGetAllocationPropertiesFromHandle)                                 \
     X(cuMemExportToShareableHandle) X(cuMemImportFromShareableHandle)         \
-    X(cuMemPoolCreate) X(cuMemPoolTrimTo) X(cuMemPoolSetAttribute)            \
+    X(cuMemPoolTrimTo) X(cuMemPoolSetAttribute)                               \
     X(cuMemPoolGetAttribute) X(cuMemPoolSetAccess) X(cuMemPoolGetAccess)      \
     X(cuMemPoolExportToShareableHandle) X(cuMemPoolImportFromShareableHandle) \
     X(cuMemPoolExportPointer) X(cuMemPoolImportPointer)                       \

@@ -395,6 +395,46 @@ Test(truth, a_destroyed_pool_stays_charged_until_its_last_allocation_is_freed)
     expect_peak_within(&t, GiB);
 }
 
+/* Stream-ordered memory is charged to the device it lands on, the pool's,
+ * not the current context's: with device 0 current, 600 MiB from a pool
+ * on device 1 (one created there, or its default pool) are refused next
+ * to 600 MiB already on device 1 under 1 GiB a device, and device 0 keeps
+ * room for 600 MiB of its own. With NVML and without. */
+Test(truth, pool_memory_is_charged_to_the_device_of_its_pool)
+{
+    static const char *const cases[] = {"pool_other_device", "pool_default_other_device"};
+    static truth_t t;
+    char *no_nvml = cat3("LD_LIBRARY_PATH=", build_dir(), "/fakecuda");
+    const char *const with[] = {"FAKECUDA_DEVICES=2", NULL};
+    const char *const without[] = {no_nvml, "FAKECUDA_DEVICES=2", NULL};
+    for (int i = 0; i < 4; i++) {
+        run_truth(&t, cases[i % 2], "0=1GiB,1=1GiB", i < 2 ? with : without);
+        expect_rc(&t, "create_rc", 0);
+        expect_rc(&t, "pool_rc", OUT_OF_MEMORY);
+        expect_rc(&t, "dev0_rc", 0);
+        long long peak1 = get(&t, "peak1");
+        cr_expect_leq(peak1, (long long)GiB, "%s: device 1 held %lld bytes\n  %s", t.what, peak1,
+                      t.line);
+        expect_peak_within(&t, GiB);
+    }
+    free(no_nvml);
+}
+
+/* A pool located on the host (CUDA 12.2) holds host memory: 600 MiB from
+ * it charge no device budget, so 600 MiB plain fit 1 GiB beside them, and
+ * its allocation is freed as one of ours (not refused as a bad pointer). */
+Test(truth, a_pool_on_the_host_charges_no_device)
+{
+    static truth_t t;
+    const char *const env[] = {"VRAMGUARD_ON_BAD_POINTER=reject", NULL};
+    run_truth(&t, "pool_host", "1GiB", env);
+    expect_rc(&t, "create_rc", 0);
+    expect_rc(&t, "pool_rc", 0);
+    expect_rc(&t, "plain_rc", 0);
+    expect_rc(&t, "free_rc", 0);
+    expect_peak_within(&t, GiB);
+}
+
 /* ------------------------------------------------------ h. free ordering */
 
 /* A free that takes 200 us: the budget may be given back only once the

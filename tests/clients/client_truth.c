@@ -57,6 +57,12 @@
  *   graph_node[_v1] a 600 MiB allocation node added with cuGraphAddNode (_v1:
  *               the CUDA 12.2 ABI without edge data), then 600 MiB plain,
  *               then the graph destroyed and 600 MiB plain again
+ *   pool_other_device, pool_default_other_device (two devices) 600 MiB
+ *               plain on device 1; then, device 0 current, 600 MiB from a
+ *               pool on device 1 (created; or its default pool), then
+ *               600 MiB plain on device 0; the line adds peak1= (device 1)
+ *   pool_host   600 MiB from a pool located on the host, 600 MiB plain,
+ *               then the pool's allocation freed
  *   pool_destroy 600 MiB from a created pool, cuMemPoolDestroy with it still
  *               out, 600 MiB plain; then its free, 600 MiB plain again
  *   free_order  16 threads allocate and free 1 KiB..64 MiB for 2 s
@@ -96,14 +102,19 @@ static CUdevice g_dev;
 
 /* ------------------------------------------------------ the driver's view */
 
-static long long driver_query(const char *name)
+static long long driver_query_dev(const char *name, int dev)
 {
     void *h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_NOLOAD);
     size_t (*f)(int) = h ? (size_t(*)(int))dlsym(h, name) : NULL;
-    long long v = f ? (long long)f(0) : -1;
+    long long v = f ? (long long)f(dev) : -1;
     if (h)
         dlclose(h);
     return v;
+}
+
+static long long driver_query(const char *name)
+{
+    return driver_query_dev(name, 0);
 }
 
 /* Ends the case's line with the driver's own view. */
@@ -479,6 +490,50 @@ static void case_pool_destroy(void)
         cuMemFree(c);
 }
 
+/* Stream-ordered memory lands where its pool is, whichever device is
+ * current: 600 MiB from a pool on device 1 do not fit next to 600 MiB
+ * already there under 1 GiB a device, and leave device 0's budget alone. */
+static void case_pool_other_device(const char *name, bool default_pool)
+{
+    CUdevice dev1;
+    CUcontext ctx1;
+    CUdeviceptr on1 = 0, from_pool = 0, on0 = 0;
+    CUmemPoolProps props = {.allocType = CU_MEM_ALLOCATION_TYPE_PINNED,
+                            .location = {.type = CU_MEM_LOCATION_TYPE_DEVICE, .id = 1}};
+    CUmemoryPool pool = NULL;
+    if (cuDeviceGet(&dev1, 1) || cuDevicePrimaryCtxRetain(&ctx1, dev1) || cuCtxSetCurrent(ctx1) ||
+        cuMemAlloc(&on1, 600 * MiB) || cuCtxSetCurrent(g_ctx)) {
+        fprintf(stderr, "client_truth: no 600 MiB on device 1\n");
+        exit(3);
+    }
+    CUresult create = default_pool ? cuDeviceGetDefaultMemPool(&pool, dev1)
+                                   : cuMemPoolCreate(&pool, &props);
+    CUresult pool_rc = create ? create : cuMemAllocFromPoolAsync(&from_pool, 600 * MiB, pool, NULL);
+    cuStreamSynchronize(NULL);
+    CUresult dev0 = cuMemAlloc(&on0, 600 * MiB);
+    printf("path=%s create_rc=%d pool_rc=%d dev0_rc=%d peak1=%lld", name, create, pool_rc, dev0,
+           driver_query_dev("fakecuda_peak_bytes", 1));
+    finish();
+}
+
+/* A pool on the host holds no device memory: 600 MiB from it leave a
+ * 1 GiB budget whole, and its allocation is freed as any other. */
+static void case_pool_host(void)
+{
+    CUmemPoolProps props = {.allocType = CU_MEM_ALLOCATION_TYPE_PINNED,
+                            .location = {.type = CU_MEM_LOCATION_TYPE_HOST}};
+    CUmemoryPool pool = NULL;
+    CUdeviceptr a = 0, b = 0;
+    CUresult create = cuMemPoolCreate(&pool, &props);
+    CUresult pool_rc = create ? create : cuMemAllocFromPoolAsync(&a, 600 * MiB, pool, NULL);
+    cuStreamSynchronize(NULL);
+    CUresult plain = cuMemAlloc(&b, 600 * MiB);
+    CUresult freed = pool_rc ? pool_rc : cuMemFreeAsync(a, NULL);
+    printf("path=pool_host create_rc=%d pool_rc=%d plain_rc=%d free_rc=%d", create, pool_rc,
+           plain, freed);
+    finish();
+}
+
 /* A layered mipmapped array has all its layers at every level: the
  * device holds 256 + 64 + 16 + ... MiB, not 256 + 32 + 4 + ... MiB. */
 static void case_mipmap_layered(void)
@@ -787,6 +842,12 @@ int main(int argc, char **argv)
         case_graph_node(c, false);
     else if (!strcmp(c, "graph_node_v1"))
         case_graph_node(c, true);
+    else if (!strcmp(c, "pool_other_device"))
+        case_pool_other_device(c, false);
+    else if (!strcmp(c, "pool_default_other_device"))
+        case_pool_other_device(c, true);
+    else if (!strcmp(c, "pool_host"))
+        case_pool_host();
     else if (!strcmp(c, "pool_destroy"))
         case_pool_destroy();
     else if (!strcmp(c, "limit_race"))

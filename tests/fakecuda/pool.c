@@ -14,6 +14,9 @@
  * - on a capturing stream an allocation is an allocation node of the
  *   capture's graph, owned by the graph (cuMemAllocAsync's documentation):
  *   the pool neither grows nor is asked (graph.c).
+ * - a pool located on the host (CU_MEM_LOCATION_TYPE_HOST or _HOST_NUMA,
+ *   CUDA 12.2) holds host memory: nothing of it is charged to a device; it
+ *   cannot be captured into a graph here (CUDA_ERROR_NOT_SUPPORTED).
  * USED_MEM_* count requested bytes, RESERVED_MEM_* block bytes (as measured).
  * Simplification: blocks are never split or coalesced; an allocation reuses
  * the smallest free block at least as large as the request, whole. With
@@ -28,7 +31,7 @@
 #include <stdlib.h>
 
 struct CUmemPoolHandle_st {
-    int dev;
+    int dev;             /* -1 for a pool on the host */
     bool is_default, destroyed;
     size_t threshold, max_size;                        /* bytes */
     size_t reserved, reserved_high, used, used_high;   /* bytes */
@@ -68,7 +71,8 @@ static CUmemoryPool current_pool(int dev)
 static void release_block(CUmemoryPool p, fc_alloc *b)
 {
     p->reserved -= b->charged;
-    fc_uncharge(p->dev, b->charged);
+    if (p->dev >= 0)
+        fc_uncharge(p->dev, b->charged);
     fc_alloc_unback(b);
     free(b);
 }
@@ -137,7 +141,7 @@ static CUresult new_block(CUmemoryPool p, size_t size, fc_alloc **out)
 {
     if (p->max_size && size > p->max_size - p->reserved)
         return CUDA_ERROR_OUT_OF_MEMORY;
-    CUresult rc = fc_charge(p->dev, size);
+    CUresult rc = p->dev >= 0 ? fc_charge(p->dev, size) : CUDA_SUCCESS;
     if (rc != CUDA_SUCCESS)
         return rc;
     fc_alloc *b = fc_alloc_new(size, FC_KIND_POOL, p->dev);
@@ -145,7 +149,8 @@ static CUresult new_block(CUmemoryPool p, size_t size, fc_alloc **out)
     b->owner = p;
     rc = fc_alloc_back(b);
     if (rc != CUDA_SUCCESS) {
-        fc_uncharge(p->dev, size);
+        if (p->dev >= 0)
+            fc_uncharge(p->dev, size);
         free(b);
         return rc;
     }
@@ -188,7 +193,9 @@ static CUresult async_alloc(CUdeviceptr *dptr, size_t size, CUmemoryPool pool, C
     if (rc == CUDA_SUCCESS && (!dptr || size == 0 || (pool && !fc_handle_ok(pool, FC_H_POOL))))
         rc = CUDA_ERROR_INVALID_VALUE;
     CUgraph capture = rc == CUDA_SUCCESS ? fc_stream_capture(s) : NULL;
-    if (capture) /* owned by the graph, not by the pool */
+    if (capture && pool && pool->dev < 0)
+        rc = CUDA_ERROR_NOT_SUPPORTED;
+    else if (capture) /* owned by the graph, not by the pool */
         rc = fc_graph_capture_alloc(capture, size, pool ? pool->dev : dev, dptr);
     else if (rc == CUDA_SUCCESS)
         rc = pool_alloc(pool ? pool : current_pool(dev), size, dptr);
@@ -243,11 +250,18 @@ CUresult cuMemFreeAsync_ptsz(CUdeviceptr dptr, CUstream hStream)
 
 /* ---- pools as objects ---- */
 
+static bool on_host(const CUmemLocation *l)
+{
+    return l->type == CU_MEM_LOCATION_TYPE_HOST ||
+           (l->type == CU_MEM_LOCATION_TYPE_HOST_NUMA && l->id >= 0);
+}
+
 static bool props_ok(const CUmemPoolProps *props)
 {
     return props && props->allocType == CU_MEM_ALLOCATION_TYPE_PINNED &&
-           props->location.type == CU_MEM_LOCATION_TYPE_DEVICE &&
-           fc_device_valid(props->location.id);
+           ((props->location.type == CU_MEM_LOCATION_TYPE_DEVICE &&
+             fc_device_valid(props->location.id)) ||
+            (on_host(&props->location) && props->handleTypes == CU_MEM_HANDLE_TYPE_NONE));
 }
 
 CUresult cuMemPoolCreate(CUmemoryPool *pool, const CUmemPoolProps *poolProps)
@@ -261,7 +275,7 @@ CUresult cuMemPoolCreate(CUmemoryPool *pool, const CUmemPoolProps *poolProps)
         return CUDA_ERROR_OUT_OF_MEMORY;
     p->max_size = poolProps->maxSize;
     fc_lock();
-    pool_init(p, poolProps->location.id);
+    pool_init(p, on_host(&poolProps->location) ? -1 : poolProps->location.id);
     fc_unlock();
     *pool = p;
     return CUDA_SUCCESS;
@@ -275,7 +289,7 @@ CUresult cuMemPoolDestroy(CUmemoryPool pool)
     fc_lock();
     bool ok = pool && fc_handle_ok(pool, FC_H_POOL) && !pool->is_default;
     if (ok) {
-        if (g_current[pool->dev] == pool)
+        if (pool->dev >= 0 && g_current[pool->dev] == pool)
             g_current[pool->dev] = NULL;
         fc_handle_del(pool);
         pool->destroyed = true;

@@ -595,6 +595,11 @@ CUresult cuDeviceGetMemPool(CUmemoryPool *pool, CUdevice dev)
     return pool ? rc : CUDA_ERROR_INVALID_VALUE;
 }
 
+CUresult cuDeviceGetDefaultMemPool(CUmemoryPool *pool, CUdevice dev)
+{
+    return cuDeviceGetMemPool(pool, dev);
+}
+
 CUresult cuMemPoolGetAttribute(CUmemoryPool pool, CUmemPool_attribute attr, void *value)
 {
     if (pool != NULL_POOL || !value)
@@ -688,6 +693,7 @@ CUresult cuGetProcAddress(const char *symbol, void **pfn, int cudaVersion, cuuin
     X("cuMemGetAddressRange", cuMemGetAddressRange_v2)                         \
     X("cuPointerGetAttribute", cuPointerGetAttribute)                          \
     X("cuDeviceGetMemPool", cuDeviceGetMemPool)                                \
+    X("cuDeviceGetDefaultMemPool", cuDeviceGetDefaultMemPool)                  \
     X("cuMemPoolGetAttribute", cuMemPoolGetAttribute)                          \
     X("cuMemPoolTrimTo", cuMemPoolTrimTo)                                      \
     X("cuStreamGetCaptureInfo", cuStreamGetCaptureInfo_v2)                    \
