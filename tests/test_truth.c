@@ -357,6 +357,24 @@ Test(truth, an_array_holds_the_memory_mapped_into_it_and_none_of_its_own)
     free(no_nvml);
 }
 
+/* A mapped array that dies with its context takes its mappings along: the
+ * released handle it kept alive goes too, so 600 MiB fit again. Without
+ * NVML, which would find the freed memory at its next measurement. */
+Test(truth, a_mapped_array_gives_its_mapping_back_with_its_context)
+{
+    static truth_t t;
+    char *no_nvml = cat3("LD_LIBRARY_PATH=", build_dir(), "/fakecuda");
+    const char *const env[] = {no_nvml, NULL};
+    run_truth(&t, "array_mapped_ctx", "1GiB", env);
+    free(no_nvml);
+    expect_rc(&t, "create_rc", 0);
+    expect_rc(&t, "map_rc", 0);
+    expect_rc(&t, "mapped_rc", OUT_OF_MEMORY);
+    expect_rc(&t, "destroy_rc", 0);
+    expect_rc(&t, "destroyed_rc", 0);
+    expect_peak_within(&t, GiB);
+}
+
 /* cuGraphAddNode (both ABIs) makes allocation nodes as cuGraphAddMemAllocNode
  * does, and they hold their memory until the graph is destroyed: 600 MiB
  * plain do not fit next to one of 600 MiB under 1 GiB, and fit after. With

@@ -54,6 +54,9 @@
  *               and released at once, 600 MiB plain; the array unmapped,
  *               600 MiB plain; mapped again, released, the array destroyed,
  *               600 MiB plain
+ *   array_mapped_ctx a 600 MiB deferred-mapping array in a created context,
+ *               600 MiB of cuMemCreate mapped into it and released, 600 MiB
+ *               plain; cuCtxDestroy, then 600 MiB plain in the primary
  *   graph_node[_v1] a 600 MiB allocation node added with cuGraphAddNode (_v1:
  *               the CUDA 12.2 ABI without edge data), then 600 MiB plain,
  *               then the graph destroyed and 600 MiB plain again
@@ -625,6 +628,28 @@ static void case_mapped_array(const char *name, unsigned int flags, bool mipmap)
     finish();
 }
 
+/* An array dies with its context, and with it the mappings into it: the
+ * released handle it kept alive is freed then. */
+static void case_array_mapped_ctx(void)
+{
+    const CUDA_ARRAY3D_DESCRIPTOR d = {.Width = 16384, .Height = 9600, /* 600 MiB */
+                                       .Format = CU_AD_FORMAT_FLOAT, .NumChannels = 1,
+                                       .Flags = CUDA_ARRAY3D_DEFERRED_MAPPING};
+    CUcontext c = NULL;
+    CUarray a = NULL;
+    CUresult create = cuCtxCreate(&c, NULL, 0, g_dev);
+    if (create == CUDA_SUCCESS)
+        create = cuArray3DCreate(&a, &d);
+    CUresult map = create ? create : map_released(a, false, &d);
+    CUresult mapped = alloc_600();
+    CUresult destroy = c ? cuCtxDestroy(c) : create;
+    cuCtxSetCurrent(g_ctx);
+    CUresult destroyed = alloc_600();
+    printf("path=array_mapped_ctx create_rc=%d map_rc=%d mapped_rc=%d destroy_rc=%d "
+           "destroyed_rc=%d", create, map, mapped, destroy, destroyed);
+    finish();
+}
+
 /* A graph's allocation node made through the generic cuGraphAddNode holds
  * its memory as one from cuGraphAddMemAllocNode does: 600 MiB more do not
  * fit 1 GiB until the graph is destroyed. */
@@ -838,6 +863,8 @@ int main(int argc, char **argv)
         case_mapped_array(c, CUDA_ARRAY3D_SPARSE, false);
     else if (!strcmp(c, "mipmap_deferred"))
         case_mapped_array(c, CUDA_ARRAY3D_DEFERRED_MAPPING, true);
+    else if (!strcmp(c, "array_mapped_ctx"))
+        case_array_mapped_ctx();
     else if (!strcmp(c, "graph_node"))
         case_graph_node(c, false);
     else if (!strcmp(c, "graph_node_v1"))
