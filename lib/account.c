@@ -115,9 +115,6 @@ VG__HOT int vg__acct_reserve(vg__ticket_t *t)
     if (vg__unlikely(!b))
         return VG_EINVAL;
     t->budget = b;
-    if (vg__unlikely(t->bytes == 0))
-        return VG_OK; /* nothing charged (host memory, an array that holds none):
-                       * it cannot take the device over, even one already over */
     if (vg__unlikely(vg__acct_implicit_pending(t->device)))
         vg__acct_implicit_settle(t->device); /* context, lazy loads: charge first */
     /* This thread's credit first, then a new slice of it, then the budget
@@ -127,6 +124,10 @@ VG__HOT int vg__acct_reserve(vg__ticket_t *t)
         t->credit = true;
         return VG_OK;
     }
+    if (vg__unlikely(t->bytes == 0))
+        return VG_OK; /* nothing charged (host memory, an array that holds none):
+                       * it cannot take the device over, even one already over.
+                       * Here, past the credit, it costs the common path nothing */
     if (vg__likely(vg__budget_reserve(b, t->bytes) == VG_OK))
         return VG_OK;
     return reserve_slow(t, b);
