@@ -143,7 +143,9 @@ static bool maybe_real(const vg__free_t *f)
 
 int vg__badptr_begin(vg__free_t *f)
 {
-    if (f->key == 0) {
+    /* NULL, as a pointer or as a handle (cuArrayDestroy(NULL),
+     * cuMemRelease(0)): never an event; the driver answers. */
+    if ((f->key & ~VG__KEY_HANDLE) == 0) {
         f->state = VG__FREE_PASS;
         return VG_OK;
     }

@@ -1,7 +1,7 @@
 /*
  * test_badptr.c — pointers handed back that vramguard never handed out, seen
  * from outside: every class (fake, double free, host, interior, foreign,
- * unknown handle, NULL) under every VRAMGUARD_ON_BAD_POINTER policy, each in
+ * unknown handle, NULL pointer and NULL handle) under every VRAMGUARD_ON_BAD_POINTER policy, each in
  * its own client process (tests/clients, path "badptr"), with the test
  * driver's exit report proving nothing leaked. Then vg_verify_all() and
  * VRAMGUARD_VERIFY in-process and under the shim.
@@ -36,6 +36,7 @@ static const struct bad_case {
     {"foreign", "): foreign (", INVALID_VALUE, INVALID_VALUE, true, true},
     {"handle", "): unknown handle", INVALID_HANDLE, INVALID_VALUE, false, true},
     {"null", "", 0, 0, true, false},
+    {"null_handle", "", INVALID_HANDLE, INVALID_HANDLE, true, false},
 };
 #define NCASES (sizeof cases / sizeof cases[0])
 

@@ -789,12 +789,19 @@ static CUresult bad_null(client_t *c)
     return c->api.mem_free(0);
 }
 
+/* A NULL handle: the driver's own answer, as for a NULL pointer. */
+static CUresult bad_null_handle(client_t *c)
+{
+    return c->api.array_destroy(NULL);
+}
+
 static const struct {
     const char *name;
     CUresult (*run)(client_t *c);
 } client_bad[] = {
     {"fake", bad_fake}, {"freed", bad_freed}, {"host", bad_host}, {"interior", bad_interior},
     {"foreign", bad_foreign}, {"handle", bad_handle}, {"null", bad_null},
+    {"null_handle", bad_null_handle},
 };
 
 /* $CLIENT_BADPTR names one class (default: every class in turn). */
