@@ -92,6 +92,9 @@ static void describe(const vg__free_t *f, char *buf, size_t len)
     case VG_PTR_HOST:
         snprintf(buf, len, "host (ordinary host memory, not device memory)");
         break;
+    case VG_PTR_LIVE: /* live, and not the shim's: a vg_pool's */
+        snprintf(buf, len, "live in a vramguard pool (vg_pool_free frees it)");
+        break;
     default:
         snprintf(buf, len, "fake (unknown to the driver%s%s)", i->pattern[0] ? ": " : "",
                  i->pattern);
@@ -158,10 +161,12 @@ int vg__badptr_begin(vg__free_t *f)
         f->state = f->a.pooled ? VG__FREE_POOLED : VG__FREE_OURS;
         return VG_OK;
     }
-    /* A pool chunk is never handed to the driver's free, whatever the
-     * policy: the whole chunk, other blocks included, would go. */
+    /* A pool's memory is never handed to the driver's free, whatever the
+     * policy: a chunk would take its other blocks along, and a pool's own
+     * allocation would stay in the pool's books, to be freed again. */
     vg__chunk_ref_t chunk;
-    bool in_chunk = !(f->key & VG__KEY_HANDLE) && vg__chunk_index_find(f->key, &chunk);
+    bool in_chunk = !(f->key & VG__KEY_HANDLE) &&
+                    (f->bad.cls == VG_PTR_LIVE || vg__chunk_index_find(f->key, &chunk));
     vg__bad_ptr_policy_t p = policy();
     if (!in_chunk && (maybe_real(f) || p == VG__BADPTR_WARN))
         return VG_OK;
@@ -170,8 +175,8 @@ int vg__badptr_begin(vg__free_t *f)
     CUresult rc = CUDA_ERROR_INVALID_VALUE;
     vg__audit_bad_ptr(f->api, f->key, bad_info(f), p, &rc);
     say(f, in_chunk && p == VG__BADPTR_WARN
-               ? "refused with CUDA_ERROR_INVALID_VALUE: inside a pool chunk, never "
-                 "passed to the driver"
+               ? "refused with CUDA_ERROR_INVALID_VALUE: a pool's memory, never passed "
+                 "to the driver"
                : "refused with CUDA_ERROR_INVALID_VALUE, the driver not called (reject)");
     return VG_ENOTFOUND;
 }

@@ -10,6 +10,7 @@
 
 #include "clientrun.h"
 #include "testutil.h"
+#include "vg_account.h"
 #include "vg_budget.h"
 
 #define INVALID_VALUE 1   /* CUDA_ERROR_INVALID_VALUE */
@@ -149,6 +150,27 @@ Test(badptr, all_classes_in_one_process_are_each_named_once)
             cr_expect_eq(count_of(r.err, cases[i].named), 1, "%s:\n%s", cases[i].cls, r.err);
     }
     cr_expect_eq(field(r.report, "live_bytes"), 0, "%s", r.report);
+}
+
+/* A free through the driver's door of memory a vg_pool handed out (one
+ * engine serves both doors): it is the pool's to free, so it is never
+ * passed to the driver, even under warn, which passes on what may be real;
+ * the pool's books and the driver would disagree, and vg_pool_free would
+ * free it a second time. */
+Test(badptr, a_pools_own_allocation_freed_with_cumemfree_is_never_passed_on)
+{
+    if (vg_available() != VG_OK)
+        cr_skip_test("no test driver");
+    vg_pool_t *p;
+    vg_devptr_t big;
+    cr_assert_eq(vg_pool_create(0, 256 * MiB, &p), VG_OK);
+    cr_assert_eq(vg_pool_alloc(p, 64 * MiB, NULL, &big), VG_OK);
+    vg__free_t f;
+    cr_expect_eq(vg__acct_free_begin(&f, big, "cuMemFree_v2"), VG_ENOTFOUND,
+                 "handed to the driver's free");
+    cr_expect_eq(f.bad.cls, VG_PTR_LIVE);
+    cr_expect_eq(vg_pool_free(p, big), VG_OK, "the pool lost it");
+    vg_pool_destroy(p, NULL);
 }
 
 /* --------------------------------------------------- verification */
