@@ -12,13 +12,17 @@
 #define VG__VISIT_CHUNK 32u /* records foreach copies per lock hold */
 
 /* The bytes a freed record covered: from the driver's base to the end of
- * whichever is larger, the caller's range or the charged range. */
+ * whichever is larger, the caller's range or the charged range. Compared
+ * as offsets, never as ends: a range that reaches the top of the key space
+ * (a handle key, bit 63 set) ends at 2^64, which as a sum wraps to 0 and
+ * would contain nothing. */
 static inline bool freed_contains(const vg__alloc_t *a, vg_devptr_t ptr)
 {
-    uint64_t end_user = a->ptr + a->size;
-    uint64_t end_charged = a->base + a->charged;
-    uint64_t end = end_user > end_charged ? end_user : end_charged;
-    return ptr == a->ptr || (ptr >= a->base && ptr < end);
+    if (ptr == a->ptr)
+        return true;
+    if (ptr < a->base)
+        return false;
+    return ptr - a->base < a->charged || ptr < a->ptr || ptr - a->ptr < a->size;
 }
 
 /* The newest freed record matching ptr so far, exactly (at its pointer or

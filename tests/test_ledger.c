@@ -108,6 +108,23 @@ Test(ledger, find_freed_exact_and_interior)
     cr_assert_eq(vg__ledger_find_freed(0x1ff000, &got), VG_ENOTFOUND);
 }
 
+/* A record whose range reaches the top of the 64-bit key space (handle
+ * keys have bit 63 set) ends at 2^64: its interior is still freed, not a
+ * range that wrapped to end at 0. */
+Test(ledger, find_freed_contains_within_a_range_that_ends_at_the_top)
+{
+    const vg_devptr_t top = 0xffffffffffff0000ull;
+    vg__alloc_t a = rec(top, 0x10000, NULL), got;
+    cr_assert_eq(vg__ledger_insert(&a), VG_OK);
+    cr_assert_eq(vg__ledger_remove(top, VG__ANY_OWNER, NULL), VG_OK);
+    cr_assert_eq(vg__ledger_find_freed(top, &got), VG_OK);
+    memset(&got, 0, sizeof got);
+    cr_expect_eq(vg__ledger_find_freed(top + 0x8000, &got), VG_OK, "interior");
+    cr_expect_eq(got.ptr, top);
+    cr_expect_eq(vg__ledger_find_freed(UINT64_MAX, &got), VG_OK, "the last byte");
+    cr_expect_eq(vg__ledger_find_freed(top - 1, NULL), VG_ENOTFOUND, "below the base");
+}
+
 Test(ledger, find_freed_returns_the_newest_of_a_reused_address)
 {
     vg__alloc_t a = rec(0x400000, 100, NULL), got;
