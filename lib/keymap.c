@@ -31,7 +31,10 @@ int vg__keymap_grow(vg__keymap_t *m)
 {
     uint64_t slots = m->slot ? (uint64_t)m->mask + 1 : 0;
     uint64_t grown = slots ? 2 * slots : VG__KEYMAP_MIN;
-    if (grown > (uint64_t)UINT32_MAX + 1)
+    /* At most 2^28 slots (2^27 records in one shard, 16 GiB of records):
+     * the halving test's 8 * used, `mask + 1` and a walk's `i <= mask` are
+     * 32-bit sums that would wrap near 2^29 records and 2^32 slots. */
+    if (grown > 1ull << 28)
         return VG_ESYS;
     return rehash(m, grown);
 }
