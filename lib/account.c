@@ -265,6 +265,17 @@ void vg__acct_release_freed(uint64_t key, const char *api)
         vg__audit_free(&a, api, CUDA_SUCCESS);
 }
 
+void vg__acct_release_swept(uint64_t key, uint64_t seq, const char *api)
+{
+    vg__alloc_t a;
+    if (vg__ledger_remove_seq(key, seq, &a) != VG_OK)
+        return; /* freed meanwhile, or the address holds a new allocation */
+    if (vg__unlikely(a.pooled))
+        vg__acct_pooled_free(&a);
+    vg__acct_uncharge(&a);
+    vg__audit_free(&a, api, CUDA_SUCCESS);
+}
+
 /* The free path's rare ends (vg__acct_free_begin and _end, inline in the
  * hooks, handle the common case): a failed driver free, the audit log, a
  * key that was not ours. */

@@ -233,10 +233,16 @@ void vg__acct_implicit_undone(int device)
 
 /* ------------------------------------------------- contexts freed */
 
+/* A record the sweep saw: its key, and its number, so that a new record
+ * at the same key (the address handed out again) is never taken for it. */
+struct swept {
+    uint64_t key, seq;
+};
+
 struct dev_keys {
     int device;
     uint64_t ctx; /* the context that went, 0 when not known */
-    uint64_t *keys;
+    struct swept *keys;
     size_t n, cap;
 };
 
@@ -256,7 +262,7 @@ static void collect_device(const vg__alloc_t *a, void *ctx)
         return; /* VMM handles do too; other contexts' arrays live on */
     if (k->n == k->cap)
         return;
-    k->keys[k->n++] = a->ptr;
+    k->keys[k->n++] = (struct swept){a->ptr, a->seq};
 }
 
 /* True when the driver no longer knows ptr as memory. */
@@ -269,20 +275,28 @@ static bool gone(uint64_t ptr)
            cr == CUDA_ERROR_INVALID_CONTEXT;
 }
 
+/* Another thread, in another context, may be handed a swept address as
+ * soon as the driver freed it, and record it (account.c's insert_failed
+ * gives the old record's charge back then): so a record goes only if it
+ * is still the one collected. Taking whatever was live at the key dropped
+ * the new allocation's charge while the driver held it, and its free was
+ * then reported as a bad pointer. */
 void vg__acct_context_gone(int device, CUcontext ctx, const char *api)
 {
     if (device < 0 || device >= VG__MAX_DEVICES || vg__engine_init() != VG_OK)
         return;
     size_t cap = (size_t)vg__ledger_count() + 16;
-    struct dev_keys k = {device, (uint64_t)(uintptr_t)ctx, calloc(cap, sizeof(uint64_t)), 0, cap};
+    struct dev_keys k = {device, (uint64_t)(uintptr_t)ctx, calloc(cap, sizeof(struct swept)), 0,
+                         cap};
     if (!k.keys)
         return;
     vg__ledger_foreach(NULL, collect_device, &k);
     for (size_t i = 0; i < k.n; i++) {
-        if ((k.keys[i] & VG__KEY_HANDLE) || gone(k.keys[i])) /* arrays: collected */
-            vg__acct_release_freed(k.keys[i], api);
-        if (k.keys[i] & VG__KEY_HANDLE) /* and what was mapped into them */
-            vg__acct_vmm_array_gone(k.keys[i], api);
+        uint64_t key = k.keys[i].key;
+        if ((key & VG__KEY_HANDLE) || gone(key)) /* arrays: collected */
+            vg__acct_release_swept(key, k.keys[i].seq, api);
+        if (key & VG__KEY_HANDLE) /* and what was mapped into them */
+            vg__acct_vmm_array_gone(key, api);
     }
     free(k.keys);
     vg__acct_limits_forget(device, ctx);

@@ -424,19 +424,11 @@ VG__HOT int vg__ledger_insert(const vg__alloc_t *a)
     return rc;
 }
 
-VG__HOT int vg__ledger_remove(vg_devptr_t ptr, const void *owner, vg__alloc_t *out)
+/* Takes r (slot i of s's table, counted in e) out of the table into the
+ * quarantine; *out gets it. Under s's lock. */
+static inline void remove_at(vg__shard_t *s, _Atomic uint64_t *e, uint32_t i, vg__rec_t *r,
+                             vg__alloc_t *out)
 {
-    _Atomic uint64_t *e = ptr ? dir_entry(ptr, false) : NULL;
-    owned_t o = e ? lock_owner(e, ptr, false) : (owned_t){NULL, NULL};
-    vg__shard_t *s = o.s;
-    if (!s)
-        return VG_ENOTFOUND;
-    e = o.e;
-    int rc = VG_ENOTFOUND;
-    uint32_t i = vg__keymap_find(&s->table, ptr);
-    vg__rec_t *r = i == VG__KEYMAP_NONE ? NULL : s->table.slot[i].val;
-    if (!r || (owner != VG__ANY_OWNER && r->a.owner != owner))
-        goto out;
     vg__keymap_del_at(&s->table, i);
     if (out)
         *out = r->a;
@@ -458,8 +450,43 @@ VG__HOT int vg__ledger_remove(vg_devptr_t ptr, const void *owner, vg__alloc_t *o
                           atomic_load_explicit(&s->live, memory_order_relaxed) - 1,
                           memory_order_relaxed);
     entry_add(e, -ENTRY_ONE);
-    rc = VG_OK;
-out:
+}
+
+VG__HOT int vg__ledger_remove(vg_devptr_t ptr, const void *owner, vg__alloc_t *out)
+{
+    _Atomic uint64_t *e = ptr ? dir_entry(ptr, false) : NULL;
+    owned_t o = e ? lock_owner(e, ptr, false) : (owned_t){NULL, NULL};
+    vg__shard_t *s = o.s;
+    if (!s)
+        return VG_ENOTFOUND;
+    int rc = VG_ENOTFOUND;
+    uint32_t i = vg__keymap_find(&s->table, ptr);
+    vg__rec_t *r = i == VG__KEYMAP_NONE ? NULL : s->table.slot[i].val;
+    if (r && (owner == VG__ANY_OWNER || r->a.owner == owner)) {
+        remove_at(s, o.e, i, r, out);
+        rc = VG_OK;
+    }
+    vg__spin_unlock(&s->lock);
+    return rc;
+}
+
+/* Out of line: only sweeps after a context or an owner went use it, and
+ * the free path's vg__ledger_remove pays nothing for it. */
+__attribute__((noinline)) int vg__ledger_remove_seq(vg_devptr_t ptr, uint64_t seq,
+                                                    vg__alloc_t *out)
+{
+    _Atomic uint64_t *e = ptr ? dir_entry(ptr, false) : NULL;
+    owned_t o = e ? lock_owner(e, ptr, false) : (owned_t){NULL, NULL};
+    vg__shard_t *s = o.s;
+    if (!s)
+        return VG_ENOTFOUND;
+    int rc = VG_ENOTFOUND;
+    uint32_t i = vg__keymap_find(&s->table, ptr);
+    vg__rec_t *r = i == VG__KEYMAP_NONE ? NULL : s->table.slot[i].val;
+    if (r && r->a.seq == seq) {
+        remove_at(s, o.e, i, r, out);
+        rc = VG_OK;
+    }
     vg__spin_unlock(&s->lock);
     return rc;
 }

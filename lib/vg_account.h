@@ -78,6 +78,11 @@ void vg__acct_restore(const vg__alloc_t *a);
  * graph's memory nodes with the graph): vg__acct_release, then `free` in
  * the audit log. Nothing when it is not a live allocation. */
 void vg__acct_release_freed(uint64_t key, const char *api);
+/* As vg__acct_release_freed, only for the record numbered `seq`: a sweep
+ * that saw the record and then asked the driver about it (which said the
+ * memory is gone) leaves alone a new allocation that another thread was
+ * handed at the same address and recorded meanwhile. */
+void vg__acct_release_swept(uint64_t key, uint64_t seq, const char *api);
 /* Rewrites the driver's memory view of `device` to the budget's:
  * total = min(budget, physical); free = clamp(total - use, 0, free).
  * Unchanged when the device has no budget. */

@@ -131,6 +131,11 @@ int vg__ledger_insert(const vg__alloc_t *a);
  * moves it to the quarantine. Optional out: *out. VG_ENOTFOUND otherwise. */
 #define VG__ANY_OWNER ((const void *)-1)
 int vg__ledger_remove(vg_devptr_t ptr, const void *owner, vg__alloc_t *out);
+/* As vg__ledger_remove, only while ptr's live record is still the one
+ * numbered `seq`: a sweep that found a record, then asked the driver
+ * about it, removes nothing when the address was handed out again and
+ * recorded anew meanwhile. VG_ENOTFOUND otherwise. */
+int vg__ledger_remove_seq(vg_devptr_t ptr, uint64_t seq, vg__alloc_t *out);
 /* Looks up a live allocation starting exactly at ptr. */
 int vg__ledger_find(vg_devptr_t ptr, vg__alloc_t *out);
 /* Looks up a quarantined (recently freed) allocation containing ptr. */

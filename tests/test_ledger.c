@@ -80,6 +80,22 @@ Test(ledger, remove_with_owner_filter)
     cr_assert_eq(vg__ledger_count(), 0);
 }
 
+/* A sweep's remove takes a record only while it is the one it saw: the
+ * address recorded anew (another allocation there) stays. */
+Test(ledger, remove_by_sequence_number_leaves_a_newer_record)
+{
+    vg__alloc_t a = rec(0xa000, 64, NULL), b = rec(0xa000, 128, NULL), got;
+    cr_assert_eq(vg__ledger_insert(&a), VG_OK);
+    cr_assert_eq(vg__ledger_remove(0xa000, VG__ANY_OWNER, NULL), VG_OK);
+    cr_assert_eq(vg__ledger_insert(&b), VG_OK);
+    cr_assert_eq(vg__ledger_remove_seq(0xa000, a.seq, NULL), VG_ENOTFOUND);
+    cr_assert_eq(vg__ledger_count(), 1, "the newer record stays");
+    cr_assert_eq(vg__ledger_remove_seq(0xa000, b.seq, &got), VG_OK);
+    cr_assert_eq(got.size, 128);
+    cr_assert_eq(vg__ledger_count(), 0);
+    cr_assert_eq(vg__ledger_remove_seq(0xa000, b.seq, NULL), VG_ENOTFOUND);
+}
+
 Test(ledger, sequence_numbers_start_at_one_and_increase)
 {
     uint64_t a = vg__ledger_next_seq();

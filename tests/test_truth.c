@@ -276,6 +276,23 @@ Test(truth, the_last_release_of_the_primary_context_gives_its_memory_back)
     expect_given_back(cases, 2);
 }
 
+/* A destroyed context's sweep asks the driver about each address it
+ * found; another thread, in the primary context, is handed one of those
+ * addresses meanwhile (cuPointerGetAttribute made slow) and records it.
+ * The sweep must leave the new record alone: dropped, its 64 MiB were no
+ * longer charged, so 128 MiB more fitted a 160 MiB budget and the device
+ * held 192 MiB (and its free would have been reported as a bad pointer). */
+Test(truth, a_context_sweep_leaves_a_new_allocation_at_a_reused_address_charged)
+{
+    static truth_t t;
+    run_truth(&t, "sweep_reuse", "160MiB", ENV("FAKECUDA_POINTER_ATTR_DELAY_NS=300000000"));
+    expect_rc(&t, "reused", 1);
+    expect_rc(&t, "destroy_rc", 0);
+    expect_rc(&t, "alloc_rc", 0);
+    expect_rc(&t, "more_rc", OUT_OF_MEMORY);
+    expect_peak_within(&t, 160 * MiB);
+}
+
 /* A context's raised limit is charged to that context: destroying another
  * context gives nothing of it back, so the primary's 600 MiB heap and
  * 600 MiB more do not fit 1 GiB. Without NVML (a container whose PID

@@ -40,6 +40,11 @@
  *               cuDevicePrimaryCtxReset, then 600 MiB in the primary
  *   release[_array] 600 MiB (an array) in the primary context, its last
  *               cuDevicePrimaryCtxRelease, then retained again and 600 MiB
+ *   sweep_reuse a 64 MiB allocation in a created context, then cuCtxDestroy
+ *               while another thread, in the primary, is handed the same
+ *               address (the test makes cuPointerGetAttribute slow, so the
+ *               destroy's sweep is still deciding); then 128 MiB more
+ *               (tried up to 4 times until the address is handed out again)
  *   limit_race  two threads set the primary context's malloc heap to 600 MiB
  *               at once (the test makes cuCtxSetLimit slow), then 64 MiB
  *               allocations until refused
@@ -415,6 +420,69 @@ static void case_gone(const char *name, bool array, go_t how)
            destroy, second);
     finish();
     if (second == CUDA_SUCCESS)
+        cuMemFree(b);
+}
+
+typedef struct {
+    CUdeviceptr p;
+    long long used_before; /* the driver's use before the destroy */
+    CUresult rc;
+} reuse_t;
+
+/* Waits until the driver freed the destroyed context's memory, then
+ * allocates the same size in the primary context while the destroy's
+ * sweep is still asking the driver about the old address. */
+static void *reuse_worker(void *arg)
+{
+    reuse_t *r = arg;
+    cuCtxSetCurrent(g_ctx);
+    while (driver_query("fakecuda_used_bytes") >= r->used_before)
+        nanosleep(&(struct timespec){0, 1000000}, NULL);
+    nanosleep(&(struct timespec){0, 50000000}, NULL); /* into the sweep's question */
+    r->rc = cuMemAlloc(&r->p, 64 * MiB);
+    return NULL;
+}
+
+/* One destroy raced by an allocation; true when it got the old address. */
+static bool sweep_reuse_once(reuse_t *r, CUresult *destroy)
+{
+    CUcontext c;
+    CUdeviceptr old = 0;
+    pthread_t t;
+    *r = (reuse_t){0};
+    if (cuCtxCreate(&c, NULL, 0, g_dev) != CUDA_SUCCESS || cuMemAlloc(&old, 64 * MiB)) {
+        fprintf(stderr, "client_truth: sweep_reuse setup failed\n");
+        exit(3);
+    }
+    r->used_before = driver_query("fakecuda_used_bytes");
+    if (pthread_create(&t, NULL, reuse_worker, r) != 0)
+        exit(3);
+    *destroy = cuCtxDestroy(c);
+    pthread_join(t, NULL);
+    cuCtxSetCurrent(g_ctx);
+    return r->rc == CUDA_SUCCESS && r->p == old;
+}
+
+static void case_sweep_reuse(void)
+{
+    reuse_t r;
+    CUresult destroy = CUDA_SUCCESS, more = CUDA_ERROR_UNKNOWN;
+    CUdeviceptr b = 0;
+    int tries = 0;
+    bool reused = false;
+    while (!reused && tries++ < 4) {
+        reused = sweep_reuse_once(&r, &destroy);
+        if (!reused && r.rc == CUDA_SUCCESS)
+            cuMemFree(r.p);
+    }
+    if (reused)
+        more = cuMemAlloc(&b, 128 * MiB);
+    printf("path=sweep_reuse reused=%d tries=%d destroy_rc=%d alloc_rc=%d more_rc=%d", reused,
+           tries, destroy, r.rc, more);
+    finish();
+    if (reused)
+        cuMemFree(r.p);
+    if (more == CUDA_SUCCESS)
         cuMemFree(b);
 }
 
@@ -877,6 +945,8 @@ int main(int argc, char **argv)
         case_pool_host();
     else if (!strcmp(c, "pool_destroy"))
         case_pool_destroy();
+    else if (!strcmp(c, "sweep_reuse"))
+        case_sweep_reuse();
     else if (!strcmp(c, "limit_race"))
         case_limit_race();
     else if (!strcmp(c, "limit_other_ctx"))

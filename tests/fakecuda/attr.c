@@ -69,6 +69,7 @@ CUresult cuPointerGetAttribute(void *data, CUpointer_attribute attribute, CUdevi
     fc_alloc *a = fc_alloc_containing(ptr);
     CUresult rc = a ? attr_value(a, attribute, data, true) : CUDA_ERROR_INVALID_VALUE;
     fc_unlock();
+    fc_pointer_attr_delay();
     return rc;
 }
 

@@ -28,6 +28,10 @@
  *   FAKECUDA_SETLIMIT_DELAY_NS cuCtxSetLimit waits this long before it sets
  *                            the value (default 0): another thread's
  *                            cuCtxGetLimit meanwhile still reads the old one
+ *   FAKECUDA_POINTER_ATTR_DELAY_NS cuPointerGetAttribute waits this long
+ *                            after it answered, before it returns (default
+ *                            0): memory it called freed may be handed out
+ *                            again meanwhile
  *   FAKECUDA_NO_RANGES       1: cuMemGetAddressRange says CUDA_ERROR_NOT_FOUND
  *                            for every address, as a driver that keeps no
  *                            allocation extents (the benchmarks' null driver)
@@ -103,6 +107,7 @@ typedef struct {
     int sm_count;                 /* FAKECUDA_SM_COUNT */
     unsigned long long free_delay_ns;   /* FAKECUDA_FREE_DELAY_NS */
     unsigned long long setlimit_delay_ns; /* FAKECUDA_SETLIMIT_DELAY_NS */
+    unsigned long long pointer_attr_delay_ns; /* FAKECUDA_POINTER_ATTR_DELAY_NS */
     bool limits_at_launch;        /* FAKECUDA_LIMITS_AT=launch */
     bool eager_modules;           /* CUDA_MODULE_LOADING=EAGER */
     bool no_ranges;               /* FAKECUDA_NO_RANGES=1 */
@@ -113,6 +118,8 @@ const fc_knobs *fc_knobs_get(void);   /* valid after cuInit; lock not needed */
 void fc_free_delay(void);
 /* Sleeps FAKECUDA_SETLIMIT_DELAY_NS; called WITHOUT the lock. */
 void fc_setlimit_delay(void);
+/* Sleeps FAKECUDA_POINTER_ATTR_DELAY_NS; called WITHOUT the lock. */
+void fc_pointer_attr_delay(void);
 
 typedef enum {
     FC_H_CTX = 1, FC_H_STREAM, FC_H_EVENT, FC_H_POOL, FC_H_ARRAY,
