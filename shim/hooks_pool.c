@@ -173,6 +173,33 @@ CUresult cuDevicePrimaryCtxReset_v2(CUdevice dev)
     return primary_reset(vg__real.cuDevicePrimaryCtxReset_v2, dev);
 }
 
+/* The driver's id of ctx (cuCtxGetId, CUDA 12.0 and later; an optional
+ * entry point, looked up on each call: releases are rare), 0 when it
+ * cannot say. Unique for the life of the process, so a primary context
+ * re-created after a reset has a new one. */
+static unsigned long long ctx_id(CUcontext ctx)
+{
+    CUresult (*get)(CUcontext, unsigned long long *) =
+        (CUresult(*)(CUcontext, unsigned long long *))vg__real_dlsym(vg__driver()->handle,
+                                                                     "cuCtxGetId");
+    unsigned long long id = 0;
+    if (!ctx || !get || get(ctx, &id) != CUDA_SUCCESS)
+        return 0;
+    return id;
+}
+
+/* After a release of the primary context that was active with id `id`:
+ * true when that release was the last and reset it. Another thread may
+ * retain it again at once, so "not active now" is not enough: an active
+ * primary context with another id is a new one (the sweep was skipped
+ * and the dead context's records stayed charged for good). Without
+ * cuCtxGetId only the state can tell. */
+static bool primary_went(CUdevice dev, unsigned long long id)
+{
+    CUcontext now = primary_of(dev);
+    return !now || (id && ctx_id(now) != id);
+}
+
 /* The last release of the primary context resets it (the driver's
  * documentation): what it owned dies as at cuDevicePrimaryCtxReset, and
  * its records go the same way. A release that leaves the context active
@@ -183,8 +210,9 @@ static CUresult primary_release(CUresult (*real)(CUdevice), CUdevice dev)
     if (!real)
         return CUDA_ERROR_NOT_FOUND;
     CUcontext primary = primary_of(dev);
+    unsigned long long id = ctx_id(primary);
     CUresult cr = real(dev);
-    if (cr == CUDA_SUCCESS && primary && !primary_of(dev))
+    if (cr == CUDA_SUCCESS && primary && primary_went(dev, id))
         vg__acct_context_gone((int)dev, primary, "cuDevicePrimaryCtxRelease");
     return cr;
 }

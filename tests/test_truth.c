@@ -276,6 +276,22 @@ Test(truth, the_last_release_of_the_primary_context_gives_its_memory_back)
     expect_given_back(cases, 2);
 }
 
+/* Another thread retains the primary context again while its last release
+ * is still returning (the test driver makes the release slow): the
+ * context was reset all the same, so its 600 MiB went and 600 MiB more fit
+ * 1 GiB. Judged by "is it active now", the release looked like not the
+ * last one, and the dead context's memory stayed charged. */
+Test(truth, the_last_release_gives_memory_back_when_another_thread_retains_at_once)
+{
+    static truth_t t;
+    run_truth(&t, "release_race", "1GiB", ENV("FAKECUDA_PRIMARY_RELEASE_DELAY_NS=200000000"));
+    expect_rc(&t, "first_rc", 0);
+    expect_rc(&t, "release_rc", 0);
+    expect_rc(&t, "retain_rc", 0);
+    expect_rc(&t, "second_rc", 0);
+    expect_peak_within(&t, GiB);
+}
+
 /* A destroyed context's sweep asks the driver about each address it
  * found; another thread, in the primary context, is handed one of those
  * addresses meanwhile (cuPointerGetAttribute made slow) and records it.

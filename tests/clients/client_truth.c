@@ -45,6 +45,10 @@
  *               address (the test makes cuPointerGetAttribute slow, so the
  *               destroy's sweep is still deciding); then 128 MiB more
  *               (tried up to 4 times until the address is handed out again)
+ *   release_race 600 MiB in the primary context, its last
+ *               cuDevicePrimaryCtxRelease while another thread retains it
+ *               again at once (the test makes the release slow to return),
+ *               then 600 MiB in the primary
  *   limit_race  two threads set the primary context's malloc heap to 600 MiB
  *               at once (the test makes cuCtxSetLimit slow), then 64 MiB
  *               allocations until refused
@@ -418,6 +422,43 @@ static void case_gone(const char *name, bool array, go_t how)
     CUresult second = cuMemAlloc(&b, 600 * MiB);
     printf("path=%s create_rc=%d first_rc=%d destroy_rc=%d second_rc=%d", name, create, first,
            destroy, second);
+    finish();
+    if (second == CUDA_SUCCESS)
+        cuMemFree(b);
+}
+
+static long long g_used_before; /* the driver's use before a context went */
+
+/* Retains the primary context again as soon as the driver has freed what
+ * it held, while the releasing thread's call has not returned yet. */
+static void *retain_worker(void *arg)
+{
+    CUcontext c;
+    while (driver_query("fakecuda_used_bytes") >= g_used_before)
+        nanosleep(&(struct timespec){0, 1000000}, NULL);
+    *(CUresult *)arg = cuDevicePrimaryCtxRetain(&c, g_dev);
+    return NULL;
+}
+
+static void case_release_race(void)
+{
+    CUdeviceptr a = 0, b = 0;
+    CUresult retain = CUDA_ERROR_UNKNOWN;
+    pthread_t t;
+    CUresult first = cuMemAlloc(&a, 600 * MiB);
+    g_used_before = driver_query("fakecuda_used_bytes");
+    if (first != CUDA_SUCCESS || pthread_create(&t, NULL, retain_worker, &retain) != 0) {
+        fprintf(stderr, "client_truth: release_race setup failed\n");
+        exit(3);
+    }
+    CUresult release = cuCtxSetCurrent(NULL);
+    if (release == CUDA_SUCCESS)
+        release = cuDevicePrimaryCtxRelease(g_dev);
+    pthread_join(t, NULL);
+    cuCtxSetCurrent(g_ctx);
+    CUresult second = cuMemAlloc(&b, 600 * MiB);
+    printf("path=release_race first_rc=%d release_rc=%d retain_rc=%d second_rc=%d", first,
+           release, retain, second);
     finish();
     if (second == CUDA_SUCCESS)
         cuMemFree(b);
@@ -945,6 +986,8 @@ int main(int argc, char **argv)
         case_pool_host();
     else if (!strcmp(c, "pool_destroy"))
         case_pool_destroy();
+    else if (!strcmp(c, "release_race"))
+        case_release_race();
     else if (!strcmp(c, "sweep_reuse"))
         case_sweep_reuse();
     else if (!strcmp(c, "limit_race"))

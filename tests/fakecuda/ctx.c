@@ -34,6 +34,8 @@ static struct CUctx_st g_primary[FC_MAX_DEVICES];
 static _Thread_local CUcontext t_stack[FC_CTX_STACK];
 static _Thread_local int t_depth;
 
+static unsigned long long g_ctx_ids; /* the last cuCtxGetId handed out */
+
 static bool is_primary(CUcontext c)
 {
     return c >= &g_primary[0] && c < &g_primary[FC_MAX_DEVICES];
@@ -54,6 +56,7 @@ static CUresult ctx_start(CUcontext c)
     if (rc != CUDA_SUCCESS)
         return rc;
     c->started = true;
+    c->id = ++g_ctx_ids;
     fc_limits_reset(c);
     return CUDA_SUCCESS;
 }
@@ -148,6 +151,8 @@ CUresult cuDevicePrimaryCtxRelease_v2(CUdevice dev)
     else if (--g_primary[dev].retain == 0)
         ctx_stop(&g_primary[dev]);
     fc_unlock();
+    if (rc == CUDA_SUCCESS)
+        fc_primary_release_delay();
     return rc;
 }
 
@@ -176,6 +181,27 @@ CUresult cuDevicePrimaryCtxReset_v2(CUdevice dev)
 CUresult cuDevicePrimaryCtxReset(CUdevice dev)
 {
     return cuDevicePrimaryCtxReset_v2(dev);
+}
+
+/* Unique for the life of the process: a primary context re-created after
+ * a reset or its last release has a new id, as a new context would. NULL:
+ * the current context. */
+CUresult cuCtxGetId(CUcontext ctx, unsigned long long *ctxId)
+{
+    if (!fc_initialized())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    if (!ctxId)
+        return CUDA_ERROR_INVALID_VALUE;
+    fc_lock();
+    CUresult rc = CUDA_SUCCESS;
+    if (!ctx)
+        rc = fc_ctx_current(&ctx);
+    else if (!ctx_live(ctx))
+        rc = CUDA_ERROR_CONTEXT_IS_DESTROYED;
+    if (rc == CUDA_SUCCESS)
+        *ctxId = ctx->id;
+    fc_unlock();
+    return rc;
 }
 
 CUresult cuDevicePrimaryCtxGetState(CUdevice dev, unsigned int *flags, int *active)

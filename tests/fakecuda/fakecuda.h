@@ -32,6 +32,10 @@
  *                            after it answered, before it returns (default
  *                            0): memory it called freed may be handed out
  *                            again meanwhile
+ *   FAKECUDA_PRIMARY_RELEASE_DELAY_NS cuDevicePrimaryCtxRelease(_v2) waits
+ *                            this long after it released (and, the last
+ *                            time, reset the context), before it returns
+ *                            (default 0)
  *   FAKECUDA_NO_RANGES       1: cuMemGetAddressRange says CUDA_ERROR_NOT_FOUND
  *                            for every address, as a driver that keeps no
  *                            allocation extents (the benchmarks' null driver)
@@ -108,6 +112,7 @@ typedef struct {
     unsigned long long free_delay_ns;   /* FAKECUDA_FREE_DELAY_NS */
     unsigned long long setlimit_delay_ns; /* FAKECUDA_SETLIMIT_DELAY_NS */
     unsigned long long pointer_attr_delay_ns; /* FAKECUDA_POINTER_ATTR_DELAY_NS */
+    unsigned long long primary_release_delay_ns; /* FAKECUDA_PRIMARY_RELEASE_DELAY_NS */
     bool limits_at_launch;        /* FAKECUDA_LIMITS_AT=launch */
     bool eager_modules;           /* CUDA_MODULE_LOADING=EAGER */
     bool no_ranges;               /* FAKECUDA_NO_RANGES=1 */
@@ -120,6 +125,8 @@ void fc_free_delay(void);
 void fc_setlimit_delay(void);
 /* Sleeps FAKECUDA_POINTER_ATTR_DELAY_NS; called WITHOUT the lock. */
 void fc_pointer_attr_delay(void);
+/* Sleeps FAKECUDA_PRIMARY_RELEASE_DELAY_NS; called WITHOUT the lock. */
+void fc_primary_release_delay(void);
 
 typedef enum {
     FC_H_CTX = 1, FC_H_STREAM, FC_H_EVENT, FC_H_POOL, FC_H_ARRAY,
@@ -141,6 +148,7 @@ struct CUctx_st {
     bool primary;
     int retain;          /* primary only: cuDevicePrimaryCtxRetain count */
     bool started;        /* its FAKECUDA_CONTEXT_BYTES are charged */
+    unsigned long long id;      /* cuCtxGetId: new at every start */
     size_t limit[FC_NLIMITS];   /* cuCtxSetLimit values */
     size_t limit_charged;       /* bytes charged for limits above defaults */
     bool limit_pending;         /* FAKECUDA_LIMITS_AT=launch: not yet charged */

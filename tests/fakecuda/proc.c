@@ -55,6 +55,7 @@ typedef struct {
     P(cuCtxGetCurrent, 4000, FC_PROC_ANY, cuCtxGetCurrent) \
     P(cuCtxGetDevice, 2000, FC_PROC_ANY, cuCtxGetDevice) \
     P(cuCtxGetDevice, 13000, FC_PROC_ANY, cuCtxGetDevice_v2) \
+    P(cuCtxGetId, 12000, FC_PROC_ANY, cuCtxGetId) \
     P(cuCtxGetLimit, 3010, FC_PROC_ANY, cuCtxGetLimit) \
     P(cuCtxPopCurrent, 2000, FC_PROC_ANY, cuCtxPopCurrent) \
     P(cuCtxPopCurrent, 4000, FC_PROC_ANY, cuCtxPopCurrent_v2) \
