@@ -18,8 +18,17 @@
  * mapped region likewise), so the charge stays, never goes early.
  *
  * Only handles this process created under a budget are tracked (those with
- * a ledger record); imported handles pass through. All of it is slow path:
- * one mutex, never held across a driver call.
+ * a ledger record); imported handles pass through. All of it is slow path.
+ *
+ * The bookkeeping must see VMM calls in the order the driver made them: a
+ * thread's unmap of va, then another's map of va before the first one's
+ * books ran, stored two mappings under va and the unmap dropped the new
+ * one (its handle uncharged while mapped, the old one charged for good);
+ * a release between the driver's map of a handle and the map's books found
+ * no mapping and uncharged it. So one VMM call runs at a time, under
+ * call_lock from before the driver call to after its books (vmm_lock, the
+ * tables' own, is taken inside). These calls are rare (a framework maps
+ * and unmaps in large pieces), and the driver serialises them itself.
  */
 #include <pthread.h>
 #include <stdlib.h>
@@ -55,6 +64,7 @@ typedef struct array_map {
     struct array_map *next;
 } array_map_t;
 
+static pthread_mutex_t call_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_mutex_t vmm_lock = PTHREAD_MUTEX_INITIALIZER;
 static handle_refs_t *refs;   /* only handles with a mapping or a retain */
 static mapping_t *mappings;   /* by va */
@@ -66,6 +76,22 @@ static _Atomic int array_mapped; /* entries in array_maps: lets destroys skip th
 void vg__account_vmm_prefork(void) { pthread_mutex_lock(&vmm_lock); }
 void vg__account_vmm_postfork_parent(void) { pthread_mutex_unlock(&vmm_lock); }
 void vg__account_vmm_postfork_child(void) { pthread_mutex_unlock(&vmm_lock); }
+
+/* The same for a VMM call in flight (rank VMM_CALL): fork waits for its
+ * driver call and books. */
+void vg__account_vmm_call_prefork(void) { pthread_mutex_lock(&call_lock); }
+void vg__account_vmm_call_postfork_parent(void) { pthread_mutex_unlock(&call_lock); }
+void vg__account_vmm_call_postfork_child(void) { pthread_mutex_unlock(&call_lock); }
+
+void vg__acct_vmm_begin(void)
+{
+    vg__mutex_lock(&call_lock, VG__RANK_VMM_CALL); /* until _end */
+}
+
+void vg__acct_vmm_end(void)
+{
+    vg__mutex_unlock(&call_lock, VG__RANK_VMM_CALL);
+}
 
 static bool ours(uint64_t handle)
 {

@@ -18,28 +18,32 @@
  *                    time; held across the driver's cuCtxSetLimit and the
  *                    reservation of its growth, which may take any lock
  *                    below.
- *  2 IMPLICIT_FIRST  account_implicit.c first_lock: a device's first use;
+ *  2 VMM_CALL        account_vmm.c call_lock: one cuMemMap, cuMemUnmap,
+ *                    cuMemRelease or cuMemRetainAllocationHandle at a time;
+ *                    held across the driver's call and its bookkeeping
+ *                    (VMM), which may give a charge back (any lock below).
+ *  3 IMPLICIT_FIRST  account_implicit.c first_lock: a device's first use;
  *                    held across driver and NVML calls, and resolves the
  *                    device's budget (RESOLVE) inside.
- *  3 POOLED_CREATE   account_pooled.c pools_mu: cache mode's pool creation;
+ *  4 POOLED_CREATE   account_pooled.c pools_mu: cache mode's pool creation;
  *                    held across vg_pool_create (driver calls), resolves
  *                    the budget (RESOLVE) and registers a level hook
  *                    (LEVEL_HOOKS) inside.
- *  4 RESOLVE         engine.c resolve_lock: a device budget's resolution;
+ *  5 RESOLVE         engine.c resolve_lock: a device budget's resolution;
  *                    held across driver calls, the shared region's bind
  *                    (its own process-shared lock, not ranked: another
  *                    process may hold it) and a level hook's registration.
  *                    When the budget lookup is a program's first engine
  *                    call, the engine starts here and loads the driver
  *                    (DRIVER_LOAD) inside.
- *  5 DRIVER_LOAD     driver.c load_lock: held across dlopen of libcuda and
+ *  6 DRIVER_LOAD     driver.c load_lock: held across dlopen of libcuda and
  *                    the symbol lookups, once per process.
- *  6 LEVEL_HOOKS     budget.c hook_lock: a budget's level-hook list. Leaf.
- *  7 LIMITS          account_limits.c limits_lock: charged limits. Leaf.
- *  8 STREAM_POOLS    account.c pools_lock: stream-ordered pools. Leaf.
- *  9 VMM             account_vmm.c vmm_lock: handles and mappings; looks
+ *  7 LEVEL_HOOKS     budget.c hook_lock: a budget's level-hook list. Leaf.
+ *  8 LIMITS          account_limits.c limits_lock: charged limits. Leaf.
+ *  9 STREAM_POOLS    account.c pools_lock: stream-ordered pools. Leaf.
+ * 10 VMM             account_vmm.c vmm_lock: handles and mappings; looks
  *                    up the ledger (LEDGER) inside.
- * 10 POOLS           pool.c all_mu (the list of pools), then each pool's
+ * 11 POOLS           pool.c all_mu (the list of pools), then each pool's
  *                    mutexes and its cache's locks: the thread-cache list,
  *                    each thread cache (as a remote: its owner is out of
  *                    its fast section), each class, the doomed list. They
@@ -49,17 +53,17 @@
  *                    left set: it would hang on the inherited pool. A
  *                    class lock is held while the chunk index is written
  *                    (CHUNKS), so these come before it.
- * 11 CREDIT          credit.c reclaim_lock, with every owner stopped (the
+ * 12 CREDIT          credit.c reclaim_lock, with every owner stopped (the
  *                    stop flag, a process-wide barrier, and no owner left
  *                    inside an operation), as a reclaim does: a child then
  *                    finds every byte of credit in a cell or in `used`,
  *                    none on its way between them. A reclaim runs when a
  *                    reserve is refused, possibly under a pool's locks
  *                    (POOLS), and takes no lock itself.
- * 12 CHUNKS          chunks.c index_lock: the chunk index. Leaf.
- * 13 LEDGER          ledger.c's 128 shard spinlocks, taken in index order
+ * 13 CHUNKS          chunks.c index_lock: the chunk index. Leaf.
+ * 14 LEDGER          ledger.c's 128 shard spinlocks, taken in index order
  *                    at fork (at run time a thread holds one at a time).
- * 14 AUDIT           audit_buf.c reg_lock, then each thread's buffer: an
+ * 15 AUDIT           audit_buf.c reg_lock, then each thread's buffer: an
  *                    event may be written under any lock above, so the
  *                    buffers come last (taken first, a thread holding VMM
  *                    and writing an event would wait for the fork forever).
@@ -71,7 +75,7 @@
  * hold it; a child that finds it held by a dead owner recovers it), and
  * the shim's NVML locks (shim/nvml.c).
  *
- * Locks held across driver calls (ranks 1-5): prepare waits for the holder's
+ * Locks held across driver calls (ranks 1-6): prepare waits for the holder's
  * driver call to return. CUDA does not support using the driver in a child
  * after fork; the child only needs our state consistent and our locks free.
  *
@@ -95,6 +99,8 @@
 static const vg__fork_step_t steps[] = {
     {VG__RANK_LIMIT_SET, vg__account_limits_set_prefork,
      vg__account_limits_set_postfork_parent, vg__account_limits_set_postfork_child},
+    {VG__RANK_VMM_CALL, vg__account_vmm_call_prefork, vg__account_vmm_call_postfork_parent,
+     vg__account_vmm_call_postfork_child},
     {VG__RANK_IMPLICIT_FIRST, vg__account_implicit_prefork,
      vg__account_implicit_postfork_parent, vg__account_implicit_postfork_child},
     {VG__RANK_POOLED_CREATE, vg__account_pooled_prefork,

@@ -319,8 +319,17 @@ void vg__account_limits_set_postfork_child(void);
 /* ----------------------------------------------------- account_vmm.c */
 
 /* A cuMemCreate handle is charged until it is released AND unmapped
- * everywhere, as the driver frees it. Call each after the driver call
- * succeeded. */
+ * everywhere, as the driver frees it. Each VMM call (cuMemMap, cuMemUnmap,
+ * cuMemRelease, cuMemRetainAllocationHandle) runs between
+ * vg__acct_vmm_begin and vg__acct_vmm_end, which hold the VMM call lock
+ * (rank VMM_CALL) across the driver call and its bookkeeping: the books
+ * then see these calls in the driver's order. Not so, an unmap's books
+ * could take another thread's new mapping at the same address for the one
+ * it unmapped, and a release could find no mapping of a handle that the
+ * driver had just mapped. Call the rest between them, after the driver
+ * call succeeded. */
+void vg__acct_vmm_begin(void);
+void vg__acct_vmm_end(void);
 /* True when `handle` is a live allocation of ours (cuMemRelease then
  * takes this path rather than the bad-pointer one). */
 bool vg__acct_vmm_tracked(uint64_t handle);
@@ -342,6 +351,10 @@ void vg__acct_vmm_array_gone(uint64_t key, const char *api);
 void vg__account_vmm_prefork(void);
 void vg__account_vmm_postfork_parent(void);
 void vg__account_vmm_postfork_child(void);
+/* Fork steps (fork.c, rank VMM_CALL): a VMM call in flight. */
+void vg__account_vmm_call_prefork(void);
+void vg__account_vmm_call_postfork_parent(void);
+void vg__account_vmm_call_postfork_child(void);
 
 /* -------------------------------------------------- account_pooled.c */
 

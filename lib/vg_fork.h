@@ -28,6 +28,7 @@
 /* In rank order, outermost first: X(name, file and lock). */
 #define VG__RANKS(X)                                                         \
     X(LIMIT_SET, "account_limits.c set_lock")                                \
+    X(VMM_CALL, "account_vmm.c call_lock")                                   \
     X(IMPLICIT_FIRST, "account_implicit.c first_lock")                       \
     X(POOLED_CREATE, "account_pooled.c pools_mu")                            \
     X(RESOLVE, "engine.c resolve_lock")                                      \

@@ -68,16 +68,21 @@ CUresult cuMemCreate(CUmemGenericAllocationHandle *handle, size_t size,
     return settled;
 }
 
+/* Each VMM call runs under vg__acct_vmm_begin/_end, so its bookkeeping
+ * sees it in the driver's order (lib/account_vmm.c). */
 CUresult cuMemRelease(CUmemGenericAllocationHandle handle)
 {
     if (!vg__shim_started())
         return CUDA_ERROR_NOT_INITIALIZED;
+    vg__acct_vmm_begin();
     if (vg__likely(vg__acct_vmm_tracked(handle))) {
         CUresult cr = vg__real.cuMemRelease(handle);
         if (cr == CUDA_SUCCESS)
             vg__acct_vmm_released(handle, "cuMemRelease");
+        vg__acct_vmm_end();
         return cr;
     }
+    vg__acct_vmm_end();
     vg__free_t f; /* not ours: a foreign handle, or a bad one */
     int rc = vg__acct_free_begin(&f, handle | VG__KEY_HANDLE, "cuMemRelease");
     if (rc != VG_OK)
@@ -92,9 +97,11 @@ CUresult cuMemMap(CUdeviceptr ptr, size_t size, size_t offset,
 {
     if (!vg__shim_started())
         return CUDA_ERROR_NOT_INITIALIZED;
+    vg__acct_vmm_begin();
     CUresult cr = vg__real.cuMemMap(ptr, size, offset, handle, flags);
     if (cr == CUDA_SUCCESS)
         vg__acct_vmm_map(ptr, size, handle);
+    vg__acct_vmm_end();
     return cr;
 }
 
@@ -102,9 +109,11 @@ CUresult cuMemUnmap(CUdeviceptr ptr, size_t size)
 {
     if (!vg__shim_started())
         return CUDA_ERROR_NOT_INITIALIZED;
+    vg__acct_vmm_begin();
     CUresult cr = vg__real.cuMemUnmap(ptr, size);
     if (cr == CUDA_SUCCESS)
         vg__acct_vmm_unmap(ptr, size, "cuMemUnmap");
+    vg__acct_vmm_end();
     return cr;
 }
 
@@ -112,9 +121,11 @@ CUresult cuMemRetainAllocationHandle(CUmemGenericAllocationHandle *handle, void 
 {
     if (!vg__shim_started())
         return CUDA_ERROR_NOT_INITIALIZED;
+    vg__acct_vmm_begin();
     CUresult cr = vg__real.cuMemRetainAllocationHandle(handle, addr);
     if (cr == CUDA_SUCCESS && handle)
         vg__acct_vmm_retain(*handle);
+    vg__acct_vmm_end();
     return cr;
 }
 

@@ -101,6 +101,35 @@ Test(truth, vmm_memory_released_while_mapped_counts_until_unmapped)
     expect_rc(&t, "after_unmap_rc", 0);
 }
 
+/* Two VMM races, each where the driver has done one thread's call and that
+ * call has not returned yet (the test driver makes it slow), and the
+ * other thread's call lands in between:
+ * - vmm_remap: 256 MiB unmapped at va (released, so the driver frees it)
+ *   while another thread maps 512 MiB of its own at va and releases it.
+ *   The unmap's books took the new mapping for its own: the 512 MiB went
+ *   uncharged while mapped and the 256 MiB stayed charged.
+ * - vmm_release_map: a handle released while another thread maps it. The
+ *   release found no mapping yet and gave the 512 MiB back while the
+ *   driver kept them for the mapping.
+ * Either way 512 MiB stay mapped and charged, so 640 MiB more do not fit
+ * 1 GiB (before, they did, and the device held 1152 MiB). */
+Test(truth, vmm_races_keep_a_handle_charged_while_the_driver_keeps_its_memory)
+{
+    static truth_t t;
+    static const struct {
+        const char *name, *knob;
+    } runs[] = {{"vmm_remap", "FAKECUDA_UNMAP_DELAY_NS=300000000"},
+                {"vmm_release_map", "FAKECUDA_MAP_DELAY_NS=300000000"}};
+    for (size_t i = 0; i < sizeof runs / sizeof runs[0]; i++) {
+        run_truth(&t, runs[i].name, "1GiB", ENV(runs[i].knob));
+        expect_rc(&t, "rc", 0);
+        expect_rc(&t, "map_rc", 0);
+        expect_rc(&t, "release_rc", 0);
+        expect_rc(&t, "more_rc", OUT_OF_MEMORY);
+        expect_peak_within(&t, GiB);
+    }
+}
+
 /* ------------------------------------------------------ b, c. limits */
 
 /* A 3 GiB malloc heap does not fit a 2 GiB budget: cuCtxSetLimit says so. */

@@ -17,6 +17,11 @@
  * Cases (sizes are fixed: the test sets budget and driver knobs):
  *   vmm         8 x (cuMemCreate 256 MiB, reserve, map, set access, release
  *               at once); one more create; unmap all; one more create
+ *   vmm_remap   256 MiB mapped at va and released; va unmapped while another
+ *               thread maps 512 MiB of its own there and releases it (the
+ *               test makes cuMemUnmap slow to return); then 640 MiB
+ *   vmm_release_map 512 MiB mapped while another thread releases the handle
+ *               (the test makes cuMemMap slow to return); then 640 MiB
  *   (the limit and module cases first allocate 64 MiB, so the program is
  *   running before the implicit memory arrives)
  *   heap_big    cuCtxSetLimit(MALLOC_HEAP_SIZE, 3 GiB), then one launch
@@ -244,6 +249,101 @@ static void case_vmm(void)
     printf("path=vmm created=%d first_fail_rc=%d later_rc=%d after_unmap_rc=%d", ok, first, later,
            again);
     finish();
+}
+
+/* Whether the driver has anything mapped at va (fakecuda_range_of). */
+static bool driver_mapped(CUdeviceptr va)
+{
+    void *h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_NOLOAD);
+    int (*f)(unsigned long long, unsigned long long *, size_t *, unsigned long long *) =
+        h ? (int (*)(unsigned long long, unsigned long long *, size_t *,
+                     unsigned long long *))dlsym(h, "fakecuda_range_of")
+          : NULL;
+    bool mapped = f && f(va, NULL, NULL, NULL);
+    if (h)
+        dlclose(h);
+    return mapped;
+}
+
+/* What the other thread of a VMM race does once the driver shows va as
+ * `mapped`: map `handle` there (when `size`), then release it. */
+typedef struct {
+    CUdeviceptr va;
+    size_t size;
+    CUmemGenericAllocationHandle handle;
+    bool mapped;
+    CUresult map_rc, release_rc;
+} vmm_race_t;
+
+static void *vmm_race_worker(void *arg)
+{
+    vmm_race_t *r = arg;
+    cuCtxSetCurrent(g_ctx);
+    while (driver_mapped(r->va) != r->mapped)
+        nanosleep(&(struct timespec){0, 1000000}, NULL);
+    r->map_rc = r->size ? cuMemMap(r->va, r->size, 0, r->handle, 0) : CUDA_SUCCESS;
+    r->release_rc = cuMemRelease(r->handle);
+    return NULL;
+}
+
+static CUmemGenericAllocationHandle vmm_create(size_t size)
+{
+    CUmemAllocationProp prop = vmm_prop();
+    CUmemGenericAllocationHandle h;
+    if (cuMemCreate(&h, size, &prop, 0) != CUDA_SUCCESS) {
+        fprintf(stderr, "client_truth: cuMemCreate failed\n");
+        exit(3);
+    }
+    return h;
+}
+
+/* Ends a VMM race: 640 MiB more, the line, then everything unmapped. */
+static void vmm_race_end(const char *name, const vmm_race_t *r, CUresult mine)
+{
+    CUdeviceptr b = 0;
+    CUresult more = cuMemAlloc(&b, 640 * MiB);
+    printf("path=%s rc=%d map_rc=%d release_rc=%d more_rc=%d", name, mine, r->map_rc,
+           r->release_rc, more);
+    finish();
+    if (more == CUDA_SUCCESS)
+        cuMemFree(b);
+    cuMemUnmap(r->va, 512 * MiB);
+    cuMemAddressFree(r->va, 512 * MiB);
+}
+
+/* Unmap and a map of the same address by another thread, in the driver's
+ * order unmap then map, while the unmap has not returned yet. */
+static void case_vmm_remap(void)
+{
+    vmm_race_t r = {.size = 512 * MiB, .mapped = false};
+    pthread_t t;
+    CUmemGenericAllocationHandle mine = vmm_create(256 * MiB);
+    r.handle = vmm_create(512 * MiB);
+    if (cuMemAddressReserve(&r.va, 512 * MiB, 0, 0, 0) || cuMemMap(r.va, 256 * MiB, 0, mine, 0) ||
+        cuMemRelease(mine) || pthread_create(&t, NULL, vmm_race_worker, &r) != 0) {
+        fprintf(stderr, "client_truth: vmm_remap setup failed\n");
+        exit(3);
+    }
+    CUresult unmap = cuMemUnmap(r.va, 256 * MiB);
+    pthread_join(t, NULL);
+    vmm_race_end("vmm_remap", &r, unmap);
+}
+
+/* A release of a handle another thread is mapping, after the driver
+ * mapped it and before that cuMemMap returned. */
+static void case_vmm_release_map(void)
+{
+    vmm_race_t r = {.size = 0, .mapped = true};
+    pthread_t t;
+    r.handle = vmm_create(512 * MiB);
+    if (cuMemAddressReserve(&r.va, 512 * MiB, 0, 0, 0) ||
+        pthread_create(&t, NULL, vmm_race_worker, &r) != 0) {
+        fprintf(stderr, "client_truth: vmm_release_map setup failed\n");
+        exit(3);
+    }
+    CUresult map = cuMemMap(r.va, 512 * MiB, 0, r.handle, 0);
+    pthread_join(t, NULL);
+    vmm_race_end("vmm_release_map", &r, map);
 }
 
 /* ------------------------------------------------------ b, c. limits */
@@ -936,6 +1036,10 @@ int main(int argc, char **argv)
     setup();
     if (!strcmp(c, "vmm"))
         case_vmm();
+    else if (!strcmp(c, "vmm_remap"))
+        case_vmm_remap();
+    else if (!strcmp(c, "vmm_release_map"))
+        case_vmm_release_map();
     else if (!strcmp(c, "heap_big"))
         case_limit(c, CU_LIMIT_MALLOC_HEAP_SIZE, 3 * GiB, LIMIT_ONLY);
     else if (!strcmp(c, "heap_fits"))

@@ -85,6 +85,7 @@ static bool read_knobs(fc_knobs *k)
 {
     unsigned long long ctx = 0, sm = 132, delay = 0, no_ranges = 0, pool_chunk = 0;
     unsigned long long limit_delay = 0, attr_delay = 0, release_delay = 0;
+    unsigned long long map_delay = 0, unmap_delay = 0;
     const char *at = getenv("FAKECUDA_LIMITS_AT");
     const char *loading = getenv("CUDA_MODULE_LOADING");
     if (!env_u64("FAKECUDA_CONTEXT_BYTES", &ctx) || !env_u64("FAKECUDA_SM_COUNT", &sm) ||
@@ -92,6 +93,8 @@ static bool read_knobs(fc_knobs *k)
         !env_u64("FAKECUDA_SETLIMIT_DELAY_NS", &limit_delay) ||
         !env_u64("FAKECUDA_POINTER_ATTR_DELAY_NS", &attr_delay) ||
         !env_u64("FAKECUDA_PRIMARY_RELEASE_DELAY_NS", &release_delay) ||
+        !env_u64("FAKECUDA_MAP_DELAY_NS", &map_delay) ||
+        !env_u64("FAKECUDA_UNMAP_DELAY_NS", &unmap_delay) ||
         !env_u64("FAKECUDA_NO_RANGES", &no_ranges) ||
         !env_u64("FAKECUDA_POOL_CHUNK", &pool_chunk) || sm == 0 || sm > 65536 ||
         no_ranges > 1)
@@ -106,6 +109,8 @@ static bool read_knobs(fc_knobs *k)
     k->setlimit_delay_ns = limit_delay;
     k->pointer_attr_delay_ns = attr_delay;
     k->primary_release_delay_ns = release_delay;
+    k->map_delay_ns = map_delay;
+    k->unmap_delay_ns = unmap_delay;
     k->limits_at_launch = at && !strcmp(at, "launch");
     k->no_ranges = no_ranges == 1;
     k->pool_chunk = (size_t)pool_chunk;
@@ -334,6 +339,10 @@ void fc_pointer_attr_delay(void) { sleep_ns(g_knobs.pointer_attr_delay_ns); }
 
 /* Lock NOT held: another thread may retain the primary context meanwhile. */
 void fc_primary_release_delay(void) { sleep_ns(g_knobs.primary_release_delay_ns); }
+
+/* Lock NOT held: other threads may map, unmap or release meanwhile. */
+void fc_map_delay(void) { sleep_ns(g_knobs.map_delay_ns); }
+void fc_unmap_delay(void) { sleep_ns(g_knobs.unmap_delay_ns); }
 
 void fc_count_alloc(void) { g_allocs++; }
 void fc_count_free(void) { g_frees++; }

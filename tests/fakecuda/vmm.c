@@ -309,6 +309,8 @@ CUresult cuMemMap(CUdeviceptr ptr, size_t size, size_t offset, CUmemGenericAlloc
         rc = CUDA_SUCCESS;
     }
     fc_unlock();
+    if (rc == CUDA_SUCCESS)
+        fc_map_delay();
     return rc;
 }
 
@@ -356,6 +358,8 @@ CUresult cuMemUnmap(CUdeviceptr ptr, size_t size)
             mapping_drop(a);
     }
     fc_unlock();
+    if (ok)
+        fc_unmap_delay();
     return ok ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
 }
 
