@@ -38,12 +38,18 @@
  *                    (DRIVER_LOAD) inside.
  *  6 DRIVER_LOAD     driver.c load_lock: held across dlopen of libcuda and
  *                    the symbol lookups, once per process.
- *  7 LEVEL_HOOKS     budget.c hook_lock: a budget's level-hook list. Leaf.
- *  8 LIMITS          account_limits.c limits_lock: charged limits. Leaf.
- *  9 STREAM_POOLS    account.c pools_lock: stream-ordered pools. Leaf.
- * 10 VMM             account_vmm.c vmm_lock: handles and mappings; looks
+ *  7 NVML_RESOLVE    shim/nvml.c real_lock: held across dlopen(RTLD_NOLOAD)
+ *                    of NVML and the symbol lookups, until NVML is found
+ *                    (a library constructor that dlopen runs under a lock
+ *                    above may look an NVML name up). Leaf otherwise.
+ *  8 NVML_MAP        shim/nvml.c map_lock: NVML devices to CUDA ordinals,
+ *                    taken on every NVML memory and process query. Leaf.
+ *  9 LEVEL_HOOKS     budget.c hook_lock: a budget's level-hook list. Leaf.
+ * 10 LIMITS          account_limits.c limits_lock: charged limits. Leaf.
+ * 11 STREAM_POOLS    account.c pools_lock: stream-ordered pools. Leaf.
+ * 12 VMM             account_vmm.c vmm_lock: handles and mappings; looks
  *                    up the ledger (LEDGER) inside.
- * 11 POOLS           pool.c all_mu (the list of pools), then each pool's
+ * 13 POOLS           pool.c all_mu (the list of pools), then each pool's
  *                    mutexes and its cache's locks: the thread-cache list,
  *                    each thread cache (as a remote: its owner is out of
  *                    its fast section), each class, the doomed list. They
@@ -53,17 +59,17 @@
  *                    left set: it would hang on the inherited pool. A
  *                    class lock is held while the chunk index is written
  *                    (CHUNKS), so these come before it.
- * 12 CREDIT          credit.c reclaim_lock, with every owner stopped (the
+ * 14 CREDIT          credit.c reclaim_lock, with every owner stopped (the
  *                    stop flag, a process-wide barrier, and no owner left
  *                    inside an operation), as a reclaim does: a child then
  *                    finds every byte of credit in a cell or in `used`,
  *                    none on its way between them. A reclaim runs when a
  *                    reserve is refused, possibly under a pool's locks
  *                    (POOLS), and takes no lock itself.
- * 13 CHUNKS          chunks.c index_lock: the chunk index. Leaf.
- * 14 LEDGER          ledger.c's 128 shard spinlocks, taken in index order
+ * 15 CHUNKS          chunks.c index_lock: the chunk index. Leaf.
+ * 16 LEDGER          ledger.c's 128 shard spinlocks, taken in index order
  *                    at fork (at run time a thread holds one at a time).
- * 15 AUDIT           audit_buf.c reg_lock, then each thread's buffer: an
+ * 17 AUDIT           audit_buf.c reg_lock, then each thread's buffer: an
  *                    event may be written under any lock above, so the
  *                    buffers come last (taken first, a thread holding VMM
  *                    and writing an event would wait for the fork forever).
@@ -72,8 +78,10 @@
  * pools) and the pool cache's class and magazine spinlocks (never held
  * across a call out; fork takes them all under POOLS). Not ranked at all:
  * the shared region's robust process-shared mutex (another process may
- * hold it; a child that finds it held by a dead owner recovers it), and
- * the shim's NVML locks (shim/nvml.c).
+ * hold it; a child that finds it held by a dead owner recovers it).
+ *
+ * The NVML steps are the shim's (shim/nvml.c): only the preload library
+ * has them, and elsewhere they are NULL (vg_fork.h) and skipped.
  *
  * Locks held across driver calls (ranks 1-6): prepare waits for the holder's
  * driver call to return. CUDA does not support using the driver in a child
@@ -109,6 +117,10 @@ static const vg__fork_step_t steps[] = {
      vg__engine_postfork_child},
     {VG__RANK_DRIVER_LOAD, vg__driver_prefork, vg__driver_postfork_parent,
      vg__driver_postfork_child},
+    {VG__RANK_NVML_RESOLVE, vg__nvml_resolve_prefork, vg__nvml_resolve_postfork_parent,
+     vg__nvml_resolve_postfork_child},
+    {VG__RANK_NVML_MAP, vg__nvml_map_prefork, vg__nvml_map_postfork_parent,
+     vg__nvml_map_postfork_child},
     {VG__RANK_LEVEL_HOOKS, vg__budget_prefork, vg__budget_postfork_parent,
      vg__budget_postfork_child},
     {VG__RANK_LIMITS, vg__account_limits_prefork, vg__account_limits_postfork_parent,
@@ -203,9 +215,17 @@ void vg__mutex_unlock(pthread_mutex_t *m, vg__rank_t rank)
 
 /* ------------------------------------------------------------- fork */
 
+/* The shim's steps are NULL where there is no shim (vg_fork.h). */
+static bool step_here(const vg__fork_step_t *s)
+{
+    return s->prefork && s->postfork_parent && s->postfork_child;
+}
+
 void vg__fork_prepare(void)
 {
     for (size_t i = 0; i < STEP_COUNT; i++) {
+        if (!step_here(&steps[i]))
+            continue;
         vg__rank_enter(steps[i].rank);
         steps[i].prefork();
     }
@@ -214,6 +234,8 @@ void vg__fork_prepare(void)
 void vg__fork_parent(void)
 {
     for (size_t i = STEP_COUNT; i-- > 0;) {
+        if (!step_here(&steps[i]))
+            continue;
         steps[i].postfork_parent();
         vg__rank_leave(steps[i].rank);
     }
@@ -222,6 +244,8 @@ void vg__fork_parent(void)
 void vg__fork_child(void)
 {
     for (size_t i = STEP_COUNT; i-- > 0;) {
+        if (!step_here(&steps[i]))
+            continue;
         steps[i].postfork_child();
         vg__rank_leave(steps[i].rank);
     }

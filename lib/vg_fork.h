@@ -33,6 +33,8 @@
     X(POOLED_CREATE, "account_pooled.c pools_mu")                            \
     X(RESOLVE, "engine.c resolve_lock")                                      \
     X(DRIVER_LOAD, "driver.c load_lock")                                     \
+    X(NVML_RESOLVE, "shim/nvml.c real_lock")                                 \
+    X(NVML_MAP, "shim/nvml.c map_lock")                                      \
     X(LEVEL_HOOKS, "budget.c hook_lock")                                     \
     X(LIMITS, "account_limits.c limits_lock")                                \
     X(STREAM_POOLS, "account.c pools_lock")                                  \
@@ -85,7 +87,24 @@ typedef struct vg__fork_step {
     void (*postfork_child)(void);  /* releases them and resets what the child must */
 } vg__fork_step_t;
 
-/* The steps in rank order; *count gets their number. */
+/* The steps in rank order; *count gets their number. A step whose
+ * functions are NULL belongs to a file this program does not hold (the
+ * shim's, in the engine's own libraries): the sequence skips it. */
 const vg__fork_step_t *vg__fork_steps(size_t *count);
+
+/* ------------------------------------------------------- shim/nvml.c */
+
+/* Fork steps of the shim's NVML hook locks (ranks NVML_RESOLVE and
+ * NVML_MAP). Only the preload library has the shim: weak and hidden, like
+ * vg__shared_test_pause, so libvramguard and the programs that link it
+ * statically resolve them to NULL at link time. */
+#define VG__SHIM_STEP(name) void name(void) __attribute__((weak, visibility("hidden")));
+VG__SHIM_STEP(vg__nvml_resolve_prefork)
+VG__SHIM_STEP(vg__nvml_resolve_postfork_parent)
+VG__SHIM_STEP(vg__nvml_resolve_postfork_child)
+VG__SHIM_STEP(vg__nvml_map_prefork)
+VG__SHIM_STEP(vg__nvml_map_postfork_parent)
+VG__SHIM_STEP(vg__nvml_map_postfork_child)
+#undef VG__SHIM_STEP
 
 #endif /* VG_FORK_H */

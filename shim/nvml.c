@@ -14,6 +14,12 @@
  * The real functions come from the libnvidia-ml.so.1 the process itself
  * loaded (RTLD_NOLOAD): the shim never loads NVML (lib/account_overhead.c may, on
  * its own slow path).
+ *
+ * Both locks here are ranked and in the fork sequence (lib/fork.c, ranks
+ * NVML_RESOLVE and NVML_MAP): a fork while another thread held one (the
+ * map on every memory query; the resolution across dlopen, which may wait
+ * for the loader) left it held in the child, whose first NVML memory call
+ * then waited for ever.
  */
 #include <dlfcn.h>
 #include <pthread.h>
@@ -22,6 +28,7 @@
 #include <unistd.h>
 
 #include "nvml.h"
+#include "vg_fork.h"
 
 #define NVML_LIB "libnvidia-ml.so.1"
 #define MAP_SLOTS 64
@@ -44,7 +51,7 @@ static pthread_mutex_t real_lock = PTHREAD_MUTEX_INITIALIZER;
  * NOLOAD handle is kept, so the library cannot be unmapped under us. */
 __attribute__((noinline, cold)) static bool resolve_real_slow(void)
 {
-    pthread_mutex_lock(&real_lock);
+    vg__mutex_lock(&real_lock, VG__RANK_NVML_RESOLVE);
     if (!atomic_load_explicit(&real_ready, memory_order_relaxed)) {
         void *h = dlopen(NVML_LIB, RTLD_LAZY | RTLD_NOLOAD);
         if (h) {
@@ -56,9 +63,15 @@ __attribute__((noinline, cold)) static bool resolve_real_slow(void)
             atomic_store_explicit(&real_ready, 1, memory_order_release);
         }
     }
-    pthread_mutex_unlock(&real_lock);
+    vg__mutex_unlock(&real_lock, VG__RANK_NVML_RESOLVE);
     return atomic_load_explicit(&real_ready, memory_order_acquire);
 }
+
+/* Fork steps (lib/fork.c, rank NVML_RESOLVE): a resolution in progress
+ * finishes first. */
+void vg__nvml_resolve_prefork(void) { pthread_mutex_lock(&real_lock); }
+void vg__nvml_resolve_postfork_parent(void) { pthread_mutex_unlock(&real_lock); }
+void vg__nvml_resolve_postfork_child(void) { pthread_mutex_unlock(&real_lock); }
 
 static inline bool resolve_real(void)
 {
@@ -90,26 +103,31 @@ static struct map_slot {
 } map[MAP_SLOTS];
 static int map_count;
 
+/* Fork steps (lib/fork.c, rank NVML_MAP). */
+void vg__nvml_map_prefork(void) { pthread_mutex_lock(&map_lock); }
+void vg__nvml_map_postfork_parent(void) { pthread_mutex_unlock(&map_lock); }
+void vg__nvml_map_postfork_child(void) { pthread_mutex_unlock(&map_lock); }
+
 static bool map_find(nvmlDevice_t device, int *ordinal)
 {
     bool found = false;
-    pthread_mutex_lock(&map_lock);
+    vg__mutex_lock(&map_lock, VG__RANK_NVML_MAP);
     for (int i = 0; i < map_count && !found; i++) {
         if (map[i].device == device) {
             *ordinal = map[i].ordinal;
             found = true;
         }
     }
-    pthread_mutex_unlock(&map_lock);
+    vg__mutex_unlock(&map_lock, VG__RANK_NVML_MAP);
     return found;
 }
 
 static void map_remember(nvmlDevice_t device, int ordinal)
 {
-    pthread_mutex_lock(&map_lock);
+    vg__mutex_lock(&map_lock, VG__RANK_NVML_MAP);
     if (map_count < MAP_SLOTS)
         map[map_count++] = (struct map_slot){device, ordinal};
-    pthread_mutex_unlock(&map_lock);
+    vg__mutex_unlock(&map_lock, VG__RANK_NVML_MAP);
 }
 
 /* The CUDA ordinal whose UUID is `uuid`; -1 when none, -2 when CUDA cannot

@@ -87,8 +87,14 @@ Test(fork, a_fork_waits_for_each_lock_held_and_the_child_finds_it_free, .timeout
     size_t n = 0;
     const vg__fork_step_t *steps = vg__fork_steps(&n);
     cr_assert_eq(n, VG__RANK_END - 1, "one step per rank");
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = 0; i < n; i++) {
+        if (!steps[i].prefork) { /* the shim's: tests/test_nvml.c forks under it */
+            cr_log_info("%s: not in this program (the preload shim's)",
+                        vg__rank_name(steps[i].rank));
+            continue;
+        }
         fork_while_held(&steps[i]);
+    }
 }
 
 Test(fork, the_steps_are_in_rank_order)

@@ -175,3 +175,25 @@ Test(nvml, devices_map_by_uuid_not_index_under_CUDA_VISIBLE_DEVICES)
     cr_expect_eq(record_field(&r, "mem index=1 how=dlsym v=1 ", "free"), record_field(&r, "cuda ", "free"));
     cr_expect_eq(record_field(&r, "mem index=1 how=linked v=2 ", "free"), record_field(&r, "cuda ", "free"));
 }
+
+/* A fork while another thread holds the shim's NVML lock (resolving NVML
+ * on its first memory call, waiting in dlopen for a constructor) leaves a
+ * child whose own first NVML memory call can take that lock: the lock is
+ * in the fork sequence, so the fork waits for it (tests/clients/
+ * client_nvml_fork.c; before, the child hung until its alarm). */
+Test(nvml, a_child_forked_during_the_first_nvml_call_can_call_nvml)
+{
+    static run_result_t r;
+    char *libpath = cat3("LD_LIBRARY_PATH=", build_dir(), "/fakecuda:");
+    char *both = cat3(libpath, build_dir(), "/fakenvml");
+    run_opts_t o = {.method = "nvml_fork", .env = {both, "FAKENVML_LOAD_DELAY_NS=300000000"}};
+    run_client(&o, &r);
+    free(libpath);
+    free(both);
+    cr_assert_eq(r.status, 0, "client exited %d\nstdout: %s\nstderr: %s", r.status, r.out, r.err);
+    const char *l = line_for(r.out, "nvml_fork");
+    cr_assert_not_null(l, "no answer\nstdout: %s\nstderr: %s", r.out, r.err);
+    long long status = field(l, "child_status");
+    cr_expect(status == 0, "the child's first NVML call did not return (status %lld: %s)\n%s",
+              status, status == SIGALRM ? "its alarm" : "see waitpid", r.err);
+}

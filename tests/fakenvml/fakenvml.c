@@ -14,6 +14,10 @@
  *                           for a GPU CUDA cannot see: "-,0" is a node of
  *                           two GPUs with CUDA_VISIBLE_DEVICES=1 (default:
  *                           NVML index i is CUDA ordinal i)
+ *   FAKENVML_LOAD_DELAY_NS  the library's constructor waits this long
+ *                           (default 0): glibc runs it holding the dynamic
+ *                           loader's lock, so another thread's dlopen waits
+ *                           for it
  *
  * Memory: total = FAKECUDA_TOTAL_BYTES (80 GiB); used = the CUDA test
  * driver's bytes in use + FAKENVML_CONTEXT_BYTES (v2: + nothing for
@@ -32,6 +36,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 #include <unistd.h>
 
 #define EXPORT __attribute__((visibility("default")))
@@ -102,6 +107,14 @@ static unsigned long long env_u64(const char *name, unsigned long long deflt)
     if (!s || !*s)
         return deflt;
     return strtoull(s, NULL, 10);
+}
+
+__attribute__((constructor)) static void load_delay(void)
+{
+    unsigned long long ns = env_u64("FAKENVML_LOAD_DELAY_NS", 0);
+    struct timespec ts = {(time_t)(ns / 1000000000ull), (long)(ns % 1000000000ull)};
+    if (ns)
+        nanosleep(&ts, NULL);
 }
 
 /* The CUDA test driver's UUID for ordinal `cuda` ("fakecuda", then the
