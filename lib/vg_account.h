@@ -320,7 +320,7 @@ void vg__account_limits_set_postfork_child(void);
 
 /* A cuMemCreate handle is charged until it is released AND unmapped
  * everywhere, as the driver frees it. Each VMM call (cuMemMap, cuMemUnmap,
- * cuMemRelease, cuMemRetainAllocationHandle) runs between
+ * cuMemRelease, cuMemRetainAllocationHandle, cuMemMapArrayAsync) runs between
  * vg__acct_vmm_begin and vg__acct_vmm_end, which hold the VMM call lock
  * (rank VMM_CALL) across the driver call and its bookkeeping: the books
  * then see these calls in the driver's order. Not so, an unmap's books

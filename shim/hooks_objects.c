@@ -130,15 +130,19 @@ CUresult cuMemRetainAllocationHandle(CUmemGenericAllocationHandle *handle, void 
 }
 
 /* A handle mapped into an array stays alive while the array maps it, as
- * one mapped with cuMemMap (lib/account_vmm.c). */
+ * one mapped with cuMemMap (lib/account_vmm.c), and like cuMemMap the call
+ * and its books run under the VMM call lock: a cuMemRelease of the handle
+ * between the two would find no mapping and uncharge it. */
 static CUresult map_array(CUresult (*real)(CUarrayMapInfo *, unsigned int, CUstream),
                           CUarrayMapInfo *list, unsigned int count, CUstream stream,
                           const char *api)
 {
+    vg__acct_vmm_begin();
     CUresult cr = real(list, count, stream);
     if (cr == CUDA_SUCCESS && list)
         for (unsigned int i = 0; i < count; i++)
             vg__acct_vmm_array_op(&list[i], api);
+    vg__acct_vmm_end();
     return cr;
 }
 
