@@ -192,6 +192,11 @@ void vg__acct_implicit_launch(const void *function)
         launched();
 }
 
+void vg__acct_implicit_may_grow(void)
+{
+    launched();
+}
+
 /* ------------------------------------------- calls that take memory */
 
 /* Measures what a call just made the driver take. VG_ENOMEM when it grew

@@ -263,6 +263,10 @@ void vg__acct_implicit_settle(int device);
 /* A kernel launch of `function` (a CUfunction): its first launch may load
  * code lazily, so it marks every device pending; later ones cost a lookup. */
 void vg__acct_implicit_launch(const void *function);
+/* A call that may load code or take memory no call shows whenever it is
+ * made (a graph's instantiation loads its kernels when loading is lazy):
+ * marks every device pending, with no first-time test. */
+void vg__acct_implicit_may_grow(void);
 /* Implicit memory may have shrunk on `device` (-1: every device): a
  * context, module or library went. The next measurement may lower it. */
 void vg__acct_implicit_shrunk(int device);

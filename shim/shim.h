@@ -138,6 +138,24 @@
        unsigned int numLibraryOptions))                                        \
     X(cuLibraryUnload, (CUlibrary library))                                    \
     X(cuFuncLoad, (CUfunction function))                                       \
+    X(cuGraphInstantiate, (CUgraphExec *phGraphExec, CUgraph hGraph,           \
+                           CUgraphNode *phErrorNode, char *logBuffer,          \
+                           size_t bufferSize))                                 \
+    X(cuGraphInstantiate_v2, (CUgraphExec *phGraphExec, CUgraph hGraph,        \
+                              CUgraphNode *phErrorNode, char *logBuffer,       \
+                              size_t bufferSize))                              \
+    X(cuGraphInstantiateWithFlags, (CUgraphExec *phGraphExec, CUgraph hGraph,  \
+                                    unsigned long long flags))                 \
+    X(cuGraphInstantiateWithParams,                                            \
+      (CUgraphExec *phGraphExec, CUgraph hGraph,                               \
+       CUDA_GRAPH_INSTANTIATE_PARAMS *instantiateParams))                      \
+    X(cuGraphInstantiateWithParams_ptsz,                                       \
+      (CUgraphExec *phGraphExec, CUgraph hGraph,                               \
+       CUDA_GRAPH_INSTANTIATE_PARAMS *instantiateParams))                      \
+    X(cuGraphUpload, (CUgraphExec hGraphExec, CUstream hStream))               \
+    X(cuGraphUpload_ptsz, (CUgraphExec hGraphExec, CUstream hStream))          \
+    X(cuGraphLaunch, (CUgraphExec hGraphExec, CUstream hStream))               \
+    X(cuGraphLaunch_ptsz, (CUgraphExec hGraphExec, CUstream hStream))          \
     X(cuLaunchKernel,                                                          \
       (CUfunction f, unsigned int gridDimX, unsigned int gridDimY,             \
        unsigned int gridDimZ, unsigned int blockDimX, unsigned int blockDimY,  \

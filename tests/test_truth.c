@@ -220,6 +220,21 @@ Test(truth, an_explicit_function_load_counts_before_the_next_allocation)
     expect_peak_within(&t, GiB);
 }
 
+/* A graph's instantiation loads its kernels' modules when loading is lazy
+ * (the test driver does it there): the next allocation measures first, so
+ * 600 MiB of globals count before more memory is handed out. */
+Test(truth, a_graph_instantiation_that_loads_code_counts_before_the_next_allocation)
+{
+    static truth_t t;
+    run_truth(&t, "graph_kernel", "1GiB", NULL);
+    expect_rc(&t, "load_rc", 0);
+    expect_rc(&t, "node_rc", 0);
+    expect_rc(&t, "instantiate_rc", 0);
+    expect_rc(&t, "rc", OUT_OF_MEMORY);
+    expect_rc(&t, "launch_rc", 0);
+    expect_peak_within(&t, GiB);
+}
+
 /* Loaded eagerly, 1.5 GiB of globals do not fit 1 GiB: the load is refused
  * and leaves nothing charged, so 256 MiB still fit after it and are all the
  * device holds. (The peak is not checked: no shim can know the size of a

@@ -34,6 +34,10 @@
  *   func_load   a module with 600 MiB of globals, loaded lazily, then
  *               cuFuncLoad of its kernel, 64 MiB allocations until refused,
  *               then one launch
+ *   graph_kernel a module with 600 MiB of globals, loaded lazily; a graph
+ *               with one kernel node of its kernel, instantiated (which
+ *               loads the module), 64 MiB allocations until refused, then
+ *               the graph launched
  *   eager_module a module with 1.5 GiB of globals (the test sets
  *               CUDA_MODULE_LOADING=EAGER), then one 256 MiB allocation
  *   race        16 threads, from the first allocation, 32 MiB each until refused
@@ -410,6 +414,30 @@ static void case_func_load(void)
     CUresult run = load == CUDA_SUCCESS ? launch(f) : load;
     printf("path=func_load load_rc=%d func_load_rc=%d allocs=%d rc=%d launch_rc=%d", load,
            fload, h.n, h.rc, run);
+    finish();
+    release_all(&h);
+}
+
+static void case_graph_kernel(void)
+{
+    CUmodule m;
+    CUfunction f;
+    CUgraph g = NULL;
+    CUgraphExec e = NULL;
+    CUgraphNode node;
+    held_t h = {0};
+    first_alloc(&h);
+    CUresult load = load_module("fakecuda-module globals=629145600 kernels=k", &m, &f);
+    CUresult made = load == CUDA_SUCCESS ? cuGraphCreate(&g, 0) : load;
+    CUDA_KERNEL_NODE_PARAMS kp = {.func = f, .gridDimX = 1, .gridDimY = 1, .gridDimZ = 1,
+                                  .blockDimX = 32, .blockDimY = 1, .blockDimZ = 1};
+    if (made == CUDA_SUCCESS)
+        made = cuGraphAddKernelNode(&node, g, NULL, 0, &kp);
+    CUresult inst = made == CUDA_SUCCESS ? cuGraphInstantiate(&e, g, 0) : made;
+    fill(&h, 64 * MiB);
+    CUresult run = inst == CUDA_SUCCESS ? cuGraphLaunch(e, NULL) : inst;
+    printf("path=graph_kernel load_rc=%d node_rc=%d instantiate_rc=%d allocs=%d rc=%d "
+           "launch_rc=%d", load, made, inst, h.n, h.rc, run);
     finish();
     release_all(&h);
 }
@@ -1052,6 +1080,8 @@ int main(int argc, char **argv)
         case_lazy_module();
     else if (!strcmp(c, "func_load"))
         case_func_load();
+    else if (!strcmp(c, "graph_kernel"))
+        case_graph_kernel();
     else if (!strcmp(c, "eager_module"))
         case_eager_module();
     else if (!strcmp(c, "race"))

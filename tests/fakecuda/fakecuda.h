@@ -182,6 +182,9 @@ CUresult fc_limits_apply(CUcontext ctx);
 /* Unloads the modules of a destroyed or reset context; libraries loaded
  * into it go back to unloaded. */
 void fc_module_release_ctx(CUcontext ctx);
+/* Lock held: loads f's module now if it is still unloaded (lazy loading),
+ * as its first launch would: graph.c's instantiation of a kernel node. */
+CUresult fc_func_load_locked(CUfunction f);
 
 /* ---- array.c ---- */
 void fc_array_release_ctx(CUcontext ctx);

@@ -11,6 +11,10 @@
  * - stream capture (ctx.c) builds a graph the same way: cuMemAllocAsync on a
  *   capturing stream adds an allocation node (charged at once, as above),
  *   cuMemFreeAsync a free node; the pools are not touched;
+ * - kernel nodes (cuGraphAddKernelNode) only keep their function: the
+ *   graph's instantiation loads each one's module if it is still unloaded
+ *   (lazy loading), as the function's first launch would, and refuses with
+ *   CUDA_ERROR_OUT_OF_MEMORY when its globals do not fit;
  * - dependencies are validated but not recorded; no other node kinds exist
  *   (the generic cuGraphAddNode makes memory nodes, and refuses any other
  *   kind with CUDA_ERROR_NOT_SUPPORTED).
@@ -19,12 +23,13 @@
 
 #include <stdlib.h>
 
-typedef enum { FC_NODE_ALLOC, FC_NODE_FREE } fc_node_kind;
+typedef enum { FC_NODE_ALLOC, FC_NODE_FREE, FC_NODE_KERNEL } fc_node_kind;
 
 struct CUgraphNode_st {
     CUgraph graph;
     fc_node_kind kind;
     fc_alloc *alloc;                 /* alloc node: its memory, NULL once freed */
+    CUfunction func;                 /* kernel node: its function */
     struct CUgraphNode_st *next;
 };
 
@@ -248,6 +253,32 @@ CUresult cuGraphAddMemFreeNode(CUgraphNode *phGraphNode, CUgraph hGraph, const C
     return add_free_node(phGraphNode, hGraph, dependencies, numDependencies, dptr);
 }
 
+CUresult cuGraphAddKernelNode_v2(CUgraphNode *phGraphNode, CUgraph hGraph,
+                                 const CUgraphNode *dependencies, size_t numDependencies,
+                                 const CUDA_KERNEL_NODE_PARAMS *nodeParams)
+{
+    if (!fc_initialized())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    fc_lock();
+    bool ok = node_args_ok(phGraphNode, hGraph, dependencies, numDependencies) &&
+              nodeParams && fc_handle_ok(nodeParams->func, FC_H_FUNC);
+    if (ok)
+        (*phGraphNode = add_node(hGraph, FC_NODE_KERNEL))->func = nodeParams->func;
+    fc_unlock();
+    return ok ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
+}
+
+/* Lock held: each kernel node's module loaded, as its first launch would. */
+static CUresult load_kernels(CUgraph g)
+{
+    for (CUgraphNode n = g->nodes; n; n = n->next) {
+        CUresult rc = n->kind == FC_NODE_KERNEL ? fc_func_load_locked(n->func) : CUDA_SUCCESS;
+        if (rc != CUDA_SUCCESS)
+            return rc;
+    }
+    return CUDA_SUCCESS;
+}
+
 static CUresult instantiate(CUgraphExec *phGraphExec, CUgraph hGraph)
 {
     if (!fc_initialized())
@@ -256,6 +287,11 @@ static CUresult instantiate(CUgraphExec *phGraphExec, CUgraph hGraph)
         return CUDA_ERROR_INVALID_VALUE;
     fc_lock();
     bool ok = fc_handle_ok(hGraph, FC_H_GRAPH);
+    CUresult loaded = ok ? load_kernels(hGraph) : CUDA_SUCCESS;
+    if (loaded != CUDA_SUCCESS) {
+        fc_unlock();
+        return loaded;
+    }
     if (ok) {
         CUgraphExec e = calloc(1, sizeof *e);
         if (!e)

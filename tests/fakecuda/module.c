@@ -381,6 +381,11 @@ static CUresult func_load(struct CUfunc_st *f)
     return rc == CUDA_SUCCESS ? module_charge(f->mod, ctx) : rc;
 }
 
+CUresult fc_func_load_locked(CUfunction f)
+{
+    return fc_handle_ok(f, FC_H_FUNC) ? func_load(f) : CUDA_ERROR_INVALID_HANDLE;
+}
+
 CUresult cuFuncLoad(CUfunction function)
 {
     if (!fc_initialized())

@@ -96,6 +96,7 @@ typedef struct {
     P(cuGetErrorString, 6000, FC_PROC_ANY, cuGetErrorString) \
     P(cuGetProcAddress, 11030, FC_PROC_ANY, cuGetProcAddress) \
     P(cuGetProcAddress, 12000, FC_PROC_ANY, cuGetProcAddress_v2) \
+    P(cuGraphAddKernelNode, 12000, FC_PROC_ANY, cuGraphAddKernelNode_v2) \
     P(cuGraphAddMemAllocNode, 11040, FC_PROC_ANY, cuGraphAddMemAllocNode) \
     P(cuGraphAddMemFreeNode, 11040, FC_PROC_ANY, cuGraphAddMemFreeNode) \
     P(cuGraphAddNode, 12020, FC_PROC_ANY, cuGraphAddNode) \

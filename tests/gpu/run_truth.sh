@@ -13,7 +13,7 @@
 #                (torch: torch.OutOfMemoryError, and the message's "this process has X in use" <= 2.00 GiB),
 #                and no call failed with anything else
 #   native PASS  outside > LIMIT (the memory really was taken; else the scenario proves nothing)
-# Scenarios: vmm heap stack module race ctxdestroy arraydestroy ctxrelease pooldestroy (truth_gpu.cu), torch (torch_truth.py), tree
+# Scenarios: vmm heap stack module graphmodule race ctxdestroy arraydestroy ctxrelease pooldestroy (truth_gpu.cu), torch (torch_truth.py), tree
 # (`vramguard run --budget 2GiB -- python3 torch_tree.py`: two children of 768 MiB each; the sum of their
 # outside readings must stay within LIMIT and one must get OOM), race_cache (race with VRAMGUARD_POOL=cache).
 # ctxdestroy: 1.25 GiB in a created context, cuCtxDestroy, 1.25 GiB in the primary context: both must succeed
@@ -175,7 +175,7 @@ judge_fill() { # TAG NAME SHIM_MODE: vmm heap stack module race
 }
 
 # ------------------------------------------------------------ 1-6: the driver scenarios
-for sc in vmm heap stack module race ctxdestroy arraydestroy ctxrelease pooldestroy; do
+for sc in vmm heap stack module graphmodule race ctxdestroy arraydestroy ctxrelease pooldestroy; do
     run_one "$sc" native "$TG" "$sc" "$BIN"
     run_one "$sc" shim "$TG" "$sc" "$BIN"
 done
@@ -197,7 +197,7 @@ fi
 
 # ------------------------------------------------------------ judging
 say ""
-for sc in vmm heap stack module race; do judge_fill "$sc" "$sc" shim; done
+for sc in vmm heap stack module graphmodule race; do judge_fill "$sc" "$sc" shim; done
 
 # ctxdestroy, arraydestroy, ctxrelease
 for sc in ctxdestroy arraydestroy ctxrelease; do

@@ -6,7 +6,7 @@
 // variable removed from that child's environment, what this pid holds, then frees everything.
 //
 // usage: truth_gpu SCENARIO [DIR] [MAX_ALLOCS]
-//   SCENARIO  vmm heap stack module race ctxdestroy arraydestroy ctxrelease pooldestroy
+//   SCENARIO  vmm heap stack module graphmodule race ctxdestroy arraydestroy ctxrelease pooldestroy
 //   DIR       folder holding truth_kernels.fatbin and big_module.fatbin (default: this program's own folder)
 //   MAX_ALLOCS  cap of the 256 MiB fill loops (default 32 = 8 GiB), so a native run does not fill the card;
 //             race: 64 MiB allocations per thread (default 8, 16 threads = 8 GiB)
@@ -364,6 +364,45 @@ static void sc_module(void)
     release_primary();
 }
 
+// graphmodule: module as above, but its kernel runs as the one kernel node of a graph (instantiated, launched
+// once): whatever loads at the instantiation or the graph's first launch counts before the fill.
+static void sc_graphmodule(void)
+{
+    if (!init_driver() || !primary_ctx())
+        return;
+    char path[PATH_MAX + 32];
+    snprintf(path, sizeof path, "%s/big_module.fatbin", g_dir);
+    CUmodule mod = NULL;
+    CUfunction f = NULL;
+    CUgraph g = NULL;
+    CUgraphExec e = NULL;
+    CUgraphNode node = NULL;
+    CUresult r = cuModuleLoad(&mod, path);
+    printf("moduleload_rc=%d name=%s call=cuModuleLoad(big_module.fatbin,1.5GiB)\n", (int)r, cu_name(r));
+    if (note(r, "cuModuleLoad(big_module.fatbin,1.5GiB)", 1) && CK(cuModuleGetFunction(&f, mod, "touch_big")) &&
+        CK(cuGraphCreate(&g, 0))) {
+        CUDA_KERNEL_NODE_PARAMS kp;
+        memset(&kp, 0, sizeof kp);
+        kp.func = f;
+        kp.gridDimX = kp.gridDimY = kp.gridDimZ = 1;
+        kp.blockDimX = 32;
+        kp.blockDimY = kp.blockDimZ = 1;
+        if (note(cuGraphAddKernelNode(&node, g, NULL, 0, &kp), "cuGraphAddKernelNode(touch_big)", 1) &&
+            note(cuGraphInstantiate(&e, g, 0), "cuGraphInstantiate", 1) &&
+            note(cuGraphLaunch(e, NULL), "cuGraphLaunch", 1))
+            note(cuCtxSynchronize(), "cuCtxSynchronize(after the graph)", 1);
+    }
+    outside("outside_implicit_mib");
+    fill256(mod ? 1536 * MIB : 0);
+    if (e)
+        CK(cuGraphExecDestroy(e));
+    if (g)
+        CK(cuGraphDestroy(g));
+    if (mod)
+        CK(cuModuleUnload(mod));
+    release_primary();
+}
+
 // race: 16 threads wait at a barrier before the process's first context and first allocation.
 #define RACE_THREADS 16
 static pthread_barrier_t g_bar;
@@ -556,6 +595,8 @@ int main(int argc, char **argv)
         sc_stack();
     else if (!strcmp(g_sc, "module"))
         sc_module();
+    else if (!strcmp(g_sc, "graphmodule"))
+        sc_graphmodule();
     else if (!strcmp(g_sc, "race"))
         sc_race();
     else if (!strcmp(g_sc, "ctxdestroy"))
