@@ -452,21 +452,32 @@ static inline void remove_at(vg__shard_t *s, _Atomic uint64_t *e, uint32_t i, vg
     entry_add(e, -ENTRY_ONE);
 }
 
-VG__HOT int vg__ledger_remove(vg_devptr_t ptr, const void *owner, vg__alloc_t *out)
+/* Locks the shard that holds ptr's record, if any (o->s, NULL when none
+ * does) and finds the record there: NULL when the shard has none, with
+ * its slot in *slot. The caller unlocks o->s. */
+static inline vg__rec_t *lock_find(vg_devptr_t ptr, owned_t *o, uint32_t *slot)
 {
     _Atomic uint64_t *e = ptr ? dir_entry(ptr, false) : NULL;
-    owned_t o = e ? lock_owner(e, ptr, false) : (owned_t){NULL, NULL};
-    vg__shard_t *s = o.s;
-    if (!s)
+    *o = e ? lock_owner(e, ptr, false) : (owned_t){NULL, NULL};
+    if (!o->s)
+        return NULL;
+    *slot = vg__keymap_find(&o->s->table, ptr);
+    return *slot == VG__KEYMAP_NONE ? NULL : o->s->table.slot[*slot].val;
+}
+
+VG__HOT int vg__ledger_remove(vg_devptr_t ptr, const void *owner, vg__alloc_t *out)
+{
+    owned_t o;
+    uint32_t i;
+    vg__rec_t *r = lock_find(ptr, &o, &i);
+    if (!o.s)
         return VG_ENOTFOUND;
     int rc = VG_ENOTFOUND;
-    uint32_t i = vg__keymap_find(&s->table, ptr);
-    vg__rec_t *r = i == VG__KEYMAP_NONE ? NULL : s->table.slot[i].val;
     if (r && (owner == VG__ANY_OWNER || r->a.owner == owner)) {
-        remove_at(s, o.e, i, r, out);
+        remove_at(o.s, o.e, i, r, out);
         rc = VG_OK;
     }
-    vg__spin_unlock(&s->lock);
+    vg__spin_unlock(&o.s->lock);
     return rc;
 }
 
@@ -475,19 +486,17 @@ VG__HOT int vg__ledger_remove(vg_devptr_t ptr, const void *owner, vg__alloc_t *o
 __attribute__((noinline)) int vg__ledger_remove_seq(vg_devptr_t ptr, uint64_t seq,
                                                     vg__alloc_t *out)
 {
-    _Atomic uint64_t *e = ptr ? dir_entry(ptr, false) : NULL;
-    owned_t o = e ? lock_owner(e, ptr, false) : (owned_t){NULL, NULL};
-    vg__shard_t *s = o.s;
-    if (!s)
+    owned_t o;
+    uint32_t i;
+    vg__rec_t *r = lock_find(ptr, &o, &i);
+    if (!o.s)
         return VG_ENOTFOUND;
     int rc = VG_ENOTFOUND;
-    uint32_t i = vg__keymap_find(&s->table, ptr);
-    vg__rec_t *r = i == VG__KEYMAP_NONE ? NULL : s->table.slot[i].val;
     if (r && r->a.seq == seq) {
-        remove_at(s, o.e, i, r, out);
+        remove_at(o.s, o.e, i, r, out);
         rc = VG_OK;
     }
-    vg__spin_unlock(&s->lock);
+    vg__spin_unlock(&o.s->lock);
     return rc;
 }
 
