@@ -304,22 +304,30 @@ Test(run_tree, the_readmes_c_example_stops_at_the_budget)
                        "%s", r.out);
 }
 
+/* client_cudart's 16 MiB plain allocation under the shim alone (no CLI),
+ * with `budget` ("NAME=value") as the only budget setting: its stdout and
+ * stderr into out and err. */
+static void shim_alone(const char *budget, char *out, char *err, size_t len)
+{
+    static const char *const drop[] = {"LD_PRELOAD=", "VRAMGUARD_", "CUDA_DEVICE_MEMORY_",
+                                       "FAKECUDA_", "ASAN_OPTIONS=", NULL};
+    char pre[4200];
+    snprintf(pre, sizeof pre, "LD_PRELOAD=%s/libvramguard-preload.so", build_dir());
+    char *asan = asan_entry("");
+    char **env = env_make(drop, ENV(pre, asan, budget));
+    free(asan);
+    char *argv[] = {(char *)exe("clients/client_cudart"), "plain", "16MiB", NULL};
+    int st = child_run(argv, env, &(child_out_t){out, len, err, len});
+    env_free(env);
+    cr_expect_eq(st, 0, "%s", err);
+}
+
 /* Without the CLI (LD_PRELOAD and VRAMGUARD_BUDGET set by hand), a budget
  * whose entries name no device the driver shows fails closed. */
 Test(run_checks, the_shim_alone_fails_closed_on_a_budget_for_no_visible_device)
 {
-    static const char *const drop[] = {"LD_PRELOAD=", "VRAMGUARD_", "FAKECUDA_", "ASAN_OPTIONS=",
-                                       NULL};
-    char pre[4200];
-    snprintf(pre, sizeof pre, "LD_PRELOAD=%s/libvramguard-preload.so", build_dir());
-    char *asan = asan_entry("");
-    char **env = env_make(drop, ENV(pre, asan, "VRAMGUARD_BUDGET=5=1GiB"));
-    free(asan);
-    char *argv[] = {(char *)exe("clients/client_cudart"), "plain", "16MiB", NULL};
     static char out[8192], err[8192];
-    int st = child_run(argv, env, &(child_out_t){out, sizeof out, err, sizeof err});
-    env_free(env);
-    cr_expect_eq(st, 0, "%s", err);
+    shim_alone("VRAMGUARD_BUDGET=5=1GiB", out, err, sizeof out);
     cr_expect_not_null(strstr(out, "path=plain allocs=0 "), "%s", out);
     cr_expect_not_null(strstr(err, "names no device the driver shows"), "%s", err);
 }
@@ -328,18 +336,8 @@ Test(run_checks, the_shim_alone_fails_closed_on_a_budget_for_no_visible_device)
  * not VRAMGUARD_BUDGET, which was not. */
 Test(run_checks, a_hami_budget_for_no_visible_device_is_named_in_the_refusal)
 {
-    static const char *const drop[] = {"LD_PRELOAD=", "VRAMGUARD_", "CUDA_DEVICE_MEMORY_",
-                                       "FAKECUDA_", "ASAN_OPTIONS=", NULL};
-    char pre[4200];
-    snprintf(pre, sizeof pre, "LD_PRELOAD=%s/libvramguard-preload.so", build_dir());
-    char *asan = asan_entry("");
-    char **env = env_make(drop, ENV(pre, asan, "CUDA_DEVICE_MEMORY_LIMIT_5=1g"));
-    free(asan);
-    char *argv[] = {(char *)exe("clients/client_cudart"), "plain", "16MiB", NULL};
     static char out[8192], err[8192];
-    int st = child_run(argv, env, &(child_out_t){out, sizeof out, err, sizeof err});
-    env_free(env);
-    cr_expect_eq(st, 0, "%s", err);
+    shim_alone("CUDA_DEVICE_MEMORY_LIMIT_5=1g", out, err, sizeof out);
     cr_expect_not_null(strstr(out, "path=plain allocs=0 "), "%s", out);
     cr_expect_not_null(strstr(err, "CUDA_DEVICE_MEMORY_LIMIT_<i> names no device"), "%s", err);
     cr_expect_null(strstr(err, "VRAMGUARD_BUDGET"), "%s", err);
