@@ -343,6 +343,13 @@ static struct pool_slot {
 } pools[POOL_SLOTS];
 static _Atomic int pool_count; /* slots in use: lets devices without pools skip the lock */
 static _Atomic int orphaned;   /* slots with orphans: lets frees skip the lock */
+/* Bumped (under the lock) at every change of the slots. A reading of a
+ * pool is applied only when no change came between the reading and its
+ * swap: a reading taken before another thread's allocation grew the pool
+ * and applied after that growth was charged would give the growth back,
+ * uncharged while the driver holds it. So the charges follow the driver's
+ * readings in the order they were taken. */
+static _Atomic uint64_t pools_gen;
 
 /* A fork while another thread holds the lock must not leave it held in the
  * child (every stream-ordered allocation takes it): fork.c, rank
@@ -463,25 +470,46 @@ static uint64_t pool_reserved(CUmemoryPool pool)
     return v;
 }
 
-/* The slot's charge becomes `now`; returns what it was (`now` without a
- * slot). The budget is moved by the caller, after the lock: a level change
- * runs hooks that call the driver (cache mode's trim). */
-static uint64_t slot_swap(CUmemoryPool pool, int device, uint64_t now)
+/* The slot's charge becomes `now`, read from the driver when the slots
+ * were at generation `seen`; *before is what it was (`now` without a
+ * slot). False, changing nothing, when the slots changed since `seen`:
+ * `now` may be older than what they hold. The budget is moved by the
+ * caller, after the lock: a level change runs hooks that call the driver
+ * (cache mode's trim). */
+static bool slot_swap(CUmemoryPool pool, int device, uint64_t now, uint64_t seen,
+                      uint64_t *before)
 {
     vg__mutex_lock(&pools_lock, VG__RANK_STREAM_POOLS);
-    struct pool_slot *s = slot_of(pool, device);
-    uint64_t before = s ? s->charged : now;
-    if (s)
-        s->charged = now;
+    bool fresh = atomic_load_explicit(&pools_gen, memory_order_relaxed) == seen;
+    if (fresh) {
+        struct pool_slot *s = slot_of(pool, device);
+        *before = s ? s->charged : now;
+        if (s)
+            s->charged = now;
+        atomic_store_explicit(&pools_gen, seen + 1, memory_order_release);
+    }
     vg__mutex_unlock(&pools_lock, VG__RANK_STREAM_POOLS);
-    return before;
+    return fresh;
+}
+
+/* Reads what `pool` reserves and makes it the slot's charge; *before is
+ * the charge it replaced. Read again when another thread changed the slots
+ * meanwhile (each retry means another thread's change went through). */
+static uint64_t slot_update(CUmemoryPool pool, int device, uint64_t *before)
+{
+    for (;;) {
+        uint64_t seen = atomic_load_explicit(&pools_gen, memory_order_acquire);
+        uint64_t now = pool_reserved(pool);
+        if (slot_swap(pool, device, now, seen, before))
+            return now;
+    }
 }
 
 void vg__acct_pool_sync(int device, CUmemoryPool pool)
 {
-    uint64_t now = pool_reserved(pool);
+    uint64_t before;
+    uint64_t now = slot_update(pool, device, &before);
     vg__budget_t *b = vg__engine_budget(device);
-    uint64_t before = slot_swap(pool, device, now);
     if (now > before)
         vg__budget_force(b, now - before);
     else if (now < before)
@@ -490,10 +518,10 @@ void vg__acct_pool_sync(int device, CUmemoryPool pool)
 
 int vg__acct_pool_settle(vg__ticket_t *t, CUmemoryPool pool)
 {
-    uint64_t now = pool_reserved(pool);
+    uint64_t before;
+    uint64_t now = slot_update(pool, t->device, &before);
     vg__budget_t *b = t->budget;
     int rc = VG_OK;
-    uint64_t before = slot_swap(pool, t->device, now);
     uint64_t growth = now > before ? now - before : 0;
     if (now < before)
         vg__budget_release(b, before - now);
@@ -577,6 +605,8 @@ static void slot_clear(struct pool_slot *s, struct pool_slot *gone)
     *gone = *s;
     *s = (struct pool_slot){0};
     atomic_fetch_sub_explicit(&pool_count, 1, memory_order_relaxed);
+    /* A reading of the pool taken before this must not make it a slot again. */
+    atomic_fetch_add_explicit(&pools_gen, 1, memory_order_release);
 }
 
 static void slot_release(const struct pool_slot *gone)
@@ -602,6 +632,7 @@ void vg__acct_pool_forget(CUmemoryPool pool)
             s = &pools[i];
     if (s && c.n) {
         s->orphans = c.n;
+        atomic_fetch_add_explicit(&pools_gen, 1, memory_order_release);
         atomic_fetch_add_explicit(&orphaned, 1, memory_order_relaxed);
     } else if (s)
         slot_clear(s, &gone);

@@ -490,6 +490,22 @@ Test(truth, a_destroyed_pool_stays_charged_until_its_last_allocation_is_freed)
     expect_peak_within(&t, GiB);
 }
 
+/* A pool's charge is brought in line with what the driver says it
+ * reserves. A reading taken before the pool grew (a cuMemGetInfo in
+ * another thread, slow to return), applied after the growth was charged,
+ * gave the growth back: 600 MiB from the pool went uncharged and 600 MiB
+ * plain more fitted 1 GiB (the device held 1264 MiB). */
+Test(truth, a_stale_reading_of_a_pool_does_not_undo_its_growth)
+{
+    static truth_t t;
+    run_truth(&t, "pool_sync_race", "1GiB", ENV("FAKECUDA_POOL_ATTR_DELAY_NS=400000000"));
+    expect_rc(&t, "first_rc", 0);
+    expect_rc(&t, "view_rc", 0);
+    expect_rc(&t, "grow_rc", 0);
+    expect_rc(&t, "plain_rc", OUT_OF_MEMORY);
+    expect_peak_within(&t, GiB);
+}
+
 /* Stream-ordered memory is charged to the device it lands on, the pool's,
  * not the current context's: with device 0 current, 600 MiB from a pool
  * on device 1 (one created there, or its default pool) are refused next

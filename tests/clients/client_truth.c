@@ -86,6 +86,9 @@
  *               then the pool's allocation freed
  *   pool_destroy 600 MiB from a created pool, cuMemPoolDestroy with it still
  *               out, 600 MiB plain; then its free, 600 MiB plain again
+ *   pool_sync_race 64 MiB from the default pool; another thread's
+ *               cuMemGetInfo reads the pool (the test makes that slow)
+ *               while 600 MiB more come from it; then 600 MiB plain
  *   free_order  16 threads allocate and free 1 KiB..64 MiB for 2 s
  *   churn_credit 16 threads allocate and free for 2 s, half the requests of
  *               1 KiB..32 KiB (paid from per-thread credit under a 32 MiB
@@ -730,6 +733,45 @@ static void case_pool_destroy(void)
         cuMemFree(c);
 }
 
+static void *meminfo_worker(void *arg)
+{
+    size_t fr = 0, total = 0;
+    *(CUresult *)arg = cuCtxSetCurrent(g_ctx);
+    if (*(CUresult *)arg == CUDA_SUCCESS)
+        *(CUresult *)arg = cuMemGetInfo(&fr, &total);
+    return NULL;
+}
+
+/* A pool's charge follows what it reserves, read from the driver: a
+ * reading another thread took before the pool grew (a memory view, made
+ * slow by the test) must not undo the growth it never saw. 64 MiB from
+ * the default pool; a cuMemGetInfo in another thread reads the pool at
+ * 64 MiB; meanwhile 600 MiB more from the pool; then 600 MiB plain, which
+ * must be refused under 1 GiB. */
+static void case_pool_sync_race(void)
+{
+    CUdeviceptr a = 0, b = 0, c = 0;
+    CUresult view = CUDA_ERROR_UNKNOWN;
+    pthread_t t;
+    CUresult first = cuMemAllocAsync(&a, 64 * MiB, NULL);
+    if (pthread_create(&t, NULL, meminfo_worker, &view) != 0)
+        exit(3);
+    usleep(100 * 1000); /* the worker has read the pool and waits */
+    CUresult grow = cuMemAllocAsync(&b, 600 * MiB, NULL);
+    pthread_join(t, NULL);
+    CUresult plain = cuMemAlloc(&c, 600 * MiB);
+    printf("path=pool_sync_race first_rc=%d view_rc=%d grow_rc=%d plain_rc=%d", first, view,
+           grow, plain);
+    finish();
+    if (plain == CUDA_SUCCESS)
+        cuMemFree(c);
+    if (grow == CUDA_SUCCESS)
+        cuMemFreeAsync(b, NULL);
+    if (first == CUDA_SUCCESS)
+        cuMemFreeAsync(a, NULL);
+    cuStreamSynchronize(NULL);
+}
+
 /* Stream-ordered memory lands where its pool is, whichever device is
  * current: 600 MiB from a pool on device 1 do not fit next to 600 MiB
  * already there under 1 GiB a device, and leave device 0's budget alone. */
@@ -1120,6 +1162,8 @@ int main(int argc, char **argv)
         case_pool_host();
     else if (!strcmp(c, "pool_destroy"))
         case_pool_destroy();
+    else if (!strcmp(c, "pool_sync_race"))
+        case_pool_sync_race();
     else if (!strcmp(c, "release_race"))
         case_release_race();
     else if (!strcmp(c, "sweep_reuse"))

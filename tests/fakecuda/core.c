@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #define FC_DEFAULT_TOTAL 85899345920ull   /* 80 GiB, bytes */
 
@@ -85,7 +86,7 @@ static bool read_knobs(fc_knobs *k)
 {
     unsigned long long ctx = 0, sm = 132, delay = 0, no_ranges = 0, pool_chunk = 0;
     unsigned long long limit_delay = 0, attr_delay = 0, release_delay = 0;
-    unsigned long long map_delay = 0, unmap_delay = 0;
+    unsigned long long map_delay = 0, unmap_delay = 0, pool_attr_delay = 0;
     const char *at = getenv("FAKECUDA_LIMITS_AT");
     const char *loading = getenv("CUDA_MODULE_LOADING");
     if (!env_u64("FAKECUDA_CONTEXT_BYTES", &ctx) || !env_u64("FAKECUDA_SM_COUNT", &sm) ||
@@ -95,6 +96,7 @@ static bool read_knobs(fc_knobs *k)
         !env_u64("FAKECUDA_PRIMARY_RELEASE_DELAY_NS", &release_delay) ||
         !env_u64("FAKECUDA_MAP_DELAY_NS", &map_delay) ||
         !env_u64("FAKECUDA_UNMAP_DELAY_NS", &unmap_delay) ||
+        !env_u64("FAKECUDA_POOL_ATTR_DELAY_NS", &pool_attr_delay) ||
         !env_u64("FAKECUDA_NO_RANGES", &no_ranges) ||
         !env_u64("FAKECUDA_POOL_CHUNK", &pool_chunk) || sm == 0 || sm > 65536 ||
         no_ranges > 1)
@@ -111,6 +113,7 @@ static bool read_knobs(fc_knobs *k)
     k->primary_release_delay_ns = release_delay;
     k->map_delay_ns = map_delay;
     k->unmap_delay_ns = unmap_delay;
+    k->pool_attr_delay_ns = pool_attr_delay;
     k->limits_at_launch = at && !strcmp(at, "launch");
     k->no_ranges = no_ranges == 1;
     k->pool_chunk = (size_t)pool_chunk;
@@ -343,6 +346,15 @@ void fc_primary_release_delay(void) { sleep_ns(g_knobs.primary_release_delay_ns)
 /* Lock NOT held: other threads may map, unmap or release meanwhile. */
 void fc_map_delay(void) { sleep_ns(g_knobs.map_delay_ns); }
 void fc_unmap_delay(void) { sleep_ns(g_knobs.unmap_delay_ns); }
+
+/* Lock NOT held: the pool may grow or shrink before the caller sees the
+ * answer. Only threads other than the process's first wait, so a test
+ * can make one reader stale while its main thread goes on. */
+void fc_pool_attr_delay(void)
+{
+    if (g_knobs.pool_attr_delay_ns && gettid() != getpid())
+        sleep_ns(g_knobs.pool_attr_delay_ns);
+}
 
 void fc_count_alloc(void) { g_allocs++; }
 void fc_count_free(void) { g_frees++; }

@@ -40,6 +40,10 @@
  *                            it returns (default 0)
  *   FAKECUDA_UNMAP_DELAY_NS  cuMemUnmap waits this long after it unmapped,
  *                            before it returns (default 0)
+ *   FAKECUDA_POOL_ATTR_DELAY_NS cuMemPoolGetAttribute, called from any thread
+ *                            but the process's first, waits this long after
+ *                            it answered, before it returns (default 0): the
+ *                            pool may grow meanwhile
  *   FAKECUDA_NO_RANGES       1: cuMemGetAddressRange says CUDA_ERROR_NOT_FOUND
  *                            for every address, as a driver that keeps no
  *                            allocation extents (the benchmarks' null driver)
@@ -119,6 +123,7 @@ typedef struct {
     unsigned long long primary_release_delay_ns; /* FAKECUDA_PRIMARY_RELEASE_DELAY_NS */
     unsigned long long map_delay_ns;    /* FAKECUDA_MAP_DELAY_NS */
     unsigned long long unmap_delay_ns;  /* FAKECUDA_UNMAP_DELAY_NS */
+    unsigned long long pool_attr_delay_ns; /* FAKECUDA_POOL_ATTR_DELAY_NS */
     bool limits_at_launch;        /* FAKECUDA_LIMITS_AT=launch */
     bool eager_modules;           /* CUDA_MODULE_LOADING=EAGER */
     bool no_ranges;               /* FAKECUDA_NO_RANGES=1 */
@@ -136,6 +141,9 @@ void fc_primary_release_delay(void);
 /* Sleep FAKECUDA_MAP_DELAY_NS / FAKECUDA_UNMAP_DELAY_NS; WITHOUT the lock. */
 void fc_map_delay(void);
 void fc_unmap_delay(void);
+/* Sleeps FAKECUDA_POOL_ATTR_DELAY_NS in threads other than the main one;
+ * WITHOUT the lock. */
+void fc_pool_attr_delay(void);
 
 typedef enum {
     FC_H_CTX = 1, FC_H_STREAM, FC_H_EVENT, FC_H_POOL, FC_H_ARRAY,

@@ -377,7 +377,9 @@ CUresult cuMemPoolSetAttribute(CUmemoryPool pool, CUmemPool_attribute attr, void
 
 CUresult cuMemPoolGetAttribute(CUmemoryPool pool, CUmemPool_attribute attr, void *value)
 {
-    return pool_attr(pool, attr, value, false);
+    CUresult rc = pool_attr(pool, attr, value, false);
+    fc_pool_attr_delay();
+    return rc;
 }
 
 /* ---- a device's pools ---- */
