@@ -470,77 +470,84 @@ static uint64_t pool_reserved(CUmemoryPool pool)
     return v;
 }
 
+/* One reading of a pool to apply: the budget it is charged to and how
+ * much of its growth a caller's reservation already covers. */
+typedef struct pool_reading {
+    vg__budget_t *b;
+    uint64_t covered; /* bytes */
+    uint64_t before;  /* out: the charge the reading replaced */
+} pool_reading_t;
+
 /* The slot's charge becomes `now`, read from the driver when the slots
- * were at generation `seen`; *before is what it was (`now` without a
+ * were at generation `seen`; r->before is what it was (`now` without a
  * slot). False, changing nothing, when the slots changed since `seen`:
- * `now` may be older than what they hold. The budget is moved by the
- * caller, after the lock: a level change runs hooks that call the driver
- * (cache mode's trim). */
+ * `now` may be older than what they hold. Growth past r->covered is
+ * charged here, under the lock, so charges land in the order of the
+ * readings: charged after the lock, another thread's later swap could
+ * find the growth already in the slot and give back the reservation that
+ * covered it first, and for that moment the budget held neither (another
+ * allocation fitted into it). Only `used` moves here; peak, level and
+ * every decrease (a late decrease over-counts, never under-counts) are
+ * the caller's, after the lock: a level change runs hooks that call the
+ * driver (cache mode's trim). */
 static bool slot_swap(CUmemoryPool pool, int device, uint64_t now, uint64_t seen,
-                      uint64_t *before)
+                      pool_reading_t *r)
 {
     vg__mutex_lock(&pools_lock, VG__RANK_STREAM_POOLS);
     bool fresh = atomic_load_explicit(&pools_gen, memory_order_relaxed) == seen;
     if (fresh) {
         struct pool_slot *s = slot_of(pool, device);
-        *before = s ? s->charged : now;
+        r->before = s ? s->charged : now;
         if (s)
             s->charged = now;
+        if (now > r->before + r->covered)
+            vg__budget_force_quiet(r->b, now - r->before - r->covered);
         atomic_store_explicit(&pools_gen, seen + 1, memory_order_release);
     }
     vg__mutex_unlock(&pools_lock, VG__RANK_STREAM_POOLS);
     return fresh;
 }
 
-/* Reads what `pool` reserves and makes it the slot's charge; *before is
- * the charge it replaced. Read again when another thread changed the slots
- * meanwhile (each retry means another thread's change went through). */
-static uint64_t slot_update(CUmemoryPool pool, int device, uint64_t *before)
+/* Reads what `pool` reserves and makes it the slot's charge (slot_swap).
+ * Read again when another thread changed the slots meanwhile (each retry
+ * means another thread's change went through). */
+static uint64_t slot_update(CUmemoryPool pool, int device, pool_reading_t *r)
 {
     for (;;) {
         uint64_t seen = atomic_load_explicit(&pools_gen, memory_order_acquire);
         uint64_t now = pool_reserved(pool);
-        if (slot_swap(pool, device, now, seen, before))
+        if (slot_swap(pool, device, now, seen, r))
             return now;
     }
 }
 
 void vg__acct_pool_sync(int device, CUmemoryPool pool)
 {
-    uint64_t before;
-    uint64_t now = slot_update(pool, device, &before);
-    vg__budget_t *b = vg__engine_budget(device);
-    if (now > before)
-        vg__budget_force(b, now - before);
-    else if (now < before)
-        vg__budget_release(b, before - now);
+    pool_reading_t r = {.b = vg__engine_budget(device)};
+    uint64_t now = slot_update(pool, device, &r);
+    if (now > r.before)
+        vg__budget_commit(r.b, now - r.before); /* charged by the swap */
+    else if (now < r.before)
+        vg__budget_release(r.b, r.before - now);
 }
 
 int vg__acct_pool_settle(vg__ticket_t *t, CUmemoryPool pool)
 {
-    uint64_t before;
-    uint64_t now = slot_update(pool, t->device, &before);
-    vg__budget_t *b = t->budget;
+    pool_reading_t r = {.b = t->budget, .covered = t->bytes};
+    uint64_t now = slot_update(pool, t->device, &r);
+    uint64_t growth = now > r.before ? now - r.before : 0;
     int rc = VG_OK;
-    uint64_t growth = now > before ? now - before : 0;
-    if (now < before)
-        vg__budget_release(b, before - now);
-    if (growth <= t->bytes) {
-        vg__budget_commit(b, growth);
-        vg__budget_rollback(b, t->bytes - growth);
-    } else {
-        /* The pool grew by a whole chunk more than was asked: it is real
-         * use, so it is charged; if it does not fit, the caller undoes. */
-        vg__budget_commit(b, t->bytes);
-        if (vg__budget_reserve(b, growth - t->bytes) == VG_OK)
-            vg__budget_commit(b, growth - t->bytes);
-        else {
-            vg__budget_force(b, growth - t->bytes);
-            rc = VG_ENOMEM;
-        }
-    }
-    if (rc != VG_OK)
+    if (now < r.before)
+        vg__budget_release(r.b, r.before - now);
+    vg__budget_commit(r.b, growth);
+    if (growth < t->bytes)
+        vg__budget_rollback(r.b, t->bytes - growth);
+    /* The pool grew by a whole chunk more than was asked: it is real use,
+     * charged by the swap; if it does not fit, the caller undoes. */
+    if (growth > t->bytes && vg__budget_over(r.b)) {
+        rc = VG_ENOMEM;
         vg__audit_refuse(t, rc);
+    }
     t->bytes = 0;
     return rc;
 }

@@ -264,6 +264,31 @@ void vg__budget_force(vg__budget_t *b, uint64_t n)
     update_level(b);
 }
 
+void vg__budget_force_quiet(vg__budget_t *b, uint64_t n)
+{
+    if (vg__unlikely(b->shared))
+        return vg__shared_force(b, n); /* the region moves its own peak and level */
+    atomic_fetch_add_explicit(&b->used, n, memory_order_relaxed);
+}
+
+bool vg__budget_over(vg__budget_t *b)
+{
+    uint64_t limit, used;
+    if (vg__unlikely(b->shared)) {
+        vg__budget_read(b, &limit, &used);
+        return used > limit;
+    }
+    limit = atomic_load_explicit(&b->limit, memory_order_relaxed);
+    if (atomic_load_explicit(&b->used, memory_order_relaxed) <= limit)
+        return false;
+    if (b->reclaim)
+        b->reclaim(b);
+    if (atomic_load_explicit(&b->used, memory_order_relaxed) <= limit)
+        return false;
+    atomic_fetch_add_explicit(&b->refusals, 1, memory_order_relaxed);
+    return true;
+}
+
 uint64_t vg__budget_available(const vg__budget_t *b)
 {
     uint64_t limit, used;

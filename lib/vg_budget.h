@@ -73,6 +73,14 @@ void vg__budget_relevel(vg__budget_t *b);
 /* Charges n without a limit check (memory the driver already handed out,
  * e.g. measured overhead); updates peak and level. */
 void vg__budget_force(vg__budget_t *b, uint64_t n);
+/* As force, without peak and level, so no level callback runs: callable
+ * under a lock (account.c charges a pool's growth under the lock that
+ * orders its readings). vg__budget_commit moves peak and level after. */
+void vg__budget_force_quiet(vg__budget_t *b, uint64_t n);
+/* After a force: whether use is over the limit once every thread's
+ * unspent credit has been pulled back (credit is spendable, so it counts
+ * until then). Counts a refusal when it is. Slow path. */
+bool vg__budget_over(vg__budget_t *b);
 /* limit - used, or 0 when over. */
 uint64_t vg__budget_available(const vg__budget_t *b);
 /* The limit and use now (a shared budget's are read from its region:

@@ -506,6 +506,20 @@ Test(truth, a_stale_reading_of_a_pool_does_not_undo_its_growth)
     expect_peak_within(&t, GiB);
 }
 
+/* 16 threads take 1 KiB..256 MiB from the default pool and give it back
+ * for 2 s under 1 GiB, so refusals are frequent. A pool's growth seen by
+ * one thread (a sync) was charged after its lock, while the thread whose
+ * allocation grew it could already find the growth in the pool's charge
+ * and give its reservation back: for that moment the budget held neither,
+ * and another allocation fitted into it (the device held up to 1.3 GiB). */
+Test(truth, racing_stream_ordered_allocations_stay_within_the_budget)
+{
+    static truth_t t;
+    run_truth(&t, "pool_churn", "1GiB", NULL);
+    expect_peak_within(&t, GiB);
+    expect_rc(&t, "used", 0);
+}
+
 /* Stream-ordered memory is charged to the device it lands on, the pool's,
  * not the current context's: with device 0 current, 600 MiB from a pool
  * on device 1 (one created there, or its default pool) are refused next

@@ -90,6 +90,8 @@
  *               cuMemGetInfo reads the pool (the test makes that slow)
  *               while 600 MiB more come from it; then 600 MiB plain
  *   free_order  16 threads allocate and free 1 KiB..64 MiB for 2 s
+ *   pool_churn  the free_order churn from the default pool (cuMemAllocAsync,
+ *               cuMemFreeAsync), 1 KiB..256 MiB
  *   churn_credit 16 threads allocate and free for 2 s, half the requests of
  *               1 KiB..32 KiB (paid from per-thread credit under a 32 MiB
  *               budget) and half of 1 KiB..2 MiB
@@ -976,6 +978,21 @@ static double now_s(void)
 
 /* The largest request of the churn's two halves, in bytes. */
 static size_t g_small = 64 * MiB, g_big = 64 * MiB;
+/* The churn allocates from the default pool (cuMemAllocAsync) instead. */
+static bool g_async;
+
+static CUresult churn_alloc(CUdeviceptr *p, size_t size)
+{
+    return g_async ? cuMemAllocAsync(p, size, NULL) : cuMemAlloc(p, size);
+}
+
+static void churn_free(CUdeviceptr p)
+{
+    if (g_async)
+        cuMemFreeAsync(p, NULL);
+    else
+        cuMemFree(p);
+}
 
 /* Up to 8 live blocks of 1 KiB..g_small or 1 KiB..g_big (a coin decides),
  * allocated and freed at random. */
@@ -990,9 +1007,9 @@ static void *churn_worker(void *arg)
         size_t max = next_rand(&w->seed) & 1 ? g_small : g_big;
         size_t size = KiB + next_rand(&w->seed) % (max - KiB + 1);
         if (slot[i]) {
-            cuMemFree(slot[i]);
+            churn_free(slot[i]);
             slot[i] = 0;
-        } else if (cuMemAlloc(&slot[i], size) == CUDA_SUCCESS) {
+        } else if (churn_alloc(&slot[i], size) == CUDA_SUCCESS) {
             w->h.n++;
         } else {
             slot[i] = 0;
@@ -1001,7 +1018,7 @@ static void *churn_worker(void *arg)
     }
     for (int i = 0; i < 8; i++)
         if (slot[i])
-            cuMemFree(slot[i]);
+            churn_free(slot[i]);
     return NULL;
 }
 
@@ -1015,6 +1032,25 @@ static void case_free_order(void)
         refused += w[i].h.rc != CUDA_SUCCESS;
     }
     printf("path=free_order allocs=%d refused_threads=%d", allocs, refused);
+    finish();
+}
+
+/* The churn from the default pool, requests of up to 256 MiB, so the
+ * budget (1 GiB) refuses often: the pool's charge follows its growth
+ * while threads race to read and settle it. */
+static void case_pool_churn(void)
+{
+    static worker_t w[THREADS];
+    int allocs = 0, refused = 0;
+    g_async = true;
+    g_small = g_big = 256 * MiB;
+    run_threads(churn_worker, w);
+    for (int i = 0; i < THREADS; i++) {
+        allocs += w[i].h.n;
+        refused += w[i].h.rc != CUDA_SUCCESS;
+    }
+    cuStreamSynchronize(NULL);
+    printf("path=pool_churn allocs=%d refused_threads=%d", allocs, refused);
     finish();
 }
 
@@ -1176,6 +1212,8 @@ int main(int argc, char **argv)
         case_churn_credit();
     else if (!strcmp(c, "free_order"))
         case_free_order();
+    else if (!strcmp(c, "pool_churn"))
+        case_pool_churn();
     else if (!strcmp(c, "views"))
         case_views();
     else {
