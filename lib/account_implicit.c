@@ -270,14 +270,25 @@ static void collect_device(const vg__alloc_t *a, void *ctx)
     k->keys[k->n++] = (struct swept){a->ptr, a->seq};
 }
 
-/* True when the driver no longer knows ptr as memory. */
+/* True when the allocation that started at ptr is gone: the driver no
+ * longer knows ptr as memory, or knows it only inside another allocation
+ * that starts elsewhere (the freed space handed out again within a larger
+ * block, as the driver sub-allocates). A live allocation starting at ptr,
+ * this record's or a new one's (whose record then replaced this one, and
+ * vg__acct_release_swept leaves it be), answers with ptr as its start. */
 static bool gone(uint64_t ptr)
 {
     CUcontext ctx = NULL;
     CUresult cr = vg__driver()->cuPointerGetAttribute(&ctx, CU_POINTER_ATTRIBUTE_CONTEXT,
                                                       (CUdeviceptr)ptr);
-    return cr == CUDA_ERROR_INVALID_VALUE || cr == CUDA_ERROR_CONTEXT_IS_DESTROYED ||
-           cr == CUDA_ERROR_INVALID_CONTEXT;
+    if (cr == CUDA_ERROR_INVALID_VALUE || cr == CUDA_ERROR_CONTEXT_IS_DESTROYED ||
+        cr == CUDA_ERROR_INVALID_CONTEXT)
+        return true;
+    CUdeviceptr base = 0;
+    size_t size = 0;
+    return cr == CUDA_SUCCESS &&
+           vg__driver()->cuMemGetAddressRange_v2(&base, &size, (CUdeviceptr)ptr) == CUDA_SUCCESS &&
+           base != (CUdeviceptr)ptr;
 }
 
 /* Another thread, in another context, may be handed a swept address as

@@ -353,6 +353,19 @@ Test(truth, a_context_sweep_leaves_a_new_allocation_at_a_reused_address_charged)
     expect_peak_within(&t, 160 * MiB);
 }
 
+/* A destroyed context's freed address that another allocation now covers
+ * (the driver hands the space out again inside a larger block) is gone:
+ * the sweep must not take the covering block for it and keep its charge,
+ * which would leave the budget short for good. */
+Test(truth, a_context_sweep_drops_a_record_whose_address_a_new_block_covers)
+{
+    static truth_t t;
+    run_truth(&t, "sweep_cover", "1GiB", ENV("FAKECUDA_POINTER_ATTR_DELAY_NS=100000000"));
+    expect_rc(&t, "covered", 1);
+    expect_rc(&t, "destroy_rc", 0);
+    expect_rc(&t, "lost", 0);
+}
+
 /* A context's raised limit is charged to that context: destroying another
  * context gives nothing of it back, so the primary's 600 MiB heap and
  * 600 MiB more do not fit 1 GiB. Without NVML (a container whose PID

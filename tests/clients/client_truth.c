@@ -54,6 +54,10 @@
  *               address (the test makes cuPointerGetAttribute slow, so the
  *               destroy's sweep is still deciding); then 128 MiB more
  *               (tried up to 4 times until the address is handed out again)
+ *   sweep_cover two 64 KiB blocks in a created context, then cuCtxDestroy
+ *               while another thread, in the primary, takes 128 KiB that
+ *               cover one of them without starting at it (tried up to 8
+ *               times); lost= what cuMemGetInfo's free lost over it all
  *   release_race 600 MiB in the primary context, its last
  *               cuDevicePrimaryCtxRelease while another thread retains it
  *               again at once (the test makes the release slow to return),
@@ -660,6 +664,80 @@ static void case_sweep_reuse(void)
         cuMemFree(b);
 }
 
+typedef struct {
+    CUdeviceptr a[2];      /* the destroyed context's two blocks */
+    long long used_before; /* the driver's use before the destroy */
+    CUdeviceptr p;         /* the worker's block */
+    CUresult rc;
+} cover_t;
+
+/* Waits until the driver freed the destroyed context's two blocks, then at
+ * once takes one twice their size in the primary context: the space they
+ * held, side by side, is handed out again, so it starts at one and covers
+ * the other, while the sweep is still asking the driver about them. */
+static void *cover_worker(void *arg)
+{
+    cover_t *c = arg;
+    cuCtxSetCurrent(g_ctx);
+    while (driver_query("fakecuda_used_bytes") > c->used_before - (long long)(128 * KiB))
+        nanosleep(&(struct timespec){0, 100000}, NULL);
+    c->rc = cuMemAlloc(&c->p, 128 * KiB);
+    return NULL;
+}
+
+/* True when the worker's block covers one of the old ones without
+ * starting at it. */
+static bool covers_one(const cover_t *c)
+{
+    for (int i = 0; i < 2; i++) {
+        CUdeviceptr base = 0;
+        size_t size = 0;
+        if (cuMemGetAddressRange(&base, &size, c->a[i]) == CUDA_SUCCESS && base == c->p &&
+            base != c->a[i])
+            return true;
+    }
+    return false;
+}
+
+/* One destroy raced by a covering allocation; true when it covered. */
+static bool sweep_cover_once(cover_t *c, CUresult *destroy)
+{
+    CUcontext ctx;
+    pthread_t t;
+    *c = (cover_t){0};
+    if (cuCtxCreate(&ctx, NULL, 0, g_dev) != CUDA_SUCCESS || cuMemAlloc(&c->a[0], 64 * KiB) ||
+        cuMemAlloc(&c->a[1], 64 * KiB)) {
+        fprintf(stderr, "client_truth: sweep_cover setup failed\n");
+        exit(3);
+    }
+    c->used_before = driver_query("fakecuda_used_bytes");
+    if (pthread_create(&t, NULL, cover_worker, c) != 0)
+        exit(3);
+    *destroy = cuCtxDestroy(ctx);
+    pthread_join(t, NULL);
+    cuCtxSetCurrent(g_ctx);
+    return c->rc == CUDA_SUCCESS && covers_one(c);
+}
+
+static void case_sweep_cover(void)
+{
+    cover_t c;
+    CUresult destroy = CUDA_SUCCESS;
+    size_t free0 = 0, free1 = 0, total = 0;
+    int tries = 0;
+    bool covered = false;
+    cuMemGetInfo(&free0, &total);
+    while (!covered && tries++ < 8) {
+        covered = sweep_cover_once(&c, &destroy);
+        if (c.rc == CUDA_SUCCESS)
+            cuMemFree(c.p);
+    }
+    cuMemGetInfo(&free1, &total);
+    printf("path=sweep_cover covered=%d tries=%d destroy_rc=%d lost=%lld", covered, tries,
+           destroy, (long long)free0 - (long long)free1);
+    finish();
+}
+
 /* The primary context's 600 MiB heap stays when another context goes:
  * 600 MiB more must be refused under 1 GiB. */
 static void case_limit_other_ctx(void)
@@ -1158,6 +1236,8 @@ int main(int argc, char **argv)
         case_lazy_module();
     else if (!strcmp(c, "func_load"))
         case_func_load();
+    else if (!strcmp(c, "sweep_cover"))
+        case_sweep_cover();
     else if (!strcmp(c, "graph_kernel"))
         case_graph_kernel();
     else if (!strcmp(c, "eager_module"))
