@@ -344,6 +344,26 @@ Test(cli, check_self_test_uses_the_driver_vramguard_libcuda_names)
     cr_expect_not_null(strstr(r.out, "self-test: PASS"), "%s", r.out);
 }
 
+/* A HAMi pod names its shared region in CUDA_DEVICE_MEMORY_SHARED_CACHE.
+ * The self-test's 64 MiB budget must never reach that region: a process
+ * with a budget lowers a shared limit for every process using it, so
+ * `check` would leave the pod with 64 MiB. */
+Test(cli, check_self_test_stays_out_of_a_hami_shared_region)
+{
+    char dir[] = "/tmp/vg-cli-hami-XXXXXX", region[4200], set[4300];
+    cr_assert_not_null(mkdtemp(dir));
+    snprintf(region, sizeof region, "%s/vgpu.cache", dir);
+    snprintf(set, sizeof set, "CUDA_DEVICE_MEMORY_SHARED_CACHE=%s", region);
+    cli_result_t r;
+    cli_run_clean(&r, ENV(set), ARGS("check"));
+    cr_expect_eq(r.status, 0, "stdout: %s\nstderr: %s", r.out, r.err);
+    cr_expect_not_null(strstr(r.out, "self-test: PASS"), "%s", r.out);
+    struct stat st;
+    cr_expect_neq(stat(region, &st), 0, "the self-test made or joined %s", region);
+    unlink(region);
+    rmdir(dir);
+}
+
 /* ------------------------------------------------------ the manual page */
 
 /* Roff writes '-' as "\-": the page's text with those undone. */

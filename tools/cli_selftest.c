@@ -202,9 +202,11 @@ int cli_selftest_main(int argc, char **argv)
 
 /* ----------------------------------------------------- the parent */
 
-/* Our environment minus LD_PRELOAD and every VRAMGUARD_* but the driver's
- * path (a shared ledger or audit log of the caller's must not see the
- * test), plus the test's own. Free with free(). */
+/* Our environment minus LD_PRELOAD, every VRAMGUARD_* but the driver's
+ * path, and HAMi's CUDA_DEVICE_MEMORY_* (a shared ledger or audit log of the
+ * caller's must not see the test: the test's budget would lower a shared
+ * region's limit for every process using it), plus the test's own. Free
+ * with free(). */
 static char **st_environ(const char *preload)
 {
     static char budget[] = "VRAMGUARD_BUDGET=" ST_BUDGET_TEXT;
@@ -218,6 +220,7 @@ static char **st_environ(const char *preload)
     for (size_t i = 0; i < n; i++) {
         const char *e = environ[i];
         if (strncmp(e, "LD_PRELOAD=", 11) == 0 ||
+            strncmp(e, "CUDA_DEVICE_MEMORY_", 19) == 0 ||
             (strncmp(e, "VRAMGUARD_", 10) == 0 &&
              strncmp(e, "VRAMGUARD_LIBCUDA=", 18) != 0))
             continue;
