@@ -592,3 +592,24 @@ Test(audit_cli, replay_json_uses_the_audit_logs_field_names)
     EXPECT_IN(r.out, "\"first_refusal\":{\"seq\":3,\"api\":\"cuMemAlloc_v2\",\"size\":419430400,"
                      "\"used\":838860800,\"rc\":2}}\n");
 }
+
+/* A log holds whatever a writer (or an attacker) put in it: an API name
+ * with a quote, a backslash, an escape byte and a byte that is not UTF-8
+ * must come out of --json as a valid JSON string. */
+Test(audit_cli, replay_json_escapes_the_logs_strings)
+{
+    char dir[64], log[128];
+    tmp_dir(dir, sizeof dir);
+    snprintf(log, sizeof log, "%s/api.jsonl", dir);
+    FILE *f = fopen(log, "w");
+    cr_assert_not_null(f);
+    fprintf(f, "{\"v\":1,\"ts\":1,\"pid\":3,\"tid\":3,\"op\":\"alloc\",\"dev\":0,"
+               "\"api\":\"a\\\"b\\\\c\\u001bd\xff\",\"kind\":\"plain\",\"ptr\":\"0x1000\","
+               "\"size\":4194304,\"rc\":0,\"used\":4194304,\"budget\":-1,\"seq\":1}\n");
+    fclose(f);
+    cli_result_t r;
+    cli(&r, ARGS("replay", "--json", "--budget", "1MiB", log));
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    EXPECT_IN(r.out, "\"api\":\"a\\\"b\\\\c\\u001bd\\u00ff\",\"size\":4194304,");
+    rm_tree(dir);
+}

@@ -1,7 +1,7 @@
 /*
  * cli.c — `vramguard`'s entry point: the command table, the top-level
  * --help and --version, one-line usage errors, and the helpers every
- * command shares (wrapping help text, finding the preload shim, composing
+ * command shares (wrapping help text, JSON strings, finding the preload shim, composing
  * LD_PRELOAD).
  *
  * Each command is one row of `commands` with its main and its help; add a
@@ -101,6 +101,21 @@ void cli_wrap(FILE *f, int indent, int width, const char *text)
     }
     if (col > 0)
         fputc('\n', f);
+}
+
+void cli_json_str(FILE *f, const char *s)
+{
+    fputc('"', f);
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\')
+            fprintf(f, "\\%c", c);
+        else if (c < 0x20 || c >= 0x7f)
+            fprintf(f, "\\u%04x", c);
+        else
+            fputc(c, f);
+    }
+    fputc('"', f);
 }
 
 /* ------------------------------------------------------- the shim */

@@ -54,6 +54,11 @@ void cli_error(const char *cmd, const char *fmt, ...)
 /* Writes `text` to f in lines of at most `width` columns, each indented by
  * `indent` spaces. */
 void cli_wrap(FILE *f, int indent, int width, const char *text);
+/* Writes s to f as a JSON string, quotes included: quote, backslash and
+ * control bytes escaped, and bytes above 0x7e as \u00XX, so that text that
+ * is not UTF-8 (from a log, a driver, an environment variable) still gives
+ * valid JSON. */
+void cli_json_str(FILE *f, const char *s);
 /* The absolute path of the running executable (/proc/self/exe). Returns 0,
  * or -1 with errno set. */
 int cli_self_exe(char *out, size_t len);

@@ -288,12 +288,13 @@ static void print_json(replay_state_t *s, const au_model_t *m, uint32_t proc, in
            "\"first_refusal\":",
            (long long)p->pid, (long long)budget, s->allocs, s->ok, s->refused, s->errors,
            s->recorded_refusals, s->now_fit, s->frees, s->unknown_frees, s->other_devices);
-    if (s->have_first)
-        printf("{\"seq\":%lld,\"api\":\"%s\",\"size\":%llu,\"used\":%llu,\"rc\":%d}}\n",
-               (long long)s->first.seq, au_model_name(m, s->first.api),
+    if (s->have_first) {
+        printf("{\"seq\":%lld,\"api\":", (long long)s->first.seq);
+        cli_json_str(stdout, au_model_name(m, s->first.api)); /* the log's text */
+        printf(",\"size\":%llu,\"used\":%llu,\"rc\":%d}}\n",
                (unsigned long long)s->first.size, (unsigned long long)s->first_used,
                (int)vg__cu_status(s->first_rc));
-    else
+    } else
         printf("null}\n");
 }
 
