@@ -286,6 +286,17 @@ Test(cli, check_reports_a_bad_setting_apart_and_checks_the_rest)
     cr_expect_not_null(strstr(r.out, "\"driver\": {\"ok\": true"), "%s", r.out);
 }
 
+/* The bad setting is echoed into the JSON; a value that is not UTF-8 must
+ * still give valid JSON (escaped, never the raw byte). */
+Test(cli, check_json_escapes_a_setting_that_is_not_utf8)
+{
+    cli_result_t r;
+    cli_run_clean(&r, ENV("VRAMGUARD_BUDGET=\xff"), ARGS("check", "--json"));
+    cr_expect_eq(r.status, 1, "%s", r.out);
+    cr_expect_null(strchr(r.out, 0xff), "a raw 0xff byte in the JSON: %s", r.out);
+    cr_expect_not_null(strstr(r.out, "\"error\": \"VRAMGUARD_BUDGET='\\u00ff'"), "%s", r.out);
+}
+
 /* Copies build/NAME to DIR/NAME (mode 0755). */
 static void copy_file(const char *name, const char *dir)
 {

@@ -200,27 +200,12 @@ static void print_human(const check_report_t *r)
 
 /* ---------------------------------------------------------- JSON */
 
-static void json_str(const char *s)
-{
-    putchar('"');
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\')
-            printf("\\%c", c);
-        else if (c < 0x20)
-            printf("\\u%04x", c);
-        else
-            putchar(c);
-    }
-    putchar('"');
-}
-
 static void json_device(const vg_device_info_t *d)
 {
     printf("{\"index\": %d, \"name\": ", d->ordinal);
-    json_str(d->name);
+    cli_json_str(stdout, d->name);
     printf(", \"uuid\": ");
-    json_str(d->uuid);
+    cli_json_str(stdout, d->uuid);
     printf(", \"total_bytes\": %llu, \"free_bytes\": %llu}",
            (unsigned long long)d->total_bytes,
            (unsigned long long)d->free_bytes);
@@ -229,14 +214,14 @@ static void json_device(const vg_device_info_t *d)
 static void print_json(const check_report_t *r)
 {
     printf("{\"settings\": {\"ok\": %s, \"error\": ", r->settings[0] ? "false" : "true");
-    json_str(r->settings);
+    cli_json_str(stdout, r->settings);
     printf("},\n \"driver\": {\"ok\": %s, \"library\": ",
            r->driver_ok ? "true" : "false");
-    json_str(r->library);
+    cli_json_str(stdout, r->library);
     printf(", \"version\": ");
-    json_str(r->version);
+    cli_json_str(stdout, r->version);
     printf(", \"error\": ");
-    json_str(r->error);
+    cli_json_str(stdout, r->error);
     printf("},\n \"devices\": [");
     for (int i = 0; i < r->count; i++) {
         printf(i ? ",\n   " : "\n   ");
@@ -244,7 +229,7 @@ static void print_json(const check_report_t *r)
     }
     printf("],\n \"selftest\": {\"result\": \"%s\", \"detail\": ",
            verdict_names[r->selftest]);
-    json_str(r->detail);
+    cli_json_str(stdout, r->detail);
     printf("}}\n");
 }
 
