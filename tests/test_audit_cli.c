@@ -595,8 +595,9 @@ Test(audit_cli, replay_json_uses_the_audit_logs_field_names)
 
 /* A log holds whatever a writer (or an attacker) put in it: an API name
  * with a quote, a backslash, an escape byte and a byte that is not UTF-8
- * must come out of --json as a valid JSON string. */
-Test(audit_cli, replay_json_escapes_the_logs_strings)
+ * must come out of --json as a valid JSON string, and never reach a
+ * terminal as an escape sequence. */
+Test(audit_cli, replay_escapes_the_logs_strings_in_json_and_on_a_terminal)
 {
     char dir[64], log[128];
     tmp_dir(dir, sizeof dir);
@@ -611,5 +612,10 @@ Test(audit_cli, replay_json_escapes_the_logs_strings)
     cli(&r, ARGS("replay", "--json", "--budget", "1MiB", log));
     cr_assert_eq(r.status, 0, "%s", r.err);
     EXPECT_IN(r.out, "\"api\":\"a\\\"b\\\\c\\u001bd\\u00ff\",\"size\":4194304,");
+    /* and the report for a terminal shows no escape byte, as for cmd */
+    cli(&r, ARGS("replay", "--budget", "1MiB", log));
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    cr_expect_null(strchr(r.out, 0x1b), "an escape reached the terminal: %s", r.out);
+    EXPECT_IN(r.out, "(seq 1, a\"b\\c?d");
     rm_tree(dir);
 }

@@ -298,10 +298,21 @@ static void print_json(replay_state_t *s, const au_model_t *m, uint32_t proc, in
         printf("null}\n");
 }
 
+/* A word from the log for a terminal: control bytes as '?', as the
+ * reader does for a command line, so a forged log cannot send escapes. */
+static const char *printable(const char *word, char *buf, size_t len)
+{
+    snprintf(buf, len, "%s", word);
+    for (char *c = buf; *c; c++)
+        if ((unsigned char)*c < 0x20 || *c == 0x7f)
+            *c = '?';
+    return buf;
+}
+
 static void print_result(replay_state_t *s, const au_model_t *m, const replay_opts_t *o,
                          uint32_t proc)
 {
-    char limit[32], size[32], used[32], at[32], ft[32];
+    char limit[32], size[32], used[32], at[32], ft[32], api[AU_NAME_MAX];
     const au_proc_t *p = &m->proc[proc];
     printf("replay of %s: pid %lld (%s) on device 0, budget %s\n", o->log, (long long)p->pid,
            p->cmd ? p->cmd : "no start event",
@@ -319,7 +330,8 @@ static void print_result(replay_state_t *s, const au_model_t *m, const replay_op
                s->other_devices);
     if (s->have_first)
         printf("first refusal: allocation %ld (seq %lld, %s, %s) with %s in use: %s\n",
-               s->first_index, (long long)s->first.seq, au_model_name(m, s->first.api),
+               s->first_index, (long long)s->first.seq,
+               printable(au_model_name(m, s->first.api), api, sizeof api),
                vg__fmt_bytes(s->first.size, size, sizeof size),
                vg__fmt_bytes(s->first_used, used, sizeof used), vg_strerror(s->first_rc));
     else
