@@ -619,3 +619,31 @@ Test(audit_cli, replay_escapes_the_logs_strings_in_json_and_on_a_terminal)
     EXPECT_IN(r.out, "(seq 1, a\"b\\c?d");
     rm_tree(dir);
 }
+
+/* A garbled line whose size is negative cannot be allocated at all (the
+ * pool says "invalid argument"): that is a failure, counted apart, and
+ * must not hide the refusal the replay is run to find. */
+Test(audit_cli, replay_reports_the_first_refusal_not_a_garbled_size_before_it)
+{
+    char dir[64], log[128];
+    tmp_dir(dir, sizeof dir);
+    snprintf(log, sizeof log, "%s/neg.jsonl", dir);
+    FILE *f = fopen(log, "w");
+    cr_assert_not_null(f);
+    fprintf(f, "{\"v\":1,\"ts\":1,\"pid\":3,\"tid\":3,\"op\":\"alloc\",\"dev\":0,"
+               "\"api\":\"cuMemAlloc_v2\",\"kind\":\"plain\",\"ptr\":\"0x1000\","
+               "\"size\":-5,\"rc\":0,\"used\":0,\"budget\":-1,\"seq\":1}\n");
+    fprintf(f, "{\"v\":1,\"ts\":2,\"pid\":3,\"tid\":3,\"op\":\"alloc\",\"dev\":0,"
+               "\"api\":\"cuMemAlloc_v2\",\"kind\":\"plain\",\"ptr\":\"0x2000\","
+               "\"size\":2097152,\"rc\":0,\"used\":2097152,\"budget\":-1,\"seq\":2}\n");
+    fclose(f);
+    cli_result_t r;
+    cli(&r, ARGS("replay", "--budget", "1MiB", log));
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    EXPECT_IN(r.out, "allocations: 0 of 2 succeeded, 1 refused, 1 failed otherwise");
+    EXPECT_IN(r.out, "first refusal: allocation 2 (seq 2, cuMemAlloc_v2, 2.00 MiB) with 0 B in "
+                     "use: request exceeds the memory budget\n");
+    cli(&r, ARGS("replay", "--json", "--budget", "1MiB", log));
+    EXPECT_IN(r.out, "\"first_refusal\":{\"seq\":2,");
+    rm_tree(dir);
+}

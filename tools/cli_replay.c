@@ -193,10 +193,11 @@ static void replay_alloc(replay_state_t *s, const au_rec_t *r)
         }
         return;
     }
-    if (rc == VG_ENOMEM)
-        s->refused++;
-    else
+    if (rc != VG_ENOMEM) { /* not a refusal: a size 0 from a garbled line, a driver error */
         s->errors++;
+        return;
+    }
+    s->refused++;
     if (!s->have_first) {
         vg_pool_stats_t st = {0};
         vg_pool_stats(s->pool, &st);
