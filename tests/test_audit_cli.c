@@ -647,3 +647,30 @@ Test(audit_cli, replay_reports_the_first_refusal_not_a_garbled_size_before_it)
     EXPECT_IN(r.out, "\"first_refusal\":{\"seq\":2,");
     rm_tree(dir);
 }
+
+/* A process that ran fail-closed (a budget for no visible device) logs a
+ * budget of 0 on its refusals. No pool can have that limit: the replay
+ * says so and asks for --budget, rather than blaming the device. */
+Test(audit_cli, replay_of_a_log_that_recorded_a_budget_of_0_asks_for_one)
+{
+    char dir[64], log[128];
+    tmp_dir(dir, sizeof dir);
+    snprintf(log, sizeof log, "%s/closed.jsonl", dir);
+    FILE *f = fopen(log, "w");
+    cr_assert_not_null(f);
+    fprintf(f, "{\"v\":1,\"ts\":1,\"pid\":3,\"tid\":3,\"op\":\"refuse\",\"dev\":0,"
+               "\"api\":\"cuMemAlloc_v2\",\"kind\":\"plain\",\"size\":2097152,\"rc\":2,"
+               "\"used\":0,\"budget\":0}\n");
+    fclose(f);
+    cli_result_t r;
+    cli(&r, ARGS("replay", log));
+    cr_expect_eq(r.status, 2, "%s", r.err);
+    cr_expect_eq(lines(r.err), 1, "%s", r.err);
+    EXPECT_IN(r.err, log);
+    EXPECT_IN(r.err, "--budget");
+    cr_expect_null(strstr(r.err, "cannot use device"), "%s", r.err);
+    cli(&r, ARGS("replay", "--budget", "4MiB", log));
+    cr_expect_eq(r.status, 0, "%s", r.err);
+    EXPECT_IN(r.out, "(1 recorded as refused, 1 of those fit now)");
+    rm_tree(dir);
+}

@@ -71,8 +71,9 @@ void cli_replay_help(FILE *f)
                "        Show this help and exit.\n\n");
     cli_wrap(f, 0, 78,
              "Exit status: 0 when the replay ran (refusals included); 1 when LOG "
-             "cannot be read or the driver cannot be used; 2 for a usage error "
-             "or a LOG with no usable line.");
+             "cannot be read or the driver cannot be used; 2 for a usage error, "
+             "a LOG with no usable line, or one that recorded a budget of 0 "
+             "(a fail-closed process) without --budget.");
 }
 
 static int take_opt(replay_opts_t *o, const char *name, const char *v)
@@ -348,6 +349,13 @@ static int replay(const au_model_t *m, const replay_opts_t *o, uint32_t proc)
     replay_opts_t with = *o;
     if (!with.budget_text && recorded_budget(m, proc, &with.budget))
         with.budget_text = "recorded";
+    if (!o->budget_text && with.budget_text && with.budget == 0) {
+        /* a fail-closed process logs a limit of 0, which no pool can have */
+        cli_error(REPLAY, "%s: pid %lld ran with a budget of 0 bytes on device 0 (every "
+                  "allocation refused); give --budget SIZE to replay it", o->log,
+                  (long long)m->proc[proc].pid);
+        return CLI_EXIT_USAGE;
+    }
     o = &with;
     uint64_t limit = o->budget;
     vg_device_info_t info;
