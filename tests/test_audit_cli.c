@@ -674,3 +674,28 @@ Test(audit_cli, replay_of_a_log_that_recorded_a_budget_of_0_asks_for_one)
     EXPECT_IN(r.out, "(1 recorded as refused, 1 of those fit now)");
     rm_tree(dir);
 }
+
+/* The driver hands out an address only while it is free, so a second
+ * allocation at a recorded address that is still live means the free in
+ * between was lost (a thread's unflushed lines at a crash). The replay
+ * must not keep both and invent a refusal the log shows never happened. */
+Test(audit_cli, replay_takes_an_address_allocated_again_as_freed_in_between)
+{
+    char dir[64], log[128];
+    tmp_dir(dir, sizeof dir);
+    snprintf(log, sizeof log, "%s/lost_free.jsonl", dir);
+    FILE *f = fopen(log, "w");
+    cr_assert_not_null(f);
+    for (int seq = 1; seq <= 2; seq++)
+        fprintf(f, "{\"v\":1,\"ts\":%d,\"pid\":3,\"tid\":3,\"op\":\"alloc\",\"dev\":0,"
+                   "\"api\":\"cuMemAlloc_v2\",\"kind\":\"plain\",\"ptr\":\"0x7f0000000000\","
+                   "\"size\":3145728,\"rc\":0,\"used\":3145728,\"budget\":4194304,\"seq\":%d}\n",
+                seq, seq);
+    fclose(f);
+    cli_result_t r;
+    cli(&r, ARGS("replay", log));
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    EXPECT_IN(r.out, "allocations: 2 of 2 succeeded, 0 refused");
+    EXPECT_IN(r.out, "first refusal: none\n");
+    rm_tree(dir);
+}

@@ -6,8 +6,10 @@
  *
  * Recorded pointers map to the replay's own; a free of a pointer the
  * replay never got (allocated before the log began, or refused now) is
- * skipped and counted. A recorded refusal is tried again; if it fits now it
- * is freed at once, since the program never held it.
+ * skipped and counted; an address allocated again while still live was
+ * freed in a line the log lost, so its replay allocation is freed first. A
+ * recorded refusal is tried again; if it fits now it is freed at once,
+ * since the program never held it.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -179,6 +181,13 @@ static void fmt_median(timings_t *t, char *buf, size_t len)
 static void replay_alloc(replay_state_t *s, const au_rec_t *r)
 {
     vg_devptr_t p = 0;
+    uint64_t *old = r->op == AU_OP_ALLOC ? au_map_find(&s->live, 0, r->ptr) : NULL;
+    if (old && *old != AU_MAP_DEAD) {
+        /* The driver gave this address out again, so it was freed: the
+         * log lost that free (a thread's unflushed lines at a crash). */
+        vg_pool_free(s->pool, *old);
+        *old = AU_MAP_DEAD;
+    }
     uint64_t t = vg__mono_ns();
     int rc = vg_pool_alloc(s->pool, r->size, NULL, &p);
     uint64_t dt = vg__mono_ns() - t;
