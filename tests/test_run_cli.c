@@ -201,6 +201,25 @@ Test(run_checks, a_budget_naming_some_missing_devices_says_which)
     cr_expect_null(strstr(r.err, "'0'"), "%s", r.err);
 }
 
+/* CUDA_VISIBLE_DEVICES empty, or naming no real device, leaves the driver
+ * showing none (cuInit says CUDA_ERROR_NO_DEVICE, as the test driver does
+ * with no devices): a budget entry then names a device that is not visible,
+ * an error like any other, not a driver that could not be asked. */
+Test(run_checks, a_budget_entry_with_no_device_visible_is_an_error)
+{
+    cli_result_t r;
+    cli_run_clean(&r, ENV("FAKECUDA_DEVICES=0"),
+        ARGS("run", "--budget", "0=1GiB", "--", "sh", "-c", "echo ran"));
+    cr_expect_eq(r.status, 2, "%s", r.err);
+    cr_expect_eq(lines(r.err), 1, "%s", r.err);
+    cr_expect_not_null(strstr(r.err, "'0' is not among the 0 devices"), "%s", r.err);
+    cr_expect_str_eq(r.out, "");
+    cli_run_clean(&r, ENV("FAKECUDA_DEVICES=0"),
+        ARGS("run", "--budget", "1GiB", "--", "sh", "-c", "echo ran"));
+    cr_expect_eq(r.status, 0, "a budget for every device names none: %s", r.err);
+    cr_expect_str_eq(r.out, "ran\n");
+}
+
 /* -------------------------------------------------- option values */
 
 Test(run_checks, an_option_value_is_never_another_option_or_the_separator)

@@ -136,7 +136,8 @@ struct vg__budget_spec;
  * at `libcuda` shows (with this environment's CUDA_VISIBLE_DEVICES). No
  * entry matching: one line naming them, CLI_EXIT_USAGE. Some not matching:
  * one warning line naming those, CLI_EXIT_OK. A driver that cannot be
- * loaded shows nothing to check against: CLI_EXIT_OK. */
+ * loaded shows nothing to check against: CLI_EXIT_OK; one that loads but
+ * whose cuInit finds no device shows none, so every entry is missing. */
 int cli_run_devices(const struct vg__budget_spec *spec, const char *libcuda);
 
 /* ---------------------------------------------------- cli_selftest.c */

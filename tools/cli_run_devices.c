@@ -21,13 +21,19 @@ typedef struct visible {
     char uuid[VG__MAX_DEVICES][48];
 } visible_t;
 
-/* The devices the driver shows; -1 when it cannot be asked. */
+/* The devices the driver shows; -1 when it cannot be asked. A driver that
+ * loads but whose cuInit says CUDA_ERROR_NO_DEVICE shows none (what
+ * CUDA_VISIBLE_DEVICES empty, or naming no real device, leaves). */
 static int visible_devices(const char *libcuda, visible_t *v)
 {
     const vg__driver_t *d;
+    CUresult rc;
     v->count = 0;
-    if (vg__driver_load(libcuda) != VG_OK || !(d = vg__driver()) ||
-        d->cuInit(0) != CUDA_SUCCESS || d->cuDeviceGetCount(&v->count) != CUDA_SUCCESS)
+    if (vg__driver_load(libcuda) != VG_OK || !(d = vg__driver()))
+        return -1;
+    if ((rc = d->cuInit(0)) == CUDA_ERROR_NO_DEVICE)
+        return 0;
+    if (rc != CUDA_SUCCESS || d->cuDeviceGetCount(&v->count) != CUDA_SUCCESS)
         return -1;
     if (v->count > VG__MAX_DEVICES)
         v->count = VG__MAX_DEVICES;
