@@ -699,3 +699,28 @@ Test(audit_cli, replay_takes_an_address_allocated_again_as_freed_in_between)
     EXPECT_IN(r.out, "first refusal: none\n");
     rm_tree(dir);
 }
+
+/* Without --pid the replay takes the first process that allocated; one
+ * whose lines are only frees (its allocations came before the log began)
+ * allocated nothing here. */
+Test(audit_cli, replay_picks_the_first_process_that_allocated_not_one_that_only_freed)
+{
+    char dir[64], log[128];
+    tmp_dir(dir, sizeof dir);
+    snprintf(log, sizeof log, "%s/frees_first.jsonl", dir);
+    FILE *f = fopen(log, "w");
+    cr_assert_not_null(f);
+    fprintf(f, "{\"v\":1,\"ts\":1,\"pid\":3,\"tid\":3,\"op\":\"free\",\"dev\":0,"
+               "\"api\":\"cuMemFree_v2\",\"kind\":\"plain\",\"ptr\":\"0x1000\",\"size\":4096,"
+               "\"rc\":0,\"used\":0,\"budget\":-1,\"seq\":1}\n");
+    fprintf(f, "{\"v\":1,\"ts\":2,\"pid\":4,\"tid\":4,\"op\":\"alloc\",\"dev\":0,"
+               "\"api\":\"cuMemAlloc_v2\",\"kind\":\"plain\",\"ptr\":\"0x2000\",\"size\":4096,"
+               "\"rc\":0,\"used\":4096,\"budget\":-1,\"seq\":1}\n");
+    fclose(f);
+    cli_result_t r;
+    cli(&r, ARGS("replay", log));
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    EXPECT_IN(r.out, ": pid 4 ");
+    EXPECT_IN(r.out, "allocations: 1 of 1 succeeded");
+    rm_tree(dir);
+}

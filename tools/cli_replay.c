@@ -261,7 +261,8 @@ static int pick_proc(const au_model_t *m, const replay_opts_t *o, uint32_t *out)
     for (size_t i = 0; i < m->nproc; i++) {
         bool allocated = false;
         for (size_t k = 0; k < m->nrec && !allocated; k++)
-            allocated = m->rec[k].proc == i && m->rec[k].op != AU_OP_PRESSURE;
+            allocated = m->rec[k].proc == i &&
+                        (m->rec[k].op == AU_OP_ALLOC || m->rec[k].op == AU_OP_REFUSE);
         if (o->has_pid ? m->proc[i].pid == o->pid : allocated) {
             *out = (uint32_t)i;
             return REPLAY_GO;
