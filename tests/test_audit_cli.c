@@ -532,6 +532,26 @@ Test(audit_cli, replay_reproduces_a_refusal_under_a_smaller_budget)
     EXPECT_IN(r.out, "first refusal: none\n");
 }
 
+/* The caller's own budget and audit log are not the replay's: with
+ * VRAMGUARD_BUDGET=100MiB and VRAMGUARD_AUDIT in the environment, a replay
+ * under --budget 1GiB refuses what 1 GiB refuses and writes no log. */
+Test(audit_cli, replay_ignores_the_callers_budget_and_audit_log)
+{
+    char dir[64], log[128], budget[] = "VRAMGUARD_BUDGET=100MiB", audit[160];
+    tmp_dir(dir, sizeof dir);
+    snprintf(log, sizeof log, "%s/caller.jsonl", dir);
+    snprintf(audit, sizeof audit, "VRAMGUARD_AUDIT=%s", log);
+    static const char *const drop[] = {"VRAMGUARD_", "TZ=", "LD_PRELOAD=", NULL};
+    char **env = env_make(drop, ENV("TZ=UTC", budget, audit));
+    cli_result_t r;
+    cli_result_of(&r, env, ARGS("replay", "--budget", "1GiB", DATA "replay_3x400MiB.jsonl"));
+    env_free(env);
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    EXPECT_IN(r.out, "allocations: 2 of 3 succeeded, 1 refused");
+    cr_expect_neq(access(log, F_OK), 0, "the replay wrote the caller's audit log");
+    rm_tree(dir);
+}
+
 /* ------------------------------------------- arguments, empty logs, JSON */
 
 Test(audit_cli, options_may_follow_the_logs_as_the_readme_writes_them)

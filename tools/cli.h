@@ -44,6 +44,11 @@ enum {
 
 /* ------------------------------------------------------------ cli.c */
 
+/* Unsets every VRAMGUARD_ and CUDA_DEVICE_MEMORY_ variable but
+ * VRAMGUARD_LIBCUDA: for a command whose engine must not take the caller's
+ * budget, shared region or audit log as its own (check, replay). */
+void cli_drop_settings(void);
+
 /* Writes "vramguard[ cmd]: <message> (try 'vramguard[ cmd] --help')" as one
  * line to stderr and returns CLI_EXIT_USAGE. `cmd` may be NULL. */
 int cli_usage_error(const char *cmd, const char *fmt, ...)

@@ -128,20 +128,7 @@ static void check_settings(check_report_t *r)
         r->settings[0] = '\0';
         return;
     }
-    for (bool again = true; again;) { /* unsetenv changes environ: rescan */
-        again = false;
-        for (char **e = environ; *e; e++) {
-            size_t n = strcspn(*e, "=");
-            bool ours = !strncmp(*e, "VRAMGUARD_", 10) || !strncmp(*e, "CUDA_DEVICE_MEMORY_", 19);
-            if (!ours || (n == 17 && !strncmp(*e, "VRAMGUARD_LIBCUDA", 17)))
-                continue;
-            char name[256];
-            snprintf(name, sizeof name, "%.*s", (int)(n < 255 ? n : 255), *e);
-            unsetenv(name);
-            again = true;
-            break;
-        }
-    }
+    cli_drop_settings();
 }
 
 static void check_gather(check_report_t *r)

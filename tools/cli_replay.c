@@ -407,6 +407,10 @@ int cli_replay_main(int argc, char **argv)
             cli_error(REPLAY, "%s", skipped);
         rc = pick_proc(&m, &o, &proc);
     }
+    /* The replay's budget is --budget or the log's: the caller's budget,
+     * shared region and audit log are not the replay's (the engine would
+     * read them when it starts). */
+    cli_drop_settings();
     if (rc == REPLAY_GO)
         rc = replay(&m, &o, proc);
     au_model_free(&m);
