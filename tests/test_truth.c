@@ -361,7 +361,12 @@ Test(truth, a_context_sweep_drops_a_record_whose_address_a_new_block_covers)
 {
     static truth_t t;
     run_truth(&t, "sweep_cover", "1GiB", ENV("FAKECUDA_POINTER_ATTR_DELAY_NS=100000000"));
+#ifndef __SANITIZE_ADDRESS__
+    /* Under ASan the freed blocks' space is not where the kernel puts the
+     * next mapping (the sanitizer's own mappings leave higher gaps), so the
+     * cover cannot be arranged there; the plain and TSan builds run it. */
     expect_rc(&t, "covered", 1);
+#endif
     expect_rc(&t, "destroy_rc", 0);
     expect_rc(&t, "lost", 0);
 }
