@@ -314,6 +314,26 @@ Test(audit_cli, a_command_with_terminal_escapes_is_printed_without_them)
     rm_tree(dir);
 }
 
+/* The log holds the command line as the process had it, in any bytes:
+ * one that is not UTF-8 must still give valid JSON (escaped, never the
+ * raw byte), as check --json and replay --json do. */
+Test(audit_cli, json_escapes_a_command_that_is_not_utf8)
+{
+    char dir[64], log[128];
+    tmp_dir(dir, sizeof dir);
+    snprintf(log, sizeof log, "%s/latin1.jsonl", dir);
+    FILE *f = fopen(log, "w");
+    cr_assert_not_null(f);
+    one_life(f, 5, "caf\xe9-train", 1790000000000000000LL);
+    fclose(f);
+    cli_result_t r;
+    cli(&r, ARGS("audit", "--json", log));
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    cr_expect_null(strchr(r.out, 0xe9), "a raw 0xe9 byte in the JSON: %s", r.out);
+    EXPECT_IN(r.out, "\"cmd\":\"caf\\u00e9-train\"");
+    rm_tree(dir);
+}
+
 /* A line a crash cut short, and the next process's first line glued onto
  * it (writers append whole lines; the cut one had no newline): the cut
  * part is skipped as truncated, the glued start is read. */

@@ -445,22 +445,6 @@ static void print_csv(const au_model_t *m)
 
 /* ------------------------------------------------------------- JSON */
 
-/* s as a JSON string: quotes, backslashes and control bytes escaped. */
-static void json_str(const char *s)
-{
-    putchar('"');
-    for (; s && *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\')
-            printf("\\%c", c);
-        else if (c < 0x20 || c == 0x7f)
-            printf("\\u%04x", c);
-        else
-            putchar(c);
-    }
-    putchar('"');
-}
-
 /* One JSON object for scripts; each field is named as in the audit log
  * (docs/audit-log.md): a process's exit counts, and its leaks by device. */
 static void print_json(const au_model_t *m)
@@ -470,7 +454,7 @@ static void print_json(const au_model_t *m)
     for (size_t i = 0; i < m->nproc; i++) {
         const au_proc_t *p = &m->proc[i];
         printf("%s{\"pid\":%lld,\"cmd\":", i ? "," : "", (long long)p->pid);
-        json_str(p->cmd ? p->cmd : "");
+        cli_json_str(stdout, p->cmd ? p->cmd : ""); /* any bytes: escaped */
         printf(",\"exited\":%s,\"allocs\":%lld,\"frees\":%lld,\"refusals\":%lld,"
                "\"bad_ptrs\":%lld,\"live\":%lld,\"live_bytes\":%lld}",
                p->exited ? "true" : "false", (long long)p->allocs, (long long)p->frees,
