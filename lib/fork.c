@@ -19,7 +19,8 @@
  *                    reservation of its growth, which may take any lock
  *                    below.
  *  2 VMM_CALL        account_vmm.c call_lock: one cuMemMap, cuMemUnmap,
- *                    cuMemRelease or cuMemRetainAllocationHandle at a time;
+ *                    cuMemRelease, cuMemRetainAllocationHandle or
+ *                    cuMemMapArrayAsync (either ABI) at a time;
  *                    held across the driver's call and its bookkeeping
  *                    (VMM), which may give a charge back (any lock below).
  *  3 IMPLICIT_FIRST  account_implicit.c first_lock: a device's first use;
