@@ -12,7 +12,7 @@
  * it adds an allocation node to the graph, and the memory is owned by the
  * graph, not by the pool (cuMemAllocAsync's documentation), so the pool
  * does not grow. Such an allocation is charged as a graph memory node
- * (hooks_objects.c), until its graph is destroyed; a captured free is a
+ * (hooks_graph.c), until its graph is destroyed; a captured free is a
  * free node of the graph and changes no charge.
  */
 #include "shim.h"

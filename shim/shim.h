@@ -271,7 +271,7 @@ void *vg__shim_route(void *fn);
 /* The ordinal of the calling thread's current device (0 without one). */
 int vg__shim_device(void);
 
-/* ---------------------------------------------------- hooks_objects.c */
+/* ------------------------------------------------------ hooks_graph.c */
 
 /* Ends the charge of a graph memory node of hGraph at dptr (a node made by
  * cuGraphAddMemAllocNode, cuGraphAddNode or stream capture): committed,
