@@ -181,16 +181,25 @@ VG__NO_SANITIZE static inline bool is_nvml_name(const char *name)
     return name && name[0] == 'n' && name[1] == 'v' && name[2] == 'm' && name[3] == 'l';
 }
 
-/* Our hook exported under `name`, or NULL when we hook no such name. Only
- * for a shim that could not start: with no real driver there is no routing
- * table to match pointers against. */
-static void *hook_named(const char *name)
-{
-#define VG_SHIM_NAMED_(fn, params)                                             \
-    if (strcmp(name, #fn) == 0)                                                \
-        return (void *)&fn;
+/* Every hook by its exported name, from the one hook list. */
+static const struct named_hook {
+    const char *name;
+    void *hook;
+} named_hooks[] = {
+#define VG_SHIM_NAMED_(fn, params) {#fn, (void *)&fn},
     VG_HOOKS(VG_SHIM_NAMED_)
 #undef VG_SHIM_NAMED_
+};
+_Static_assert(sizeof named_hooks / sizeof named_hooks[0] == HOOK_COUNT, "one name per hook");
+
+/* Our hook exported under `name`, or NULL when we hook no such name. Only
+ * for a shim that could not start (rare: a scan of the table is enough):
+ * with no real driver there is no routing table to match pointers against. */
+static void *hook_named(const char *name)
+{
+    for (size_t i = 0; i < sizeof named_hooks / sizeof named_hooks[0]; i++)
+        if (strcmp(name, named_hooks[i].name) == 0)
+            return named_hooks[i].hook;
     return NULL;
 }
 
