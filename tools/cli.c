@@ -243,14 +243,19 @@ int main(int argc, char **argv)
     return cmd->main(argc - 1, argv + 1);
 }
 
+bool cli_is_setting(const char *entry)
+{
+    return !strncmp(entry, "CUDA_DEVICE_MEMORY_", 19) ||
+           (!strncmp(entry, "VRAMGUARD_", 10) && strncmp(entry, "VRAMGUARD_LIBCUDA=", 18) != 0);
+}
+
 void cli_drop_settings(void)
 {
     for (bool again = true; again;) { /* unsetenv changes environ: rescan */
         again = false;
         for (char **e = environ; *e; e++) {
             size_t n = strcspn(*e, "=");
-            bool ours = !strncmp(*e, "VRAMGUARD_", 10) || !strncmp(*e, "CUDA_DEVICE_MEMORY_", 19);
-            if (!ours || (n == 17 && !strncmp(*e, "VRAMGUARD_LIBCUDA", 17)))
+            if (!cli_is_setting(*e))
                 continue;
             char name[256];
             snprintf(name, sizeof name, "%.*s", (int)(n < 255 ? n : 255), *e);

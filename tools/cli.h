@@ -44,9 +44,12 @@ enum {
 
 /* ------------------------------------------------------------ cli.c */
 
-/* Unsets every VRAMGUARD_ and CUDA_DEVICE_MEMORY_ variable but
- * VRAMGUARD_LIBCUDA: for a command whose engine must not take the caller's
- * budget, shared region or audit log as its own (check, replay). */
+/* True for an environment entry ("NAME=value") that is one of the
+ * caller's vramguard settings a command's own engine must not take as its
+ * own (budget, shared region, audit log): every VRAMGUARD_ and
+ * CUDA_DEVICE_MEMORY_ variable but VRAMGUARD_LIBCUDA, the driver's path. */
+bool cli_is_setting(const char *entry);
+/* Unsets every variable cli_is_setting names (check, replay). */
 void cli_drop_settings(void);
 
 /* Writes "vramguard[ cmd]: <message> (try 'vramguard[ cmd] --help')" as one

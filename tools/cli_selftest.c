@@ -219,10 +219,7 @@ static char **st_environ(const char *preload)
         return NULL;
     for (size_t i = 0; i < n; i++) {
         const char *e = environ[i];
-        if (strncmp(e, "LD_PRELOAD=", 11) == 0 ||
-            strncmp(e, "CUDA_DEVICE_MEMORY_", 19) == 0 ||
-            (strncmp(e, "VRAMGUARD_", 10) == 0 &&
-             strncmp(e, "VRAMGUARD_LIBCUDA=", 18) != 0))
+        if (strncmp(e, "LD_PRELOAD=", 11) == 0 || cli_is_setting(e))
             continue;
         env[j++] = environ[i];
     }
