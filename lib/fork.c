@@ -47,7 +47,7 @@
  *                    taken on every NVML memory and process query. Leaf.
  *  9 LEVEL_HOOKS     budget.c hook_lock: a budget's level-hook list. Leaf.
  * 10 LIMITS          account_limits.c limits_lock: charged limits. Leaf.
- * 11 STREAM_POOLS    account.c pools_lock: stream-ordered pools. Leaf.
+ * 11 STREAM_POOLS    account_streams.c pools_lock: stream-ordered pools. Leaf.
  * 12 VMM             account_vmm.c vmm_lock: handles and mappings; looks
  *                    up the ledger (LEDGER) inside.
  * 13 POOLS           pool.c all_mu (the list of pools), then each pool's

@@ -1,7 +1,7 @@
 /*
  * vg_account.h — accounting: the engine's door for allocations
- * intercepted in an unmodified process (account.c, account_pooled.c,
- * account_overhead.c), the free path, and the engine's start (engine.c).
+ * intercepted in an unmodified process (account.c, account_streams.c,
+ * account_pooled.c, account_overhead.c), the free path, and the engine's start (engine.c).
  * This and vg_driver.h are all the shim includes.
  */
 #ifndef VG_ACCOUNT_H
@@ -88,6 +88,14 @@ void vg__acct_release_swept(uint64_t key, uint64_t seq, const char *api);
  * Unchanged when the device has no budget. */
 void vg__acct_meminfo(int device, uint64_t *free_bytes, uint64_t *total_bytes);
 
+/* Records an allocation the driver (or cache mode) just made: fills in the record's
+ * bookkeeping, writes the audit line and inserts it in the ledger (a stale
+ * record at the same address is replaced). VG_ESYS when the ledger had no
+ * host memory for it. */
+int vg__acct_record(const vg__ticket_t *t, vg__alloc_t *a);
+
+/* -------------------------------------------------- account_streams.c */
+
 /* Stream-ordered pools keep freed memory reserved, so for them the budget
  * carries what each pool reserves (CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT),
  * not what was asked for. */
@@ -115,12 +123,9 @@ void vg__acct_pool_forget(CUmemoryPool pool);
 /* An allocation from a stream-ordered pool was freed: the last one out of
  * a destroyed pool returns that pool's charge. Anything else: nothing. */
 void vg__acct_pool_block_freed(const vg__alloc_t *a);
-
-/* Records an allocation the driver (or cache mode) just made: fills in the record's
- * bookkeeping, writes the audit line and inserts it in the ledger (a stale
- * record at the same address is replaced). VG_ESYS when the ledger had no
- * host memory for it. */
-int vg__acct_record(const vg__ticket_t *t, vg__alloc_t *a);
+/* Brings the charge of every pool of `device` in line with what each
+ * reserves now (pools shrink at synchronisations the shim never sees). */
+void vg__acct_pools_sync_device(int device);
 
 /* Fork steps (fork.c, rank STREAM_POOLS: the stream-ordered pools' lock). */
 void vg__account_prefork(void);

@@ -20,7 +20,7 @@
  *   vg_audit.h     the audit log, call sites, bad pointers
  *   vg_fork.h      lock ranks and the one fork sequence (fork.c)
  *
- * Flow: shim/ -> account.c (with account_pooled.c, account_overhead.c,
+ * Flow: shim/ -> account.c (with account_streams.c, account_pooled.c, account_overhead.c,
  * and credit.c: per-thread budget credit) and the public API (pool.c,
  * buf.c) -> engine.c -> budget.c, ledger.c, ptrcheck.c -> driver.c (the
  * real libcuda, never the hooks).

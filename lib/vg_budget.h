@@ -74,7 +74,7 @@ void vg__budget_relevel(vg__budget_t *b);
  * e.g. measured overhead); updates peak and level. */
 void vg__budget_force(vg__budget_t *b, uint64_t n);
 /* As force, without peak and level, so no level callback runs: callable
- * under a lock (account.c charges a pool's growth under the lock that
+ * under a lock (account_streams.c charges a pool's growth under the lock that
  * orders its readings). vg__budget_commit moves peak and level after. */
 void vg__budget_force_quiet(vg__budget_t *b, uint64_t n);
 /* After a force: whether use is over the limit once every thread's

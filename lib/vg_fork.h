@@ -37,7 +37,7 @@
     X(NVML_MAP, "shim/nvml.c map_lock")                                      \
     X(LEVEL_HOOKS, "budget.c hook_lock")                                     \
     X(LIMITS, "account_limits.c limits_lock")                                \
-    X(STREAM_POOLS, "account.c pools_lock")                                  \
+    X(STREAM_POOLS, "account_streams.c pools_lock")                          \
     X(VMM, "account_vmm.c vmm_lock")                                         \
     X(POOLS, "pool.c all_mu and every pool's locks")                         \
     X(CREDIT, "credit.c reclaim_lock and every owner stopped")               \

@@ -1,0 +1,361 @@
+/*
+ * account_streams.c — stream-ordered pools (cuMemAllocAsync,
+ * cuMemAllocFromPoolAsync, cuMemPool*): charged by what each pool
+ * reserves (CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT), which is what the card
+ * gives up, not by what was asked for, since a pool keeps freed memory
+ * until it is trimmed; and to the device the pool is on.
+ *
+ * Readings of a pool are taken without a lock (they are driver calls) and
+ * applied under pools_lock in the order they were taken (a generation
+ * count), so a stale reading never undoes growth another thread charged.
+ * Not on the plain allocation path.
+ */
+#include <pthread.h>
+#include <stdlib.h>
+
+#include <uthash.h>
+
+#include "vg_account.h"
+#include "vg_audit.h"
+#include "vg_fork.h"
+
+/* ---------------------------------------------- stream-ordered pools */
+
+#define POOL_SLOTS 64
+
+/* Every pool this process allocated from, with the bytes charged for it.
+ * The lock is never held across a driver call. */
+static pthread_mutex_t pools_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct pool_slot {
+    CUmemoryPool pool;
+    int device;
+    uint64_t charged;
+    uint64_t orphans; /* destroyed with this many allocations out: the driver
+                         frees its memory after the last (0: not destroyed) */
+} pools[POOL_SLOTS];
+static _Atomic int pool_count; /* slots in use: lets devices without pools skip the lock */
+static _Atomic int orphaned;   /* slots with orphans: lets frees skip the lock */
+/* Bumped (under the lock) at every change of the slots. A reading of a
+ * pool is applied only when no change came between the reading and its
+ * swap: a reading taken before another thread's allocation grew the pool
+ * and applied after that growth was charged would give the growth back,
+ * uncharged while the driver holds it. So the charges follow the driver's
+ * readings in the order they were taken. */
+static _Atomic uint64_t pools_gen;
+
+/* A fork while another thread holds the lock must not leave it held in the
+ * child (every stream-ordered allocation takes it): fork.c, rank
+ * STREAM_POOLS. */
+void vg__account_prefork(void) { pthread_mutex_lock(&pools_lock); }
+void vg__account_postfork_parent(void) { pthread_mutex_unlock(&pools_lock); }
+void vg__account_postfork_child(void) { pthread_mutex_unlock(&pools_lock); }
+
+static struct pool_slot *slot_of(CUmemoryPool pool, int device)
+{
+    struct pool_slot *free_slot = NULL;
+    for (int i = 0; i < POOL_SLOTS; i++) {
+        if (pools[i].pool == pool && !pools[i].orphans)
+            return &pools[i];
+        if (!pools[i].pool && !free_slot)
+            free_slot = &pools[i];
+    }
+    if (free_slot) {
+        free_slot->pool = pool;
+        free_slot->device = device;
+        free_slot->charged = 0;
+        atomic_fetch_add_explicit(&pool_count, 1, memory_order_relaxed);
+    }
+    return free_slot; /* NULL when full: that pool goes uncharged */
+}
+
+/* ---------------------------------------------- where a pool's memory is */
+
+/* cuMemAllocFromPoolAsync may draw from a pool on another device than the
+ * current one, and a pool located on the host (CU_MEM_LOCATION_TYPE_HOST
+ * or _HOST_NUMA, CUDA 12.2) holds no device memory at all: charging the
+ * current device took one device's budget for another's memory, and a
+ * device budget for host memory. The location is in the pool's props at
+ * cuMemPoolCreate. A pool the shim did not see made is a device's default
+ * or current pool, located on that device (cuDeviceSetMemPool takes only a
+ * pool local to it); imported pools cannot allocate. Such a pool is looked
+ * for once, then remembered. */
+enum { HOME_HOST = -1, HOME_UNKNOWN = -2 };
+
+typedef struct pool_home {
+    CUmemoryPool pool;
+    int device; /* or HOME_HOST, HOME_UNKNOWN */
+    UT_hash_handle hh;
+} pool_home_t;
+
+static pool_home_t *homes; /* under pools_lock */
+
+static int home_of(const CUmemLocation *where)
+{
+    switch (where->type) {
+    case CU_MEM_LOCATION_TYPE_DEVICE:
+        return where->id;
+    case CU_MEM_LOCATION_TYPE_HOST:
+    case CU_MEM_LOCATION_TYPE_HOST_NUMA:
+    case CU_MEM_LOCATION_TYPE_HOST_NUMA_CURRENT:
+        return HOME_HOST;
+    default: /* a managed pool with no preferred location */
+        return HOME_UNKNOWN;
+    }
+}
+
+/* Without host memory for the entry the pool is looked up again next time. */
+static void home_set(CUmemoryPool pool, int device)
+{
+    pool_home_t *h;
+    vg__mutex_lock(&pools_lock, VG__RANK_STREAM_POOLS);
+    HASH_FIND_PTR(homes, &pool, h);
+    if (!h && (h = calloc(1, sizeof *h))) {
+        h->pool = pool;
+        HASH_ADD_PTR(homes, pool, h);
+    }
+    if (h)
+        h->device = device;
+    vg__mutex_unlock(&pools_lock, VG__RANK_STREAM_POOLS);
+}
+
+/* Which device's default or current pool `pool` is. Driver calls: never
+ * under the lock. */
+static int home_ask(CUmemoryPool pool)
+{
+    int n = 0;
+    vg__driver()->cuDeviceGetCount(&n);
+    for (int d = 0; d < n && d < VG__MAX_DEVICES; d++) {
+        CUmemoryPool dflt = NULL, cur = NULL;
+        vg__driver()->cuDeviceGetDefaultMemPool(&dflt, d);
+        vg__driver()->cuDeviceGetMemPool(&cur, d);
+        if (pool == dflt || pool == cur)
+            return d;
+    }
+    return HOME_UNKNOWN;
+}
+
+void vg__acct_pool_made(CUmemoryPool pool, const CUmemLocation *where)
+{
+    home_set(pool, home_of(where));
+}
+
+bool vg__acct_pool_home(CUmemoryPool pool, int *device)
+{
+    pool_home_t *h;
+    vg__mutex_lock(&pools_lock, VG__RANK_STREAM_POOLS);
+    HASH_FIND_PTR(homes, &pool, h);
+    int home = h ? h->device : HOME_UNKNOWN;
+    vg__mutex_unlock(&pools_lock, VG__RANK_STREAM_POOLS);
+    if (!h) {
+        home = home_ask(pool);
+        home_set(pool, home);
+    }
+    if (home >= 0)
+        *device = home;
+    return home != HOME_HOST;
+}
+
+static uint64_t pool_reserved(CUmemoryPool pool)
+{
+    cuuint64_t v = 0;
+    vg__driver()->cuMemPoolGetAttribute(pool, CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT, &v);
+    return v;
+}
+
+/* One reading of a pool to apply: the budget it is charged to and how
+ * much of its growth a caller's reservation already covers. */
+typedef struct pool_reading {
+    vg__budget_t *b;
+    uint64_t covered; /* bytes */
+    uint64_t before;  /* out: the charge the reading replaced */
+} pool_reading_t;
+
+/* The slot's charge becomes `now`, read from the driver when the slots
+ * were at generation `seen`; r->before is what it was (`now` without a
+ * slot). False, changing nothing, when the slots changed since `seen`:
+ * `now` may be older than what they hold. Growth past r->covered is
+ * charged here, under the lock, so charges land in the order of the
+ * readings: charged after the lock, another thread's later swap could
+ * find the growth already in the slot and give back the reservation that
+ * covered it first, and for that moment the budget held neither (another
+ * allocation fitted into it). Only `used` moves here; peak, level and
+ * every decrease (a late decrease over-counts, never under-counts) are
+ * the caller's, after the lock: a level change runs hooks that call the
+ * driver (cache mode's trim). */
+static bool slot_swap(CUmemoryPool pool, int device, uint64_t now, uint64_t seen,
+                      pool_reading_t *r)
+{
+    vg__mutex_lock(&pools_lock, VG__RANK_STREAM_POOLS);
+    bool fresh = atomic_load_explicit(&pools_gen, memory_order_relaxed) == seen;
+    if (fresh) {
+        struct pool_slot *s = slot_of(pool, device);
+        r->before = s ? s->charged : now;
+        if (s)
+            s->charged = now;
+        if (now > r->before + r->covered)
+            vg__budget_force_quiet(r->b, now - r->before - r->covered);
+        atomic_store_explicit(&pools_gen, seen + 1, memory_order_release);
+    }
+    vg__mutex_unlock(&pools_lock, VG__RANK_STREAM_POOLS);
+    return fresh;
+}
+
+/* Reads what `pool` reserves and makes it the slot's charge (slot_swap).
+ * Read again when another thread changed the slots meanwhile (each retry
+ * means another thread's change went through). */
+static uint64_t slot_update(CUmemoryPool pool, int device, pool_reading_t *r)
+{
+    for (;;) {
+        uint64_t seen = atomic_load_explicit(&pools_gen, memory_order_acquire);
+        uint64_t now = pool_reserved(pool);
+        if (slot_swap(pool, device, now, seen, r))
+            return now;
+    }
+}
+
+void vg__acct_pool_sync(int device, CUmemoryPool pool)
+{
+    pool_reading_t r = {.b = vg__engine_budget(device)};
+    uint64_t now = slot_update(pool, device, &r);
+    if (now > r.before)
+        vg__budget_commit(r.b, now - r.before); /* charged by the swap */
+    else if (now < r.before)
+        vg__budget_release(r.b, r.before - now);
+}
+
+int vg__acct_pool_settle(vg__ticket_t *t, CUmemoryPool pool)
+{
+    pool_reading_t r = {.b = t->budget, .covered = t->bytes};
+    uint64_t now = slot_update(pool, t->device, &r);
+    uint64_t growth = now > r.before ? now - r.before : 0;
+    int rc = VG_OK;
+    if (now < r.before)
+        vg__budget_release(r.b, r.before - now);
+    vg__budget_commit(r.b, growth);
+    if (growth < t->bytes)
+        vg__budget_rollback(r.b, t->bytes - growth);
+    /* The pool grew by a whole chunk more than was asked: it is real use,
+     * charged by the swap; if it does not fit, the caller undoes. */
+    if (growth > t->bytes && vg__budget_over(r.b)) {
+        rc = VG_ENOMEM;
+        vg__audit_refuse(t, rc);
+    }
+    t->bytes = 0;
+    return rc;
+}
+
+
+/* The pools of `device` that hold a charge, copied out so no driver call
+ * runs under the lock. */
+static int charged_pools(int device, CUmemoryPool out[POOL_SLOTS])
+{
+    int n = 0;
+    if (!vg__driver() || !atomic_load_explicit(&pool_count, memory_order_relaxed))
+        return 0;
+    vg__mutex_lock(&pools_lock, VG__RANK_STREAM_POOLS);
+    for (int i = 0; i < POOL_SLOTS; i++)
+        if (pools[i].pool && pools[i].device == device && pools[i].charged &&
+            !pools[i].orphans) /* a destroyed pool can be neither asked nor trimmed */
+            out[n++] = pools[i].pool;
+    vg__mutex_unlock(&pools_lock, VG__RANK_STREAM_POOLS);
+    return n;
+}
+
+void vg__acct_pools_sync_device(int device)
+{
+    CUmemoryPool mine[POOL_SLOTS];
+    int n = charged_pools(device, mine);
+    for (int i = 0; i < n; i++)
+        vg__acct_pool_sync(device, mine[i]);
+}
+
+bool vg__acct_pool_trim(int device)
+{
+    CUmemoryPool mine[POOL_SLOTS];
+    int n = charged_pools(device, mine);
+    const vg__budget_t *b = vg__engine_budget(device);
+    uint64_t before = atomic_load_explicit(&b->used, memory_order_relaxed);
+    for (int i = 0; i < n; i++) {
+        vg__driver()->cuMemPoolTrimTo(mine[i], 0);
+        vg__acct_pool_sync(device, mine[i]);
+    }
+    return atomic_load_explicit(&b->used, memory_order_relaxed) < before;
+}
+
+static bool from_stream_pool(const vg__alloc_t *a)
+{
+    return (a->kind == VG_KIND_ASYNC || a->kind == VG_KIND_POOL) && !a->pooled;
+}
+
+struct pool_blocks {
+    uint64_t pool, n;
+};
+
+static void count_pool_block(const vg__alloc_t *a, void *ctx)
+{
+    struct pool_blocks *c = ctx;
+    c->n += from_stream_pool(a) && a->handle == c->pool;
+}
+
+/* Empties a slot (lock held); its charge goes into *gone, to be released
+ * once the lock is dropped. */
+static void slot_clear(struct pool_slot *s, struct pool_slot *gone)
+{
+    *gone = *s;
+    *s = (struct pool_slot){0};
+    atomic_fetch_sub_explicit(&pool_count, 1, memory_order_relaxed);
+    /* A reading of the pool taken before this must not make it a slot again. */
+    atomic_fetch_add_explicit(&pools_gen, 1, memory_order_release);
+}
+
+static void slot_release(const struct pool_slot *gone)
+{
+    if (gone->charged)
+        vg__budget_release(vg__engine_budget(gone->device), gone->charged);
+}
+
+void vg__acct_pool_forget(CUmemoryPool pool)
+{
+    struct pool_blocks c = {(uint64_t)(uintptr_t)pool, 0};
+    struct pool_slot gone = {0};
+    pool_home_t *h;
+    vg__ledger_foreach(NULL, count_pool_block, &c);
+    vg__mutex_lock(&pools_lock, VG__RANK_STREAM_POOLS);
+    HASH_FIND_PTR(homes, &pool, h);
+    if (h) /* the handle may name a new pool next */
+        HASH_DEL(homes, h);
+    free(h);
+    struct pool_slot *s = NULL;
+    for (int i = 0; i < POOL_SLOTS && !s; i++)
+        if (pools[i].pool == pool && !pools[i].orphans)
+            s = &pools[i];
+    if (s && c.n) {
+        s->orphans = c.n;
+        atomic_fetch_add_explicit(&pools_gen, 1, memory_order_release);
+        atomic_fetch_add_explicit(&orphaned, 1, memory_order_relaxed);
+    } else if (s)
+        slot_clear(s, &gone);
+    vg__mutex_unlock(&pools_lock, VG__RANK_STREAM_POOLS);
+    slot_release(&gone);
+}
+
+void vg__acct_pool_block_freed(const vg__alloc_t *a)
+{
+    if (vg__likely(!atomic_load_explicit(&orphaned, memory_order_relaxed)) ||
+        !from_stream_pool(a))
+        return;
+    struct pool_slot gone = {0};
+    vg__mutex_lock(&pools_lock, VG__RANK_STREAM_POOLS);
+    for (int i = 0; i < POOL_SLOTS; i++) {
+        struct pool_slot *s = &pools[i];
+        if (!s->orphans || (uint64_t)(uintptr_t)s->pool != a->handle)
+            continue;
+        if (--s->orphans == 0) {
+            slot_clear(s, &gone);
+            atomic_fetch_sub_explicit(&orphaned, 1, memory_order_relaxed);
+        }
+        break;
+    }
+    vg__mutex_unlock(&pools_lock, VG__RANK_STREAM_POOLS);
+    slot_release(&gone);
+}
