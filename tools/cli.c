@@ -103,9 +103,8 @@ void cli_wrap(FILE *f, int indent, int width, const char *text)
         fputc('\n', f);
 }
 
-void cli_json_str(FILE *f, const char *s)
+void cli_json_text(FILE *f, const char *s)
 {
-    fputc('"', f);
     for (; *s; s++) {
         unsigned char c = (unsigned char)*s;
         if (c == '"' || c == '\\')
@@ -115,6 +114,12 @@ void cli_json_str(FILE *f, const char *s)
         else
             fputc(c, f);
     }
+}
+
+void cli_json_str(FILE *f, const char *s)
+{
+    fputc('"', f);
+    cli_json_text(f, s);
     fputc('"', f);
 }
 

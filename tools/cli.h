@@ -62,10 +62,12 @@ void cli_error(const char *cmd, const char *fmt, ...)
 /* Writes `text` to f in lines of at most `width` columns, each indented by
  * `indent` spaces. */
 void cli_wrap(FILE *f, int indent, int width, const char *text);
-/* Writes s to f as a JSON string, quotes included: quote, backslash and
+/* Writes s to f as the inside of a JSON string: quote, backslash and
  * control bytes escaped, and bytes above 0x7e as \u00XX, so that text that
- * is not UTF-8 (from a log, a driver, an environment variable) still gives
- * valid JSON. */
+ * is not UTF-8 (from a log, a driver, an environment variable, a region name
+ * anyone may choose) still gives valid JSON. */
+void cli_json_text(FILE *f, const char *s);
+/* The same, quotes included. */
 void cli_json_str(FILE *f, const char *s);
 /* The absolute path of the running executable (/proc/self/exe). Returns 0,
  * or -1 with errno set. */

@@ -198,23 +198,6 @@ static void json_u64(FILE *f, const char *key, uint64_t v, const char *sep)
         fprintf(f, "\"%s\":%llu%s", key, (unsigned long long)v, sep);
 }
 
-/* The inside of a JSON string: quote, backslash and every control byte
- * escaped; bytes above 0x7f as \u00XX, so that a name that is not UTF-8
- * still gives valid JSON. Region names come from file names in /dev/shm,
- * which anyone may choose. */
-static void json_text(FILE *f, const char *s)
-{
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\')
-            fprintf(f, "\\%c", c);
-        else if (c < 0x20 || c >= 0x7f)
-            fprintf(f, "\\u%04x", c);
-        else
-            fputc(c, f);
-    }
-}
-
 static void json_devices(FILE *f, const vg__shm_t *r)
 {
     int n = 0;
@@ -251,7 +234,7 @@ static void json_processes(FILE *f, const vg__shm_t *r, const unsigned char *ali
         memcpy(cmd, sl->cmd, VG__SHM_CMD);
         cmd[VG__SHM_CMD] = '\0'; /* written by another process: maybe unterminated */
         fprintf(f, "%s{\"pid\":%d,\"command\":\"", n++ ? "," : "", sl->pid);
-        json_text(f, cmd);
+        cli_json_text(f, cmd);
         fprintf(f, "\",\"alive\":%s,\"devices\":[", alive[s] ? "true" : "false");
         int m = 0;
         for (int d = 0; d < VG__SHM_DEVICES; d++) {
@@ -272,9 +255,9 @@ static void print_json(const char *name, const vg__shm_t *r, const unsigned char
 {
     json_ctx_t *j = ctx;
     fprintf(j->f, "%s{\"name\":\"", j->regions++ ? ",\n" : "");
-    json_text(j->f, name);
+    cli_json_text(j->f, name);
     fprintf(j->f, "\",\"path\":\"" VG__SHM_PREFIX);
-    json_text(j->f, name);
+    cli_json_text(j->f, name);
     fprintf(j->f, "\",");
     json_devices(j->f, r);
     fputc(',', j->f);
