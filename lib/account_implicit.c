@@ -42,9 +42,6 @@
 #define FIRST_TRIES 20       /* NVML may list a new process a little late */
 #define FIRST_WAIT_NS 1000000 /* between tries: 1 ms */
 
-/* Bit d: device d may hold memory no measurement has seen yet. Every
- * device starts pending: its context was never measured. */
-_Atomic uint64_t vg__implicit_pending = UINT64_MAX;
 
 /* Bit d: memory no call shows may have shrunk on device d (a context,
  * module or library went) since its last measurement, which may then
@@ -63,13 +60,13 @@ void vg__account_implicit_postfork_child(void) { pthread_mutex_unlock(&first_loc
 
 static void pending_clear(int device)
 {
-    atomic_fetch_and_explicit(&vg__implicit_pending, ~(1ull << (device & 63)),
+    atomic_fetch_and_explicit(&vg__hot.implicit_pending, ~(1ull << (device & 63)),
                               memory_order_acq_rel);
 }
 
 static void pending_set(int device)
 {
-    atomic_fetch_or_explicit(&vg__implicit_pending, 1ull << (device & 63),
+    atomic_fetch_or_explicit(&vg__hot.implicit_pending, 1ull << (device & 63),
                              memory_order_acq_rel);
 }
 
@@ -139,15 +136,15 @@ void vg__acct_implicit_settle(int device)
 /* Marks every device pending (one load when already marked). */
 static void launched(void)
 {
-    if (atomic_load_explicit(&vg__implicit_pending, memory_order_relaxed) != UINT64_MAX)
-        atomic_store_explicit(&vg__implicit_pending, UINT64_MAX, memory_order_release);
+    if (atomic_load_explicit(&vg__hot.implicit_pending, memory_order_relaxed) != UINT64_MAX)
+        atomic_store_explicit(&vg__hot.implicit_pending, UINT64_MAX, memory_order_release);
 }
 
 void vg__acct_implicit_shrunk(int device)
 {
     uint64_t bits = device < 0 ? UINT64_MAX : 1ull << (device & 63);
     atomic_fetch_or_explicit(&shrunk, bits, memory_order_acq_rel);
-    atomic_fetch_or_explicit(&vg__implicit_pending, bits, memory_order_acq_rel);
+    atomic_fetch_or_explicit(&vg__hot.implicit_pending, bits, memory_order_acq_rel);
 }
 
 bool vg__acct_implicit_may_shrink(int device)

@@ -37,7 +37,6 @@
 #include "vg_pool.h"
 #include "vg_fork.h"
 
-bool vg__cache_mode;
 
 static _Atomic(vg_pool_t *) pools[VG__MAX_DEVICES];
 static pthread_mutex_t pools_mu = PTHREAD_MUTEX_INITIALIZER;

@@ -12,7 +12,7 @@
  * Cost with the log on: one clock read (vDSO), ~200 bytes formatted by
  * hand (no snprintf), one CAS and one store; a write(2) per
  * VG__ABUF_BYTES. With the log off nothing here runs: hooks test
- * vg__diag_flags.
+ * vg__hot.diag_flags.
  *
  * A crash no handler sees (SIGKILL, power loss) loses each thread's
  * unflushed buffer: at most VG__ABUF_BYTES of whole lines per thread, never
@@ -26,7 +26,6 @@
 #include "vg_audit.h"
 #include "vg_shared.h"
 
-_Atomic unsigned vg__diag_flags;
 
 #define BUF_BYTES VG__ABUF_BYTES
 #define HOT_LINE 768u    /* bound of one hot event line without `site` */

@@ -283,7 +283,7 @@ int vg__diag_start(const vg__settings_t *s, char *err, size_t errlen)
         atexit(diag_exit);
         atomic_store_explicit(&exit_armed, 1, memory_order_relaxed);
     }
-    atomic_store_explicit(&vg__diag_flags, flags, memory_order_release);
+    atomic_store_explicit(&vg__hot.diag_flags, flags, memory_order_release);
     if (flags & VG__DIAG_LOG)
         event_start();
     return VG_OK;

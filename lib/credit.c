@@ -60,8 +60,6 @@
 #define SLICE_DIV 1024u        /* slice <= limit / 1024 */
 
 _Thread_local vg__credit_t *vg__credit_mine __attribute__((tls_model("initial-exec")));
-_Atomic uint64_t vg__credit_slice[VG__MAX_DEVICES] __attribute__((aligned(64)));
-_Atomic int vg__credit_stop __attribute__((aligned(64)));
 
 static _Atomic(vg__credit_t *) reg_head;
 /* The budget each device's cells belong to (vg__credit_enable). */
@@ -116,7 +114,7 @@ void vg__credit_settle(int device)
 static void stop_owners(void)
 {
     vg__spin_lock(&reclaim_lock);
-    atomic_store_explicit(&vg__credit_stop, 1, memory_order_seq_cst);
+    atomic_store_explicit(&vg__hot.credit_stop, 1, memory_order_seq_cst);
     syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0);
     for (vg__credit_t *c = atomic_load_explicit(&reg_head, memory_order_acquire); c;
          c = c->next)
@@ -126,7 +124,7 @@ static void stop_owners(void)
 
 static void restart_owners(void)
 {
-    atomic_store_explicit(&vg__credit_stop, 0, memory_order_release);
+    atomic_store_explicit(&vg__hot.credit_stop, 0, memory_order_release);
     vg__spin_unlock(&reclaim_lock);
 }
 
@@ -234,8 +232,8 @@ static void credit_off(vg__budget_t *b, int device)
 {
     /* A load first: every request at High passes here, and an exchange
      * would write the slices' shared line each time. */
-    if (atomic_load_explicit(&vg__credit_slice[device], memory_order_relaxed) &&
-        atomic_exchange_explicit(&vg__credit_slice[device], 0, memory_order_relaxed))
+    if (atomic_load_explicit(&vg__hot.credit_slice[device], memory_order_relaxed) &&
+        atomic_exchange_explicit(&vg__hot.credit_slice[device], 0, memory_order_relaxed))
         vg__credit_reclaim(b);
 }
 
@@ -253,8 +251,8 @@ bool vg__credit_refill(vg__budget_t *b, int device, uint64_t n)
     vg__credit_t *c = vg__credit_mine;
     if (!c && !(c = adopt()))
         return false;
-    if (atomic_load_explicit(&vg__credit_slice[device], memory_order_relaxed) != slice)
-        atomic_store_explicit(&vg__credit_slice[device], slice, memory_order_relaxed);
+    if (atomic_load_explicit(&vg__hot.credit_slice[device], memory_order_relaxed) != slice)
+        atomic_store_explicit(&vg__hot.credit_slice[device], slice, memory_order_relaxed);
     /* The slice moves from the budget into the cell inside one owner's
      * operation, charged first (so `used` never holds less than the
      * cells): a reclaimer, which waits for owners to leave, never finds it
@@ -311,7 +309,7 @@ void vg__credit_postfork_parent(void)
 
 void vg__credit_postfork_unlock(void)
 {
-    atomic_store_explicit(&vg__credit_stop, 0, memory_order_relaxed);
+    atomic_store_explicit(&vg__hot.credit_stop, 0, memory_order_relaxed);
     atomic_store_explicit(&reclaim_lock, 0, memory_order_relaxed);
 }
 

@@ -34,7 +34,7 @@ static void engine_init_once(void)
         init_status = rc;
         return;
     }
-    vg__cache_mode = settings.pool == VG__POOL_CACHE;
+    vg__hot.cache_mode = settings.pool == VG__POOL_CACHE;
     rc = vg__driver_load(settings.libcuda);
     if (rc != VG_OK) {
         snprintf(init_error, sizeof init_error, "%s", vg__driver_error());
@@ -45,10 +45,12 @@ static void engine_init_once(void)
      * a bad setting (fail closed), not a silent no-op. */
     init_status = vg__diag_start(&settings, init_error, sizeof init_error);
     if (init_status == VG_OK)
-        atomic_store_explicit(&vg__engine_ok, true, memory_order_release);
+        atomic_store_explicit(&vg__hot.engine_ok, true, memory_order_release);
 }
 
-_Atomic bool vg__engine_ok;
+/* Every device starts pending in implicit_pending: its context was never
+ * measured (account_implicit.c). */
+vg__hot_t vg__hot = {.implicit_pending = UINT64_MAX};
 
 int vg__engine_init_slow(void)
 {
@@ -79,7 +81,6 @@ int vg__engine_describe(const char **library, const char **why)
 /* ------------------------------------------------ per-device budgets */
 
 static vg__budget_t budgets[VG__MAX_DEVICES];
-static _Atomic uint8_t resolved[VG__MAX_DEVICES];
 static pthread_mutex_t resolve_lock = PTHREAD_MUTEX_INITIALIZER;
 
 /* A fork while a device budget is being resolved waits for the resolution,
@@ -145,10 +146,15 @@ static uint64_t resolve_limit(int device)
     return vg__budget_spec_limit(spec, device, uuid, total);
 }
 
+static inline bool budget_resolved(int device, memory_order order)
+{
+    return (atomic_load_explicit(&vg__hot.budget_resolved, order) >> device) & 1;
+}
+
 __attribute__((noinline, cold)) static void resolve_budget(int device)
 {
     vg__mutex_lock(&resolve_lock, VG__RANK_RESOLVE);
-    if (!atomic_load_explicit(&resolved[device], memory_order_relaxed)) {
+    if (!budget_resolved(device, memory_order_relaxed)) {
         uint64_t limit = resolve_limit(device);
         vg__budget_init(&budgets[device], limit, NULL);
         /* 0 is a failure resolve_limit already reported: fail closed
@@ -158,7 +164,7 @@ __attribute__((noinline, cold)) static void resolve_budget(int device)
         if (!budgets[device].shared) /* shared budgets go to the region */
             vg__credit_enable(&budgets[device], device);
         vg__audit_watch(&budgets[device], device); /* `pressure` events */
-        atomic_store_explicit(&resolved[device], 1, memory_order_release);
+        atomic_fetch_or_explicit(&vg__hot.budget_resolved, 1ull << device, memory_order_release);
     }
     vg__mutex_unlock(&resolve_lock, VG__RANK_RESOLVE);
 }
@@ -167,8 +173,7 @@ VG__HOT vg__budget_t *vg__engine_budget(int device)
 {
     if (vg__unlikely(device < 0 || device >= VG__MAX_DEVICES))
         return NULL;
-    if (vg__unlikely(!atomic_load_explicit(&resolved[device],
-                                           memory_order_acquire)))
+    if (vg__unlikely(!budget_resolved(device, memory_order_acquire)))
         resolve_budget(device);
     return &budgets[device];
 }

@@ -137,7 +137,7 @@ void vg__account_postfork_child(void);
 /* Per-thread budget credit (credit.c has the design). One record per
  * thread, 64-byte aligned so no two threads share a line. A cell is
  * written by its owner with plain stores, inside `busy`; a reclaimer
- * writes it only after stopping every owner (vg__credit_stop, then a
+ * writes it only after stopping every owner (vg__hot.credit_stop, then a
  * process-wide memory barrier, then waiting out `busy`). */
 typedef struct vg__credit {
     _Atomic uint64_t cell[VG__MAX_DEVICES]; /* unspent bytes, per device */
@@ -149,11 +149,10 @@ typedef struct vg__credit {
 /* The calling thread's record (NULL before its first refill). */
 extern _Thread_local vg__credit_t *vg__credit_mine
     __attribute__((tls_model("initial-exec")));
-/* The slice of each device in bytes; 0 while credit is off (no budget
- * with credit, or High pressure): frees then go straight to the budget. */
-extern _Atomic uint64_t vg__credit_slice[VG__MAX_DEVICES];
-/* Nonzero while a reclaimer holds every cell: owners keep out. */
-extern _Atomic int vg__credit_stop;
+/* vg__hot.credit_slice[d]: device d's slice in bytes; 0 while credit is
+ * off (no budget with credit, or High pressure): frees then go straight
+ * to the budget. vg__hot.credit_stop: nonzero while a reclaimer holds
+ * every cell: owners keep out. */
 
 /* An owner's operation: true when it may touch its cells, with `busy` set;
  * end it with vg__credit_leave. No atomic read-modify-write: the order of
@@ -163,7 +162,7 @@ static inline bool vg__credit_enter(vg__credit_t *c)
 {
     atomic_store_explicit(&c->busy, 1, memory_order_relaxed);
     atomic_signal_fence(memory_order_seq_cst);
-    if (vg__likely(!atomic_load_explicit(&vg__credit_stop, memory_order_acquire)))
+    if (vg__likely(!atomic_load_explicit(&vg__hot.credit_stop, memory_order_acquire)))
         return true;
     atomic_store_explicit(&c->busy, 0, memory_order_release);
     return false;
@@ -206,7 +205,7 @@ void vg__credit_settle(int device);
 static inline bool vg__credit_give(int device, uint64_t n)
 {
     vg__credit_t *c = vg__credit_mine;
-    uint64_t slice = atomic_load_explicit(&vg__credit_slice[device & (VG__MAX_DEVICES - 1)],
+    uint64_t slice = atomic_load_explicit(&vg__hot.credit_slice[device & (VG__MAX_DEVICES - 1)],
                                           memory_order_relaxed);
     /* n - 1 >= slice: n over a slice, credit off (slice 0), or n == 0. */
     if (vg__unlikely(!c) || n - 1 >= slice || vg__unlikely(!vg__credit_enter(c)))
@@ -252,13 +251,13 @@ void vg__credit_postfork_child(void);
 /* ------------------------------------------------- account_implicit.c */
 
 /* Memory the driver takes without an allocation call (docs/accounting.md).
- * Bit d of vg__implicit_pending: device d may hold memory no measurement
- * has seen (its context was never measured, or kernels were launched
- * since). Read on every reservation: one load and a predictable branch. */
-extern _Atomic uint64_t vg__implicit_pending;
+ * Bit d of vg__hot.implicit_pending: device d may hold memory no
+ * measurement has seen (its context was never measured, or kernels were
+ * launched since; every device starts so). Read on every reservation: one
+ * load and a predictable branch. */
 static inline bool vg__acct_implicit_pending(int device)
 {
-    return (atomic_load_explicit(&vg__implicit_pending, memory_order_acquire) >>
+    return (atomic_load_explicit(&vg__hot.implicit_pending, memory_order_acquire) >>
             (device & 63)) & 1;
 }
 /* Charges what the device's pending memory is (the context on the first
@@ -373,12 +372,12 @@ void vg__account_vmm_call_postfork_child(void);
  * record per block, `pooled` set, handle = its chunk, charged 0: the
  * chunks carry the charge). docs/pool.md has the rules. */
 
-/* Set once, when the engine starts with VRAMGUARD_POOL=cache; read through
- * vg__cache_mode_on() (one load and a predictable branch in each hook). */
-extern bool vg__cache_mode;
+/* vg__hot.cache_mode: set once, when the engine starts with
+ * VRAMGUARD_POOL=cache; read through vg__cache_mode_on() (one load and a
+ * predictable branch in each hook). */
 static inline bool vg__cache_mode_on(void)
 {
-    return vg__cache_mode;
+    return vg__hot.cache_mode;
 }
 
 /* Serves t (t->bytes = the size asked, t->api) from the pool of the
@@ -446,11 +445,11 @@ bool vg__overhead_available(void);
  * it parses the settings and loads the driver (never cuInit). VG_ESETTING or
  * VG_ENODRIVER on failure, with vg__engine_error() saying why. */
 int vg__engine_init_slow(void);
-/* Set (release) once the engine started well: the hot path's one load. */
-extern _Atomic bool vg__engine_ok;
+/* vg__hot.engine_ok, set (release) once the engine started well, is the
+ * hot path's one load. */
 static inline int vg__engine_init(void)
 {
-    return vg__likely(atomic_load_explicit(&vg__engine_ok, memory_order_acquire))
+    return vg__likely(atomic_load_explicit(&vg__hot.engine_ok, memory_order_acquire))
                ? VG_OK
                : vg__engine_init_slow();
 }

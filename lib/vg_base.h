@@ -51,6 +51,33 @@
 #define VG__TAG_LEN 32
 #define VG__MAX_FRAMES 32 /* VRAMGUARD_BACKTRACE's upper bound */
 
+/*
+ * The flags every hooked call reads and almost nothing writes, in one
+ * cache line: over a real driver, whose code and data evict ours between
+ * two calls, a hooked call then misses on this one line rather than on
+ * one line per flag, each in its own file's data (docs/benchmarks.md,
+ * "The read-mostly flags in one line"). Each field belongs to the file
+ * named beside it, which alone writes it (at start-up, at a pressure
+ * change, at a module load: never on the hot path), and is documented
+ * where its users' inline readers are.
+ */
+typedef struct vg__hot {
+    _Atomic bool engine_ok;            /* engine.c (vg_account.h) */
+    _Atomic bool shim_ok;              /* the preload shim (shim/shim.h) */
+    bool cache_mode;                   /* account_pooled.c (vg_account.h) */
+    _Atomic int credit_stop;           /* credit.c (vg_account.h) */
+    _Atomic unsigned diag_flags;       /* audit.c (vg_diag.h) */
+    _Atomic int device_count_kind;     /* the preload shim (shim/shim.c) */
+    _Atomic uint64_t implicit_pending; /* account_implicit.c (vg_account.h) */
+    _Atomic uint64_t budget_resolved;  /* engine.c: bit d, device d's budget is set */
+    /* credit.c (vg_account.h): the first devices' slices share the line. */
+    _Atomic uint64_t credit_slice[VG__MAX_DEVICES];
+} __attribute__((aligned(64))) vg__hot_t;
+
+/* Defined in engine.c. */
+extern vg__hot_t vg__hot;
+_Static_assert(VG__MAX_DEVICES <= 64, "budget_resolved has a bit per device");
+
 /* ------------------------------------------------------------ util.c */
 
 /* Wall-clock nanoseconds (CLOCK_REALTIME, vDSO: no syscall). */

@@ -22,21 +22,18 @@ enum {
     VG__DIAG_VERIFY = 1u << 2, /* VRAMGUARD_VERIFY=1 */
 };
 
-/* Set once while the engine starts, before any hook sees it started; read
- * relaxed on every allocation and free. Defined in audit.c; with
- * vg__abuf_mine (vg_audit.h) and vg__cache_mode (vg_account.h), one of the
- * three mutable globals read outside their file: a call would cost more
- * than the check. */
-extern _Atomic unsigned vg__diag_flags;
+/* vg__hot.diag_flags: set once while the engine starts (audit.c), before
+ * any hook sees it started; read relaxed on every allocation and free,
+ * inline: a call would cost more than the check. */
 
 static inline bool vg__diag_on(void)
 {
-    return atomic_load_explicit(&vg__diag_flags, memory_order_relaxed) != 0;
+    return atomic_load_explicit(&vg__hot.diag_flags, memory_order_relaxed) != 0;
 }
 
 static inline bool vg__diag_has(unsigned bit)
 {
-    return (atomic_load_explicit(&vg__diag_flags, memory_order_relaxed) & bit) != 0;
+    return (atomic_load_explicit(&vg__hot.diag_flags, memory_order_relaxed) & bit) != 0;
 }
 
 #endif /* VG_DIAG_H */

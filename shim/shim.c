@@ -80,7 +80,7 @@ static void start_once_fn(void)
     if (rc == VG_OK) {
         resolve_real(vg__driver()->handle);
         start_status = CUDA_SUCCESS;
-        atomic_store_explicit(&vg__shim_ok, true, memory_order_release);
+        atomic_store_explicit(&vg__hot.shim_ok, true, memory_order_release);
     } else {
         vg__log("%s", vg__driver_error());
     }
@@ -93,7 +93,6 @@ CUresult vg__shim_start(void)
     return start_status;
 }
 
-_Atomic bool vg__shim_ok;
 
 void *vg__shim_route(void *fn)
 {
@@ -110,20 +109,17 @@ void *vg__shim_route(void *fn)
     return fn;
 }
 
-/* 1 once the driver said this process sees exactly one device, 2 when it
- * sees several; 0 until it answered (it cannot before cuInit). The count
- * never changes after cuInit, and with one device every context's is 0. */
-static _Atomic int device_count_kind;
+/* vg__hot.device_count_kind: 1 once the driver said this process sees
+ * exactly one device, 2 when it sees several; 0 until it answered (it
+ * cannot before cuInit). The count never changes after cuInit, and with
+ * one device every context's is 0. */
 
-VG__HOT int vg__shim_device(void)
+int vg__shim_device_slow(void)
 {
-    int kind = atomic_load_explicit(&device_count_kind, memory_order_relaxed);
-    if (vg__likely(kind == 1))
-        return 0; /* no driver call: measured on the H200 in docs/benchmarks.md */
-    if (vg__unlikely(kind == 0)) {
+    if (atomic_load_explicit(&vg__hot.device_count_kind, memory_order_relaxed) == 0) {
         int n = 0;
         if (vg__driver()->cuDeviceGetCount(&n) == CUDA_SUCCESS && n > 0) {
-            atomic_store_explicit(&device_count_kind, n == 1 ? 1 : 2, memory_order_relaxed);
+            atomic_store_explicit(&vg__hot.device_count_kind, n == 1 ? 1 : 2, memory_order_relaxed);
             if (n == 1)
                 return 0;
         }

@@ -235,10 +235,9 @@ VG_HOOKS(VG_SHIM_DECLARE_)
 extern vg_shim_real_t vg__real;
 
 /* True once the shim has started well. The only check on the hot path. */
-extern _Atomic bool vg__shim_ok;
 static inline bool vg__shim_ready(void)
 {
-    return atomic_load_explicit(&vg__shim_ok, memory_order_acquire);
+    return atomic_load_explicit(&vg__hot.shim_ok, memory_order_acquire);
 }
 /* Starts the shim (engine settings, real driver, routing). Thread-safe,
  * idempotent, never calls cuInit. Returns CUDA_SUCCESS or the CUresult a
@@ -268,8 +267,16 @@ static inline CUresult vg__shim_settle(vg__ticket_t *t, CUresult cr, uint64_t ke
 /* The hook for a real driver function, or `fn` itself when we do not hook
  * it. Bisection over the routing table: no string compares. */
 void *vg__shim_route(void *fn);
-/* The ordinal of the calling thread's current device (0 without one). */
-int vg__shim_device(void);
+/* The ordinal of the calling thread's current device (0 without one).
+ * With one device (vg__hot.device_count_kind 1) that is 0, and no driver
+ * call is made: measured on the H200 in docs/benchmarks.md. */
+int vg__shim_device_slow(void);
+static inline int vg__shim_device(void)
+{
+    if (vg__likely(atomic_load_explicit(&vg__hot.device_count_kind, memory_order_relaxed) == 1))
+        return 0;
+    return vg__shim_device_slow();
+}
 
 /* ------------------------------------------------------ hooks_graph.c */
 

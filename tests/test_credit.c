@@ -129,7 +129,7 @@ Test(credit, two_requests_refused_at_once_both_get_the_credit_pulled_back, .time
     cr_assert_eq(vg__budget_reserve(&budget, limit - slice), VG_OK);
     /* a: refused, reclaims, and waits for the holder with the reclaim lock. */
     cr_assert_eq(pthread_create(&a, NULL, reserve_bytes, (void *)(uintptr_t)(slice / 2)), 0);
-    while (!atomic_load(&vg__credit_stop))
+    while (!atomic_load(&vg__hot.credit_stop))
         sched_yield();
     /* b: refused too while the slice is still in `used`; its reclaim waits
      * for a's. */
