@@ -752,6 +752,7 @@ Test(fakecuda, graph_alloc_nodes_charge_when_created)
     EXPECT_CU(cuGraphAddMemAllocNode(&alloc_node, g, NULL, 0, &params), CUDA_SUCCESS);
     cr_assert(params.dptr != 0 && fakecuda_used_bytes(0) == 8 * MiB);
     EXPECT_CU(cuMemsetD8(params.dptr, 0, 8 * MiB), CUDA_SUCCESS);
+    CUdeviceptr first = params.dptr;
     params.bytesize = 9 * MiB;
     EXPECT_CU(cuGraphAddMemAllocNode(&big, g, NULL, 0, &params), CUDA_ERROR_OUT_OF_MEMORY);
     EXPECT_CU(cuGraphAddMemFreeNode(&free_node, g, &alloc_node, 1, FAKE_PTR), CUDA_ERROR_INVALID_VALUE);
@@ -765,6 +766,78 @@ Test(fakecuda, graph_alloc_nodes_charge_when_created)
     EXPECT_CU(cuMemFreeAsync(params.dptr, NULL), CUDA_SUCCESS);
     cr_assert_eq(fakecuda_used_bytes(0), 8 * MiB);
     EXPECT_CU(cuGraphDestroy(g), CUDA_SUCCESS);
+    cr_assert_eq(fakecuda_used_bytes(0), 8 * MiB); /* launched, not freed in the graph */
+    EXPECT_CU(cuMemFree(first), CUDA_SUCCESS);
+    cr_assert_eq(fakecuda_used_bytes(0), 0);
+}
+
+/* A graph node's address after cuGraphDestroy, as measured on an H100
+ * (driver 580.159, graph_probe in docs/gpu-results.md). */
+typedef enum { NODE_UNLAUNCHED, NODE_LIVE, NODE_FREED_IN_GRAPH } node_case_t;
+
+static CUdeviceptr destroyed_graph_node(node_case_t c, size_t bytes)
+{
+    CUgraph g;
+    CUgraphNode node, free_node;
+    CUgraphExec exec;
+    CUDA_MEM_ALLOC_NODE_PARAMS params = { .poolProps = { .allocType = CU_MEM_ALLOCATION_TYPE_PINNED,
+                                                         .location = { CU_MEM_LOCATION_TYPE_DEVICE, 0 } },
+                                          .bytesize = bytes };
+    EXPECT_CU(cuGraphCreate(&g, 0), CUDA_SUCCESS);
+    EXPECT_CU(cuGraphAddMemAllocNode(&node, g, NULL, 0, &params), CUDA_SUCCESS);
+    if (c == NODE_FREED_IN_GRAPH)
+        EXPECT_CU(cuGraphAddMemFreeNode(&free_node, g, &node, 1, params.dptr), CUDA_SUCCESS);
+    EXPECT_CU(cuGraphInstantiateWithFlags(&exec, g, 0), CUDA_SUCCESS);
+    if (c != NODE_UNLAUNCHED)
+        EXPECT_CU(cuGraphLaunch(exec, NULL), CUDA_SUCCESS);
+    EXPECT_CU(cuGraphExecDestroy(exec), CUDA_SUCCESS);
+    EXPECT_CU(cuGraphDestroy(g), CUDA_SUCCESS);
+    return params.dptr;
+}
+
+Test(fakecuda, memory_a_launched_graph_left_live_outlives_the_graph_until_freed)
+{
+    start(NULL);
+    CUcontext ctx = (CUcontext)1;
+    CUdeviceptr live = destroyed_graph_node(NODE_LIVE, 8 * MiB);
+    cr_assert_eq(fakecuda_used_bytes(0), 8 * MiB);
+    EXPECT_CU(cuPointerGetAttribute(&ctx, CU_POINTER_ATTRIBUTE_CONTEXT, live), CUDA_SUCCESS);
+    cr_assert_null(ctx); /* measured: context 0 */
+    EXPECT_CU(cuMemFree(live), CUDA_SUCCESS);
+    cr_assert_eq(fakecuda_used_bytes(0), 0);
+    EXPECT_CU(cuMemFree(live), CUDA_ERROR_INVALID_VALUE);
+}
+
+Test(fakecuda, unlaunched_or_freed_in_graph_nodes_go_with_the_graph)
+{
+    start(NULL);
+    CUcontext ctx;
+    for (node_case_t c = NODE_UNLAUNCHED; c <= NODE_FREED_IN_GRAPH; c += 2) {
+        CUdeviceptr gone = destroyed_graph_node(c, 8 * MiB);
+        cr_assert_eq(fakecuda_used_bytes(0), 0, "case %d", c);
+        EXPECT_CU(cuPointerGetAttribute(&ctx, CU_POINTER_ATTRIBUTE_CONTEXT, gone),
+                  CUDA_ERROR_INVALID_VALUE);
+    }
+}
+
+/* Not measured on a GPU: the test driver lets an executable keep its
+ * graph's memory until the executable goes. */
+Test(fakecuda, an_executable_keeps_its_destroyed_graphs_memory)
+{
+    start(NULL);
+    CUgraph g;
+    CUgraphNode node;
+    CUgraphExec exec;
+    CUDA_MEM_ALLOC_NODE_PARAMS params = { .poolProps = { .allocType = CU_MEM_ALLOCATION_TYPE_PINNED,
+                                                         .location = { CU_MEM_LOCATION_TYPE_DEVICE, 0 } },
+                                          .bytesize = 8 * MiB };
+    EXPECT_CU(cuGraphCreate(&g, 0), CUDA_SUCCESS);
+    EXPECT_CU(cuGraphAddMemAllocNode(&node, g, NULL, 0, &params), CUDA_SUCCESS);
+    EXPECT_CU(cuGraphInstantiateWithFlags(&exec, g, 0), CUDA_SUCCESS);
+    EXPECT_CU(cuGraphDestroy(g), CUDA_SUCCESS);
+    cr_assert_eq(fakecuda_used_bytes(0), 8 * MiB);
+    EXPECT_CU(cuGraphDestroy(g), CUDA_ERROR_INVALID_VALUE);
+    EXPECT_CU(cuGraphExecDestroy(exec), CUDA_SUCCESS);
     cr_assert_eq(fakecuda_used_bytes(0), 0);
 }
 

@@ -7,7 +7,15 @@
  * - launching runs nothing; a free node does not free at launch, so the
  *   graph may be launched again with the same addresses;
  * - a graph allocation is freed by cuMemFree / cuMemFreeAsync on its address,
- *   or else when its graph is destroyed;
+ *   or else when its graph is destroyed, except memory a launched graph left
+ *   live (no free node of the graph frees it): that stays allocated after the
+ *   destroy, answering cuPointerGetAttribute (context NULL), until cuMemFree
+ *   frees it, as measured on an H100 (driver 580.159, docs/gpu-results.md);
+ *   an unlaunched graph's nodes and those freed in the graph are freed at the
+ *   destroy and answer CUDA_ERROR_INVALID_VALUE from then on;
+ * - an executable keeps its graph's memory: a graph destroyed while an
+ *   executable made from it lives frees (or leaves live) its memory only when
+ *   the last such executable is destroyed (not measured on a GPU);
  * - stream capture (ctx.c) builds a graph the same way: cuMemAllocAsync on a
  *   capturing stream adds an allocation node (charged at once, as above),
  *   cuMemFreeAsync a free node; the pools are not touched;
@@ -29,16 +37,20 @@ struct CUgraphNode_st {
     CUgraph graph;
     fc_node_kind kind;
     fc_alloc *alloc;                 /* alloc node: its memory, NULL once freed */
+    bool freed_in_graph;             /* alloc node: a free node of the graph frees it */
     CUfunction func;                 /* kernel node: its function */
     struct CUgraphNode_st *next;
 };
 
 struct CUgraph_st {
     struct CUgraphNode_st *nodes;
+    bool launched;  /* an executable made from it has run */
+    bool destroyed; /* cuGraphDestroy'd: its handle is gone */
+    int execs;      /* live executables made from it (they keep it) */
 };
 
 struct CUgraphExec_st {
-    int unused;
+    CUgraph graph;
 };
 
 CUgraph fc_graph_new(void)
@@ -65,7 +77,8 @@ CUresult cuGraphCreate(CUgraph *phGraph, unsigned int flags)
 static void release_alloc(fc_alloc *a)
 {
     struct CUgraphNode_st *n = a->owner;
-    n->alloc = NULL;
+    if (n) /* NULL: left live by its destroyed graph */
+        n->alloc = NULL;
     fc_alloc_remove(a);
     fc_uncharge(a->dev, a->charged);
     fc_alloc_unback(a);
@@ -73,6 +86,24 @@ static void release_alloc(fc_alloc *a)
 }
 
 void fc_graph_alloc_free(fc_alloc *a) { release_alloc(a); }
+
+/* Lock held: the graph is destroyed and no executable keeps it. Its memory
+ * is freed, but for what a launch left live, which the program frees. */
+static void graph_finish(CUgraph g)
+{
+    for (struct CUgraphNode_st *n = g->nodes, *next; n; n = next) {
+        next = n->next;
+        if (n->alloc && g->launched && !n->freed_in_graph) {
+            n->alloc->owner = NULL;
+        } else if (n->alloc) {
+            release_alloc(n->alloc);
+            fc_count_free();
+        }
+        fc_handle_del(n);
+        free(n);
+    }
+    free(g);
+}
 
 CUresult cuGraphDestroy(CUgraph hGraph)
 {
@@ -82,21 +113,19 @@ CUresult cuGraphDestroy(CUgraph hGraph)
     bool ok = fc_handle_ok(hGraph, FC_H_GRAPH);
     if (ok) {
         fc_handle_del(hGraph);
-        for (struct CUgraphNode_st *n = hGraph->nodes, *next; n; n = next) {
-            next = n->next;
-            if (n->alloc) {
-                release_alloc(n->alloc);
-                fc_count_free();
-            }
-            fc_handle_del(n);
-            free(n);
-        }
+        hGraph->destroyed = true;
+        if (hGraph->execs == 0)
+            graph_finish(hGraph);
     }
     fc_unlock();
-    if (!ok)
-        return CUDA_ERROR_INVALID_VALUE;
-    free(hGraph);
-    return CUDA_SUCCESS;
+    return ok ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
+}
+
+/* Lock held: dptr's allocation node, if dptr is a live graph allocation. */
+static struct CUgraphNode_st *alloc_node_of(CUdeviceptr dptr)
+{
+    fc_alloc *a = fc_alloc_find(dptr);
+    return a && a->kind == FC_KIND_GRAPH ? a->owner : NULL;
 }
 
 /* Lock held: the graph and each dependency must be live, deps of that graph. */
@@ -158,9 +187,10 @@ CUresult fc_graph_capture_alloc(CUgraph g, size_t size, int dev, CUdeviceptr *dp
 
 CUresult fc_graph_capture_free(CUgraph g, CUdeviceptr dptr)
 {
-    fc_alloc *a = fc_alloc_find(dptr);
-    if (!a || a->kind != FC_KIND_GRAPH)
+    struct CUgraphNode_st *freed = alloc_node_of(dptr);
+    if (!freed)
         return CUDA_ERROR_INVALID_VALUE;
+    freed->freed_in_graph = true;
     add_node(g, FC_NODE_FREE);
     return CUDA_SUCCESS;
 }
@@ -238,11 +268,12 @@ static CUresult add_free_node(CUgraphNode *phGraphNode, CUgraph hGraph, const CU
     if (!fc_initialized())
         return CUDA_ERROR_NOT_INITIALIZED;
     fc_lock();
-    fc_alloc *a = fc_alloc_find(dptr);
-    bool ok = node_args_ok(phGraphNode, hGraph, dependencies, numDependencies) && a &&
-              a->kind == FC_KIND_GRAPH;
-    if (ok)
+    struct CUgraphNode_st *freed = alloc_node_of(dptr);
+    bool ok = node_args_ok(phGraphNode, hGraph, dependencies, numDependencies) && freed;
+    if (ok) {
+        freed->freed_in_graph = true;
         *phGraphNode = add_node(hGraph, FC_NODE_FREE);
+    }
     fc_unlock();
     return ok ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
 }
@@ -296,6 +327,8 @@ static CUresult instantiate(CUgraphExec *phGraphExec, CUgraph hGraph)
         CUgraphExec e = calloc(1, sizeof *e);
         if (!e)
             abort();
+        e->graph = hGraph;
+        hGraph->execs++;
         fc_handle_add(e, FC_H_EXEC);
         *phGraphExec = e;
     }
@@ -333,6 +366,8 @@ CUresult cuGraphLaunch(CUgraphExec hGraphExec, CUstream hStream)
     fc_lock();
     CUresult rc = fc_handle_ok(hGraphExec, FC_H_EXEC) ? fc_stream_device(hStream, &dev)
                                                        : CUDA_ERROR_INVALID_VALUE;
+    if (rc == CUDA_SUCCESS)
+        hGraphExec->graph->launched = true;
     fc_unlock();
     return rc;
 }
@@ -348,8 +383,12 @@ CUresult cuGraphExecDestroy(CUgraphExec hGraphExec)
         return CUDA_ERROR_NOT_INITIALIZED;
     fc_lock();
     bool ok = fc_handle_ok(hGraphExec, FC_H_EXEC);
-    if (ok)
+    if (ok) {
         fc_handle_del(hGraphExec);
+        CUgraph g = hGraphExec->graph;
+        if (--g->execs == 0 && g->destroyed)
+            graph_finish(g);
+    }
     fc_unlock();
     if (!ok)
         return CUDA_ERROR_INVALID_VALUE;
