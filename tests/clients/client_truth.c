@@ -116,6 +116,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "truth_common.h"
+
 #define KiB 1024ull
 #define MiB (1024ull * KiB)
 #define GiB (1024ull * MiB)
@@ -128,44 +130,6 @@ CUresult CUDAAPI truth_ctx_destroy_v1(CUcontext ctx) __asm__("cuCtxDestroy");
 CUresult CUDAAPI truth_graph_add_node_v1(CUgraphNode *node, CUgraph graph,
                                          const CUgraphNode *deps, size_t ndeps,
                                          CUgraphNodeParams *params) __asm__("cuGraphAddNode");
-
-static CUcontext g_ctx;
-static CUdevice g_dev;
-
-/* ------------------------------------------------------ the driver's view */
-
-static long long driver_query_dev(const char *name, int dev)
-{
-    void *h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_NOLOAD);
-    size_t (*f)(int) = h ? (size_t(*)(int))dlsym(h, name) : NULL;
-    long long v = f ? (long long)f(dev) : -1;
-    if (h)
-        dlclose(h);
-    return v;
-}
-
-static long long driver_query(const char *name)
-{
-    return driver_query_dev(name, 0);
-}
-
-/* Ends the case's line with the driver's own view. */
-static void finish(void)
-{
-    printf(" peak=%lld used=%lld implicit=%lld\n", driver_query("fakecuda_peak_bytes"),
-           driver_query("fakecuda_used_bytes"), driver_query("fakecuda_implicit_bytes"));
-    fflush(stdout);
-}
-
-static void setup(void)
-{
-    if (cuInit(0) != CUDA_SUCCESS || cuDeviceGet(&g_dev, 0) != CUDA_SUCCESS ||
-        cuDevicePrimaryCtxRetain(&g_ctx, g_dev) != CUDA_SUCCESS ||
-        cuCtxSetCurrent(g_ctx) != CUDA_SUCCESS) {
-        fprintf(stderr, "client_truth: no device 0 context\n");
-        exit(3);
-    }
-}
 
 /* ------------------------------------------------------ helpers */
 

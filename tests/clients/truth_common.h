@@ -1,0 +1,53 @@
+/*
+ * truth_common.h — what the budget-truth clients (client_truth.c,
+ * client_graph.c) share: device 0's primary context made current, and the
+ * line's end with the test driver's own view of device 0, read through
+ * dlsym on libcuda.so.1, which the shim cannot rewrite.
+ */
+#ifndef VG_TRUTH_COMMON_H
+#define VG_TRUTH_COMMON_H
+
+#include <cuda.h>
+#include <dlfcn.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+static CUcontext g_ctx;
+static CUdevice g_dev;
+
+/* A fakecuda_* counter of `dev`; -1 on another driver. */
+static inline long long driver_query_dev(const char *name, int dev)
+{
+    void *h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_NOLOAD);
+    size_t (*f)(int) = h ? (size_t(*)(int))dlsym(h, name) : NULL;
+    long long v = f ? (long long)f(dev) : -1;
+    if (h)
+        dlclose(h);
+    return v;
+}
+
+static inline long long driver_query(const char *name)
+{
+    return driver_query_dev(name, 0);
+}
+
+/* Ends the case's line with the driver's own view. */
+static inline void finish(void)
+{
+    printf(" peak=%lld used=%lld implicit=%lld\n", driver_query("fakecuda_peak_bytes"),
+           driver_query("fakecuda_used_bytes"), driver_query("fakecuda_implicit_bytes"));
+    fflush(stdout);
+}
+
+/* Device 0's primary context, current; exit 3 when there is none. */
+static inline void setup(void)
+{
+    if (cuInit(0) != CUDA_SUCCESS || cuDeviceGet(&g_dev, 0) != CUDA_SUCCESS ||
+        cuDevicePrimaryCtxRetain(&g_ctx, g_dev) != CUDA_SUCCESS ||
+        cuCtxSetCurrent(g_ctx) != CUDA_SUCCESS) {
+        fprintf(stderr, "client: no device 0 context\n");
+        exit(3);
+    }
+}
+
+#endif /* VG_TRUTH_COMMON_H */
