@@ -273,7 +273,7 @@ static void collect_device(const vg__alloc_t *a, void *ctx)
  * block, as the driver sub-allocates). A live allocation starting at ptr,
  * this record's or a new one's (whose record then replaced this one, and
  * vg__acct_release_swept leaves it be), answers with ptr as its start. */
-static bool gone(uint64_t ptr)
+bool vg__acct_ptr_gone(uint64_t ptr)
 {
     CUcontext ctx = NULL;
     CUresult cr = vg__driver()->cuPointerGetAttribute(&ctx, CU_POINTER_ATTRIBUTE_CONTEXT,
@@ -306,7 +306,7 @@ void vg__acct_context_gone(int device, CUcontext ctx, const char *api)
     vg__ledger_foreach(NULL, collect_device, &k);
     for (size_t i = 0; i < k.n; i++) {
         uint64_t key = k.keys[i].key;
-        if ((key & VG__KEY_HANDLE) || gone(key)) /* arrays: collected */
+        if ((key & VG__KEY_HANDLE) || vg__acct_ptr_gone(key)) /* arrays: collected */
             vg__acct_release_swept(key, k.keys[i].seq, api);
         if (key & VG__KEY_HANDLE) /* and what was mapped into them */
             vg__acct_vmm_array_gone(key, api);

@@ -500,6 +500,24 @@ __attribute__((noinline)) int vg__ledger_remove_seq(vg_devptr_t ptr, uint64_t se
     return rc;
 }
 
+/* Out of line: only a graph's destroy or move hands its nodes on. */
+__attribute__((noinline)) int vg__ledger_set_handle(vg_devptr_t ptr, uint64_t seq,
+                                                    uint64_t handle)
+{
+    owned_t o;
+    uint32_t i;
+    vg__rec_t *r = lock_find(ptr, &o, &i);
+    if (!o.s)
+        return VG_ENOTFOUND;
+    int rc = VG_ENOTFOUND;
+    if (r && r->a.seq == seq) {
+        r->a.handle = handle;
+        rc = VG_OK;
+    }
+    vg__spin_unlock(&o.s->lock);
+    return rc;
+}
+
 int vg__ledger_find(vg_devptr_t ptr, vg__alloc_t *out)
 {
     _Atomic uint64_t *e = ptr ? dir_entry(ptr, false) : NULL;

@@ -287,6 +287,22 @@ void vg__acct_implicit_undone(int device);
  * arrays made in ctx (audited as frees by `api`), its limit charges, and
  * measures the device again at its next allocation. */
 void vg__acct_context_gone(int device, CUcontext ctx, const char *api);
+/* True when the allocation that started at device address `ptr` is gone:
+ * the driver no longer knows ptr as memory, or knows it only inside
+ * another allocation that starts elsewhere. Asks the driver (two calls):
+ * rare paths only. */
+bool vg__acct_ptr_gone(uint64_t ptr);
+
+/* ---------------------------------------------------- account_graph.c */
+
+/* A graph's memory nodes are recorded under their addresses with the
+ * graph's key (its handle | VG__KEY_HANDLE) as the records' `handle`. */
+/* `graph` was destroyed: each node whose memory the driver freed with it
+ * gives its charge back (a free by `api` in the audit log); memory a
+ * launch left live (no free node of the graph freed it) stays charged as
+ * an ordinary allocation, freed by cuMemFree or cuMemFreeAsync. Rare
+ * path: a scan of the ledger per 64 nodes, and a driver query per node. */
+void vg__acct_graph_destroyed(uint64_t graph, const char *api);
 
 /* Fork steps (fork.c, rank IMPLICIT_FIRST: held across a first use). */
 void vg__account_implicit_prefork(void);

@@ -144,6 +144,10 @@ int vg__ledger_remove(vg_devptr_t ptr, const void *owner, vg__alloc_t *out);
  * about it, removes nothing when the address was handed out again and
  * recorded anew meanwhile. VG_ENOTFOUND otherwise. */
 int vg__ledger_remove_seq(vg_devptr_t ptr, uint64_t seq, vg__alloc_t *out);
+/* Sets the `handle` of ptr's live record while it is still the one
+ * numbered `seq` (a graph's nodes handed to another owner, see
+ * account_graph.c). VG_ENOTFOUND otherwise, nothing changed. */
+int vg__ledger_set_handle(vg_devptr_t ptr, uint64_t seq, uint64_t handle);
 /* Looks up a live allocation starting exactly at ptr. */
 int vg__ledger_find(vg_devptr_t ptr, vg__alloc_t *out);
 /* Looks up a quarantined (recently freed) allocation containing ptr. */

@@ -1,7 +1,8 @@
 /*
  * hooks_graph.c — CUDA graphs: their memory nodes (cuGraphAddMemAllocNode,
  * the generic cuGraphAddNode, and stream capture through hooks_async.c),
- * charged from creation until the graph is destroyed, and the calls that
+ * charged from creation until the graph is destroyed (or, for memory a
+ * launch left live, until the program frees it), and the calls that
  * may make the driver take memory no call shows: instantiation (which
  * loads a graph's kernels when loading is lazy), upload and a graph's
  * first launch (the graph's memory pool grows at its first run).
@@ -20,8 +21,9 @@ static uint64_t key_of(const void *handle)
 
 /* A graph memory node is charged from its creation until its graph is
  * destroyed: the graph's memory pool keeps the memory between launches, so
- * this is what the card gives up (docs/shim.md). Host-located nodes are
- * not VRAM and pass through. */
+ * this is what the card gives up (docs/shim.md); memory a launch left live
+ * stays charged after the destroy until its cuMemFree (account_graph.c).
+ * Host-located nodes are not VRAM and pass through. */
 static vg__ticket_t graph_node_ticket(const CUmemPoolProps *pp, size_t bytes, const char *api)
 {
     return (vg__ticket_t){.device = pp->location.id, .kind = VG_KIND_ASYNC, .bytes = bytes,
@@ -115,39 +117,15 @@ CUresult cuGraphAddNode_v2(CUgraphNode *phGraphNode, CUgraph hGraph,
                                  nodeParams->alloc.bytesize);
 }
 
-struct graph_keys {
-    uint64_t graph;
-    uint64_t keys[64];
-    int n;
-    bool more;
-};
-
-static void collect_graph(const vg__alloc_t *a, void *ctx)
-{
-    struct graph_keys *g = ctx;
-    if (a->handle != g->graph)
-        return;
-    if (g->n < 64)
-        g->keys[g->n++] = a->ptr;
-    else
-        g->more = true;
-}
-
+/* The engine settles the nodes after the driver destroyed the graph: only
+ * then does the driver answer which node's memory a launch left live. */
 CUresult cuGraphDestroy(CUgraph hGraph)
 {
     if (!vg__shim_started())
         return CUDA_ERROR_NOT_INITIALIZED;
     CUresult cr = vg__real.cuGraphDestroy(hGraph);
-    if (cr != CUDA_SUCCESS)
-        return cr;
-    struct graph_keys g = {.graph = key_of(hGraph)};
-    do { /* rare path: a scan of the ledger per 64 nodes */
-        g.n = 0;
-        g.more = false;
-        vg__ledger_foreach(NULL, collect_graph, &g);
-        for (int i = 0; i < g.n; i++)
-            vg__acct_release_freed(g.keys[i], "cuGraphDestroy");
-    } while (g.more);
+    if (cr == CUDA_SUCCESS)
+        vg__acct_graph_destroyed(key_of(hGraph), "cuGraphDestroy");
     return cr;
 }
 

@@ -1,0 +1,172 @@
+/*
+ * client_graph.c — a client for tests/test_graph.c: a CUDA graph's memory
+ * nodes after cuGraphDestroy, run under the preload shim with a budget.
+ *
+ *   client_graph CASE
+ *   stdout: one line "path=CASE key=value ...", ending with the test
+ *           driver's own view of device 0: peak=B used=B implicit=B
+ *   exit:   0 ran (whatever the driver answered), 2 usage, 3 setup failed
+ *
+ * Cases (sizes are fixed: the test sets budget and driver knobs):
+ *   live        a graph with one 600 MiB allocation node and no free node,
+ *               instantiated, launched, synchronised, its executable and
+ *               the graph destroyed (the memory stays: the launch left it
+ *               live); 600 MiB plain; cuMemFree of the node's address;
+ *               600 MiB plain again
+ *   unlaunched  the same graph never launched, destroyed; 600 MiB plain
+ *   freed_in_graph the same graph with a free node, launched, destroyed;
+ *               600 MiB plain
+ *   reuse       a 64 MiB node of a graph never launched; cuGraphDestroy
+ *               while another thread is handed the node's address once the
+ *               driver freed it (the test makes cuPointerGetAttribute slow,
+ *               so the destroy is still asking about the node); then
+ *               128 MiB more (tried up to 4 times until the address comes
+ *               back)
+ */
+#include <cuda.h>
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "truth_common.h"
+
+#define MiB (1024ull * 1024ull)
+
+typedef enum { NODE_UNLAUNCHED, NODE_LIVE, NODE_FREED_IN_GRAPH } node_case_t;
+
+/* A graph with one allocation node of `bytes`, run as `c` says, then
+ * destroyed with its executable. *dptr: the node's address. */
+static CUresult graph_run(node_case_t c, size_t bytes, CUdeviceptr *dptr)
+{
+    CUgraph g = NULL;
+    CUgraphExec e = NULL;
+    CUgraphNode node, free_node;
+    CUDA_MEM_ALLOC_NODE_PARAMS p = {.bytesize = bytes};
+    p.poolProps.allocType = CU_MEM_ALLOCATION_TYPE_PINNED;
+    p.poolProps.location = (CUmemLocation){CU_MEM_LOCATION_TYPE_DEVICE, g_dev};
+    CUresult rc = cuGraphCreate(&g, 0);
+    if (rc == CUDA_SUCCESS)
+        rc = cuGraphAddMemAllocNode(&node, g, NULL, 0, &p);
+    if (rc == CUDA_SUCCESS && c == NODE_FREED_IN_GRAPH)
+        rc = cuGraphAddMemFreeNode(&free_node, g, &node, 1, p.dptr);
+    if (rc == CUDA_SUCCESS)
+        rc = cuGraphInstantiateWithFlags(&e, g, 0);
+    if (rc == CUDA_SUCCESS && c != NODE_UNLAUNCHED)
+        rc = cuGraphLaunch(e, NULL);
+    if (rc == CUDA_SUCCESS)
+        rc = cuCtxSynchronize();
+    if (e)
+        cuGraphExecDestroy(e);
+    *dptr = p.dptr;
+    return g ? cuGraphDestroy(g) : rc;
+}
+
+static void case_destroyed(const char *name, node_case_t c)
+{
+    CUdeviceptr node = 0, b = 0, d = 0;
+    CUresult destroy = graph_run(c, 600 * MiB, &node);
+    CUresult after = cuMemAlloc(&b, 600 * MiB);
+    CUresult freed = CUDA_ERROR_UNKNOWN, again = CUDA_ERROR_UNKNOWN;
+    if (c == NODE_LIVE) {
+        freed = cuMemFree(node);
+        again = cuMemAlloc(&d, 600 * MiB);
+    }
+    printf("path=%s destroy_rc=%d after_rc=%d free_rc=%d again_rc=%d", name, destroy, after,
+           freed, again);
+    finish();
+    if (after == CUDA_SUCCESS)
+        cuMemFree(b);
+    if (again == CUDA_SUCCESS)
+        cuMemFree(d);
+}
+
+typedef struct {
+    long long used_before; /* the driver's use before the destroy */
+    CUdeviceptr p;         /* the worker's block */
+    CUresult rc;
+} reuse_t;
+
+/* Waits until the destroy freed the node, then, while the destroy is still
+ * asking the driver about it, takes the same size (mostly the same address). */
+static void *reuse_worker(void *arg)
+{
+    reuse_t *r = arg;
+    cuCtxSetCurrent(g_ctx);
+    while (driver_query("fakecuda_used_bytes") >= r->used_before)
+        nanosleep(&(struct timespec){0, 1000000}, NULL);
+    nanosleep(&(struct timespec){0, 50000000}, NULL); /* into the destroy's question */
+    r->rc = cuMemAlloc(&r->p, 64 * MiB);
+    return NULL;
+}
+
+/* One destroy raced by an allocation; true when it got the node's address. */
+static bool reuse_once(reuse_t *r, CUresult *destroy)
+{
+    CUgraph g = NULL;
+    CUgraphNode node;
+    CUDA_MEM_ALLOC_NODE_PARAMS p = {.bytesize = 64 * MiB};
+    p.poolProps.allocType = CU_MEM_ALLOCATION_TYPE_PINNED;
+    p.poolProps.location = (CUmemLocation){CU_MEM_LOCATION_TYPE_DEVICE, g_dev};
+    pthread_t t;
+    *r = (reuse_t){0};
+    if (cuGraphCreate(&g, 0) != CUDA_SUCCESS ||
+        cuGraphAddMemAllocNode(&node, g, NULL, 0, &p) != CUDA_SUCCESS) {
+        fprintf(stderr, "client_graph: reuse setup failed\n");
+        exit(3);
+    }
+    r->used_before = driver_query("fakecuda_used_bytes");
+    if (pthread_create(&t, NULL, reuse_worker, r) != 0)
+        exit(3);
+    *destroy = cuGraphDestroy(g);
+    pthread_join(t, NULL);
+    return r->rc == CUDA_SUCCESS && r->p == p.dptr;
+}
+
+static void case_reuse(void)
+{
+    reuse_t r;
+    CUresult destroy = CUDA_SUCCESS, more = CUDA_ERROR_UNKNOWN;
+    CUdeviceptr b = 0;
+    int tries = 0;
+    bool reused = false;
+    while (!reused && tries++ < 4) {
+        reused = reuse_once(&r, &destroy);
+        if (!reused && r.rc == CUDA_SUCCESS)
+            cuMemFree(r.p);
+    }
+    if (reused)
+        more = cuMemAlloc(&b, 128 * MiB);
+    printf("path=reuse reused=%d tries=%d destroy_rc=%d alloc_rc=%d more_rc=%d", reused, tries,
+           destroy, r.rc, more);
+    finish();
+    if (reused)
+        cuMemFree(r.p);
+    if (more == CUDA_SUCCESS)
+        cuMemFree(b);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        fprintf(stderr, "usage: client_graph CASE\n");
+        return 2;
+    }
+    const char *c = argv[1];
+    setup();
+    if (!strcmp(c, "live"))
+        case_destroyed(c, NODE_LIVE);
+    else if (!strcmp(c, "unlaunched"))
+        case_destroyed(c, NODE_UNLAUNCHED);
+    else if (!strcmp(c, "freed_in_graph"))
+        case_destroyed(c, NODE_FREED_IN_GRAPH);
+    else if (!strcmp(c, "reuse"))
+        case_reuse();
+    else {
+        fprintf(stderr, "client_graph: unknown case %s\n", c);
+        return 2;
+    }
+    return 0;
+}

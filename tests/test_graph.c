@@ -1,0 +1,70 @@
+/*
+ * test_graph.c — a CUDA graph's memory nodes after cuGraphDestroy, judged
+ * by the test driver's own high-water mark (truthrun.h): each test runs
+ * tests/clients/client_graph.c under the preload shim with a budget. The
+ * test driver behaves as graph_probe measured on an H100 (driver 580.159,
+ * docs/gpu-results.md): memory a launched graph left live is held after
+ * the destroy until cuMemFree; the rest goes with the graph.
+ *
+ * Needs VG_TEST_BUILD (tests/run-tests.sh exports it).
+ */
+#include <criterion/criterion.h>
+
+#include <string.h>
+
+#include "clientrun.h"
+#include "testutil.h"
+#include "truthrun.h"
+
+/* Before, the destroy gave the node's 600 MiB back while the driver still
+ * held them. Without NVML, 600 MiB more fitted a 1 GiB budget (the device
+ * held 1.2 GiB); with it, the next measurement charged them as memory no
+ * call shows, and kept them after the program's cuMemFree of the node,
+ * which was reported as a bad pointer (foreign), so 600 MiB never fitted
+ * again. */
+Test(graph, memory_a_launch_left_live_stays_charged_until_cuMemFree)
+{
+    static truth_t t;
+    char *no_nvml = cat3("LD_LIBRARY_PATH=", build_dir(), "/fakecuda");
+    for (int i = 0; i < 2; i++) {
+        run_truth_client(&t, "graph", "live", "1GiB", i ? ENV(no_nvml) : NULL);
+        expect_rc(&t, "destroy_rc", 0);
+        expect_rc(&t, "after_rc", OUT_OF_MEMORY);
+        expect_rc(&t, "free_rc", 0);
+        expect_rc(&t, "again_rc", 0);
+        expect_peak_within(&t, GiB);
+        cr_expect_null(strstr(t.r.err, "bad pointer"), "%s: %s", t.what, t.r.err);
+    }
+    free(no_nvml);
+}
+
+/* What the driver freed with the graph is no longer charged: 600 MiB fit
+ * after it, under the same budget. */
+Test(graph, an_unlaunched_or_freed_in_graph_node_goes_with_its_graph)
+{
+    static const char *const cases[] = {"unlaunched", "freed_in_graph"};
+    static truth_t t;
+    for (int i = 0; i < 2; i++) {
+        run_truth_client(&t, "graph", cases[i], "1GiB", NULL);
+        expect_rc(&t, "destroy_rc", 0);
+        expect_rc(&t, "after_rc", 0);
+        expect_peak_within(&t, GiB);
+    }
+}
+
+/* The destroy asks the driver about each node after the driver freed it;
+ * meanwhile another thread was handed the node's address and recorded its
+ * own 64 MiB there. Releasing the node by address took that allocation's
+ * charge: 128 MiB more fitted a 160 MiB budget and the device held
+ * 192 MiB. The node's record goes by its number, so the new one stays. */
+Test(graph, a_destroy_leaves_a_new_allocation_at_a_nodes_address_charged)
+{
+    static truth_t t;
+    run_truth_client(&t, "graph", "reuse", "160MiB",
+                     ENV("FAKECUDA_POINTER_ATTR_DELAY_NS=300000000"));
+    expect_rc(&t, "reused", 1);
+    expect_rc(&t, "destroy_rc", 0);
+    expect_rc(&t, "alloc_rc", 0);
+    expect_rc(&t, "more_rc", OUT_OF_MEMORY);
+    expect_peak_within(&t, 160 * MiB);
+}
