@@ -13,7 +13,7 @@
 #                (torch: torch.OutOfMemoryError, and the message's "this process has X in use" <= 2.00 GiB),
 #                and no call failed with anything else
 #   native PASS  outside > LIMIT (the memory really was taken; else the scenario proves nothing)
-# Scenarios: vmm heap stack module graphmodule race ctxdestroy arraydestroy ctxrelease pooldestroy (truth_gpu.cu), torch (torch_truth.py), tree
+# Scenarios: vmm heap stack module graphmodule race ctxdestroy arraydestroy ctxrelease pooldestroy graphlive (truth_gpu.cu), torch (torch_truth.py), tree
 # (`vramguard run --budget 2GiB -- python3 torch_tree.py`: two children of 768 MiB each; the sum of their
 # outside readings must stay within LIMIT and one must get OOM), race_cache (race with VRAMGUARD_POOL=cache).
 # ctxdestroy: 1.25 GiB in a created context, cuCtxDestroy, 1.25 GiB in the primary context: both must succeed
@@ -22,6 +22,8 @@
 # cuDevicePrimaryCtxRelease (a reset), retained again, 1.25 GiB more: judged as ctxdestroy. pooldestroy:
 # 1.25 GiB from a pool destroyed while it is out, then 1.25 GiB plain: natively both held (outside >
 # LIMIT), under the shim the second refused (rc 2) and outside <= LIMIT; after the free, 1.25 GiB fits.
+# graphlive: a launched graph's 1.25 GiB node left live (no free node), the graph destroyed, then 1.25 GiB
+# plain: judged as pooldestroy, and the node's cuMemFree must succeed without a "bad pointer" line.
 #
 # Per-scenario PASS/FAIL lines, then the table, then `truth: N passed, M failed`; exit 0 only when all pass.
 # env: OUT (where truth.log goes; default a new /tmp/vgtruth.XXXXXX), LIBCUDA_DIR (see common.sh), PYTHON
@@ -175,7 +177,7 @@ judge_fill() { # TAG NAME SHIM_MODE: vmm heap stack module race
 }
 
 # ------------------------------------------------------------ 1-6: the driver scenarios
-for sc in vmm heap stack module graphmodule race ctxdestroy arraydestroy ctxrelease pooldestroy; do
+for sc in vmm heap stack module graphmodule race ctxdestroy arraydestroy ctxrelease pooldestroy graphlive; do
     run_one "$sc" native "$TG" "$sc" "$BIN"
     run_one "$sc" shim "$TG" "$sc" "$BIN"
 done
@@ -229,6 +231,24 @@ s=$(val pooldestroy shim outside_mib)
 gt "$n" "$LIMIT" || why+=("native outside ${n:-?} <= $LIMIT: the destroyed pool's memory went at once, proves nothing")
 le "$s" "$LIMIT" || why+=("shim outside ${s:-?} > $LIMIT (or unread)")
 verdict pooldestroy "$n" "$s" "$(refused pooldestroy shim)" "$(join ${why[@]+"${why[@]}"})"
+
+# graphlive
+why=()
+for m in native shim; do
+    e=$(runerr graphlive $m); [ -n "$e" ] && why+=("$e")
+    [ "$(val graphlive $m alloc1_rc)" = 0 ] || why+=("$m: the graph's 1.25GiB node rc=$(val graphlive $m alloc1_rc)")
+    [ "$(val graphlive $m free_rc)" = 0 ] || why+=("$m: the node's cuMemFree rc=$(val graphlive $m free_rc)")
+    [ "$(val graphlive $m alloc3_rc)" = 0 ] || why+=("$m: 1.25GiB after the node's free rc=$(val graphlive $m alloc3_rc)")
+    [ "$(val graphlive $m other_errors)" = 0 ] || why+=("$m: $(val graphlive $m other_errors) non-OOM errors")
+done
+[ "$(val graphlive native alloc2_rc)" = 0 ] || why+=("native: 1.25GiB after the destroy rc=$(val graphlive native alloc2_rc)")
+[ "$(val graphlive shim alloc2_rc)" = 2 ] || why+=("shim: 1.25GiB after the destroy was not refused (rc=$(val graphlive shim alloc2_rc))")
+grep -aq 'bad pointer' "$WORK/out.graphlive.shim" 2>/dev/null && why+=("shim: the node's cuMemFree was reported as a bad pointer")
+n=$(val graphlive native outside_mib)
+s=$(val graphlive shim outside_mib)
+gt "$n" "$LIMIT" || why+=("native outside ${n:-?} <= $LIMIT: the node's memory went with the graph, proves nothing")
+le "$s" "$LIMIT" || why+=("shim outside ${s:-?} > $LIMIT (or unread)")
+verdict graphlive "$n" "$s" "$(refused graphlive shim)" "$(join ${why[@]+"${why[@]}"})"
 
 # torch
 why=()

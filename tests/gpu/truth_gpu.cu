@@ -6,7 +6,7 @@
 // variable removed from that child's environment, what this pid holds, then frees everything.
 //
 // usage: truth_gpu SCENARIO [DIR] [MAX_ALLOCS]
-//   SCENARIO  vmm heap stack module graphmodule race ctxdestroy arraydestroy ctxrelease pooldestroy
+//   SCENARIO  vmm heap stack module graphmodule race ctxdestroy arraydestroy ctxrelease pooldestroy graphlive
 //   DIR       folder holding truth_kernels.fatbin and big_module.fatbin (default: this program's own folder)
 //   MAX_ALLOCS  cap of the 256 MiB fill loops (default 32 = 8 GiB), so a native run does not fill the card;
 //             race: 64 MiB allocations per thread (default 8, 16 threads = 8 GiB)
@@ -25,8 +25,10 @@
 //   held_mib=N                              what this program holds through explicit calls at the peak
 //   refused_call=NAME rc=N NAME             the first call that failed in the fill (none rc=0 when none did)
 //   oom_calls=N other_errors=N              calls that returned CUDA_ERROR_OUT_OF_MEMORY / anything else
-//   alloc1_rc=N alloc2_rc=N [alloc3_rc=N]   (ctxdestroy, arraydestroy, ctxrelease, pooldestroy) the allocation (arraydestroy: an
-//                                           array) before cuCtxDestroy, and the allocation after it
+//   alloc1_rc=N alloc2_rc=N [alloc3_rc=N]   (ctxdestroy, arraydestroy, ctxrelease, pooldestroy, graphlive) the allocation
+//                                           (arraydestroy: an array; graphlive: the graph's node) before cuCtxDestroy
+//                                           (the pool's or graph's destroy), and the allocation after it
+//   free_rc=N                               (graphlive) cuMemFree of the destroyed graph's node
 //   truth_done scenario=NAME                the program reached its end
 #include <cuda.h>
 
@@ -503,6 +505,54 @@ static void sc_pooldestroy(void)
     release_primary();
 }
 
+// graphlive: a graph with one 1.25 GiB allocation node and no free node, instantiated, launched once and
+// synchronised, its executable and the graph destroyed: the driver keeps the memory the launch left live
+// until cuMemFree (graph_probe). Then 1.25 GiB plain (natively both held; under the shim refused), the
+// outside reading, cuMemFree of the node's address, and 1.25 GiB plain again (which must fit: the free gave
+// the charge back). alloc1_rc: the node up to the launch's synchronisation; free_rc: the node's cuMemFree.
+static void sc_graphlive(void)
+{
+    if (!init_driver() || !primary_ctx())
+        return;
+    CUDA_MEM_ALLOC_NODE_PARAMS p = {};
+    p.poolProps.allocType = CU_MEM_ALLOCATION_TYPE_PINNED;
+    p.poolProps.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+    p.poolProps.location.id = (int)g_dev;
+    p.bytesize = 1280 * MIB;
+    CUgraph g = NULL;
+    CUgraphExec e = NULL;
+    CUgraphNode node = NULL;
+    CUdeviceptr b = 0, c = 0;
+    CUresult r1 = cuGraphCreate(&g, 0);
+    if (r1 == CUDA_SUCCESS)
+        r1 = cuGraphAddMemAllocNode(&node, g, NULL, 0, &p);
+    if (r1 == CUDA_SUCCESS)
+        r1 = cuGraphInstantiateWithFlags(&e, g, 0);
+    if (r1 == CUDA_SUCCESS)
+        r1 = cuGraphLaunch(e, NULL);
+    if (r1 == CUDA_SUCCESS)
+        r1 = cuCtxSynchronize();
+    note(r1, "graph_with_a_1.25GiB_node_launched", 1);
+    if (e)
+        CK(cuGraphExecDestroy(e));
+    if (g)
+        CK(cuGraphDestroy(g));
+    CUresult r2 = cuMemAlloc(&b, 1280 * MIB);
+    note(r2, "cuMemAlloc(1.25GiB)_after_graph_destroy", 1);
+    outside("outside_mib");
+    report((r1 == CUDA_SUCCESS ? 1280 * MIB : 0) + (r2 == CUDA_SUCCESS ? 1280 * MIB : 0));
+    if (b)
+        CK(cuMemFree(b));
+    CUresult rf = r1 == CUDA_SUCCESS ? cuMemFree(p.dptr) : r1;
+    note(rf, "cuMemFree(the_node's_address)", 0);
+    CUresult r3 = cuMemAlloc(&c, 1280 * MIB);
+    note(r3, "cuMemAlloc(1.25GiB)_after_the_node's_free", 0);
+    printf("alloc1_rc=%d alloc2_rc=%d free_rc=%d alloc3_rc=%d\n", (int)r1, (int)r2, (int)rf, (int)r3);
+    if (c)
+        CK(cuMemFree(c));
+    release_primary();
+}
+
 // After a context went with 1.25 GiB in it (first: that allocation's code): 1.25 GiB in the primary
 // context, the two codes, the outside reading at that peak, then everything given back.
 static void after_gone(CUresult first, const char *what)
@@ -569,7 +619,7 @@ int main(int argc, char **argv)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
     if (argc < 2) {
-        fprintf(stderr, "usage: %s vmm|heap|stack|module|race|ctxdestroy|arraydestroy|ctxrelease|pooldestroy [DIR] [MAX_ALLOCS]\n",
+        fprintf(stderr, "usage: %s vmm|heap|stack|module|graphmodule|race|ctxdestroy|arraydestroy|ctxrelease|pooldestroy|graphlive [DIR] [MAX_ALLOCS]\n",
                 argv[0]);
         return 2;
     }
@@ -607,6 +657,8 @@ int main(int argc, char **argv)
         sc_ctxrelease();
     else if (!strcmp(g_sc, "pooldestroy"))
         sc_pooldestroy();
+    else if (!strcmp(g_sc, "graphlive"))
+        sc_graphlive();
     else {
         fprintf(stderr, "truth_gpu: unknown scenario '%s'\n", g_sc);
         return 2;
