@@ -191,10 +191,13 @@ __attribute__((cold)) void vg__acct_unrecorded(vg__ticket_t *t, uint64_t key, ui
 
 VG__HOT int vg__acct_commit(vg__ticket_t *t, uint64_t key, uint64_t size, uint64_t pool)
 {
-    if (!t->credit) /* credit moved peak and level when it was taken */
+    /* Credit moved peak and level when it was taken, and a budget with
+     * credit is never shared (engine.c): its line need not be read. */
+    if (!t->credit) {
         vg__budget_commit(t->budget, t->bytes);
-    if (vg__unlikely(t->budget->shared))
-        vg__shared_live(t->budget, 1); /* for `vramguard status` */
+        if (vg__unlikely(t->budget->shared))
+            vg__shared_live(t->budget, 1); /* for `vramguard status` */
+    }
     vg__alloc_t a = {
         .ptr = key,
         .base = key,

@@ -59,7 +59,6 @@
 #define SLICE_MAX (4ull << 20) /* bytes */
 #define SLICE_DIV 1024u        /* slice <= limit / 1024 */
 
-_Thread_local vg__credit_t *vg__credit_mine __attribute__((tls_model("initial-exec")));
 
 static _Atomic(vg__credit_t *) reg_head;
 /* The budget each device's cells belong to (vg__credit_enable). */
@@ -135,12 +134,12 @@ static void thread_exit(void *p)
 {
     vg__credit_t *c = p;
     uint64_t x[VG__MAX_DEVICES];
-    /* With `vg__credit_mine` NULL this thread starts no more operations,
+    /* With `vg__me.credit` NULL this thread starts no more operations,
      * so only a reclaimer could touch its cells: the lock keeps them out.
      * The bytes reach `used` under it (so a fork, which takes it, never
      * finds them in neither place); the level moves after it (a level
      * callback may reclaim). */
-    vg__credit_mine = NULL;
+    vg__me.credit = NULL;
     vg__spin_lock(&reclaim_lock);
     for (int d = 0; d < VG__MAX_DEVICES; d++)
         if ((x[d] = take_cell(c, d)))
@@ -192,7 +191,7 @@ __attribute__((noinline, cold)) static vg__credit_t *adopt(void)
         atomic_store_explicit(&c->adopted, false, memory_order_release);
         return NULL;
     }
-    vg__credit_mine = c;
+    vg__me.credit = c;
     return c;
 }
 
@@ -248,7 +247,7 @@ bool vg__credit_refill(vg__budget_t *b, int device, uint64_t n)
     uint64_t slice = slice_for(atomic_load_explicit(&b->limit, memory_order_relaxed));
     if (n > slice || n == 0)
         return false;
-    vg__credit_t *c = vg__credit_mine;
+    vg__credit_t *c = vg__me.credit;
     if (!c && !(c = adopt()))
         return false;
     if (atomic_load_explicit(&vg__hot.credit_slice[device], memory_order_relaxed) != slice)
@@ -320,7 +319,7 @@ void vg__credit_postfork_child(void)
 {
     for (vg__credit_t *c = atomic_load_explicit(&reg_head, memory_order_acquire); c;
          c = c->next) {
-        if (c == vg__credit_mine || !atomic_load_explicit(&c->adopted, memory_order_relaxed))
+        if (c == vg__me.credit || !atomic_load_explicit(&c->adopted, memory_order_relaxed))
             continue;
         atomic_store_explicit(&c->busy, 0, memory_order_relaxed); /* it was mid-operation */
         for (int d = 0; d < VG__MAX_DEVICES; d++)

@@ -51,6 +51,7 @@ static void engine_init_once(void)
 /* Every device starts pending in implicit_pending: its context was never
  * measured (account_implicit.c). */
 vg__hot_t vg__hot = {.implicit_pending = UINT64_MAX};
+_Thread_local vg__thread_t vg__me;
 
 int vg__engine_init_slow(void)
 {

@@ -108,20 +108,15 @@ typedef struct fine {
 typedef struct dir_node {
     _Atomic(void *) slot[DIR_FAN]; /* a dir_node, or a leaf at the last level */
 } dir_node_t;
-typedef struct dir_leaf {
+typedef struct vg__dir_leaf {
     _Atomic uint64_t entry[DIR_FAN];
 } dir_leaf_t;
 
 static dir_node_t dir_root;
 
-/* initial-exec: the default model in a -fPIC library calls __tls_get_addr
- * on every access (10% of a hooked pair on the null driver). */
-#define VG__TLS __attribute__((tls_model("initial-exec")))
-/* The thread's last leaf, by granule >> DIR_BITS (+ 1: 0 is none). */
-static _Thread_local uint64_t leaf_tag VG__TLS;
-static _Thread_local dir_leaf_t *leaf_last VG__TLS;
-/* The thread's home shard + 1 (0: not handed out yet). */
-static _Thread_local unsigned home_plus1 VG__TLS;
+/* The thread's last leaf, by granule >> DIR_BITS (+ 1: 0 is none), is
+ * vg__me.leaf_tag and .leaf_last; its home shard + 1 (0: not handed out
+ * yet) vg__me.home_plus1 (vg_base.h). */
 static _Atomic unsigned homes_given;
 
 /* The child at `slot`, made (zeroed) when absent and `make`. NULL when
@@ -150,8 +145,8 @@ __attribute__((noinline)) static dir_leaf_t *leaf_walk(uint64_t g, bool make)
         return NULL;
     dir_leaf_t *leaf = dir_child(&n->slot[(g >> DIR_BITS) & DIR_MASK], sizeof(dir_leaf_t), make);
     if (leaf) {
-        leaf_tag = (g >> DIR_BITS) + 1;
-        leaf_last = leaf;
+        vg__me.leaf_tag = (g >> DIR_BITS) + 1;
+        vg__me.leaf_last = leaf;
     }
     return leaf;
 }
@@ -161,7 +156,7 @@ __attribute__((noinline)) static dir_leaf_t *leaf_walk(uint64_t g, bool make)
 static inline _Atomic uint64_t *dir_entry(vg_devptr_t key, bool make)
 {
     uint64_t g = key >> VG__GRANULE_SHIFT;
-    dir_leaf_t *leaf = vg__likely(leaf_tag == (g >> DIR_BITS) + 1) ? leaf_last
+    dir_leaf_t *leaf = vg__likely(vg__me.leaf_tag == (g >> DIR_BITS) + 1) ? vg__me.leaf_last
                                                                     : leaf_walk(g, make);
     return leaf ? &leaf->entry[g & DIR_MASK] : NULL;
 }
@@ -226,10 +221,10 @@ __attribute__((noinline, cold)) static bool split(_Atomic uint64_t *e, vg__shard
 /* The calling thread's home shard + 1. */
 static inline unsigned home(void)
 {
-    if (vg__unlikely(!home_plus1))
-        home_plus1 = atomic_fetch_add_explicit(&homes_given, 1, memory_order_relaxed) %
+    if (vg__unlikely(!vg__me.home_plus1))
+        vg__me.home_plus1 = atomic_fetch_add_explicit(&homes_given, 1, memory_order_relaxed) %
                          VG__SHARDS + 1;
-    return home_plus1;
+    return vg__me.home_plus1;
 }
 
 /* A locked shard and the directory entry its records of a key count in. */
@@ -307,7 +302,7 @@ static inline owned_t lock_owner(_Atomic uint64_t *e, vg_devptr_t key, bool clai
         sub = true;
     }
     unsigned o = owner_of(v);
-    if (vg__likely(o) && (!claim || o == home_plus1)) {
+    if (vg__likely(o) && (!claim || o == vg__me.home_plus1)) {
         vg__shard_t *s = &shards[o - 1];
         vg__spin_lock(&s->lock);
         if (vg__likely(owner_of(atomic_load_explicit(e, memory_order_relaxed)) == o))
@@ -377,17 +372,16 @@ static inline vg__rec_t *shard_find(vg__shard_t *s, vg_devptr_t ptr)
  * unique within the child, which is a process of its own. */
 #define VG__SEQ_BLOCK 64u
 
-static _Thread_local uint64_t seq_next VG__TLS;
-static _Thread_local uint64_t seq_end VG__TLS;
+/* The block in hand: vg__me.seq_next up to vg__me.seq_end. */
 
 VG__HOT uint64_t vg__ledger_next_seq(void)
 {
-    if (vg__unlikely(seq_next == seq_end)) {
-        seq_next = atomic_fetch_add_explicit(&seq_counter, VG__SEQ_BLOCK,
+    if (vg__unlikely(vg__me.seq_next == vg__me.seq_end)) {
+        vg__me.seq_next = atomic_fetch_add_explicit(&seq_counter, VG__SEQ_BLOCK,
                                              memory_order_relaxed) + 1;
-        seq_end = seq_next + VG__SEQ_BLOCK;
+        vg__me.seq_end = vg__me.seq_next + VG__SEQ_BLOCK;
     }
-    return seq_next++;
+    return vg__me.seq_next++;
 }
 
 static int insert_locked(vg__shard_t *s, const vg__alloc_t *a)

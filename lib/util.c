@@ -42,18 +42,17 @@ uint64_t vg__mono_ns(void)
 /* gettid is a syscall; pay it once per thread. A forked child's main thread
  * inherits the parent's cached value, so the atfork handler in engine.c
  * resets it through vg__tid_reset(). */
-static _Thread_local uint32_t cached_tid __attribute__((tls_model("initial-exec")));
 
 VG__HOT uint32_t vg__tid(void)
 {
-    if (vg__unlikely(cached_tid == 0))
-        cached_tid = (uint32_t)syscall(SYS_gettid);
-    return cached_tid;
+    if (vg__unlikely(vg__me.tid == 0))
+        vg__me.tid = (uint32_t)syscall(SYS_gettid);
+    return vg__me.tid;
 }
 
 void vg__tid_reset(void)
 {
-    cached_tid = 0;
+    vg__me.tid = 0;
 }
 
 char *vg__fmt_bytes(uint64_t bytes, char *buf, size_t len)

@@ -140,15 +140,16 @@ void vg__account_postfork_child(void);
  * writes it only after stopping every owner (vg__hot.credit_stop, then a
  * process-wide memory barrier, then waiting out `busy`). */
 typedef struct vg__credit {
-    _Atomic uint64_t cell[VG__MAX_DEVICES]; /* unspent bytes, per device */
     _Atomic int busy;                       /* the owner is inside an operation */
     _Atomic bool adopted;                   /* a live thread owns it */
     struct vg__credit *next;                /* registry: only ever grows */
+    /* After `busy`, so that an operation on the first devices' cells
+     * touches one line, not two. */
+    _Atomic uint64_t cell[VG__MAX_DEVICES]; /* unspent bytes, per device */
 } __attribute__((aligned(64))) vg__credit_t;
 
-/* The calling thread's record (NULL before its first refill). */
-extern _Thread_local vg__credit_t *vg__credit_mine
-    __attribute__((tls_model("initial-exec")));
+/* The calling thread's record is vg__me.credit (NULL before its first
+ * refill). */
 /* vg__hot.credit_slice[d]: device d's slice in bytes; 0 while credit is
  * off (no budget with credit, or High pressure): frees then go straight
  * to the budget. vg__hot.credit_stop: nonzero while a reclaimer holds
@@ -179,7 +180,7 @@ static inline void vg__credit_leave(vg__credit_t *c)
  * budget. */
 static inline bool vg__credit_take(int device, uint64_t n)
 {
-    vg__credit_t *c = vg__credit_mine;
+    vg__credit_t *c = vg__me.credit;
     if (vg__unlikely(!c) || vg__unlikely(!vg__credit_enter(c)))
         return false;
     _Atomic uint64_t *cell = &c->cell[device & (VG__MAX_DEVICES - 1)];
@@ -204,7 +205,7 @@ void vg__credit_settle(int device);
  * budget instead. */
 static inline bool vg__credit_give(int device, uint64_t n)
 {
-    vg__credit_t *c = vg__credit_mine;
+    vg__credit_t *c = vg__me.credit;
     uint64_t slice = atomic_load_explicit(&vg__hot.credit_slice[device & (VG__MAX_DEVICES - 1)],
                                           memory_order_relaxed);
     /* n - 1 >= slice: n over a slice, credit off (slice 0), or n == 0. */

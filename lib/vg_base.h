@@ -76,6 +76,23 @@ typedef struct vg__hot {
 
 /* Defined in engine.c. */
 extern vg__hot_t vg__hot;
+
+/* The same for each thread: what a hooked pair reads and writes of its
+ * thread's own state, in one line of the thread's static TLS block
+ * (initial-exec: the default model in a -fPIC library calls
+ * __tls_get_addr on every access). Each field belongs to the file named
+ * beside it, which alone touches it. */
+typedef struct vg__thread {
+    struct vg__credit *credit; /* credit.c: the thread's record, or NULL */
+    uint64_t seq_next;         /* ledger.c: sequence numbers in hand, */
+    uint64_t seq_end;          /* [seq_next, seq_end) */
+    uint64_t leaf_tag;         /* ledger.c: the last directory leaf's number + 1 */
+    struct vg__dir_leaf *leaf_last; /* ledger.c: that leaf */
+    unsigned home_plus1;       /* ledger.c: the home shard + 1 (0: none yet) */
+    uint32_t tid;              /* util.c: the kernel tid (0: not asked yet) */
+} __attribute__((aligned(64))) vg__thread_t;
+
+extern _Thread_local vg__thread_t vg__me __attribute__((tls_model("initial-exec")));
 _Static_assert(VG__MAX_DEVICES <= 64, "budget_resolved has a bit per device");
 
 /* ------------------------------------------------------------ util.c */

@@ -100,11 +100,11 @@ static void *hold_busy(void *arg)
     (void)arg;
     cr_assert(charge(4 * KiB));
     uncharge(4 * KiB);
-    cr_assert(vg__credit_enter(vg__credit_mine));
+    cr_assert(vg__credit_enter(vg__me.credit));
     atomic_store(&busy_held, 1);
     while (!atomic_load(&busy_done))
         sched_yield();
-    vg__credit_leave(vg__credit_mine);
+    vg__credit_leave(vg__me.credit);
     return NULL;
 }
 
@@ -270,7 +270,7 @@ Test(credit, a_forked_child_gets_back_the_other_threads_credit)
         cr_assert_eq(pthread_create(&t[i], NULL, hold_idle, NULL), 0);
     pthread_barrier_wait(&held);
     cr_assert(charge(8 * KiB)); /* the forking thread holds credit too */
-    uint64_t mine = atomic_load_explicit(&vg__credit_mine->cell[DEV], memory_order_relaxed);
+    uint64_t mine = atomic_load_explicit(&vg__me.credit->cell[DEV], memory_order_relaxed);
     pid_t pid = fork();
     cr_assert_neq(pid, -1);
     if (pid == 0) {
