@@ -375,6 +375,25 @@ Test(cli, check_self_test_stays_out_of_a_hami_shared_region)
     rmdir(dir);
 }
 
+/* The caller's audit log records the caller's processes: `check` itself
+ * (whose engine lists the devices) and its self-test child must write
+ * nothing into it, even when the setting is valid. */
+Test(cli, check_writes_nothing_into_the_callers_audit_log)
+{
+    char dir[] = "/tmp/vg-cli-audit-XXXXXX", log[4200], set[4300];
+    cr_assert_not_null(mkdtemp(dir));
+    snprintf(log, sizeof log, "%s/caller.jsonl", dir);
+    snprintf(set, sizeof set, "VRAMGUARD_AUDIT=%s", log);
+    cli_result_t r;
+    cli_run_clean(&r, ENV(set), ARGS("check"));
+    cr_expect_eq(r.status, 0, "stdout: %s\nstderr: %s", r.out, r.err);
+    cr_expect_not_null(strstr(r.out, "self-test: PASS"), "%s", r.out);
+    struct stat st;
+    cr_expect_neq(stat(log, &st), 0, "check wrote %s", log);
+    unlink(log);
+    rmdir(dir);
+}
+
 /* ------------------------------------------------------ the manual page */
 
 /* Roff writes '-' as "\-": the page's text with those undone. */

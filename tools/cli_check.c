@@ -54,7 +54,8 @@ void cli_check_help(FILE *f)
              "Exit status: 0 when everything passed; 1 when a VRAMGUARD_* "
              "setting in the environment is bad (the rest is checked without "
              "them), or the driver, the devices or the self-test failed; 2 for "
-             "a usage error.");
+             "a usage error. The settings are checked, never applied: check "
+             "writes nothing into their audit log or shared budget.");
 }
 
 /* ------------------------------------------------------- gathering */
@@ -119,15 +120,15 @@ static const char *from_environ(const char *name, void *ctx)
 }
 
 /* The caller's settings are checked on their own: a bad one is reported
- * as such, and dropped (all but the driver's path) so that the driver,
- * the devices and the self-test are still checked. */
+ * as such. Good or bad, they are then dropped (all but the driver's path):
+ * they are the caller's processes' settings, not check's, whose own engine
+ * lists the devices and must neither stop on a bad value nor write into
+ * the caller's audit log or shared region. */
 static void check_settings(check_report_t *r)
 {
     static vg__settings_t s;
-    if (vg__settings_parse(from_environ, NULL, &s, r->settings, sizeof r->settings) == VG_OK) {
+    if (vg__settings_parse(from_environ, NULL, &s, r->settings, sizeof r->settings) == VG_OK)
         r->settings[0] = '\0';
-        return;
-    }
     cli_drop_settings();
 }
 
