@@ -119,6 +119,32 @@ Test(cli, unknown_commands_and_options_exit_2_naming_them)
     expect_usage_error(&r, "'--textfile' needs a value");
 }
 
+/* "--json=1" is a known option that takes no value, given one: the error
+ * says so, naming the option and what was typed, not "unknown option". */
+Test(cli, a_flag_given_a_value_is_refused_naming_it)
+{
+    const char *const *const cases[] = {
+        ARGS("replay", "--json=1", "tests/data/audit/replay_3x400MiB.jsonl"),
+        ARGS("audit", "--json=1", "tests/data/audit/basic.jsonl"),
+        ARGS("audit", "tests/data/audit/basic.jsonl", "--leaks=yes"),
+        ARGS("audit", "--csv=", "tests/data/audit/basic.jsonl"),
+        ARGS("check", "--json=1"),
+        ARGS("status", "--json=true"),
+        ARGS("status", "--watch=1"),
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        cli_result_t r;
+        char want[64];
+        const char *arg = cases[i][1][0] == '-' ? cases[i][1] : cases[i][2];
+        snprintf(want, sizeof want, "option '%.*s' takes no value", (int)strcspn(arg, "="), arg);
+        cli_run_clean(&r, NULL, cases[i]);
+        expect_usage_error(&r, want);
+        char typed[64];
+        snprintf(typed, sizeof typed, "'%s'", arg);
+        cr_expect_not_null(strstr(r.err, typed), "names what was typed: %s", r.err);
+    }
+}
+
 /* ------------------------------------------------------------------ run */
 
 #define SHOW "echo \"$LD_PRELOAD|$VRAMGUARD_BUDGET\""

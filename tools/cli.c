@@ -71,6 +71,15 @@ int cli_usage_error(const char *cmd, const char *fmt, ...)
     return CLI_EXIT_USAGE;
 }
 
+int cli_option_error(const char *cmd, const char *arg, const char *const *flags)
+{
+    size_t len = strcspn(arg, "=");
+    for (; arg[len] && flags && *flags; flags++)
+        if (strlen(*flags) == len && strncmp(arg, *flags, len) == 0)
+            return cli_usage_error(cmd, "option '%s' takes no value (given '%s')", *flags, arg);
+    return cli_usage_error(cmd, "unknown option '%.*s'", (int)len, arg);
+}
+
 void cli_error(const char *cmd, const char *fmt, ...)
 {
     va_list ap;

@@ -56,6 +56,12 @@ void cli_drop_settings(void);
  * line to stderr and returns CLI_EXIT_USAGE. `cmd` may be NULL. */
 int cli_usage_error(const char *cmd, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
+/* Reports `arg`, an option the command does not take, as a usage error
+ * and returns CLI_EXIT_USAGE: "option '--json' takes no value (given
+ * '--json=1')" when arg gives a value to one of `flags` (the command's
+ * options that take none, NULL-terminated), else "unknown option '--x'"
+ * (the part before any '='). */
+int cli_option_error(const char *cmd, const char *arg, const char *const *flags);
 /* Writes "vramguard[ cmd]: <message>" as one line to stderr. */
 void cli_error(const char *cmd, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));

@@ -114,7 +114,8 @@ static int take_option(audit_opts_t *o, int argc, char **argv, int *i)
         if (!(o->svg = opt_value(argc, argv, i, eq)) || !*o->svg)
             return cli_usage_error(AUDIT, "option '--svg' needs a value (FILE)");
     } else {
-        return cli_usage_error(AUDIT, "unknown option '%.*s'", (int)len, a);
+        static const char *const flags[] = {"--leaks", "--csv", "--json", "--help", NULL};
+        return cli_option_error(AUDIT, a, flags);
     }
     return AUDIT_GO;
 }

@@ -234,10 +234,10 @@ int cli_check_main(int argc, char **argv)
                    strcmp(argv[i], "-h") == 0) {
             cli_check_help(stdout);
             return CLI_EXIT_OK;
+        } else if (argv[i][0] == '-') {
+            return cli_option_error(CHECK, argv[i], (const char *const[]){"--json", "--help", NULL});
         } else {
-            return cli_usage_error(CHECK, "unknown %s '%s'",
-                                   argv[i][0] == '-' ? "option" : "argument",
-                                   argv[i]);
+            return cli_usage_error(CHECK, "unknown argument '%s'", argv[i]);
         }
     }
     check_gather(&report);

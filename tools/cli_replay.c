@@ -125,7 +125,7 @@ static int parse_args(replay_opts_t *o, int argc, char **argv)
         char name[16];
         snprintf(name, sizeof name, "%.*s", (int)(len < 15 ? len : 15), a);
         if (strcmp(name, "--budget") != 0 && strcmp(name, "--pid") != 0)
-            return cli_usage_error(REPLAY, "unknown option '%.*s'", (int)len, a);
+            return cli_option_error(REPLAY, a, (const char *const[]){"--json", "--help", NULL});
         /* A value is never another option or "--". */
         const char *v = eq ? eq + 1
                         : i + 1 < argc && (argv[i + 1][0] != '-' || !argv[i + 1][1]) ? argv[++i]

@@ -327,6 +327,9 @@ int cli_status_main(int argc, char **argv)
             watch = true;
         } else if (!strcmp(argv[i], "--json")) {
             json = true;
+        } else if (argv[i][0] == '-' && argv[i][1]) {
+            return cli_option_error(CMD, argv[i],
+                                    (const char *const[]){"--watch", "--json", "--help", NULL});
         } else if (argv[i][0] == '-' || name) {
             return cli_usage_error(CMD, "unexpected argument '%s'", argv[i]);
         } else {
