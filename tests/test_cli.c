@@ -10,6 +10,7 @@
  * LD_LIBRARY_PATH already points at.
  */
 #include <criterion/criterion.h>
+#include <errno.h>
 #include <limits.h>
 #include <sys/stat.h>
 
@@ -365,6 +366,42 @@ Test(cli, an_installed_tree_finds_its_shim_in_the_sibling_lib)
 
     char cmd[4300];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", root);
+    cr_expect_eq(system(cmd), 0);
+}
+
+/* A binary replaced or removed while it runs (an upgrade, a rebuild):
+ * /proc/self/exe then reads "PATH (deleted)", a file that is not there.
+ * The self-test must still start the running binary, and find the shim
+ * beside PATH. The binary is started through an open descriptor after its
+ * file is unlinked. */
+Test(cli, check_self_test_runs_from_a_binary_deleted_while_it_runs)
+{
+    char dir[] = "/tmp/vg-cli-deleted-XXXXXX", exe[4300], fdpath[64];
+    cr_assert_not_null(mkdtemp(dir));
+    copy_file("vramguard", dir);
+    copy_file("libvramguard-preload.so", dir);
+    snprintf(exe, sizeof exe, "%s/vramguard", dir);
+    int fd = open(exe, O_RDONLY | O_CLOEXEC);
+    cr_assert_geq(fd, 0, "%s: %s", exe, strerror(errno));
+    cr_assert_eq(unlink(exe), 0);
+    snprintf(fdpath, sizeof fdpath, "/proc/self/fd/%d", fd);
+
+    static const char *const drop[] = {"LD_PRELOAD=", "VRAMGUARD_", "CUDA_DEVICE_MEMORY_",
+                                       "FAKECUDA_", "ASAN_OPTIONS=", NULL};
+    const char *add[] = {asan_entry(""), NULL};
+    char **env = env_make(drop, add);
+    free((char *)add[0]);
+    char *argv[] = {fdpath, "check", NULL};
+    static char out[8192], err[4096];
+    int st = child_run(argv, env, &(child_out_t){out, sizeof out, err, sizeof err});
+    env_free(env);
+    close(fd);
+    cr_expect_eq(st, 0, "exit %d\nstdout: %s\nstderr: %s", st, out, err);
+    cr_expect_not_null(strstr(out, "self-test: PASS"), "%s", out);
+    cr_expect_null(strstr(out, "(deleted)"), "%s", out);
+
+    char cmd[4300];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
     cr_expect_eq(system(cmd), 0);
 }
 

@@ -136,6 +136,8 @@ void cli_json_str(FILE *f, const char *s)
 
 int cli_self_exe(char *out, size_t len)
 {
+    static const char mark[] = " (deleted)"; /* the kernel's, see proc(5) */
+    const size_t m = sizeof mark - 1;
     ssize_t n = readlink("/proc/self/exe", out, len - 1);
     if (n < 0)
         return -1;
@@ -144,6 +146,10 @@ int cli_self_exe(char *out, size_t len)
         return -1;
     }
     out[n] = '\0';
+    /* The file was replaced (an upgrade, a rebuild) or removed since this
+     * process started; a file whose name really ends so is still there. */
+    if ((size_t)n > m && strcmp(out + n - m, mark) == 0 && access(out, F_OK) != 0)
+        out[n - m] = '\0';
     return 0;
 }
 

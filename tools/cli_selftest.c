@@ -260,9 +260,11 @@ static int st_collect(int fd, char *out)
     return 0;
 }
 
-/* Starts `exe __selftest` with env; its stdout and stderr go to *fd.
- * Returns 0 or an errno value. */
-static int st_spawn(const char *exe, char **env, pid_t *pid, int *fd)
+/* Starts this very binary as `vramguard __selftest` with env; its stdout
+ * and stderr go to *fd. Through /proc/self/exe, not its path: the file at
+ * that path may have been replaced or removed since we started, and the
+ * child must speak the parent's protocol. Returns 0 or an errno value. */
+static int st_spawn(char **env, pid_t *pid, int *fd)
 {
     static char arg0[] = "vramguard", arg1[] = CLI_SELFTEST_CMD;
     char *argv[] = {arg0, arg1, NULL};
@@ -273,7 +275,7 @@ static int st_spawn(const char *exe, char **env, pid_t *pid, int *fd)
     posix_spawn_file_actions_init(&fa);
     posix_spawn_file_actions_adddup2(&fa, p[1], STDOUT_FILENO);
     posix_spawn_file_actions_adddup2(&fa, p[1], STDERR_FILENO);
-    int rc = posix_spawn(pid, exe, &fa, NULL, argv, env);
+    int rc = posix_spawn(pid, "/proc/self/exe", &fa, NULL, argv, env);
     posix_spawn_file_actions_destroy(&fa);
     close(p[1]);
     if (rc != 0) {
@@ -385,7 +387,7 @@ int cli_selftest_run(char *detail, size_t len)
         return -1;
     }
     char **env = st_environ(preload);
-    rc = env ? st_spawn(exe, env, &pid, &fd) : ENOMEM;
+    rc = env ? st_spawn(env, &pid, &fd) : ENOMEM;
     free(env);
     if (rc != 0) {
         snprintf(detail, len, "cannot start %s: %s", exe, strerror(rc));
