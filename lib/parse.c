@@ -263,10 +263,17 @@ static int value_parse(const char *text, vg__budget_value_t *v, vg__err_t e)
     return vg__size_parse(text, &v->bytes, e.s, e.n);
 }
 
-/* "GPU-" or "MIG-" then 8-4-4-4-12 hex digits, as nvidia-smi prints. */
+/* Whether s (len bytes) starts as a uuid does: "GPU-" or "MIG-", in any
+ * case (nvidia-smi prints upper case; users type either). */
+static bool uuid_prefix(const char *s, size_t len)
+{
+    return len >= 4 && (eq_nocase(s, 4, "GPU-") || eq_nocase(s, 4, "MIG-"));
+}
+
+/* A uuid prefix then 8-4-4-4-12 hex digits, as nvidia-smi prints. */
 static bool uuid_valid(const char *s, size_t len)
 {
-    if (len != 40 || (strncmp(s, "GPU-", 4) != 0 && strncmp(s, "MIG-", 4) != 0))
+    if (len != 40 || !uuid_prefix(s, len))
         return false;
     for (size_t i = 4; i < len; i++) {
         bool dash = i == 12 || i == 17 || i == 22 || i == 27;
@@ -282,7 +289,7 @@ static int device_parse(const char *s, size_t len, int *ordinal,
 {
     if (len == 0)
         return vg__fail(e, "no device before '='");
-    if (strncmp(s, "GPU-", 4) == 0 || strncmp(s, "MIG-", 4) == 0) {
+    if (uuid_prefix(s, len)) {
         if (!uuid_valid(s, len))
             return vg__fail(e, "bad uuid (expected "
                             "GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)");

@@ -419,6 +419,13 @@ Test(settings, uuid_beats_ordinal_beats_default)
         spec_of("GPU-0123ABCD-4567-89AB-CDEF-0123456789AB=3GiB");
     cr_expect_eq(vg__budget_spec_limit(&upper, 0, UUID_A, t), 3 * GiB);
     cr_expect_eq(vg__budget_spec_limit(&upper, 0, UUID_B, t), VG__UNLIMITED);
+    /* Nor is the prefix's case the user's to get right. */
+    vg__budget_spec_t lower =
+        spec_of("gpu-0123abcd-4567-89ab-cdef-0123456789ab=3GiB,mig-ffffffff-0000-1111-2222-"
+                "333333333333=1GiB");
+    cr_expect_eq(vg__budget_spec_limit(&lower, 0, UUID_A, t), 3 * GiB);
+    cr_expect_eq(vg__budget_spec_limit(&lower, 0, UUID_MIG, t), GiB);
+    cr_expect_eq(vg__budget_spec_limit(&lower, 0, UUID_B, t), VG__UNLIMITED);
 }
 
 Test(settings, per_device_list_without_default_leaves_others_unlimited)

@@ -7,6 +7,7 @@
 #include <criterion/criterion.h>
 
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -320,6 +321,35 @@ Test(status_cli, budget_changes_the_region_live)
     r = snap();
     cr_expect_eq(r->dev[0].limit, 4 * GiB);
     cr_expect_eq(r->h.default_limit, 4 * GiB);
+    free(r);
+    release(&h);
+    unlink(file);
+}
+
+/* nvidia-smi prints "GPU-" and lower-case hex; a user types either case,
+ * prefix included. */
+Test(status_cli, budget_names_a_device_by_uuid_in_any_case)
+{
+    name_region("budgetuuid");
+    holder_t h;
+    hold(&h, 1 * MiB);
+    vg__shm_t *r = snap();
+    char uuid[48], arg[80], buf[4096];
+    snprintf(uuid, sizeof uuid, "%s", r->dev[0].uuid);
+    free(r);
+    cr_assert_eq(strncmp(uuid, "GPU-", 4), 0, "%s", uuid);
+    memcpy(uuid, "gpu-", 4);
+    snprintf(arg, sizeof arg, "%s=512MiB", uuid);
+    cr_expect_eq(cli(buf, sizeof buf, "budget", name, arg, NULL), 0, "%s", cli_err);
+    r = snap();
+    cr_expect_eq(r->dev[0].limit, 512 * MiB);
+    free(r);
+    for (char *c = uuid; *c; c++)
+        *c = (char)toupper((unsigned char)*c);
+    snprintf(arg, sizeof arg, "%s=256MiB", uuid);
+    cr_expect_eq(cli(buf, sizeof buf, "budget", name, arg, NULL), 0, "%s", cli_err);
+    r = snap();
+    cr_expect_eq(r->dev[0].limit, 256 * MiB);
     free(r);
     release(&h);
     unlink(file);

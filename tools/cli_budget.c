@@ -48,7 +48,8 @@ void cli_budget_help(FILE *f)
              "changed, or is in use (--remove); 2 for a usage error.");
 }
 
-/* The entry DEV names: an index ("0") or a uuid. -1 when none. */
+/* The entry DEV names: an index ("0") or a uuid, in any case. -1 when
+ * none. */
 static int find_entry(const vg__shm_t *r, const char *dev)
 {
     char *end;
@@ -58,7 +59,7 @@ static int find_entry(const vg__shm_t *r, const char *dev)
         if (r->dev[d].ordinal < 0)
             continue;
         if (is_index ? r->dev[d].ordinal == idx
-                     : strncmp(r->dev[d].uuid, dev, sizeof r->dev[d].uuid) == 0)
+                     : strncasecmp(r->dev[d].uuid, dev, sizeof r->dev[d].uuid) == 0)
             return d;
     }
     return -1;
