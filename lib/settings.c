@@ -263,7 +263,10 @@ int vg__settings_parse(vg__getenv_fn get, void *ctx, vg__settings_t *out,
             int rc = budget_from_hami(get, ctx, &s.budget, e);
             if (rc != VG_OK)
                 return rc;
-            s.budget_from = VG__HAMI_ALL "_<i>";
+            /* Per-device entries are what messages are about. */
+            s.budget_from = s.budget.count ? VG__HAMI_ALL "_<i>"
+                            : s.budget.all.unit != VG__BUDGET_NONE ? VG__HAMI_ALL
+                                                                     : NULL;
             continue;
         }
         if (r->type == VG__SET_BUDGET)

@@ -115,7 +115,8 @@ typedef enum vg__shared_group {
 typedef struct vg__settings {
     vg__budget_spec_t budget;
     const char *budget_from; /* the variable(s) it came from, for messages:
-                              * VRAMGUARD_BUDGET or HAMi's aliases */
+                              * VRAMGUARD_BUDGET or HAMi's aliases; NULL
+                              * when none is set (no budget) */
     char libcuda[4096];
     char shared[256];
     char shared_cache[4096];  /* HAMi's CUDA_DEVICE_MEMORY_SHARED_CACHE */

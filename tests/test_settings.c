@@ -363,6 +363,22 @@ Test(settings, unset_budget_means_no_limit)
     cr_expect_eq(vg__budget_spec_limit(&s.budget, 0, UUID_A, 80 * GiB),
                  VG__UNLIMITED);
     cr_expect_eq(vg__budget_spec_limit(NULL, 0, NULL, 0), VG__UNLIMITED);
+    cr_expect_null(s.budget_from, "no variable set a budget, not %s", s.budget_from);
+}
+
+/* budget_from names, in messages, the variable the budget came from: the
+ * one that was set, never an alias that was not. */
+Test(settings, budget_from_names_the_variable_that_set_the_budget)
+{
+    vg__settings_t s;
+    char err[256] = "";
+    cr_assert_eq(parse_env(ENV({"VRAMGUARD_BUDGET", "1GiB"}), &s, err, sizeof err), VG_OK);
+    cr_expect_str_eq(s.budget_from, "VRAMGUARD_BUDGET");
+    cr_assert_eq(parse_env(ENV({"CUDA_DEVICE_MEMORY_LIMIT", "1g"}), &s, err, sizeof err), VG_OK);
+    cr_expect_str_eq(s.budget_from, "CUDA_DEVICE_MEMORY_LIMIT");
+    cr_assert_eq(parse_env(ENV({"CUDA_DEVICE_MEMORY_LIMIT_2", "1g"}), &s, err, sizeof err),
+                 VG_OK);
+    cr_expect_str_eq(s.budget_from, "CUDA_DEVICE_MEMORY_LIMIT_<i>");
 }
 
 Test(settings, one_size_applies_to_every_device)
