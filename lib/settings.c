@@ -197,6 +197,15 @@ static int budget_from_hami(vg__getenv_fn get, void *ctx,
     return VG_OK;
 }
 
+/* HAMi's shared-region path is an alias, read only when VRAMGUARD_SHARED
+ * is unset (its row comes first in the table, so s->shared is parsed by
+ * then): whatever it holds, empty included, cannot fail a process that
+ * names its own region. */
+static bool row_overridden(const vg__setting_row_t *r, const vg__settings_t *s)
+{
+    return r->offset == offsetof(vg__settings_t, shared_cache) && s->shared[0];
+}
+
 /* Text fields (PATH and NAME): non-empty, fits its array with its NUL. */
 static int text_store(const vg__setting_row_t *r, const char *text, char *dst,
                       vg__err_t e)
@@ -258,6 +267,8 @@ int vg__settings_parse(vg__getenv_fn get, void *ctx, vg__settings_t *out,
     memset(&s, 0, sizeof s);
     for (size_t i = 0; i < VG__ROW_COUNT; i++) {
         const vg__setting_row_t *r = &rows[i];
+        if (row_overridden(r, &s))
+            continue;
         const char *text = get(r->env, ctx);
         if (!text && r->type == VG__SET_BUDGET) {
             int rc = budget_from_hami(get, ctx, &s.budget, e);

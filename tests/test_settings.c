@@ -525,6 +525,25 @@ Test(settings, vramguard_budget_wins_over_hami_alias)
     cr_expect_eq(vg__budget_spec_limit(&s.budget, 0, NULL, 0), 4 * GiB);
 }
 
+/* HAMi's shared-region path is read only when VRAMGUARD_SHARED is unset,
+ * as its budget aliases are: a pod template that leaves it empty (or
+ * anything else) cannot stop a process that names its own region. Unset
+ * VRAMGUARD_SHARED, an empty one is still an error naming it. */
+Test(settings, vramguard_shared_wins_over_hami_shared_cache)
+{
+    vg__settings_t s;
+    char err[256] = "";
+    cr_assert_eq(parse_env(ENV({"VRAMGUARD_SHARED", "job"},
+                               {"CUDA_DEVICE_MEMORY_SHARED_CACHE", ""}),
+                           &s, err, sizeof err),
+                 VG_OK, "%s", err);
+    cr_expect_str_eq(s.shared, "job");
+    cr_expect_str_eq(s.shared_cache, "");
+    cr_assert_eq(parse_env(ENV({"CUDA_DEVICE_MEMORY_SHARED_CACHE", ""}), &s, err, sizeof err),
+                 VG_ESETTING);
+    cr_expect_not_null(strstr(err, "CUDA_DEVICE_MEMORY_SHARED_CACHE='': empty"), "%s", err);
+}
+
 Test(settings, seventeen_hami_device_aliases_are_an_error)
 {
     kv_t kv[VG__BUDGET_ENTRIES + 1];
