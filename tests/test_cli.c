@@ -294,6 +294,25 @@ Test(cli, check_without_a_driver_says_why_and_exits_1)
     cr_expect_not_null(strstr(r.out, "self-test: SKIP"), "%s", r.out);
 }
 
+/* vramguard handles devices 0-63: on a machine with more, check lists
+ * those and says that the list is cut, with the driver's count. */
+Test(cli, check_says_when_it_lists_only_the_first_64_devices)
+{
+    cli_result_t r;
+    cli_run_clean(&r, ENV("FAKECUDA_DEVICES=70", "FAKECUDA_TOTAL_BYTES=1073741824"), ARGS("check"));
+    cr_expect_not_null(strstr(r.out, "devices:   70 (the first 64 listed: vramguard handles "
+                                     "devices 0-63 only)\n"),
+                       "%s", r.out);
+    cr_expect_not_null(strstr(r.out, "\n   63  "), "%s", r.out);
+    cr_expect_null(strstr(r.out, "\n   64  "), "%s", r.out);
+    cli_run_clean(&r, ENV("FAKECUDA_DEVICES=70", "FAKECUDA_TOTAL_BYTES=1073741824"),
+                  ARGS("check", "--json"));
+    cr_expect_not_null(strstr(r.out, "\"device_count\": 70, \"devices\": ["), "%s", r.out);
+    cr_expect_eq(count_of(r.out, "\"uuid\""), 64, "%s", r.out);
+    cli_run_clean(&r, ENV("FAKECUDA_DEVICES=2"), ARGS("check"));
+    cr_expect_not_null(strstr(r.out, "devices:   2\n"), "%s", r.out);
+}
+
 /* A bad VRAMGUARD_* setting in the caller's environment is reported as
  * such (exit 1), not blamed on the driver: the driver, the devices and the
  * self-test are still checked. */

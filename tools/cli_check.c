@@ -32,7 +32,8 @@ typedef struct check_report {
     char library[4096];      /* VRAMGUARD_LIBCUDA */
     char version[16];        /* "13.0"; "" when unknown */
     char error[1024];        /* why the driver is not usable; "" when it is */
-    int count;               /* devices listed */
+    int total;               /* devices the driver shows */
+    int count;               /* devices listed: at most VG__MAX_DEVICES */
     vg_device_info_t dev[VG__MAX_DEVICES];
     check_verdict_t selftest;
     char detail[1024];       /* the self-test's one-line account */
@@ -43,7 +44,8 @@ void cli_check_help(FILE *f)
     fprintf(f, "Usage: vramguard check [--json]\n\n");
     cli_wrap(f, 0, 78,
              "Checks that the CUDA driver loads (and which version it is), "
-             "lists the devices with their memory, and self-tests the shim: "
+             "lists the devices with their memory (the first 64: vramguard "
+             "handles devices 0-63), and self-tests the shim: "
              "a child process with " CLI_SHIM_NAME " preloaded and a 64 MiB "
              "budget allocates the way cudart does (through "
              "cuGetProcAddress) and must see 128 MiB refused.");
@@ -101,6 +103,7 @@ static void check_devices(check_report_t *r)
     int count = 0;
     if (vg_device_count(&count) != VG_OK)
         return;
+    r->total = count;
     for (int i = 0; i < count && i < VG__MAX_DEVICES; i++) {
         int rc = vg_device_info(i, &r->dev[r->count]);
         if (rc != VG_OK) {
@@ -157,7 +160,11 @@ static void print_devices(const check_report_t *r)
     for (int i = 0; i < r->count; i++)
         if ((int)strlen(r->dev[i].name) > w)
             w = (int)strlen(r->dev[i].name);
-    printf("devices:   %d\n", r->count);
+    printf("devices:   %d", r->total);
+    if (r->total > VG__MAX_DEVICES) /* the engine budgets no device past 63 */
+        printf(" (the first %d listed: vramguard handles devices 0-%d only)", r->count,
+               VG__MAX_DEVICES - 1);
+    printf("\n");
     if (r->count == 0)
         return;
     printf("  %3s  %-*s  %-40s  %11s  %11s\n", "#", w, "NAME", "UUID",
@@ -210,7 +217,7 @@ static void print_json(const check_report_t *r)
     cli_json_str(stdout, r->version);
     printf(", \"error\": ");
     cli_json_str(stdout, r->error);
-    printf("},\n \"devices\": [");
+    printf("},\n \"device_count\": %d, \"devices\": [", r->total);
     for (int i = 0; i < r->count; i++) {
         printf(i ? ",\n   " : "\n   ");
         json_device(&r->dev[i]);

@@ -84,7 +84,7 @@
  * symbol table (it is built with -fvisibility=default for the CUDA API). */
 #pragma GCC visibility push(hidden)
 
-#define FC_MAX_DEVICES 16
+#define FC_MAX_DEVICES 72 /* more than vramguard handles (64), for check */
 #define FC_ALIGN 512u                    /* every returned pointer, bytes */
 #define FC_GRANULARITY (2u << 20)        /* VMM granularity, bytes */
 #define FC_DRIVER_VERSION 13000
