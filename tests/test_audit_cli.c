@@ -177,6 +177,41 @@ Test(audit_cli, truncated_garbled_and_other_version_lines_are_counted_skipped_an
     EXPECT_IN(r.out, "  cuMemFree_v2                        0        1         0  0 B\n");
 }
 
+/* The writer writes sizes and counts unsigned: a negative one is a
+ * malformed line, skipped and reported with the others (file and line),
+ * never read as an allocation of 0 bytes. */
+Test(audit_cli, a_negative_size_or_count_is_a_bad_line_not_zero)
+{
+    char dir[64], log[128];
+    tmp_dir(dir, sizeof dir);
+    snprintf(log, sizeof log, "%s/neg.jsonl", dir);
+    FILE *f = fopen(log, "w");
+    cr_assert_not_null(f);
+    fputs("{\"v\":1,\"ts\":1790000000000000000,\"pid\":7,\"tid\":7,\"op\":\"start\","
+          "\"cmd\":\"x\",\"budget_spec\":\"\",\"policy\":\"warn\"}\n"
+          "{\"v\":1,\"ts\":1790000000001000000,\"pid\":7,\"tid\":7,\"op\":\"alloc\","
+          "\"dev\":0,\"api\":\"cuMemAlloc_v2\",\"kind\":\"plain\",\"ptr\":\"0x2000\","
+          "\"size\":-1048576,\"rc\":0,\"used\":0,\"budget\":-1,\"seq\":1}\n"
+          "{\"v\":1,\"ts\":1790000000002000000,\"pid\":7,\"tid\":7,\"op\":\"alloc\","
+          "\"dev\":0,\"api\":\"cuMemAlloc_v2\",\"kind\":\"plain\",\"ptr\":\"0x4000\","
+          "\"size\":2048,\"rc\":0,\"used\":-2048,\"budget\":-1,\"seq\":2}\n"
+          "{\"v\":1,\"ts\":1790000000003000000,\"pid\":7,\"tid\":7,\"op\":\"alloc\","
+          "\"dev\":0,\"api\":\"cuMemAlloc_v2\",\"kind\":\"plain\",\"ptr\":\"0x6000\","
+          "\"size\":1024,\"rc\":0,\"used\":1024,\"budget\":-1,\"seq\":3}\n",
+          f);
+    cr_assert_eq(fclose(f), 0);
+    cli_result_t r;
+    cli(&r, ARGS("audit", log));
+    cr_expect_eq(r.status, 0, "%s", r.err);
+    char want[256];
+    snprintf(want, sizeof want, "vramguard audit: skipped 2 lines (first at %s:2): 2 bad or "
+             "missing field\n", log);
+    cr_expect_str_eq(r.err, want);
+    EXPECT_IN(r.out, "1 log, 2 events, 1 process");
+    EXPECT_IN(r.out, "  cuMemAlloc_v2                       1        0         0  1.00 KiB\n");
+    rm_tree(dir);
+}
+
 /* ------------------------------------------------------------------ csv */
 
 /* ,"modules":[...]} and the line's end: 600 modules of 200-character
@@ -660,9 +695,9 @@ Test(audit_cli, replay_escapes_the_logs_strings_in_json_and_on_a_terminal)
     rm_tree(dir);
 }
 
-/* A garbled line whose size is negative cannot be allocated at all (the
- * pool says "invalid argument"): that is a failure, counted apart, and
- * must not hide the refusal the replay is run to find. */
+/* A garbled line whose size is negative is skipped and reported (its file
+ * and line), never replayed as an allocation of 0 bytes, and must not
+ * hide the refusal the replay is run to find. */
 Test(audit_cli, replay_reports_the_first_refusal_not_a_garbled_size_before_it)
 {
     char dir[64], log[128];
@@ -680,8 +715,12 @@ Test(audit_cli, replay_reports_the_first_refusal_not_a_garbled_size_before_it)
     cli_result_t r;
     cli(&r, ARGS("replay", "--budget", "1MiB", log));
     cr_assert_eq(r.status, 0, "%s", r.err);
-    EXPECT_IN(r.out, "allocations: 0 of 2 succeeded, 1 refused, 1 failed otherwise");
-    EXPECT_IN(r.out, "first refusal: allocation 2 (seq 2, cuMemAlloc_v2, 2.00 MiB) with 0 B in "
+    char want[256];
+    snprintf(want, sizeof want, "vramguard replay: skipped 1 line (first at %s:1): 1 bad or "
+             "missing field\n", log);
+    cr_expect_str_eq(r.err, want);
+    EXPECT_IN(r.out, "allocations: 0 of 1 succeeded, 1 refused (");
+    EXPECT_IN(r.out, "first refusal: allocation 1 (seq 2, cuMemAlloc_v2, 2.00 MiB) with 0 B in "
                      "use: request exceeds the memory budget\n");
     cli(&r, ARGS("replay", "--json", "--budget", "1MiB", log));
     EXPECT_IN(r.out, "\"first_refusal\":{\"seq\":2,");

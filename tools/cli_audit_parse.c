@@ -27,7 +27,9 @@ typedef struct cursor {
 /* Parse failures: the line is not JSON, or it ended too soon. */
 typedef enum perr { P_OK = 0, P_SYNTAX, P_EOL, P_FIELD } perr_t;
 
-typedef enum ftype { T_INT, T_STR, T_HEX, T_SITE, T_MODULES } ftype_t;
+/* T_UINT: an integer the writer writes unsigned (sizes, counts), so a
+ * negative one is a malformed line, not a value to clamp. */
+typedef enum ftype { T_INT, T_UINT, T_STR, T_HEX, T_SITE, T_MODULES } ftype_t;
 
 typedef struct field {
     const char *key;
@@ -37,18 +39,20 @@ typedef struct field {
 } field_t;
 
 #define I_(k, m, b) {k, T_INT, offsetof(au_event_t, m), 0, b}
+#define U_(k, m, b) {k, T_UINT, offsetof(au_event_t, m), 0, b}
 #define S_(k, m, b) {k, T_STR, offsetof(au_event_t, m), sizeof(((au_event_t *)0)->m), b}
 
-/* Every field of schema v1 the reader uses. */
+/* Every field of schema v1 the reader uses; U_ for those lib/audit.c
+ * writes unsigned (budget is -1 without one). */
 static const field_t fields[] = {
     I_("v", v, AU_F_V), I_("ts", ts, AU_F_TS), I_("pid", pid, AU_F_PID),
-    I_("tid", tid, AU_F_TID), I_("dev", dev, AU_F_DEV), I_("size", size, AU_F_SIZE),
-    I_("rc", rc, AU_F_RC), I_("used", used, AU_F_USED),
-    I_("budget", budget, AU_F_BUDGET), I_("seq", seq, AU_F_SEQ),
-    I_("offset", offset, 0), I_("count", count, AU_F_COUNT),
-    I_("bytes", bytes, AU_F_BYTES), I_("allocs", allocs, 0), I_("frees", frees, 0),
-    I_("refusals", refusals, 0), I_("bad_ptrs", bad_ptrs, 0), I_("live", live, 0),
-    I_("live_bytes", live_bytes, 0),
+    I_("tid", tid, AU_F_TID), U_("dev", dev, AU_F_DEV), U_("size", size, AU_F_SIZE),
+    U_("rc", rc, AU_F_RC), U_("used", used, AU_F_USED),
+    I_("budget", budget, AU_F_BUDGET), U_("seq", seq, AU_F_SEQ),
+    U_("offset", offset, 0), U_("count", count, AU_F_COUNT),
+    U_("bytes", bytes, AU_F_BYTES), U_("allocs", allocs, 0), U_("frees", frees, 0),
+    U_("refusals", refusals, 0), U_("bad_ptrs", bad_ptrs, 0), U_("live", live, 0),
+    U_("live_bytes", live_bytes, 0),
     {"op", T_STR, 0, 0, AU_F_OP}, /* a word, mapped to au_op_t */
     S_("api", api, AU_F_API), S_("kind", kind, AU_F_KIND), S_("class", cls, AU_F_CLASS),
     S_("pattern", pattern, 0), S_("policy", policy, 0), S_("from", from, 0),
@@ -409,11 +413,16 @@ static perr_t typed_value(cursor_t *c, const field_t *f, au_event_t *ev)
     bool want_str = f->type == T_STR || f->type == T_HEX;
     bool want_arr = f->type == T_SITE || f->type == T_MODULES;
     if (want_str != is_str || want_arr != is_arr ||
-        (f->type == T_INT && *c->p == '{'))
+        ((f->type == T_INT || f->type == T_UINT) && *c->p == '{'))
         return P_FIELD;
     switch (f->type) {
     case T_INT:
         return integer(c, (int64_t *)(base + f->off));
+    case T_UINT: {
+        int64_t *v = (int64_t *)(base + f->off);
+        perr_t e = integer(c, v);
+        return e == P_OK && *v < 0 ? P_FIELD : e;
+    }
     case T_HEX:
         return hex_string(c, (uint64_t *)(base + f->off));
     case T_SITE:
