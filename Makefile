@@ -76,6 +76,8 @@ EXAMPLE_SRCS:= $(wildcard tests/examples/*.c)
 EXAMPLES   := $(EXAMPLE_SRCS:tests/examples/%.c=$(BUILD)/examples/%)
 CLIENT_SRCS:= $(wildcard tests/clients/*.c)
 CLIENTS    := $(CLIENT_SRCS:tests/clients/%.c=$(BUILD)/clients/%)
+INTERPOSE_SRCS := $(wildcard tests/interpose/*.c)
+INTERPOSERS:= $(INTERPOSE_SRCS:tests/interpose/%.c=$(BUILD)/interpose/%.so)
 CXX_TEST_SRCS := $(wildcard tests/cpp/test_*.cpp)
 CXX_TESTS  := $(CXX_TEST_SRCS:tests/cpp/%.cpp=$(BUILD)/tests/cpp/%)
 CXX_PROGS  := $(CXX_TESTS) $(BUILD)/tests/cpp/contract
@@ -203,6 +205,11 @@ $(BUILD)/clients/%: tests/clients/%.c $(wildcard tests/clients/*.h) $(FAKECUDA)
 	$(CC) $(CPPFLAGS) -Itests $(CFLAGS) $< -L$(BUILD)/fakecuda -l:libcuda.so.1 \
 	  $(LDFLAGS) $(LIBS) -o $@
 
+# Test-only interposers a test preloads into the program it runs.
+$(BUILD)/interpose/%.so: tests/interpose/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) -shared $< $(LDFLAGS) -o $@
+
 # Reaches NVML and the driver through dlopen only, so it also runs where
 # there is no NVML at all (tests/test_nvml.c).
 $(NVML_CLIENT): tests/nvml_client.c
@@ -258,7 +265,7 @@ check-deps:
 # sanitized libvramguard.so cannot be loaded by an unsanitized test binary;
 # the C++ tests do run under every SAN.
 test: check-deps
-	@$(MAKE) --no-print-directory all $(TESTS) $(CLIENTS) $(FAKENVML) $(NVML_CLIENT) $(FUZZERS) $(EXAMPLES) $(CXX_PROGS)
+	@$(MAKE) --no-print-directory all $(TESTS) $(CLIENTS) $(INTERPOSERS) $(FAKENVML) $(NVML_CLIENT) $(FUZZERS) $(EXAMPLES) $(CXX_PROGS)
 	@for f in $(FUZZERS); do $$f $(FUZZ_SECONDS) || exit 1; done
 	@echo "example: model_slots (13 models in an 8 GiB pool, evicted under pressure)"
 	@LD_LIBRARY_PATH=$(BUILD)/fakecuda $(BUILD)/examples/model_slots >/dev/null

@@ -424,6 +424,22 @@ Test(cli, check_self_test_runs_from_a_binary_deleted_while_it_runs)
     cr_expect_eq(system(cmd), 0);
 }
 
+/* Reading the self-test's output can fail (poll, read): check must say
+ * so, not report that the self-test ran out of time. Every poll() of the
+ * check process fails here (tests/interpose/poll_fails.c). */
+Test(cli, check_reports_a_failed_poll_as_such_not_as_a_timeout)
+{
+    char preload[4200];
+    snprintf(preload, sizeof preload, "LD_PRELOAD=%s/interpose/poll_fails.so", build_dir());
+    cli_result_t r;
+    cli_run_clean(&r, ENV(preload), ARGS("check"));
+    cr_expect_eq(r.status, 1, "stdout: %s\nstderr: %s", r.out, r.err);
+    cr_expect_not_null(strstr(r.out, "self-test: FAIL (cannot read the self-test's output: "
+                                     "Cannot allocate memory)\n"),
+                       "%s", r.out);
+    cr_expect_null(strstr(r.out, "did not finish"), "%s", r.out);
+}
+
 /* The driver named by VRAMGUARD_LIBCUDA, not on the library path: the
  * self-test must load the same one `check` listed. */
 Test(cli, check_self_test_uses_the_driver_vramguard_libcuda_names)

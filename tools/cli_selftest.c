@@ -230,7 +230,8 @@ static char **st_environ(const char *preload)
 }
 
 /* Keeps the last ST_OUT_MAX-1 bytes of what the child writes, until it
- * closes its end or the deadline passes. Returns -1 on timeout. */
+ * closes its end or the deadline passes. Returns 0, ETIMEDOUT, or the
+ * errno of a poll or read that failed. */
 static int st_collect(int fd, char *out)
 {
     size_t len = 0;
@@ -240,12 +241,14 @@ static int st_collect(int fd, char *out)
         uint64_t now = vg__mono_ns();
         out[len] = '\0';
         if (now >= deadline)
-            return -1;
+            return ETIMEDOUT;
         int r = poll(&pfd, 1, (int)((deadline - now) / 1000000u) + 1);
         if (r < 0 && errno == EINTR)
             continue;
-        if (r <= 0)
-            return -1;
+        if (r < 0)
+            return errno;
+        if (r == 0)
+            return ETIMEDOUT;
         if (len > ST_OUT_MAX / 2) { /* room for at least half a buffer */
             memmove(out, out + len - ST_OUT_MAX / 4, ST_OUT_MAX / 4);
             len = ST_OUT_MAX / 4;
@@ -253,7 +256,9 @@ static int st_collect(int fd, char *out)
         ssize_t got = read(fd, out + len, ST_OUT_MAX - 1 - len);
         if (got < 0 && errno == EINTR)
             continue;
-        if (got <= 0)
+        if (got < 0)
+            return errno;
+        if (got == 0)
             break;
         len += (size_t)got;
     }
@@ -354,20 +359,25 @@ static int st_verdict(char *out, int status, char *detail, size_t len)
     return -1;
 }
 
-/* Runs the child to the end (killing it after ST_TIMEOUT_MS). */
+/* Runs the child to the end (killing it after ST_TIMEOUT_MS, or when its
+ * output cannot be read). */
 static int st_wait(pid_t pid, int fd, char *detail, size_t len)
 {
     char out[ST_OUT_MAX];
     int status = 0;
-    bool timed_out = st_collect(fd, out) != 0;
+    int err = st_collect(fd, out);
     close(fd);
-    if (timed_out)
+    if (err)
         kill(pid, SIGKILL);
     while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
         ;
-    if (timed_out) {
+    if (err == ETIMEDOUT) {
         snprintf(detail, len, "the self-test did not finish within %d s",
                  ST_TIMEOUT_MS / 1000);
+        return -1;
+    }
+    if (err) {
+        snprintf(detail, len, "cannot read the self-test's output: %s", strerror(err));
         return -1;
     }
     return st_verdict(out, status, detail, len);
