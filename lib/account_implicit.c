@@ -314,4 +314,5 @@ void vg__acct_context_gone(int device, CUcontext ctx, const char *api)
     free(k.keys);
     vg__acct_limits_forget(device, ctx);
     vg__acct_implicit_shrunk(device); /* its context went too: measure again */
+    vg__acct_pool_current_changed();  /* asked again, to be safe */
 }

@@ -68,6 +68,66 @@ static struct pool_slot *slot_of(CUmemoryPool pool, int device)
     return free_slot; /* NULL when full: that pool goes uncharged */
 }
 
+/* ---------------------------------------------- the current pool */
+
+/* The pool cuMemAllocAsync draws from on each device, remembered: asking
+ * the driver (cuDeviceGetMemPool) on every allocation was one of the
+ * calls that made the stream-ordered pair cost x1.40 of native on an H100
+ * (docs/benchmarks.md). The driver changes it only at cuDeviceSetMemPool
+ * and cuMemSetMemPool (hooked), and at cuMemPoolDestroy of the current
+ * pool (its device's default becomes current again); a context's end is
+ * treated as a change too, to be safe. After each, once the driver
+ * returned, vg__acct_pool_current_changed() forgets every device's
+ * (NULL: ask again).
+ *
+ * A thread that asked the driver before a change and stores its answer
+ * after the change was forgotten would keep a stale pool for good, so the
+ * answer is kept only when no change came in between (current_gen): the
+ * filler stores, then checks the generation and takes its answer back if
+ * it moved; the changer bumps the generation, then clears. In the single
+ * total order of these seq_cst operations, either the filler's check sees
+ * the bump (and clears its own answer) or the changer's clear comes after
+ * the filler's store (and clears it). A change racing an allocation in
+ * another thread leaves that allocation to either pool, as the driver's
+ * own order does; a pool's growth the settle did not read is charged at
+ * that pool's next reading (vg__acct_pool_settle, trims, memory views). */
+static _Atomic(CUmemoryPool) current[VG__MAX_DEVICES];
+static _Atomic uint64_t current_gen;
+
+__attribute__((noinline)) static CUmemoryPool current_ask(int device)
+{
+    CUmemoryPool pool = NULL, mine;
+    uint64_t gen = atomic_load_explicit(&current_gen, memory_order_seq_cst);
+    if (vg__driver()->cuDeviceGetMemPool(&pool, (CUdevice)device) != CUDA_SUCCESS || !pool)
+        return NULL; /* not remembered: asked again next time */
+    if (device < 0 || device >= VG__MAX_DEVICES)
+        return pool;
+    atomic_store_explicit(&current[device], pool, memory_order_seq_cst);
+    mine = pool;
+    if (atomic_load_explicit(&current_gen, memory_order_seq_cst) != gen)
+        atomic_compare_exchange_strong_explicit(&current[device], &mine, NULL,
+                                                memory_order_seq_cst, memory_order_seq_cst);
+    return pool;
+}
+
+/* Hot path: one load once the device's pool is known. */
+CUmemoryPool vg__acct_pool_current(int device)
+{
+    if (vg__likely(device >= 0 && device < VG__MAX_DEVICES)) {
+        CUmemoryPool pool = atomic_load_explicit(&current[device], memory_order_acquire);
+        if (vg__likely(pool != NULL))
+            return pool;
+    }
+    return current_ask(device);
+}
+
+void vg__acct_pool_current_changed(void)
+{
+    atomic_fetch_add_explicit(&current_gen, 1, memory_order_seq_cst);
+    for (int d = 0; d < VG__MAX_DEVICES; d++)
+        atomic_store_explicit(&current[d], NULL, memory_order_seq_cst);
+}
+
 /* ---------------------------------------------- where a pool's memory is */
 
 /* cuMemAllocFromPoolAsync may draw from a pool on another device than the
@@ -337,6 +397,7 @@ void vg__acct_pool_forget(CUmemoryPool pool)
         slot_clear(s, &gone);
     vg__mutex_unlock(&pools_lock, VG__RANK_STREAM_POOLS);
     slot_release(&gone);
+    vg__acct_pool_current_changed(); /* it may have been a device's current */
 }
 
 void vg__acct_pool_block_freed(const vg__alloc_t *a)

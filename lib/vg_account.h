@@ -107,6 +107,16 @@ void vg__acct_pool_made(CUmemoryPool pool, const CUmemLocation *where);
  * device; left as it was (the caller's current device) for a pool whose
  * device cannot be told. */
 bool vg__acct_pool_home(CUmemoryPool pool, int *device);
+/* The pool cuMemAllocAsync draws from on `device` (the driver's
+ * cuDeviceGetMemPool), remembered until vg__acct_pool_current_changed();
+ * NULL when the driver cannot say. Thread-safe; one atomic load once
+ * known. */
+CUmemoryPool vg__acct_pool_current(int device);
+/* A device's current pool may have changed (cuDeviceSetMemPool,
+ * cuMemSetMemPool, cuMemPoolDestroy, a context's end): call after the
+ * driver returned; the next vg__acct_pool_current() of every device asks
+ * the driver again. */
+void vg__acct_pool_current_changed(void);
 /* Brings the standing charge of `pool` in line with what it reserves now. */
 void vg__acct_pool_sync(int device, CUmemoryPool pool);
 /* Settles a ticket for an allocation just served by `pool`: converts the

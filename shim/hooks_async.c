@@ -14,13 +14,21 @@
  * does not grow. Such an allocation is charged as a graph memory node
  * (hooks_graph.c), until its graph is destroyed; a captured free is a
  * free node of the graph and changes no charge.
+ *
+ * What a pair asks the driver besides the allocation and the free (each
+ * call costs on a real GPU, docs/benchmarks.md): what the pool reserves
+ * after the allocation, nothing more. The device's current pool is
+ * remembered (account_streams.c, vg__acct_pool_current), the capture
+ * query runs only while a capture begun through the hooks is open
+ * (hooks_capture.c), and the pool's charge is not read before the request
+ * (see alloc_async).
  */
 #include "shim.h"
 
 typedef CUresult (*free_async_fn)(CUdeviceptr, CUstream);
 
-/* The graph `stream` is being captured into, or NULL. */
-static CUgraph capture_graph(CUstream stream)
+/* The driver's answer: the graph `stream` is being captured into, or NULL. */
+__attribute__((noinline)) static CUgraph capture_query(CUstream stream)
 {
     CUstreamCaptureStatus status = CU_STREAM_CAPTURE_STATUS_NONE;
     CUgraph graph = NULL;
@@ -31,20 +39,13 @@ static CUgraph capture_graph(CUstream stream)
     return graph;
 }
 
-/* A _ptsz entry point's stream 0 is the calling thread's per-thread
- * stream, which CU_STREAM_PER_THREAD names to every entry point: its hooks
- * pass that on, so the capture query asks about the right stream. */
-static CUstream per_thread(CUstream stream)
+/* The graph `stream` is being captured into, or NULL. Asked of the driver
+ * only while a capture is open: with none, no stream can be capturing. */
+static inline CUgraph capture_graph(CUstream stream)
 {
-    return stream ? stream : CU_STREAM_PER_THREAD;
-}
-
-/* The pool cuMemAllocAsync draws from: the device's current pool. */
-static CUmemoryPool current_pool(int device)
-{
-    CUmemoryPool pool = NULL;
-    vg__driver()->cuDeviceGetMemPool(&pool, (CUdevice)device);
-    return pool;
+    if (vg__likely(!vg__shim_capturing()))
+        return NULL;
+    return capture_query(stream);
 }
 
 static CUresult after_async(vg__ticket_t *t, CUresult cr, CUdeviceptr *dptr,
@@ -86,9 +87,17 @@ static CUresult alloc_async(CUresult (*real)(CUdeviceptr *, size_t, CUstream),
         CUresult cr = real(dptr, size, stream);
         return vg__shim_graph_settle(&t, cr, graph, cr == CUDA_SUCCESS ? *dptr : 0, size);
     }
-    CUmemoryPool pool = current_pool(device);
-    if (pool)
-        vg__acct_pool_sync(device, pool);
+    /* The device's current pool. Its charge is not brought up to date
+     * first: the settle reads what the pool reserves after the
+     * allocation and charges the change since the last reading, so the
+     * charge is the driver's figure after every allocation either way.
+     * Between readings the pool can only have shrunk behind our back (a
+     * synchronisation's release, the program's cuMemPoolTrimTo): its
+     * stale charge is then more than it holds, never less, and a request
+     * refused for it is retried after vg__acct_reserve syncs and trims
+     * the pools (account.c, reserve_slow). Its growth comes from
+     * allocations, each of which reads it. */
+    CUmemoryPool pool = vg__acct_pool_current(device);
     vg__ticket_t t = {.device = device, .kind = VG_KIND_ASYNC,
                       .bytes = size, .api = api};
     int rc = vg__acct_reserve(&t);
@@ -122,7 +131,7 @@ CUresult cuMemAllocAsync_ptsz(CUdeviceptr *dptr, size_t bytesize, CUstream hStre
     if (!vg__real.cuMemAllocAsync_ptsz || !vg__real.cuMemFreeAsync_ptsz)
         return CUDA_ERROR_NOT_FOUND;
     return alloc_async(vg__real.cuMemAllocAsync_ptsz, vg__real.cuMemFreeAsync_ptsz,
-                       dptr, bytesize, per_thread(hStream), "cuMemAllocAsync_ptsz");
+                       dptr, bytesize, vg__shim_per_thread(hStream), "cuMemAllocAsync_ptsz");
 }
 
 static CUresult alloc_from_pool(CUresult (*real)(CUdeviceptr *, size_t, CUmemoryPool, CUstream),
@@ -132,8 +141,7 @@ static CUresult alloc_from_pool(CUresult (*real)(CUdeviceptr *, size_t, CUmemory
     int device = vg__shim_device(); /* the pool's own, where it is known */
     bool on_device = !pool || vg__acct_pool_home(pool, &device);
     CUgraph graph = capture_graph(stream);
-    if (pool && !graph && on_device)
-        vg__acct_pool_sync(device, pool);
+    /* Not synced first, as in alloc_async. */
     vg__ticket_t t = {.device = device, .kind = VG_KIND_POOL,
                       .bytes = on_device ? size : 0, .api = api};
     int rc = vg__acct_reserve(&t);
@@ -174,7 +182,7 @@ CUresult cuMemAllocFromPoolAsync_ptsz(CUdeviceptr *dptr, size_t bytesize,
         return CUDA_ERROR_NOT_FOUND;
     return alloc_from_pool(vg__real.cuMemAllocFromPoolAsync_ptsz,
                            vg__real.cuMemFreeAsync_ptsz, dptr, bytesize, pool,
-                           per_thread(hStream), "cuMemAllocFromPoolAsync_ptsz");
+                           vg__shim_per_thread(hStream), "cuMemAllocFromPoolAsync_ptsz");
 }
 
 /* The pool keeps the memory after a stream-ordered free, so the pool's
@@ -208,7 +216,7 @@ CUresult cuMemFreeAsync_ptsz(CUdeviceptr dptr, CUstream hStream)
         return CUDA_ERROR_NOT_INITIALIZED;
     if (!vg__real.cuMemFreeAsync_ptsz)
         return CUDA_ERROR_NOT_FOUND;
-    return free_async(vg__real.cuMemFreeAsync_ptsz, dptr, per_thread(hStream),
+    return free_async(vg__real.cuMemFreeAsync_ptsz, dptr, vg__shim_per_thread(hStream),
                       "cuMemFreeAsync_ptsz");
 }
 
@@ -224,6 +232,8 @@ CUresult cuMemPoolCreate(CUmemoryPool *pool, const CUmemPoolProps *poolProps)
     return cr;
 }
 
+/* Destroying a device's current pool makes its default current again:
+ * forgetting the pool also forgets the devices' current pools. */
 CUresult cuMemPoolDestroy(CUmemoryPool pool)
 {
     if (!vg__shim_started())
@@ -231,5 +241,31 @@ CUresult cuMemPoolDestroy(CUmemoryPool pool)
     CUresult cr = vg__real.cuMemPoolDestroy(pool);
     if (cr == CUDA_SUCCESS)
         vg__acct_pool_forget(pool);
+    return cr;
+}
+
+/* The pool cuMemAllocAsync draws from changes: the remembered one is
+ * forgotten once the driver made the change (account_streams.c). */
+CUresult cuDeviceSetMemPool(CUdevice dev, CUmemoryPool pool)
+{
+    if (!vg__shim_started())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    if (!vg__real.cuDeviceSetMemPool)
+        return CUDA_ERROR_NOT_FOUND;
+    CUresult cr = vg__real.cuDeviceSetMemPool(dev, pool);
+    vg__acct_pool_current_changed(); /* even on failure: costs one query */
+    return cr;
+}
+
+/* CUDA 13.0: for a device location and pinned memory, cuDeviceSetMemPool
+ * by another name (cuda.h); any other kind changes nothing of ours. */
+CUresult cuMemSetMemPool(CUmemLocation *location, CUmemAllocationType type, CUmemoryPool pool)
+{
+    if (!vg__shim_started())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    if (!vg__real.cuMemSetMemPool)
+        return CUDA_ERROR_NOT_FOUND;
+    CUresult cr = vg__real.cuMemSetMemPool(location, type, pool);
+    vg__acct_pool_current_changed();
     return cr;
 }

@@ -56,6 +56,24 @@
     X(cuMemPoolCreate,                                                         \
       (CUmemoryPool *pool, const CUmemPoolProps *poolProps))                   \
     X(cuMemPoolDestroy, (CUmemoryPool pool))                                   \
+    X(cuDeviceSetMemPool, (CUdevice dev, CUmemoryPool pool))                   \
+    X(cuMemSetMemPool, (CUmemLocation *location, CUmemAllocationType type,     \
+                        CUmemoryPool pool))                                    \
+    X(cuStreamBeginCapture, (CUstream hStream))                                \
+    X(cuStreamBeginCapture_ptsz, (CUstream hStream))                           \
+    X(cuStreamBeginCapture_v2, (CUstream hStream, CUstreamCaptureMode mode))   \
+    X(cuStreamBeginCapture_v2_ptsz,                                            \
+      (CUstream hStream, CUstreamCaptureMode mode))                            \
+    X(cuStreamBeginCaptureToGraph,                                             \
+      (CUstream hStream, CUgraph hGraph, const CUgraphNode *dependencies,      \
+       const CUgraphEdgeData *dependencyData, size_t numDependencies,          \
+       CUstreamCaptureMode mode))                                              \
+    X(cuStreamBeginCaptureToGraph_ptsz,                                        \
+      (CUstream hStream, CUgraph hGraph, const CUgraphNode *dependencies,      \
+       const CUgraphEdgeData *dependencyData, size_t numDependencies,          \
+       CUstreamCaptureMode mode))                                              \
+    X(cuStreamEndCapture, (CUstream hStream, CUgraph *phGraph))                \
+    X(cuStreamEndCapture_ptsz, (CUstream hStream, CUgraph *phGraph))           \
     X(cuMemCreate, (CUmemGenericAllocationHandle *handle, size_t size,         \
                     const CUmemAllocationProp *prop, unsigned long long flags)) \
     X(cuMemRelease, (CUmemGenericAllocationHandle handle))                     \
@@ -195,7 +213,8 @@
     X(cuMemPoolGetAttribute) X(cuMemPoolSetAccess) X(cuMemPoolGetAccess)      \
     X(cuMemPoolExportToShareableHandle) X(cuMemPoolImportFromShareableHandle) \
     X(cuMemPoolExportPointer) X(cuMemPoolImportPointer)                       \
-    X(cuDeviceGetDefaultMemPool) X(cuDeviceGetMemPool) X(cuDeviceSetMemPool)  \
+    X(cuDeviceGetDefaultMemPool) X(cuDeviceGetMemPool) X(cuMemGetMemPool)     \
+    X(cuMemGetDefaultMemPool)                                                 \
     X(cuMemGetAddressRange) X(cuPointerSetAttribute)                          \
     X(cuMemHostAlloc) X(cuMemAllocHost) X(cuMemAllocHost_v2) X(cuMemFreeHost) \
     X(cuMemHostRegister) X(cuMemHostRegister_v2) X(cuMemHostUnregister)       \
@@ -276,6 +295,26 @@ static inline int vg__shim_device(void)
     if (vg__likely(atomic_load_explicit(&vg__hot.device_count_kind, memory_order_relaxed) == 1))
         return 0;
     return vg__shim_device_slow();
+}
+
+/* A _ptsz entry point's stream 0 is the calling thread's per-thread
+ * stream, which CU_STREAM_PER_THREAD names to every entry point: its hooks
+ * pass that on, so a capture query asks about the right stream. */
+static inline CUstream vg__shim_per_thread(CUstream stream)
+{
+    return stream ? stream : CU_STREAM_PER_THREAD;
+}
+
+/* ---------------------------------------------------- hooks_capture.c */
+
+/* Stream captures begun through the hooks and not known to have ended
+ * (hooks_capture.c has the rules). Read through vg__shim_capturing(). */
+extern _Atomic long vg__shim_captures_open;
+/* False when no stream of this process can be capturing, so the
+ * stream-ordered hooks need not ask the driver (one relaxed load). */
+static inline bool vg__shim_capturing(void)
+{
+    return atomic_load_explicit(&vg__shim_captures_open, memory_order_relaxed) != 0;
 }
 
 /* ------------------------------------------------------ hooks_graph.c */
