@@ -234,7 +234,8 @@ VG__HOT void vg__acct_uncharge(const vg__alloc_t *a)
     if (vg__likely(vg__credit_give(a->device, a->charged)))
         return;
     vg__budget_t *b = vg__engine_budget(a->device);
-    vg__budget_release(b, a->charged);
+    if (a->charged) /* a stream-ordered block's pool carries its charge */
+        vg__budget_release(b, a->charged);
     if (vg__unlikely(b->shared))
         vg__shared_live(b, -1);
 }

@@ -291,7 +291,8 @@ int vg__acct_pool_settle(vg__ticket_t *t, CUmemoryPool pool)
     int rc = VG_OK;
     if (now < r.before)
         vg__budget_release(r.b, r.before - now);
-    vg__budget_commit(r.b, growth);
+    if (growth) /* no growth, nothing to commit: the reservation goes back */
+        vg__budget_commit(r.b, growth);
     if (growth < t->bytes)
         vg__budget_rollback(r.b, t->bytes - growth);
     /* The pool grew by a whole chunk more than was asked: it is real use,
