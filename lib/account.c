@@ -99,7 +99,7 @@ __attribute__((noinline, cold)) static int reserve_slow(vg__ticket_t *t, vg__bud
     return VG_ENOMEM;
 }
 
-VG__HOT int vg__acct_reserve(vg__ticket_t *t)
+int vg__acct_reserve_slow(vg__ticket_t *t)
 {
     if (vg__unlikely(vg__engine_init() != VG_OK))
         return refuse_closed();
@@ -214,16 +214,7 @@ void vg__acct_cancel(vg__ticket_t *t)
     t->bytes = 0;
 }
 
-VG__HOT int vg__acct_take(uint64_t key, vg__alloc_t *out)
-{
-    if (vg__ledger_remove(key, NULL, out) != VG_OK)
-        return VG_ENOTFOUND;
-    if (vg__unlikely(out->pooled))
-        vg__acct_pooled_free(out); /* its chunk carries the charge */
-    return VG_OK;
-}
-
-VG__HOT void vg__acct_uncharge(const vg__alloc_t *a)
+void vg__acct_uncharge_slow(const vg__alloc_t *a)
 {
     if (vg__unlikely(a->pooled))
         return;

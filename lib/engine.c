@@ -81,7 +81,7 @@ int vg__engine_describe(const char **library, const char **why)
 
 /* ------------------------------------------------ per-device budgets */
 
-static vg__budget_t budgets[VG__MAX_DEVICES];
+vg__budget_t vg__engine_budgets[VG__MAX_DEVICES];
 static pthread_mutex_t resolve_lock = PTHREAD_MUTEX_INITIALIZER;
 
 /* A fork while a device budget is being resolved waits for the resolution,
@@ -157,24 +157,24 @@ __attribute__((noinline, cold)) static void resolve_budget(int device)
     vg__mutex_lock(&resolve_lock, VG__RANK_RESOLVE);
     if (!budget_resolved(device, memory_order_relaxed)) {
         uint64_t limit = resolve_limit(device);
-        vg__budget_init(&budgets[device], limit, NULL);
+        vg__budget_init(&vg__engine_budgets[device], limit, NULL);
         /* 0 is a failure resolve_limit already reported: fail closed
          * here, never write it into a region other processes share. */
         if ((settings.shared[0] || settings.shared_cache[0]) && limit != 0)
-            vg__shared_bind(&budgets[device], device, limit);
-        if (!budgets[device].shared) /* shared budgets go to the region */
-            vg__credit_enable(&budgets[device], device);
-        vg__audit_watch(&budgets[device], device); /* `pressure` events */
+            vg__shared_bind(&vg__engine_budgets[device], device, limit);
+        if (!vg__engine_budgets[device].shared) /* shared budgets go to the region */
+            vg__credit_enable(&vg__engine_budgets[device], device);
+        vg__audit_watch(&vg__engine_budgets[device], device); /* `pressure` events */
         atomic_fetch_or_explicit(&vg__hot.budget_resolved, 1ull << device, memory_order_release);
     }
     vg__mutex_unlock(&resolve_lock, VG__RANK_RESOLVE);
 }
 
-VG__HOT vg__budget_t *vg__engine_budget(int device)
+vg__budget_t *vg__engine_budget_slow(int device)
 {
-    if (vg__unlikely(device < 0 || device >= VG__MAX_DEVICES))
+    if (device < 0 || device >= VG__MAX_DEVICES)
         return NULL;
-    if (vg__unlikely(!budget_resolved(device, memory_order_acquire)))
+    if (!budget_resolved(device, memory_order_acquire))
         resolve_budget(device);
-    return &budgets[device];
+    return &vg__engine_budgets[device];
 }

@@ -374,13 +374,11 @@ static inline vg__rec_t *shard_find(vg__shard_t *s, vg_devptr_t ptr)
 
 /* The block in hand: vg__me.seq_next up to vg__me.seq_end. */
 
-VG__HOT uint64_t vg__ledger_next_seq(void)
+uint64_t vg__ledger_seq_refill(void)
 {
-    if (vg__unlikely(vg__me.seq_next == vg__me.seq_end)) {
-        vg__me.seq_next = atomic_fetch_add_explicit(&seq_counter, VG__SEQ_BLOCK,
-                                             memory_order_relaxed) + 1;
-        vg__me.seq_end = vg__me.seq_next + VG__SEQ_BLOCK;
-    }
+    vg__me.seq_next = atomic_fetch_add_explicit(&seq_counter, VG__SEQ_BLOCK,
+                                                memory_order_relaxed) + 1;
+    vg__me.seq_end = vg__me.seq_next + VG__SEQ_BLOCK;
     return vg__me.seq_next++;
 }
 

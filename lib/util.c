@@ -43,10 +43,9 @@ uint64_t vg__mono_ns(void)
  * inherits the parent's cached value, so the atfork handler in engine.c
  * resets it through vg__tid_reset(). */
 
-VG__HOT uint32_t vg__tid(void)
+uint32_t vg__tid_slow(void)
 {
-    if (vg__unlikely(vg__me.tid == 0))
-        vg__me.tid = (uint32_t)syscall(SYS_gettid);
+    vg__me.tid = (uint32_t)syscall(SYS_gettid);
     return vg__me.tid;
 }
 

@@ -41,8 +41,10 @@ typedef struct vg__ticket {
 /* Reserves t->bytes on t->device for an allocation of kind t->kind.
  * VG_ENOMEM over budget (one rate-limited stderr line), VG_EDENIED when a
  * policy forbids the kind (VRAMGUARD_MANAGED=deny), VG_ESETTING when the
- * engine failed to start (fail closed: nothing is allowed). */
-int vg__acct_reserve(vg__ticket_t *t);
+ * engine failed to start (fail closed: nothing is allowed). Inline, for
+ * the common case (defined below): the rest, vg__acct_reserve_slow. */
+static inline int vg__acct_reserve(vg__ticket_t *t);
+int vg__acct_reserve_slow(vg__ticket_t *t);
 /* Changes the reservation to the size the driver really used (pitch,
  * arrays). Growth must fit the budget: VG_ENOMEM otherwise (the old
  * reservation stays). */
@@ -67,9 +69,11 @@ void vg__acct_cancel(vg__ticket_t *t);
  * vg__acct_restore() puts the record back when it said no. Giving the
  * charge back first let another thread allocate into memory the driver had
  * not freed yet (+35% over a 1 GiB budget under 16 threads on the test
- * driver). Out: *out. VG_ENOTFOUND when `key` is not a live allocation. */
-int vg__acct_take(uint64_t key, vg__alloc_t *out);
-void vg__acct_uncharge(const vg__alloc_t *a);
+ * driver). Out: *out. VG_ENOTFOUND when `key` is not a live allocation.
+ * Inline (every free takes): defined with the free path below. */
+static inline int vg__acct_take(uint64_t key, vg__alloc_t *out);
+static inline void vg__acct_uncharge(const vg__alloc_t *a);
+void vg__acct_uncharge_slow(const vg__alloc_t *a);
 /* Take and uncharge at once: for memory the driver has already freed (a
  * destroyed graph or context). */
 int vg__acct_release(uint64_t key, vg__alloc_t *out);
@@ -489,8 +493,19 @@ void vg__engine_postfork_child(void);
 const char *vg__engine_error(void);
 const vg__settings_t *vg__engine_settings(void);
 /* The process budget of a device (VRAMGUARD_BUDGET), resolved on first use;
- * unlimited when no budget is set. NULL for a bad ordinal. */
-vg__budget_t *vg__engine_budget(int device);
+ * unlimited when no budget is set. NULL for a bad ordinal. Inline, every
+ * reservation asks: once resolved (bit `device` of
+ * vg__hot.budget_resolved), vg__engine_budgets[device]. */
+extern vg__budget_t vg__engine_budgets[VG__MAX_DEVICES];
+vg__budget_t *vg__engine_budget_slow(int device);
+static inline vg__budget_t *vg__engine_budget(int device)
+{
+    if (vg__likely((unsigned)device < VG__MAX_DEVICES &&
+                   (atomic_load_explicit(&vg__hot.budget_resolved, memory_order_acquire) >>
+                    device) & 1))
+        return &vg__engine_budgets[device];
+    return vg__engine_budget_slow(device);
+}
 
 /* badptr.c and account.c: the free path. A free hook asks
  * vg__acct_free_begin before the driver and calls vg__acct_free_end with
@@ -520,6 +535,42 @@ void vg__acct_free_settle(vg__free_t *f, CUresult cr);
 /* Takes `key` out of the ledger (and its charge back) or hands it to
  * vg__badptr_begin. Fills *f; nothing in it needs initialising. Inline:
  * the common case costs what the bare release did, plus three stores. */
+/* The hot path's common cases, inline in the hooks so that a pair runs
+ * no call of ours but the ledger's: a started engine, a resolved budget,
+ * no implicit memory pending, and this thread's credit enough for the
+ * request (or, freeing, a plain record whose bytes become credit).
+ * Everything else goes out of line, which decides it all again. */
+static inline int vg__acct_reserve(vg__ticket_t *t)
+{
+    if (vg__likely(atomic_load_explicit(&vg__hot.engine_ok, memory_order_acquire)) &&
+        vg__likely(t->kind != VG_KIND_MANAGED) &&
+        vg__likely(!vg__acct_implicit_pending(t->device))) {
+        vg__budget_t *b = vg__engine_budget(t->device);
+        if (vg__likely(b) && vg__likely(vg__credit_take(t->device, t->bytes))) {
+            t->budget = b;
+            t->credit = true;
+            return VG_OK;
+        }
+    }
+    return vg__acct_reserve_slow(t);
+}
+
+static inline void vg__acct_uncharge(const vg__alloc_t *a)
+{
+    if (vg__likely(!a->pooled && !a->handle) && vg__likely(vg__credit_give(a->device, a->charged)))
+        return;
+    vg__acct_uncharge_slow(a);
+}
+
+static inline int vg__acct_take(uint64_t key, vg__alloc_t *out)
+{
+    if (vg__ledger_remove(key, NULL, out) != VG_OK)
+        return VG_ENOTFOUND;
+    if (vg__unlikely(out->pooled))
+        vg__acct_pooled_free(out); /* its chunk carries the charge */
+    return VG_OK;
+}
+
 static inline int vg__acct_free_begin(vg__free_t *f, uint64_t key, const char *api)
 {
     f->key = key;

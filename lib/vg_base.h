@@ -107,8 +107,14 @@ uint64_t vg__mono_ns(void);
 /* The same clock at the kernel tick's resolution (1-4 ms), a fraction of
  * the cost: for once-a-second decisions on a hot path. */
 uint64_t vg__mono_coarse_ns(void);
-/* The calling thread's kernel tid, cached per thread after the first call. */
-uint32_t vg__tid(void);
+/* The calling thread's kernel tid, cached per thread after the first call
+ * (inline: the hot path records it with every allocation). */
+uint32_t vg__tid_slow(void);
+static inline uint32_t vg__tid(void)
+{
+    uint32_t tid = vg__me.tid;
+    return vg__likely(tid) ? tid : vg__tid_slow();
+}
 /* Forgets the cached tid (a forked child's thread has a new one). */
 void vg__tid_reset(void);
 /* Formats `bytes` for humans ("1.50 GiB", "512 B") into buf; returns buf. */

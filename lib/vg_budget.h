@@ -130,8 +130,15 @@ typedef struct vg__alloc {
 #define VG__LEDGER_RING 64u
 
 /* Next sequence number: unique in the process, increasing within a thread
- * (threads take blocks of 64), never 0. */
-uint64_t vg__ledger_next_seq(void);
+ * (threads take blocks of 64 from the shared counter: the refill), never
+ * 0. Inline: every allocation takes one. */
+uint64_t vg__ledger_seq_refill(void);
+static inline uint64_t vg__ledger_next_seq(void)
+{
+    if (vg__unlikely(vg__me.seq_next == vg__me.seq_end))
+        return vg__ledger_seq_refill();
+    return vg__me.seq_next++;
+}
 /* Inserts a copy of *a. VG_EINVAL if ptr is already live (the old record is
  * kept), VG_ESYS if no memory for records. */
 int vg__ledger_insert(const vg__alloc_t *a);
