@@ -43,7 +43,7 @@ typedef struct vg__ticket {
  * policy forbids the kind (VRAMGUARD_MANAGED=deny), VG_ESETTING when the
  * engine failed to start (fail closed: nothing is allowed). Inline, for
  * the common case (defined below): the rest, vg__acct_reserve_slow. */
-static inline int vg__acct_reserve(vg__ticket_t *t);
+VG__INLINE int vg__acct_reserve(vg__ticket_t *t);
 int vg__acct_reserve_slow(vg__ticket_t *t);
 /* Changes the reservation to the size the driver really used (pitch,
  * arrays). Growth must fit the budget: VG_ENOMEM otherwise (the old
@@ -71,8 +71,8 @@ void vg__acct_cancel(vg__ticket_t *t);
  * not freed yet (+35% over a 1 GiB budget under 16 threads on the test
  * driver). Out: *out. VG_ENOTFOUND when `key` is not a live allocation.
  * Inline (every free takes): defined with the free path below. */
-static inline int vg__acct_take(uint64_t key, vg__alloc_t *out);
-static inline void vg__acct_uncharge(const vg__alloc_t *a);
+VG__INLINE int vg__acct_take(uint64_t key, vg__alloc_t *out);
+VG__INLINE void vg__acct_uncharge(const vg__alloc_t *a);
 void vg__acct_uncharge_slow(const vg__alloc_t *a);
 /* Take and uncharge at once: for memory the driver has already freed (a
  * destroyed graph or context). */
@@ -540,7 +540,7 @@ void vg__acct_free_settle(vg__free_t *f, CUresult cr);
  * no implicit memory pending, and this thread's credit enough for the
  * request (or, freeing, a plain record whose bytes become credit).
  * Everything else goes out of line, which decides it all again. */
-static inline int vg__acct_reserve(vg__ticket_t *t)
+VG__INLINE int vg__acct_reserve(vg__ticket_t *t)
 {
     if (vg__likely(atomic_load_explicit(&vg__hot.engine_ok, memory_order_acquire)) &&
         vg__likely(t->kind != VG_KIND_MANAGED) &&
@@ -555,14 +555,14 @@ static inline int vg__acct_reserve(vg__ticket_t *t)
     return vg__acct_reserve_slow(t);
 }
 
-static inline void vg__acct_uncharge(const vg__alloc_t *a)
+VG__INLINE void vg__acct_uncharge(const vg__alloc_t *a)
 {
     if (vg__likely(!a->pooled && !a->handle) && vg__likely(vg__credit_give(a->device, a->charged)))
         return;
     vg__acct_uncharge_slow(a);
 }
 
-static inline int vg__acct_take(uint64_t key, vg__alloc_t *out)
+VG__INLINE int vg__acct_take(uint64_t key, vg__alloc_t *out)
 {
     if (vg__ledger_remove(key, NULL, out) != VG_OK)
         return VG_ENOTFOUND;
@@ -571,7 +571,7 @@ static inline int vg__acct_take(uint64_t key, vg__alloc_t *out)
     return VG_OK;
 }
 
-static inline int vg__acct_free_begin(vg__free_t *f, uint64_t key, const char *api)
+VG__INLINE int vg__acct_free_begin(vg__free_t *f, uint64_t key, const char *api)
 {
     f->key = key;
     f->api = api;
@@ -583,7 +583,7 @@ static inline int vg__acct_free_begin(vg__free_t *f, uint64_t key, const char *a
 }
 
 /* The charge goes back only after the driver freed (see vg__acct_take). */
-static inline void vg__acct_free_end(vg__free_t *f, CUresult cr)
+VG__INLINE void vg__acct_free_end(vg__free_t *f, CUresult cr)
 {
     if (vg__likely(f->state == VG__FREE_OURS && cr == CUDA_SUCCESS))
         vg__acct_uncharge(&f->a);

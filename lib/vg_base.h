@@ -45,6 +45,10 @@
  * that is most of the shim's cost (docs/benchmarks.md, "Code layout"). A
  * function belongs here only if a measured pair runs it. */
 #define VG__HOT __attribute__((hot))
+/* For the hot path's small inline steps in headers: a copy GCC chose to
+ * emit out of line would sit in the caller's plain .text, away from the
+ * pair's other code. */
+#define VG__INLINE static inline __attribute__((always_inline))
 
 #define VG__UNLIMITED UINT64_MAX
 #define VG__MAX_DEVICES 64
