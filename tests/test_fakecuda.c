@@ -841,6 +841,38 @@ Test(fakecuda, an_executable_keeps_its_destroyed_graphs_memory)
     cr_assert_eq(fakecuda_used_bytes(0), 0);
 }
 
+/* FAKECUDA_GRAPH_MAPPED_AT_LAUNCH: a node's address is known only once a
+ * launch left it mapped; an executable made through cuGraphInstantiateWithParams
+ * keeps the memory as any other does. */
+Test(fakecuda, graph_mapped_at_launch_hides_a_node_until_a_launch_maps_it)
+{
+    setenv("FAKECUDA_GRAPH_MAPPED_AT_LAUNCH", "1", 1);
+    start(NULL);
+    CUgraph g;
+    CUgraphNode node;
+    CUgraphExec exec;
+    CUcontext ctx;
+    CUDA_GRAPH_INSTANTIATE_PARAMS ip = { .flags = 0 };
+    CUDA_MEM_ALLOC_NODE_PARAMS params = { .poolProps = { .allocType = CU_MEM_ALLOCATION_TYPE_PINNED,
+                                                         .location = { CU_MEM_LOCATION_TYPE_DEVICE, 0 } },
+                                          .bytesize = 8 * MiB };
+    EXPECT_CU(cuGraphCreate(&g, 0), CUDA_SUCCESS);
+    EXPECT_CU(cuGraphAddMemAllocNode(&node, g, NULL, 0, &params), CUDA_SUCCESS);
+    EXPECT_CU(cuGraphInstantiateWithParams(&exec, g, &ip), CUDA_SUCCESS);
+    cr_assert_eq(ip.result_out, CUDA_GRAPH_INSTANTIATE_SUCCESS);
+    EXPECT_CU(cuGraphDestroy(g), CUDA_SUCCESS);
+    EXPECT_CU(cuPointerGetAttribute(&ctx, CU_POINTER_ATTRIBUTE_CONTEXT, params.dptr),
+              CUDA_ERROR_INVALID_VALUE);
+    EXPECT_CU(cuMemGetAddressRange(NULL, NULL, params.dptr), CUDA_ERROR_NOT_FOUND);
+    cr_assert_eq(fakecuda_used_bytes(0), 8 * MiB);
+    EXPECT_CU(cuGraphLaunch(exec, NULL), CUDA_SUCCESS);
+    EXPECT_CU(cuPointerGetAttribute(&ctx, CU_POINTER_ATTRIBUTE_CONTEXT, params.dptr), CUDA_SUCCESS);
+    EXPECT_CU(cuGraphExecDestroy(exec), CUDA_SUCCESS);
+    cr_assert_eq(fakecuda_used_bytes(0), 8 * MiB); /* launched, not freed in the graph */
+    EXPECT_CU(cuMemFree(params.dptr), CUDA_SUCCESS);
+    cr_assert_eq(fakecuda_used_bytes(0), 0);
+}
+
 /* ---- fault injection, statistics, report ---- */
 
 Test(fakecuda, fail_nth_fails_exactly_the_nth_allocating_call_of_any_family)

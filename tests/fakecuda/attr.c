@@ -59,6 +59,13 @@ static CUresult attr_value(const fc_alloc *a, CUpointer_attribute attr, void *da
     return CUDA_SUCCESS;
 }
 
+/* Lock held: the allocation the pointer queries know at p, or NULL. */
+static fc_alloc *known_at(CUdeviceptr p)
+{
+    fc_alloc *a = fc_alloc_containing(p);
+    return a && !fc_graph_alloc_unmapped(a) ? a : NULL;
+}
+
 CUresult cuPointerGetAttribute(void *data, CUpointer_attribute attribute, CUdeviceptr ptr)
 {
     if (!fc_initialized())
@@ -66,7 +73,7 @@ CUresult cuPointerGetAttribute(void *data, CUpointer_attribute attribute, CUdevi
     if (!data)
         return CUDA_ERROR_INVALID_VALUE;
     fc_lock();
-    fc_alloc *a = fc_alloc_containing(ptr);
+    fc_alloc *a = known_at(ptr);
     CUresult rc = a ? attr_value(a, attribute, data, true) : CUDA_ERROR_INVALID_VALUE;
     fc_unlock();
     fc_pointer_attr_delay();
@@ -84,7 +91,7 @@ CUresult cuPointerGetAttributes(unsigned int numAttributes, CUpointer_attribute 
         return CUDA_ERROR_INVALID_VALUE;
     CUresult rc = CUDA_SUCCESS;
     fc_lock();
-    fc_alloc *a = fc_alloc_containing(ptr);
+    fc_alloc *a = known_at(ptr);
     for (unsigned int i = 0; i < numAttributes && rc == CUDA_SUCCESS; i++) {
         bool range = attributes[i] == CU_POINTER_ATTRIBUTE_RANGE_START_ADDR ||
                      attributes[i] == CU_POINTER_ATTRIBUTE_RANGE_SIZE;
@@ -102,7 +109,7 @@ CUresult cuMemGetAddressRange_v2(CUdeviceptr *pbase, size_t *psize, CUdeviceptr 
     CUcontext ctx;
     fc_lock();
     CUresult rc = fc_ctx_current(&ctx);
-    fc_alloc *a = rc == CUDA_SUCCESS && !fc_knobs_get()->no_ranges ? fc_alloc_containing(dptr)
+    fc_alloc *a = rc == CUDA_SUCCESS && !fc_knobs_get()->no_ranges ? known_at(dptr)
                                                                    : NULL;
     if (rc == CUDA_SUCCESS && !a)
         rc = CUDA_ERROR_NOT_FOUND;

@@ -84,7 +84,7 @@ static bool env_u64(const char *name, unsigned long long *out)
 /* The knobs of implicit memory (fakecuda.h); false on a malformed one. */
 static bool read_knobs(fc_knobs *k)
 {
-    unsigned long long ctx = 0, sm = 132, delay = 0, no_ranges = 0, pool_chunk = 0;
+    unsigned long long ctx = 0, sm = 132, delay = 0, no_ranges = 0, pool_chunk = 0, mapped = 0;
     unsigned long long limit_delay = 0, attr_delay = 0, release_delay = 0;
     unsigned long long map_delay = 0, unmap_delay = 0, pool_attr_delay = 0;
     const char *at = getenv("FAKECUDA_LIMITS_AT");
@@ -98,8 +98,9 @@ static bool read_knobs(fc_knobs *k)
         !env_u64("FAKECUDA_UNMAP_DELAY_NS", &unmap_delay) ||
         !env_u64("FAKECUDA_POOL_ATTR_DELAY_NS", &pool_attr_delay) ||
         !env_u64("FAKECUDA_NO_RANGES", &no_ranges) ||
-        !env_u64("FAKECUDA_POOL_CHUNK", &pool_chunk) || sm == 0 || sm > 65536 ||
-        no_ranges > 1)
+        !env_u64("FAKECUDA_POOL_CHUNK", &pool_chunk) ||
+        !env_u64("FAKECUDA_GRAPH_MAPPED_AT_LAUNCH", &mapped) || sm == 0 || sm > 65536 ||
+        no_ranges > 1 || mapped > 1)
         return false;
     if (at && *at && strcmp(at, "setlimit") && strcmp(at, "launch")) {
         fprintf(stderr, "fakecuda: FAKECUDA_LIMITS_AT=\"%s\" is neither setlimit nor launch\n", at);
@@ -117,6 +118,7 @@ static bool read_knobs(fc_knobs *k)
     k->limits_at_launch = at && !strcmp(at, "launch");
     k->no_ranges = no_ranges == 1;
     k->pool_chunk = (size_t)pool_chunk;
+    k->graph_mapped_at_launch = mapped == 1;
     /* As the real driver reads it at cuInit: EAGER, else lazy (CUDA 12.2+). */
     k->eager_modules = loading && !strcmp(loading, "EAGER");
     return true;

@@ -128,6 +128,7 @@ typedef struct {
     bool eager_modules;           /* CUDA_MODULE_LOADING=EAGER */
     bool no_ranges;               /* FAKECUDA_NO_RANGES=1 */
     size_t pool_chunk;            /* FAKECUDA_POOL_CHUNK (0: none) */
+    bool graph_mapped_at_launch;  /* FAKECUDA_GRAPH_MAPPED_AT_LAUNCH=1 (graph.c) */
 } fc_knobs;
 const fc_knobs *fc_knobs_get(void);   /* valid after cuInit; lock not needed */
 /* Sleeps FAKECUDA_FREE_DELAY_NS; called WITHOUT the lock, before a free. */
@@ -258,6 +259,9 @@ void fc_pool_block_free(fc_alloc *a);
 /* ---- graph.c: graph memory nodes ---- */
 /* Frees a graph allocation released by cuMemFree / cuMemFreeAsync. */
 void fc_graph_alloc_free(fc_alloc *a);
+/* Lock held: a graph allocation the pointer queries do not know now
+ * (FAKECUDA_GRAPH_MAPPED_AT_LAUNCH); false for any other allocation. */
+bool fc_graph_alloc_unmapped(const fc_alloc *a);
 /* A new empty graph, registered (lock held): stream capture's. */
 CUgraph fc_graph_new(void);
 /* Stream capture (lock held): cuMemAllocAsync adds an allocation node of

@@ -16,6 +16,11 @@
  * - an executable keeps its graph's memory: a graph destroyed while an
  *   executable made from it lives frees (or leaves live) its memory only when
  *   the last such executable is destroyed (not measured on a GPU);
+ * - the pointer queries (attr.c) know a graph allocation from its node's
+ *   creation; with FAKECUDA_GRAPH_MAPPED_AT_LAUNCH=1 only while a launch
+ *   left it mapped (a launch of its graph that no free node of the graph
+ *   undid), as the real driver maps graph memory at launch: what a driver
+ *   that answers either way does to the shim (not measured on a GPU);
  * - stream capture (ctx.c) builds a graph the same way: cuMemAllocAsync on a
  *   capturing stream adds an allocation node (charged at once, as above),
  *   cuMemFreeAsync a free node; the pools are not touched;
@@ -86,6 +91,14 @@ static void release_alloc(fc_alloc *a)
 }
 
 void fc_graph_alloc_free(fc_alloc *a) { release_alloc(a); }
+
+bool fc_graph_alloc_unmapped(const fc_alloc *a)
+{
+    const struct CUgraphNode_st *n = a->kind == FC_KIND_GRAPH ? a->owner : NULL;
+    if (!n || !fc_knobs_get()->graph_mapped_at_launch)
+        return false; /* NULL owner: left live by its destroyed graph */
+    return !n->graph->launched || n->freed_in_graph;
+}
 
 /* Lock held: the graph is destroyed and no executable keeps it. Its memory
  * is freed, but for what a launch left live, which the program frees. */
@@ -356,6 +369,26 @@ CUresult cuGraphInstantiate_v2(CUgraphExec *phGraphExec, CUgraph hGraph, CUgraph
                                char *logBuffer, size_t bufferSize)
 {
     return cuGraphInstantiate(phGraphExec, hGraph, phErrorNode, logBuffer, bufferSize);
+}
+
+/* CUDA 12.0: flags and an upload stream in a struct; the result is
+ * written back into it (CUDA_GRAPH_INSTANTIATE_SUCCESS, or the failure). */
+CUresult cuGraphInstantiateWithParams(CUgraphExec *phGraphExec, CUgraph hGraph,
+                                      CUDA_GRAPH_INSTANTIATE_PARAMS *instantiateParams)
+{
+    if (!instantiateParams)
+        return CUDA_ERROR_INVALID_VALUE;
+    CUresult rc = instantiate(phGraphExec, hGraph);
+    instantiateParams->result_out = rc == CUDA_SUCCESS ? CUDA_GRAPH_INSTANTIATE_SUCCESS
+                                                       : CUDA_GRAPH_INSTANTIATE_ERROR;
+    instantiateParams->hErrNode_out = NULL;
+    return rc;
+}
+
+CUresult cuGraphInstantiateWithParams_ptsz(CUgraphExec *phGraphExec, CUgraph hGraph,
+                                           CUDA_GRAPH_INSTANTIATE_PARAMS *instantiateParams)
+{
+    return cuGraphInstantiateWithParams(phGraphExec, hGraph, instantiateParams);
 }
 
 CUresult cuGraphLaunch(CUgraphExec hGraphExec, CUstream hStream)

@@ -107,6 +107,8 @@ typedef struct {
     P(cuGraphInstantiate, 10000, FC_PROC_ANY, cuGraphInstantiate) \
     P(cuGraphInstantiate, 11000, FC_PROC_ANY, cuGraphInstantiate_v2) \
     P(cuGraphInstantiateWithFlags, 11040, FC_PROC_ANY, cuGraphInstantiateWithFlags) \
+    P(cuGraphInstantiateWithParams, 12000, FC_PROC_ANY, cuGraphInstantiateWithParams) \
+    P(cuGraphInstantiateWithParams, 12000, FC_PROC_PTDS, cuGraphInstantiateWithParams_ptsz) \
     P(cuGraphLaunch, 10000, FC_PROC_ANY, cuGraphLaunch) \
     P(cuGraphLaunch, 10000, FC_PROC_PTDS, cuGraphLaunch_ptsz) \
     P(cuInit, 2000, FC_PROC_ANY, cuInit) \
