@@ -68,9 +68,13 @@
  *                    reserve is refused, possibly under a pool's locks
  *                    (POOLS), and takes no lock itself.
  * 15 CHUNKS          chunks.c index_lock: the chunk index. Leaf.
- * 16 LEDGER          ledger.c's 128 shard spinlocks, taken in index order
+ * 16 GRAPH_EXECS     account_graph.c execs_lock: executables and the
+ *                    graphs they came from; held while a destroyed
+ *                    graph's nodes are handed to its executable, which
+ *                    walks the ledger (LEDGER) inside.
+ * 17 LEDGER          ledger.c's 128 shard spinlocks, taken in index order
  *                    at fork (at run time a thread holds one at a time).
- * 17 AUDIT           audit_buf.c reg_lock, then each thread's buffer: an
+ * 18 AUDIT           audit_buf.c reg_lock, then each thread's buffer: an
  *                    event may be written under any lock above, so the
  *                    buffers come last (taken first, a thread holding VMM
  *                    and writing an event would wait for the fork forever).
@@ -135,6 +139,8 @@ static const vg__fork_step_t steps[] = {
      vg__credit_postfork_unlock},
     {VG__RANK_CHUNKS, vg__chunks_prefork, vg__chunks_postfork_parent,
      vg__chunks_postfork_child},
+    {VG__RANK_GRAPH_EXECS, vg__account_graph_prefork, vg__account_graph_postfork_parent,
+     vg__account_graph_postfork_child},
     {VG__RANK_LEDGER, vg__ledger_prefork, vg__ledger_postfork_parent,
      vg__ledger_postfork_child},
     {VG__RANK_AUDIT, vg__audit_buf_prefork, vg__audit_buf_postfork_parent,

@@ -311,13 +311,30 @@ bool vg__acct_ptr_gone(uint64_t ptr);
 /* ---------------------------------------------------- account_graph.c */
 
 /* A graph's memory nodes are recorded under their addresses with the
- * graph's key (its handle | VG__KEY_HANDLE) as the records' `handle`. */
-/* `graph` was destroyed: each node whose memory the driver freed with it
- * gives its charge back (a free by `api` in the audit log); memory a
- * launch left live (no free node of the graph freed it) stays charged as
- * an ordinary allocation, freed by cuMemFree or cuMemFreeAsync. Rare
- * path: a scan of the ledger per 64 nodes, and a driver query per node. */
+ * graph's key (its handle | VG__KEY_HANDLE) as the records' `handle`;
+ * an executable's key is its handle | VG__KEY_HANDLE too. Thread-safe;
+ * none holds a lock across a driver call. */
+/* Executable `exec` was instantiated from `graph` (the driver accepted
+ * it). A mutex and a hash insertion; without host memory the executable
+ * goes untracked (its graph's destroy then settles the nodes). */
+void vg__acct_graph_instantiated(uint64_t graph, uint64_t exec);
+/* `graph` was destroyed. While an executable instantiated from it lives,
+ * the nodes stay charged, handed to that executable. Otherwise each node
+ * whose memory the driver freed with the graph gives its charge back (a
+ * free by `api` in the audit log); memory a launch left live (no free
+ * node of the graph freed it) stays charged as an ordinary allocation,
+ * freed by cuMemFree or cuMemFreeAsync. Rare path: a scan of the
+ * executables, a scan of the ledger per 64 nodes, and a driver query
+ * per node settled. */
 void vg__acct_graph_destroyed(uint64_t graph, const char *api);
+/* Executable `exec` was destroyed: the nodes it held of its destroyed
+ * graph are settled as vg__acct_graph_destroyed settles a graph's (frees
+ * by `api`). A mutex and a hash lookup when it held none. */
+void vg__acct_graph_exec_destroyed(uint64_t exec, const char *api);
+/* Fork steps (fork.c, rank GRAPH_EXECS). */
+void vg__account_graph_prefork(void);
+void vg__account_graph_postfork_parent(void);
+void vg__account_graph_postfork_child(void);
 
 /* Fork steps (fork.c, rank IMPLICIT_FIRST: held across a first use). */
 void vg__account_implicit_prefork(void);

@@ -42,6 +42,7 @@
     X(POOLS, "pool.c all_mu and every pool's locks")                         \
     X(CREDIT, "credit.c reclaim_lock and every owner stopped")               \
     X(CHUNKS, "chunks.c index_lock")                                         \
+    X(GRAPH_EXECS, "account_graph.c execs_lock")                             \
     X(LEDGER, "ledger.c shard spinlocks")                                    \
     X(AUDIT, "audit_buf.c reg_lock and the thread buffers")
 

@@ -1,8 +1,9 @@
 /*
  * hooks_graph.c — CUDA graphs: their memory nodes (cuGraphAddMemAllocNode,
  * the generic cuGraphAddNode, and stream capture through hooks_async.c),
- * charged from creation until the graph is destroyed (or, for memory a
- * launch left live, until the program frees it), and the calls that
+ * charged from creation until the graph is destroyed (or, while an
+ * executable instantiated from it lives, until that is destroyed; for
+ * memory a launch left live, until the program frees it), and the calls that
  * may make the driver take memory no call shows: instantiation (which
  * loads a graph's kernels when loading is lazy), upload and a graph's
  * first launch (the graph's memory pool grows at its first run).
@@ -134,11 +135,15 @@ CUresult cuGraphDestroy(CUgraph hGraph)
 /* Instantiating a graph may load its kernels' modules (lazy loading loads
  * a kernel when it is first used, and a graph's kernels are used by its
  * executable): every device is measured before its next allocation, as
- * after a kernel's first launch. Like a launch, it is not refused. */
-static CUresult instantiated(CUresult cr)
+ * after a kernel's first launch. Like a launch, it is not refused. The
+ * engine learns which graph the executable came from: a graph destroyed
+ * while its executable lives hands its nodes on (account_graph.c). */
+static CUresult instantiated(CUresult cr, const CUgraphExec *exec, CUgraph graph)
 {
-    if (cr == CUDA_SUCCESS)
-        vg__acct_implicit_may_grow();
+    if (cr != CUDA_SUCCESS)
+        return cr;
+    vg__acct_graph_instantiated(key_of(graph), key_of(*exec));
+    vg__acct_implicit_may_grow();
     return cr;
 }
 
@@ -150,7 +155,8 @@ CUresult cuGraphInstantiate(CUgraphExec *phGraphExec, CUgraph hGraph, CUgraphNod
     if (!vg__real.cuGraphInstantiate)
         return CUDA_ERROR_NOT_FOUND;
     return instantiated(
-        vg__real.cuGraphInstantiate(phGraphExec, hGraph, phErrorNode, logBuffer, bufferSize));
+        vg__real.cuGraphInstantiate(phGraphExec, hGraph, phErrorNode, logBuffer, bufferSize),
+        phGraphExec, hGraph);
 }
 
 CUresult cuGraphInstantiate_v2(CUgraphExec *phGraphExec, CUgraph hGraph,
@@ -161,7 +167,8 @@ CUresult cuGraphInstantiate_v2(CUgraphExec *phGraphExec, CUgraph hGraph,
     if (!vg__real.cuGraphInstantiate_v2)
         return CUDA_ERROR_NOT_FOUND;
     return instantiated(
-        vg__real.cuGraphInstantiate_v2(phGraphExec, hGraph, phErrorNode, logBuffer, bufferSize));
+        vg__real.cuGraphInstantiate_v2(phGraphExec, hGraph, phErrorNode, logBuffer, bufferSize),
+        phGraphExec, hGraph);
 }
 
 CUresult cuGraphInstantiateWithFlags(CUgraphExec *phGraphExec, CUgraph hGraph,
@@ -171,7 +178,8 @@ CUresult cuGraphInstantiateWithFlags(CUgraphExec *phGraphExec, CUgraph hGraph,
         return CUDA_ERROR_NOT_INITIALIZED;
     if (!vg__real.cuGraphInstantiateWithFlags)
         return CUDA_ERROR_NOT_FOUND;
-    return instantiated(vg__real.cuGraphInstantiateWithFlags(phGraphExec, hGraph, flags));
+    return instantiated(vg__real.cuGraphInstantiateWithFlags(phGraphExec, hGraph, flags),
+                        phGraphExec, hGraph);
 }
 
 CUresult cuGraphInstantiateWithParams(CUgraphExec *phGraphExec, CUgraph hGraph,
@@ -182,7 +190,8 @@ CUresult cuGraphInstantiateWithParams(CUgraphExec *phGraphExec, CUgraph hGraph,
     if (!vg__real.cuGraphInstantiateWithParams)
         return CUDA_ERROR_NOT_FOUND;
     return instantiated(
-        vg__real.cuGraphInstantiateWithParams(phGraphExec, hGraph, instantiateParams));
+        vg__real.cuGraphInstantiateWithParams(phGraphExec, hGraph, instantiateParams),
+        phGraphExec, hGraph);
 }
 
 CUresult cuGraphInstantiateWithParams_ptsz(CUgraphExec *phGraphExec, CUgraph hGraph,
@@ -193,7 +202,20 @@ CUresult cuGraphInstantiateWithParams_ptsz(CUgraphExec *phGraphExec, CUgraph hGr
     if (!vg__real.cuGraphInstantiateWithParams_ptsz)
         return CUDA_ERROR_NOT_FOUND;
     return instantiated(
-        vg__real.cuGraphInstantiateWithParams_ptsz(phGraphExec, hGraph, instantiateParams));
+        vg__real.cuGraphInstantiateWithParams_ptsz(phGraphExec, hGraph, instantiateParams),
+        phGraphExec, hGraph);
+}
+
+/* The nodes an executable held of its destroyed graph are settled after
+ * the driver destroyed it, as a graph's are after its destroy. */
+CUresult cuGraphExecDestroy(CUgraphExec hGraphExec)
+{
+    if (!vg__shim_started())
+        return CUDA_ERROR_NOT_INITIALIZED;
+    CUresult cr = vg__real.cuGraphExecDestroy(hGraphExec);
+    if (cr == CUDA_SUCCESS)
+        vg__acct_graph_exec_destroyed(key_of(hGraphExec), "cuGraphExecDestroy");
+    return cr;
 }
 
 /* An executable's first upload or launch may take memory (its memory

@@ -174,6 +174,7 @@
     X(cuGraphUpload_ptsz, (CUgraphExec hGraphExec, CUstream hStream))          \
     X(cuGraphLaunch, (CUgraphExec hGraphExec, CUstream hStream))               \
     X(cuGraphLaunch_ptsz, (CUgraphExec hGraphExec, CUstream hStream))          \
+    X(cuGraphExecDestroy, (CUgraphExec hGraphExec))                           \
     X(cuLaunchKernel,                                                          \
       (CUfunction f, unsigned int gridDimX, unsigned int gridDimY,             \
        unsigned int gridDimZ, unsigned int blockDimX, unsigned int blockDimY,  \

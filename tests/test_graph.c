@@ -4,7 +4,8 @@
  * tests/clients/client_graph.c under the preload shim with a budget. The
  * test driver behaves as graph_probe measured on an H100 (driver 580.159,
  * docs/gpu-results.md): memory a launched graph left live is held after
- * the destroy until cuMemFree; the rest goes with the graph.
+ * the destroy until cuMemFree; the rest goes with the graph, or with the
+ * executable instantiated from it when that outlives the graph.
  *
  * Needs VG_TEST_BUILD (tests/run-tests.sh exports it).
  */
@@ -67,4 +68,84 @@ Test(graph, a_destroy_leaves_a_new_allocation_at_a_nodes_address_charged)
     expect_rc(&t, "alloc_rc", 0);
     expect_rc(&t, "more_rc", OUT_OF_MEMORY);
     expect_peak_within(&t, 160 * MiB);
+}
+
+/* The driver answers for a graph allocation either from its node's
+ * creation or only once a launch mapped it (not measured on a GPU): the
+ * test driver does either (FAKECUDA_GRAPH_MAPPED_AT_LAUNCH), and the shim
+ * must be right both ways. */
+static const char *const answers[] = {NULL, "FAKECUDA_GRAPH_MAPPED_AT_LAUNCH=1"};
+
+/* Names the driver's way of answering, and whether NVML was there, in the
+ * run's messages. */
+static void say_how(truth_t *t, int mapped_at_launch, int no_nvml)
+{
+    size_t n = strlen(t->what);
+    snprintf(t->what + n, sizeof t->what - n, " (%s%s)",
+             mapped_at_launch ? "mapped at launch" : "known from creation",
+             no_nvml ? ", no NVML" : "");
+}
+
+/* A graph destroyed while its executable lives: the executable's launch
+ * still takes the node's 600 MiB. Before, when the driver did not know
+ * the unlaunched node's address at the destroy, its charge went back
+ * there: without NVML 600 MiB plain fitted a 1 GiB budget after the
+ * launch and the device held 1.2 GiB (with it, the next measurement
+ * charged them as memory no call shows). */
+Test(graph, an_executable_keeps_its_destroyed_graphs_nodes_charged)
+{
+    static const char *const cases[] = {"exec_freed", "exec_live"};
+    static truth_t t;
+    char *no_nvml = cat3("LD_LIBRARY_PATH=", build_dir(), "/fakecuda");
+    for (int run = 0; run < 8; run++) {
+        const char *env[3] = {answers[run & 1], NULL, NULL};
+        if (run & 2)
+            env[!!answers[run & 1]] = no_nvml;
+        run_truth_client(&t, "graph", cases[run >> 2], "1GiB", env);
+        say_how(&t, run & 1, run & 2);
+        expect_rc(&t, "destroy_rc", 0);
+        expect_rc(&t, "launch_rc", 0);
+        expect_rc(&t, "after_rc", OUT_OF_MEMORY);
+        expect_peak_within(&t, GiB);
+    }
+    free(no_nvml);
+}
+
+/* The executable's destroy gives the nodes it kept back. Before, when the
+ * driver still knew the node's address at the graph's destroy (the
+ * executable held it), the node stayed charged as an ordinary allocation
+ * that no call freed, and 1 GiB never fitted the 1 GiB budget again. Every
+ * way of instantiating is seen. */
+Test(graph, an_executables_destroy_gives_its_graphs_nodes_back)
+{
+    static const char *const cases[] = {"exec_freed",           "exec_via_params",
+                                        "exec_via_params_ptsz", "exec_via_legacy",
+                                        "exec_via_legacy_v2"};
+    static truth_t t;
+    for (int a = 0; a < 2; a++) {
+        for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+            run_truth_client(&t, "graph", cases[i], "1GiB", ENV(answers[a]));
+            say_how(&t, a, 0);
+            expect_rc(&t, "exec_rc", 0);
+            expect_rc(&t, "again_rc", 0);
+            expect_peak_within(&t, GiB);
+        }
+    }
+}
+
+/* Memory the executable's launch left live outlives the executable too:
+ * charged until the program's cuMemFree of it, then gone. */
+Test(graph, memory_an_executable_left_live_stays_charged_until_cuMemFree)
+{
+    static truth_t t;
+    for (int a = 0; a < 2; a++) {
+        run_truth_client(&t, "graph", "exec_live", "1GiB", ENV(answers[a]));
+        say_how(&t, a, 0);
+        expect_rc(&t, "exec_rc", 0);
+        expect_rc(&t, "held_rc", OUT_OF_MEMORY);
+        expect_rc(&t, "free_rc", 0);
+        expect_rc(&t, "again_rc", 0);
+        expect_peak_within(&t, GiB);
+        cr_expect_null(strstr(t.r.err, "bad pointer"), "%s: %s", t.what, t.r.err);
+    }
 }

@@ -16,6 +16,17 @@
  *   unlaunched  the same graph never launched, destroyed; 600 MiB plain
  *   freed_in_graph the same graph with a free node, launched, destroyed;
  *               600 MiB plain
+ *   exec_freed  a graph with one 600 MiB allocation node and its free
+ *               node, instantiated (cuGraphInstantiateWithFlags), the graph
+ *               destroyed, the executable launched and synchronised;
+ *               600 MiB plain (freed at once); the executable destroyed;
+ *               1 GiB plain
+ *   exec_via_HOW  exec_freed instantiated another way (HOW: params;
+ *               params_ptsz; legacy, the CUDA 10 ABI; legacy_v2; the last
+ *               three through cuGetProcAddress)
+ *   exec_live   the same without the free node: after the executable's
+ *               destroy 600 MiB plain, cuMemFree of the node's address,
+ *               then 1 GiB plain
  *   reuse       a 64 MiB node of a graph never launched; cuGraphDestroy
  *               while another thread is handed the node's address once the
  *               driver freed it (the test makes cuPointerGetAttribute slow,
@@ -79,6 +90,87 @@ static void case_destroyed(const char *name, node_case_t c)
     finish();
     if (after == CUDA_SUCCESS)
         cuMemFree(b);
+    if (again == CUDA_SUCCESS)
+        cuMemFree(d);
+}
+
+typedef CUresult (*inst_legacy_fn)(CUgraphExec *, CUgraph, CUgraphNode *, char *, size_t);
+typedef CUresult (*inst_params_fn)(CUgraphExec *, CUgraph, CUDA_GRAPH_INSTANTIATE_PARAMS *);
+
+/* The entry point `name` asks for, found as cudart finds it. */
+static void *entry(const char *name, int version, cuuint64_t flags)
+{
+    void *fn = NULL;
+    CUdriverProcAddressQueryResult st;
+    if (cuGetProcAddress(name, &fn, version, flags, &st) != CUDA_SUCCESS || !fn) {
+        fprintf(stderr, "client_graph: no %s at %d\n", name, version);
+        exit(3);
+    }
+    return fn;
+}
+
+/* g instantiated into *e the way `how` names. */
+static CUresult instantiate(const char *how, CUgraphExec *e, CUgraph g)
+{
+    CUDA_GRAPH_INSTANTIATE_PARAMS ip = {0};
+    char log[64];
+    if (!strcmp(how, "params"))
+        return cuGraphInstantiateWithParams(e, g, &ip);
+    if (!strcmp(how, "params_ptsz"))
+        return ((inst_params_fn)entry("cuGraphInstantiateWithParams", 12000,
+                                      CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM))(e, g, &ip);
+    if (!strcmp(how, "legacy") || !strcmp(how, "legacy_v2"))
+        return ((inst_legacy_fn)entry("cuGraphInstantiate", how[6] ? 11000 : 10000,
+                                      CU_GET_PROC_ADDRESS_DEFAULT))(e, g, NULL, log, sizeof log);
+    if (strcmp(how, "flags")) {
+        fprintf(stderr, "client_graph: unknown way %s\n", how);
+        exit(2);
+    }
+    return cuGraphInstantiateWithFlags(e, g, 0);
+}
+
+/* A graph destroyed while its executable lives: the executable's launches
+ * still take the node's memory, until the executable is destroyed. */
+static void case_exec(const char *name, node_case_t c, const char *how)
+{
+    CUgraph g = NULL;
+    CUgraphExec e = NULL;
+    CUgraphNode node, free_node;
+    CUDA_MEM_ALLOC_NODE_PARAMS p = {.bytesize = 600 * MiB};
+    p.poolProps.allocType = CU_MEM_ALLOCATION_TYPE_PINNED;
+    p.poolProps.location = (CUmemLocation){CU_MEM_LOCATION_TYPE_DEVICE, g_dev};
+    CUresult rc = cuGraphCreate(&g, 0);
+    if (rc == CUDA_SUCCESS)
+        rc = cuGraphAddMemAllocNode(&node, g, NULL, 0, &p);
+    if (rc == CUDA_SUCCESS && c == NODE_FREED_IN_GRAPH)
+        rc = cuGraphAddMemFreeNode(&free_node, g, &node, 1, p.dptr);
+    if (rc == CUDA_SUCCESS)
+        rc = instantiate(how, &e, g);
+    if (rc != CUDA_SUCCESS) {
+        fprintf(stderr, "client_graph: %s setup failed: %d\n", name, rc);
+        exit(3);
+    }
+    CUresult destroy = cuGraphDestroy(g);
+    CUresult launch = cuGraphLaunch(e, NULL);
+    if (launch == CUDA_SUCCESS)
+        launch = cuCtxSynchronize();
+    CUdeviceptr b = 0, d = 0;
+    CUresult after = cuMemAlloc(&b, 600 * MiB);
+    if (after == CUDA_SUCCESS)
+        cuMemFree(b);
+    CUresult exec = cuGraphExecDestroy(e);
+    CUresult held = CUDA_ERROR_UNKNOWN, freed = CUDA_ERROR_UNKNOWN;
+    if (c == NODE_LIVE) {
+        held = cuMemAlloc(&b, 600 * MiB);
+        if (held == CUDA_SUCCESS)
+            cuMemFree(b);
+        freed = cuMemFree(p.dptr);
+    }
+    CUresult again = cuMemAlloc(&d, 1024 * MiB);
+    printf("path=%s destroy_rc=%d launch_rc=%d after_rc=%d exec_rc=%d held_rc=%d free_rc=%d "
+           "again_rc=%d",
+           name, destroy, launch, after, exec, held, freed, again);
+    finish();
     if (again == CUDA_SUCCESS)
         cuMemFree(d);
 }
@@ -162,6 +254,12 @@ int main(int argc, char **argv)
         case_destroyed(c, NODE_UNLAUNCHED);
     else if (!strcmp(c, "freed_in_graph"))
         case_destroyed(c, NODE_FREED_IN_GRAPH);
+    else if (!strcmp(c, "exec_freed"))
+        case_exec(c, NODE_FREED_IN_GRAPH, "flags");
+    else if (!strncmp(c, "exec_via_", 9))
+        case_exec(c, NODE_FREED_IN_GRAPH, c + 9);
+    else if (!strcmp(c, "exec_live"))
+        case_exec(c, NODE_LIVE, "flags");
     else if (!strcmp(c, "reuse"))
         case_reuse();
     else {
