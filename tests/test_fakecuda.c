@@ -873,6 +873,39 @@ Test(fakecuda, graph_mapped_at_launch_hides_a_node_until_a_launch_maps_it)
     cr_assert_eq(fakecuda_used_bytes(0), 0);
 }
 
+/* A child graph moved into its parent is the parent's: destroyed with it
+ * (an unlaunched child's memory goes; what a launch left live stays). */
+Test(fakecuda, a_moved_child_graph_goes_with_its_parent)
+{
+    start(NULL);
+    CUgraph parent, child;
+    CUgraphNode node, child_node;
+    CUgraphExec exec;
+    CUgraphNodeParams cp = { .type = CU_GRAPH_NODE_TYPE_GRAPH };
+    CUDA_MEM_ALLOC_NODE_PARAMS params = { .poolProps = { .allocType = CU_MEM_ALLOCATION_TYPE_PINNED,
+                                                         .location = { CU_MEM_LOCATION_TYPE_DEVICE, 0 } },
+                                          .bytesize = 8 * MiB };
+    for (int launch = 0; launch < 2; launch++) {
+        EXPECT_CU(cuGraphCreate(&parent, 0), CUDA_SUCCESS);
+        EXPECT_CU(cuGraphCreate(&child, 0), CUDA_SUCCESS);
+        EXPECT_CU(cuGraphAddMemAllocNode(&node, child, NULL, 0, &params), CUDA_SUCCESS);
+        cp.graph = (CUDA_CHILD_GRAPH_NODE_PARAMS){ child, CU_GRAPH_CHILD_GRAPH_OWNERSHIP_CLONE };
+        EXPECT_CU(cuGraphAddNode(&child_node, parent, NULL, NULL, 0, &cp), CUDA_ERROR_NOT_SUPPORTED);
+        cp.graph.ownership = CU_GRAPH_CHILD_GRAPH_OWNERSHIP_MOVE;
+        EXPECT_CU(cuGraphAddNode(&child_node, child, NULL, NULL, 0, &cp), CUDA_ERROR_INVALID_VALUE);
+        EXPECT_CU(cuGraphAddNode(&child_node, parent, NULL, NULL, 0, &cp), CUDA_SUCCESS);
+        EXPECT_CU(cuGraphDestroy(child), CUDA_ERROR_INVALID_VALUE); /* the parent's now */
+        EXPECT_CU(cuGraphInstantiateWithFlags(&exec, parent, 0), CUDA_SUCCESS);
+        if (launch)
+            EXPECT_CU(cuGraphLaunch(exec, NULL), CUDA_SUCCESS);
+        EXPECT_CU(cuGraphExecDestroy(exec), CUDA_SUCCESS);
+        EXPECT_CU(cuGraphDestroy(parent), CUDA_SUCCESS);
+        cr_assert_eq(fakecuda_used_bytes(0), launch ? 8 * MiB : 0);
+    }
+    EXPECT_CU(cuMemFree(params.dptr), CUDA_SUCCESS);
+    cr_assert_eq(fakecuda_used_bytes(0), 0);
+}
+
 /* ---- fault injection, statistics, report ---- */
 
 Test(fakecuda, fail_nth_fails_exactly_the_nth_allocating_call_of_any_family)

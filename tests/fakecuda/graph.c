@@ -28,15 +28,21 @@
  *   graph's instantiation loads each one's module if it is still unloaded
  *   (lazy loading), as the function's first launch would, and refuses with
  *   CUDA_ERROR_OUT_OF_MEMORY when its globals do not fit;
+ * - a child graph node (the generic cuGraphAddNode only) must move the
+ *   child's ownership to the parent (CU_GRAPH_CHILD_GRAPH_OWNERSHIP_MOVE, as
+ *   a child with memory nodes must; a clone is CUDA_ERROR_NOT_SUPPORTED): the
+ *   child's handle is then the parent's (its own cuGraphDestroy is
+ *   CUDA_ERROR_INVALID_VALUE), it runs with each launch of the parent and is
+ *   destroyed with it;
  * - dependencies are validated but not recorded; no other node kinds exist
- *   (the generic cuGraphAddNode makes memory nodes, and refuses any other
- *   kind with CUDA_ERROR_NOT_SUPPORTED).
+ *   (the generic cuGraphAddNode makes memory and child graph nodes, and
+ *   refuses any other kind with CUDA_ERROR_NOT_SUPPORTED).
  */
 #include "fakecuda.h"
 
 #include <stdlib.h>
 
-typedef enum { FC_NODE_ALLOC, FC_NODE_FREE, FC_NODE_KERNEL } fc_node_kind;
+typedef enum { FC_NODE_ALLOC, FC_NODE_FREE, FC_NODE_KERNEL, FC_NODE_GRAPH } fc_node_kind;
 
 struct CUgraphNode_st {
     CUgraph graph;
@@ -44,6 +50,7 @@ struct CUgraphNode_st {
     fc_alloc *alloc;                 /* alloc node: its memory, NULL once freed */
     bool freed_in_graph;             /* alloc node: a free node of the graph frees it */
     CUfunction func;                 /* kernel node: its function */
+    CUgraph child;                   /* child graph node: the graph it owns */
     struct CUgraphNode_st *next;
 };
 
@@ -112,10 +119,21 @@ static void graph_finish(CUgraph g)
             release_alloc(n->alloc);
             fc_count_free();
         }
+        if (n->child) /* moved into g: it goes with g */
+            graph_finish(n->child);
         fc_handle_del(n);
         free(n);
     }
     free(g);
+}
+
+/* Lock held: g ran, and each child graph with it. */
+static void mark_launched(CUgraph g)
+{
+    g->launched = true;
+    for (CUgraphNode n = g->nodes; n; n = n->next)
+        if (n->child)
+            mark_launched(n->child);
 }
 
 CUresult cuGraphDestroy(CUgraph hGraph)
@@ -237,9 +255,28 @@ CUresult cuGraphAddMemAllocNode(CUgraphNode *phGraphNode, CUgraph hGraph, const 
 static CUresult add_free_node(CUgraphNode *phGraphNode, CUgraph hGraph, const CUgraphNode *dependencies,
                               size_t numDependencies, CUdeviceptr dptr);
 
+/* The child must be a live graph other than g, with no executable. */
+static CUresult add_child_node(CUgraphNode *ph, CUgraph g, const CUgraphNode *deps, size_t ndeps,
+                               const CUDA_CHILD_GRAPH_NODE_PARAMS *cp)
+{
+    if (cp->ownership != CU_GRAPH_CHILD_GRAPH_OWNERSHIP_MOVE)
+        return CUDA_ERROR_NOT_SUPPORTED;
+    fc_lock();
+    CUgraph c = cp->graph;
+    bool ok = node_args_ok(ph, g, deps, ndeps) && c != g && fc_handle_ok(c, FC_H_GRAPH) &&
+              c->execs == 0;
+    if (ok) {
+        fc_handle_del(c);
+        (*ph = add_node(g, FC_NODE_GRAPH))->child = c;
+    }
+    fc_unlock();
+    return ok ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
+}
+
 /* The generic entry points (CUDA 12.2, and 12.3 with edge data, which is
- * ignored): only the memory node kinds exist here. Static helpers, never
- * the exported names, so a preloaded shim sees each call once. */
+ * ignored): only the memory and child graph node kinds exist here. Static
+ * helpers, never the exported names, so a preloaded shim sees each call
+ * once. */
 static CUresult add_node_generic(CUgraphNode *ph, CUgraph g, const CUgraphNode *deps, size_t ndeps,
                                  CUgraphNodeParams *p)
 {
@@ -249,6 +286,8 @@ static CUresult add_node_generic(CUgraphNode *ph, CUgraph g, const CUgraphNode *
         return CUDA_ERROR_INVALID_VALUE;
     if (p->type == CU_GRAPH_NODE_TYPE_MEM_FREE)
         return add_free_node(ph, g, deps, ndeps, p->free.dptr);
+    if (p->type == CU_GRAPH_NODE_TYPE_GRAPH)
+        return add_child_node(ph, g, deps, ndeps, &p->graph);
     if (p->type != CU_GRAPH_NODE_TYPE_MEM_ALLOC)
         return CUDA_ERROR_NOT_SUPPORTED;
     CUDA_MEM_ALLOC_NODE_PARAMS v1 = {.poolProps = p->alloc.poolProps,
@@ -316,7 +355,9 @@ CUresult cuGraphAddKernelNode_v2(CUgraphNode *phGraphNode, CUgraph hGraph,
 static CUresult load_kernels(CUgraph g)
 {
     for (CUgraphNode n = g->nodes; n; n = n->next) {
-        CUresult rc = n->kind == FC_NODE_KERNEL ? fc_func_load_locked(n->func) : CUDA_SUCCESS;
+        CUresult rc = n->kind == FC_NODE_KERNEL  ? fc_func_load_locked(n->func)
+                      : n->kind == FC_NODE_GRAPH ? load_kernels(n->child)
+                                                 : CUDA_SUCCESS;
         if (rc != CUDA_SUCCESS)
             return rc;
     }
@@ -400,7 +441,7 @@ CUresult cuGraphLaunch(CUgraphExec hGraphExec, CUstream hStream)
     CUresult rc = fc_handle_ok(hGraphExec, FC_H_EXEC) ? fc_stream_device(hStream, &dev)
                                                        : CUDA_ERROR_INVALID_VALUE;
     if (rc == CUDA_SUCCESS)
-        hGraphExec->graph->launched = true;
+        mark_launched(hGraphExec->graph);
     fc_unlock();
     return rc;
 }
