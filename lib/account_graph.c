@@ -17,7 +17,9 @@
  * executable per graph with memory nodes). So the shim tells the engine
  * which graph each executable came from; a graph destroyed while one of
  * its executables lives hands its nodes to that executable, and they are
- * settled, as above, when the executable is destroyed.
+ * settled, as above, when the executable is destroyed. A child graph
+ * whose ownership moved into a parent (CUDA 12.9) dies with the parent,
+ * so its nodes become the parent's.
  */
 #include <pthread.h>
 
@@ -100,9 +102,10 @@ static void node_settle(uint64_t key, uint64_t seq, const void *api)
         vg__ledger_set_handle(key, seq, 0);
 }
 
-static void node_hand_on(uint64_t key, uint64_t seq, const void *exec)
+/* The node's record is the new owner's (`to`: its key) from now on. */
+static void node_hand_on(uint64_t key, uint64_t seq, const void *to)
 {
-    vg__ledger_set_handle(key, seq, *(const uint64_t *)exec | EXEC_NODES);
+    vg__ledger_set_handle(key, seq, *(const uint64_t *)to);
 }
 
 void vg__acct_graph_instantiated(uint64_t graph, uint64_t exec)
@@ -128,7 +131,8 @@ static bool graph_handed_on(uint64_t graph)
         execs.slot[i].val = GRAPH_GONE;
         if (!heir) {
             heir = execs.slot[i].key;
-            if (nodes_each(graph, node_hand_on, &heir) > 0)
+            uint64_t to = heir | EXEC_NODES;
+            if (nodes_each(graph, node_hand_on, &to) > 0)
                 execs.slot[i].val = GRAPH_NODES;
         }
     }
@@ -161,6 +165,14 @@ void vg__acct_graph_exec_destroyed(uint64_t exec, const char *api)
     vg__mutex_unlock(&execs_lock, VG__RANK_GRAPH_EXECS);
     if (held == GRAPH_NODES && vg__engine_init() == VG_OK)
         nodes_each(exec | EXEC_NODES, node_settle, api);
+}
+
+/* The driver destroys a moved child with its parent, never on its own:
+ * the parent's destroy (or its executable's) settles the child's nodes. */
+void vg__acct_graph_moved(uint64_t child, uint64_t parent)
+{
+    if (vg__engine_init() == VG_OK)
+        nodes_each(child, node_hand_on, &parent);
 }
 
 void vg__account_graph_prefork(void) { pthread_mutex_lock(&execs_lock); }

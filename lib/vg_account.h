@@ -331,6 +331,10 @@ void vg__acct_graph_destroyed(uint64_t graph, const char *api);
  * graph are settled as vg__acct_graph_destroyed settles a graph's (frees
  * by `api`). A mutex and a hash lookup when it held none. */
 void vg__acct_graph_exec_destroyed(uint64_t exec, const char *api);
+/* Graph `child` was moved into graph `parent` (a child graph node with
+ * CU_GRAPH_CHILD_GRAPH_OWNERSHIP_MOVE, which the driver accepted): its
+ * nodes are the parent's from now on. A scan of the ledger per 64 nodes. */
+void vg__acct_graph_moved(uint64_t child, uint64_t parent);
 /* Fork steps (fork.c, rank GRAPH_EXECS). */
 void vg__account_graph_prefork(void);
 void vg__account_graph_postfork_parent(void);

@@ -67,11 +67,30 @@ CUresult cuGraphAddMemAllocNode(CUgraphNode *phGraphNode, CUgraph hGraph,
 
 /* The generic node API (cudaGraphAddNode; CUDA 12.2, and 12.3 with edge
  * data) makes the same memory nodes: CU_GRAPH_NODE_TYPE_MEM_ALLOC is
- * charged as cuGraphAddMemAllocNode is; every other kind passes through. */
+ * charged as cuGraphAddMemAllocNode is; every other kind passes through
+ * (a moved child graph's nodes change owner, below). */
 static bool device_alloc_node(const CUgraphNodeParams *p)
 {
     return p && p->type == CU_GRAPH_NODE_TYPE_MEM_ALLOC &&
            p->alloc.poolProps.location.type == CU_MEM_LOCATION_TYPE_DEVICE;
+}
+
+/* A child graph node that takes the child's ownership (CUDA 12.9; the
+ * only kind a graph with memory nodes may be added as): the driver
+ * destroys the child with its parent, so its nodes become the parent's. */
+static CUgraph moved_child(const CUgraphNodeParams *p)
+{
+    return p && p->type == CU_GRAPH_NODE_TYPE_GRAPH &&
+                   p->graph.ownership == CU_GRAPH_CHILD_GRAPH_OWNERSHIP_MOVE
+               ? p->graph.graph
+               : NULL;
+}
+
+static CUresult child_added(CUresult cr, CUgraph child, CUgraph parent)
+{
+    if (cr == CUDA_SUCCESS && child)
+        vg__acct_graph_moved(key_of(child), key_of(parent));
+    return cr;
 }
 
 CUresult cuGraphAddNode(CUgraphNode *phGraphNode, CUgraph hGraph,
@@ -82,9 +101,12 @@ CUresult cuGraphAddNode(CUgraphNode *phGraphNode, CUgraph hGraph,
         return CUDA_ERROR_NOT_INITIALIZED;
     if (!vg__real.cuGraphAddNode)
         return CUDA_ERROR_NOT_FOUND;
-    if (!device_alloc_node(nodeParams))
-        return vg__real.cuGraphAddNode(phGraphNode, hGraph, dependencies, numDependencies,
-                                       nodeParams);
+    if (!device_alloc_node(nodeParams)) {
+        CUgraph child = moved_child(nodeParams);
+        return child_added(vg__real.cuGraphAddNode(phGraphNode, hGraph, dependencies,
+                                                   numDependencies, nodeParams),
+                           child, hGraph);
+    }
     vg__ticket_t t = graph_node_ticket(&nodeParams->alloc.poolProps,
                                        nodeParams->alloc.bytesize, "cuGraphAddNode");
     int rc = vg__acct_reserve(&t);
@@ -104,9 +126,13 @@ CUresult cuGraphAddNode_v2(CUgraphNode *phGraphNode, CUgraph hGraph,
         return CUDA_ERROR_NOT_INITIALIZED;
     if (!vg__real.cuGraphAddNode_v2)
         return CUDA_ERROR_NOT_FOUND;
-    if (!device_alloc_node(nodeParams))
-        return vg__real.cuGraphAddNode_v2(phGraphNode, hGraph, dependencies, dependencyData,
-                                          numDependencies, nodeParams);
+    if (!device_alloc_node(nodeParams)) {
+        CUgraph child = moved_child(nodeParams);
+        return child_added(vg__real.cuGraphAddNode_v2(phGraphNode, hGraph, dependencies,
+                                                      dependencyData, numDependencies,
+                                                      nodeParams),
+                           child, hGraph);
+    }
     vg__ticket_t t = graph_node_ticket(&nodeParams->alloc.poolProps,
                                        nodeParams->alloc.bytesize, "cuGraphAddNode_v2");
     int rc = vg__acct_reserve(&t);

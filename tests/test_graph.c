@@ -149,3 +149,27 @@ Test(graph, memory_an_executable_left_live_stays_charged_until_cuMemFree)
         cr_expect_null(strstr(t.r.err, "bad pointer"), "%s: %s", t.what, t.r.err);
     }
 }
+
+/* A child graph moved into its parent has no cuGraphDestroy of its own:
+ * the driver destroys it with the parent. Before, its node stayed charged
+ * until the process ended, and 1 GiB never fitted the 1 GiB budget after
+ * the parent's destroy. Memory a launch left live in it is charged until
+ * the program's cuMemFree, as any graph's. */
+Test(graph, a_moved_child_graphs_nodes_go_with_its_parent)
+{
+    static truth_t t;
+    for (int a = 0; a < 2; a++) {
+        run_truth_client(&t, "graph", "child", "1GiB", ENV(answers[a]));
+        say_how(&t, a, 0);
+        expect_rc(&t, "moved_rc", 0);
+        expect_rc(&t, "destroy_rc", 0);
+        expect_rc(&t, "again_rc", 0);
+        expect_peak_within(&t, GiB);
+        run_truth_client(&t, "graph", "child_live", "1GiB", ENV(answers[a]));
+        say_how(&t, a, 0);
+        expect_rc(&t, "held_rc", OUT_OF_MEMORY);
+        expect_rc(&t, "free_rc", 0);
+        expect_rc(&t, "again_rc", 0);
+        expect_peak_within(&t, GiB);
+    }
+}

@@ -27,6 +27,13 @@
  *   exec_live   the same without the free node: after the executable's
  *               destroy 600 MiB plain, cuMemFree of the node's address,
  *               then 1 GiB plain
+ *   child       a graph with one 600 MiB allocation node and no free node,
+ *               moved into a parent (cuGraphAddNode of a child graph node,
+ *               CU_GRAPH_CHILD_GRAPH_OWNERSHIP_MOVE), the parent destroyed
+ *               unlaunched; 1 GiB plain
+ *   child_live  the same, the parent instantiated, launched and its
+ *               executable destroyed before it; 600 MiB plain, cuMemFree
+ *               of the node's address, then 1 GiB plain
  *   reuse       a 64 MiB node of a graph never launched; cuGraphDestroy
  *               while another thread is handed the node's address once the
  *               driver freed it (the test makes cuPointerGetAttribute slow,
@@ -175,6 +182,55 @@ static void case_exec(const char *name, node_case_t c, const char *how)
         cuMemFree(d);
 }
 
+/* A child graph with memory nodes moved into its parent: the driver
+ * destroys it with the parent, which has no cuGraphDestroy of its own. */
+static void case_child(const char *name, node_case_t c)
+{
+    CUgraph parent = NULL, child = NULL;
+    CUgraphExec e = NULL;
+    CUgraphNode node, child_node;
+    CUDA_MEM_ALLOC_NODE_PARAMS p = {.bytesize = 600 * MiB};
+    p.poolProps.allocType = CU_MEM_ALLOCATION_TYPE_PINNED;
+    p.poolProps.location = (CUmemLocation){CU_MEM_LOCATION_TYPE_DEVICE, g_dev};
+    CUgraphNodeParams cp = {.type = CU_GRAPH_NODE_TYPE_GRAPH};
+    CUresult rc = cuGraphCreate(&parent, 0);
+    if (rc == CUDA_SUCCESS)
+        rc = cuGraphCreate(&child, 0);
+    if (rc == CUDA_SUCCESS)
+        rc = cuGraphAddMemAllocNode(&node, child, NULL, 0, &p);
+    cp.graph = (CUDA_CHILD_GRAPH_NODE_PARAMS){child, CU_GRAPH_CHILD_GRAPH_OWNERSHIP_MOVE};
+    CUresult moved = rc == CUDA_SUCCESS ? cuGraphAddNode(&child_node, parent, NULL, NULL, 0, &cp)
+                                        : rc;
+    if (moved == CUDA_SUCCESS && c == NODE_LIVE) {
+        rc = cuGraphInstantiateWithFlags(&e, parent, 0);
+        if (rc == CUDA_SUCCESS)
+            rc = cuGraphLaunch(e, NULL);
+        if (rc == CUDA_SUCCESS)
+            rc = cuCtxSynchronize();
+        if (e)
+            cuGraphExecDestroy(e);
+    }
+    if (rc != CUDA_SUCCESS) {
+        fprintf(stderr, "client_graph: %s setup failed: %d\n", name, rc);
+        exit(3);
+    }
+    CUresult destroy = cuGraphDestroy(parent);
+    CUdeviceptr b = 0, d = 0;
+    CUresult held = CUDA_ERROR_UNKNOWN, freed = CUDA_ERROR_UNKNOWN;
+    if (c == NODE_LIVE) {
+        held = cuMemAlloc(&b, 600 * MiB);
+        if (held == CUDA_SUCCESS)
+            cuMemFree(b);
+        freed = cuMemFree(p.dptr);
+    }
+    CUresult again = cuMemAlloc(&d, 1024 * MiB);
+    printf("path=%s moved_rc=%d destroy_rc=%d held_rc=%d free_rc=%d again_rc=%d", name, moved,
+           destroy, held, freed, again);
+    finish();
+    if (again == CUDA_SUCCESS)
+        cuMemFree(d);
+}
+
 typedef struct {
     long long used_before; /* the driver's use before the destroy */
     CUdeviceptr p;         /* the worker's block */
@@ -260,6 +316,10 @@ int main(int argc, char **argv)
         case_exec(c, NODE_FREED_IN_GRAPH, c + 9);
     else if (!strcmp(c, "exec_live"))
         case_exec(c, NODE_LIVE, "flags");
+    else if (!strcmp(c, "child"))
+        case_child(c, NODE_UNLAUNCHED);
+    else if (!strcmp(c, "child_live"))
+        case_child(c, NODE_LIVE);
     else if (!strcmp(c, "reuse"))
         case_reuse();
     else {
