@@ -18,8 +18,8 @@
  * which graph each executable came from; a graph destroyed while one of
  * its executables lives hands its nodes to that executable, and they are
  * settled, as above, when the executable is destroyed. A child graph
- * whose ownership moved into a parent (CUDA 12.9) dies with the parent,
- * so its nodes become the parent's.
+ * whose ownership moved into a parent (CUDA 13.0's cuda.h) dies with the
+ * parent, so its nodes become the parent's.
  */
 #include <pthread.h>
 

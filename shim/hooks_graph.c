@@ -75,9 +75,10 @@ static bool device_alloc_node(const CUgraphNodeParams *p)
            p->alloc.poolProps.location.type == CU_MEM_LOCATION_TYPE_DEVICE;
 }
 
-/* A child graph node that takes the child's ownership (CUDA 12.9; the
- * only kind a graph with memory nodes may be added as): the driver
- * destroys the child with its parent, so its nodes become the parent's. */
+/* A child graph node that takes the child's ownership (CUDA 13.0's
+ * cuda.h; the only kind a graph with memory nodes may be added as): the
+ * driver destroys the child with its parent, so its nodes become the
+ * parent's. */
 static CUgraph moved_child(const CUgraphNodeParams *p)
 {
     return p && p->type == CU_GRAPH_NODE_TYPE_GRAPH &&

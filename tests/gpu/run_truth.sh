@@ -13,7 +13,8 @@
 #                (torch: torch.OutOfMemoryError, and the message's "this process has X in use" <= 2.00 GiB),
 #                and no call failed with anything else
 #   native PASS  outside > LIMIT (the memory really was taken; else the scenario proves nothing)
-# Scenarios: vmm heap stack module graphmodule race ctxdestroy arraydestroy ctxrelease pooldestroy graphlive (truth_gpu.cu), torch (torch_truth.py), tree
+# Scenarios: vmm heap stack module graphmodule race ctxdestroy arraydestroy ctxrelease pooldestroy graphlive
+# graphexec (truth_gpu.cu), torch (torch_truth.py), tree
 # (`vramguard run --budget 2GiB -- python3 torch_tree.py`: two children of 768 MiB each; the sum of their
 # outside readings must stay within LIMIT and one must get OOM), race_cache (race with VRAMGUARD_POOL=cache).
 # ctxdestroy: 1.25 GiB in a created context, cuCtxDestroy, 1.25 GiB in the primary context: both must succeed
@@ -24,6 +25,9 @@
 # LIMIT), under the shim the second refused (rc 2) and outside <= LIMIT; after the free, 1.25 GiB fits.
 # graphlive: a launched graph's 1.25 GiB node left live (no free node), the graph destroyed, then 1.25 GiB
 # plain: judged as pooldestroy, and the node's cuMemFree must succeed without a "bad pointer" line.
+# graphexec: a graph's 1.25 GiB node (freed in the graph) whose graph was destroyed before its executable
+# was launched, then 1.25 GiB plain: judged as pooldestroy; after cuGraphExecDestroy (and
+# cuDeviceGraphMemTrim) 1.25 GiB must fit again.
 #
 # Per-scenario PASS/FAIL lines, then the table, then `truth: N passed, M failed`; exit 0 only when all pass.
 # env: OUT (where truth.log goes; default a new /tmp/vgtruth.XXXXXX), LIBCUDA_DIR (see common.sh), PYTHON
@@ -177,7 +181,8 @@ judge_fill() { # TAG NAME SHIM_MODE: vmm heap stack module race
 }
 
 # ------------------------------------------------------------ 1-6: the driver scenarios
-for sc in vmm heap stack module graphmodule race ctxdestroy arraydestroy ctxrelease pooldestroy graphlive; do
+for sc in vmm heap stack module graphmodule race ctxdestroy arraydestroy ctxrelease pooldestroy graphlive \
+    graphexec; do
     run_one "$sc" native "$TG" "$sc" "$BIN"
     run_one "$sc" shim "$TG" "$sc" "$BIN"
 done
@@ -249,6 +254,23 @@ s=$(val graphlive shim outside_mib)
 gt "$n" "$LIMIT" || why+=("native outside ${n:-?} <= $LIMIT: the node's memory went with the graph, proves nothing")
 le "$s" "$LIMIT" || why+=("shim outside ${s:-?} > $LIMIT (or unread)")
 verdict graphlive "$n" "$s" "$(refused graphlive shim)" "$(join ${why[@]+"${why[@]}"})"
+
+# graphexec
+why=()
+for m in native shim; do
+    e=$(runerr graphexec $m); [ -n "$e" ] && why+=("$e")
+    [ "$(val graphexec $m alloc1_rc)" = 0 ] || why+=("$m: the 1.25GiB node launched after its graph's destroy rc=$(val graphexec $m alloc1_rc)")
+    [ "$(val graphexec $m exec_rc)" = 0 ] || why+=("$m: cuGraphExecDestroy rc=$(val graphexec $m exec_rc)")
+    [ "$(val graphexec $m alloc3_rc)" = 0 ] || why+=("$m: 1.25GiB after the executable's destroy rc=$(val graphexec $m alloc3_rc)")
+    [ "$(val graphexec $m other_errors)" = 0 ] || why+=("$m: $(val graphexec $m other_errors) non-OOM errors")
+done
+[ "$(val graphexec native alloc2_rc)" = 0 ] || why+=("native: 1.25GiB beside the executable rc=$(val graphexec native alloc2_rc)")
+[ "$(val graphexec shim alloc2_rc)" = 2 ] || why+=("shim: 1.25GiB beside the executable was not refused (rc=$(val graphexec shim alloc2_rc))")
+n=$(val graphexec native outside_mib)
+s=$(val graphexec shim outside_mib)
+gt "$n" "$LIMIT" || why+=("native outside ${n:-?} <= $LIMIT: the executable kept no memory, proves nothing")
+le "$s" "$LIMIT" || why+=("shim outside ${s:-?} > $LIMIT (or unread)")
+verdict graphexec "$n" "$s" "$(refused graphexec shim)" "$(join ${why[@]+"${why[@]}"})"
 
 # torch
 why=()

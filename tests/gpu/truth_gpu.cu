@@ -7,6 +7,7 @@
 //
 // usage: truth_gpu SCENARIO [DIR] [MAX_ALLOCS]
 //   SCENARIO  vmm heap stack module graphmodule race ctxdestroy arraydestroy ctxrelease pooldestroy graphlive
+//             graphexec
 //   DIR       folder holding truth_kernels.fatbin and big_module.fatbin (default: this program's own folder)
 //   MAX_ALLOCS  cap of the 256 MiB fill loops (default 32 = 8 GiB), so a native run does not fill the card;
 //             race: 64 MiB allocations per thread (default 8, 16 threads = 8 GiB)
@@ -25,10 +26,12 @@
 //   held_mib=N                              what this program holds through explicit calls at the peak
 //   refused_call=NAME rc=N NAME             the first call that failed in the fill (none rc=0 when none did)
 //   oom_calls=N other_errors=N              calls that returned CUDA_ERROR_OUT_OF_MEMORY / anything else
-//   alloc1_rc=N alloc2_rc=N [alloc3_rc=N]   (ctxdestroy, arraydestroy, ctxrelease, pooldestroy, graphlive) the allocation
-//                                           (arraydestroy: an array; graphlive: the graph's node) before cuCtxDestroy
-//                                           (the pool's or graph's destroy), and the allocation after it
+//   alloc1_rc=N alloc2_rc=N [alloc3_rc=N]   (ctxdestroy, arraydestroy, ctxrelease, pooldestroy, graphlive, graphexec)
+//                                           the allocation (arraydestroy: an array; graphlive, graphexec: the
+//                                           graph's node) before cuCtxDestroy (the pool's or graph's destroy),
+//                                           and the allocation after it
 //   free_rc=N                               (graphlive) cuMemFree of the destroyed graph's node
+//   exec_rc=N                               (graphexec) cuGraphExecDestroy of the executable that outlived its graph
 //   truth_done scenario=NAME                the program reached its end
 #include <cuda.h>
 
@@ -505,6 +508,17 @@ static void sc_pooldestroy(void)
     release_primary();
 }
 
+// A graph allocation node's parameters: `bytes` on this device.
+static CUDA_MEM_ALLOC_NODE_PARAMS node_params(size_t bytes)
+{
+    CUDA_MEM_ALLOC_NODE_PARAMS p = {};
+    p.poolProps.allocType = CU_MEM_ALLOCATION_TYPE_PINNED;
+    p.poolProps.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+    p.poolProps.location.id = (int)g_dev;
+    p.bytesize = bytes;
+    return p;
+}
+
 // graphlive: a graph with one 1.25 GiB allocation node and no free node, instantiated, launched once and
 // synchronised, its executable and the graph destroyed: the driver keeps the memory the launch left live
 // until cuMemFree (graph_probe). Then 1.25 GiB plain (natively both held; under the shim refused), the
@@ -514,11 +528,7 @@ static void sc_graphlive(void)
 {
     if (!init_driver() || !primary_ctx())
         return;
-    CUDA_MEM_ALLOC_NODE_PARAMS p = {};
-    p.poolProps.allocType = CU_MEM_ALLOCATION_TYPE_PINNED;
-    p.poolProps.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
-    p.poolProps.location.id = (int)g_dev;
-    p.bytesize = 1280 * MIB;
+    CUDA_MEM_ALLOC_NODE_PARAMS p = node_params(1280 * MIB);
     CUgraph g = NULL;
     CUgraphExec e = NULL;
     CUgraphNode node = NULL;
@@ -548,6 +558,52 @@ static void sc_graphlive(void)
     CUresult r3 = cuMemAlloc(&c, 1280 * MIB);
     note(r3, "cuMemAlloc(1.25GiB)_after_the_node's_free", 0);
     printf("alloc1_rc=%d alloc2_rc=%d free_rc=%d alloc3_rc=%d\n", (int)r1, (int)r2, (int)rf, (int)r3);
+    if (c)
+        CK(cuMemFree(c));
+    release_primary();
+}
+
+// graphexec: a graph with one 1.25 GiB allocation node and its free node, instantiated, the graph destroyed
+// while its executable lives, the executable launched and synchronised: the executable's pool keeps the
+// memory. Then 1.25 GiB plain (natively both held; under the shim refused), the outside reading, the
+// executable destroyed and the device's graph memory trimmed, and 1.25 GiB plain again (which must fit: the
+// executable's destroy gave the node's charge back). alloc1_rc: the node up to the launch's
+// synchronisation; exec_rc: cuGraphExecDestroy.
+static void sc_graphexec(void)
+{
+    if (!init_driver() || !primary_ctx())
+        return;
+    CUDA_MEM_ALLOC_NODE_PARAMS p = node_params(1280 * MIB);
+    CUgraph g = NULL;
+    CUgraphExec e = NULL;
+    CUgraphNode node = NULL, free_node = NULL;
+    CUdeviceptr b = 0, c = 0;
+    CUresult r1 = cuGraphCreate(&g, 0);
+    if (r1 == CUDA_SUCCESS)
+        r1 = cuGraphAddMemAllocNode(&node, g, NULL, 0, &p);
+    if (r1 == CUDA_SUCCESS)
+        r1 = cuGraphAddMemFreeNode(&free_node, g, &node, 1, p.dptr);
+    if (r1 == CUDA_SUCCESS)
+        r1 = cuGraphInstantiateWithFlags(&e, g, 0);
+    if (g)
+        CK(cuGraphDestroy(g));
+    if (r1 == CUDA_SUCCESS)
+        r1 = cuGraphLaunch(e, NULL);
+    if (r1 == CUDA_SUCCESS)
+        r1 = cuCtxSynchronize();
+    note(r1, "graph_with_a_1.25GiB_node_destroyed_then_its_executable_launched", 1);
+    CUresult r2 = cuMemAlloc(&b, 1280 * MIB);
+    note(r2, "cuMemAlloc(1.25GiB)_while_the_executable_lives", 1);
+    outside("outside_mib");
+    report((r1 == CUDA_SUCCESS ? 1280 * MIB : 0) + (r2 == CUDA_SUCCESS ? 1280 * MIB : 0));
+    if (b)
+        CK(cuMemFree(b));
+    CUresult re = e ? cuGraphExecDestroy(e) : r1;
+    note(re, "cuGraphExecDestroy", 0);
+    CK(cuDeviceGraphMemTrim(g_dev)); // the graph pool keeps freed memory until trimmed (docs/shim.md)
+    CUresult r3 = cuMemAlloc(&c, 1280 * MIB);
+    note(r3, "cuMemAlloc(1.25GiB)_after_the_executable's_destroy", 0);
+    printf("alloc1_rc=%d alloc2_rc=%d exec_rc=%d alloc3_rc=%d\n", (int)r1, (int)r2, (int)re, (int)r3);
     if (c)
         CK(cuMemFree(c));
     release_primary();
@@ -619,7 +675,7 @@ int main(int argc, char **argv)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
     if (argc < 2) {
-        fprintf(stderr, "usage: %s vmm|heap|stack|module|graphmodule|race|ctxdestroy|arraydestroy|ctxrelease|pooldestroy|graphlive [DIR] [MAX_ALLOCS]\n",
+        fprintf(stderr, "usage: %s vmm|heap|stack|module|graphmodule|race|ctxdestroy|arraydestroy|ctxrelease|pooldestroy|graphlive|graphexec [DIR] [MAX_ALLOCS]\n",
                 argv[0]);
         return 2;
     }
@@ -659,6 +715,8 @@ int main(int argc, char **argv)
         sc_pooldestroy();
     else if (!strcmp(g_sc, "graphlive"))
         sc_graphlive();
+    else if (!strcmp(g_sc, "graphexec"))
+        sc_graphexec();
     else {
         fprintf(stderr, "truth_gpu: unknown scenario '%s'\n", g_sc);
         return 2;
