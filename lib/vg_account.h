@@ -517,7 +517,7 @@ const vg__settings_t *vg__engine_settings(void);
  * unlimited when no budget is set. NULL for a bad ordinal. Inline, every
  * reservation asks: once resolved (bit `device` of
  * vg__hot.budget_resolved), vg__engine_budgets[device]. */
-extern vg__budget_t vg__engine_budgets[VG__MAX_DEVICES];
+extern vg__budget_t vg__engine_budgets[VG__MAX_DEVICES] VG__HIDDEN;
 vg__budget_t *vg__engine_budget_slow(int device);
 static inline vg__budget_t *vg__engine_budget(int device)
 {
