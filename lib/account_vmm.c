@@ -29,6 +29,14 @@
  * call_lock from before the driver call to after its books (vmm_lock, the
  * tables' own, is taken inside). These calls are rare (a framework maps
  * and unmaps in large pieces), and the driver serialises them itself.
+ *
+ * cuMemCreate does not take call_lock, and the driver may hand out the
+ * value of a handle it has just freed: between a last release or unmap
+ * and its books, another thread's cuMemCreate can be given the same handle
+ * and record it under the same key (its insert replaces the stale record,
+ * account.c). So a charge goes back by the number (seq) of the record it
+ * belongs to, learnt while the handle was live: the books of the old
+ * handle then leave the new one's record, and its charge, alone.
  */
 #include <pthread.h>
 #include <stdlib.h>
@@ -40,6 +48,7 @@
 
 typedef struct handle_refs {
     uint64_t handle;
+    uint64_t seq; /* its ledger record's number */
     int holds; /* cuMemCreate + retains - releases */
     int maps;  /* live mappings */
     UT_hash_handle hh;
@@ -93,66 +102,77 @@ void vg__acct_vmm_end(void)
     vg__mutex_unlock(&call_lock, VG__RANK_VMM_CALL);
 }
 
-static bool ours(uint64_t handle)
+/* True when `handle` has a ledger record (*seq: its number). */
+static bool ours(uint64_t handle, uint64_t *seq)
 {
     vg__alloc_t a;
-    return vg__ledger_find(handle | VG__KEY_HANDLE, &a) == VG_OK;
+    if (vg__ledger_find(handle | VG__KEY_HANDLE, &a) != VG_OK)
+        return false;
+    *seq = a.seq;
+    return true;
 }
 
-/* The entry of a handle, made with its creation's one hold. Under the
- * lock. NULL when out of memory (the handle is then charged until its
- * release, as before). */
-static handle_refs_t *refs_of(uint64_t handle)
+/* The entry of a handle whose record is numbered `seq`, made with its
+ * creation's one hold. Under the lock. NULL when out of memory (the
+ * handle is then charged until its release, as before). */
+static handle_refs_t *refs_of(uint64_t handle, uint64_t seq)
 {
     handle_refs_t *r;
     HASH_FIND(hh, refs, &handle, sizeof handle, r);
     if (r || !(r = calloc(1, sizeof *r)))
         return r;
     r->handle = handle;
+    r->seq = seq;
     r->holds = 1;
     HASH_ADD(hh, refs, handle, sizeof r->handle, r);
     return r;
 }
 
 /* Drops one reference; true when it was the last (the entry is gone and
- * the driver has freed the memory). Under the lock. */
-static bool unref(uint64_t handle, bool mapping)
+ * the driver has freed the memory), with *seq the number of the record
+ * whose charge goes (left as it is when there was no entry: one hold, no
+ * mapping). Under the lock. */
+static bool unref(uint64_t handle, bool mapping, uint64_t *seq)
 {
     handle_refs_t *r;
     HASH_FIND(hh, refs, &handle, sizeof handle, r);
     if (!r)
-        return !mapping; /* no entry: one hold, no mapping */
+        return !mapping;
     if (mapping)
         r->maps--;
     else
         r->holds--;
     if (r->holds > 0 || r->maps > 0)
         return false;
+    *seq = r->seq;
     HASH_DEL(refs, r);
     free(r);
     return true;
 }
 
-static void uncharge(uint64_t handle, const char *api)
+/* Only the record numbered seq: the driver may have handed the handle's
+ * value to a new allocation already (the file's head). */
+static void uncharge(uint64_t handle, uint64_t seq, const char *api)
 {
-    vg__acct_release_freed(handle | VG__KEY_HANDLE, api);
+    vg__acct_release_swept(handle | VG__KEY_HANDLE, seq, api);
 }
 
-bool vg__acct_vmm_tracked(uint64_t handle)
+bool vg__acct_vmm_tracked(uint64_t handle, uint64_t *seq)
 {
-    return ours(handle);
+    return ours(handle, seq);
 }
 
 void vg__acct_vmm_map(uint64_t va, uint64_t size, uint64_t handle)
 {
-    if (!ours(handle))
+    uint64_t seq;
+    if (!ours(handle, &seq))
         return;
     mapping_t *m = calloc(1, sizeof *m);
     if (!m)
         return;
     *m = (mapping_t){.va = va, .size = size, .handle = handle};
     vg__mutex_lock(&vmm_lock, VG__RANK_VMM);
-    handle_refs_t *r = refs_of(handle);
+    handle_refs_t *r = refs_of(handle, seq);
     if (r) {
         r->maps++;
         HASH_ADD(hh, mappings, va, sizeof m->va, m);
@@ -164,22 +184,23 @@ void vg__acct_vmm_map(uint64_t va, uint64_t size, uint64_t handle)
 
 void vg__acct_vmm_retain(uint64_t handle)
 {
-    if (!ours(handle))
+    uint64_t seq;
+    if (!ours(handle, &seq))
         return;
     vg__mutex_lock(&vmm_lock, VG__RANK_VMM);
-    handle_refs_t *r = refs_of(handle);
+    handle_refs_t *r = refs_of(handle, seq);
     if (r)
         r->holds++;
     vg__mutex_unlock(&vmm_lock, VG__RANK_VMM);
 }
 
-void vg__acct_vmm_released(uint64_t handle, const char *api)
+void vg__acct_vmm_released(uint64_t handle, uint64_t seq, const char *api)
 {
     vg__mutex_lock(&vmm_lock, VG__RANK_VMM);
-    bool last = unref(handle, false);
+    bool last = unref(handle, false, &seq);
     vg__mutex_unlock(&vmm_lock, VG__RANK_VMM);
     if (last)
-        uncharge(handle, api);
+        uncharge(handle, seq, api);
 }
 
 /* The mapping starting at va, else any inside [va, end): a scan, only
@@ -200,7 +221,7 @@ void vg__acct_vmm_unmap(uint64_t va, uint64_t size, const char *api)
 {
     uint64_t end = size > UINT64_MAX - va ? UINT64_MAX : va + size;
     while (va < end) {
-        uint64_t handle = 0;
+        uint64_t handle = 0, seq = 0;
         bool last = false;
         vg__mutex_lock(&vmm_lock, VG__RANK_VMM);
         mapping_t *m = mappings ? mapping_in(va, end) : NULL;
@@ -209,13 +230,13 @@ void vg__acct_vmm_unmap(uint64_t va, uint64_t size, const char *api)
             va = m->size > UINT64_MAX - m->va ? UINT64_MAX : m->va + m->size;
             HASH_DEL(mappings, m);
             free(m);
-            last = unref(handle, true);
+            last = unref(handle, true, &seq);
         }
         vg__mutex_unlock(&vmm_lock, VG__RANK_VMM);
         if (!m)
             return;
         if (last)
-            uncharge(handle, api);
+            uncharge(handle, seq, api);
     }
 }
 
@@ -279,8 +300,8 @@ static bool covers(const array_map_t *u, const array_map_t *m)
 
 static void array_map(const CUarrayMapInfo *op)
 {
-    uint64_t handle = op->memHandle.memHandle;
-    if (op->memHandleType != CU_MEM_HANDLE_TYPE_GENERIC || !ours(handle))
+    uint64_t handle = op->memHandle.memHandle, seq;
+    if (op->memHandleType != CU_MEM_HANDLE_TYPE_GENERIC || !ours(handle, &seq))
         return;
     array_map_t *m = calloc(1, sizeof *m);
     if (!m)
@@ -289,7 +310,7 @@ static void array_map(const CUarrayMapInfo *op)
     m->whole = maps_whole(op);
     m->handle = handle;
     vg__mutex_lock(&vmm_lock, VG__RANK_VMM);
-    handle_refs_t *r = refs_of(handle);
+    handle_refs_t *r = refs_of(handle, seq);
     if (r) {
         r->maps++;
         m->next = array_maps;
@@ -306,7 +327,7 @@ static void array_map(const CUarrayMapInfo *op)
 static void array_unmap(uint64_t array, const array_map_t *u, const char *api)
 {
     for (;;) {
-        uint64_t handle = 0;
+        uint64_t handle = 0, seq = 0;
         bool found = false, last = false;
         vg__mutex_lock(&vmm_lock, VG__RANK_VMM);
         for (array_map_t **p = &array_maps; *p; p = &(*p)->next) {
@@ -317,7 +338,7 @@ static void array_unmap(uint64_t array, const array_map_t *u, const char *api)
             handle = m->handle;
             free(m);
             atomic_fetch_sub_explicit(&array_mapped, 1, memory_order_relaxed);
-            last = unref(handle, true);
+            last = unref(handle, true, &seq);
             found = true;
             break;
         }
@@ -325,7 +346,7 @@ static void array_unmap(uint64_t array, const array_map_t *u, const char *api)
         if (!found)
             return;
         if (last)
-            uncharge(handle, api);
+            uncharge(handle, seq, api);
     }
 }
 

@@ -84,8 +84,9 @@ void vg__acct_restore(const vg__alloc_t *a);
 void vg__acct_release_freed(uint64_t key, const char *api);
 /* As vg__acct_release_freed, only for the record numbered `seq`: a sweep
  * that saw the record and then asked the driver about it (which said the
- * memory is gone) leaves alone a new allocation that another thread was
- * handed at the same address and recorded meanwhile. */
+ * memory is gone), or a VMM call that freed a handle, leaves alone a new
+ * allocation that another thread was handed at the same address (or
+ * handle) and recorded meanwhile. */
 void vg__acct_release_swept(uint64_t key, uint64_t seq, const char *api);
 /* Rewrites the driver's memory view of `device` to the budget's:
  * total = min(budget, physical); free = clamp(total - use, 0, free).
@@ -391,14 +392,17 @@ void vg__account_limits_set_postfork_child(void);
 void vg__acct_vmm_begin(void);
 void vg__acct_vmm_end(void);
 /* True when `handle` is a live allocation of ours (cuMemRelease then
- * takes this path rather than the bad-pointer one). */
-bool vg__acct_vmm_tracked(uint64_t handle);
+ * takes this path rather than the bad-pointer one), with *seq its
+ * record's number: ask before the driver call and hand it to
+ * vg__acct_vmm_released, so that the release's books leave alone a new
+ * allocation the driver handed the same handle meanwhile. */
+bool vg__acct_vmm_tracked(uint64_t handle, uint64_t *seq);
 void vg__acct_vmm_map(uint64_t va, uint64_t size, uint64_t handle);
 void vg__acct_vmm_unmap(uint64_t va, uint64_t size, const char *api);
 void vg__acct_vmm_retain(uint64_t handle);
-/* A cuMemRelease succeeded: the charge goes when it was the last
- * reference. */
-void vg__acct_vmm_released(uint64_t handle, const char *api);
+/* A cuMemRelease succeeded: the charge of the record numbered `seq`
+ * (vg__acct_vmm_tracked's) goes when it was the last reference. */
+void vg__acct_vmm_released(uint64_t handle, uint64_t seq, const char *api);
 /* A cuMemMapArrayAsync entry the driver accepted: a MAP of a handle into a
  * sparse or deferred-mapping array is one more mapping of it, an UNMAP
  * drops the mappings it covers. */

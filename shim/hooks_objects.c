@@ -74,11 +74,12 @@ CUresult cuMemRelease(CUmemGenericAllocationHandle handle)
 {
     if (!vg__shim_started())
         return CUDA_ERROR_NOT_INITIALIZED;
+    uint64_t seq;
     vg__acct_vmm_begin();
-    if (vg__likely(vg__acct_vmm_tracked(handle))) {
+    if (vg__likely(vg__acct_vmm_tracked(handle, &seq))) {
         CUresult cr = vg__real.cuMemRelease(handle);
         if (cr == CUDA_SUCCESS)
-            vg__acct_vmm_released(handle, "cuMemRelease");
+            vg__acct_vmm_released(handle, seq, "cuMemRelease");
         vg__acct_vmm_end();
         return cr;
     }

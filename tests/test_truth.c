@@ -76,6 +76,30 @@ Test(truth, vmm_races_keep_a_handle_charged_while_the_driver_keeps_its_memory)
     }
 }
 
+/* A handle value the driver hands out again (FAKECUDA_VMM_REUSE) while the
+ * call that freed it (the last cuMemRelease, or the last cuMemUnmap of a
+ * released handle) has not returned yet: the new 512 MiB allocation was
+ * recorded under the key of the old one, and the freeing call's books then
+ * took the new record for the old and gave its charge back, so 640 MiB more
+ * fitted 1 GiB and the device held 1152 MiB. */
+Test(truth, a_handle_handed_out_again_keeps_its_charge_when_the_old_one_goes)
+{
+    static truth_t t;
+    static const struct {
+        const char *name, *knob;
+    } runs[] = {{"reuse_release", "FAKECUDA_RELEASE_DELAY_NS=300000000"},
+                {"reuse_unmap", "FAKECUDA_UNMAP_DELAY_NS=300000000"}};
+    for (size_t i = 0; i < sizeof runs / sizeof runs[0]; i++) {
+        run_truth_client(&t, "vmm", runs[i].name, "1GiB",
+                         ENV(runs[i].knob, "FAKECUDA_VMM_REUSE=1"));
+        expect_rc(&t, "rc", 0);
+        expect_rc(&t, "create_rc", 0);
+        expect_rc(&t, "same", 1);
+        expect_rc(&t, "more_rc", OUT_OF_MEMORY);
+        expect_peak_within(&t, GiB);
+    }
+}
+
 /* ------------------------------------------------------ b, c. limits */
 
 /* A 3 GiB malloc heap does not fit a 2 GiB budget: cuCtxSetLimit says so. */

@@ -87,6 +87,7 @@ static bool read_knobs(fc_knobs *k)
     unsigned long long ctx = 0, sm = 132, delay = 0, no_ranges = 0, pool_chunk = 0, mapped = 0;
     unsigned long long limit_delay = 0, attr_delay = 0, release_delay = 0;
     unsigned long long map_delay = 0, unmap_delay = 0, pool_attr_delay = 0;
+    unsigned long long vmm_release_delay = 0, vmm_reuse = 0;
     const char *at = getenv("FAKECUDA_LIMITS_AT");
     const char *loading = getenv("CUDA_MODULE_LOADING");
     if (!env_u64("FAKECUDA_CONTEXT_BYTES", &ctx) || !env_u64("FAKECUDA_SM_COUNT", &sm) ||
@@ -96,6 +97,8 @@ static bool read_knobs(fc_knobs *k)
         !env_u64("FAKECUDA_PRIMARY_RELEASE_DELAY_NS", &release_delay) ||
         !env_u64("FAKECUDA_MAP_DELAY_NS", &map_delay) ||
         !env_u64("FAKECUDA_UNMAP_DELAY_NS", &unmap_delay) ||
+        !env_u64("FAKECUDA_RELEASE_DELAY_NS", &vmm_release_delay) ||
+        !env_u64("FAKECUDA_VMM_REUSE", &vmm_reuse) || vmm_reuse > 1 ||
         !env_u64("FAKECUDA_POOL_ATTR_DELAY_NS", &pool_attr_delay) ||
         !env_u64("FAKECUDA_NO_RANGES", &no_ranges) ||
         !env_u64("FAKECUDA_POOL_CHUNK", &pool_chunk) ||
@@ -114,6 +117,8 @@ static bool read_knobs(fc_knobs *k)
     k->primary_release_delay_ns = release_delay;
     k->map_delay_ns = map_delay;
     k->unmap_delay_ns = unmap_delay;
+    k->release_delay_ns = vmm_release_delay;
+    k->vmm_reuse = vmm_reuse == 1;
     k->pool_attr_delay_ns = pool_attr_delay;
     k->limits_at_launch = at && !strcmp(at, "launch");
     k->no_ranges = no_ranges == 1;
@@ -348,6 +353,7 @@ void fc_primary_release_delay(void) { sleep_ns(g_knobs.primary_release_delay_ns)
 /* Lock NOT held: other threads may map, unmap or release meanwhile. */
 void fc_map_delay(void) { sleep_ns(g_knobs.map_delay_ns); }
 void fc_unmap_delay(void) { sleep_ns(g_knobs.unmap_delay_ns); }
+void fc_release_delay(void) { sleep_ns(g_knobs.release_delay_ns); }
 
 /* Lock NOT held: the pool may grow or shrink before the caller sees the
  * answer. Only threads other than the process's first wait, so a test

@@ -40,6 +40,12 @@
  *                            it returns (default 0)
  *   FAKECUDA_UNMAP_DELAY_NS  cuMemUnmap waits this long after it unmapped,
  *                            before it returns (default 0)
+ *   FAKECUDA_RELEASE_DELAY_NS cuMemRelease waits this long after it
+ *                            released, before it returns (default 0)
+ *   FAKECUDA_VMM_REUSE       1: cuMemCreate hands out the value of the last
+ *                            freed physical allocation's handle first, as
+ *                            the real driver's handles (addresses of its
+ *                            objects) can come back (default 0: never)
  *   FAKECUDA_POOL_ATTR_DELAY_NS cuMemPoolGetAttribute, called from any thread
  *                            but the process's first, waits this long after
  *                            it answered, before it returns (default 0): the
@@ -123,6 +129,8 @@ typedef struct {
     unsigned long long primary_release_delay_ns; /* FAKECUDA_PRIMARY_RELEASE_DELAY_NS */
     unsigned long long map_delay_ns;    /* FAKECUDA_MAP_DELAY_NS */
     unsigned long long unmap_delay_ns;  /* FAKECUDA_UNMAP_DELAY_NS */
+    unsigned long long release_delay_ns; /* FAKECUDA_RELEASE_DELAY_NS */
+    bool vmm_reuse;               /* FAKECUDA_VMM_REUSE=1 */
     unsigned long long pool_attr_delay_ns; /* FAKECUDA_POOL_ATTR_DELAY_NS */
     bool limits_at_launch;        /* FAKECUDA_LIMITS_AT=launch */
     bool eager_modules;           /* CUDA_MODULE_LOADING=EAGER */
@@ -139,9 +147,11 @@ void fc_setlimit_delay(void);
 void fc_pointer_attr_delay(void);
 /* Sleeps FAKECUDA_PRIMARY_RELEASE_DELAY_NS; called WITHOUT the lock. */
 void fc_primary_release_delay(void);
-/* Sleep FAKECUDA_MAP_DELAY_NS / FAKECUDA_UNMAP_DELAY_NS; WITHOUT the lock. */
+/* Sleep FAKECUDA_MAP_DELAY_NS / FAKECUDA_UNMAP_DELAY_NS /
+ * FAKECUDA_RELEASE_DELAY_NS; WITHOUT the lock. */
 void fc_map_delay(void);
 void fc_unmap_delay(void);
+void fc_release_delay(void);
 /* Sleeps FAKECUDA_POOL_ATTR_DELAY_NS in threads other than the main one;
  * WITHOUT the lock. */
 void fc_pool_attr_delay(void);

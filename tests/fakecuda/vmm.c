@@ -37,6 +37,7 @@ typedef struct {
 static fc_phys *g_phys;
 static void *g_reservations;     /* tsearch tree by range */
 static CUmemGenericAllocationHandle g_next_handle = 0x1000;
+static CUmemGenericAllocationHandle g_freed_handle; /* FAKECUDA_VMM_REUSE: 0 or next */
 
 static int res_cmp(const void *pa, const void *pb)
 {
@@ -68,6 +69,8 @@ static void phys_maybe_free(fc_phys *p)
     if (p->handle_refs > 0 || p->map_refs > 0)
         return;
     HASH_DELETE(hh, g_phys, p);
+    if (fc_knobs_get()->vmm_reuse)
+        g_freed_handle = p->handle;
     close(p->fd);
     fc_uncharge(p->prop.location.id, p->size);
     fc_count_free();
@@ -110,7 +113,8 @@ static CUresult phys_create(size_t size, const CUmemAllocationProp *prop, fc_phy
     fc_phys *p = calloc(1, sizeof *p);
     if (!p)
         abort();
-    p->handle = g_next_handle++;
+    p->handle = g_freed_handle ? g_freed_handle : g_next_handle++;
+    g_freed_handle = 0;
     p->fd = fd;
     p->size = size;
     p->prop = *prop;
@@ -150,6 +154,8 @@ CUresult cuMemRelease(CUmemGenericAllocationHandle handle)
         phys_maybe_free(p);
     }
     fc_unlock();
+    if (ok)
+        fc_release_delay();
     return ok ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
 }
 
