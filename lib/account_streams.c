@@ -50,22 +50,35 @@ void vg__account_prefork(void) { pthread_mutex_lock(&pools_lock); }
 void vg__account_postfork_parent(void) { pthread_mutex_unlock(&pools_lock); }
 void vg__account_postfork_child(void) { pthread_mutex_unlock(&pools_lock); }
 
-static struct pool_slot *slot_of(CUmemoryPool pool, int device)
+/* The live (not destroyed) slot of `pool`, NULL when it has none. Under
+ * the lock. */
+static struct pool_slot *slot_find(CUmemoryPool pool)
 {
-    struct pool_slot *free_slot = NULL;
-    for (int i = 0; i < POOL_SLOTS; i++) {
+    for (int i = 0; i < POOL_SLOTS; i++)
         if (pools[i].pool == pool && !pools[i].orphans)
             return &pools[i];
-        if (!pools[i].pool && !free_slot)
-            free_slot = &pools[i];
-    }
-    if (free_slot) {
-        free_slot->pool = pool;
-        free_slot->device = device;
-        free_slot->charged = 0;
+    return NULL;
+}
+
+/* The slot of `pool` for a reading of `now` bytes. A pool that reserves
+ * nothing has none: a reading of 0 takes no slot and gives up the one it
+ * had (its charge, 0, is the same either way), so the 64 slots go to
+ * pools that hold memory, not to every pool ever used and still alive.
+ * Under the lock. NULL when there is no slot (full: that pool goes
+ * uncharged). */
+static struct pool_slot *slot_of(CUmemoryPool pool, int device, uint64_t now)
+{
+    struct pool_slot *s = slot_find(pool);
+    if (s || !now)
+        return s;
+    for (int i = 0; i < POOL_SLOTS; i++) {
+        if (pools[i].pool)
+            continue;
+        pools[i] = (struct pool_slot){.pool = pool, .device = device};
         atomic_fetch_add_explicit(&pool_count, 1, memory_order_relaxed);
+        return &pools[i];
     }
-    return free_slot; /* NULL when full: that pool goes uncharged */
+    return NULL;
 }
 
 /* ---------------------------------------------- the current pool */
@@ -248,10 +261,14 @@ static bool slot_swap(CUmemoryPool pool, int device, uint64_t now, uint64_t seen
     vg__mutex_lock(&pools_lock, VG__RANK_STREAM_POOLS);
     bool fresh = atomic_load_explicit(&pools_gen, memory_order_relaxed) == seen;
     if (fresh) {
-        struct pool_slot *s = slot_of(pool, device);
+        struct pool_slot *s = slot_of(pool, device, now);
         r->before = s ? s->charged : now;
         if (s)
             s->charged = now;
+        if (s && !now) { /* reserves nothing: the slot goes (slot_of) */
+            *s = (struct pool_slot){0};
+            atomic_fetch_sub_explicit(&pool_count, 1, memory_order_relaxed);
+        }
         if (now > r->before + r->covered)
             vg__budget_force_quiet(r->b, now - r->before - r->covered);
         atomic_store_explicit(&pools_gen, seen + 1, memory_order_release);
@@ -386,10 +403,7 @@ void vg__acct_pool_forget(CUmemoryPool pool)
     if (h) /* the handle may name a new pool next */
         HASH_DEL(homes, h);
     free(h);
-    struct pool_slot *s = NULL;
-    for (int i = 0; i < POOL_SLOTS && !s; i++)
-        if (pools[i].pool == pool && !pools[i].orphans)
-            s = &pools[i];
+    struct pool_slot *s = slot_find(pool);
     if (s && c.n) {
         s->orphans = c.n;
         atomic_fetch_add_explicit(&pools_gen, 1, memory_order_release);

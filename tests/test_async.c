@@ -122,3 +122,16 @@ Test(async, a_refused_end_of_capture_leaves_the_capture_charged)
         expect_rc(&a, "after_rc", 0);
     }
 }
+
+/* Pools that reserve nothing hold no slot of the shim's 64: after 64
+ * pools were used and gave their memory back (all still alive), the 65th
+ * pool's 600 MiB are charged. They went uncharged while every slot was
+ * held by a pool charged 0. */
+Test(async, pools_that_reserve_nothing_leave_room_for_another_pool)
+{
+    static async_run_t a;
+    for (size_t i = 0; i < sizeof apis / sizeof apis[0]; i++) {
+        run_async(&a, "many_pools", apis[i]);
+        expect_grown_and_charged(&a);
+    }
+}

@@ -25,6 +25,10 @@
  *   capture         a stream captured: the 600 MiB are a graph's node
  *   capture_unmatched the same, after a cuStreamEndCapture on a stream
  *                   that is not capturing (refused by the driver)
+ *   many_pools      64 created pools, each made current, used, synchronised
+ *                   (it gives its memory back) and read by cuMemGetInfo
+ *                   (each reserves nothing now; all stay alive); then a
+ *                   65th made current
  * A capture case then ends the capture and destroys the graph, and 600 MiB
  * plain fit again (after_rc=).
  */
@@ -59,7 +63,8 @@
       "cuStreamBeginCapture", 10010)                                                               \
     X(capture_end, PFN_cuStreamEndCapture_v10000, cuStreamEndCapture, "cuStreamEndCapture",        \
       10000)                                                                                       \
-    X(graph_destroy, PFN_cuGraphDestroy_v10000, cuGraphDestroy, "cuGraphDestroy", 10000)
+    X(graph_destroy, PFN_cuGraphDestroy_v10000, cuGraphDestroy, "cuGraphDestroy", 10000)      \
+    X(mem_get_info, PFN_cuMemGetInfo_v3020, cuMemGetInfo_v2, "cuMemGetInfo", 3020)
 
 static struct api {
 #define ASYNC_FIELD_(field, type, abi, base, ver) type field;
@@ -206,6 +211,29 @@ static void case_destroy_current(void)
     grow_then_plain("destroy_current", first, change, next == pool);
 }
 
+/* 64 pools that reserve nothing, alive, then a 65th made current. */
+static void case_many_pools(void)
+{
+    CUmemoryPool pool = NULL;
+    CUresult first = CUDA_SUCCESS, change = CUDA_SUCCESS;
+    size_t free_b, total_b;
+    for (int i = 0; i < 64 && first == CUDA_SUCCESS && change == CUDA_SUCCESS; i++) {
+        change = made_pool(&pool);
+        if (change == CUDA_SUCCESS)
+            change = cu.set_pool(g_dev, pool);
+        first = change ? change : first_use();
+        if (first == CUDA_SUCCESS)
+            first = cu.stream_sync(g_stream);
+        if (first == CUDA_SUCCESS)
+            first = cu.mem_get_info(&free_b, &total_b);
+    }
+    if (change == CUDA_SUCCESS)
+        change = made_pool(&pool);
+    if (change == CUDA_SUCCESS)
+        change = cu.set_pool(g_dev, pool);
+    grow_then_plain("many_pools", first, change, 0);
+}
+
 /* Begins a capture of g_stream; `unmatched` first ends one on a stream
  * that is not capturing. */
 static void case_capture(const char *name, int unmatched)
@@ -233,7 +261,7 @@ int main(int argc, char **argv)
 {
     if (argc != 2) {
         fprintf(stderr, "usage: client_async set_pool|destroy_current|capture|"
-                        "capture_unmatched\n");
+                        "capture_unmatched|many_pools\n");
         return 2;
     }
     const char *c = argv[1];
@@ -246,6 +274,8 @@ int main(int argc, char **argv)
         case_capture(c, 0);
     else if (!strcmp(c, "capture_unmatched"))
         case_capture(c, 1);
+    else if (!strcmp(c, "many_pools"))
+        case_many_pools();
     else {
         fprintf(stderr, "client_async: unknown case %s\n", c);
         return 2;
