@@ -402,13 +402,12 @@ static inline bool take_fresh(vg__class_t *k, vg__block_t *b)
  * one that reuses another arena's blocks. */
 __attribute__((noinline)) int vg__class_take(vg__cache_t *c, uint32_t arena,
                                              int cls, size_t size,
-                                             vg__block_t *out, bool count_miss)
+                                             vg__block_t *out)
 {
     vg__class_t *k = vg__class_at(c, arena, cls);
     vg__block_t b = {0, NULL};
     vg__class_lock(k);
     if (!class_fill(c, k, VG__REUSE_ANY)) {
-        k->misses += count_miss;
         vg__class_unlock(k);
         return VG_ENOMEM;
     }
@@ -627,7 +626,6 @@ void vg__cache_stats(vg__cache_t *c, vg__cache_stats_t *s)
         vg__class_lock(k);
         s->live_bytes += k->live_bytes;
         s->hits += k->hits;
-        s->misses += k->misses;
         s->allocs += k->allocs;
         s->frees += k->frees;
         s->bytes_allocated += k->bytes_allocated;

@@ -33,7 +33,7 @@ typedef struct mag {
     /* This thread's requests in this class. A block freed by another thread
      * than the one that took it makes live_* of both wrap; only the sums
      * over every magazine and the class mean anything. */
-    uint64_t allocs, misses, frees, bytes_allocated;
+    uint64_t allocs, frees, bytes_allocated;
     uint64_t live_blocks, live_bytes;
     vg__block_t v[];       /* ready: v[0, cap); pending: v[cap, 2 cap) */
 } mag_t;
@@ -213,8 +213,6 @@ __attribute__((noinline)) static bool mag_refill(vg__cache_t *c, int cls,
     bool ok = fill(c, k, r);
     if (ok)
         m->ready_n = vg__class_take_batch(k, m->v, m->ready_n, m->cap);
-    else if (r->policy == VG__GROW_FIRST)
-        m->misses++; /* once per request: VG__REUSE_ANY is its second try */
     vg__class_unlock(k);
     return ok;
 }
@@ -477,7 +475,7 @@ VG__HOT static inline int take(vg__cache_t *c, int cls, size_t size,
 {
     vg__tcache_t *tc = tc_mine(c);
     if (vg__unlikely(!tc))
-        return vg__class_take(c, 0, cls, size, out, policy == VG__GROW_FIRST);
+        return vg__class_take(c, 0, cls, size, out);
     own_t how = own_enter(tc);
     mag_t *m = tc->mag[cls];
     if (vg__unlikely(!m || m->ready_n == 0)) {
@@ -487,9 +485,7 @@ VG__HOT static inline int take(vg__cache_t *c, int cls, size_t size,
             own_leave(tc, how);
             /* No host memory for a magazine: the class serves it, as it
              * takes such a thread's frees (vg__cache_give). */
-            return no_mag ? vg__class_take(c, tc->arena, cls, size, out,
-                                           policy == VG__GROW_FIRST)
-                          : VG_ENOMEM;
+            return no_mag ? vg__class_take(c, tc->arena, cls, size, out) : VG_ENOMEM;
         }
         m = tc->mag[cls];
     }
@@ -513,7 +509,7 @@ int vg__cache_take_any(vg__cache_t *c, int cls, size_t size, vg__block_t *out)
         return VG_OK;
     uint32_t mine = vg__tcache_arena(c);
     for (uint32_t a = 0; a < c->arenas; a++)
-        if (a != mine && vg__class_take(c, a, cls, size, out, false) == VG_OK)
+        if (a != mine && vg__class_take(c, a, cls, size, out) == VG_OK)
             return VG_OK;
     return VG_ENOMEM;
 }
@@ -568,7 +564,6 @@ static void add_mag(vg__cache_stats_t *s, const mag_t *m, uint64_t *live)
 {
     s->live_bytes += m->live_bytes;
     s->hits += m->allocs;
-    s->misses += m->misses;
     s->allocs += m->allocs;
     s->frees += m->frees;
     s->bytes_allocated += m->bytes_allocated;

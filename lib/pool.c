@@ -455,8 +455,9 @@ __attribute__((noinline)) static int grow(vg_pool_t *pool, int cls,
     if (!fits(pool, a.charged)) {
         vg__cache_collect(&pool->cache);
         if (vg__cache_take_any(&pool->cache, cls, size, b) == VG_OK)
-            return VG_OK;
+            return VG_OK; /* a hit after all (counted by the cache) */
     }
+    atomic_fetch_add_explicit(&pool->misses, 1, memory_order_relaxed); /* the driver is needed */
     int rc = make_room(pool, a.charged, MAY_TRIM);
     if (rc != VG_OK)
         return rc;

@@ -95,7 +95,7 @@ int vg_pool_stats(vg_pool_t *pool, vg_pool_stats_t *stats)
     s.cached = cs.cached;
     s.live_bytes = load(&pool->live_bytes) + cs.live_bytes;
     s.hits = cs.hits;
-    s.misses = cs.misses;
+    s.misses = load(&pool->misses);
     s.trims = load(&pool->trims);
     s.evictions = load(&pool->evictions);
     s.reuse_syncs = cs.syncs;

@@ -130,7 +130,7 @@ typedef struct vg__class {
     uint32_t empty_chunks;  /* chunks with no block outside the class */
     /* Counters of requests served by the class itself (the thread caches
      * count their own), written under the lock. */
-    uint64_t hits, misses, allocs, frees, bytes_allocated;
+    uint64_t hits, allocs, frees, bytes_allocated;
     uint64_t live_blocks, live_bytes; /* requested bytes of live blocks */
 } __attribute__((aligned(64))) vg__class_t;
 
@@ -208,7 +208,7 @@ void vg__cache_postfork_child(vg__cache_t *c);
 
 typedef struct vg__cache_stats {
     uint64_t held, cached, live_bytes, live_blocks;
-    uint64_t hits, misses, allocs, frees, bytes_allocated, syncs;
+    uint64_t hits, allocs, frees, bytes_allocated, syncs; /* misses: the pool's */
 } vg__cache_stats_t;
 void vg__cache_stats(vg__cache_t *c, vg__cache_stats_t *s);
 
@@ -258,10 +258,9 @@ void vg__cache_sync_after(vg__cache_t *c, uint64_t epoch);
 /* vg__cache_take and vg__cache_give through the class alone (its lock taken
  * inside): for a thread with no thread cache (no host memory, arena 0), a
  * request reusing another arena's blocks, a free into another arena. The
- * take reuses pending blocks however few (VG__REUSE_ANY); a miss counts in
- * the stats only if `count_miss` (a request's first try). */
+ * take reuses pending blocks however few (VG__REUSE_ANY). */
 int vg__class_take(vg__cache_t *c, uint32_t arena, int cls, size_t size,
-                   vg__block_t *out, bool count_miss);
+                   vg__block_t *out);
 bool vg__class_give(vg__cache_t *c, const vg__block_t *b, size_t size,
                     vg__flush_out_t *o);
 
@@ -418,6 +417,10 @@ struct vg_pool {
     /* Direct allocations (the cache counts its own blocks). */
     _Atomic uint64_t allocs, frees, bytes_allocated, live_bytes;
     _Atomic uint64_t trims, evictions;
+    /* Small requests that needed the driver (a new chunk, or the direct
+     * path): counted where that is known, after every reuse was tried, so
+     * a request is a hit (the cache's counters) or a miss, never both. */
+    _Atomic uint64_t misses;
     _Atomic int acting;   /* a pressure action is running: no nesting */
     /* A chunk failed its check (the driver does not report its range): no
      * chunk is asked for again, and small requests are refused (VG_EBADPTR)

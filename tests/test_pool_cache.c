@@ -355,6 +355,31 @@ Test(pool_cache, rising_to_high_trims_cached_chunks_of_other_classes)
     vg_pool_destroy(p, NULL);
 }
 
+/* Every small request is a hit (served from held memory) or a miss (it
+ * needed the driver), never both. One whose first try found too few freed
+ * blocks to synchronise for, and which near the limit was then served
+ * from them after all, counted a miss and a hit. */
+Test(pool_cache, a_request_served_from_freed_blocks_near_the_limit_is_a_hit_only)
+{
+    vg_pool_t *p = pool_of(VG__CHUNK_SMALL); /* room for one chunk only */
+    const int n = (int)(VG__CHUNK_SMALL / 4096);
+    static vg_devptr_t v[VG__CHUNK_SMALL / 4096];
+    for (int i = 0; i < n; i++)
+        cr_assert_eq(vg_pool_alloc(p, 4096, NULL, &v[i]), VG_OK, "block %d", i);
+    uint64_t drv = fake_used(0);
+    cr_assert_eq(vg_pool_free(p, v[0]), VG_OK);
+    cr_assert_eq(vg_pool_alloc(p, 4096, NULL, &v[0]), VG_OK);
+    vg_pool_stats_t s = stats_of(p);
+    cr_expect_eq(fake_used(0), drv, "the freed block was reused, the driver not asked");
+    cr_expect_eq(s.misses, 1u, "only the first request needed the driver");
+    cr_expect_eq(s.hits + s.misses, s.allocs, "%llu hits + %llu misses for %llu requests",
+                 (unsigned long long)s.hits, (unsigned long long)s.misses,
+                 (unsigned long long)s.allocs);
+    for (int i = 0; i < n; i++)
+        vg_pool_free(p, v[i]);
+    vg_pool_destroy(p, NULL);
+}
+
 Test(pool_cache, a_pool_too_small_for_a_chunk_serves_small_requests_directly)
 {
     /* Tiny pools cannot hold a chunk: small requests go direct instead. */
