@@ -71,11 +71,8 @@ static int put_module(struct dl_phdr_info *info, size_t size, void *ctx)
     struct modules_ctx *m = ctx;
     char exe[4096];
     const char *path = info->dlpi_name;
-    if (m->n == 0 && (!path || !path[0])) { /* the program itself */
-        ssize_t k = readlink("/proc/self/exe", exe, sizeof exe - 1);
-        exe[k > 0 ? k : 0] = '\0';
-        path = exe;
-    }
+    if (m->n == 0 && (!path || !path[0])) /* the program itself: its path, not " (deleted)" */
+        path = vg__self_exe(exe, sizeof exe) == VG_OK ? exe : "";
     if (!path || !path[0] || strstr(path, "linux-vdso"))
         return 0;
     if (m->n++)

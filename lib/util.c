@@ -2,6 +2,7 @@
  * util.c — small services every engine file uses: clocks, the cached thread
  * id, human-readable sizes and the one stderr logger.
  */
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -88,4 +89,27 @@ void vg__log(const char *fmt, ...)
     /* One write(2) per line so lines from several threads never interleave. */
     ssize_t w = write(STDERR_FILENO, line, len);
     (void)w;
+}
+
+int vg__self_exe(char *out, size_t len)
+{
+    static const char mark[] = " (deleted)"; /* the kernel's, see proc(5) */
+    const size_t m = sizeof mark - 1;
+    if (len < 2) {
+        errno = ENAMETOOLONG;
+        return VG_ESYS;
+    }
+    ssize_t n = readlink("/proc/self/exe", out, len - 1);
+    if (n < 0)
+        return VG_ESYS;
+    if ((size_t)n >= len - 1) {
+        errno = ENAMETOOLONG;
+        return VG_ESYS;
+    }
+    out[n] = '\0';
+    /* The file was replaced (an upgrade, a rebuild) or removed since this
+     * process started; a file whose name really ends so is still there. */
+    if ((size_t)n > m && strcmp(out + n - m, mark) == 0 && access(out, F_OK) != 0)
+        out[n - m] = '\0';
+    return VG_OK;
 }

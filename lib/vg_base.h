@@ -123,6 +123,12 @@ static inline uint32_t vg__tid(void)
 }
 /* Forgets the cached tid (a forked child's thread has a new one). */
 void vg__tid_reset(void);
+/* The absolute path the running executable was started from
+ * (/proc/self/exe) into out (len bytes), without the " (deleted)" the
+ * kernel adds once that file has been replaced or removed: the file there
+ * now, if any, may be another binary. VG_OK, or VG_ESYS with errno set
+ * (ENAMETOOLONG when it does not fit). Slow: two system calls. */
+int vg__self_exe(char *out, size_t len);
 /* Formats `bytes` for humans ("1.50 GiB", "512 B") into buf; returns buf. */
 char *vg__fmt_bytes(uint64_t bytes, char *buf, size_t len);
 /* Writes one line to stderr with the "vramguard: " prefix (no malloc). */

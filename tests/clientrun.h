@@ -312,6 +312,7 @@ static inline int lines(const char *s)
 typedef struct run_opts {
     const char *method, *path, *chunk, *max, *failures; /* failures may be NULL */
     const char *budget;           /* VRAMGUARD_BUDGET; NULL leaves it unset */
+    const char *exe;              /* the program; NULL: build/clients/client_METHOD */
     const char *env[RUN_ENV_MAX]; /* more "NAME=value", NULL-terminated */
 } run_opts_t;
 
@@ -349,7 +350,7 @@ static inline char **client_env(const run_opts_t *o, const char *report)
 /* Starts one client; stdout and stderr go to out_fd/err_fd (-1: /dev/null). */
 static inline pid_t spawn_client(const run_opts_t *o, const char *report, int out_fd, int err_fd)
 {
-    char *exe = cat3(build_dir(), "/clients/client_", o->method);
+    char *exe = o->exe ? cat3(o->exe, "", "") : cat3(build_dir(), "/clients/client_", o->method);
     char *argv[] = {exe, (char *)o->path, (char *)o->chunk, (char *)o->max,
                     (char *)o->failures, NULL};
     char **env = client_env(o, report);

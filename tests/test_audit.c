@@ -286,6 +286,57 @@ Test(audit, the_leak_report_groups_live_allocations_by_call_site)
     free(a);
 }
 
+/* A program whose file was replaced or removed while it ran (an upgrade)
+ * is named by the path it was started from: /proc/self/exe then ends in
+ * " (deleted)", which the start and exit lines' modules wrote as part of
+ * the program's path. */
+Test(audit, a_program_whose_file_went_is_named_by_its_path)
+{
+    static run_result_t r;
+    char log[64], dir[64] = "/tmp/vg-audit-exe-XXXXXX";
+    temp_log(log, sizeof log);
+    cr_assert_not_null(mkdtemp(dir));
+    char *exe = cat3(dir, "/client_linked", "");
+    char *src = cat3(build_dir(), "/clients/client_linked", "");
+    char *text = read_whole_file(src);
+    struct stat st;
+    cr_assert_eq(stat(src, &st), 0);
+    int fd = open(exe, O_WRONLY | O_CREAT | O_EXCL, 0700);
+    cr_assert_geq(fd, 0);
+    cr_assert_eq(write(fd, text, (size_t)st.st_size), (ssize_t)st.st_size);
+    close(fd);
+    free(text);
+    char *a = audit_env(log);
+    run_opts_t o = {.method = "linked", .exe = exe, .path = "plain", .chunk = "1MiB",
+                    .max = "2", .env = {a, "CLIENT_UNLINK_SELF=1"}};
+    run_client(&o, &r);
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    cr_expect_neq(access(exe, F_OK), 0, "the client removed its file");
+    char *want = cat3("\"modules\":[{\"base\":\"0x", "", "");
+    text = read_whole_file(log);
+    const char *ops[] = {"\"op\":\"start\"", "\"op\":\"exit\""};
+    for (int i = 0; i < 2; i++) {
+        const char *ev = strstr(text, ops[i]);
+        cr_assert_not_null(ev, "%s", text);
+        const char *mods = strstr(ev, want);
+        cr_assert_not_null(mods, "%.300s", ev);
+        const char *path = strstr(mods, "\"path\":\"");
+        cr_assert_not_null(path, "%.300s", mods);
+        path += strlen("\"path\":\"");
+        const char *end = strchr(path, '"');
+        cr_assert_not_null(end);
+        cr_expect(end - path == (ptrdiff_t)strlen(exe) && !strncmp(path, exe, strlen(exe)),
+                  "%s names the program %.*s, not %s", ops[i], (int)(end - path), path, exe);
+    }
+    free(text);
+    free(want);
+    unlink(log);
+    rmdir(dir);
+    free(a);
+    free(src);
+    free(exe);
+}
+
 Test(audit, leaks_setting_reports_without_a_log)
 {
     static run_result_t r;

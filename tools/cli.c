@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "vg_base.h"
 #include "vramguard.h"
 
 typedef struct cli_command {
@@ -134,25 +135,6 @@ void cli_json_str(FILE *f, const char *s)
 
 /* ------------------------------------------------------- the shim */
 
-int cli_self_exe(char *out, size_t len)
-{
-    static const char mark[] = " (deleted)"; /* the kernel's, see proc(5) */
-    const size_t m = sizeof mark - 1;
-    ssize_t n = readlink("/proc/self/exe", out, len - 1);
-    if (n < 0)
-        return -1;
-    if ((size_t)n >= len - 1) {
-        errno = ENAMETOOLONG;
-        return -1;
-    }
-    out[n] = '\0';
-    /* The file was replaced (an upgrade, a rebuild) or removed since this
-     * process started; a file whose name really ends so is still there. */
-    if ((size_t)n > m && strcmp(out + n - m, mark) == 0 && access(out, F_OK) != 0)
-        out[n - m] = '\0';
-    return 0;
-}
-
 /* `dir`/CLI_SHIM_NAME into out, canonical, if that file exists. */
 static bool shim_in(const char *dir, char *out, size_t len)
 {
@@ -172,7 +154,7 @@ int cli_find_shim(char *out, size_t len, char *why, size_t whylen)
 {
     char exe[CLI_PATH_MAX], dir[CLI_PATH_MAX] = "(unknown: /proc/self/exe)";
     char lib[CLI_PATH_MAX + 8] = "";
-    if (cli_self_exe(exe, sizeof exe) == 0) {
+    if (vg__self_exe(exe, sizeof exe) == VG_OK) {
         char *slash = strrchr(exe, '/');
         snprintf(dir, sizeof dir, "%.*s", (int)(slash ? slash - exe : 0),
                  exe);

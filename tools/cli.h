@@ -75,12 +75,6 @@ void cli_wrap(FILE *f, int indent, int width, const char *text);
 void cli_json_text(FILE *f, const char *s);
 /* The same, quotes included. */
 void cli_json_str(FILE *f, const char *s);
-/* The absolute path the running executable was started from
- * (/proc/self/exe), without the " (deleted)" the kernel adds once that file
- * has been replaced or removed: the file there now, if any, may be another
- * binary (run the running one as /proc/self/exe). Returns 0, or -1 with
- * errno set. */
-int cli_self_exe(char *out, size_t len);
 /* Finds the shim: first beside the executable, then in ../lib from it,
  * then in VG_PREFIX/lib.
  * Returns 0 with the absolute path in out, or -1 with a one-line reason in

@@ -29,6 +29,7 @@
 #include <cudaTypedefs.h>
 
 #include "cli.h"
+#include "vg_base.h"
 #include "vg_driver.h"
 
 #define ST_BUDGET (64ull << 20)    /* bytes */
@@ -390,7 +391,7 @@ int cli_selftest_run(char *detail, size_t len)
     pid_t pid;
     int fd = -1, rc;
     if (cli_find_shim(shim, sizeof shim, why, sizeof why) != 0 ||
-        cli_self_exe(exe, sizeof exe) != 0 ||
+        vg__self_exe(exe, sizeof exe) != VG_OK ||
         cli_preload_join(shim, getenv("LD_PRELOAD"), preload + 11,
                          sizeof preload - 11) != 0) {
         snprintf(detail, len, "%s", why[0] ? why : "cannot set it up");

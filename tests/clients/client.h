@@ -981,6 +981,12 @@ static int client_main(client_t *c, int argc, char **argv)
 {
     if (argc < 3 || argc > 5)
         return client_usage();
+    /* CLIENT_UNLINK_SELF=1: the program's file goes while it runs, as an
+     * upgrade replaces a running binary (tests/test_audit.c). */
+    if (getenv("CLIENT_UNLINK_SELF") && unlink(argv[0]) != 0) {
+        perror("client: unlink");
+        return 3;
+    }
     c->chunk = client_parse_size(argv[2]);
     c->max = argc > 3 ? strtoul(argv[3], NULL, 10) : 10000;
     c->max_failures = argc > 4 ? strtoul(argv[4], NULL, 10) : 1;
