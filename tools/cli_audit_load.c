@@ -221,7 +221,7 @@ static int take_rec(au_model_t *m, const au_event_t *ev, uint32_t proc)
     m->rec[m->nrec] = (au_rec_t){
         .ts = ev->ts, .used = (ev->present & AU_F_USED) ? ev->used : -1,
         .budget = (ev->present & AU_F_BUDGET) ? ev->budget : -1, .seq = ev->seq,
-        .ptr = ev->ptr, .size = (uint64_t)(ev->size < 0 ? 0 : ev->size),
+        .ptr = ev->ptr, .size = (uint64_t)ev->size, /* never negative: the parser refuses that */
         .order = (uint32_t)m->nrec, .proc = proc, .site = site_id(m, ev, proc),
         .tid = (uint32_t)ev->tid, .rc = (int32_t)ev->rc,
         .api = (uint16_t)intern(m, ev->api), .kind = (uint16_t)intern(m, ev->kind),

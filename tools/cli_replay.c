@@ -203,7 +203,7 @@ static void replay_alloc(replay_state_t *s, const au_rec_t *r)
         }
         return;
     }
-    if (rc != VG_ENOMEM) { /* not a refusal: a size 0 from a garbled line, a driver error */
+    if (rc != VG_ENOMEM) { /* not a refusal: a request of 0 bytes (VG_EINVAL), a driver error */
         s->errors++;
         return;
     }
