@@ -219,6 +219,44 @@ Test(fakecuda, push_pop_and_created_contexts)
     EXPECT_CU(cuCtxDestroy(primary), CUDA_ERROR_INVALID_CONTEXT);   /* measured */
 }
 
+/* A stream belongs to the context current when it was made, whichever is
+ * current when it is used; the default streams to the current one. The
+ * stream-ordered allocator draws from the stream's device. */
+Test(fakecuda, a_stream_belongs_to_the_context_it_was_made_in)
+{
+    setenv("FAKECUDA_DEVICES", "2", 1);
+    CUcontext ctx0 = start(NULL), ctx1, got;
+    CUstream s1;
+    CUdevice dev = -1;
+    CUdeviceptr p;
+    EXPECT_CU(cuDevicePrimaryCtxRetain(&ctx1, 1), CUDA_SUCCESS);
+    EXPECT_CU(cuCtxSetCurrent(ctx1), CUDA_SUCCESS);
+    EXPECT_CU(cuStreamCreate(&s1, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
+    EXPECT_CU(cuCtxSetCurrent(ctx0), CUDA_SUCCESS);
+    EXPECT_CU(cuStreamGetDevice(s1, &dev), CUDA_SUCCESS);
+    cr_assert_eq(dev, 1);
+    EXPECT_CU(cuStreamGetCtx(s1, &got), CUDA_SUCCESS);
+    cr_assert_eq(got, ctx1);
+    EXPECT_CU(cuStreamGetDevice(CU_STREAM_LEGACY, &dev), CUDA_SUCCESS);
+    cr_assert_eq(dev, 0);
+    EXPECT_CU(cuStreamGetCtx(NULL, &got), CUDA_SUCCESS);
+    cr_assert_eq(got, ctx0);
+    EXPECT_CU(cuMemAllocAsync(&p, 4 * MiB, s1), CUDA_SUCCESS);
+    cr_assert(fakecuda_used_bytes(1) == 4 * MiB && fakecuda_used_bytes(0) == 0);
+    EXPECT_CU(cuStreamDestroy(s1), CUDA_SUCCESS);
+    EXPECT_CU(cuStreamGetDevice(s1, &dev), CUDA_ERROR_INVALID_HANDLE);
+}
+
+Test(fakecuda, cuStreamGetDevice_can_be_missing_as_before_CUDA_12_8)
+{
+    setenv("FAKECUDA_NO_STREAM_DEVICE", "1", 1);
+    CUcontext ctx = start(NULL), got;
+    CUdevice dev = -1;
+    EXPECT_CU(cuStreamGetDevice(NULL, &dev), CUDA_ERROR_NOT_FOUND);
+    EXPECT_CU(cuStreamGetCtx(NULL, &got), CUDA_SUCCESS);
+    cr_assert_eq(got, ctx);
+}
+
 /* ---- cuGetProcAddress ---- */
 
 Test(fakecuda, proc_address_picks_the_abi_by_version)

@@ -85,6 +85,7 @@ static bool env_u64(const char *name, unsigned long long *out)
 static bool read_knobs(fc_knobs *k)
 {
     unsigned long long ctx = 0, sm = 132, delay = 0, no_ranges = 0, pool_chunk = 0, mapped = 0;
+    unsigned long long no_stream_device = 0;
     unsigned long long limit_delay = 0, attr_delay = 0, release_delay = 0;
     unsigned long long map_delay = 0, unmap_delay = 0, pool_attr_delay = 0;
     unsigned long long vmm_release_delay = 0, vmm_reuse = 0;
@@ -101,9 +102,10 @@ static bool read_knobs(fc_knobs *k)
         !env_u64("FAKECUDA_VMM_REUSE", &vmm_reuse) || vmm_reuse > 1 ||
         !env_u64("FAKECUDA_POOL_ATTR_DELAY_NS", &pool_attr_delay) ||
         !env_u64("FAKECUDA_NO_RANGES", &no_ranges) ||
+        !env_u64("FAKECUDA_NO_STREAM_DEVICE", &no_stream_device) ||
         !env_u64("FAKECUDA_POOL_CHUNK", &pool_chunk) ||
         !env_u64("FAKECUDA_GRAPH_MAPPED_AT_LAUNCH", &mapped) || sm == 0 || sm > 65536 ||
-        no_ranges > 1 || mapped > 1)
+        no_ranges > 1 || mapped > 1 || no_stream_device > 1)
         return false;
     if (at && *at && strcmp(at, "setlimit") && strcmp(at, "launch")) {
         fprintf(stderr, "fakecuda: FAKECUDA_LIMITS_AT=\"%s\" is neither setlimit nor launch\n", at);
@@ -122,6 +124,7 @@ static bool read_knobs(fc_knobs *k)
     k->pool_attr_delay_ns = pool_attr_delay;
     k->limits_at_launch = at && !strcmp(at, "launch");
     k->no_ranges = no_ranges == 1;
+    k->no_stream_device = no_stream_device == 1;
     k->pool_chunk = (size_t)pool_chunk;
     k->graph_mapped_at_launch = mapped == 1;
     /* As the real driver reads it at cuInit: EAGER, else lazy (CUDA 12.2+). */

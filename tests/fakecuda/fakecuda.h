@@ -53,6 +53,9 @@
  *   FAKECUDA_NO_RANGES       1: cuMemGetAddressRange says CUDA_ERROR_NOT_FOUND
  *                            for every address, as a driver that keeps no
  *                            allocation extents (the benchmarks' null driver)
+ *   FAKECUDA_NO_STREAM_DEVICE 1: cuStreamGetDevice says CUDA_ERROR_NOT_FOUND,
+ *                            as though the driver were older than CUDA 12.8
+ *                            (which added it); cuStreamGetCtx still answers
  *   FAKECUDA_POOL_CHUNK      a stream-ordered pool that must grow reserves the
  *                            request rounded up to a multiple of this many
  *                            bytes, as the real driver reserves 32 MiB chunks
@@ -135,6 +138,7 @@ typedef struct {
     bool limits_at_launch;        /* FAKECUDA_LIMITS_AT=launch */
     bool eager_modules;           /* CUDA_MODULE_LOADING=EAGER */
     bool no_ranges;               /* FAKECUDA_NO_RANGES=1 */
+    bool no_stream_device;        /* FAKECUDA_NO_STREAM_DEVICE=1 */
     size_t pool_chunk;            /* FAKECUDA_POOL_CHUNK (0: none) */
     bool graph_mapped_at_launch;  /* FAKECUDA_GRAPH_MAPPED_AT_LAUNCH=1 (graph.c) */
 } fc_knobs;
@@ -169,7 +173,7 @@ void fc_handle_del(const void *h);
 /* Calls fn on every live handle of type; fn may delete that handle. */
 void fc_handle_each(fc_htype type, void (*fn)(void *h, void *arg), void *arg);
 
-/* ---- ctx.c: contexts, streams, events ---- */
+/* ---- ctx.c: contexts ---- */
 #define FC_NLIMITS ((int)CU_LIMIT_MAX)
 struct CUctx_st {
     int dev;
@@ -184,6 +188,8 @@ struct CUctx_st {
 /* Current context of the calling thread, checked: NOT_INITIALIZED before
  * cuInit, INVALID_CONTEXT when none is current or it was destroyed. */
 CUresult fc_ctx_current(CUcontext *ctx);
+
+/* ---- stream.c: streams, events ---- */
 /* Validates a stream handle (0, CU_STREAM_LEGACY, CU_STREAM_PER_THREAD or a
  * live stream) and returns the device it runs on. */
 CUresult fc_stream_device(CUstream s, int *dev);

@@ -21,7 +21,7 @@
  *   left it mapped (a launch of its graph that no free node of the graph
  *   undid), as the real driver maps graph memory at launch: what a driver
  *   that answers either way does to the shim (not measured on a GPU);
- * - stream capture (ctx.c) builds a graph the same way: cuMemAllocAsync on a
+ * - stream capture (stream.c) builds a graph the same way: cuMemAllocAsync on a
  *   capturing stream adds an allocation node (charged at once, as above),
  *   cuMemFreeAsync a free node; the pools are not touched;
  * - kernel nodes (cuGraphAddKernelNode) only keep their function: the

@@ -208,6 +208,10 @@ typedef struct {
     P(cuStreamDestroy, 4000, FC_PROC_ANY, cuStreamDestroy_v2) \
     P(cuStreamEndCapture, 10000, FC_PROC_ANY, cuStreamEndCapture) \
     P(cuStreamGetCaptureInfo, 11030, FC_PROC_ANY, cuStreamGetCaptureInfo_v2) \
+    P(cuStreamGetCtx, 9020, FC_PROC_ANY, cuStreamGetCtx) \
+    P(cuStreamGetCtx, 9020, FC_PROC_PTDS, cuStreamGetCtx_ptsz) \
+    P(cuStreamGetDevice, 12080, FC_PROC_ANY, cuStreamGetDevice) \
+    P(cuStreamGetDevice, 12080, FC_PROC_PTDS, cuStreamGetDevice_ptsz) \
     P(cuStreamIsCapturing, 10000, FC_PROC_ANY, cuStreamIsCapturing) \
     P(cuStreamQuery, 2000, FC_PROC_ANY, cuStreamQuery) \
     P(cuStreamQuery, 7000, FC_PROC_PTDS, cuStreamQuery_ptsz) \
