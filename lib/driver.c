@@ -48,8 +48,10 @@ static vg__driver_t table;
 static _Atomic int load_state; /* 0 not tried, 1 loaded, -1 failed */
 static char load_error[512];
 
-/* Resolves every entry point of VG__DRIVER_FNS; on failure the error
- * names the first one missing (the caller then clears the table). */
+/* Resolves every entry point of VG__DRIVER_FNS, and of
+ * VG__DRIVER_OPTIONAL_FNS those the driver has (NULL the others); on
+ * failure the error names the first required one missing (the caller then
+ * clears the table). */
 static int resolve_all(void *handle)
 {
     const char *missing = NULL;
@@ -59,6 +61,10 @@ static int resolve_all(void *handle)
         missing = #name;
     VG__DRIVER_FNS(VG__RESOLVE_)
 #undef VG__RESOLVE_
+#define VG__RESOLVE_OPTIONAL_(name, params)                                    \
+    table.name = (CUresult(*) params)vg__real_dlsym(handle, #name);
+    VG__DRIVER_OPTIONAL_FNS(VG__RESOLVE_OPTIONAL_)
+#undef VG__RESOLVE_OPTIONAL_
     if (missing) {
         snprintf(load_error, sizeof load_error,
                  "the CUDA driver lacks the entry point %s", missing);

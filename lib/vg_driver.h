@@ -61,11 +61,21 @@
       (CUDA_ARRAY_MEMORY_REQUIREMENTS *req, CUmipmappedArray mipmap,          \
        CUdevice device))
 
+/* X(name, params): entry points the engine uses when the driver has them
+ * and does without when it has not (a driver older than the one that
+ * added them). Their fields are NULL then: callers check first. */
+#define VG__DRIVER_OPTIONAL_FNS(X)                                             \
+    X(cuStreamGetDevice, (CUstream hStream, CUdevice *device)) /* 12.8 */      \
+    X(cuStreamGetCtx, (CUstream hStream, CUcontext *pctx))     /* 9.2 */       \
+    X(cuCtxPushCurrent_v2, (CUcontext ctx))                                    \
+    X(cuCtxPopCurrent_v2, (CUcontext *pctx))
+
 typedef struct vg__driver {
     void *handle;
     int version; /* cuDriverGetVersion, 0 until the driver is initialised */
 #define VG__DRIVER_FIELD_(name, params) CUresult (*name) params;
     VG__DRIVER_FNS(VG__DRIVER_FIELD_)
+    VG__DRIVER_OPTIONAL_FNS(VG__DRIVER_FIELD_)
 #undef VG__DRIVER_FIELD_
 } vg__driver_t;
 
@@ -81,7 +91,7 @@ vg__dlsym_fn vg__libc_dlsym(void);
 void *vg__real_dlsym(void *handle, const char *name);
 
 /* Loads the real driver once from `path` (NULL or "" = libcuda.so.1) and
- * resolves VG__DRIVER_FNS. Does not call cuInit. The first call decides;
+ * resolves VG__DRIVER_FNS, and those of VG__DRIVER_OPTIONAL_FNS it has. Does not call cuInit. The first call decides;
  * later calls return its result. VG_ENODRIVER when the library or an entry
  * point is missing; vg__driver_error() says which. */
 int vg__driver_load(const char *path);

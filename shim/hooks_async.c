@@ -77,7 +77,7 @@ static CUresult alloc_async(CUresult (*real)(CUdeviceptr *, size_t, CUstream),
                             free_async_fn undo, CUdeviceptr *dptr, size_t size,
                             CUstream stream, const char *api)
 {
-    int device = vg__shim_device();
+    int device = vg__shim_stream_device(stream);
     CUgraph graph = capture_graph(stream);
     if (vg__unlikely(graph)) {
         vg__ticket_t t = {.device = device, .kind = VG_KIND_ASYNC, .bytes = size, .api = api};
@@ -87,7 +87,7 @@ static CUresult alloc_async(CUresult (*real)(CUdeviceptr *, size_t, CUstream),
         CUresult cr = real(dptr, size, stream);
         return vg__shim_graph_settle(&t, cr, graph, cr == CUDA_SUCCESS ? *dptr : 0, size);
     }
-    /* The device's current pool. Its charge is not brought up to date
+    /* The current pool of the stream's device. Its charge is not brought up to date
      * first: the settle reads what the pool reserves after the
      * allocation and charges the change since the last reading, so the
      * charge is the driver's figure after every allocation either way.

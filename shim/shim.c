@@ -113,23 +113,66 @@ void *vg__shim_route(void *fn)
  * exactly one device, 2 when it sees several; 0 until it answered (it
  * cannot before cuInit). The count never changes after cuInit, and with
  * one device every context's is 0. */
+static int device_count_kind(void)
+{
+    int kind = atomic_load_explicit(&vg__hot.device_count_kind, memory_order_relaxed);
+    int n = 0;
+    if (kind == 0 && vg__driver()->cuDeviceGetCount(&n) == CUDA_SUCCESS && n > 0) {
+        kind = n == 1 ? 1 : 2;
+        atomic_store_explicit(&vg__hot.device_count_kind, kind, memory_order_relaxed);
+    }
+    return kind;
+}
 
 int vg__shim_device_slow(void)
 {
-    if (atomic_load_explicit(&vg__hot.device_count_kind, memory_order_relaxed) == 0) {
-        int n = 0;
-        if (vg__driver()->cuDeviceGetCount(&n) == CUDA_SUCCESS && n > 0) {
-            atomic_store_explicit(&vg__hot.device_count_kind, n == 1 ? 1 : 2, memory_order_relaxed);
-            if (n == 1)
-                return 0;
-        }
-    }
     CUdevice dev = 0;
-    if (vg__driver()->cuCtxGetDevice(&dev) != CUDA_SUCCESS)
+    if (device_count_kind() == 1 || vg__driver()->cuCtxGetDevice(&dev) != CUDA_SUCCESS)
         return 0;
     return (int)dev;
 }
 
+/* The device of `ctx`, which is not the current context: cuCtxGetDevice
+ * names only the current one's, so `ctx` is made current for the question
+ * and the caller's context put back. (cuCtxGetDevice_v2, which names a
+ * context, came with CUDA 13.0, after cuStreamGetDevice.) */
+static bool ctx_device(CUcontext ctx, CUdevice *dev)
+{
+    const vg__driver_t *d = vg__driver();
+    CUcontext current = NULL, popped = NULL;
+    if (d->cuCtxGetCurrent(&current) != CUDA_SUCCESS || current == ctx ||
+        !d->cuCtxPushCurrent_v2 || !d->cuCtxPopCurrent_v2 ||
+        d->cuCtxPushCurrent_v2(ctx) != CUDA_SUCCESS)
+        return false;
+    bool ok = d->cuCtxGetDevice(dev) == CUDA_SUCCESS;
+    d->cuCtxPopCurrent_v2(&popped);
+    return ok;
+}
+
+/* The device of a created stream, when the driver can say: cuStreamGetDevice
+ * (CUDA 12.8), else the device of the stream's context (cuStreamGetCtx,
+ * CUDA 9.2). False when neither can, or when the stream's context is the
+ * current one: the caller then takes the current device. */
+static bool stream_device(CUstream stream, CUdevice *dev)
+{
+    const vg__driver_t *d = vg__driver();
+    CUcontext ctx = NULL;
+    if (d->cuStreamGetDevice && d->cuStreamGetDevice(stream, dev) == CUDA_SUCCESS)
+        return true;
+    return d->cuStreamGetCtx && d->cuStreamGetCtx(stream, &ctx) == CUDA_SUCCESS && ctx &&
+           ctx_device(ctx, dev);
+}
+
+/* The default streams (NULL, CU_STREAM_LEGACY, CU_STREAM_PER_THREAD) are
+ * the current context's. */
+int vg__shim_stream_device_slow(CUstream stream)
+{
+    CUdevice dev = 0;
+    bool named = stream && stream != CU_STREAM_LEGACY && stream != CU_STREAM_PER_THREAD;
+    if (named && device_count_kind() == 2 && stream_device(stream, &dev))
+        return (int)dev;
+    return vg__shim_device_slow();
+}
 
 /* ------------------------------------------------- cuGetProcAddress */
 

@@ -298,6 +298,22 @@ static inline int vg__shim_device(void)
     return vg__shim_device_slow();
 }
 
+/* The ordinal of the device `stream` belongs to: a stream-ordered
+ * allocation comes from that device's current pool, whichever context is
+ * current (cuMemAllocAsync's documentation). A default stream is the
+ * current context's. The stream's device is asked of the driver
+ * (cuStreamGetDevice, else cuStreamGetCtx; shim.c) only when the process
+ * sees several devices and the stream is a created one; when the driver
+ * cannot say, the current device. With one device 0, at the cost of
+ * vg__shim_device(). */
+int vg__shim_stream_device_slow(CUstream stream);
+static inline int vg__shim_stream_device(CUstream stream)
+{
+    if (vg__likely(atomic_load_explicit(&vg__hot.device_count_kind, memory_order_relaxed) == 1))
+        return 0;
+    return vg__shim_stream_device_slow(stream);
+}
+
 /* A _ptsz entry point's stream 0 is the calling thread's per-thread
  * stream, which CU_STREAM_PER_THREAD names to every entry point: its hooks
  * pass that on, so a capture query asks about the right stream. */

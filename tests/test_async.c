@@ -28,13 +28,17 @@ typedef struct async_run {
     char what[128];   /* names the run in messages */
 } async_run_t;
 
-/* Runs client_async CASE under the shim with 1 GiB, reaching the driver
- * the way `api` names ("linked" or "cudart"). */
-static void run_async(async_run_t *a, const char *c, const char *api)
+/* Runs client_async CASE under the shim with `budget`, reaching the
+ * driver the way `api` names ("linked" or "cudart"), with `more` set
+ * ("NAME=value", or NULL). */
+static void run_async_with(async_run_t *a, const char *c, const char *api, const char *budget,
+                           const char *const more[2])
 {
     char *how = cat3("CLIENT_API=", api, "");
-    run_opts_t o = {.method = "async", .path = c, .budget = "1GiB", .env = {how}};
-    snprintf(a->what, sizeof a->what, "%s (%s) under 1GiB", c, api);
+    run_opts_t o = {.method = "async", .path = c, .budget = budget,
+                    .env = {how, more ? more[0] : NULL, more ? more[1] : NULL}};
+    snprintf(a->what, sizeof a->what, "%s (%s%s%s) under %s", c, api,
+             more && more[1] ? ", " : "", more && more[1] ? more[1] : "", budget);
     run_client(&o, &a->r);
     free(how);
     cr_assert_eq(a->r.status, 0, "%s: client exited %d\nstdout: %s\nstderr: %s", a->what,
@@ -42,6 +46,11 @@ static void run_async(async_run_t *a, const char *c, const char *api)
     a->line = line_for(a->r.out, c);
     cr_assert_not_null(a->line, "%s: no answer\nstdout: %s\nstderr: %s", a->what, a->r.out,
                        a->r.err);
+}
+
+static void run_async(async_run_t *a, const char *c, const char *api)
+{
+    run_async_with(a, c, api, "1GiB", NULL);
 }
 
 static long long get(const async_run_t *a, const char *key)
@@ -134,4 +143,31 @@ Test(async, pools_that_reserve_nothing_leave_room_for_another_pool)
         run_async(&a, "many_pools", apis[i]);
         expect_grown_and_charged(&a);
     }
+}
+
+/* cuMemAllocAsync draws from the current pool of the stream's device, not
+ * of the current context's: a stream made in device 1's context and used
+ * while device 0's is current is charged to device 1's budget (256 MiB),
+ * which refuses what does not fit, and device 0's 1 GiB stays whole. The
+ * shim asks cuStreamGetDevice, and without it (a driver before CUDA 12.8)
+ * the stream's context (cuStreamGetCtx), made current for the question
+ * only: the plain allocation after it is still device 0's. */
+Test(async, a_stream_of_another_device_is_charged_to_that_device)
+{
+    static async_run_t a;
+    static const char *const drivers[][2] = {
+        {"FAKECUDA_DEVICES=2", NULL},
+        {"FAKECUDA_DEVICES=2", "FAKECUDA_NO_STREAM_DEVICE=1"},
+    };
+    for (size_t d = 0; d < sizeof drivers / sizeof drivers[0]; d++)
+        for (size_t i = 0; i < sizeof apis / sizeof apis[0]; i++) {
+            run_async_with(&a, "other_device", apis[i], "0=1GiB,1=256MiB", drivers[d]);
+            expect_rc(&a, "change_rc", 0);
+            expect_rc(&a, "first_rc", 0);
+            expect_rc(&a, "more_rc", OUT_OF_MEMORY);
+            expect_rc(&a, "plain_rc", 0);
+            long long peak1 = get(&a, "peak1");
+            cr_expect_leq(peak1, (long long)(256 * MiB), "%s: device 1 held %lld bytes\n  %s", a.what,
+                          peak1, a.line);
+        }
 }

@@ -31,6 +31,12 @@
  *                   65th made current
  * A capture case then ends the capture and destroys the graph, and 600 MiB
  * plain fit again (after_rc=).
+ *
+ *   other_device    (two devices, budgets 0=1GiB,1=256MiB) a stream made in
+ *                   device 1's context, used while device 0's is current:
+ *                   200 MiB on it (first_rc=), 100 MiB more (more_rc=, over
+ *                   device 1's budget), then 900 MiB plain on device 0
+ *                   (plain_rc=); peak1= is device 1's peak
  */
 #include <cuda.h>
 #include <cudaTypedefs.h>
@@ -110,14 +116,19 @@ static void resolve_cudart(void)
 
 /* ------------------------------------------------------ the driver's view */
 
-static long long driver_query(const char *name)
+static long long driver_query_of(const char *name, int device)
 {
     void *h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_NOLOAD);
     size_t (*f)(int) = h ? (size_t(*)(int))dlsym(h, name) : NULL;
-    long long v = f ? (long long)f(0) : -1;
+    long long v = f ? (long long)f(device) : -1;
     if (h)
         dlclose(h);
     return v;
+}
+
+static long long driver_query(const char *name)
+{
+    return driver_query_of(name, 0);
 }
 
 static void finish(void)
@@ -257,11 +268,44 @@ static void case_capture(const char *name, int unmatched)
     finish();
 }
 
+/* A stream of device 1's primary context, made while it was current;
+ * device 0's context is current again after. */
+static CUresult other_stream(CUstream *stream)
+{
+    CUdevice dev1;
+    CUcontext ctx0, ctx1;
+    CUresult rc = cu.device_get(&dev1, 1);
+    if (rc == CUDA_SUCCESS)
+        rc = cu.primary_retain(&ctx1, dev1);
+    if (rc == CUDA_SUCCESS)
+        rc = cu.ctx_set_current(ctx1);
+    if (rc == CUDA_SUCCESS)
+        rc = cu.stream_create(stream, CU_STREAM_NON_BLOCKING);
+    if (rc == CUDA_SUCCESS)
+        rc = cu.primary_retain(&ctx0, g_dev); /* retained twice: released never */
+    if (rc == CUDA_SUCCESS)
+        rc = cu.ctx_set_current(ctx0);
+    return rc;
+}
+
+static void case_other_device(void)
+{
+    CUstream s1 = NULL;
+    CUdeviceptr a = 0, b = 0, p = 0;
+    CUresult change = other_stream(&s1);
+    CUresult first = change ? change : cu.alloc_async(&a, 200 * MiB, s1);
+    CUresult more = change ? change : cu.alloc_async(&b, 100 * MiB, s1);
+    CUresult plain = cu.mem_alloc(&p, 900 * MiB);
+    printf("path=other_device change_rc=%d first_rc=%d more_rc=%d plain_rc=%d peak1=%lld",
+           change, first, more, plain, driver_query_of("fakecuda_peak_bytes", 1));
+    finish();
+}
+
 int main(int argc, char **argv)
 {
     if (argc != 2) {
         fprintf(stderr, "usage: client_async set_pool|destroy_current|capture|"
-                        "capture_unmatched|many_pools\n");
+                        "capture_unmatched|many_pools|other_device\n");
         return 2;
     }
     const char *c = argv[1];
@@ -276,6 +320,8 @@ int main(int argc, char **argv)
         case_capture(c, 1);
     else if (!strcmp(c, "many_pools"))
         case_many_pools();
+    else if (!strcmp(c, "other_device"))
+        case_other_device();
     else {
         fprintf(stderr, "client_async: unknown case %s\n", c);
         return 2;
