@@ -136,11 +136,19 @@ static CUresult module_loaded(CUresult cr, CUmodule *mod, const char *api)
     return CUDA_ERROR_OUT_OF_MEMORY;
 }
 
+/* A library is not a context's: under eager loading the driver loads it
+ * into every context there is at the call, and into each context made
+ * later (cuLibraryLoadData's documentation, CUDA 13.0), so every device
+ * may have grown; the current one is measured now (and refuses what does
+ * not fit), the others at their next allocation. Under lazy loading it
+ * loads into a context at the first launch there, which marks them all
+ * pending as well. */
 static CUresult library_loaded(CUresult cr, CUlibrary *lib, const char *api)
 {
     if (cr != CUDA_SUCCESS || !lib)
         return cr;
     int device = vg__shim_device();
+    vg__acct_implicit_may_grow();
     if (vg__acct_implicit_took(device, api) == VG_OK)
         return cr;
     vg__real.cuLibraryUnload(*lib);

@@ -219,6 +219,22 @@ Test(truth, an_eager_module_over_the_budget_is_refused_and_charges_nothing)
     expect_rc(&t, "used", (long long)(256 * MiB));
 }
 
+/* A library belongs to no context: loaded eagerly with device 0 current,
+ * its 600 MiB of globals land on device 1 as well, whose next allocation
+ * must count them: 600 MiB more on device 1 (which already holds 64) are
+ * refused under 1 GiB a device, and device 1 never held more. */
+Test(truth, an_eager_library_is_counted_on_every_device)
+{
+    static truth_t t;
+    run_truth(&t, "eager_library", "0=1GiB,1=1GiB",
+              ENV("CUDA_MODULE_LOADING=EAGER", "FAKECUDA_DEVICES=2"));
+    expect_rc(&t, "load_rc", 0);
+    expect_rc(&t, "dev1_rc", OUT_OF_MEMORY);
+    long long peak1 = get(&t, "peak1");
+    cr_expect_leq(peak1, (long long)GiB, "%s: device 1 held %lld bytes\n  %s", t.what, peak1,
+                  t.line);
+}
+
 /* ------------------------------------------------------ f. the first allocation */
 
 /* The context's 300 MiB are charged before any of 16 threads racing the

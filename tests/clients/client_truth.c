@@ -40,6 +40,10 @@
  *               the graph launched
  *   eager_module a module with 1.5 GiB of globals (the test sets
  *               CUDA_MODULE_LOADING=EAGER), then one 256 MiB allocation
+ *   eager_library (two devices) 64 MiB on device 1, then with device 0
+ *               current a library with 600 MiB of globals (the test sets
+ *               CUDA_MODULE_LOADING=EAGER: it loads on both), then 600 MiB
+ *               on device 1 (dev1_rc=); peak1= is device 1's peak
  *   race        16 threads, from the first allocation, 32 MiB each until refused
  *   ctx_destroy[_v1] 600 MiB in a created context, cuCtxDestroy_v2 (_v1:
  *               the legacy cuCtxDestroy), then 600 MiB in the primary
@@ -427,6 +431,30 @@ static void case_eager_module(void)
     finish();
     if (after == CUDA_SUCCESS)
         cuMemFree(p);
+}
+
+/* An eager library loads into every context, device 1's too: its globals
+ * there must be counted before device 1's next allocation. */
+static void case_eager_library(void)
+{
+    CUdevice dev1;
+    CUcontext ctx1;
+    CUlibrary lib = NULL;
+    CUdeviceptr on1 = 0, more = 0;
+    if (cuDeviceGet(&dev1, 1) || cuDevicePrimaryCtxRetain(&ctx1, dev1) || cuCtxSetCurrent(ctx1) ||
+        cuMemAlloc(&on1, 64 * MiB) || cuCtxSetCurrent(g_ctx)) {
+        fprintf(stderr, "client_truth: no 64 MiB on device 1\n");
+        exit(3);
+    }
+    CUresult load = cuLibraryLoadData(&lib, "fakecuda-module globals=629145600 kernels=k", NULL,
+                                      NULL, 0, NULL, NULL, 0);
+    CUresult dev1_rc = cuCtxSetCurrent(ctx1);
+    if (dev1_rc == CUDA_SUCCESS)
+        dev1_rc = cuMemAlloc(&more, 600 * MiB);
+    cuCtxSetCurrent(g_ctx);
+    printf("path=eager_library load_rc=%d dev1_rc=%d peak1=%lld", load, dev1_rc,
+           driver_query_dev("fakecuda_peak_bytes", 1));
+    finish();
 }
 
 /* ------------------------------------------------------ f. the race */
@@ -1249,6 +1277,8 @@ int main(int argc, char **argv)
         case_graph_node(c, false);
     else if (!strcmp(c, "graph_node_v1"))
         case_graph_node(c, true);
+    else if (!strcmp(c, "eager_library"))
+        case_eager_library();
     else if (!strcmp(c, "pool_other_device"))
         case_pool_other_device(c, false);
     else if (!strcmp(c, "pool_default_other_device"))

@@ -75,6 +75,14 @@ CUresult fc_ctx_current(CUcontext *ctx)
     return CUDA_SUCCESS;
 }
 
+CUcontext fc_ctx_primary_live(int dev)
+{
+    if (dev < 0 || dev >= fc_device_count())
+        return NULL;
+    CUcontext c = &g_primary[dev];
+    return c->retain > 0 && c->started ? c : NULL;
+}
+
 /* Removes every occurrence of ctx from the calling thread's stack. */
 static void unstack(CUcontext ctx)
 {

@@ -188,6 +188,9 @@ struct CUctx_st {
 /* Current context of the calling thread, checked: NOT_INITIALIZED before
  * cuInit, INVALID_CONTEXT when none is current or it was destroyed. */
 CUresult fc_ctx_current(CUcontext *ctx);
+/* Lock held: dev's primary context when it is retained and started, else
+ * NULL. */
+CUcontext fc_ctx_primary_live(int dev);
 
 /* ---- stream.c: streams, events ---- */
 /* Validates a stream handle (0, CU_STREAM_LEGACY, CU_STREAM_PER_THREAD or a

@@ -13,7 +13,11 @@
  * Simplifications: a module belongs to the context current at its load; a
  * library (context-independent in the real driver) loads into one context,
  * the current one at an eager load or at its first launch, and goes back to
- * unloaded when that context stops. A kernel (CUkernel) and its function
+ * unloaded when that context stops. An eager load also loads it into every
+ * other device's live primary context (as the real driver loads it into
+ * every context there is), as a hidden copy of its globals there that the
+ * library's unload or that context's end frees; created contexts and
+ * contexts made later get none. A kernel (CUkernel) and its function
  * (CUfunction) are one object, so either handle launches. A launch runs
  * nothing: it loads lazily and charges deferred limits (limit.c).
  */
@@ -38,6 +42,7 @@ struct CUmod_st {
     size_t globals;         /* bytes */
     bool loaded;            /* globals charged to ctx->dev */
     bool library;
+    struct CUmod_st *origin; /* a hidden copy: the library it was loaded for */
     int nfuncs;
     struct CUfunc_st funcs[FC_KERNELS_MAX];
     struct CUmod_st *next;
@@ -136,6 +141,42 @@ static void module_free(struct CUmod_st *m)
     free(m);
 }
 
+/* Frees the hidden copies of library m (m is not NULL). */
+static void copies_free(const struct CUmod_st *m)
+{
+    for (struct CUmod_st *c = g_modules, *next; c; c = next) {
+        next = c->next;
+        if (c->origin == m)
+            module_free(c);
+    }
+}
+
+/* An eager library load: a charged copy of m's globals in every other
+ * device's live primary context. OOM (nothing left charged) when one does
+ * not fit. */
+static CUresult copies_load(struct CUmod_st *m, CUcontext current)
+{
+    for (int dev = 0; dev < fc_device_count(); dev++) {
+        CUcontext pc = fc_ctx_primary_live(dev);
+        if (!pc || pc == current)
+            continue;
+        struct CUmod_st *c = calloc(1, sizeof *c);
+        if (!c)
+            abort();
+        c->globals = m->globals;
+        c->origin = m;
+        CUresult rc = module_charge(c, pc);
+        if (rc != CUDA_SUCCESS) {
+            free(c);
+            copies_free(m);
+            return rc;
+        }
+        c->next = g_modules;
+        g_modules = c;
+    }
+    return CUDA_SUCCESS;
+}
+
 /* A module needs a current context; a library takes one if there is. */
 static CUresult module_load(const char *text, bool library, struct CUmod_st **out)
 {
@@ -153,6 +194,11 @@ static CUresult module_load(const char *text, bool library, struct CUmod_st **ou
         return CUDA_ERROR_INVALID_IMAGE;
     }
     if (fc_knobs_get()->eager_modules && ctx && (rc = module_charge(m, ctx)) != CUDA_SUCCESS) {
+        free(m);
+        return rc;
+    }
+    if (fc_knobs_get()->eager_modules && library && (rc = copies_load(m, ctx)) != CUDA_SUCCESS) {
+        module_uncharge(m);
         free(m);
         return rc;
     }
@@ -320,8 +366,10 @@ CUresult cuLibraryUnload(CUlibrary library)
     struct CUmod_st *m = (struct CUmod_st *)(void *)library;
     fc_lock();
     bool ok = fc_handle_ok(m, FC_H_LIBRARY);
-    if (ok)
+    if (ok) {
+        copies_free(m);
         module_free(m);
+    }
     fc_unlock();
     return ok ? CUDA_SUCCESS : CUDA_ERROR_INVALID_HANDLE;
 }
