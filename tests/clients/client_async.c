@@ -116,7 +116,7 @@ static void resolve_cudart(void)
 
 /* ------------------------------------------------------ the driver's view */
 
-static long long driver_query_of(const char *name, int device)
+static long long driver_query_dev(const char *name, int device)
 {
     void *h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_NOLOAD);
     size_t (*f)(int) = h ? (size_t(*)(int))dlsym(h, name) : NULL;
@@ -128,7 +128,7 @@ static long long driver_query_of(const char *name, int device)
 
 static long long driver_query(const char *name)
 {
-    return driver_query_of(name, 0);
+    return driver_query_dev(name, 0);
 }
 
 static void finish(void)
@@ -297,7 +297,7 @@ static void case_other_device(void)
     CUresult more = change ? change : cu.alloc_async(&b, 100 * MiB, s1);
     CUresult plain = cu.mem_alloc(&p, 900 * MiB);
     printf("path=other_device change_rc=%d first_rc=%d more_rc=%d plain_rc=%d peak1=%lld",
-           change, first, more, plain, driver_query_of("fakecuda_peak_bytes", 1));
+           change, first, more, plain, driver_query_dev("fakecuda_peak_bytes", 1));
     finish();
 }
 
