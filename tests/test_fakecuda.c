@@ -879,6 +879,41 @@ Test(fakecuda, an_executable_keeps_its_destroyed_graphs_memory)
     cr_assert_eq(fakecuda_used_bytes(0), 0);
 }
 
+/* Memory a launch left live, freed while its graph lives: the next launch
+ * allocates it again at the same address (charged again, known again), and
+ * the graph's destroy frees what is not allocated then without charging. */
+Test(fakecuda, a_launch_allocates_again_what_was_freed_outside_the_graph)
+{
+    start("16777216"); /* 16 MiB */
+    CUgraph g;
+    CUgraphNode node;
+    CUgraphExec exec;
+    CUcontext ctx;
+    CUdeviceptr plain;
+    CUDA_MEM_ALLOC_NODE_PARAMS params = { .poolProps = { .allocType = CU_MEM_ALLOCATION_TYPE_PINNED,
+                                                         .location = { CU_MEM_LOCATION_TYPE_DEVICE, 0 } },
+                                          .bytesize = 8 * MiB };
+    EXPECT_CU(cuGraphCreate(&g, 0), CUDA_SUCCESS);
+    EXPECT_CU(cuGraphAddMemAllocNode(&node, g, NULL, 0, &params), CUDA_SUCCESS);
+    EXPECT_CU(cuGraphInstantiateWithFlags(&exec, g, 0), CUDA_SUCCESS);
+    EXPECT_CU(cuGraphLaunch(exec, NULL), CUDA_SUCCESS);
+    EXPECT_CU(cuMemFree(params.dptr), CUDA_SUCCESS);
+    cr_assert_eq(fakecuda_used_bytes(0), 0);
+    EXPECT_CU(cuPointerGetAttribute(&ctx, CU_POINTER_ATTRIBUTE_CONTEXT, params.dptr),
+              CUDA_ERROR_INVALID_VALUE);
+    EXPECT_CU(cuMemAlloc(&plain, 12 * MiB), CUDA_SUCCESS);
+    EXPECT_CU(cuGraphLaunch(exec, NULL), CUDA_ERROR_OUT_OF_MEMORY); /* 20 MiB of 16 */
+    EXPECT_CU(cuMemFree(plain), CUDA_SUCCESS);
+    EXPECT_CU(cuGraphLaunch(exec, NULL), CUDA_SUCCESS);
+    cr_assert_eq(fakecuda_used_bytes(0), 8 * MiB);
+    EXPECT_CU(cuPointerGetAttribute(&ctx, CU_POINTER_ATTRIBUTE_CONTEXT, params.dptr), CUDA_SUCCESS);
+    EXPECT_CU(cuMemFree(params.dptr), CUDA_SUCCESS);
+    EXPECT_CU(cuGraphExecDestroy(exec), CUDA_SUCCESS);
+    EXPECT_CU(cuGraphDestroy(g), CUDA_SUCCESS);
+    cr_assert_eq(fakecuda_used_bytes(0), 0);
+    EXPECT_CU(cuMemFree(params.dptr), CUDA_ERROR_INVALID_VALUE);
+}
+
 /* FAKECUDA_GRAPH_MAPPED_AT_LAUNCH: a node's address is known only once a
  * launch left it mapped; an executable made through cuGraphInstantiateWithParams
  * keeps the memory as any other does. */

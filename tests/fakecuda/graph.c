@@ -13,6 +13,11 @@
  *   frees it, as measured on an H100 (driver 580.159, docs/gpu-results.md);
  *   an unlaunched graph's nodes and those freed in the graph are freed at the
  *   destroy and answer CUDA_ERROR_INVALID_VALUE from then on;
+ * - a graph allocation freed by cuMemFree / cuMemFreeAsync while its graph
+ *   (or an executable made from it) lives is allocated again, at the same
+ *   address, by the next launch (the address is fixed across launches, and
+ *   CUDA requires the free before that launch): the device is charged again
+ *   then, and a launch it does not fit fails with CUDA_ERROR_OUT_OF_MEMORY;
  * - an executable keeps its graph's memory: a graph destroyed while an
  *   executable made from it lives frees (or leaves live) its memory only when
  *   the last such executable is destroyed (not measured on a GPU);
@@ -49,6 +54,9 @@ struct CUgraphNode_st {
     fc_node_kind kind;
     fc_alloc *alloc;                 /* alloc node: its memory, NULL once freed */
     bool freed_in_graph;             /* alloc node: a free node of the graph frees it */
+    bool freed_outside;              /* alloc node: cuMemFree'd; the next launch
+                                        allocates `alloc` again (kept, unlisted,
+                                        its host mapping holding the address) */
     CUfunction func;                 /* kernel node: its function */
     CUgraph child;                   /* child graph node: the graph it owns */
     struct CUgraphNode_st *next;
@@ -97,7 +105,19 @@ static void release_alloc(fc_alloc *a)
     free(a);
 }
 
-void fc_graph_alloc_free(fc_alloc *a) { release_alloc(a); }
+/* While its graph lives (owner set) the memory goes, the address stays
+ * the node's for its next launch. */
+void fc_graph_alloc_free(fc_alloc *a)
+{
+    struct CUgraphNode_st *n = a->owner;
+    if (!n) {
+        release_alloc(a);
+        return;
+    }
+    fc_alloc_remove(a);
+    fc_uncharge(a->dev, a->charged);
+    n->freed_outside = true;
+}
 
 bool fc_graph_alloc_unmapped(const fc_alloc *a)
 {
@@ -113,7 +133,10 @@ static void graph_finish(CUgraph g)
 {
     for (struct CUgraphNode_st *n = g->nodes, *next; n; n = next) {
         next = n->next;
-        if (n->alloc && g->launched && !n->freed_in_graph) {
+        if (n->alloc && n->freed_outside) { /* freed already: only its address is left */
+            fc_alloc_unback(n->alloc);
+            free(n->alloc);
+        } else if (n->alloc && g->launched && !n->freed_in_graph) {
             n->alloc->owner = NULL;
         } else if (n->alloc) {
             release_alloc(n->alloc);
@@ -127,13 +150,24 @@ static void graph_finish(CUgraph g)
     free(g);
 }
 
-/* Lock held: g ran, and each child graph with it. */
-static void mark_launched(CUgraph g)
+/* Lock held: g runs, and each child graph with it; memory freed outside
+ * the graph since its last launch is allocated again, at its address. */
+static CUresult launch_graph(CUgraph g)
 {
+    for (CUgraphNode n = g->nodes; n; n = n->next) {
+        CUresult rc = n->child ? launch_graph(n->child) : CUDA_SUCCESS;
+        if (rc == CUDA_SUCCESS && n->freed_outside)
+            rc = fc_charge(n->alloc->dev, n->alloc->charged);
+        if (rc != CUDA_SUCCESS)
+            return rc;
+        if (n->freed_outside) {
+            n->freed_outside = false;
+            fc_alloc_insert(n->alloc);
+            fc_count_alloc();
+        }
+    }
     g->launched = true;
-    for (CUgraphNode n = g->nodes; n; n = n->next)
-        if (n->child)
-            mark_launched(n->child);
+    return CUDA_SUCCESS;
 }
 
 CUresult cuGraphDestroy(CUgraph hGraph)
@@ -441,7 +475,7 @@ CUresult cuGraphLaunch(CUgraphExec hGraphExec, CUstream hStream)
     CUresult rc = fc_handle_ok(hGraphExec, FC_H_EXEC) ? fc_stream_device(hStream, &dev)
                                                        : CUDA_ERROR_INVALID_VALUE;
     if (rc == CUDA_SUCCESS)
-        mark_launched(hGraphExec->graph);
+        rc = launch_graph(hGraphExec->graph);
     fc_unlock();
     return rc;
 }
