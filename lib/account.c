@@ -282,6 +282,9 @@ void vg__acct_free_settle(vg__free_t *f, CUresult cr)
     case VG__FREE_POOLED:
         vg__audit_free(&f->a, f->api, CUDA_SUCCESS);
         break;
+    case VG__FREE_GRAPH: /* the record stays either way */
+        vg__audit_free(&f->a, f->api, cr);
+        break;
     case VG__FREE_BAD:
         vg__badptr_end(f, cr);
         break;

@@ -19,7 +19,9 @@
  * its executables lives hands its nodes to that executable, and they are
  * settled, as above, when the executable is destroyed. A child graph
  * whose ownership moved into a parent (CUDA 13.0's cuda.h) dies with the
- * parent, so its nodes become the parent's.
+ * parent, so its nodes become the parent's. Memory a launch left live and
+ * the program freed while its graph or executable lives keeps its node's
+ * charge: the next launch takes it again (vg__acct_graph_node_freed).
  */
 #include <pthread.h>
 
@@ -100,6 +102,20 @@ static void node_settle(uint64_t key, uint64_t seq, const void *api)
         vg__acct_release_swept(key, seq, api);
     else
         vg__ledger_set_handle(key, seq, 0);
+}
+
+/* Memory a launch left live, freed outside the graph while its graph or
+ * executable lives: CUDA requires that free before the next launch, which
+ * takes the memory again at the same address. So the charge stays, the
+ * record still the owner's, and the destroy settles it as any node's. The
+ * record goes back before the driver's free: no driver call runs while it
+ * is out of the ledger (a destroy's scan in that instant misses it, and it
+ * stays charged until the process ends). */
+__attribute__((noinline, cold)) int vg__acct_graph_node_freed(vg__free_t *f)
+{
+    vg__acct_restore(&f->a);
+    f->state = VG__FREE_GRAPH;
+    return VG_OK;
 }
 
 /* The node's record is the new owner's (`to`: its key) from now on. */

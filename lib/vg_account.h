@@ -542,6 +542,8 @@ typedef enum vg__free_state {
     VG__FREE_BAD,      /* not ours: classified into f->bad, policy applied */
     VG__FREE_POOLED,   /* a cache-mode block, already back in its pool: the
                           driver must not be called (f->a is the record) */
+    VG__FREE_GRAPH,    /* a graph's memory node: its record is back in the
+                          ledger, charged, for the next launch (f->a) */
 } vg__free_state_t;
 
 typedef struct vg__free {
@@ -553,13 +555,20 @@ typedef struct vg__free {
 } vg__free_t;
 
 int vg__badptr_begin(vg__free_t *f);
+/* account_graph.c, out of line: f->a, just taken out, is a graph's (or an
+ * executable's) memory node, its `handle` a VG__KEY_HANDLE key. Puts the
+ * record back, charged, and sets VG__FREE_GRAPH: the driver frees the
+ * memory, the next launch takes it again, the destroy settles it. */
+int vg__acct_graph_node_freed(vg__free_t *f);
 /* account.c, out of line: restores a record whose driver free failed,
  * writes `free` and finishes a bad pointer (vg__badptr_end). */
 void vg__acct_free_settle(vg__free_t *f, CUresult cr);
 
 /* Takes `key` out of the ledger (and its charge back) or hands it to
- * vg__badptr_begin. Fills *f; nothing in it needs initialising. Inline:
- * the common case costs what the bare release did, plus three stores. */
+ * vg__badptr_begin; a graph's memory node goes back into the ledger
+ * (vg__acct_graph_node_freed). Fills *f; nothing in it needs initialising.
+ * Inline: the common case costs what the bare release did, plus three
+ * stores and a test of the record's handle. */
 /* The hot path's common cases, inline in the hooks so that a pair runs
  * no call of ours but the ledger's: a started engine, a resolved budget,
  * no implicit memory pending, and this thread's credit enough for the
@@ -601,6 +610,9 @@ VG__INLINE int vg__acct_free_begin(vg__free_t *f, uint64_t key, const char *api)
     f->key = key;
     f->api = api;
     if (vg__likely(vg__acct_take(key, &f->a) == VG_OK)) {
+        /* Only a graph's node carries a handle with this bit. */
+        if (vg__unlikely(f->a.handle & VG__KEY_HANDLE))
+            return vg__acct_graph_node_freed(f);
         f->state = vg__likely(!f->a.pooled) ? VG__FREE_OURS : VG__FREE_POOLED;
         return VG_OK;
     }

@@ -112,7 +112,10 @@ typedef struct vg__alloc {
     uint64_t charged;    /* bytes charged to budgets */
     uint64_t seq;        /* process-wide allocation sequence number */
     const void *owner;   /* the vg_pool_t, or NULL for the shim */
-    uint64_t handle;     /* the stream-ordered pool it came from, else 0 */
+    uint64_t handle;     /* the stream-ordered pool it came from, an array's
+                            context, a graph's or executable's key (bit 63
+                            set: only a graph memory node), else 0; a
+                            vg_pool_t's blocks: vg_pool.h */
     uint32_t tid;
     int16_t device;
     uint8_t kind;        /* vg_kind_t */

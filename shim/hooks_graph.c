@@ -3,10 +3,12 @@
  * the generic cuGraphAddNode, and stream capture through hooks_async.c),
  * charged from creation until the graph is destroyed (or, while an
  * executable instantiated from it lives, until that is destroyed; for
- * memory a launch left live, until the program frees it), and the calls that
- * may make the driver take memory no call shows: instantiation (which
- * loads a graph's kernels when loading is lazy), upload and a graph's
- * first launch (the graph's memory pool grows at its first run).
+ * memory a launch left live, until the program frees it after that: a
+ * free before it keeps the charge, as the next launch takes the memory
+ * again, account_graph.c), and the calls that may make the driver take
+ * memory no call shows: instantiation (which loads a graph's kernels when
+ * loading is lazy), upload and a graph's first launch (the graph's memory
+ * pool grows at its first run).
  *
  * Memory nodes are recorded under their address with the graph's handle
  * (VG__KEY_HANDLE set) as the record's `handle`, so the destroy finds them.

@@ -86,6 +86,18 @@ static void say_how(truth_t *t, int mapped_at_launch, int no_nvml)
              no_nvml ? ", no NVML" : "");
 }
 
+/* Runs CASE under a 1 GiB budget the way `run` names: bit 0 picks the
+ * driver's answer (answers[]), bit 1 takes NVML away (no_nvml: the test
+ * driver's path alone). */
+static void run_way(truth_t *t, const char *c, int run, const char *no_nvml)
+{
+    const char *env[3] = {answers[run & 1], NULL, NULL};
+    if (run & 2)
+        env[!!answers[run & 1]] = no_nvml;
+    run_truth_client(t, "graph", c, "1GiB", env);
+    say_how(t, run & 1, run & 2);
+}
+
 /* A graph destroyed while its executable lives: the executable's launch
  * still takes the node's 600 MiB. Before, when the driver did not know
  * the unlaunched node's address at the destroy, its charge went back
@@ -98,11 +110,7 @@ Test(graph, an_executable_keeps_its_destroyed_graphs_nodes_charged)
     static truth_t t;
     char *no_nvml = cat3("LD_LIBRARY_PATH=", build_dir(), "/fakecuda");
     for (int run = 0; run < 8; run++) {
-        const char *env[3] = {answers[run & 1], NULL, NULL};
-        if (run & 2)
-            env[!!answers[run & 1]] = no_nvml;
-        run_truth_client(&t, "graph", cases[run >> 2], "1GiB", env);
-        say_how(&t, run & 1, run & 2);
+        run_way(&t, cases[run >> 2], run, no_nvml);
         expect_rc(&t, "destroy_rc", 0);
         expect_rc(&t, "launch_rc", 0);
         expect_rc(&t, "after_rc", OUT_OF_MEMORY);
@@ -172,4 +180,93 @@ Test(graph, a_moved_child_graphs_nodes_go_with_its_parent)
         expect_rc(&t, "again_rc", 0);
         expect_peak_within(&t, GiB);
     }
+}
+
+/* Memory a launch left live, freed by the program outside the graph while
+ * the graph (or, refree_exec, its executable) lives: CUDA requires that
+ * free before the next launch, which allocates the memory again at the
+ * same address. Before, the free gave the node's charge back and the next
+ * launch took the 600 MiB uncharged: without NVML 600 MiB plain then
+ * fitted the 1 GiB budget and the device held 1.2 GiB; with it, the next
+ * measurement charged them as memory no call shows, the program's last
+ * cuMemFree of the address was reported as a bad pointer (foreign), and
+ * that charge stayed. The node's charge stays across the free. */
+Test(graph, a_node_freed_outside_its_graph_stays_charged_for_the_next_launch)
+{
+    static const char *const cases[] = {"refree", "refree_exec"};
+    static truth_t t;
+    char *no_nvml = cat3("LD_LIBRARY_PATH=", build_dir(), "/fakecuda");
+    for (int run = 0; run < 8; run++) {
+        run_way(&t, cases[run >> 2], run, no_nvml);
+        expect_rc(&t, "free_rc", 0);
+        expect_rc(&t, "relaunch_rc", 0);
+        expect_rc(&t, "after_rc", OUT_OF_MEMORY);
+        expect_peak_within(&t, GiB);
+        cr_expect_null(strstr(t.r.err, "bad pointer"), "%s: %s", t.what, t.r.err);
+    }
+    free(no_nvml);
+}
+
+/* The charge a free outside the graph kept goes back with the graph and
+ * its executable: at their destroy when the memory was freed before it
+ * (refree), at the program's cuMemFree when the last launch left it live
+ * past the destroy (refree_exec). 1 GiB fits the 1 GiB budget again. */
+Test(graph, a_node_freed_outside_its_graph_is_given_back_after_the_destroy)
+{
+    static const char *const cases[] = {"refree", "refree_exec"};
+    static truth_t t;
+    for (int run = 0; run < 4; run++) {
+        run_way(&t, cases[run >> 1], run & 1, NULL);
+        expect_rc(&t, "last_free_rc", 0);
+        expect_rc(&t, "exec_rc", 0);
+        expect_rc(&t, "destroy_rc", 0);
+        expect_rc(&t, "again_rc", 0);
+        expect_peak_within(&t, GiB);
+    }
+}
+
+/* Lines of `text` that hold each of `a`, `b` and `c`. */
+static int lines_with(const char *text, const char *a, const char *b, const char *c)
+{
+    int n = 0;
+    for (const char *l = text, *nl; *l; l = nl + 1) {
+        nl = strchrnul(l, '\n');
+        char line[1024];
+        snprintf(line, sizeof line, "%.*s", (int)(nl - l), l);
+        n += strstr(line, a) && strstr(line, b) && strstr(line, c);
+        if (!*nl)
+            break;
+    }
+    return n;
+}
+
+/* A free outside the graph that kept the node's charge is still a `free`
+ * line of the audit log: refree frees the node's address twice
+ * (cuMemFree_v2), then its graph's destroy gives the charge back (a
+ * cuGraphDestroy line for the same address). Before, the second free was a
+ * `bad_ptr` line and the destroy wrote none. */
+Test(graph, a_free_outside_the_graph_is_still_an_audit_free_line)
+{
+    static truth_t t;
+    char log[64];
+    snprintf(log, sizeof log, "/tmp/vg-graph-audit-XXXXXX");
+    int fd = mkstemp(log);
+    cr_assert_geq(fd, 0);
+    close(fd);
+    unlink(log); /* the shim creates it */
+    char *audit = cat3("VRAMGUARD_AUDIT=", log, "");
+    run_truth_client(&t, "graph", "refree", "1GiB", ENV(audit));
+    char *text = read_whole_file(log);
+    unlink(log);
+    free(audit);
+    const char *destroy = strstr(text, "\"api\":\"cuGraphDestroy\"");
+    cr_assert_not_null(destroy, "no free line of cuGraphDestroy:\n%s", text);
+    const char *ptr = strstr(destroy, "\"ptr\":");
+    cr_assert_not_null(ptr);
+    char node[64];
+    snprintf(node, sizeof node, "%.*s", (int)strcspn(ptr, ","), ptr);
+    cr_expect_eq(lines_with(text, "\"op\":\"free\"", "\"api\":\"cuMemFree_v2\"", node), 2,
+                 "%s:\n%s", node, text);
+    cr_expect_null(strstr(text, "\"op\":\"bad_ptr\""), "%s", text);
+    free(text);
 }

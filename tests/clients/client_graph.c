@@ -34,6 +34,17 @@
  *   child_live  the same, the parent instantiated, launched and its
  *               executable destroyed before it; 600 MiB plain, cuMemFree
  *               of the node's address, then 1 GiB plain
+ *   refree      a graph with one 600 MiB allocation node and no free node,
+ *               instantiated, launched, synchronised; cuMemFree of the
+ *               node's address; launched again (the launch allocates the
+ *               memory again) and synchronised; 600 MiB plain; cuMemFree of
+ *               the node's address; the executable and the graph destroyed;
+ *               1 GiB plain
+ *   refree_exec the same graph destroyed right after its instantiation;
+ *               launched, cuMemFreeAsync of the node's address, launched
+ *               again; 600 MiB plain; the executable destroyed (the memory
+ *               stays: the launch left it live); cuMemFree of the node's
+ *               address; 1 GiB plain
  *   reuse       a 64 MiB node of a graph never launched; cuGraphDestroy
  *               while another thread is handed the node's address once the
  *               driver freed it (the test makes cuPointerGetAttribute slow,
@@ -101,6 +112,16 @@ static void case_destroyed(const char *name, node_case_t c)
         cuMemFree(d);
 }
 
+/* Whether `bytes` plain fit now: allocated and freed at once. */
+static CUresult fits(size_t bytes)
+{
+    CUdeviceptr b = 0;
+    CUresult rc = cuMemAlloc(&b, bytes);
+    if (rc == CUDA_SUCCESS)
+        cuMemFree(b);
+    return rc;
+}
+
 typedef CUresult (*inst_legacy_fn)(CUgraphExec *, CUgraph, CUgraphNode *, char *, size_t);
 typedef CUresult (*inst_params_fn)(CUgraphExec *, CUgraph, CUDA_GRAPH_INSTANTIATE_PARAMS *);
 
@@ -161,16 +182,12 @@ static void case_exec(const char *name, node_case_t c, const char *how)
     CUresult launch = cuGraphLaunch(e, NULL);
     if (launch == CUDA_SUCCESS)
         launch = cuCtxSynchronize();
-    CUdeviceptr b = 0, d = 0;
-    CUresult after = cuMemAlloc(&b, 600 * MiB);
-    if (after == CUDA_SUCCESS)
-        cuMemFree(b);
+    CUdeviceptr d = 0;
+    CUresult after = fits(600 * MiB);
     CUresult exec = cuGraphExecDestroy(e);
     CUresult held = CUDA_ERROR_UNKNOWN, freed = CUDA_ERROR_UNKNOWN;
     if (c == NODE_LIVE) {
-        held = cuMemAlloc(&b, 600 * MiB);
-        if (held == CUDA_SUCCESS)
-            cuMemFree(b);
+        held = fits(600 * MiB);
         freed = cuMemFree(p.dptr);
     }
     CUresult again = cuMemAlloc(&d, 1024 * MiB);
@@ -215,17 +232,66 @@ static void case_child(const char *name, node_case_t c)
         exit(3);
     }
     CUresult destroy = cuGraphDestroy(parent);
-    CUdeviceptr b = 0, d = 0;
+    CUdeviceptr d = 0;
     CUresult held = CUDA_ERROR_UNKNOWN, freed = CUDA_ERROR_UNKNOWN;
     if (c == NODE_LIVE) {
-        held = cuMemAlloc(&b, 600 * MiB);
-        if (held == CUDA_SUCCESS)
-            cuMemFree(b);
+        held = fits(600 * MiB);
         freed = cuMemFree(p.dptr);
     }
     CUresult again = cuMemAlloc(&d, 1024 * MiB);
     printf("path=%s moved_rc=%d destroy_rc=%d held_rc=%d free_rc=%d again_rc=%d", name, moved,
            destroy, held, freed, again);
+    finish();
+    if (again == CUDA_SUCCESS)
+        cuMemFree(d);
+}
+
+/* Launches e on the default stream and waits for it. */
+static CUresult launch_sync(CUgraphExec e)
+{
+    CUresult rc = cuGraphLaunch(e, NULL);
+    return rc == CUDA_SUCCESS ? cuCtxSynchronize() : rc;
+}
+
+/* Memory a launch left live, freed outside the graph while its graph (or,
+ * with `early`, only its executable) lives: the next launch allocates it
+ * again at the same address. */
+static void case_refree(const char *name, bool early)
+{
+    CUgraph g = NULL;
+    CUgraphExec e = NULL;
+    CUgraphNode node;
+    CUDA_MEM_ALLOC_NODE_PARAMS p = {.bytesize = 600 * MiB};
+    p.poolProps.allocType = CU_MEM_ALLOCATION_TYPE_PINNED;
+    p.poolProps.location = (CUmemLocation){CU_MEM_LOCATION_TYPE_DEVICE, g_dev};
+    CUresult rc = cuGraphCreate(&g, 0);
+    if (rc == CUDA_SUCCESS)
+        rc = cuGraphAddMemAllocNode(&node, g, NULL, 0, &p);
+    if (rc == CUDA_SUCCESS)
+        rc = cuGraphInstantiateWithFlags(&e, g, 0);
+    if (rc == CUDA_SUCCESS && early)
+        rc = cuGraphDestroy(g);
+    if (rc == CUDA_SUCCESS)
+        rc = launch_sync(e);
+    if (rc != CUDA_SUCCESS) {
+        fprintf(stderr, "client_graph: %s setup failed: %d\n", name, rc);
+        exit(3);
+    }
+    CUresult freed = early ? cuMemFreeAsync(p.dptr, NULL) : cuMemFree(p.dptr);
+    if (freed == CUDA_SUCCESS && early)
+        freed = cuCtxSynchronize();
+    CUresult relaunch = launch_sync(e);
+    CUresult after = fits(600 * MiB);
+    CUresult last_free = early ? CUDA_ERROR_UNKNOWN : cuMemFree(p.dptr);
+    CUresult exec = cuGraphExecDestroy(e);
+    CUresult destroy = early ? CUDA_SUCCESS : cuGraphDestroy(g);
+    if (early)
+        last_free = cuMemFree(p.dptr);
+    CUdeviceptr d = 0;
+    CUresult again = cuMemAlloc(&d, 1024 * MiB);
+    printf("path=%s free_rc=%d relaunch_rc=%d after_rc=%d last_free_rc=%d exec_rc=%d "
+           "destroy_rc=%d again_rc=%d",
+           name, freed, relaunch, after, last_free, exec, destroy, again);
     finish();
     if (again == CUDA_SUCCESS)
         cuMemFree(d);
@@ -320,6 +386,10 @@ int main(int argc, char **argv)
         case_child(c, NODE_UNLAUNCHED);
     else if (!strcmp(c, "child_live"))
         case_child(c, NODE_LIVE);
+    else if (!strcmp(c, "refree"))
+        case_refree(c, false);
+    else if (!strcmp(c, "refree_exec"))
+        case_refree(c, true);
     else if (!strcmp(c, "reuse"))
         case_reuse();
     else {
