@@ -19,7 +19,7 @@
  * The path of a pooled request goes one way: the shim -> here (one driver
  * call: the current context, whose pool is this thread's last unless the
  * context changed) -> pool.c and cache.c (a cached block; on a miss a new
- * chunk, charged to the budgets in pool.c's make_room alone, after the
+ * chunk, charged to the budgets in vg__pool_make_room alone, after the
  * pool released its empty chunks if it had to) -> the driver. When no chunk
  * fits, the request goes back to the shim, which takes the driver's path
  * for its exact size (vg__acct_reserve), told that the pool has nothing
@@ -143,7 +143,7 @@ VG__HOT int vg__acct_pooled_alloc(vg__ticket_t *t, uint64_t *ptr)
     int rc = vg__pool_block_take(pool, (size_t)t->bytes, &b);
     if (vg__unlikely(rc != VG_OK)) {
         /* No chunk fits even with the pool's empty chunks released
-         * (pool.c's make_room): nothing is left for a refusal to trim. */
+         * (vg__pool_make_room): nothing is left for a refusal to trim. */
         t->pool_spent = rc == VG_ENOMEM;
         return VG_ENOTFOUND;
     }

@@ -10,11 +10,10 @@
  * pointer queries; each allocation handed out is recorded in the ledger, so
  * vg_ptr_check sees every block as the caller made it.
  *
- * Making room, in order (make_room): trim empty chunks (largest, least
- * recently used first), then evict (evict.c), and only then refuse. The
- * pressure hook (pool_info.c, with the reporting and the user's callbacks)
- * acts too: at High it trims until the level falls, at Critical it evicts
- * until the level falls below Critical (vg__pool_act_on_pressure).
+ * Here: the pools' lifetime (create, destroy, the list fork walks) and
+ * the allocation path (alloc, free, touch, trim). Making room (the
+ * budgets, trimming, eviction, the pressure action) is pool_room.c's; what
+ * a pool reports, and the user's pressure callbacks, are pool_info.c's.
  *
  * Fast path (a cached 4 KiB block): no budget call, no pool-wide lock, no
  * driver call, no atomic read-modify-write: the thread's own magazine
@@ -27,7 +26,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "vg_account.h"
 #include "vg_fork.h"
 #include "vg_pool.h"
 
@@ -39,10 +37,6 @@
  * leaves before its destruction begins. */
 static pthread_mutex_t all_mu = PTHREAD_MUTEX_INITIALIZER;
 static vg_pool_t *all_pools; /* linked through fork_next, under all_mu */
-
-/* Set while this thread runs an eviction callback: a request the callback
- * makes may trim, but never evicts (no eviction inside an eviction). */
-static _Thread_local int in_evict_cb;
 
 void vg__pool_ctx_enter(const vg_pool_t *pool, vg__ctx_guard_t *g)
 {
@@ -69,151 +63,6 @@ static void pool_sync(void *ctx)
     vg__pool_ctx_enter(pool, &g);
     vg__driver()->cuCtxSynchronize();
     vg__pool_ctx_leave(&g);
-}
-
-/* ------------------------------------------------------------ budgets */
-
-/* Charges the pool, then the device budget; all or nothing. */
-static int charge(vg_pool_t *pool, uint64_t n)
-{
-    if (vg__budget_reserve(&pool->budget, n) != VG_OK)
-        return VG_ENOMEM;
-    if (vg__budget_reserve(vg__engine_budget(pool->device), n) != VG_OK) {
-        vg__budget_rollback(&pool->budget, n);
-        return VG_ENOMEM;
-    }
-    return VG_OK;
-}
-
-static void uncharge(vg_pool_t *pool, uint64_t n, bool committed)
-{
-    vg__budget_t *dev = vg__engine_budget(pool->device);
-    if (committed) {
-        vg__budget_release(dev, n);
-        vg__budget_release(&pool->budget, n);
-    } else {
-        vg__budget_rollback(dev, n);
-        vg__budget_rollback(&pool->budget, n);
-    }
-}
-
-static void commit(vg_pool_t *pool, uint64_t n)
-{
-    vg__budget_commit(vg__engine_budget(pool->device), n);
-    vg__budget_commit(&pool->budget, n);
-}
-
-/* Would n fit both budgets now? (A look, not a reserve: no refusal is
- * counted for a request that trimming or eviction then satisfies.) */
-static bool fits(vg_pool_t *pool, uint64_t n)
-{
-    return n <= vg__budget_available(&pool->budget) &&
-           n <= vg__budget_available(vg__engine_budget(pool->device));
-}
-
-/* ------------------------------------------------------- giving back */
-
-static void release_span(vg_pool_t *pool, const vg__span_t *s)
-{
-    vg__ctx_guard_t g;
-    vg__pool_ctx_enter(pool, &g);
-    vg__driver()->cuMemFree_v2(s->base);
-    vg__pool_ctx_leave(&g);
-    uncharge(pool, s->bytes, true);
-}
-
-static void release_span_cb(const vg__span_t *s, void *ctx)
-{
-    release_span(ctx, s);
-}
-
-/* Frees a direct allocation already taken out of the ledger. */
-static void free_direct(vg_pool_t *pool, const vg__alloc_t *a)
-{
-    vg__span_t s = {a->base, a->charged};
-    release_span(pool, &s);
-    atomic_fetch_add_explicit(&pool->frees, 1, memory_order_relaxed);
-    atomic_fetch_sub_explicit(&pool->live_bytes, a->size, memory_order_relaxed);
-}
-
-/* Releases one empty chunk; returns its bytes (0 when none was empty). */
-static uint64_t trim_one(vg_pool_t *pool)
-{
-    vg__span_t s;
-    if (!vg__cache_trim_one(&pool->cache, &s))
-        return 0;
-    release_span(pool, &s);
-    atomic_fetch_add_explicit(&pool->trims, 1, memory_order_relaxed);
-    return s.bytes;
-}
-
-/* Evicts one allocation: the callback gives it up, then it is freed. */
-static bool evict_one(vg_pool_t *pool)
-{
-    vg__alloc_t rec;
-    if (in_evict_cb)
-        return false;
-    vg__evictable_t *e = vg__evict_pick(&pool->evict, pool, &rec);
-    if (!e)
-        return false;
-    in_evict_cb++;
-    e->fn(pool, e->ptr, (size_t)e->size, e->user);
-    in_evict_cb--;
-    free(e);
-    free_direct(pool, &rec);
-    atomic_fetch_add_explicit(&pool->evictions, 1, memory_order_relaxed);
-    return true;
-}
-
-typedef enum { MAY_TRIM, MAY_TRIM_AND_EVICT } room_policy_t;
-
-/* Could evicting everything evictable make n fit? Evicting is not undone,
- * so a request that cannot fit anyway evicts nothing. */
-static bool eviction_could_help(vg_pool_t *pool, uint64_t n)
-{
-    uint64_t mine = vg__budget_available(&pool->budget);
-    uint64_t dev = vg__budget_available(vg__engine_budget(pool->device));
-    uint64_t avail = mine < dev ? mine : dev;
-    return avail + vg__evict_bytes(&pool->evict) >= n;
-}
-
-/* Reserves n bytes, trimming and then (if allowed) evicting until they fit.
- * VG_ENOMEM (one refusal counted) when nothing more can be given up. */
-static int make_room(vg_pool_t *pool, uint64_t n, room_policy_t policy)
-{
-    for (;;) {
-        if (fits(pool, n) && charge(pool, n) == VG_OK)
-            return VG_OK;
-        if (trim_one(pool))
-            continue;
-        if (policy == MAY_TRIM_AND_EVICT && eviction_could_help(pool, n) &&
-            evict_one(pool))
-            continue;
-        return charge(pool, n);
-    }
-}
-
-/* ------------------------------------------------------------ pressure */
-
-/* Rising to High trims the cache until the level falls below High; at
- * Critical evictions follow until it falls below Critical. One action at a
- * time per pool: the releases it makes change the level again, and those
- * nested hooks only notify. */
-void vg__pool_act_on_pressure(vg_pool_t *pool)
-{
-    int idle = 0;
-    if (atomic_load_explicit(&pool->closing, memory_order_relaxed) ||
-        !atomic_compare_exchange_strong_explicit(&pool->acting, &idle, 1,
-                                                 memory_order_acquire,
-                                                 memory_order_relaxed))
-        return;
-    while (vg__budget_level(&pool->budget) >= VG_PRESSURE_HIGH &&
-           trim_one(pool))
-        ;
-    while (vg__budget_level(&pool->budget) == VG_PRESSURE_CRITICAL &&
-           evict_one(pool))
-        ;
-    atomic_store_explicit(&pool->acting, 0, memory_order_release);
 }
 
 /* ------------------------------------------------------------ fork */
@@ -341,8 +190,8 @@ static int driver_alloc(vg_pool_t *pool, size_t align, vg__alloc_t *a)
     vg__pool_ctx_enter(pool, &g);
     CUresult cr = d->cuMemAlloc_v2(&base, a->charged);
     vg__pool_ctx_leave(&g);
-    if (cr == CUDA_ERROR_OUT_OF_MEMORY && trim_one(pool)) {
-        while (trim_one(pool))
+    if (cr == CUDA_ERROR_OUT_OF_MEMORY && vg__pool_trim_one(pool)) {
+        while (vg__pool_trim_one(pool))
             ;
         vg__pool_ctx_enter(pool, &g);
         cr = d->cuMemAlloc_v2(&base, a->charged);
@@ -397,14 +246,14 @@ static int alloc_direct(vg_pool_t *pool, size_t size,
         .size = size,
         .charged = size + (align > DRIVER_ALIGN ? align - DRIVER_ALIGN : 0),
     };
-    int rc = make_room(pool, a.charged, MAY_TRIM_AND_EVICT);
+    int rc = vg__pool_make_room(pool, a.charged, VG__MAY_TRIM_AND_EVICT);
     if (rc != VG_OK)
         return rc;
     if ((rc = driver_alloc(pool, align, &a)) != VG_OK) {
-        uncharge(pool, a.charged, false);
+        vg__pool_uncharge(pool, a.charged, false);
         return rc;
     }
-    commit(pool, a.charged);
+    vg__pool_commit(pool, a.charged);
     vg__evictable_t *e = NULL;
     if ((rc = zero_fill(pool, opts, a.ptr, size)) != VG_OK)
         goto undo;
@@ -424,7 +273,7 @@ static int alloc_direct(vg_pool_t *pool, size_t size,
     return VG_OK;
 undo:
     free(e);
-    release_span(pool, &(vg__span_t){a.base, a.charged});
+    vg__pool_release_span(pool, &(vg__span_t){a.base, a.charged});
     return rc;
 }
 
@@ -452,25 +301,25 @@ __attribute__((noinline)) static int grow(vg_pool_t *pool, int cls,
     /* Near the limit, reuse comes before growth (or trimming to grow):
      * blocks parked in other threads' magazines, then pending blocks,
      * however few, after a synchronisation. */
-    if (!fits(pool, a.charged)) {
+    if (!vg__pool_fits(pool, a.charged)) {
         vg__cache_collect(&pool->cache);
         if (vg__cache_take_any(&pool->cache, cls, size, b) == VG_OK)
             return VG_OK; /* a hit after all (counted by the cache) */
     }
     atomic_fetch_add_explicit(&pool->misses, 1, memory_order_relaxed); /* the driver is needed */
-    int rc = make_room(pool, a.charged, MAY_TRIM);
+    int rc = vg__pool_make_room(pool, a.charged, VG__MAY_TRIM);
     if (rc != VG_OK)
         return rc;
     if ((rc = driver_alloc(pool, 0, &a)) != VG_OK) {
-        uncharge(pool, a.charged, false);
+        vg__pool_uncharge(pool, a.charged, false);
         if (rc == VG_EBADPTR)
             refuse_chunks(pool);
         return rc;
     }
-    commit(pool, a.charged);
+    vg__pool_commit(pool, a.charged);
     vg__span_t chunk = {a.base, a.charged};
     if ((rc = vg__cache_add_chunk(&pool->cache, cls, &chunk, size, b)) != VG_OK)
-        release_span(pool, &chunk);
+        vg__pool_release_span(pool, &chunk);
     return rc;
 }
 
@@ -480,7 +329,7 @@ __attribute__((noinline)) static void release_emptied(vg_pool_t *pool,
                                                       vg__span_t *s)
 {
     do {
-        release_span(pool, s);
+        vg__pool_release_span(pool, s);
         atomic_fetch_add_explicit(&pool->trims, 1, memory_order_relaxed);
     } while (vg__cache_reap(&pool->cache, s));
 }
@@ -549,11 +398,6 @@ VG__HOT void vg__pool_block_give(vg_pool_t *pool, const vg__block_t *b, size_t s
     give_block(pool, b, size);
 }
 
-uint64_t vg__pool_trim_one(vg_pool_t *pool)
-{
-    return trim_one(pool);
-}
-
 /* Small requests with no special needs are cached; -1 sends to the driver. */
 static inline int class_for(size_t size, const vg_alloc_opts_t *opts)
 {
@@ -588,7 +432,7 @@ static void free_record(vg_pool_t *pool, const vg__alloc_t *a)
     if (a->handle & VG__HANDLE_EVICTABLE)
         vg__evict_forget(&pool->evict, (vg__evictable_t *)(uintptr_t)(
                                            a->handle & ~VG__HANDLE_EVICTABLE));
-    free_direct(pool, a);
+    vg__pool_free_direct(pool, a);
 }
 
 int vg_pool_free(vg_pool_t *pool, vg_devptr_t ptr)
@@ -616,7 +460,7 @@ int vg_pool_trim(vg_pool_t *pool, uint64_t keep_bytes, uint64_t *released)
     vg__cache_stats_t cs;
     vg__cache_stats(&pool->cache, &cs);
     uint64_t cached = cs.cached, freed = 0, n;
-    while (cached > keep_bytes && (n = trim_one(pool)) != 0) {
+    while (cached > keep_bytes && (n = vg__pool_trim_one(pool)) != 0) {
         freed += n;
         cached = cached > n ? cached - n : 0;
     }
@@ -631,6 +475,11 @@ struct destroy_ctx {
     vg_pool_t *pool;
     vg_leak_report_t leaks;
 };
+
+static void release_span_cb(const vg__span_t *s, void *ctx)
+{
+    vg__pool_release_span(ctx, s);
+}
 
 /* Blocks of the cache die with their chunks (drained below). */
 static void destroy_one(const vg__alloc_t *a, void *ctx)

@@ -2,7 +2,8 @@
  * pool_info.c — what a pool reports, and who it tells: vg_pool_available,
  * vg_pool_pressure, vg_pool_stats and vg_pool_explain, and the user's
  * pressure callbacks (vg_pool_on_pressure) with the budget's level hook that
- * runs them. The allocation path and the pressure action are in pool.c.
+ * runs them. The allocation path is in pool.c, the pressure action in
+ * pool_room.c.
  *
  * Nothing here is on the alloc/free path. Counters are read relaxed: a
  * snapshot taken while other threads allocate is not atomic as a whole.
@@ -36,7 +37,7 @@ int vg_pool_on_pressure(vg_pool_t *pool, vg_pressure_cb cb, void *user)
 
 /* Runs the user's callbacks on a level change of the pool's budget (the
  * list is copied under the lock and called without it), then acts
- * (pool.c). */
+ * (pool_room.c). */
 void vg__pool_level_hook(void *owner, vg_pressure_t old_level,
                          vg_pressure_t new_level, void *user)
 {

@@ -444,7 +444,7 @@ static inline bool vg__cache_mode_on(void)
  * released its empty chunks (then t->pool_spent is set): the caller sets
  * t->device and takes the driver's path for the exact size. The path only
  * goes down: this file -> pool.c/cache.c -> the driver; the one charge for
- * a new chunk is pool.c's (make_room). */
+ * a new chunk is pool_room.c's (vg__pool_make_room). */
 int vg__acct_pooled_alloc(vg__ticket_t *t, uint64_t *ptr);
 /* Gives a pooled record's block back to its pool (reused only after a
  * synchronisation that follows this call). */

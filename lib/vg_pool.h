@@ -1,9 +1,9 @@
 /*
  * vg_pool.h — the pool's internals: the small-block cache (cache.c,
  * cache_thread.c), eviction (evict.c), the chunk index (chunks.c) and the
- * pool itself (pool.c, pool_info.c). Only the pool and cache files, buf.c,
- * the cache-mode door (account_pooled.c) and the pointer checks (badptr.c,
- * ptrcheck.c: the chunk index) include it.
+ * pool itself (pool.c, pool_room.c, pool_info.c). Only the pool and cache
+ * files, buf.c, the cache-mode door (account_pooled.c) and the pointer
+ * checks (badptr.c, ptrcheck.c: the chunk index) include it.
  */
 #ifndef VG_POOL_H
 #define VG_POOL_H
@@ -403,8 +403,9 @@ vg_devptr_t vg__chunk_block_of(const vg__chunk_ref_t *ref, vg_devptr_t ptr);
 
 /* ------------------------------------------------------------ pool.c */
 
-/* A pool (the public vg_pool_t). Its allocation path is pool.c; its
- * reporting and the user's pressure callbacks are pool_info.c. */
+/* A pool (the public vg_pool_t). Its allocation path is pool.c; making
+ * room for it (budgets, trimming, eviction, pressure), pool_room.c; its
+ * reporting and the user's pressure callbacks, pool_info.c. */
 #define VG__POOL_CALLBACKS 8 /* vg_pool_on_pressure's limit */
 
 struct vg_pool {
@@ -445,9 +446,6 @@ typedef struct vg__ctx_guard {
 } vg__ctx_guard_t;
 void vg__pool_ctx_enter(const vg_pool_t *pool, vg__ctx_guard_t *g);
 void vg__pool_ctx_leave(vg__ctx_guard_t *g);
-/* The pool's answer to rising pressure: trims at High, evicts at Critical,
- * until the level falls. One action at a time; a nested call returns. */
-void vg__pool_act_on_pressure(vg_pool_t *pool);
 /* A block for `size` bytes (1..VG__SMALL_MAX): a cached one, or the first
  * of a new chunk, trimming to make room (never evicting). Not recorded in
  * the ledger: the caller records it as the program's allocation. VG_ENOMEM
@@ -455,13 +453,39 @@ void vg__pool_act_on_pressure(vg_pool_t *pool);
 int vg__pool_block_take(vg_pool_t *pool, size_t size, vg__block_t *b);
 /* Takes back a block of vg__pool_block_take, freed by the program. */
 void vg__pool_block_give(vg_pool_t *pool, const vg__block_t *b, size_t size);
-/* Releases the best empty chunk; its bytes, 0 when none was empty. */
-uint64_t vg__pool_trim_one(vg_pool_t *pool);
 /* Fork steps (fork.c, rank POOLS): every pool's mutexes and its cache's
  * locks (vg__cache_prefork), pool by pool, and their release. */
 void vg__pool_prefork(void);
 void vg__pool_postfork_parent(void);
 void vg__pool_postfork_child(void);
+
+/* ------------------------------------------------------- pool_room.c */
+
+/* The pool's budgets: the pool's own, then its device's (VRAMGUARD_BUDGET).
+ * vg__pool_make_room reserves in both, all or nothing; a reservation is
+ * committed once the driver has given the memory, or uncharged: rolled
+ * back when it never was committed, released when it was. */
+typedef enum { VG__MAY_TRIM, VG__MAY_TRIM_AND_EVICT } vg__room_policy_t;
+/* Reserves n bytes in both budgets, trimming empty chunks and then (when
+ * policy allows, and evicting everything evictable could make n fit)
+ * evicting until they fit. VG_ENOMEM, with one refusal counted, when
+ * nothing more can be given up. An eviction callback's own request never
+ * evicts. */
+int vg__pool_make_room(vg_pool_t *pool, uint64_t n, vg__room_policy_t policy);
+void vg__pool_commit(vg_pool_t *pool, uint64_t n);
+void vg__pool_uncharge(vg_pool_t *pool, uint64_t n, bool committed);
+/* Would n fit both budgets now? */
+bool vg__pool_fits(vg_pool_t *pool, uint64_t n);
+/* Frees a span to the driver (in the pool's context) and releases its
+ * committed charge. */
+void vg__pool_release_span(vg_pool_t *pool, const vg__span_t *s);
+/* Frees a direct allocation already taken out of the ledger, and counts it. */
+void vg__pool_free_direct(vg_pool_t *pool, const vg__alloc_t *a);
+/* Releases the best empty chunk; its bytes, 0 when none was empty. */
+uint64_t vg__pool_trim_one(vg_pool_t *pool);
+/* The pool's answer to rising pressure: trims at High, evicts at Critical,
+ * until the level falls. One action at a time; a nested call returns. */
+void vg__pool_act_on_pressure(vg_pool_t *pool);
 
 /* ------------------------------------------------------- pool_info.c */
 
