@@ -1,9 +1,10 @@
 /*
  * vg_pool.h — the pool's internals: the small-block cache (cache.c,
- * cache_thread.c), eviction (evict.c), the chunk index (chunks.c) and the
- * pool itself (pool.c, pool_room.c, pool_info.c). Only the pool and cache
- * files, buf.c, the cache-mode door (account_pooled.c) and the pointer
- * checks (badptr.c, ptrcheck.c: the chunk index) include it.
+ * cache_walk.c, cache_thread.c), eviction (evict.c), the chunk index
+ * (chunks.c) and the pool itself (pool.c, pool_room.c, pool_info.c). Only
+ * the pool and cache files, buf.c, the cache-mode door (account_pooled.c)
+ * and the pointer checks (badptr.c, ptrcheck.c: the chunk index) include
+ * it.
  */
 #ifndef VG_POOL_H
 #define VG_POOL_H
@@ -85,9 +86,9 @@
 typedef struct vg__chunk vg__chunk_t;   /* cache.c */
 typedef struct vg__tcache vg__tcache_t; /* cache_thread.c: a thread's */
 
-/* One chunk of a class. Every field is cache.c's; it is defined here only
- * because a free through the thread cache (cache_thread.c) reads `cls`
- * on the fast path. */
+/* One chunk of a class. Every field is the cache's (cache.c, and
+ * cache_walk.c's trims and drain); it is defined here only because a free
+ * through the thread cache (cache_thread.c) reads `cls` on the fast path. */
 struct vg__chunk {
     vg_devptr_t base;
     uint64_t bytes;
@@ -175,13 +176,6 @@ uint32_t vg__class_size(int cls);
 /* The bytes of a chunk of class `cls`. */
 uint64_t vg__class_chunk_bytes(int cls);
 
-void vg__cache_init(vg__cache_t *c, vg__sync_fn sync, void *ctx);
-/* Frees the cache's host memory and hands every chunk to `release` (the
- * pool is being destroyed: live blocks die with their chunks). Threads'
- * caches are detached (their threads free them later) and never touched
- * again. */
-void vg__cache_drain(vg__cache_t *c, void (*release)(const vg__span_t *s,
-                                                     void *ctx), void *ctx);
 /* Adds a chunk the caller allocated, charged and verified to the calling
  * thread's arena, and hands its first block out for `size` bytes. VG_ESYS when host memory runs out (the
  * caller still owns the chunk). */
@@ -190,27 +184,10 @@ int vg__cache_add_chunk(vg__cache_t *c, int cls, const vg__span_t *chunk,
 /* Another chunk that left the cache for the caller to free, into *release;
  * false when there is none. */
 bool vg__cache_reap(vg__cache_t *c, vg__span_t *release);
-/* Detaches the best empty chunk to trim (the largest, then the longest
- * idle) into *release, emptying the threads' magazines first if no chunk
- * is empty otherwise. false when no chunk is empty. */
-bool vg__cache_trim_one(vg__cache_t *c, vg__span_t *release);
-
-/* Fork (vg__pool_prefork): takes every lock of the cache, so that no
- * other thread is inside one of its critical sections or an owner's fast
- * section when the process forks (a child would find it held forever),
- * and releases them in the parent or child. In order: the thread-cache
- * list mutex, each thread cache as a remote, each class, the doomed list. */
-void vg__cache_prefork(vg__cache_t *c);
-void vg__cache_postfork(vg__cache_t *c);
-/* The same in the child, which first forgets the syncs begun by threads
- * that did not come along (they never complete there). */
-void vg__cache_postfork_child(vg__cache_t *c);
-
-typedef struct vg__cache_stats {
-    uint64_t held, cached, live_bytes, live_blocks;
-    uint64_t hits, allocs, frees, bytes_allocated, syncs; /* misses: the pool's */
-} vg__cache_stats_t;
-void vg__cache_stats(vg__cache_t *c, vg__cache_stats_t *s);
+/* Takes an empty chunk out of class k (under its lock): out of the class's
+ * lists and the chunk index, and out of the cache's held bytes. The caller
+ * frees the struct or dooms it. */
+void vg__cache_chunk_detach(vg__cache_t *c, vg__class_t *k, vg__chunk_t *ch);
 
 /* The class side of the thread caches (cache_thread.c). Unless said
  * otherwise, each call below is made under the class lock (vg__class_lock),
@@ -283,6 +260,37 @@ void vg__class_put_ready(vg__cache_t *c, vg__class_t *k,
  * the new count. */
 uint32_t vg__class_take_batch(vg__class_t *k, vg__block_t *v, uint32_t n,
                               uint32_t cap);
+
+/* ------------------------------------------------------ cache_walk.c */
+
+void vg__cache_init(vg__cache_t *c, vg__sync_fn sync, void *ctx);
+/* Frees the cache's host memory and hands every chunk to `release` (the
+ * pool is being destroyed: live blocks die with their chunks). Threads'
+ * caches are detached (their threads free them later) and never touched
+ * again. */
+void vg__cache_drain(vg__cache_t *c, void (*release)(const vg__span_t *s,
+                                                     void *ctx), void *ctx);
+/* Detaches the best empty chunk to trim (the largest, then the longest
+ * idle) into *release, emptying the threads' magazines first if no chunk
+ * is empty otherwise. false when no chunk is empty. */
+bool vg__cache_trim_one(vg__cache_t *c, vg__span_t *release);
+
+/* Fork (vg__pool_prefork): takes every lock of the cache, so that no
+ * other thread is inside one of its critical sections or an owner's fast
+ * section when the process forks (a child would find it held forever),
+ * and releases them in the parent or child. In order: the thread-cache
+ * list mutex, each thread cache as a remote, each class, the doomed list. */
+void vg__cache_prefork(vg__cache_t *c);
+void vg__cache_postfork(vg__cache_t *c);
+/* The same in the child, which first forgets the syncs begun by threads
+ * that did not come along (they never complete there). */
+void vg__cache_postfork_child(vg__cache_t *c);
+
+typedef struct vg__cache_stats {
+    uint64_t held, cached, live_bytes, live_blocks;
+    uint64_t hits, allocs, frees, bytes_allocated, syncs; /* misses: the pool's */
+} vg__cache_stats_t;
+void vg__cache_stats(vg__cache_t *c, vg__cache_stats_t *s);
 
 /* ---------------------------------------------------- cache_thread.c */
 
