@@ -15,16 +15,16 @@
  *
  * Looking for dead processes reads /proc for every slot (about 1 ms for a
  * full table): it happens outside the lock, at most once a second after a
- * charge and once every REFUSAL_REAP_NS before refusals.
+ * charge and once every VG__SHM_REFUSAL_REAP_NS before refusals.
  *
- * Here: binding a device budget to the region's entry, reserve, release,
- * force and limit changes under the lock, and VRAMGUARD_WAIT_MS's line of
- * waiters (first come, first served).
+ * Here: this process's attachment and slot, binding a device budget to
+ * the region's entry, and reserve, release, force and limit changes under
+ * the lock. A refused reserve with VRAMGUARD_WAIT_MS set waits in line in
+ * shared_wait.c.
  */
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "vg_account.h"
@@ -32,8 +32,6 @@
 #include "vg_shared.h"
 
 #define REAP_INTERVAL_NS 1000000000ull /* at most one scan a second */
-#define REFUSAL_REAP_NS 10000000ull    /* before refusals: one per 10 ms */
-#define WAIT_POLL_NS 1000000L          /* a waiter looks again every 1 ms */
 
 /* ------------------------------------------------- the engine's side */
 
@@ -54,7 +52,7 @@ static _Atomic bool region_bad; /* a later check found the body corrupt */
 static _Atomic bool said_stuck, said_bad, said_removed;
 
 /* The region lock, saying once per process why it could not be had. */
-static int lock_region(vg__shm_t *r)
+int vg__shared_lock(vg__shm_t *r)
 {
     int rc = vg__shm_lock(r);
     if (vg__unlikely(rc != VG_OK) &&
@@ -141,11 +139,16 @@ void vg__shared_postfork_child(void)
     my_start = vg__shm_proc_start(getpid());
 }
 
+uint64_t vg__shared_my_start(void)
+{
+    return my_start;
+}
+
 /* A normal exit gives the share back at once. */
 __attribute__((destructor)) static void release_at_exit(void)
 {
     vg__shm_t *r = region;
-    if (!r || lock_region(r) != VG_OK)
+    if (!r || vg__shared_lock(r) != VG_OK)
         return;
     int s = atomic_load_explicit(&my_slot, memory_order_relaxed);
     if (s >= 0 && r->slot[s].pid == (int32_t)getpid())
@@ -226,7 +229,7 @@ static int entry_of(vg__shm_t *r, int device, const char *uuid)
 }
 
 /* Copies the entry into the budget's mirror fields (under the lock). */
-static void mirror(vg__budget_t *b, const vg__shm_device_t *e)
+void vg__shared_mirror(vg__budget_t *b, const vg__shm_device_t *e)
 {
     atomic_store_explicit(&b->limit, e->limit, memory_order_relaxed);
     atomic_store_explicit(&b->used, e->used, memory_order_relaxed);
@@ -303,7 +306,7 @@ void vg__shared_bind(vg__budget_t *b, int device, uint64_t limit)
     if (vg__device_uuid(device, uuid) != VG_OK)
         uuid[0] = '\0';
     for (int tries = 0;; tries++) {
-        if (lock_region(region) != VG_OK)
+        if (vg__shared_lock(region) != VG_OK)
             return bind_fail(b, device, "cannot lock the shared region");
         if (vg__likely(!removed_under_us(region)))
             break;
@@ -320,7 +323,7 @@ void vg__shared_bind(vg__budget_t *b, int device, uint64_t limit)
     if (e >= 0 && slot >= 0) {
         old = tighten(&region->dev[e], limit);
         b->shared_dev = e;
-        mirror(b, &region->dev[e]);
+        vg__shared_mirror(b, &region->dev[e]);
     }
     vg__shm_unlock(region);
     if (e < 0 || slot < 0)
@@ -344,7 +347,7 @@ static bool fits(const vg__shm_device_t *e, uint64_t n)
 typedef enum { COUNT_REFUSAL, QUIET_REFUSAL } refusal_t;
 
 /* Under the lock: charges n to the entry and to this process's slot. */
-static int charge_locked(vg__shm_t *r, int d, uint64_t n)
+int vg__shared_charge_locked(vg__shm_t *r, int d, uint64_t n)
 {
     int s = slot_of_self(r);
     vg__shm_device_t *e = &r->dev[d];
@@ -363,7 +366,7 @@ static int charge_locked(vg__shm_t *r, int d, uint64_t n)
 }
 
 /* Under the lock: whether to look for the dead now. After a charge, once a
- * second region-wide; before a refusal, once every REFUSAL_REAP_NS
+ * second region-wide; before a refusal, once every VG__SHM_REFUSAL_REAP_NS
  * region-wide, and always at a process's first refusal (a newcomer must
  * find a holder that died a moment ago). Coarse clock: it only decides. */
 static bool reap_wanted(vg__shm_t *r, int rc)
@@ -371,22 +374,22 @@ static bool reap_wanted(vg__shm_t *r, int rc)
     uint64_t now = vg__mono_coarse_ns();
     if (vg__likely(rc == VG_OK))
         return vg__shm_reap_due(r, now, REAP_INTERVAL_NS);
-    bool due = vg__shm_reap_due(r, now, REFUSAL_REAP_NS);
+    bool due = vg__shm_reap_due(r, now, VG__SHM_REFUSAL_REAP_NS);
     return !atomic_exchange_explicit(&looked, true, memory_order_relaxed) || due;
 }
 
 /* Drops the dead with the /proc reads outside the lock (a scan of every
  * slot costs about a millisecond: under the lock it stalled everyone),
  * then checks the body while holding it. */
-__attribute__((noinline, cold)) static void reap_outside(vg__shm_t *r)
+__attribute__((noinline, cold)) void vg__shared_reap_outside(vg__shm_t *r)
 {
     vg__shm_reap_list_t l;
-    if (lock_region(r) != VG_OK)
+    if (vg__shared_lock(r) != VG_OK)
         return;
     vg__shm_reap_collect(r, &l);
     vg__shm_unlock(r);
     vg__shm_reap_check(&l);
-    if (lock_region(r) != VG_OK)
+    if (vg__shared_lock(r) != VG_OK)
         return;
     vg__shm_reap_apply(r, &l);
     check_body(r);
@@ -399,111 +402,20 @@ static int reserve_once(vg__budget_t *b, uint64_t n, refusal_t count)
     vg__shm_t *r = b->shared;
     int d = b->shared_dev;
     for (int attempt = 0;; attempt++) {
-        if (lock_region(r) != VG_OK)
+        if (vg__shared_lock(r) != VG_OK)
             return VG_ENOMEM;
-        int rc = charge_locked(r, d, n);
+        int rc = vg__shared_charge_locked(r, d, n);
         bool reap = attempt == 0 && reap_wanted(r, rc);
         if (rc != VG_OK && !reap && count == COUNT_REFUSAL)
             r->dev[d].refusals++;
-        mirror(b, &r->dev[d]);
+        vg__shared_mirror(b, &r->dev[d]);
         vg__shm_unlock(r);
         if (vg__likely(!reap))
             return rc;
-        reap_outside(r);
+        vg__shared_reap_outside(r);
         if (rc == VG_OK)
             return rc;
     }
-}
-
-/* Takes a ticket. -1 when the waiter table is full. */
-static int waiter_add(vg__shm_t *r, uint64_t deadline, uint64_t *ticket)
-{
-    for (int w = 0; w < VG__SHM_WAITERS; w++) {
-        vg__shm_waiter_t *x = &r->h.waiters[w];
-        if (x->pid)
-            continue;
-        *ticket = ++r->h.ticket_next;
-        *x = (vg__shm_waiter_t){.pid = (int32_t)getpid(), .start = my_start,
-                                .ticket = *ticket, .deadline_ns = deadline};
-        return w;
-    }
-    return -1;
-}
-
-/* Under the lock: whether `ticket` is the smallest among waiters whose time
- * has not run out (the others are dropped on the way). Dead waiters are
- * dropped by reaps, outside the lock: no /proc read here. */
-static bool at_head(vg__shm_t *r, uint64_t ticket, uint64_t now)
-{
-    uint64_t head = UINT64_MAX;
-    for (int w = 0; w < VG__SHM_WAITERS; w++) {
-        vg__shm_waiter_t *x = &r->h.waiters[w];
-        if (!x->pid)
-            continue;
-        if (x->ticket != ticket && now >= x->deadline_ns) {
-            memset(x, 0, sizeof *x);
-            continue;
-        }
-        if (x->ticket < head)
-            head = x->ticket;
-    }
-    return head == ticket;
-}
-
-static void sleep_ns(long ns)
-{
-    struct timespec ts = {0, ns};
-    nanosleep(&ts, NULL);
-}
-
-typedef struct waiting {
-    uint64_t ticket, deadline;
-    int slot; /* in the waiter table */
-} waiting_t;
-
-/* One poll of a waiter. Returns whether it is done (*rc set). */
-static bool wait_poll(vg__budget_t *b, uint64_t n, const waiting_t *w, int *rc)
-{
-    vg__shm_t *r = b->shared;
-    int d = b->shared_dev;
-    if (lock_region(r) != VG_OK)
-        return *rc = VG_ENOMEM, true;
-    uint64_t now = vg__mono_ns();
-    bool timed_out = now >= w->deadline;
-    if (!timed_out && at_head(r, w->ticket, now))
-        *rc = charge_locked(r, d, n);
-    bool done = *rc == VG_OK || timed_out;
-    if (done && r->h.waiters[w->slot].ticket == w->ticket)
-        memset(&r->h.waiters[w->slot], 0, sizeof r->h.waiters[w->slot]);
-    if (done && *rc != VG_OK)
-        r->dev[d].refusals++;
-    bool reap = !done && vg__shm_reap_due(r, vg__mono_coarse_ns(), REFUSAL_REAP_NS);
-    mirror(b, &r->dev[d]);
-    vg__shm_unlock(r);
-    if (reap)
-        reap_outside(r);
-    return done;
-}
-
-/* VRAMGUARD_WAIT_MS: waits in line for others to free. */
-__attribute__((noinline)) static int wait_reserve(vg__budget_t *b, uint64_t n,
-                                                  int wait_ms)
-{
-    vg__shm_t *r = b->shared;
-    int rc = VG_ENOMEM;
-    waiting_t w = {.deadline = vg__mono_ns() + (uint64_t)wait_ms * 1000000ull};
-    if (lock_region(r) != VG_OK)
-        return VG_ENOMEM;
-    w.slot = waiter_add(r, w.deadline, &w.ticket);
-    if (w.slot < 0) /* no room in line: refuse now */
-        r->dev[b->shared_dev].refusals++;
-    vg__shm_unlock(r);
-    if (w.slot < 0)
-        return VG_ENOMEM;
-    do
-        sleep_ns(WAIT_POLL_NS);
-    while (!wait_poll(b, n, &w, &rc));
-    return rc;
 }
 
 int vg__shared_reserve(vg__budget_t *b, uint64_t n)
@@ -511,7 +423,7 @@ int vg__shared_reserve(vg__budget_t *b, uint64_t n)
     int wait_ms = vg__engine_settings()->wait_ms;
     int rc = reserve_once(b, n, wait_ms ? QUIET_REFUSAL : COUNT_REFUSAL);
     if (vg__unlikely(rc != VG_OK && wait_ms > 0))
-        rc = wait_reserve(b, n, wait_ms);
+        rc = vg__shared_wait_reserve(b, n, wait_ms);
     return rc;
 }
 
@@ -521,7 +433,7 @@ void vg__shared_release(vg__budget_t *b, uint64_t n)
 {
     vg__shm_t *r = b->shared;
     int d = b->shared_dev;
-    if (lock_region(r) != VG_OK)
+    if (vg__shared_lock(r) != VG_OK)
         return;
     int s = slot_of_self(r);
     if (s >= 0) {
@@ -531,7 +443,7 @@ void vg__shared_release(vg__budget_t *b, uint64_t n)
         r->dev[d].used -= take < r->dev[d].used ? take : r->dev[d].used;
         vg__shm_level_update(&r->dev[d]);
     }
-    mirror(b, &r->dev[d]);
+    vg__shared_mirror(b, &r->dev[d]);
     vg__shm_unlock(r);
 }
 
@@ -539,7 +451,7 @@ void vg__shared_force(vg__budget_t *b, uint64_t n)
 {
     vg__shm_t *r = b->shared;
     int d = b->shared_dev;
-    if (lock_region(r) != VG_OK)
+    if (vg__shared_lock(r) != VG_OK)
         return;
     int s = slot_of_self(r);
     if (s >= 0) {
@@ -549,7 +461,7 @@ void vg__shared_force(vg__budget_t *b, uint64_t n)
             r->dev[d].peak = r->dev[d].used;
         vg__shm_level_update(&r->dev[d]);
     }
-    mirror(b, &r->dev[d]);
+    vg__shared_mirror(b, &r->dev[d]);
     vg__shm_unlock(r);
 }
 
@@ -558,17 +470,17 @@ void vg__shared_force(vg__budget_t *b, uint64_t n)
 void vg__shared_set_limit(vg__budget_t *b, uint64_t limit)
 {
     vg__shm_t *r = b->shared;
-    if (lock_region(r) != VG_OK)
+    if (vg__shared_lock(r) != VG_OK)
         return;
     tighten(&r->dev[b->shared_dev], limit);
-    mirror(b, &r->dev[b->shared_dev]);
+    vg__shared_mirror(b, &r->dev[b->shared_dev]);
     vg__shm_unlock(r);
 }
 
 void vg__shared_read(const vg__budget_t *b, uint64_t *limit, uint64_t *used)
 {
     vg__shm_t *r = b->shared;
-    if (lock_region(r) != VG_OK)
+    if (vg__shared_lock(r) != VG_OK)
         return;
     *limit = r->dev[b->shared_dev].limit;
     *used = r->dev[b->shared_dev].used;
@@ -580,7 +492,7 @@ void vg__shared_read(const vg__budget_t *b, uint64_t *limit, uint64_t *used)
 static int my_slot_claimed(vg__shm_t *r)
 {
     int s = atomic_load_explicit(&my_slot, memory_order_relaxed);
-    if (vg__likely(s >= 0) || lock_region(r) != VG_OK)
+    if (vg__likely(s >= 0) || vg__shared_lock(r) != VG_OK)
         return s;
     s = slot_of_self(r);
     vg__shm_unlock(r);
@@ -615,7 +527,7 @@ uint64_t vg__shared_self_used(const vg__budget_t *b)
 void vg__shared_overhead(const vg__budget_t *b, uint64_t bytes)
 {
     vg__shm_t *r = b->shared;
-    if (lock_region(r) != VG_OK)
+    if (vg__shared_lock(r) != VG_OK)
         return;
     int s = slot_of_self(r);
     if (s >= 0)

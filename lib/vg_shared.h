@@ -3,7 +3,7 @@
  * layout, which is an ABI (every process that attaches, and the CLI that
  * reads it, must agree on it: change it only with VG__SHM_VERSION), and the
  * code that opens, reaps and charges it (shared_region.c, shared_reap.c,
- * shared.c). No CUDA.
+ * shared_lock.c, shared.c, shared_wait.c). No CUDA.
  */
 #ifndef VG_SHARED_H
 #define VG_SHARED_H
@@ -12,7 +12,7 @@
 
 #include "vg_budget.h"
 
-/* -------------------------- shared_region.c, shared_reap.c, shared.c */
+/* ---------- shared_region.c, shared_reap.c, shared.c, shared_wait.c */
 
 /* A budget shared by every process that names the same region
  * (VRAMGUARD_SHARED=NAME -> /dev/shm/vramguard.NAME, or HAMi's
@@ -270,6 +270,34 @@ void vg__shared_overhead(const vg__budget_t *b, uint64_t bytes);
 /* This process's own share of a shared budget (its slot's use, overhead
  * included), where vg__budget_t.used mirrors the whole region's. */
 uint64_t vg__shared_self_used(const vg__budget_t *b);
+
+/* shared.c's steps that shared_wait.c builds on. Before a refusal, the
+ * dead are looked for at most once every VG__SHM_REFUSAL_REAP_NS, region
+ * wide (a process's first refusal always looks). */
+#define VG__SHM_REFUSAL_REAP_NS 10000000ull
+/* The region lock (vg__shm_lock), saying once per process why it could not
+ * be had (the region is stuck: fail closed). */
+int vg__shared_lock(vg__shm_t *r);
+/* Under the lock: charges n to entry d and to this process's slot (claimed
+ * on first use). VG_ENOMEM when it does not fit, when no slot can be had or
+ * when the region's body was found corrupt. */
+int vg__shared_charge_locked(vg__shm_t *r, int d, uint64_t n);
+/* Under the lock: copies entry e into b's mirror fields. */
+void vg__shared_mirror(vg__budget_t *b, const vg__shm_device_t *e);
+/* Drops the dead (the /proc reads outside the lock), then checks the
+ * region's body. Takes the lock itself. */
+void vg__shared_reap_outside(vg__shm_t *r);
+/* The start time (vg__shm_proc_start) of this process, as its slot and
+ * waiter entries record it. */
+uint64_t vg__shared_my_start(void);
+
+/* shared_wait.c: VRAMGUARD_WAIT_MS's line. */
+
+/* After a refusal: waits up to wait_ms, in line (first
+ * come, first served), for others to free, then charges n. VG_OK, or
+ * VG_ENOMEM when the wait ends without memory (one refusal counted) or the
+ * line is full (refused at once). */
+int vg__shared_wait_reserve(vg__budget_t *b, uint64_t n, int wait_ms);
 
 /* A test-only pause point inside the critical section: a weak, hidden
  * symbol that no product build defines, so the call is never made there
