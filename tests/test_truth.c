@@ -1,8 +1,9 @@
 /*
  * test_truth.c — the budget as the device itself counts it. Each test runs
- * tests/clients/client_truth.c under the preload shim (LD_PRELOAD for that
- * child only) with VRAMGUARD_BUDGET, against the test driver and the NVML
- * test double, and reads the client's line: the codes the calls returned,
+ * tests/clients/client_truth.c (or, for memory the driver's objects hold,
+ * client_holders.c) under the preload shim (LD_PRELOAD for that child only)
+ * with VRAMGUARD_BUDGET, against the test driver and the NVML test double,
+ * and reads the client's line: the codes the calls returned,
  * then the driver's own high-water mark of REAL use (peak=), which counts
  * memory no allocation call shows (a context's own memory, heap/stack
  * limits, module globals, VMM memory released while mapped; fakecuda.h).
@@ -30,6 +31,13 @@
 static void run_truth(truth_t *t, const char *c, const char *budget, const char *const *env)
 {
     run_truth_client(t, "truth", c, budget, env);
+}
+
+/* The cases of tests/clients/client_holders.c: memory the driver's objects
+ * (contexts, pools, arrays, graph nodes) hold and give back when they go. */
+static void run_holders(truth_t *t, const char *c, const char *budget, const char *const *env)
+{
+    run_truth_client(t, "holders", c, budget, env);
 }
 
 /* ------------------------------------------------------ a. VMM */
@@ -274,7 +282,7 @@ static void expect_given_back(const char *const *cases, int n)
 {
     static truth_t t;
     for (int i = 0; i < n; i++) {
-        run_truth(&t, cases[i], "1GiB", NULL);
+        run_holders(&t, cases[i], "1GiB", NULL);
         expect_rc(&t, "create_rc", 0);
         expect_rc(&t, "first_rc", 0);
         expect_rc(&t, "destroy_rc", 0);
@@ -314,7 +322,7 @@ Test(truth, the_last_release_of_the_primary_context_gives_its_memory_back)
 Test(truth, the_last_release_gives_memory_back_when_another_thread_retains_at_once)
 {
     static truth_t t;
-    run_truth(&t, "release_race", "1GiB", ENV("FAKECUDA_PRIMARY_RELEASE_DELAY_NS=200000000"));
+    run_holders(&t, "release_race", "1GiB", ENV("FAKECUDA_PRIMARY_RELEASE_DELAY_NS=200000000"));
     expect_rc(&t, "first_rc", 0);
     expect_rc(&t, "release_rc", 0);
     expect_rc(&t, "retain_rc", 0);
@@ -331,7 +339,7 @@ Test(truth, the_last_release_gives_memory_back_when_another_thread_retains_at_on
 Test(truth, a_context_sweep_leaves_a_new_allocation_at_a_reused_address_charged)
 {
     static truth_t t;
-    run_truth(&t, "sweep_reuse", "160MiB", ENV("FAKECUDA_POINTER_ATTR_DELAY_NS=300000000"));
+    run_holders(&t, "sweep_reuse", "160MiB", ENV("FAKECUDA_POINTER_ATTR_DELAY_NS=300000000"));
     expect_rc(&t, "reused", 1);
     expect_rc(&t, "destroy_rc", 0);
     expect_rc(&t, "alloc_rc", 0);
@@ -346,7 +354,7 @@ Test(truth, a_context_sweep_leaves_a_new_allocation_at_a_reused_address_charged)
 Test(truth, a_context_sweep_drops_a_record_whose_address_a_new_block_covers)
 {
     static truth_t t;
-    run_truth(&t, "sweep_cover", "1GiB", ENV("FAKECUDA_POINTER_ATTR_DELAY_NS=100000000"));
+    run_holders(&t, "sweep_cover", "1GiB", ENV("FAKECUDA_POINTER_ATTR_DELAY_NS=100000000"));
 #ifndef __SANITIZE_ADDRESS__
     /* Under ASan the freed blocks' space is not where the kernel puts the
      * next mapping (the sanitizer's own mappings leave higher gaps), so the
@@ -367,7 +375,7 @@ Test(truth, a_limit_stays_charged_when_another_context_goes)
     static truth_t t;
     char *no_nvml = cat3("LD_LIBRARY_PATH=", build_dir(), "/fakecuda");
     const char *const env[] = {no_nvml, NULL};
-    run_truth(&t, "limit_other_ctx", "1GiB", env);
+    run_holders(&t, "limit_other_ctx", "1GiB", env);
     free(no_nvml);
     expect_rc(&t, "limit_rc", 0);
     expect_rc(&t, "create_rc", 0);
@@ -384,7 +392,7 @@ Test(truth, a_layered_mipmapped_array_is_charged_every_layer_of_every_level)
     static truth_t t;
     char *no_nvml = cat3("LD_LIBRARY_PATH=", build_dir(), "/fakecuda");
     const char *const env[] = {no_nvml, NULL};
-    run_truth(&t, "mipmap_layered", "1GiB", env);
+    run_holders(&t, "mipmap_layered", "1GiB", env);
     free(no_nvml);
     expect_rc(&t, "create_rc", 0);
     expect_rc(&t, "rc", OUT_OF_MEMORY);
@@ -401,7 +409,7 @@ Test(truth, two_threads_setting_one_limit_at_once_charge_it_once)
     static truth_t t;
     char *no_nvml = cat3("LD_LIBRARY_PATH=", build_dir(), "/fakecuda");
     const char *const env[] = {no_nvml, "FAKECUDA_SETLIMIT_DELAY_NS=200000000", NULL};
-    run_truth(&t, "limit_race", "1GiB", env);
+    run_holders(&t, "limit_race", "1GiB", env);
     free(no_nvml);
     expect_rc(&t, "set1_rc", 0);
     expect_rc(&t, "set2_rc", 0);
@@ -423,7 +431,7 @@ Test(truth, an_array_holds_the_memory_mapped_into_it_and_none_of_its_own)
     char *no_nvml = cat3("LD_LIBRARY_PATH=", build_dir(), "/fakecuda");
     const char *const without[] = {no_nvml, NULL};
     for (int i = 0; i < 6; i++) {
-        run_truth(&t, cases[i % 3], "1GiB", i < 3 ? NULL : without);
+        run_holders(&t, cases[i % 3], "1GiB", i < 3 ? NULL : without);
         expect_rc(&t, "create_rc", 0);
         expect_rc(&t, "empty_rc", 0);
         expect_rc(&t, "map_rc", 0);
@@ -446,7 +454,7 @@ Test(truth, a_mapped_array_gives_its_mapping_back_with_its_context)
     static truth_t t;
     char *no_nvml = cat3("LD_LIBRARY_PATH=", build_dir(), "/fakecuda");
     const char *const env[] = {no_nvml, NULL};
-    run_truth(&t, "array_mapped_ctx", "1GiB", env);
+    run_holders(&t, "array_mapped_ctx", "1GiB", env);
     free(no_nvml);
     expect_rc(&t, "create_rc", 0);
     expect_rc(&t, "map_rc", 0);
@@ -468,7 +476,7 @@ Test(truth, an_allocation_node_from_the_generic_call_holds_its_memory)
     char *no_nvml = cat3("LD_LIBRARY_PATH=", build_dir(), "/fakecuda");
     const char *const without[] = {no_nvml, NULL};
     for (int i = 0; i < 4; i++) {
-        run_truth(&t, cases[i % 2], "1GiB", i < 2 ? NULL : without);
+        run_holders(&t, cases[i % 2], "1GiB", i < 2 ? NULL : without);
         expect_rc(&t, "add_rc", 0);
         expect_rc(&t, "second_rc", OUT_OF_MEMORY);
         expect_rc(&t, "destroy_rc", 0);
@@ -484,7 +492,7 @@ Test(truth, an_allocation_node_from_the_generic_call_holds_its_memory)
 Test(truth, a_destroyed_pool_stays_charged_until_its_last_allocation_is_freed)
 {
     static truth_t t;
-    run_truth(&t, "pool_destroy", "1GiB", NULL);
+    run_holders(&t, "pool_destroy", "1GiB", NULL);
     expect_rc(&t, "create_rc", 0);
     expect_rc(&t, "first_rc", 0);
     expect_rc(&t, "destroy_rc", 0);
@@ -502,7 +510,7 @@ Test(truth, a_destroyed_pool_stays_charged_until_its_last_allocation_is_freed)
 Test(truth, a_stale_reading_of_a_pool_does_not_undo_its_growth)
 {
     static truth_t t;
-    run_truth(&t, "pool_sync_race", "1GiB", ENV("FAKECUDA_POOL_ATTR_DELAY_NS=400000000"));
+    run_holders(&t, "pool_sync_race", "1GiB", ENV("FAKECUDA_POOL_ATTR_DELAY_NS=400000000"));
     expect_rc(&t, "first_rc", 0);
     expect_rc(&t, "view_rc", 0);
     expect_rc(&t, "grow_rc", 0);
@@ -537,7 +545,7 @@ Test(truth, pool_memory_is_charged_to_the_device_of_its_pool)
     const char *const with[] = {"FAKECUDA_DEVICES=2", NULL};
     const char *const without[] = {no_nvml, "FAKECUDA_DEVICES=2", NULL};
     for (int i = 0; i < 4; i++) {
-        run_truth(&t, cases[i % 2], "0=1GiB,1=1GiB", i < 2 ? with : without);
+        run_holders(&t, cases[i % 2], "0=1GiB,1=1GiB", i < 2 ? with : without);
         expect_rc(&t, "create_rc", 0);
         expect_rc(&t, "pool_rc", OUT_OF_MEMORY);
         expect_rc(&t, "dev0_rc", 0);
@@ -556,7 +564,7 @@ Test(truth, a_pool_on_the_host_charges_no_device)
 {
     static truth_t t;
     const char *const env[] = {"VRAMGUARD_ON_BAD_POINTER=reject", NULL};
-    run_truth(&t, "pool_host", "1GiB", env);
+    run_holders(&t, "pool_host", "1GiB", env);
     expect_rc(&t, "create_rc", 0);
     expect_rc(&t, "pool_rc", 0);
     expect_rc(&t, "plain_rc", 0);

@@ -1,8 +1,10 @@
 /*
  * truth_common.h — what the budget-truth clients (client_truth.c,
- * client_graph.c) share: device 0's primary context made current, and the
- * line's end with the test driver's own view of device 0, read through
- * dlsym on libcuda.so.1, which the shim cannot rewrite.
+ * client_holders.c, client_graph.c) share: device 0's primary context made
+ * current, allocating until refused, the properties of device memory made
+ * with cuMemCreate, and the line's end with the test driver's own view of
+ * device 0, read through dlsym on libcuda.so.1, which the shim cannot
+ * rewrite.
  */
 #ifndef VG_TRUTH_COMMON_H
 #define VG_TRUTH_COMMON_H
@@ -48,6 +50,38 @@ static inline void setup(void)
         fprintf(stderr, "client: no device 0 context\n");
         exit(3);
     }
+}
+
+#define MAX_HELD 256 /* allocations one loop keeps */
+
+typedef struct {
+    CUdeviceptr p[MAX_HELD];
+    int n;
+    CUresult rc;           /* the refusal that ended the loop, 0 if none */
+} held_t;
+
+/* Allocates `size` until refused (or MAX_HELD). */
+static inline void fill(held_t *h, size_t size)
+{
+    h->rc = CUDA_SUCCESS;
+    while (h->n < MAX_HELD && (h->rc = cuMemAlloc(&h->p[h->n], size)) == CUDA_SUCCESS)
+        h->n++;
+}
+
+static inline void release_all(held_t *h)
+{
+    while (h->n > 0)
+        cuMemFree(h->p[--h->n]);
+}
+
+/* Pinned device memory on device 0, for cuMemCreate. */
+static inline CUmemAllocationProp vmm_prop(void)
+{
+    CUmemAllocationProp p = {0};
+    p.type = CU_MEM_ALLOCATION_TYPE_PINNED;
+    p.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+    p.location.id = g_dev;
+    return p;
 }
 
 #endif /* VG_TRUTH_COMMON_H */
