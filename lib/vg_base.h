@@ -16,6 +16,7 @@
  *   vg_shared.h    the shared region's layout (an ABI) and its code
  *   vg_pool.h      the pool and its cache (pool and cache files only)
  *   vg_account.h   account*.c, engine.c: the shim's whole interface
+ *   vg_credit.h    credit.c: per-thread budget credit (vg_account.h's)
  *   vg_diag.h      the flags that switch diagnostics on (audit.c)
  *   vg_audit.h     the audit log, call sites, bad pointers
  *   vg_fork.h      lock ranks and the one fork sequence (fork.c)
