@@ -46,6 +46,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cudart_way.h"
+
 #define MiB (1024ull * 1024ull)
 
 /* X(field, type, symbol for linking, base name, version) */
@@ -85,22 +87,9 @@ static void resolve_linked(void)
 #undef ASYNC_LINK_
 }
 
-static void *by_proc(PFN_cuGetProcAddress_v12000 get, const char *base, int version)
-{
-    CUdriverProcAddressQueryResult st = CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND;
-    void *fn = NULL;
-    if (get(base, &fn, version, 0, &st) != CUDA_SUCCESS || st != CU_GET_PROC_ADDRESS_SUCCESS)
-        return NULL;
-    return fn;
-}
-
 static void resolve_cudart(void)
 {
-    void *h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
-    PFN_cuGetProcAddress_v12000 first =
-        h ? (PFN_cuGetProcAddress_v12000)dlsym(h, "cuGetProcAddress_v2") : NULL;
-    PFN_cuGetProcAddress_v12000 get =
-        first ? (PFN_cuGetProcAddress_v12000)by_proc(first, "cuGetProcAddress", 12000) : NULL;
+    PFN_cuGetProcAddress_v12000 get = cudart_get_proc();
     if (!get) {
         fprintf(stderr, "client_async: no cuGetProcAddress\n");
         exit(3);

@@ -297,27 +297,8 @@ static void case_refree(const char *name, bool early)
         cuMemFree(d);
 }
 
-typedef struct {
-    long long used_before; /* the driver's use before the destroy */
-    CUdeviceptr p;         /* the worker's block */
-    CUresult rc;
-} reuse_t;
-
-/* Waits until the destroy freed the node, then, while the destroy is still
- * asking the driver about it, takes the same size (mostly the same address). */
-static void *reuse_worker(void *arg)
-{
-    reuse_t *r = arg;
-    cuCtxSetCurrent(g_ctx);
-    while (driver_query("fakecuda_used_bytes") >= r->used_before)
-        nanosleep(&(struct timespec){0, 1000000}, NULL);
-    nanosleep(&(struct timespec){0, 50000000}, NULL); /* into the destroy's question */
-    r->rc = cuMemAlloc(&r->p, 64 * MiB);
-    return NULL;
-}
-
 /* One destroy raced by an allocation; true when it got the node's address. */
-static bool reuse_once(reuse_t *r, CUresult *destroy)
+static bool reuse_once(address_reuse_t *r, CUresult *destroy)
 {
     CUgraph g = NULL;
     CUgraphNode node;
@@ -325,14 +306,14 @@ static bool reuse_once(reuse_t *r, CUresult *destroy)
     p.poolProps.allocType = CU_MEM_ALLOCATION_TYPE_PINNED;
     p.poolProps.location = (CUmemLocation){CU_MEM_LOCATION_TYPE_DEVICE, g_dev};
     pthread_t t;
-    *r = (reuse_t){0};
+    *r = (address_reuse_t){0};
     if (cuGraphCreate(&g, 0) != CUDA_SUCCESS ||
         cuGraphAddMemAllocNode(&node, g, NULL, 0, &p) != CUDA_SUCCESS) {
         fprintf(stderr, "client_graph: reuse setup failed\n");
         exit(3);
     }
     r->used_before = driver_query("fakecuda_used_bytes");
-    if (pthread_create(&t, NULL, reuse_worker, r) != 0)
+    if (pthread_create(&t, NULL, address_reuse_worker, r) != 0)
         exit(3);
     *destroy = cuGraphDestroy(g);
     pthread_join(t, NULL);
@@ -341,7 +322,7 @@ static bool reuse_once(reuse_t *r, CUresult *destroy)
 
 static void case_reuse(void)
 {
-    reuse_t r;
+    address_reuse_t r;
     CUresult destroy = CUDA_SUCCESS, more = CUDA_ERROR_UNKNOWN;
     CUdeviceptr b = 0;
     int tries = 0;

@@ -180,39 +180,19 @@ static void case_release_race(void)
         cuMemFree(b);
 }
 
-typedef struct {
-    CUdeviceptr p;
-    long long used_before; /* the driver's use before the destroy */
-    CUresult rc;
-} reuse_t;
-
-/* Waits until the driver freed the destroyed context's memory, then
- * allocates the same size in the primary context while the destroy's
- * sweep is still asking the driver about the old address. */
-static void *reuse_worker(void *arg)
-{
-    reuse_t *r = arg;
-    cuCtxSetCurrent(g_ctx);
-    while (driver_query("fakecuda_used_bytes") >= r->used_before)
-        nanosleep(&(struct timespec){0, 1000000}, NULL);
-    nanosleep(&(struct timespec){0, 50000000}, NULL); /* into the sweep's question */
-    r->rc = cuMemAlloc(&r->p, 64 * MiB);
-    return NULL;
-}
-
 /* One destroy raced by an allocation; true when it got the old address. */
-static bool sweep_reuse_once(reuse_t *r, CUresult *destroy)
+static bool sweep_reuse_once(address_reuse_t *r, CUresult *destroy)
 {
     CUcontext c;
     CUdeviceptr old = 0;
     pthread_t t;
-    *r = (reuse_t){0};
+    *r = (address_reuse_t){0};
     if (cuCtxCreate(&c, NULL, 0, g_dev) != CUDA_SUCCESS || cuMemAlloc(&old, 64 * MiB)) {
         fprintf(stderr, "client_holders: sweep_reuse setup failed\n");
         exit(3);
     }
     r->used_before = driver_query("fakecuda_used_bytes");
-    if (pthread_create(&t, NULL, reuse_worker, r) != 0)
+    if (pthread_create(&t, NULL, address_reuse_worker, r) != 0)
         exit(3);
     *destroy = cuCtxDestroy(c);
     pthread_join(t, NULL);
@@ -222,7 +202,7 @@ static bool sweep_reuse_once(reuse_t *r, CUresult *destroy)
 
 static void case_sweep_reuse(void)
 {
-    reuse_t r;
+    address_reuse_t r;
     CUresult destroy = CUDA_SUCCESS, more = CUDA_ERROR_UNKNOWN;
     CUdeviceptr b = 0;
     int tries = 0;

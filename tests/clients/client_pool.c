@@ -48,6 +48,7 @@
 #include <unistd.h>
 
 #include "client_size.h"
+#include "cudart_way.h"
 
 #define KiB 1024ull
 #define MiB (1024ull * KiB)
@@ -135,23 +136,10 @@ static int resolve_linked(void)
     return 0;
 }
 
-static void *by_proc(PFN_cuGetProcAddress_v12000 get, const char *base, int version)
-{
-    CUdriverProcAddressQueryResult st = CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND;
-    void *fn = NULL;
-    if (get(base, &fn, version, 0, &st) != CUDA_SUCCESS || st != CU_GET_PROC_ADDRESS_SUCCESS)
-        return NULL;
-    return fn;
-}
-
-/* cudart's way: dlopen, dlsym "cuGetProcAddress_v2", ask it for itself. */
+/* cudart's way (cudart_way.h). */
 static int resolve_cudart(void)
 {
-    void *h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
-    PFN_cuGetProcAddress_v12000 first =
-        h ? (PFN_cuGetProcAddress_v12000)dlsym(h, "cuGetProcAddress_v2") : NULL;
-    PFN_cuGetProcAddress_v12000 get =
-        first ? (PFN_cuGetProcAddress_v12000)by_proc(first, "cuGetProcAddress", 12000) : NULL;
+    PFN_cuGetProcAddress_v12000 get = cudart_get_proc();
     if (!get) {
         fprintf(stderr, "client_pool: no cuGetProcAddress\n");
         return -1;

@@ -13,6 +13,7 @@
 #include <dlfcn.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <time.h>
 
 static CUcontext g_ctx;
 static CUdevice g_dev;
@@ -82,6 +83,27 @@ static inline CUmemAllocationProp vmm_prop(void)
     p.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
     p.location.id = g_dev;
     return p;
+}
+
+/* A thread that races a destroy for a freed address: it waits until the
+ * driver's use fell below used_before (the destroy freed the memory), then
+ * a little longer, into the destroy's question to the driver (the tests
+ * make that slow), and takes 64 MiB (mostly the freed address). */
+typedef struct {
+    long long used_before; /* the driver's use before the destroy */
+    CUdeviceptr p;         /* the worker's block */
+    CUresult rc;
+} address_reuse_t;
+
+static inline void *address_reuse_worker(void *arg)
+{
+    address_reuse_t *r = arg;
+    cuCtxSetCurrent(g_ctx);
+    while (driver_query("fakecuda_used_bytes") >= r->used_before)
+        nanosleep(&(struct timespec){0, 1000000}, NULL);
+    nanosleep(&(struct timespec){0, 50000000}, NULL); /* into the destroy's question */
+    r->rc = cuMemAlloc(&r->p, (size_t)64 << 20);
+    return NULL;
 }
 
 #endif /* VG_TRUTH_COMMON_H */
