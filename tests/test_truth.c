@@ -11,7 +11,7 @@
  * The proof is the driver's peak: whatever the shim believed, the process
  * never held more than its budget, and the call that would have taken it
  * over got CUDA_ERROR_OUT_OF_MEMORY. The sizes are those measured natively
- * on an H200 (DESIGN.md, "Memory no call shows").
+ * on an H200 (docs/gpu-results.md, the truth scenarios).
  *
  * Needs VG_TEST_BUILD (tests/run-tests.sh exports it).
  */

@@ -2,7 +2,8 @@
  * limit.c: cuCtxSetLimit and cuCtxGetLimit, and the device memory the
  * heap, stack and printf limits take. The defaults are part of a context's
  * own memory (FAKECUDA_CONTEXT_BYTES); only what a larger limit adds is
- * charged (DESIGN.md, "Memory no call shows", measured on an H200):
+ * charged (docs/accounting.md, "Lifetimes follow the driver's rules";
+ * measured on an H200):
  *   heap   its size above 8 MiB;
  *   stack  (size - 1024) x SM count x 2048 resident threads per SM
  *          (16 KiB on 132 SMs: about 4.1 GiB);

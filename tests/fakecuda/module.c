@@ -7,7 +7,7 @@
  * charged when the module really loads: at load under
  * CUDA_MODULE_LOADING=EAGER, otherwise (lazy, the CUDA 12.2+ default) at
  * the first launch of one of its kernels or at cuFuncLoad, as measured on
- * an H200 (DESIGN.md). A load that does not fit is
+ * an H200 (docs/accounting.md). A load that does not fit is
  * CUDA_ERROR_OUT_OF_MEMORY and charges nothing.
  *
  * Simplifications: a module belongs to the context current at its load; a
