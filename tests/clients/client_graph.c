@@ -322,25 +322,7 @@ static bool reuse_once(address_reuse_t *r, CUresult *destroy)
 
 static void case_reuse(void)
 {
-    address_reuse_t r;
-    CUresult destroy = CUDA_SUCCESS, more = CUDA_ERROR_UNKNOWN;
-    CUdeviceptr b = 0;
-    int tries = 0;
-    bool reused = false;
-    while (!reused && tries++ < 4) {
-        reused = reuse_once(&r, &destroy);
-        if (!reused && r.rc == CUDA_SUCCESS)
-            cuMemFree(r.p);
-    }
-    if (reused)
-        more = cuMemAlloc(&b, 128 * MiB);
-    printf("path=reuse reused=%d tries=%d destroy_rc=%d alloc_rc=%d more_rc=%d", reused, tries,
-           destroy, r.rc, more);
-    finish();
-    if (reused)
-        cuMemFree(r.p);
-    if (more == CUDA_SUCCESS)
-        cuMemFree(b);
+    race_for_address("reuse", reuse_once);
 }
 
 int main(int argc, char **argv)

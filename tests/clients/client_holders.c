@@ -202,25 +202,7 @@ static bool sweep_reuse_once(address_reuse_t *r, CUresult *destroy)
 
 static void case_sweep_reuse(void)
 {
-    address_reuse_t r;
-    CUresult destroy = CUDA_SUCCESS, more = CUDA_ERROR_UNKNOWN;
-    CUdeviceptr b = 0;
-    int tries = 0;
-    bool reused = false;
-    while (!reused && tries++ < 4) {
-        reused = sweep_reuse_once(&r, &destroy);
-        if (!reused && r.rc == CUDA_SUCCESS)
-            cuMemFree(r.p);
-    }
-    if (reused)
-        more = cuMemAlloc(&b, 128 * MiB);
-    printf("path=sweep_reuse reused=%d tries=%d destroy_rc=%d alloc_rc=%d more_rc=%d", reused,
-           tries, destroy, r.rc, more);
-    finish();
-    if (reused)
-        cuMemFree(r.p);
-    if (more == CUDA_SUCCESS)
-        cuMemFree(b);
+    race_for_address("sweep_reuse", sweep_reuse_once);
 }
 
 typedef struct {

@@ -11,6 +11,7 @@
 
 #include <cuda.h>
 #include <dlfcn.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
@@ -104,6 +105,33 @@ static inline void *address_reuse_worker(void *arg)
     nanosleep(&(struct timespec){0, 50000000}, NULL); /* into the destroy's question */
     r->rc = cuMemAlloc(&r->p, (size_t)64 << 20);
     return NULL;
+}
+
+/* Up to 4 destroys raced by address_reuse_worker (`once` makes one and
+ * says whether the worker got the freed address); when one did, 128 MiB
+ * more. Prints path=PATH reused= tries= destroy_rc= alloc_rc= more_rc=. */
+static inline void race_for_address(const char *path,
+                                    bool (*once)(address_reuse_t *r, CUresult *destroy))
+{
+    address_reuse_t r;
+    CUresult destroy = CUDA_SUCCESS, more = CUDA_ERROR_UNKNOWN;
+    CUdeviceptr b = 0;
+    int tries = 0;
+    bool reused = false;
+    while (!reused && tries++ < 4) {
+        reused = once(&r, &destroy);
+        if (!reused && r.rc == CUDA_SUCCESS)
+            cuMemFree(r.p);
+    }
+    if (reused)
+        more = cuMemAlloc(&b, (size_t)128 << 20);
+    printf("path=%s reused=%d tries=%d destroy_rc=%d alloc_rc=%d more_rc=%d", path, reused, tries,
+           destroy, r.rc, more);
+    finish();
+    if (reused)
+        cuMemFree(r.p);
+    if (more == CUDA_SUCCESS)
+        cuMemFree(b);
 }
 
 #endif /* VG_TRUTH_COMMON_H */
