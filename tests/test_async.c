@@ -145,6 +145,32 @@ Test(async, pools_that_reserve_nothing_leave_room_for_another_pool)
     }
 }
 
+/* Any number of pools holding memory is charged: 70 pools of 15 MiB each
+ * (1050 MiB) under 1 GiB, so some are refused and the device never holds
+ * more than the budget. The shim once kept charges for 64 pools: pools 65
+ * to 70 went uncharged, all 70 were served and the device held 1050 MiB.
+ * Then every pool is destroyed with its block out: the charges stay until
+ * the blocks are freed (600 MiB plain refused, 900 MiB fit after). */
+Test(async, every_pool_that_holds_memory_is_charged_however_many)
+{
+    static async_run_t a;
+    for (size_t i = 0; i < sizeof apis / sizeof apis[0]; i++) {
+        run_async(&a, "seventy_pools", apis[i]);
+        expect_rc(&a, "made", 70);
+        expect_rc(&a, "other_rc", 0);
+        cr_expect_geq(get(&a, "refused"), 2, "%s: 70 x 15 MiB fit under 1 GiB\n  %s", a.what,
+                      a.line);
+        cr_expect_eq(get(&a, "ok") + get(&a, "refused"), 70, "%s: %s", a.what, a.line);
+        long long peak = get(&a, "peak");
+        cr_expect_leq(peak, (long long)GiB, "%s: the device held %lld bytes (%.1f MiB)\n  %s",
+                      a.what, peak, (double)peak / MiB, a.line);
+        expect_rc(&a, "destroy_rc", 0);
+        expect_rc(&a, "held_rc", OUT_OF_MEMORY);
+        expect_rc(&a, "free_rc", 0);
+        expect_rc(&a, "after_rc", 0);
+    }
+}
+
 /* cuMemAllocAsync draws from the current pool of the stream's device, not
  * of the current context's: a stream made in device 1's context and used
  * while device 0's is current is charged to device 1's budget (256 MiB),

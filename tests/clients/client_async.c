@@ -32,6 +32,14 @@
  * A capture case then ends the capture and destroys the graph, and 600 MiB
  * plain fit again (after_rc=).
  *
+ *   seventy_pools   70 created pools, 15 MiB from each (cuMemAllocFromPoolAsync,
+ *                   kept): made= pools made, ok= allocations served,
+ *                   refused= refused with CUDA_ERROR_OUT_OF_MEMORY, other_rc=
+ *                   the last other code; then every pool destroyed with its
+ *                   block out (destroy_rc=), 600 MiB plain (held_rc=), every
+ *                   block freed and the stream synchronised (free_rc=), and
+ *                   900 MiB plain (after_rc=)
+ *
  *   other_device    (two devices, budgets 0=1GiB,1=256MiB) a stream made in
  *                   device 1's context, used while device 0's is current:
  *                   200 MiB on it (first_rc=), 100 MiB more (more_rc=, over
@@ -64,6 +72,8 @@
     X(mem_free, PFN_cuMemFree_v3020, cuMemFree_v2, "cuMemFree", 3020)                              \
     X(alloc_async, PFN_cuMemAllocAsync_v11020, cuMemAllocAsync, "cuMemAllocAsync", 11020)          \
     X(free_async, PFN_cuMemFreeAsync_v11020, cuMemFreeAsync, "cuMemFreeAsync", 11020)              \
+    X(alloc_from_pool, PFN_cuMemAllocFromPoolAsync_v11020, cuMemAllocFromPoolAsync,                \
+      "cuMemAllocFromPoolAsync", 11020)                                                            \
     X(pool_create, PFN_cuMemPoolCreate_v11020, cuMemPoolCreate, "cuMemPoolCreate", 11020)          \
     X(pool_destroy, PFN_cuMemPoolDestroy_v11020, cuMemPoolDestroy, "cuMemPoolDestroy", 11020)      \
     X(set_pool, PFN_cuDeviceSetMemPool_v11020, cuDeviceSetMemPool, "cuDeviceSetMemPool", 11020)    \
@@ -164,11 +174,11 @@ static CUresult made_pool(CUmemoryPool *pool)
     return cu.pool_create(pool, &props);
 }
 
-/* 600 MiB plain, freed at once: its code. */
-static CUresult plain_600(void)
+/* `mib` MiB plain, freed at once: its code. */
+static CUresult plain_mib(size_t mib)
 {
     CUdeviceptr p = 0;
-    CUresult rc = cu.mem_alloc(&p, 600 * MiB);
+    CUresult rc = cu.mem_alloc(&p, mib * MiB);
     if (rc == CUDA_SUCCESS)
         cu.mem_free(p);
     return rc;
@@ -179,7 +189,7 @@ static void grow_then_plain(const char *name, CUresult first, CUresult change, i
 {
     CUdeviceptr p = 0;
     CUresult grow = cu.alloc_async(&p, 600 * MiB, g_stream);
-    CUresult plain = plain_600();
+    CUresult plain = plain_mib(600);
     printf("path=%s first_rc=%d change_rc=%d grow_rc=%d plain_rc=%d same=%d", name, first, change,
            grow, plain, same);
     finish();
@@ -234,6 +244,36 @@ static void case_many_pools(void)
     grow_then_plain("many_pools", first, change, 0);
 }
 
+#define SEVENTY 70
+
+/* More pools hold memory than the shim once had places for (64). */
+static void case_seventy_pools(void)
+{
+    static CUmemoryPool pool[SEVENTY];
+    static CUdeviceptr p[SEVENTY];
+    int made = 0, ok = 0, refused = 0;
+    CUresult other = CUDA_SUCCESS, destroy = CUDA_SUCCESS, freed = CUDA_SUCCESS;
+    for (; made < SEVENTY && made_pool(&pool[made]) == CUDA_SUCCESS; made++) {
+        CUresult rc = cu.alloc_from_pool(&p[made], 15 * MiB, pool[made], g_stream);
+        ok += rc == CUDA_SUCCESS;
+        refused += rc == CUDA_ERROR_OUT_OF_MEMORY;
+        if (rc != CUDA_SUCCESS && rc != CUDA_ERROR_OUT_OF_MEMORY)
+            other = rc;
+    }
+    for (int i = 0; i < made && destroy == CUDA_SUCCESS; i++)
+        destroy = cu.pool_destroy(pool[i]);
+    CUresult held = plain_mib(600);
+    for (int i = 0; i < made && freed == CUDA_SUCCESS; i++)
+        if (p[i])
+            freed = cu.free_async(p[i], g_stream);
+    if (freed == CUDA_SUCCESS)
+        freed = cu.stream_sync(g_stream);
+    printf("path=seventy_pools made=%d ok=%d refused=%d other_rc=%d destroy_rc=%d held_rc=%d "
+           "free_rc=%d after_rc=%d",
+           made, ok, refused, other, destroy, held, freed, plain_mib(900));
+    finish();
+}
+
 /* Begins a capture of g_stream; `unmatched` first ends one on a stream
  * that is not capturing. */
 static void case_capture(const char *name, int unmatched)
@@ -247,10 +287,10 @@ static void case_capture(const char *name, int unmatched)
     if (unmatched && cu.stream_create(&other, CU_STREAM_NON_BLOCKING) == CUDA_SUCCESS)
         end_other = cu.capture_end(other, &none);
     CUresult grow = cu.alloc_async(&p, 600 * MiB, g_stream);
-    CUresult plain = plain_600();
+    CUresult plain = plain_mib(600);
     CUresult end = cu.capture_end(g_stream, &graph);
     CUresult destroy = end ? end : cu.graph_destroy(graph);
-    CUresult after = plain_600();
+    CUresult after = plain_mib(600);
     printf("path=%s first_rc=%d change_rc=%d end_other_rc=%d grow_rc=%d plain_rc=%d end_rc=%d "
            "destroy_rc=%d after_rc=%d",
            name, first, change, end_other, grow, plain, end, destroy, after);
@@ -294,7 +334,7 @@ int main(int argc, char **argv)
 {
     if (argc != 2) {
         fprintf(stderr, "usage: client_async set_pool|destroy_current|capture|"
-                        "capture_unmatched|many_pools|other_device\n");
+                        "capture_unmatched|many_pools|other_device|seventy_pools\n");
         return 2;
     }
     const char *c = argv[1];
@@ -311,6 +351,8 @@ int main(int argc, char **argv)
         case_many_pools();
     else if (!strcmp(c, "other_device"))
         case_other_device();
+    else if (!strcmp(c, "seventy_pools"))
+        case_seventy_pools();
     else {
         fprintf(stderr, "client_async: unknown case %s\n", c);
         return 2;
