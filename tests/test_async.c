@@ -132,10 +132,10 @@ Test(async, a_refused_end_of_capture_leaves_the_capture_charged)
     }
 }
 
-/* Pools that reserve nothing hold no slot of the shim's 64: after 64
- * pools were used and gave their memory back (all still alive), the 65th
- * pool's 600 MiB are charged. They went uncharged while every slot was
- * held by a pool charged 0. */
+/* After 64 pools were used and gave their memory back (all still alive,
+ * their entries kept at 0), the 65th pool's 600 MiB are charged. They went
+ * uncharged when the shim had 64 places for pools and each was held by a
+ * pool charged 0. */
 Test(async, pools_that_reserve_nothing_leave_room_for_another_pool)
 {
     static async_run_t a;
