@@ -180,7 +180,9 @@ $(BUILD)/obj/tests/criterion-compat/runner.o: tests/criterion-compat/runner.c $(
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(TEST_INC) $(CFLAGS) -c $< -o $@
 
-$(BUILD)/tests/test_fakecuda: tests/test_fakecuda.c $(FAKECUDA) $(TEST_RUNNER)
+# The test driver's own tests (test_fakecuda*.c) link the driver, not the engine.
+FAKECUDA_TESTS := $(filter $(BUILD)/tests/test_fakecuda%,$(TESTS))
+$(FAKECUDA_TESTS): $(BUILD)/tests/%: tests/%.c $(FAKECUDA) $(TEST_RUNNER) $(wildcard tests/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(TEST_INC) -Itests $(CFLAGS) $< -L$(BUILD)/fakecuda -l:libcuda.so.1 \
 	  -Wl,-rpath,'$$ORIGIN/../fakecuda' $(LDFLAGS) $(TEST_LIBS) $(LIBS) -o $@
