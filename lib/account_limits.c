@@ -131,10 +131,7 @@ static uint64_t cost_of(int kind, uint64_t value, uint64_t threads)
  * the driver cannot say, which makes the whole new value growth). */
 static uint64_t current_value(CUlimit which)
 {
-    /* Looked up on each call: cuCtxSetLimit is rare, and a cached pointer
-     * written by racing first callers would be a data race. */
-    CUresult (*get)(size_t *, CUlimit) = (CUresult(*)(size_t *, CUlimit))
-        vg__real_dlsym(vg__driver()->handle, "cuCtxGetLimit");
+    CUresult (*get)(size_t *, CUlimit) = vg__driver()->cuCtxGetLimit;
     size_t v = 0;
     if (!get || get(&v, which) != CUDA_SUCCESS)
         return 0;

@@ -68,7 +68,8 @@
     X(cuStreamGetDevice, (CUstream hStream, CUdevice *device)) /* 12.8 */      \
     X(cuStreamGetCtx, (CUstream hStream, CUcontext *pctx))     /* 9.2 */       \
     X(cuCtxPushCurrent_v2, (CUcontext ctx))                                    \
-    X(cuCtxPopCurrent_v2, (CUcontext *pctx))
+    X(cuCtxPopCurrent_v2, (CUcontext *pctx))                                   \
+    X(cuCtxGetLimit, (size_t *pvalue, CUlimit limit))
 
 typedef struct vg__driver {
     void *handle;
