@@ -180,9 +180,11 @@ $(BUILD)/obj/tests/criterion-compat/runner.o: tests/criterion-compat/runner.c $(
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(TEST_INC) $(CFLAGS) -c $< -o $@
 
-# The test driver's own tests (test_fakecuda*.c) link the driver, not the engine.
+# The test driver's own tests (test_fakecuda*.c) link the driver, not the engine;
+# its NVML figure's test loads the NVML double at run time.
 FAKECUDA_TESTS := $(filter $(BUILD)/tests/test_fakecuda%,$(TESTS))
-$(FAKECUDA_TESTS): $(BUILD)/tests/%: tests/%.c $(FAKECUDA) $(TEST_RUNNER) $(wildcard tests/*.h)
+$(FAKECUDA_TESTS): $(BUILD)/tests/%: tests/%.c $(FAKECUDA) $(TEST_RUNNER) $(wildcard tests/*.h) \
+    | $(FAKENVML)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(TEST_INC) -Itests $(CFLAGS) $< -L$(BUILD)/fakecuda -l:libcuda.so.1 \
 	  -Wl,-rpath,'$$ORIGIN/../fakecuda' $(LDFLAGS) $(TEST_LIBS) $(LIBS) -o $@

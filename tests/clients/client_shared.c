@@ -1,5 +1,5 @@
 /*
- * client_shared.c — a client for the shared-budget tests (tests/test_shared.c):
+ * client_shared.c — a client for the shared-budget tests (tests/test_shared*.c):
  * it links the driver directly and does one of a few things on device 0.
  *
  *   client_shared race THREADS ITERATIONS CHUNK
