@@ -310,15 +310,32 @@ Test(fakecuda, a_layered_mipmapped_array_keeps_its_layers_at_every_level)
 
 /* ---- graphs ---- */
 
+/* An allocation node's parameters: `bytes` of pinned memory on device 0. */
+static CUDA_MEM_ALLOC_NODE_PARAMS node_on_device_0(size_t bytes)
+{
+    return (CUDA_MEM_ALLOC_NODE_PARAMS){
+        .poolProps = {.allocType = CU_MEM_ALLOCATION_TYPE_PINNED,
+                      .location = {CU_MEM_LOCATION_TYPE_DEVICE, 0}},
+        .bytesize = bytes};
+}
+
+/* *g with one allocation node of p->bytesize (its address in p->dptr),
+ * instantiated as *exec. */
+static void one_node_graph(CUgraph *g, CUgraphExec *exec, CUDA_MEM_ALLOC_NODE_PARAMS *p)
+{
+    CUgraphNode node;
+    EXPECT_CU(cuGraphCreate(g, 0), CUDA_SUCCESS);
+    EXPECT_CU(cuGraphAddMemAllocNode(&node, *g, NULL, 0, p), CUDA_SUCCESS);
+    EXPECT_CU(cuGraphInstantiateWithFlags(exec, *g, 0), CUDA_SUCCESS);
+}
+
 Test(fakecuda, graph_alloc_nodes_charge_when_created)
 {
     start("16777216");   /* 16 MiB */
     CUgraph g;
     CUgraphNode alloc_node, free_node, big;
     CUgraphExec exec;
-    CUDA_MEM_ALLOC_NODE_PARAMS params = { .poolProps = { .allocType = CU_MEM_ALLOCATION_TYPE_PINNED,
-                                                         .location = { CU_MEM_LOCATION_TYPE_DEVICE, 0 } },
-                                          .bytesize = 8 * MiB };
+    CUDA_MEM_ALLOC_NODE_PARAMS params = node_on_device_0(8 * MiB);
     EXPECT_CU(cuGraphCreate(&g, 0), CUDA_SUCCESS);
     EXPECT_CU(cuGraphAddMemAllocNode(&alloc_node, g, NULL, 0, &params), CUDA_SUCCESS);
     cr_assert(params.dptr != 0 && fakecuda_used_bytes(0) == 8 * MiB);
@@ -351,9 +368,7 @@ static CUdeviceptr destroyed_graph_node(node_case_t c, size_t bytes)
     CUgraph g;
     CUgraphNode node, free_node;
     CUgraphExec exec;
-    CUDA_MEM_ALLOC_NODE_PARAMS params = { .poolProps = { .allocType = CU_MEM_ALLOCATION_TYPE_PINNED,
-                                                         .location = { CU_MEM_LOCATION_TYPE_DEVICE, 0 } },
-                                          .bytesize = bytes };
+    CUDA_MEM_ALLOC_NODE_PARAMS params = node_on_device_0(bytes);
     EXPECT_CU(cuGraphCreate(&g, 0), CUDA_SUCCESS);
     EXPECT_CU(cuGraphAddMemAllocNode(&node, g, NULL, 0, &params), CUDA_SUCCESS);
     if (c == NODE_FREED_IN_GRAPH)
@@ -397,14 +412,9 @@ Test(fakecuda, an_executable_keeps_its_destroyed_graphs_memory)
 {
     start(NULL);
     CUgraph g;
-    CUgraphNode node;
     CUgraphExec exec;
-    CUDA_MEM_ALLOC_NODE_PARAMS params = { .poolProps = { .allocType = CU_MEM_ALLOCATION_TYPE_PINNED,
-                                                         .location = { CU_MEM_LOCATION_TYPE_DEVICE, 0 } },
-                                          .bytesize = 8 * MiB };
-    EXPECT_CU(cuGraphCreate(&g, 0), CUDA_SUCCESS);
-    EXPECT_CU(cuGraphAddMemAllocNode(&node, g, NULL, 0, &params), CUDA_SUCCESS);
-    EXPECT_CU(cuGraphInstantiateWithFlags(&exec, g, 0), CUDA_SUCCESS);
+    CUDA_MEM_ALLOC_NODE_PARAMS params = node_on_device_0(8 * MiB);
+    one_node_graph(&g, &exec, &params);
     EXPECT_CU(cuGraphDestroy(g), CUDA_SUCCESS);
     cr_assert_eq(fakecuda_used_bytes(0), 8 * MiB);
     EXPECT_CU(cuGraphDestroy(g), CUDA_ERROR_INVALID_VALUE);
@@ -419,16 +429,11 @@ Test(fakecuda, a_launch_allocates_again_what_was_freed_outside_the_graph)
 {
     start("16777216"); /* 16 MiB */
     CUgraph g;
-    CUgraphNode node;
     CUgraphExec exec;
     CUcontext ctx;
     CUdeviceptr plain;
-    CUDA_MEM_ALLOC_NODE_PARAMS params = { .poolProps = { .allocType = CU_MEM_ALLOCATION_TYPE_PINNED,
-                                                         .location = { CU_MEM_LOCATION_TYPE_DEVICE, 0 } },
-                                          .bytesize = 8 * MiB };
-    EXPECT_CU(cuGraphCreate(&g, 0), CUDA_SUCCESS);
-    EXPECT_CU(cuGraphAddMemAllocNode(&node, g, NULL, 0, &params), CUDA_SUCCESS);
-    EXPECT_CU(cuGraphInstantiateWithFlags(&exec, g, 0), CUDA_SUCCESS);
+    CUDA_MEM_ALLOC_NODE_PARAMS params = node_on_device_0(8 * MiB);
+    one_node_graph(&g, &exec, &params);
     EXPECT_CU(cuGraphLaunch(exec, NULL), CUDA_SUCCESS);
     EXPECT_CU(cuMemFree(params.dptr), CUDA_SUCCESS);
     cr_assert_eq(fakecuda_used_bytes(0), 0);
@@ -459,9 +464,7 @@ Test(fakecuda, graph_mapped_at_launch_hides_a_node_until_a_launch_maps_it)
     CUgraphExec exec;
     CUcontext ctx;
     CUDA_GRAPH_INSTANTIATE_PARAMS ip = { .flags = 0 };
-    CUDA_MEM_ALLOC_NODE_PARAMS params = { .poolProps = { .allocType = CU_MEM_ALLOCATION_TYPE_PINNED,
-                                                         .location = { CU_MEM_LOCATION_TYPE_DEVICE, 0 } },
-                                          .bytesize = 8 * MiB };
+    CUDA_MEM_ALLOC_NODE_PARAMS params = node_on_device_0(8 * MiB);
     EXPECT_CU(cuGraphCreate(&g, 0), CUDA_SUCCESS);
     EXPECT_CU(cuGraphAddMemAllocNode(&node, g, NULL, 0, &params), CUDA_SUCCESS);
     EXPECT_CU(cuGraphInstantiateWithParams(&exec, g, &ip), CUDA_SUCCESS);
@@ -488,9 +491,7 @@ Test(fakecuda, a_moved_child_graph_goes_with_its_parent)
     CUgraphNode node, child_node;
     CUgraphExec exec;
     CUgraphNodeParams cp = { .type = CU_GRAPH_NODE_TYPE_GRAPH };
-    CUDA_MEM_ALLOC_NODE_PARAMS params = { .poolProps = { .allocType = CU_MEM_ALLOCATION_TYPE_PINNED,
-                                                         .location = { CU_MEM_LOCATION_TYPE_DEVICE, 0 } },
-                                          .bytesize = 8 * MiB };
+    CUDA_MEM_ALLOC_NODE_PARAMS params = node_on_device_0(8 * MiB);
     for (int launch = 0; launch < 2; launch++) {
         EXPECT_CU(cuGraphCreate(&parent, 0), CUDA_SUCCESS);
         EXPECT_CU(cuGraphCreate(&child, 0), CUDA_SUCCESS);
