@@ -1,9 +1,12 @@
 /*
  * test_cache_mode.c — the shim's cache mode (VRAMGUARD_POOL=cache,
- * docs/pool.md) as a program meets it. Each test starts the client
- * tests/clients/client_pool.c under the preload shim with the test driver,
- * reads its "path=CASE key=value" line and the driver's exit report
- * (FAKECUDA_REPORT: peak_bytes live_bytes allocs frees failed).
+ * docs/pool.md) as a program meets it. Each test starts a cache-mode
+ * client under the preload shim with the test driver (tests/clients/:
+ * client_pool.c what is pooled and what the program is told,
+ * client_pool_stress.c random and threaded runs, client_pool_edges.c the
+ * budget, bad frees, audit, reset and fork), reads its "path=CASE
+ * key=value" line and the driver's exit report (FAKECUDA_REPORT:
+ * peak_bytes live_bytes allocs frees failed).
  *
  * The proof is the test driver's view, which the shim cannot rewrite: how
  * many cuMemAlloc-family allocations it holds and which one holds an
@@ -38,16 +41,17 @@ static const char *const apis[] = {LINKED, CUDART};
 
 /* ------------------------------------------------------ running the client */
 
-/* Runs client_pool with o (method and path filled in by the caller) and
- * returns its line for o->path; fails the test when there is none. */
+/* Runs a cache-mode client with o (method and path filled in by the
+ * caller) and returns its line for o->path; fails the test when there is
+ * none. */
 static const char *pool_line(const run_opts_t *o, run_result_t *r)
 {
     run_client(o, r);
-    cr_assert_eq(r->status, 0, "client_pool %s exited %d\nstdout: %s\nstderr: %s", o->path,
-                 r->status, r->out, r->err);
+    cr_assert_eq(r->status, 0, "client_%s %s exited %d\nstdout: %s\nstderr: %s", o->method,
+                 o->path, r->status, r->out, r->err);
     const char *l = line_for(r->out, o->path);
-    cr_assert_not_null(l, "client_pool %s: no answer\nstdout: %s\nstderr: %s", o->path, r->out,
-                       r->err);
+    cr_assert_not_null(l, "client_%s %s: no answer\nstdout: %s\nstderr: %s", o->method, o->path,
+                       r->out, r->err);
     cr_assert(r->report[0], "no driver report\nstderr: %s", r->err);
     return l;
 }
@@ -347,7 +351,7 @@ Test(cache_mode, live_blocks_never_overlap_over_many_random_requests, .timeout =
     for (size_t i = 0; i < 2; i++) {
         char what[96];
         snprintf(what, sizeof what, "seed %s, %s", seeds[i], apis[i % NAPIS]);
-        run_opts_t o = {.method = "pool", .path = "random", .chunk = "1MiB", .max = "20000",
+        run_opts_t o = {.method = "pool_stress", .path = "random", .chunk = "1MiB", .max = "20000",
                         .failures = seeds[i], .env = {CACHE, apis[i % NAPIS]}};
         const char *l = pool_line(&o, &r);
         expect_random(l, what);
@@ -361,7 +365,7 @@ Test(cache_mode, live_blocks_never_overlap_over_many_random_requests, .timeout =
 Test(cache_mode, off_random_requests_are_each_the_drivers, .timeout = 300)
 {
     static run_result_t r;
-    run_opts_t o = {.method = "pool", .path = "random", .chunk = "1MiB", .max = "4000",
+    run_opts_t o = {.method = "pool_stress", .path = "random", .chunk = "1MiB", .max = "4000",
                     .failures = "7", .env = {OFF}};
     const char *l = pool_line(&o, &r);
     expect_random(l, "mode off");
@@ -379,7 +383,7 @@ Test(cache_mode, off_random_requests_are_each_the_drivers, .timeout = 300)
 Test(cache_mode, cached_memory_is_charged_and_trimmed_before_a_refusal)
 {
     static run_result_t r;
-    run_opts_t o = {.method = "pool", .path = "budget", .chunk = "64KiB", .budget = "16MiB",
+    run_opts_t o = {.method = "pool_edges", .path = "budget", .chunk = "64KiB", .budget = "16MiB",
                     .env = {CACHE}};
     const char *l = pool_line(&o, &r);
     const char *what = "budget 16 MiB";
@@ -415,7 +419,8 @@ static void expect_badfree(const char *policy, long long want_rc)
     char pol[64], what[64];
     snprintf(pol, sizeof pol, "VRAMGUARD_ON_BAD_POINTER=%s", policy);
     snprintf(what, sizeof what, "bad frees under %s", policy);
-    run_opts_t o = {.method = "pool", .path = "badfree", .chunk = "4096", .env = {CACHE, pol}};
+    run_opts_t o = {.method = "pool_edges", .path = "badfree", .chunk = "4096",
+                    .env = {CACHE, pol}};
     const char *l = pool_line(&o, &r);
     expect_fields(l, KEYS("alloc_rc", "alloc_q_rc", "free_rc", "drv_lost", "free_q_rc"), 0, what);
     expect_fields(l, KEYS("same_chunk", "chunk_alive", "q_usable", "q_range"), 1, what);
@@ -477,7 +482,8 @@ Test(cache_mode, each_pooled_allocation_and_free_has_its_own_audit_line)
     close(fd);
     unlink(log); /* the shim creates it */
     snprintf(audit, sizeof audit, "VRAMGUARD_AUDIT=%s", log);
-    run_opts_t o = {.method = "pool", .path = "audit", .chunk = "2048", .env = {CACHE, audit}};
+    run_opts_t o = {.method = "pool_edges", .path = "audit", .chunk = "2048",
+                    .env = {CACHE, audit}};
     const char *l = pool_line(&o, &r);
     expect_field(l, "allocs", 8, "audit");
     expect_field(l, "failed", 0, "audit");
@@ -509,7 +515,7 @@ Test(cache_mode, a_primary_context_reset_releases_the_pool)
 {
     static run_result_t r;
     for (size_t a = 0; a < NAPIS; a++) {
-        run_opts_t o = {.method = "pool", .path = "reset", .chunk = "4096", .max = "10",
+        run_opts_t o = {.method = "pool_edges", .path = "reset", .chunk = "4096", .max = "10",
                         .budget = "64MiB", .env = {CACHE, apis[a]}};
         const char *l = pool_line(&o, &r);
         expect_fields(l, KEYS("used0", "before_rc", "reset_rc", "retain_rc", "set_current_rc",
@@ -532,7 +538,7 @@ Test(cache_mode, a_forked_child_allocates_from_the_pool, .timeout = 120)
     static run_result_t r;
     const char *modes[] = {OFF, CACHE};
     for (size_t m = 0; m < 2; m++) {
-        run_opts_t o = {.method = "pool", .path = "fork", .chunk = "4096", .max = "16",
+        run_opts_t o = {.method = "pool_edges", .path = "fork", .chunk = "4096", .max = "16",
                         .env = {modes[m]}};
         const char *l = pool_line(&o, &r);
         expect_fields(l, KEYS("held_rc", "child_status", "parent_rc", "free_held_rc"), 0,
@@ -551,7 +557,7 @@ static void expect_threads(const char *mode, const char *iterations)
     static run_result_t r;
     char what[64];
     snprintf(what, sizeof what, "16 threads, %s", mode);
-    run_opts_t o = {.method = "pool", .path = "threads", .chunk = "64KiB", .max = iterations,
+    run_opts_t o = {.method = "pool_stress", .path = "threads", .chunk = "64KiB", .max = iterations,
                     .failures = "16", .budget = "256MiB", .env = {mode}};
     const char *l = pool_line(&o, &r);
     expect_fields(l, KEYS("overlaps", "misaligned", "corrupt", "errors", "ctx_sync_rc",
