@@ -49,9 +49,7 @@
  * records in the owner above them, or, split, the address of its 16
  * entries (split_of()). It changes from unowned to owned by a
  * compare-and-swap; every later write (count up, count down, a hand-over
- * at count 0, a split, and a split granule's 4 KiB entry that has changed
- * hands going back to unowned when its count falls to 0: ENTRY_MOVED,
- * remove_at) is made holding the current owner's lock. A reader
+ * at count 0, a split) is made holding the current owner's lock. A reader
  * loads the entry, takes the owner's lock and checks the entry again (it
  * may have been handed over or split meanwhile). Directory nodes and
  * split entries are never freed.
@@ -93,9 +91,6 @@ static _Atomic uint64_t seq_counter;
 #define DIR_MASK (DIR_FAN - 1)
 #define ENTRY_OWNER 0xffull /* owner + 1; 0: unowned */
 #define ENTRY_ONE 0x100ull  /* one record in the count above the owner */
-/* A split granule's 4 KiB entry that has changed hands at least once: it
- * becomes unowned (this bit alone) whenever its count falls to 0 (remove_at). */
-#define ENTRY_MOVED (1ull << 63)
 #define FINE_SHIFT 12 /* a split granule has an entry per 4 KiB */
 #define FINE_SUBS (1u << (VG__GRANULE_SHIFT - FINE_SHIFT))
 /* A split scans its owner's table: not when that holds more records. */
@@ -172,18 +167,11 @@ static inline unsigned owner_of(uint64_t entry)
 }
 
 /* A split granule's entry is its fine_t's address, plain (so that leak
- * checkers see it): 256-byte aligned, so its owner bits are 0, and neither
- * 0 nor ENTRY_MOVED (a user-space address has bit 63 clear), which are
- * what an unowned entry is. */
+ * checkers see it): 256-byte aligned, so its owner bits are 0, and not 0,
+ * which is what an unowned entry always is. */
 static inline bool split_of(uint64_t entry)
 {
-    return entry && !owner_of(entry) && !(entry & ENTRY_MOVED);
-}
-
-/* The records an entry counts. */
-static inline uint64_t count_of(uint64_t entry)
-{
-    return (entry & ~ENTRY_MOVED) / ENTRY_ONE;
+    return entry && !owner_of(entry);
 }
 
 /* The entry of key's 4 KiB in the split granule whose entry reads v. */
@@ -267,7 +255,7 @@ __attribute__((noinline)) static owned_t lock_owner_slow(_Atomic uint64_t *e, vg
         if (!owner_of(v)) {
             if (!claim)
                 return (owned_t){NULL, e};
-            uint64_t mine = (v & ENTRY_MOVED) | home();
+            uint64_t mine = home();
             if (!atomic_compare_exchange_strong_explicit(e, &v, mine, memory_order_relaxed,
                                                          memory_order_relaxed))
                 continue;
@@ -284,7 +272,7 @@ __attribute__((noinline)) static owned_t lock_owner_slow(_Atomic uint64_t *e, vg
         unsigned mine = claim ? home() : o;
         if (mine == o)
             return (owned_t){s, e};
-        if (count_of(v)) {
+        if (v >= ENTRY_ONE) {
             if (sub || !split(e, s, key))
                 return (owned_t){s, e}; /* this insert joins the owner's shard */
             vg__spin_unlock(&s->lock); /* look again, at key's 4 KiB */
@@ -293,10 +281,7 @@ __attribute__((noinline)) static owned_t lock_owner_slow(_Atomic uint64_t *e, vg
         vg__shard_t *h = &shards[mine - 1];
         if (!vg__spin_trylock(&h->lock))
             return (owned_t){s, e}; /* busy: this insert stays with the owner */
-        /* A 4 KiB entry that changed hands once will again (the driver
-         * gives its address to whichever thread asks): from now on it is
-         * unowned whenever it is empty (remove_at). */
-        atomic_store_explicit(e, (sub ? ENTRY_MOVED : 0) | mine, memory_order_relaxed);
+        atomic_store_explicit(e, mine, memory_order_relaxed);
         vg__spin_unlock(&s->lock);
         return (owned_t){h, e};
     }
@@ -432,18 +417,9 @@ VG__HOT int vg__ledger_insert(const vg__alloc_t *a)
 }
 
 /* Takes r (slot i of s's table, counted in e) out of the table into the
- * quarantine; *out gets it. Under s's lock. A split granule's 4 KiB entry
- * that has changed hands (ENTRY_MOVED) and is left with no records
- * becomes unowned: the real driver gives a freed small address to
- * whichever thread asks next (on an H100, 15-27% of 16 threads' inserts
- * found their entry another shard's), and that thread then claims it with
- * one compare-and-swap instead of taking the old owner's lock, a line
- * another core wrote, between two driver calls. Every other entry keeps
- * its owner at 0: a thread that frees and takes its own address again
- * (each thread of a stable pattern, or one walking its own range) would
- * pay that compare-and-swap on every pair (about 4 ns on the VM). */
-VG__INLINE void remove_at(vg__shard_t *s, _Atomic uint64_t *e, uint32_t i, vg__rec_t *r,
-                          vg__alloc_t *out)
+ * quarantine; *out gets it. Under s's lock. */
+static inline void remove_at(vg__shard_t *s, _Atomic uint64_t *e, uint32_t i, vg__rec_t *r,
+                             vg__alloc_t *out)
 {
     vg__keymap_del_at(&s->table, i);
     if (out)
@@ -465,16 +441,13 @@ VG__INLINE void remove_at(vg__shard_t *s, _Atomic uint64_t *e, uint32_t i, vg__r
     atomic_store_explicit(&s->live,
                           atomic_load_explicit(&s->live, memory_order_relaxed) - 1,
                           memory_order_relaxed);
-    uint64_t left = atomic_load_explicit(e, memory_order_relaxed) - ENTRY_ONE;
-    if (vg__unlikely(left & ENTRY_MOVED) && !count_of(left))
-        left = ENTRY_MOVED;
-    atomic_store_explicit(e, left, memory_order_relaxed);
+    entry_add(e, -ENTRY_ONE);
 }
 
 /* Locks the shard that holds ptr's record, if any (o->s, NULL when none
  * does) and finds the record there: NULL when the shard has none, with
  * its slot in *slot. The caller unlocks o->s. */
-VG__INLINE vg__rec_t *lock_find(vg_devptr_t ptr, owned_t *o, uint32_t *slot)
+static inline vg__rec_t *lock_find(vg_devptr_t ptr, owned_t *o, uint32_t *slot)
 {
     _Atomic uint64_t *e = ptr ? dir_entry(ptr, false) : NULL;
     *o = e ? lock_owner(e, ptr, false) : (owned_t){NULL, NULL};

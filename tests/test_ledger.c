@@ -5,14 +5,12 @@
  */
 #include <criterion/criterion.h>
 #include <pthread.h>
-#include <stdatomic.h>
 #include <sched.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include "vg_budget.h"
-#include "vg_ledger.h"
 
 static vg__alloc_t rec(vg_devptr_t ptr, uint64_t size, const void *owner)
 {
@@ -593,65 +591,6 @@ Test(ledger, neighbouring_keys_of_two_threads_split_their_granule)
     cr_assert_eq(on_thread(insert_on_thread, &again), VG_OK);
     cr_expect_neq(vg__ledger_shard_of(q), sq);
     cr_assert_eq(vg__ledger_remove(q, VG__ANY_OWNER, NULL), VG_OK);
-}
-
-/* The real driver gives a freed small address to whichever thread asks
- * next: a split granule's 4 KiB that has changed hands once is, each time
- * its owner empties it, claimed by the next inserter without the old
- * owner's lock (a line another core wrote, taken between two driver
- * calls). Here that lock is held throughout: the insert must not wait. */
-typedef struct timed_insert {
-    handoff_t h;
-    _Atomic bool done;
-} timed_insert_t;
-
-static void *timed_insert_on_thread(void *arg)
-{
-    timed_insert_t *t = arg;
-    insert_on_thread(&t->h);
-    atomic_store(&t->done, true);
-    return NULL;
-}
-
-Test(ledger, a_4_KiB_that_changed_hands_is_claimed_without_its_old_owners_lock, .timeout = 30)
-{
-    const vg_devptr_t p = 0x7c0000051000, q = p + 0x1000; /* one 64 KiB granule */
-    vg__alloc_t a = rec(p, 512, NULL);
-    cr_assert_eq(vg__ledger_insert(&a), VG_OK);
-    handoff_t first = {.ptr = q};
-    cr_assert_eq(on_thread(insert_on_thread, &first), VG_OK); /* splits the granule */
-    int first_owner = vg__ledger_shard_of(q);
-    cr_assert_geq(first_owner, 0);
-    cr_assert_neq(first_owner, vg__ledger_shard_of(p), "the granule was not split");
-    cr_assert_eq(vg__ledger_remove(q, VG__ANY_OWNER, NULL), VG_OK);
-    handoff_t second = {.ptr = q}; /* another thread: q's 4 KiB changes hands */
-    cr_assert_eq(on_thread(insert_on_thread, &second), VG_OK);
-    int old_owner = vg__ledger_shard_of(q);
-    cr_assert_neq(old_owner, first_owner);
-    cr_assert_eq(vg__ledger_remove(q, VG__ANY_OWNER, NULL), VG_OK);
-
-    vg__shard_t *old_shard = vg__ledger_shard((unsigned)old_owner);
-    vg__spin_lock(&old_shard->lock);
-    timed_insert_t t = {.h = {.ptr = q}};
-    pthread_t th;
-    cr_assert_eq(pthread_create(&th, NULL, timed_insert_on_thread, &t), 0);
-    for (int ms = 0; ms < 5000 && !atomic_load(&t.done); ms++)
-        usleep(1000);
-    bool waited = !atomic_load(&t.done);
-    vg__spin_unlock(&old_shard->lock);
-    pthread_join(th, NULL);
-    cr_expect(!waited, "the insert waited for the old owner's lock");
-    cr_expect_eq(t.h.rc, VG_OK);
-    cr_expect_neq(vg__ledger_shard_of(q), old_owner);
-    cr_expect_eq(vg__ledger_count(), 2);
-    /* Found, refused as a duplicate and freed from any thread, as before. */
-    handoff_t dup = {.ptr = q};
-    cr_expect_eq(on_thread(insert_on_thread, &dup), VG_EINVAL);
-    handoff_t gone = {.ptr = q};
-    cr_assert_eq(on_thread(remove_on_thread, &gone), VG_OK);
-    cr_expect_eq(vg__ledger_find(q, NULL), VG_ENOTFOUND);
-    cr_assert_eq(vg__ledger_remove(p, VG__ANY_OWNER, NULL), VG_OK);
-    cr_expect_eq(vg__ledger_count(), 0);
 }
 
 /* A split counts its owner's records by scanning them: a shard holding
