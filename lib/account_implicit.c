@@ -28,8 +28,9 @@
  *   context held: the records of memory the driver no longer knows are
  *   dropped and their charges given back.
  *
- * Without NVML (or where it does not list this process, e.g. in a PID
- * namespace) the call-level ledger stands alone; that is said once.
+ * Without NVML (or where it does not list this process: older drivers
+ * gave a process in a PID namespace host pids; 580 gives its own) the
+ * call-level ledger stands alone; that is said once.
  */
 #include <pthread.h>
 #include <stdlib.h>

@@ -108,8 +108,8 @@ static void proc_at(const void *infos, unsigned int i, unsigned int *pid,
 }
 
 /* This process's device memory on `dev` as NVML counts it. VG_ENOTFOUND
- * when NVML does not list us (no context yet, or a PID namespace: NVML
- * reports the host's PIDs). */
+ * when NVML does not list us (no context yet, or a PID namespace under a
+ * driver that reports the host's PIDs: older ones did, 580 does not). */
 static int process_bytes(nvml_device_t dev, uint64_t *bytes)
 {
     nvml_proc_v2_t stack[PROC_SLOTS];
