@@ -172,7 +172,10 @@ VG__HOT int vg__acct_record(const vg__ticket_t *t, vg__alloc_t *a)
     a->kind = (uint8_t)t->kind;
     if (vg__unlikely(vg__diag_on())) /* audit log, call sites, checks */
         vg__diag_commit(t, a);
-    int rc = vg__ledger_insert(a);
+    /* The pair's common case, a plain allocation, stays in the thread's
+     * front until the thread allocates again (ledger_front.c). */
+    bool plain = t->kind == VG_KIND_PLAIN && !a->owner && !a->handle && !a->pooled;
+    int rc = plain ? vg__ledger_insert_front(a) : vg__ledger_insert(a);
     return vg__likely(rc == VG_OK) ? VG_OK : insert_failed(a, rc);
 }
 

@@ -10,6 +10,11 @@
  * 180 KB of records and cache mode on the H200 did 3.1-3.4 M pairs/s on
  * one thread, against 5.6-9.3 M with 32 (docs/benchmarks.md).
  *
+ * A thread's newest plain allocation waits in the thread's front
+ * (ledger_front.c) until the thread allocates again: an allocation freed
+ * by the thread that made it, before its next, never reaches a shard.
+ * Every lookup here that misses asks the fronts to push the key in.
+ *
  * Shards follow threads, not addresses. Each thread has a home shard
  * (handed out round-robin at its first insert). Every key lies in a 64 KiB
  * granule of the 64-bit key space, and a directory (a radix tree of
@@ -322,6 +327,7 @@ static inline void entry_add(_Atomic uint64_t *e, uint64_t delta)
 
 void vg__ledger_prefork(void)
 {
+    vg__fronts_prefork(); /* a front's lock comes before a shard's */
     for (unsigned i = 0; i < VG__SHARDS; i++)
         vg__spin_lock(&shards[i].lock);
 }
@@ -330,6 +336,7 @@ void vg__ledger_postfork_parent(void)
 {
     for (unsigned i = VG__SHARDS; i-- > 0;)
         vg__spin_unlock(&shards[i].lock);
+    vg__fronts_postfork();
 }
 
 /* In the child only the forking thread exists, and it holds every shard
@@ -457,7 +464,7 @@ static inline vg__rec_t *lock_find(vg_devptr_t ptr, owned_t *o, uint32_t *slot)
     return *slot == VG__KEYMAP_NONE ? NULL : o->s->table.slot[*slot].val;
 }
 
-VG__HOT int vg__ledger_remove(vg_devptr_t ptr, const void *owner, vg__alloc_t *out)
+VG__HOT int vg__shards_remove(vg_devptr_t ptr, const void *owner, vg__alloc_t *out)
 {
     owned_t o;
     uint32_t i;
@@ -475,8 +482,7 @@ VG__HOT int vg__ledger_remove(vg_devptr_t ptr, const void *owner, vg__alloc_t *o
 
 /* Out of line: only sweeps after a context or an owner went use it, and
  * the free path's vg__ledger_remove pays nothing for it. */
-__attribute__((noinline)) int vg__ledger_remove_seq(vg_devptr_t ptr, uint64_t seq,
-                                                    vg__alloc_t *out)
+static int remove_seq_in_shards(vg_devptr_t ptr, uint64_t seq, vg__alloc_t *out)
 {
     owned_t o;
     uint32_t i;
@@ -492,9 +498,18 @@ __attribute__((noinline)) int vg__ledger_remove_seq(vg_devptr_t ptr, uint64_t se
     return rc;
 }
 
+__attribute__((noinline)) int vg__ledger_remove_seq(vg_devptr_t ptr, uint64_t seq,
+                                                    vg__alloc_t *out)
+{
+    int rc = remove_seq_in_shards(ptr, seq, out);
+    if (rc != VG_ENOTFOUND || !ptr)
+        return rc;
+    vg__front_push(ptr); /* another thread's newest? */
+    return remove_seq_in_shards(ptr, seq, out);
+}
+
 /* Out of line: only a graph's destroy or move hands its nodes on. */
-__attribute__((noinline)) int vg__ledger_set_handle(vg_devptr_t ptr, uint64_t seq,
-                                                    uint64_t handle)
+static int set_handle_in_shards(vg_devptr_t ptr, uint64_t seq, uint64_t handle)
 {
     owned_t o;
     uint32_t i;
@@ -510,7 +525,17 @@ __attribute__((noinline)) int vg__ledger_set_handle(vg_devptr_t ptr, uint64_t se
     return rc;
 }
 
-int vg__ledger_find(vg_devptr_t ptr, vg__alloc_t *out)
+__attribute__((noinline)) int vg__ledger_set_handle(vg_devptr_t ptr, uint64_t seq,
+                                                    uint64_t handle)
+{
+    int rc = set_handle_in_shards(ptr, seq, handle);
+    if (rc != VG_ENOTFOUND || !ptr)
+        return rc;
+    vg__front_push(ptr);
+    return set_handle_in_shards(ptr, seq, handle);
+}
+
+static int find_in_shards(vg_devptr_t ptr, vg__alloc_t *out)
 {
     _Atomic uint64_t *e = ptr ? dir_entry(ptr, false) : NULL;
     vg__shard_t *s = e ? lock_owner(e, ptr, false).s : NULL;
@@ -523,7 +548,16 @@ int vg__ledger_find(vg_devptr_t ptr, vg__alloc_t *out)
     return r ? VG_OK : VG_ENOTFOUND;
 }
 
-int vg__ledger_shard_of(vg_devptr_t ptr)
+int vg__ledger_find(vg_devptr_t ptr, vg__alloc_t *out)
+{
+    int rc = find_in_shards(ptr, out);
+    if (rc != VG_ENOTFOUND || !ptr)
+        return rc;
+    vg__front_push(ptr);
+    return find_in_shards(ptr, out);
+}
+
+static int shard_of_in_shards(vg_devptr_t ptr)
 {
     _Atomic uint64_t *e = ptr ? dir_entry(ptr, false) : NULL;
     vg__shard_t *s = e ? lock_owner(e, ptr, false).s : NULL;
@@ -532,6 +566,29 @@ int vg__ledger_shard_of(vg_devptr_t ptr)
     int i = shard_find(s, ptr) ? (int)(s - shards) : -1;
     vg__spin_unlock(&s->lock);
     return i;
+}
+
+int vg__ledger_shard_of(vg_devptr_t ptr)
+{
+    int i = shard_of_in_shards(ptr);
+    if (i >= 0 || !ptr)
+        return i;
+    vg__front_push(ptr);
+    return shard_of_in_shards(ptr);
+}
+
+bool vg__shards_may_hold(vg_devptr_t key)
+{
+    /* The leaf is made if absent (as the insert that would follow makes
+     * it), so that the thread's next look finds it in vg__me. Without one
+     * no record can be in the granule. */
+    _Atomic uint64_t *e = dir_entry(key, true);
+    if (!e)
+        return false;
+    uint64_t v = atomic_load_explicit(e, memory_order_acquire);
+    if (split_of(v))
+        v = atomic_load_explicit(fine_entry(v, key), memory_order_relaxed);
+    return v / ENTRY_ONE != 0;
 }
 
 vg__shard_t *vg__ledger_shard(unsigned i)

@@ -1,8 +1,8 @@
 /*
  * ledger_walk.c — the rare walks over the whole ledger (vg_ledger.h has its
- * shards): the freed records that classify a pointer, the count of live
- * ones, and foreach, which reports, leak checks, pool destroy, context
- * teardown and device stats use. None is on the allocation path; each
+ * shards, ledger_front.c the threads' fronts): the freed records that
+ * classify a pointer, the count of live ones, and foreach, which reports,
+ * leak checks, pool destroy, context teardown and device stats use. None is on the allocation path; each
  * takes one shard lock at a time and calls nothing outside with it held.
  */
 #include <stdlib.h>
@@ -40,25 +40,37 @@ static void keep_newest(vg__alloc_t *best, bool *have, const vg__alloc_t *a)
     }
 }
 
+typedef struct freed_look {
+    freed_best_t *b;
+    vg_devptr_t ptr;
+} freed_look_t;
+
+/* One freed record against ptr, into the best so far. */
+static void consider_freed(const vg__alloc_t *a, void *ctx)
+{
+    freed_look_t *l = ctx;
+    if (a->ptr == l->ptr || a->base == l->ptr)
+        keep_newest(&l->b->exact, &l->b->have_exact, a);
+    else if (freed_contains(a, l->ptr))
+        keep_newest(&l->b->within, &l->b->have_within, a);
+}
+
 /* Rare path: one walk over every ring (a granule's records move between
- * shards when it changes hands, so any ring may hold them). An exact
- * match wins over containment; among either, the newest (an address
- * freed twice). */
+ * shards when it changes hands, so any ring may hold them) and over the
+ * threads' fronts' freed records. An exact match wins over containment;
+ * among either, the newest (an address freed twice). */
 int vg__ledger_find_freed(vg_devptr_t ptr, vg__alloc_t *out)
 {
     freed_best_t b = {.have_exact = false, .have_within = false};
+    freed_look_t look = {&b, ptr};
     for (unsigned i = 0; i < VG__SHARDS; i++) {
         vg__shard_t *s = vg__ledger_shard(i);
         vg__spin_lock(&s->lock);
-        for (unsigned k = 0; k < s->ring_len; k++) {
-            const vg__alloc_t *a = &s->ring[k]->a;
-            if (a->ptr == ptr || a->base == ptr)
-                keep_newest(&b.exact, &b.have_exact, a);
-            else if (freed_contains(a, ptr))
-                keep_newest(&b.within, &b.have_within, a);
-        }
+        for (unsigned k = 0; k < s->ring_len; k++)
+            consider_freed(&s->ring[k]->a, &look);
         vg__spin_unlock(&s->lock);
     }
+    vg__fronts_each_freed(consider_freed, &look);
     if (!b.have_exact && !b.have_within)
         return VG_ENOTFOUND;
     if (out)
@@ -68,7 +80,7 @@ int vg__ledger_find_freed(vg_devptr_t ptr, vg__alloc_t *out)
 
 uint64_t vg__ledger_count(void)
 {
-    uint64_t n = 0;
+    uint64_t n = vg__fronts_live();
     for (unsigned i = 0; i < VG__SHARDS; i++)
         n += atomic_load_explicit(&vg__ledger_shard(i)->live, memory_order_relaxed);
     return n;
@@ -222,6 +234,7 @@ void vg__ledger_foreach(const void *owner, vg__alloc_visit_fn fn, void *ctx)
 {
     if (!fn)
         return;
+    vg__fronts_flush(); /* the threads' newest records, where the walk goes */
     for (unsigned i = 0; i < VG__SHARDS; i++)
         visit_shard(vg__ledger_shard(i), owner, fn, ctx);
 }

@@ -97,6 +97,7 @@ typedef struct vg__thread {
     struct vg__dir_leaf *leaf_last; /* ledger.c: that leaf */
     unsigned home_plus1;       /* ledger.c: the home shard + 1 (0: none yet) */
     uint32_t tid;              /* util.c: the kernel tid (0: not asked yet) */
+    struct vg__front *front;   /* ledger_front.c: the thread's front, or NULL */
 } __attribute__((aligned(64))) vg__thread_t;
 
 extern _Thread_local vg__thread_t vg__me __attribute__((tls_model("initial-exec"))) VG__HIDDEN;

@@ -145,6 +145,11 @@ static inline uint64_t vg__ledger_next_seq(void)
 /* Inserts a copy of *a. VG_EINVAL if ptr is already live (the old record is
  * kept), VG_ESYS if no memory for records. */
 int vg__ledger_insert(const vg__alloc_t *a);
+/* The same for the calling thread's newest plain allocation (owner NULL, no
+ * handle, not pooled), kept in the thread's front until it allocates again
+ * (ledger_front.c); every lookup, walk and count finds it there. VG_EINVAL
+ * when the key is live in this front or in the shards. */
+int vg__ledger_insert_front(const vg__alloc_t *a);
 /* Removes ptr if it is live and (owner == VG__ANY_OWNER or it matches);
  * moves it to the quarantine. Optional out: *out. VG_ENOTFOUND otherwise. */
 #define VG__ANY_OWNER ((const void *)-1)

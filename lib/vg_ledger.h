@@ -44,4 +44,27 @@ typedef struct vg__shard {
 /* Shard i (0 <= i < VG__SHARDS). */
 vg__shard_t *vg__ledger_shard(unsigned i);
 
+/* ledger.c: vg__ledger_remove in the shards alone. */
+int vg__shards_remove(vg_devptr_t ptr, const void *owner, vg__alloc_t *out);
+/* ledger.c: false when the shards hold no record in key's granule (or, split,
+ * its 4 KiB): a look at its directory entry, without a lock. */
+bool vg__shards_may_hold(vg_devptr_t key);
+
+/* ledger_front.c: the threads' fronts (each thread's newest plain
+ * allocation, out of the shards). */
+/* Moves the front whose live record has `key` (if any) into the shards:
+ * after a miss there, push, then look there again (ledger_front.c says
+ * why that finds every live record). */
+void vg__front_push(vg_devptr_t key);
+/* Moves every front's live record into the shards (walks). */
+void vg__fronts_flush(void);
+/* Live records in fronts (lock-free, as the shards' counts are read). */
+uint64_t vg__fronts_live(void);
+/* Calls fn on each freed record the fronts keep, under that front's lock:
+ * fn must not call into the ledger. */
+void vg__fronts_each_freed(void (*fn)(const vg__alloc_t *a, void *ctx), void *ctx);
+/* Fork: every front locked (after the registry's lock), before the shards. */
+void vg__fronts_prefork(void);
+void vg__fronts_postfork(void);
+
 #endif /* VG_LEDGER_H */
