@@ -57,6 +57,14 @@
 #include "vg_ledger.h"
 
 #define FRONT_SLOTS 8u /* the live record and the last 7 freed ones */
+/* A thread whose newest allocation was pushed out by its next one, or
+ * whose next went to the shards because its granule has records there,
+ * this many times in a row (it allocates many before it frees) stops
+ * using its front, and tries it again once every FRONT_RETRY allocations:
+ * each push copies the record a second time, and each look at the
+ * directory is work the shards' insert does again. */
+#define FRONT_STREAK_MAX 4u
+#define FRONT_RETRY 16u
 
 enum { SLOT_EMPTY, SLOT_FREED };
 
@@ -65,6 +73,8 @@ typedef struct vg__front {
     _Atomic uint64_t live; /* slots[cur]'s key while it is live here; else 0 */
     _Atomic bool adopted;  /* a live thread owns it */
     unsigned cur;          /* the live slot, or the next one to fill */
+    unsigned streak;       /* the owner's alone: allocations in a row that did not pay */
+    unsigned skipped;      /* the owner's alone: allocations past the front since */
     struct vg__front *next; /* registry: only ever grows */
     uint8_t state[FRONT_SLOTS]; /* of each slot but a live cur */
     vg__alloc_t slots[FRONT_SLOTS];
@@ -145,13 +155,13 @@ static void front_exit(void *p)
     atomic_store_explicit(&f->adopted, false, memory_order_release);
 }
 
-int vg__ledger_insert_front(const vg__alloc_t *a)
+/* Into f (the thread's own), its previous record pushed into the shards. */
+__attribute__((noinline)) static int insert_into_front(vg__front_t *f, const vg__alloc_t *a)
 {
-    vg__front_t *f = vg__me.front;
-    if (vg__unlikely(!f) && !(f = adopt()))
+    if (vg__unlikely(!a->ptr) || vg__unlikely(vg__shards_may_hold(a->ptr))) {
+        f->streak++; /* its neighbours are in the shards: likely many live at once */
         return vg__ledger_insert(a);
-    if (vg__unlikely(!a->ptr) || vg__unlikely(vg__shards_may_hold(a->ptr)))
-        return vg__ledger_insert(a);
+    }
     vg__spin_lock(&f->lock);
     uint64_t prev = atomic_load_explicit(&f->live, memory_order_relaxed);
     if (vg__unlikely(prev)) {
@@ -163,6 +173,7 @@ int vg__ledger_insert_front(const vg__alloc_t *a)
             vg__spin_unlock(&f->lock);
             return vg__ledger_insert(a);
         }
+        f->streak++;
     }
     f->slots[f->cur] = *a;
     atomic_store_explicit(&f->live, a->ptr, memory_order_relaxed);
@@ -170,11 +181,38 @@ int vg__ledger_insert_front(const vg__alloc_t *a)
     return VG_OK;
 }
 
-/* Takes f's live record when its key is ptr (and its owner matches):
- * *out gets it, and its slot becomes a freed one. Locks f. */
-static bool take(vg__front_t *f, vg_devptr_t ptr, const void *owner, vg__alloc_t *out)
+/* Past the front (f NULL: none yet), into the shards, unless the key is
+ * live in the front. */
+__attribute__((noinline)) static int insert_past_front(vg__front_t *f, const vg__alloc_t *a)
 {
-    vg__spin_lock(&f->lock);
+    if (!f) {
+        f = adopt();
+        if (f)
+            return insert_into_front(f, a);
+    } else if (vg__unlikely(atomic_load_explicit(&f->live, memory_order_relaxed) == a->ptr)) {
+        return VG_EINVAL;
+    }
+    return vg__ledger_insert(a);
+}
+
+/* Both steps out of line, so that this one saves no registers. */
+int vg__ledger_insert_front(const vg__alloc_t *a)
+{
+    vg__front_t *f = vg__me.front;
+    if (vg__unlikely(!f) ||
+        (vg__unlikely(f->streak >= FRONT_STREAK_MAX) && ++f->skipped % FRONT_RETRY))
+        return insert_past_front(f, a); /* it allocates many before it frees */
+    return insert_into_front(f, a);
+}
+
+/* Takes f's live record when its key is ptr (and its owner matches):
+ * *out gets it, and its slot becomes a freed one. False, nothing done,
+ * when it is not there or f's lock is busy (another thread pushing it:
+ * the caller looks in the shards). Calls nothing. */
+static inline bool take(vg__front_t *f, vg_devptr_t ptr, const void *owner, vg__alloc_t *out)
+{
+    if (vg__unlikely(!vg__spin_trylock(&f->lock)))
+        return false;
     vg__alloc_t *a = &f->slots[f->cur];
     bool ok = atomic_load_explicit(&f->live, memory_order_relaxed) == ptr &&
               (owner == VG__ANY_OWNER || a->owner == owner);
@@ -183,10 +221,24 @@ static bool take(vg__front_t *f, vg_devptr_t ptr, const void *owner, vg__alloc_t
             *out = *a;
         f->state[f->cur] = SLOT_FREED;
         f->cur = (f->cur + 1) % FRONT_SLOTS;
+        f->streak = 0;
         atomic_store_explicit(&f->live, 0, memory_order_relaxed);
     }
     vg__spin_unlock(&f->lock);
     return ok;
+}
+
+/* The shards, then the fronts (another thread's newest), then the shards
+ * again. */
+__attribute__((noinline)) static int remove_elsewhere(vg_devptr_t ptr, const void *owner,
+                                                      vg__alloc_t *out)
+{
+    int rc = vg__shards_remove(ptr, owner, out);
+    if (rc == VG_ENOTFOUND && ptr) {
+        vg__front_push(ptr);
+        rc = vg__shards_remove(ptr, owner, out);
+    }
+    return rc;
 }
 
 int vg__ledger_remove(vg_devptr_t ptr, const void *owner, vg__alloc_t *out)
@@ -195,12 +247,7 @@ int vg__ledger_remove(vg_devptr_t ptr, const void *owner, vg__alloc_t *out)
     if (vg__likely(f) && ptr && atomic_load_explicit(&f->live, memory_order_relaxed) == ptr &&
         vg__likely(take(f, ptr, owner, out)))
         return VG_OK;
-    int rc = vg__shards_remove(ptr, owner, out);
-    if (rc == VG_ENOTFOUND && ptr) { /* another thread's newest? */
-        vg__front_push(ptr);
-        rc = vg__shards_remove(ptr, owner, out);
-    }
-    return rc;
+    return remove_elsewhere(ptr, owner, out);
 }
 
 void vg__front_push(vg_devptr_t key)

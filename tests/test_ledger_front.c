@@ -128,6 +128,30 @@ Test(ledger_front, the_next_allocation_moves_the_previous_one_to_the_shards)
     cr_assert_eq(vg__ledger_count(), 0);
 }
 
+Test(ledger_front, a_thread_that_allocates_many_before_freeing_stops_using_its_front)
+{
+    /* Keys in granules of their own: the front is not skipped for its neighbours. */
+    vg_devptr_t k[8];
+    for (int i = 0; i < 8; i++) {
+        k[i] = 0x7f1000000000 + (vg_devptr_t)i * 0x1000000;
+        vg__alloc_t a = plain(k[i], 4096);
+        cr_assert_eq(vg__ledger_insert_front(&a), VG_OK);
+    }
+    cr_assert_eq(vg__ledger_count(), 8);
+    cr_assert_eq(vg__fronts_live(), 1);
+    /* Four pushes in a row, then the shards: the front still holds the fifth. */
+    cr_assert_eq(vg__ledger_remove(k[4], VG__ANY_OWNER, NULL), VG_OK);
+    cr_assert_eq(vg__fronts_live(), 0, "the front held the fifth, not the last");
+    for (int i = 0; i < 8; i++)
+        if (i != 4)
+            cr_assert_eq(vg__ledger_remove(k[i], VG__ANY_OWNER, NULL), VG_OK);
+    cr_assert_eq(vg__ledger_count(), 0);
+    /* Its own newest freed: the front is used again. */
+    vg__alloc_t a = plain(k[0], 4096);
+    cr_assert_eq(vg__ledger_insert_front(&a), VG_OK);
+    cr_assert_eq(vg__fronts_live(), 1);
+}
+
 Test(ledger_front, a_freed_front_record_is_in_the_quarantine)
 {
     vg__alloc_t a = plain(0x7f1000000000, 4096), got;
