@@ -23,8 +23,9 @@
  * pair on one stream; 1 and 16 threads. --hooked: over the null
  * driver (tests/nulldriver; LD_LIBRARY_PATH), where a native pair costs a
  * few ns: samples are batches of 100 pairs (plain, then stream-ordered), the
- * shim's cost per hooked call is (shim - native) / 2 per plain pair, and throughput is measured on 1, 2, 4,
- * 8 and 16 threads (each pinned, each with its own ballast). --pairs: the
+ * shim's cost per hooked call is (shim - native) / 2 per plain pair, then
+ * rounds of 64 allocations and their 64 frees (per allocation+free), and
+ * throughput is measured on 1, 2, 4, 8 and 16 threads (each pinned, each with its own ballast). --pairs: the
  * pairs each thread makes in a throughput round (default 500 on the GPU,
  * where 16 native threads make ~160 k pairs/s in all; 200000 hooked). A
  * round of VRAMGUARD_POOL=cache needs many more than 500: at ~100 ns a pair
@@ -62,7 +63,10 @@ struct cmd {
     uint32_t batch; /* pairs per sample (OP_PAIRS) */
     uint64_t size;
     bool async;     /* OP_PAIRS: cuMemAllocAsync + cuMemFreeAsync on one stream */
+    uint32_t depth; /* OP_PAIRS, plain: each pair is `depth` allocations, then their
+                       frees in order; the sample is per allocation+free (0, 1: pairs) */
 };
+#define MAX_DEPTH 256
 
 /* ------------------------------------------------------------ pinning */
 
@@ -132,8 +136,25 @@ static bool one_pair(uint64_t size, bool async)
     return a == CUDA_SUCCESS && f == CUDA_SUCCESS;
 }
 
-/* n samples, each the wall time (ns) of `batch` back-to-back pairs. */
-static void time_pairs(uint64_t size, bool async, uint32_t n, uint32_t batch, uint32_t *ns)
+/* `depth` plain allocations, then their frees in the same order. */
+static bool one_depth(uint64_t size, uint32_t depth)
+{
+    CUdeviceptr p[MAX_DEPTH];
+    bool ok = true;
+    uint32_t made = 0;
+    for (; made < depth && ok; made++)
+        ok = cuMemAlloc(&p[made], size) == CUDA_SUCCESS;
+    if (!ok)
+        made--;
+    for (uint32_t i = 0; i < made; i++)
+        ok &= cuMemFree(p[i]) == CUDA_SUCCESS;
+    return ok;
+}
+
+/* n samples, each the wall time (ns) of `batch` back-to-back pairs (with
+ * depth > 1, of `batch` rounds of one_depth, per allocation+free). */
+static void time_pairs(uint64_t size, bool async, uint32_t n, uint32_t batch, uint32_t depth,
+                       uint32_t *ns)
 {
     if (async && !worker_stream &&
         cuStreamCreate(&worker_stream, CU_STREAM_NON_BLOCKING) != CUDA_SUCCESS) {
@@ -145,8 +166,8 @@ static void time_pairs(uint64_t size, bool async, uint32_t n, uint32_t batch, ui
         bool bad = false;
         uint64_t t0 = gpu_now_ns();
         for (uint32_t j = 0; j < batch; j++)
-            bad |= !one_pair(size, async);
-        uint64_t dt = gpu_now_ns() - t0;
+            bad |= depth > 1 ? !one_depth(size, depth) : !one_pair(size, async);
+        uint64_t dt = (gpu_now_ns() - t0) / (depth > 1 ? depth : 1);
         ns[i] = bad ? SAMPLE_ERROR : dt >= SAMPLE_ERROR ? SAMPLE_ERROR - 1 : (uint32_t)dt;
     }
 }
@@ -239,7 +260,8 @@ static int worker(int in, int out, int slot)
     while (read_full(in, &c, sizeof c) && c.op != OP_EXIT) {
         if (c.op == OP_PAIRS) {
             uint32_t n = c.n < MAX_SAMPLES ? c.n : MAX_SAMPLES;
-            time_pairs(c.size, c.async, n, c.batch ? c.batch : 1, ns);
+            uint32_t depth = c.depth < MAX_DEPTH ? c.depth : MAX_DEPTH;
+            time_pairs(c.size, c.async, n, c.batch ? c.batch : 1, depth, ns);
             if (!write_full(out, ns, n * sizeof ns[0]))
                 return 1;
         } else {
@@ -488,6 +510,22 @@ static void bench_hooked(uint32_t n, uint32_t batch, int rounds, bool async)
             d->p50 / 2, d->p10 / 2, d->p90 / 2, b->p50 / 2, b->p10 / 2, b->p90 / 2, target);
 }
 
+/* Over the null driver: a thread that allocates `depth` blocks before it
+ * frees them (the ledger's path when the thread's newest allocation is not
+ * freed first), per allocation+free. */
+static void bench_hooked_depth(uint32_t n, uint32_t batch, int rounds, uint32_t depth)
+{
+    struct cmd c = {.op = OP_PAIRS, .n = n, .batch = batch, .size = 4 * KIB, .depth = depth};
+    struct pairs_result x;
+    pairs_rounds(&c, rounds, &x);
+    char label[96], check[48];
+    snprintf(label, sizeof label, "4 KiB, %u allocations then their frees, 1 thread (%d x %u)",
+             depth, rounds, n);
+    pairs_bench_row(label, &x, 1);
+    snprintf(check, sizeof check, "bench_hooked_depth%u", depth);
+    pairs_result_row(check, &x, 1, "");
+}
+
 static uint64_t round_threads(int conf, int threads, uint32_t n)
 {
     struct cmd c = {.op = OP_THREADS, .threads = threads, .n = n};
@@ -623,6 +661,7 @@ int main(int argc, char **argv)
     if (hooked) {
         bench_hooked(200, 100, rounds, false);
         bench_hooked(200, 100, rounds, true);
+        bench_hooked_depth(200, 2, rounds, 64);
         bench_scaling(list, nlist, pairs ? (uint32_t)pairs : 200000,
                       thread_rounds ? thread_rounds : 11, true);
     } else {
