@@ -454,7 +454,7 @@ static inline void remove_at(vg__shard_t *s, _Atomic uint64_t *e, uint32_t i, vg
 /* Locks the shard that holds ptr's record, if any (o->s, NULL when none
  * does) and finds the record there: NULL when the shard has none, with
  * its slot in *slot. The caller unlocks o->s. */
-static inline vg__rec_t *lock_find(vg_devptr_t ptr, owned_t *o, uint32_t *slot)
+static inline vg__rec_t *lock_find_in_shards(vg_devptr_t ptr, owned_t *o, uint32_t *slot)
 {
     _Atomic uint64_t *e = ptr ? dir_entry(ptr, false) : NULL;
     *o = e ? lock_owner(e, ptr, false) : (owned_t){NULL, NULL};
@@ -462,6 +462,26 @@ static inline vg__rec_t *lock_find(vg_devptr_t ptr, owned_t *o, uint32_t *slot)
         return NULL;
     *slot = vg__keymap_find(&o->s->table, ptr);
     return *slot == VG__KEYMAP_NONE ? NULL : o->s->table.slot[*slot].val;
+}
+
+/* Not in the shards: the front that holds ptr as its live record, if
+ * one does, pushes it in, and the shards are searched again (a front's
+ * lock comes before a shard's, so o->s is unlocked first). */
+__attribute__((noinline)) static vg__rec_t *lock_find_pushed(vg_devptr_t ptr, owned_t *o,
+                                                           uint32_t *slot)
+{
+    if (o->s)
+        vg__spin_unlock(&o->s->lock);
+    vg__front_push(ptr);
+    return lock_find_in_shards(ptr, o, slot);
+}
+
+/* lock_find_in_shards, after the fronts when the shards miss: every live
+ * record, wherever it waits. */
+static inline vg__rec_t *lock_find(vg_devptr_t ptr, owned_t *o, uint32_t *slot)
+{
+    vg__rec_t *r = lock_find_in_shards(ptr, o, slot);
+    return vg__likely(r) || !ptr ? r : lock_find_pushed(ptr, o, slot);
 }
 
 VG__HOT int vg__shards_remove(vg_devptr_t ptr, const void *owner, vg__alloc_t *out)
@@ -482,7 +502,8 @@ VG__HOT int vg__shards_remove(vg_devptr_t ptr, const void *owner, vg__alloc_t *o
 
 /* Out of line: only sweeps after a context or an owner went use it, and
  * the free path's vg__ledger_remove pays nothing for it. */
-static int remove_seq_in_shards(vg_devptr_t ptr, uint64_t seq, vg__alloc_t *out)
+__attribute__((noinline)) int vg__ledger_remove_seq(vg_devptr_t ptr, uint64_t seq,
+                                                    vg__alloc_t *out)
 {
     owned_t o;
     uint32_t i;
@@ -498,18 +519,9 @@ static int remove_seq_in_shards(vg_devptr_t ptr, uint64_t seq, vg__alloc_t *out)
     return rc;
 }
 
-__attribute__((noinline)) int vg__ledger_remove_seq(vg_devptr_t ptr, uint64_t seq,
-                                                    vg__alloc_t *out)
-{
-    int rc = remove_seq_in_shards(ptr, seq, out);
-    if (rc != VG_ENOTFOUND || !ptr)
-        return rc;
-    vg__front_push(ptr); /* another thread's newest? */
-    return remove_seq_in_shards(ptr, seq, out);
-}
-
 /* Out of line: only a graph's destroy or move hands its nodes on. */
-static int set_handle_in_shards(vg_devptr_t ptr, uint64_t seq, uint64_t handle)
+__attribute__((noinline)) int vg__ledger_set_handle(vg_devptr_t ptr, uint64_t seq,
+                                                    uint64_t handle)
 {
     owned_t o;
     uint32_t i;
@@ -525,56 +537,29 @@ static int set_handle_in_shards(vg_devptr_t ptr, uint64_t seq, uint64_t handle)
     return rc;
 }
 
-__attribute__((noinline)) int vg__ledger_set_handle(vg_devptr_t ptr, uint64_t seq,
-                                                    uint64_t handle)
-{
-    int rc = set_handle_in_shards(ptr, seq, handle);
-    if (rc != VG_ENOTFOUND || !ptr)
-        return rc;
-    vg__front_push(ptr);
-    return set_handle_in_shards(ptr, seq, handle);
-}
-
-static int find_in_shards(vg_devptr_t ptr, vg__alloc_t *out)
-{
-    _Atomic uint64_t *e = ptr ? dir_entry(ptr, false) : NULL;
-    vg__shard_t *s = e ? lock_owner(e, ptr, false).s : NULL;
-    if (!s)
-        return VG_ENOTFOUND;
-    vg__rec_t *r = shard_find(s, ptr);
-    if (r && out)
-        *out = r->a;
-    vg__spin_unlock(&s->lock);
-    return r ? VG_OK : VG_ENOTFOUND;
-}
-
 int vg__ledger_find(vg_devptr_t ptr, vg__alloc_t *out)
 {
-    int rc = find_in_shards(ptr, out);
-    if (rc != VG_ENOTFOUND || !ptr)
-        return rc;
-    vg__front_push(ptr);
-    return find_in_shards(ptr, out);
-}
-
-static int shard_of_in_shards(vg_devptr_t ptr)
-{
-    _Atomic uint64_t *e = ptr ? dir_entry(ptr, false) : NULL;
-    vg__shard_t *s = e ? lock_owner(e, ptr, false).s : NULL;
-    if (!s)
-        return -1;
-    int i = shard_find(s, ptr) ? (int)(s - shards) : -1;
-    vg__spin_unlock(&s->lock);
-    return i;
+    owned_t o;
+    uint32_t i;
+    vg__rec_t *r = lock_find(ptr, &o, &i);
+    if (!o.s)
+        return VG_ENOTFOUND;
+    if (r && out)
+        *out = r->a;
+    vg__spin_unlock(&o.s->lock);
+    return r ? VG_OK : VG_ENOTFOUND;
 }
 
 int vg__ledger_shard_of(vg_devptr_t ptr)
 {
-    int i = shard_of_in_shards(ptr);
-    if (i >= 0 || !ptr)
-        return i;
-    vg__front_push(ptr);
-    return shard_of_in_shards(ptr);
+    owned_t o;
+    uint32_t i;
+    vg__rec_t *r = lock_find(ptr, &o, &i);
+    if (!o.s)
+        return -1;
+    int shard = r ? (int)(o.s - shards) : -1;
+    vg__spin_unlock(&o.s->lock);
+    return shard;
 }
 
 bool vg__shards_may_hold(vg_devptr_t key)

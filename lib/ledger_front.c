@@ -228,26 +228,13 @@ static inline bool take(vg__front_t *f, vg_devptr_t ptr, const void *owner, vg__
     return ok;
 }
 
-/* The shards, then the fronts (another thread's newest), then the shards
- * again. */
-__attribute__((noinline)) static int remove_elsewhere(vg_devptr_t ptr, const void *owner,
-                                                      vg__alloc_t *out)
-{
-    int rc = vg__shards_remove(ptr, owner, out);
-    if (rc == VG_ENOTFOUND && ptr) {
-        vg__front_push(ptr);
-        rc = vg__shards_remove(ptr, owner, out);
-    }
-    return rc;
-}
-
 int vg__ledger_remove(vg_devptr_t ptr, const void *owner, vg__alloc_t *out)
 {
     vg__front_t *f = vg__me.front;
     if (vg__likely(f) && ptr && atomic_load_explicit(&f->live, memory_order_relaxed) == ptr &&
         vg__likely(take(f, ptr, owner, out)))
         return VG_OK;
-    return remove_elsewhere(ptr, owner, out);
+    return vg__shards_remove(ptr, owner, out); /* which asks the other fronts */
 }
 
 void vg__front_push(vg_devptr_t key)

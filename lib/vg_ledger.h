@@ -44,7 +44,8 @@ typedef struct vg__shard {
 /* Shard i (0 <= i < VG__SHARDS). */
 vg__shard_t *vg__ledger_shard(unsigned i);
 
-/* ledger.c: vg__ledger_remove in the shards alone. */
+/* ledger.c: vg__ledger_remove past the calling thread's front: the shards,
+ * and when they miss, the other fronts (vg__front_push) and the shards again. */
 int vg__shards_remove(vg_devptr_t ptr, const void *owner, vg__alloc_t *out);
 /* ledger.c: false when the shards hold no record in key's granule (or, split,
  * its 4 KiB): a look at its directory entry, without a lock. */
