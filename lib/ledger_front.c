@@ -23,18 +23,20 @@
  * with the shards' quarantine (vg__fronts_each_freed).
  *
  * Locking: each front has a spinlock; its owner takes it for every step
- * (a line no other core writes, so one uncontended exchange), anyone else
- * to look. A front's lock is taken before a shard's, never after (a
+ * (a line no other core writes, so one uncontended exchange; a free only
+ * tries it, and when another thread holds it, pushing the record, looks
+ * in the shards), anyone else to look. A front's lock is taken before a shard's, never after (a
  * flush inserts into a shard holding it). `live` may be read without the
  * lock as a hint; it is checked again under it. A record only ever moves
  * from a front to the shards, never back, so a miss in the shards, a
  * push, and a second look find any record that was live throughout: if
  * its front moved it before the push looked, it was in the shards by then.
  *
- * A front goes to the shards, so the pair's fast path is not taken, when
- * the thread has none (no memory for one), or the shards may already hold
- * the key's granule records (a lock-free look at its directory entry: a
- * duplicate must be found where the general insert finds it).
+ * An allocation goes straight to the shards when the thread has no front
+ * (no memory for one), when the shards may already hold records of its
+ * granule (a lock-free look at the directory entry: a duplicate must be
+ * found where the general insert finds it), and while the thread
+ * allocates many before it frees (FRONT_STREAK_MAX).
  *
  * Records live in slots: the live one is slots[cur]; a free leaves its
  * record where it is (FREED) and moves cur on, so that the next
