@@ -45,7 +45,10 @@
  *
  * Cost off the common path: a free that misses the shards (another
  * thread's newest allocation, or a bad pointer) reads every front's
- * `live` once, O(threads that ever allocated), before looking again.
+ * `live` once, O(threads that ever allocated), before looking again. A
+ * thread whose newest record another thread needed (`wanted`) sends its
+ * next ones to the shards, so a producer whose blocks a consumer frees
+ * costs that scan about once in FRONT_RETRY allocations, not at each.
  *
  * Threads: a front is adopted at the thread's first plain allocation (one
  * an exited thread left, or a new one, kept in a registry that only
@@ -77,6 +80,7 @@ typedef struct vg__front {
     unsigned cur;          /* the live slot, or the next one to fill */
     unsigned streak;       /* the owner's alone: allocations in a row that did not pay */
     unsigned skipped;      /* the owner's alone: allocations past the front since */
+    _Atomic bool wanted;   /* another thread needed the live record (vg__front_push) */
     struct vg__front *next; /* registry: only ever grows */
     uint8_t state[FRONT_SLOTS]; /* of each slot but a live cur */
     vg__alloc_t slots[FRONT_SLOTS];
@@ -157,9 +161,21 @@ static void front_exit(void *p)
     atomic_store_explicit(&f->adopted, false, memory_order_release);
 }
 
+static int insert_past_front(vg__front_t *f, const vg__alloc_t *a);
+
 /* Into f (the thread's own), its previous record pushed into the shards. */
 __attribute__((noinline)) static int insert_into_front(vg__front_t *f, const vg__alloc_t *a)
 {
+    if (vg__unlikely(atomic_load_explicit(&f->wanted, memory_order_relaxed))) {
+        /* Another thread frees (or looks up) this thread's newest records:
+         * each such lookup misses the shards and reads every front, so
+         * the next ones go to the shards, as for a thread that allocates
+         * many (FRONT_STREAK_MAX). */
+        atomic_store_explicit(&f->wanted, false, memory_order_relaxed);
+        f->streak = FRONT_STREAK_MAX;
+        f->skipped = 0;
+        return insert_past_front(f, a);
+    }
     if (vg__unlikely(!a->ptr) || vg__unlikely(vg__shards_may_hold(a->ptr))) {
         f->streak++; /* its neighbours are in the shards: likely many live at once */
         return vg__ledger_insert(a);
@@ -245,8 +261,9 @@ void vg__front_push(vg_devptr_t key)
         if (atomic_load_explicit(&f->live, memory_order_relaxed) != key)
             continue;
         vg__spin_lock(&f->lock);
-        if (atomic_load_explicit(&f->live, memory_order_relaxed) == key)
-            flush_locked(f);
+        if (atomic_load_explicit(&f->live, memory_order_relaxed) == key && flush_locked(f) &&
+            f != vg__me.front) /* another thread's: its next records had better go to the shards */
+            atomic_store_explicit(&f->wanted, true, memory_order_relaxed);
         vg__spin_unlock(&f->lock);
     }
 }

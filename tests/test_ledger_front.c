@@ -185,6 +185,26 @@ Test(ledger_front, another_thread_finds_and_frees_a_live_threads_newest)
     holder_finish(&h);
 }
 
+static void *free_it(void *p)
+{
+    return (void *)(intptr_t)vg__ledger_remove(*(vg_devptr_t *)p, VG__ANY_OWNER, NULL);
+}
+
+Test(ledger_front, a_thread_whose_newest_another_frees_sends_its_next_to_the_shards)
+{
+    vg__alloc_t a = plain(0x7f3800000000, 4096), b = plain(0x7f3900000000, 4096);
+    cr_assert_eq(vg__ledger_insert_front(&a), VG_OK);
+    pthread_t t;
+    void *rc;
+    cr_assert_eq(pthread_create(&t, NULL, free_it, &a.ptr), 0);
+    cr_assert_eq(pthread_join(t, &rc), 0);
+    cr_assert_eq((intptr_t)rc, VG_OK, "another thread freed this one's newest");
+    cr_assert_eq(vg__ledger_insert_front(&b), VG_OK);
+    cr_assert_eq(vg__fronts_live(), 0, "the next one went to the shards");
+    cr_assert_eq(vg__ledger_count(), 1);
+    cr_assert_eq(vg__ledger_remove(b.ptr, VG__ANY_OWNER, NULL), VG_OK);
+}
+
 static void tally(const vg__alloc_t *a, void *ctx)
 {
     (void)a;
