@@ -11,9 +11,11 @@
 # The first preload is always `forward` (tests/gpu/forward_shim.so, nothing
 # of its own). Figures only: nothing here passes or fails.
 #
-#   tests/gpu/run_alternate.sh [-n RUNS] NAME=PRELOAD [NAME=PRELOAD ...]
+#   tests/gpu/run_alternate.sh [-n RUNS] NAME=PRELOAD[@VAR=VALUE,...] [...]
 #       RUNS: alternations (default 5); run from the repository root with
-#       build/gpu from tests/gpu/build.sh; PRELOAD paths as seen from there.
+#       build/gpu from tests/gpu/build.sh; PRELOAD paths as seen from there;
+#       after an @, environment for that preload's runs alone, e.g.
+#       code16=build/gpu/forward_shim.so@FORWARD_CODE_LINES=16
 #   env: OUT  when set, every bench_pairs output is kept there
 #        LIBCUDA_DIR  the real driver's folder (common.sh's find_libcuda);
 #             a tests/fakecuda build tries the script without a GPU
@@ -27,18 +29,23 @@ if [ "${1:-}" = -n ]; then
     shift 2
 fi
 usage() {
-    echo "usage: tests/gpu/run_alternate.sh [-n RUNS] NAME=PRELOAD [NAME=PRELOAD ...]" >&2
+    echo "usage: tests/gpu/run_alternate.sh [-n RUNS] NAME=PRELOAD[@VAR=VALUE,...] [...]" >&2
     exit 2
 }
 case $runs in '' | *[!0-9]* | 0) usage ;; esac
 [ $# -ge 1 ] || usage
 names=(forward)
 preloads=("$B/forward_shim.so")
+envs=("") # each preload's VAR=VALUE,... (may be empty)
 for arg in "$@"; do
-    name=${arg%%=*} path=${arg#*=}
+    name=${arg%%=*} path=${arg#*=} env=
+    if [ "$path" != "${path%%@*}" ]; then
+        env=${path#*@} path=${path%%@*}
+    fi
     if [ -z "$name" ] || [ "$name" = "$arg" ] || [ -z "$path" ]; then usage; fi
     names+=("$name")
     preloads+=("$path")
+    envs+=("$env")
 done
 for f in "$B/bench_pairs" "${preloads[@]}"; do
     [ -e "$f" ] || { echo "run_alternate: $f is missing (tests/gpu/build.sh $B first)" >&2; exit 2; }
@@ -65,7 +72,8 @@ date -u
 for ((run = 1; run <= runs; run++)); do
     for i in "${!names[@]}"; do
         f=$KEEP/${names[$i]}_$run.txt
-        timeout 120 "$B/bench_pairs" --preload "${preloads[$i]}" --budget 70GiB --rounds 3 \
+        IFS=, read -ra vars <<<"${envs[$i]}"
+        env "${vars[@]}" timeout 120 "$B/bench_pairs" --preload "${preloads[$i]}" --budget 70GiB --rounds 3 \
             --threads 1,16 --thread-rounds 21 >"$f" 2>&1
         echo "${names[$i]} $(ratio "$f" 1) $(ratio "$f" 16)" >>"$WORK/ratios"
     done
