@@ -18,9 +18,11 @@
  * The contract of the ledger stays whole (vg_budget.h): a front's live
  * record is a live record. Whoever looks for a key and misses in the
  * shards pushes the front that holds it into them (vg__front_push) and
- * looks there again, walks flush every front (vg__fronts_flush), counts
- * add the live fronts, and the freed records of the fronts are searched
- * with the shards' quarantine (vg__fronts_each_freed).
+ * looks there again; walks flush every front (vg__fronts_flush) and, after
+ * the shards, visit what is still in one (vg__fronts_visit: a record no
+ * shard had host memory for, or a newer one); counts add the live fronts;
+ * and the freed records of the fronts are searched with the shards'
+ * quarantine (vg__fronts_each_freed).
  *
  * Locking: each front has a spinlock; its owner takes it for every step
  * (a line no other core writes, so one uncontended exchange; a free only
@@ -276,6 +278,23 @@ void vg__fronts_flush(void)
         vg__spin_lock(&f->lock);
         flush_locked(f);
         vg__spin_unlock(&f->lock);
+    }
+}
+
+void vg__fronts_visit(const void *owner, vg__alloc_visit_fn fn, void *ctx)
+{
+    for (vg__front_t *f = atomic_load_explicit(&registry, memory_order_acquire); f; f = f->next) {
+        if (!atomic_load_explicit(&f->live, memory_order_relaxed))
+            continue;
+        vg__alloc_t copy;
+        vg__spin_lock(&f->lock);
+        bool live = atomic_load_explicit(&f->live, memory_order_relaxed) != 0 &&
+                    (owner == VG__ANY_OWNER || f->slots[f->cur].owner == owner);
+        if (live)
+            copy = f->slots[f->cur];
+        vg__spin_unlock(&f->lock);
+        if (live)
+            fn(&copy, ctx);
     }
 }
 

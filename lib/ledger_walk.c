@@ -237,4 +237,5 @@ void vg__ledger_foreach(const void *owner, vg__alloc_visit_fn fn, void *ctx)
     vg__fronts_flush(); /* the threads' newest records, where the walk goes */
     for (unsigned i = 0; i < VG__SHARDS; i++)
         visit_shard(vg__ledger_shard(i), owner, fn, ctx);
+    vg__fronts_visit(owner, fn, ctx); /* those no shard had host memory for */
 }

@@ -59,6 +59,10 @@ bool vg__shards_may_hold(vg_devptr_t key);
 void vg__front_push(vg_devptr_t key);
 /* Moves every front's live record into the shards (walks). */
 void vg__fronts_flush(void);
+/* Calls fn, with no lock held, on a copy of each live record still in a
+ * front (owner filter as vg__ledger_foreach): after a flush, those the
+ * shards had no host memory for, and any allocated since. */
+void vg__fronts_visit(const void *owner, vg__alloc_visit_fn fn, void *ctx);
 /* Live records in fronts (lock-free, as the shards' counts are read). */
 uint64_t vg__fronts_live(void);
 /* Calls fn on each freed record the fronts keep, under that front's lock:

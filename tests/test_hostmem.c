@@ -8,6 +8,9 @@
  *     replaces aligned_alloc the same way).
  *   - The ledger's walk with no memory for its list of a shard: it visits
  *     in chunks instead (malloc is replaced too).
+ *   - The ledger's walk with no memory for a shard record of a thread's
+ *     newest allocation (aligned_alloc is replaced too): it still visits
+ *     it, where it stays, in the thread's front.
  * A sanitizer's allocator allows none of this, so sanitizer builds leave this
  * file out (Makefile).
  */
@@ -19,6 +22,7 @@
 
 #include "clientrun.h"
 #include "testutil.h"
+#include "vg_ledger.h"
 #include "vg_pool.h"
 
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
@@ -56,6 +60,21 @@ void *malloc(size_t size)
         return NULL;
     }
     return __libc_malloc(size);
+}
+
+/* While armed, every aligned_alloc of 1 KiB or more fails: the ledger's
+ * slab of records (a thread's front, smaller, is made before arming). */
+static _Thread_local bool aligned_armed;
+static _Atomic int aligned_refused;
+void *__libc_memalign(size_t align, size_t size);
+
+void *aligned_alloc(size_t align, size_t size)
+{
+    if (aligned_armed && size >= 1024) {
+        atomic_fetch_add(&aligned_refused, 1);
+        return NULL;
+    }
+    return __libc_memalign(align, size);
 }
 
 struct step {
@@ -204,4 +223,33 @@ Test(hostmem, a_ledger_walk_without_memory_for_its_list_visits_in_chunks)
     cr_expect(w.removed_all, "a visited record was not there to remove");
     cr_expect_eq(w.visited, WALK_N, "visited %llu of %d", (unsigned long long)w.visited, WALK_N);
     cr_expect_eq(vg__ledger_count(), WALK_N, "the inserted ones are left");
+}
+
+/* A thread's newest plain allocation waits in its front (lib/ledger_front.c)
+ * and a walk first moves it into a shard. With no host memory for the
+ * shard's record it stays in the front, where lookups find it; the walk
+ * must visit it there too (leak reports, sweeps and stats walk). */
+#define FRONT_KEY 0x7d8000000000ull
+
+static void count_front_key(const vg__alloc_t *a, void *ctx)
+{
+    *(int *)ctx += a->ptr == FRONT_KEY;
+}
+
+Test(hostmem, a_walk_visits_a_threads_newest_that_no_shard_had_memory_for)
+{
+    vg__alloc_t a = walk_rec(FRONT_KEY);
+    a.kind = VG_KIND_PLAIN;
+    cr_assert_eq(vg__ledger_insert_front(&a), VG_OK);
+    cr_assert_eq(vg__fronts_live(), 1, "not in the front: the test proves nothing");
+    int seen = 0;
+    aligned_armed = true;
+    vg__ledger_foreach(VG__ANY_OWNER, count_front_key, &seen);
+    aligned_armed = false;
+    cr_expect_gt(atomic_load(&aligned_refused), 0, "a shard had memory: the test proves nothing");
+    cr_expect_eq(vg__fronts_live(), 1, "the record moved to a shard: the test proves nothing");
+    cr_expect_eq(seen, 1, "the walk visited it %d times", seen);
+    cr_expect_eq(vg__ledger_find(FRONT_KEY, NULL), VG_OK);
+    cr_expect_eq(vg__ledger_remove(FRONT_KEY, VG__ANY_OWNER, NULL), VG_OK);
+    cr_expect_eq(vg__ledger_count(), 0);
 }
