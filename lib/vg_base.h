@@ -75,6 +75,12 @@ typedef struct vg__hot {
     _Atomic int device_count_kind;     /* the preload shim (shim/shim.c) */
     _Atomic uint64_t implicit_pending; /* account_implicit.c (vg_account.h) */
     _Atomic uint64_t budget_resolved;  /* engine.c: bit d, device d's budget is set */
+    /* The preload shim (shim/shim.h): the real cuMemAlloc_v2 and
+     * cuMemFree_v2, which the plain pair calls after reading this line
+     * anyway (their table's line was one more miss a call); NULL in the
+     * library. */
+    void (*real_mem_alloc)(void);
+    void (*real_mem_free)(void);
     /* credit.c (vg_account.h): the first devices' slices share the line. */
     _Atomic uint64_t credit_slice[VG__MAX_DEVICES];
 } __attribute__((aligned(64))) vg__hot_t;
@@ -83,6 +89,8 @@ typedef struct vg__hot {
  * covers definitions only): said here, GCC addresses it directly rather
  * than through the GOT, one load and one line fewer on the hot path. */
 extern vg__hot_t vg__hot VG__HIDDEN;
+_Static_assert(__builtin_offsetof(vg__hot_t, credit_slice) + sizeof(uint64_t) <= 64,
+               "device 0's credit slice shares the flags' line");
 
 /* The same for each thread: what a hooked pair reads and writes of its
  * thread's own state, in one line of the thread's static TLS block

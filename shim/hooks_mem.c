@@ -36,7 +36,7 @@ VG__HOT CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytesize)
     int rc = vg__acct_reserve(&t);
     if (rc != VG_OK)
         return vg__cu_status(rc);
-    CUresult cr = vg__real.cuMemAlloc_v2(dptr, bytesize);
+    CUresult cr = vg__real_mem_alloc(dptr, bytesize);
     CUresult settled = vg__shim_settle(&t, cr, cr == CUDA_SUCCESS ? *dptr : 0, bytesize);
     if (vg__unlikely(settled != cr)) {
         refuse_unrecorded(&t, *dptr, bytesize);
@@ -73,7 +73,7 @@ VG__HOT CUresult cuMemFree_v2(CUdeviceptr dptr)
     int rc = vg__acct_free_begin(&f, dptr, "cuMemFree_v2");
     if (rc != VG_OK)
         return vg__cu_status(rc);
-    CUresult cr = f.state == VG__FREE_POOLED ? CUDA_SUCCESS : vg__real.cuMemFree_v2(dptr);
+    CUresult cr = f.state == VG__FREE_POOLED ? CUDA_SUCCESS : vg__real_mem_free(dptr);
     vg__acct_free_end(&f, cr);
     return cr;
 }

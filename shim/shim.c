@@ -79,6 +79,8 @@ static void start_once_fn(void)
     }
     if (rc == VG_OK) {
         resolve_real(vg__driver()->handle);
+        vg__hot.real_mem_alloc = (void (*)(void))vg__real.cuMemAlloc_v2;
+        vg__hot.real_mem_free = (void (*)(void))vg__real.cuMemFree_v2;
         start_status = CUDA_SUCCESS;
         atomic_store_explicit(&vg__hot.shim_ok, true, memory_order_release);
     } else {

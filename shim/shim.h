@@ -254,6 +254,18 @@ VG_HOOKS(VG_SHIM_DECLARE_)
 /* The real driver's functions; valid once vg__shim_ready() is true. */
 extern vg_shim_real_t vg__real;
 
+/* vg__real's cuMemAlloc_v2 and cuMemFree_v2, read from vg__hot's line,
+ * for the plain pair (docs/benchmarks.md, "What a cold line costs a pair"). */
+static inline CUresult vg__real_mem_alloc(CUdeviceptr *dptr, size_t bytesize)
+{
+    return ((CUresult(*)(CUdeviceptr *, size_t))vg__hot.real_mem_alloc)(dptr, bytesize);
+}
+
+static inline CUresult vg__real_mem_free(CUdeviceptr dptr)
+{
+    return ((CUresult(*)(CUdeviceptr))vg__hot.real_mem_free)(dptr);
+}
+
 /* True once the shim has started well. The only check on the hot path. */
 static inline bool vg__shim_ready(void)
 {
