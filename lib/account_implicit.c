@@ -289,6 +289,12 @@ bool vg__acct_ptr_gone(uint64_t ptr)
            base != (CUdeviceptr)ptr;
 }
 
+void vg__acct_context_going(void)
+{
+    if (vg__engine_init() == VG_OK)
+        vg__fronts_flush();
+}
+
 /* Another thread, in another context, may be handed a swept address as
  * soon as the driver freed it, and record it (account.c's insert_failed
  * gives the old record's charge back then): so a record goes only if it

@@ -182,6 +182,16 @@ bool vg__acct_implicit_may_shrink(int device);
  * vg__acct_implicit_undone(). */
 int vg__acct_implicit_took(int device, const char *api);
 void vg__acct_implicit_undone(int device);
+/* Before a call that may destroy a context (cuCtxDestroy, a primary
+ * context's reset or release): every thread's newest allocation leaves its
+ * front for the shards. The driver may give a dying context's address to
+ * another thread as soon as it frees it, before the sweep below; that
+ * thread's insert must find the stale record where inserts look, and give
+ * its charge back (account.c's insert_failed). Left in a front, it was a
+ * second live record of the address, and a flush could keep the stale
+ * one and drop the new (its charge stayed: lost budget). A thread that
+ * still allocates in a context being destroyed is not covered. */
+void vg__acct_context_going(void);
 /* Context `ctx` of `device` was destroyed or reset (ctx NULL: not known):
  * drops the records of memory the driver no longer knows and of the
  * arrays made in ctx (audited as frees by `api`), its limit charges, and

@@ -150,6 +150,9 @@ int vg__ledger_insert(const vg__alloc_t *a);
  * (ledger_front.c); every lookup, walk and count finds it there. VG_EINVAL
  * when the key is live in this front or in the shards. */
 int vg__ledger_insert_front(const vg__alloc_t *a);
+/* Moves every thread's newest allocation from its front into the shards
+ * (walks; and before a context goes: vg__acct_context_going). */
+void vg__fronts_flush(void);
 /* Removes ptr if it is live and (owner == VG__ANY_OWNER or it matches);
  * moves it to the quarantine. Optional out: *out. VG_ENOTFOUND otherwise. */
 #define VG__ANY_OWNER ((const void *)-1)

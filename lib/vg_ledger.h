@@ -57,8 +57,6 @@ bool vg__shards_may_hold(vg_devptr_t key);
  * after a miss there, push, then look there again (ledger_front.c says
  * why that finds every live record). */
 void vg__front_push(vg_devptr_t key);
-/* Moves every front's live record into the shards (walks). */
-void vg__fronts_flush(void);
 /* Calls fn, with no lock held, on a copy of each live record still in a
  * front (owner filter as vg__ledger_foreach): after a flush, those the
  * shards had no host memory for, and any allocated since. */

@@ -84,6 +84,7 @@ static CUresult ctx_destroy(CUresult (*real)(CUcontext), CUcontext ctx, const ch
     if (!real)
         return CUDA_ERROR_NOT_FOUND;
     int device = ctx_device(ctx);
+    vg__acct_context_going();
     CUresult cr = real(ctx);
     if (cr == CUDA_SUCCESS && device >= 0)
         vg__acct_context_gone(device, ctx, api);

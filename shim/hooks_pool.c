@@ -153,6 +153,7 @@ static CUresult primary_reset(CUresult (*real)(CUdevice), CUdevice dev)
     if (vg__unlikely(vg__cache_mode_on()))
         vg__acct_pooled_reset((int)dev);
     CUcontext primary = primary_of(dev);
+    vg__acct_context_going();
     CUresult cr = real(dev);
     if (cr == CUDA_SUCCESS)
         vg__acct_context_gone((int)dev, primary, "cuDevicePrimaryCtxReset");
@@ -211,6 +212,8 @@ static CUresult primary_release(CUresult (*real)(CUdevice), CUdevice dev)
         return CUDA_ERROR_NOT_FOUND;
     CUcontext primary = primary_of(dev);
     unsigned long long id = ctx_id(primary);
+    if (primary)
+        vg__acct_context_going(); /* this release may be the last */
     CUresult cr = real(dev);
     if (cr == CUDA_SUCCESS && primary && primary_went(dev, id))
         vg__acct_context_gone((int)dev, primary, "cuDevicePrimaryCtxRelease");

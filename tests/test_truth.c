@@ -365,6 +365,23 @@ Test(truth, a_context_sweep_drops_a_record_whose_address_a_new_block_covers)
     expect_rc(&t, "lost", 0);
 }
 
+/* The same, with the covering block taken before the destroy returns (the
+ * test driver waits 50 ms after freeing): the dying context's newest block
+ * was still in its thread's front, and the covering one, at its address,
+ * went to the other thread's front, two live records of one address; the
+ * sweep's flush kept the stale one, and its 64 KiB stayed charged. */
+Test(truth, a_context_sweep_drops_a_record_covered_before_the_destroy_returns)
+{
+    static truth_t t;
+    run_holders(&t, "sweep_cover", "1GiB",
+                ENV("FAKECUDA_POINTER_ATTR_DELAY_NS=100000000", "FAKECUDA_CTX_DESTROY_DELAY_NS=50000000"));
+#ifndef __SANITIZE_ADDRESS__
+    expect_rc(&t, "covered", 1);
+#endif
+    expect_rc(&t, "destroy_rc", 0);
+    expect_rc(&t, "lost", 0);
+}
+
 /* A context's raised limit is charged to that context: destroying another
  * context gives nothing of it back, so the primary's 600 MiB heap and
  * 600 MiB more do not fit 1 GiB. Without NVML (a container whose PID

@@ -86,7 +86,7 @@ static bool read_knobs(fc_knobs *k)
 {
     unsigned long long ctx = 0, sm = 132, delay = 0, no_ranges = 0, pool_chunk = 0, mapped = 0;
     unsigned long long no_stream_device = 0;
-    unsigned long long limit_delay = 0, attr_delay = 0, release_delay = 0;
+    unsigned long long limit_delay = 0, attr_delay = 0, release_delay = 0, destroy_delay = 0;
     unsigned long long map_delay = 0, unmap_delay = 0, pool_attr_delay = 0;
     unsigned long long vmm_release_delay = 0, vmm_reuse = 0;
     const char *at = getenv("FAKECUDA_LIMITS_AT");
@@ -96,6 +96,7 @@ static bool read_knobs(fc_knobs *k)
         !env_u64("FAKECUDA_SETLIMIT_DELAY_NS", &limit_delay) ||
         !env_u64("FAKECUDA_POINTER_ATTR_DELAY_NS", &attr_delay) ||
         !env_u64("FAKECUDA_PRIMARY_RELEASE_DELAY_NS", &release_delay) ||
+        !env_u64("FAKECUDA_CTX_DESTROY_DELAY_NS", &destroy_delay) ||
         !env_u64("FAKECUDA_MAP_DELAY_NS", &map_delay) ||
         !env_u64("FAKECUDA_UNMAP_DELAY_NS", &unmap_delay) ||
         !env_u64("FAKECUDA_RELEASE_DELAY_NS", &vmm_release_delay) ||
@@ -117,6 +118,7 @@ static bool read_knobs(fc_knobs *k)
     k->setlimit_delay_ns = limit_delay;
     k->pointer_attr_delay_ns = attr_delay;
     k->primary_release_delay_ns = release_delay;
+    k->ctx_destroy_delay_ns = destroy_delay;
     k->map_delay_ns = map_delay;
     k->unmap_delay_ns = unmap_delay;
     k->release_delay_ns = vmm_release_delay;
@@ -352,6 +354,10 @@ void fc_pointer_attr_delay(void) { sleep_ns(g_knobs.pointer_attr_delay_ns); }
 
 /* Lock NOT held: another thread may retain the primary context meanwhile. */
 void fc_primary_release_delay(void) { sleep_ns(g_knobs.primary_release_delay_ns); }
+
+/* Lock NOT held: the destroyed context's memory is free, and other threads
+ * may be given its addresses, before cuCtxDestroy returns. */
+void fc_ctx_destroy_delay(void) { sleep_ns(g_knobs.ctx_destroy_delay_ns); }
 
 /* Lock NOT held: other threads may map, unmap or release meanwhile. */
 void fc_map_delay(void) { sleep_ns(g_knobs.map_delay_ns); }

@@ -270,6 +270,7 @@ CUresult cuCtxDestroy_v2(CUcontext ctx)
     fc_unlock();
     unstack(ctx);
     free(ctx);
+    fc_ctx_destroy_delay();
     return CUDA_SUCCESS;
 }
 

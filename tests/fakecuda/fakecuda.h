@@ -130,6 +130,7 @@ typedef struct {
     unsigned long long setlimit_delay_ns; /* FAKECUDA_SETLIMIT_DELAY_NS */
     unsigned long long pointer_attr_delay_ns; /* FAKECUDA_POINTER_ATTR_DELAY_NS */
     unsigned long long primary_release_delay_ns; /* FAKECUDA_PRIMARY_RELEASE_DELAY_NS */
+    unsigned long long ctx_destroy_delay_ns; /* FAKECUDA_CTX_DESTROY_DELAY_NS */
     unsigned long long map_delay_ns;    /* FAKECUDA_MAP_DELAY_NS */
     unsigned long long unmap_delay_ns;  /* FAKECUDA_UNMAP_DELAY_NS */
     unsigned long long release_delay_ns; /* FAKECUDA_RELEASE_DELAY_NS */
@@ -151,6 +152,7 @@ void fc_setlimit_delay(void);
 void fc_pointer_attr_delay(void);
 /* Sleeps FAKECUDA_PRIMARY_RELEASE_DELAY_NS; called WITHOUT the lock. */
 void fc_primary_release_delay(void);
+void fc_ctx_destroy_delay(void);
 /* Sleep FAKECUDA_MAP_DELAY_NS / FAKECUDA_UNMAP_DELAY_NS /
  * FAKECUDA_RELEASE_DELAY_NS; WITHOUT the lock. */
 void fc_map_delay(void);
