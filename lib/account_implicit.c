@@ -80,8 +80,9 @@ static bool budgeted(int device)
 __attribute__((noinline, cold)) static void say_missing(int device)
 {
     if (!atomic_exchange_explicit(&truth_missing, 1, memory_order_relaxed))
-        vg__log("NVML does not list this process on device %d (a PID namespace?): "
-                "memory no call shows is not charged; the budget counts calls only",
+        vg__log("NVML does not list this process on device %d (a driver that lists host "
+                "pids, in a PID namespace?): memory no call shows is not charged; the budget "
+                "counts calls only",
                 device);
 }
 
