@@ -2,8 +2,9 @@
  * ledger_walk.c — the rare walks over the whole ledger (vg_ledger.h has its
  * shards, ledger_front.c the threads' fronts): the freed records that
  * classify a pointer, the count of live ones, and foreach, which reports,
- * leak checks, pool destroy, context teardown and device stats use. None is on the allocation path; each
- * takes one shard lock at a time and calls nothing outside with it held.
+ * leak checks, pool destroy, context teardown and device stats use. None
+ * is on the allocation path; each takes one shard lock at a time and calls
+ * nothing outside with it held.
  */
 #include <stdlib.h>
 

@@ -374,7 +374,8 @@ Test(truth, a_context_sweep_drops_a_record_covered_before_the_destroy_returns)
 {
     static truth_t t;
     run_holders(&t, "sweep_cover", "1GiB",
-                ENV("FAKECUDA_POINTER_ATTR_DELAY_NS=100000000", "FAKECUDA_CTX_DESTROY_DELAY_NS=50000000"));
+                ENV("FAKECUDA_POINTER_ATTR_DELAY_NS=100000000",
+                    "FAKECUDA_CTX_DESTROY_DELAY_NS=50000000"));
 #if !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
     /* As above under ASan; under TSan, with the destroy's wait, the cover
      * did not happen in 9 tries either: the plain build is the one that
