@@ -562,7 +562,7 @@ int vg__ledger_shard_of(vg_devptr_t ptr)
     return shard;
 }
 
-bool vg__shards_may_hold(vg_devptr_t key)
+VG__HOT bool vg__shards_may_hold(vg_devptr_t key)
 {
     /* The leaf is made if absent (as the insert that would follow makes
      * it), so that the thread's next look finds it in vg__me. Without one

@@ -75,6 +75,13 @@
 
 enum { SLOT_EMPTY, SLOT_FREED };
 
+/* A record starting on a line: its 104 bytes touch two lines, where
+ * packed ones touched two or three (2.5 on average); a pair writes one
+ * and reads it back after the driver has had the cache. */
+typedef struct {
+    vg__alloc_t a;
+} __attribute__((aligned(64))) front_slot_t;
+
 typedef struct vg__front {
     _Atomic int lock;      /* vg__spin_lock */
     _Atomic uint64_t live; /* slots[cur]'s key while it is live here; else 0 */
@@ -85,7 +92,7 @@ typedef struct vg__front {
     _Atomic bool wanted;   /* another thread needed the live record (vg__front_push) */
     struct vg__front *next; /* registry: only ever grows */
     uint8_t state[FRONT_SLOTS]; /* of each slot but a live cur */
-    vg__alloc_t slots[FRONT_SLOTS];
+    front_slot_t slots[FRONT_SLOTS];
 } __attribute__((aligned(64))) vg__front_t;
 
 static _Atomic(vg__front_t *) registry;
@@ -142,7 +149,7 @@ static bool flush_locked(vg__front_t *f)
     uint64_t key = atomic_load_explicit(&f->live, memory_order_relaxed);
     if (!key)
         return true;
-    int rc = vg__ledger_insert(&f->slots[f->cur]);
+    int rc = vg__ledger_insert(&f->slots[f->cur].a);
     if (rc == VG_ESYS)
         return false;
     if (vg__unlikely(rc != VG_OK)) /* the shards hold the key already: a free not seen */
@@ -166,7 +173,7 @@ static void front_exit(void *p)
 static int insert_past_front(vg__front_t *f, const vg__alloc_t *a);
 
 /* Into f (the thread's own), its previous record pushed into the shards. */
-__attribute__((noinline)) static int insert_into_front(vg__front_t *f, const vg__alloc_t *a)
+VG__HOT __attribute__((noinline)) static int insert_into_front(vg__front_t *f, const vg__alloc_t *a)
 {
     if (vg__unlikely(atomic_load_explicit(&f->wanted, memory_order_relaxed))) {
         /* Another thread frees (or looks up) this thread's newest records:
@@ -195,7 +202,7 @@ __attribute__((noinline)) static int insert_into_front(vg__front_t *f, const vg_
         }
         f->streak++;
     }
-    f->slots[f->cur] = *a;
+    f->slots[f->cur].a = *a;
     atomic_store_explicit(&f->live, a->ptr, memory_order_relaxed);
     vg__spin_unlock(&f->lock);
     return VG_OK;
@@ -216,7 +223,7 @@ __attribute__((noinline)) static int insert_past_front(vg__front_t *f, const vg_
 }
 
 /* Both steps out of line, so that this one saves no registers. */
-int vg__ledger_insert_front(const vg__alloc_t *a)
+VG__HOT int vg__ledger_insert_front(const vg__alloc_t *a)
 {
     vg__front_t *f = vg__me.front;
     if (vg__unlikely(!f) ||
@@ -233,7 +240,7 @@ static inline bool take(vg__front_t *f, vg_devptr_t ptr, const void *owner, vg__
 {
     if (vg__unlikely(!vg__spin_trylock(&f->lock)))
         return false;
-    vg__alloc_t *a = &f->slots[f->cur];
+    vg__alloc_t *a = &f->slots[f->cur].a;
     bool ok = atomic_load_explicit(&f->live, memory_order_relaxed) == ptr &&
               (owner == VG__ANY_OWNER || a->owner == owner);
     if (ok) {
@@ -248,7 +255,7 @@ static inline bool take(vg__front_t *f, vg_devptr_t ptr, const void *owner, vg__
     return ok;
 }
 
-int vg__ledger_remove(vg_devptr_t ptr, const void *owner, vg__alloc_t *out)
+VG__HOT int vg__ledger_remove(vg_devptr_t ptr, const void *owner, vg__alloc_t *out)
 {
     vg__front_t *f = vg__me.front;
     if (vg__likely(f) && ptr && atomic_load_explicit(&f->live, memory_order_relaxed) == ptr &&
@@ -289,9 +296,9 @@ void vg__fronts_visit(const void *owner, vg__alloc_visit_fn fn, void *ctx)
         vg__alloc_t copy;
         vg__spin_lock(&f->lock);
         bool live = atomic_load_explicit(&f->live, memory_order_relaxed) != 0 &&
-                    (owner == VG__ANY_OWNER || f->slots[f->cur].owner == owner);
+                    (owner == VG__ANY_OWNER || f->slots[f->cur].a.owner == owner);
         if (live)
-            copy = f->slots[f->cur];
+            copy = f->slots[f->cur].a;
         vg__spin_unlock(&f->lock);
         if (live)
             fn(&copy, ctx);
@@ -313,7 +320,7 @@ void vg__fronts_each_freed(void (*fn)(const vg__alloc_t *a, void *ctx), void *ct
         bool live = atomic_load_explicit(&f->live, memory_order_relaxed) != 0;
         for (unsigned i = 0; i < FRONT_SLOTS; i++)
             if (f->state[i] == SLOT_FREED && !(live && i == f->cur))
-                fn(&f->slots[i], ctx);
+                fn(&f->slots[i].a, ctx);
         vg__spin_unlock(&f->lock);
     }
 }

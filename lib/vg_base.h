@@ -43,9 +43,10 @@
 /* The functions every cuMemAlloc_v2+cuMemFree_v2 pair runs, cached or not:
  * GCC places them together in .text.hot, so a pair's code spans two pages,
  * not seven. Over a real driver, whose code evicts ours between calls,
- * that is most of the shim's cost (docs/benchmarks.md, "Code layout"). A
- * function belongs here only if a measured pair runs it. */
-#define VG__HOT __attribute__((hot))
+ * that is most of the shim's cost (docs/benchmarks.md, "Code layout").
+ * Each starts a line: one entered mid-line pays for a line mostly its
+ * neighbour's. A function belongs here only if a measured pair runs it. */
+#define VG__HOT __attribute__((hot, aligned(64)))
 /* For the hot path's small inline steps in headers: a copy GCC chose to
  * emit out of line would sit in the caller's plain .text, away from the
  * pair's other code. */

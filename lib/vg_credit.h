@@ -60,7 +60,7 @@ static inline bool vg__credit_take(int device, uint64_t n)
     _Atomic uint64_t *cell = &c->cell[device & (VG__MAX_DEVICES - 1)];
     uint64_t have = atomic_load_explicit(cell, memory_order_relaxed);
     bool ok = have >= n;
-    if (ok)
+    if (vg__likely(ok))
         atomic_store_explicit(cell, have - n, memory_order_relaxed);
     vg__credit_leave(c);
     return ok;
@@ -83,7 +83,7 @@ static inline bool vg__credit_give(int device, uint64_t n)
     uint64_t slice = atomic_load_explicit(&vg__hot.credit_slice[device & (VG__MAX_DEVICES - 1)],
                                           memory_order_relaxed);
     /* n - 1 >= slice: n over a slice, credit off (slice 0), or n == 0. */
-    if (vg__unlikely(!c) || n - 1 >= slice || vg__unlikely(!vg__credit_enter(c)))
+    if (vg__unlikely(!c) || vg__unlikely(n - 1 >= slice) || vg__unlikely(!vg__credit_enter(c)))
         return false;
     _Atomic uint64_t *cell = &c->cell[device & (VG__MAX_DEVICES - 1)];
     uint64_t now = atomic_load_explicit(cell, memory_order_relaxed) + n;
