@@ -6,6 +6,9 @@
 # nothing read x0.943 in one run and x1.001 in the next on an H100;
 # docs/benchmarks.md, "What any interposer pays").
 #
+# Several calls' tables pooled, and one preload against another run by run:
+# tests/gpu/pool_alternations.py.
+#
 # Each run, in turn for every preload: bench_pairs --preload P --budget
 # 70GiB --rounds 3 --threads 1,16 --thread-rounds 21 (about 6 s on an H100).
 # The first preload is always `forward` (tests/gpu/forward_shim.so, nothing
