@@ -173,8 +173,8 @@ VG__HOT int vg__acct_record(const vg__ticket_t *t, vg__alloc_t *a)
     if (vg__unlikely(vg__diag_on())) /* audit log, call sites, checks */
         vg__diag_commit(t, a);
     /* The pair's common case, a plain allocation, stays in the thread's
-     * front until the thread allocates again (ledger_front.c). */
-    /* One test, not four branches, each placed where GCC liked. */
+     * front until the thread allocates again (ledger_front.c). Told by one
+     * test of the or-ed fields: four branches were laid out apart. */
     bool plain = ((uint64_t)(t->kind ^ VG_KIND_PLAIN) | (uintptr_t)a->owner | a->handle |
                   a->pooled) == 0;
     int rc = vg__likely(plain) ? vg__ledger_insert_front(a) : vg__ledger_insert(a);
